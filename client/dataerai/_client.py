@@ -1,0 +1,753 @@
+"""The blocking client.
+
+Every public method turns its arguments into the parameters of one protocol
+method (``docs/protocol.md``), sends it over one ``Connection`` and turns the
+result into a model. Waiting for a transfer needs no thread: the client
+subscribes to the job's events on its own connection and reads them until the
+job is final.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from types import TracebackType
+from typing import Any, Final, Literal, TypeVar, overload
+
+from ._connection import Connection, Expired, open_connection
+from ._errors import DaemonConnectionError, DaemonError, DaemonTimeoutError
+from ._models import (
+    TERMINAL_JOB_STATES,
+    AssetMetadata,
+    AuthStatus,
+    DownloadResult,
+    Event,
+    Job,
+    ProgressEvent,
+    Project,
+    Relationship,
+    UploadResult,
+)
+from ._paths import default_socket_path
+
+DEFAULT_START_TIMEOUT_S: Final = 10.0
+DEFAULT_REQUEST_TIMEOUT_S: Final = 30.0
+DEFAULT_TRANSFER_TIMEOUT_S: Final = 3600.0
+
+#: ``owner_type`` values ``upload`` accepts.
+OWNER_TYPES: Final = frozenset({"project", "user", "collection"})
+#: ``analysis_mode`` values ``create_relationship`` accepts.
+ANALYSIS_MODES: Final = frozenset(
+    {"non_destructive", "altering", "destructive", "in_situ", "ex_situ", "invasive", "non_invasive"}
+)
+_MIB: Final = 1 << 20
+
+ProgressCallback = Callable[[ProgressEvent], object]
+_C = TypeVar("_C", bound="DataeraiClient")
+
+
+class ClientState(enum.Enum):
+    """Where a client is in its life: ``UNOPENED`` → ``OPENED`` → ``CLOSED``.
+
+    A closed client stays closed: any call on it raises ``RuntimeError``.
+    """
+
+    UNOPENED = "unopened"
+    OPENED = "opened"
+    CLOSED = "closed"
+
+
+def _invalid(message: str) -> DaemonError:
+    return DaemonError("invalid_argument", message)
+
+
+class DataeraiClient:
+    """A blocking client for the Dataerai transfer daemon. Also spelled ``DataEraiClient``.
+
+    ``socket_path`` defaults to ``default_socket_path()`` (``$DATAERAI_SOCKET``,
+    else ``$XDG_RUNTIME_DIR/dataerai-transfer.sock``, else
+    ``/run/user/<uid>/dataerai-transfer.sock``), read when the client is made.
+
+    Connecting: ``with DataeraiClient() as client:`` or ``connect()``/``close()``.
+    A client that was never opened connects on its first call. If the daemon is
+    not running and ``auto_start`` is set, the client starts
+    ``[binary_path or $(which dataerai), "daemon", "run"]`` detached and waits
+    up to ``start_timeout_s`` for it to listen. If the connection breaks, the
+    call in flight raises ``ConnectionError`` and the next call connects again.
+
+    Timeouts: each request waits ``request_timeout_s`` for its answer (``None``:
+    forever) and raises ``DaemonTimeoutError`` with ``transfer_id=None``. A
+    transfer waits ``transfer_timeout_s``; its ``DaemonTimeoutError`` carries
+    the job id as ``transfer_id`` and the job goes on in the daemon.
+
+    Errors: ``DaemonError`` (a coded error: ``.code``, ``.message``, ``.data``),
+    ``DaemonTimeoutError``, ``ConnectionError`` (``DaemonConnectionError``).
+    Arguments the SDK can tell are wrong raise ``DaemonError("invalid_argument")``
+    before anything is sent.
+
+    One client may be shared between threads; its calls then run one at a time.
+    The token never passes through the SDK.
+    """
+
+    def __init__(
+        self,
+        *,
+        socket_path: str | os.PathLike[str] | None = None,
+        binary_path: str | os.PathLike[str] | None = None,
+        auto_start: bool = True,
+        start_timeout_s: float = DEFAULT_START_TIMEOUT_S,
+        request_timeout_s: float | None = DEFAULT_REQUEST_TIMEOUT_S,
+    ) -> None:
+        self._socket_path = os.fspath(socket_path) if socket_path is not None else default_socket_path()
+        self._binary_path = os.fspath(binary_path) if binary_path is not None else None
+        self._auto_start = auto_start
+        self._start_timeout_s = float(start_timeout_s)
+        self._request_timeout_s = None if request_timeout_s is None else float(request_timeout_s)
+        self._state = ClientState.UNOPENED
+        self._connection: Connection | None = None
+        self._stream: EventStream | None = None
+        self._lock = threading.RLock()
+
+    # --- life -----------------------------------------------------------------
+
+    @property
+    def socket_path(self) -> str:
+        """The daemon's socket this client talks to."""
+        return self._socket_path
+
+    @property
+    def state(self) -> ClientState:
+        return self._state
+
+    def connect(self: _C) -> _C:
+        """Connect now (starting the daemon if need be) and return the client.
+
+        Connecting an open client does nothing. Raises ``RuntimeError`` on a
+        closed client, ``ConnectionError`` or ``DaemonTimeoutError`` when the
+        daemon cannot be reached or started.
+        """
+        with self._lock:
+            self._open()
+        return self
+
+    def close(self) -> None:
+        """Close the connection. Idempotent; the client cannot be used afterwards.
+
+        Jobs already started go on in the daemon.
+        """
+        with self._lock:
+            self._state = ClientState.CLOSED
+            if self._stream is not None:
+                self._stream.closed = True
+                self._stream = None
+            self._drop_connection()
+
+    def __enter__(self: _C) -> _C:
+        return self.connect()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} socket_path={self._socket_path!r} state={self._state.value}>"
+
+    def _open(self) -> Connection:
+        if self._state is ClientState.CLOSED:
+            raise RuntimeError("this DataeraiClient is closed; make a new one")
+        if self._connection is None or self._connection.closed:
+            self._connection = open_connection(
+                self._socket_path,
+                binary_path=self._binary_path,
+                auto_start=self._auto_start,
+                start_timeout_s=self._start_timeout_s,
+            )
+            self._state = ClientState.OPENED
+        return self._connection
+
+    def _drop_connection(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+    # --- requests -------------------------------------------------------------
+
+    def call(self, method: str, params: Mapping[str, Any] | None = None, *, timeout: float | None = None) -> Any:
+        """Send one request of the protocol and return its raw JSON result.
+
+        ``timeout`` (seconds) overrides ``request_timeout_s`` for this call.
+        Raises ``DaemonError`` for an error answer (``DaemonTimeoutError`` for
+        ``timeout``, with ``transfer_id`` from ``data.job_id``),
+        ``DaemonTimeoutError`` (``transfer_id=None``) when no answer came in
+        time, ``ConnectionError`` when the connection broke.
+        """
+        limit = self._request_timeout_s if timeout is None else float(timeout)
+        with self._lock:
+            connection = self._open()
+            try:
+                return connection.request(method, dict(params or {}), _deadline(limit))
+            except Expired:
+                raise DaemonTimeoutError(f"the daemon did not answer {method} within {limit} s") from None
+
+    def auth_status(self) -> AuthStatus:
+        """Who the daemon is signed in as, and when the token expires.
+
+        Raises ``DaemonError("auth_required")`` when nobody is signed in
+        (``dataerai auth login``).
+        """
+        return AuthStatus.from_wire(self.call("auth.status"))
+
+    def create_project(self, name: str, *, description: str = "") -> Project:
+        """Create a project (with its root collection, the caller as owner and a default allocation).
+
+        Needs a token with the ``write`` scope.
+        """
+        return Project.from_wire(self.call("project.create", {"name": name, "description": description}))
+
+    def get_metadata(self, asset_id: str) -> AssetMetadata:
+        """An asset's metadata. ``DaemonError("not_found")`` if it does not exist or is not visible."""
+        return AssetMetadata.from_wire(self.call("asset.get", {"asset_id": asset_id}))
+
+    def set_metadata(self, asset_id: str, **fields: Any) -> AssetMetadata:
+        """Update any of ``title``, ``description``, ``alias``, ``tags``, ``metadata``; returns the asset.
+
+        ``metadata`` replaces the old mapping. Fields are passed on as given;
+        the daemon refuses unknown ones with ``invalid_argument``.
+        """
+        if "asset_id" in fields:
+            raise _invalid("asset_id is the first argument, not a field to set")
+        if isinstance(fields.get("tags"), str):
+            raise _invalid("tags must be a list of strings, not one string")
+        return AssetMetadata.from_wire(self.call("asset.update", {"asset_id": asset_id, **fields}))
+
+    def create_relationship(
+        self,
+        from_asset_id: str,
+        to_asset_id: str,
+        rel_type: str | None = None,
+        *,
+        relationship_type: str | None = None,
+        analysis_mode: str | None = None,
+        qualifier_note: str | None = None,
+        qualifier_time: str | None = None,
+        qualifiers: Mapping[str, Any] | None = None,
+    ) -> Relationship:
+        """Link ``from_asset_id`` (the dependent asset) to ``to_asset_id`` (its origin).
+
+        ``rel_type`` (or its keyword alias ``relationship_type``) is a free-form
+        verb up to 255 characters, such as ``"derived_from"``. Needs write
+        access to the source and read access to the target. Sent as the
+        ``relationship.create`` method.
+        """
+        if rel_type is not None and relationship_type is not None and rel_type != relationship_type:
+            raise _invalid("rel_type and relationship_type differ; pass one of them")
+        kind = rel_type if rel_type is not None else relationship_type
+        if not isinstance(kind, str) or not kind.strip():
+            raise _invalid("a relationship type is required: pass rel_type (or relationship_type=...)")
+        if len(kind) > 255:
+            raise _invalid("the relationship type is longer than 255 characters")
+        if analysis_mode is not None and analysis_mode not in ANALYSIS_MODES:
+            raise _invalid(f"analysis_mode must be one of {', '.join(sorted(ANALYSIS_MODES))}")
+        params: dict[str, Any] = {"from_asset_id": from_asset_id, "to_asset_id": to_asset_id, "type": kind}
+        if analysis_mode is not None:
+            params["analysis_mode"] = analysis_mode
+        if qualifier_note is not None:
+            params["qualifier_note"] = qualifier_note
+        if qualifier_time is not None:
+            params["qualifier_time"] = qualifier_time
+        if qualifiers is not None:
+            params["qualifiers"] = dict(qualifiers)
+        return Relationship.from_wire(self.call("relationship.create", params))
+
+    # --- jobs -----------------------------------------------------------------
+
+    def get_job(self, job_id: str) -> Job:
+        """The job as the daemon has it now. ``DaemonError("not_found")`` for an unknown id."""
+        return Job.from_wire(self.call("job.get", {"job_id": job_id}))
+
+    def list_jobs(self, states: Iterable[str] | None = None) -> list[Job]:
+        """The daemon's jobs, only those in ``states`` if given."""
+        params: dict[str, Any] = {}
+        if states is not None:
+            if isinstance(states, str):
+                states = [states]
+            params["states"] = list(states)
+        result = self.call("job.list", params)
+        jobs = result.get("jobs") if isinstance(result, dict) else None
+        return [Job.from_wire(job) for job in jobs if isinstance(job, dict)] if isinstance(jobs, list) else []
+
+    def cancel(self, job_id: str) -> Job:
+        """Cancel a job; returns it (``cancelled``). Cancelling a finished job is the daemon's call (``conflict``)."""
+        return Job.from_wire(self.call("job.cancel", {"job_id": job_id}))
+
+    def wait(self, job_id: str, *, timeout_s: float | None = None, on_progress: ProgressCallback | None = None) -> Job:
+        """Block until the job is ``completed``, ``failed`` or ``cancelled`` and return it as it ended.
+
+        Does not raise for a failed or cancelled job: look at ``job.state`` and
+        ``job.error``. ``on_progress`` is called with each ``ProgressEvent``;
+        an exception it raises propagates (the job goes on in the daemon).
+        ``timeout_s=None`` waits as long as it takes; when it runs out,
+        ``DaemonTimeoutError`` with ``transfer_id=job_id`` (the job goes on).
+        """
+        return self._wait_job(self.get_job(job_id), timeout_s, on_progress)
+
+    @overload
+    def upload(
+        self,
+        local_path: str | os.PathLike[str],
+        *,
+        title: str,
+        owner_type: str,
+        owner_id: str,
+        description: str | None = None,
+        alias: str | None = None,
+        tags: Iterable[str] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        collection_id: str | None = None,
+        chunk_size_mb: int | None = None,
+        on_progress: ProgressCallback | None = None,
+        transfer_timeout_s: float | None = DEFAULT_TRANSFER_TIMEOUT_S,
+        wait: Literal[True] = True,
+        priority: int = 0,
+    ) -> UploadResult: ...
+
+    @overload
+    def upload(
+        self,
+        local_path: str | os.PathLike[str],
+        *,
+        title: str,
+        owner_type: str,
+        owner_id: str,
+        description: str | None = None,
+        alias: str | None = None,
+        tags: Iterable[str] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        collection_id: str | None = None,
+        chunk_size_mb: int | None = None,
+        on_progress: ProgressCallback | None = None,
+        transfer_timeout_s: float | None = DEFAULT_TRANSFER_TIMEOUT_S,
+        wait: Literal[False],
+        priority: int = 0,
+    ) -> Job: ...
+
+    @overload
+    def upload(
+        self,
+        local_path: str | os.PathLike[str],
+        *,
+        title: str,
+        owner_type: str,
+        owner_id: str,
+        description: str | None = None,
+        alias: str | None = None,
+        tags: Iterable[str] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        collection_id: str | None = None,
+        chunk_size_mb: int | None = None,
+        on_progress: ProgressCallback | None = None,
+        transfer_timeout_s: float | None = DEFAULT_TRANSFER_TIMEOUT_S,
+        wait: bool = True,
+        priority: int = 0,
+    ) -> UploadResult | Job: ...
+
+    def upload(
+        self,
+        local_path: str | os.PathLike[str],
+        *,
+        title: str,
+        owner_type: str,
+        owner_id: str,
+        description: str | None = None,
+        alias: str | None = None,
+        tags: Iterable[str] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        collection_id: str | None = None,
+        chunk_size_mb: int | None = None,
+        on_progress: ProgressCallback | None = None,
+        transfer_timeout_s: float | None = DEFAULT_TRANSFER_TIMEOUT_S,
+        wait: bool = True,
+        priority: int = 0,
+    ) -> UploadResult | Job:
+        """Upload one file as a new asset; blocks until it is stored and returns an ``UploadResult``.
+
+        ``local_path`` is made absolute here (``~`` expanded); a missing file is
+        ``DaemonError("not_found")`` before anything is sent. ``owner_type`` is
+        ``project``, ``user`` or ``collection``. ``chunk_size_mb`` (a positive
+        int, MiB) overrides the daemon's 64 MiB parts.
+
+        The daemon queues the job durably and does the transfer; this call
+        follows its events, calling ``on_progress(ProgressEvent)`` along the way
+        (an exception from the callback propagates, and the job goes on). With
+        ``wait=False`` it returns the queued ``Job`` at once.
+
+        Raises ``DaemonError`` with the job's error code if it failed,
+        ``DaemonError("cancelled")`` if it was cancelled, and
+        ``DaemonTimeoutError`` (``transfer_id`` = the job id) if it did not end
+        within ``transfer_timeout_s`` (``None``: no limit); the job goes on in
+        the daemon and ``wait(transfer_id)`` picks it up again.
+        """
+        path = os.path.abspath(os.path.expanduser(os.fspath(local_path)))
+        if not os.path.exists(path):
+            raise DaemonError("not_found", f"no such file: {path}", {"local_path": path})
+        if owner_type not in OWNER_TYPES:
+            raise _invalid(f"owner_type must be one of {', '.join(sorted(OWNER_TYPES))}, not {owner_type!r}")
+        params: dict[str, Any] = {
+            "local_path": path,
+            "title": title,
+            "owner_type": owner_type,
+            "owner_id": owner_id,
+            "priority": _priority(priority),
+        }
+        if description is not None:
+            params["description"] = description
+        if alias is not None:
+            params["alias"] = alias
+        if tags is not None:
+            params["tags"] = _tags(tags)
+        if metadata is not None:
+            params["metadata"] = dict(metadata)
+        if collection_id is not None:
+            params["collection_id"] = collection_id
+        if chunk_size_mb is not None:
+            if isinstance(chunk_size_mb, bool) or not isinstance(chunk_size_mb, int) or chunk_size_mb <= 0:
+                raise _invalid(f"chunk_size_mb must be a positive int (MiB), not {chunk_size_mb!r}")
+            params["chunk_size"] = chunk_size_mb * _MIB
+        job = Job.from_wire(self.call("upload.start", params))
+        if not wait:
+            return job
+        job = self._finished(self._wait_job(job, transfer_timeout_s, on_progress))
+        size, sha256 = job.bytes_total, job.sha256
+        if sha256 is None and job.asset_id:
+            size, sha256 = self._content_digest(job, size)
+        return UploadResult(
+            asset_id=job.asset_id or "",
+            content_id=job.content_id or "",
+            transfer_id=job.job_id,
+            size=size,
+            sha256=sha256,
+        )
+
+    @overload
+    def download(
+        self,
+        asset_id: str,
+        dest_dir: str | os.PathLike[str],
+        *,
+        content_id: str | None = None,
+        overwrite: bool = False,
+        on_progress: ProgressCallback | None = None,
+        transfer_timeout_s: float | None = DEFAULT_TRANSFER_TIMEOUT_S,
+        wait: Literal[True] = True,
+        priority: int = 0,
+    ) -> DownloadResult: ...
+
+    @overload
+    def download(
+        self,
+        asset_id: str,
+        dest_dir: str | os.PathLike[str],
+        *,
+        content_id: str | None = None,
+        overwrite: bool = False,
+        on_progress: ProgressCallback | None = None,
+        transfer_timeout_s: float | None = DEFAULT_TRANSFER_TIMEOUT_S,
+        wait: Literal[False],
+        priority: int = 0,
+    ) -> Job: ...
+
+    @overload
+    def download(
+        self,
+        asset_id: str,
+        dest_dir: str | os.PathLike[str],
+        *,
+        content_id: str | None = None,
+        overwrite: bool = False,
+        on_progress: ProgressCallback | None = None,
+        transfer_timeout_s: float | None = DEFAULT_TRANSFER_TIMEOUT_S,
+        wait: bool = True,
+        priority: int = 0,
+    ) -> DownloadResult | Job: ...
+
+    def download(
+        self,
+        asset_id: str,
+        dest_dir: str | os.PathLike[str],
+        *,
+        content_id: str | None = None,
+        overwrite: bool = False,
+        on_progress: ProgressCallback | None = None,
+        transfer_timeout_s: float | None = DEFAULT_TRANSFER_TIMEOUT_S,
+        wait: bool = True,
+        priority: int = 0,
+    ) -> DownloadResult | Job:
+        """Download an asset's latest content (or ``content_id``) into ``dest_dir``; returns a ``DownloadResult``.
+
+        ``dest_dir`` is made absolute here. The daemon resumes an interrupted
+        download and refuses to replace a different file unless ``overwrite``
+        (``destination_exists``). Progress, ``wait=False``, errors and timeouts
+        work as for ``upload``.
+        """
+        params: dict[str, Any] = {
+            "asset_id": asset_id,
+            "dest_dir": os.path.abspath(os.path.expanduser(os.fspath(dest_dir))),
+            "overwrite": bool(overwrite),
+            "priority": _priority(priority),
+        }
+        if content_id is not None:
+            params["content_id"] = content_id
+        job = Job.from_wire(self.call("download.start", params))
+        if not wait:
+            return job
+        job = self._finished(self._wait_job(job, transfer_timeout_s, on_progress))
+        return DownloadResult(
+            files=list(job.files),
+            asset_id=job.asset_id or asset_id,
+            content_id=job.content_id,
+            transfer_id=job.job_id,
+        )
+
+    def events(self, since: int | None = None, jobs: Iterable[str] | None = None) -> EventStream:
+        """Subscribe to the daemon's events on this connection and return them as an iterator.
+
+        Subscribes before returning, so nothing is missed between the call and
+        the first ``next()``. ``since`` replays the stored events after that id
+        (``0``: all); ``jobs`` limits the stream to those job ids. Iteration
+        blocks until the next event and goes on until ``close()`` (or the end of
+        a ``with`` block). Other calls may be made on the client meanwhile
+        (events that arrive are kept), but not ``upload``/``download``/``wait``,
+        which need the subscription themselves: use a second client for those.
+        """
+        params: dict[str, Any] = {}
+        if since is not None:
+            params["since"] = since
+        if jobs is not None:
+            params["jobs"] = [jobs] if isinstance(jobs, str) else list(jobs)
+        with self._lock:
+            if self._stream is not None:
+                raise RuntimeError("an events() stream is already open on this client; close it first")
+            result = self.call("events.subscribe", params)
+            last = result.get("last_event_id") if isinstance(result, dict) else None
+            stream = EventStream(self, self._open(), last if isinstance(last, int) else None)
+            self._stream = stream
+            return stream
+
+    # --- waiting --------------------------------------------------------------
+
+    def _wait_job(self, job: Job, timeout_s: float | None, on_progress: ProgressCallback | None) -> Job:
+        """Follow ``job``'s events until it is final; see ``wait``."""
+        job_id = job.job_id
+        deadline = _deadline(timeout_s)
+        with self._lock:
+            if self._stream is not None:
+                raise RuntimeError(
+                    "an events() stream is open on this client; close it, or wait for jobs with a second client"
+                )
+            if not job.is_terminal:
+                connection = self._open()
+                try:
+                    job = self._follow(connection, job_id, deadline, on_progress)
+                except Expired:
+                    self._drop_connection()
+                    if deadline is not None and time.monotonic() >= deadline:
+                        what = f"job {job_id} did not finish within {timeout_s} s"
+                    else:
+                        what = (
+                            f"the daemon did not answer within {self._request_timeout_s} s while following job {job_id}"
+                        )
+                    raise DaemonTimeoutError(
+                        f"{what}; it goes on in the daemon (wait for it again with client.wait({job_id!r}))",
+                        transfer_id=job_id,
+                        data={"job_id": job_id},
+                    ) from None
+                except DaemonTimeoutError as exc:  # a daemon-side timeout while following
+                    self._drop_connection()
+                    exc.transfer_id = exc.transfer_id or job_id
+                    raise
+                except BaseException as exc:
+                    # The subscription may still be live: a fresh connection is the clean slate.
+                    self._drop_connection()
+                    if not isinstance(exc, (DaemonError, DaemonConnectionError)) and hasattr(exc, "add_note"):
+                        exc.add_note(
+                            f"dataerai: job {job_id} goes on in the daemon; client.cancel({job_id!r}) stops it"
+                        )
+                    raise
+        if on_progress is not None and job.state == "completed":
+            on_progress(
+                ProgressEvent(
+                    transfer_id=job_id,
+                    bytes_done=job.bytes_total,
+                    bytes_total=job.bytes_total,
+                    chunk_index=job.chunk_count,
+                    chunk_count=job.chunk_count,
+                    rate_bps=0.0,
+                    file_index=max(0, len(job.files) - 1),
+                    file_name=job.file_name or "",
+                    completed=True,
+                )
+            )
+        return job
+
+    def _follow(
+        self, connection: Connection, job_id: str, deadline: float | None, on_progress: ProgressCallback | None
+    ) -> Job:
+        def request(method: str, params: dict[str, Any]) -> Any:
+            return connection.request(method, params, _earlier(deadline, _deadline(self._request_timeout_s)))
+
+        # since=0 replays the job's stored state events: a job that ended before
+        # the subscription still shows its final state.
+        request("events.subscribe", {"jobs": [job_id], "since": 0})
+        while True:
+            note = connection.next_notification(deadline)
+            if note.method != "event":
+                continue
+            event = Event.from_wire(note.params)
+            final: Job | None = None
+            if event.type == "gap":
+                # Events were dropped, maybe our final one: ask for the job itself.
+                current = Job.from_wire(request("job.get", {"job_id": job_id}))
+                final = current if current.is_terminal else None
+            elif event.job_id != job_id:
+                continue
+            elif event.type == "job.progress" and event.progress is not None:
+                if on_progress is not None:
+                    on_progress(event.progress)
+            elif event.type == "job.state" and event.state is not None and event.state in TERMINAL_JOB_STATES:
+                final = event.job if event.job is not None and event.job.job_id == job_id else None
+                if final is None or not final.is_terminal:
+                    final = Job.from_wire(request("job.get", {"job_id": job_id}))
+            if final is not None:
+                request("events.unsubscribe", {})
+                connection.clear_notifications()
+                return final
+
+    def _finished(self, job: Job) -> Job:
+        """The job if it completed; else the error it ended with."""
+        if job.state == "cancelled":
+            raise DaemonError("cancelled", f"job {job.job_id} was cancelled", {"job_id": job.job_id})
+        if job.state != "completed":
+            error = job.error
+            code, message = (error.code, error.message) if error else ("internal", f"job {job.job_id} {job.state}")
+            data = {**(error.data if error else {}), "job_id": job.job_id}
+            if code == "timeout":
+                raise DaemonTimeoutError(message, transfer_id=job.job_id, data=data)
+            raise DaemonError(code, message, data)
+        return job
+
+    def _content_digest(self, job: Job, size: int) -> tuple[int, str | None]:
+        """Size and SHA-256 of the uploaded content, from the asset, for a daemon whose job lacks them."""
+        try:
+            asset = self.get_metadata(job.asset_id or "")
+        except DaemonError:
+            return size, None
+        latest = asset.latest_content
+        if latest is None or latest.content_id != job.content_id:
+            return size, None
+        return latest.size, latest.sha256
+
+
+class EventStream(Iterator[Event]):
+    """The daemon's events, as ``DataeraiClient.events()`` subscribed to them.
+
+    Iterating blocks until the next event (``ConnectionError`` if the
+    connection breaks). A ``gap`` event means events were dropped for this
+    subscriber; durable ones can be replayed with a new stream from ``since``.
+    ``close()`` unsubscribes; it is also called at the end of a ``with`` block.
+    """
+
+    def __init__(self, client: DataeraiClient, connection: Connection, last_event_id: int | None) -> None:
+        self._client = client
+        self._conn: Connection = connection
+        #: The newest event id when the stream began.
+        self.last_event_id = last_event_id
+        self.closed = False
+
+    def __iter__(self) -> EventStream:
+        return self
+
+    def __next__(self) -> Event:
+        with self._client._lock:
+            if self.closed:
+                raise StopIteration
+            if self._gone():
+                self._release()
+                raise DaemonConnectionError("the connection this event stream was on is gone")
+            while True:
+                note = self._conn.next_notification(None)
+                if note.method == "event":
+                    return Event.from_wire(note.params)
+
+    def close(self) -> None:
+        """Unsubscribe and stop. Idempotent."""
+        with self._client._lock:
+            if self.closed:
+                return
+            self._release()
+            if self._gone():
+                return
+            try:
+                self._conn.request("events.unsubscribe", {}, _deadline(self._client._request_timeout_s))
+            except (Expired, DaemonError, DaemonConnectionError):
+                self._client._drop_connection()
+            else:
+                self._conn.clear_notifications()
+
+    def _gone(self) -> bool:
+        """True when the connection broke or the client moved on to another one."""
+        current: Connection | None = self._client._connection
+        return self._conn.closed or current is None or current is not self._conn
+
+    def _release(self) -> None:
+        self.closed = True
+        if self._client._stream is self:
+            self._client._stream = None
+
+    def __enter__(self) -> EventStream:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+#: The other spelling of the class name; the very same class.
+DataEraiClient = DataeraiClient
+
+
+def _deadline(timeout: float | None) -> float | None:
+    return None if timeout is None else time.monotonic() + timeout
+
+
+def _earlier(a: float | None, b: float | None) -> float | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return min(a, b)
+
+
+def _priority(priority: int) -> int:
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise _invalid(f"priority must be an int, not {priority!r}")
+    return priority
+
+
+def _tags(tags: Iterable[str]) -> list[str]:
+    if isinstance(tags, str):
+        raise _invalid("tags must be a list of strings, not one string")
+    result = list(tags)
+    if not all(isinstance(tag, str) for tag in result):
+        raise _invalid("tags must all be strings")
+    return result

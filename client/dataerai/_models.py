@@ -1,0 +1,468 @@
+"""What the SDK returns: frozen dataclasses built from the daemon's JSON.
+
+Every model has a ``from_wire(obj)`` class method that reads tolerantly: keys it
+does not know are ignored (a newer daemon must not break an older SDK), missing
+or mistyped keys take a neutral default, and timestamps become timezone-aware
+``datetime`` objects (or ``None``). The whole object as received stays
+available as ``raw`` (not part of equality or the repr).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Final
+
+#: A job in one of these states will not change any more.
+TERMINAL_JOB_STATES: Final = frozenset({"completed", "failed", "cancelled"})
+
+
+# --- tolerant readers -------------------------------------------------------
+
+
+def _obj(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _opt_str(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _str(value: Any, default: str = "") -> str:
+    return value if isinstance(value, str) else default
+
+
+def _opt_int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and math.isfinite(value):
+        return int(value)
+    return None
+
+
+def _int(value: Any, default: int = 0) -> int:
+    result = _opt_int(value)
+    return default if result is None else result
+
+
+def _float(value: Any, default: float = 0.0) -> float:
+    if isinstance(value, bool):
+        return default
+    if isinstance(value, (int, float)) and math.isfinite(value):
+        return float(value)
+    return default
+
+
+def _strs(value: Any) -> list[str]:
+    if not isinstance(value, list):
+        return []
+    return [item for item in value if isinstance(item, str)]
+
+
+_FRACTION = re.compile(r"\.(\d+)")
+
+
+def _time(value: Any) -> datetime | None:
+    """An ISO-8601 timestamp (``Z`` or an offset; naive means UTC), else None."""
+    if not isinstance(value, str) or not value:
+        return None
+    text = value.strip()
+    if text[-1:] in ("Z", "z"):
+        text = text[:-1] + "+00:00"
+    # Python 3.10's fromisoformat takes exactly 3 or 6 fraction digits.
+    text = _FRACTION.sub(lambda m: "." + (m.group(1) + "000000")[:6], text, count=1)
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=timezone.utc)
+
+
+# --- identity and projects --------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AuthStatus:
+    """Who the daemon is signed in as. The token itself never leaves the daemon."""
+
+    user_email: str
+    expires_at: datetime | None
+    server_url: str
+    user_id: str
+    scopes: list[str]
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_wire(cls, obj: Any) -> AuthStatus:
+        d = _obj(obj)
+        return cls(
+            user_email=_str(d.get("user_email", d.get("email"))),
+            expires_at=_time(d.get("expires_at", d.get("token_expires_at"))),
+            server_url=_str(d.get("server_url")),
+            user_id=_str(d.get("user_id")),
+            scopes=_strs(d.get("scopes")),
+            # Defence in depth: a token never passes through the SDK, even from a buggy daemon.
+            raw={k: v for k, v in d.items() if k != "token" and not k.endswith("_token")},
+        )
+
+
+@dataclass(frozen=True)
+class Project:
+    """A project of the repository; ``root_collection_id`` is the collection made with it."""
+
+    project_id: str
+    name: str
+    description: str
+    root_collection_id: str | None
+    allocation_bytes: int | None = None
+    used_bytes: int | None = None
+    role: str | None = None
+    created_at: datetime | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_wire(cls, obj: Any) -> Project:
+        d = _obj(obj)
+        return cls(
+            project_id=_str(d.get("project_id", d.get("id"))),
+            name=_str(d.get("name")),
+            description=_str(d.get("description")),
+            root_collection_id=_opt_str(d.get("root_collection_id")),
+            allocation_bytes=_opt_int(d.get("allocation_bytes")),
+            used_bytes=_opt_int(d.get("used_bytes")),
+            role=_opt_str(d.get("role")),
+            created_at=_time(d.get("created_at")),
+            raw=d,
+        )
+
+
+# --- assets -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ContentVersion:
+    """One stored version of an asset's bytes."""
+
+    content_id: str
+    size: int
+    sha256: str | None
+    file_name: str | None
+    created_at: datetime | None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_wire(cls, obj: Any) -> ContentVersion:
+        d = _obj(obj)
+        return cls(
+            content_id=_str(d.get("content_id")),
+            size=_int(d.get("size")),
+            sha256=_opt_str(d.get("sha256")),
+            file_name=_opt_str(d.get("file_name")),
+            created_at=_time(d.get("created_at")),
+            raw=d,
+        )
+
+
+@dataclass(frozen=True)
+class AssetMetadata:
+    """An asset's metadata and its latest content version (``None`` before any upload completed)."""
+
+    asset_id: str
+    title: str
+    description: str | None
+    alias: str | None
+    tags: list[str]
+    metadata: dict[str, Any]
+    owner_type: str
+    owner_id: str
+    project_id: str | None
+    collection_id: str | None
+    latest_content: ContentVersion | None
+    created_by: str | None
+    created_at: datetime | None
+    updated_at: datetime | None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def content_id(self) -> str | None:
+        """The latest content version's id."""
+        return self.latest_content.content_id if self.latest_content else None
+
+    @property
+    def size(self) -> int | None:
+        """The latest content version's size in bytes."""
+        return self.latest_content.size if self.latest_content else None
+
+    @property
+    def sha256(self) -> str | None:
+        """The latest content version's SHA-256 (hex)."""
+        return self.latest_content.sha256 if self.latest_content else None
+
+    @classmethod
+    def from_wire(cls, obj: Any) -> AssetMetadata:
+        d = _obj(obj)
+        latest = d.get("latest_content")
+        return cls(
+            asset_id=_str(d.get("asset_id", d.get("id"))),
+            title=_str(d.get("title")),
+            description=_opt_str(d.get("description")),
+            alias=_opt_str(d.get("alias")),
+            tags=_strs(d.get("tags")),
+            metadata=_obj(d.get("metadata")),
+            owner_type=_str(d.get("owner_type")),
+            owner_id=_str(d.get("owner_id")),
+            project_id=_opt_str(d.get("project_id")),
+            collection_id=_opt_str(d.get("collection_id")),
+            latest_content=ContentVersion.from_wire(latest) if isinstance(latest, dict) else None,
+            created_by=_opt_str(d.get("created_by")),
+            created_at=_time(d.get("created_at")),
+            updated_at=_time(d.get("updated_at")),
+            raw=d,
+        )
+
+
+@dataclass(frozen=True)
+class Relationship:
+    """A directed provenance link from one asset (the dependent) to another (the origin)."""
+
+    relationship_id: str
+    type: str
+    from_asset_id: str
+    to_asset_id: str
+    analysis_mode: str | None = None
+    qualifier_note: str | None = None
+    qualifier_time: str | None = None
+    qualifiers: dict[str, Any] = field(default_factory=dict)
+    related_asset: dict[str, Any] | None = None
+    created_at: datetime | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_wire(cls, obj: Any) -> Relationship:
+        d = _obj(obj)
+        related = d.get("related_asset")
+        return cls(
+            relationship_id=_str(d.get("relationship_id", d.get("id"))),
+            type=_str(d.get("type", d.get("relationship_type", d.get("rel_type")))),
+            from_asset_id=_str(d.get("from_asset_id")),
+            to_asset_id=_str(d.get("to_asset_id")),
+            analysis_mode=_opt_str(d.get("analysis_mode")),
+            qualifier_note=_opt_str(d.get("qualifier_note")),
+            qualifier_time=_opt_str(d.get("qualifier_time")),
+            qualifiers=_obj(d.get("qualifiers")),
+            related_asset=related if isinstance(related, dict) else None,
+            created_at=_time(d.get("created_at")),
+            raw=d,
+        )
+
+
+# --- transfers --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """How far one transfer has got. ``transfer_id`` is the job id.
+
+    The daemon sends these about four times a second per job. When a transfer
+    completes, the SDK delivers one last event with ``completed=True`` and
+    ``bytes_done == bytes_total``, so a callback always sees 100 %.
+    """
+
+    transfer_id: str
+    bytes_done: int
+    bytes_total: int
+    chunk_index: int
+    chunk_count: int
+    rate_bps: float
+    file_index: int
+    file_name: str
+    completed: bool = False
+
+    @property
+    def percent(self) -> float:
+        """Share done, 0 to 100. A completed transfer is 100, a 0-byte one included;
+        an unknown total (0) before completion reads 0."""
+        if self.completed:
+            return 100.0
+        if self.bytes_total <= 0:
+            return 0.0
+        return min(100.0, max(0.0, 100.0 * self.bytes_done / self.bytes_total))
+
+    @property
+    def rate_mbps(self) -> float:
+        """The transfer rate in megabytes (10^6 bytes) per second."""
+        return self.rate_bps / 1e6
+
+    @classmethod
+    def from_wire(cls, obj: Any, *, transfer_id: str | None = None) -> ProgressEvent:
+        d = _obj(obj)
+        return cls(
+            transfer_id=transfer_id if transfer_id is not None else _str(d.get("job_id")),
+            bytes_done=_int(d.get("bytes_done")),
+            bytes_total=_int(d.get("bytes_total")),
+            chunk_index=_int(d.get("chunk_index")),
+            chunk_count=_int(d.get("chunk_count")),
+            rate_bps=_float(d.get("rate_bps")),
+            file_index=_int(d.get("file_index")),
+            file_name=_str(d.get("file_name")),
+        )
+
+
+@dataclass(frozen=True)
+class DownloadedFile:
+    """One file a download wrote."""
+
+    local_path: str
+    size: int
+
+    @classmethod
+    def from_wire(cls, obj: Any) -> DownloadedFile:
+        d = _obj(obj)
+        return cls(local_path=_str(d.get("local_path")), size=_int(d.get("size")))
+
+
+@dataclass(frozen=True)
+class JobError:
+    """Why a job failed: a stable ``code`` from the catalogue and a message."""
+
+    code: str
+    message: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_wire(cls, obj: Any) -> JobError:
+        d = _obj(obj)
+        extra = {k: v for k, v in d.items() if k not in ("code", "message")}
+        return cls(code=_str(d.get("code"), "internal"), message=_str(d.get("message")), data=extra)
+
+
+@dataclass(frozen=True)
+class Job:
+    """A transfer queued in the daemon (the protocol's job object).
+
+    ``state`` is a string: ``completed``, ``failed`` and ``cancelled`` are final
+    (see ``is_terminal``); the others are the daemon's business and may grow.
+    """
+
+    job_id: str
+    kind: str
+    state: str
+    priority: int = 0
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    bytes_done: int = 0
+    bytes_total: int = 0
+    chunk_count: int = 0
+    chunks_done: int = 0
+    file_name: str | None = None
+    local_path: str | None = None
+    dest_dir: str | None = None
+    asset_id: str | None = None
+    content_id: str | None = None
+    files: list[DownloadedFile] = field(default_factory=list)
+    error: JobError | None = None
+    sha256: str | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def is_terminal(self) -> bool:
+        """True once the job is completed, failed or cancelled."""
+        return self.state in TERMINAL_JOB_STATES
+
+    @classmethod
+    def from_wire(cls, obj: Any) -> Job:
+        d = _obj(obj)
+        files = d.get("files")
+        error = d.get("error")
+        return cls(
+            job_id=_str(d.get("job_id")),
+            kind=_str(d.get("kind")),
+            state=_str(d.get("state")),
+            priority=_int(d.get("priority")),
+            created_at=_time(d.get("created_at")),
+            updated_at=_time(d.get("updated_at")),
+            bytes_done=_int(d.get("bytes_done")),
+            bytes_total=_int(d.get("bytes_total")),
+            chunk_count=_int(d.get("chunk_count")),
+            chunks_done=_int(d.get("chunks_done")),
+            file_name=_opt_str(d.get("file_name")),
+            local_path=_opt_str(d.get("local_path")),
+            dest_dir=_opt_str(d.get("dest_dir")),
+            asset_id=_opt_str(d.get("asset_id")),
+            content_id=_opt_str(d.get("content_id")),
+            files=[DownloadedFile.from_wire(f) for f in files if isinstance(f, dict)]
+            if isinstance(files, list)
+            else [],
+            error=JobError.from_wire(error) if isinstance(error, dict) else None,
+            sha256=_opt_str(d.get("sha256")),
+            raw=d,
+        )
+
+
+@dataclass(frozen=True)
+class UploadResult:
+    """A completed upload. ``transfer_id`` is the job id; ``sha256`` is hex, or
+    ``None`` if neither the job nor the asset reported it."""
+
+    asset_id: str
+    content_id: str
+    transfer_id: str
+    size: int
+    sha256: str | None
+
+
+@dataclass(frozen=True)
+class DownloadResult:
+    """A completed download: the files written, absolute paths. ``transfer_id`` is the job id."""
+
+    files: list[DownloadedFile]
+    asset_id: str
+    content_id: str | None
+    transfer_id: str
+
+
+@dataclass(frozen=True)
+class Event:
+    """One event from the daemon's stream.
+
+    ``type`` is ``job.state``, ``job.progress``, ``gap`` or something newer.
+    Fields that do not belong to the type are ``None``: ``state``,
+    ``previous_state`` and ``job`` for ``job.state``; ``progress`` for
+    ``job.progress``; ``missed_from``/``missed_to`` for ``gap``.
+    """
+
+    id: int
+    type: str
+    time: datetime | None = None
+    job_id: str | None = None
+    state: str | None = None
+    previous_state: str | None = None
+    job: Job | None = None
+    progress: ProgressEvent | None = None
+    missed_from: int | None = None
+    missed_to: int | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_wire(cls, obj: Any) -> Event:
+        d = _obj(obj)
+        type_ = _str(d.get("type"))
+        job_id = _opt_str(d.get("job_id"))
+        job = d.get("job")
+        return cls(
+            id=_int(d.get("id")),
+            type=type_,
+            time=_time(d.get("time")),
+            job_id=job_id,
+            state=_opt_str(d.get("state")) if type_ == "job.state" else None,
+            previous_state=_opt_str(d.get("previous_state")) if type_ == "job.state" else None,
+            job=Job.from_wire(job) if type_ == "job.state" and isinstance(job, dict) else None,
+            progress=ProgressEvent.from_wire(d, transfer_id=job_id or "") if type_ == "job.progress" else None,
+            missed_from=_opt_int(d.get("missed_from")) if type_ == "gap" else None,
+            missed_to=_opt_int(d.get("missed_to")) if type_ == "gap" else None,
+            raw=d,
+        )

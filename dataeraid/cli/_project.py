@@ -1,0 +1,31 @@
+"""``dataerai project``: projects own the assets uploaded into them."""
+
+from __future__ import annotations
+
+import click
+
+from ._context import open_client
+from ._output import as_dict, json_option, print_json
+
+
+@click.group()
+def project() -> None:
+    """Create projects."""
+
+
+@project.command("create")
+@click.argument("name")
+@click.option("--description", metavar="D", default="", help="A description of the project.")
+@json_option
+@click.pass_context
+def create(ctx: click.Context, name: str, description: str, as_json: bool) -> None:
+    """Create the project NAME (with its root collection) and print its id.
+
+    Needs a token with the `write` scope. With --json prints the project object.
+    """
+    with open_client(ctx) as client:
+        created = client.create_project(name, description=description)
+    if as_json:
+        print_json(as_dict(created))
+    else:
+        click.echo(created.project_id)

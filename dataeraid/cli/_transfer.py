@@ -1,0 +1,145 @@
+"""``dataerai upload`` and ``dataerai download``.
+
+Both queue a job in the daemon and then, unless ``--no-wait``, wait for it with
+a progress bar. The job is durably queued before the wait begins, so a wait that
+times out or is interrupted leaves it running and says how to pick it up again.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from dataerai import Job
+
+from ._context import open_client
+from ._jobs import TIMEOUT, check_succeeded, wait_for_job
+from ._output import as_dict, json_option, print_json
+
+_TIMEOUT_HELP = "Stop waiting after S seconds (exit 4); the job goes on. [default: wait until it ends]"
+
+
+def _print_queued(job: Job, *, as_json: bool) -> None:
+    if as_json:
+        print_json(as_dict(job))
+    else:
+        click.echo(job.job_id)
+
+
+@click.command()
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, readable=True, path_type=Path))
+@click.option("--project", "project_id", required=True, metavar="ID", help="The project that will own the asset.")
+@click.option("--title", metavar="T", help="The asset's title. [default: the file name]")
+@click.option("--tag", "tags", multiple=True, metavar="X", help="A tag for the asset; repeat for several.")
+@click.option("--description", metavar="D", help="A description of the asset.")
+@click.option(
+    "--chunk-size-mb",
+    type=click.IntRange(1, 5120),
+    metavar="N",
+    help="Send the file in parts of N MiB. [default: the daemon's, 64]",
+)
+@click.option("--no-wait", is_flag=True, help="Print the job id as soon as the upload is queued.")
+@click.option("--timeout", type=TIMEOUT, metavar="S", help=_TIMEOUT_HELP)
+@json_option
+@click.pass_context
+def upload(
+    ctx: click.Context,
+    path: Path,
+    project_id: str,
+    title: str | None,
+    tags: tuple[str, ...],
+    description: str | None,
+    chunk_size_mb: int | None,
+    no_wait: bool,
+    timeout: float | None,
+    as_json: bool,
+) -> None:
+    """Upload the file PATH as a new asset of a project.
+
+    Prints the asset id and content id once the upload completed (with --json:
+    {"job_id", "asset_id", "content_id", "size", "sha256"}); with --no-wait the
+    job id (with --json: the job object).
+    """
+    local = path.resolve()
+    with open_client(ctx) as client:
+        job: Job = client.upload(
+            str(local),
+            title=title or local.name,
+            owner_type="project",
+            owner_id=project_id,
+            description=description,
+            tags=list(tags) or None,
+            chunk_size_mb=chunk_size_mb,
+            wait=False,
+        )
+        if no_wait:
+            _print_queued(job, as_json=as_json)
+            return
+        done = wait_for_job(client, job.job_id, timeout_s=timeout, as_json=as_json, description=local.name)
+    check_succeeded(done)
+    if as_json:
+        print_json(
+            {
+                "job_id": done.job_id,
+                "asset_id": done.asset_id,
+                "content_id": done.content_id,
+                "size": done.bytes_total,
+                "sha256": done.sha256,
+            }
+        )
+    else:
+        click.echo(f"asset_id: {done.asset_id}\ncontent_id: {done.content_id}")
+
+
+@click.command()
+@click.argument("asset_id")
+@click.option(
+    "--dest",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("."),
+    show_default=True,
+    metavar="DIR",
+    help="The directory to download into.",
+)
+@click.option("--content-id", metavar="ID", help="Download this content version. [default: the latest]")
+@click.option("--overwrite", is_flag=True, help="Replace a different file already at the destination.")
+@click.option("--no-wait", is_flag=True, help="Print the job id as soon as the download is queued.")
+@click.option("--timeout", type=TIMEOUT, metavar="S", help=_TIMEOUT_HELP)
+@json_option
+@click.pass_context
+def download(
+    ctx: click.Context,
+    asset_id: str,
+    dest: Path,
+    content_id: str | None,
+    overwrite: bool,
+    no_wait: bool,
+    timeout: float | None,
+    as_json: bool,
+) -> None:
+    """Download the content of the asset ASSET_ID into a directory.
+
+    Prints each file's path and size once the download completed (with --json:
+    {"job_id", "asset_id", "content_id", "files": [{"local_path", "size"}]});
+    with --no-wait the job id (with --json: the job object).
+    """
+    dest_dir = dest.resolve()
+    with open_client(ctx) as client:
+        job: Job = client.download(asset_id, str(dest_dir), content_id=content_id, overwrite=overwrite, wait=False)
+        if no_wait:
+            _print_queued(job, as_json=as_json)
+            return
+        done = wait_for_job(client, job.job_id, timeout_s=timeout, as_json=as_json)
+    check_succeeded(done)
+    if as_json:
+        print_json(
+            {
+                "job_id": done.job_id,
+                "asset_id": done.asset_id or asset_id,
+                "content_id": done.content_id,
+                "files": [{"local_path": f.local_path, "size": f.size} for f in done.files],
+            }
+        )
+    else:
+        for f in done.files:
+            click.echo(f"{f.local_path} ({f.size} bytes)")

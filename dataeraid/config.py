@@ -1,0 +1,54 @@
+"""The daemon's settings: frozen, read once at start from ``config.toml``.
+
+```toml
+# $XDG_CONFIG_HOME/dataerai/config.toml
+max_active_jobs = 4         # jobs moving bytes at once
+parts_per_job = 4           # parallel parts (or ranges) per job
+default_chunk_size = 67108864
+retry_base_s = 0.5          # first backoff, doubled per attempt, full jitter
+retry_cap_s = 30.0          # longest backoff between attempts
+progress_interval_s = 0.25  # at most this often a progress event per job
+bandwidth_limit_bps = 0     # bytes per second over all transfers; 0 is no limit
+```
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+DEFAULT_CHUNK_SIZE = 64 * 1024 * 1024
+MIN_CHUNK_SIZE = 64 * 1024
+MAX_CHUNK_SIZE = 5 * 1024 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Settings:
+    max_active_jobs: int = 4
+    parts_per_job: int = 4
+    default_chunk_size: int = DEFAULT_CHUNK_SIZE
+    retry_base_s: float = 0.5
+    retry_cap_s: float = 30.0
+    progress_interval_s: float = 0.25
+    io_block_size: int = 1024 * 1024
+    bandwidth_limit_bps: int = 0
+
+    @classmethod
+    def load(cls, path: Path) -> Settings:
+        """Defaults, overridden by the file if it exists; unknown keys are an error."""
+        try:
+            raw: dict[str, Any] = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            return cls()
+        known = {f.name: f.type for f in fields(cls)}
+        unknown = set(raw) - set(known)
+        if unknown:
+            raise ValueError(f"{path}: unknown settings {sorted(unknown)}")
+        return replace(cls(), **raw)

@@ -1,0 +1,214 @@
+"""The download engine: one asset content version to one local file.
+
+Bytes go to ``NAME.part`` beside the destination, in ranges fetched in
+parallel and written at their offsets; a range is checkpointed once its bytes
+are written and flushed to disk. At the end the whole file's SHA-256 is checked
+against the server's, the file is fsynced and renamed into place (with no
+clobbering: a different file already at the destination is never replaced
+unless ``overwrite`` was asked for), and the directory is fsynced.
+
+Names from the server are hostile until checked: only a plain file name is
+accepted, and neither the destination nor the ``.part`` file may be a symlink.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from dataeraid.errors import DataeraiError, TargetExpired, TransientError, from_os_error
+from dataeraid.transfer import JobContext, Progress
+
+PART_SUFFIX = ".part"
+
+
+def safe_file_name(name: object) -> str:
+    """The server's file name if it is a plain name in this directory, else ``unsafe_path``."""
+    if not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
+        raise DataeraiError("unsafe_path", f"the server sent an unusable file name {name!r}")
+    if len(name.encode()) > 255 - len(PART_SUFFIX):
+        raise DataeraiError("unsafe_path", f"the server sent a file name too long for this disk: {name[:40]!r}…")
+    return name
+
+
+def _is_symlink(path: Path) -> bool:
+    try:
+        return stat.S_ISLNK(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return False
+
+
+def sha256_of(path: Path, block_size: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb", buffering=0) as f:
+        while block := f.read(block_size):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _open_part(path: Path, size: int) -> tuple[int, bool]:
+    """Open (or create) the ``.part`` file at its full size; True if it was fresh."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    st = os.fstat(fd)
+    fresh = st.st_size != size
+    if fresh:
+        os.ftruncate(fd, 0)
+        os.ftruncate(fd, size)
+    return fd, fresh
+
+
+def _place(part: Path, dest: Path, overwrite: bool) -> None:
+    """Atomically move the finished ``.part`` into place and make it durable."""
+    if overwrite:
+        os.replace(part, dest)
+    else:
+        try:
+            os.link(part, dest)  # fails if anything appeared at dest meanwhile
+        except FileExistsError as exc:
+            raise DataeraiError("destination_exists", f"{dest} appeared during the download; kept {part}") from exc
+        os.unlink(part)
+    dir_fd = os.open(dest.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+async def run_download(ctx: JobContext) -> dict[str, Any]:
+    job = ctx.job
+    params = job["params"]
+    asset_id: str = params["asset_id"]
+    overwrite = bool(params.get("overwrite"))
+    dest_dir = Path(job["dest_dir"])
+
+    # Once a content version was picked, a resumed job keeps reading that one.
+    target = await ctx.retrying(
+        "asking where to read the asset",
+        lambda: ctx.remote.download_target(asset_id, job.get("content_id") or params.get("content_id")),
+    )
+    name = safe_file_name(target.get("file_name") or asset_id)
+    size = int(target["size"])
+    chunk_size = int(job["chunk_size"])
+    count = max(1, math.ceil(size / chunk_size))
+    if job.get("content_id") != target["content_id"]:
+        await ctx.store.clear_checkpoints(ctx.job_id)
+        await ctx.save(content_id=target["content_id"], sha256=target["sha256"], bytes_total=size,
+                       chunk_count=count, file_name=name)
+
+    try:
+        await trio.to_thread.run_sync(lambda: dest_dir.mkdir(parents=True, exist_ok=True))
+    except OSError as exc:
+        raise from_os_error(exc, f"creating {dest_dir}") from exc
+    dest = dest_dir / name
+    part = dest_dir / (name + PART_SUFFIX)
+    if _is_symlink(dest) or _is_symlink(part):
+        raise DataeraiError("unsafe_path", f"{dest} or its .part file is a symlink; refusing to write through it")
+    files = [{"local_path": str(dest), "size": size}]
+
+    if not overwrite and await trio.to_thread.run_sync(os.path.lexists, dest):
+        same = await trio.to_thread.run_sync(
+            lambda: dest.is_file() and dest.stat().st_size == size
+            and sha256_of(dest, ctx.settings.io_block_size) == target["sha256"]
+        )
+        if same:
+            ctx.log.info("destination already holds this content", path=str(dest))
+            return {"files": files}
+        raise DataeraiError("destination_exists", f"{dest} exists and differs; pass overwrite to replace it")
+
+    try:
+        fd, fresh = await trio.to_thread.run_sync(_open_part, part, size)
+    except OSError as exc:
+        raise from_os_error(exc, f"opening {part}") from exc
+    try:
+        if fresh:
+            await ctx.store.clear_checkpoints(ctx.job_id)
+        done = await ctx.store.checkpoints(ctx.job_id)
+        progress = ctx.progress(size, count, name)
+        progress.bytes_done = sum(c["size"] for c in done.values())
+        progress.chunks_done = len(done)
+        progress.publish_now()
+        todo = [n for n in range(count) if n not in done]
+        await _fetch_ranges(ctx, fd, target, asset_id, size, chunk_size, todo, progress)
+        await trio.to_thread.run_sync(os.fsync, fd)
+    except OSError as exc:
+        raise from_os_error(exc, f"writing {part}") from exc
+    finally:
+        os.close(fd)
+
+    digest = await trio.to_thread.run_sync(sha256_of, part, ctx.settings.io_block_size)
+    if digest != target["sha256"]:
+        await ctx.store.clear_checkpoints(ctx.job_id)
+        await trio.to_thread.run_sync(lambda: part.unlink(missing_ok=True))
+        raise DataeraiError("checksum_mismatch", f"downloaded bytes hash to {digest}, expected {target['sha256']}")
+    try:
+        await trio.to_thread.run_sync(_place, part, dest, overwrite)
+    except OSError as exc:
+        raise from_os_error(exc, f"moving {part} into place") from exc
+    progress.publish_now()
+    ctx.log.info("download complete", path=str(dest), size=size)
+    return {"files": files}
+
+
+async def _fetch_ranges(ctx: JobContext, fd: int, target: dict[str, Any], asset_id: str, size: int,
+                        chunk_size: int, todo: list[int], progress: Progress) -> None:
+    current = {"target": target}
+    queue = iter(todo)
+
+    async def refresh() -> None:
+        current["target"] = await ctx.remote.download_target(asset_id, target["content_id"])
+
+    async def fetch(index: int) -> None:
+        start = index * chunk_size
+        length = min(chunk_size, size - start)
+        written = 0
+
+        async def attempt() -> None:
+            nonlocal written
+            progress.add(-written)
+            written = 0
+            pending = bytearray()
+
+            async def flush() -> None:
+                nonlocal written
+                await trio.to_thread.run_sync(os.pwrite, fd, pending, start + written)
+                written += len(pending)
+                pending.clear()
+
+            try:
+                async for data in ctx.remote.read_range(current["target"], start, length, f"reading range {index}"):
+                    if written + len(pending) + len(data) > length:
+                        raise DataeraiError("checksum_mismatch", f"range {index}: the server sent too many bytes")
+                    await ctx.bandwidth.spend(len(data))
+                    pending += data
+                    progress.add(len(data), index)
+                    # Write in blocks: one thread hop per MiB, not per socket read.
+                    if len(pending) >= ctx.settings.io_block_size:
+                        await flush()
+                if pending:
+                    await flush()
+            except TargetExpired:
+                await refresh()
+                raise
+            finally:
+                progress.add(-len(pending))
+            if written != length:
+                raise TransientError(f"range {index}: connection ended after {written} of {length} bytes")
+
+        await ctx.retrying(f"reading range {index}", attempt)
+        await trio.to_thread.run_sync(os.fdatasync, fd)
+        await ctx.store.checkpoint(ctx.job_id, index, length, None)
+        progress.chunk_finished()
+
+    async def worker() -> None:
+        for index in queue:
+            await fetch(index)
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(ctx.settings.parts_per_job):
+            nursery.start_soon(worker)

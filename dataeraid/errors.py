@@ -1,0 +1,55 @@
+"""The daemon's exceptions, all carrying a code from the one catalogue in
+``dataerai.protocol``. OS errors are mapped to it here, once.
+
+    DataeraiError(code, message)      a failure the caller sees with its code
+     ├── AuthProblem                  auth_required / auth_expired: the job waits for a new login
+    TransientError                    worth retrying: network, timeouts, 5xx, 429
+     └── TargetExpired                a signed URL expired: ask the server for a new one
+"""
+
+from __future__ import annotations
+
+import errno
+from typing import Any
+
+from dataerai.protocol import ERRORS
+
+
+class DataeraiError(Exception):
+    def __init__(self, code: str, message: str, **data: Any) -> None:
+        if code not in ERRORS:
+            code = "internal"
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.data = data
+
+
+class AuthProblem(DataeraiError):
+    pass
+
+
+class TransientError(Exception):
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class TargetExpired(TransientError):
+    pass
+
+
+_OS_CODES = {
+    errno.ENOSPC: "disk_full",
+    errno.EDQUOT: "disk_full",
+    errno.ENOENT: "not_found",
+    errno.EACCES: "permission_denied",
+    errno.EPERM: "permission_denied",
+    errno.ELOOP: "unsafe_path",
+}
+
+
+def from_os_error(exc: OSError, what: str) -> DataeraiError:
+    """The catalogue's view of a local file error; ``what`` says which file and why."""
+    code = _OS_CODES.get(exc.errno or 0, "io_error")
+    return DataeraiError(code, f"{what}: {exc.strerror or exc}")

@@ -1,0 +1,76 @@
+"""Blocking file work for the engines, meant to run in worker threads.
+
+Reads and hashes go in blocks of ``block_size`` so memory stays flat whatever
+the file or part size; ``hashlib`` releases the GIL on big buffers, so hashing
+in threads uses the second core.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+
+from dataeraid.errors import DataeraiError, from_os_error
+
+
+@dataclass(frozen=True)
+class SourceIdentity:
+    size: int
+    mtime_ns: int
+    inode: int
+
+    @classmethod
+    def of_path(cls, path: str) -> SourceIdentity:
+        st = os.stat(path)
+        return cls(st.st_size, st.st_mtime_ns, st.st_ino)
+
+    @classmethod
+    def of_fd(cls, fd: int) -> SourceIdentity:
+        st = os.fstat(fd)
+        return cls(st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+def source_changed(path: str, reason: str) -> DataeraiError:
+    return DataeraiError("source_changed", f"{path} changed after it was enqueued ({reason}); nothing was committed")
+
+
+def check_source(path: str, expected: SourceIdentity) -> None:
+    """Raise ``source_changed`` unless the file at ``path`` is still the one enqueued."""
+    try:
+        now = SourceIdentity.of_path(path)
+    except FileNotFoundError as exc:
+        raise source_changed(path, "it is gone") from exc
+    except OSError as exc:
+        raise from_os_error(exc, f"reading {path}") from exc
+    if now != expected:
+        raise source_changed(path, f"size/mtime/inode {now} != {expected}")
+
+
+def read_exact(fd: int, offset: int, length: int, path: str) -> bytes:
+    data = os.pread(fd, length, offset)
+    if len(data) != length:
+        raise source_changed(path, f"short read at offset {offset}")
+    return data
+
+
+def hash_range(fd: int, offset: int, length: int, block_size: int, path: str,
+               also: hashlib._Hash | None = None) -> str:
+    """SHA-256 of ``length`` bytes at ``offset``; the same bytes also feed ``also`` if given."""
+    digest = hashlib.sha256()
+    end = offset + length
+    while offset < end:
+        block = read_exact(fd, offset, min(block_size, end - offset), path)
+        digest.update(block)
+        if also is not None:
+            also.update(block)
+        offset += len(block)
+    return digest.hexdigest()
+
+
+def feed_range(fd: int, offset: int, length: int, block_size: int, path: str, into: hashlib._Hash) -> None:
+    end = offset + length
+    while offset < end:
+        block = read_exact(fd, offset, min(block_size, end - offset), path)
+        into.update(block)
+        offset += len(block)

@@ -1,0 +1,203 @@
+"""Jobs: their states, the legal transitions, and the one place that changes them.
+
+Every change of state goes through ``Jobs.transition``, which writes the job row
+and its ``job.state`` event in one transaction (see ``events.EventBus.commit``).
+The states and their transitions are documented in docs/job-states.md.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+import trio
+from sqlalchemy.engine import Connection
+
+from dataeraid import schema
+from dataeraid.errors import DataeraiError
+from dataeraid.events import Emit, EventBus
+from dataeraid.store import INTERRUPTIBLE_STATES, Row, Store
+
+TERMINAL = frozenset({"completed", "failed", "cancelled"})
+
+TRANSITIONS: Mapping[str, frozenset[str]] = {
+    "queued": frozenset({"running", "paused", "cancelled"}),
+    "running": frozenset(
+        {"completed", "failed", "cancelled", "waiting_for_network", "waiting_for_auth", "queued", "paused"}
+    ),
+    "waiting_for_network": frozenset({"running", "waiting_for_auth", "failed", "cancelled", "queued", "paused"}),
+    "waiting_for_auth": frozenset({"running", "waiting_for_network", "failed", "cancelled", "queued", "paused"}),
+    "paused": frozenset({"queued", "cancelled"}),
+    "failed": frozenset({"queued"}),
+    "cancelled": frozenset({"queued"}),
+    "completed": frozenset(),
+}
+STATES = tuple(TRANSITIONS)
+
+
+def new_job_id() -> str:
+    # Time-ordered prefix so ids sort by creation, random tail so they never collide.
+    return f"job_{int(time.time() * 1000):012x}{secrets.token_hex(6)}"
+
+
+def _iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def to_wire(row: Row, bytes_done: int, chunks_done: int) -> dict[str, Any]:
+    """The job object of docs/protocol.md."""
+    error = None
+    if row["error_code"]:
+        error = {"code": row["error_code"], "message": row["error_message"] or ""}
+    total = row["bytes_total"]
+    if row["state"] == "completed" and total is not None:
+        bytes_done = total
+        chunks_done = row["chunk_count"] or chunks_done
+    return {
+        "job_id": row["job_id"],
+        "kind": row["kind"],
+        "state": row["state"],
+        "priority": row["priority"],
+        "created_at": _iso(row["created_at"]),
+        "updated_at": _iso(row["updated_at"]),
+        "bytes_done": bytes_done,
+        "bytes_total": total,
+        "chunk_count": row["chunk_count"],
+        "chunks_done": chunks_done,
+        "file_name": row["file_name"],
+        "local_path": row["local_path"],
+        "dest_dir": row["dest_dir"],
+        "asset_id": row["asset_id"],
+        "content_id": row["content_id"],
+        "upload_id": row["remote_session"] if row["kind"] == "upload" else None,
+        "sha256": row["sha256"],
+        "files": row["files"] or [],
+        "error": error,
+    }
+
+
+def _checkpoint_totals(conn: Connection, job_id: str) -> tuple[int, int]:
+    table = schema.chunks
+    query = sa.select(sa.func.coalesce(sa.func.sum(table.c.size), 0), sa.func.count()).where(table.c.job_id == job_id)
+    total, count = conn.execute(query).one()
+    return int(total), int(count)
+
+
+class Jobs:
+    """The job table's owner: creation, transitions with their events, reads."""
+
+    def __init__(self, bus: EventBus) -> None:
+        self.bus = bus
+        self.store: Store = bus.store
+        self._queue_changed = trio.Event()
+        # Live counters of running jobs, so reads don't wait for checkpoints.
+        self.live_progress: dict[str, tuple[int, int]] = {}
+
+    # The scheduler sleeps on this; anything that makes a job runnable sets it.
+    def queue_changed(self) -> trio.Event:
+        return self._queue_changed
+
+    def wake_scheduler(self) -> None:
+        self._queue_changed.set()
+        self._queue_changed = trio.Event()
+
+    def _wire(self, conn: Connection, row: Row) -> dict[str, Any]:
+        live = self.live_progress.get(row["job_id"])
+        done, count = live if live is not None else _checkpoint_totals(conn, row["job_id"])
+        return to_wire(row, done, count)
+
+    async def create(self, row: Row) -> dict[str, Any]:
+        """Insert a queued job; returns once it is durably committed."""
+        now = time.time()
+        row = {**row, "state": "queued", "created_at": now, "updated_at": now}
+
+        def write(conn: Connection, emit: Emit) -> dict[str, Any]:
+            Store.insert_job(conn, row)
+            job = self._wire(conn, Store.fetch_job(conn, row["job_id"]) or row)
+            emit("job.state", row["job_id"], {"state": "queued", "previous_state": None, "job": job})
+            return job
+
+        job = await self.bus.commit(write)
+        self.wake_scheduler()
+        return job
+
+    async def transition(
+        self,
+        job_id: str,
+        to: str,
+        *,
+        fields: Mapping[str, Any] | None = None,
+        only_from: Sequence[str] | None = None,
+    ) -> dict[str, Any]:
+        """Move a job to state ``to`` (and set ``fields``) with its event, or raise ``conflict``."""
+
+        def write(conn: Connection, emit: Emit) -> dict[str, Any]:
+            row = Store.fetch_job(conn, job_id)
+            if row is None:
+                raise DataeraiError("not_found", f"no job {job_id}")
+            current = row["state"]
+            allowed = TRANSITIONS[current] if only_from is None or current in only_from else frozenset()
+            if to not in allowed:
+                raise DataeraiError("conflict", f"job {job_id} is {current}; it cannot become {to}", state=current)
+            changes = dict(fields or {})
+            changes["state"] = to
+            if to in ("queued", "running", "completed"):
+                changes.setdefault("error_code", None)
+                changes.setdefault("error_message", None)
+            Store.update_job(conn, job_id, changes)
+            new_row = Store.fetch_job(conn, job_id)
+            assert new_row is not None
+            job = self._wire(conn, new_row)
+            emit("job.state", job_id, {"state": to, "previous_state": current, "job": job})
+            return job
+
+        job = await self.bus.commit(write)
+        if to == "queued":
+            self.wake_scheduler()
+        return job
+
+    async def update(self, job_id: str, fields: Mapping[str, Any]) -> None:
+        """Record fields that are not a change of state (no event)."""
+        await self.store.transaction(lambda conn: Store.update_job(conn, job_id, dict(fields)))
+
+    async def get(self, job_id: str) -> dict[str, Any]:
+        def read(conn: Connection) -> dict[str, Any]:
+            row = Store.fetch_job(conn, job_id)
+            if row is None:
+                raise DataeraiError("not_found", f"no job {job_id}")
+            return self._wire(conn, row)
+
+        return await self.store.transaction(read)
+
+    async def row(self, job_id: str) -> Row:
+        row = await self.store.get_job(job_id)
+        if row is None:
+            raise DataeraiError("not_found", f"no job {job_id}")
+        return row
+
+    async def list_all(self, states: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        def read(conn: Connection) -> list[dict[str, Any]]:
+            query = sa.select(schema.jobs).order_by(schema.jobs.c.seq)
+            if states:
+                query = query.where(schema.jobs.c.state.in_(list(states)))
+            return [self._wire(conn, dict(r)) for r in conn.execute(query).mappings()]
+
+        return await self.store.transaction(read)
+
+    async def requeue_interrupted(self) -> list[str]:
+        """After a stop or crash, jobs that were moving bytes go back to the queue."""
+        rows = await self.store.list_jobs(INTERRUPTIBLE_STATES)
+        for row in rows:
+            await self.transition(row["job_id"], "queued")
+        return [r["job_id"] for r in rows]
+
+    async def counts(self) -> dict[str, int]:
+        query = sa.select(schema.jobs.c.state, sa.func.count()).group_by(schema.jobs.c.state)
+        rows = await self.store.transaction(lambda conn: conn.execute(query).all())
+        return {state: int(n) for state, n in rows}

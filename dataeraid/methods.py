@@ -1,0 +1,275 @@
+"""Every RPC method: its parameters, its help and its handler, in one registry.
+
+Handlers validate what the user sent, then hand work to the services: the
+queue (jobs), the scheduler, the event bus and the remote. Starting a job
+answers once the job is durably queued; the bytes move later in the scheduler.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import trio
+
+from dataeraid import __version__
+from dataeraid.auth import Auth
+from dataeraid.config import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, Settings
+from dataeraid.errors import DataeraiError, TransientError, from_os_error
+from dataeraid.events import EventBus
+from dataeraid.fileio import SourceIdentity
+from dataeraid.jobs import STATES, TERMINAL, Jobs, new_job_id
+from dataeraid.remote import Remote
+from dataeraid.rpc import Connection, Param, Registry
+from dataeraid.scheduler import Scheduler
+
+T = TypeVar("T")
+
+OWNER_TYPES = ("project", "user", "collection")
+ASSET_FIELDS = ("title", "description", "alias", "tags", "metadata")
+
+
+@dataclass(frozen=True)
+class Services:
+    jobs: Jobs
+    bus: EventBus
+    scheduler: Scheduler
+    remote: Remote
+    auth: Auth
+    settings: Settings
+
+
+async def _now(what: str, call: Callable[[], Awaitable[T]]) -> T:
+    """A direct request to the repository: a user is waiting, so no endless retries."""
+    try:
+        return await call()
+    except TransientError as exc:
+        raise DataeraiError("unavailable", f"{what}: the repository cannot be reached ({exc})") from exc
+
+
+def _absolute(name: str, value: str) -> str:
+    if not os.path.isabs(value):
+        raise DataeraiError("invalid_argument", f"`{name}` must be an absolute path, not {value!r}")
+    return os.path.normpath(value)
+
+
+def build_registry(svc: Services) -> Registry:
+    registry = Registry()
+    add = registry.add
+
+    @add("daemon.ping", "Is the daemon there? Its version and pid.")
+    async def ping(conn: Connection) -> dict[str, Any]:
+        return {"version": __version__, "pid": os.getpid()}
+
+    @add("daemon.status", "Version, pid, job counts by state, the last event id.")
+    async def status(conn: Connection) -> dict[str, Any]:
+        return {"version": __version__, "pid": os.getpid(), "jobs": await svc.jobs.counts(),
+                "last_event_id": svc.bus.last_id}
+
+    @add("auth.status", "The logged-in user and the token's expiry, as the repository says.")
+    async def auth_status(conn: Connection) -> dict[str, Any]:
+        creds = svc.auth.require()
+        me = await _now("checking the token", svc.remote.me)
+        return {"server_url": creds.server_url, "user_id": me.get("user_id"), "user_email": me.get("email"),
+                "scopes": me.get("scopes", []), "expires_at": me.get("token_expires_at")}
+
+    @add("auth.reload", "Re-read the credentials file; jobs waiting for auth go on.")
+    async def auth_reload(conn: Connection) -> dict[str, Any]:
+        creds = svc.auth.reload()
+        return {"logged_in": creds is not None, "server_url": creds.server_url if creds else None}
+
+    @add("project.create", "Create a project (with its root collection, owner membership and allocation).",
+         Param("name", "str", required=True), Param("description", "str", default="", nullable=False))
+    async def project_create(conn: Connection, name: str, description: str) -> dict[str, Any]:
+        if not name.strip():
+            raise DataeraiError("invalid_argument", "`name` must not be empty")
+        result: dict[str, Any] = await _now("creating the project",
+                                            lambda: svc.remote.create_project(name, description))
+        return result
+
+    @add(
+        "upload.start", "Queue an upload of a local file as a new asset (or a new version of one).",
+        Param("local_path", "str", required=True), Param("title", "str", required=True),
+        Param("owner_type", "str", required=True), Param("owner_id", "str", required=True),
+        Param("description", "str"), Param("alias", "str"), Param("tags", "list[str]"),
+        Param("metadata", "object"), Param("collection_id", "str"), Param("asset_id", "str"),
+        Param("chunk_size", "int"), Param("priority", "int", default=0, nullable=False),
+        Param("deadline_s", "number"),
+    )
+    async def upload_start(conn: Connection, local_path: str, title: str, owner_type: str, owner_id: str,
+                           description: str | None, alias: str | None, tags: list[str] | None,
+                           metadata: dict[str, Any] | None, collection_id: str | None, asset_id: str | None,
+                           chunk_size: int | None, priority: int, deadline_s: float | None) -> dict[str, Any]:
+        path = _absolute("local_path", local_path)
+        if owner_type not in OWNER_TYPES:
+            raise DataeraiError("invalid_argument", f"`owner_type` must be one of {', '.join(OWNER_TYPES)}")
+        chunk = chunk_size or svc.settings.default_chunk_size
+        if not MIN_CHUNK_SIZE <= chunk <= MAX_CHUNK_SIZE:
+            raise DataeraiError("invalid_argument",
+                                f"`chunk_size` must be between {MIN_CHUNK_SIZE} and {MAX_CHUNK_SIZE} bytes")
+        try:
+            identity = await trio.to_thread.run_sync(SourceIdentity.of_path, path)
+            is_file = await trio.to_thread.run_sync(os.path.isfile, path)
+        except OSError as exc:
+            raise from_os_error(exc, f"cannot read {path}") from exc
+        if not is_file:
+            raise DataeraiError("invalid_argument", f"{path} is not a regular file")
+        if not os.access(path, os.R_OK):
+            raise DataeraiError("permission_denied", f"{path} is not readable")
+        job_id = new_job_id()
+        params = {"title": title, "owner_type": owner_type, "owner_id": owner_id, "description": description,
+                  "alias": alias, "tags": tags or [], "metadata": metadata or {}, "collection_id": collection_id,
+                  "asset_id": asset_id}
+        return await svc.jobs.create({
+            "job_id": job_id, "kind": "upload", "priority": priority, "params": params, "local_path": path,
+            "file_name": os.path.basename(path), "source_size": identity.size,
+            "source_mtime_ns": identity.mtime_ns, "source_inode": identity.inode, "chunk_size": chunk,
+            "chunk_count": max(1, -(-identity.size // chunk)), "bytes_total": identity.size,
+            "deadline": _deadline(deadline_s),
+        })
+
+    @add(
+        "download.start", "Queue a download of an asset's content into a local directory.",
+        Param("asset_id", "str", required=True), Param("dest_dir", "str", required=True),
+        Param("content_id", "str"), Param("overwrite", "bool", default=False, nullable=False),
+        Param("chunk_size", "int"), Param("priority", "int", default=0, nullable=False),
+        Param("deadline_s", "number"),
+    )
+    async def download_start(conn: Connection, asset_id: str, dest_dir: str, content_id: str | None,
+                             overwrite: bool, chunk_size: int | None, priority: int,
+                             deadline_s: float | None) -> dict[str, Any]:
+        dest = _absolute("dest_dir", dest_dir)
+        if await trio.to_thread.run_sync(lambda: os.path.exists(dest) and not os.path.isdir(dest)):
+            raise DataeraiError("invalid_argument", f"{dest} exists and is not a directory")
+        chunk = chunk_size or svc.settings.default_chunk_size
+        if not MIN_CHUNK_SIZE <= chunk <= MAX_CHUNK_SIZE:
+            raise DataeraiError("invalid_argument",
+                                f"`chunk_size` must be between {MIN_CHUNK_SIZE} and {MAX_CHUNK_SIZE} bytes")
+        return await svc.jobs.create({
+            "job_id": new_job_id(), "kind": "download", "priority": priority,
+            "params": {"asset_id": asset_id, "content_id": content_id, "overwrite": overwrite},
+            "dest_dir": dest, "chunk_size": chunk, "deadline": _deadline(deadline_s),
+        })
+
+    @add("job.get", "One job.", Param("job_id", "str", required=True))
+    async def job_get(conn: Connection, job_id: str) -> dict[str, Any]:
+        return await svc.jobs.get(job_id)
+
+    @add("job.list", "All jobs, or those in the given states.", Param("states", "list[str]"))
+    async def job_list(conn: Connection, states: list[str] | None) -> dict[str, Any]:
+        bad = sorted(set(states or ()) - set(STATES))
+        if bad:
+            raise DataeraiError("invalid_argument", f"unknown states {bad}; states are {', '.join(STATES)}")
+        return {"jobs": await svc.jobs.list_all(states)}
+
+    @add("job.wait", "Wait until a job is completed, failed or cancelled.",
+         Param("job_id", "str", required=True), Param("timeout_s", "number"), waits=True)
+    async def job_wait(conn: Connection, job_id: str, timeout_s: float | None) -> dict[str, Any]:
+        subscription = await svc.bus.subscribe(jobs=[job_id])
+        try:
+            job = await svc.jobs.get(job_id)
+            with trio.move_on_after(timeout_s if timeout_s is not None else float("inf")):
+                while job["state"] not in TERMINAL:
+                    async for event in subscription:
+                        if event["type"] == "job.state":
+                            job = event["job"]
+                            break
+                        if event["type"] == "gap":
+                            job = await svc.jobs.get(job_id)
+                            break
+                return job
+            raise DataeraiError("timeout", f"job {job_id} is still {job['state']}; it goes on in the daemon",
+                                job_id=job_id)
+        finally:
+            subscription.close()
+
+    @add("job.cancel", "Cancel a job; a running one stops at once.", Param("job_id", "str", required=True))
+    async def job_cancel(conn: Connection, job_id: str) -> dict[str, Any]:
+        job = await svc.jobs.transition(job_id, "cancelled", fields={
+            "error_code": "cancelled", "error_message": "cancelled by request"})
+        svc.scheduler.stop(job_id)
+        return job
+
+    @add("job.pause", "Hold a queued or running job; it keeps its checkpoints.", Param("job_id", "str", required=True))
+    async def job_pause(conn: Connection, job_id: str) -> dict[str, Any]:
+        job = await svc.jobs.transition(job_id, "paused")
+        svc.scheduler.stop(job_id)
+        return job
+
+    @add("job.resume", "Queue a paused job again.", Param("job_id", "str", required=True))
+    async def job_resume(conn: Connection, job_id: str) -> dict[str, Any]:
+        return await svc.jobs.transition(job_id, "queued", only_from=("paused",))
+
+    @add("job.retry", "Queue a failed or cancelled job again, from its checkpoints.",
+         Param("job_id", "str", required=True))
+    async def job_retry(conn: Connection, job_id: str) -> dict[str, Any]:
+        return await svc.jobs.transition(job_id, "queued", only_from=("failed", "cancelled"))
+
+    @add("asset.get", "An asset's metadata.", Param("asset_id", "str", required=True))
+    async def asset_get(conn: Connection, asset_id: str) -> dict[str, Any]:
+        return await _now("reading the asset", lambda: svc.remote.get_asset(asset_id))
+
+    @add("asset.update", "Update an asset's metadata fields.", Param("asset_id", "str", required=True),
+         Param("title", "str", default=None), Param("description", "str"), Param("alias", "str"),
+         Param("tags", "list[str]"), Param("metadata", "object"), Param("fields", "object"))
+    async def asset_update(conn: Connection, asset_id: str, fields: dict[str, Any] | None,
+                           **named: Any) -> dict[str, Any]:
+        changes = {k: v for k, v in named.items() if v is not None}
+        for key, value in (fields or {}).items():
+            if key not in ASSET_FIELDS:
+                raise DataeraiError("invalid_argument", f"unknown asset field `{key}`; fields are {ASSET_FIELDS}")
+            changes[key] = value
+        if not changes:
+            raise DataeraiError("invalid_argument", "nothing to update")
+        return await _now("updating the asset", lambda: svc.remote.update_asset(asset_id, changes))
+
+    @add("events.subscribe", "Receive `event` notifications on this connection (replaying after `since`).",
+         Param("since", "int"), Param("jobs", "list[str]"))
+    async def events_subscribe(conn: Connection, since: int | None, jobs: list[str] | None) -> dict[str, Any]:
+        if conn.subscription_scope is not None:
+            conn.subscription_scope.cancel()
+        subscription = await svc.bus.subscribe(since=since, jobs=jobs)
+        scope = trio.CancelScope()
+        conn.subscription_scope = scope
+        last = svc.bus.last_id
+
+        async def pump() -> None:
+            from dataerai.protocol import encode_notification
+
+            with scope:
+                try:
+                    async for event in subscription:
+                        await conn.send(encode_notification("event", event))
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
+                finally:
+                    subscription.close()
+
+        assert conn.nursery is not None
+        conn.nursery.start_soon(pump)
+        return {"last_event_id": last}
+
+    @add("events.unsubscribe", "Stop the event notifications on this connection.")
+    async def events_unsubscribe(conn: Connection) -> dict[str, Any]:
+        if conn.subscription_scope is not None:
+            conn.subscription_scope.cancel()
+            conn.subscription_scope = None
+        return {}
+
+    return registry
+
+
+def _deadline(deadline_s: float | None) -> float | None:
+    import time
+
+    if deadline_s is None:
+        return None
+    if deadline_s <= 0:
+        raise DataeraiError("invalid_argument", "`deadline_s` must be positive")
+    return time.time() + deadline_s
+
+
+__all__ = ["Path", "Services", "build_registry"]

@@ -1,0 +1,61 @@
+"""Where the daemon keeps things, by the XDG base directory conventions.
+
+Setting the ``XDG_*`` variables (and ``DATAERAI_SOCKET``) isolates a whole user
+environment: tests, and several users on one instrument PC, rely on that.
+
+| what | path |
+|---|---|
+| queue database | ``$XDG_STATE_HOME/dataerai/queue.sqlite3`` (default ``~/.local/state``) |
+| daemon log | ``$XDG_STATE_HOME/dataerai/daemon.log`` (when not under systemd) |
+| credentials | ``$XDG_CONFIG_HOME/dataerai/credentials.json`` (0600; default ``~/.config``) |
+| configuration | ``$XDG_CONFIG_HOME/dataerai/config.toml`` |
+| socket | ``$DATAERAI_SOCKET``, else ``$XDG_RUNTIME_DIR/dataerai-transfer.sock``, else ``/run/user/<uid>/...`` |
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from dataerai._paths import default_socket_path
+
+APP = "dataerai"
+
+
+def _xdg(var: str, fallback: str) -> Path:
+    value = os.environ.get(var)
+    if value and os.path.isabs(value):
+        return Path(value)
+    return Path.home() / fallback
+
+
+@dataclass(frozen=True)
+class Paths:
+    state_dir: Path
+    config_dir: Path
+    socket: Path
+
+    @property
+    def queue_db(self) -> Path:
+        return self.state_dir / "queue.sqlite3"
+
+    @property
+    def log_file(self) -> Path:
+        return self.state_dir / "daemon.log"
+
+    @property
+    def credentials(self) -> Path:
+        return self.config_dir / "credentials.json"
+
+    @property
+    def config_file(self) -> Path:
+        return self.config_dir / "config.toml"
+
+    @classmethod
+    def from_environment(cls) -> Paths:
+        return cls(
+            state_dir=_xdg("XDG_STATE_HOME", ".local/state") / APP,
+            config_dir=_xdg("XDG_CONFIG_HOME", ".config") / APP,
+            socket=Path(default_socket_path()),
+        )

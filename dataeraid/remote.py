@@ -1,0 +1,182 @@
+"""The repository's HTTP API (docs/http-api.md) as the daemon's engines see it.
+
+HTTP and transport errors become the catalogue's errors here and nowhere else:
+
+- connection errors, timeouts, 408, 429 and 5xx → ``TransientError`` (retry; 429 and
+  503 carry ``Retry-After``)
+- 401 → ``AuthProblem`` (``auth_required`` / ``auth_expired``: the job waits for a login)
+- 403 on a signed URL that expired → ``TargetExpired`` (ask for a new URL)
+- any other 4xx → ``DataeraiError`` with the server's code (fail at once)
+
+Signed URLs (part targets, content reads) are sent without the bearer token:
+the token only ever goes to the API base URL it was issued for.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import httpx
+from dataerai.protocol import ERRORS
+
+from dataeraid.auth import Auth
+from dataeraid.errors import AuthProblem, DataeraiError, TargetExpired, TransientError
+
+USER_AGENT = "dataeraid/0.1.0"
+
+_STATUS_CODES = {400: "invalid_argument", 403: "permission_denied", 404: "not_found", 409: "conflict",
+                 413: "quota_exceeded", 416: "invalid_argument", 422: "checksum_mismatch"}
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        when = email.utils.parsedate_to_datetime(value)
+        return max(0.0, when.timestamp() - time.time()) if when else None
+
+
+def _error_body(response: httpx.Response) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except ValueError:
+        return {}
+    error = body.get("error") if isinstance(body, dict) else None
+    return error if isinstance(error, dict) else {}
+
+
+def raise_for_status(response: httpx.Response, what: str) -> None:
+    """Map a non-2xx answer to the catalogue (the one boundary for HTTP errors)."""
+    status = response.status_code
+    if status < 300:
+        return
+    if status in (408, 429) or status >= 500:
+        raise TransientError(f"{what}: HTTP {status}", retry_after=_retry_after(response))
+    error = _error_body(response)
+    code = error.get("code") if error.get("code") in ERRORS else _STATUS_CODES.get(status, "invalid_argument")
+    message = str(error.get("message") or f"HTTP {status}")
+    if status == 401:
+        raise AuthProblem(code if code in ("auth_required", "auth_expired") else "auth_required", message)
+    if status == 403 and error.get("reason") in ("url_expired", "bad_signature"):
+        raise TargetExpired(f"{what}: {message}")
+    extra = {k: v for k, v in error.items() if k not in ("code", "message")}
+    raise DataeraiError(str(code), f"{what}: {message}", **extra)
+
+
+class Remote:
+    """One repository, reached with the current credentials."""
+
+    def __init__(self, auth: Auth, http: httpx.AsyncClient) -> None:
+        self._auth = auth
+        self._http = http
+
+    async def _api(self, method: str, path: str, what: str, *, json: Any = None,
+                   params: Mapping[str, str] | None = None, timeout: float | None = None) -> Any:
+        creds = self._auth.require()
+        try:
+            response = await self._http.request(
+                method,
+                creds.api_base + path,
+                json=json,
+                params=params,
+                headers={"Authorization": f"Bearer {creds.token}"},
+                timeout=httpx.Timeout(timeout, connect=10.0) if timeout else httpx.USE_CLIENT_DEFAULT,
+            )
+        except httpx.TransportError as exc:
+            raise TransientError(f"{what}: {type(exc).__name__}: {exc}") from exc
+        raise_for_status(response, what)
+        if response.status_code == 204 or not response.content:
+            return None
+        return response.json()
+
+    # --- identity, projects, assets -----------------------------------------------
+
+    async def me(self) -> dict[str, Any]:
+        result: dict[str, Any] = await self._api("GET", "/me", "reading the token's user")
+        return result
+
+    async def create_project(self, name: str, description: str) -> dict[str, Any]:
+        body = {"name": name, "description": description}
+        result: dict[str, Any] = await self._api("POST", "/projects", "creating the project", json=body)
+        return result
+
+    async def get_asset(self, asset_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self._api("GET", f"/assets/{asset_id}", f"reading asset {asset_id}")
+        return result
+
+    async def update_asset(self, asset_id: str, fields: Mapping[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = await self._api(
+            "PATCH", f"/assets/{asset_id}", f"updating asset {asset_id}", json=dict(fields)
+        )
+        return result
+
+    # --- uploads ------------------------------------------------------------
+
+    async def create_upload(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = await self._api("POST", "/uploads", "creating the upload session", json=dict(body))
+        return result
+
+    async def get_upload(self, upload_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self._api("GET", f"/uploads/{upload_id}", "reading the upload session")
+        return result
+
+    async def part_target(self, upload_id: str, number: int, sha256: str, size: int) -> dict[str, Any]:
+        result: dict[str, Any] = await self._api(
+            "POST", f"/uploads/{upload_id}/parts/{number}/target", f"asking where to send part {number}",
+            json={"sha256": sha256, "size": size},
+        )
+        return result
+
+    async def put_part(self, target: Mapping[str, Any], body: AsyncIterator[bytes], what: str) -> dict[str, Any]:
+        """Send one part to its signed target, streaming ``body``."""
+        headers = dict(target.get("headers") or {})
+        try:
+            response = await self._http.request(str(target.get("method", "PUT")), target["url"],
+                                                content=body, headers=headers)
+        except httpx.TransportError as exc:
+            raise TransientError(f"{what}: {type(exc).__name__}: {exc}") from exc
+        raise_for_status(response, what)
+        result: dict[str, Any] = response.json() if response.content else {}
+        return result
+
+    async def complete_upload(self, upload_id: str, idempotency_key: str, sha256: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self._api(
+            "POST", f"/uploads/{upload_id}/complete", "completing the upload",
+            json={"idempotency_key": idempotency_key, "sha256": sha256}, timeout=3600.0,
+        )
+        return result
+
+    async def abort_upload(self, upload_id: str) -> None:
+        await self._api("DELETE", f"/uploads/{upload_id}", "aborting the upload session")
+
+    # --- downloads ----------------------------------------------------------
+
+    async def download_target(self, asset_id: str, content_id: str | None) -> dict[str, Any]:
+        params = {"content_id": content_id} if content_id else None
+        result: dict[str, Any] = await self._api(
+            "GET", f"/assets/{asset_id}/download", f"asking where to read asset {asset_id}", params=params
+        )
+        return result
+
+    async def read_range(self, target: Mapping[str, Any], start: int, length: int, what: str) -> AsyncIterator[bytes]:
+        """Stream ``length`` bytes from ``start`` of a signed content URL."""
+        headers = dict(target.get("headers") or {})
+        if length > 0:
+            headers["Range"] = f"bytes={start}-{start + length - 1}"
+        try:
+            async with self._http.stream("GET", target["url"], headers=headers) as response:
+                if response.status_code == 200 and length > 0 and start > 0:
+                    raise DataeraiError("internal", f"{what}: the server ignored the byte range")
+                if response.status_code >= 300:
+                    await response.aread()
+                raise_for_status(response, what)
+                async for block in response.aiter_raw():
+                    yield block
+        except httpx.TransportError as exc:
+            raise TransientError(f"{what}: {type(exc).__name__}: {exc}") from exc

@@ -1,0 +1,100 @@
+"""The scheduler: takes queued jobs from the store, runs up to
+``max_active_jobs`` at once (priority first, then first come, first served),
+and owns every running job's task and cancel scope.
+
+A running job ends in exactly one of three ways: the engine returns (the job
+becomes ``completed`` with the engine's result fields), the engine raises a
+``DataeraiError`` (``failed`` with its code), or the job's scope is cancelled
+(by ``job.cancel``/pause, which already moved the state, or by daemon
+shutdown, which leaves the job ``running`` in the store so the next start
+requeues it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import trio
+
+from dataeraid import log
+from dataeraid.auth import Auth
+from dataeraid.config import Settings
+from dataeraid.errors import DataeraiError
+from dataeraid.jobs import Jobs
+from dataeraid.remote import Remote
+from dataeraid.store import Row
+from dataeraid.transfer import Bandwidth, JobContext
+
+Engine = Callable[[JobContext], Awaitable[dict[str, Any]]]
+
+_log = log.get("dataeraid.scheduler")
+
+
+class Scheduler:
+    def __init__(self, jobs: Jobs, remote: Remote, auth: Auth, settings: Settings,
+                 engines: Mapping[str, Engine]) -> None:
+        self._jobs = jobs
+        self._remote = remote
+        self._auth = auth
+        self._settings = settings
+        self._engines = engines
+        self._running: dict[str, trio.CancelScope] = {}
+        self._bandwidth = Bandwidth(settings.bandwidth_limit_bps)
+
+    @property
+    def running(self) -> frozenset[str]:
+        return frozenset(self._running)
+
+    def stop(self, job_id: str) -> None:
+        """Cancel a job's task, if it runs. Its state was already changed by the caller."""
+        scope = self._running.get(job_id)
+        if scope is not None:
+            scope.cancel()
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        requeued = await self._jobs.requeue_interrupted()
+        if requeued:
+            _log.info("requeued interrupted jobs", job_ids=requeued)
+        async with trio.open_nursery() as nursery:
+            task_status.started()
+            while True:
+                wake = self._jobs.queue_changed()
+                free = self._settings.max_active_jobs - len(self._running)
+                if free > 0:
+                    for row in await self._jobs.store.runnable_jobs(free, self._running):
+                        scope = trio.CancelScope()
+                        self._running[row["job_id"]] = scope
+                        nursery.start_soon(self._run, row, scope)
+                await wake.wait()
+
+    async def _run(self, row: Row, scope: trio.CancelScope) -> None:
+        job_id: str = row["job_id"]
+        ctx = JobContext(row, self._jobs, self._remote, self._auth, self._settings, self._bandwidth)
+        try:
+            with scope:
+                try:
+                    await self._jobs.transition(job_id, "running", only_from=("queued",))
+                except DataeraiError:
+                    return  # cancelled or paused before it started
+                try:
+                    fields = await self._engines[row["kind"]](ctx)
+                except DataeraiError as exc:
+                    ctx.log.warning("job failed", code=exc.code, error=exc.message)
+                    await self._finish(job_id, "failed", {"error_code": exc.code, "error_message": exc.message})
+                except Exception as exc:
+                    ctx.log.exception("job crashed")
+                    await self._finish(job_id, "failed", {"error_code": "internal", "error_message": repr(exc)})
+                else:
+                    await self._finish(job_id, "completed", fields)
+        finally:
+            del self._running[job_id]
+            self._jobs.live_progress.pop(job_id, None)
+            self._jobs.wake_scheduler()
+
+    async def _finish(self, job_id: str, state: str, fields: dict[str, Any]) -> None:
+        try:
+            await self._jobs.transition(job_id, state, fields=fields)
+        except DataeraiError as exc:
+            # Cancelled while finishing: the cancel won, and the outcome is dropped.
+            _log.info("job outcome dropped", job_id=job_id, outcome=state, reason=exc.message)

@@ -1,0 +1,72 @@
+"""The queue database's tables (SQLAlchemy Core). Alembic's migrations in
+``migrations/versions`` create them; a test checks the two agree."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+jobs = sa.Table(
+    "jobs",
+    metadata,
+    sa.Column("job_id", sa.String(40), primary_key=True),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("state", sa.String(32), nullable=False),
+    sa.Column("priority", sa.Integer, nullable=False, server_default="0"),
+    # Enqueue order, so that equal priorities run first come, first served.
+    sa.Column("seq", sa.Integer, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.Column("params", sa.JSON, nullable=False),
+    sa.Column("local_path", sa.Text),
+    sa.Column("dest_dir", sa.Text),
+    sa.Column("file_name", sa.Text),
+    # The source's identity at enqueue: a change to any of them is `source_changed`.
+    sa.Column("source_size", sa.BigInteger),
+    sa.Column("source_mtime_ns", sa.BigInteger),
+    sa.Column("source_inode", sa.BigInteger),
+    sa.Column("chunk_size", sa.BigInteger, nullable=False),
+    sa.Column("chunk_count", sa.Integer),
+    sa.Column("bytes_total", sa.BigInteger),
+    sa.Column("sha256", sa.String(64)),
+    # The server-side upload session, or the content being downloaded.
+    sa.Column("remote_session", sa.String(64)),
+    sa.Column("asset_id", sa.String(64)),
+    sa.Column("content_id", sa.String(64)),
+    sa.Column("files", sa.JSON),
+    sa.Column("error_code", sa.String(64)),
+    sa.Column("error_message", sa.Text),
+    sa.Column("deadline", sa.Float),
+    sa.Index("ix_jobs_state_priority", "state", "priority", "seq"),
+)
+
+# A row exists only once the chunk was acknowledged (upload: the server answered
+# with its digest; download: its bytes were written): the checkpoints.
+chunks = sa.Table(
+    "chunks",
+    metadata,
+    sa.Column("job_id", sa.String(40), sa.ForeignKey("jobs.job_id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("idx", sa.Integer, primary_key=True),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("sha256", sa.String(64)),
+)
+
+# Durable events: written in the same transaction as the change they report.
+events = sa.Table(
+    "events",
+    metadata,
+    sa.Column("event_id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("time", sa.Float, nullable=False),
+    sa.Column("type", sa.String(32), nullable=False),
+    sa.Column("job_id", sa.String(40)),
+    sa.Column("payload", sa.JSON, nullable=False),
+    sa.Index("ix_events_job", "job_id", "event_id"),
+)
+
+settings = sa.Table(
+    "settings",
+    metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+)

@@ -1,0 +1,191 @@
+"""What an engine gets to move one job's bytes: the job, the remote, the
+checkpoint store, progress reporting, and retries that show in the job's state.
+
+Retry policy (the product's own, so written here rather than borrowed): a
+transient failure (network, timeout, 5xx, 429) is retried without limit while
+the job's deadline allows, after an exponential backoff with full jitter that
+honours ``Retry-After``; the job shows ``waiting_for_network`` meanwhile and goes
+back to ``running`` at the next success. A missing or expired token puts the job
+in ``waiting_for_auth`` until the credentials are reloaded. Any other error fails
+the job with its code. All waiting uses Trio's clock, so tests can fake time.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import trio
+
+from dataeraid import log
+from dataeraid.auth import Auth
+from dataeraid.config import Settings
+from dataeraid.errors import AuthProblem, DataeraiError, TransientError
+from dataeraid.jobs import Jobs
+from dataeraid.remote import Remote
+from dataeraid.store import Row
+
+T = TypeVar("T")
+
+
+class Bandwidth:
+    """A token bucket every transfer's bytes pass through (``bandwidth_limit_bps``; 0 is unlimited).
+
+    Byte counting for the limit lives here, once, not in each engine.
+    """
+
+    def __init__(self, rate_bps: int) -> None:
+        self.rate = rate_bps
+        self._tokens = 0.0
+        self._last: float | None = None
+
+    async def spend(self, n: int) -> None:
+        if self.rate <= 0 or n <= 0:
+            return
+        now = trio.current_time()
+        if self._last is not None:
+            # A quarter second of burst at most, so the limit holds over short windows too.
+            self._tokens = min(self.rate / 4, self._tokens + (now - self._last) * self.rate)
+        self._last = now
+        self._tokens -= n
+        if self._tokens < 0:
+            await trio.sleep(-self._tokens / self.rate)
+
+
+def backoff_delay(attempt: int, settings: Settings, retry_after: float | None, rng: random.Random) -> float:
+    """Full-jitter exponential backoff; a server's Retry-After is a floor."""
+    ceiling = min(settings.retry_cap_s, settings.retry_base_s * (2 ** min(attempt, 30)))
+    delay = rng.uniform(settings.retry_base_s / 2, ceiling)
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, 3600.0))
+    return delay
+
+
+@dataclass
+class Progress:
+    """Counts a job's bytes and publishes throttled ``job.progress`` events."""
+
+    ctx: JobContext
+    bytes_total: int
+    chunk_count: int
+    file_name: str
+    file_index: int = 0
+    bytes_done: int = 0
+    chunks_done: int = 0
+    chunk_index: int = 0
+    rate_bps: float = 0.0
+    _last_emit: float = field(default=-1e9)
+    _last_bytes: int = 0
+    _last_rate_time: float | None = None
+
+    def add(self, n: int, chunk_index: int | None = None) -> None:
+        self.bytes_done += n
+        if chunk_index is not None:
+            self.chunk_index = chunk_index
+        self._maybe_publish(force=False)
+
+    def chunk_finished(self) -> None:
+        self.chunks_done += 1
+        self._maybe_publish(force=False)
+
+    def publish_now(self) -> None:
+        self._maybe_publish(force=True)
+
+    def _maybe_publish(self, force: bool) -> None:
+        now = trio.current_time()
+        jobs = self.ctx.jobs
+        jobs.live_progress[self.ctx.job_id] = (self.bytes_done, self.chunks_done)
+        if not force and now - self._last_emit < self.ctx.settings.progress_interval_s:
+            return
+        if self._last_rate_time is not None and now > self._last_rate_time:
+            sample = (self.bytes_done - self._last_bytes) / (now - self._last_rate_time)
+            # Exponential moving average: steady enough to read, quick enough to follow.
+            self.rate_bps = sample if self.rate_bps == 0 else 0.6 * sample + 0.4 * self.rate_bps
+        self._last_rate_time = now
+        self._last_bytes = self.bytes_done
+        self._last_emit = now
+        jobs.bus.publish_transient(
+            "job.progress",
+            self.ctx.job_id,
+            {
+                "bytes_done": self.bytes_done,
+                "bytes_total": self.bytes_total,
+                "chunk_index": self.chunk_index,
+                "chunk_count": self.chunk_count,
+                "rate_bps": round(self.rate_bps, 1),
+                "file_index": self.file_index,
+                "file_name": self.file_name,
+            },
+        )
+
+
+class JobContext:
+    def __init__(self, job: Row, jobs: Jobs, remote: Remote, auth: Auth, settings: Settings,
+                 bandwidth: Bandwidth) -> None:
+        self.job = job
+        self.bandwidth = bandwidth
+        self.job_id: str = job["job_id"]
+        self.jobs = jobs
+        self.store = jobs.store
+        self.remote = remote
+        self.auth = auth
+        self.settings = settings
+        self.log = log.get("dataeraid.job").bind(job_id=self.job_id, kind=job["kind"])
+        self.state = "running"
+        self._state_lock = trio.Lock()
+        self._rng = random.Random()
+
+    def progress(self, bytes_total: int, chunk_count: int, file_name: str) -> Progress:
+        return Progress(self, bytes_total=bytes_total, chunk_count=chunk_count, file_name=file_name)
+
+    async def save(self, **fields: Any) -> None:
+        """Record fields on the job row (durably) and in ``self.job``."""
+        await self.jobs.update(self.job_id, fields)
+        self.job.update(fields)
+
+    async def _set_state(self, to: str, error: DataeraiError | Exception | None = None) -> None:
+        async with self._state_lock:
+            if self.state == to:
+                return
+            fields: dict[str, Any] = {}
+            if isinstance(error, DataeraiError):
+                fields = {"error_code": error.code, "error_message": error.message}
+            elif error is not None:
+                fields = {"error_code": "unavailable", "error_message": str(error)}
+            await self.jobs.transition(self.job_id, to, fields=fields)
+            self.log.info("job.state", state=to, previous_state=self.state)
+            self.state = to
+
+    def _check_deadline(self, cause: Exception) -> None:
+        deadline = self.job.get("deadline")
+        if deadline is not None and time.time() > deadline:
+            raise DataeraiError("timeout", f"the job's deadline passed while retrying: {cause}")
+
+    async def retrying(self, what: str, attempt_once: Callable[[], Awaitable[T]]) -> T:
+        """Run ``attempt_once`` until it succeeds or fails for a reason retrying can't mend."""
+        attempt = 0
+        while True:
+            auth_version = self.auth.version
+            try:
+                result = await attempt_once()
+            except TransientError as exc:
+                self._check_deadline(exc)
+                delay = backoff_delay(attempt, self.settings, exc.retry_after, self._rng)
+                attempt += 1
+                self.log.warning("retrying", what=what, error=str(exc), attempt=attempt, delay_s=round(delay, 2))
+                if attempt >= 2 or exc.retry_after is not None:
+                    await self._set_state("waiting_for_network", exc)
+                await trio.sleep(delay)
+                continue
+            except AuthProblem as exc:
+                self.log.warning("waiting for credentials", what=what, code=exc.code)
+                await self._set_state("waiting_for_auth", exc)
+                await self.auth.wait_changed(auth_version)
+                attempt = 0
+                continue
+            if self.state != "running":
+                await self._set_state("running")
+            return result

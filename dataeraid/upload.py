@@ -1,0 +1,220 @@
+"""The upload engine: one local file to one new asset content version.
+
+Plan: parts ``1..N`` of ``chunk_size`` bytes (a 0-byte file is one empty part).
+One hashing task reads the file once, in order, and derives both every part's
+SHA-256 (needed before the part's URL can be asked for: the digest is signed
+into it) and the whole file's. It runs at most a few parts ahead of the senders,
+so the senders' second read comes from the page cache. ``parts_per_job``
+senders each ask the server for a part's target and stream the part to it in
+blocks; a part is checkpointed only after the server acknowledged it with its
+digest.
+
+Resuming: the server is the truth about parts (``GET /uploads/{id}``): parts it
+holds are not sent again. Completion carries the job id as idempotency key, so
+a crash between completing and recording the result never makes a second asset.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from dataeraid.errors import DataeraiError, TransientError, from_os_error
+from dataeraid.fileio import SourceIdentity, check_source, feed_range, hash_range, read_exact, source_changed
+from dataeraid.transfer import JobContext, Progress
+
+# A part whose upload failed its checksum this many times, with an unchanged source, fails the job.
+MAX_CHECKSUM_RETRIES = 3
+
+
+@dataclass(frozen=True)
+class PartPlan:
+    number: int
+    offset: int
+    size: int
+    sha256: str
+
+
+def part_layout(size: int, chunk_size: int) -> list[tuple[int, int, int]]:
+    """``(number, offset, size)`` of every part."""
+    count = max(1, math.ceil(size / chunk_size))
+    return [(n, (n - 1) * chunk_size, min(chunk_size, size - (n - 1) * chunk_size)) for n in range(1, count + 1)]
+
+
+async def run_upload(ctx: JobContext) -> dict[str, Any]:
+    """Move the job's file to the repository; returns the fields of a completed job."""
+    job = ctx.job
+    path: str = job["local_path"]
+    identity = SourceIdentity(job["source_size"], job["source_mtime_ns"], job["source_inode"])
+    await trio.to_thread.run_sync(check_source, path, identity)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as exc:
+        raise from_os_error(exc, f"opening {path}") from exc
+    try:
+        if SourceIdentity.of_fd(fd) != identity:
+            raise source_changed(path, "the file was replaced")
+        return await _upload_open_file(ctx, fd, path, identity)
+    except DataeraiError as exc:
+        if exc.code == "source_changed" and job.get("remote_session"):
+            # Commit nothing: the parts sent so far go too.
+            with trio.move_on_after(10):
+                try:
+                    await ctx.remote.abort_upload(job["remote_session"])
+                except (DataeraiError, TransientError):
+                    pass
+        raise
+    finally:
+        os.close(fd)
+
+
+async def _session(ctx: JobContext) -> dict[str, Any]:
+    job = ctx.job
+    if job.get("remote_session"):
+        try:
+            upload_id = job["remote_session"]
+            return await ctx.retrying("reading the upload session", lambda: ctx.remote.get_upload(upload_id))
+        except DataeraiError as exc:
+            if exc.code != "not_found":
+                raise
+            ctx.log.warning("upload session gone; starting a new one", upload_id=job["remote_session"])
+    params = job["params"]
+    body = {
+        "owner_type": params["owner_type"],
+        "owner_id": params["owner_id"],
+        "title": params["title"],
+        "description": params.get("description"),
+        "alias": params.get("alias"),
+        "tags": params.get("tags") or [],
+        "metadata": params.get("metadata") or {},
+        "collection_id": params.get("collection_id"),
+        "asset_id": params.get("asset_id"),
+        "file_name": job["file_name"],
+        "size": job["source_size"],
+        "part_size": job["chunk_size"],
+        "sha256": None,
+        # A fresh key if the old session vanished, so the server doesn't hand the gone one back.
+        "idempotency_key": f"{ctx.job_id}/{job.get('remote_session') or 'first'}",
+    }
+    session = await ctx.retrying("creating the upload session", lambda: ctx.remote.create_upload(body))
+    await ctx.save(remote_session=session["upload_id"])
+    ctx.log.info("upload session", upload_id=session["upload_id"], part_count=session["part_count"])
+    return session
+
+
+async def _upload_open_file(ctx: JobContext, fd: int, path: str, identity: SourceIdentity) -> dict[str, Any]:
+    job = ctx.job
+    layout = part_layout(identity.size, job["chunk_size"])
+    session = await _session(ctx)
+    upload_id: str = session["upload_id"]
+    if session["state"] == "completed" and session.get("result"):
+        return _completed_fields(session["result"])
+    held = {p["number"]: p for p in session.get("parts", []) if p["number"] <= len(layout)
+            and p["size"] == layout[p["number"] - 1][2]}
+    progress = ctx.progress(identity.size, len(layout), job["file_name"])
+    progress.bytes_done = sum(p["size"] for p in held.values())
+    progress.chunks_done = len(held)
+    progress.publish_now()
+    if held:
+        ctx.log.info("resuming", parts_held=len(held), parts_total=len(layout))
+
+    whole = hashlib.sha256()
+    block = ctx.settings.io_block_size
+    hashed_send, hashed_receive = trio.open_memory_channel[PartPlan](ctx.settings.parts_per_job)
+    limiter = trio.CapacityLimiter(2)
+
+    async def hash_in_order() -> None:
+        async with hashed_send:
+            for number, offset, size in layout:
+                if number in held:
+                    await trio.to_thread.run_sync(feed_range, fd, offset, size, block, path, whole, limiter=limiter)
+                    continue
+                digest = await trio.to_thread.run_sync(
+                    hash_range, fd, offset, size, block, path, whole, limiter=limiter
+                )
+                await hashed_send.send(PartPlan(number, offset, size, digest))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(hash_in_order)
+        async with hashed_receive:
+            for _ in range(ctx.settings.parts_per_job):
+                nursery.start_soon(_send_parts, hashed_receive.clone(), ctx, fd, path, identity, upload_id, progress)
+
+    await trio.to_thread.run_sync(check_source, path, identity)
+    digest = whole.hexdigest()
+    await ctx.save(sha256=digest)
+    try:
+        result = await ctx.retrying(
+            "completing the upload", lambda: ctx.remote.complete_upload(upload_id, ctx.job_id, digest)
+        )
+    except DataeraiError as exc:
+        if exc.code == "checksum_mismatch":
+            await trio.to_thread.run_sync(check_source, path, identity)
+        raise
+    progress.publish_now()
+    ctx.log.info("upload complete", asset_id=result["asset_id"], content_id=result["content_id"], size=identity.size)
+    return _completed_fields(result)
+
+
+async def _send_parts(receive: trio.MemoryReceiveChannel[PartPlan], ctx: JobContext, fd: int, path: str,
+                      identity: SourceIdentity, upload_id: str, progress: Progress) -> None:
+    async with receive:
+        async for plan in receive:
+            await _send_part(ctx, fd, path, identity, upload_id, plan, progress)
+
+
+def _completed_fields(result: dict[str, Any]) -> dict[str, Any]:
+    return {"asset_id": result["asset_id"], "content_id": result["content_id"], "sha256": result["sha256"]}
+
+
+async def _send_part(ctx: JobContext, fd: int, path: str, identity: SourceIdentity, upload_id: str,
+                     plan: PartPlan, progress: Progress) -> None:
+    block = ctx.settings.io_block_size
+    mismatches = 0
+    while True:
+        sent = 0
+
+        async def body() -> AsyncIterator[bytes]:
+            nonlocal sent
+            offset, end = plan.offset, plan.offset + plan.size
+            while offset < end:
+                data = await trio.to_thread.run_sync(read_exact, fd, offset, min(block, end - offset), path)
+                await ctx.bandwidth.spend(len(data))
+                offset += len(data)
+                sent += len(data)
+                progress.add(len(data), plan.number - 1)
+                yield data
+
+        async def attempt() -> dict[str, Any]:
+            nonlocal sent
+            target = await ctx.remote.part_target(upload_id, plan.number, plan.sha256, plan.size)
+            try:
+                return await ctx.remote.put_part(target, body(), f"sending part {plan.number}")
+            except BaseException:
+                progress.add(-sent)
+                sent = 0
+                raise
+
+        try:
+            ack = await ctx.retrying(f"sending part {plan.number}", attempt)
+        except DataeraiError as exc:
+            if exc.code != "checksum_mismatch":
+                raise
+            # The bytes sent differ from the bytes hashed: the file changed under us, or they were damaged.
+            await trio.to_thread.run_sync(check_source, path, identity)
+            mismatches += 1
+            if mismatches >= MAX_CHECKSUM_RETRIES:
+                raise
+            ctx.log.warning("part checksum mismatch; sending again", part=plan.number)
+            continue
+        if ack.get("sha256") != plan.sha256 or ack.get("size") != plan.size:
+            raise DataeraiError("checksum_mismatch", f"the server acknowledged part {plan.number} with another digest")
+        await ctx.store.checkpoint(ctx.job_id, plan.number, plan.size, plan.sha256)
+        progress.chunk_finished()
+        return

@@ -1,0 +1,14 @@
+"""dataerai-server: the reference repository behind the Dataerai daemon.
+
+The HTTP contract it serves is ``docs/http-api.md``; how it is built and why is
+``docs/server.md``. The modules, from the edge inwards:
+
+- ``cli``: the ``dataerai-server`` command (``run``, ``users add``).
+- ``serve``: the listening socket, Hypercorn on Trio, the ready file, signals.
+- ``app``: the Starlette routes; request parsing (``validation``), the one
+  error boundary (``errors``), authentication (``auth``), signed URLs (``signing``).
+- ``projects``, ``assets``, ``uploads``: what the routes do, over
+- ``db``/``models``/``migrations``: the database, and ``storage``: the bytes.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,363 @@
+"""The HTTP routes of ``/api/v1`` (the contract is ``docs/http-api.md``).
+
+Each endpoint parses and checks its input (``validation``), authenticates the
+bearer token or the URL signature, calls the service functions, and returns JSON.
+Errors are raised as :class:`~dataerai_server.errors.ApiError` from anywhere and
+rendered in one place; anything else becomes a logged ``internal`` error.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import urlencode
+
+import structlog
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from . import __version__, assets, projects, validation
+from .auth import READ, WRITE, Principal, bearer_token, lookup_principal
+from .clock import from_unix, isoformat, utcnow
+from .config import MAX_PART_SIZE, MIN_PART_SIZE
+from .errors import ApiError, api_error_handler, error_response, http_exception_handler, internal_error
+from .models import Content
+from .openapi import openapi_document
+from .services import Services
+from .streaming import StreamedBody, Unsatisfiable, parse_range
+from .uploads import NewUpload
+
+log = structlog.get_logger(__name__)
+
+PREFIX = "/api/v1"
+
+
+def _route_path(template: str, **params: str | int) -> str:
+    return PREFIX + template.format(**params)
+
+
+def _absolute(request: Request, path: str, query: dict[str, str]) -> str:
+    """A URL on this server as the client reached it (scheme and Host of the request)."""
+    return str(request.base_url).rstrip("/") + path + "?" + urlencode(query)
+
+
+def _expires_at(query: dict[str, str]) -> str | None:
+    return isoformat(from_unix(int(query["expires"])))
+
+
+def _part_number(request: Request) -> int:
+    text = request.path_params["number"]
+    if not text.isdigit():
+        raise ApiError("invalid_argument", f"part number must be a positive integer, not {text!r}", field="number")
+    return int(text)
+
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+class Api:
+    """The endpoints, bound to the server's :class:`~dataerai_server.services.Services`."""
+
+    def __init__(self, services: Services) -> None:
+        self.s = services
+
+    async def who(self, request: Request, scope: str) -> Principal:
+        """Authenticate the bearer token and require ``scope``."""
+        token = bearer_token(request.headers.get("authorization"))
+        principal = await self.s.db.read(lambda session: lookup_principal(session, token, utcnow()))
+        principal.require(scope)
+        return principal
+
+    # --- health, identity, schema ---------------------------------------------------
+
+    async def health(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok", "version": __version__})
+
+    async def openapi(self, request: Request) -> Response:
+        return JSONResponse(openapi_document(__version__))
+
+    async def me(self, request: Request) -> Response:
+        who = await self.who(request, READ)
+        return JSONResponse(
+            {
+                "user_id": who.user_id,
+                "email": who.email,
+                "scopes": list(who.scopes),
+                "token_expires_at": isoformat(who.token_expires_at),
+            }
+        )
+
+    # --- projects ---------------------------------------------------------------------
+
+    async def create_project(self, request: Request) -> Response:
+        who = await self.who(request, WRITE)
+        body = await validation.read_json_object(request)
+        name = validation.required_string(body, "name", max_length=200)
+        if not name.strip():
+            raise validation.bad("name", "must not be empty")
+        description = validation.string(body, "description", nullable=False, default="") or ""
+        allocation = self.s.settings.default_allocation_bytes
+        view = await self.s.db.write(
+            lambda session: projects.create_project(session, who, name, description, allocation)
+        )
+        return JSONResponse(view, status_code=201)
+
+    async def get_project(self, request: Request) -> Response:
+        who = await self.who(request, READ)
+        project_id = request.path_params["project_id"]
+        return JSONResponse(await self.s.db.read(lambda session: projects.get_project(session, who, project_id)))
+
+    # --- assets and content -----------------------------------------------------------
+
+    async def get_asset(self, request: Request) -> Response:
+        who = await self.who(request, READ)
+        asset_id = request.path_params["asset_id"]
+        return JSONResponse(await self.s.db.read(lambda session: assets.get_asset(session, who, asset_id)))
+
+    async def patch_asset(self, request: Request) -> Response:
+        who = await self.who(request, WRITE)
+        asset_id = request.path_params["asset_id"]
+        body = await validation.read_json_object(request)
+        validation.reject_unknown(body, assets.PATCHABLE)
+        changes: dict[str, Any] = {}
+        for name in ("title", "description", "alias"):
+            if name in body:
+                changes[name] = validation.string(body, name, max_length=200 if name == "alias" else 10_000)
+        if "tags" in body:
+            if body["tags"] is None:
+                raise validation.bad("tags", "must be a list of strings")
+            changes["tags"] = validation.string_list(body, "tags")
+        if "metadata" in body:
+            if body["metadata"] is None:
+                raise validation.bad("metadata", "must be a JSON object")
+            changes["metadata"] = validation.json_object(body, "metadata")
+        view = await self.s.db.write(lambda session: assets.patch_asset(session, who, asset_id, changes))
+        return JSONResponse(view)
+
+    async def download(self, request: Request) -> Response:
+        who = await self.who(request, READ)
+        asset_id = request.path_params["asset_id"]
+        content_id = request.query_params.get("content_id") or None
+        content = await self.s.db.read(lambda session: assets.content_to_read(session, who, asset_id, content_id))
+        ttl = self.s.settings.url_ttl_seconds
+        direct = self.s.storage.content_url(content.storage_key, ttl)
+        if direct is not None:
+            url, headers = direct.url, dict(direct.headers)
+            expires_at = isoformat(from_unix(time.time() + ttl))
+        else:
+            path = _route_path("/contents/{content_id}/data", content_id=content.id)
+            query = self.s.signer.sign("GET", path, ttl)
+            url, headers, expires_at = _absolute(request, path, query), {}, _expires_at(query)
+        return JSONResponse(
+            {
+                "content_id": content.id,
+                "size": content.size,
+                "sha256": content.sha256,
+                "file_name": content.file_name,
+                "url": url,
+                "headers": headers,
+                "expires_at": expires_at,
+            }
+        )
+
+    async def content_data(self, request: Request) -> Response | StreamedBody:
+        content_id = request.path_params["content_id"]
+        path = _route_path("/contents/{content_id}/data", content_id=content_id)
+        self.s.signer.verify("GET", path, request.query_params)
+        content = await self.s.db.read(lambda session: session.get(Content, content_id))
+        if content is None:
+            raise ApiError("not_found", f"no content {content_id!r}", content_id=content_id)
+        headers = {
+            "Accept-Ranges": "bytes",
+            "Content-Type": "application/octet-stream",
+            "X-Content-SHA256": content.sha256,
+            "ETag": f'"{content.sha256}"',
+        }
+        try:
+            wanted = parse_range(request.headers.get("range"), content.size)
+        except Unsatisfiable:
+            raise ApiError(
+                "invalid_argument",
+                f"the range lies outside the content's {content.size} bytes",
+                status=416,
+                headers={**headers, "Content-Range": f"bytes */{content.size}"},
+                size=content.size,
+            ) from None
+        start, length, status = (0, content.size, 200) if wanted is None else (wanted.start, wanted.length, 206)
+        headers["Content-Length"] = str(length)
+        if wanted is not None:
+            headers["Content-Range"] = wanted.content_range
+        storage, key = self.s.storage, content.storage_key
+        return StreamedBody(status, headers, lambda: storage.read_range(key, start, length))
+
+    # --- uploads ------------------------------------------------------------------------
+
+    async def create_upload(self, request: Request) -> Response:
+        who = await self.who(request, WRITE)
+        body = await validation.read_json_object(request)
+        asset_id = validation.string(body, "asset_id", max_length=40)
+        required = asset_id is None
+        new = NewUpload(
+            owner_type=validation.string(body, "owner_type", required=required, nullable=not required, max_length=20),
+            owner_id=validation.string(body, "owner_id", required=required, nullable=not required, max_length=40),
+            file_name=validation.string(body, "file_name", max_length=4096),
+            size=validation.integer(body, "size", minimum=0),
+            part_size=validation.integer(body, "part_size", minimum=MIN_PART_SIZE, maximum=MAX_PART_SIZE),
+            sha256=validation.sha256_hex(body, "sha256"),
+            idempotency_key=validation.string(body, "idempotency_key", max_length=200),
+            asset_id=asset_id,
+            collection_id=validation.string(body, "collection_id", max_length=40),
+            title=validation.string(body, "title"),
+            description=validation.string(body, "description"),
+            alias=validation.string(body, "alias", max_length=200),
+            tags=validation.string_list(body, "tags"),
+            metadata=validation.json_object(body, "metadata"),
+        )
+        view, created = await self.s.uploads.create(who, new)
+        return JSONResponse(view, status_code=201 if created else 200)
+
+    async def get_upload(self, request: Request) -> Response:
+        who = await self.who(request, READ)
+        return JSONResponse(await self.s.uploads.get(who, request.path_params["upload_id"]))
+
+    async def abort_upload(self, request: Request) -> Response:
+        who = await self.who(request, WRITE)
+        await self.s.uploads.abort(who, request.path_params["upload_id"])
+        return Response(status_code=204)
+
+    async def part_target(self, request: Request) -> Response:
+        who = await self.who(request, WRITE)
+        upload_id = request.path_params["upload_id"]
+        number = _part_number(request)
+        body = await validation.read_json_object(request)
+        sha256 = validation.sha256_hex(body, "sha256", required=True)
+        assert sha256 is not None
+        size = validation.integer(body, "size", minimum=0)
+        ttl = self.s.settings.url_ttl_seconds
+        direct = await self.s.uploads.part_target(who, upload_id, number, size, sha256)
+        if direct is not None:
+            expires_at = isoformat(from_unix(time.time() + ttl))
+            return JSONResponse(
+                {"method": direct.method, "url": direct.url, "headers": dict(direct.headers), "expires_at": expires_at}
+            )
+        path = _route_path("/uploads/{upload_id}/parts/{number}", upload_id=upload_id, number=number)
+        query = self.s.signer.sign("PUT", path, ttl, {"sha256": sha256, "size": str(size)})
+        return JSONResponse(
+            {
+                "method": "PUT",
+                "url": _absolute(request, path, query),
+                "headers": {"Content-Length": str(size)},
+                "expires_at": _expires_at(query),
+            }
+        )
+
+    async def put_part(self, request: Request) -> Response:
+        upload_id = request.path_params["upload_id"]
+        number = _part_number(request)
+        path = _route_path("/uploads/{upload_id}/parts/{number}", upload_id=upload_id, number=number)
+        self.s.signer.verify("PUT", path, request.query_params, ("sha256", "size"))
+        # Signed by us, so well-formed; checked anyway rather than trusted to be.
+        sha256, size_text = request.query_params["sha256"], request.query_params["size"]
+        if not validation.is_sha256_hex(sha256) or not size_text.isdigit():
+            raise ApiError("invalid_argument", "malformed part URL; ask for a new one")
+        size = int(size_text)
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) != size:
+            raise ApiError(
+                "checksum_mismatch",
+                f"Content-Length is {declared}, but part {number} is {size} bytes",
+                expected_size=size,
+                actual_size=int(declared),
+                number=number,
+            )
+        result = await self.s.uploads.put_part(upload_id, number, size, sha256, request.stream())
+        return JSONResponse(result)
+
+    async def complete_upload(self, request: Request) -> Response:
+        who = await self.who(request, WRITE)
+        body = await validation.read_json_object(request)
+        key = validation.string(body, "idempotency_key", max_length=200)
+        sha256 = validation.sha256_hex(body, "sha256")
+        return JSONResponse(await self.s.uploads.complete(who, request.path_params["upload_id"], key, sha256))
+
+    def routes(self) -> list[Route]:
+        def r(path: str, endpoint: Callable[[Request], Awaitable[Any]], *methods: str) -> Route:
+            return Route(PREFIX + path, endpoint, methods=list(methods))
+
+        return [
+            r("/health", self.health, "GET"),
+            r("/openapi.json", self.openapi, "GET"),
+            r("/me", self.me, "GET"),
+            r("/projects", self.create_project, "POST"),
+            r("/projects/{project_id}", self.get_project, "GET"),
+            r("/assets/{asset_id}", self.get_asset, "GET"),
+            r("/assets/{asset_id}", self.patch_asset, "PATCH"),
+            r("/assets/{asset_id}/download", self.download, "GET"),
+            r("/contents/{content_id}/data", self.content_data, "GET"),
+            r("/uploads", self.create_upload, "POST"),
+            r("/uploads/{upload_id}", self.get_upload, "GET"),
+            r("/uploads/{upload_id}", self.abort_upload, "DELETE"),
+            r("/uploads/{upload_id}/parts/{number}/target", self.part_target, "POST"),
+            r("/uploads/{upload_id}/parts/{number}", self.put_part, "PUT"),
+            r("/uploads/{upload_id}/complete", self.complete_upload, "POST"),
+        ]
+
+
+class RequestLog:
+    """Logs one line per request and turns unexpected exceptions into ``internal`` errors.
+
+    Logs the method and path only: never the query (signatures) or any header (tokens).
+    A pure ASGI middleware, so streamed bodies pass through untouched.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status: int | None = None
+
+        async def send_tracking(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_tracking)
+        except ClientDisconnect:
+            log.info("request.client_disconnected", method=scope["method"], path=scope["path"])
+            return
+        except Exception:
+            log.exception("request.failed", method=scope["method"], path=scope["path"])
+            if status is None:
+                await error_response(internal_error())(scope, receive, send_tracking)
+            # else: the response is already under way; ending here makes the server cut the
+            # connection, which tells the client the body is incomplete.
+        finally:
+            log.info(
+                "request",
+                method=scope["method"],
+                path=scope["path"],
+                status=status,
+                duration_ms=round((time.perf_counter() - started) * 1000, 1),
+            )
+
+
+def create_app(services: Services) -> Starlette:
+    """The ASGI application over open ``services``."""
+    api = Api(services)
+    return Starlette(
+        routes=api.routes(),
+        middleware=[Middleware(RequestLog)],
+        exception_handlers={ApiError: api_error_handler, HTTPException: http_exception_handler},
+    )

@@ -1,0 +1,123 @@
+"""The ``dataerai-server`` command.
+
+``run`` serves the API; ``users add`` issues a token and prints it, alone, on stdout
+(logs go to stderr), so scripts can write ``TOKEN=$(dataerai-server users add ...)``.
+Both migrate the database first, so either works on a fresh data directory, and
+``users add`` works while a server runs on the same database.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import click
+import trio
+
+from . import __version__, logs, migrate
+from .auth import SCOPE_SETS, issue_token
+from .clock import utcnow
+from .config import DEFAULT_ALLOCATION_BYTES, Settings, sqlite_url
+from .db import Database
+
+
+def _database_url(data_dir: Path | None, database: str | None) -> str:
+    if database:
+        return database
+    if data_dir is None:
+        raise click.UsageError("give --data-dir or --database")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return sqlite_url(data_dir)
+
+
+@click.group()
+@click.version_option(__version__, prog_name="dataerai-server")
+def main() -> None:
+    """The Dataerai reference repository server."""
+
+
+@main.command()
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Where the database (by default) and the stored objects live; created if missing.",
+)
+@click.option(
+    "--bind",
+    default="127.0.0.1:8080",
+    show_default=True,
+    help="HOST:PORT to listen on; port 0 picks a free port (see --ready-file).",
+)
+@click.option("--database", metavar="URL", help="SQLAlchemy URL; default sqlite:///DATA_DIR/repository.sqlite3.")
+@click.option(
+    "--default-allocation",
+    type=click.IntRange(min=0),
+    default=DEFAULT_ALLOCATION_BYTES,
+    show_default=True,
+    metavar="BYTES",
+    help="Storage allocation of each new project.",
+)
+@click.option(
+    "--ready-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Once listening, write the base URL (http://HOST:PORT) here, atomically.",
+)
+@click.option(
+    "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True
+)
+def run(
+    data_dir: Path, bind: str, database: str | None, default_allocation: int, ready_file: Path | None, log_level: str
+) -> None:
+    """Serve the repository API until SIGTERM or SIGINT."""
+    from .serve import parse_bind, run_server  # the web stack is not needed by `users`
+
+    logs.configure(log_level)
+    try:
+        parse_bind(bind)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--bind") from None
+    data_dir.mkdir(parents=True, exist_ok=True)
+    settings = Settings(
+        data_dir=data_dir.resolve(),
+        database_url=_database_url(data_dir, database),
+        default_allocation_bytes=default_allocation,
+    )
+    trio.run(run_server, settings, bind, ready_file)
+
+
+@main.group()
+def users() -> None:
+    """Manage users and their API tokens."""
+
+
+@users.command("add")
+@click.argument("email")
+@click.option(
+    "--scope",
+    type=click.Choice(sorted(SCOPE_SETS)),
+    default="write",
+    show_default=True,
+    help="`read`, or `write` (which includes read).",
+)
+@click.option(
+    "--expires-in",
+    type=click.FloatRange(min=0),
+    metavar="DAYS",
+    help="The token expires after DAYS (fractions allowed; 0 gives an already expired token). Default: never.",
+)
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), help="The server's data directory.")
+@click.option("--database", metavar="URL", help="SQLAlchemy URL of the server's database (instead of --data-dir).")
+def users_add(email: str, scope: str, expires_in: float | None, data_dir: Path | None, database: str | None) -> None:
+    """Create EMAIL's user if new, issue a token, and print only the token."""
+    logs.configure("warning")
+    if "@" not in email:
+        raise click.BadParameter("must be an email address", param_hint="EMAIL")
+    db = Database(_database_url(data_dir, database))
+    try:
+        migrate.upgrade(db.write_engine)
+        expires_at = None if expires_in is None else utcnow() + timedelta(days=expires_in)
+        token = db.write_sync(lambda session: issue_token(session, email, SCOPE_SETS[scope], expires_at))
+    finally:
+        db.dispose()
+    click.echo(token)

@@ -1,0 +1,48 @@
+"""The server's settings: one frozen value, built once by the CLI, no I/O after that."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+#: ``--default-allocation``: each new project may store this much (1 TiB).
+DEFAULT_ALLOCATION_BYTES: Final = 1 << 40
+
+#: How long a signed part or content URL stays valid. Short enough that a leaked
+#: URL is soon useless; clients ask for a fresh one per part, so length of the
+#: whole transfer does not matter.
+DEFAULT_URL_TTL_SECONDS: Final = 3600
+
+#: An open upload session is kept at least this long after its last accepted part.
+DEFAULT_SESSION_TTL_SECONDS: Final = 14 * 24 * 3600
+
+#: Limits of the part size, chosen to match S3 multipart so that an S3 storage
+#: can take the same sessions unchanged (S3 also caps a multipart upload at 10,000 parts).
+MIN_PART_SIZE: Final = 64 * 1024
+MAX_PART_SIZE: Final = 5 * 1024**3
+MAX_PART_COUNT: Final = 10_000
+
+#: A JSON request body longer than this is refused with ``frame_too_large``.
+MAX_JSON_BODY: Final = 1 << 20
+
+
+def sqlite_url(data_dir: Path) -> str:
+    """The default database: ``DATA_DIR/repository.sqlite3``."""
+    return f"sqlite:///{(data_dir / 'repository.sqlite3').resolve()}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything ``run`` needs; ``database_url`` defaults to :func:`sqlite_url`."""
+
+    data_dir: Path
+    database_url: str
+    default_allocation_bytes: int = DEFAULT_ALLOCATION_BYTES
+    url_ttl_seconds: int = DEFAULT_URL_TTL_SECONDS
+    session_ttl_seconds: int = DEFAULT_SESSION_TTL_SECONDS
+
+    @property
+    def objects_dir(self) -> Path:
+        """Where the local storage keeps parts and contents."""
+        return self.data_dir / "objects"

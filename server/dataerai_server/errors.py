@@ -1,0 +1,80 @@
+"""The one error boundary: ``ApiError`` raised anywhere becomes the JSON error body here.
+
+Every error the API reports carries a code from the shared catalogue in
+``dataerai.protocol``; the HTTP status comes from that catalogue too, so the
+server, the daemon and the SDK cannot disagree about what a code means.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from dataerai.protocol import ERRORS, error_kind
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+
+class ApiError(Exception):
+    """An error the client is told about: a catalogue ``code``, a message a person can act on,
+    and extra fields that go into the error object beside them (``missing_parts``, ``reason``, ...).
+
+    ``status`` overrides the catalogue's status only for HTTP-level conditions that the
+    catalogue has no code for (405); everything else takes the catalogue's.
+    """
+
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        *,
+        status: int | None = None,
+        headers: Mapping[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
+        if code not in ERRORS:
+            raise ValueError(f"unknown error code {code!r}: add it to dataerai.protocol first")
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.status = status if status is not None else error_kind(code).http_status
+        self.headers = dict(headers or {})
+        self.extra = extra
+
+    def body(self) -> dict[str, Any]:
+        """The JSON body: ``{"error": {"code", "message", **extra}}``."""
+        return {"error": {"code": self.code, "message": self.message, **self.extra}}
+
+
+def error_response(error: ApiError) -> Response:
+    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+
+
+async def api_error_handler(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return error_response(exc)
+
+
+async def http_exception_handler(request: Request, exc: Exception) -> Response:
+    """Starlette's own errors (no route, wrong method) in the API's shape."""
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        error = ApiError("not_found", f"no such endpoint: {request.method} {request.url.path}")
+    elif exc.status_code == 405:
+        error = ApiError(
+            "invalid_argument",
+            f"{request.method} is not allowed on {request.url.path}",
+            status=405,
+            headers=exc.headers,
+        )
+    elif 400 <= exc.status_code < 500:
+        error = ApiError("invalid_argument", str(exc.detail), status=exc.status_code)
+    else:
+        error = ApiError("internal", str(exc.detail))
+    return error_response(error)
+
+
+def internal_error() -> ApiError:
+    """What an unexpected exception is shown as (the details go to the log, not the client)."""
+    return ApiError("internal", "internal server error; the server log has the details")

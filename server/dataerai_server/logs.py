@@ -1,0 +1,52 @@
+"""Logging: structlog for our own events, and the standard library's (Hypercorn, Alembic)
+rendered the same way. JSON lines when stderr is not a terminal, readable text when it is.
+
+Nothing logged anywhere in the server carries a token, an ``Authorization`` header or
+a URL query (signatures): request lines carry method, path, status and duration only.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any, TextIO
+
+import structlog
+
+
+def configure(level: str = "info", stream: TextIO | None = None) -> None:
+    """Send all logs at ``level`` or above to ``stream`` (stderr by default)."""
+    stream = stream or sys.stderr
+    level_no = logging.getLevelName(level.upper())
+    if not isinstance(level_no, int):
+        raise ValueError(f"unknown log level {level!r}")
+    as_json = not stream.isatty()
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    renderer: Any
+    if as_json:
+        shared.append(structlog.processors.dict_tracebacks)
+        renderer = structlog.processors.JSONRenderer()
+    else:
+        renderer = structlog.dev.ConsoleRenderer(colors=False)
+    structlog.configure(
+        processors=[*shared, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(level_no),
+        logger_factory=structlog.PrintLoggerFactory(file=stream),
+        cache_logger_on_first_use=True,
+    )
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(level_no)
+    # Alembic's per-migration chatter is noise on every start.
+    logging.getLogger("alembic").setLevel(max(level_no, logging.WARNING))

@@ -1,0 +1,354 @@
+"""The OpenAPI 3.1 document served at ``GET /api/v1/openapi.json``.
+
+Written by hand beside ``docs/http-api.md`` (the prose contract); a test checks that
+every route the app serves appears here, so the two cannot silently drift apart.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    return {str(status): {"$ref": "#/components/responses/Error"} for status in statuses}
+
+
+def _body(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"required": True, "content": {"application/json": {"schema": schema}}}
+
+
+def _path_param(name: str, description: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "description": description, "schema": {"type": "string"}}
+
+
+_SIGNED = [
+    {"name": "expires", "in": "query", "required": True, "schema": {"type": "integer"}, "description": "Unix seconds"},
+    {
+        "name": "signature",
+        "in": "query",
+        "required": True,
+        "schema": {"type": "string"},
+        "description": "hex HMAC-SHA256",
+    },
+]
+
+_STR = {"type": "string"}
+_NSTR = {"type": ["string", "null"]}
+_INT = {"type": "integer", "minimum": 0}
+_TIME = {"type": "string", "format": "date-time"}
+_SHA = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
+_NSHA = {"type": ["string", "null"], "pattern": "^[0-9a-f]{64}$"}
+
+_SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["code", "message"],
+                "properties": {"code": _STR, "message": _STR},
+                "additionalProperties": True,
+            }
+        },
+    },
+    "Me": {
+        "type": "object",
+        "properties": {
+            "user_id": _STR,
+            "email": _STR,
+            "scopes": {"type": "array", "items": {"enum": ["read", "write"]}},
+            "token_expires_at": {"type": ["string", "null"], "format": "date-time"},
+        },
+    },
+    "NewProject": {
+        "type": "object",
+        "required": ["name"],
+        "properties": {"name": _STR, "description": _STR},
+    },
+    "Project": {
+        "type": "object",
+        "properties": {
+            "project_id": _STR,
+            "name": _STR,
+            "description": _STR,
+            "root_collection_id": _STR,
+            "allocation_bytes": _INT,
+            "used_bytes": _INT,
+            "role": _STR,
+            "created_at": _TIME,
+        },
+    },
+    "ContentInfo": {
+        "type": "object",
+        "properties": {"content_id": _STR, "size": _INT, "sha256": _SHA, "file_name": _NSTR, "created_at": _TIME},
+    },
+    "Asset": {
+        "type": "object",
+        "properties": {
+            "asset_id": _STR,
+            "title": _NSTR,
+            "description": _NSTR,
+            "alias": _NSTR,
+            "tags": {"type": "array", "items": _STR},
+            "metadata": {"type": "object"},
+            "owner_type": {"enum": ["project", "user"]},
+            "owner_id": _STR,
+            "project_id": _NSTR,
+            "collection_id": _NSTR,
+            "created_by": _STR,
+            "created_at": _TIME,
+            "updated_at": _TIME,
+            "latest_content": {"oneOf": [_ref("ContentInfo"), {"type": "null"}]},
+        },
+    },
+    "AssetPatch": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "title": _NSTR,
+            "description": _NSTR,
+            "alias": _NSTR,
+            "tags": {"type": "array", "items": _STR},
+            "metadata": {"type": "object"},
+        },
+    },
+    "Download": {
+        "type": "object",
+        "properties": {
+            "content_id": _STR,
+            "size": _INT,
+            "sha256": _SHA,
+            "file_name": _NSTR,
+            "url": _STR,
+            "headers": {"type": "object", "additionalProperties": _STR},
+            "expires_at": _TIME,
+        },
+    },
+    "NewUpload": {
+        "type": "object",
+        "required": ["size", "part_size"],
+        "properties": {
+            "owner_type": {"enum": ["project", "user"]},
+            "owner_id": _STR,
+            "title": _NSTR,
+            "description": _NSTR,
+            "alias": _NSTR,
+            "tags": {"type": "array", "items": _STR},
+            "metadata": {"type": "object"},
+            "collection_id": _NSTR,
+            "asset_id": _NSTR,
+            "file_name": _NSTR,
+            "size": _INT,
+            "part_size": {"type": "integer", "minimum": 65536, "maximum": 5368709120},
+            "sha256": _NSHA,
+            "idempotency_key": _NSTR,
+        },
+    },
+    "Part": {
+        "type": "object",
+        "properties": {"number": {"type": "integer", "minimum": 1}, "size": _INT, "sha256": _SHA, "writes": _INT},
+    },
+    "UploadResult": {
+        "type": "object",
+        "properties": {"asset_id": _STR, "content_id": _STR, "size": _INT, "sha256": _SHA},
+    },
+    "UploadSession": {
+        "type": "object",
+        "properties": {
+            "upload_id": _STR,
+            "state": {"enum": ["open", "completed", "aborted"]},
+            "size": _INT,
+            "part_size": _INT,
+            "part_count": {"type": "integer", "minimum": 1},
+            "sha256": _NSHA,
+            "file_name": _NSTR,
+            "parts": {"type": "array", "items": _ref("Part")},
+            "bytes_received": _INT,
+            "created_at": _TIME,
+            "expires_at": _TIME,
+            "result": {"oneOf": [_ref("UploadResult"), {"type": "null"}]},
+        },
+    },
+    "PartTargetRequest": {
+        "type": "object",
+        "required": ["sha256", "size"],
+        "properties": {"sha256": _SHA, "size": _INT},
+    },
+    "PartTarget": {
+        "type": "object",
+        "properties": {
+            "method": {"enum": ["PUT"]},
+            "url": _STR,
+            "headers": {"type": "object", "additionalProperties": _STR},
+            "expires_at": _TIME,
+        },
+    },
+    "PartReceipt": {
+        "type": "object",
+        "properties": {"number": {"type": "integer"}, "size": _INT, "sha256": _SHA},
+    },
+    "Completion": {
+        "type": "object",
+        "properties": {"idempotency_key": _NSTR, "sha256": _NSHA},
+    },
+}
+
+
+def openapi_document(version: str) -> dict[str, Any]:
+    """The whole document; ``version`` is the server's version."""
+    asset = _path_param("asset_id", "an asset id (`ast_…`)")
+    upload = _path_param("upload_id", "an upload session id (`upl_…`)")
+    number = {"name": "number", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1}}
+    paths: dict[str, Any] = {
+        "/api/v1/health": {
+            "get": {
+                "summary": "Liveness; needs no token",
+                "security": [],
+                "responses": {"200": _json({"type": "object", "properties": {"status": _STR, "version": _STR}}, "up")},
+            }
+        },
+        "/api/v1/openapi.json": {
+            "get": {
+                "summary": "This document",
+                "security": [],
+                "responses": {"200": _json({"type": "object"}, "OpenAPI")},
+            }
+        },
+        "/api/v1/me": {
+            "get": {
+                "summary": "Who the token belongs to and what it may do",
+                "responses": {"200": _json(_ref("Me"), "the caller"), **_errors(401)},
+            }
+        },
+        "/api/v1/projects": {
+            "post": {
+                "summary": "Create a project with its root collection, owner membership and allocation (write)",
+                "requestBody": _body(_ref("NewProject")),
+                "responses": {"201": _json(_ref("Project"), "created"), **_errors(400, 401, 403)},
+            }
+        },
+        "/api/v1/projects/{project_id}": {
+            "get": {
+                "summary": "A project (members only)",
+                "parameters": [_path_param("project_id", "a project id (`prj_…`)")],
+                "responses": {"200": _json(_ref("Project"), "the project"), **_errors(401, 404)},
+            }
+        },
+        "/api/v1/assets/{asset_id}": {
+            "get": {
+                "summary": "An asset's metadata and latest content",
+                "parameters": [asset],
+                "responses": {"200": _json(_ref("Asset"), "the asset"), **_errors(401, 404)},
+            },
+            "patch": {
+                "summary": "Change title, description, alias, tags or metadata (write)",
+                "parameters": [asset],
+                "requestBody": _body(_ref("AssetPatch")),
+                "responses": {"200": _json(_ref("Asset"), "the changed asset"), **_errors(400, 401, 403, 404)},
+            },
+        },
+        "/api/v1/assets/{asset_id}/download": {
+            "get": {
+                "summary": "A signed URL to read the latest (or a chosen) content version from",
+                "parameters": [
+                    asset,
+                    {"name": "content_id", "in": "query", "required": False, "schema": _STR},
+                ],
+                "responses": {"200": _json(_ref("Download"), "where to read"), **_errors(401, 404)},
+            }
+        },
+        "/api/v1/contents/{content_id}/data": {
+            "get": {
+                "summary": "Content bytes on a signed URL; `Range: bytes=A-B` gives 206",
+                "security": [],
+                "parameters": [_path_param("content_id", "a content id (`cnt_…`)"), *_SIGNED],
+                "responses": {
+                    "200": {"description": "the whole content", "content": {"application/octet-stream": {}}},
+                    "206": {"description": "the range asked for", "content": {"application/octet-stream": {}}},
+                    **_errors(403, 404, 416),
+                },
+            }
+        },
+        "/api/v1/uploads": {
+            "post": {
+                "summary": "Open a resumable upload session (write); same idempotency key → the same session",
+                "requestBody": _body(_ref("NewUpload")),
+                "responses": {
+                    "201": _json(_ref("UploadSession"), "created"),
+                    "200": _json(_ref("UploadSession"), "the session made earlier with this idempotency key"),
+                    **_errors(400, 401, 403, 404, 413),
+                },
+            }
+        },
+        "/api/v1/uploads/{upload_id}": {
+            "get": {
+                "summary": "A session, with the parts the server holds",
+                "parameters": [upload],
+                "responses": {"200": _json(_ref("UploadSession"), "the session"), **_errors(401, 404)},
+            },
+            "delete": {
+                "summary": "Abort a session and drop its parts (write)",
+                "parameters": [upload],
+                "responses": {"204": {"description": "aborted"}, **_errors(401, 403, 404, 409)},
+            },
+        },
+        "/api/v1/uploads/{upload_id}/parts/{number}/target": {
+            "post": {
+                "summary": "Where to send a part, its digest and size signed in (write)",
+                "parameters": [upload, number],
+                "requestBody": _body(_ref("PartTargetRequest")),
+                "responses": {"200": _json(_ref("PartTarget"), "the target"), **_errors(400, 401, 403, 404, 409)},
+            }
+        },
+        "/api/v1/uploads/{upload_id}/parts/{number}": {
+            "put": {
+                "summary": "A part's bytes, on the signed URL from `.../target`",
+                "security": [],
+                "parameters": [
+                    upload,
+                    number,
+                    {"name": "sha256", "in": "query", "required": True, "schema": _SHA},
+                    {"name": "size", "in": "query", "required": True, "schema": _INT},
+                    *_SIGNED,
+                ],
+                "requestBody": {"required": True, "content": {"application/octet-stream": {}}},
+                "responses": {"200": _json(_ref("PartReceipt"), "stored"), **_errors(403, 404, 409, 422)},
+            }
+        },
+        "/api/v1/uploads/{upload_id}/complete": {
+            "post": {
+                "summary": "Assemble the parts into an asset or a new version, exactly once (write)",
+                "parameters": [upload],
+                "requestBody": _body(_ref("Completion")),
+                "responses": {
+                    "200": _json(_ref("UploadResult"), "the result"),
+                    **_errors(400, 401, 403, 404, 409, 422),
+                },
+            }
+        },
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Dataerai repository API",
+            "version": version,
+            "description": "The contract in prose is docs/http-api.md in the Dataerai repository.",
+        },
+        "servers": [{"url": "/"}],
+        "security": [{"bearer": []}],
+        "paths": paths,
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "description": "`dtk_…` token"}},
+            "schemas": _SCHEMAS,
+            "responses": {"Error": _json(_ref("Error"), "an error; `error.code` is from the shared catalogue")},
+        },
+    }

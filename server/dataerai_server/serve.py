@@ -1,0 +1,120 @@
+"""Running the server: the listening socket, Hypercorn on Trio, the ready file, signals.
+
+We create and bind the socket ourselves, so ``--bind 127.0.0.1:0`` works and we
+know the port before serving, then hand it to Hypercorn as ``fd://N``. Once Hypercorn
+listens, the base URL is written atomically to the ready file, which is what tests
+and scripts wait for. SIGTERM and SIGINT stop accepting, let running requests end
+(up to :data:`GRACEFUL_SECONDS`), and exit 0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+from functools import partial
+from pathlib import Path
+from typing import Final, cast
+
+import structlog
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve as hypercorn_serve
+from hypercorn.typing import Framework
+
+from .app import create_app
+from .config import Settings
+from .services import open_services
+
+log = structlog.get_logger(__name__)
+
+GRACEFUL_SECONDS: Final = 5.0
+
+
+def parse_bind(bind: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` for IPv6) → (host, port). Raises ValueError."""
+    host, sep, port = bind.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ValueError(f"--bind must be HOST:PORT, not {bind!r}")
+    host = host.removeprefix("[").removesuffix("]")
+    port_no = int(port)
+    if port_no > 65535:
+        raise ValueError(f"port {port_no} is out of range")
+    return host, port_no
+
+
+def open_listening_socket(host: str, port: int) -> socket.socket:
+    """A bound (not yet listening) TCP socket; port 0 picks a free one."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def base_url(sock: socket.socket) -> str:
+    """The URL a local client reaches the socket at; a wildcard address reads as loopback."""
+    host, port = sock.getsockname()[:2]
+    if host in ("0.0.0.0", ""):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def write_ready_file(path: Path, url: str) -> None:
+    """Write ``url`` + newline to ``path`` atomically: readers see nothing or the whole line."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(url + "\n")
+    os.replace(tmp, path)
+
+
+def remove_ready_file(path: Path, url: str) -> None:
+    """Remove the ready file if it still names this server (a newer one may have replaced it)."""
+    with contextlib.suppress(OSError):
+        if path.read_text().strip() == url:
+            path.unlink()
+
+
+async def run_server(settings: Settings, bind: str, ready_file: Path | None = None) -> None:
+    """Serve until SIGTERM or SIGINT. Migrates the database first."""
+    host, port = parse_bind(bind)
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        services = await open_services(settings)
+        sock = open_listening_socket(host, port)
+        url = base_url(sock)
+        config = HypercornConfig()
+        # Hypercorn makes its own socket object on this descriptor; ours lets go of it.
+        config.bind = [f"fd://{sock.detach()}"]
+        config.accesslog = None  # RequestLog logs requests, without query strings
+        config.errorlog = logging.getLogger("hypercorn.error")
+        config.graceful_timeout = GRACEFUL_SECONDS
+        config.keep_alive_timeout = 75  # above common client pool idle times
+
+        # Hypercorn's app type is its own spelling of the ASGI signature Starlette implements.
+        app = cast(Framework, create_app(services))
+
+        async def until_signal() -> None:
+            async for signum in signals:
+                log.info("server.stopping", signal=signal.Signals(signum).name)
+                return
+
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(partial(hypercorn_serve, app, config, shutdown_trigger=until_signal))
+                if ready_file is not None:
+                    await trio.to_thread.run_sync(write_ready_file, ready_file, url)
+                log.info("server.listening", url=url, data_dir=str(settings.data_dir))
+        finally:
+            services.close()
+            if ready_file is not None:
+                remove_ready_file(ready_file, url)
+    log.info("server.stopped")

@@ -1,0 +1,46 @@
+"""The long-lived objects the routes use, opened once at start-up."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import trio
+
+from . import migrate
+from .config import Settings
+from .db import Database
+from .signing import UrlSigner, load_or_create_secret
+from .storage import LocalStorage, Storage
+from .uploads import Uploads
+
+
+@dataclass
+class Services:
+    settings: Settings
+    db: Database
+    storage: Storage
+    signer: UrlSigner
+    uploads: Uploads
+
+    def close(self) -> None:
+        self.db.dispose()
+
+
+async def open_services(settings: Settings) -> Services:
+    """Migrate the database to the newest schema, load (or create) the signing secret,
+    open the storage. Blocking work runs in threads."""
+    db = Database(settings.database_url)
+    try:
+        await trio.to_thread.run_sync(migrate.upgrade, db.write_engine)
+        secret = await db.write(load_or_create_secret)
+        storage = await trio.to_thread.run_sync(LocalStorage.open, settings.objects_dir)
+    except BaseException:
+        db.dispose()
+        raise
+    return Services(
+        settings=settings,
+        db=db,
+        storage=storage,
+        signer=UrlSigner(secret),
+        uploads=Uploads(db, storage, settings),
+    )

@@ -1,0 +1,148 @@
+"""The storage contract: what the server needs from wherever bytes are kept.
+
+It follows S3 multipart uploads so that an S3 storage can implement it directly:
+an upload has a storage *handle* (S3's ``UploadId``); parts are put with a known
+SHA-256 and size (S3 enforces a part digest only when it is signed into the part's
+URL, so the digest is always known before the bytes arrive); parts can be listed;
+completion turns the parts into one content object under a *key*; an upload can be
+aborted; content is read by byte range.
+
+Parts reach storage one of two ways. If :meth:`Storage.part_url` returns a request,
+the client sends the bytes there directly (S3 presigned URLs); if it returns None,
+the client sends them to the server's own part endpoint and the server streams them
+into :meth:`Storage.put_part`. Content reads work the same way with
+:meth:`Storage.content_url` and :meth:`Storage.read_range`.
+
+Keys and handles are made by the server from its own ids: short strings of letters,
+digits, ``_``, ``-`` and ``.``. Every method may raise :class:`StorageError` when the
+backing store fails; the server reports that as ``internal``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, AsyncIterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+class StorageError(Exception):
+    """The backing store failed or holds something other than what the server recorded."""
+
+
+class ChecksumMismatch(Exception):
+    """Bytes did not match the size or SHA-256 they were announced with; nothing was stored."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        expected_size: int,
+        actual_size: int,
+        expected_sha256: str | None,
+        actual_sha256: str | None,
+    ) -> None:
+        super().__init__(message)
+        self.expected_size = expected_size
+        self.actual_size = actual_size
+        self.expected_sha256 = expected_sha256
+        self.actual_sha256 = actual_sha256
+
+
+@dataclass(frozen=True)
+class StoredPart:
+    """A part the storage holds. ``sha256`` is None where the store does not keep it (S3 lists MD5s)."""
+
+    number: int
+    size: int
+    sha256: str | None
+
+
+@dataclass(frozen=True)
+class StoredContent:
+    """A completed content object: its length and whole-object SHA-256."""
+
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class PresignedRequest:
+    """A request a client can make without the server: method, URL and headers to send."""
+
+    method: str
+    url: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+class Storage(Protocol):
+    """Where parts and contents are kept. Every method is safe to call from the event
+    loop: blocking work happens in threads, never on the loop."""
+
+    async def create_upload(self, upload_id: str) -> str:
+        """Prepare for the parts of a new upload and return its handle.
+
+        ``upload_id`` is the server's session id; the handle returned is what every
+        other upload method takes and what the server stores with the session.
+        """
+        ...
+
+    def part_url(self, handle: str, number: int, size: int, sha256: str, ttl_seconds: int) -> PresignedRequest | None:
+        """Where the client sends part ``number`` directly, with its digest and size signed in;
+        or None, meaning the client sends it to the server, which calls :meth:`put_part`."""
+        ...
+
+    async def put_part(
+        self, handle: str, number: int, body: AsyncIterable[bytes], size: int, sha256: str
+    ) -> StoredPart:
+        """Store part ``number`` from ``body``, replacing any earlier part with that number.
+
+        The body is consumed as it arrives, never held whole in memory. Raises
+        :class:`ChecksumMismatch` if it is not exactly ``size`` bytes with SHA-256
+        ``sha256``; then nothing is stored and an earlier part with this number is kept.
+        The part is durable when this returns. If ``body`` raises (the client went
+        away) or the call is cancelled, nothing is stored and the exception propagates.
+        """
+        ...
+
+    async def list_parts(self, handle: str) -> list[StoredPart]:
+        """The parts held for this upload, ordered by number."""
+        ...
+
+    async def complete(self, handle: str, parts: Sequence[StoredPart], key: str, sha256: str | None) -> StoredContent:
+        """Concatenate ``parts`` (numbers 1..N in order, with the sizes given) into the content object ``key``.
+
+        Verifies the whole object's SHA-256 against ``sha256`` when given and raises
+        :class:`ChecksumMismatch` otherwise; then nothing is published under ``key``.
+        Raises :class:`StorageError` if a part is missing or has another size.
+        The parts themselves stay until :meth:`release_parts` or :meth:`abort`, except
+        where the store consumes them on completion (S3): afterwards :meth:`list_parts`
+        says what is left. Completing again with the same parts and key gives the same
+        result (the server retries after a crash). The content is durable when this returns.
+        """
+        ...
+
+    async def release_parts(self, handle: str) -> None:
+        """Drop the parts of an upload whose completion the server has recorded. Idempotent."""
+        ...
+
+    async def abort(self, handle: str) -> None:
+        """Drop the upload and all its parts. Idempotent."""
+        ...
+
+    def content_url(self, key: str, ttl_seconds: int) -> PresignedRequest | None:
+        """A URL the client reads the content from directly (ranges allowed); or None,
+        meaning the server serves it through :meth:`read_range`."""
+        ...
+
+    def read_range(self, key: str, offset: int, length: int) -> AsyncGenerator[bytes, None]:
+        """The bytes ``[offset, offset + length)`` of content ``key``, in blocks of about 1 MiB.
+
+        The caller checks the range against the recorded size. Close the iterator
+        (``aclose``) if you stop early. Raises :class:`StorageError` if the content is
+        missing or shorter than the range.
+        """
+        ...
+
+    async def delete_content(self, key: str) -> None:
+        """Remove content ``key``. Idempotent."""
+        ...

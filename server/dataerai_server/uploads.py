@@ -1,0 +1,592 @@
+"""Resumable upload sessions: create, mint part targets, take parts, complete, abort.
+
+The database is the truth about a session and the parts it holds; storage holds
+the bytes. The order of steps is chosen so that a crash anywhere leaves something
+a retry can finish:
+
+- a part is recorded only after storage made it durable (an unrecorded part file
+  is simply overwritten by the re-send);
+- completion assembles the content under a key derived from the session, so an
+  assembly repeated after a crash overwrites the same object, and only then records
+  asset, content and result in one transaction; parts are dropped after that commit;
+- the completion's idempotency key is unique per user in the database, so two racing
+  completions (in one process or in several) still make exactly one asset.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import structlog
+import trio
+from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from . import assets, projects
+from .auth import Principal
+from .clock import isoformat, new_id, utcnow
+from .config import MAX_PART_COUNT, Settings
+from .db import Database
+from .errors import ApiError
+from .models import Asset, Collection, Content, Project, UploadCompletion, UploadPart, UploadSession
+from .storage import ChecksumMismatch, PresignedRequest, Storage, StorageError, StoredPart
+
+log = structlog.get_logger(__name__)
+
+OPEN = "open"
+COMPLETED = "completed"
+ABORTED = "aborted"
+
+
+@dataclass(frozen=True)
+class NewUpload:
+    """A validated ``POST /uploads`` body."""
+
+    owner_type: str | None
+    owner_id: str | None
+    file_name: str | None
+    size: int
+    part_size: int
+    sha256: str | None
+    idempotency_key: str | None
+    asset_id: str | None = None
+    collection_id: str | None = None
+    title: str | None = None
+    description: str | None = None
+    alias: str | None = None
+    tags: list[str] = field(default_factory=list)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def part_count(self) -> int:
+        """A 0-byte file still has one (empty) part."""
+        return max(1, -(-self.size // self.part_size))
+
+
+def expected_part_size(size: int, part_size: int, part_count: int, number: int) -> int:
+    """Every part is ``part_size`` bytes except the last, which holds the rest."""
+    return part_size if number < part_count else size - part_size * (part_count - 1)
+
+
+# --- views ------------------------------------------------------------------------
+
+
+def result_view(upload: UploadSession) -> dict[str, Any] | None:
+    if upload.state != COMPLETED:
+        return None
+    return {
+        "asset_id": upload.result_asset_id,
+        "content_id": upload.result_content_id,
+        "size": upload.size,
+        "sha256": upload.sha256,
+    }
+
+
+def session_view(session: Session, upload: UploadSession) -> dict[str, Any]:
+    parts = session.scalars(
+        select(UploadPart).where(UploadPart.upload_id == upload.id).order_by(UploadPart.number)
+    ).all()
+    return {
+        "upload_id": upload.id,
+        "state": upload.state,
+        "size": upload.size,
+        "part_size": upload.part_size,
+        "part_count": upload.part_count,
+        "sha256": upload.sha256,
+        "file_name": upload.file_name,
+        "parts": [{"number": p.number, "size": p.size, "sha256": p.sha256, "writes": p.writes} for p in parts],
+        "bytes_received": upload.bytes_received,
+        "created_at": isoformat(upload.created_at),
+        "expires_at": isoformat(upload.expires_at),
+        "result": result_view(upload),
+    }
+
+
+# --- transactions (run in a worker thread via Database.read/write) --------------------
+
+
+def _own_session(session: Session, who: Principal, upload_id: str, *, lock: bool = False) -> UploadSession:
+    """The caller's session, else ``not_found`` (sessions are private to whoever created them)."""
+    query = select(UploadSession).where(UploadSession.id == upload_id)
+    if lock:
+        query = query.with_for_update()
+    upload = session.scalars(query).one_or_none()
+    if upload is None or upload.user_id != who.user_id:
+        raise ApiError("not_found", f"no upload session {upload_id!r}", upload_id=upload_id)
+    return upload
+
+
+def _by_idempotency_key(session: Session, who: Principal, key: str | None) -> UploadSession | None:
+    if key is None:
+        return None
+    return session.scalars(
+        select(UploadSession).where(UploadSession.user_id == who.user_id, UploadSession.idempotency_key == key)
+    ).one_or_none()
+
+
+@dataclass(frozen=True)
+class _Placement:
+    """Where a new upload's content will go, once checked."""
+
+    owner_type: str
+    owner_id: str
+    project_id: str | None
+    collection_id: str | None
+
+
+def _check_new_upload(session: Session, who: Principal, new: NewUpload) -> _Placement:
+    """Ownership, visibility and quota checks for a new session; raises the API error that applies."""
+    if new.asset_id is not None:
+        asset = assets.visible_asset(session, who, new.asset_id)
+        if (new.owner_type, new.owner_id) not in ((None, None), (asset.owner_type, asset.owner_id)):
+            raise ApiError(
+                "invalid_argument",
+                f"`owner_type`/`owner_id` must match asset {asset.id!r} ({asset.owner_type} {asset.owner_id})",
+                field="owner_id",
+            )
+        placement = _Placement(asset.owner_type, asset.owner_id, asset.project_id, asset.collection_id)
+    elif new.owner_type == assets.OWNER_PROJECT:
+        assert new.owner_id is not None
+        projects.member_role(session, who, new.owner_id)
+        project = session.get(Project, new.owner_id)
+        assert project is not None
+        collection_id = new.collection_id or project.root_collection_id
+        collection = session.get(Collection, collection_id)
+        if collection is None or collection.project_id != project.id:
+            raise ApiError(
+                "not_found", f"project {project.id!r} has no collection {collection_id!r}", field="collection_id"
+            )
+        placement = _Placement(assets.OWNER_PROJECT, project.id, project.id, collection_id)
+    elif new.owner_type == assets.OWNER_USER:
+        if new.owner_id != who.user_id:
+            raise ApiError(
+                "permission_denied", "`owner_id` of a user-owned upload must be your own user_id", field="owner_id"
+            )
+        if new.collection_id is not None:
+            raise ApiError("invalid_argument", "a user-owned asset is in no collection", field="collection_id")
+        placement = _Placement(assets.OWNER_USER, who.user_id, None, None)
+    else:
+        raise ApiError("invalid_argument", "`owner_type` must be `project` or `user`", field="owner_type")
+
+    if placement.project_id is not None:
+        project = session.get(Project, placement.project_id)
+        assert project is not None
+        used = projects.used_bytes(session, project.id)
+        if used + new.size > project.allocation_bytes:
+            raise ApiError(
+                "quota_exceeded",
+                f"{new.size} bytes do not fit: project {project.id!r} uses {used} of {project.allocation_bytes} bytes",
+                project_id=project.id,
+                allocation_bytes=project.allocation_bytes,
+                used_bytes=used,
+                requested_bytes=new.size,
+            )
+    return placement
+
+
+def _insert_session(
+    session: Session, who: Principal, new: NewUpload, upload_id: str, handle: str, session_ttl: int
+) -> tuple[dict[str, Any], bool]:
+    existing = _by_idempotency_key(session, who, new.idempotency_key)
+    if existing is not None:
+        return session_view(session, existing), False
+    placement = _check_new_upload(session, who, new)
+    now = utcnow()
+    upload = UploadSession(
+        id=upload_id,
+        user_id=who.user_id,
+        state=OPEN,
+        owner_type=placement.owner_type,
+        owner_id=placement.owner_id,
+        project_id=placement.project_id,
+        collection_id=placement.collection_id,
+        asset_id=new.asset_id,
+        title=new.title,
+        description=new.description,
+        alias=new.alias,
+        tags=new.tags,
+        meta=new.metadata,
+        file_name=new.file_name,
+        size=new.size,
+        part_size=new.part_size,
+        part_count=new.part_count,
+        sha256=new.sha256,
+        idempotency_key=new.idempotency_key,
+        storage_handle=handle,
+        bytes_received=0,
+        created_at=now,
+        updated_at=now,
+        expires_at=now + timedelta(seconds=session_ttl),
+    )
+    session.add(upload)
+    session.flush()
+    return session_view(session, upload), True
+
+
+def _open_part_slot(upload: UploadSession, number: int, size: int) -> None:
+    """Check the session takes part ``number`` of ``size`` bytes."""
+    if upload.state != OPEN:
+        raise ApiError(
+            "conflict", f"upload {upload.id!r} is {upload.state}; it takes no more parts", state=upload.state
+        )
+    if not 1 <= number <= upload.part_count:
+        raise ApiError(
+            "invalid_argument",
+            f"part number must be from 1 to {upload.part_count}",
+            field="number",
+            part_count=upload.part_count,
+        )
+    expected = expected_part_size(upload.size, upload.part_size, upload.part_count, number)
+    if size != expected:
+        raise ApiError(
+            "invalid_argument",
+            f"part {number} must be {expected} bytes, not {size}",
+            field="size",
+            expected_size=expected,
+        )
+
+
+def _record_part(session: Session, upload_id: str, number: int, size: int, sha256: str, session_ttl: int) -> str | None:
+    """Record an accepted part. Returns None, or the session's state if it stopped taking parts meanwhile."""
+    upload = session.scalars(select(UploadSession).where(UploadSession.id == upload_id).with_for_update()).one()
+    if upload.state != OPEN:
+        return upload.state
+    now = utcnow()
+    part = session.get(UploadPart, (upload_id, number))
+    if part is None:
+        session.add(UploadPart(upload_id=upload_id, number=number, size=size, sha256=sha256, writes=1, updated_at=now))
+    else:
+        part.size, part.sha256, part.writes, part.updated_at = size, sha256, part.writes + 1, now
+    upload.bytes_received += size
+    upload.updated_at = now
+    upload.expires_at = now + timedelta(seconds=session_ttl)
+    return None
+
+
+@dataclass(frozen=True)
+class _Assembly:
+    """What completion must assemble, found by :func:`_plan_completion`."""
+
+    handle: str
+    parts: list[StoredPart]
+    sha256: str
+
+
+def _stored_completion(session: Session, who: Principal, key: str | None) -> UploadCompletion | None:
+    if key is None:
+        return None
+    return session.scalars(
+        select(UploadCompletion).where(UploadCompletion.user_id == who.user_id, UploadCompletion.idempotency_key == key)
+    ).one_or_none()
+
+
+def _adopt_result(upload: UploadSession, done: UploadCompletion) -> None:
+    """Close ``upload`` with the result already stored under its completion key."""
+    upload.state = COMPLETED
+    upload.completed_at = upload.updated_at = utcnow()
+    upload.result_asset_id, upload.result_content_id = done.asset_id, done.content_id
+    upload.size, upload.sha256 = done.size, done.sha256
+
+
+def _plan_completion(
+    session: Session, who: Principal, upload_id: str, key: str | None, sha256: str | None
+) -> dict[str, Any] | _Assembly:
+    """Either the stored result (already completed, or the key was used) or what to assemble."""
+    upload = _own_session(session, who, upload_id, lock=True)
+    if upload.state == COMPLETED:
+        result = result_view(upload)
+        assert result is not None
+        return result
+    if upload.state == ABORTED:
+        raise ApiError("conflict", f"upload {upload_id!r} was aborted", state=upload.state)
+    done = _stored_completion(session, who, key)
+    if done is not None:
+        _adopt_result(upload, done)
+        result = result_view(upload)
+        assert result is not None
+        return result
+    if sha256 is not None and upload.sha256 is not None and sha256 != upload.sha256:
+        raise ApiError("invalid_argument", "`sha256` differs from the one the session was created with", field="sha256")
+    whole = sha256 or upload.sha256
+    if whole is None:
+        raise ApiError("invalid_argument", "`sha256` is required: the session was created without it", field="sha256")
+    held = {p.number: p for p in session.scalars(select(UploadPart).where(UploadPart.upload_id == upload_id)).all()}
+    missing = [n for n in range(1, upload.part_count + 1) if n not in held]
+    if missing:
+        raise ApiError(
+            "conflict", f"{len(missing)} part(s) missing; send them and complete again", missing_parts=missing
+        )
+    parts = [StoredPart(number=n, size=held[n].size, sha256=held[n].sha256) for n in range(1, upload.part_count + 1)]
+    return _Assembly(handle=upload.storage_handle, parts=parts, sha256=whole)
+
+
+def _record_completion(
+    session: Session, who: Principal, upload_id: str, key: str | None, size: int, sha256: str, storage_key: str
+) -> tuple[dict[str, Any], bool]:
+    """Make the asset (or the new version) and store the result. Returns (result, whether this call made it)."""
+    upload = _own_session(session, who, upload_id, lock=True)
+    if upload.state == COMPLETED:
+        result = result_view(upload)
+        assert result is not None
+        return result, False
+    if upload.state == ABORTED:
+        raise ApiError("conflict", f"upload {upload_id!r} was aborted", state=upload.state)
+    done = _stored_completion(session, who, key)
+    if done is not None:
+        _adopt_result(upload, done)
+        result = result_view(upload)
+        assert result is not None
+        return result, False
+
+    now = utcnow()
+    if upload.asset_id is not None:
+        asset = assets.visible_asset(session, who, upload.asset_id)
+        asset.updated_at = now
+    else:
+        asset = Asset(
+            id=new_id("ast"),
+            title=upload.title if upload.title is not None else upload.file_name,
+            description=upload.description,
+            alias=upload.alias,
+            tags=list(upload.tags),
+            meta=dict(upload.meta),
+            owner_type=upload.owner_type,
+            owner_id=upload.owner_id,
+            project_id=upload.project_id,
+            collection_id=upload.collection_id,
+            created_by=who.user_id,
+            created_at=now,
+            updated_at=now,
+        )
+        session.add(asset)
+        session.flush()
+    content = Content(
+        id=new_id("cnt"),
+        asset_id=asset.id,
+        upload_id=upload.id,
+        size=size,
+        sha256=sha256,
+        file_name=upload.file_name,
+        storage_key=storage_key,
+        created_at=now,
+    )
+    session.add(content)
+    upload.state = COMPLETED
+    upload.sha256 = sha256
+    upload.completed_at = upload.updated_at = now
+    upload.result_asset_id, upload.result_content_id = asset.id, content.id
+    if key is not None:
+        session.add(
+            UploadCompletion(
+                id=new_id("cmp"),
+                user_id=who.user_id,
+                idempotency_key=key,
+                upload_id=upload.id,
+                asset_id=asset.id,
+                content_id=content.id,
+                size=size,
+                sha256=sha256,
+                created_at=now,
+            )
+        )
+    session.flush()
+    result = result_view(upload)
+    assert result is not None
+    return result, True
+
+
+def _storage_key_of(session: Session, content_id: str | None) -> str | None:
+    content = session.get(Content, content_id) if content_id is not None else None
+    return None if content is None else content.storage_key
+
+
+# --- the service ----------------------------------------------------------------------
+
+
+class _KeyedLocks:
+    """One ``trio.Lock`` per key, dropped when nobody holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[trio.Lock, int]] = {}
+
+    @asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key, (trio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+
+def _checksum_error(exc: ChecksumMismatch, **extra: Any) -> ApiError:
+    return ApiError(
+        "checksum_mismatch",
+        str(exc),
+        expected_size=exc.expected_size,
+        actual_size=exc.actual_size,
+        expected_sha256=exc.expected_sha256,
+        actual_sha256=exc.actual_sha256,
+        **extra,
+    )
+
+
+class Uploads:
+    """The upload operations the routes call; each checks access and raises :class:`ApiError`."""
+
+    def __init__(self, db: Database, storage: Storage, settings: Settings) -> None:
+        self._db = db
+        self._storage = storage
+        self._settings = settings
+        # Within one process, completions and aborts of one session take turns, so a
+        # retried completion waits for the first instead of assembling the file twice.
+        self._session_locks = _KeyedLocks()
+
+    async def create(self, who: Principal, new: NewUpload) -> tuple[dict[str, Any], bool]:
+        """Open a session, or return the one made earlier with the same idempotency key.
+
+        Returns the session and whether it was created now.
+        """
+        if new.part_count > MAX_PART_COUNT:
+            raise ApiError(
+                "invalid_argument",
+                f"{new.part_count} parts is more than {MAX_PART_COUNT}: use parts of at least "
+                f"{-(-new.size // MAX_PART_COUNT)} bytes",
+                field="part_size",
+            )
+
+        def check(session: Session) -> dict[str, Any] | None:
+            existing = _by_idempotency_key(session, who, new.idempotency_key)
+            if existing is not None:
+                return session_view(session, existing)
+            _check_new_upload(session, who, new)
+            return None
+
+        existing = await self._db.read(check)
+        if existing is not None:
+            return existing, False
+        upload_id = new_id("upl")
+        handle = await self._storage.create_upload(upload_id)
+        ttl = self._settings.session_ttl_seconds
+        try:
+            view, created = await self._db.write(lambda s: _insert_session(s, who, new, upload_id, handle, ttl))
+        except IntegrityError:
+            # Another process inserted the same idempotency key between our check and insert.
+            view, created = await self._db.write(lambda s: _insert_session(s, who, new, upload_id, handle, ttl))
+        if not created:
+            await self._storage.abort(handle)
+        return view, created
+
+    async def get(self, who: Principal, upload_id: str) -> dict[str, Any]:
+        return await self._db.read(lambda s: session_view(s, _own_session(s, who, upload_id)))
+
+    async def part_target(
+        self, who: Principal, upload_id: str, number: int, size: int, sha256: str
+    ) -> PresignedRequest | None:
+        """Check the caller may send this part now; return where storage wants it, or None for the server itself."""
+
+        def check(session: Session) -> str:
+            upload = _own_session(session, who, upload_id)
+            _open_part_slot(upload, number, size)
+            return upload.storage_handle
+
+        handle = await self._db.read(check)
+        return self._storage.part_url(handle, number, size, sha256, self._settings.url_ttl_seconds)
+
+    async def put_part(
+        self, upload_id: str, number: int, size: int, sha256: str, body: AsyncIterable[bytes]
+    ) -> dict[str, Any]:
+        """Take a part's bytes from a (signed, already verified) part URL."""
+
+        def check(session: Session) -> str:
+            upload = session.get(UploadSession, upload_id)
+            if upload is None:
+                raise ApiError("not_found", f"no upload session {upload_id!r}", upload_id=upload_id)
+            _open_part_slot(upload, number, size)
+            return upload.storage_handle
+
+        handle = await self._db.read(check)
+        try:
+            stored = await self._storage.put_part(handle, number, body, size, sha256)
+        except ChecksumMismatch as exc:
+            raise _checksum_error(exc, number=number) from None
+        ttl = self._settings.session_ttl_seconds
+        stopped = await self._db.write(
+            lambda s: _record_part(s, upload_id, number, stored.size, stored.sha256 or sha256, ttl)
+        )
+        if stopped is not None:
+            # Completed or aborted while the bytes were arriving: this part is not wanted.
+            await self._storage.release_parts(handle)
+            raise ApiError("conflict", f"upload {upload_id!r} is {stopped}; it takes no more parts", state=stopped)
+        return {"number": number, "size": stored.size, "sha256": stored.sha256 or sha256}
+
+    async def complete(self, who: Principal, upload_id: str, key: str | None, sha256: str | None) -> dict[str, Any]:
+        """Assemble the parts into a new asset (or version) exactly once; see the module docstring."""
+        async with self._session_locks.hold(upload_id):
+            plan = await self._db.write(lambda s: _plan_completion(s, who, upload_id, key, sha256))
+            if not isinstance(plan, _Assembly):
+                return plan
+            storage_key = upload_id  # the same key on every attempt: a retry overwrites, never duplicates
+            try:
+                content = await self._storage.complete(plan.handle, plan.parts, storage_key, plan.sha256)
+            except ChecksumMismatch as exc:
+                await self._forget_lost_parts(upload_id, plan.handle)
+                raise _checksum_error(exc) from None
+            except StorageError as exc:
+                log.error("upload.assemble_failed", upload_id=upload_id, error=str(exc))
+                raise
+            try:
+                result, made = await self._db.write(
+                    lambda s: _record_completion(s, who, upload_id, key, content.size, content.sha256, storage_key)
+                )
+            except IntegrityError:
+                # Another process stored a result under this key first: adopt it.
+                result, made = await self._db.write(
+                    lambda s: _record_completion(s, who, upload_id, key, content.size, content.sha256, storage_key)
+                )
+            if not made:
+                # Someone else's completion won; keep our object only if the stored result uses it.
+                winner_key = await self._db.read(lambda s: _storage_key_of(s, result["content_id"]))
+                if winner_key != storage_key:
+                    await self._storage.delete_content(storage_key)
+            await self._storage.release_parts(plan.handle)
+            log.info("upload.completed", upload_id=upload_id, asset_id=result["asset_id"], size=content.size)
+            return result
+
+    async def _forget_lost_parts(self, upload_id: str, handle: str) -> None:
+        """After a failed assembly, drop records of parts the storage no longer holds (a store
+        such as S3 may consume parts on completion), so the session says what to re-send."""
+        held = {p.number for p in await self._storage.list_parts(handle)}
+
+        def forget(session: Session) -> None:
+            session.execute(delete(UploadPart).where(UploadPart.upload_id == upload_id, UploadPart.number.not_in(held)))
+
+        await self._db.write(forget)
+
+    async def abort(self, who: Principal, upload_id: str) -> None:
+        """Abort an open session and drop its parts. Aborting twice is fine; a completed one is ``conflict``."""
+        async with self._session_locks.hold(upload_id):
+
+            def mark(session: Session) -> str:
+                upload = _own_session(session, who, upload_id, lock=True)
+                if upload.state == COMPLETED:
+                    raise ApiError(
+                        "conflict", f"upload {upload_id!r} is completed; it cannot be aborted", state=upload.state
+                    )
+                upload.state = ABORTED
+                upload.updated_at = utcnow()
+                session.execute(delete(UploadPart).where(UploadPart.upload_id == upload_id))
+                return upload.storage_handle
+
+            handle = await self._db.write(mark)
+            await self._storage.abort(handle)

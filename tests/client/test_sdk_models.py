@@ -1,0 +1,161 @@
+"""The models read the daemon's JSON tolerantly; the errors keep their codes."""
+
+from __future__ import annotations
+
+import dataclasses
+import pickle
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+from dataerai import (
+    AssetMetadata,
+    AuthStatus,
+    DaemonConnectionError,
+    DaemonError,
+    DaemonTimeoutError,
+    Event,
+    Job,
+    ProgressEvent,
+    Project,
+    Relationship,
+)
+from dataerai._errors import error_from_rpc
+from dataerai.protocol import RpcError
+from hypothesis import given
+from hypothesis import strategies as st
+
+MODELS = (AuthStatus, Project, AssetMetadata, Relationship, Job, Event, ProgressEvent)
+
+
+def _progress(**kw: Any) -> ProgressEvent:
+    base: dict[str, Any] = dict(
+        transfer_id="j",
+        bytes_done=0,
+        bytes_total=0,
+        chunk_index=0,
+        chunk_count=0,
+        rate_bps=0.0,
+        file_index=0,
+        file_name="f",
+    )
+    return ProgressEvent(**{**base, **kw})
+
+
+def test_progress_percent_and_rate() -> None:
+    assert _progress(bytes_done=25, bytes_total=100).percent == 25.0
+    assert _progress(bytes_done=150, bytes_total=100).percent == 100.0
+    assert _progress(bytes_done=0, bytes_total=0).percent == 0.0  # total not known yet
+    assert _progress(bytes_done=0, bytes_total=0, completed=True).percent == 100.0  # a 0-byte transfer, done
+    assert _progress(rate_bps=2_500_000.0).rate_mbps == 2.5
+
+
+def test_models_are_frozen() -> None:
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        _progress().bytes_done = 3  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        Job.from_wire({}).state = "x"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("model", MODELS)
+@given(st.dictionaries(st.text(), st.none() | st.integers() | st.text() | st.lists(st.integers()), max_size=6))
+def test_any_object_builds_every_model(model: Any, obj: dict[str, Any]) -> None:
+    model.from_wire(obj)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_non_objects_build_empty_models(model: Any) -> None:
+    for value in (None, 3, "x", [1]):
+        model.from_wire(value)
+
+
+def test_job_from_wire_ignores_unknown_and_mistyped_keys() -> None:
+    job = Job.from_wire(
+        {
+            "job_id": "job_1",
+            "kind": "download",
+            "state": "completed",
+            "bytes_done": 10.0,
+            "bytes_total": "ten",
+            "files": [{"local_path": "/d/a", "size": 10}, "junk"],
+            "error": None,
+            "dest_dir": "/d",
+            "from_a_newer_daemon": {"x": 1},
+            "created_at": "2026-11-25T14:00:00.5Z",
+            "updated_at": "not a time",
+        }
+    )
+    assert (job.job_id, job.kind, job.state, job.bytes_done, job.bytes_total) == (
+        "job_1",
+        "download",
+        "completed",
+        10,
+        0,
+    )
+    assert job.is_terminal and job.dest_dir == "/d"
+    assert [f.local_path for f in job.files] == ["/d/a"]
+    assert job.created_at == datetime(2026, 11, 25, 14, 0, 0, 500000, tzinfo=timezone.utc)
+    assert job.updated_at is None
+    assert job.raw["from_a_newer_daemon"] == {"x": 1}
+    assert "from_a_newer_daemon" not in repr(job)
+
+
+def test_timestamps() -> None:
+    status = AuthStatus.from_wire({"expires_at": "2027-01-01T02:00:00+02:00"})
+    assert status.expires_at == datetime(2027, 1, 1, tzinfo=timezone.utc)
+    naive = AuthStatus.from_wire({"expires_at": "2027-01-01T00:00:00"}).expires_at
+    assert naive is not None and naive.utcoffset() == timedelta(0)
+    assert AuthStatus.from_wire({"expires_at": "2027-01-01T00:00:00.123456789Z"}).expires_at is not None
+
+
+def test_auth_status_reads_the_http_me_shape_too() -> None:
+    status = AuthStatus.from_wire({"email": "a@b", "token_expires_at": None, "user_id": "u", "scopes": ["read"]})
+    assert (status.user_email, status.expires_at, status.scopes) == ("a@b", None, ["read"])
+
+
+def test_events() -> None:
+    progress = Event.from_wire(
+        {"id": 42, "type": "job.progress", "job_id": "j", "bytes_done": 1, "bytes_total": 4, "rate_bps": 8e6}
+    )
+    assert progress.progress == _progress(bytes_done=1, bytes_total=4, rate_bps=8e6, file_name="")
+    assert progress.state is None and progress.job is None
+    state = Event.from_wire({"id": 41, "type": "job.state", "job_id": "j", "state": "running", "job": {"job_id": "j"}})
+    assert state.state == "running" and state.job is not None and state.progress is None
+    gap = Event.from_wire({"id": 43, "type": "gap", "missed_from": 10, "missed_to": 39})
+    assert (gap.missed_from, gap.missed_to, gap.job_id) == (10, 39, None)
+    assert Event.from_wire({"id": 1, "type": "daemon.shiny"}).type == "daemon.shiny"
+
+
+def test_daemon_error() -> None:
+    error = DaemonError("not_found", "no such asset", {"asset_id": "a"})
+    assert (error.code, error.message, error.data) == ("not_found", "no such asset", {"asset_id": "a"})
+    assert error.args == ("not_found", "no such asset")
+    assert str(error) == "not_found: no such asset"
+    assert DaemonError("x", "y").data == {}
+
+
+def test_daemon_timeout_error() -> None:
+    error = DaemonTimeoutError("too slow", transfer_id="job_1")
+    assert isinstance(error, DaemonError) and isinstance(error, TimeoutError)
+    assert (error.code, error.message, error.transfer_id) == ("timeout", "too slow", "job_1")
+    assert error.errno is None and str(error) == "timeout: too slow"
+    assert DaemonTimeoutError("plain").transfer_id is None
+
+
+def test_errors_pickle() -> None:
+    for error in (
+        DaemonError("conflict", "busy", {"k": 1}),
+        DaemonTimeoutError("late", transfer_id="job_9", data={"job_id": "job_9"}),
+        DaemonConnectionError("gone", socket_path="/s"),
+    ):
+        copy = pickle.loads(pickle.dumps(error))
+        assert type(copy) is type(error) and str(copy) == str(error)
+        assert vars(copy) == vars(error)
+
+
+def test_error_mapping() -> None:
+    assert type(error_from_rpc(RpcError("conflict", "m"))) is DaemonError
+    timeout = error_from_rpc(RpcError("timeout", "m", {"job_id": "job_3"}))
+    assert isinstance(timeout, DaemonTimeoutError) and timeout.transfer_id == "job_3"
+    bad_id = error_from_rpc(RpcError("timeout", "m", {"job_id": 3}))
+    assert isinstance(bad_id, DaemonTimeoutError) and bad_id.transfer_id is None

@@ -1,0 +1,135 @@
+"""`make bench`: the daemon beside curl on the same server, same file, same run.
+
+Upload: the daemon's `upload()` of a file (hashing, parallel parts, completion
+with the server's whole-file check) beside `curl -T` sending the same bytes
+in one PUT to a one-part upload session of the same server (the server still
+hashes and verifies that part). Download: the daemon's `download()` (parallel
+ranges, SHA-256 check, fsync, rename) beside `curl` reading the same content
+URL into a file. Also the daemon's peak RSS (VmHWM) over the whole run.
+
+Median of --runs runs, interleaved so both see the same machine state.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from stack import Stack, make_file
+
+MiB = 1024 * 1024
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def curl_upload(stack: Stack, api: Any, source: Path, project_id: str, size: int, sha: str) -> float:
+    session = api.post("/uploads", json={
+        "owner_type": "project", "owner_id": project_id, "title": "curl", "file_name": source.name,
+        "size": size, "part_size": size, "sha256": sha, "idempotency_key": f"curl-{time.time_ns()}",
+    })
+    session.raise_for_status()
+    upload_id = session.json()["upload_id"]
+    target = api.post(f"/uploads/{upload_id}/parts/1/target", json={"sha256": sha, "size": size})
+    target.raise_for_status()
+    url = target.json()["url"]
+    started = time.monotonic()
+    out = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-T", str(source), url],
+                         capture_output=True, text=True, check=True)
+    elapsed = time.monotonic() - started
+    if out.stdout.strip() != "200":
+        raise RuntimeError(f"curl PUT answered {out.stdout}: {out.stderr}")
+    api.delete(f"/uploads/{upload_id}")
+    return elapsed
+
+
+def curl_download(api: Any, asset_id: str, dest: Path) -> float:
+    target = api.get(f"/assets/{asset_id}/download")
+    target.raise_for_status()
+    started = time.monotonic()
+    subprocess.run(["curl", "-sS", "-f", "-o", str(dest), target.json()["url"]], check=True)
+    elapsed = time.monotonic() - started
+    dest.unlink()
+    return elapsed
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--size-mib", type=int, default=1024)
+    parser.add_argument("--chunk-mib", type=int, default=64)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    size = args.size_mib * MiB
+    if not shutil.which("curl"):
+        print("curl is needed for the comparison", file=sys.stderr)
+        return 2
+    root = Path(tempfile.mkdtemp(prefix="dataerai-bench-"))
+    results: dict[str, list[float]] = {"daemon_up": [], "curl_up": [], "daemon_down": [], "curl_down": []}
+    try:
+        with Stack(root) as stack:
+            stack.start_server()
+            stack.login(stack.add_user("bench@example.org"))
+            daemon = stack.start_daemon()
+            source = make_file(root / "bench.bin", size, seed=1)
+            sha = hashlib.sha256(source.read_bytes()).hexdigest() if size <= 2048 * MiB else ""
+            with stack.client() as client, stack.api() as api:
+                project_id = client.create_project("bench").project_id
+                asset_id = ""
+                for run in range(args.runs):
+                    results["curl_up"].append(curl_upload(stack, api, source, project_id, size, sha))
+                    started = time.monotonic()
+                    up = client.upload(source, title=f"bench {run}", owner_type="project", owner_id=project_id,
+                                       chunk_size_mb=args.chunk_mib)
+                    results["daemon_up"].append(time.monotonic() - started)
+                    asset_id = up.asset_id
+                    results["curl_down"].append(curl_download(api, asset_id, root / "curl.out"))
+                    started = time.monotonic()
+                    dl = client.download(asset_id, dest_dir=root / f"down{run}")
+                    results["daemon_down"].append(time.monotonic() - started)
+                    Path(dl.files[0].local_path).unlink()
+            rss = peak_rss_mib(daemon.pid)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+    med = {k: statistics.median(v) for k, v in results.items()}
+    rate = {k: size / 1e6 / v for k, v in med.items()}
+    report = {
+        "size_bytes": size, "chunk_bytes": args.chunk_mib * MiB, "runs": args.runs,
+        "median_s": {k: round(v, 3) for k, v in med.items()},
+        "mb_per_s": {k: round(v, 1) for k, v in rate.items()},
+        "upload_ratio_vs_curl": round(rate["daemon_up"] / rate["curl_up"], 2),
+        "download_ratio_vs_curl": round(rate["daemon_down"] / rate["curl_down"], 2),
+        "daemon_peak_rss_mib": round(rss, 1),
+        "cpus": os.cpu_count(),
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"{size / MiB:.0f} MiB file, {args.chunk_mib} MiB parts, median of {args.runs} runs, loopback")
+        print(f"  upload    daemon {rate['daemon_up']:7.1f} MB/s   curl -T {rate['curl_up']:7.1f} MB/s   "
+              f"ratio {report['upload_ratio_vs_curl']}")
+        print(f"  download  daemon {rate['daemon_down']:7.1f} MB/s   curl    {rate['curl_down']:7.1f} MB/s   "
+              f"ratio {report['download_ratio_vs_curl']}")
+        print(f"  daemon peak RSS {rss:.1f} MiB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,216 @@
+"""A whole Dataerai stack on private temporary paths: a repository server and a
+transfer daemon as real processes, as a user would run them.
+
+Used by the integration tests, `make demo` and `make bench`. Everything lives
+under one root directory: the server's data, the daemon's XDG directories
+(state, config, runtime with the socket) and both processes' logs.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+BIN = Path(sys.executable).parent
+
+
+def _bin(name: str) -> str:
+    path = BIN / name
+    found = str(path) if path.exists() else shutil.which(name)
+    if not found:
+        raise RuntimeError(f"{name} is not installed: run `make test` or `make demo`, which bootstrap .venv/")
+    return found
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.02) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+class Stack:
+    def __init__(self, root: Path, *, daemon_config: dict[str, Any] | None = None) -> None:
+        self.root = root
+        self.server_dir = root / "server"
+        self.runtime = root / "run"
+        self.runtime.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(self.runtime, 0o700)
+        self.socket_path = self.runtime / "dataerai-transfer.sock"
+        self.env = {
+            **os.environ,
+            "XDG_STATE_HOME": str(root / "state"),
+            "XDG_CONFIG_HOME": str(root / "config"),
+            "XDG_RUNTIME_DIR": str(self.runtime),
+            "DATAERAI_SOCKET": str(self.socket_path),
+            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        }
+        self.env.pop("NOTIFY_SOCKET", None)
+        self.env.pop("LISTEN_FDS", None)
+        if daemon_config:
+            config_dir = root / "config" / "dataerai"
+            config_dir.mkdir(parents=True, exist_ok=True)
+            lines = [f"{k} = {v!r}" if not isinstance(v, str) else f'{k} = "{v}"' for k, v in daemon_config.items()]
+            (config_dir / "config.toml").write_text("\n".join(lines) + "\n")
+        self.port: int | None = None
+        self.url: str | None = None
+        self.server: subprocess.Popen[bytes] | None = None
+        self.daemon: subprocess.Popen[bytes] | None = None
+        self.token: str | None = None
+
+    # --- the repository server ----------------------------------------------------
+
+    def start_server(self, timeout: float = 30.0) -> str:
+        """Start (or restart, on the same port) the server; its base URL."""
+        ready = self.root / "server.url"
+        ready.unlink(missing_ok=True)
+        bind = f"127.0.0.1:{self.port or 0}"
+        log = open(self.root / "server.log", "ab")  # noqa: SIM115 - the process owns it
+        self.server = subprocess.Popen(
+            [_bin("dataerai-server"), "run", "--data-dir", str(self.server_dir), "--bind", bind,
+             "--ready-file", str(ready)],
+            env=self.env, stdout=log, stderr=log, start_new_session=True,
+        )
+        log.close()
+
+        def ready_url() -> str | None:
+            if self.server is not None and self.server.poll() is not None:
+                raise RuntimeError(f"dataerai-server exited with {self.server.returncode}; see {self.root}/server.log")
+            return ready.read_text().strip() if ready.exists() else None
+
+        self.url = wait_for(ready_url, timeout, "the repository server")
+        assert self.url is not None
+        self.port = int(self.url.rsplit(":", 1)[1])
+        return self.url
+
+    def stop_server(self, sig: int = signal.SIGTERM) -> None:
+        if self.server is not None and self.server.poll() is None:
+            self.server.send_signal(sig)
+            try:
+                self.server.wait(15)
+            except subprocess.TimeoutExpired:
+                self.server.kill()
+                self.server.wait()
+        self.server = None
+
+    def add_user(self, email: str, scope: str = "write", expires_in_days: float | None = None) -> str:
+        args = [_bin("dataerai-server"), "users", "add", email, "--scope", scope, "--data-dir", str(self.server_dir)]
+        if expires_in_days is not None:
+            args += ["--expires-in", str(expires_in_days)]
+        out = subprocess.run(args, env=self.env, check=True, capture_output=True, timeout=60)
+        return out.stdout.decode().strip()
+
+    def login(self, token: str) -> None:
+        assert self.url is not None
+        self.cli("auth", "login", "--server", self.url, "--token-stdin", input=token + "\n")
+        self.token = token
+
+    # --- the daemon and its CLI -------------------------------------------------------
+
+    def start_daemon(self, timeout: float = 30.0) -> subprocess.Popen[bytes]:
+        log = open(self.root / "daemon.log", "ab")  # noqa: SIM115 - the process owns it
+        self.daemon = subprocess.Popen(
+            [_bin("dataerai"), "daemon", "run"], env=self.env, stdout=log, stderr=log, start_new_session=True,
+        )
+        log.close()
+        daemon = self.daemon
+
+        def listening() -> bool:
+            if daemon.poll() is not None:
+                raise RuntimeError(f"the daemon exited with {daemon.returncode}; see {self.root}/daemon.log")
+            with socket.socket(socket.AF_UNIX) as s:
+                try:
+                    s.connect(str(self.socket_path))
+                except OSError:
+                    return False
+                return True
+
+        wait_for(listening, timeout, "the daemon's socket")
+        return daemon
+
+    def stop_daemon(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
+        """Signal the daemon and wait for it; its exit status."""
+        daemon, self.daemon = self.daemon, None
+        if daemon is None:
+            return None
+        if daemon.poll() is None:
+            daemon.send_signal(sig)
+        try:
+            return daemon.wait(timeout)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            daemon.wait()
+            raise
+
+    def cli(self, *args: str, input: str | None = None, check: bool = True,
+            timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run([_bin("dataerai"), *args], env=self.env, input=input, capture_output=True,
+                                text=True, timeout=timeout)
+        if check and result.returncode != 0:
+            raise RuntimeError(f"dataerai {' '.join(args)} exited {result.returncode}: {result.stderr}")
+        return result
+
+    def client(self, **options: Any) -> Any:
+        from dataerai import DataeraiClient
+
+        options.setdefault("socket_path", str(self.socket_path))
+        options.setdefault("binary_path", _bin("dataerai"))
+        options.setdefault("auto_start", False)
+        return DataeraiClient(**options)
+
+    def api(self, token: str | None = None) -> Any:
+        """An httpx client on the server's API, for checks from the server's side."""
+        import httpx
+
+        assert self.url is not None
+        return httpx.Client(base_url=self.url + "/api/v1",
+                            headers={"Authorization": f"Bearer {token or self.token}"}, timeout=30)
+
+    def close(self) -> None:
+        for stop in (self.stop_daemon, self.stop_server):
+            try:
+                stop()
+            except Exception:
+                pass
+
+    def __enter__(self) -> Stack:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def make_file(path: Path, size: int, seed: int = 0) -> Path:
+    """A file of ``size`` pseudo-random bytes (incompressible, quick to make)."""
+    import random
+
+    rng = random.Random(seed)
+    block = rng.randbytes(1 << 20)
+    with open(path, "wb") as f:
+        left = size
+        i = 0
+        while left > 0:
+            # Vary each MiB so no two parts are alike.
+            chunk = (i.to_bytes(8, "little") + block[8:])[: min(left, len(block))]
+            f.write(chunk)
+            left -= len(chunk)
+            i += 1
+    return path
