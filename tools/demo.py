@@ -75,12 +75,17 @@ def main() -> int:
 
         bar = tqdm(total=size, unit="B", unit_scale=True, unit_divisor=1024, desc="upload", file=sys.stdout)
         killed_at: int | None = None
+        resumed_from: int | None = None
+        restarted = False
         upload_started = time.monotonic()
 
         def show(event: dataerai.ProgressEvent) -> None:
-            nonlocal killed_at
+            nonlocal killed_at, resumed_from
             bar.n = event.bytes_done
             bar.refresh()
+            if restarted and resumed_from is None:
+                # The restarted daemon's first report: what the server holds, from its answer.
+                resumed_from = event.bytes_done
             if killed_at is None and event.percent >= args.kill_at:
                 killed_at = event.bytes_done
                 assert stack.daemon is not None
@@ -96,8 +101,9 @@ def main() -> int:
         else:
             stack.stop_daemon(signal.SIGKILL)
             bar.write(f"SIGKILL sent to the daemon at {killed_at / MiB:.0f} MiB; starting it again")
-            restarted = stack.start_daemon()
-            bar.write(f"transfer daemon: pid {restarted.pid}, resuming from its checkpoints")
+            new_daemon = stack.start_daemon()
+            restarted = True
+            bar.write(f"transfer daemon: pid {new_daemon.pid}, resuming from its checkpoints")
             with stack.client() as client:
                 client.wait(job.job_id, on_progress=show, timeout_s=600)
         with stack.client() as client:
@@ -109,8 +115,10 @@ def main() -> int:
             print(f"upload {done.state}: {done.error}")
             return 1
 
+        # Bytes that had gone out for the parts in flight at the kill, and went again.
+        resent = max(0, (killed_at or 0) - (resumed_from if resumed_from is not None else (killed_at or 0)))
         session = _session_stats(stack, job.job_id)
-        resent = session["bytes_received"] - size
+        parts_twice = sum(1 for p in session["parts"] if p["writes"] > 1)
 
         dest = root / "downloads"
         bar = tqdm(total=size, unit="B", unit_scale=True, unit_divisor=1024, desc="download", file=sys.stdout)
@@ -133,8 +141,8 @@ def main() -> int:
         print(f"  file             {source.name}, {size:,} bytes, sha256 {source_sha}")
         print(f"  asset            {done.asset_id} (content {done.content_id})")
         print(f"  upload           {size / 1e6 / upload_s:7.1f} MB/s over {upload_s:.2f} s, daemon killed once")
-        print(f"  re-sent          {resent:,} bytes after the kill "
-              f"({resent / MiB:.0f} MiB, at most {4 * args.chunk_mib} MiB in flight)")
+        print(f"  re-sent          {resent:,} bytes after the kill ({resent / MiB:.1f} MiB of the parts in flight; "
+              f"at most 4 x {args.chunk_mib} MiB); parts stored twice: {parts_twice}")
         print(f"  download         {size / 1e6 / download_s:7.1f} MB/s over {download_s:.2f} s -> {local}")
         print(f"  sha256 match     {'yes' if local_sha == source_sha else 'NO'}")
         ok = local_sha == source_sha and result.files[0].size == size
