@@ -74,3 +74,16 @@ def feed_range(fd: int, offset: int, length: int, block_size: int, path: str, in
         block = read_exact(fd, offset, min(block_size, end - offset), path)
         into.update(block)
         offset += len(block)
+
+
+def write_all_at(fd: int, buffers: list[bytes], offset: int) -> None:
+    """Write ``buffers`` back to back at ``offset``, however many calls it takes."""
+    views = [memoryview(b) for b in buffers if b]
+    while views:
+        written = os.pwritev(fd, views, offset)
+        offset += written
+        while views and written >= len(views[0]):
+            written -= len(views[0])
+            views.pop(0)
+        if views and written:
+            views[0] = views[0][written:]

@@ -36,6 +36,7 @@ import re
 import secrets
 import time
 from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Final, TypeVar
@@ -61,8 +62,8 @@ _SAFE_NAME: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}")
 _PART_FILE: Final = re.compile(r"(\d+)\.part")
 
 Buffer = mmap.mmap
-#: ``send(buffer, length)``: hands a filled batch to the hashing and writing stages.
-SendBatch = Callable[[tuple[Buffer, int]], Awaitable[None]]
+#: ``send(batch)``: hands a batch to the hashing and writing stages.
+SendBatch = Callable[["_Batch"], Awaitable[None]]
 
 
 def _safe(name: str) -> str:
@@ -111,29 +112,57 @@ class _BufferPool:
             self._free.append(buffer)
 
 
+@dataclass
+class _Batch:
+    """About ``BATCH_BYTES`` of data in order: the chunks as received (no copy on the event
+    loop), and the pool buffer they live in, if any, to give back once written."""
+
+    chunks: list[bytes | memoryview]
+    size: int
+    buffer: Buffer | None = None
+
+
 class _NewFile:
     """A temp file being written sequentially. Blocking; one worker thread at a time.
 
-    ``finish`` makes it durable, ``publish`` renames it into place, ``discard`` removes
-    it (safe at any stage, and a no-op after ``publish``).
+    Data is staged in a page-aligned buffer and written a full buffer at a time, so
+    direct I/O always sees aligned writes; only the unaligned tail goes through the
+    page cache. ``finish`` writes the rest and makes the file durable, ``publish``
+    renames it into place, ``discard`` removes it (safe at any stage, a no-op after
+    ``publish``).
     """
 
-    def __init__(self, tmp_dir: Path) -> None:
+    def __init__(self, tmp_dir: Path, staging: Buffer) -> None:
         path = tmp_dir / f"{secrets.token_hex(12)}.tmp"
         self._fd, self._direct = _open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, direct=True)
         self.path: Path | None = path
         self.size = 0
+        self._staging = staging
+        self._staged = 0
 
-    def write_from(self, buffer: Buffer, length: int) -> None:
-        with memoryview(buffer) as view:
-            data = view[:length]
-            if self._direct and length % _ALIGN:
-                # Only the last batch is short; its unaligned tail goes through the page cache.
-                aligned = length - length % _ALIGN
+    def write(self, chunks: list[bytes | memoryview]) -> None:
+        capacity = len(self._staging)
+        for chunk in chunks:
+            with memoryview(chunk) as view:
+                offset = 0
+                while offset < len(view):
+                    step = min(len(view) - offset, capacity - self._staged)
+                    self._staging[self._staged : self._staged + step] = view[offset : offset + step]
+                    self._staged += step
+                    offset += step
+                    if self._staged == capacity:
+                        self._flush()
+
+    def _flush(self) -> None:
+        with memoryview(self._staging) as staging:
+            data = staging[: self._staged]
+            if self._direct and self._staged % _ALIGN:
+                aligned = self._staged - self._staged % _ALIGN
                 self._write(data[:aligned])
                 data = data[aligned:]
                 self._stop_direct()
             self._write(data)
+        self._staged = 0
 
     def _write(self, data: memoryview) -> None:
         while data:
@@ -142,7 +171,7 @@ class _NewFile:
             except OSError as exc:
                 if not (self._direct and exc.errno == errno.EINVAL):
                     raise
-                self._stop_direct()  # the device wants other alignment: carry on buffered
+                self._stop_direct()  # the device wants another alignment: carry on buffered
                 continue
             if self._direct and written % _ALIGN:
                 self._stop_direct()
@@ -155,6 +184,7 @@ class _NewFile:
             self._direct = False
 
     def finish(self) -> None:
+        self._flush()
         os.fsync(self._fd)
         os.close(self._fd)
         self._fd = -1
@@ -306,27 +336,30 @@ class LocalStorage:
     async def _write_new_file(self, produce: Callable[[SendBatch], Awaitable[None]]) -> tuple[_NewFile, str]:
         """Run the hash and write stages over the batches ``produce`` sends; return the
         finished (fsynced, unpublished) file and its SHA-256. The caller discards the file."""
-        out = await self._run(partial(_NewFile, self._tmp))
+        staging = self._buffers.take()
+        out = await self._run(partial(_NewFile, self._tmp, staging))
         try:
             hasher = hashlib.sha256()
-            to_hash_send, to_hash_receive = trio.open_memory_channel[tuple[Buffer, int]](1)
-            to_write_send, to_write_receive = trio.open_memory_channel[tuple[Buffer, int]](1)
+            to_hash_send, to_hash_receive = trio.open_memory_channel[_Batch](1)
+            to_write_send, to_write_receive = trio.open_memory_channel[_Batch](1)
 
-            def hash_batch(buffer: Buffer, length: int) -> None:
-                with memoryview(buffer) as view:
-                    hasher.update(view[:length])  # releases the GIL on buffers this large
+            def hash_batch(batch: _Batch) -> None:
+                for chunk in batch.chunks:
+                    hasher.update(chunk)  # releases the GIL on chunks this large
 
             async def hash_stage() -> None:
                 async with to_hash_receive, to_write_send:
-                    async for buffer, length in to_hash_receive:
-                        await self._run(partial(hash_batch, buffer, length))
-                        await to_write_send.send((buffer, length))
+                    async for batch in to_hash_receive:
+                        await self._run(partial(hash_batch, batch))
+                        await to_write_send.send(batch)
 
             async def write_stage() -> None:
                 async with to_write_receive:
-                    async for buffer, length in to_write_receive:
-                        await self._run(partial(out.write_from, buffer, length))
-                        self._buffers.give(buffer)
+                    async for batch in to_write_receive:
+                        await self._run(partial(out.write, batch.chunks))
+                        if batch.buffer is not None:
+                            batch.chunks.clear()
+                            self._buffers.give(batch.buffer)
 
             with unwrap_single():
                 async with trio.open_nursery() as nursery:
@@ -335,6 +368,7 @@ class LocalStorage:
                     async with to_hash_send:
                         await produce(to_hash_send.send)
             await self._run(out.finish)
+            self._buffers.give(staging)
             return out, hasher.hexdigest()
         except BaseException:
             with trio.CancelScope(shield=True):
@@ -360,7 +394,8 @@ class LocalStorage:
 
         async def produce(send: SendBatch) -> None:
             nonlocal received
-            buffer, filled = self._buffers.take(), 0
+            chunks: list[bytes | memoryview] = []
+            pending = 0
             async for chunk in body:
                 received += len(chunk)
                 if received > size:
@@ -372,19 +407,14 @@ class LocalStorage:
                         expected_sha256=sha256,
                         actual_sha256=None,
                     )
-                view, offset = memoryview(chunk), 0
-                while offset < len(view):
-                    step = min(len(view) - offset, BATCH_BYTES - filled)
-                    buffer[filled : filled + step] = view[offset : offset + step]
-                    filled += step
-                    offset += step
-                    if filled == BATCH_BYTES:
-                        await send((buffer, filled))
-                        buffer, filled = self._buffers.take(), 0
-            if filled:
-                await send((buffer, filled))
-            else:
-                self._buffers.give(buffer)
+                if chunk:
+                    chunks.append(chunk)
+                    pending += len(chunk)
+                    if pending >= BATCH_BYTES:
+                        await send(_Batch(chunks, pending))
+                        chunks, pending = [], 0
+            if chunks:
+                await send(_Batch(chunks, pending))
 
         out, digest = await self._write_new_file(produce)
         try:
@@ -429,7 +459,7 @@ class LocalStorage:
                 if not filled:
                     self._buffers.give(buffer)
                     return
-                await send((buffer, filled))
+                await send(_Batch([memoryview(buffer)[:filled]], filled, buffer))
 
         try:
             out, digest = await self._write_new_file(produce)
