@@ -41,10 +41,14 @@ class PartPlan:
     sha256: str
 
 
-def part_layout(size: int, chunk_size: int) -> list[tuple[int, int, int]]:
-    """``(number, offset, size)`` of every part."""
-    count = max(1, math.ceil(size / chunk_size))
-    return [(n, (n - 1) * chunk_size, min(chunk_size, size - (n - 1) * chunk_size)) for n in range(1, count + 1)]
+def part_count(size: int, chunk_size: int) -> int:
+    return max(1, math.ceil(size / chunk_size))
+
+
+def part_span(number: int, size: int, chunk_size: int) -> tuple[int, int]:
+    """``(offset, length)`` of part ``number`` (1-based); computed, never listed, so memory stays flat."""
+    offset = (number - 1) * chunk_size
+    return offset, min(chunk_size, size - offset)
 
 
 async def run_upload(ctx: JobContext) -> dict[str, Any]:
@@ -110,19 +114,20 @@ async def _session(ctx: JobContext) -> dict[str, Any]:
 
 async def _upload_open_file(ctx: JobContext, fd: int, path: str, identity: SourceIdentity) -> dict[str, Any]:
     job = ctx.job
-    layout = part_layout(identity.size, job["chunk_size"])
+    chunk_size: int = job["chunk_size"]
+    count = part_count(identity.size, chunk_size)
     session = await _session(ctx)
     upload_id: str = session["upload_id"]
     if session["state"] == "completed" and session.get("result"):
         return _completed_fields(session["result"])
-    held = {p["number"]: p for p in session.get("parts", []) if p["number"] <= len(layout)
-            and p["size"] == layout[p["number"] - 1][2]}
-    progress = ctx.progress(identity.size, len(layout), job["file_name"])
+    held = {p["number"]: p for p in session.get("parts", []) if 1 <= p["number"] <= count
+            and p["size"] == part_span(p["number"], identity.size, chunk_size)[1]}
+    progress = ctx.progress(identity.size, count, job["file_name"])
     progress.bytes_done = sum(p["size"] for p in held.values())
     progress.chunks_done = len(held)
     progress.publish_now()
     if held:
-        ctx.log.info("resuming", parts_held=len(held), parts_total=len(layout))
+        ctx.log.info("resuming", parts_held=len(held), parts_total=count)
 
     whole = hashlib.sha256()
     block = ctx.settings.io_block_size
@@ -131,7 +136,8 @@ async def _upload_open_file(ctx: JobContext, fd: int, path: str, identity: Sourc
 
     async def hash_in_order() -> None:
         async with hashed_send:
-            for number, offset, size in layout:
+            for number in range(1, count + 1):
+                offset, size = part_span(number, identity.size, chunk_size)
                 if number in held:
                     await trio.to_thread.run_sync(feed_range, fd, offset, size, block, path, whole, limiter=limiter)
                     continue

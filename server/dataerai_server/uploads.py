@@ -478,13 +478,17 @@ class Uploads:
         upload_id = new_id("upl")
         handle = await self._storage.create_upload(upload_id)
         ttl = self._settings.session_ttl_seconds
+        created = False
         try:
-            view, created = await self._db.write(lambda s: _insert_session(s, who, new, upload_id, handle, ttl))
-        except IntegrityError:
-            # Another process inserted the same idempotency key between our check and insert.
-            view, created = await self._db.write(lambda s: _insert_session(s, who, new, upload_id, handle, ttl))
-        if not created:
-            await self._storage.abort(handle)
+            try:
+                view, created = await self._db.write(lambda s: _insert_session(s, who, new, upload_id, handle, ttl))
+            except IntegrityError:
+                # Another process inserted the same idempotency key between our check and insert.
+                view, created = await self._db.write(lambda s: _insert_session(s, who, new, upload_id, handle, ttl))
+        finally:
+            if not created:
+                with trio.CancelScope(shield=True):
+                    await self._storage.abort(handle)
         return view, created
 
     async def get(self, who: Principal, upload_id: str) -> dict[str, Any]:

@@ -1,0 +1,149 @@
+"""Pure pieces of the daemon: hostile names, backoff, bandwidth, RPC parameter checks, schema."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+import trio
+import trio.testing
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dataeraid import schema
+from dataeraid.config import Settings
+from dataeraid.download import safe_file_name
+from dataeraid.errors import DataeraiError
+from dataeraid.jobs import STATES, TRANSITIONS
+from dataeraid.remote import raise_for_status
+from dataeraid.rpc import Param, Registry
+from dataeraid.store import create_queue_engine, migrate
+from dataeraid.transfer import Bandwidth, backoff_delay
+from dataeraid.upload import part_count, part_span
+
+
+@pytest.mark.parametrize("name", ["", ".", "..", "../x", "a/b", "/etc/passwd", "a\\b", "a\0b", "x" * 300, None, 5])
+def test_hostile_file_names_are_refused(name: Any) -> None:
+    with pytest.raises(DataeraiError) as info:
+        safe_file_name(name)
+    assert info.value.code == "unsafe_path"
+
+
+@pytest.mark.parametrize("name", ["run42.h5", ".hidden", "a b", "ünïcode.tif", "x" * 200])
+def test_plain_names_pass(name: str) -> None:
+    assert safe_file_name(name) == name
+
+
+@given(st.integers(0, 10**13), st.integers(64 * 1024, 5 * 2**30), st.data())
+def test_parts_cover_the_file_exactly(size: int, chunk: int, data: st.DataObject) -> None:
+    count = part_count(size, chunk)
+    assert part_span(1, size, chunk)[0] == 0
+    last_offset, last_length = part_span(count, size, chunk)
+    assert last_offset + last_length == size and 0 <= last_length <= chunk
+    assert count == 1 or last_length > 0
+    n = data.draw(st.integers(1, max(1, count - 1)))
+    offset, length = part_span(n, size, chunk)
+    if n < count:
+        assert length == chunk and part_span(n + 1, size, chunk)[0] == offset + length
+
+
+def test_backoff_grows_is_capped_and_honours_retry_after() -> None:
+    settings = Settings(retry_base_s=0.5, retry_cap_s=30.0)
+    rng = random.Random(1)
+    delays = [backoff_delay(a, settings, None, rng) for a in range(40)]
+    assert all(0.25 <= d <= 30.0 for d in delays)
+    assert max(delays[:2]) <= 1.0
+    assert backoff_delay(0, settings, 120.0, rng) == 120.0
+
+
+async def test_bandwidth_limit_holds_on_a_fake_clock(autojump_clock: trio.testing.MockClock) -> None:
+    limit = Bandwidth(10 * 1024 * 1024)
+    start = trio.current_time()
+    for _ in range(100):
+        await limit.spend(1024 * 1024)
+    elapsed = trio.current_time() - start
+    assert 9.0 <= elapsed <= 10.5
+
+
+def test_every_state_has_its_transitions_and_terminal_states_stay_put() -> None:
+    assert set(TRANSITIONS) == set(STATES)
+    for targets in TRANSITIONS.values():
+        assert targets <= set(STATES)
+    assert TRANSITIONS["completed"] == frozenset()
+
+
+def _registry() -> Registry:
+    registry = Registry()
+
+    @registry.add("x", "", Param("name", "str", required=True), Param("n", "int"), Param("tags", "list[str]"))
+    async def handler(conn: Any, **kw: Any) -> Any:
+        return kw
+
+    return registry
+
+
+@given(st.dictionaries(st.sampled_from(["name", "n", "tags", "other"]),
+                       st.one_of(st.none(), st.booleans(), st.integers(), st.text(), st.lists(st.text()),
+                                 st.floats(allow_nan=False))))
+def test_rpc_params_are_bound_or_refused_with_invalid_argument(params: dict[str, Any]) -> None:
+    method = _registry().methods["x"]
+    try:
+        bound = method.bind(params)
+    except DataeraiError as exc:
+        assert exc.code == "invalid_argument"
+        return
+    assert isinstance(bound["name"], str)
+    assert bound["n"] is None or (isinstance(bound["n"], int) and not isinstance(bound["n"], bool))
+    assert "other" not in params
+
+
+class _Response:
+    def __init__(self, status: int, body: Any = None, headers: dict[str, str] | None = None) -> None:
+        import httpx
+
+        self._r = httpx.Response(status, json=body, headers=headers)
+
+    def get(self) -> Any:
+        return self._r
+
+
+@pytest.mark.parametrize(("status", "body", "kind", "code"), [
+    (401, {"error": {"code": "auth_expired", "message": "m"}}, "AuthProblem", "auth_expired"),
+    (401, None, "AuthProblem", "auth_required"),
+    (403, {"error": {"code": "permission_denied", "message": "m", "reason": "url_expired"}}, "TargetExpired", None),
+    (403, {"error": {"code": "permission_denied", "message": "m"}}, "DataeraiError", "permission_denied"),
+    (404, None, "DataeraiError", "not_found"),
+    (413, {"error": {"code": "quota_exceeded", "message": "full"}}, "DataeraiError", "quota_exceeded"),
+    (422, None, "DataeraiError", "checksum_mismatch"),
+    (429, None, "TransientError", None),
+    (500, None, "TransientError", None),
+    (503, None, "TransientError", None),
+])
+def test_http_errors_map_to_the_catalogue(status: int, body: Any, kind: str, code: str | None) -> None:
+    with pytest.raises(Exception) as info:
+        raise_for_status(_Response(status, body).get(), "testing")
+    assert type(info.value).__name__ == kind
+    if code:
+        assert info.value.code == code  # type: ignore[attr-defined]
+
+
+def test_retry_after_is_read() -> None:
+    with pytest.raises(Exception) as info:
+        raise_for_status(_Response(429, None, {"Retry-After": "7"}).get(), "testing")
+    assert info.value.retry_after == 7.0  # type: ignore[attr-defined]
+
+
+def test_migrations_build_the_schema_the_code_uses(tmp_path: Path) -> None:
+    engine = create_queue_engine(tmp_path / "q.sqlite3")
+    migrate(engine)
+    migrate(engine)  # a second run is a no-op
+    inspector = sa.inspect(engine)
+    for table in schema.metadata.sorted_tables:
+        columns = {c["name"] for c in inspector.get_columns(table.name)}
+        assert columns == set(table.columns.keys()), table.name
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    engine.dispose()

@@ -1,0 +1,115 @@
+"""Pure pieces of the server, tested in-process: ranges, signing, errors, schema, settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from dataerai.protocol import ERRORS
+from dataerai_server import migrate
+from dataerai_server.db import Database
+from dataerai_server.errors import ApiError
+from dataerai_server.models import Base
+from dataerai_server.serve import base_url, open_listening_socket, parse_bind
+from dataerai_server.signing import UrlSigner, load_or_create_secret
+from dataerai_server.streaming import ByteRange, Unsatisfiable, parse_range
+from dataerai_server.uploads import NewUpload, expected_part_size
+
+
+@pytest.mark.parametrize(
+    ("header", "total", "expected"),
+    [
+        (None, 10, None),
+        ("bytes=0-4", 10, ByteRange(0, 5, 10)),
+        ("bytes=5-", 10, ByteRange(5, 5, 10)),
+        ("bytes=-3", 10, ByteRange(7, 3, 10)),
+        ("bytes=-30", 10, ByteRange(0, 10, 10)),
+        ("bytes=8-100", 10, ByteRange(8, 2, 10)),
+        ("bytes=5-4", 10, None),  # invalid: ignored
+        ("items=0-1", 10, None),
+        ("bytes=0-1,3-4", 10, None),
+        ("bytes=-", 10, None),
+    ],
+)
+def test_parse_range(header: str | None, total: int, expected: ByteRange | None) -> None:
+    assert parse_range(header, total) == expected
+
+
+@pytest.mark.parametrize(
+    ("header", "total"), [("bytes=10-", 10), ("bytes=10-20", 10), ("bytes=-0", 10), ("bytes=0-", 0), ("bytes=-5", 0)]
+)
+def test_unsatisfiable_ranges(header: str, total: int) -> None:
+    with pytest.raises(Unsatisfiable):
+        parse_range(header, total)
+
+
+def test_content_range_header() -> None:
+    assert ByteRange(10, 5, 100).content_range == "bytes 10-14/100"
+
+
+def test_signer_covers_every_signed_field() -> None:
+    now = [1_000_000.0]
+    signer = UrlSigner(b"k" * 32, clock=lambda: now[0])
+    query = signer.sign("PUT", "/p/1", 60, {"sha256": "ab", "size": "3"})
+    assert list(query) == ["sha256", "size", "expires", "signature"]
+    assert signer.verify("PUT", "/p/1", query, ("sha256", "size")) == 1_000_060
+    for changed in ({"sha256": "cd"}, {"size": "4"}, {"expires": "1000061"}, {"signature": "0" * 64}):
+        with pytest.raises(ApiError) as caught:
+            signer.verify("PUT", "/p/1", {**query, **changed}, ("sha256", "size"))
+        assert caught.value.code == "permission_denied" and caught.value.extra["reason"] == "bad_signature"
+    for method, path in (("GET", "/p/1"), ("PUT", "/p/2")):
+        with pytest.raises(ApiError):
+            signer.verify(method, path, query, ("sha256", "size"))
+    with pytest.raises(ApiError):
+        UrlSigner(b"x" * 32, clock=lambda: now[0]).verify("PUT", "/p/1", query, ("sha256", "size"))
+    now[0] += 61
+    with pytest.raises(ApiError) as caught:
+        signer.verify("PUT", "/p/1", query, ("sha256", "size"))
+    assert caught.value.extra["reason"] == "url_expired"
+
+
+def test_api_errors_take_their_status_from_the_catalogue() -> None:
+    for code, kind in ERRORS.items():
+        error = ApiError(code, "m", extra_field=1)
+        assert error.status == kind.http_status
+        assert error.body() == {"error": {"code": code, "message": "m", "extra_field": 1}}
+    with pytest.raises(ValueError):
+        ApiError("no_such_code", "m")
+
+
+def test_migrations_match_the_models_and_are_idempotent(tmp_path: Path) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'r.sqlite3'}")
+    try:
+        migrate.upgrade(db.write_engine)
+        migrate.upgrade(db.write_engine)
+        with db.engine.connect() as connection:
+            assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
+            assert connection.exec_driver_sql("pragma journal_mode").scalar() == "wal"
+        secret = db.write_sync(load_or_create_secret)
+        assert len(secret) == 32 and db.write_sync(load_or_create_secret) == secret
+    finally:
+        db.dispose()
+
+
+def test_part_arithmetic() -> None:
+    assert NewUpload(None, None, None, 0, 65536, None, None).part_count == 1
+    assert NewUpload(None, None, None, 65536, 65536, None, None).part_count == 1
+    assert NewUpload(None, None, None, 65537, 65536, None, None).part_count == 2
+    assert expected_part_size(65537, 65536, 2, 1) == 65536
+    assert expected_part_size(65537, 65536, 2, 2) == 1
+    assert expected_part_size(0, 65536, 1, 1) == 0
+
+
+def test_bind_parsing_and_base_url() -> None:
+    assert parse_bind("127.0.0.1:0") == ("127.0.0.1", 0)
+    assert parse_bind("[::1]:8080") == ("::1", 8080)
+    for bad in ("8080", "host:", ":80", "h:99999", "h:x"):
+        with pytest.raises(ValueError):
+            parse_bind(bad)
+    sock = open_listening_socket("0.0.0.0", 0)
+    try:
+        assert base_url(sock) == f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        sock.close()
