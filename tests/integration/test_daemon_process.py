@@ -1,0 +1,120 @@
+"""The daemon as systemd and a second copy see it: notify, socket activation, one instance, durability."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from stack import BIN, Stack, make_file, wait_for
+
+
+def _notify_socket(path: Path) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.settimeout(20)
+    return sock
+
+
+def test_sd_notify_ready_only_once_listening_then_watchdog_and_stopping(stack: Stack, tmp_path: Path) -> None:
+    stack.stop_daemon()
+    notify = _notify_socket(tmp_path / "notify")
+    stack.env["NOTIFY_SOCKET"] = str(tmp_path / "notify")
+    stack.env["WATCHDOG_USEC"] = "400000"
+    daemon = subprocess.Popen([str(BIN / "dataerai"), "daemon", "run"], env=stack.env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        first = notify.recv(4096).decode()
+        assert "READY=1" in first
+        # READY means the socket already answers.
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(str(stack.socket_path))
+        messages = [notify.recv(4096).decode() for _ in range(4)]
+        assert any("WATCHDOG=1" in m for m in messages)
+        assert any(m.startswith("STATUS=") for m in [first.split("\n")[1], *messages])
+        daemon.send_signal(signal.SIGTERM)
+        while "STOPPING=1" not in notify.recv(4096).decode():
+            pass
+        assert daemon.wait(10) == 0
+    finally:
+        daemon.kill()
+        notify.close()
+
+
+def test_socket_activation_serves_the_passed_socket(stack: Stack, tmp_path: Path) -> None:
+    stack.stop_daemon()
+    path = tmp_path / "activated.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(16)
+    env = {**stack.env, "LISTEN_FDS": "1", "DATAERAI_SOCKET": str(stack.runtime / "unused.sock")}
+
+    def as_fd_3() -> None:
+        os.dup2(listener.fileno(), 3)
+
+    # The shell's pid becomes the daemon's with exec, as systemd sets LISTEN_PID.
+    daemon = subprocess.Popen(["/bin/sh", "-c", f'LISTEN_PID=$$ exec "{BIN / "dataerai"}" daemon run'], env=env,
+                              preexec_fn=as_fd_3, close_fds=False,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    listener.close()
+    try:
+        from dataerai import DataeraiClient
+
+        def answers() -> Any:
+            try:
+                with DataeraiClient(socket_path=str(path), auto_start=False) as client:
+                    return client.call("daemon.ping")
+            except OSError:
+                return None
+
+        pong = wait_for(answers, 20, "the activated daemon")
+        assert pong["pid"] == daemon.pid
+        assert not (stack.runtime / "unused.sock").exists()
+    finally:
+        daemon.terminate()
+        daemon.wait(10)
+
+
+def test_a_second_daemon_exits_quietly(stack: Stack) -> None:
+    second = subprocess.run([str(BIN / "dataerai"), "daemon", "run"], env=stack.env, capture_output=True,
+                            timeout=30)
+    assert second.returncode == 0
+    with stack.client() as client:
+        assert client.call("daemon.ping")["pid"] == stack.daemon.pid
+
+
+def test_an_acknowledged_enqueue_survives_sigkill(make_stack: Any, tmp_path: Path) -> None:
+    stack = make_stack(daemon_config={"bandwidth_limit_bps": 1024 * 1024})
+    source = make_file(tmp_path / "f.bin", 8 * 1024 * 1024)
+    with stack.client() as client:
+        job = client.upload(source, title="f", owner_type="project", owner_id=stack.project_id, wait=False)
+    stack.stop_daemon(signal.SIGKILL)
+    stack.start_daemon()
+    with stack.client() as client:
+        again = client.get_job(job.job_id)
+        assert again.state in ("queued", "running")
+        client.cancel(job.job_id)
+        assert client.get_job(job.job_id).state == "cancelled"
+
+
+def test_auto_start_from_the_sdk(make_stack: Any, monkeypatch: Any) -> None:
+    stack = make_stack(start_daemon=False)
+    from dataerai import DataeraiClient
+
+    # The auto-started daemon inherits this process's environment, as a notebook's would.
+    for key in ("XDG_STATE_HOME", "XDG_CONFIG_HOME", "XDG_RUNTIME_DIR"):
+        monkeypatch.setenv(key, stack.env[key])
+
+    with DataeraiClient(socket_path=str(stack.socket_path), binary_path=str(BIN / "dataerai"),
+                        start_timeout_s=20) as client:
+        status = client.auth_status()
+        pid = client.call("daemon.ping")["pid"]
+    assert status.user_email == "ada@example.org"
+    # The auto-started daemon logs to the state directory, since its stderr goes nowhere.
+    log = stack.root / "state" / "dataerai" / "daemon.log"
+    wait_for(log.exists, 10, "the daemon's log file")
+    os.kill(pid, signal.SIGTERM)
+    wait_for(lambda: not stack.socket_path.exists(), 10, "the daemon to stop")
