@@ -225,3 +225,25 @@ def test_token_never_in_logs(stack: Stack, tmp_path: Path) -> None:
     assert stack.token
     for name in ("daemon.log", "server.log"):
         assert stack.token not in (stack.root / name).read_text()
+
+
+def test_expired_token_waits_for_auth_then_goes_on_after_login(stack: Stack, tmp_path: Path) -> None:
+    from dataeraid import credentials
+
+    expired = stack.add_user("ada@example.org", scope="write", expires_in_days=0)
+    assert stack.url is not None
+    credentials.save(stack.root / "config" / "dataerai" / "credentials.json",
+                     credentials.Credentials(stack.url, expired))
+    source = make_file(tmp_path / "later.bin", 2 * MiB)
+    with stack.client() as client:
+        client.call("auth.reload")
+        job = client.upload(source, title="later", owner_type="project", owner_id=stack.project_id, wait=False)
+
+        def waiting_for_auth() -> bool:
+            current = client.get_job(job.job_id)
+            return current.state == "waiting_for_auth" and current.error.code == "auth_expired"
+
+        wait_for(waiting_for_auth, 30, "the job to wait for a login")
+        stack.login(stack.add_user("ada@example.org", scope="write"))
+        done = client.wait(job.job_id, timeout_s=60)
+    assert done.state == "completed" and done.asset_id
