@@ -58,9 +58,6 @@ def _part_number(request: Request) -> int:
     return int(text)
 
 
-Endpoint = Callable[[Request], Awaitable[Response]]
-
-
 class Api:
     """The endpoints, bound to the server's :class:`~dataerai_server.services.Services`."""
 

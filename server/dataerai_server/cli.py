@@ -8,6 +8,7 @@ Both migrate the database first, so either works on a fresh data directory, and
 
 from __future__ import annotations
 
+import errno
 from datetime import timedelta
 from pathlib import Path
 
@@ -83,7 +84,12 @@ def run(
         database_url=_database_url(data_dir, database),
         default_allocation_bytes=default_allocation,
     )
-    trio.run(run_server, settings, bind, ready_file)
+    try:
+        trio.run(run_server, settings, bind, ready_file)
+    except OSError as exc:
+        if exc.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES):
+            raise click.ClickException(f"cannot listen on {bind}: {exc.strerror}") from None
+        raise
 
 
 @main.group()

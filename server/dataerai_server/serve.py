@@ -88,9 +88,14 @@ async def run_server(settings: Settings, bind: str, ready_file: Path | None = No
     """Serve until SIGTERM or SIGINT. Migrates the database first."""
     host, port = parse_bind(bind)
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        services = await open_services(settings)
+        # Bind first: a taken port fails the start before the database is touched.
         sock = open_listening_socket(host, port)
         url = base_url(sock)
+        try:
+            services = await open_services(settings)
+        except BaseException:
+            sock.close()
+            raise
         config = HypercornConfig()
         # Hypercorn makes its own socket object on this descriptor; ours lets go of it.
         config.bind = [f"fd://{sock.detach()}"]

@@ -293,15 +293,23 @@ def _adopt_result(upload: UploadSession, done: UploadCompletion) -> None:
     upload.size, upload.sha256 = done.size, done.sha256
 
 
+@dataclass(frozen=True)
+class _Done:
+    """A completion's stored result; the session's parts (if any are left) can go."""
+
+    result: dict[str, Any]
+    handle: str
+
+
 def _plan_completion(
     session: Session, who: Principal, upload_id: str, key: str | None, sha256: str | None
-) -> dict[str, Any] | _Assembly:
+) -> _Done | _Assembly:
     """Either the stored result (already completed, or the key was used) or what to assemble."""
     upload = _own_session(session, who, upload_id, lock=True)
     if upload.state == COMPLETED:
         result = result_view(upload)
         assert result is not None
-        return result
+        return _Done(result, upload.storage_handle)
     if upload.state == ABORTED:
         raise ApiError("conflict", f"upload {upload_id!r} was aborted", state=upload.state)
     done = _stored_completion(session, who, key)
@@ -309,7 +317,7 @@ def _plan_completion(
         _adopt_result(upload, done)
         result = result_view(upload)
         assert result is not None
-        return result
+        return _Done(result, upload.storage_handle)
     if sha256 is not None and upload.sha256 is not None and sha256 != upload.sha256:
         raise ApiError("invalid_argument", "`sha256` differs from the one the session was created with", field="sha256")
     whole = sha256 or upload.sha256
@@ -538,8 +546,9 @@ class Uploads:
         """Assemble the parts into a new asset (or version) exactly once; see the module docstring."""
         async with self._session_locks.hold(upload_id):
             plan = await self._db.write(lambda s: _plan_completion(s, who, upload_id, key, sha256))
-            if not isinstance(plan, _Assembly):
-                return plan
+            if isinstance(plan, _Done):
+                await self._storage.release_parts(plan.handle)
+                return plan.result
             storage_key = upload_id  # the same key on every attempt: a retry overwrites, never duplicates
             try:
                 content = await self._storage.complete(plan.handle, plan.parts, storage_key, plan.sha256)

@@ -102,6 +102,8 @@ def test_full_session_out_of_order_with_resend_and_bad_part(env: Env) -> None:
     assert again.json()["result"] == result
     assert ok(env.ada.post(f"/api/v1/uploads/{upload_id}/complete", json={})) == result
 
+    # The parts were dropped once the result was recorded.
+    assert not (env.server.data_dir / "objects" / "uploads" / upload_id).exists()
     # Exactly one asset and one content version came of it.
     with env.server.db() as db:
         assert db.execute("select count(*) from assets where project_id = ?", (project["project_id"],)).fetchone() == (
@@ -137,6 +139,7 @@ def test_completion_key_reused_by_another_session_returns_the_stored_result(env:
     result = ok(env.ada.post(f"/api/v1/uploads/{second['upload_id']}/complete", json={"idempotency_key": "job-crash"}))
     assert result == first
     assert _session(env, second["upload_id"])["state"] == "completed"
+    assert not (env.server.data_dir / "objects" / "uploads" / second["upload_id"]).exists()
     with env.server.db() as db:
         assert db.execute("select count(*) from assets where project_id = ?", (project["project_id"],)).fetchone() == (
             1,

@@ -10,18 +10,20 @@ A file appears under its final name only when it is complete, verified and fsync
 (write to ``tmp/``, fsync, rename, fsync the directory): after a crash a name either
 holds the right bytes or is absent, never half a part.
 
-How bytes move (see docs/server.md for the measurements behind this):
+How bytes move (docs/server.md has the measurements behind this):
 
-- A three-stage pipeline: the producer fills ~1 MiB batch buffers (the event loop
-  from a request body, or a worker thread reading parts), one worker thread hashes
-  each batch, another writes it. All three overlap; at most five buffers per
-  transfer are in use, whatever the part size.
-- Batch buffers are page-aligned (``mmap``) and reused from a pool, and files are
-  written and read with ``O_DIRECT`` where the filesystem allows it. Filling fresh
-  page-cache or heap pages was the dominant cost on the machines this was measured
-  on (about 2 s per GiB, against 0.6 s per GiB for direct I/O from reused buffers);
-  these objects are big and written once, so the page cache gains nothing from them.
-  Where ``O_DIRECT`` is refused (tmpfs, some platforms), plain buffered I/O is used.
+- A three-stage pipeline per file. The producer cuts the data into ~1 MiB batches:
+  the event loop only queues a request body's chunks (no copying there), or a worker
+  thread reads parts. A hashing thread gathers each batch into a page-aligned pool
+  buffer and hashes it in one call (one GIL release per MiB, not per chunk); a
+  writing thread writes it. All three overlap; a transfer holds at most about six
+  buffers (6 MiB), whatever the part size.
+- Buffers are ``mmap`` pages reused from a pool, and files are written and read with
+  ``O_DIRECT`` where the filesystem allows it. Filling fresh page-cache or heap pages
+  was the dominant cost where this was measured (about 2 s per GiB, against 0.6 s per
+  GiB for direct I/O from reused buffers); these objects are large and written once,
+  so the page cache gains little from them. Where ``O_DIRECT`` is refused (tmpfs,
+  some platforms), plain buffered I/O is used.
 """
 
 from __future__ import annotations
@@ -120,6 +122,8 @@ class _Batch:
     chunks: list[bytes | memoryview]
     size: int
     buffer: Buffer | None = None
+    #: The chunks are still separate objects, to be copied into ``buffer`` before hashing.
+    gather: bool = False
 
 
 class _NewFile:
@@ -140,8 +144,14 @@ class _NewFile:
         self._staging = staging
         self._staged = 0
 
-    def write(self, chunks: list[bytes | memoryview]) -> None:
+    def write(self, chunks: list[bytes | memoryview], *, aligned: bool = False) -> None:
+        """Append ``chunks``. ``aligned``: they are one full page-aligned batch, written
+        as it is when nothing is staged (saving a copy)."""
         capacity = len(self._staging)
+        if aligned and self._staged == 0 and len(chunks) == 1 and len(chunks[0]) == capacity:
+            with memoryview(chunks[0]) as view:
+                self._write(view)
+            return
         for chunk in chunks:
             with memoryview(chunk) as view:
                 offset = 0
@@ -344,6 +354,15 @@ class LocalStorage:
             to_write_send, to_write_receive = trio.open_memory_channel[_Batch](1)
 
             def hash_batch(batch: _Batch) -> None:
+                if batch.gather:
+                    assert batch.buffer is not None
+                    offset = 0
+                    for chunk in batch.chunks:
+                        batch.buffer[offset : offset + len(chunk)] = chunk
+                        offset += len(chunk)
+                    # Dropping the chunks here frees them while their memory is still hot.
+                    batch.chunks = [memoryview(batch.buffer)[:offset]]
+                    batch.gather = False
                 for chunk in batch.chunks:
                     hasher.update(chunk)  # releases the GIL on chunks this large
 
@@ -356,7 +375,8 @@ class LocalStorage:
             async def write_stage() -> None:
                 async with to_write_receive:
                     async for batch in to_write_receive:
-                        await self._run(partial(out.write, batch.chunks))
+                        # A batch gathered into its own pool buffer is page-aligned.
+                        await self._run(partial(out.write, batch.chunks, aligned=batch.buffer is not None))
                         if batch.buffer is not None:
                             batch.chunks.clear()
                             self._buffers.give(batch.buffer)
@@ -394,11 +414,13 @@ class LocalStorage:
 
         async def produce(send: SendBatch) -> None:
             nonlocal received
-            # Chunks are copied into a pool buffer at once rather than queued: the request's
-            # chunk objects are then freed straight away and their memory is reused hot.
-            buffer, filled = self._buffers.take(), 0
+            # The event loop only queues the request's chunks; the hashing thread copies
+            # them into the batch's pool buffer (one GIL-free hash per batch follows).
+            chunks: list[bytes | memoryview] = []
+            pending = 0
             async for chunk in body:
-                received += len(chunk)
+                length = len(chunk)
+                received += length
                 if received > size:
                     # Stop reading a body that is already too long: it cannot match.
                     raise ChecksumMismatch(
@@ -408,19 +430,22 @@ class LocalStorage:
                         expected_sha256=sha256,
                         actual_sha256=None,
                     )
+                if pending + length < BATCH_BYTES:
+                    chunks.append(chunk)
+                    pending += length
+                    continue
                 view, offset = memoryview(chunk), 0
-                while offset < len(view):
-                    step = min(len(view) - offset, BATCH_BYTES - filled)
-                    buffer[filled : filled + step] = view[offset : offset + step]
-                    filled += step
+                while pending + (length - offset) >= BATCH_BYTES:
+                    step = BATCH_BYTES - pending
+                    chunks.append(view[offset : offset + step])
                     offset += step
-                    if filled == BATCH_BYTES:
-                        await send(_Batch([memoryview(buffer)], filled, buffer))
-                        buffer, filled = self._buffers.take(), 0
-            if filled:
-                await send(_Batch([memoryview(buffer)[:filled]], filled, buffer))
-            else:
-                self._buffers.give(buffer)
+                    await send(_Batch(chunks, BATCH_BYTES, self._buffers.take(), gather=True))
+                    chunks, pending = [], 0
+                if offset < length:
+                    chunks.append(view[offset:])
+                    pending = length - offset
+            if chunks:
+                await send(_Batch(chunks, pending, self._buffers.take(), gather=True))
 
         out, digest = await self._write_new_file(produce)
         try:
