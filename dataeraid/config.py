@@ -27,6 +27,7 @@ else:  # pragma: no cover
 DEFAULT_CHUNK_SIZE = 64 * 1024 * 1024
 MIN_CHUNK_SIZE = 64 * 1024
 MAX_CHUNK_SIZE = 5 * 1024 * 1024 * 1024
+MAX_PARTS = 10_000
 
 
 @dataclass(frozen=True)

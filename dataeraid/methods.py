@@ -17,7 +17,7 @@ import trio
 
 from dataeraid import __version__
 from dataeraid.auth import Auth
-from dataeraid.config import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, Settings
+from dataeraid.config import MAX_CHUNK_SIZE, MAX_PARTS, MIN_CHUNK_SIZE, Settings
 from dataeraid.errors import DataeraiError, TransientError, from_os_error
 from dataeraid.events import EventBus
 from dataeraid.fileio import SourceIdentity
@@ -106,10 +106,7 @@ def build_registry(svc: Services) -> Registry:
         path = _absolute("local_path", local_path)
         if owner_type not in OWNER_TYPES:
             raise DataeraiError("invalid_argument", f"`owner_type` must be one of {', '.join(OWNER_TYPES)}")
-        chunk = chunk_size or svc.settings.default_chunk_size
-        if not MIN_CHUNK_SIZE <= chunk <= MAX_CHUNK_SIZE:
-            raise DataeraiError("invalid_argument",
-                                f"`chunk_size` must be between {MIN_CHUNK_SIZE} and {MAX_CHUNK_SIZE} bytes")
+        chunk = _chunk_size(chunk_size, svc.settings)
         try:
             identity = await trio.to_thread.run_sync(SourceIdentity.of_path, path)
             is_file = await trio.to_thread.run_sync(os.path.isfile, path)
@@ -117,6 +114,10 @@ def build_registry(svc: Services) -> Registry:
             raise from_os_error(exc, f"cannot read {path}") from exc
         if not is_file:
             raise DataeraiError("invalid_argument", f"{path} is not a regular file")
+        # A repository takes at most MAX_PARTS parts (as S3 does): big files get bigger parts.
+        chunk = max(chunk, _ceil_div(_ceil_div(identity.size, MAX_PARTS), MIN_CHUNK_SIZE) * MIN_CHUNK_SIZE)
+        if chunk > MAX_CHUNK_SIZE:
+            raise DataeraiError("invalid_argument", f"{path} is larger than {MAX_PARTS} parts of 5 GiB")
         if not os.access(path, os.R_OK):
             raise DataeraiError("permission_denied", f"{path} is not readable")
         job_id = new_job_id()
@@ -144,10 +145,7 @@ def build_registry(svc: Services) -> Registry:
         dest = _absolute("dest_dir", dest_dir)
         if await trio.to_thread.run_sync(lambda: os.path.exists(dest) and not os.path.isdir(dest)):
             raise DataeraiError("invalid_argument", f"{dest} exists and is not a directory")
-        chunk = chunk_size or svc.settings.default_chunk_size
-        if not MIN_CHUNK_SIZE <= chunk <= MAX_CHUNK_SIZE:
-            raise DataeraiError("invalid_argument",
-                                f"`chunk_size` must be between {MIN_CHUNK_SIZE} and {MAX_CHUNK_SIZE} bytes")
+        chunk = _chunk_size(chunk_size, svc.settings)
         return await svc.jobs.create({
             "job_id": new_job_id(), "kind": "download", "priority": priority,
             "params": {"asset_id": asset_id, "content_id": content_id, "overwrite": overwrite},
@@ -260,6 +258,18 @@ def build_registry(svc: Services) -> Registry:
         return {}
 
     return registry
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _chunk_size(requested: int | None, settings: Settings) -> int:
+    chunk = requested or settings.default_chunk_size
+    if not MIN_CHUNK_SIZE <= chunk <= MAX_CHUNK_SIZE:
+        raise DataeraiError("invalid_argument",
+                            f"`chunk_size` must be between {MIN_CHUNK_SIZE} and {MAX_CHUNK_SIZE} bytes")
+    return chunk
 
 
 def _deadline(deadline_s: float | None) -> float | None:
