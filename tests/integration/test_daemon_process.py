@@ -118,3 +118,31 @@ def test_auto_start_from_the_sdk(make_stack: Any, monkeypatch: Any) -> None:
     wait_for(log.exists, 10, "the daemon's log file")
     os.kill(pid, signal.SIGTERM)
     wait_for(lambda: not stack.socket_path.exists(), 10, "the daemon to stop")
+
+
+def test_refuses_a_socket_directory_others_can_enter(stack: Stack, tmp_path: Path) -> None:
+    stack.stop_daemon()
+    open_dir = tmp_path / "open"
+    open_dir.mkdir(mode=0o755)
+    os.chmod(open_dir, 0o755)
+    env = {**stack.env, "DATAERAI_SOCKET": str(open_dir / "d.sock")}
+    result = subprocess.run([str(BIN / "dataerai"), "daemon", "run"], env=env, capture_output=True, text=True,
+                            timeout=30)
+    assert result.returncode == 1
+    assert "permission_denied" in result.stderr and "chmod 700" in result.stderr
+    assert not (open_dir / "d.sock").exists()
+
+
+def test_another_user_cannot_connect(stack: Stack) -> None:
+    if os.getuid() != 0:
+        import pytest
+
+        pytest.skip("needs root to act as another user")
+    probe = ("import socket,sys\n"
+             "s=socket.socket(socket.AF_UNIX)\n"
+             "try:\n s.connect(sys.argv[1]); s.sendall(b'{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"daemon.ping\"}\\n');"
+             " print(s.recv(100) or b'closed')\n"
+             "except OSError as e: print('refused', e.errno)\n")
+    result = subprocess.run(["python3", "-c", probe, str(stack.socket_path)], capture_output=True, text=True,
+                            user=65534, group=65534, timeout=30)
+    assert "refused" in result.stdout or "closed" in result.stdout
