@@ -140,7 +140,8 @@ def test_another_user_cannot_connect(stack: Stack) -> None:
         pytest.skip("needs root to act as another user")
     probe = ("import socket,sys\n"
              "s=socket.socket(socket.AF_UNIX)\n"
-             "try:\n s.connect(sys.argv[1]); s.sendall(b'{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"daemon.ping\"}\\n');"
+             "try:\n s.connect(sys.argv[1])\n"
+             " s.sendall(b'{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"daemon.ping\"}\\n')\n"
              " print(s.recv(100) or b'closed')\n"
              "except OSError as e: print('refused', e.errno)\n")
     result = subprocess.run(["python3", "-c", probe, str(stack.socket_path)], capture_output=True, text=True,
