@@ -8,12 +8,13 @@ answers once the job is durably queued; the bytes move later in the scheduler.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar
 
 import trio
+from dataerai.protocol import encode_notification
 
 from dataeraid import __version__
 from dataeraid.auth import Auth
@@ -235,8 +236,6 @@ def build_registry(svc: Services) -> Registry:
         last = svc.bus.last_id
 
         async def pump() -> None:
-            from dataerai.protocol import encode_notification
-
             with scope:
                 try:
                     async for event in subscription:
@@ -273,8 +272,6 @@ def _chunk_size(requested: int | None, settings: Settings) -> int:
 
 
 def _deadline(deadline_s: float | None) -> float | None:
-    import time
-
     if deadline_s is None:
         return None
     if deadline_s <= 0:
@@ -282,4 +279,3 @@ def _deadline(deadline_s: float | None) -> float | None:
     return time.time() + deadline_s
 
 
-__all__ = ["Path", "Services", "build_registry"]
