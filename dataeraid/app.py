@@ -8,6 +8,7 @@
          ├─ rpc.serve               the socket listens
          ├─ READY=1                 only now: migrated and listening
          ├─ watchdog, status        systemd pings and a STATUS= summary
+         ├─ housekeeping            prunes stored events past their retention
          └─ signals                 SIGTERM/SIGINT: STOPPING=1, cancel the tree
 
 Stopping cancels the tree: running jobs are interrupted between checkpoints and
@@ -21,6 +22,7 @@ import fcntl
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import TextIO
 
@@ -59,6 +61,15 @@ def _take_lock(socket_path: Path) -> int | None:
     return fd
 
 
+async def _housekeeping(jobs: Jobs, settings: Settings) -> None:
+    """Once an hour: forget old stored events, so a daemon that runs for months stays small."""
+    while True:
+        pruned = await jobs.store.prune_events(time.time() - settings.event_retention_days * 86400)
+        if pruned:
+            _log.info("pruned old events", count=pruned)
+        await trio.sleep(3600)
+
+
 async def _status_loop(jobs: Jobs, notifier: Notifier) -> None:
     while True:
         counts = await jobs.counts()
@@ -90,6 +101,7 @@ async def serve(paths: Paths, settings: Settings, notifier: Notifier) -> None:
                     _log.info("daemon ready", socket=str(paths.socket), pid=os.getpid(), queue=str(paths.queue_db))
                     nursery.start_soon(notifier.watchdog)
                     nursery.start_soon(_status_loop, jobs, notifier)
+                    nursery.start_soon(_housekeeping, jobs, settings)
                     async for signum in signals:
                         _log.info("stopping", signal=signal.Signals(signum).name)
                         notifier.stopping()

@@ -9,6 +9,7 @@ retry_base_s = 0.5          # first backoff, doubled per attempt, full jitter
 retry_cap_s = 30.0          # longest backoff between attempts
 progress_interval_s = 0.25  # at most this often a progress event per job
 bandwidth_limit_bps = 0     # bytes per second over all transfers; 0 is no limit
+event_retention_days = 30   # stored events older than this are pruned (replay reaches back this far)
 ```
 """
 
@@ -40,6 +41,7 @@ class Settings:
     progress_interval_s: float = 0.25
     io_block_size: int = 1024 * 1024
     bandwidth_limit_bps: int = 0
+    event_retention_days: float = 30.0
 
     @classmethod
     def load(cls, path: Path) -> Settings:

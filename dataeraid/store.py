@@ -187,6 +187,11 @@ class Store:
             query = query.where(schema.events.c.job_id.in_(list(jobs)))
         return await self.transaction(lambda conn: [dict(r) for r in conn.execute(query).scalars()])
 
+    async def prune_events(self, older_than: float) -> int:
+        """Forget stored events from before ``older_than`` (a Unix time); how many went."""
+        query = schema.events.delete().where(schema.events.c.time < older_than)
+        return await self.transaction(lambda conn: conn.execute(query).rowcount)
+
     # --- settings -----------------------------------------------------------
 
     @staticmethod

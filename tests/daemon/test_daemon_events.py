@@ -98,3 +98,14 @@ async def test_progress_is_skipped_while_a_commit_is_in_flight(bus: EventBus) ->
     first, second = await sub.__anext__(), await sub.__anext__()
     assert (first["type"], second["type"]) == ("job.state", "job.progress")
     assert second["id"] == first["id"] + 1
+
+
+async def test_old_events_are_pruned_and_replay_starts_after_them(bus: EventBus) -> None:
+    import time
+
+    await _emit(bus, "a", "queued")
+    cutoff = time.time() + 1
+    assert await bus.store.prune_events(cutoff) == 1
+    await _emit(bus, "a", "running")
+    sub = await bus.subscribe(since=0, jobs=["a"])
+    assert (await sub.__anext__())["state"] == "running"
