@@ -151,6 +151,9 @@ class Jobs:
                 changes.setdefault("error_code", None)
                 changes.setdefault("error_message", None)
             Store.update_job(conn, job_id, changes)
+            if to == "completed":
+                # A completed job needs no checkpoints: the queue stays small over months.
+                conn.execute(schema.chunks.delete().where(schema.chunks.c.job_id == job_id))
             new_row = Store.fetch_job(conn, job_id)
             assert new_row is not None
             job = self._wire(conn, new_row)
