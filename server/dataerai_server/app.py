@@ -27,6 +27,7 @@ from .auth import READ, WRITE, Principal, bearer_token, lookup_principal
 from .clock import from_unix, isoformat, utcnow
 from .config import MAX_PART_SIZE, MIN_PART_SIZE
 from .errors import ApiError, api_error_handler, error_response, http_exception_handler, internal_error
+from .logs import request_log_fields
 from .models import Content
 from .openapi import openapi_document
 from .services import Services
@@ -164,6 +165,8 @@ class Api:
         )
 
     async def content_data(self, request: Request) -> Response | StreamedBody:
+        # Logged for every content read, so that ranged reads can be counted from the log.
+        request_log_fields(request.scope)["range"] = request.headers.get("range")
         content_id = request.path_params["content_id"]
         path = _route_path("/contents/{content_id}/data", content_id=content_id)
         self.s.signer.verify("GET", path, request.query_params)
@@ -309,8 +312,13 @@ class Api:
 class RequestLog:
     """Logs one line per request and turns unexpected exceptions into ``internal`` errors.
 
-    Logs the method and path only: never the query (signatures) or any header (tokens).
-    A pure ASGI middleware, so streamed bodies pass through untouched.
+    The line (event ``request``) has ``method``, ``path``, ``status``, ``bytes`` (response
+    body bytes handed to the server) and ``duration_ms``, plus what the handler put into
+    :func:`~dataerai_server.logs.request_log_fields` (``range`` for content reads). It
+    has ``"client_disconnected": true`` when the client went away mid-request, and the
+    traceback (at level ``error``) when the request failed. Never the query (signatures)
+    or a header that may carry a secret (tokens). A pure ASGI middleware, so streamed
+    bodies pass through untouched.
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -322,32 +330,42 @@ class RequestLog:
             return
         started = time.perf_counter()
         status: int | None = None
+        sent = 0
+        fields = request_log_fields(scope)
+        failure: Exception | None = None
 
         async def send_tracking(message: Message) -> None:
-            nonlocal status
+            nonlocal status, sent
             if message["type"] == "http.response.start":
                 status = message["status"]
+            elif message["type"] == "http.response.body":
+                sent += len(message.get("body", b""))
             await send(message)
 
         try:
             await self.app(scope, receive, send_tracking)
         except ClientDisconnect:
-            log.info("request.client_disconnected", method=scope["method"], path=scope["path"])
-            return
-        except Exception:
-            log.exception("request.failed", method=scope["method"], path=scope["path"])
+            fields["client_disconnected"] = True
+        except Exception as exc:
+            failure = exc
             if status is None:
                 await error_response(internal_error())(scope, receive, send_tracking)
             # else: the response is already under way; ending here makes the server cut the
             # connection, which tells the client the body is incomplete.
         finally:
-            log.info(
-                "request",
-                method=scope["method"],
-                path=scope["path"],
-                status=status,
-                duration_ms=round((time.perf_counter() - started) * 1000, 1),
-            )
+            # One line per request, whatever happened, so that counting lines counts requests.
+            line = {
+                "method": scope["method"],
+                "path": scope["path"],
+                "status": status,
+                "bytes": sent,
+                **fields,
+                "duration_ms": round((time.perf_counter() - started) * 1000, 1),
+            }
+            if failure is not None:
+                log.error("request", exc_info=failure, **line)
+            else:
+                log.info("request", **line)
 
 
 def create_app(services: Services) -> Starlette:

@@ -2,16 +2,30 @@
 rendered the same way. JSON lines when stderr is not a terminal, readable text when it is.
 
 Nothing logged anywhere in the server carries a token, an ``Authorization`` header or
-a URL query (signatures): request lines carry method, path, status and duration only.
+a URL query (signatures). Each request gets one line, event ``request``, with
+``method``, ``path`` (no query), ``status``, ``bytes`` (response body bytes sent) and
+``duration_ms``, plus what its handler adds through :func:`request_log_fields`
+(content reads add ``range``).
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import MutableMapping
 from typing import Any, TextIO
 
 import structlog
+
+#: The ASGI scope key of the dict whose items are added to the request's log line.
+REQUEST_LOG_FIELDS = "dataerai.log_fields"
+
+
+def request_log_fields(scope: MutableMapping[str, Any]) -> dict[str, Any]:
+    """The fields to add to this request's log line; a handler sets items in it. Nothing
+    secret: no header but those known to be harmless, no query string."""
+    fields: dict[str, Any] = scope.setdefault(REQUEST_LOG_FIELDS, {})
+    return fields
 
 
 def configure(level: str = "info", stream: TextIO | None = None) -> None:

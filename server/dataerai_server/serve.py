@@ -113,11 +113,15 @@ async def run_server(settings: Settings, bind: str, ready_file: Path | None = No
                 return
 
         try:
-            async with trio.open_nursery() as nursery:
-                await nursery.start(partial(hypercorn_serve, app, config, shutdown_trigger=until_signal))
-                if ready_file is not None:
-                    await trio.to_thread.run_sync(write_ready_file, ready_file, url)
-                log.info("server.listening", url=url, data_dir=str(settings.data_dir))
+            async with trio.open_nursery() as background:
+                services.storage.start_background(background)
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(partial(hypercorn_serve, app, config, shutdown_trigger=until_signal))
+                    if ready_file is not None:
+                        await trio.to_thread.run_sync(write_ready_file, ready_file, url)
+                    log.info("server.listening", url=url, data_dir=str(settings.data_dir))
+                # Requests are over; background work only ever gets ahead of them, so it can stop.
+                background.cancel_scope.cancel()
         finally:
             services.close()
             if ready_file is not None:

@@ -17,6 +17,7 @@ import trio
 from starlette.types import Receive, Scope, Send
 
 from .concurrency import unwrap_single
+from .logs import request_log_fields
 
 _RANGE: Final = re.compile(r"bytes=(\d*)-(\d*)")
 
@@ -71,7 +72,9 @@ def parse_range(header: str | None, total: int) -> ByteRange | None:
 class StreamedBody:
     """An ASGI response whose body comes from ``open_blocks()``, read one block ahead.
 
-    ``open_blocks`` is called only for GET (a HEAD gets the headers alone).
+    ``open_blocks`` is called only for GET (a HEAD gets the headers alone). If the client
+    disconnects, reading stops (rather than reading the rest of the range for nobody) and
+    the request's log line says ``client_disconnected``.
     """
 
     def __init__(
@@ -87,16 +90,30 @@ class StreamedBody:
             await send({"type": "http.response.body", "body": b""})
             return
         ahead_send, ahead_receive = trio.open_memory_channel[bytes](1)
+        gone = False
 
         async def read_ahead() -> None:
             async with ahead_send, aclosing(self.open_blocks()) as blocks:
                 async for block in blocks:
                     await ahead_send.send(block)
 
+        async def watch_for_disconnect() -> None:
+            nonlocal gone
+            # The (empty) request body comes first; after it, only a disconnect can arrive.
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            gone = True
+            nursery.cancel_scope.cancel()
+
         with unwrap_single():
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(read_ahead)
+                nursery.start_soon(watch_for_disconnect)
                 async with ahead_receive:
                     async for block in ahead_receive:
                         await send({"type": "http.response.body", "body": block, "more_body": True})
+                nursery.cancel_scope.cancel()  # sent in full: stop watching
+        if gone:
+            request_log_fields(scope)["client_disconnected"] = True
+            return
         await send({"type": "http.response.body", "body": b""})

@@ -6,9 +6,10 @@ a retry can finish:
 
 - a part is recorded only after storage made it durable (an unrecorded part file
   is simply overwritten by the re-send);
-- completion assembles the content under a key derived from the session, so an
-  assembly repeated after a crash overwrites the same object, and only then records
-  asset, content and result in one transaction; parts are dropped after that commit;
+- completion has storage make the content (the local storage links the part files, it
+  does not copy them) under a key derived from the session, so a completion repeated
+  after a crash finds or replaces the same object, and only then records asset, content
+  and result in one transaction; parts are dropped after that commit;
 - the completion's idempotency key is unique per user in the database, so two racing
   completions (in one process or in several) still make exactly one asset.
 """
@@ -23,7 +24,7 @@ from typing import Any
 
 import structlog
 import trio
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -251,9 +252,16 @@ def _open_part_slot(upload: UploadSession, number: int, size: int) -> None:
         )
 
 
-def _record_part(session: Session, upload_id: str, number: int, size: int, sha256: str, session_ttl: int) -> str | None:
-    """Record an accepted part. Returns None, or the session's state if it stopped taking parts meanwhile."""
+def _record_part(
+    session: Session, upload_id: str, number: int, size: int, sha256: str, received: int, session_ttl: int
+) -> str | None:
+    """Record an accepted part and the ``received`` body bytes read for it.
+
+    Returns None, or the session's state if it stopped taking parts meanwhile (the bytes
+    still count: they were received for this session).
+    """
     upload = session.scalars(select(UploadSession).where(UploadSession.id == upload_id).with_for_update()).one()
+    upload.bytes_received += received
     if upload.state != OPEN:
         return upload.state
     now = utcnow()
@@ -262,10 +270,18 @@ def _record_part(session: Session, upload_id: str, number: int, size: int, sha25
         session.add(UploadPart(upload_id=upload_id, number=number, size=size, sha256=sha256, writes=1, updated_at=now))
     else:
         part.size, part.sha256, part.writes, part.updated_at = size, sha256, part.writes + 1, now
-    upload.bytes_received += size
     upload.updated_at = now
     upload.expires_at = now + timedelta(seconds=session_ttl)
     return None
+
+
+def _count_received(session: Session, upload_id: str, received: int) -> None:
+    """Add body bytes that were read for a part but not accepted (cut off, or refused)."""
+    session.execute(
+        update(UploadSession)
+        .where(UploadSession.id == upload_id)
+        .values(bytes_received=UploadSession.bytes_received + received)
+    )
 
 
 @dataclass(frozen=True)
@@ -437,6 +453,22 @@ class _KeyedLocks:
                 self._locks[key] = (lock, users - 1)
 
 
+class _CountingBody:
+    """A request body that counts the bytes read from it (``received``), however far it gets."""
+
+    def __init__(self, body: AsyncIterable[bytes]) -> None:
+        self._chunks = body.__aiter__()
+        self.received = 0
+
+    def __aiter__(self) -> _CountingBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        chunk = await self._chunks.__anext__()
+        self.received += len(chunk)
+        return chunk
+
+
 def _checksum_error(exc: ChecksumMismatch, **extra: Any) -> ApiError:
     return ApiError(
         "checksum_mismatch",
@@ -457,7 +489,7 @@ class Uploads:
         self._storage = storage
         self._settings = settings
         # Within one process, completions and aborts of one session take turns, so a
-        # retried completion waits for the first instead of assembling the file twice.
+        # retried completion waits for the first instead of verifying the file twice.
         self._session_locks = _KeyedLocks()
 
     async def create(self, who: Principal, new: NewUpload) -> tuple[dict[str, Any], bool]:
@@ -528,13 +560,19 @@ class Uploads:
             return upload.storage_handle
 
         handle = await self._db.read(check)
+        counted = _CountingBody(body)
         try:
-            stored = await self._storage.put_part(handle, number, body, size, sha256)
+            stored = await self._storage.put_part(handle, number, counted, size, sha256)
         except ChecksumMismatch as exc:
+            await self._count_unaccepted(upload_id, counted.received)
             raise _checksum_error(exc, number=number) from None
+        except BaseException:
+            # Mostly the client went away mid-body (or was killed): what it sent still counts.
+            await self._count_unaccepted(upload_id, counted.received)
+            raise
         ttl = self._settings.session_ttl_seconds
         stopped = await self._db.write(
-            lambda s: _record_part(s, upload_id, number, stored.size, stored.sha256 or sha256, ttl)
+            lambda s: _record_part(s, upload_id, number, stored.size, stored.sha256 or sha256, counted.received, ttl)
         )
         if stopped is not None:
             # Completed or aborted while the bytes were arriving: this part is not wanted.
@@ -542,8 +580,22 @@ class Uploads:
             raise ApiError("conflict", f"upload {upload_id!r} is {stopped}; it takes no more parts", state=stopped)
         return {"number": number, "size": stored.size, "sha256": stored.sha256 or sha256}
 
+    async def _count_unaccepted(self, upload_id: str, received: int) -> None:
+        """Add the bytes of a part body that was not accepted to the session's ``bytes_received``.
+
+        Best effort, and never in the way of the error being reported: it runs shielded
+        (a request being cancelled still counts its bytes) and a failure is only logged.
+        """
+        if received == 0:
+            return
+        with trio.CancelScope(shield=True):
+            try:
+                await self._db.write(lambda s: _count_received(s, upload_id, received))
+            except Exception as exc:
+                log.warning("upload.count_failed", upload_id=upload_id, received=received, error=repr(exc))
+
     async def complete(self, who: Principal, upload_id: str, key: str | None, sha256: str | None) -> dict[str, Any]:
-        """Assemble the parts into a new asset (or version) exactly once; see the module docstring."""
+        """Turn the parts into a new asset (or version) exactly once; see the module docstring."""
         async with self._session_locks.hold(upload_id):
             plan = await self._db.write(lambda s: _plan_completion(s, who, upload_id, key, sha256))
             if isinstance(plan, _Done):

@@ -78,7 +78,8 @@ def test_full_session_out_of_order_with_resend_and_bad_part(env: Env) -> None:
     assert [p["number"] for p in state["parts"]] == [1, 2, 3, 4, 5]
     assert {p["number"]: p["writes"] for p in state["parts"]} == {1: 1, 2: 2, 3: 1, 4: 1, 5: 1}
     assert [p["sha256"] for p in state["parts"]] == [sha256(p) for p in parts]
-    assert state["bytes_received"] == len(data) + len(parts[1])
+    # Every body byte read counts: the accepted parts, the re-sent one and the refused one.
+    assert state["bytes_received"] == len(data) + len(parts[1]) + len(wrong)
 
     result = ok(env.ada.post(f"/api/v1/uploads/{upload_id}/complete", json={"idempotency_key": "job-full"}))
     assert result["asset_id"].startswith("ast_") and result["content_id"].startswith("cnt_")

@@ -24,6 +24,8 @@ from collections.abc import AsyncGenerator, AsyncIterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import trio
+
 
 class StorageError(Exception):
     """The backing store failed or holds something other than what the server recorded."""
@@ -109,16 +111,26 @@ class Storage(Protocol):
         ...
 
     async def complete(self, handle: str, parts: Sequence[StoredPart], key: str, sha256: str | None) -> StoredContent:
-        """Concatenate ``parts`` (numbers 1..N in order, with the sizes given) into the content object ``key``.
+        """Make the content object ``key`` of ``parts`` (numbers 1..N in order, with the sizes given), concatenated.
 
-        Verifies the whole object's SHA-256 against ``sha256`` when given and raises
-        :class:`ChecksumMismatch` otherwise; then nothing is published under ``key``.
-        Raises :class:`StorageError` if a part is missing or has another size.
+        Where a part's ``sha256`` is given, the part stored with that digest is the one
+        taken. Verifies the whole object's SHA-256 against ``sha256`` when given and raises
+        :class:`ChecksumMismatch` otherwise; then nothing is published under ``key`` and the
+        parts stay as they were. Raises :class:`StorageError` if a part is missing or has
+        another size. How the object is made (a copy, or the parts themselves) is the
+        storage's business; what :meth:`read_range` returns is the concatenation.
         The parts themselves stay until :meth:`release_parts` or :meth:`abort`, except
         where the store consumes them on completion (S3): afterwards :meth:`list_parts`
         says what is left. Completing again with the same parts and key gives the same
         result (the server retries after a crash). The content is durable when this returns.
         """
+        ...
+
+    def start_background(self, nursery: trio.Nursery) -> None:
+        """Let the storage run background work in ``nursery`` from now on (such as hashing
+        parts ahead of completion). The server cancels the nursery when it stops, so that
+        work must be safe to cancel at any point. Without this call no background work runs;
+        everything still works, possibly slower. A storage with none ignores the call."""
         ...
 
     async def release_parts(self, handle: str) -> None:

@@ -2,28 +2,42 @@
 
 Layout::
 
-    objects/tmp/                      files being written (same filesystem, so renames are atomic)
-    objects/uploads/<handle>/<N>.part the parts of an open upload
-    objects/contents/<xx>/<key>       completed contents, fanned out by the key's last two characters
+    objects/tmp/                                  files and directories being built (same filesystem,
+                                                  so renames into place are atomic)
+    objects/uploads/<handle>/<N>.<sha256>.part    the parts of an open upload, each named by its digest
+    objects/contents/<xx>/<key>/manifest.json     a completed content: its size, SHA-256 and part sizes
+    objects/contents/<xx>/<key>/00001 ...         its parts, in order (hard links to the part files)
 
-A file appears under its final name only when it is complete, verified and fsynced
-(write to ``tmp/``, fsync, rename, fsync the directory): after a crash a name either
-holds the right bytes or is absent, never half a part.
+``<xx>`` fans contents out by the key's last two characters. A content is the ordered
+set of its parts, never a copy of them: completing an upload links the already durable
+part files into a new directory beside a small manifest, and publishes that directory
+by one rename. Reads of a range go through the parts it spans.
+
+A name appears only when what it names is complete, verified and fsynced (write under
+``tmp/``, fsync, rename, fsync the directory): after a crash a name either holds the
+right bytes or is absent. A part file's name carries the SHA-256 its bytes were checked
+against as they arrived, so equal names mean equal bytes; that is what lets completion
+trust a digest computed earlier, even by another process, without reading the bytes again.
 
 How bytes move (docs/server.md has the measurements behind this):
 
-- A three-stage pipeline per file. The producer cuts the data into ~1 MiB batches:
-  the event loop only queues a request body's chunks (no copying there), or a worker
-  thread reads parts. A hashing thread gathers each batch into a page-aligned pool
-  buffer and hashes it in one call (one GIL release per MiB, not per chunk); a
-  writing thread writes it. All three overlap; a transfer holds at most about six
-  buffers (6 MiB), whatever the part size.
+- A pipeline of worker-thread stages per file. The producer cuts the data into ~1 MiB
+  batches: the event loop only queues a request body's chunks (no copying there), or a
+  worker thread reads a file. A hashing thread gathers each batch into a page-aligned
+  pool buffer and hashes it in one call (one GIL release per MiB, not per chunk); a
+  writing thread writes it. All stages overlap; a transfer holds a handful of 1 MiB
+  buffers, whatever the part size.
 - Buffers are ``mmap`` pages reused from a pool, and files are written and read with
   ``O_DIRECT`` where the filesystem allows it. Filling fresh page-cache or heap pages
   was the dominant cost where this was measured (about 2 s per GiB, against 0.6 s per
   GiB for direct I/O from reused buffers); these objects are large and written once,
   so the page cache gains little from them. Where ``O_DIRECT`` is refused (tmpfs,
   some platforms), plain buffered I/O is used.
+- Completion has to prove the whole file's SHA-256, which needs every byte in order.
+  So each open upload keeps, in memory, a running SHA-256 over its parts 1..k (see
+  :class:`_RunningDigest`): a part that arrives next in order is hashed into it as it
+  streams in, and parts that arrived early are read back in a background task once the
+  parts before them are there. Completion then reads only what is not covered yet.
 """
 
 from __future__ import annotations
@@ -32,39 +46,59 @@ import contextlib
 import errno
 import fcntl
 import hashlib
+import json
 import mmap
 import os
 import re
 import secrets
 import time
-from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections import OrderedDict
+from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Final, TypeVar
+from typing import TYPE_CHECKING, Final, TypeVar
 
+import structlog
 import trio
 
 from ..concurrency import unwrap_single
 from .base import ChecksumMismatch, PresignedRequest, StorageError, StoredContent, StoredPart
+
+if TYPE_CHECKING:
+    from hashlib import _Hash as Hasher
+
+log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 
 #: Size of a batch handed to a worker thread, and of a read: large enough that thread
 #: hops cost nothing (about a thousand per GiB), small enough to keep memory flat.
 BATCH_BYTES: Final = 1 << 20
+_READ = [0.0]
+import os as _os
+READ_BUFFERS = int(_os.environ.get("RB", "4"))
+_SEND = [0.0]
 #: Direct I/O needs offsets, lengths and addresses aligned to the device's block size;
 #: 4 KiB satisfies every common device.
 _ALIGN: Final = 4096
 #: Temp files older than this are leftovers of a crash and are removed on open.
 STALE_TMP_SECONDS: Final = 24 * 3600
+#: Running digests kept in memory, the most recently used first. Each costs a few hundred
+#: bytes plus about 100 bytes per covered part; losing one only costs a read-back.
+MAX_RUNNING_DIGESTS: Final = 256
 
+MANIFEST: Final = "manifest.json"
+_MANIFEST_FORMAT: Final = "dataerai-content/1"
 _O_DIRECT: Final = getattr(os, "O_DIRECT", 0)
 _SAFE_NAME: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}")
-_PART_FILE: Final = re.compile(r"(\d+)\.part")
+#: ``<N>.<sha256>.part``; ``<N>.part`` is how parts were named before they carried their digest.
+_PART_FILE: Final = re.compile(r"(\d+)(?:\.([0-9a-f]{64}))?\.part")
+#: Removed content directories and files wait under this suffix in ``tmp/`` while they are deleted.
+_DELETED: Final = ".deleted"
 
 Buffer = mmap.mmap
-#: ``send(batch)``: hands a batch to the hashing and writing stages.
+#: ``send(batch)``: hands a batch to the next pipeline stage.
 SendBatch = Callable[["_Batch"], Awaitable[None]]
 
 
@@ -74,12 +108,35 @@ def _safe(name: str) -> str:
     return name
 
 
+def _piece_name(number: int) -> str:
+    """A part's name inside a content directory; five digits sort 1..10,000 correctly."""
+    return f"{number:05d}"
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def _dir_lock(directory: Path, operation: int) -> Iterator[None]:
+    """``flock`` on ``directory`` (shared or exclusive), across threads and processes alike.
+
+    Publishing a part takes it exclusively, so that two writers of one part number never
+    remove each other's file; taking a consistent view of the parts takes it shared.
+    """
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    except FileNotFoundError:
+        raise StorageError(f"no upload {directory.name!r} in storage") from None
+    try:
+        fcntl.flock(fd, operation)
+        yield
+    finally:
+        os.close(fd)  # closing the last descriptor releases the lock
 
 
 def _open(path: Path, flags: int, *, direct: bool) -> tuple[int, bool]:
@@ -95,6 +152,22 @@ def _open(path: Path, flags: int, *, direct: bool) -> tuple[int, bool]:
 
 def _drop_direct(fd: int) -> None:
     fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~_O_DIRECT)
+
+
+def _remove_tree(path: Path) -> None:
+    """Remove a file, or a directory of files (the only shapes this storage makes). Idempotent."""
+    try:
+        entries = list(os.scandir(path))
+    except NotADirectoryError:
+        path.unlink(missing_ok=True)
+        return
+    except FileNotFoundError:
+        return
+    for entry in entries:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(entry.path)
+    with contextlib.suppress(FileNotFoundError):
+        path.rmdir()
 
 
 class _BufferPool:
@@ -116,14 +189,29 @@ class _BufferPool:
 
 @dataclass
 class _Batch:
-    """About ``BATCH_BYTES`` of data in order: the chunks as received (no copy on the event
-    loop), and the pool buffer they live in, if any, to give back once written."""
+    """Data in order: the chunks as received (no copy on the event loop), and the pool
+    buffers they live in, if any, to give back after the last stage."""
 
     chunks: list[bytes | memoryview]
     size: int
-    buffer: Buffer | None = None
-    #: The chunks are still separate objects, to be copied into ``buffer`` before hashing.
+    buffers: list[Buffer] = field(default_factory=list)
+    #: The chunks are still separate objects, to be copied into the one buffer before hashing.
     gather: bool = False
+
+
+def _gather_and_hash(hasher: Hasher, batch: _Batch) -> None:
+    """A pipeline stage: copy the batch's chunks into its buffer if asked, then hash it."""
+    if batch.gather:
+        (buffer,) = batch.buffers
+        offset = 0
+        for chunk in batch.chunks:
+            buffer[offset : offset + len(chunk)] = chunk
+            offset += len(chunk)
+        # Dropping the chunks here frees them while their memory is still hot.
+        batch.chunks = [memoryview(buffer)[:offset]]
+        batch.gather = False
+    for chunk in batch.chunks:
+        hasher.update(chunk)  # releases the GIL on chunks this large
 
 
 class _NewFile:
@@ -200,10 +288,10 @@ class _NewFile:
         self._fd = -1
 
     def publish(self, destination: Path) -> None:
+        """Rename the finished file to ``destination``; the caller makes the directory durable."""
         assert self.path is not None and self._fd == -1
         os.replace(self.path, destination)
         self.path = None
-        _fsync_dir(destination.parent)
 
     def discard(self) -> None:
         if self._fd != -1:
@@ -215,39 +303,46 @@ class _NewFile:
 
 
 class _BlockReader:
-    """Reads one file from ``offset`` in aligned blocks into a page-aligned scratch buffer.
+    """Reads one file from ``offset`` in aligned blocks into page-aligned buffers.
 
-    Blocking; one worker thread at a time. ``next_block`` returns a view of the scratch
-    buffer (valid until the next call), empty at the end of the file.
+    Blocking; one worker thread at a time. ``next_blocks(buffers)`` fills ``buffers`` in
+    one read and returns views of the new bytes in them, none at the end of the file.
     """
 
-    def __init__(self, path: Path, scratch: Buffer, offset: int = 0) -> None:
+    def __init__(self, path: Path, offset: int = 0) -> None:
         try:
             self._fd, direct = _open(path, os.O_RDONLY, direct=True)
         except FileNotFoundError:
             raise StorageError(f"{path.name} is missing from storage") from None
-        self._scratch = scratch
         # Direct reads start on an aligned offset; the bytes before ``offset`` are skipped.
         self._position = offset - offset % _ALIGN if direct else offset
         self._skip = offset - self._position
         self._done = False
 
-    def next_block(self) -> memoryview:
+    def next_blocks(self, buffers: list[Buffer]) -> list[memoryview]:
         if self._done:
-            return memoryview(b"")
-        count = os.preadv(self._fd, [self._scratch], self._position)
+            return []
+        # One request for all the buffers: fewer, larger reads keep the device busier than
+        # a 1 MiB read at a time, above all while the same disk is taking writes.
+        count = os.preadv(self._fd, buffers, self._position)
         self._position += count
-        if count < len(self._scratch):
+        if count < sum(len(b) for b in buffers):
             # A short read only happens at the end of a regular file (and a direct read
             # from an unaligned end offset would fail), so stop here.
             self._done = True
-        view = memoryview(self._scratch)[self._skip : count]
-        self._skip = 0
-        return view
+        views = []
+        for buffer in buffers:
+            filled = min(count, len(buffer))
+            count -= filled
+            if filled > self._skip:
+                views.append(memoryview(buffer)[self._skip : filled])
+            self._skip = max(0, self._skip - filled)
+        return views
 
-    def read(self, limit: int) -> bytes:
+    def read(self, buffer: Buffer, limit: int) -> bytes:
         """The next block as bytes of its own (at most ``limit``), empty at the end."""
-        return bytes(self.next_block()[:limit])
+        views = self.next_blocks([buffer])
+        return bytes(views[0][:limit]) if views else b""
 
     def close(self) -> None:
         if self._fd != -1:
@@ -255,53 +350,125 @@ class _BlockReader:
             self._fd = -1
 
 
-class _PartsReader:
-    """Fills batch buffers completely from a sequence of part files, checking each part's size."""
+@dataclass(frozen=True)
+class _Manifest:
+    """What a content directory holds: the whole content's size and SHA-256, and its parts' sizes."""
 
-    def __init__(self, parts: list[tuple[Path, int]], scratch: Buffer) -> None:
-        self._parts = parts
-        self._scratch = scratch
-        self._index = 0
-        self._reader: _BlockReader | None = None
-        self._read = 0
-        self._pending = memoryview(b"")
+    size: int
+    sha256: str
+    part_sizes: tuple[int, ...]
 
-    def fill(self, buffer: Buffer) -> int:
-        filled = 0
-        while filled < len(buffer):
-            if not self._pending and not self._advance():
-                break
-            step = min(len(self._pending), len(buffer) - filled)
-            buffer[filled : filled + step] = self._pending[:step]
-            self._pending = self._pending[step:]
-            filled += step
-        return filled
+    def dumps(self) -> bytes:
+        body = {"format": _MANIFEST_FORMAT, "size": self.size, "sha256": self.sha256, "parts": self.part_sizes}
+        return json.dumps(body, separators=(",", ":")).encode()
 
-    def _advance(self) -> bool:
-        """Load the next non-empty block into ``_pending``; False when every part is read."""
-        while True:
-            if self._reader is None:
-                if self._index == len(self._parts):
-                    return False
-                self._reader = _BlockReader(self._parts[self._index][0], self._scratch)
-                self._read = 0
-            block = self._reader.next_block()
-            if block:
-                self._read += len(block)
-                self._pending = block
-                return True
-            path, size = self._parts[self._index]
-            self._reader.close()
-            self._reader = None
-            self._index += 1
-            if self._read != size:
-                raise StorageError(f"{path.name} holds {self._read} bytes, not the {size} recorded")
+    @classmethod
+    def load(cls, path: Path) -> _Manifest:
+        """Raises FileNotFoundError or NotADirectoryError as opening ``path`` does, and
+        :class:`StorageError` for a manifest this storage did not write."""
+        try:
+            body = json.loads(path.read_bytes())
+            manifest = cls(int(body["size"]), str(body["sha256"]), tuple(int(s) for s in body["parts"]))
+            if body["format"] != _MANIFEST_FORMAT or sum(manifest.part_sizes) != manifest.size:
+                raise ValueError(body["format"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise StorageError(f"{path} is not a content manifest: {exc}") from None
+        return manifest
 
-    def close(self) -> None:
-        self._pending = memoryview(b"")
-        if self._reader is not None:
-            self._reader.close()
-            self._reader = None
+
+@dataclass(frozen=True)
+class _PartFile:
+    """A part file found in an upload directory; ``sha256`` is None for a name without a digest."""
+
+    number: int
+    sha256: str | None
+    name: str
+    size: int
+    mtime_ns: int
+
+
+def _scan_parts(directory: Path) -> dict[int, list[_PartFile]]:
+    """The part files of an upload directory by number, newest first. Call under ``_dir_lock``."""
+    found: dict[int, list[_PartFile]] = {}
+    for entry in os.scandir(directory):
+        match = _PART_FILE.fullmatch(entry.name)
+        if match:
+            stat = entry.stat()
+            part = _PartFile(int(match[1]), match[2], entry.name, stat.st_size, stat.st_mtime_ns)
+            found.setdefault(part.number, []).append(part)
+    for versions in found.values():
+        versions.sort(key=lambda p: p.mtime_ns, reverse=True)
+    return found
+
+
+@dataclass(frozen=True)
+class _Staged:
+    """A content directory being built under ``tmp/``: the parts linked in, in order, with the
+    digest each one's name carries (None where the name carries none)."""
+
+    directory: Path
+    part_sizes: tuple[int, ...]
+    part_sha256s: tuple[str | None, ...]
+
+    def piece(self, index: int) -> Path:
+        return self.directory / _piece_name(index + 1)
+
+
+class _RunningDigest:
+    """A SHA-256 over parts 1..k of one upload, as far as they are contiguous: the state a
+    completion would reach after reading them, kept so that it need not read them.
+
+    ``covered`` lists the SHA-256 of each part hashed in. Because a part file's name carries
+    its digest, a part file named with ``covered[i]`` holds exactly the bytes that were hashed
+    in, whoever wrote it; completion checks the names of the files it links against
+    ``covered`` before trusting the state, so this is only ever an optimisation. It lives in
+    one process's memory and is gone after a restart; completion then reads the parts.
+
+    Used from the event loop thread only. ``hasher`` and ``covered`` change together and only
+    synchronously, so a reader of both sees a consistent pair. ``generation`` changes when
+    the prefix is replaced rather than extended (a part in it was replaced by other bytes):
+    hashing begun against an older prefix is then not committed onto the newer one.
+    """
+
+    def __init__(self) -> None:
+        self.hasher: Hasher = hashlib.sha256()
+        self.covered: list[str] = []
+        self.generation = 0
+        #: Held while parts are read back into the digest (background catch-up or completion),
+        #: so that the same bytes are not read twice at once.
+        self.reading = trio.Lock()
+        #: A background catch-up is scheduled or running; ``again``: look once more when it ends.
+        self.catching_up = False
+        self.again = False
+
+    @property
+    def count(self) -> int:
+        return len(self.covered)
+
+    def commit(self, number: int, sha256: str, hasher: Hasher, generation: int) -> None:
+        """Take ``hasher``, the state after hashing part ``number`` (``sha256``) onto parts
+        1..number-1 of ``generation``, if that is still the prefix."""
+        if generation != self.generation:
+            return  # the prefix it was built on was replaced meanwhile
+        # Within one generation ``covered`` only grows, so its first number-1 entries are
+        # still the ones the hashing began from.
+        if number == self.count + 1:
+            self.covered.append(sha256)
+            self.hasher = hasher
+        elif number <= self.count and self.covered[number - 1] != sha256:
+            # This part replaced other bytes that were already hashed in: what follows them is void.
+            del self.covered[number - 1 :]
+            self.covered.append(sha256)
+            self.hasher = hasher
+            self.generation += 1
+
+    def stored(self, number: int, sha256: str) -> None:
+        """Part ``number`` was stored without being hashed in (it was not next in order)."""
+        if number <= self.count and self.covered[number - 1] != sha256:
+            # It replaced other bytes in the prefix, and the state before them is not kept.
+            self.hasher = hashlib.sha256()
+            self.covered = []
+            self.generation += 1
 
 
 class LocalStorage:
@@ -314,6 +481,8 @@ class LocalStorage:
         self._contents = root / "contents"
         self._limiter = trio.CapacityLimiter(threads)
         self._buffers = _BufferPool(BATCH_BYTES, keep=4 * threads)
+        self._digests: OrderedDict[str, _RunningDigest] = OrderedDict()
+        self._background: trio.Nursery | None = None
 
     @classmethod
     def open(cls, root: Path) -> LocalStorage:
@@ -324,17 +493,21 @@ class LocalStorage:
         cutoff = time.time() - STALE_TMP_SECONDS
         for leftover in storage._tmp.iterdir():
             with contextlib.suppress(FileNotFoundError):
-                if leftover.stat().st_mtime < cutoff:
-                    leftover.unlink()
+                # Deleted contents are garbage at once; anything else may still be in use by
+                # another server process on this directory unless it is old.
+                if leftover.name.endswith(_DELETED) or leftover.lstat().st_mtime < cutoff:
+                    _remove_tree(leftover)
         return storage
+
+    def start_background(self, nursery: trio.Nursery) -> None:
+        """Run background catch-up of running digests in ``nursery`` (see the module docstring).
+        Without it nothing is hashed ahead, and completion reads what was not hashed on arrival."""
+        self._background = nursery
 
     # --- paths and plumbing ----------------------------------------------------------
 
     def _upload_dir(self, handle: str) -> Path:
         return self._uploads / _safe(handle)
-
-    def _part_path(self, handle: str, number: int) -> Path:
-        return self._upload_dir(handle) / f"{number}.part"
 
     def _content_path(self, key: str) -> Path:
         return self._contents / _safe(key)[-2:] / key
@@ -343,57 +516,166 @@ class LocalStorage:
         """Run blocking ``fn`` in a worker thread (at most ``threads`` at once)."""
         return await trio.to_thread.run_sync(fn, limiter=self._limiter)
 
-    async def _write_new_file(self, produce: Callable[[SendBatch], Awaitable[None]]) -> tuple[_NewFile, str]:
-        """Run the hash and write stages over the batches ``produce`` sends; return the
-        finished (fsynced, unpublished) file and its SHA-256. The caller discards the file."""
+    async def _pipeline(
+        self, produce: Callable[[SendBatch], Awaitable[None]], stages: Sequence[Callable[[_Batch], None]]
+    ) -> None:
+        """Pass the batches ``produce`` sends through the blocking ``stages``, in order.
+
+        Each stage runs in a worker thread of its own and hands each batch on through a
+        one-slot channel, so the stages overlap on consecutive batches; a batch's buffer
+        goes back to the pool after the last stage. Errors anywhere stop the whole pipeline.
+        """
+
+        async def stage(index: int, receive: trio.MemoryReceiveChannel[_Batch]) -> None:
+            # Only the sending side is closed on the way out: that ends the next stage's loop
+            # when this one is done. A failing stage must not close its receiving side, which
+            # would fail the stage before it with a second error; the nursery cancels it instead.
+            last = index == len(stages) - 1
+            onward_send, onward_receive = trio.open_memory_channel[_Batch](1)
+            if not last:
+                nursery.start_soon(stage, index + 1, onward_receive)
+            async with onward_send:
+                async for batch in receive:
+                    await self._run(partial(stages[index], batch))
+                    if not last:
+                        await onward_send.send(batch)
+                    else:
+                        batch.chunks.clear()
+                        for buffer in batch.buffers:
+                            self._buffers.give(buffer)
+
+        first_send, first_receive = trio.open_memory_channel[_Batch](1)
+        with unwrap_single():
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(stage, 0, first_receive)
+                async with first_send:
+                    await produce(first_send.send)
+
+    async def _write_new_file(
+        self, produce: Callable[[SendBatch], Awaitable[None]], also_hash: Hasher | None = None
+    ) -> tuple[_NewFile, Hasher]:
+        """Hash and write the batches ``produce`` sends into a new temp file, feeding them to
+        ``also_hash`` as well if given (in a stage of its own). Returns the finished
+        (fsynced, unpublished) file and the SHA-256 of its bytes. The caller discards the file."""
         staging = self._buffers.take()
         out = await self._run(partial(_NewFile, self._tmp, staging))
         try:
             hasher = hashlib.sha256()
-            to_hash_send, to_hash_receive = trio.open_memory_channel[_Batch](1)
-            to_write_send, to_write_receive = trio.open_memory_channel[_Batch](1)
-
-            def hash_batch(batch: _Batch) -> None:
-                if batch.gather:
-                    assert batch.buffer is not None
-                    offset = 0
-                    for chunk in batch.chunks:
-                        batch.buffer[offset : offset + len(chunk)] = chunk
-                        offset += len(chunk)
-                    # Dropping the chunks here frees them while their memory is still hot.
-                    batch.chunks = [memoryview(batch.buffer)[:offset]]
-                    batch.gather = False
-                for chunk in batch.chunks:
-                    hasher.update(chunk)  # releases the GIL on chunks this large
-
-            async def hash_stage() -> None:
-                async with to_hash_receive, to_write_send:
-                    async for batch in to_hash_receive:
-                        await self._run(partial(hash_batch, batch))
-                        await to_write_send.send(batch)
-
-            async def write_stage() -> None:
-                async with to_write_receive:
-                    async for batch in to_write_receive:
-                        # A batch gathered into its own pool buffer is page-aligned.
-                        await self._run(partial(out.write, batch.chunks, aligned=batch.buffer is not None))
-                        if batch.buffer is not None:
-                            batch.chunks.clear()
-                            self._buffers.give(batch.buffer)
-
-            with unwrap_single():
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(hash_stage)
-                    nursery.start_soon(write_stage)
-                    async with to_hash_send:
-                        await produce(to_hash_send.send)
+            stages: list[Callable[[_Batch], None]] = [partial(_gather_and_hash, hasher)]
+            if also_hash is not None:
+                stages.append(partial(_gather_and_hash, also_hash))
+            # A batch gathered into its own pool buffer is page-aligned.
+            stages.append(lambda batch: out.write(batch.chunks, aligned=bool(batch.buffers)))
+            await self._pipeline(produce, stages)
             await self._run(out.finish)
             self._buffers.give(staging)
-            return out, hasher.hexdigest()
+            return out, hasher
         except BaseException:
             with trio.CancelScope(shield=True):
                 await self._run(out.discard)
             raise
+
+    async def _hash_files(self, hasher: Hasher, files: Sequence[tuple[Path, int]]) -> None:
+        """Feed the bytes of ``files`` (path, expected size), in order, to ``hasher``.
+
+        A reading thread fills pool buffers straight from the file (direct I/O) while a
+        hashing thread hashes the previous one. Raises :class:`StorageError` if a file is
+        missing or does not hold the expected size.
+        """
+
+        async def produce(send: SendBatch) -> None:
+            for path, size in files:
+                reader = await self._run(partial(_BlockReader, path))
+                try:
+                    read = 0
+                    while True:
+                        buffers = [self._buffers.take() for _ in range(READ_BUFFERS)]
+                        _t = time.perf_counter()
+                        blocks = await self._run(partial(reader.next_blocks, buffers))
+                        _READ[0] += time.perf_counter() - _t
+                        if not blocks:
+                            for buffer in buffers:
+                                self._buffers.give(buffer)
+                            break
+                        size = sum(len(b) for b in blocks)
+                        read += size
+                        _t = time.perf_counter()
+                        await send(_Batch(list(blocks), size, buffers))
+                        _SEND[0] += time.perf_counter() - _t
+                finally:
+                    reader.close()
+                if read != size:
+                    raise StorageError(f"{path.name} holds {read} bytes, not the {size} recorded")
+
+        await self._pipeline(produce, [partial(_gather_and_hash, hasher)])
+
+    # --- running digests ---------------------------------------------------------------
+
+    def _running_digest(self, handle: str) -> _RunningDigest:
+        """The running digest of an upload, made empty if there is none (or it was dropped)."""
+        digest = self._digests.get(handle)
+        if digest is None:
+            digest = self._digests[handle] = _RunningDigest()
+            while len(self._digests) > MAX_RUNNING_DIGESTS:
+                self._digests.popitem(last=False)
+        self._digests.move_to_end(handle)
+        return digest
+
+    def _next_part_file(self, handle: str, number: int) -> tuple[Path, _PartFile] | None:
+        """The one part file of ``number`` with a digest in its name, or None if there is not
+        exactly one (absent, or a replacement in progress). Blocking."""
+        directory = self._upload_dir(handle)
+        try:
+            with _dir_lock(directory, fcntl.LOCK_SH):
+                versions = _scan_parts(directory).get(number, [])
+        except (StorageError, FileNotFoundError):
+            return None  # the upload is gone
+        if len(versions) != 1 or versions[0].sha256 is None:
+            return None
+        return directory / versions[0].name, versions[0]
+
+    async def _read_ahead(self, handle: str, digest: _RunningDigest) -> None:
+        """Hash the stored parts that follow the digest's prefix into it, in order, as far as
+        they are contiguous. Only one caller reads for a digest at a time."""
+        async with digest.reading:
+            while self._digests.get(handle) is digest:
+                number = digest.count + 1
+                found = await self._run(partial(self._next_part_file, handle, number))
+                if found is None:
+                    return
+                path, part = found
+                assert part.sha256 is not None
+                generation, hasher = digest.generation, digest.hasher.copy()
+                _t = time.perf_counter()
+                try:
+                    await self._hash_files(hasher, [(path, part.size)])
+                    import sys as _s; _s.stderr.write(f"DEBUG catchup {handle} part {number} {time.perf_counter()-_t:.3f}s read {_READ[0]:.3f} send {_SEND[0]:.3f}\n"); _READ[0] = _SEND[0] = 0
+                except StorageError:
+                    return  # replaced or removed while being read: whoever did that says what next
+                digest.commit(number, part.sha256, hasher, generation)
+
+    def _catch_up_soon(self, handle: str, digest: _RunningDigest) -> None:
+        """Have the background read ahead for this upload, unless it is already doing so."""
+        if self._background is None:
+            return
+        if digest.catching_up:
+            digest.again = True  # the running task may have looked before this part was there
+            return
+        digest.catching_up = True
+        self._background.start_soon(self._catch_up, handle, digest)
+
+    async def _catch_up(self, handle: str, digest: _RunningDigest) -> None:
+        try:
+            while True:
+                digest.again = False
+                await self._read_ahead(handle, digest)
+                if not digest.again:
+                    return
+        except Exception as exc:
+            # Only an optimisation: completion reads whatever this did not get to.
+            log.warning("storage.catch_up_failed", handle=handle, error=repr(exc))
+        finally:
+            digest.catching_up = False
 
     # --- uploads ---------------------------------------------------------------------
 
@@ -407,9 +689,14 @@ class LocalStorage:
     async def put_part(
         self, handle: str, number: int, body: AsyncIterable[bytes], size: int, sha256: str
     ) -> StoredPart:
-        destination = self._part_path(handle, number)
-        if not await self._run(destination.parent.is_dir):
+        directory = self._upload_dir(handle)
+        if not await self._run(directory.is_dir):
             raise StorageError(f"no upload {handle!r} in storage")
+        digest = self._running_digest(handle)
+        # The next part in order is hashed into (a copy of) the running digest as it streams
+        # in. Part 1's own digest is that state already, so it needs no second hash.
+        generation = digest.generation
+        onto = digest.hasher.copy() if number == digest.count + 1 and number > 1 else None
         received = 0
 
         async def produce(send: SendBatch) -> None:
@@ -439,124 +726,206 @@ class LocalStorage:
                     step = BATCH_BYTES - pending
                     chunks.append(view[offset : offset + step])
                     offset += step
-                    await send(_Batch(chunks, BATCH_BYTES, self._buffers.take(), gather=True))
+                    await send(_Batch(chunks, BATCH_BYTES, [self._buffers.take()], gather=True))
                     chunks, pending = [], 0
                 if offset < length:
                     chunks.append(view[offset:])
                     pending = length - offset
             if chunks:
-                await send(_Batch(chunks, pending, self._buffers.take(), gather=True))
+                await send(_Batch(chunks, pending, [self._buffers.take()], gather=True))
 
-        out, digest = await self._write_new_file(produce)
+        out, hasher = await self._write_new_file(produce, also_hash=onto)
         try:
-            if received != size or digest != sha256:
+            digest_hex = hasher.hexdigest()
+            if received != size or digest_hex != sha256:
                 raise ChecksumMismatch(
-                    f"part {number}: got {received} bytes with SHA-256 {digest}, expected {size} bytes with {sha256}",
+                    f"part {number}: got {received} bytes with SHA-256 {digest_hex}, "
+                    f"expected {size} bytes with {sha256}",
                     expected_size=size,
                     actual_size=received,
                     expected_sha256=sha256,
-                    actual_sha256=digest,
+                    actual_sha256=digest_hex,
                 )
-            await self._run(partial(out.publish, destination))
+            await self._run(partial(self._publish_part, out, directory, number, sha256))
         finally:
             with trio.CancelScope(shield=True):
                 await self._run(out.discard)
+        if number == 1:
+            # Part 1 goes onto the empty prefix, which every generation shares.
+            digest.commit(1, sha256, hasher, digest.generation)
+        elif onto is not None:
+            digest.commit(number, sha256, onto, generation)
+        else:
+            digest.stored(number, sha256)
+        if self._digests.get(handle) is digest:
+            # Parts that arrived early may follow this one, or this may be the first part
+            # this process sees of an upload begun before a restart.
+            self._catch_up_soon(handle, digest)
         return StoredPart(number=number, size=size, sha256=sha256)
+
+    @staticmethod
+    def _publish_part(out: _NewFile, directory: Path, number: int, sha256: str) -> None:
+        """Put a verified part file in place under its digest's name and remove the part's
+        other versions, under the upload's lock so that concurrent writers of one part number
+        keep exactly one file (the last one). Blocking."""
+        name = f"{number}.{sha256}.part"
+        with _dir_lock(directory, fcntl.LOCK_EX):
+            out.publish(directory / name)
+            for old in _scan_parts(directory).get(number, []):
+                if old.name != name:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(directory / old.name)
+            _fsync_dir(directory)
 
     async def list_parts(self, handle: str) -> list[StoredPart]:
         def scan() -> list[StoredPart]:
             directory = self._upload_dir(handle)
-            if not directory.is_dir():
+            try:
+                with _dir_lock(directory, fcntl.LOCK_SH):
+                    found = _scan_parts(directory)
+            except StorageError:
                 return []
-            parts = []
-            for entry in os.scandir(directory):
-                match = _PART_FILE.fullmatch(entry.name)
-                if match:
-                    parts.append(StoredPart(number=int(match[1]), size=entry.stat().st_size, sha256=None))
-            return sorted(parts, key=lambda p: p.number)
+            # Two versions of a part exist only after a crash between a publish and its
+            # cleanup; the newer is the one that was being stored.
+            newest = (versions[0] for versions in found.values())
+            return sorted(
+                (StoredPart(number=p.number, size=p.size, sha256=p.sha256) for p in newest), key=lambda p: p.number
+            )
 
         return await self._run(scan)
 
     async def complete(self, handle: str, parts: Sequence[StoredPart], key: str, sha256: str | None) -> StoredContent:
-        destination = self._content_path(key)
-        await self._run(lambda: destination.parent.mkdir(exist_ok=True))
-        if len(parts) == 1 and parts[0].sha256 is not None:
-            # One part is the whole file, and its digest was verified as it arrived:
-            # link it into place instead of copying it.
-            return await self._run(partial(self._link_single_part, handle, parts[0], destination, sha256))
-        scratch = self._buffers.take()
-        reader = _PartsReader([(self._part_path(handle, p.number), p.size) for p in parts], scratch)
-
-        async def produce(send: SendBatch) -> None:
-            while True:
-                buffer = self._buffers.take()
-                filled = await self._run(partial(reader.fill, buffer))
-                if not filled:
-                    self._buffers.give(buffer)
-                    return
-                await send(_Batch([memoryview(buffer)[:filled]], filled, buffer))
-
+        staged = await self._run(partial(self._stage_content, handle, parts))
         try:
-            out, digest = await self._write_new_file(produce)
-        finally:
-            reader.close()
-            self._buffers.give(scratch)
-        try:
+            digest = await self._whole_digest(handle, staged)
+            size = sum(staged.part_sizes)
             if sha256 is not None and digest != sha256:
                 raise ChecksumMismatch(
-                    f"the assembled file has SHA-256 {digest}, expected {sha256}",
-                    expected_size=out.size,
-                    actual_size=out.size,
+                    f"the parts make a file with SHA-256 {digest}, expected {sha256}",
+                    expected_size=size,
+                    actual_size=size,
                     expected_sha256=sha256,
                     actual_sha256=digest,
                 )
-            await self._run(partial(out.publish, destination))
+            manifest = _Manifest(size, digest, staged.part_sizes)
+            await self._run(partial(self._publish_content, staged, manifest, key))
         finally:
             with trio.CancelScope(shield=True):
-                await self._run(out.discard)
-        return StoredContent(size=out.size, sha256=digest)
+                await self._run(partial(_remove_tree, staged.directory))  # a no-op once published
+        return StoredContent(size=size, sha256=digest)
 
-    def _link_single_part(self, handle: str, part: StoredPart, destination: Path, sha256: str | None) -> StoredContent:
-        assert part.sha256 is not None
-        if sha256 is not None and part.sha256 != sha256:
-            raise ChecksumMismatch(
-                f"the file's only part has SHA-256 {part.sha256}, expected {sha256}",
-                expected_size=part.size,
-                actual_size=part.size,
-                expected_sha256=sha256,
-                actual_sha256=part.sha256,
-            )
-        source = self._part_path(handle, part.number)
+    def _stage_content(self, handle: str, parts: Sequence[StoredPart]) -> _Staged:
+        """Link ``parts`` into a new content directory under ``tmp/``. Blocking.
+
+        From here on, completion reads and publishes these links, so what is hashed is what
+        is published even if a part is replaced meanwhile. A part is taken from the file
+        named with its recorded digest if there is one, else from its newest file.
+        """
+        directory = self._upload_dir(handle)
+        staging = self._tmp / f"{secrets.token_hex(12)}.content"
+        staging.mkdir()
         try:
-            actual = source.stat().st_size
-        except FileNotFoundError:
-            raise StorageError(f"part {part.number} of {handle!r} is missing from storage") from None
-        if actual != part.size:
-            raise StorageError(f"part {part.number} of {handle!r} holds {actual} bytes, not {part.size}")
-        # A hard link under a temp name, then an atomic rename: a retry simply replaces it,
-        # and the part keeps its own name until release_parts.
-        link = self._tmp / f"{secrets.token_hex(12)}.tmp"
-        os.link(source, link)
+            sizes: list[int] = []
+            sha256s: list[str | None] = []
+            with _dir_lock(directory, fcntl.LOCK_SH):
+                found = _scan_parts(directory)
+                for index, part in enumerate(parts, start=1):
+                    if part.number != index:
+                        raise StorageError(f"parts must be numbered 1..{len(parts)} in order, not {part.number}")
+                    versions = found.get(index, [])
+                    named = [v for v in versions if v.sha256 is not None and v.sha256 == part.sha256]
+                    if not versions:
+                        raise StorageError(f"part {index} of {handle!r} is missing from storage")
+                    chosen = (named or versions)[0]
+                    if chosen.size != part.size:
+                        raise StorageError(f"part {index} of {handle!r} holds {chosen.size} bytes, not {part.size}")
+                    os.link(directory / chosen.name, staging / _piece_name(index))
+                    sizes.append(chosen.size)
+                    sha256s.append(chosen.sha256)
+            return _Staged(staging, tuple(sizes), tuple(sha256s))
+        except BaseException:
+            _remove_tree(staging)
+            raise
+
+    async def _whole_digest(self, handle: str, staged: _Staged) -> str:
+        """The SHA-256 of the staged parts in order, reading as little of them as it can."""
+        if len(staged.part_sha256s) == 1 and staged.part_sha256s[0] is not None:
+            return staged.part_sha256s[0]  # one part is the whole file, verified as it arrived
+        digest = self._running_digest(handle)
+        _t0 = time.perf_counter(); _c0 = digest.count; _busy = digest.reading.locked()
+        import sys as _s; _s.stderr.write(f"DEBUG complete enter covered={_c0} busy={_busy}\n")
+        # Whatever the background has not hashed yet is read now, into the running digest, so
+        # that a completion retried after a mismatch does not read it again.
+        await self._read_ahead(handle, digest)
+        # The running digest counts only if its parts are the ones linked; no await from here
+        # on until the state is copied, so ``covered`` and ``hasher`` belong together.
+        covered = tuple(digest.covered)
+        _s.stderr.write(f"DEBUG complete after read_ahead covered={len(covered)} t={time.perf_counter()-_t0:.3f}\n")
+        if staged.part_sha256s[: len(covered)] == covered:
+            hasher, start = digest.hasher.copy(), len(covered)
+        else:
+            hasher, start = hashlib.sha256(), 0
+        rest = [(staged.piece(i), staged.part_sizes[i]) for i in range(start, len(staged.part_sizes))]
+        if rest:
+            await self._hash_files(hasher, rest)
+        return hasher.hexdigest()
+
+    def _publish_content(self, staged: _Staged, manifest: _Manifest, key: str) -> None:
+        """Write the manifest into the staged directory and rename it into place. Blocking.
+
+        If ``key`` already names a content (a completion retried after a crash, or racing
+        another), the same content is left as it is; anything else there was never recorded
+        (its completion failed before the database took it) and is replaced.
+        """
+        manifest_path = staged.directory / MANIFEST
+        fd = os.open(manifest_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            os.replace(link, destination)
+            os.write(fd, manifest.dumps())
+            os.fsync(fd)
         finally:
-            link.unlink(missing_ok=True)
-        _fsync_dir(destination.parent)
-        return StoredContent(size=part.size, sha256=part.sha256)
+            os.close(fd)
+        _fsync_dir(staged.directory)  # the links and the manifest, before the name points at them
+        destination = self._content_path(key)
+        destination.parent.mkdir(exist_ok=True)
+        for _ in range(3):
+            try:
+                os.rename(staged.directory, destination)
+            except OSError as exc:
+                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+                    raise
+            else:
+                _fsync_dir(destination.parent)
+                return
+            try:
+                existing: _Manifest | None = _Manifest.load(destination / MANIFEST)
+            except (FileNotFoundError, NotADirectoryError, StorageError):
+                existing = None
+            if existing == manifest:
+                return  # the staged copy is removed by the caller
+            self._remove_content(destination)
+        raise StorageError(f"could not publish content {key!r}: its name stays taken")
+
+    def _remove_content(self, path: Path) -> None:
+        """Remove a content directory (or an old single-file content): first renamed into
+        ``tmp/`` (atomic, so its name never shows a half-deleted content), then emptied. Blocking."""
+        aside = self._tmp / f"{secrets.token_hex(12)}{_DELETED}"
+        try:
+            os.rename(path, aside)
+        except FileNotFoundError:
+            return
+        _fsync_dir(path.parent)
+        _remove_tree(aside)
 
     async def release_parts(self, handle: str) -> None:
         await self.abort(handle)
 
     async def abort(self, handle: str) -> None:
+        self._digests.pop(_safe(handle), None)
+
         def remove() -> None:
             directory = self._upload_dir(handle)
-            if not directory.is_dir():
-                return
-            for entry in os.scandir(directory):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(entry.path)
-            with contextlib.suppress(FileNotFoundError):
-                directory.rmdir()
+            if directory.is_dir():
+                _remove_tree(directory)
 
         await self._run(remove)
 
@@ -565,24 +934,49 @@ class LocalStorage:
     def content_url(self, key: str, ttl_seconds: int) -> PresignedRequest | None:
         return None
 
+    def _pieces(self, key: str) -> list[tuple[Path, int]]:
+        """The files of content ``key`` in order, with their sizes. Blocking."""
+        path = self._content_path(key)
+        try:
+            manifest = _Manifest.load(path / MANIFEST)
+        except NotADirectoryError:
+            # A content stored whole, as this storage did before contents were made of parts.
+            return [(path, path.stat().st_size)]
+        except FileNotFoundError:
+            raise StorageError(f"content {key!r} is missing from storage") from None
+        return [(path / _piece_name(i), size) for i, size in enumerate(manifest.part_sizes, start=1)]
+
     async def read_range(self, key: str, offset: int, length: int) -> AsyncGenerator[bytes, None]:
         scratch = self._buffers.take()
         try:
-            reader = await self._run(partial(_BlockReader, self._content_path(key), scratch, offset))
-            try:
-                remaining = length
-                while remaining > 0:
-                    # Copied out of the scratch buffer: the server may hold a block after sending it.
-                    block = await self._run(partial(reader.read, remaining))
-                    if not block:
-                        raise StorageError(f"content {key!r} is shorter than recorded")
-                    remaining -= len(block)
-                    yield block
-            finally:
-                reader.close()
+            pieces = await self._run(partial(self._pieces, key))
+            start = 0  # where the current piece starts in the content
+            remaining = length
+            for path, size in pieces:
+                if remaining <= 0:
+                    break
+                if offset >= start + size:
+                    start += size
+                    continue
+                wanted = min(start + size - offset, remaining)
+                reader = await self._run(partial(_BlockReader, path, offset - start))
+                try:
+                    while wanted > 0:
+                        # Copied out of the scratch buffer: the server may hold a block after sending it.
+                        block = await self._run(partial(reader.read, scratch, wanted))
+                        if not block:
+                            raise StorageError(f"content {key!r}: {path.name} is shorter than recorded")
+                        wanted -= len(block)
+                        remaining -= len(block)
+                        offset += len(block)
+                        yield block
+                finally:
+                    reader.close()
+                start += size
+            if remaining > 0:
+                raise StorageError(f"content {key!r} is shorter than recorded")
         finally:
             self._buffers.give(scratch)
 
     async def delete_content(self, key: str) -> None:
-        path = self._content_path(key)
-        await self._run(lambda: path.unlink(missing_ok=True))
+        await self._run(partial(self._remove_content, self._content_path(key)))
