@@ -137,7 +137,7 @@ def main() -> int:
         print(f"  download  daemon {rate['daemon_down']:7.1f} MB/s   curl    {rate['curl_down']:7.1f} MB/s   "
               f"ratio {report['download_ratio_vs_curl']}")
         print(f"            curl + fsync, as durable as the daemon: {rate['curl_down_fsync']:7.1f} MB/s   "
-              f"ratio {report['download_ratio_vs_curl_fsync']})")
+              f"ratio {report['download_ratio_vs_curl_fsync']}")
         print(f"  daemon peak RSS {rss:.1f} MiB")
     return 0
 
