@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import socket
 import time
 from urllib.parse import urlencode
 
@@ -91,6 +93,65 @@ def test_whole_and_ranged_reads(stored: dict) -> None:
     assert httpx.get(url, headers={"Range": "bytes=0-1,5-6"}, trust_env=False).content == data
     head = httpx.head(url, trust_env=False)
     assert head.status_code == 200 and head.headers["content-length"] == str(size) and head.content == b""
+
+
+def _request_lines(server: Server, path: str, count: int) -> list[dict]:
+    """The request log lines for ``path``, waiting until there are ``count`` (a line is written
+    once its response is sent, so it may lag the client a little)."""
+    deadline = time.monotonic() + 10
+    while True:
+        lines = []
+        for text in server.log_file.read_text().splitlines():
+            if text.startswith("{"):
+                entry = json.loads(text)
+                if entry.get("event") == "request" and entry.get("path") == path:
+                    lines.append(entry)
+        if len(lines) >= count or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.02)
+
+
+def test_content_reads_are_logged_with_range_and_bytes(env: Env) -> None:
+    data = data_of(3 * PART + 10, seed=24)
+    user_id = ok(env.ada.get("/api/v1/me"))["user_id"]
+    result = upload(env.ada, user_id, data, owner_type="user")
+    url = ok(env.ada.get(f"/api/v1/assets/{result['asset_id']}/download"))["url"]
+    path = httpx.URL(url).path
+    assert httpx.get(url, trust_env=False).status_code == 200
+    assert httpx.get(url, headers={"Range": "bytes=100-70000"}, trust_env=False).status_code == 206
+    assert httpx.get(url, headers={"Range": f"bytes={len(data)}-"}, trust_env=False).status_code == 416
+    assert httpx.head(url, trust_env=False).status_code == 200
+    lines = _request_lines(env.server, path, 4)
+    summary = [(e["method"], e["status"], e["range"], e["bytes"]) for e in lines]
+    assert summary == [
+        ("GET", 200, None, len(data)),
+        ("GET", 206, "bytes=100-70000", 69901),
+        ("GET", 416, f"bytes={len(data)}-", lines[2]["bytes"]),  # the error body
+        ("HEAD", 200, None, 0),
+    ]
+    for entry in lines:
+        # The path alone: the query carries the URL's signature.
+        assert "?" not in entry["path"] and "signature" not in json.dumps(entry)
+        assert isinstance(entry["duration_ms"], float) and entry["level"] == "info"
+    # Every other request has its line too, with the same keys (and no `range`).
+    error(env.ada.get("/api/v1/assets/ast_logged", params={"x": "1"}), 404, "not_found")
+    (other,) = _request_lines(env.server, "/api/v1/assets/ast_logged", 1)
+    assert (other["method"], other["status"]) == ("GET", 404) and other["bytes"] > 0 and "range" not in other
+
+
+def test_a_read_stops_when_its_client_goes_away(env: Env) -> None:
+    data = data_of(16 * 1024 * 1024, seed=25)  # more than the socket buffers hold
+    user_id = ok(env.ada.get("/api/v1/me"))["user_id"]
+    result = upload(env.ada, user_id, data, owner_type="user", part_size=len(data))
+    url = httpx.URL(ok(env.ada.get(f"/api/v1/assets/{result['asset_id']}/download"))["url"])
+    with socket.create_connection((url.host, url.port)) as sock:
+        sock.sendall(f"GET {url.raw_path.decode()} HTTP/1.1\r\nHost: {url.host}\r\n\r\n".encode())
+        received = 0
+        while received < 100_000:
+            received += len(sock.recv(65536))
+    (line,) = _request_lines(env.server, url.path, 1)
+    assert line["client_disconnected"] is True and line["status"] == 200
+    assert line["bytes"] < len(data) // 2  # it stopped reading rather than send the rest to nobody
 
 
 def test_signed_url_tampering_and_expiry(env: Env, stored: dict) -> None:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
+import trio
 from dataerai_server.storage import ChecksumMismatch, LocalStorage, StorageError, StoredPart
 from dataerai_server.storage import local as local_module
 
@@ -146,3 +148,240 @@ def test_stale_temp_files_are_cleared_on_open(tmp_path: Path) -> None:
     os.utime(stale, (0, 0))
     LocalStorage.open(tmp_path)
     assert not stale.exists() and fresh.exists()
+
+
+# --- contents made of their parts --------------------------------------------------------
+
+
+def _pieces(data: bytes, part_size: int) -> list[bytes]:
+    return [data[i : i + part_size] for i in range(0, len(data), part_size)] or [b""]
+
+
+def _records(pieces: Sequence[bytes]) -> list[StoredPart]:
+    return [StoredPart(n, len(p), _sha(p)) for n, p in enumerate(pieces, start=1)]
+
+
+async def _put_all(storage: LocalStorage, handle: str, pieces: Sequence[bytes], order: Sequence[int]) -> None:
+    for number in order:
+        body = pieces[number - 1]
+        await storage.put_part(handle, number, _chunks(body, 50_000), len(body), _sha(body))
+
+
+class _ReadBack:
+    """Counts the bytes completion (or a catch-up) reads back from part files to hash them."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.bytes = 0
+        original = LocalStorage._hash_files
+
+        async def counting(storage: LocalStorage, hasher: Any, files: Sequence[tuple[Path, int]]) -> None:
+            self.bytes += sum(size for _, size in files)
+            await original(storage, hasher, files)
+
+        monkeypatch.setattr(LocalStorage, "_hash_files", counting)
+
+
+async def test_a_content_is_its_parts_linked_not_copied(storage: LocalStorage) -> None:
+    data = _data(3 * 100_000 + 7, seed=30)
+    pieces = _pieces(data, 100_000)
+    handle = await storage.create_upload("upl_links")
+    await _put_all(storage, handle, pieces, [1, 2, 3, 4])
+    part_files = sorted((storage.root / "uploads" / handle).iterdir(), key=lambda p: int(p.name.split(".")[0]))
+    # Each part file is named by the digest it was verified against.
+    assert [p.name for p in part_files] == [f"{n}.{_sha(b)}.part" for n, b in enumerate(pieces, start=1)]
+    await storage.complete(handle, _records(pieces), "upl_links", _sha(data))
+    content = storage.root / "contents" / "ks" / "upl_links"
+    assert sorted(p.name for p in content.iterdir()) == ["00001", "00002", "00003", "00004", "manifest.json"]
+    for number, part_file in enumerate(part_files, start=1):
+        assert (content / f"{number:05d}").stat().st_ino == part_file.stat().st_ino  # the same file, not a copy
+    await storage.release_parts(handle)
+    assert await _read(storage, "upl_links", 0, len(data)) == data
+    # Deleting the content deletes its parts (their last links).
+    await storage.delete_content("upl_links")
+    assert not content.exists()
+    assert not list((storage.root / "tmp").iterdir())
+    with pytest.raises(StorageError):
+        await _read(storage, "upl_links", 0, 1)
+
+
+async def test_ranges_across_part_boundaries(storage: LocalStorage) -> None:
+    # Parts smaller than a read block and not block-aligned, so ranges cross several parts.
+    part_size = 300_001
+    data = _data(5 * part_size + 99, seed=31)
+    pieces = _pieces(data, part_size)
+    handle = await storage.create_upload("upl_ranges")
+    await _put_all(storage, handle, pieces, range(1, len(pieces) + 1))
+    await storage.complete(handle, _records(pieces), "upl_ranges", _sha(data))
+    await storage.release_parts(handle)
+    cases = [
+        (0, len(data)),  # everything
+        (part_size - 1, 2),  # the last byte of part 1 and the first of part 2
+        (part_size - 10, part_size + 20),  # three parts: the end of 1, all of 2, the start of 3
+        (part_size, part_size),  # exactly part 2
+        (2 * part_size + 5, 3 * part_size),  # from inside part 3 to inside part 6
+        (len(data) - 99, 99),  # exactly the last, short part
+        (4095, 1_048_577),  # unaligned, longer than a read block, across four parts
+    ]
+    for offset, length in cases:
+        assert await _read(storage, "upl_ranges", offset, length) == data[offset : offset + length], (offset, length)
+
+
+async def test_zero_byte_content(storage: LocalStorage) -> None:
+    handle = await storage.create_upload("upl_zero")
+    await storage.put_part(handle, 1, _chunks(b""), 0, _sha(b""))
+    content = await storage.complete(handle, [StoredPart(1, 0, _sha(b""))], "upl_zero", _sha(b""))
+    assert (content.size, content.sha256) == (0, _sha(b""))
+    await storage.release_parts(handle)
+    assert await _read(storage, "upl_zero", 0, 0) == b""
+    assert (storage.root / "contents" / "ro" / "upl_zero" / "00001").stat().st_size == 0
+
+
+async def test_wrong_whole_digest_leaves_the_upload_to_be_completed(storage: LocalStorage) -> None:
+    data = _data(4 * 70_000, seed=32)
+    pieces = _pieces(data, 70_000)
+    handle = await storage.create_upload("upl_wrong")
+    await _put_all(storage, handle, pieces, [1, 2, 3, 4])
+    with pytest.raises(ChecksumMismatch) as caught:
+        await storage.complete(handle, _records(pieces), "upl_wrong", "0" * 64)
+    assert caught.value.actual_sha256 == _sha(data) and caught.value.expected_size == len(data)
+    assert not (storage.root / "contents" / "ng" / "upl_wrong").exists()
+    assert not list((storage.root / "tmp").iterdir())
+    assert [(p.number, p.sha256) for p in await storage.list_parts(handle)] == [
+        (n, _sha(p)) for n, p in enumerate(pieces, start=1)
+    ]
+    # Part 3 is re-sent with other bytes; the next completion hashes what is there now.
+    other = _data(70_000, seed=33)
+    await storage.put_part(handle, 3, _chunks(other), len(other), _sha(other))
+    fixed = [*pieces[:2], other, *pieces[3:]]
+    assert len(list((storage.root / "uploads" / handle).iterdir())) == 4  # the old part 3 is gone
+    with pytest.raises(ChecksumMismatch):
+        await storage.complete(handle, _records(fixed), "upl_wrong", _sha(data))
+    content = await storage.complete(handle, _records(fixed), "upl_wrong", _sha(b"".join(fixed)))
+    assert content.sha256 == _sha(b"".join(fixed))
+    assert await _read(storage, "upl_wrong", 0, len(data)) == b"".join(fixed)
+
+
+async def test_parts_in_order_are_hashed_as_they_arrive(storage: LocalStorage, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = _data(5 * 65_536 + 3, seed=34)
+    pieces = _pieces(data, 65_536)
+    handle = await storage.create_upload("upl_order")
+    read_back = _ReadBack(monkeypatch)
+    await _put_all(storage, handle, pieces, range(1, len(pieces) + 1))
+    content = await storage.complete(handle, _records(pieces), "upl_order", _sha(data))
+    assert content.sha256 == _sha(data)
+    assert read_back.bytes == 0  # completion read nothing back
+
+
+async def test_completion_reads_only_what_came_out_of_order(
+    storage: LocalStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = _data(6 * 65_536, seed=35)
+    pieces = _pieces(data, 65_536)
+    handle = await storage.create_upload("upl_late")
+    read_back = _ReadBack(monkeypatch)
+    # 1, 2 in order; 4 and 5 early; 3 fills the gap; 6 in order after that. No background
+    # work here, so completion reads 4 and 5 back (and only them).
+    await _put_all(storage, handle, pieces, [1, 2, 4, 5, 3])
+    await storage.complete(handle, _records(pieces[:5]), "upl_late_5", _sha(b"".join(pieces[:5])))
+    assert read_back.bytes == 2 * 65_536
+    await _put_all(storage, handle, pieces, [6])
+    await storage.complete(handle, _records(pieces), "upl_late", _sha(data))
+    assert read_back.bytes == 2 * 65_536  # 6 was next in order when it arrived
+    assert await _read(storage, "upl_late", 0, len(data)) == data
+
+
+async def test_background_catches_up_with_parts_that_came_early(
+    storage: LocalStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = _data(5 * 65_536, seed=36)
+    pieces = _pieces(data, 65_536)
+    handle = await storage.create_upload("upl_bg")
+    async with trio.open_nursery() as nursery:
+        storage.start_background(nursery)
+        await _put_all(storage, handle, pieces, [2, 4, 5, 1, 3])
+        # Parts 4 and 5 are read back in the background once 3 is there; wait for that.
+        for _ in range(1000):
+            if storage._running_digest(handle).count == len(pieces):
+                break
+            await trio.sleep(0.01)
+        assert storage._running_digest(handle).count == len(pieces)
+        read_back = _ReadBack(monkeypatch)
+        content = await storage.complete(handle, _records(pieces), "upl_bg", _sha(data))
+        assert content.sha256 == _sha(data) and read_back.bytes == 0
+        nursery.cancel_scope.cancel()
+
+
+async def test_completion_after_a_restart_reads_the_parts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = _data(3 * 65_536 + 10, seed=37)
+    pieces = _pieces(data, 65_536)
+    before = LocalStorage.open(tmp_path / "objects")
+    handle = await before.create_upload("upl_restart")
+    await _put_all(before, handle, pieces, [1, 2, 3, 4])
+    # A new process on the same directory: no running digest, so the parts are read back.
+    after = LocalStorage.open(tmp_path / "objects")
+    read_back = _ReadBack(monkeypatch)
+    with pytest.raises(ChecksumMismatch):
+        await after.complete(handle, _records(pieces), "upl_restart", "1" * 64)
+    assert read_back.bytes == len(data)
+    content = await after.complete(handle, _records(pieces), "upl_restart", _sha(data))
+    assert content.sha256 == _sha(data)
+    assert read_back.bytes == len(data)  # the failed attempt's reading was kept
+    assert await _read(after, "upl_restart", 0, len(data)) == data
+
+
+async def test_single_part_after_a_restart_is_not_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = _data(200_000, seed=38)
+    before = LocalStorage.open(tmp_path / "objects")
+    handle = await before.create_upload("upl_one")
+    await before.put_part(handle, 1, _chunks(data), len(data), _sha(data))
+    after = LocalStorage.open(tmp_path / "objects")
+    read_back = _ReadBack(monkeypatch)
+    content = await after.complete(handle, [StoredPart(1, len(data), _sha(data))], "upl_one", _sha(data))
+    # Its file's name is the digest it was verified against on arrival, and it is the whole file's.
+    assert content.sha256 == _sha(data) and read_back.bytes == 0
+    assert await _read(after, "upl_one", 0, len(data)) == data
+
+
+async def test_another_process_replacing_a_part_is_noticed(tmp_path: Path) -> None:
+    data = _data(3 * 65_536, seed=39)
+    pieces = _pieces(data, 65_536)
+    one = LocalStorage.open(tmp_path / "objects")
+    two = LocalStorage.open(tmp_path / "objects")
+    handle = await one.create_upload("upl_two")
+    await _put_all(one, handle, pieces, [1, 2, 3])  # one's running digest covers all three
+    other = _data(65_536, seed=40)
+    await two.put_part(handle, 2, _chunks(other), len(other), _sha(other))  # which one does not know
+    fixed = [pieces[0], other, pieces[2]]
+    # The database would now record part 2 with the new digest.
+    content = await one.complete(handle, _records(fixed), "upl_two", _sha(b"".join(fixed)))
+    assert content.sha256 == _sha(b"".join(fixed))
+    assert await _read(one, "upl_two", 0, len(data)) == b"".join(fixed)
+
+
+async def test_completing_again_keeps_or_replaces_the_object(storage: LocalStorage) -> None:
+    a = _data(100_000, seed=41)
+    b = _data(100_000, seed=42)
+    handle = await storage.create_upload("upl_again")
+    await _put_all(storage, handle, [a, b], [1, 2])
+    first = await storage.complete(handle, _records([a, b]), "upl_again", None)
+    manifest = storage.root / "contents" / "in" / "upl_again" / "manifest.json"
+    inode = manifest.stat().st_ino
+    assert await storage.complete(handle, _records([a, b]), "upl_again", None) == first
+    assert manifest.stat().st_ino == inode  # the same object, left as it was
+    # Under the same key, other parts (a completion that never got recorded, then a re-send).
+    await _put_all(storage, handle, [a, a], [2])
+    second = await storage.complete(handle, _records([a, a]), "upl_again", None)
+    assert second.sha256 == _sha(a + a)
+    assert await _read(storage, "upl_again", 0, 200_000) == a + a
+    assert not list((storage.root / "tmp").iterdir())
+
+
+async def test_content_stored_whole_by_an_earlier_version_is_read(storage: LocalStorage) -> None:
+    data = _data(1_500_000, seed=43)
+    legacy = storage.root / "contents" / "cy" / "upl_legacy"
+    legacy.parent.mkdir()
+    legacy.write_bytes(data)
+    assert await _read(storage, "upl_legacy", 0, len(data)) == data
+    assert await _read(storage, "upl_legacy", 1_000_000, 300_000) == data[1_000_000:1_300_000]
+    await storage.delete_content("upl_legacy")
+    assert not legacy.exists()

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
+
 import httpx
+import pytest
 from server_harness import (
     ALLOCATION,
     PART,
@@ -350,3 +354,42 @@ def test_new_version_of_an_asset(env: Env) -> None:
         404,
         "not_found",
     )
+
+
+class _ClientDied(Exception):
+    """Raised by a request body to stop sending half-way, as a killed client would."""
+
+
+def test_a_body_cut_off_half_way_still_counts_as_received(env: Env) -> None:
+    me = ok(env.ada.get("/api/v1/me"))
+    data = data_of(4 * 1024 * 1024, seed=13)  # a user's upload: no project allocation to fit in
+    session = create_upload(env.ada, me["user_id"], data, owner_type="user", part_size=len(data))
+    upload_id = session["upload_id"]
+    ok(send_part(env.ada, upload_id, 1, b"x" * len(data), signed_sha256=sha256(data)), 422)  # refused: counted
+    assert _session(env, upload_id)["bytes_received"] == len(data)
+    target = ok(
+        env.ada.post(f"/api/v1/uploads/{upload_id}/parts/1/target", json={"sha256": sha256(data), "size": len(data)})
+    )
+    sent = 0
+
+    def half_then_die() -> Iterator[bytes]:
+        nonlocal sent
+        for start in range(0, len(data) // 2, 64 * 1024):
+            chunk = data[start : start + 64 * 1024]
+            sent += len(chunk)
+            yield chunk
+        raise _ClientDied
+
+    # httpx gives up on the connection when the body fails: the server sees it close mid-body.
+    with pytest.raises(_ClientDied):
+        httpx.put(target["url"], content=half_then_die(), headers=target["headers"], trust_env=False)
+    assert sent == len(data) // 2
+    # The server counts what it read once it notices the connection is gone.
+    deadline = time.monotonic() + 10
+    while (state := _session(env, upload_id))["bytes_received"] < len(data) + sent and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert state["bytes_received"] == len(data) + sent
+    assert state["parts"] == []  # nothing was accepted: `writes` counts accepted bodies only
+    ok(send_part(env.ada, upload_id, 1, data))
+    state = _session(env, upload_id)
+    assert state["bytes_received"] == 2 * len(data) + sent and state["parts"][0]["writes"] == 1

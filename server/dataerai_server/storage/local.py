@@ -52,7 +52,7 @@ import os
 import re
 import secrets
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -75,10 +75,10 @@ T = TypeVar("T")
 #: Size of a batch handed to a worker thread, and of a read: large enough that thread
 #: hops cost nothing (about a thousand per GiB), small enough to keep memory flat.
 BATCH_BYTES: Final = 1 << 20
-_READ = [0.0]
-import os as _os
-READ_BUFFERS = int(_os.environ.get("RB", "4"))
-_SEND = [0.0]
+#: Batches filled by one read when a file is read back to be hashed. One 4 MiB request
+#: instead of four 1 MiB ones more than doubled read-back speed while the same disk was
+#: taking an upload's writes (docs/server.md).
+READ_BATCHES: Final = 4
 #: Direct I/O needs offsets, lengths and addresses aligned to the device's block size;
 #: 4 KiB satisfies every common device.
 _ALIGN: Final = 4096
@@ -440,14 +440,20 @@ class _RunningDigest:
         #: A background catch-up is scheduled or running; ``again``: look once more when it ends.
         self.catching_up = False
         self.again = False
+        #: Part numbers being hashed in as they arrive (how many arrivals of each).
+        self.hashing_in: Counter[int] = Counter()
 
     @property
     def count(self) -> int:
         return len(self.covered)
 
-    def commit(self, number: int, sha256: str, hasher: Hasher, generation: int) -> None:
+    def commit(self, number: int, sha256: str, hasher: Hasher, generation: int, *, arrived: bool) -> None:
         """Take ``hasher``, the state after hashing part ``number`` (``sha256``) onto parts
-        1..number-1 of ``generation``, if that is still the prefix."""
+        1..number-1 of ``generation``, if that is still the prefix.
+
+        ``arrived``: the part was hashed as it arrived, so it is the newest version of its
+        number and replaces another one hashed in before; a part read back only extends.
+        """
         if generation != self.generation:
             return  # the prefix it was built on was replaced meanwhile
         # Within one generation ``covered`` only grows, so its first number-1 entries are
@@ -455,7 +461,7 @@ class _RunningDigest:
         if number == self.count + 1:
             self.covered.append(sha256)
             self.hasher = hasher
-        elif number <= self.count and self.covered[number - 1] != sha256:
+        elif arrived and number <= self.count and self.covered[number - 1] != sha256:
             # This part replaced other bytes that were already hashed in: what follows them is void.
             del self.covered[number - 1 :]
             self.covered.append(sha256)
@@ -468,6 +474,9 @@ class _RunningDigest:
             # It replaced other bytes in the prefix, and the state before them is not kept.
             self.hasher = hashlib.sha256()
             self.covered = []
+            self.generation += 1
+        elif number == self.count + 1:
+            # A read-back of an earlier version of this part may be under way: void it.
             self.generation += 1
 
 
@@ -589,19 +598,15 @@ class LocalStorage:
                 try:
                     read = 0
                     while True:
-                        buffers = [self._buffers.take() for _ in range(READ_BUFFERS)]
-                        _t = time.perf_counter()
+                        buffers = [self._buffers.take() for _ in range(READ_BATCHES)]
                         blocks = await self._run(partial(reader.next_blocks, buffers))
-                        _READ[0] += time.perf_counter() - _t
                         if not blocks:
                             for buffer in buffers:
                                 self._buffers.give(buffer)
                             break
-                        size = sum(len(b) for b in blocks)
-                        read += size
-                        _t = time.perf_counter()
-                        await send(_Batch(list(blocks), size, buffers))
-                        _SEND[0] += time.perf_counter() - _t
+                        count = sum(len(b) for b in blocks)
+                        read += count
+                        await send(_Batch(list(blocks), count, buffers))
                 finally:
                     reader.close()
                 if read != size:
@@ -640,19 +645,19 @@ class LocalStorage:
         async with digest.reading:
             while self._digests.get(handle) is digest:
                 number = digest.count + 1
+                if number in digest.hashing_in:
+                    return  # its arrival commits it, then asks for a catch-up again
                 found = await self._run(partial(self._next_part_file, handle, number))
                 if found is None:
                     return
                 path, part = found
                 assert part.sha256 is not None
                 generation, hasher = digest.generation, digest.hasher.copy()
-                _t = time.perf_counter()
                 try:
                     await self._hash_files(hasher, [(path, part.size)])
-                    import sys as _s; _s.stderr.write(f"DEBUG catchup {handle} part {number} {time.perf_counter()-_t:.3f}s read {_READ[0]:.3f} send {_SEND[0]:.3f}\n"); _READ[0] = _SEND[0] = 0
                 except StorageError:
                     return  # replaced or removed while being read: whoever did that says what next
-                digest.commit(number, part.sha256, hasher, generation)
+                digest.commit(number, part.sha256, hasher, generation, arrived=False)
 
     def _catch_up_soon(self, handle: str, digest: _RunningDigest) -> None:
         """Have the background read ahead for this upload, unless it is already doing so."""
@@ -661,8 +666,12 @@ class LocalStorage:
         if digest.catching_up:
             digest.again = True  # the running task may have looked before this part was there
             return
+        try:
+            self._background.start_soon(self._catch_up, handle, digest)
+        except RuntimeError:  # the nursery has closed: the server is stopping
+            self._background = None
+            return
         digest.catching_up = True
-        self._background.start_soon(self._catch_up, handle, digest)
 
     async def _catch_up(self, handle: str, digest: _RunningDigest) -> None:
         try:
@@ -734,33 +743,45 @@ class LocalStorage:
             if chunks:
                 await send(_Batch(chunks, pending, [self._buffers.take()], gather=True))
 
-        out, hasher = await self._write_new_file(produce, also_hash=onto)
+        hashing_in = number == 1 or onto is not None
+        if hashing_in:
+            # Reading this part back would duplicate the hashing under way, even in the
+            # moment between its publication and the commit below.
+            digest.hashing_in[number] += 1
         try:
-            digest_hex = hasher.hexdigest()
-            if received != size or digest_hex != sha256:
-                raise ChecksumMismatch(
-                    f"part {number}: got {received} bytes with SHA-256 {digest_hex}, "
-                    f"expected {size} bytes with {sha256}",
-                    expected_size=size,
-                    actual_size=received,
-                    expected_sha256=sha256,
-                    actual_sha256=digest_hex,
-                )
-            await self._run(partial(self._publish_part, out, directory, number, sha256))
+            out, hasher = await self._write_new_file(produce, also_hash=onto)
+            try:
+                digest_hex = hasher.hexdigest()
+                if received != size or digest_hex != sha256:
+                    raise ChecksumMismatch(
+                        f"part {number}: got {received} bytes with SHA-256 {digest_hex}, "
+                        f"expected {size} bytes with {sha256}",
+                        expected_size=size,
+                        actual_size=received,
+                        expected_sha256=sha256,
+                        actual_sha256=digest_hex,
+                    )
+                await self._run(partial(self._publish_part, out, directory, number, sha256))
+            finally:
+                with trio.CancelScope(shield=True):
+                    await self._run(out.discard)
+            if number == 1:
+                # Part 1 goes onto the empty prefix, which every generation shares.
+                digest.commit(1, sha256, hasher, digest.generation, arrived=True)
+            elif onto is not None:
+                digest.commit(number, sha256, onto, generation, arrived=True)
+            else:
+                digest.stored(number, sha256)
         finally:
-            with trio.CancelScope(shield=True):
-                await self._run(out.discard)
-        if number == 1:
-            # Part 1 goes onto the empty prefix, which every generation shares.
-            digest.commit(1, sha256, hasher, digest.generation)
-        elif onto is not None:
-            digest.commit(number, sha256, onto, generation)
-        else:
-            digest.stored(number, sha256)
-        if self._digests.get(handle) is digest:
-            # Parts that arrived early may follow this one, or this may be the first part
-            # this process sees of an upload begun before a restart.
-            self._catch_up_soon(handle, digest)
+            if hashing_in:
+                digest.hashing_in[number] -= 1
+                if not digest.hashing_in[number]:
+                    del digest.hashing_in[number]
+            if self._digests.get(handle) is digest:
+                # Parts that arrived early may follow this one, this may be the first part
+                # this process sees of an upload begun before a restart, or (if this part
+                # failed) an earlier version of it may be there to read.
+                self._catch_up_soon(handle, digest)
         return StoredPart(number=number, size=size, sha256=sha256)
 
     @staticmethod
@@ -852,15 +873,12 @@ class LocalStorage:
         if len(staged.part_sha256s) == 1 and staged.part_sha256s[0] is not None:
             return staged.part_sha256s[0]  # one part is the whole file, verified as it arrived
         digest = self._running_digest(handle)
-        _t0 = time.perf_counter(); _c0 = digest.count; _busy = digest.reading.locked()
-        import sys as _s; _s.stderr.write(f"DEBUG complete enter covered={_c0} busy={_busy}\n")
         # Whatever the background has not hashed yet is read now, into the running digest, so
         # that a completion retried after a mismatch does not read it again.
         await self._read_ahead(handle, digest)
         # The running digest counts only if its parts are the ones linked; no await from here
         # on until the state is copied, so ``covered`` and ``hasher`` belong together.
         covered = tuple(digest.covered)
-        _s.stderr.write(f"DEBUG complete after read_ahead covered={len(covered)} t={time.perf_counter()-_t0:.3f}\n")
         if staged.part_sha256s[: len(covered)] == covered:
             hasher, start = digest.hasher.copy(), len(covered)
         else:
