@@ -212,14 +212,42 @@ async def _fetch_ranges(ctx: JobContext, fd: int, target: dict[str, Any], asset_
                 raise TransientError(f"range {index}: connection ended after {written} of {length} bytes")
 
         await ctx.retrying(f"reading range {index}", attempt)
-        await trio.to_thread.run_sync(os.fdatasync, fd)
-        await ctx.store.checkpoint(ctx.job_id, index, length, None)
         progress.chunk_finished()
         landed[index].set()
+        unsynced.append((index, length))
+        wrote_more.set()
 
-    async def worker() -> None:
-        for index in queue:
-            await fetch(index)
+    # Ranges are checkpointed only once flushed to disk, but the flushing is
+    # grouped: one fdatasync and one transaction for all ranges written since the
+    # last, in a task of its own, so no range worker ever waits on the disk.
+    unsynced: list[tuple[int, int]] = []
+    wrote_more = trio.Event()
+    workers_done = False
+
+    async def checkpoint_synced() -> None:
+        nonlocal wrote_more
+        while unsynced or not workers_done:
+            if not unsynced:
+                await wrote_more.wait()
+                wrote_more = trio.Event()
+                continue
+            batch = unsynced[:]
+            del unsynced[:]
+            await trio.to_thread.run_sync(os.fdatasync, fd)
+            await ctx.store.checkpoint_many(ctx.job_id, [(i, n, None) for i, n in batch])
+
+    async def workers() -> None:
+        nonlocal workers_done
+
+        async def worker() -> None:
+            for index in queue:
+                await fetch(index)
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(ctx.settings.parts_per_job):
+                nursery.start_soon(worker)
+        workers_done = True
+        wrote_more.set()
 
     whole = hashlib.sha256()
     count = max(1, math.ceil(size / chunk_size))
@@ -234,6 +262,6 @@ async def _fetch_ranges(ctx: JobContext, fd: int, target: dict[str, Any], asset_
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(hash_in_order)
-        for _ in range(ctx.settings.parts_per_job):
-            nursery.start_soon(worker)
+        nursery.start_soon(checkpoint_synced)
+        nursery.start_soon(workers)
     return whole.hexdigest()

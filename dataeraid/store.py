@@ -153,6 +153,17 @@ class Store:
 
         await self.transaction(work)
 
+    async def checkpoint_many(self, job_id: str, chunks: list[tuple[int, int, str | None]]) -> None:
+        """Checkpoint several chunks ``(idx, size, sha256)`` in one transaction."""
+
+        def work(conn: Connection) -> None:
+            table = schema.chunks
+            for idx, size, sha256 in chunks:
+                conn.execute(table.delete().where(table.c.job_id == job_id, table.c.idx == idx))
+                conn.execute(table.insert().values(job_id=job_id, idx=idx, size=size, sha256=sha256))
+
+        await self.transaction(work)
+
     async def checkpoints(self, job_id: str) -> dict[int, Row]:
         query = sa.select(schema.chunks).where(schema.chunks.c.job_id == job_id)
         return await self.transaction(lambda conn: {r["idx"]: dict(r) for r in conn.execute(query).mappings()})
