@@ -39,6 +39,12 @@ def peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def curl_upload(stack: Stack, api: Any, source: Path, project_id: str, size: int, sha: str) -> float:
     session = api.post("/uploads", json={
         "owner_type": "project", "owner_id": project_id, "title": "curl", "file_name": source.name,
@@ -88,6 +94,10 @@ def main() -> int:
     root = Path(tempfile.mkdtemp(prefix="dataerai-bench-"))
     results: dict[str, list[float]] = {"daemon_up": [], "curl_up": [], "daemon_down": [], "curl_down": [],
                                        "curl_down_fsync": []}
+    # CPU seconds spent by the server (and the daemon) per operation: on one 2-core
+    # machine both ends share the cores, so this says where the time goes.
+    cpu: dict[str, list[float]] = {"daemon_up_daemon": [], "daemon_up_server": [], "curl_up_server": [],
+                                   "daemon_down_daemon": [], "daemon_down_server": [], "curl_down_server": []}
     try:
         with Stack(root) as stack:
             stack.start_server()
@@ -98,19 +108,31 @@ def main() -> int:
             with stack.client() as client, stack.api() as api:
                 project_id = client.create_project("bench").project_id
                 asset_id = ""
+                assert stack.server is not None
+                server_pid = stack.server.pid
                 for run in range(args.runs):
+                    s0 = cpu_seconds(server_pid)
                     results["curl_up"].append(curl_upload(stack, api, source, project_id, size, sha))
+                    cpu["curl_up_server"].append(cpu_seconds(server_pid) - s0)
+                    s0, d0 = cpu_seconds(server_pid), cpu_seconds(daemon.pid)
                     started = time.monotonic()
                     up = client.upload(source, title=f"bench {run}", owner_type="project", owner_id=project_id,
                                        chunk_size_mb=args.chunk_mib)
                     results["daemon_up"].append(time.monotonic() - started)
+                    cpu["daemon_up_server"].append(cpu_seconds(server_pid) - s0)
+                    cpu["daemon_up_daemon"].append(cpu_seconds(daemon.pid) - d0)
                     asset_id = up.asset_id
+                    s0 = cpu_seconds(server_pid)
                     written, durable = curl_download(api, asset_id, root / "curl.out")
+                    cpu["curl_down_server"].append(cpu_seconds(server_pid) - s0)
                     results["curl_down"].append(written)
                     results["curl_down_fsync"].append(durable)
+                    s0, d0 = cpu_seconds(server_pid), cpu_seconds(daemon.pid)
                     started = time.monotonic()
                     dl = client.download(asset_id, dest_dir=root / f"down{run}")
                     results["daemon_down"].append(time.monotonic() - started)
+                    cpu["daemon_down_server"].append(cpu_seconds(server_pid) - s0)
+                    cpu["daemon_down_daemon"].append(cpu_seconds(daemon.pid) - d0)
                     Path(dl.files[0].local_path).unlink()
             rss = peak_rss_mib(daemon.pid)
     finally:
@@ -126,6 +148,7 @@ def main() -> int:
         "download_ratio_vs_curl": round(rate["daemon_down"] / rate["curl_down"], 2),
         "download_ratio_vs_curl_fsync": round(rate["daemon_down"] / rate["curl_down_fsync"], 2),
         "daemon_peak_rss_mib": round(rss, 1),
+        "median_cpu_s": {k: round(statistics.median(v), 2) for k, v in cpu.items()},
         "cpus": os.cpu_count(),
     }
     if args.json:
@@ -139,6 +162,10 @@ def main() -> int:
         print(f"            curl + fsync, as durable as the daemon: {rate['curl_down_fsync']:7.1f} MB/s   "
               f"ratio {report['download_ratio_vs_curl_fsync']}")
         print(f"  daemon peak RSS {rss:.1f} MiB")
+        c = report["median_cpu_s"]
+        print(f"  CPU seconds, upload: daemon {c['daemon_up_daemon']} + server {c['daemon_up_server']}"
+              f" (curl: server {c['curl_up_server']}); download: daemon {c['daemon_down_daemon']}"
+              f" + server {c['daemon_down_server']} (curl: server {c['curl_down_server']})")
     return 0
 
 
