@@ -235,6 +235,8 @@ async def _fetch_ranges(ctx: JobContext, fd: int, target: dict[str, Any], asset_
             del unsynced[:]
             await trio.to_thread.run_sync(os.fdatasync, fd)
             await ctx.store.checkpoint_many(ctx.job_id, [(i, n, None) for i, n in batch])
+            for index, _ in batch:
+                await done_with(index, "synced")
 
     async def workers() -> None:
         nonlocal workers_done
@@ -252,6 +254,20 @@ async def _fetch_ranges(ctx: JobContext, fd: int, target: dict[str, Any], asset_
     whole = hashlib.sha256()
     count = max(1, math.ceil(size / chunk_size))
 
+    # A range's pages leave the page cache once it is both on disk and hashed.
+    # Reused pages are cheap and fresh ones are not (on virtual machines above
+    # all), so a download's footprint in memory stays a few ranges, not the file.
+    finished: dict[int, set[str]] = {}
+
+    async def done_with(index: int, what: str) -> None:
+        steps = finished.setdefault(index, set())
+        steps.add(what)
+        if steps == {"synced", "hashed"}:
+            del finished[index]
+            start = index * chunk_size
+            await trio.to_thread.run_sync(os.posix_fadvise, fd, start, min(chunk_size, size - start),
+                                          os.POSIX_FADV_DONTNEED)
+
     async def hash_in_order() -> None:
         for index in range(count):
             if index in landed:
@@ -259,6 +275,8 @@ async def _fetch_ranges(ctx: JobContext, fd: int, target: dict[str, Any], asset_
             start = index * chunk_size
             await trio.to_thread.run_sync(feed_range, fd, start, min(chunk_size, size - start),
                                           ctx.settings.io_block_size, path, whole)
+            if index in landed:
+                await done_with(index, "hashed")
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(hash_in_order)
