@@ -85,6 +85,7 @@ def main() -> int:
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--chunk-mib", type=int, default=64)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--parts-per-job", type=int, default=None, help="the daemon's parts_per_job setting")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     size = args.size_mib * MiB
@@ -99,7 +100,8 @@ def main() -> int:
     cpu: dict[str, list[float]] = {"daemon_up_daemon": [], "daemon_up_server": [], "curl_up_server": [],
                                    "daemon_down_daemon": [], "daemon_down_server": [], "curl_down_server": []}
     try:
-        with Stack(root) as stack:
+        config = {"parts_per_job": args.parts_per_job} if args.parts_per_job else None
+        with Stack(root, daemon_config=config) as stack:
             stack.start_server()
             stack.login(stack.add_user("bench@example.org"))
             daemon = stack.start_daemon()
