@@ -23,7 +23,7 @@ from typing import Any
 import trio
 
 from dataeraid.errors import DataeraiError, TargetExpired, TransientError, from_os_error
-from dataeraid.fileio import feed_range, write_all_at
+from dataeraid.fileio import HASH_SLICE, feed_range, write_all_at
 from dataeraid.transfer import JobContext, Progress
 
 PART_SUFFIX = ".part"
@@ -273,8 +273,10 @@ async def _fetch_ranges(ctx: JobContext, fd: int, target: dict[str, Any], asset_
             if index in landed:
                 await landed[index].wait()
             start = index * chunk_size
-            await trio.to_thread.run_sync(feed_range, fd, start, min(chunk_size, size - start),
-                                          ctx.settings.io_block_size, path, whole)
+            end = start + min(chunk_size, size - start)
+            for piece in range(start, end, HASH_SLICE):
+                await trio.to_thread.run_sync(feed_range, fd, piece, min(HASH_SLICE, end - piece),
+                                              ctx.settings.io_block_size, path, whole)
             if index in landed:
                 await done_with(index, "hashed")
 

@@ -54,26 +54,19 @@ def read_exact(fd: int, offset: int, length: int, path: str) -> bytes:
     return data
 
 
-def hash_range(fd: int, offset: int, length: int, block_size: int, path: str,
-               also: hashlib._Hash | None = None) -> str:
-    """SHA-256 of ``length`` bytes at ``offset``; the same bytes also feed ``also`` if given."""
-    digest = hashlib.sha256()
+def feed_range(fd: int, offset: int, length: int, block_size: int, path: str, *into: hashlib._Hash) -> None:
+    """Feed ``length`` bytes at ``offset`` to every hasher in ``into``, reading each block once."""
     end = offset + length
     while offset < end:
         block = read_exact(fd, offset, min(block_size, end - offset), path)
-        digest.update(block)
-        if also is not None:
-            also.update(block)
+        for hasher in into:
+            hasher.update(block)
         offset += len(block)
-    return digest.hexdigest()
 
 
-def feed_range(fd: int, offset: int, length: int, block_size: int, path: str, into: hashlib._Hash) -> None:
-    end = offset + length
-    while offset < end:
-        block = read_exact(fd, offset, min(block_size, end - offset), path)
-        into.update(block)
-        offset += len(block)
+#: One worker-thread call hashes at most this much, so cancelling (a pause, a
+#: shutdown) waits for no more than a fraction of a second of hashing.
+HASH_SLICE = 64 * 1024 * 1024
 
 
 def write_all_at(fd: int, buffers: list[bytes], offset: int) -> None:

@@ -26,7 +26,7 @@ from typing import Any
 import trio
 
 from dataeraid.errors import DataeraiError, TransientError, from_os_error
-from dataeraid.fileio import SourceIdentity, check_source, feed_range, hash_range, read_exact, source_changed
+from dataeraid.fileio import HASH_SLICE, SourceIdentity, check_source, feed_range, read_exact, source_changed
 from dataeraid.transfer import JobContext, Progress
 
 # A part whose upload failed its checksum this many times, with an unchanged source, fails the job.
@@ -132,19 +132,19 @@ async def _upload_open_file(ctx: JobContext, fd: int, path: str, identity: Sourc
     whole = hashlib.sha256()
     block = ctx.settings.io_block_size
     hashed_send, hashed_receive = trio.open_memory_channel[PartPlan](ctx.settings.parts_per_job)
-    limiter = trio.CapacityLimiter(2)
 
     async def hash_in_order() -> None:
         async with hashed_send:
             for number in range(1, count + 1):
                 offset, size = part_span(number, identity.size, chunk_size)
-                if number in held:
-                    await trio.to_thread.run_sync(feed_range, fd, offset, size, block, path, whole, limiter=limiter)
-                    continue
-                digest = await trio.to_thread.run_sync(
-                    hash_range, fd, offset, size, block, path, whole, limiter=limiter
-                )
-                await hashed_send.send(PartPlan(number, offset, size, digest))
+                # A held part still feeds the whole-file digest; only a part to send needs its own.
+                part_digest = hashlib.sha256()
+                hashers = [whole] if number in held else [whole, part_digest]
+                for start in range(offset, offset + size, HASH_SLICE):
+                    length = min(HASH_SLICE, offset + size - start)
+                    await trio.to_thread.run_sync(feed_range, fd, start, length, block, path, *hashers)
+                if number not in held:
+                    await hashed_send.send(PartPlan(number, offset, size, part_digest.hexdigest()))
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(hash_in_order)
