@@ -133,21 +133,30 @@ async def _upload_open_file(ctx: JobContext, fd: int, path: str, identity: Sourc
     block = ctx.settings.io_block_size
     hashed_send, hashed_receive = trio.open_memory_channel[PartPlan](ctx.settings.parts_per_job)
 
-    async def hash_in_order() -> None:
+    async def hash_slices(offset: int, size: int, hasher: hashlib._Hash) -> None:
+        for start in range(offset, offset + size, HASH_SLICE):
+            length = min(HASH_SLICE, offset + size - start)
+            await trio.to_thread.run_sync(feed_range, fd, start, length, block, path, hasher)
+
+    # Two hashers on two threads, so that both cores can work: the parts' digests
+    # (each needed before its part's URL can be asked for) run ahead of the
+    # senders; the whole file's follows in order on its own, done by completion.
+    async def hash_parts() -> None:
         async with hashed_send:
             for number in range(1, count + 1):
+                if number in held:
+                    continue
                 offset, size = part_span(number, identity.size, chunk_size)
-                # A held part still feeds the whole-file digest; only a part to send needs its own.
                 part_digest = hashlib.sha256()
-                hashers = [whole] if number in held else [whole, part_digest]
-                for start in range(offset, offset + size, HASH_SLICE):
-                    length = min(HASH_SLICE, offset + size - start)
-                    await trio.to_thread.run_sync(feed_range, fd, start, length, block, path, *hashers)
-                if number not in held:
-                    await hashed_send.send(PartPlan(number, offset, size, part_digest.hexdigest()))
+                await hash_slices(offset, size, part_digest)
+                await hashed_send.send(PartPlan(number, offset, size, part_digest.hexdigest()))
+
+    async def hash_whole() -> None:
+        await hash_slices(0, identity.size, whole)
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(hash_in_order)
+        nursery.start_soon(hash_parts)
+        nursery.start_soon(hash_whole)
         async with hashed_receive:
             for _ in range(ctx.settings.parts_per_job):
                 nursery.start_soon(_send_parts, hashed_receive.clone(), ctx, fd, path, identity, upload_id, progress)
