@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import trio
 from dataerai.protocol import encode_notification
 
-from dataeraid import __version__
+from dataeraid import __version__, log
 from dataeraid.auth import Auth
 from dataeraid.config import MAX_CHUNK_SIZE, MAX_PARTS, MIN_CHUNK_SIZE, Settings
 from dataeraid.errors import DataeraiError, TransientError, from_os_error
@@ -28,6 +28,7 @@ from dataeraid.rpc import Connection, Param, Registry
 from dataeraid.scheduler import Scheduler
 
 T = TypeVar("T")
+_log = log.get("dataeraid.methods")
 
 OWNER_TYPES = ("project", "user", "collection")
 ASSET_FIELDS = ("title", "description", "alias", "tags", "metadata")
@@ -190,6 +191,13 @@ def build_registry(svc: Services) -> Registry:
         job = await svc.jobs.transition(job_id, "cancelled", fields={
             "error_code": "cancelled", "error_message": "cancelled by request"})
         svc.scheduler.stop(job_id)
+        if job["upload_id"]:
+            # The parts sent so far are of no use to anyone: let the repository drop them.
+            with trio.move_on_after(10):
+                try:
+                    await svc.remote.abort_upload(job["upload_id"])
+                except (DataeraiError, TransientError) as exc:
+                    _log.info("could not abort the upload session", job_id=job_id, error=str(exc))
         return job
 
     @add("job.pause", "Hold a queued or running job; it keeps its checkpoints.", Param("job_id", "str", required=True))

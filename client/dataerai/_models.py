@@ -366,6 +366,8 @@ class Job:
     files: list[DownloadedFile] = field(default_factory=list)
     error: JobError | None = None
     sha256: str | None = None
+    #: The repository's upload session, once the daemon opened one (uploads only).
+    upload_id: str | None = None
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -399,6 +401,7 @@ class Job:
             else [],
             error=JobError.from_wire(error) if isinstance(error, dict) else None,
             sha256=_opt_str(d.get("sha256")),
+            upload_id=_opt_str(d.get("upload_id")),
             raw=d,
         )
 

@@ -96,8 +96,12 @@ def test_an_acknowledged_enqueue_survives_sigkill(make_stack: Any, tmp_path: Pat
     with stack.client() as client:
         again = client.get_job(job.job_id)
         assert again.state in ("queued", "running")
+        started = wait_for(lambda: client.get_job(job.job_id).upload_id, 30, "the upload session")
         client.cancel(job.job_id)
         assert client.get_job(job.job_id).state == "cancelled"
+    # Cancelling also drops the repository's session and the parts it holds.
+    with stack.api() as api:
+        assert api.get(f"/uploads/{started}").json()["state"] == "aborted"
 
 
 def test_auto_start_from_the_sdk(make_stack: Any, monkeypatch: Any) -> None:
