@@ -75,17 +75,12 @@ def main() -> int:
 
         bar = tqdm(total=size, unit="B", unit_scale=True, unit_divisor=1024, desc="upload", file=sys.stdout)
         killed_at: int | None = None
-        resumed_from: int | None = None
-        restarted = False
         upload_started = time.monotonic()
 
         def show(event: dataerai.ProgressEvent) -> None:
-            nonlocal killed_at, resumed_from
+            nonlocal killed_at
             bar.n = event.bytes_done
             bar.refresh()
-            if restarted and resumed_from is None:
-                # The restarted daemon's first report: what the server holds, from its answer.
-                resumed_from = event.bytes_done
             if killed_at is None and event.percent >= args.kill_at:
                 killed_at = event.bytes_done
                 assert stack.daemon is not None
@@ -102,7 +97,6 @@ def main() -> int:
             stack.stop_daemon(signal.SIGKILL)
             bar.write(f"SIGKILL sent to the daemon at {killed_at / MiB:.0f} MiB; starting it again")
             new_daemon = stack.start_daemon()
-            restarted = True
             bar.write(f"transfer daemon: pid {new_daemon.pid}, resuming from its checkpoints")
             with stack.client() as client:
                 client.wait(job.job_id, on_progress=show, timeout_s=600)
@@ -115,9 +109,10 @@ def main() -> int:
             print(f"upload {done.state}: {done.error}")
             return 1
 
-        # Bytes that had gone out for the parts in flight at the kill, and went again.
-        resent = max(0, (killed_at or 0) - (resumed_from if resumed_from is not None else (killed_at or 0)))
+        # The server counts every body byte it read, cut-off bodies of the parts in
+        # flight at the kill included: what went over the wire beyond the file itself.
         session = _session_stats(stack, job.job_id)
+        resent = session["bytes_received"] - size
         parts_twice = sum(1 for p in session["parts"] if p["writes"] > 1)
 
         dest = root / "downloads"
@@ -141,8 +136,8 @@ def main() -> int:
         print(f"  file             {source.name}, {size:,} bytes, sha256 {source_sha}")
         print(f"  asset            {done.asset_id} (content {done.content_id})")
         print(f"  upload           {size / 1e6 / upload_s:7.1f} MB/s over {upload_s:.2f} s, daemon killed once")
-        print(f"  re-sent          {resent:,} bytes after the kill ({resent / MiB:.1f} MiB of the parts in flight; "
-              f"at most 4 x {args.chunk_mib} MiB); parts stored twice: {parts_twice}")
+        print(f"  re-sent          {resent:,} bytes after the kill, counted by the server ({resent / MiB:.1f} MiB "
+              f"of the parts in flight; at most 4 x {args.chunk_mib} MiB); parts stored twice: {parts_twice}")
         print(f"  download         {size / 1e6 / download_s:7.1f} MB/s over {download_s:.2f} s -> {local}")
         print(f"  sha256 match     {'yes' if local_sha == source_sha else 'NO'}")
         ok = local_sha == source_sha and result.files[0].size == size
