@@ -112,16 +112,21 @@ def test_auto_start_from_the_sdk(make_stack: Any, monkeypatch: Any) -> None:
     for key in ("XDG_STATE_HOME", "XDG_CONFIG_HOME", "XDG_RUNTIME_DIR"):
         monkeypatch.setenv(key, stack.env[key])
 
-    with DataeraiClient(socket_path=str(stack.socket_path), binary_path=str(BIN / "dataerai"),
-                        start_timeout_s=20) as client:
-        status = client.auth_status()
-        pid = client.call("daemon.ping")["pid"]
-    assert status.user_email == "ada@example.org"
-    # The auto-started daemon logs to the state directory, since its stderr goes nowhere.
-    log = stack.root / "state" / "dataerai" / "daemon.log"
-    wait_for(log.exists, 10, "the daemon's log file")
-    os.kill(pid, signal.SIGTERM)
-    wait_for(lambda: not stack.socket_path.exists(), 10, "the daemon to stop")
+    pid = None
+    try:
+        with DataeraiClient(socket_path=str(stack.socket_path), binary_path=str(BIN / "dataerai"),
+                            start_timeout_s=20) as client:
+            pid = client.call("daemon.ping")["pid"]
+            status = client.auth_status()
+        assert status.user_email == "ada@example.org"
+        # The auto-started daemon logs to the state directory, since its stderr goes nowhere.
+        log = stack.root / "state" / "dataerai" / "daemon.log"
+        wait_for(log.exists, 10, "the daemon's log file")
+    finally:
+        # It is nobody's child: stop it here, whatever happened above.
+        if pid is not None:
+            os.kill(pid, signal.SIGTERM)
+            wait_for(lambda: not stack.socket_path.exists(), 10, "the daemon to stop")
 
 
 def test_refuses_a_socket_directory_others_can_enter(stack: Stack, tmp_path: Path) -> None:
