@@ -22,7 +22,7 @@ from typing import Any
 
 import trio
 
-from dataeraid.errors import DataeraiError, TargetExpired, TransientError, from_os_error
+from dataeraid.errors import DataeraiError, TargetExpired, TransientError, first_error, from_os_error
 from dataeraid.fileio import HASH_SLICE, feed_range, write_all_at
 from dataeraid.transfer import JobContext, Progress
 
@@ -245,9 +245,10 @@ async def _fetch_ranges(ctx: JobContext, fd: int, target: dict[str, Any], asset_
             for index in queue:
                 await fetch(index)
 
-        async with trio.open_nursery() as nursery:
-            for _ in range(ctx.settings.parts_per_job):
-                nursery.start_soon(worker)
+        with first_error():
+            async with trio.open_nursery() as nursery:
+                for _ in range(ctx.settings.parts_per_job):
+                    nursery.start_soon(worker)
         workers_done = True
         wrote_more.set()
 
@@ -280,8 +281,9 @@ async def _fetch_ranges(ctx: JobContext, fd: int, target: dict[str, Any], asset_
             if index in landed:
                 await done_with(index, "hashed")
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(hash_in_order)
-        nursery.start_soon(checkpoint_synced)
-        nursery.start_soon(workers)
+    with first_error():
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(hash_in_order)
+            nursery.start_soon(checkpoint_synced)
+            nursery.start_soon(workers)
     return whole.hexdigest()

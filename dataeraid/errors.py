@@ -10,7 +10,15 @@
 from __future__ import annotations
 
 import errno
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
+
+import trio
+
+if sys.version_info < (3, 11):  # pragma: no cover
+    from exceptiongroup import BaseExceptionGroup
 
 from dataerai.protocol import ERRORS
 
@@ -53,3 +61,32 @@ def from_os_error(exc: OSError, what: str) -> DataeraiError:
     """The catalogue's view of a local file error; ``what`` says which file and why."""
     code = _OS_CODES.get(exc.errno or 0, "io_error")
     return DataeraiError(code, f"{what}: {exc.strerror or exc}")
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    found: list[BaseException] = []
+    for exc in group.exceptions:
+        found.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return found
+
+
+@contextmanager
+def first_error() -> Iterator[None]:
+    """Around a nursery of one job's tasks: raise the error that stopped them, not a group.
+
+    When one task fails, Trio cancels its siblings and raises an exception group.
+    The job's outcome is the failure that started it: a ``DataeraiError`` if any
+    task raised one (its code is what the user sees), else the one error that is
+    not a cancellation. Anything else leaves the group as it is.
+    """
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        leaves = _leaves(group)
+        coded = [leaf for leaf in leaves if isinstance(leaf, DataeraiError)]
+        if coded:
+            raise coded[0] from None
+        real = [leaf for leaf in leaves if not isinstance(leaf, trio.Cancelled)]
+        if len(real) == 1:
+            raise real[0] from None
+        raise

@@ -20,7 +20,7 @@ import trio
 from dataeraid import log
 from dataeraid.auth import Auth
 from dataeraid.config import Settings
-from dataeraid.errors import DataeraiError
+from dataeraid.errors import DataeraiError, first_error
 from dataeraid.jobs import Jobs
 from dataeraid.remote import Remote
 from dataeraid.store import Row
@@ -78,7 +78,8 @@ class Scheduler:
                 except DataeraiError:
                     return  # cancelled or paused before it started
                 try:
-                    fields = await self._engines[row["kind"]](ctx)
+                    with first_error():
+                        fields = await self._engines[row["kind"]](ctx)
                 except DataeraiError as exc:
                     ctx.log.warning("job failed", code=exc.code, error=exc.message)
                     await self._finish(job_id, "failed", {"error_code": exc.code, "error_message": exc.message})

@@ -25,7 +25,7 @@ from typing import Any
 
 import trio
 
-from dataeraid.errors import DataeraiError, TransientError, from_os_error
+from dataeraid.errors import DataeraiError, TransientError, first_error, from_os_error
 from dataeraid.fileio import HASH_SLICE, SourceIdentity, check_source, feed_range, read_exact, source_changed
 from dataeraid.transfer import JobContext, Progress
 
@@ -154,12 +154,14 @@ async def _upload_open_file(ctx: JobContext, fd: int, path: str, identity: Sourc
     async def hash_whole() -> None:
         await hash_slices(0, identity.size, whole)
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(hash_parts)
-        nursery.start_soon(hash_whole)
-        async with hashed_receive:
-            for _ in range(ctx.settings.parts_per_job):
-                nursery.start_soon(_send_parts, hashed_receive.clone(), ctx, fd, path, identity, upload_id, progress)
+    with first_error():
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(hash_parts)
+            nursery.start_soon(hash_whole)
+            async with hashed_receive:
+                for _ in range(ctx.settings.parts_per_job):
+                    nursery.start_soon(_send_parts, hashed_receive.clone(), ctx, fd, path, identity, upload_id,
+                                       progress)
 
     await trio.to_thread.run_sync(check_source, path, identity)
     digest = whole.hexdigest()

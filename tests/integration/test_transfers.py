@@ -247,3 +247,18 @@ def test_expired_token_waits_for_auth_then_goes_on_after_login(stack: Stack, tmp
         stack.login(stack.add_user("ada@example.org", scope="write"))
         done = client.wait(job.job_id, timeout_s=60)
     assert done.state == "completed" and done.asset_id
+
+
+def test_source_truncated_mid_upload_fails_with_its_code(make_stack: Any, tmp_path: Path) -> None:
+    # A short read happens inside the job's hashing and sending tasks, not after them.
+    stack = make_stack(daemon_config={"bandwidth_limit_bps": 16 * MiB})
+    source = make_file(tmp_path / "shrinking.bin", 24 * MiB, seed=12)
+    with stack.client() as client:
+        job = client.upload(source, title="shrinking", owner_type="project", owner_id=stack.project_id,
+                            chunk_size_mb=1, wait=False)
+        _wait_progress(stack, job.job_id, 2)
+        os.truncate(source, 4 * MiB)
+        done = client.wait(job.job_id, timeout_s=60)
+    assert done.state == "failed"
+    assert done.error is not None and done.error.code == "source_changed", done.error
+    assert done.asset_id is None
