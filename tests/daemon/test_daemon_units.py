@@ -155,19 +155,17 @@ async def test_first_error_gives_the_coded_failure_of_a_nursery_not_a_group() ->
     async def fails() -> None:
         raise DataeraiError("source_changed", "moved")
 
-    with pytest.raises(DataeraiError) as info:
-        with first_error():
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(trio.sleep_forever)
-                nursery.start_soon(fails)
+    with pytest.raises(DataeraiError) as info, first_error():
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.sleep_forever)
+            nursery.start_soon(fails)
     assert info.value.code == "source_changed"
 
     async def disk_full() -> None:
         raise OSError(28, "No space left on device")
 
-    with pytest.raises(OSError) as os_info:
-        with first_error():
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(trio.sleep_forever)
-                nursery.start_soon(disk_full)
+    with pytest.raises(OSError) as os_info, first_error():
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.sleep_forever)
+            nursery.start_soon(disk_full)
     assert os_info.value.errno == 28
