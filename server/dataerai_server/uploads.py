@@ -370,6 +370,7 @@ def _plan_completion(
     if whole is None:
         raise ApiError("invalid_argument", "`sha256` is required: the session was created without it", field="sha256")
     _check_file_digests(upload, whole, file_sha256)
+    _check_still_writable(session, who, upload)
     held = {p.number: p for p in session.scalars(select(UploadPart).where(UploadPart.upload_id == upload_id)).all()}
     missing = [n for n in range(1, upload.part_count + 1) if n not in held]
     if missing:
@@ -378,6 +379,15 @@ def _plan_completion(
         )
     parts = [StoredPart(number=n, size=held[n].size, sha256=held[n].sha256) for n in range(1, upload.part_count + 1)]
     return _Assembly(handle=upload.storage_handle, parts=parts, sha256=whole)
+
+
+def _check_still_writable(session: Session, who: Principal, upload: UploadSession) -> None:
+    """The caller must still be allowed to write where the content goes (a role may have
+    been lowered while the parts were being sent)."""
+    if upload.asset_id is not None:
+        assets.writable_asset(session, who, upload.asset_id)
+    elif upload.project_id is not None:
+        projects.require_role(session, who, upload.project_id, projects.WRITER_ROLES)
 
 
 def _check_file_digests(upload: UploadSession, whole: str, file_sha256: list[str] | None) -> None:
@@ -439,6 +449,7 @@ def _record_completion(
         assert result is not None
         return result, False
 
+    _check_still_writable(session, who, upload)
     now = utcnow()
     if upload.asset_id is not None:
         asset = assets.writable_asset(session, who, upload.asset_id)
