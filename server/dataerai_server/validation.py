@@ -157,14 +157,13 @@ def file_list(body: Mapping[str, Any], name: str, *, total_size: int) -> list[di
     files: list[dict[str, Any]] = []
     for index, entry in enumerate(value):
         where = f"{name}[{index}]"
-        if not isinstance(entry, dict):
-            raise bad(name, f"entry {index} must be an object {{path, size}}")
-        reject_unknown(entry, ("path", "size"))
-        file_path = string(entry, "path", required=True, nullable=False, max_length=paths.MAX_PATH_LENGTH)
-        assert file_path is not None
-        if (problem := paths.path_problem(file_path)) is not None:
+        if not isinstance(entry, dict) or set(entry) != {"path", "size"}:
+            raise ApiError("invalid_argument", f"`{where}` must be an object {{path, size}}", field=name, index=index)
+        file_path = entry["path"]
+        problem = "must be a string" if not isinstance(file_path, str) else paths.path_problem(file_path)
+        if problem is not None:
             raise ApiError("invalid_argument", f"`{where}.path` {problem}", field=name, index=index)
-        size = entry.get("size")
+        size = entry["size"]
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             raise ApiError("invalid_argument", f"`{where}.size` must be an integer >= 0", field=name, index=index)
         files.append({"path": file_path, "size": size})
