@@ -52,10 +52,6 @@ def readable_asset(session: Session, who: Principal, asset_id: str) -> Asset:
     return asset
 
 
-#: The name the rest of the server has used for :func:`readable_asset`.
-visible_asset = readable_asset
-
-
 def writable_asset(session: Session, who: Principal, asset_id: str) -> Asset:
     """The asset if the caller may change it: ``not_found`` if they cannot even read it,
     ``permission_denied`` if they only read it (a project ``viewer``)."""

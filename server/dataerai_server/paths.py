@@ -43,9 +43,9 @@ def is_valid_path(path: str) -> bool:
 def manifest_problem(paths: Sequence[str]) -> str | None:
     """What is wrong with ``paths`` as the files of one content, or None.
 
-    Each path must be valid, appear once, and no file may also be a directory of
+    The paths (each already valid, see :func:`path_problem`) must be at most
+    :data:`MAX_FILES`, each listed once, and no file may also be a directory of
     another (``a`` and ``a/b``): such a tree cannot be written to a disk.
-    Each path must already be valid (see :func:`path_problem`).
     """
     if len(paths) > MAX_FILES:
         return f"may list at most {MAX_FILES} files"
