@@ -299,3 +299,21 @@ def test_file_lists_are_checked(env: Env) -> None:
     most = too_many[:100_000]
     body = {"owner_type": "project", "owner_id": pid, "file_name": "d", "size": 0, "part_size": 65536, "files": most}
     assert len(ok(env.ada.post("/api/v1/uploads", json=body), 201)["files"]) == 100_000
+
+
+def test_files_of_an_older_version_and_of_a_user_owned_asset(env: Env) -> None:
+    me = ok(env.ada.get("/api/v1/me"))["user_id"]
+    data, files, _ = _tree()
+    first = upload(env.ada, me, data, owner_type="user", files=files, file_name="tree")
+    second = upload(env.ada, me, b"flat", owner_type="user", asset_id=first["asset_id"], file_name="flat.txt")
+    url = f"/api/v1/assets/{first['asset_id']}/files"
+    assert [f["path"] for f in ok(env.ada.get(url))["files"]] == ["flat.txt"]
+    older = ok(env.ada.get(url, params={"content_id": first["content_id"]}))
+    assert [f["path"] for f in older["files"]] == [path for path, _ in FILES]
+    assert ok(env.ada.get(url, params={"content_id": first["content_id"], "path": "c.txt"}))["offset"] == 70_003
+    error(env.ada.get(url, params={"content_id": "cnt_nope"}), 404, "not_found")
+    error(env.bob.get(url), 404, "not_found")
+    # Its owner deletes it; nobody else even sees it.
+    error(env.bob.delete(f"/api/v1/assets/{first['asset_id']}"), 404, "not_found")
+    ok(env.ada.delete(f"/api/v1/assets/{second['asset_id']}"), 204)
+    error(env.ada.get(url), 404, "not_found")

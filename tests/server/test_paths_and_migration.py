@@ -163,3 +163,28 @@ def test_migration_0002_backfills_existing_data(tmp_path: Path) -> None:
             assert connection.execute(text("select count(*) from content_files")).scalar() == 4
     finally:
         db.dispose()
+
+
+def test_openapi_references_resolve() -> None:
+    from dataerai_server.openapi import openapi_document
+
+    document = openapi_document("0")
+    refs: list[str] = []
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            if isinstance(node.get("$ref"), str):
+                refs.append(node["$ref"])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(document)
+    assert "#/components/schemas/Relationship" in refs and "#/components/schemas/AssetList" in refs
+    for ref in refs:
+        target: object = document
+        for key in ref.removeprefix("#/").split("/"):
+            assert isinstance(target, dict) and key in target, ref
+            target = target[key]
