@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import structlog
+import trio
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -195,11 +196,13 @@ class Api:
         asset_id = request.path_params["asset_id"]
         keys = await self.s.db.write(lambda session: assets.delete_asset(session, who, asset_id))
         # After the commit: a failure here leaves unreferenced bytes, never a row without bytes.
-        for key in keys:
-            try:
-                await self.s.storage.delete_content(key)
-            except Exception as exc:
-                log.warning("asset.delete_content_failed", asset_id=asset_id, storage_key=key, error=repr(exc))
+        # Shielded: the rows are gone, so a client going away must not leave the bytes behind.
+        with trio.CancelScope(shield=True):
+            for key in keys:
+                try:
+                    await self.s.storage.delete_content(key)
+                except Exception as exc:
+                    log.warning("asset.delete_content_failed", asset_id=asset_id, storage_key=key, error=repr(exc))
         return Response(status_code=204)
 
     async def asset_files(self, request: Request) -> Response:
