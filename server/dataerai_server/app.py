@@ -22,10 +22,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import __version__, assets, projects, validation
+from . import __version__, assets, project_collections, projects, relationships, validation
 from .auth import READ, WRITE, Principal, bearer_token, lookup_principal
-from .clock import from_unix, isoformat, utcnow
-from .config import MAX_PART_SIZE, MIN_PART_SIZE
+from .clock import from_unix, isoformat, parse_timestamp, utcnow
+from .config import MAX_MANIFEST_JSON_BODY, MAX_PART_SIZE, MIN_PART_SIZE
 from .errors import ApiError, api_error_handler, error_response, http_exception_handler, internal_error
 from .logs import request_log_fields
 from .models import Content
@@ -111,12 +111,156 @@ class Api:
         project_id = request.path_params["project_id"]
         return JSONResponse(await self.s.db.read(lambda session: projects.get_project(session, who, project_id)))
 
+    async def list_projects(self, request: Request) -> Response:
+        who = await self.who(request, READ)
+        return JSONResponse({"projects": await self.s.db.read(lambda session: projects.list_projects(session, who))})
+
+    async def list_members(self, request: Request) -> Response:
+        who = await self.who(request, READ)
+        project_id = request.path_params["project_id"]
+        members = await self.s.db.read(lambda session: projects.list_members(session, who, project_id))
+        return JSONResponse({"members": members})
+
+    async def set_member(self, request: Request) -> Response:
+        who = await self.who(request, WRITE)
+        project_id = request.path_params["project_id"]
+        body = await validation.read_json_object(request)
+        validation.reject_unknown(body, ("email", "role"))
+        email = validation.required_string(body, "email", max_length=320)
+        role = validation.required_string(body, "role", max_length=20)
+        if role not in projects.ROLES:
+            raise validation.bad("role", f"must be one of {', '.join(projects.ROLES)}")
+        member, added = await self.s.db.write(
+            lambda session: projects.set_member(session, who, project_id, email, role)
+        )
+        return JSONResponse(member, status_code=201 if added else 200)
+
+    # --- collections ------------------------------------------------------------------
+
+    async def create_collection(self, request: Request) -> Response:
+        who = await self.who(request, WRITE)
+        body = await validation.read_json_object(request)
+        validation.reject_unknown(body, ("project_id", "name", "parent_id"))
+        project_id = validation.required_string(body, "project_id", max_length=40)
+        name = validation.required_string(body, "name", max_length=200)
+        if not name.strip():
+            raise validation.bad("name", "must not be empty")
+        parent_id = validation.string(body, "parent_id", max_length=40)
+        view = await self.s.db.write(
+            lambda session: project_collections.create_collection(session, who, project_id, name, parent_id)
+        )
+        return JSONResponse(view, status_code=201)
+
+    async def get_collection(self, request: Request) -> Response:
+        who = await self.who(request, READ)
+        collection_id = request.path_params["collection_id"]
+        return JSONResponse(
+            await self.s.db.read(lambda session: project_collections.get_collection(session, who, collection_id))
+        )
+
+    async def list_collections(self, request: Request) -> Response:
+        who = await self.who(request, READ)
+        project_id = request.path_params["project_id"]
+        found = await self.s.db.read(lambda session: project_collections.list_collections(session, who, project_id))
+        return JSONResponse({"collections": found})
+
     # --- assets and content -----------------------------------------------------------
 
     async def get_asset(self, request: Request) -> Response:
         who = await self.who(request, READ)
         asset_id = request.path_params["asset_id"]
         return JSONResponse(await self.s.db.read(lambda session: assets.get_asset(session, who, asset_id)))
+
+    async def list_assets(self, request: Request) -> Response:
+        who = await self.who(request, READ)
+        query = request.query_params
+        project_id, collection_id = query.get("project_id") or None, query.get("collection_id") or None
+        if (project_id is None) == (collection_id is None):
+            raise validation.bad("project_id", "or `collection_id` is required (exactly one of them)")
+        glob = query.get("glob") or None
+        if glob is not None and len(glob) > 4 * 1024:
+            raise validation.bad("glob", "must be at most 4096 characters")
+        wanted = assets.AssetQuery(
+            project_id=project_id,
+            collection_id=collection_id,
+            path_prefix=query.get("path_prefix") or None,
+            glob=glob,
+            limit=validation.query_limit(query, default=assets.DEFAULT_LIMIT, maximum=assets.MAX_LIMIT),
+            cursor=query.get("cursor") or None,
+        )
+        return JSONResponse(await self.s.db.read(lambda session: assets.list_assets(session, who, wanted)))
+
+    async def delete_asset(self, request: Request) -> Response:
+        who = await self.who(request, WRITE)
+        asset_id = request.path_params["asset_id"]
+        keys = await self.s.db.write(lambda session: assets.delete_asset(session, who, asset_id))
+        # After the commit: a failure here leaves unreferenced bytes, never a row without bytes.
+        for key in keys:
+            try:
+                await self.s.storage.delete_content(key)
+            except Exception as exc:
+                log.warning("asset.delete_content_failed", asset_id=asset_id, storage_key=key, error=repr(exc))
+        return Response(status_code=204)
+
+    async def asset_files(self, request: Request) -> Response:
+        who = await self.who(request, READ)
+        asset_id = request.path_params["asset_id"]
+        query = request.query_params
+        content_id = query.get("content_id") or None
+        exact = query.get("path")
+        if exact is not None:
+            return JSONResponse(
+                await self.s.db.read(lambda session: assets.file_info(session, who, asset_id, content_id, exact))
+            )
+        prefix = query.get("prefix") or None
+        limit = validation.query_limit(query, default=assets.DEFAULT_LIMIT, maximum=assets.MAX_LIMIT)
+        cursor = query.get("cursor") or None
+        return JSONResponse(
+            await self.s.db.read(
+                lambda session: assets.list_files(session, who, asset_id, content_id, prefix, limit, cursor)
+            )
+        )
+
+    async def create_relationship(self, request: Request) -> Response:
+        who = await self.who(request, WRITE)
+        from_asset_id = request.path_params["asset_id"]
+        body = await validation.read_json_object(request)
+        validation.reject_unknown(
+            body, ("to_asset_id", "rel_type", "analysis_mode", "qualifier_note", "qualifier_time", "qualifiers")
+        )
+        rel_type = validation.required_string(body, "rel_type", max_length=relationships.MAX_REL_TYPE_LENGTH)
+        if not rel_type.strip():
+            raise validation.bad("rel_type", "must not be empty")
+        mode = validation.string(body, "analysis_mode", max_length=20)
+        if mode is not None and mode not in relationships.ANALYSIS_MODES:
+            raise validation.bad("analysis_mode", f"must be null or one of {', '.join(relationships.ANALYSIS_MODES)}")
+        time_text = validation.string(body, "qualifier_time", max_length=100)
+        qualifier_time = None
+        if time_text is not None:
+            qualifier_time = parse_timestamp(time_text)
+            if qualifier_time is None:
+                raise validation.bad("qualifier_time", "must be an ISO-8601 timestamp such as 2026-11-30T12:00:00Z")
+        qualifiers = body.get("qualifiers")
+        if qualifiers is not None and not isinstance(qualifiers, dict):
+            raise validation.bad("qualifiers", "must be null or a JSON object")
+        new = relationships.NewRelationship(
+            to_asset_id=validation.required_string(body, "to_asset_id", max_length=40),
+            rel_type=rel_type,
+            analysis_mode=mode,
+            qualifier_note=validation.string(body, "qualifier_note"),
+            qualifier_time=qualifier_time,
+            qualifiers=qualifiers,
+        )
+        view = await self.s.db.write(
+            lambda session: relationships.create_relationship(session, who, from_asset_id, new)
+        )
+        return JSONResponse(view, status_code=201)
+
+    async def list_relationships(self, request: Request) -> Response:
+        who = await self.who(request, READ)
+        asset_id = request.path_params["asset_id"]
+        found = await self.s.db.read(lambda session: relationships.list_relationships(session, who, asset_id))
+        return JSONResponse({"relationships": found})
 
     async def patch_asset(self, request: Request) -> Response:
         who = await self.who(request, WRITE)
@@ -135,6 +279,8 @@ class Api:
             if body["metadata"] is None:
                 raise validation.bad("metadata", "must be a JSON object")
             changes["metadata"] = validation.json_object(body, "metadata")
+        if "path" in body:
+            changes["path"] = validation.path(body, "path", nullable=False)
         view = await self.s.db.write(lambda session: assets.patch_asset(session, who, asset_id, changes))
         return JSONResponse(view)
 
@@ -142,7 +288,9 @@ class Api:
         who = await self.who(request, READ)
         asset_id = request.path_params["asset_id"]
         content_id = request.query_params.get("content_id") or None
-        content = await self.s.db.read(lambda session: assets.content_to_read(session, who, asset_id, content_id))
+        content, files = await self.s.db.read(
+            lambda session: assets.download_source(session, who, asset_id, content_id)
+        )
         ttl = self.s.settings.url_ttl_seconds
         direct = self.s.storage.content_url(content.storage_key, ttl)
         if direct is not None:
@@ -158,6 +306,7 @@ class Api:
                 "size": content.size,
                 "sha256": content.sha256,
                 "file_name": content.file_name,
+                "files": files,
                 "url": url,
                 "headers": headers,
                 "expires_at": expires_at,
@@ -200,14 +349,16 @@ class Api:
 
     async def create_upload(self, request: Request) -> Response:
         who = await self.who(request, WRITE)
-        body = await validation.read_json_object(request)
+        body = await validation.read_json_object(request, max_bytes=MAX_MANIFEST_JSON_BODY)
         asset_id = validation.string(body, "asset_id", max_length=40)
         required = asset_id is None
+        size = validation.integer(body, "size", minimum=0)
         new = NewUpload(
             owner_type=validation.string(body, "owner_type", required=required, nullable=not required, max_length=20),
             owner_id=validation.string(body, "owner_id", required=required, nullable=not required, max_length=40),
-            file_name=validation.string(body, "file_name", max_length=4096),
-            size=validation.integer(body, "size", minimum=0),
+            # It names the one file (or the uploaded directory), so it follows the path rules.
+            file_name=validation.path(body, "file_name"),
+            size=size,
             part_size=validation.integer(body, "part_size", minimum=MIN_PART_SIZE, maximum=MAX_PART_SIZE),
             sha256=validation.sha256_hex(body, "sha256"),
             idempotency_key=validation.string(body, "idempotency_key", max_length=200),
@@ -218,6 +369,8 @@ class Api:
             alias=validation.string(body, "alias", max_length=200),
             tags=validation.string_list(body, "tags"),
             metadata=validation.json_object(body, "metadata"),
+            path=validation.path(body, "path"),
+            files=validation.file_list(body, "files", total_size=size),
         )
         view, created = await self.s.uploads.create(who, new)
         return JSONResponse(view, status_code=201 if created else 200)
@@ -281,10 +434,12 @@ class Api:
 
     async def complete_upload(self, request: Request) -> Response:
         who = await self.who(request, WRITE)
-        body = await validation.read_json_object(request)
+        body = await validation.read_json_object(request, max_bytes=MAX_MANIFEST_JSON_BODY)
         key = validation.string(body, "idempotency_key", max_length=200)
         sha256 = validation.sha256_hex(body, "sha256")
-        return JSONResponse(await self.s.uploads.complete(who, request.path_params["upload_id"], key, sha256))
+        file_sha256 = validation.sha256_list(body, "file_sha256")
+        upload_id = request.path_params["upload_id"]
+        return JSONResponse(await self.s.uploads.complete(who, upload_id, key, sha256, file_sha256))
 
     def routes(self) -> list[Route]:
         def r(path: str, endpoint: Callable[[Request], Awaitable[Any]], *methods: str) -> Route:
@@ -295,9 +450,20 @@ class Api:
             r("/openapi.json", self.openapi, "GET"),
             r("/me", self.me, "GET"),
             r("/projects", self.create_project, "POST"),
+            r("/projects", self.list_projects, "GET"),
             r("/projects/{project_id}", self.get_project, "GET"),
+            r("/projects/{project_id}/members", self.list_members, "GET"),
+            r("/projects/{project_id}/members", self.set_member, "POST"),
+            r("/projects/{project_id}/collections", self.list_collections, "GET"),
+            r("/collections", self.create_collection, "POST"),
+            r("/collections/{collection_id}", self.get_collection, "GET"),
+            r("/assets", self.list_assets, "GET"),
             r("/assets/{asset_id}", self.get_asset, "GET"),
             r("/assets/{asset_id}", self.patch_asset, "PATCH"),
+            r("/assets/{asset_id}", self.delete_asset, "DELETE"),
+            r("/assets/{asset_id}/files", self.asset_files, "GET"),
+            r("/assets/{asset_id}/relationships", self.create_relationship, "POST"),
+            r("/assets/{asset_id}/relationships", self.list_relationships, "GET"),
             r("/assets/{asset_id}/download", self.download, "GET"),
             r("/contents/{content_id}/data", self.content_data, "GET"),
             r("/uploads", self.create_upload, "POST"),

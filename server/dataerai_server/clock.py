@@ -27,3 +27,21 @@ def new_id(prefix: str) -> str:
 def from_unix(seconds: float) -> datetime:
     """A Unix timestamp as an aware UTC datetime."""
     return datetime.fromtimestamp(seconds, tz=timezone.utc)
+
+
+def parse_timestamp(text: str) -> datetime | None:
+    """An ISO-8601 timestamp as an aware UTC datetime, or None if it is not one.
+
+    A ``Z`` suffix means UTC (Python 3.10's parser needs it spelled ``+00:00``); a
+    timestamp without an offset is taken as UTC; a date alone is its midnight UTC.
+    """
+    text = text.strip()
+    if text[-1:] in ("Z", "z"):
+        text = text[:-1] + "+00:00"
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc)

@@ -25,6 +25,10 @@ MAX_PART_COUNT: Final = 10_000
 
 #: A JSON request body longer than this is refused with ``frame_too_large``.
 MAX_JSON_BODY: Final = 1 << 20
+#: The same for the two bodies that carry a multi-file content's manifest (``POST
+#: /uploads`` with ``files``, its completion with ``file_sha256``): 100,000 files of
+#: long paths must fit.
+MAX_MANIFEST_JSON_BODY: Final = 64 << 20
 
 
 def sqlite_url(data_dir: Path) -> str:

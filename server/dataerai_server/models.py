@@ -128,6 +128,9 @@ class Asset(Base):
     owner_id: Mapped[str] = mapped_column(ID)
     project_id: Mapped[str | None] = mapped_column(ForeignKey("projects.id"), index=True)
     collection_id: Mapped[str | None] = mapped_column(ForeignKey("collections.id"))
+    # A relative POSIX path (``paths.path_problem``), for listing by prefix or glob;
+    # not unique: two assets may share one. The default only serves the migration.
+    path: Mapped[str] = mapped_column(String(1024), server_default="")
     created_by: Mapped[str] = mapped_column(ForeignKey("users.id"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
@@ -144,6 +147,40 @@ class Content(Base):
     sha256: Mapped[str] = mapped_column(SHA256)
     file_name: Mapped[str | None] = mapped_column(Text)
     storage_key: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class ContentFile(Base):
+    """One file of a content: the bytes ``[offset, offset + size)`` of its stream, at ``path``.
+
+    Every content has at least one row (a single file is a manifest of one). ``sha256`` is
+    what the uploader reported for the file (stored as given); the server verifies only
+    the whole stream's digest, except for a one-file content, where the two are the same.
+    """
+
+    __tablename__ = "content_files"
+    __table_args__ = (UniqueConstraint("content_id", "path"),)
+    content_id: Mapped[str] = mapped_column(ForeignKey("contents.id"), primary_key=True)
+    index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    path: Mapped[str] = mapped_column(String(1024))
+    offset: Mapped[int] = mapped_column(BigInteger)
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str | None] = mapped_column(SHA256)
+
+
+class Relationship(Base):
+    """A directed provenance link: ``from_asset_id`` (the dependent) → ``to_asset_id`` (the origin)."""
+
+    __tablename__ = "relationships"
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    from_asset_id: Mapped[str] = mapped_column(ForeignKey("assets.id"), index=True)
+    to_asset_id: Mapped[str] = mapped_column(ForeignKey("assets.id"), index=True)
+    rel_type: Mapped[str] = mapped_column(String(255))
+    analysis_mode: Mapped[str | None] = mapped_column(String(20))
+    qualifier_note: Mapped[str | None] = mapped_column(Text)
+    qualifier_time: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    qualifiers: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    created_by: Mapped[str] = mapped_column(ForeignKey("users.id"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
@@ -166,6 +203,10 @@ class UploadSession(Base):
     tags: Mapped[list[str]] = mapped_column(JSON)
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON)
     file_name: Mapped[str | None] = mapped_column(Text)
+    # The asset path to set on completion (None: the default, see ``uploads``).
+    path: Mapped[str | None] = mapped_column(String(1024))
+    # ``[{"path", "size"}, ...]`` in stream order for a multi-file content; None for one file.
+    files: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
     size: Mapped[int] = mapped_column(BigInteger)
     part_size: Mapped[int] = mapped_column(BigInteger)
     part_count: Mapped[int] = mapped_column(Integer)
@@ -214,3 +255,6 @@ class UploadCompletion(Base):
 
 
 Index("ix_upload_sessions_user_id_state", UploadSession.user_id, UploadSession.state)
+# Listing a project's or a collection's assets in path order.
+Index("ix_assets_project_id_path", Asset.project_id, Asset.path)
+Index("ix_assets_collection_id_path", Asset.collection_id, Asset.path)

@@ -46,6 +46,10 @@ _INT = {"type": "integer", "minimum": 0}
 _TIME = {"type": "string", "format": "date-time"}
 _SHA = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
 _NSHA = {"type": ["string", "null"], "pattern": "^[0-9a-f]{64}$"}
+_PATH = {"type": "string", "maxLength": 1024, "description": "a relative POSIX path: no leading `/`, no `.`, `..` "
+         "or empty segments, no backslash or NUL"}
+_CURSOR = {"type": ["string", "null"], "description": "pass as `cursor` for the next page; null on the last"}
+_OWNER_TYPE = {"enum": ["project", "collection", "user"]}
 
 _SCHEMAS: dict[str, Any] = {
     "Error": {
@@ -87,9 +91,69 @@ _SCHEMAS: dict[str, Any] = {
             "created_at": _TIME,
         },
     },
+    "ProjectList": {"type": "object", "properties": {"projects": {"type": "array", "items": _ref("Project")}}},
+    "NewMember": {
+        "type": "object",
+        "required": ["email", "role"],
+        "additionalProperties": False,
+        "properties": {"email": _STR, "role": {"enum": ["owner", "editor", "viewer"]}},
+    },
+    "Member": {
+        "type": "object",
+        "properties": {
+            "user_id": _STR,
+            "email": _STR,
+            "role": {"enum": ["owner", "editor", "viewer"]},
+            "created_at": _TIME,
+        },
+    },
+    "MemberList": {"type": "object", "properties": {"members": {"type": "array", "items": _ref("Member")}}},
+    "NewCollection": {
+        "type": "object",
+        "required": ["project_id", "name"],
+        "additionalProperties": False,
+        "properties": {"project_id": _STR, "name": _STR, "parent_id": _NSTR},
+    },
+    "Collection": {
+        "type": "object",
+        "properties": {
+            "collection_id": _STR,
+            "project_id": _STR,
+            "parent_id": _NSTR,
+            "name": _STR,
+            "created_at": _TIME,
+        },
+    },
+    "CollectionList": {
+        "type": "object",
+        "properties": {"collections": {"type": "array", "items": _ref("Collection")}},
+    },
+    "FileInfo": {
+        "type": "object",
+        "properties": {"path": _PATH, "offset": _INT, "size": _INT, "sha256": _NSHA},
+    },
+    "FileOfContent": {
+        "type": "object",
+        "properties": {"path": _PATH, "offset": _INT, "size": _INT, "sha256": _NSHA, "content_id": _STR},
+    },
+    "FileList": {
+        "type": "object",
+        "properties": {
+            "content_id": _STR,
+            "files": {"type": "array", "items": _ref("FileOfContent")},
+            "next_cursor": _CURSOR,
+        },
+    },
     "ContentInfo": {
         "type": "object",
-        "properties": {"content_id": _STR, "size": _INT, "sha256": _SHA, "file_name": _NSTR, "created_at": _TIME},
+        "properties": {
+            "content_id": _STR,
+            "size": _INT,
+            "sha256": _SHA,
+            "file_name": _NSTR,
+            "files": {"type": "array", "items": _ref("FileInfo")},
+            "created_at": _TIME,
+        },
     },
     "Asset": {
         "type": "object",
@@ -98,9 +162,10 @@ _SCHEMAS: dict[str, Any] = {
             "title": _NSTR,
             "description": _NSTR,
             "alias": _NSTR,
+            "path": _PATH,
             "tags": {"type": "array", "items": _STR},
             "metadata": {"type": "object"},
-            "owner_type": {"enum": ["project", "user"]},
+            "owner_type": _OWNER_TYPE,
             "owner_id": _STR,
             "project_id": _NSTR,
             "collection_id": _NSTR,
@@ -119,7 +184,60 @@ _SCHEMAS: dict[str, Any] = {
             "alias": _NSTR,
             "tags": {"type": "array", "items": _STR},
             "metadata": {"type": "object"},
+            "path": _PATH,
         },
+    },
+    "AssetList": {
+        "type": "object",
+        "properties": {"assets": {"type": "array", "items": _ref("Asset")}, "next_cursor": _CURSOR},
+    },
+    "NewRelationship": {
+        "type": "object",
+        "required": ["to_asset_id", "rel_type"],
+        "additionalProperties": False,
+        "properties": {
+            "to_asset_id": _STR,
+            "rel_type": {"type": "string", "minLength": 1, "maxLength": 255},
+            "analysis_mode": {
+                "enum": [
+                    "non_destructive",
+                    "altering",
+                    "destructive",
+                    "in_situ",
+                    "ex_situ",
+                    "invasive",
+                    "non_invasive",
+                    None,
+                ]
+            },
+            "qualifier_note": _NSTR,
+            "qualifier_time": {"type": ["string", "null"], "format": "date-time"},
+            "qualifiers": {"type": ["object", "null"]},
+        },
+    },
+    "Relationship": {
+        "type": "object",
+        "properties": {
+            "relationship_id": _STR,
+            "type": _STR,
+            "from_asset_id": _STR,
+            "to_asset_id": _STR,
+            "related_asset": {
+                "type": "object",
+                "properties": {"id": _STR, "title": _NSTR, "owner_type": _OWNER_TYPE, "owner_id": _STR},
+            },
+            "analysis_mode": _NSTR,
+            "qualifier_note": _NSTR,
+            "qualifier_time": {"type": ["string", "null"], "format": "date-time"},
+            "qualifiers": {"type": ["object", "null"]},
+            "created_by": _STR,
+            "created_at": _TIME,
+            "direction": {"enum": ["outgoing", "incoming"], "description": "in listings only"},
+        },
+    },
+    "RelationshipList": {
+        "type": "object",
+        "properties": {"relationships": {"type": "array", "items": _ref("Relationship")}},
     },
     "Download": {
         "type": "object",
@@ -128,6 +246,7 @@ _SCHEMAS: dict[str, Any] = {
             "size": _INT,
             "sha256": _SHA,
             "file_name": _NSTR,
+            "files": {"type": "array", "items": _ref("FileInfo")},
             "url": _STR,
             "headers": {"type": "object", "additionalProperties": _STR},
             "expires_at": _TIME,
@@ -137,7 +256,7 @@ _SCHEMAS: dict[str, Any] = {
         "type": "object",
         "required": ["size", "part_size"],
         "properties": {
-            "owner_type": {"enum": ["project", "user"]},
+            "owner_type": _OWNER_TYPE,
             "owner_id": _STR,
             "title": _NSTR,
             "description": _NSTR,
@@ -146,7 +265,14 @@ _SCHEMAS: dict[str, Any] = {
             "metadata": {"type": "object"},
             "collection_id": _NSTR,
             "asset_id": _NSTR,
-            "file_name": _NSTR,
+            "file_name": {"type": ["string", "null"], "maxLength": 1024},
+            "path": {**_PATH, "type": ["string", "null"]},
+            "files": {
+                "type": ["array", "null"],
+                "maxItems": 100000,
+                "items": {"type": "object", "required": ["path", "size"], "properties": {"path": _PATH, "size": _INT}},
+                "description": "the files in stream order; their sizes add up to `size`",
+            },
             "size": _INT,
             "part_size": {"type": "integer", "minimum": 65536, "maximum": 5368709120},
             "sha256": _NSHA,
@@ -171,6 +297,11 @@ _SCHEMAS: dict[str, Any] = {
             "part_count": {"type": "integer", "minimum": 1},
             "sha256": _NSHA,
             "file_name": _NSTR,
+            "path": _NSTR,
+            "files": {
+                "type": ["array", "null"],
+                "items": {"type": "object", "properties": {"path": _PATH, "size": _INT}},
+            },
             "parts": {"type": "array", "items": _ref("Part")},
             "bytes_received": _INT,
             "created_at": _TIME,
@@ -198,7 +329,11 @@ _SCHEMAS: dict[str, Any] = {
     },
     "Completion": {
         "type": "object",
-        "properties": {"idempotency_key": _NSTR, "sha256": _NSHA},
+        "properties": {
+            "idempotency_key": _NSTR,
+            "sha256": _NSHA,
+            "file_sha256": {"type": ["array", "null"], "items": _SHA, "description": "one per file, as reported"},
+        },
     },
 }
 
@@ -208,6 +343,15 @@ def openapi_document(version: str) -> dict[str, Any]:
     asset = _path_param("asset_id", "an asset id (`ast_…`)")
     upload = _path_param("upload_id", "an upload session id (`upl_…`)")
     number = {"name": "number", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1}}
+    project = _path_param("project_id", "a project id (`prj_…`)")
+    limit = {"name": "limit", "in": "query", "required": False,
+             "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}}
+    cursor = {"name": "cursor", "in": "query", "required": False, "schema": _STR,
+              "description": "the `next_cursor` of the previous page"}
+
+    def query(name: str, description: str) -> dict[str, Any]:
+        return {"name": name, "in": "query", "required": False, "schema": _STR, "description": description}
+
     paths: dict[str, Any] = {
         "/api/v1/health": {
             "get": {
@@ -234,13 +378,69 @@ def openapi_document(version: str) -> dict[str, Any]:
                 "summary": "Create a project with its root collection, owner membership and allocation (write)",
                 "requestBody": _body(_ref("NewProject")),
                 "responses": {"201": _json(_ref("Project"), "created"), **_errors(400, 401, 403)},
-            }
+            },
+            "get": {
+                "summary": "The caller's projects (every one they are a member of)",
+                "responses": {"200": _json(_ref("ProjectList"), "the projects"), **_errors(401)},
+            },
         },
         "/api/v1/projects/{project_id}": {
             "get": {
                 "summary": "A project (members only)",
-                "parameters": [_path_param("project_id", "a project id (`prj_…`)")],
+                "parameters": [project],
                 "responses": {"200": _json(_ref("Project"), "the project"), **_errors(401, 404)},
+            }
+        },
+        "/api/v1/projects/{project_id}/members": {
+            "get": {
+                "summary": "The project's members and their roles (members only)",
+                "parameters": [project],
+                "responses": {"200": _json(_ref("MemberList"), "the members"), **_errors(401, 404)},
+            },
+            "post": {
+                "summary": "Add a member or change their role (owners only; write)",
+                "parameters": [project],
+                "requestBody": _body(_ref("NewMember")),
+                "responses": {
+                    "201": _json(_ref("Member"), "added"),
+                    "200": _json(_ref("Member"), "their role changed"),
+                    **_errors(400, 401, 403, 404, 409),
+                },
+            },
+        },
+        "/api/v1/projects/{project_id}/collections": {
+            "get": {
+                "summary": "Every collection of the project, the root first (members only)",
+                "parameters": [project],
+                "responses": {"200": _json(_ref("CollectionList"), "the collections"), **_errors(401, 404)},
+            }
+        },
+        "/api/v1/collections": {
+            "post": {
+                "summary": "Create a collection under `parent_id` or the root collection (owners, editors; write)",
+                "requestBody": _body(_ref("NewCollection")),
+                "responses": {"201": _json(_ref("Collection"), "created"), **_errors(400, 401, 403, 404)},
+            }
+        },
+        "/api/v1/collections/{collection_id}": {
+            "get": {
+                "summary": "A collection (members of its project only)",
+                "parameters": [_path_param("collection_id", "a collection id (`col_…`)")],
+                "responses": {"200": _json(_ref("Collection"), "the collection"), **_errors(401, 404)},
+            }
+        },
+        "/api/v1/assets": {
+            "get": {
+                "summary": "A page of a project's or a collection's assets, by path then id",
+                "parameters": [
+                    query("project_id", "list this project's assets (this or `collection_id`)"),
+                    query("collection_id", "list the assets directly in this collection"),
+                    query("path_prefix", "only paths starting with this string"),
+                    query("glob", "only paths matching: `*` within a segment, `**` across, `?`, `[...]`"),
+                    limit,
+                    cursor,
+                ],
+                "responses": {"200": _json(_ref("AssetList"), "a page of assets"), **_errors(400, 401, 404)},
             }
         },
         "/api/v1/assets/{asset_id}": {
@@ -254,6 +454,44 @@ def openapi_document(version: str) -> dict[str, Any]:
                 "parameters": [asset],
                 "requestBody": _body(_ref("AssetPatch")),
                 "responses": {"200": _json(_ref("Asset"), "the changed asset"), **_errors(400, 401, 403, 404)},
+            },
+            "delete": {
+                "summary": "Delete the asset, every content version and relationship, and their bytes (write)",
+                "parameters": [asset],
+                "responses": {"204": {"description": "deleted"}, **_errors(401, 403, 404)},
+            },
+        },
+        "/api/v1/assets/{asset_id}/files": {
+            "get": {
+                "summary": "One file of the latest (or a chosen) content by exact `path`, or a page of its files",
+                "parameters": [
+                    asset,
+                    query("path", "exactly this file: answers one FileOfContent (404 if absent)"),
+                    query("prefix", "list only files whose path starts with this string"),
+                    query("content_id", "a content version of this asset (default: the latest)"),
+                    limit,
+                    cursor,
+                ],
+                "responses": {
+                    "200": _json(
+                        {"oneOf": [_ref("FileOfContent"), _ref("FileList")]},
+                        "with `path`: the file; without: a page of files in stream order",
+                    ),
+                    **_errors(400, 401, 404),
+                },
+            }
+        },
+        "/api/v1/assets/{asset_id}/relationships": {
+            "post": {
+                "summary": "Link this asset (the source; write access) to `to_asset_id` (read access) (write)",
+                "parameters": [asset],
+                "requestBody": _body(_ref("NewRelationship")),
+                "responses": {"201": _json(_ref("Relationship"), "created"), **_errors(400, 401, 403, 404)},
+            },
+            "get": {
+                "summary": "The asset's outgoing and incoming links (`direction`)",
+                "parameters": [asset],
+                "responses": {"200": _json(_ref("RelationshipList"), "the links"), **_errors(401, 404)},
             },
         },
         "/api/v1/assets/{asset_id}/download": {

@@ -1,5 +1,11 @@
 """Projects: creation (with root collection, owner membership and allocation), reading, membership.
 
+Access is by membership: any member (``owner``, ``editor``, ``viewer``) reads the
+project and everything in it; ``owner`` and ``editor`` change its assets and
+collections; only an ``owner`` manages members. A non-member is told ``not_found``
+(the project's existence is not leaked); a member without the role needed is told
+``permission_denied``.
+
 Functions take a SQLAlchemy session and run inside the caller's transaction
 (see ``db.Database``); they return plain dicts shaped as in ``docs/http-api.md``.
 """
@@ -14,9 +20,14 @@ from sqlalchemy.orm import Session
 from .auth import Principal
 from .clock import isoformat, new_id, utcnow
 from .errors import ApiError
-from .models import Asset, Collection, Content, Membership, Project
+from .models import Asset, Collection, Content, Membership, Project, User
 
 OWNER = "owner"
+EDITOR = "editor"
+VIEWER = "viewer"
+ROLES = (OWNER, EDITOR, VIEWER)
+#: The roles that may change a project's assets and collections.
+WRITER_ROLES = (OWNER, EDITOR)
 
 
 def used_bytes(session: Session, project_id: str) -> int:
@@ -29,13 +40,33 @@ def used_bytes(session: Session, project_id: str) -> int:
     return int(total or 0)
 
 
+def member_role_or_none(session: Session, who: Principal, project_id: str) -> str | None:
+    """The caller's role in the project, or None if they are not a member."""
+    membership = session.get(Membership, (project_id, who.user_id))
+    return None if membership is None else membership.role
+
+
 def member_role(session: Session, who: Principal, project_id: str) -> str:
     """The caller's role in the project; ``not_found`` if there is no such project or they are not a member
     (a non-member cannot tell the two apart)."""
-    membership = session.get(Membership, (project_id, who.user_id))
-    if membership is None:
+    role = member_role_or_none(session, who, project_id)
+    if role is None:
         raise ApiError("not_found", f"no project {project_id!r} visible to you", project_id=project_id)
-    return membership.role
+    return role
+
+
+def require_role(session: Session, who: Principal, project_id: str, roles: tuple[str, ...]) -> str:
+    """The caller's role, which must be one of ``roles``: ``not_found`` for a non-member,
+    ``permission_denied`` for a member with another role."""
+    role = member_role(session, who, project_id)
+    if role not in roles:
+        raise ApiError(
+            "permission_denied",
+            f"your role in project {project_id!r} is {role}; this needs {' or '.join(roles)}",
+            project_id=project_id,
+            role=role,
+        )
+    return role
 
 
 def project_view(session: Session, project: Project, role: str) -> dict[str, Any]:
@@ -80,3 +111,65 @@ def get_project(session: Session, who: Principal, project_id: str) -> dict[str, 
     project = session.get(Project, project_id)
     assert project is not None  # a membership implies its project (foreign key)
     return project_view(session, project, role)
+
+
+def list_projects(session: Session, who: Principal) -> list[dict[str, Any]]:
+    """The projects the caller is a member of, oldest first."""
+    rows = session.execute(
+        select(Project, Membership.role)
+        .join(Membership, Membership.project_id == Project.id)
+        .where(Membership.user_id == who.user_id)
+        .order_by(Project.created_at, Project.id)
+    ).all()
+    return [project_view(session, project, role) for project, role in rows]
+
+
+def member_view(membership: Membership, user: User) -> dict[str, Any]:
+    return {
+        "user_id": user.id,
+        "email": user.email,
+        "role": membership.role,
+        "created_at": isoformat(membership.created_at),
+    }
+
+
+def list_members(session: Session, who: Principal, project_id: str) -> list[dict[str, Any]]:
+    """The project's members (any member may read them), in the order they joined."""
+    member_role(session, who, project_id)
+    rows = session.execute(
+        select(Membership, User)
+        .join(User, User.id == Membership.user_id)
+        .where(Membership.project_id == project_id)
+        .order_by(Membership.created_at, User.email)
+    ).all()
+    return [member_view(membership, user) for membership, user in rows]
+
+
+def set_member(
+    session: Session, who: Principal, project_id: str, email: str, role: str
+) -> tuple[dict[str, Any], bool]:
+    """Add the user with ``email`` to the project with ``role``, or change their role (owners only).
+
+    Returns the member and whether they are new. ``not_found`` (``field: email``) if no
+    user has that email; ``conflict`` if it would leave the project without an owner.
+    """
+    require_role(session, who, project_id, (OWNER,))
+    user = session.scalars(select(User).where(User.email == email)).one_or_none()
+    if user is None:
+        raise ApiError("not_found", f"no user with email {email!r}; add one with `dataerai-server users add`",
+                       field="email")
+    membership = session.get(Membership, (project_id, user.id))
+    if membership is None:
+        membership = Membership(project_id=project_id, user_id=user.id, role=role, created_at=utcnow())
+        session.add(membership)
+        session.flush()
+        return member_view(membership, user), True
+    if membership.role == OWNER and role != OWNER:
+        owners = session.scalar(
+            select(func.count()).where(Membership.project_id == project_id, Membership.role == OWNER)
+        )
+        if owners == 1:
+            raise ApiError("conflict", f"{email} is the project's last owner; make someone else owner first")
+    membership.role = role
+    session.flush()
+    return member_view(membership, user), False

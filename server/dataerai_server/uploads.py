@@ -24,17 +24,17 @@ from typing import Any
 
 import structlog
 import trio
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from . import assets, projects
+from . import assets, project_collections, projects
 from .auth import Principal
 from .clock import isoformat, new_id, utcnow
 from .config import MAX_PART_COUNT, Settings
 from .db import Database
 from .errors import ApiError
-from .models import Asset, Collection, Content, Project, UploadCompletion, UploadPart, UploadSession
+from .models import Asset, Collection, Content, ContentFile, Project, UploadCompletion, UploadPart, UploadSession
 from .storage import ChecksumMismatch, PresignedRequest, Storage, StorageError, StoredPart
 
 log = structlog.get_logger(__name__)
@@ -62,6 +62,10 @@ class NewUpload:
     alias: str | None = None
     tags: list[str] = field(default_factory=list)
     metadata: dict[str, Any] = field(default_factory=dict)
+    #: The asset path to set (None: keep it, or for a new asset ``file_name``, else the asset id).
+    path: str | None = None
+    #: ``[{"path", "size"}, ...]`` in stream order, already checked; None: one file, ``file_name``.
+    files: list[dict[str, Any]] | None = None
 
     @property
     def part_count(self) -> int:
@@ -100,6 +104,8 @@ def session_view(session: Session, upload: UploadSession) -> dict[str, Any]:
         "part_count": upload.part_count,
         "sha256": upload.sha256,
         "file_name": upload.file_name,
+        "path": upload.path,
+        "files": upload.files,
         "parts": [{"number": p.number, "size": p.size, "sha256": p.sha256, "writes": p.writes} for p in parts],
         "bytes_received": upload.bytes_received,
         "created_at": isoformat(upload.created_at),
@@ -141,9 +147,13 @@ class _Placement:
 
 
 def _check_new_upload(session: Session, who: Principal, new: NewUpload) -> _Placement:
-    """Ownership, visibility and quota checks for a new session; raises the API error that applies."""
+    """Ownership, access and quota checks for a new session; raises the API error that applies.
+
+    The caller needs write access to where the content goes: the asset (a new version),
+    or the owning project or collection (``owner`` or ``editor``), or their own user.
+    """
     if new.asset_id is not None:
-        asset = assets.visible_asset(session, who, new.asset_id)
+        asset = assets.writable_asset(session, who, new.asset_id)
         if (new.owner_type, new.owner_id) not in ((None, None), (asset.owner_type, asset.owner_id)):
             raise ApiError(
                 "invalid_argument",
@@ -153,7 +163,7 @@ def _check_new_upload(session: Session, who: Principal, new: NewUpload) -> _Plac
         placement = _Placement(asset.owner_type, asset.owner_id, asset.project_id, asset.collection_id)
     elif new.owner_type == assets.OWNER_PROJECT:
         assert new.owner_id is not None
-        projects.member_role(session, who, new.owner_id)
+        projects.require_role(session, who, new.owner_id, projects.WRITER_ROLES)
         project = session.get(Project, new.owner_id)
         assert project is not None
         collection_id = new.collection_id or project.root_collection_id
@@ -163,6 +173,17 @@ def _check_new_upload(session: Session, who: Principal, new: NewUpload) -> _Plac
                 "not_found", f"project {project.id!r} has no collection {collection_id!r}", field="collection_id"
             )
         placement = _Placement(assets.OWNER_PROJECT, project.id, project.id, collection_id)
+    elif new.owner_type == assets.OWNER_COLLECTION:
+        assert new.owner_id is not None
+        collection = project_collections.visible_collection(session, who, new.owner_id)
+        if new.collection_id not in (None, collection.id):
+            raise ApiError(
+                "invalid_argument",
+                "`collection_id` must be null or the owning collection's id for a collection-owned upload",
+                field="collection_id",
+            )
+        projects.require_role(session, who, collection.project_id, projects.WRITER_ROLES)
+        placement = _Placement(assets.OWNER_COLLECTION, collection.id, collection.project_id, collection.id)
     elif new.owner_type == assets.OWNER_USER:
         if new.owner_id != who.user_id:
             raise ApiError(
@@ -172,7 +193,9 @@ def _check_new_upload(session: Session, who: Principal, new: NewUpload) -> _Plac
             raise ApiError("invalid_argument", "a user-owned asset is in no collection", field="collection_id")
         placement = _Placement(assets.OWNER_USER, who.user_id, None, None)
     else:
-        raise ApiError("invalid_argument", "`owner_type` must be `project` or `user`", field="owner_type")
+        raise ApiError(
+            "invalid_argument", "`owner_type` must be `project`, `collection` or `user`", field="owner_type"
+        )
 
     if placement.project_id is not None:
         project = session.get(Project, placement.project_id)
@@ -213,6 +236,8 @@ def _insert_session(
         tags=new.tags,
         meta=new.metadata,
         file_name=new.file_name,
+        path=new.path,
+        files=new.files,
         size=new.size,
         part_size=new.part_size,
         part_count=new.part_count,
@@ -318,7 +343,12 @@ class _Done:
 
 
 def _plan_completion(
-    session: Session, who: Principal, upload_id: str, key: str | None, sha256: str | None
+    session: Session,
+    who: Principal,
+    upload_id: str,
+    key: str | None,
+    sha256: str | None,
+    file_sha256: list[str] | None,
 ) -> _Done | _Assembly:
     """Either the stored result (already completed, or the key was used) or what to assemble."""
     upload = _own_session(session, who, upload_id, lock=True)
@@ -339,6 +369,8 @@ def _plan_completion(
     whole = sha256 or upload.sha256
     if whole is None:
         raise ApiError("invalid_argument", "`sha256` is required: the session was created without it", field="sha256")
+    _check_file_digests(upload, whole, file_sha256)
+    _check_still_writable(session, who, upload)
     held = {p.number: p for p in session.scalars(select(UploadPart).where(UploadPart.upload_id == upload_id)).all()}
     missing = [n for n in range(1, upload.part_count + 1) if n not in held]
     if missing:
@@ -349,8 +381,58 @@ def _plan_completion(
     return _Assembly(handle=upload.storage_handle, parts=parts, sha256=whole)
 
 
+def _check_still_writable(session: Session, who: Principal, upload: UploadSession) -> None:
+    """The caller must still be allowed to write where the content goes (a role may have
+    been lowered while the parts were being sent)."""
+    if upload.asset_id is not None:
+        assets.writable_asset(session, who, upload.asset_id)
+    elif upload.project_id is not None:
+        projects.require_role(session, who, upload.project_id, projects.WRITER_ROLES)
+
+
+def _check_file_digests(upload: UploadSession, whole: str, file_sha256: list[str] | None) -> None:
+    """``file_sha256`` must have one digest per file; a one-file content's must be the whole digest."""
+    if file_sha256 is None:
+        return
+    count = 1 if upload.files is None else len(upload.files)
+    if len(file_sha256) != count:
+        raise ApiError(
+            "invalid_argument",
+            f"`file_sha256` must list {count} digest(s), one per file in stream order, not {len(file_sha256)}",
+            field="file_sha256",
+        )
+    if count == 1 and file_sha256[0] != whole:
+        raise ApiError(
+            "invalid_argument", "the one file's `file_sha256` must be the whole `sha256`", field="file_sha256"
+        )
+
+
+def _manifest_rows(
+    upload: UploadSession, asset: Asset, content_id: str, sha256: str, file_sha256: list[str] | None
+) -> list[dict[str, Any]]:
+    """The content's ``content_files`` rows: the session's ``files``, or one file for the whole stream."""
+    if upload.files is None:
+        path = assets.default_file_path(upload.file_name, asset.path)
+        return [{"content_id": content_id, "index": 0, "path": path, "offset": 0, "size": upload.size,
+                 "sha256": sha256}]
+    rows, offset = [], 0
+    for index, entry in enumerate(upload.files):
+        digest = None if file_sha256 is None else file_sha256[index]
+        rows.append({"content_id": content_id, "index": index, "path": entry["path"], "offset": offset,
+                     "size": entry["size"], "sha256": digest})
+        offset += entry["size"]
+    return rows
+
+
 def _record_completion(
-    session: Session, who: Principal, upload_id: str, key: str | None, size: int, sha256: str, storage_key: str
+    session: Session,
+    who: Principal,
+    upload_id: str,
+    key: str | None,
+    size: int,
+    sha256: str,
+    storage_key: str,
+    file_sha256: list[str] | None,
 ) -> tuple[dict[str, Any], bool]:
     """Make the asset (or the new version) and store the result. Returns (result, whether this call made it)."""
     upload = _own_session(session, who, upload_id, lock=True)
@@ -367,13 +449,17 @@ def _record_completion(
         assert result is not None
         return result, False
 
+    _check_still_writable(session, who, upload)
     now = utcnow()
     if upload.asset_id is not None:
-        asset = assets.visible_asset(session, who, upload.asset_id)
+        asset = assets.writable_asset(session, who, upload.asset_id)
         asset.updated_at = now
+        if upload.path is not None:
+            asset.path = upload.path
     else:
+        asset_id = new_id("ast")
         asset = Asset(
-            id=new_id("ast"),
+            id=asset_id,
             title=upload.title if upload.title is not None else upload.file_name,
             description=upload.description,
             alias=upload.alias,
@@ -383,6 +469,7 @@ def _record_completion(
             owner_id=upload.owner_id,
             project_id=upload.project_id,
             collection_id=upload.collection_id,
+            path=upload.path or upload.file_name or asset_id,
             created_by=who.user_id,
             created_at=now,
             updated_at=now,
@@ -400,6 +487,9 @@ def _record_completion(
         created_at=now,
     )
     session.add(content)
+    session.flush()
+    # One executemany, however many files (up to paths.MAX_FILES).
+    session.execute(insert(ContentFile), _manifest_rows(upload, asset, content.id, sha256, file_sha256))
     upload.state = COMPLETED
     upload.sha256 = sha256
     upload.completed_at = upload.updated_at = now
@@ -594,10 +684,15 @@ class Uploads:
             except Exception as exc:
                 log.warning("upload.count_failed", upload_id=upload_id, received=received, error=repr(exc))
 
-    async def complete(self, who: Principal, upload_id: str, key: str | None, sha256: str | None) -> dict[str, Any]:
-        """Turn the parts into a new asset (or version) exactly once; see the module docstring."""
+    async def complete(
+        self, who: Principal, upload_id: str, key: str | None, sha256: str | None, file_sha256: list[str] | None = None
+    ) -> dict[str, Any]:
+        """Turn the parts into a new asset (or version) exactly once; see the module docstring.
+
+        ``file_sha256`` (one per file, in stream order) is stored as the uploader reports it.
+        """
         async with self._session_locks.hold(upload_id):
-            plan = await self._db.write(lambda s: _plan_completion(s, who, upload_id, key, sha256))
+            plan = await self._db.write(lambda s: _plan_completion(s, who, upload_id, key, sha256, file_sha256))
             if isinstance(plan, _Done):
                 await self._storage.release_parts(plan.handle)
                 return plan.result
@@ -612,12 +707,16 @@ class Uploads:
                 raise
             try:
                 result, made = await self._db.write(
-                    lambda s: _record_completion(s, who, upload_id, key, content.size, content.sha256, storage_key)
+                    lambda s: _record_completion(
+                        s, who, upload_id, key, content.size, content.sha256, storage_key, file_sha256
+                    )
                 )
             except IntegrityError:
                 # Another process stored a result under this key first: adopt it.
                 result, made = await self._db.write(
-                    lambda s: _record_completion(s, who, upload_id, key, content.size, content.sha256, storage_key)
+                    lambda s: _record_completion(
+                        s, who, upload_id, key, content.size, content.sha256, storage_key, file_sha256
+                    )
                 )
             if not made:
                 # Someone else's completion won; keep our object only if the stored result uses it.

@@ -14,6 +14,7 @@ from typing import Any, Final
 
 from starlette.requests import Request
 
+from . import paths
 from .config import MAX_JSON_BODY
 from .errors import ApiError
 
@@ -25,13 +26,14 @@ def bad(name: str, message: str) -> ApiError:
     return ApiError("invalid_argument", f"`{name}` {message}", field=name)
 
 
-async def read_json_object(request: Request) -> dict[str, Any]:
-    """The request body as a JSON object. An empty body reads as ``{}``."""
+async def read_json_object(request: Request, *, max_bytes: int = MAX_JSON_BODY) -> dict[str, Any]:
+    """The request body as a JSON object. An empty body reads as ``{}``; one over
+    ``max_bytes`` is ``frame_too_large``."""
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
-        if len(body) > MAX_JSON_BODY:
-            raise ApiError("frame_too_large", f"a JSON body may be at most {MAX_JSON_BODY} bytes")
+        if len(body) > max_bytes:
+            raise ApiError("frame_too_large", f"a JSON body here may be at most {max_bytes} bytes")
     if not body.strip():
         return {}
     try:
@@ -131,3 +133,64 @@ def sha256_hex(body: Mapping[str, Any], name: str, *, required: bool = False) ->
 
 def is_sha256_hex(value: str) -> bool:
     return bool(_SHA256_HEX.fullmatch(value))
+
+
+def path(body: Mapping[str, Any], name: str, *, nullable: bool = True) -> str | None:
+    """A relative POSIX path field (see ``paths.path_problem``); absent or null gives None."""
+    value = string(body, name, nullable=nullable, max_length=paths.MAX_PATH_LENGTH)
+    if value is not None and (problem := paths.path_problem(value)) is not None:
+        raise bad(name, problem)
+    return value
+
+
+def file_list(body: Mapping[str, Any], name: str, *, total_size: int) -> list[dict[str, Any]] | None:
+    """A multi-file manifest: ``[{"path", "size"}, ...]`` in stream order whose sizes add up
+    to ``total_size``, with valid, distinct paths and no file that is also a directory.
+    Absent or null gives None (one file)."""
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, list) or not value:
+        raise bad(name, "must be a non-empty list of {path, size} objects")
+    if len(value) > paths.MAX_FILES:
+        raise bad(name, f"may list at most {paths.MAX_FILES} files")
+    files: list[dict[str, Any]] = []
+    for index, entry in enumerate(value):
+        where = f"{name}[{index}]"
+        if not isinstance(entry, dict) or set(entry) != {"path", "size"}:
+            raise ApiError("invalid_argument", f"`{where}` must be an object {{path, size}}", field=name, index=index)
+        file_path = entry["path"]
+        problem = "must be a string" if not isinstance(file_path, str) else paths.path_problem(file_path)
+        if problem is not None:
+            raise ApiError("invalid_argument", f"`{where}.path` {problem}", field=name, index=index)
+        size = entry["size"]
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise ApiError("invalid_argument", f"`{where}.size` must be an integer >= 0", field=name, index=index)
+        files.append({"path": file_path, "size": size})
+    problem = paths.manifest_problem([entry["path"] for entry in files])
+    if problem is not None:
+        raise bad(name, problem)
+    listed = sum(entry["size"] for entry in files)
+    if listed != total_size:
+        raise bad(name, f"sizes add up to {listed} bytes, but `size` is {total_size}")
+    return files
+
+
+def sha256_list(body: Mapping[str, Any], name: str) -> list[str] | None:
+    """A list of SHA-256 hex digests, returned lower-case; absent or null gives None."""
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(item, str) and _SHA256_HEX.fullmatch(item) for item in value):
+        raise bad(name, "must be a list of SHA-256s as 64 hex digits")
+    return [item.lower() for item in value]
+
+
+def query_limit(query: Mapping[str, str], *, default: int, maximum: int) -> int:
+    """The ``limit`` query parameter: an integer from 1 to ``maximum``."""
+    text = query.get("limit")
+    if text is None or text == "":
+        return default
+    if not text.isdigit() or not 1 <= int(text) <= maximum:
+        raise bad("limit", f"must be an integer from 1 to {maximum}")
+    return int(text)

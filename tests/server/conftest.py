@@ -45,3 +45,11 @@ def env(start_server: Any) -> Iterator[Env]:
     yield Env(server, tokens, clients)
     for client in clients.values():
         client.close()
+
+
+@pytest.fixture(scope="session")
+def carol(env: Env) -> Iterator[Any]:
+    """A third writer, in no project until a test adds her (with whatever role it needs)."""
+    client = env.server.client(env.server.add_user("carol@example.org").strip())
+    yield client
+    client.close()
