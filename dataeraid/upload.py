@@ -139,7 +139,7 @@ async def _upload_stream(ctx: JobContext, source: FileSet) -> dict[str, Any]:
     session = await _session(ctx)
     upload_id: str = session["upload_id"]
     if session["state"] == "completed" and session.get("result"):
-        return _completed_fields(session["result"])
+        return _completed_fields(session["result"], source)
     held = {p["number"]: p for p in session.get("parts", []) if 1 <= p["number"] <= count
             and p["size"] == part_span(p["number"], total, chunk_size)[1]}
     progress = ctx.progress(total, count, source.files[0].path if source.files else job["file_name"])
@@ -198,7 +198,7 @@ async def _upload_stream(ctx: JobContext, source: FileSet) -> dict[str, Any]:
     progress.publish_now()
     ctx.log.info("upload complete", asset_id=result["asset_id"], content_id=result["content_id"], size=total,
                  files=len(source.files))
-    return _completed_fields(result)
+    return _completed_fields(result, source)
 
 
 def _feed(source: FileSet, hasher: hashlib._Hash, offset: int, length: int, block: int) -> None:
@@ -216,8 +216,10 @@ async def _send_parts(receive: trio.MemoryReceiveChannel[PartPlan], ctx: JobCont
             await _send_part(ctx, source, upload_id, plan, progress)
 
 
-def _completed_fields(result: dict[str, Any]) -> dict[str, Any]:
-    return {"asset_id": result["asset_id"], "content_id": result["content_id"], "sha256": result["sha256"]}
+def _completed_fields(result: dict[str, Any], source: FileSet) -> dict[str, Any]:
+    files = [{"local_path": os.path.join(source.root, *f.path.split("/")), "size": f.size} for f in source.files]
+    return {"asset_id": result["asset_id"], "content_id": result["content_id"], "sha256": result["sha256"],
+            "files": files}
 
 
 async def _send_part(ctx: JobContext, source: FileSet, upload_id: str, plan: PartPlan, progress: Progress) -> None:
