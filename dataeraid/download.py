@@ -1,32 +1,49 @@
-"""The download engine: one asset content version to one local file.
+"""The download engine: one asset content version to local files below ``dest_dir``.
 
-Bytes go to ``NAME.part`` beside the destination, in ranges fetched in
+A content is a byte stream and a manifest of the files in it
+(:mod:`dataeraid.fileset`); a single file is a manifest of one. Bytes go to
+``PATH.part`` beside each destination, in ranges of the stream fetched in
 parallel and written at their offsets; a range is checkpointed once its bytes
-are written and flushed to disk. At the end the whole file's SHA-256 is checked
-against the server's, the file is fsynced and renamed into place (with no
-clobbering: a different file already at the destination is never replaced
-unless ``overwrite`` was asked for), and the directory is fsynced.
+are written and flushed to disk. At the end the whole stream's SHA-256 (and
+each file's, where the server knows it) is checked, and each file is renamed
+into place (with no clobbering: a different file already at a destination is
+never replaced unless ``overwrite`` was asked for), and the directories are
+fsynced.
 
-Names from the server are hostile until checked: only a plain file name is
-accepted, and neither the destination nor the ``.part`` file may be a symlink.
+Paths from the server are hostile until checked: only relative paths without
+``..`` are accepted, directories are made and files opened below ``dest_dir``
+without following symlinks, and no destination or ``.part`` file may be one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import os
+import re
 import stat
-from pathlib import Path
 from typing import Any
 
 import trio
 
 from dataeraid.errors import DataeraiError, TargetExpired, TransientError, first_error, from_os_error
-from dataeraid.fileio import HASH_SLICE, feed_range, write_all_at
+from dataeraid.fileset import (
+    HASH_SLICE,
+    PART_SUFFIX,
+    FileSet,
+    StreamFile,
+    StreamHasher,
+    check_manifest,
+    safe_relative_path,
+)
 from dataeraid.transfer import JobContext, Progress
 
-PART_SUFFIX = ".part"
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+def validation_sha256(value: object) -> bool:
+    return isinstance(value, str) and _SHA256_HEX.fullmatch(value) is not None
 
 
 def safe_file_name(name: object) -> str:
@@ -38,14 +55,33 @@ def safe_file_name(name: object) -> str:
     return name
 
 
-def _is_symlink(path: Path) -> bool:
+def content_files(target: dict[str, Any], asset_id: str) -> list[StreamFile]:
+    """The content's manifest from the server's download target, checked: every path stays
+    below the destination, and the files cover the content exactly, in order."""
+    size = int(target["size"])
+    listed = target.get("files")
+    if not listed:
+        return [StreamFile(safe_file_name(target.get("file_name") or asset_id), 0, size)]
+    if not isinstance(listed, list):
+        raise DataeraiError("unsafe_path", "the server sent a malformed file list")
+    files: list[StreamFile] = []
+    for entry in listed:
+        if not isinstance(entry, dict) or not isinstance(entry.get("offset"), int) \
+                or not isinstance(entry.get("size"), int):
+            raise DataeraiError("unsafe_path", "the server sent a malformed file list")
+        files.append(StreamFile(safe_relative_path(entry.get("path")), entry["offset"], entry["size"]))
+    check_manifest(files, size)
+    return files
+
+
+def _is_symlink(path: str) -> bool:
     try:
         return stat.S_ISLNK(os.lstat(path).st_mode)
     except FileNotFoundError:
         return False
 
 
-def sha256_of(path: Path, block_size: int) -> str:
+def sha256_of(path: str, block_size: int) -> str:
     digest = hashlib.sha256()
     with open(path, "rb", buffering=0) as f:
         while block := f.read(block_size):
@@ -53,32 +89,63 @@ def sha256_of(path: Path, block_size: int) -> str:
     return digest.hexdigest()
 
 
-def _open_part(path: Path, size: int) -> tuple[int, bool]:
-    """Open (or create) the ``.part`` file at its full size; True if it was fresh."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-    st = os.fstat(fd)
-    fresh = st.st_size != size
-    if fresh:
-        os.ftruncate(fd, 0)
-        os.ftruncate(fd, size)
-    return fd, fresh
+def _same_content(path: str, size: int, sha256: str | None, block_size: int) -> bool:
+    """``path`` is a regular file (not a symlink) holding exactly this content."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    return stat.S_ISREG(st.st_mode) and st.st_size == size and sha256 is not None \
+        and sha256_of(path, block_size) == sha256
 
 
-def _place(part: Path, dest: Path, overwrite: bool) -> None:
-    """Atomically move the finished ``.part`` into place and make it durable."""
-    if overwrite:
-        os.replace(part, dest)
-    else:
-        try:
-            os.link(part, dest)  # fails if anything appeared at dest meanwhile
-        except FileExistsError as exc:
-            raise DataeraiError("destination_exists", f"{dest} appeared during the download; kept {part}") from exc
-        os.unlink(part)
-    dir_fd = os.open(dest.parent, os.O_RDONLY | os.O_DIRECTORY)
+def _refuse_symlinks(dest_dir: str, path: str) -> None:
+    """``unsafe_path`` if a symlink stands anywhere on ``path`` below ``dest_dir`` (or as
+    its ``.part``): nothing is written or replaced through one."""
+    here = dest_dir
+    segments = path.split("/")
+    for i, segment in enumerate(segments):
+        here = os.path.join(here, segment)
+        candidates = [here, here + PART_SUFFIX] if i == len(segments) - 1 else [here]
+        for candidate in candidates:
+            if _is_symlink(candidate):
+                raise DataeraiError("unsafe_path", f"{candidate} is a symlink; refusing to write through it")
+
+
+def _fsync_dir(path: str) -> None:
+    dir_fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def _place(fileset: FileSet, dest_dir: str, overwrite: bool, expected: list[str | None], block_size: int) -> None:
+    """Move every finished ``.part`` into place, atomically per file, and make it durable.
+
+    Without ``overwrite`` nothing already at a destination is replaced: a file that
+    appeared there meanwhile with the same content is kept (and the ``.part`` dropped),
+    a different one is ``destination_exists`` (and the ``.part`` kept).
+    """
+    directories: set[str] = set()
+    for index, f in enumerate(fileset.files):
+        part = fileset.local_path(index)
+        dest = os.path.join(dest_dir, *f.path.split("/"))
+        if _is_symlink(dest):
+            raise DataeraiError("unsafe_path", f"{dest} is a symlink; refusing to write through it")
+        if overwrite:
+            os.replace(part, dest)
+        else:
+            try:
+                os.link(part, dest)  # fails if anything appeared at dest meanwhile
+            except FileExistsError as exc:
+                if not _same_content(dest, f.size, expected[index], block_size):
+                    raise DataeraiError("destination_exists", f"{dest} appeared during the download; kept {part}") \
+                        from exc
+            os.unlink(part)
+        directories.add(os.path.dirname(dest))
+    for directory in sorted(directories):
+        _fsync_dir(directory)
 
 
 async def run_download(ctx: JobContext) -> dict[str, Any]:
@@ -86,14 +153,21 @@ async def run_download(ctx: JobContext) -> dict[str, Any]:
     params = job["params"]
     asset_id: str = params["asset_id"]
     overwrite = bool(params.get("overwrite"))
-    dest_dir = Path(job["dest_dir"])
+    dest_dir = str(job["dest_dir"])
 
     # Once a content version was picked, a resumed job keeps reading that one.
     target = await ctx.retrying(
         "asking where to read the asset",
         lambda: ctx.remote.download_target(asset_id, job.get("content_id") or params.get("content_id")),
     )
-    name = safe_file_name(target.get("file_name") or asset_id)
+    manifest = content_files(target, asset_id)
+    expected: list[str | None] = [None] * len(manifest)
+    for index, entry in enumerate(target.get("files") or []):
+        if validation_sha256(entry.get("sha256")):
+            expected[index] = entry["sha256"]
+    if len(manifest) == 1:
+        expected[0] = target["sha256"]
+    name = manifest[0].path if len(manifest) == 1 else (target.get("file_name") or manifest[0].path.split("/")[0])
     size = int(target["size"])
     chunk_size = int(job["chunk_size"])
     count = max(1, math.ceil(size / chunk_size))
@@ -103,69 +177,90 @@ async def run_download(ctx: JobContext) -> dict[str, Any]:
                        chunk_count=count, file_name=name)
 
     try:
-        await trio.to_thread.run_sync(lambda: dest_dir.mkdir(parents=True, exist_ok=True))
+        await trio.to_thread.run_sync(lambda: os.makedirs(dest_dir, exist_ok=True))
     except OSError as exc:
         raise from_os_error(exc, f"creating {dest_dir}") from exc
-    dest = dest_dir / name
-    part = dest_dir / (name + PART_SUFFIX)
-    if _is_symlink(dest) or _is_symlink(part):
-        raise DataeraiError("unsafe_path", f"{dest} or its .part file is a symlink; refusing to write through it")
-    files = [{"local_path": str(dest), "size": size}]
+    fileset = FileSet(dest_dir, manifest, "part")
+    files = [{"local_path": os.path.join(dest_dir, *f.path.split("/")), "size": f.size} for f in manifest]
 
-    if not overwrite and await trio.to_thread.run_sync(os.path.lexists, dest):
-        same = await trio.to_thread.run_sync(
-            lambda: dest.is_file() and dest.stat().st_size == size
-            and sha256_of(dest, ctx.settings.io_block_size) == target["sha256"]
-        )
-        if same:
-            ctx.log.info("destination already holds this content", path=str(dest))
+    def existing() -> str | None:
+        """All destinations hold this content already ("done"), or the first that differs, or None."""
+        present = 0
+        for index, f in enumerate(manifest):
+            dest = os.path.join(dest_dir, *f.path.split("/"))
+            _refuse_symlinks(dest_dir, f.path)
+            if not os.path.lexists(dest):
+                continue
+            if not _same_content(dest, f.size, expected[index], ctx.settings.io_block_size):
+                return dest
+            present += 1
+        return "done" if present == len(manifest) else None
+
+    if overwrite:
+        for f in manifest:
+            await trio.to_thread.run_sync(_refuse_symlinks, dest_dir, f.path)
+    else:
+        found = await trio.to_thread.run_sync(existing)
+        if found == "done":
+            ctx.log.info("destination already holds this content", path=files[0]["local_path"])
             return {"files": files}
-        raise DataeraiError("destination_exists", f"{dest} exists and differs; pass overwrite to replace it")
+        if found is not None:
+            raise DataeraiError("destination_exists", f"{found} exists and differs; pass overwrite to replace it")
 
     try:
-        fd, fresh = await trio.to_thread.run_sync(_open_part, part, size)
-    except OSError as exc:
-        raise from_os_error(exc, f"opening {part}") from exc
-    try:
-        if fresh:
-            await ctx.store.clear_checkpoints(ctx.job_id)
         done = await ctx.store.checkpoints(ctx.job_id)
-        progress = ctx.progress(size, count, name)
+        if done and not await trio.to_thread.run_sync(fileset.parts_ready):
+            # A .part file went missing or changed size: its checkpoints mean nothing now.
+            await ctx.store.clear_checkpoints(ctx.job_id)
+            done = {}
+        progress = ctx.progress(size, count, manifest[0].path)
         progress.bytes_done = sum(c["size"] for c in done.values())
         progress.chunks_done = len(done)
         progress.publish_now()
         todo = [n for n in range(count) if n not in done]
-        digest = await _fetch_ranges(ctx, fd, target, asset_id, size, chunk_size, todo, progress, str(part))
-        await trio.to_thread.run_sync(os.fsync, fd)
-    except OSError as exc:
-        raise from_os_error(exc, f"writing {part}") from exc
+        stream = await _fetch_ranges(ctx, fileset, target, asset_id, size, chunk_size, todo, progress)
+        # Every range was flushed before its checkpoint; empty files have no range.
+        await trio.to_thread.run_sync(fileset.create_missing)
     finally:
-        os.close(fd)
+        fileset.close()
 
-    if digest != target["sha256"]:
+    digest = stream.whole.hexdigest()
+    bad = [manifest[i].path for i, sha in enumerate(stream.file_sha256)
+           if expected[i] is not None and sha != expected[i]]
+    if digest != target["sha256"] or bad:
         await ctx.store.clear_checkpoints(ctx.job_id)
-        await trio.to_thread.run_sync(lambda: part.unlink(missing_ok=True))
-        raise DataeraiError("checksum_mismatch", f"downloaded bytes hash to {digest}, expected {target['sha256']}")
+        await trio.to_thread.run_sync(_remove_parts, fileset)
+        which = f" ({', '.join(bad[:5])})" if bad else ""
+        raise DataeraiError("checksum_mismatch", f"downloaded bytes hash to {digest}, expected {target['sha256']}"
+                                                 f"{which}")
     try:
-        await trio.to_thread.run_sync(_place, part, dest, overwrite)
+        await trio.to_thread.run_sync(_place, fileset, dest_dir, overwrite, expected, ctx.settings.io_block_size)
     except OSError as exc:
-        raise from_os_error(exc, f"moving {part} into place") from exc
+        raise from_os_error(exc, f"moving the downloaded files into {dest_dir}") from exc
     progress.publish_now()
-    ctx.log.info("download complete", path=str(dest), size=size)
+    ctx.log.info("download complete", path=files[0]["local_path"], size=size, files=len(files))
     return {"files": files}
 
 
-async def _fetch_ranges(ctx: JobContext, fd: int, target: dict[str, Any], asset_id: str, size: int,
-                        chunk_size: int, todo: list[int], progress: Progress, path: str) -> str:
-    """Fetch the ranges in ``todo`` into ``fd``; the SHA-256 of the whole file.
+def _remove_parts(fileset: FileSet) -> None:
+    for index in range(len(fileset.files)):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(fileset.local_path(index))
 
-    The whole-file digest is computed beside the transfer: a hasher follows the
-    ranges in order as they land (reading them back from the page cache), so the
-    digest is ready moments after the last range instead of after another pass.
+
+async def _fetch_ranges(ctx: JobContext, fileset: FileSet, target: dict[str, Any], asset_id: str, size: int,
+                        chunk_size: int, todo: list[int], progress: Progress) -> StreamHasher:
+    """Fetch the ranges in ``todo`` into the ``.part`` files; the stream's digests.
+
+    The whole stream's digest (and each file's) is computed beside the transfer: a
+    hasher follows the ranges in order as they land (reading them back from the
+    page cache), so the digest is ready moments after the last range instead of
+    after another pass.
     """
     current = {"target": target}
     queue = iter(todo)
     landed = {index: trio.Event() for index in todo}
+    many = len(fileset.files) > 1
 
     async def refresh() -> None:
         current["target"] = await ctx.remote.download_target(asset_id, target["content_id"])
@@ -186,7 +281,7 @@ async def _fetch_ranges(ctx: JobContext, fd: int, target: dict[str, Any], asset_
 
             async def flush() -> None:
                 nonlocal written, pending_size
-                await trio.to_thread.run_sync(write_all_at, fd, pending, start + written)
+                await trio.to_thread.run_sync(fileset.write, start + written, pending)
                 written += pending_size
                 pending.clear()
                 pending_size = 0
@@ -196,6 +291,9 @@ async def _fetch_ranges(ctx: JobContext, fd: int, target: dict[str, Any], asset_
                     if written + pending_size + len(data) > length:
                         raise DataeraiError("checksum_mismatch", f"range {index}: the server sent too many bytes")
                     await ctx.bandwidth.spend(len(data))
+                    if many:
+                        at = fileset.index_at(start + written + pending_size)
+                        progress.at_file(at, fileset.files[at].path)
                     pending.append(data)
                     pending_size += len(data)
                     progress.add(len(data), index)
@@ -218,11 +316,15 @@ async def _fetch_ranges(ctx: JobContext, fd: int, target: dict[str, Any], asset_
         wrote_more.set()
 
     # Ranges are checkpointed only once flushed to disk, but the flushing is
-    # grouped: one fdatasync and one transaction for all ranges written since the
-    # last, in a task of its own, so no range worker ever waits on the disk.
+    # grouped: one fdatasync per file and one transaction for all ranges written
+    # since the last, in a task of its own, so no range worker waits on the disk.
     unsynced: list[tuple[int, int]] = []
     wrote_more = trio.Event()
     workers_done = False
+
+    def sync_ranges(batch: list[tuple[int, int]]) -> None:
+        for index, length in batch:
+            fileset.sync(index * chunk_size, length)
 
     async def checkpoint_synced() -> None:
         nonlocal wrote_more
@@ -233,7 +335,7 @@ async def _fetch_ranges(ctx: JobContext, fd: int, target: dict[str, Any], asset_
                 continue
             batch = unsynced[:]
             del unsynced[:]
-            await trio.to_thread.run_sync(os.fdatasync, fd)
+            await trio.to_thread.run_sync(sync_ranges, batch)
             await ctx.store.checkpoint_many(ctx.job_id, [(i, n, None) for i, n in batch])
             for index, _ in batch:
                 await done_with(index, "synced")
@@ -252,7 +354,7 @@ async def _fetch_ranges(ctx: JobContext, fd: int, target: dict[str, Any], asset_
         workers_done = True
         wrote_more.set()
 
-    whole = hashlib.sha256()
+    stream = StreamHasher(fileset.files)
     count = max(1, math.ceil(size / chunk_size))
 
     # A range's pages leave the page cache once it is both on disk and hashed.
@@ -266,8 +368,7 @@ async def _fetch_ranges(ctx: JobContext, fd: int, target: dict[str, Any], asset_
         if steps == {"synced", "hashed"}:
             del finished[index]
             start = index * chunk_size
-            await trio.to_thread.run_sync(os.posix_fadvise, fd, start, min(chunk_size, size - start),
-                                          os.POSIX_FADV_DONTNEED)
+            await trio.to_thread.run_sync(fileset.drop_cache, start, min(chunk_size, size - start))
 
     async def hash_in_order() -> None:
         for index in range(count):
@@ -276,8 +377,8 @@ async def _fetch_ranges(ctx: JobContext, fd: int, target: dict[str, Any], asset_
             start = index * chunk_size
             end = start + min(chunk_size, size - start)
             for piece in range(start, end, HASH_SLICE):
-                await trio.to_thread.run_sync(feed_range, fd, piece, min(HASH_SLICE, end - piece),
-                                              ctx.settings.io_block_size, path, whole)
+                await trio.to_thread.run_sync(stream.feed, fileset, piece, min(HASH_SLICE, end - piece),
+                                              ctx.settings.io_block_size)
             if index in landed:
                 await done_with(index, "hashed")
 
@@ -286,4 +387,4 @@ async def _fetch_ranges(ctx: JobContext, fd: int, target: dict[str, Any], asset_
             nursery.start_soon(hash_in_order)
             nursery.start_soon(checkpoint_synced)
             nursery.start_soon(workers)
-    return whole.hexdigest()
+    return stream

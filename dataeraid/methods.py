@@ -21,7 +21,7 @@ from dataeraid.auth import Auth
 from dataeraid.config import MAX_CHUNK_SIZE, MAX_PARTS, MIN_CHUNK_SIZE, Settings
 from dataeraid.errors import DataeraiError, TransientError, from_os_error
 from dataeraid.events import EventBus
-from dataeraid.fileio import SourceIdentity
+from dataeraid.fileset import scan_source
 from dataeraid.jobs import STATES, TERMINAL, Jobs, new_job_id
 from dataeraid.remote import Remote
 from dataeraid.rpc import Connection, Param, Registry
@@ -93,7 +93,7 @@ def build_registry(svc: Services) -> Registry:
         return result
 
     @add(
-        "upload.start", "Queue an upload of a local file as a new asset (or a new version of one).",
+        "upload.start", "Queue an upload of a local file or directory as a new asset (or a new version of one).",
         Param("local_path", "str", required=True), Param("title", "str", required=True),
         Param("owner_type", "str", required=True), Param("owner_id", "str", required=True),
         Param("description", "str"), Param("alias", "str"), Param("tags", "list[str]"),
@@ -110,27 +110,31 @@ def build_registry(svc: Services) -> Registry:
             raise DataeraiError("invalid_argument", f"`owner_type` must be one of {', '.join(OWNER_TYPES)}")
         chunk = _chunk_size(chunk_size, svc.settings)
         try:
-            identity = await trio.to_thread.run_sync(SourceIdentity.of_path, path)
-            is_file = await trio.to_thread.run_sync(os.path.isfile, path)
+            root, files, skipped = await trio.to_thread.run_sync(scan_source, path)
         except OSError as exc:
             raise from_os_error(exc, f"cannot read {path}") from exc
-        if not is_file:
-            raise DataeraiError("invalid_argument", f"{path} is not a regular file")
-        # A repository takes at most MAX_PARTS parts (as S3 does): big files get bigger parts.
-        chunk = max(chunk, _ceil_div(_ceil_div(identity.size, MAX_PARTS), MIN_CHUNK_SIZE) * MIN_CHUNK_SIZE)
+        total = sum(f.size for f in files)
+        # A repository takes at most MAX_PARTS parts (as S3 does): big sources get bigger parts.
+        chunk = max(chunk, _ceil_div(_ceil_div(total, MAX_PARTS), MIN_CHUNK_SIZE) * MIN_CHUNK_SIZE)
         if chunk > MAX_CHUNK_SIZE:
             raise DataeraiError("invalid_argument", f"{path} is larger than {MAX_PARTS} parts of 5 GiB")
-        if not os.access(path, os.R_OK):
-            raise DataeraiError("permission_denied", f"{path} is not readable")
+        unreadable = await trio.to_thread.run_sync(
+            lambda: next((f.path for f in files if not os.access(os.path.join(root, f.path), os.R_OK)), None)
+        )
+        if unreadable is not None:
+            raise DataeraiError("permission_denied", f"{os.path.join(root, unreadable)} is not readable")
         job_id = new_job_id()
         params = {"title": title, "owner_type": owner_type, "owner_id": owner_id, "description": description,
                   "alias": alias, "tags": tags or [], "metadata": metadata or {}, "collection_id": collection_id,
-                  "asset_id": asset_id}
+                  "asset_id": asset_id, "source_root": root, "source_files": [f.to_json() for f in files],
+                  "skipped": skipped}
+        single = files[0] if len(files) == 1 and "/" not in files[0].path else None
         return await svc.jobs.create({
             "job_id": job_id, "kind": "upload", "priority": priority, "params": params, "local_path": path,
-            "file_name": os.path.basename(path), "source_size": identity.size,
-            "source_mtime_ns": identity.mtime_ns, "source_inode": identity.inode, "chunk_size": chunk,
-            "chunk_count": max(1, -(-identity.size // chunk)), "bytes_total": identity.size,
+            "file_name": os.path.basename(path), "source_size": total,
+            "source_mtime_ns": single.mtime_ns if single else None,
+            "source_inode": single.inode if single else None, "chunk_size": chunk,
+            "chunk_count": max(1, -(-total // chunk)), "bytes_total": total,
             "deadline": _deadline(deadline_s),
         })
 

@@ -145,10 +145,13 @@ class Remote:
         result: dict[str, Any] = response.json() if response.content else {}
         return result
 
-    async def complete_upload(self, upload_id: str, idempotency_key: str, sha256: str) -> dict[str, Any]:
+    async def complete_upload(self, upload_id: str, idempotency_key: str, sha256: str, *,
+                              file_sha256: list[str] | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"idempotency_key": idempotency_key, "sha256": sha256}
+        if file_sha256 is not None:
+            body["file_sha256"] = file_sha256
         result: dict[str, Any] = await self._api(
-            "POST", f"/uploads/{upload_id}/complete", "completing the upload",
-            json={"idempotency_key": idempotency_key, "sha256": sha256}, timeout=3600.0,
+            "POST", f"/uploads/{upload_id}/complete", "completing the upload", json=body, timeout=3600.0,
         )
         return result
 

@@ -87,6 +87,11 @@ class Progress:
             self.chunk_index = chunk_index
         self._maybe_publish(force=False)
 
+    def at_file(self, index: int, name: str) -> None:
+        """The bytes being moved now belong to file ``index`` of the content."""
+        self.file_index = index
+        self.file_name = name
+
     def chunk_finished(self) -> None:
         self.chunks_done += 1
         self._maybe_publish(force=False)

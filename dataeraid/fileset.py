@@ -1,0 +1,487 @@
+"""A content's files laid end to end: the one byte stream that parts and ranges cut.
+
+A repository content is one byte stream plus a manifest of the files in it, in
+order (docs/http-api.md). A single file is a manifest of one; a directory is its
+regular files, sorted by path, so that many small files share parts instead of
+costing a round trip each. The engines never see files: they read, write and hash
+the stream at offsets, and a :class:`FileSet` maps each offset to a file.
+
+Everything here blocks and is meant for worker threads. A :class:`FileSet` may be
+used from several threads at once: files are opened on first use and kept in a
+small cache, and a file is only closed when no thread is using it.
+
+Paths are hostile until checked (:func:`safe_relative_path`): a download writes
+only below its destination directory, through directory descriptors opened with
+``O_NOFOLLOW``, so neither ``..`` nor a symlink planted in the tree can lead out.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import os
+import stat
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from dataeraid.errors import DataeraiError, from_os_error
+
+if TYPE_CHECKING:
+    from hashlib import _Hash as Hasher
+
+#: One worker-thread call reads or hashes at most this much, so cancelling (a
+#: pause, a shutdown) waits for no more than a fraction of a second of hashing.
+HASH_SLICE = 64 * 1024 * 1024
+#: Files kept open at once by one file set (each job has its own).
+MAX_OPEN_FILES = 64
+#: A directory upload may hold at most this many files (the repository's limit too).
+MAX_FILES = 100_000
+PART_SUFFIX = ".part"
+
+
+@dataclass(frozen=True)
+class StreamFile:
+    """One file of a stream: its manifest path, its place in the stream, and, for an
+    upload's source, the identity it had at enqueue (a change is ``source_changed``)."""
+
+    path: str
+    offset: int
+    size: int
+    mtime_ns: int | None = None
+    inode: int | None = None
+
+    def to_json(self) -> list[object]:
+        return [self.path, self.size, self.mtime_ns, self.inode]
+
+
+def source_changed(path: str, reason: str) -> DataeraiError:
+    return DataeraiError("source_changed", f"{path} changed after it was enqueued ({reason}); nothing was committed")
+
+
+def safe_relative_path(path: object) -> str:
+    """``path`` if it is a relative POSIX path that stays where it is put, else ``unsafe_path``."""
+    if not isinstance(path, str) or not path or len(path) > 4096:
+        raise DataeraiError("unsafe_path", f"the server sent an unusable path {str(path)[:80]!r}")
+    if path.startswith("/") or "\\" in path or "\0" in path:
+        raise DataeraiError("unsafe_path", f"the server sent a path that is not relative: {path[:80]!r}")
+    for segment in path.split("/"):
+        if segment in ("", ".", ".."):
+            raise DataeraiError("unsafe_path", f"the server sent a path with {segment or 'an empty'!r} in it: "
+                                               f"{path[:80]!r}")
+        if len(segment.encode()) > 255 - len(PART_SUFFIX):
+            raise DataeraiError("unsafe_path", f"a name in {path[:80]!r} is too long for this disk")
+    return path
+
+
+def lay_out(entries: Sequence[tuple[str, int]]) -> list[StreamFile]:
+    """Files of the given paths and sizes, back to back from offset 0."""
+    files: list[StreamFile] = []
+    offset = 0
+    for path, size in entries:
+        files.append(StreamFile(path, offset, size))
+        offset += size
+    return files
+
+
+def check_manifest(files: Sequence[StreamFile], total: int) -> None:
+    """Refuse a manifest that is not a tree of files covering exactly ``total`` bytes."""
+    seen: set[str] = set()
+    offset = 0
+    for f in files:
+        safe_relative_path(f.path)
+        if f.offset != offset or f.size < 0:
+            raise DataeraiError("unsafe_path", f"the server's file list does not cover the content in order at "
+                                               f"{f.path[:80]!r}")
+        if f.path in seen:
+            raise DataeraiError("unsafe_path", f"the server listed {f.path[:80]!r} twice")
+        seen.add(f.path)
+        offset += f.size
+    if offset != total:
+        raise DataeraiError("unsafe_path", f"the server's files add up to {offset} bytes, not {total}")
+    for f in files:
+        parts = f.path.split("/")
+        for depth in range(1, len(parts)):
+            if "/".join(parts[:depth]) in seen:
+                raise DataeraiError("unsafe_path", f"{'/'.join(parts[:depth])!r} is both a file and a directory")
+
+
+# --- what an upload reads -------------------------------------------------------------------
+
+
+def scan_source(local_path: str) -> tuple[str, list[StreamFile], list[str]]:
+    """The manifest of an upload of ``local_path``: its root (the directory the manifest's
+    paths are relative to), its files with their identities, and what was skipped.
+
+    A file is a manifest of one named by its base name. A directory's manifest paths start
+    with the directory's own name; its regular files are taken in path order, and symlinks
+    and special files are skipped (as rclone does by default) and reported. Blocking.
+    """
+    local_path = os.path.abspath(local_path)
+    root, name = os.path.split(local_path.rstrip("/") or "/")
+    st = os.stat(local_path)
+    if stat.S_ISREG(st.st_mode):
+        return root, [StreamFile(name, 0, st.st_size, st.st_mtime_ns, st.st_ino)], []
+    if not stat.S_ISDIR(st.st_mode):
+        raise DataeraiError("invalid_argument", f"{local_path} is neither a regular file nor a directory")
+    found: list[tuple[str, os.stat_result]] = []
+    skipped: list[str] = []
+
+    def walk(directory: str, relative: str) -> None:
+        with os.scandir(directory) as entries:
+            for entry in sorted(entries, key=lambda e: e.name):
+                rel = f"{relative}/{entry.name}"
+                if "\\" in entry.name:
+                    raise DataeraiError("invalid_argument", f"{entry.path}: a backslash in a name is not portable")
+                try:
+                    rel.encode()
+                except UnicodeEncodeError:
+                    raise DataeraiError("invalid_argument", f"{entry.path!r}: the name is not valid UTF-8") from None
+                if entry.is_dir(follow_symlinks=False):
+                    walk(entry.path, rel)
+                elif entry.is_file(follow_symlinks=False):
+                    found.append((rel, entry.stat(follow_symlinks=False)))
+                    if len(found) > MAX_FILES:
+                        raise DataeraiError("invalid_argument", f"{local_path} holds more than {MAX_FILES} files")
+                else:
+                    skipped.append(rel)
+
+    walk(local_path, name)
+    files: list[StreamFile] = []
+    offset = 0
+    for rel, fst in found:
+        files.append(StreamFile(rel, offset, fst.st_size, fst.st_mtime_ns, fst.st_ino))
+        offset += fst.st_size
+    return root, files, skipped
+
+
+# --- the stream over its files ----------------------------------------------------------------
+
+
+class FileSet:
+    """The stream of ``files`` (below ``root``), read or written at stream offsets.
+
+    ``mode`` is ``"source"`` (an upload: files are opened read-only and must still be
+    what was recorded at enqueue) or ``"part"`` (a download: each file is written to
+    ``PATH.part`` below ``root``, created at its full size, never through a symlink).
+    """
+
+    def __init__(self, root: str, files: Sequence[StreamFile], mode: str, max_open: int = MAX_OPEN_FILES) -> None:
+        assert mode in ("source", "part")
+        self.root = root
+        self.files = list(files)
+        self.size = self.files[-1].offset + self.files[-1].size if self.files else 0
+        self._mode = mode
+        self._starts = [f.offset for f in self.files]
+        self._max_open = max(1, max_open)
+        self._lock = threading.Lock()
+        self._open: OrderedDict[int, int] = OrderedDict()  # file index -> fd, least recently used first
+        self._users: dict[int, int] = {}  # file index -> threads using its fd now
+        self._root_fd: int | None = None
+
+    # -- mapping
+
+    def local_path(self, index: int) -> str:
+        name = self.files[index].path + (PART_SUFFIX if self._mode == "part" else "")
+        return os.path.join(self.root, *name.split("/"))
+
+    def index_at(self, offset: int) -> int:
+        """The file holding stream byte ``offset`` (empty files hold none)."""
+        index = bisect.bisect_right(self._starts, offset) - 1
+        while index + 1 < len(self.files) and self.files[index].size == 0 and self.files[index + 1].offset <= offset:
+            index += 1
+        return max(index, 0)
+
+    def segments(self, offset: int, length: int) -> Iterator[tuple[int, int, int]]:
+        """``(file index, offset in that file, length)`` for each file the range touches."""
+        end = offset + length
+        index = self.index_at(offset) if self.files else 0
+        while offset < end and index < len(self.files):
+            f = self.files[index]
+            if f.size and offset < f.offset + f.size:
+                step = min(end, f.offset + f.size) - offset
+                yield index, offset - f.offset, step
+                offset += step
+            index += 1
+
+    def files_in(self, offset: int, length: int) -> list[int]:
+        """Indexes of the files the range touches, empty files inside it included."""
+        if not self.files:
+            return []
+        first = self.index_at(offset)
+        last = self.index_at(max(offset, offset + length - 1))
+        return list(range(first, last + 1))
+
+    # -- descriptors
+
+    def _open_file(self, index: int) -> int:
+        f = self.files[index]
+        path = self.local_path(index)
+        if self._mode == "source":
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+            except FileNotFoundError:
+                raise source_changed(path, "it is gone") from None
+            except OSError as exc:
+                raise from_os_error(exc, f"opening {path}") from exc
+            st = os.fstat(fd)
+            if f.mtime_ns is not None and (st.st_size, st.st_mtime_ns, st.st_ino) != (f.size, f.mtime_ns, f.inode):
+                os.close(fd)
+                raise source_changed(path, "its size, mtime or inode differs")
+            return fd
+        return self._open_part(index)
+
+    def _open_part(self, index: int) -> int:
+        parent = self._parent_fd(self.files[index].path)
+        try:
+            name = self.files[index].path.rsplit("/", 1)[-1] + PART_SUFFIX
+            fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=parent)
+            if os.fstat(fd).st_size != self.files[index].size:
+                os.ftruncate(fd, self.files[index].size)
+            return fd
+        except OSError as exc:
+            raise from_os_error(exc, f"opening {self.local_path(index)}") from exc
+        finally:
+            os.close(parent)
+
+    def _parent_fd(self, path: str) -> int:
+        """A descriptor of ``path``'s directory below the root, made as needed, reached
+        without following any symlink (a symlink in the way is ``unsafe_path``)."""
+        if self._root_fd is None:
+            try:
+                self._root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            except OSError as exc:
+                raise from_os_error(exc, f"opening {self.root}") from exc
+        fd = os.dup(self._root_fd)
+        try:
+            for segment in path.split("/")[:-1]:
+                try:
+                    next_fd = _open_dir(segment, fd)
+                except FileNotFoundError:
+                    try:
+                        os.mkdir(segment, 0o755, dir_fd=fd)
+                    except FileExistsError:
+                        pass  # made meanwhile by another thread
+                    except OSError as exc:
+                        raise from_os_error(exc, f"creating the directories of {path}") from exc
+                    next_fd = _open_dir(segment, fd)
+                os.close(fd)
+                fd = next_fd
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _acquire(self, index: int) -> int:
+        with self._lock:
+            fd = self._open.get(index)
+            if fd is not None:
+                self._open.move_to_end(index)
+                self._users[index] = self._users.get(index, 0) + 1
+                return fd
+        fd = self._open_file(index)
+        with self._lock:
+            existing = self._open.get(index)
+            if existing is not None:  # another thread opened it meanwhile
+                os.close(fd)
+                fd = existing
+            else:
+                self._open[index] = fd
+            self._users[index] = self._users.get(index, 0) + 1
+            self._evict()
+            return fd
+
+    def _release(self, index: int) -> None:
+        with self._lock:
+            self._users[index] -= 1
+            if not self._users[index]:
+                del self._users[index]
+            self._evict()
+
+    def _evict(self) -> None:
+        # Called with the lock held: close idle descriptors beyond the cap, oldest first.
+        for index in list(self._open):
+            if len(self._open) <= self._max_open:
+                return
+            if index not in self._users:
+                os.close(self._open.pop(index))
+
+    def close(self) -> None:
+        with self._lock:
+            for fd in self._open.values():
+                os.close(fd)
+            self._open.clear()
+            if self._root_fd is not None:
+                os.close(self._root_fd)
+                self._root_fd = None
+
+    # -- bytes
+
+    def read(self, offset: int, length: int) -> bytes:
+        """``length`` stream bytes from ``offset``; a short file is ``source_changed``."""
+        pieces: list[bytes] = []
+        for index, at, step in self.segments(offset, length):
+            fd = self._acquire(index)
+            try:
+                data = os.pread(fd, step, at)
+            except OSError as exc:
+                raise from_os_error(exc, f"reading {self.local_path(index)}") from exc
+            finally:
+                self._release(index)
+            if len(data) != step:
+                raise source_changed(self.local_path(index), f"short read at offset {at}")
+            pieces.append(data)
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+    def write(self, offset: int, buffers: Sequence[bytes]) -> None:
+        """Write ``buffers``, back to back, at stream ``offset``."""
+        views = [memoryview(b) for b in buffers if b]
+        total = sum(len(v) for v in views)
+        for index, at, step in self.segments(offset, total):
+            fd = self._acquire(index)
+            try:
+                taken: list[memoryview] = []
+                need = step
+                while need:
+                    view = views[0]
+                    if len(view) <= need:
+                        taken.append(view)
+                        need -= len(view)
+                        views.pop(0)
+                    else:
+                        taken.append(view[:need])
+                        views[0] = view[need:]
+                        need = 0
+                _pwrite_all(fd, taken, at)
+            except OSError as exc:
+                raise from_os_error(exc, f"writing {self.local_path(index)}") from exc
+            finally:
+                self._release(index)
+
+    def sync(self, offset: int, length: int) -> None:
+        """Make the range's bytes durable (``fdatasync`` of every file it touches)."""
+        for index in self.files_in(offset, length):
+            fd = self._acquire(index)
+            try:
+                os.fdatasync(fd)
+            finally:
+                self._release(index)
+
+    def drop_cache(self, offset: int, length: int) -> None:
+        """Let the range's pages leave the page cache (they are on disk and hashed)."""
+        for index, at, step in self.segments(offset, length):
+            fd = self._acquire(index)
+            try:
+                os.posix_fadvise(fd, at, step, os.POSIX_FADV_DONTNEED)
+            finally:
+                self._release(index)
+
+    def check_sources(self) -> None:
+        """``source_changed`` unless every source file is still the one recorded."""
+        for f in self.files:
+            path = os.path.join(self.root, *f.path.split("/"))
+            try:
+                st = os.stat(path, follow_symlinks=False)
+            except FileNotFoundError:
+                raise source_changed(path, "it is gone") from None
+            except OSError as exc:
+                raise from_os_error(exc, f"reading {path}") from exc
+            if (st.st_size, st.st_mtime_ns, st.st_ino) != (f.size, f.mtime_ns, f.inode):
+                raise source_changed(path, "its size, mtime or inode differs")
+
+    def create_missing(self) -> None:
+        """Create the ``.part`` files nothing was written to (empty files have no range)."""
+        for index, f in enumerate(self.files):
+            if f.size == 0:
+                self._acquire(index)
+                self._release(index)
+
+    def parts_ready(self) -> bool:
+        """Every ``.part`` file exists at its full size (a download can resume from checkpoints)."""
+        for index in range(len(self.files)):
+            try:
+                st = os.stat(self.local_path(index), follow_symlinks=False)
+            except FileNotFoundError:
+                return False
+            if not stat.S_ISREG(st.st_mode) or st.st_size != self.files[index].size:
+                return False
+        return True
+
+
+def _open_dir(name: str, dir_fd: int) -> int:
+    try:
+        return os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    except OSError as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
+        raise DataeraiError("unsafe_path", f"{name!r} is a symlink or not a directory; refusing to write through "
+                                           "it") from exc
+
+
+def _pwrite_all(fd: int, views: list[memoryview], offset: int) -> None:
+    while views:
+        written = os.pwritev(fd, views, offset)
+        offset += written
+        while views and written >= len(views[0]):
+            written -= len(views[0])
+            views.pop(0)
+        if views and written:
+            views[0] = views[0][written:]
+
+
+class StreamHasher:
+    """The SHA-256 of a stream fed in order, and of each file in it as it passes.
+
+    A stream of one file needs no second hasher: that file's digest is the stream's.
+    """
+
+    def __init__(self, files: Sequence[StreamFile]) -> None:
+        self.whole: Hasher = hashlib.sha256()
+        self._files = files
+        self._per_file = len(files) > 1
+        self._index = 0
+        self._current: Hasher = hashlib.sha256()
+        self._left = files[0].size if files else 0
+        self._done: list[str] = []
+        if self._per_file:
+            self._finish_empty()
+
+    def _finish_empty(self) -> None:
+        while self._index < len(self._files) and self._left == 0:
+            self._done.append(self._current.hexdigest())
+            self._index += 1
+            self._current = hashlib.sha256()
+            self._left = self._files[self._index].size if self._index < len(self._files) else 0
+
+    @property
+    def file_sha256(self) -> list[str]:
+        """The digests of the files fed completely so far, in order."""
+        if not self._per_file:
+            return [self.whole.hexdigest()] if self._files and self._fed_all() else []
+        return list(self._done)
+
+    def _fed_all(self) -> bool:
+        return self._left == 0
+
+    def update(self, data: bytes) -> None:
+        self.whole.update(data)
+        if not self._per_file:
+            self._left -= len(data)
+            return
+        view = memoryview(data)
+        while view and self._index < len(self._files):
+            step = min(len(view), self._left)
+            self._current.update(view[:step])
+            view = view[step:]
+            self._left -= step
+            self._finish_empty()
+
+    def feed(self, fileset: FileSet, offset: int, length: int, block_size: int) -> None:
+        """Read and hash ``length`` stream bytes from ``offset`` (which must follow what was fed)."""
+        end = offset + length
+        while offset < end:
+            block = fileset.read(offset, min(block_size, end - offset))
+            self.update(block)
+            offset += len(block)
