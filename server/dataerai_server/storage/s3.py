@@ -53,7 +53,7 @@ import tempfile
 from collections.abc import AsyncGenerator, AsyncIterable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import IO, Any, Final, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 import trio
@@ -246,7 +246,7 @@ class S3Storage:
     ) -> StoredPart:
         """Spool the body to a temp file while hashing it, check it, then send it with its digest."""
         name, upload = self._split(handle)
-        spool = await self._run(functools.partial(tempfile.TemporaryFile, "w+b", dir=self._spool_dir))
+        spool = await self._run(self._new_spool)
         try:
             hasher = hashlib.sha256()
             received = 0
@@ -286,6 +286,9 @@ class S3Storage:
             with trio.CancelScope(shield=True):
                 await self._run(spool.close)
         return StoredPart(number, size, sha256)
+
+    def _new_spool(self) -> IO[bytes]:
+        return tempfile.TemporaryFile("w+b", dir=self._spool_dir)
 
     async def _listed(self, name: str, upload: str) -> dict[int, list[dict[str, Any]]] | None:
         """The parts S3 holds, by number; a number re-sent may be listed more than once (newest
