@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import signal
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,10 +17,6 @@ from typing import Any
 import httpx
 import pytest
 from stack import Stack, make_file, wait_for
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "server"))
-
-from backends import postgres_database, s3_bucket, seaweed  # noqa: E402, F401 - fixtures
 
 MiB = 1024 * 1024
 
@@ -45,7 +40,8 @@ def _requests(log: Path) -> list[dict[str, Any]]:
 @pytest.fixture
 def s3_stack(tmp_path_factory: pytest.TempPathFactory, seaweed: Any, s3_bucket: str,
              postgres_database: str) -> Iterator[Any]:
-    """``s3_stack(prefix, parts="server", daemon_config=...)``: a server on PostgreSQL and S3, a daemon, a user, a project."""
+    """``s3_stack(prefix, parts="server", daemon_config=...)``: a server on PostgreSQL and S3,
+    a daemon, a user, a project."""
     stacks: list[Stack] = []
 
     def make(prefix: str, parts: str = "server", daemon_config: dict[str, Any] | None = None) -> Stack:
