@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 from dataerai_server.storage import S3Location, S3Storage, StoredPart
+
 from dataeraid.errors import DataeraiError, TargetExpired
 from dataeraid.remote import Remote, raise_for_status
 
