@@ -5,7 +5,9 @@ HTTP and transport errors become the catalogue's errors here and nowhere else:
 - connection errors, timeouts, 408, 429 and 5xx → ``TransientError`` (retry; 429 and
   503 carry ``Retry-After``)
 - 401 → ``AuthProblem`` (``auth_required`` / ``auth_expired``: the job waits for a login)
-- 403 on a signed URL that expired → ``TargetExpired`` (ask for a new URL)
+- 403 on a signed URL that expired → ``TargetExpired`` (ask for a new URL); an S3
+  store's XML ``AccessDenied`` "Request has expired" too
+- an S3 store's XML ``BadDigest`` (400) → ``checksum_mismatch``, as the server's own 422
 - any other 4xx → ``DataeraiError`` with the server's code (fail at once)
 
 Signed URLs (part targets, content reads) are sent without the bearer token:
@@ -14,8 +16,11 @@ the token only ever goes to the API base URL it was issued for.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import email.utils
 import time
+import xml.etree.ElementTree as ElementTree
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -51,6 +56,19 @@ def _error_body(response: httpx.Response) -> dict[str, Any]:
     return error if isinstance(error, dict) else {}
 
 
+def _s3_error(response: httpx.Response) -> tuple[str, str] | None:
+    """``(Code, Message)`` of an S3 store's XML error body (a presigned URL's answer), else None."""
+    if not response.content.lstrip().startswith(b"<"):
+        return None
+    try:
+        root = ElementTree.fromstring(response.content)
+    except ElementTree.ParseError:
+        return None
+    if root.tag != "Error":
+        return None
+    return root.findtext("Code") or "", root.findtext("Message") or ""
+
+
 def raise_for_status(response: httpx.Response, what: str) -> None:
     """Map a non-2xx answer to the catalogue (the one boundary for HTTP errors)."""
     status = response.status_code
@@ -58,6 +76,12 @@ def raise_for_status(response: httpx.Response, what: str) -> None:
         return
     if status in (408, 429) or status >= 500:
         raise TransientError(f"{what}: HTTP {status}", retry_after=_retry_after(response))
+    s3 = _s3_error(response)
+    if s3 is not None:
+        if status == 403 and s3[0] == "AccessDenied" and "expired" in s3[1].lower():
+            raise TargetExpired(f"{what}: {s3[1]}")
+        if s3[0] in ("BadDigest", "XAmzContentChecksumMismatch", "InvalidDigest"):
+            raise DataeraiError("checksum_mismatch", f"{what}: the store refused the bytes ({s3[0]}: {s3[1]})")
     error = _error_body(response)
     code = error.get("code") if error.get("code") in ERRORS else _STATUS_CODES.get(status, "invalid_argument")
     message = str(error.get("message") or f"HTTP {status}")
@@ -142,6 +166,13 @@ class Remote:
         except httpx.TransportError as exc:
             raise TransientError(f"{what}: {type(exc).__name__}: {exc}") from exc
         raise_for_status(response, what)
+        if not response.content and "x-amz-checksum-sha256" in response.headers:
+            # An S3 store's answer: no body; the digest it checked the part against, in base64.
+            try:
+                digest = base64.b64decode(response.headers["x-amz-checksum-sha256"], validate=True).hex()
+            except (binascii.Error, ValueError):
+                raise DataeraiError("internal", f"{what}: the store answered with a malformed checksum") from None
+            return {"sha256": digest, "size": int(headers.get("Content-Length", -1))}
         result: dict[str, Any] = response.json() if response.content else {}
         return result
 

@@ -70,6 +70,9 @@ class Stack:
             config_dir.mkdir(parents=True, exist_ok=True)
             lines = [f"{k} = {v!r}" if not isinstance(v, str) else f'{k} = "{v}"' for k, v in daemon_config.items()]
             (config_dir / "config.toml").write_text("\n".join(lines) + "\n")
+        self.server_storage: str | None = None
+        self.server_database: str | None = None
+        self.server_env: dict[str, str] = {}
         self.port: int | None = None
         self.url: str | None = None
         self.server: subprocess.Popen[bytes] | None = None
@@ -78,16 +81,31 @@ class Stack:
 
     # --- the repository server ----------------------------------------------------
 
-    def start_server(self, timeout: float = 30.0) -> str:
-        """Start (or restart, on the same port) the server; its base URL."""
+    def start_server(self, timeout: float = 30.0, *, storage: str | None = None, database: str | None = None,
+                     env: dict[str, str] | None = None) -> str:
+        """Start (or restart, on the same port) the server; its base URL.
+
+        ``storage`` and ``database`` are ``--storage`` and ``--database`` (kept for restarts
+        and for ``add_user``); ``env`` is added to the server's environment (AWS_* for S3).
+        """
+        if storage is not None:
+            self.server_storage = storage
+        if database is not None:
+            self.server_database = database
+        if env is not None:
+            self.server_env = env
         ready = self.root / "server.url"
         ready.unlink(missing_ok=True)
         bind = f"127.0.0.1:{self.port or 0}"
         log = open(self.root / "server.log", "ab")  # noqa: SIM115 - the process owns it
+        args = [_bin("dataerai-server"), "run", "--data-dir", str(self.server_dir), "--bind", bind,
+                "--ready-file", str(ready)]
+        if self.server_storage:
+            args += ["--storage", self.server_storage]
+        if self.server_database:
+            args += ["--database", self.server_database]
         self.server = subprocess.Popen(
-            [_bin("dataerai-server"), "run", "--data-dir", str(self.server_dir), "--bind", bind,
-             "--ready-file", str(ready)],
-            env=self.env, stdout=log, stderr=log, start_new_session=True,
+            args, env={**self.env, **self.server_env}, stdout=log, stderr=log, start_new_session=True,
         )
         log.close()
 
@@ -112,7 +130,11 @@ class Stack:
         self.server = None
 
     def add_user(self, email: str, scope: str = "write", expires_in_days: float | None = None) -> str:
-        args = [_bin("dataerai-server"), "users", "add", email, "--scope", scope, "--data-dir", str(self.server_dir)]
+        args = [_bin("dataerai-server"), "users", "add", email, "--scope", scope]
+        if self.server_database:
+            args += ["--database", self.server_database]
+        else:
+            args += ["--data-dir", str(self.server_dir)]
         if expires_in_days is not None:
             args += ["--expires-in", str(expires_in_days)]
         out = subprocess.run(args, env=self.env, check=True, capture_output=True, timeout=60)

@@ -50,7 +50,17 @@ def main() -> None:
     show_default=True,
     help="HOST:PORT to listen on; port 0 picks a free port (see --ready-file).",
 )
-@click.option("--database", metavar="URL", help="SQLAlchemy URL; default sqlite:///DATA_DIR/repository.sqlite3.")
+@click.option(
+    "--database",
+    metavar="URL",
+    help="SQLAlchemy URL, e.g. postgresql+psycopg://USER@HOST/DB; default sqlite:///DATA_DIR/repository.sqlite3.",
+)
+@click.option(
+    "--storage",
+    metavar="URL",
+    help="s3://BUCKET/PREFIX (endpoint and keys from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
+    "AWS_REGION); default: DATA_DIR/objects.",
+)
 @click.option(
     "--default-allocation",
     type=click.IntRange(min=0),
@@ -68,7 +78,13 @@ def main() -> None:
     "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True
 )
 def run(
-    data_dir: Path, bind: str, database: str | None, default_allocation: int, ready_file: Path | None, log_level: str
+    data_dir: Path,
+    bind: str,
+    database: str | None,
+    storage: str | None,
+    default_allocation: int,
+    ready_file: Path | None,
+    log_level: str,
 ) -> None:
     """Serve the repository API until SIGTERM or SIGINT."""
     from .serve import parse_bind, run_server  # the web stack is not needed by `users`
@@ -78,10 +94,18 @@ def run(
         parse_bind(bind)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--bind") from None
+    if storage is not None:
+        from .storage import S3Location
+
+        try:
+            S3Location.parse(storage)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--storage") from None
     data_dir.mkdir(parents=True, exist_ok=True)
     settings = Settings(
         data_dir=data_dir.resolve(),
         database_url=_database_url(data_dir, database),
+        storage_url=storage,
         default_allocation_bytes=default_allocation,
     )
     try:

@@ -38,10 +38,15 @@ def sqlite_url(data_dir: Path) -> str:
 
 @dataclass(frozen=True)
 class Settings:
-    """Everything ``run`` needs; ``database_url`` defaults to :func:`sqlite_url`."""
+    """Everything ``run`` needs; ``database_url`` defaults to :func:`sqlite_url`.
+
+    ``storage_url`` is None for the directory storage under ``data_dir/objects``, or
+    ``s3://BUCKET/PREFIX`` (see ``storage/s3.py``).
+    """
 
     data_dir: Path
     database_url: str
+    storage_url: str | None = None
     default_allocation_bytes: int = DEFAULT_ALLOCATION_BYTES
     url_ttl_seconds: int = DEFAULT_URL_TTL_SECONDS
     session_ttl_seconds: int = DEFAULT_SESSION_TTL_SECONDS
@@ -50,3 +55,8 @@ class Settings:
     def objects_dir(self) -> Path:
         """Where the local storage keeps parts and contents."""
         return self.data_dir / "objects"
+
+    @property
+    def spool_dir(self) -> Path:
+        """Where the S3 storage spools part bodies sent through the server."""
+        return self.data_dir / "spool"

@@ -10,7 +10,7 @@ from . import migrate
 from .config import Settings
 from .db import Database
 from .signing import UrlSigner, load_or_create_secret
-from .storage import LocalStorage, Storage
+from .storage import LocalStorage, S3Storage, Storage
 from .uploads import Uploads
 
 
@@ -26,6 +26,16 @@ class Services:
         self.db.dispose()
 
 
+def open_storage(settings: Settings) -> Storage:
+    """The storage ``settings.storage_url`` names: the data directory's by default. Blocking."""
+    url = settings.storage_url
+    if url is None:
+        return LocalStorage.open(settings.objects_dir)
+    if url.startswith("s3://"):
+        return S3Storage.open(url, settings.spool_dir)
+    raise ValueError(f"unknown storage URL {url!r}: give s3://BUCKET/PREFIX, or nothing for the data directory")
+
+
 async def open_services(settings: Settings) -> Services:
     """Migrate the database to the newest schema, load (or create) the signing secret,
     open the storage. Blocking work runs in threads."""
@@ -33,7 +43,7 @@ async def open_services(settings: Settings) -> Services:
     try:
         await trio.to_thread.run_sync(migrate.upgrade, db.write_engine)
         secret = await db.write(load_or_create_secret)
-        storage = await trio.to_thread.run_sync(LocalStorage.open, settings.objects_dir)
+        storage = await trio.to_thread.run_sync(open_storage, settings)
     except BaseException:
         db.dispose()
         raise

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from backends import postgres_database, s3_bucket, seaweed  # noqa: F401 - fixtures
 from server_harness import ALLOCATION, Env, Server
 
 

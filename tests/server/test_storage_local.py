@@ -1,4 +1,6 @@
-"""The local-directory storage against its contract (``storage/base.py``), in-process under Trio."""
+"""The local-directory storage: what only it does (hard links, running digests, O_DIRECT, temp files).
+
+The contract both storages keep is tested in ``test_storage_contract.py``."""
 
 from __future__ import annotations
 
@@ -76,68 +78,14 @@ async def test_parts_complete_and_ranges(storage: LocalStorage) -> None:
     assert not list((storage.root / "tmp").iterdir())
 
 
-async def test_bad_part_is_not_stored_and_the_earlier_one_stays(storage: LocalStorage) -> None:
-    handle = await storage.create_upload("upl_2")
-    good = _data(100_000, seed=2)
-    await storage.put_part(handle, 1, _chunks(good), len(good), _sha(good))
-    bad = _data(100_000, seed=3)
-    with pytest.raises(ChecksumMismatch) as caught:
-        await storage.put_part(handle, 1, _chunks(bad), len(good), _sha(good))
-    assert caught.value.actual_sha256 == _sha(bad) and caught.value.expected_sha256 == _sha(good)
-    with pytest.raises(ChecksumMismatch):  # too long: refused without reading it all
-        await storage.put_part(handle, 1, _chunks(good + b"x"), len(good), _sha(good))
-    with pytest.raises(ChecksumMismatch):  # too short
-        await storage.put_part(handle, 1, _chunks(good[:-1]), len(good), _sha(good))
-    content = await storage.complete(handle, [StoredPart(1, len(good), _sha(good))], "upl_2", None)
-    assert content.sha256 == _sha(good)
-    assert await _read(storage, "upl_2", 0, len(good)) == good
-    assert not list((storage.root / "tmp").iterdir())
 
 
-async def test_whole_file_mismatch_publishes_nothing(storage: LocalStorage) -> None:
-    handle = await storage.create_upload("upl_3")
-    a, b = _data(65536, seed=4), _data(10, seed=5)
-    await storage.put_part(handle, 1, _chunks(a), len(a), _sha(a))
-    await storage.put_part(handle, 2, _chunks(b), len(b), _sha(b))
-    parts = [StoredPart(1, len(a), _sha(a)), StoredPart(2, len(b), _sha(b))]
-    with pytest.raises(ChecksumMismatch):
-        await storage.complete(handle, parts, "upl_3", "0" * 64)
-    with pytest.raises(StorageError):
-        await _read(storage, "upl_3", 0, 1)
-    assert len(await storage.list_parts(handle)) == 2  # the parts stay for another try
-    assert not list((storage.root / "tmp").iterdir())
 
 
-async def test_missing_or_wrong_sized_part_is_a_storage_error(storage: LocalStorage) -> None:
-    handle = await storage.create_upload("upl_4")
-    a = _data(1000, seed=6)
-    await storage.put_part(handle, 1, _chunks(a), len(a), _sha(a))
-    with pytest.raises(StorageError):
-        await storage.complete(handle, [StoredPart(1, 1000, _sha(a)), StoredPart(2, 5, None)], "upl_4", None)
-    with pytest.raises(StorageError):
-        await storage.complete(handle, [StoredPart(1, 999, None), StoredPart(2, 0, None)], "upl_4", None)
-    with pytest.raises(StorageError):
-        await storage.complete(handle, [StoredPart(1, 999, _sha(a))], "upl_4", None)  # one part, wrong size
-    await storage.abort(handle)
-    await storage.abort(handle)
-    with pytest.raises(StorageError):
-        await storage.put_part(handle, 1, _chunks(a), len(a), _sha(a))
 
 
-async def test_empty_part_and_empty_content(storage: LocalStorage) -> None:
-    handle = await storage.create_upload("upl_5")
-    await storage.put_part(handle, 1, _chunks(b""), 0, _sha(b""))
-    content = await storage.complete(handle, [StoredPart(1, 0, _sha(b""))], "upl_5", _sha(b""))
-    assert content.size == 0
-    assert await _read(storage, "upl_5", 0, 0) == b""
-    await storage.delete_content("upl_5")
-    await storage.delete_content("upl_5")
 
 
-async def test_names_cannot_escape_the_root(storage: LocalStorage) -> None:
-    for name in ("../x", "a/b", ".hidden", ""):
-        with pytest.raises(StorageError):
-            await storage.create_upload(name)
 
 
 def test_stale_temp_files_are_cleared_on_open(tmp_path: Path) -> None:
@@ -204,26 +152,6 @@ async def test_a_content_is_its_parts_linked_not_copied(storage: LocalStorage) -
         await _read(storage, "upl_links", 0, 1)
 
 
-async def test_ranges_across_part_boundaries(storage: LocalStorage) -> None:
-    # Parts smaller than a read block and not block-aligned, so ranges cross several parts.
-    part_size = 300_001
-    data = _data(5 * part_size + 99, seed=31)
-    pieces = _pieces(data, part_size)
-    handle = await storage.create_upload("upl_ranges")
-    await _put_all(storage, handle, pieces, range(1, len(pieces) + 1))
-    await storage.complete(handle, _records(pieces), "upl_ranges", _sha(data))
-    await storage.release_parts(handle)
-    cases = [
-        (0, len(data)),  # everything
-        (part_size - 1, 2),  # the last byte of part 1 and the first of part 2
-        (part_size - 10, part_size + 20),  # three parts: the end of 1, all of 2, the start of 3
-        (part_size, part_size),  # exactly part 2
-        (2 * part_size + 5, 3 * part_size),  # from inside part 3 to inside part 6
-        (len(data) - 99, 99),  # exactly the last, short part
-        (4095, 1_048_577),  # unaligned, longer than a read block, across four parts
-    ]
-    for offset, length in cases:
-        assert await _read(storage, "upl_ranges", offset, length) == data[offset : offset + length], (offset, length)
 
 
 async def test_zero_byte_content(storage: LocalStorage) -> None:

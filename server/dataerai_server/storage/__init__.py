@@ -1,7 +1,8 @@
 """Where upload parts and content bytes live, behind one contract (``base.Storage``).
 
-``local.LocalStorage`` keeps them in a directory; an S3 storage will follow behind the
-same contract, which is shaped after S3 multipart uploads for that reason.
+``local.LocalStorage`` keeps them in a directory; ``s3.S3Storage`` in an S3-compatible
+bucket, as multipart uploads with presigned part URLs. The contract is shaped after S3
+multipart uploads for that reason.
 """
 
 from .base import ChecksumMismatch as ChecksumMismatch
@@ -11,3 +12,5 @@ from .base import StorageError as StorageError
 from .base import StoredContent as StoredContent
 from .base import StoredPart as StoredPart
 from .local import LocalStorage as LocalStorage
+from .s3 import S3Location as S3Location
+from .s3 import S3Storage as S3Storage

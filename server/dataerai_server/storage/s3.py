@@ -1,0 +1,523 @@
+"""S3-compatible object storage behind the storage contract (``base.Storage``).
+
+Configured by ``--storage s3://BUCKET/PREFIX``; the endpoint and keys come from the
+standard ``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY`` and
+``AWS_REGION`` (boto3 reads them; its other sources, such as ``~/.aws``, work too).
+
+Layout under ``PREFIX``::
+
+    contents/<key>            a content object (the completed multipart upload)
+    verified/<key>.json       written once its whole SHA-256 was checked: size, sha256,
+                              the object's ETag and its parts' digests
+
+An upload is an S3 multipart upload created with ``ChecksumAlgorithm='SHA256'``
+under ``contents/<upload_id>``; its handle is ``<upload_id>/<UploadId>``. The server
+makes the content key of an upload its upload id, so completion publishes the object
+where it was built (another key costs a server-side copy).
+
+Parts take one of two ways (``?parts=`` in the URL):
+
+- ``direct`` (the default): :meth:`S3Storage.part_url` presigns ``UploadPart`` with the
+  part's SHA-256 signed in, so the store itself refuses other bytes (``400 BadDigest``)
+  and any change to the URL or the checksum header (``403``). The client must send the
+  headers returned (``x-amz-checksum-sha256``, ``Content-Length``).
+- ``server``: :meth:`S3Storage.part_url` returns None and the server receives the part;
+  :meth:`S3Storage.put_part` spools it to a local temp file while hashing it (the body
+  is never held in memory), checks size and digest, then sends it with its checksum.
+
+Reads likewise (``?reads=direct``, the default, presigned GETs that honour ``Range``;
+``?reads=server``, the server streams :meth:`S3Storage.read_range`).
+
+Completion: S3 checks each part against the digest given with it and returns only a
+*composite* checksum (the digest of the part digests), so the whole-file SHA-256 is
+computed by reading the completed object back once, in order, hashing as it streams
+(sequential reading measured faster than parallel ranges on the 2-core machine, see
+docs/server.md). On a mismatch the object is deleted before ``complete`` returns and
+no record of it was written: the server hands out URLs only to contents it recorded,
+which it does only after ``complete`` returned, so unverified bytes are never served.
+Every boto3 call runs in a worker thread under one ``trio.CapacityLimiter``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import functools
+import hashlib
+import itertools
+import json
+import os
+import re
+import tempfile
+from collections.abc import AsyncGenerator, AsyncIterable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Final, TypeVar
+from urllib.parse import parse_qs, urlsplit
+
+import trio
+
+from .base import ChecksumMismatch, PresignedRequest, StorageError, StoredContent, StoredPart
+
+T = TypeVar("T")
+
+#: Blocks read from the store, and batches written to a spool file.
+BLOCK_BYTES: Final = 1 << 20
+#: Completion attempts when parts were re-sent and S3 lists several of one number.
+MAX_COMPLETE_TRIES: Final = 64
+#: boto3 calls at once (and HTTP connections in its pool).
+DEFAULT_THREADS: Final = 8
+
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+_GONE = ("NoSuchUpload", "NoSuchKey", "404", "NotFound")
+_MODES = ("direct", "server")
+
+
+def _safe(name: str) -> str:
+    if not _SAFE_NAME.fullmatch(name):
+        raise StorageError(f"not a valid storage name: {name!r}")
+    return name
+
+
+def b64_digest(sha256_hex: str) -> str:
+    """The base64 form S3 uses for a SHA-256 given in hex."""
+    try:
+        return base64.b64encode(bytes.fromhex(sha256_hex)).decode()
+    except ValueError:
+        raise StorageError(f"not a SHA-256: {sha256_hex!r}") from None
+
+
+def hex_digest(sha256_b64: str) -> str:
+    """The hex form of a SHA-256 S3 gives in base64."""
+    try:
+        return base64.b64decode(sha256_b64, validate=True).hex()
+    except (binascii.Error, ValueError):
+        raise StorageError(f"not a base64 SHA-256: {sha256_b64!r}") from None
+
+
+def _code(exc: BaseException) -> str:
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        return str(response.get("Error", {}).get("Code", ""))
+    return ""
+
+
+@dataclass(frozen=True)
+class S3Location:
+    """A parsed ``s3://BUCKET/PREFIX[?parts=direct|server&reads=direct|server]``."""
+
+    bucket: str
+    prefix: str
+    direct_parts: bool = True
+    direct_reads: bool = True
+
+    @classmethod
+    def parse(cls, url: str) -> S3Location:
+        split = urlsplit(url)
+        if split.scheme != "s3" or not split.netloc:
+            raise ValueError(f"not an s3://BUCKET/PREFIX URL: {url!r}")
+        query = {k: v[-1] for k, v in parse_qs(split.query).items()}
+        unknown = set(query) - {"parts", "reads"}
+        if unknown:
+            raise ValueError(f"unknown option(s) in {url!r}: {', '.join(sorted(unknown))}")
+        for option in ("parts", "reads"):
+            if query.get(option, "direct") not in _MODES:
+                raise ValueError(f"`{option}` must be `direct` or `server`, not {query[option]!r}")
+        prefix = split.path.strip("/")
+        return cls(
+            bucket=split.netloc,
+            prefix=f"{prefix}/" if prefix else "",
+            direct_parts=query.get("parts", "direct") == "direct",
+            direct_reads=query.get("reads", "direct") == "direct",
+        )
+
+
+def make_client(threads: int = DEFAULT_THREADS) -> Any:
+    """A boto3 S3 client configured from the environment (``AWS_ENDPOINT_URL`` etc.).
+
+    SigV4 always (presigned URLs included). Path-style addressing when an endpoint is
+    given (self-hosted stores rarely have a DNS name per bucket). Checksums only where
+    an operation requires one: the part digests are given explicitly.
+    """
+    import boto3
+    from botocore.config import Config
+
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    config = Config(
+        signature_version="s3v4",
+        s3={"addressing_style": "path" if endpoint else "auto"},
+        max_pool_connections=threads,
+        retries={"mode": "standard", "max_attempts": 4},
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+        connect_timeout=10,
+        read_timeout=120,
+    )
+    return boto3.session.Session().client("s3", endpoint_url=endpoint or None, config=config)
+
+
+class S3Storage:
+    """:class:`~dataerai_server.storage.base.Storage` on an S3 bucket. Create with :meth:`open`."""
+
+    def __init__(
+        self,
+        client: Any,
+        location: S3Location,
+        spool_dir: Path,
+        *,
+        threads: int = DEFAULT_THREADS,
+    ) -> None:
+        self._s3 = client
+        self.location = location
+        self.bucket = location.bucket
+        self.prefix = location.prefix
+        self._spool_dir = spool_dir
+        self._limiter = trio.CapacityLimiter(threads)
+
+    @classmethod
+    def open(cls, url: str, spool_dir: Path, *, client: Any = None) -> S3Storage:
+        """Parse ``url``, make the client and check the bucket answers. Blocking."""
+        location = S3Location.parse(url)
+        storage = cls(client if client is not None else make_client(), location, spool_dir)
+        spool_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            storage._s3.list_objects_v2(Bucket=location.bucket, Prefix=location.prefix, MaxKeys=1)
+        except Exception as exc:
+            raise StorageError(f"cannot reach bucket {location.bucket!r}: {exc}") from exc
+        return storage
+
+    def start_background(self, nursery: trio.Nursery) -> None:
+        """Nothing runs in the background."""
+
+    # --- names and plumbing -------------------------------------------------------------
+
+    def _object(self, key: str) -> str:
+        return f"{self.prefix}contents/{_safe(key)}"
+
+    def _record(self, key: str) -> str:
+        return f"{self.prefix}verified/{_safe(key)}.json"
+
+    def _split(self, handle: str) -> tuple[str, str]:
+        name, sep, upload = handle.partition("/")
+        if not sep or not upload:
+            raise StorageError(f"not an S3 upload handle: {handle!r}")
+        return _safe(name), upload
+
+    async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn(*args, **kwargs)`` in a worker thread; store failures become :class:`StorageError`
+        (except the ones callers look at: those keep their ``response``)."""
+        return await trio.to_thread.run_sync(functools.partial(fn, *args, **kwargs), limiter=self._limiter)
+
+    async def _call(self, operation: str, **params: Any) -> Any:
+        """One S3 operation; any failure is a :class:`StorageError` carrying the S3 code."""
+        try:
+            return await self._run(getattr(self._s3, operation), Bucket=self.bucket, **params)
+        except Exception as exc:
+            raise _S3Error(operation, exc) from exc
+
+    # --- uploads ---------------------------------------------------------------------
+
+    async def create_upload(self, upload_id: str) -> str:
+        created = await self._call("create_multipart_upload", Key=self._object(upload_id), ChecksumAlgorithm="SHA256")
+        return f"{upload_id}/{created['UploadId']}"
+
+    def part_url(self, handle: str, number: int, size: int, sha256: str, ttl_seconds: int) -> PresignedRequest | None:
+        """A presigned ``UploadPart`` with the part's digest signed in (no I/O: signing is local)."""
+        if not self.location.direct_parts:
+            return None
+        name, upload = self._split(handle)
+        checksum = b64_digest(sha256)
+        url = self._s3.generate_presigned_url(
+            "upload_part",
+            Params={
+                "Bucket": self.bucket,
+                "Key": self._object(name),
+                "UploadId": upload,
+                "PartNumber": number,
+                "ChecksumSHA256": checksum,
+            },
+            ExpiresIn=ttl_seconds,
+        )
+        return PresignedRequest("PUT", url, {"x-amz-checksum-sha256": checksum, "Content-Length": str(size)})
+
+    async def put_part(
+        self, handle: str, number: int, body: AsyncIterable[bytes], size: int, sha256: str
+    ) -> StoredPart:
+        """Spool the body to a temp file while hashing it, check it, then send it with its digest."""
+        name, upload = self._split(handle)
+        spool = await self._run(self._new_spool)
+        try:
+            hasher = hashlib.sha256()
+            received = 0
+            batch: list[bytes] = []
+            batched = 0
+
+            def flush(chunks: list[bytes]) -> None:
+                data = b"".join(chunks)
+                hasher.update(data)
+                spool.write(data)
+
+            async for chunk in body:
+                received += len(chunk)
+                if received > size:
+                    raise ChecksumMismatch(
+                        f"part {number} is longer than {size} bytes",
+                        expected_size=size, actual_size=received, expected_sha256=sha256, actual_sha256=None,
+                    )
+                batch.append(chunk)
+                batched += len(chunk)
+                if batched >= BLOCK_BYTES:
+                    await self._run(flush, batch)
+                    batch, batched = [], 0
+            await self._run(flush, batch)
+            actual = hasher.hexdigest()
+            if received != size or actual != sha256:
+                raise ChecksumMismatch(
+                    f"part {number} is {received} bytes with SHA-256 {actual}, not {size} bytes with {sha256}",
+                    expected_size=size, actual_size=received, expected_sha256=sha256, actual_sha256=actual,
+                )
+            await self._run(spool.seek, 0)
+            await self._call(
+                "upload_part", Key=self._object(name), UploadId=upload, PartNumber=number,
+                Body=spool, ContentLength=size, ChecksumSHA256=b64_digest(sha256),
+            )
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._run(spool.close)
+        return StoredPart(number, size, sha256)
+
+    def _new_spool(self) -> IO[bytes]:
+        return tempfile.TemporaryFile("w+b", dir=self._spool_dir)
+
+    async def _listed(self, name: str, upload: str) -> dict[int, list[dict[str, Any]]] | None:
+        """The parts S3 holds, by number; a number re-sent may be listed more than once (newest
+        first where S3's times tell). None if the multipart upload is gone (completed or aborted)."""
+        parts: dict[int, list[dict[str, Any]]] = {}
+        marker = 0
+        while True:
+            try:
+                page = await self._call(
+                    "list_parts", Key=self._object(name), UploadId=upload, PartNumberMarker=marker, MaxParts=1000
+                )
+            except _S3Error as exc:
+                if exc.code in _GONE:
+                    return None
+                raise
+            for part in page.get("Parts", []):
+                parts.setdefault(int(part["PartNumber"]), []).insert(0, part)
+            if not page.get("IsTruncated"):
+                break
+            marker = int(page["NextPartNumberMarker"])
+        for versions in parts.values():
+            versions.sort(key=lambda p: p.get("LastModified") or 0, reverse=True)
+        return parts
+
+    async def list_parts(self, handle: str) -> list[StoredPart]:
+        """Numbers and sizes; ``sha256`` is None (S3 lists MD5 ETags, not the checksums)."""
+        listed = await self._listed(*self._split(handle))
+        return [StoredPart(n, int(p[0]["Size"]), None) for n, p in sorted((listed or {}).items())]
+
+    async def complete(self, handle: str, parts: Sequence[StoredPart], key: str, sha256: str | None) -> StoredContent:
+        name, upload = self._split(handle)
+        if [p.number for p in parts] != list(range(1, len(parts) + 1)):
+            raise StorageError("parts must be numbered 1..N in order")
+        size = sum(p.size for p in parts)
+        listed = await self._listed(name, upload)
+        if listed is None:
+            # Completed before (a retry after a crash), or aborted.
+            return await self._completed_before(name, parts, key, sha256, size)
+        candidates: list[list[dict[str, Any]]] = []
+        for part in parts:
+            held = [p for p in listed.get(part.number, []) if int(p["Size"]) == part.size]
+            if not held:
+                raise StorageError(f"part {part.number} of {part.size} bytes is not stored")
+            candidates.append(held)
+        # A part re-sent may be listed once per send, told apart by ETag (MD5) only; S3
+        # takes the one whose SHA-256 is the one given and refuses the others (BadDigest).
+        choices = itertools.islice(itertools.product(*candidates), MAX_COMPLETE_TRIES)
+        for choice in choices:
+            entries = []
+            for part, held_part in zip(parts, choice, strict=True):
+                entry = {"PartNumber": part.number, "ETag": held_part["ETag"]}
+                if part.sha256 is not None:
+                    entry["ChecksumSHA256"] = b64_digest(part.sha256)
+                entries.append(entry)
+            try:
+                await self._call(
+                    "complete_multipart_upload", Key=self._object(name), UploadId=upload,
+                    MultipartUpload={"Parts": entries},
+                )
+                break
+            except _S3Error as exc:
+                if exc.code == "BadDigest":
+                    continue
+                if exc.code in ("InvalidPart", "InvalidPartOrder", "EntityTooSmall"):
+                    raise StorageError(f"S3 refused the parts: {exc}") from exc
+                raise
+        else:
+            raise StorageError("S3 holds no parts with the digests recorded for this upload")
+        return await self._verify_and_publish(name, parts, key, sha256, size)
+
+    async def _verify_and_publish(
+        self, name: str, parts: Sequence[StoredPart], key: str, sha256: str | None, size: int
+    ) -> StoredContent:
+        """Hash the object completed under ``name``; delete it on a mismatch; else record it
+        (and move it to ``key`` if that is another name)."""
+        built = self._object(name)
+        head = await self._call("head_object", Key=built)
+        actual_size, actual = await self._hash_object(built)
+        if actual_size != size or (sha256 is not None and actual != sha256):
+            await self._call("delete_object", Key=built)
+            raise ChecksumMismatch(
+                f"the content is {actual_size} bytes with SHA-256 {actual}, not {size} bytes with {sha256}",
+                expected_size=size, actual_size=actual_size, expected_sha256=sha256, actual_sha256=actual,
+            )
+        etag = head["ETag"]
+        if key != name:
+            await self._run(self._s3.copy, {"Bucket": self.bucket, "Key": built}, self.bucket, self._object(key))
+            etag = (await self._call("head_object", Key=self._object(key)))["ETag"]
+            await self._call("delete_object", Key=built)
+        record = {"size": size, "sha256": actual, "etag": etag, "parts": [p.sha256 for p in parts]}
+        await self._call(
+            "put_object", Key=self._record(key), Body=json.dumps(record).encode(), ContentType="application/json"
+        )
+        return StoredContent(size=size, sha256=actual)
+
+    async def _completed_before(
+        self, name: str, parts: Sequence[StoredPart], key: str, sha256: str | None, size: int
+    ) -> StoredContent:
+        """The multipart upload is gone: the same parts may be in ``key`` already."""
+        try:
+            head = await self._call("head_object", Key=self._object(key))
+        except _S3Error as exc:
+            if exc.code in _GONE:
+                if key != name:
+                    with contextlib.suppress(_S3Error):
+                        await self._call("head_object", Key=self._object(name))
+                        # Completed under its own name but never moved or recorded.
+                        return await self._verify_and_publish(name, parts, key, sha256, size)
+                raise StorageError(f"upload {name!r} has no parts left and {key!r} does not exist") from exc
+            raise
+        record = await self._read_record(key)
+        given = [p.sha256 for p in parts]
+        if record is not None and record.get("etag") == head["ETag"]:
+            recorded = record["parts"]
+            same = (
+                int(record["size"]) == size
+                and len(recorded) == len(given)
+                and all(g is None or g == r for g, r in zip(given, recorded, strict=True))
+            )
+            if not same:
+                raise StorageError(f"{key!r} holds other parts, and this upload's parts are gone")
+            if sha256 is not None and record["sha256"] != sha256:
+                raise ChecksumMismatch(
+                    f"the content has SHA-256 {record['sha256']}, not {sha256}",
+                    expected_size=size, actual_size=size, expected_sha256=sha256, actual_sha256=record["sha256"],
+                )
+            return StoredContent(size=size, sha256=str(record["sha256"]))
+        if int(head["ContentLength"]) != size or not self._composite_matches(head, parts):
+            raise StorageError(f"{key!r} is not made of this upload's parts, and they are gone")
+        # Completed, but the check of its digest never finished: check it now.
+        return await self._verify_and_publish(key, parts, key, sha256, size)
+
+    def _composite_matches(self, head: dict[str, Any], parts: Sequence[StoredPart]) -> bool:
+        """Whether the object's composite checksum is the one ``parts`` make (True where unknown)."""
+        composite = head.get("ChecksumSHA256")
+        if not composite or any(p.sha256 is None for p in parts):
+            return True
+        joined = b"".join(bytes.fromhex(p.sha256) for p in parts if p.sha256 is not None)
+        return bool(composite == f"{base64.b64encode(hashlib.sha256(joined).digest()).decode()}-{len(parts)}")
+
+    async def _read_record(self, key: str) -> dict[str, Any] | None:
+        try:
+            answer = await self._call("get_object", Key=self._record(key))
+        except _S3Error as exc:
+            if exc.code in _GONE:
+                return None
+            raise
+        data = await self._run(answer["Body"].read)
+        try:
+            record: dict[str, Any] = json.loads(data)
+        except ValueError:
+            return None
+        return record
+
+    async def _hash_object(self, name: str) -> tuple[int, str]:
+        """Read ``name`` whole, in order, hashing it in the reading thread: (size, sha256)."""
+
+        def read_and_hash() -> tuple[int, str]:
+            body = self._s3.get_object(Bucket=self.bucket, Key=name)["Body"]
+            hasher = hashlib.sha256()
+            size = 0
+            try:
+                for block in body.iter_chunks(BLOCK_BYTES):
+                    hasher.update(block)
+                    size += len(block)
+            finally:
+                body.close()
+            return size, hasher.hexdigest()
+
+        try:
+            return await self._run(read_and_hash)
+        except Exception as exc:
+            raise _S3Error("get_object", exc) from exc
+
+    async def release_parts(self, handle: str) -> None:
+        """S3 consumed the parts on completion; abort whatever upload is left (idempotent)."""
+        await self.abort(handle)
+
+    async def abort(self, handle: str) -> None:
+        name, upload = self._split(handle)
+        try:
+            await self._call("abort_multipart_upload", Key=self._object(name), UploadId=upload)
+        except _S3Error as exc:
+            if exc.code not in _GONE:
+                raise
+
+    # --- contents ----------------------------------------------------------------------
+
+    def content_url(self, key: str, ttl_seconds: int) -> PresignedRequest | None:
+        """A presigned GET (a ``Range`` header is honoured, unsigned)."""
+        if not self.location.direct_reads:
+            return None
+        url = self._s3.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": self._object(key)}, ExpiresIn=ttl_seconds
+        )
+        return PresignedRequest("GET", url, {})
+
+    async def read_range(self, key: str, offset: int, length: int) -> AsyncGenerator[bytes, None]:
+        name = self._object(key)
+        if length == 0:
+            head = await self._call("head_object", Key=name)
+            if int(head["ContentLength"]) < offset:
+                raise StorageError(f"content {key!r} is shorter than {offset} bytes")
+            return
+        answer = await self._call("get_object", Key=name, Range=f"bytes={offset}-{offset + length - 1}")
+        body = answer["Body"]
+        got = 0
+        try:
+            while got < length:
+                try:
+                    block = await self._run(body.read, min(BLOCK_BYTES, length - got))
+                except Exception as exc:
+                    raise StorageError(f"reading {key!r}: {exc}") from exc
+                if not block:
+                    raise StorageError(f"content {key!r} ended after {offset + got} bytes")
+                got += len(block)
+                yield block
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._run(body.close)
+
+    async def delete_content(self, key: str) -> None:
+        await self._call("delete_object", Key=self._object(key))
+        await self._call("delete_object", Key=self._record(key))
+
+
+class _S3Error(StorageError):
+    """A failed S3 operation; ``code`` is S3's error code (``NoSuchUpload``, ``BadDigest``…)."""
+
+    def __init__(self, operation: str, exc: BaseException) -> None:
+        self.code = _code(exc)
+        super().__init__(f"S3 {operation} failed: {exc}")
