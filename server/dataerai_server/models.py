@@ -234,6 +234,22 @@ class UploadPart(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
+class UploadPartTarget(Base):
+    """A part the client was sent straight to storage for, with the digest signed into its URL.
+
+    Storage that takes parts directly (S3) lists what it holds by number and size only;
+    such a listed part is held with the digest of its newest target (the store refused
+    any other body), which is how the server learns of parts it never saw.
+    """
+
+    __tablename__ = "upload_part_targets"
+    upload_id: Mapped[str] = mapped_column(ForeignKey("upload_sessions.id"), primary_key=True)
+    number: Mapped[int] = mapped_column(Integer, primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(SHA256)
+    minted_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
 class UploadCompletion(Base):
     """The result stored under a completion idempotency key.
 

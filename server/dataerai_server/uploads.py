@@ -16,7 +16,7 @@ a retry can finish:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -34,7 +34,17 @@ from .clock import isoformat, new_id, utcnow
 from .config import MAX_PART_COUNT, Settings
 from .db import Database
 from .errors import ApiError
-from .models import Asset, Collection, Content, ContentFile, Project, UploadCompletion, UploadPart, UploadSession
+from .models import (
+    Asset,
+    Collection,
+    Content,
+    ContentFile,
+    Project,
+    UploadCompletion,
+    UploadPart,
+    UploadPartTarget,
+    UploadSession,
+)
 from .storage import ChecksumMismatch, PresignedRequest, Storage, StorageError, StoredPart
 
 log = structlog.get_logger(__name__)
@@ -298,6 +308,41 @@ def _record_part(
     upload.updated_at = now
     upload.expires_at = now + timedelta(seconds=session_ttl)
     return None
+
+
+def _record_target(session: Session, upload_id: str, number: int, size: int, sha256: str) -> None:
+    target = session.get(UploadPartTarget, (upload_id, number))
+    if target is None:
+        session.add(UploadPartTarget(upload_id=upload_id, number=number, size=size, sha256=sha256, minted_at=utcnow()))
+    else:
+        target.size, target.sha256, target.minted_at = size, sha256, utcnow()
+
+
+def _has_targets(session: Session, upload_id: str) -> bool:
+    query = select(UploadPartTarget.number).where(UploadPartTarget.upload_id == upload_id).limit(1)
+    return session.scalars(query).first() is not None
+
+
+def _adopt_listed_parts(session: Session, upload_id: str, listed: Sequence[StoredPart]) -> None:
+    """Record as held each part storage lists with the size of its newest direct target."""
+    upload = session.scalars(select(UploadSession).where(UploadSession.id == upload_id).with_for_update()).one()
+    if upload.state != OPEN:
+        return
+    targets = {t.number: t for t in session.scalars(
+        select(UploadPartTarget).where(UploadPartTarget.upload_id == upload_id)).all()}
+    now = utcnow()
+    for stored in listed:
+        target = targets.get(stored.number)
+        if target is None or target.size != stored.size:
+            continue
+        part = session.get(UploadPart, (upload_id, stored.number))
+        if part is None:
+            session.add(UploadPart(upload_id=upload_id, number=stored.number, size=stored.size, sha256=target.sha256,
+                                   writes=1, updated_at=now))
+            upload.bytes_received += stored.size
+        elif part.sha256 != target.sha256 and part.updated_at <= target.minted_at:
+            part.size, part.sha256, part.writes, part.updated_at = stored.size, target.sha256, part.writes + 1, now
+            upload.bytes_received += stored.size
 
 
 def _count_received(session: Session, upload_id: str, received: int) -> None:
@@ -594,6 +639,13 @@ class Uploads:
                 f"{-(-new.size // MAX_PART_COUNT)} bytes",
                 field="part_size",
             )
+        smallest = self._storage.min_part_size
+        if new.part_count > 1 and new.part_size < smallest:
+            raise ApiError(
+                "invalid_argument",
+                f"this repository's storage takes parts of at least {smallest} bytes (all but the last)",
+                field="part_size",
+            )
 
         def check(session: Session) -> dict[str, Any] | None:
             existing = _by_idempotency_key(session, who, new.idempotency_key)
@@ -622,7 +674,20 @@ class Uploads:
         return view, created
 
     async def get(self, who: Principal, upload_id: str) -> dict[str, Any]:
+        handle = await self._db.read(lambda s: _own_session(s, who, upload_id).storage_handle)
+        await self._learn_direct_parts(upload_id, handle)
         return await self._db.read(lambda s: session_view(s, _own_session(s, who, upload_id)))
+
+    async def _learn_direct_parts(self, upload_id: str, handle: str) -> None:
+        """Ask storage which parts sent straight to it (S3) it holds, and record them.
+
+        The server never sees those bodies; the store verified each against the digest
+        signed into its URL. Nothing to do for uploads that had no direct targets.
+        """
+        if not await self._db.read(lambda s: _has_targets(s, upload_id)):
+            return
+        listed = await self._storage.list_parts(handle)
+        await self._db.write(lambda s: _adopt_listed_parts(s, upload_id, listed))
 
     async def part_target(
         self, who: Principal, upload_id: str, number: int, size: int, sha256: str
@@ -635,7 +700,10 @@ class Uploads:
             return upload.storage_handle
 
         handle = await self._db.read(check)
-        return self._storage.part_url(handle, number, size, sha256, self._settings.url_ttl_seconds)
+        direct = self._storage.part_url(handle, number, size, sha256, self._settings.url_ttl_seconds)
+        if direct is not None:
+            await self._db.write(lambda s: _record_target(s, upload_id, number, size, sha256))
+        return direct
 
     async def put_part(
         self, upload_id: str, number: int, size: int, sha256: str, body: AsyncIterable[bytes]
@@ -692,6 +760,8 @@ class Uploads:
         ``file_sha256`` (one per file, in stream order) is stored as the uploader reports it.
         """
         async with self._session_locks.hold(upload_id):
+            handle = await self._db.read(lambda s: _own_session(s, who, upload_id).storage_handle)
+            await self._learn_direct_parts(upload_id, handle)
             plan = await self._db.write(lambda s: _plan_completion(s, who, upload_id, key, sha256, file_sha256))
             if isinstance(plan, _Done):
                 await self._storage.release_parts(plan.handle)
@@ -750,6 +820,7 @@ class Uploads:
                 upload.state = ABORTED
                 upload.updated_at = utcnow()
                 session.execute(delete(UploadPart).where(UploadPart.upload_id == upload_id))
+                session.execute(delete(UploadPartTarget).where(UploadPartTarget.upload_id == upload_id))
                 return upload.storage_handle
 
             handle = await self._db.write(mark)

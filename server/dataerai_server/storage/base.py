@@ -80,6 +80,9 @@ class Storage(Protocol):
     """Where parts and contents are kept. Every method is safe to call from the event
     loop: blocking work happens in threads, never on the loop."""
 
+    #: The smallest part (all but the last) a multi-part upload may have here.
+    min_part_size: int
+
     async def create_upload(self, upload_id: str) -> str:
         """Prepare for the parts of a new upload and return its handle.
 

@@ -483,6 +483,9 @@ class _RunningDigest:
 class LocalStorage:
     """:class:`~dataerai_server.storage.base.Storage` on a local directory. Create with :meth:`open`."""
 
+    #: Any part size the API allows will do.
+    min_part_size = 0
+
     def __init__(self, root: Path, *, threads: int = 12) -> None:
         self.root = root
         self._tmp = root / "tmp"

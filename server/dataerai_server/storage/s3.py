@@ -160,6 +160,9 @@ def make_client(threads: int = DEFAULT_THREADS) -> Any:
 class S3Storage:
     """:class:`~dataerai_server.storage.base.Storage` on an S3 bucket. Create with :meth:`open`."""
 
+    #: S3 refuses to complete a multipart upload whose parts (all but the last) are smaller.
+    min_part_size = 5 * 1024 * 1024
+
     def __init__(
         self,
         client: Any,
