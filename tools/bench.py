@@ -1,13 +1,22 @@
-"""`make bench`: the daemon beside curl on the same server, same file, same run.
+"""`make bench`: the daemon beside its peers, same file, same run, interleaved.
 
-Upload: the daemon's `upload()` of a file (hashing, parallel parts, completion
+Three sections (``--section``, repeatable; all of them by default):
+
+- ``loopback``: the daemon beside curl on a server with the directory storage.
+- ``s3``: the daemon on a server with S3 storage (SeaweedFS, parts straight to the
+  store) beside ``rclone copy`` and boto3's ``upload_file``/``download_file`` to the
+  same store (``tools/bench_s3.py``).
+- ``small-files``: a directory of many small files through the daemon (one asset)
+  beside ``rclone copy``, with each one's request count.
+
+Loopback upload: the daemon's `upload()` of a file (hashing, parallel parts, completion
 with the server's whole-file check) beside `curl -T` sending the same bytes
 in one PUT to a one-part upload session of the same server (the server still
 hashes and verifies that part). Download: the daemon's `download()` (parallel
 ranges, SHA-256 check, fsync, rename) beside `curl` reading the same content
 URL into a file. Also the daemon's peak RSS (VmHWM) over the whole run.
 
-Median of --runs runs, interleaved so both see the same machine state.
+Median of --runs runs, interleaved so all peers see the same machine state.
 """
 
 from __future__ import annotations
@@ -80,18 +89,9 @@ def curl_download(api: Any, asset_id: str, dest: Path) -> tuple[float, float]:
     return written, durable
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--size-mib", type=int, default=1024)
-    parser.add_argument("--chunk-mib", type=int, default=64)
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--parts-per-job", type=int, default=None, help="the daemon's parts_per_job setting")
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args()
+def loopback_section(args: argparse.Namespace) -> dict[str, Any]:
+    """The daemon beside curl on a server with the directory storage."""
     size = args.size_mib * MiB
-    if not shutil.which("curl"):
-        print("curl is needed for the comparison", file=sys.stderr)
-        return 2
     root = Path(tempfile.mkdtemp(prefix="dataerai-bench-"))
     results: dict[str, list[float]] = {"daemon_up": [], "curl_up": [], "daemon_down": [], "curl_down": [],
                                        "curl_down_fsync": []}
@@ -142,7 +142,7 @@ def main() -> int:
 
     med = {k: statistics.median(v) for k, v in results.items()}
     rate = {k: size / 1e6 / v for k, v in med.items()}
-    report = {
+    return {
         "size_bytes": size, "chunk_bytes": args.chunk_mib * MiB, "runs": args.runs,
         "median_s": {k: round(v, 3) for k, v in med.items()},
         "mb_per_s": {k: round(v, 1) for k, v in rate.items()},
@@ -153,21 +153,74 @@ def main() -> int:
         "median_cpu_s": {k: round(statistics.median(v), 2) for k, v in cpu.items()},
         "cpus": os.cpu_count(),
     }
+
+
+def print_loopback(report: dict[str, Any]) -> None:
+    rate = report["mb_per_s"]
+    print(f"{report['size_bytes'] / MiB:.0f} MiB file, {report['chunk_bytes'] // MiB} MiB parts, "
+          f"median of {report['runs']} runs, loopback")
+    print(f"  upload    daemon {rate['daemon_up']:7.1f} MB/s   curl -T {rate['curl_up']:7.1f} MB/s   "
+          f"ratio {report['upload_ratio_vs_curl']}")
+    print(f"  download  daemon {rate['daemon_down']:7.1f} MB/s   curl    {rate['curl_down']:7.1f} MB/s   "
+          f"ratio {report['download_ratio_vs_curl']}")
+    print(f"            curl + fsync, as durable as the daemon: {rate['curl_down_fsync']:7.1f} MB/s   "
+          f"ratio {report['download_ratio_vs_curl_fsync']}")
+    print(f"  daemon peak RSS {report['daemon_peak_rss_mib']:.1f} MiB")
+    c = report["median_cpu_s"]
+    print(f"  CPU seconds, upload: daemon {c['daemon_up_daemon']} + server {c['daemon_up_server']}"
+          f" (curl: server {c['curl_up_server']}); download: daemon {c['daemon_down_daemon']}"
+          f" + server {c['daemon_down_server']} (curl: server {c['curl_down_server']})")
+
+
+SECTIONS = ("loopback", "s3", "small-files")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--section", choices=SECTIONS, action="append",
+                        help="run only this section (repeatable); default: all of them")
+    parser.add_argument("--runs", type=int, default=3, help="runs per section; the median is reported")
+    parser.add_argument("--json", action="store_true")
+    loop = parser.add_argument_group("loopback: the daemon beside curl on the directory storage")
+    loop.add_argument("--size-mib", type=int, default=1024)
+    loop.add_argument("--chunk-mib", type=int, default=64)
+    loop.add_argument("--parts-per-job", type=int, default=None, help="the daemon's parts_per_job setting")
+    s3 = parser.add_argument_group("s3 and small-files: the daemon beside rclone and boto3 on SeaweedFS")
+    s3.add_argument("--s3-size-mib", type=int, default=512)
+    s3.add_argument("--s3-chunk-mib", type=int, default=16, help="part size of every peer (S3: at least 5)")
+    s3.add_argument("--concurrency", type=int, default=4, help="parts or ranges in flight, every peer")
+    s3.add_argument("--files", type=int, default=10_000, help="small-files: how many files")
+    args = parser.parse_args()
+    sections = args.section or list(SECTIONS)
+    if "loopback" in sections and not shutil.which("curl"):
+        print("curl is needed for the loopback comparison", file=sys.stderr)
+        return 2
+    reports: dict[str, Any] = {}
+    for section in sections:
+        if section == "loopback":
+            reports[section] = loopback_section(args)
+            if not args.json:
+                print_loopback(reports[section])
+            continue
+        from bench_s3 import print_s3, print_small_files, s3_section, small_files_section
+
+        root = Path(tempfile.mkdtemp(prefix=f"dataerai-bench-{section}-"))
+        try:
+            if section == "s3":
+                reports[section] = s3_section(root, args.s3_size_mib * MiB, args.s3_chunk_mib * MiB,
+                                              args.concurrency, args.runs)
+                if not args.json:
+                    print_s3(reports[section])
+            else:
+                reports[section] = small_files_section(root, args.files, args.s3_chunk_mib * MiB,
+                                                       args.concurrency, args.runs)
+                if not args.json:
+                    print_small_files(reports[section])
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+        sys.stdout.flush()
     if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        print(f"{size / MiB:.0f} MiB file, {args.chunk_mib} MiB parts, median of {args.runs} runs, loopback")
-        print(f"  upload    daemon {rate['daemon_up']:7.1f} MB/s   curl -T {rate['curl_up']:7.1f} MB/s   "
-              f"ratio {report['upload_ratio_vs_curl']}")
-        print(f"  download  daemon {rate['daemon_down']:7.1f} MB/s   curl    {rate['curl_down']:7.1f} MB/s   "
-              f"ratio {report['download_ratio_vs_curl']}")
-        print(f"            curl + fsync, as durable as the daemon: {rate['curl_down_fsync']:7.1f} MB/s   "
-              f"ratio {report['download_ratio_vs_curl_fsync']}")
-        print(f"  daemon peak RSS {rss:.1f} MiB")
-        c = report["median_cpu_s"]
-        print(f"  CPU seconds, upload: daemon {c['daemon_up_daemon']} + server {c['daemon_up_server']}"
-              f" (curl: server {c['curl_up_server']}); download: daemon {c['daemon_down_daemon']}"
-              f" + server {c['daemon_down_server']} (curl: server {c['curl_down_server']})")
+        print(json.dumps({**reports, "cpus": os.cpu_count()}, indent=2))
     return 0
 
 

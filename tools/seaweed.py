@@ -66,8 +66,11 @@ def _free_ports(count: int) -> list[int]:
 class Seaweed:
     """One ``weed server`` with an S3 gateway; ``endpoint``, ``access_key``, ``secret_key`` once started."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, metrics: bool = False) -> None:
         self.root = root
+        #: With ``metrics``, the Prometheus metrics URL once started (per-bucket request counts).
+        self.metrics = metrics
+        self.metrics_url = ""
         self.access_key = "dataerai-test"
         self.secret_key = secrets.token_hex(20)
         self.region = REGION
@@ -109,7 +112,7 @@ class Seaweed:
             "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
             "actions": ["Admin", "Read", "Write", "List", "Tagging"],
         }]}))
-        master, volume, filer, s3 = _free_ports(4)
+        master, volume, filer, s3, metrics = _free_ports(5)
         self.endpoint = f"http://127.0.0.1:{s3}"
         args = [
             _weed(), "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
@@ -120,6 +123,9 @@ class Seaweed:
             "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.telemetry=false",
             "-master.volumeSizeLimitMB=64", "-volume.max=0",
         ]
+        if self.metrics:
+            args += [f"-metricsPort={metrics}", "-metricsIp=127.0.0.1"]
+            self.metrics_url = f"http://127.0.0.1:{metrics}/metrics"
         log = open(self.log_path, "ab")  # noqa: SIM115 - the process owns it
         self.process = subprocess.Popen(args, stdout=log, stderr=log, start_new_session=True, cwd=self.root)
         log.close()
