@@ -89,16 +89,22 @@ def children_cpu_seconds() -> float:
 _METRIC = re.compile(r'^SeaweedFS_s3_request_seconds_count\{([^}]*)\} (\S+)$')
 
 
-def store_requests(seaweed: Seaweed, bucket: str) -> int:
-    """How many S3 requests the store has answered on ``bucket`` so far (its Prometheus counters)."""
+def store_requests(seaweed: Seaweed, bucket: str) -> dict[str, int]:
+    """How many S3 requests the store has answered on ``bucket`` so far, by type (its Prometheus counters)."""
     with urllib.request.urlopen(seaweed.metrics_url, timeout=10) as answer:
         text = answer.read().decode()
-    total = 0
+    counts: dict[str, int] = {}
     for line in text.splitlines():
         match = _METRIC.match(line)
         if match and f'bucket="{bucket}"' in match.group(1):
-            total += int(float(match.group(2)))
-    return total
+            kind = re.search(r'type="([^"]*)"', match.group(1))
+            name = kind.group(1) if kind else "?"
+            counts[name] = counts.get(name, 0) + int(float(match.group(2)))
+    return counts
+
+
+def count_diff(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
+    return {k: v - before.get(k, 0) for k, v in sorted(after.items()) if v > before.get(k, 0)}
 
 
 def server_requests(log: Path, since: int) -> list[dict[str, Any]]:
@@ -281,9 +287,10 @@ def s3_section(root: Path, size: int, chunk: int, concurrency: int, runs: int) -
     seconds.update({f"{p}_down_fsync": [] for p in PEERS if p != "daemon"})
     cpu: dict[str, list[float]] = {}
     source = make_file(root / "bench.bin", size, seed=11)
+    completions: list[float] = []
     with S3Bench(root / "s3", chunk, concurrency) as bench:
-        client_ctx = bench.stack.client()
-        with client_ctx as client, bench.stack.api() as api:
+        log = bench.stack.root / "server.log"
+        with bench.stack.client() as client, bench.stack.api() as api:
             for run in range(runs):
                 # A different content each run (no run may reuse stored content), same page-cache pages.
                 with open(source, "r+b") as f:
@@ -292,6 +299,7 @@ def s3_section(root: Path, size: int, chunk: int, concurrency: int, runs: int) -
                 asset_id = ""
                 for peer in order:
                     own = "boto3" if peer == "boto3" else None
+                    since = log.stat().st_size
                     with timed(bench.pids, bench.store_pgid, own) as t:
                         if peer == "daemon":
                             asset_id = client.upload(source, title=f"bench {run}", owner_type="project",
@@ -302,6 +310,9 @@ def s3_section(root: Path, size: int, chunk: int, concurrency: int, runs: int) -
                             bench.boto3.upload_file(str(source), bench.buckets["boto3"], "up/bench.bin",
                                                     Config=transfer_config(chunk, concurrency))
                     seconds[f"{peer}_up"].append(t.seconds)
+                    if peer == "daemon":  # the server's completion: S3 completion and the whole-file read-back
+                        completions.extend(r["duration_ms"] / 1000 for r in _settled_requests(log, since)
+                                           if r["method"] == "POST" and r["path"].endswith("/complete"))
                     for name, value in t.cpu.items():
                         cpu.setdefault(f"{peer}_up_{name}", []).append(value)
                 for peer in order:
@@ -349,6 +360,7 @@ def s3_section(root: Path, size: int, chunk: int, concurrency: int, runs: int) -
         },
         "median_cpu_s": {k: round(_median(v), 2) for k, v in sorted(cpu.items())},
         "daemon_peak_rss_mib": round(rss, 1),
+        "daemon_completion_s": [round(x, 2) for x in completions],
     }
 
 
@@ -370,6 +382,8 @@ def print_s3(r: dict[str, Any]) -> None:
               f" + store {c[f'daemon_{d}_store']}; rclone {c.get(f'rclone_{d}_rclone', 0)}"
               f" + store {c[f'rclone_{d}_store']}; boto3 {c[f'boto3_{d}_boto3']} + store {c[f'boto3_{d}_store']}")
     print(f"  daemon peak RSS {r['daemon_peak_rss_mib']} MiB")
+    print(f"  of the daemon's upload, the server's completion (S3 complete + whole-file SHA-256 read back): "
+          f"{', '.join(map(str, r['daemon_completion_s']))} s")
     runs = r["runs_s"]
     print("  runs (s): " + "; ".join(f"{k} {', '.join(map(str, v))}" for k, v in runs.items()))
 
@@ -415,6 +429,7 @@ def small_files_section(root: Path, count: int, chunk: int, concurrency: int, ru
     requests: dict[str, list[int]] = {k: [] for k in ("daemon_up_server", "daemon_up_store", "daemon_down_server",
                                                       "daemon_down_store", "rclone_up_store", "rclone_down_store")}
     parts: list[int] = []
+    store_kinds: dict[str, dict[str, int]] = {}  # of the last run
     with S3Bench(root / "s3", chunk, concurrency) as bench:
         log = bench.stack.root / "server.log"
         with bench.stack.client() as client, bench.stack.api() as api:
@@ -440,8 +455,9 @@ def small_files_section(root: Path, count: int, chunk: int, concurrency: int, ru
                         else:
                             bench.rclone.copy(f"store:{bench.buckets['rclone']}/tree", str(dest / "tree"))
                         seconds[f"{peer}_{direction}"].append(time.monotonic() - started)
-                        requests[f"{peer}_{direction}_store"].append(
-                            store_requests(bench.seaweed, bench.buckets[peer]) - store0)
+                        kinds = count_diff(store_requests(bench.seaweed, bench.buckets[peer]), store0)
+                        requests[f"{peer}_{direction}_store"].append(sum(kinds.values()))
+                        store_kinds[f"{peer}_{direction}"] = kinds
                         if peer == "daemon":
                             lines = _settled_requests(log, since)
                             requests[f"daemon_{direction}_server"].append(len(lines))
@@ -466,6 +482,7 @@ def small_files_section(root: Path, count: int, chunk: int, concurrency: int, ru
         "requests": {k: int(_median([float(x) for x in v])) for k, v in requests.items()},
         "requests_runs": requests,
         "daemon_parts": parts,
+        "store_requests_by_type_last_run": store_kinds,
         "ratios": {"upload_daemon_vs_rclone": round(med["rclone_up"] / med["daemon_up"], 2),
                    "download_daemon_vs_rclone": round(med["rclone_down"] / med["daemon_down"], 2)},
     }
@@ -482,6 +499,8 @@ def print_small_files(r: dict[str, Any]) -> None:
               f"   ratio {r['ratios'][f'{name}_daemon_vs_rclone']}")
     print(f"  daemon parts per upload: {r['daemon_parts']}; store requests count the server's own "
           "(create, list, complete, read-back) beside the daemon's part PUTs and range GETs")
+    print("  store requests by type, last run: " + "; ".join(
+        f"{k} {', '.join(f'{t} {n}' for t, n in v.items())}" for k, v in r["store_requests_by_type_last_run"].items()))
     runs = r["runs_s"]
     print("  runs (s): " + "; ".join(f"{k} {', '.join(map(str, v))}" for k, v in runs.items()))
 
