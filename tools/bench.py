@@ -201,6 +201,7 @@ def main() -> int:
             reports[section] = loopback_section(args)
             if not args.json:
                 print_loopback(reports[section])
+                sys.stdout.flush()
             continue
         from bench_s3 import print_s3, print_small_files, s3_section, small_files_section
 

@@ -20,9 +20,7 @@ file), so no run can be served by content the repository already holds.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import random
 import re
 import resource
 import secrets
@@ -41,6 +39,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from seaweed import Seaweed
+from smallfiles import make_tree, requests_since, tree
 from stack import Stack, make_file
 
 MiB = 1024 * 1024
@@ -105,22 +104,6 @@ def store_requests(seaweed: Seaweed, bucket: str) -> dict[str, int]:
 
 def count_diff(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
     return {k: v - before.get(k, 0) for k, v in sorted(after.items()) if v > before.get(k, 0)}
-
-
-def server_requests(log: Path, since: int) -> list[dict[str, Any]]:
-    """The server's request log lines from byte ``since`` of its log on."""
-    with open(log, "rb") as f:
-        f.seek(since)
-        tail = f.read()
-    found = []
-    for line in tail.splitlines():
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(entry, dict) and entry.get("event") == "request":
-            found.append(entry)
-    return found
 
 
 def fsync_tree(path: Path) -> None:
@@ -311,7 +294,7 @@ def s3_section(root: Path, size: int, chunk: int, concurrency: int, runs: int) -
                                                     Config=transfer_config(chunk, concurrency))
                     seconds[f"{peer}_up"].append(t.seconds)
                     if peer == "daemon":  # the server's completion: S3 completion and the whole-file read-back
-                        completions.extend(r["duration_ms"] / 1000 for r in _settled_requests(log, since)
+                        completions.extend(r["duration_ms"] / 1000 for r in requests_since(log, since)
                                            if r["method"] == "POST" and r["path"].endswith("/complete"))
                     for name, value in t.cpu.items():
                         cpu.setdefault(f"{peer}_up_{name}", []).append(value)
@@ -391,40 +374,10 @@ def print_s3(r: dict[str, Any]) -> None:
 # --- many small files ----------------------------------------------------------------
 
 
-def make_small_tree(top: Path, count: int, seed: int = 5) -> int:
-    """``count`` files of 1-4 KiB of random bytes in directories of 100; their total size."""
-    rng = random.Random(seed)
-    total = 0
-    for i in range(count):
-        folder = top / f"d{i // 100:03}"
-        if i % 100 == 0:
-            folder.mkdir(parents=True)
-        data = rng.randbytes(rng.randint(1024, 4096))
-        (folder / f"f{i:05}.dat").write_bytes(data)
-        total += len(data)
-    return total
-
-
-def tree_digests(top: Path) -> dict[str, str]:
-    return {p.relative_to(top).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in top.rglob("*") if p.is_file()}
-
-
-def _settled_requests(log: Path, since: int) -> list[dict[str, Any]]:
-    """The request lines since ``since``, once the log stops growing (a line is written after its answer)."""
-    count = -1
-    while True:
-        lines = server_requests(log, since)
-        if len(lines) == count:
-            return lines
-        count = len(lines)
-        time.sleep(0.2)
-
-
 def small_files_section(root: Path, count: int, chunk: int, concurrency: int, runs: int) -> dict[str, Any]:
     top = root / "tree"
-    total = make_small_tree(top, count)
-    expected = tree_digests(top)
+    expected = make_tree(top, count)
+    total = sum(p.stat().st_size for p in top.rglob("*") if p.is_file())
     seconds: dict[str, list[float]] = {"daemon_up": [], "daemon_down": [], "rclone_up": [], "rclone_down": []}
     requests: dict[str, list[int]] = {k: [] for k in ("daemon_up_server", "daemon_up_store", "daemon_down_server",
                                                       "daemon_down_store", "rclone_up_store", "rclone_down_store")}
@@ -435,8 +388,8 @@ def small_files_section(root: Path, count: int, chunk: int, concurrency: int, ru
         with bench.stack.client() as client, bench.stack.api() as api:
             for run in range(runs):
                 changed = next(iter(sorted(expected)))
-                (top / changed).write_bytes(f"run {run} {time.time_ns()}".encode().ljust(1024, b"."))
-                expected[changed] = hashlib.sha256((top / changed).read_bytes()).hexdigest()
+                (root / changed).write_bytes(f"run {run} {time.time_ns()}".encode().ljust(1024, b"."))
+                expected[changed] = hashlib.sha256((root / changed).read_bytes()).hexdigest()
                 order = ("daemon", "rclone") if run % 2 == 0 else ("rclone", "daemon")
                 asset_id = ""
                 for direction in ("up", "down"):
@@ -459,13 +412,13 @@ def small_files_section(root: Path, count: int, chunk: int, concurrency: int, ru
                         requests[f"{peer}_{direction}_store"].append(sum(kinds.values()))
                         store_kinds[f"{peer}_{direction}"] = kinds
                         if peer == "daemon":
-                            lines = _settled_requests(log, since)
+                            lines = requests_since(log, since)
                             requests[f"daemon_{direction}_server"].append(len(lines))
                             if direction == "up":
                                 parts.append(sum(1 for r in lines if r["method"] == "POST"
                                                  and r["path"].endswith("/target")))
                         if direction == "down":
-                            got = tree_digests(dest / "tree")
+                            got = tree(dest)
                             if got != expected:
                                 wrong = sorted(set(got.items()) ^ set(expected.items()))[:3]
                                 raise RuntimeError(f"{peer} brought back a different tree, e.g. {wrong}")

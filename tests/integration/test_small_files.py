@@ -9,52 +9,15 @@ one JSON line per request.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import random
 import re
 import time
 from pathlib import Path
 from typing import Any
 
-from stack import Stack
+from smallfiles import make_tree, requests_since, tree
 
 MiB = 1024 * 1024
 FILES = 10_000
-
-
-def make_tree(top: Path, count: int) -> dict[str, str]:
-    """``count`` files of 1-4 KiB in directories of 100; relative path (under ``top``'s parent) -> SHA-256."""
-    rng = random.Random(10_000)
-    digests = {}
-    for i in range(count):
-        folder = top / f"d{i // 100:03}"
-        if i % 100 == 0:
-            folder.mkdir(parents=True)
-        data = rng.randbytes(rng.randint(1024, 4096))
-        (folder / f"f{i:05}.dat").write_bytes(data)
-        digests[f"{top.name}/{folder.name}/f{i:05}.dat"] = hashlib.sha256(data).hexdigest()
-    return digests
-
-
-def tree(root: Path) -> dict[str, str]:
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in root.rglob("*") if p.is_file()}
-
-
-def requests_since(stack: Stack, offset: int) -> list[dict[str, Any]]:
-    """The server's request lines written after byte ``offset`` of its log, once it stops growing."""
-    log = stack.root / "server.log"
-    seen = -1
-    while True:
-        with open(log, "rb") as f:
-            f.seek(offset)
-            lines = [json.loads(line) for line in f.read().splitlines() if line.startswith(b"{")]
-        found = [entry for entry in lines if entry.get("event") == "request"]
-        if len(found) == seen:
-            return found
-        seen = len(found)
-        time.sleep(0.2)
 
 
 def test_ten_thousand_small_files_take_a_handful_of_requests(make_stack: Any, tmp_path: Path) -> None:
@@ -70,13 +33,13 @@ def test_ten_thousand_small_files_take_a_handful_of_requests(make_stack: Any, tm
         result = client.upload(top, title="frames", owner_type="project", owner_id=stack.project_id,
                                chunk_size_mb=64)
         up_s = time.monotonic() - started
-        up = requests_since(stack, before)
+        up = requests_since(log, before)
 
         before = log.stat().st_size
         started = time.monotonic()
         dl = client.download(result.asset_id, dest_dir=tmp_path / "out")
         down_s = time.monotonic() - started
-        down = requests_since(stack, before)
+        down = requests_since(log, before)
 
     assert len(dl.files) == FILES
     assert tree(tmp_path / "out") == expected, "every file comes back with its bytes"
