@@ -322,10 +322,6 @@ async def _fetch_ranges(ctx: JobContext, fileset: FileSet, target: dict[str, Any
     wrote_more = trio.Event()
     workers_done = False
 
-    def sync_ranges(batch: list[tuple[int, int]]) -> None:
-        for index, length in batch:
-            fileset.sync(index * chunk_size, length)
-
     async def checkpoint_synced() -> None:
         nonlocal wrote_more
         while unsynced or not workers_done:
@@ -335,7 +331,7 @@ async def _fetch_ranges(ctx: JobContext, fileset: FileSet, target: dict[str, Any
                 continue
             batch = unsynced[:]
             del unsynced[:]
-            await trio.to_thread.run_sync(sync_ranges, batch)
+            await trio.to_thread.run_sync(fileset.sync, [(i * chunk_size, n) for i, n in batch])
             await ctx.store.checkpoint_many(ctx.job_id, [(i, n, None) for i, n in batch])
             for index, _ in batch:
                 await done_with(index, "synced")

@@ -18,12 +18,13 @@ only below its destination directory, through directory descriptors opened with
 from __future__ import annotations
 
 import bisect
+import ctypes
 import hashlib
 import os
 import stat
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -37,9 +38,29 @@ if TYPE_CHECKING:
 HASH_SLICE = 64 * 1024 * 1024
 #: Files kept open at once by one file set (each job has its own).
 MAX_OPEN_FILES = 64
+#: Directories kept open by a download's file set, so that files beside each other
+#: don't each walk the tree from the root.
+MAX_OPEN_DIRS = 32
 #: A directory upload may hold at most this many files (the repository's limit too).
 MAX_FILES = 100_000
 PART_SUFFIX = ".part"
+#: A sync touching more files than this flushes their filesystem once instead.
+SYNCFS_ABOVE_FILES = 16
+
+
+def _load_syncfs() -> Callable[[int], int] | None:
+    """Linux's ``syncfs(fd)`` (which Python's ``os`` lacks), or None where there is none."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        syncfs = libc.syncfs
+    except (OSError, AttributeError):
+        return None
+    syncfs.argtypes = [ctypes.c_int]
+    syncfs.restype = ctypes.c_int
+    return syncfs
+
+
+_syncfs = _load_syncfs()
 
 
 @dataclass(frozen=True)
@@ -180,6 +201,7 @@ class FileSet:
         self._open: OrderedDict[int, int] = OrderedDict()  # file index -> fd, least recently used first
         self._users: dict[int, int] = {}  # file index -> threads using its fd now
         self._root_fd: int | None = None
+        self._dirs: OrderedDict[str, int] = OrderedDict()  # directory below the root -> fd
 
     # -- mapping
 
@@ -247,8 +269,18 @@ class FileSet:
             os.close(parent)
 
     def _parent_fd(self, path: str) -> int:
-        """A descriptor of ``path``'s directory below the root, made as needed, reached
-        without following any symlink (a symlink in the way is ``unsafe_path``)."""
+        """A new descriptor of ``path``'s directory below the root, made as needed, reached
+        without following any symlink (a symlink in the way is ``unsafe_path``).
+
+        Directories already reached are kept open (a few at most), so the files of one
+        directory don't each walk the tree again.
+        """
+        directory = path.rpartition("/")[0]
+        with self._lock:
+            known = self._dirs.get(directory)
+            if known is not None:
+                self._dirs.move_to_end(directory)
+                return os.dup(known)
         if self._root_fd is None:
             try:
                 self._root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -256,7 +288,7 @@ class FileSet:
                 raise from_os_error(exc, f"opening {self.root}") from exc
         fd = os.dup(self._root_fd)
         try:
-            for segment in path.split("/")[:-1]:
+            for segment in directory.split("/") if directory else []:
                 try:
                     next_fd = _open_dir(segment, fd)
                 except FileNotFoundError:
@@ -272,6 +304,11 @@ class FileSet:
         except BaseException:
             os.close(fd)
             raise
+        with self._lock:
+            if directory not in self._dirs:
+                self._dirs[directory] = os.dup(fd)
+                while len(self._dirs) > MAX_OPEN_DIRS:
+                    os.close(self._dirs.popitem(last=False)[1])
         return fd
 
     def _acquire(self, index: int) -> int:
@@ -313,6 +350,9 @@ class FileSet:
             for fd in self._open.values():
                 os.close(fd)
             self._open.clear()
+            for fd in self._dirs.values():
+                os.close(fd)
+            self._dirs.clear()
             if self._root_fd is not None:
                 os.close(self._root_fd)
                 self._root_fd = None
@@ -360,9 +400,23 @@ class FileSet:
             finally:
                 self._release(index)
 
-    def sync(self, offset: int, length: int) -> None:
-        """Make the range's bytes durable (``fdatasync`` of every file it touches)."""
-        for index in self.files_in(offset, length):
+    def sync(self, ranges: Sequence[tuple[int, int]]) -> None:
+        """Make the bytes of ``(offset, length)`` ranges durable.
+
+        One ``fdatasync`` per file they touch, or, where that is many files (a
+        directory of small ones), one ``syncfs`` of the destination's filesystem:
+        a sync per file costs a disk flush each (3.3 s for 10,000 files here,
+        against 0.6 s without), one syncfs costs one.
+        """
+        touched = sorted({index for offset, length in ranges for index in self.files_in(offset, length)})
+        if len(touched) > SYNCFS_ABOVE_FILES and _syncfs is not None:
+            fd = self._acquire(touched[0])
+            try:
+                if _syncfs(fd) == 0:
+                    return
+            finally:
+                self._release(touched[0])
+        for index in touched:
             fd = self._acquire(index)
             try:
                 os.fdatasync(fd)
