@@ -64,6 +64,7 @@ def to_wire(row: Row, bytes_done: int, chunks_done: int) -> dict[str, Any]:
         "kind": row["kind"],
         "state": row["state"],
         "priority": row["priority"],
+        "client": row.get("client") or None,
         "created_at": _iso(row["created_at"]),
         "updated_at": _iso(row["updated_at"]),
         "bytes_done": bytes_done,
@@ -163,6 +164,31 @@ class Jobs:
         job = await self.bus.commit(write)
         if to == "queued":
             self.wake_scheduler()
+        return job
+
+    async def set_priority(self, job_id: str, priority: int) -> dict[str, Any]:
+        """Change a job's priority, with a durable ``job.priority`` event.
+
+        Any job that has not ended may change; a running one keeps running (the
+        priority orders the queue, it does not preempt). A finished one is ``conflict``.
+        """
+
+        def write(conn: Connection, emit: Emit) -> dict[str, Any]:
+            row = Store.fetch_job(conn, job_id)
+            if row is None:
+                raise DataeraiError("not_found", f"no job {job_id}")
+            if row["state"] in TERMINAL:
+                raise DataeraiError("conflict", f"job {job_id} is {row['state']}; its priority no longer matters",
+                                    state=row["state"])
+            Store.update_job(conn, job_id, {"priority": priority})
+            new_row = Store.fetch_job(conn, job_id)
+            assert new_row is not None
+            job = self._wire(conn, new_row)
+            emit("job.priority", job_id, {"priority": priority, "previous_priority": row["priority"], "job": job})
+            return job
+
+        job = await self.bus.commit(write)
+        self.wake_scheduler()
         return job
 
     async def update(self, job_id: str, fields: Mapping[str, Any]) -> None:

@@ -58,6 +58,30 @@ def _absolute(name: str, value: str) -> str:
     return os.path.normpath(value)
 
 
+#: Event types a subscriber may ask for with ``types`` (``gap`` always comes through).
+EVENT_TYPES = ("job.state", "job.progress", "job.priority", "auth.reloaded", "gap")
+
+
+def _client_tag(conn: Connection, client: dict[str, Any] | None) -> str:
+    """The job's fairness key: the client's ``name`` if it gave one, else its pid.
+
+    The SDK sends ``{"pid": os.getpid(), "name": ...}``; a raw caller that sends
+    nothing is known by its socket peer's pid (``SO_PEERCRED``). Processes that
+    share a name share one fair share, on purpose: a tool made of several
+    processes counts as one client.
+    """
+    client = client or {}
+    name, pid = client.get("name"), client.get("pid")
+    if name is not None and (not isinstance(name, str) or len(name) > 100):
+        raise DataeraiError("invalid_argument", "`client.name` must be a string of at most 100 characters")
+    if pid is not None and (isinstance(pid, bool) or not isinstance(pid, int)):
+        raise DataeraiError("invalid_argument", "`client.pid` must be an int")
+    if name:
+        return f"name:{name}"
+    pid = pid if pid is not None else conn.peer_pid
+    return f"pid:{pid}" if pid is not None else "unknown"
+
+
 def build_registry(svc: Services) -> Registry:
     registry = Registry()
     add = registry.add
@@ -80,8 +104,12 @@ def build_registry(svc: Services) -> Registry:
 
     @add("auth.reload", "Re-read the credentials file; jobs waiting for auth go on.")
     async def auth_reload(conn: Connection) -> dict[str, Any]:
+        waiting = [j["job_id"] for j in await svc.jobs.list_all(["waiting_for_auth"])]
         creds = svc.auth.reload()
-        return {"logged_in": creds is not None, "server_url": creds.server_url if creds else None}
+        result = {"logged_in": creds is not None, "server_url": creds.server_url if creds else None}
+        # Durable, so a client that follows events learns why its waiting jobs move again.
+        await svc.bus.commit(lambda c, emit: emit("auth.reloaded", None, {**result, "waiting_jobs": waiting}))
+        return result
 
     @add("project.create", "Create a project (with its root collection, owner membership and allocation).",
          Param("name", "str", required=True), Param("description", "str", default="", nullable=False))
@@ -99,12 +127,14 @@ def build_registry(svc: Services) -> Registry:
         Param("description", "str"), Param("alias", "str"), Param("tags", "list[str]"),
         Param("metadata", "object"), Param("collection_id", "str"), Param("asset_id", "str"),
         Param("chunk_size", "int"), Param("priority", "int", default=0, nullable=False),
-        Param("deadline_s", "number"),
+        Param("deadline_s", "number"), Param("client", "object"),
     )
     async def upload_start(conn: Connection, local_path: str, title: str, owner_type: str, owner_id: str,
                            description: str | None, alias: str | None, tags: list[str] | None,
                            metadata: dict[str, Any] | None, collection_id: str | None, asset_id: str | None,
-                           chunk_size: int | None, priority: int, deadline_s: float | None) -> dict[str, Any]:
+                           chunk_size: int | None, priority: int, deadline_s: float | None,
+                           client: dict[str, Any] | None) -> dict[str, Any]:
+        tag = _client_tag(conn, client)
         path = _absolute("local_path", local_path)
         if owner_type not in OWNER_TYPES:
             raise DataeraiError("invalid_argument", f"`owner_type` must be one of {', '.join(OWNER_TYPES)}")
@@ -127,11 +157,11 @@ def build_registry(svc: Services) -> Registry:
                   "alias": alias, "tags": tags or [], "metadata": metadata or {}, "collection_id": collection_id,
                   "asset_id": asset_id}
         return await svc.jobs.create({
-            "job_id": job_id, "kind": "upload", "priority": priority, "params": params, "local_path": path,
+            "job_id": job_id, "kind": "upload", "priority": _priority(priority), "params": params, "local_path": path,
             "file_name": os.path.basename(path), "source_size": identity.size,
             "source_mtime_ns": identity.mtime_ns, "source_inode": identity.inode, "chunk_size": chunk,
             "chunk_count": max(1, -(-identity.size // chunk)), "bytes_total": identity.size,
-            "deadline": _deadline(deadline_s),
+            "deadline": _deadline(deadline_s), "client": tag,
         })
 
     @add(
@@ -139,19 +169,20 @@ def build_registry(svc: Services) -> Registry:
         Param("asset_id", "str", required=True), Param("dest_dir", "str", required=True),
         Param("content_id", "str"), Param("overwrite", "bool", default=False, nullable=False),
         Param("chunk_size", "int"), Param("priority", "int", default=0, nullable=False),
-        Param("deadline_s", "number"),
+        Param("deadline_s", "number"), Param("client", "object"),
     )
     async def download_start(conn: Connection, asset_id: str, dest_dir: str, content_id: str | None,
                              overwrite: bool, chunk_size: int | None, priority: int,
-                             deadline_s: float | None) -> dict[str, Any]:
+                             deadline_s: float | None, client: dict[str, Any] | None) -> dict[str, Any]:
+        tag = _client_tag(conn, client)
         dest = _absolute("dest_dir", dest_dir)
         if await trio.to_thread.run_sync(lambda: os.path.exists(dest) and not os.path.isdir(dest)):
             raise DataeraiError("invalid_argument", f"{dest} exists and is not a directory")
         chunk = _chunk_size(chunk_size, svc.settings)
         return await svc.jobs.create({
-            "job_id": new_job_id(), "kind": "download", "priority": priority,
+            "job_id": new_job_id(), "kind": "download", "priority": _priority(priority),
             "params": {"asset_id": asset_id, "content_id": content_id, "overwrite": overwrite},
-            "dest_dir": dest, "chunk_size": chunk, "deadline": _deadline(deadline_s),
+            "dest_dir": dest, "chunk_size": chunk, "deadline": _deadline(deadline_s), "client": tag,
         })
 
     @add("job.get", "One job.", Param("job_id", "str", required=True))
@@ -215,6 +246,11 @@ def build_registry(svc: Services) -> Registry:
     async def job_retry(conn: Connection, job_id: str) -> dict[str, Any]:
         return await svc.jobs.transition(job_id, "queued", only_from=("failed", "cancelled"))
 
+    @add("job.set_priority", "Change a job's priority (higher starts first); running jobs are not preempted.",
+         Param("job_id", "str", required=True), Param("priority", "int", required=True))
+    async def job_set_priority(conn: Connection, job_id: str, priority: int) -> dict[str, Any]:
+        return await svc.jobs.set_priority(job_id, _priority(priority))
+
     @add("asset.get", "An asset's metadata.", Param("asset_id", "str", required=True))
     async def asset_get(conn: Connection, asset_id: str) -> dict[str, Any]:
         return await _now("reading the asset", lambda: svc.remote.get_asset(asset_id))
@@ -234,11 +270,17 @@ def build_registry(svc: Services) -> Registry:
         return await _now("updating the asset", lambda: svc.remote.update_asset(asset_id, changes))
 
     @add("events.subscribe", "Receive `event` notifications on this connection (replaying after `since`).",
-         Param("since", "int"), Param("jobs", "list[str]"))
-    async def events_subscribe(conn: Connection, since: int | None, jobs: list[str] | None) -> dict[str, Any]:
+         Param("since", "int"), Param("jobs", "list[str]"), Param("types", "list[str]"))
+    async def events_subscribe(conn: Connection, since: int | None, jobs: list[str] | None,
+                               types: list[str] | None) -> dict[str, Any]:
+        bad = sorted(set(types or ()) - set(EVENT_TYPES))
+        if bad:
+            raise DataeraiError("invalid_argument", f"unknown event types {bad}; types are {', '.join(EVENT_TYPES)}")
+        if since is not None and since < 0:
+            raise DataeraiError("invalid_argument", "`since` must be an event id, 0 or more")
         if conn.subscription_scope is not None:
             conn.subscription_scope.cancel()
-        subscription = await svc.bus.subscribe(since=since, jobs=jobs)
+        subscription = await svc.bus.subscribe(since=since, jobs=jobs, types=types)
         scope = trio.CancelScope()
         conn.subscription_scope = scope
         last = svc.bus.last_id
@@ -277,6 +319,12 @@ def _chunk_size(requested: int | None, settings: Settings) -> int:
         raise DataeraiError("invalid_argument",
                             f"`chunk_size` must be between {MIN_CHUNK_SIZE} and {MAX_CHUNK_SIZE} bytes")
     return chunk
+
+
+def _priority(priority: int) -> int:
+    if not -(2**31) <= priority < 2**31:
+        raise DataeraiError("invalid_argument", "`priority` must be a 32-bit signed int (higher starts first)")
+    return priority
 
 
 def _deadline(deadline_s: float | None) -> float | None:
