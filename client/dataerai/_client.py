@@ -88,6 +88,11 @@ class DataeraiClient:
     Arguments the SDK can tell are wrong raise ``DaemonError("invalid_argument")``
     before anything is sent.
 
+    Fairness: the daemon shares its running slots and bandwidth round-robin
+    between clients. Jobs this client starts are tagged with this process's pid,
+    or with ``client_name`` when given (processes that pass the same name count
+    as one client).
+
     One client may be shared between threads; its calls then run one at a time.
     The token never passes through the SDK.
     """
@@ -100,7 +105,11 @@ class DataeraiClient:
         auto_start: bool = True,
         start_timeout_s: float = DEFAULT_START_TIMEOUT_S,
         request_timeout_s: float | None = DEFAULT_REQUEST_TIMEOUT_S,
+        client_name: str | None = None,
     ) -> None:
+        if client_name is not None and (not isinstance(client_name, str) or not 0 < len(client_name) <= 100):
+            raise _invalid("client_name must be a string of 1 to 100 characters")
+        self._client_name = client_name
         self._socket_path = os.fspath(socket_path) if socket_path is not None else default_socket_path()
         self._binary_path = os.fspath(binary_path) if binary_path is not None else None
         self._auto_start = auto_start
@@ -171,6 +180,21 @@ class DataeraiClient:
             )
             self._state = ClientState.OPENED
         return self._connection
+
+    def _client_tag(self) -> dict[str, Any]:
+        tag: dict[str, Any] = {"pid": os.getpid()}
+        if self._client_name is not None:
+            tag["name"] = self._client_name
+        return tag
+
+    def _abort(self) -> None:
+        """Break the connection from another thread, so a call blocked on it returns (``ConnectionError``).
+
+        For the async twin: the one thing that may be done to a client without its lock.
+        """
+        connection = self._connection
+        if connection is not None:
+            connection.abort()
 
     def _drop_connection(self) -> None:
         if self._connection is not None:
@@ -286,6 +310,22 @@ class DataeraiClient:
     def cancel(self, job_id: str) -> Job:
         """Cancel a job; returns it (``cancelled``). Cancelling a finished job is the daemon's call (``conflict``)."""
         return Job.from_wire(self.call("job.cancel", {"job_id": job_id}))
+
+    def pause(self, job_id: str) -> Job:
+        """Hold a queued or running job (``paused``); it keeps its checkpoints. ``conflict`` if it ended."""
+        return Job.from_wire(self.call("job.pause", {"job_id": job_id}))
+
+    def resume(self, job_id: str) -> Job:
+        """Queue a paused job again (``queued``). ``conflict`` if it is not paused."""
+        return Job.from_wire(self.call("job.resume", {"job_id": job_id}))
+
+    def retry(self, job_id: str) -> Job:
+        """Queue a failed or cancelled job again, from its checkpoints. ``conflict`` for any other state."""
+        return Job.from_wire(self.call("job.retry", {"job_id": job_id}))
+
+    def set_priority(self, job_id: str, priority: int) -> Job:
+        """Change a job's priority (higher starts first; a running job is not stopped). ``conflict`` if it ended."""
+        return Job.from_wire(self.call("job.set_priority", {"job_id": job_id, "priority": _priority(priority)}))
 
     def wait(self, job_id: str, *, timeout_s: float | None = None, on_progress: ProgressCallback | None = None) -> Job:
         """Block until the job is ``completed``, ``failed`` or ``cancelled`` and return it as it ended.
@@ -405,6 +445,7 @@ class DataeraiClient:
             "owner_type": owner_type,
             "owner_id": owner_id,
             "priority": _priority(priority),
+            "client": self._client_tag(),
         }
         if description is not None:
             params["description"] = description
@@ -501,6 +542,7 @@ class DataeraiClient:
             "dest_dir": os.path.abspath(os.path.expanduser(os.fspath(dest_dir))),
             "overwrite": bool(overwrite),
             "priority": _priority(priority),
+            "client": self._client_tag(),
         }
         if content_id is not None:
             params["content_id"] = content_id
@@ -515,12 +557,16 @@ class DataeraiClient:
             transfer_id=job.job_id,
         )
 
-    def events(self, since: int | None = None, jobs: Iterable[str] | None = None) -> EventStream:
+    def events(
+        self, since: int | None = None, jobs: Iterable[str] | None = None, types: Iterable[str] | None = None
+    ) -> EventStream:
         """Subscribe to the daemon's events on this connection and return them as an iterator.
 
         Subscribes before returning, so nothing is missed between the call and
         the first ``next()``. ``since`` replays the stored events after that id
-        (``0``: all); ``jobs`` limits the stream to those job ids. Iteration
+        (``0``: all); ``jobs`` limits the stream to those job ids, ``types`` to
+        those event types (``job.state``, ``job.progress``, ``job.priority``,
+        ``auth.reloaded``; ``gap`` markers always come). Iteration
         blocks until the next event and goes on until ``close()`` (or the end of
         a ``with`` block). Other calls may be made on the client meanwhile
         (events that arrive are kept), but not ``upload``/``download``/``wait``,
@@ -531,6 +577,8 @@ class DataeraiClient:
             params["since"] = since
         if jobs is not None:
             params["jobs"] = [jobs] if isinstance(jobs, str) else list(jobs)
+        if types is not None:
+            params["types"] = [types] if isinstance(types, str) else list(types)
         with self._lock:
             if self._stream is not None:
                 raise RuntimeError("an events() stream is already open on this client; close it first")

@@ -173,6 +173,13 @@ class Connection:
         self._notifications.clear()
         self._lost = None
 
+    def abort(self) -> None:
+        """Shut the socket down from any thread: a ``recv`` blocked in another thread returns at once."""
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
     def close(self) -> None:
         if not self.closed:
             self.closed = True

@@ -46,6 +46,8 @@ def test_constructor_matches_the_contract() -> None:
         "auto_start": True,
         "start_timeout_s": 10.0,
         "request_timeout_s": 30.0,
+        # Beyond the contract: the fairness tag (keyword, defaulted, so the contract's calls work).
+        "client_name": None,
     }
     for param in list(inspect.signature(DataeraiClient.__init__).parameters.values())[1:]:
         assert param.kind is param.KEYWORD_ONLY
@@ -78,7 +80,7 @@ def test_constructor_matches_the_contract() -> None:
     assert _defaults(DataeraiClient.create_project) == {"name": empty, "description": ""}
     assert _defaults(DataeraiClient.call) == {"method": empty, "params": None, "timeout": None}
     assert _defaults(DataeraiClient.wait) == {"job_id": empty, "timeout_s": None, "on_progress": None}
-    assert _defaults(DataeraiClient.events) == {"since": None, "jobs": None}
+    assert _defaults(DataeraiClient.events) == {"since": None, "jobs": None, "types": None}
     rel = _defaults(DataeraiClient.create_relationship)
     assert rel["rel_type"] is None and rel["relationship_type"] is None
     assert set(rel) >= {"analysis_mode", "qualifier_note", "qualifier_time", "qualifiers"}
@@ -206,6 +208,7 @@ def test_upload_maps_params_and_reports_progress(
         "collection_id": "col_9",
         "chunk_size": 8 * 1024 * 1024,
         "priority": 5,
+        "client": {"pid": os.getpid()},
     }
     job_id = start_job_id(daemon)
     assert daemon.calls("events.subscribe")[0].params == {"jobs": [job_id], "since": 0}
@@ -234,6 +237,7 @@ def test_upload_omits_unset_options(client: DataeraiClient, daemon: FakeDaemon, 
         "owner_type": "user",
         "owner_id": "usr_1",
         "priority": 0,
+        "client": {"pid": os.getpid()},
     }
 
 
@@ -417,6 +421,7 @@ def test_download(client: DataeraiClient, daemon: FakeDaemon, monkeypatch: pytes
         "content_id": "cnt_7",
         "overwrite": True,
         "priority": 2,
+        "client": {"pid": os.getpid()},
     }
     assert result.asset_id == "ast_1" and result.content_id == "cnt_7"
     assert result.files == [dataerai.DownloadedFile(str(tmp_path / "out" / "run42.h5"), 3000)]
@@ -429,6 +434,7 @@ def test_download(client: DataeraiClient, daemon: FakeDaemon, monkeypatch: pytes
         "dest_dir": str(tmp_path),
         "overwrite": False,
         "priority": 0,
+        "client": {"pid": os.getpid()},
     }
 
 
