@@ -299,6 +299,20 @@ def build_registry(svc: Services) -> Registry:
         conn.nursery.start_soon(pump)
         return {"last_event_id": last}
 
+    @add("events.list", "Stored (durable) events after `since`, oldest first, at most `limit`.",
+         Param("since", "int", default=0, nullable=False), Param("jobs", "list[str]"), Param("types", "list[str]"),
+         Param("limit", "int", default=1000, nullable=False))
+    async def events_list(conn: Connection, since: int, jobs: list[str] | None, types: list[str] | None,
+                          limit: int) -> dict[str, Any]:
+        bad = sorted(set(types or ()) - set(EVENT_TYPES))
+        if bad:
+            raise DataeraiError("invalid_argument", f"unknown event types {bad}; types are {', '.join(EVENT_TYPES)}")
+        if not 1 <= limit <= 10_000:
+            raise DataeraiError("invalid_argument", "`limit` must be between 1 and 10000")
+        last = svc.bus.last_id
+        events = await svc.bus.store.events_since(since, jobs, limit=limit, types=types)
+        return {"events": events, "last_event_id": last}
+
     @add("events.unsubscribe", "Stop the event notifications on this connection.")
     async def events_unsubscribe(conn: Connection) -> dict[str, Any]:
         if conn.subscription_scope is not None:

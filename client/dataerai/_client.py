@@ -190,8 +190,11 @@ class DataeraiClient:
     def _abort(self) -> None:
         """Break the connection from another thread, so a call blocked on it returns (``ConnectionError``).
 
-        For the async twin: the one thing that may be done to a client without its lock.
+        For the async twin: the one thing that may be done to a client without its
+        lock. The client is closed for good: a call that had not connected yet
+        fails instead of connecting.
         """
+        self._state = ClientState.CLOSED
         connection = self._connection
         if connection is not None:
             connection.abort()
@@ -587,6 +590,27 @@ class DataeraiClient:
             stream = EventStream(self, self._open(), last if isinstance(last, int) else None)
             self._stream = stream
             return stream
+
+    def list_events(
+        self,
+        since: int = 0,
+        jobs: Iterable[str] | None = None,
+        types: Iterable[str] | None = None,
+        *,
+        limit: int = 1000,
+    ) -> list[Event]:
+        """The stored (durable) events after ``since``, oldest first, at most ``limit`` (1 to 10000).
+
+        Progress events are not stored. Page on with ``since=events[-1].id``.
+        """
+        params: dict[str, Any] = {"since": since, "limit": limit}
+        if jobs is not None:
+            params["jobs"] = [jobs] if isinstance(jobs, str) else list(jobs)
+        if types is not None:
+            params["types"] = [types] if isinstance(types, str) else list(types)
+        result = self.call("events.list", params)
+        events = result.get("events") if isinstance(result, dict) else None
+        return [Event.from_wire(e) for e in events if isinstance(e, dict)] if isinstance(events, list) else []
 
     # --- waiting --------------------------------------------------------------
 

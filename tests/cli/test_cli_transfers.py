@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,7 @@ def test_upload_waits_and_prints_the_ids(runner: CliRunner, fake_daemon: Any, wi
         "owner_id": "prj_1",
         "tags": ["raw", "b7"],
         "priority": 0,
+        "client": {"pid": os.getpid()},
     }
 
 
@@ -237,13 +239,15 @@ def test_download(runner: CliRunner, fake_daemon: Any, wire: Any, tmp_path: Path
     assert human.stdout == f"{tmp_path / 'run42.h5'} (11 bytes)\n"
     assert json.loads(as_json.stdout) == {"job_id": "job_1", "asset_id": "ast_1", "content_id": "cnt_1", "files": files}
     first, second = [r.params for r in fake_daemon.requests if r.method == "download.start"]
-    assert first == {"asset_id": "ast_1", "dest_dir": str(tmp_path), "overwrite": False, "priority": 0}
+    assert first == {"asset_id": "ast_1", "dest_dir": str(tmp_path), "overwrite": False, "priority": 0,
+                     "client": {"pid": os.getpid()}}
     assert second == {
         "asset_id": "ast_1",
         "dest_dir": str(tmp_path / "out"),
         "overwrite": True,
         "content_id": "cnt_0",
         "priority": 0,
+        "client": {"pid": os.getpid()},
     }
 
 
