@@ -674,9 +674,15 @@ class DataeraiClient:
         def request(method: str, params: dict[str, Any]) -> Any:
             return connection.request(method, params, _earlier(deadline, _deadline(self._request_timeout_s)))
 
-        # since=0 replays the job's stored state events: a job that ended before
-        # the subscription still shows its final state.
-        request("events.subscribe", {"jobs": [job_id], "since": 0})
+        # Subscribe first, then read the job: an end after the subscription comes as
+        # an event, an end before it shows in the job. (Replaying with since=0 would
+        # also replay the ends of earlier runs of a job that was retried since.)
+        request("events.subscribe", {"jobs": [job_id]})
+        current = Job.from_wire(request("job.get", {"job_id": job_id}))
+        if current.is_terminal:
+            request("events.unsubscribe", {})
+            connection.clear_notifications()
+            return current
         while True:
             note = connection.next_notification(deadline)
             if note.method != "event":

@@ -211,7 +211,7 @@ def test_upload_maps_params_and_reports_progress(
         "client": {"pid": os.getpid()},
     }
     job_id = start_job_id(daemon)
-    assert daemon.calls("events.subscribe")[0].params == {"jobs": [job_id], "since": 0}
+    assert daemon.calls("events.subscribe")[0].params == {"jobs": [job_id]}
     assert daemon.calls("events.unsubscribe")
     assert result == dataerai.UploadResult(
         asset_id=f"ast_{job_id}", content_id=f"cnt_{job_id}", transfer_id=job_id, size=3000, sha256="ab" * 32
