@@ -16,8 +16,9 @@ from typing import Any
 import pytest
 from dataerai import DaemonError, DaemonTimeoutError
 from dataerai.protocol import ERRORS
-from dataeraid import credentials
 from stack import Stack, make_file, wait_for
+
+from dataeraid import credentials
 
 MiB = 1024 * 1024
 
