@@ -69,7 +69,7 @@ def test_twenty_processes_each_get_their_own_results_and_events(stack: Stack, tm
     reports = [json.loads(out) for out, _ in outputs]
 
     all_jobs, all_assets, tags = set(), set(), set()
-    for child, report, mine in zip(children, reports, files):
+    for child, report, mine in zip(children, reports, files, strict=True):
         jobs = report["jobs"]
         ids = {j["job_id"] for j in jobs}
         assert [j["local_path"] for j in jobs] == [str(p) for p in mine]
