@@ -244,7 +244,18 @@ def build_registry(svc: Services) -> Registry:
     @add("job.retry", "Queue a failed or cancelled job again, from its checkpoints.",
          Param("job_id", "str", required=True))
     async def job_retry(conn: Connection, job_id: str) -> dict[str, Any]:
-        return await svc.jobs.transition(job_id, "queued", only_from=("failed", "cancelled"))
+        row = await svc.jobs.row(job_id)
+        fields: dict[str, Any] = {}
+        if row["state"] == "cancelled" and row["kind"] == "upload" and row["remote_session"]:
+            # job.cancel aborted the repository's session, and its parts with it: the
+            # retry must start a new session from the first part. The upload engine
+            # starts one (with a fresh idempotency key, derived from this value) when
+            # its recorded session is not found, which a marked id never is. Clearing
+            # the id instead would make it ask for the first session again, and get
+            # the aborted one back.
+            fields["remote_session"] = f"aborted-{row['remote_session']}"[:64]
+            await svc.jobs.store.clear_checkpoints(job_id)
+        return await svc.jobs.transition(job_id, "queued", fields=fields, only_from=("failed", "cancelled"))
 
     @add("job.set_priority", "Change a job's priority (higher starts first); running jobs are not preempted.",
          Param("job_id", "str", required=True), Param("priority", "int", required=True))
