@@ -114,18 +114,33 @@ class Jobs:
         return to_wire(row, done, count)
 
     async def create(self, row: Row) -> dict[str, Any]:
-        """Insert a queued job; returns once it is durably committed."""
+        """Insert a queued job; returns once it is durably committed.
+
+        A ``job_id`` that exists already (a start repeated after a lost answer)
+        returns that job unchanged, whatever its state; ``conflict`` if it is of another kind.
+        """
         now = time.time()
         row = {**row, "state": "queued", "created_at": now, "updated_at": now}
 
+        created = True
+
         def write(conn: Connection, emit: Emit) -> dict[str, Any]:
+            nonlocal created
+            existing = Store.fetch_job(conn, row["job_id"])
+            if existing is not None:
+                # The same start sent again (its first answer was lost to a timeout).
+                if existing["kind"] != row["kind"]:
+                    raise DataeraiError("conflict", f"job {row['job_id']} exists and is an {existing['kind']}")
+                created = False
+                return self._wire(conn, existing)
             Store.insert_job(conn, row)
             job = self._wire(conn, Store.fetch_job(conn, row["job_id"]) or row)
             emit("job.state", row["job_id"], {"state": "queued", "previous_state": None, "job": job})
             return job
 
         job = await self.bus.commit(write)
-        self.wake_scheduler()
+        if created:
+            self.wake_scheduler()
         return job
 
     async def transition(

@@ -8,6 +8,7 @@ answers once the job is durably queued; the bytes move later in the scheduler.
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -127,14 +128,15 @@ def build_registry(svc: Services) -> Registry:
         Param("description", "str"), Param("alias", "str"), Param("tags", "list[str]"),
         Param("metadata", "object"), Param("collection_id", "str"), Param("asset_id", "str"),
         Param("chunk_size", "int"), Param("priority", "int", default=0, nullable=False),
-        Param("deadline_s", "number"), Param("client", "object"),
+        Param("deadline_s", "number"), Param("client", "object"), Param("job_id", "str"),
     )
     async def upload_start(conn: Connection, local_path: str, title: str, owner_type: str, owner_id: str,
                            description: str | None, alias: str | None, tags: list[str] | None,
                            metadata: dict[str, Any] | None, collection_id: str | None, asset_id: str | None,
                            chunk_size: int | None, priority: int, deadline_s: float | None,
-                           client: dict[str, Any] | None) -> dict[str, Any]:
+                           client: dict[str, Any] | None, job_id: str | None) -> dict[str, Any]:
         tag = _client_tag(conn, client)
+        job_id = _job_id(job_id)
         path = _absolute("local_path", local_path)
         if owner_type not in OWNER_TYPES:
             raise DataeraiError("invalid_argument", f"`owner_type` must be one of {', '.join(OWNER_TYPES)}")
@@ -152,7 +154,6 @@ def build_registry(svc: Services) -> Registry:
             raise DataeraiError("invalid_argument", f"{path} is larger than {MAX_PARTS} parts of 5 GiB")
         if not os.access(path, os.R_OK):
             raise DataeraiError("permission_denied", f"{path} is not readable")
-        job_id = new_job_id()
         params = {"title": title, "owner_type": owner_type, "owner_id": owner_id, "description": description,
                   "alias": alias, "tags": tags or [], "metadata": metadata or {}, "collection_id": collection_id,
                   "asset_id": asset_id}
@@ -169,18 +170,20 @@ def build_registry(svc: Services) -> Registry:
         Param("asset_id", "str", required=True), Param("dest_dir", "str", required=True),
         Param("content_id", "str"), Param("overwrite", "bool", default=False, nullable=False),
         Param("chunk_size", "int"), Param("priority", "int", default=0, nullable=False),
-        Param("deadline_s", "number"), Param("client", "object"),
+        Param("deadline_s", "number"), Param("client", "object"), Param("job_id", "str"),
     )
     async def download_start(conn: Connection, asset_id: str, dest_dir: str, content_id: str | None,
                              overwrite: bool, chunk_size: int | None, priority: int,
-                             deadline_s: float | None, client: dict[str, Any] | None) -> dict[str, Any]:
+                             deadline_s: float | None, client: dict[str, Any] | None,
+                             job_id: str | None) -> dict[str, Any]:
         tag = _client_tag(conn, client)
+        job_id = _job_id(job_id)
         dest = _absolute("dest_dir", dest_dir)
         if await trio.to_thread.run_sync(lambda: os.path.exists(dest) and not os.path.isdir(dest)):
             raise DataeraiError("invalid_argument", f"{dest} exists and is not a directory")
         chunk = _chunk_size(chunk_size, svc.settings)
         return await svc.jobs.create({
-            "job_id": new_job_id(), "kind": "download", "priority": _priority(priority),
+            "job_id": job_id, "kind": "download", "priority": _priority(priority),
             "params": {"asset_id": asset_id, "content_id": content_id, "overwrite": overwrite},
             "dest_dir": dest, "chunk_size": chunk, "deadline": _deadline(deadline_s), "client": tag,
         })
@@ -344,6 +347,18 @@ def _chunk_size(requested: int | None, settings: Settings) -> int:
         raise DataeraiError("invalid_argument",
                             f"`chunk_size` must be between {MIN_CHUNK_SIZE} and {MAX_CHUNK_SIZE} bytes")
     return chunk
+
+
+_JOB_ID = re.compile(r"job_[0-9a-f]{12}[0-9a-f]{12}")
+
+
+def _job_id(job_id: str | None) -> str:
+    """The caller's id for the new job (so a start that timed out still names it), else a new one."""
+    if job_id is None:
+        return new_job_id()
+    if not _JOB_ID.fullmatch(job_id):
+        raise DataeraiError("invalid_argument", "`job_id` must look like the daemon's own: job_ and 24 hex digits")
+    return job_id
 
 
 def _priority(priority: int) -> int:

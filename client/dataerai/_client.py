@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 import os
+import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -180,6 +181,23 @@ class DataeraiClient:
             )
             self._state = ClientState.OPENED
         return self._connection
+
+    def _start(self, method: str, params: dict[str, Any]) -> Job:
+        """Queue a job under an id chosen here, so that even a start that timed out names its job.
+
+        The daemon takes a ``job_id`` it has seen before as the same request
+        (it answers with that job), so the id is safe to wait for, cancel or
+        start again after a ``DaemonTimeoutError``.
+        """
+        job_id = new_job_id()
+        try:
+            return Job.from_wire(self.call(method, {**params, "job_id": job_id}))
+        except DaemonTimeoutError as exc:
+            if exc.transfer_id is None:
+                exc.transfer_id = job_id
+                exc.data.setdefault("job_id", job_id)
+                exc.message += f"; the job may have been queued as {job_id}: client.wait({job_id!r}) or cancel it"
+            raise
 
     def _client_tag(self) -> dict[str, Any]:
         tag: dict[str, Any] = {"pid": os.getpid()}
@@ -464,7 +482,7 @@ class DataeraiClient:
             if isinstance(chunk_size_mb, bool) or not isinstance(chunk_size_mb, int) or chunk_size_mb <= 0:
                 raise _invalid(f"chunk_size_mb must be a positive int (MiB), not {chunk_size_mb!r}")
             params["chunk_size"] = chunk_size_mb * _MIB
-        job = Job.from_wire(self.call("upload.start", params))
+        job = self._start("upload.start", params)
         if not wait:
             return job
         job = self._finished(self._wait_job(job, transfer_timeout_s, on_progress))
@@ -549,7 +567,7 @@ class DataeraiClient:
         }
         if content_id is not None:
             params["content_id"] = content_id
-        job = Job.from_wire(self.call("download.start", params))
+        job = self._start("download.start", params)
         if not wait:
             return job
         job = self._finished(self._wait_job(job, transfer_timeout_s, on_progress))
@@ -802,6 +820,11 @@ class EventStream(Iterator[Event]):
 
 #: The other spelling of the class name; the very same class.
 DataEraiClient = DataeraiClient
+
+
+def new_job_id() -> str:
+    """A job id as the daemon makes them: time-ordered, with a random tail so ids never collide."""
+    return f"job_{int(time.time() * 1000):012x}{secrets.token_hex(6)}"
 
 
 def _deadline(timeout: float | None) -> float | None:

@@ -155,3 +155,25 @@ def test_a_client_killed_mid_wait_changes_nothing_for_its_job(one_slot: Stack, t
     with stack.client() as client:
         done = client.wait(job_id, timeout_s=60)
     assert done.state == "completed" and done.bytes_done == 8 * MiB and done.asset_id
+
+
+def test_a_start_that_timed_out_names_its_job_and_starting_it_again_is_the_same_job(
+        stack: Stack, tmp_path: Path) -> None:
+    source = make_file(tmp_path / "r.bin", 1000)
+    with stack.client(request_timeout_s=1e-9) as hasty:
+        with pytest.raises(DaemonTimeoutError) as err:
+            hasty.upload(source, title="r", owner_type="project", owner_id=stack.project_id)
+    job_id = err.value.job_id
+    assert job_id and job_id.startswith("job_") and job_id in err.value.message
+    params = {"local_path": str(source), "title": "r", "owner_type": "project", "owner_id": stack.project_id,
+              "job_id": job_id}
+    with stack.client() as client:
+        # Whether or not the first start arrived, sending it again under its id is one job.
+        first = client.call("upload.start", params)
+        second = client.call("upload.start", params)
+        assert first["job_id"] == second["job_id"] == job_id
+        assert client.wait(job_id, timeout_s=60).state == "completed"
+        assert [j.job_id for j in client.list_jobs()] == [job_id]
+        with pytest.raises(DaemonError) as clash:
+            client.call("download.start", {"asset_id": "ast_x", "dest_dir": str(tmp_path), "job_id": job_id})
+        assert clash.value.code == "conflict"
