@@ -160,9 +160,8 @@ def test_a_client_killed_mid_wait_changes_nothing_for_its_job(one_slot: Stack, t
 def test_a_start_that_timed_out_names_its_job_and_starting_it_again_is_the_same_job(
         stack: Stack, tmp_path: Path) -> None:
     source = make_file(tmp_path / "r.bin", 1000)
-    with stack.client(request_timeout_s=1e-9) as hasty:
-        with pytest.raises(DaemonTimeoutError) as err:
-            hasty.upload(source, title="r", owner_type="project", owner_id=stack.project_id)
+    with stack.client(request_timeout_s=1e-9) as hasty, pytest.raises(DaemonTimeoutError) as err:
+        hasty.upload(source, title="r", owner_type="project", owner_id=stack.project_id)
     job_id = err.value.job_id
     assert job_id and job_id.startswith("job_") and job_id in err.value.message
     params = {"local_path": str(source), "title": "r", "owner_type": "project", "owner_id": stack.project_id,
