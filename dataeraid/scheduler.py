@@ -106,6 +106,9 @@ class Scheduler:
                 free = self._settings.max_active_jobs - len(self._running)
                 if free > 0:
                     queued = await self._jobs.store.runnable_jobs(self._running)
+                    # Forget clients with nothing queued or running, so the map stays small over months.
+                    active = {r["client"] for r in queued} | set(self._clients.values())
+                    self._last_start = {c: t for c, t in self._last_start.items() if c in active}
                     for row in pick(queued, Counter(self._clients.values()), self._last_start, free):
                         scope = trio.CancelScope()
                         self._running[row["job_id"]] = scope
