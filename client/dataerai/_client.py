@@ -698,6 +698,11 @@ class DataeraiClient:
         request("events.subscribe", {"jobs": [job_id]})
         current = Job.from_wire(request("job.get", {"job_id": job_id}))
         if current.is_terminal:
+            # It ended before the answer: the progress that came first is still owed to the caller.
+            for note in connection.buffered_notifications():
+                event = Event.from_wire(note.params) if note.method == "event" else None
+                if event is not None and event.job_id == job_id and event.progress is not None and on_progress:
+                    on_progress(event.progress)
             request("events.unsubscribe", {})
             connection.clear_notifications()
             return current

@@ -169,6 +169,12 @@ class Connection:
                 return self._notifications.popleft()
             self.io(b"", deadline)
 
+    def buffered_notifications(self) -> list[Notification]:
+        """Take the notifications that already arrived, without reading more."""
+        taken = list(self._notifications)
+        self._notifications.clear()
+        return taken
+
     def clear_notifications(self) -> None:
         self._notifications.clear()
         self._lost = None
