@@ -36,9 +36,11 @@ DEFAULT_BUFFER = 1024
 class Subscription:
     """One subscriber's view of the bus: replayed durable events, then live ones."""
 
-    def __init__(self, bus: EventBus, jobs: Sequence[str] | None, buffer_size: int) -> None:
+    def __init__(self, bus: EventBus, jobs: Sequence[str] | None, buffer_size: int,
+                 types: Sequence[str] | None = None) -> None:
         self._bus = bus
         self._jobs = frozenset(jobs) if jobs else None
+        self._types = frozenset(types) if types else None
         self._buffer: collections.deque[Event] = collections.deque()
         self._buffer_size = buffer_size
         self._wakeup = trio.Event()
@@ -49,6 +51,11 @@ class Subscription:
         self.closed = False
 
     def wants(self, event: Event) -> bool:
+        """Whether the filters let ``event`` through (``gap`` markers always pass)."""
+        if event["type"] == "gap":
+            return True
+        if self._types is not None and event["type"] not in self._types:
+            return False
         return self._jobs is None or event.get("job_id") in self._jobs
 
     def offer(self, event: Event) -> None:
@@ -81,7 +88,8 @@ class Subscription:
             if self.closed:
                 raise StopAsyncIteration
             if not self._pending and self._replay_after is not None:
-                page = await self._bus.store.events_since(self._replay_after, list(self._jobs or ()), limit=256)
+                page = await self._bus.store.events_since(
+                    self._replay_after, list(self._jobs or ()), limit=256, types=list(self._types or ()))
                 page = [e for e in page if e["id"] <= self._replay_until]
                 if page:
                     self._replay_after = page[-1]["id"]
@@ -181,10 +189,15 @@ class EventBus:
             subscriber.offer(event)
 
     async def subscribe(
-        self, since: int | None = None, jobs: Sequence[str] | None = None, buffer_size: int = DEFAULT_BUFFER
+        self, since: int | None = None, jobs: Sequence[str] | None = None, buffer_size: int = DEFAULT_BUFFER,
+        types: Sequence[str] | None = None,
     ) -> Subscription:
-        """Register a subscriber. With ``since``, stored events after it come first."""
-        subscription = Subscription(self, jobs, buffer_size)
+        """Register a subscriber. With ``since``, stored events after it come first.
+
+        ``jobs`` and ``types`` filter (``gap`` markers always come through). The
+        subscription never blocks the bus: see ``Subscription.offer``.
+        """
+        subscription = Subscription(self, jobs, buffer_size, types)
         async with self._lock:
             self._subscribers.add(subscription)
             if since is not None:

@@ -64,6 +64,7 @@ def to_wire(row: Row, bytes_done: int, chunks_done: int) -> dict[str, Any]:
         "kind": row["kind"],
         "state": row["state"],
         "priority": row["priority"],
+        "client": row.get("client") or None,
         "created_at": _iso(row["created_at"]),
         "updated_at": _iso(row["updated_at"]),
         "bytes_done": bytes_done,
@@ -113,18 +114,33 @@ class Jobs:
         return to_wire(row, done, count)
 
     async def create(self, row: Row) -> dict[str, Any]:
-        """Insert a queued job; returns once it is durably committed."""
+        """Insert a queued job; returns once it is durably committed.
+
+        A ``job_id`` that exists already (a start repeated after a lost answer)
+        returns that job unchanged, whatever its state; ``conflict`` if it is of another kind.
+        """
         now = time.time()
         row = {**row, "state": "queued", "created_at": now, "updated_at": now}
 
+        created = True
+
         def write(conn: Connection, emit: Emit) -> dict[str, Any]:
+            nonlocal created
+            existing = Store.fetch_job(conn, row["job_id"])
+            if existing is not None:
+                # The same start sent again (its first answer was lost to a timeout).
+                if existing["kind"] != row["kind"]:
+                    raise DataeraiError("conflict", f"job {row['job_id']} exists and is an {existing['kind']}")
+                created = False
+                return self._wire(conn, existing)
             Store.insert_job(conn, row)
             job = self._wire(conn, Store.fetch_job(conn, row["job_id"]) or row)
             emit("job.state", row["job_id"], {"state": "queued", "previous_state": None, "job": job})
             return job
 
         job = await self.bus.commit(write)
-        self.wake_scheduler()
+        if created:
+            self.wake_scheduler()
         return job
 
     async def transition(
@@ -163,6 +179,31 @@ class Jobs:
         job = await self.bus.commit(write)
         if to == "queued":
             self.wake_scheduler()
+        return job
+
+    async def set_priority(self, job_id: str, priority: int) -> dict[str, Any]:
+        """Change a job's priority, with a durable ``job.priority`` event.
+
+        Any job that has not ended may change; a running one keeps running (the
+        priority orders the queue, it does not preempt). A finished one is ``conflict``.
+        """
+
+        def write(conn: Connection, emit: Emit) -> dict[str, Any]:
+            row = Store.fetch_job(conn, job_id)
+            if row is None:
+                raise DataeraiError("not_found", f"no job {job_id}")
+            if row["state"] in TERMINAL:
+                raise DataeraiError("conflict", f"job {job_id} is {row['state']}; its priority no longer matters",
+                                    state=row["state"])
+            Store.update_job(conn, job_id, {"priority": priority})
+            new_row = Store.fetch_job(conn, job_id)
+            assert new_row is not None
+            job = self._wire(conn, new_row)
+            emit("job.priority", job_id, {"priority": priority, "previous_priority": row["priority"], "job": job})
+            return job
+
+        job = await self.bus.commit(write)
+        self.wake_scheduler()
         return job
 
     async def update(self, job_id: str, fields: Mapping[str, Any]) -> None:

@@ -8,6 +8,7 @@ answers once the job is durably queued; the bytes move later in the scheduler.
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -58,6 +59,30 @@ def _absolute(name: str, value: str) -> str:
     return os.path.normpath(value)
 
 
+#: Event types a subscriber may ask for with ``types`` (``gap`` always comes through).
+EVENT_TYPES = ("job.state", "job.progress", "job.priority", "auth.reloaded", "gap")
+
+
+def _client_tag(conn: Connection, client: dict[str, Any] | None) -> str:
+    """The job's fairness key: the client's ``name`` if it gave one, else its pid.
+
+    The SDK sends ``{"pid": os.getpid(), "name": ...}``; a raw caller that sends
+    nothing is known by its socket peer's pid (``SO_PEERCRED``). Processes that
+    share a name share one fair share, on purpose: a tool made of several
+    processes counts as one client.
+    """
+    client = client or {}
+    name, pid = client.get("name"), client.get("pid")
+    if name is not None and (not isinstance(name, str) or len(name) > 100):
+        raise DataeraiError("invalid_argument", "`client.name` must be a string of at most 100 characters")
+    if pid is not None and (isinstance(pid, bool) or not isinstance(pid, int)):
+        raise DataeraiError("invalid_argument", "`client.pid` must be an int")
+    if name:
+        return f"name:{name}"
+    pid = pid if pid is not None else conn.peer_pid
+    return f"pid:{pid}" if pid is not None else "unknown"
+
+
 def build_registry(svc: Services) -> Registry:
     registry = Registry()
     add = registry.add
@@ -80,8 +105,12 @@ def build_registry(svc: Services) -> Registry:
 
     @add("auth.reload", "Re-read the credentials file; jobs waiting for auth go on.")
     async def auth_reload(conn: Connection) -> dict[str, Any]:
+        waiting = [j["job_id"] for j in await svc.jobs.list_all(["waiting_for_auth"])]
         creds = svc.auth.reload()
-        return {"logged_in": creds is not None, "server_url": creds.server_url if creds else None}
+        result = {"logged_in": creds is not None, "server_url": creds.server_url if creds else None}
+        # Durable, so a client that follows events learns why its waiting jobs move again.
+        await svc.bus.commit(lambda c, emit: emit("auth.reloaded", None, {**result, "waiting_jobs": waiting}))
+        return result
 
     @add("project.create", "Create a project (with its root collection, owner membership and allocation).",
          Param("name", "str", required=True), Param("description", "str", default="", nullable=False))
@@ -99,12 +128,15 @@ def build_registry(svc: Services) -> Registry:
         Param("description", "str"), Param("alias", "str"), Param("tags", "list[str]"),
         Param("metadata", "object"), Param("collection_id", "str"), Param("asset_id", "str"),
         Param("chunk_size", "int"), Param("priority", "int", default=0, nullable=False),
-        Param("deadline_s", "number"),
+        Param("deadline_s", "number"), Param("client", "object"), Param("job_id", "str"),
     )
     async def upload_start(conn: Connection, local_path: str, title: str, owner_type: str, owner_id: str,
                            description: str | None, alias: str | None, tags: list[str] | None,
                            metadata: dict[str, Any] | None, collection_id: str | None, asset_id: str | None,
-                           chunk_size: int | None, priority: int, deadline_s: float | None) -> dict[str, Any]:
+                           chunk_size: int | None, priority: int, deadline_s: float | None,
+                           client: dict[str, Any] | None, job_id: str | None) -> dict[str, Any]:
+        tag = _client_tag(conn, client)
+        job_id = _job_id(job_id)
         path = _absolute("local_path", local_path)
         if owner_type not in OWNER_TYPES:
             raise DataeraiError("invalid_argument", f"`owner_type` must be one of {', '.join(OWNER_TYPES)}")
@@ -123,19 +155,18 @@ def build_registry(svc: Services) -> Registry:
         )
         if unreadable is not None:
             raise DataeraiError("permission_denied", f"{os.path.join(root, unreadable)} is not readable")
-        job_id = new_job_id()
         params = {"title": title, "owner_type": owner_type, "owner_id": owner_id, "description": description,
                   "alias": alias, "tags": tags or [], "metadata": metadata or {}, "collection_id": collection_id,
                   "asset_id": asset_id, "source_root": root, "source_files": [f.to_json() for f in files],
                   "skipped": skipped}
         single = files[0] if len(files) == 1 and "/" not in files[0].path else None
         return await svc.jobs.create({
-            "job_id": job_id, "kind": "upload", "priority": priority, "params": params, "local_path": path,
-            "file_name": os.path.basename(path), "source_size": total,
+            "job_id": job_id, "kind": "upload", "priority": _priority(priority), "params": params,
+            "local_path": path, "file_name": os.path.basename(path), "source_size": total,
             "source_mtime_ns": single.mtime_ns if single else None,
             "source_inode": single.inode if single else None, "chunk_size": chunk,
             "chunk_count": max(1, -(-total // chunk)), "bytes_total": total,
-            "deadline": _deadline(deadline_s),
+            "deadline": _deadline(deadline_s), "client": tag,
         })
 
     @add(
@@ -143,19 +174,22 @@ def build_registry(svc: Services) -> Registry:
         Param("asset_id", "str", required=True), Param("dest_dir", "str", required=True),
         Param("content_id", "str"), Param("overwrite", "bool", default=False, nullable=False),
         Param("chunk_size", "int"), Param("priority", "int", default=0, nullable=False),
-        Param("deadline_s", "number"),
+        Param("deadline_s", "number"), Param("client", "object"), Param("job_id", "str"),
     )
     async def download_start(conn: Connection, asset_id: str, dest_dir: str, content_id: str | None,
                              overwrite: bool, chunk_size: int | None, priority: int,
-                             deadline_s: float | None) -> dict[str, Any]:
+                             deadline_s: float | None, client: dict[str, Any] | None,
+                             job_id: str | None) -> dict[str, Any]:
+        tag = _client_tag(conn, client)
+        job_id = _job_id(job_id)
         dest = _absolute("dest_dir", dest_dir)
         if await trio.to_thread.run_sync(lambda: os.path.exists(dest) and not os.path.isdir(dest)):
             raise DataeraiError("invalid_argument", f"{dest} exists and is not a directory")
         chunk = _chunk_size(chunk_size, svc.settings)
         return await svc.jobs.create({
-            "job_id": new_job_id(), "kind": "download", "priority": priority,
+            "job_id": job_id, "kind": "download", "priority": _priority(priority),
             "params": {"asset_id": asset_id, "content_id": content_id, "overwrite": overwrite},
-            "dest_dir": dest, "chunk_size": chunk, "deadline": _deadline(deadline_s),
+            "dest_dir": dest, "chunk_size": chunk, "deadline": _deadline(deadline_s), "client": tag,
         })
 
     @add("job.get", "One job.", Param("job_id", "str", required=True))
@@ -217,7 +251,13 @@ def build_registry(svc: Services) -> Registry:
     @add("job.retry", "Queue a failed or cancelled job again, from its checkpoints.",
          Param("job_id", "str", required=True))
     async def job_retry(conn: Connection, job_id: str) -> dict[str, Any]:
+        # A cancelled upload's repository session was aborted; the engine sees that and starts a new one.
         return await svc.jobs.transition(job_id, "queued", only_from=("failed", "cancelled"))
+
+    @add("job.set_priority", "Change a job's priority (higher starts first); running jobs are not preempted.",
+         Param("job_id", "str", required=True), Param("priority", "int", required=True))
+    async def job_set_priority(conn: Connection, job_id: str, priority: int) -> dict[str, Any]:
+        return await svc.jobs.set_priority(job_id, _priority(priority))
 
     @add("asset.get", "An asset's metadata.", Param("asset_id", "str", required=True))
     async def asset_get(conn: Connection, asset_id: str) -> dict[str, Any]:
@@ -238,11 +278,17 @@ def build_registry(svc: Services) -> Registry:
         return await _now("updating the asset", lambda: svc.remote.update_asset(asset_id, changes))
 
     @add("events.subscribe", "Receive `event` notifications on this connection (replaying after `since`).",
-         Param("since", "int"), Param("jobs", "list[str]"))
-    async def events_subscribe(conn: Connection, since: int | None, jobs: list[str] | None) -> dict[str, Any]:
+         Param("since", "int"), Param("jobs", "list[str]"), Param("types", "list[str]"))
+    async def events_subscribe(conn: Connection, since: int | None, jobs: list[str] | None,
+                               types: list[str] | None) -> dict[str, Any]:
+        bad = sorted(set(types or ()) - set(EVENT_TYPES))
+        if bad:
+            raise DataeraiError("invalid_argument", f"unknown event types {bad}; types are {', '.join(EVENT_TYPES)}")
+        if since is not None and since < 0:
+            raise DataeraiError("invalid_argument", "`since` must be an event id, 0 or more")
         if conn.subscription_scope is not None:
             conn.subscription_scope.cancel()
-        subscription = await svc.bus.subscribe(since=since, jobs=jobs)
+        subscription = await svc.bus.subscribe(since=since, jobs=jobs, types=types)
         scope = trio.CancelScope()
         conn.subscription_scope = scope
         last = svc.bus.last_id
@@ -260,6 +306,20 @@ def build_registry(svc: Services) -> Registry:
         assert conn.nursery is not None
         conn.nursery.start_soon(pump)
         return {"last_event_id": last}
+
+    @add("events.list", "Stored (durable) events after `since`, oldest first, at most `limit`.",
+         Param("since", "int", default=0, nullable=False), Param("jobs", "list[str]"), Param("types", "list[str]"),
+         Param("limit", "int", default=1000, nullable=False))
+    async def events_list(conn: Connection, since: int, jobs: list[str] | None, types: list[str] | None,
+                          limit: int) -> dict[str, Any]:
+        bad = sorted(set(types or ()) - set(EVENT_TYPES))
+        if bad:
+            raise DataeraiError("invalid_argument", f"unknown event types {bad}; types are {', '.join(EVENT_TYPES)}")
+        if not 1 <= limit <= 10_000:
+            raise DataeraiError("invalid_argument", "`limit` must be between 1 and 10000")
+        last = svc.bus.last_id
+        events = await svc.bus.store.events_since(since, jobs, limit=limit, types=types)
+        return {"events": events, "last_event_id": last}
 
     @add("events.unsubscribe", "Stop the event notifications on this connection.")
     async def events_unsubscribe(conn: Connection) -> dict[str, Any]:
@@ -281,6 +341,24 @@ def _chunk_size(requested: int | None, settings: Settings) -> int:
         raise DataeraiError("invalid_argument",
                             f"`chunk_size` must be between {MIN_CHUNK_SIZE} and {MAX_CHUNK_SIZE} bytes")
     return chunk
+
+
+_JOB_ID = re.compile(r"job_[0-9a-f]{12}[0-9a-f]{12}")
+
+
+def _job_id(job_id: str | None) -> str:
+    """The caller's id for the new job (so a start that timed out still names it), else a new one."""
+    if job_id is None:
+        return new_job_id()
+    if not _JOB_ID.fullmatch(job_id):
+        raise DataeraiError("invalid_argument", "`job_id` must look like the daemon's own: job_ and 24 hex digits")
+    return job_id
+
+
+def _priority(priority: int) -> int:
+    if not -(2**31) <= priority < 2**31:
+        raise DataeraiError("invalid_argument", "`priority` must be a 32-bit signed int (higher starts first)")
+    return priority
 
 
 def _deadline(deadline_s: float | None) -> float | None:

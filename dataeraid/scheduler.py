@@ -1,6 +1,14 @@
 """The scheduler: takes queued jobs from the store, runs up to
-``max_active_jobs`` at once (priority first, then first come, first served),
-and owns every running job's task and cancel scope.
+``max_active_jobs`` at once, and owns every running job's task and cancel scope.
+
+Which queued job starts next (``pick``): the highest ``priority`` first; among
+jobs of that priority, the client (the job's ``client`` tag: one SDK process,
+or one name) with the fewest jobs running, ties going to the client that
+started a job longest ago (round-robin), then first come, first served within
+a client. So twenty processes submitting at once share the slots instead of
+the first one filling them all, and the bandwidth limit is split between the
+clients with running jobs (``transfer.FairBandwidth``). A running job is never
+stopped to make room for a higher priority: priorities order the queue only.
 
 A running job ends in exactly one of three ways: the engine returns (the job
 becomes ``completed`` with the engine's result fields), the engine raises a
@@ -12,7 +20,9 @@ requeues it).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+import itertools
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import trio
@@ -24,11 +34,41 @@ from dataeraid.errors import DataeraiError, first_error
 from dataeraid.jobs import Jobs
 from dataeraid.remote import Remote
 from dataeraid.store import Row
-from dataeraid.transfer import Bandwidth, JobContext
+from dataeraid.transfer import FairBandwidth, JobContext
 
 Engine = Callable[[JobContext], Awaitable[dict[str, Any]]]
 
 _log = log.get("dataeraid.scheduler")
+
+
+def pick(queued: Sequence[Row], running_per_client: Mapping[str, int], last_start: Mapping[str, int],
+         free: int) -> list[Row]:
+    """Which of the ``queued`` jobs to start in ``free`` slots, in order (see the module docstring).
+
+    ``queued`` rows need ``job_id``, ``priority``, ``seq`` and ``client``;
+    ``last_start`` maps a client to when (a counter) it last had a job started.
+    Pure, so it can be tested on any queue.
+    """
+    running = Counter(running_per_client)
+    started = dict(last_start)
+    remaining = sorted(queued, key=lambda r: (-r["priority"], r["seq"]))
+    chosen: list[Row] = []
+    tick = max(started.values(), default=0)
+    while remaining and len(chosen) < free:
+        top = remaining[0]["priority"]
+        firsts: dict[str, Row] = {}
+        for row in remaining:
+            if row["priority"] != top:
+                break
+            firsts.setdefault(row["client"], row)
+        client = min(firsts, key=lambda c: (running[c], started.get(c, -1), firsts[c]["seq"]))
+        row = firsts[client]
+        chosen.append(row)
+        remaining.remove(row)
+        running[client] += 1
+        tick += 1
+        started[client] = tick
+    return chosen
 
 
 class Scheduler:
@@ -40,7 +80,10 @@ class Scheduler:
         self._settings = settings
         self._engines = engines
         self._running: dict[str, trio.CancelScope] = {}
-        self._bandwidth = Bandwidth(settings.bandwidth_limit_bps)
+        self._clients: dict[str, str] = {}  # running job id -> its client
+        self._last_start: dict[str, int] = {}
+        self._ticks = itertools.count(1)
+        self._bandwidth = FairBandwidth(settings.bandwidth_limit_bps)
 
     @property
     def running(self) -> frozenset[str]:
@@ -62,15 +105,22 @@ class Scheduler:
                 wake = self._jobs.queue_changed()
                 free = self._settings.max_active_jobs - len(self._running)
                 if free > 0:
-                    for row in await self._jobs.store.runnable_jobs(free, self._running):
+                    queued = await self._jobs.store.runnable_jobs(self._running)
+                    # Forget clients with nothing queued or running, so the map stays small over months.
+                    active = {r["client"] for r in queued} | set(self._clients.values())
+                    self._last_start = {c: t for c, t in self._last_start.items() if c in active}
+                    for row in pick(queued, Counter(self._clients.values()), self._last_start, free):
                         scope = trio.CancelScope()
                         self._running[row["job_id"]] = scope
+                        self._clients[row["job_id"]] = row["client"]
+                        self._last_start[row["client"]] = next(self._ticks)
                         nursery.start_soon(self._run, row, scope)
                 await wake.wait()
 
     async def _run(self, row: Row, scope: trio.CancelScope) -> None:
         job_id: str = row["job_id"]
-        ctx = JobContext(row, self._jobs, self._remote, self._auth, self._settings, self._bandwidth)
+        client: str = row["client"]
+        ctx = JobContext(row, self._jobs, self._remote, self._auth, self._settings, self._bandwidth.join(client))
         try:
             with scope:
                 try:
@@ -89,7 +139,9 @@ class Scheduler:
                 else:
                     await self._finish(job_id, "completed", fields)
         finally:
+            self._bandwidth.leave(client)
             del self._running[job_id]
+            del self._clients[job_id]
             self._jobs.live_progress.pop(job_id, None)
             self._jobs.wake_scheduler()
 

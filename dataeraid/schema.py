@@ -38,6 +38,8 @@ jobs = sa.Table(
     sa.Column("error_code", sa.String(64)),
     sa.Column("error_message", sa.Text),
     sa.Column("deadline", sa.Float),
+    # Who submitted the job (the SDK's name, else its pid): the scheduler's fairness key.
+    sa.Column("client", sa.String(128), nullable=False, server_default=""),
     sa.Index("ix_jobs_state_priority", "state", "priority", "seq"),
 )
 

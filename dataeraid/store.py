@@ -132,14 +132,17 @@ class Store:
             query = query.where(schema.jobs.c.state.in_(list(states)))
         return await self.transaction(lambda conn: [dict(r) for r in conn.execute(query).mappings()])
 
-    async def runnable_jobs(self, limit: int, exclude: Iterable[str]) -> list[Row]:
-        """Queued jobs in the order they should start: priority first, then enqueue order."""
+    async def runnable_jobs(self, exclude: Iterable[str]) -> list[Row]:
+        """Every queued job (but ``exclude``), priority first, then enqueue order.
+
+        The scheduler chooses among them (``scheduler.pick``); the whole queue is
+        read because fairness across clients needs to see every client's jobs.
+        """
         query = (
             sa.select(schema.jobs)
             .where(schema.jobs.c.state == "queued")
             .where(schema.jobs.c.job_id.not_in(list(exclude)))
             .order_by(schema.jobs.c.priority.desc(), schema.jobs.c.seq)
-            .limit(limit)
         )
         return await self.transaction(lambda conn: [dict(r) for r in conn.execute(query).mappings()])
 
@@ -187,7 +190,8 @@ class Store:
             )
         )
 
-    async def events_since(self, since: int, jobs: Sequence[str] | None, limit: int = 1000) -> list[Row]:
+    async def events_since(self, since: int, jobs: Sequence[str] | None, limit: int = 1000,
+                           types: Sequence[str] | None = None) -> list[Row]:
         query = (
             sa.select(schema.events.c.payload)
             .where(schema.events.c.event_id > since)
@@ -196,6 +200,8 @@ class Store:
         )
         if jobs:
             query = query.where(schema.events.c.job_id.in_(list(jobs)))
+        if types:
+            query = query.where(schema.events.c.type.in_(list(types)))
         return await self.transaction(lambda conn: [dict(r) for r in conn.execute(query).scalars()])
 
     async def prune_events(self, older_than: float) -> int:

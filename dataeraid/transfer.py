@@ -37,7 +37,7 @@ class Bandwidth:
     Byte counting for the limit lives here, once, not in each engine.
     """
 
-    def __init__(self, rate_bps: int) -> None:
+    def __init__(self, rate_bps: float) -> None:
         self.rate = rate_bps
         self._tokens = 0.0
         self._last: float | None = None
@@ -53,6 +53,45 @@ class Bandwidth:
         self._tokens -= n
         if self._tokens < 0:
             await trio.sleep(-self._tokens / self.rate)
+
+
+class FairBandwidth:
+    """The daemon-wide limit, split evenly between the clients that have jobs running.
+
+    Each client with running jobs gets its own bucket of ``rate / clients``, and
+    its jobs share that bucket; so a client with five jobs gets the same share as
+    a client with one, and the sum stays within the limit. A client's share
+    changes when another client's first job starts or its last one stops. An
+    unlimited daemon (rate 0) hands out unlimited shares.
+    """
+
+    def __init__(self, rate_bps: int) -> None:
+        self.rate = rate_bps
+        self._shares: dict[str, Bandwidth] = {}
+        self._jobs: dict[str, int] = {}
+
+    def join(self, client: str) -> Bandwidth:
+        """The bucket a job of ``client`` spends from; call ``leave`` when the job stops."""
+        self._jobs[client] = self._jobs.get(client, 0) + 1
+        if client not in self._shares:
+            self._shares[client] = Bandwidth(0)
+            self._rebalance()
+        return self._shares[client]
+
+    def leave(self, client: str) -> None:
+        self._jobs[client] -= 1
+        if self._jobs[client] == 0:
+            del self._jobs[client]
+            del self._shares[client]
+            self._rebalance()
+
+    def share_of(self, client: str) -> float:
+        share = self._shares.get(client)
+        return share.rate if share is not None else 0.0
+
+    def _rebalance(self) -> None:
+        for bucket in self._shares.values():
+            bucket.rate = self.rate / len(self._shares) if self.rate > 0 else 0
 
 
 def backoff_delay(attempt: int, settings: Settings, retry_after: float | None, rng: random.Random) -> float:

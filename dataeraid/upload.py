@@ -96,13 +96,19 @@ async def run_upload(ctx: JobContext) -> dict[str, Any]:
 async def _session(ctx: JobContext) -> dict[str, Any]:
     job = ctx.job
     if job.get("remote_session"):
+        upload_id = job["remote_session"]
         try:
-            upload_id = job["remote_session"]
-            return await ctx.retrying("reading the upload session", lambda: ctx.remote.get_upload(upload_id))
+            session = await ctx.retrying("reading the upload session", lambda: ctx.remote.get_upload(upload_id))
         except DataeraiError as exc:
             if exc.code != "not_found":
                 raise
-            ctx.log.warning("upload session gone; starting a new one", upload_id=job["remote_session"])
+            ctx.log.warning("upload session gone; starting a new one", upload_id=upload_id)
+        else:
+            if session["state"] != "aborted":
+                return session
+            # Cancelling the job aborted it (and its parts): a retry starts over in a new one.
+            ctx.log.info("upload session was aborted; starting a new one", upload_id=upload_id)
+            await ctx.store.clear_checkpoints(ctx.job_id)
     params = job["params"]
     body = {
         "owner_type": params["owner_type"],

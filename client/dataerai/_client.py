@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 import os
+import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -88,6 +89,11 @@ class DataeraiClient:
     Arguments the SDK can tell are wrong raise ``DaemonError("invalid_argument")``
     before anything is sent.
 
+    Fairness: the daemon shares its running slots and bandwidth round-robin
+    between clients. Jobs this client starts are tagged with this process's pid,
+    or with ``client_name`` when given (processes that pass the same name count
+    as one client).
+
     One client may be shared between threads; its calls then run one at a time.
     The token never passes through the SDK.
     """
@@ -100,7 +106,11 @@ class DataeraiClient:
         auto_start: bool = True,
         start_timeout_s: float = DEFAULT_START_TIMEOUT_S,
         request_timeout_s: float | None = DEFAULT_REQUEST_TIMEOUT_S,
+        client_name: str | None = None,
     ) -> None:
+        if client_name is not None and (not isinstance(client_name, str) or not 0 < len(client_name) <= 100):
+            raise _invalid("client_name must be a string of 1 to 100 characters")
+        self._client_name = client_name
         self._socket_path = os.fspath(socket_path) if socket_path is not None else default_socket_path()
         self._binary_path = os.fspath(binary_path) if binary_path is not None else None
         self._auto_start = auto_start
@@ -171,6 +181,41 @@ class DataeraiClient:
             )
             self._state = ClientState.OPENED
         return self._connection
+
+    def _start(self, method: str, params: dict[str, Any]) -> Job:
+        """Queue a job under an id chosen here, so that even a start that timed out names its job.
+
+        The daemon takes a ``job_id`` it has seen before as the same request
+        (it answers with that job), so the id is safe to wait for, cancel or
+        start again after a ``DaemonTimeoutError``.
+        """
+        job_id = new_job_id()
+        try:
+            return Job.from_wire(self.call(method, {**params, "job_id": job_id}))
+        except DaemonTimeoutError as exc:
+            if exc.transfer_id is None:
+                exc.transfer_id = job_id
+                exc.data.setdefault("job_id", job_id)
+                exc.message += f"; the job may have been queued as {job_id}: client.wait({job_id!r}) or cancel it"
+            raise
+
+    def _client_tag(self) -> dict[str, Any]:
+        tag: dict[str, Any] = {"pid": os.getpid()}
+        if self._client_name is not None:
+            tag["name"] = self._client_name
+        return tag
+
+    def _abort(self) -> None:
+        """Break the connection from another thread, so a call blocked on it returns (``ConnectionError``).
+
+        For the async twin: the one thing that may be done to a client without its
+        lock. The client is closed for good: a call that had not connected yet
+        fails instead of connecting.
+        """
+        self._state = ClientState.CLOSED
+        connection = self._connection
+        if connection is not None:
+            connection.abort()
 
     def _drop_connection(self) -> None:
         if self._connection is not None:
@@ -286,6 +331,22 @@ class DataeraiClient:
     def cancel(self, job_id: str) -> Job:
         """Cancel a job; returns it (``cancelled``). Cancelling a finished job is the daemon's call (``conflict``)."""
         return Job.from_wire(self.call("job.cancel", {"job_id": job_id}))
+
+    def pause(self, job_id: str) -> Job:
+        """Hold a queued or running job (``paused``); it keeps its checkpoints. ``conflict`` if it ended."""
+        return Job.from_wire(self.call("job.pause", {"job_id": job_id}))
+
+    def resume(self, job_id: str) -> Job:
+        """Queue a paused job again (``queued``). ``conflict`` if it is not paused."""
+        return Job.from_wire(self.call("job.resume", {"job_id": job_id}))
+
+    def retry(self, job_id: str) -> Job:
+        """Queue a failed or cancelled job again, from its checkpoints. ``conflict`` for any other state."""
+        return Job.from_wire(self.call("job.retry", {"job_id": job_id}))
+
+    def set_priority(self, job_id: str, priority: int) -> Job:
+        """Change a job's priority (higher starts first; a running job is not stopped). ``conflict`` if it ended."""
+        return Job.from_wire(self.call("job.set_priority", {"job_id": job_id, "priority": _priority(priority)}))
 
     def wait(self, job_id: str, *, timeout_s: float | None = None, on_progress: ProgressCallback | None = None) -> Job:
         """Block until the job is ``completed``, ``failed`` or ``cancelled`` and return it as it ended.
@@ -405,6 +466,7 @@ class DataeraiClient:
             "owner_type": owner_type,
             "owner_id": owner_id,
             "priority": _priority(priority),
+            "client": self._client_tag(),
         }
         if description is not None:
             params["description"] = description
@@ -420,7 +482,7 @@ class DataeraiClient:
             if isinstance(chunk_size_mb, bool) or not isinstance(chunk_size_mb, int) or chunk_size_mb <= 0:
                 raise _invalid(f"chunk_size_mb must be a positive int (MiB), not {chunk_size_mb!r}")
             params["chunk_size"] = chunk_size_mb * _MIB
-        job = Job.from_wire(self.call("upload.start", params))
+        job = self._start("upload.start", params)
         if not wait:
             return job
         job = self._finished(self._wait_job(job, transfer_timeout_s, on_progress))
@@ -501,10 +563,11 @@ class DataeraiClient:
             "dest_dir": os.path.abspath(os.path.expanduser(os.fspath(dest_dir))),
             "overwrite": bool(overwrite),
             "priority": _priority(priority),
+            "client": self._client_tag(),
         }
         if content_id is not None:
             params["content_id"] = content_id
-        job = Job.from_wire(self.call("download.start", params))
+        job = self._start("download.start", params)
         if not wait:
             return job
         job = self._finished(self._wait_job(job, transfer_timeout_s, on_progress))
@@ -515,12 +578,16 @@ class DataeraiClient:
             transfer_id=job.job_id,
         )
 
-    def events(self, since: int | None = None, jobs: Iterable[str] | None = None) -> EventStream:
+    def events(
+        self, since: int | None = None, jobs: Iterable[str] | None = None, types: Iterable[str] | None = None
+    ) -> EventStream:
         """Subscribe to the daemon's events on this connection and return them as an iterator.
 
         Subscribes before returning, so nothing is missed between the call and
         the first ``next()``. ``since`` replays the stored events after that id
-        (``0``: all); ``jobs`` limits the stream to those job ids. Iteration
+        (``0``: all); ``jobs`` limits the stream to those job ids, ``types`` to
+        those event types (``job.state``, ``job.progress``, ``job.priority``,
+        ``auth.reloaded``; ``gap`` markers always come). Iteration
         blocks until the next event and goes on until ``close()`` (or the end of
         a ``with`` block). Other calls may be made on the client meanwhile
         (events that arrive are kept), but not ``upload``/``download``/``wait``,
@@ -531,6 +598,8 @@ class DataeraiClient:
             params["since"] = since
         if jobs is not None:
             params["jobs"] = [jobs] if isinstance(jobs, str) else list(jobs)
+        if types is not None:
+            params["types"] = [types] if isinstance(types, str) else list(types)
         with self._lock:
             if self._stream is not None:
                 raise RuntimeError("an events() stream is already open on this client; close it first")
@@ -539,6 +608,27 @@ class DataeraiClient:
             stream = EventStream(self, self._open(), last if isinstance(last, int) else None)
             self._stream = stream
             return stream
+
+    def list_events(
+        self,
+        since: int = 0,
+        jobs: Iterable[str] | None = None,
+        types: Iterable[str] | None = None,
+        *,
+        limit: int = 1000,
+    ) -> list[Event]:
+        """The stored (durable) events after ``since``, oldest first, at most ``limit`` (1 to 10000).
+
+        Progress events are not stored. Page on with ``since=events[-1].id``.
+        """
+        params: dict[str, Any] = {"since": since, "limit": limit}
+        if jobs is not None:
+            params["jobs"] = [jobs] if isinstance(jobs, str) else list(jobs)
+        if types is not None:
+            params["types"] = [types] if isinstance(types, str) else list(types)
+        result = self.call("events.list", params)
+        events = result.get("events") if isinstance(result, dict) else None
+        return [Event.from_wire(e) for e in events if isinstance(e, dict)] if isinstance(events, list) else []
 
     # --- waiting --------------------------------------------------------------
 
@@ -602,9 +692,20 @@ class DataeraiClient:
         def request(method: str, params: dict[str, Any]) -> Any:
             return connection.request(method, params, _earlier(deadline, _deadline(self._request_timeout_s)))
 
-        # since=0 replays the job's stored state events: a job that ended before
-        # the subscription still shows its final state.
-        request("events.subscribe", {"jobs": [job_id], "since": 0})
+        # Subscribe first, then read the job: an end after the subscription comes as
+        # an event, an end before it shows in the job. (Replaying with since=0 would
+        # also replay the ends of earlier runs of a job that was retried since.)
+        request("events.subscribe", {"jobs": [job_id]})
+        current = Job.from_wire(request("job.get", {"job_id": job_id}))
+        if current.is_terminal:
+            # It ended before the answer: the progress that came first is still owed to the caller.
+            for note in connection.buffered_notifications():
+                event = Event.from_wire(note.params) if note.method == "event" else None
+                if event is not None and event.job_id == job_id and event.progress is not None and on_progress:
+                    on_progress(event.progress)
+            request("events.unsubscribe", {})
+            connection.clear_notifications()
+            return current
         while True:
             note = connection.next_notification(deadline)
             if note.method != "event":
@@ -724,6 +825,11 @@ class EventStream(Iterator[Event]):
 
 #: The other spelling of the class name; the very same class.
 DataEraiClient = DataeraiClient
+
+
+def new_job_id() -> str:
+    """A job id as the daemon makes them: time-ordered, with a random tail so ids never collide."""
+    return f"job_{int(time.time() * 1000):012x}{secrets.token_hex(6)}"
 
 
 def _deadline(timeout: float | None) -> float | None:

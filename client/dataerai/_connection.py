@@ -169,9 +169,22 @@ class Connection:
                 return self._notifications.popleft()
             self.io(b"", deadline)
 
+    def buffered_notifications(self) -> list[Notification]:
+        """Take the notifications that already arrived, without reading more."""
+        taken = list(self._notifications)
+        self._notifications.clear()
+        return taken
+
     def clear_notifications(self) -> None:
         self._notifications.clear()
         self._lost = None
+
+    def abort(self) -> None:
+        """Shut the socket down from any thread: a ``recv`` blocked in another thread returns at once."""
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
     def close(self) -> None:
         if not self.closed:

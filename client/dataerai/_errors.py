@@ -63,6 +63,11 @@ class DaemonTimeoutError(DaemonError, TimeoutError):
         super().__init__("timeout", message, data)
         self.transfer_id = transfer_id
 
+    @property
+    def job_id(self) -> str | None:
+        """The same as ``transfer_id``: a transfer is a job of the daemon."""
+        return self.transfer_id
+
 
 class DaemonConnectionError(ConnectionError):
     """The daemon could not be reached, or the connection to it broke.

@@ -368,6 +368,8 @@ class Job:
     sha256: str | None = None
     #: The repository's upload session, once the daemon opened one (uploads only).
     upload_id: str | None = None
+    #: Who submitted it, as the scheduler's fairness sees it (``pid:123`` or ``name:nightly``).
+    client: str | None = None
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -402,6 +404,7 @@ class Job:
             error=JobError.from_wire(error) if isinstance(error, dict) else None,
             sha256=_opt_str(d.get("sha256")),
             upload_id=_opt_str(d.get("upload_id")),
+            client=_opt_str(d.get("client")),
             raw=d,
         )
 
@@ -432,10 +435,12 @@ class DownloadResult:
 class Event:
     """One event from the daemon's stream.
 
-    ``type`` is ``job.state``, ``job.progress``, ``gap`` or something newer.
-    Fields that do not belong to the type are ``None``: ``state``,
-    ``previous_state`` and ``job`` for ``job.state``; ``progress`` for
-    ``job.progress``; ``missed_from``/``missed_to`` for ``gap``.
+    ``type`` is ``job.state``, ``job.progress``, ``job.priority``,
+    ``auth.reloaded``, ``gap`` or something newer. Fields that do not belong to
+    the type are ``None``: ``state`` and ``previous_state`` for ``job.state``;
+    ``job`` for ``job.state`` and ``job.priority``; ``progress`` for
+    ``job.progress``; ``missed_from``/``missed_to`` for ``gap`` (the ids this
+    subscriber missed, inclusive; replay durable ones with ``since=missed_from - 1``).
     """
 
     id: int
@@ -450,6 +455,11 @@ class Event:
     missed_to: int | None = None
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
+    @property
+    def is_gap(self) -> bool:
+        """True for a gap marker: events were dropped for this subscriber."""
+        return self.type == "gap"
+
     @classmethod
     def from_wire(cls, obj: Any) -> Event:
         d = _obj(obj)
@@ -463,7 +473,7 @@ class Event:
             job_id=job_id,
             state=_opt_str(d.get("state")) if type_ == "job.state" else None,
             previous_state=_opt_str(d.get("previous_state")) if type_ == "job.state" else None,
-            job=Job.from_wire(job) if type_ == "job.state" and isinstance(job, dict) else None,
+            job=Job.from_wire(job) if type_ in ("job.state", "job.priority") and isinstance(job, dict) else None,
             progress=ProgressEvent.from_wire(d, transfer_id=job_id or "") if type_ == "job.progress" else None,
             missed_from=_opt_int(d.get("missed_from")) if type_ == "gap" else None,
             missed_to=_opt_int(d.get("missed_to")) if type_ == "gap" else None,

@@ -55,9 +55,97 @@ def describe_job(job: Job) -> list[str]:
     return lines
 
 
+STATE_CHOICE = click.Choice(
+    ["queued", "running", "waiting_for_network", "waiting_for_auth", "paused", "completed", "failed", "cancelled"]
+)
+
+
 @click.group()
 def jobs() -> None:
-    """Look at transfer jobs and wait for them."""
+    """List, inspect, steer and wait for transfer jobs."""
+
+
+@jobs.command("ls")
+@click.option("--state", "states", multiple=True, type=STATE_CHOICE, help="Only jobs in this state; repeatable.")
+@json_option
+@click.pass_context
+def ls(ctx: click.Context, states: tuple[str, ...], as_json: bool) -> None:
+    """List the daemon's jobs, oldest first: one line each with id, kind, state, priority, progress and name.
+
+    With --json: {"jobs": [JOB, ...]}.
+    """
+    with open_client(ctx) as client:
+        found = client.list_jobs(states or None)
+    if as_json:
+        print_json({"jobs": [as_dict(job) for job in found]})
+        return
+    for job in found:
+        name = job.file_name or job.asset_id or ""
+        total = f"{job.bytes_done}/{job.bytes_total}" if job.bytes_total else str(job.bytes_done)
+        click.echo(f"{job.job_id}  {job.kind:<8}  {job.state:<19}  p{job.priority:<3}  {total:>21}  {name}")
+
+
+def _steer(ctx: click.Context, job_id: str, as_json: bool, act: str) -> None:
+    with open_client(ctx) as client:
+        job: Job = getattr(client, act)(job_id)
+    if as_json:
+        print_json(as_dict(job))
+    else:
+        click.echo(f"{job.job_id}: {job.state}")
+
+
+@jobs.command("pause")
+@click.argument("job_id")
+@json_option
+@click.pass_context
+def pause(ctx: click.Context, job_id: str, as_json: bool) -> None:
+    """Hold the queued or running job JOB_ID; it keeps its checkpoints (`jobs resume` goes on)."""
+    _steer(ctx, job_id, as_json, "pause")
+
+
+@jobs.command("resume")
+@click.argument("job_id")
+@json_option
+@click.pass_context
+def resume(ctx: click.Context, job_id: str, as_json: bool) -> None:
+    """Queue the paused job JOB_ID again."""
+    _steer(ctx, job_id, as_json, "resume")
+
+
+@jobs.command("cancel")
+@click.argument("job_id")
+@json_option
+@click.pass_context
+def cancel(ctx: click.Context, job_id: str, as_json: bool) -> None:
+    """Cancel the job JOB_ID; a running one stops at once (`jobs retry` starts it again)."""
+    _steer(ctx, job_id, as_json, "cancel")
+
+
+@jobs.command("retry")
+@click.argument("job_id")
+@json_option
+@click.pass_context
+def retry(ctx: click.Context, job_id: str, as_json: bool) -> None:
+    """Queue the failed or cancelled job JOB_ID again, from its checkpoints."""
+    _steer(ctx, job_id, as_json, "retry")
+
+
+@jobs.command("priority")
+@click.argument("job_id")
+@click.argument("priority", type=click.IntRange(-(2**31), 2**31 - 1))
+@json_option
+@click.pass_context
+def priority(ctx: click.Context, job_id: str, priority: int, as_json: bool) -> None:
+    """Set the priority of JOB_ID to PRIORITY (higher starts first; a running job is not stopped).
+
+    A negative PRIORITY needs `--` before it: `dataerai jobs priority JOB -- -5`.
+    """
+    with open_client(ctx) as client:
+        job = client.set_priority(job_id, priority)
+    if as_json:
+        print_json(as_dict(job))
+    else:
+        click.echo(f"{job.job_id}: priority {job.priority}")
 
 
 @jobs.command("show")

@@ -15,6 +15,7 @@ from ._auth import auth
 from ._context import Settings, why_not_started
 from ._daemon import daemon
 from ._errors import Failure, failure_from, report
+from ._events import events
 from ._jobs import jobs
 from ._output import json_requested
 from ._project import project
@@ -71,6 +72,7 @@ cli.add_command(project)
 cli.add_command(upload)
 cli.add_command(download)
 cli.add_command(jobs)
+cli.add_command(events)
 
 
 def main() -> None:

@@ -28,6 +28,13 @@ COMMANDS = {
     ("jobs",),
     ("jobs", "show"),
     ("jobs", "wait"),
+    ("jobs", "ls"),
+    ("jobs", "pause"),
+    ("jobs", "resume"),
+    ("jobs", "cancel"),
+    ("jobs", "retry"),
+    ("jobs", "priority"),
+    ("events",),
 }
 
 

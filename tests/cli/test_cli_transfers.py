@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +42,19 @@ def script_job(fake_daemon: Any, wire: Any, start: str, final: dict[str, Any]) -
 
 def params_of(fake_daemon: Any, method: str) -> dict[str, Any]:
     (params,) = [r.params for r in fake_daemon.requests if r.method == method]
-    return params
+    return _sans_job_id(params)
+
+
+def _sans_job_id(params: dict[str, Any]) -> dict[str, Any]:
+    """Start parameters without the job id the SDK chose (checked for its shape), when there is one."""
+    rest = dict(params)
+    if "job_id" in rest and method_starts(rest):
+        assert re.fullmatch(r"job_[0-9a-f]{24}", rest.pop("job_id"))
+    return rest
+
+
+def method_starts(params: dict[str, Any]) -> bool:
+    return "local_path" in params or "dest_dir" in params
 
 
 # --- upload -----------------------------------------------------------------------
@@ -61,6 +75,7 @@ def test_upload_waits_and_prints_the_ids(runner: CliRunner, fake_daemon: Any, wi
         "owner_id": "prj_1",
         "tags": ["raw", "b7"],
         "priority": 0,
+        "client": {"pid": os.getpid()},
     }
 
 
@@ -236,14 +251,16 @@ def test_download(runner: CliRunner, fake_daemon: Any, wire: Any, tmp_path: Path
     assert human.exit_code == 0, human.output
     assert human.stdout == f"{tmp_path / 'run42.h5'} (11 bytes)\n"
     assert json.loads(as_json.stdout) == {"job_id": "job_1", "asset_id": "ast_1", "content_id": "cnt_1", "files": files}
-    first, second = [r.params for r in fake_daemon.requests if r.method == "download.start"]
-    assert first == {"asset_id": "ast_1", "dest_dir": str(tmp_path), "overwrite": False, "priority": 0}
+    first, second = [_sans_job_id(r.params) for r in fake_daemon.requests if r.method == "download.start"]
+    assert first == {"asset_id": "ast_1", "dest_dir": str(tmp_path), "overwrite": False, "priority": 0,
+                     "client": {"pid": os.getpid()}}
     assert second == {
         "asset_id": "ast_1",
         "dest_dir": str(tmp_path / "out"),
         "overwrite": True,
         "content_id": "cnt_0",
         "priority": 0,
+        "client": {"pid": os.getpid()},
     }
 
 

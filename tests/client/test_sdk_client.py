@@ -5,6 +5,7 @@ from __future__ import annotations
 import builtins
 import inspect
 import os
+import re
 import threading
 import time
 from datetime import datetime, timezone
@@ -24,6 +25,13 @@ from dataerai.protocol import ERRORS, Request
 from sdk_fake_daemon import NO_REPLY, Fail, FakeConnection, FakeDaemon, Plan
 
 # --- the contract's shape -----------------------------------------------------
+
+
+def _sans_job_id(params: dict[str, Any]) -> dict[str, Any]:
+    """Start parameters without the job id the SDK chose (checked for its shape)."""
+    rest = dict(params)
+    assert re.fullmatch(r"job_[0-9a-f]{24}", rest.pop("job_id"))
+    return rest
 
 
 def _defaults(func: Any) -> dict[str, Any]:
@@ -46,6 +54,8 @@ def test_constructor_matches_the_contract() -> None:
         "auto_start": True,
         "start_timeout_s": 10.0,
         "request_timeout_s": 30.0,
+        # Beyond the contract: the fairness tag (keyword, defaulted, so the contract's calls work).
+        "client_name": None,
     }
     for param in list(inspect.signature(DataeraiClient.__init__).parameters.values())[1:]:
         assert param.kind is param.KEYWORD_ONLY
@@ -78,7 +88,7 @@ def test_constructor_matches_the_contract() -> None:
     assert _defaults(DataeraiClient.create_project) == {"name": empty, "description": ""}
     assert _defaults(DataeraiClient.call) == {"method": empty, "params": None, "timeout": None}
     assert _defaults(DataeraiClient.wait) == {"job_id": empty, "timeout_s": None, "on_progress": None}
-    assert _defaults(DataeraiClient.events) == {"since": None, "jobs": None}
+    assert _defaults(DataeraiClient.events) == {"since": None, "jobs": None, "types": None}
     rel = _defaults(DataeraiClient.create_relationship)
     assert rel["rel_type"] is None and rel["relationship_type"] is None
     assert set(rel) >= {"analysis_mode", "qualifier_note", "qualifier_time", "qualifiers"}
@@ -194,7 +204,7 @@ def test_upload_maps_params_and_reports_progress(
         priority=5,
     )
     (start,) = daemon.calls("upload.start")
-    assert start.params == {
+    assert _sans_job_id(start.params) == {
         "local_path": str(tmp_path / "data.csv"),
         "title": "My dataset",
         "owner_type": "project",
@@ -206,9 +216,10 @@ def test_upload_maps_params_and_reports_progress(
         "collection_id": "col_9",
         "chunk_size": 8 * 1024 * 1024,
         "priority": 5,
+        "client": {"pid": os.getpid()},
     }
     job_id = start_job_id(daemon)
-    assert daemon.calls("events.subscribe")[0].params == {"jobs": [job_id], "since": 0}
+    assert daemon.calls("events.subscribe")[0].params == {"jobs": [job_id]}
     assert daemon.calls("events.unsubscribe")
     assert result == dataerai.UploadResult(
         asset_id=f"ast_{job_id}", content_id=f"cnt_{job_id}", transfer_id=job_id, size=3000, sha256="ab" * 32
@@ -228,12 +239,13 @@ def test_upload_omits_unset_options(client: DataeraiClient, daemon: FakeDaemon, 
     path = tmp_path / "f"
     path.write_bytes(b"")
     client.upload(path, title="t", owner_type="user", owner_id="usr_1")
-    assert daemon.calls("upload.start")[0].params == {
+    assert _sans_job_id(daemon.calls("upload.start")[0].params) == {
         "local_path": str(path),
         "title": "t",
         "owner_type": "user",
         "owner_id": "usr_1",
         "priority": 0,
+        "client": {"pid": os.getpid()},
     }
 
 
@@ -411,12 +423,13 @@ def test_download(client: DataeraiClient, daemon: FakeDaemon, monkeypatch: pytes
     monkeypatch.chdir(tmp_path)
     seen: list[ProgressEvent] = []
     result = client.download("ast_1", "out", content_id="cnt_7", overwrite=True, on_progress=seen.append, priority=2)
-    assert daemon.calls("download.start")[0].params == {
+    assert _sans_job_id(daemon.calls("download.start")[0].params) == {
         "asset_id": "ast_1",
         "dest_dir": str(tmp_path / "out"),
         "content_id": "cnt_7",
         "overwrite": True,
         "priority": 2,
+        "client": {"pid": os.getpid()},
     }
     assert result.asset_id == "ast_1" and result.content_id == "cnt_7"
     assert result.files == [dataerai.DownloadedFile(str(tmp_path / "out" / "run42.h5"), 3000)]
@@ -424,11 +437,12 @@ def test_download(client: DataeraiClient, daemon: FakeDaemon, monkeypatch: pytes
     assert len(seen) == 4
 
     client.download("ast_1", tmp_path)
-    assert daemon.calls("download.start")[1].params == {
+    assert _sans_job_id(daemon.calls("download.start")[1].params) == {
         "asset_id": "ast_1",
         "dest_dir": str(tmp_path),
         "overwrite": False,
         "priority": 0,
+        "client": {"pid": os.getpid()},
     }
 
 

@@ -159,3 +159,27 @@ def test_error_mapping() -> None:
     assert isinstance(timeout, DaemonTimeoutError) and timeout.transfer_id == "job_3"
     bad_id = error_from_rpc(RpcError("timeout", "m", {"job_id": 3}))
     assert isinstance(bad_id, DaemonTimeoutError) and bad_id.transfer_id is None
+
+
+def test_a_timeout_names_its_job_under_both_names_and_survives_pickling() -> None:
+    import pickle
+
+    from dataerai import DaemonTimeoutError
+
+    exc = DaemonTimeoutError("job job_1 did not finish", transfer_id="job_1", data={"job_id": "job_1"})
+    assert exc.job_id == exc.transfer_id == "job_1" and exc.code == "timeout"
+    again = pickle.loads(pickle.dumps(exc))
+    assert again.job_id == "job_1" and isinstance(again, TimeoutError)
+    assert DaemonTimeoutError("daemon did not answer").job_id is None
+
+
+def test_job_and_event_models_read_the_new_fields() -> None:
+    from dataerai import Event, Job
+
+    job = Job.from_wire({"job_id": "job_1", "kind": "upload", "state": "queued", "priority": 3, "client": "pid:7"})
+    assert (job.priority, job.client) == (3, "pid:7")
+    event = Event.from_wire({"id": 5, "type": "job.priority", "job_id": "job_1", "priority": 3,
+                             "job": {"job_id": "job_1", "priority": 3}})
+    assert event.job is not None and event.job.priority == 3 and not event.is_gap
+    gap = Event.from_wire({"id": 9, "type": "gap", "missed_from": 4, "missed_to": 9})
+    assert gap.is_gap and (gap.missed_from, gap.missed_to) == (4, 9)

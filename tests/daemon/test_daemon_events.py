@@ -109,3 +109,62 @@ async def test_old_events_are_pruned_and_replay_starts_after_them(bus: EventBus)
     await _emit(bus, "a", "running")
     sub = await bus.subscribe(since=0, jobs=["a"])
     assert (await sub.__anext__())["state"] == "running"
+
+
+async def test_types_filter_live_and_replayed_events_but_never_gaps(bus: EventBus) -> None:
+    await _emit(bus, "a", "queued")
+    await bus.commit(lambda conn, emit: emit("job.priority", "a", {"priority": 3}))
+    sub = await bus.subscribe(since=0, types=["job.priority"], buffer_size=2)
+    bus.publish_transient("job.progress", "a", {})
+    await bus.commit(lambda conn, emit: emit("job.priority", "a", {"priority": 4}))
+    first, second = await sub.__anext__(), await sub.__anext__()
+    assert [(e["type"], e["priority"]) for e in (first, second)] == [("job.priority", 3), ("job.priority", 4)]
+    assert sub.wants({"type": "gap", "id": 1}) and not sub.wants({"type": "job.state", "id": 1})
+
+
+async def test_an_unfiltered_subscriber_sees_every_id_without_a_hole(bus: EventBus) -> None:
+    sub = await bus.subscribe()
+    start = bus.last_id
+    for i in range(50):
+        if i % 3:
+            bus.publish_transient("job.progress", "a", {"n": i})
+        else:
+            await _emit(bus, "a", "queued")
+    ids = [(await sub.__anext__())["id"] for _ in range(50)]
+    assert ids == list(range(start + 1, start + 51))
+
+
+async def test_a_slow_subscriber_never_slows_commits_or_other_subscribers(bus: EventBus) -> None:
+    slow = await bus.subscribe(buffer_size=8)  # never read while events flow
+    fast = await bus.subscribe()
+    got: list[int] = []
+    durable: list[int] = []
+
+    async def read_fast() -> None:
+        async for event in fast:
+            got.append(event["id"])
+            if event["type"] == "job.state":
+                durable.append(event["id"])
+            if len(got) == 200:
+                return
+
+    with trio.fail_after(30):  # a slow subscriber that blocked the bus would hang here
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_fast)
+            for i in range(200):
+                if i % 2:
+                    await _emit(bus, "a", "running")
+                else:
+                    bus.publish_transient("job.progress", "a", {"n": i})
+    assert got == list(range(got[0], got[0] + 200))
+    # The slow one got its first 8, then one gap marker naming everything after them.
+    events = [await slow.__anext__() for _ in range(9)]
+    assert [e["type"] for e in events[8:]] == ["gap"]
+    gap = events[8]
+    assert (gap["missed_from"], gap["missed_to"]) == (events[7]["id"] + 1, got[-1])
+    # The durable ones it missed are replayed from the store with since.
+    missed = [i for i in durable if i >= gap["missed_from"]]
+    replay = await bus.subscribe(since=gap["missed_from"] - 1)
+    with trio.fail_after(10):
+        stored = [(await replay.__anext__())["id"] for _ in missed]
+    assert stored == missed

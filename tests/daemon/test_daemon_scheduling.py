@@ -1,0 +1,106 @@
+"""The scheduler's choice (priority, then fairness across clients) and the fair bandwidth split."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import trio
+import trio.testing
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dataeraid.scheduler import pick
+from dataeraid.transfer import FairBandwidth
+
+MiB = 1024 * 1024
+
+
+def _row(seq: int, client: str, priority: int = 0) -> dict[str, Any]:
+    return {"job_id": f"job_{seq}", "seq": seq, "client": client, "priority": priority}
+
+
+def test_one_greedy_client_does_not_fill_every_slot() -> None:
+    queued = [_row(i, "a") for i in range(10)] + [_row(10, "b"), _row(11, "c")]
+    chosen = pick(queued, {}, {}, 3)
+    assert [r["client"] for r in chosen] == ["a", "b", "c"]
+
+
+def test_a_client_with_fewer_running_jobs_goes_first_and_ties_go_round_robin() -> None:
+    queued = [_row(1, "a"), _row(2, "a"), _row(3, "b"), _row(4, "b")]
+    assert [r["job_id"] for r in pick(queued, {"a": 1}, {"a": 5}, 1)] == ["job_3"]
+    # Equal running counts: the client that started a job longest ago goes first.
+    assert [r["job_id"] for r in pick(queued, {"a": 1, "b": 1}, {"a": 7, "b": 9}, 2)] == ["job_1", "job_3"]
+
+
+def test_priority_comes_before_fairness() -> None:
+    queued = [_row(1, "a", 5), _row(2, "a", 5), _row(3, "b", 0)]
+    assert [r["job_id"] for r in pick(queued, {}, {}, 2)] == ["job_1", "job_2"]
+
+
+rows = st.lists(
+    st.tuples(st.sampled_from("abcd"), st.integers(-2, 2)), min_size=0, max_size=30
+).map(lambda items: [_row(i, c, p) for i, (c, p) in enumerate(items)])
+
+
+@given(rows, st.dictionaries(st.sampled_from("abcd"), st.integers(0, 3)), st.integers(0, 8))
+def test_pick_is_a_fair_prefix_of_the_priority_order(queued: list[dict[str, Any]], running: dict[str, int],
+                                                     free: int) -> None:
+    chosen = pick(queued, running, {}, free)
+    assert len(chosen) == min(free, len(queued))
+    assert len({r["job_id"] for r in chosen}) == len(chosen)
+    # Never a lower priority while a higher one waits.
+    left = [r for r in queued if r not in chosen]
+    if chosen and left:
+        assert min(r["priority"] for r in chosen) >= max(r["priority"] for r in left)
+    # Within a client and a priority, first come first served.
+    for client in "abcd":
+        for priority in range(-2, 3):
+            mine = [r["seq"] for r in chosen if r["client"] == client and r["priority"] == priority]
+            assert mine == sorted(mine)
+            skipped = [r["seq"] for r in left if r["client"] == client and r["priority"] == priority]
+            assert not mine or not skipped or max(mine) < min(skipped)
+    # Fair: among the jobs of the top priority, the running counts after picking differ by
+    # at most one between clients that still have jobs waiting at that priority.
+    if chosen and left:
+        top = chosen[-1]["priority"]
+        after = Counter(running) + Counter(r["client"] for r in chosen)
+        waiting = {r["client"] for r in left if r["priority"] == top}
+        picked_at_top = {r["client"] for r in chosen if r["priority"] == top}
+        for c in picked_at_top:
+            for w in waiting:
+                assert after[c] <= after[w] + 1
+
+
+async def test_the_bandwidth_limit_is_split_between_clients_not_jobs(autojump_clock: trio.testing.MockClock) -> None:
+    limit = FairBandwidth(8 * MiB)
+    sent: Counter[str] = Counter()
+
+    async def job(client: str) -> None:
+        bucket = limit.join(client)
+        try:
+            while True:
+                await bucket.spend(64 * 1024)
+                sent[client] += 64 * 1024
+        finally:
+            limit.leave(client)
+
+    with trio.move_on_after(10):
+        async with trio.open_nursery() as nursery:
+            for _ in range(3):
+                nursery.start_soon(job, "many")
+            nursery.start_soon(job, "one")
+            await trio.testing.wait_all_tasks_blocked()
+            assert limit.share_of("many") == limit.share_of("one") == 4 * MiB
+    total = sent["many"] + sent["one"]
+    assert 70 * MiB <= total <= 90 * MiB  # 8 MiB/s for 10 s, plus the bursts
+    assert abs(sent["many"] - sent["one"]) <= 0.15 * total
+    assert limit.share_of("one") == 0.0  # both left
+
+
+async def test_an_unlimited_daemon_hands_out_unlimited_shares() -> None:
+    limit = FairBandwidth(0)
+    bucket = limit.join("a")
+    with trio.fail_after(1):
+        await bucket.spend(10**12)
+    limit.leave("a")
