@@ -32,7 +32,8 @@ T = TypeVar("T")
 _log = log.get("dataeraid.methods")
 
 OWNER_TYPES = ("project", "user", "collection")
-ASSET_FIELDS = ("title", "description", "alias", "tags", "metadata")
+ASSET_FIELDS = ("title", "description", "alias", "tags", "metadata", "path")
+ANALYSIS_MODES = ("non_destructive", "altering", "destructive", "in_situ", "ex_situ", "invasive", "non_invasive")
 
 
 @dataclass(frozen=True)
@@ -145,6 +146,8 @@ def build_registry(svc: Services) -> Registry:
             root, files, skipped = await trio.to_thread.run_sync(scan_source, path)
         except OSError as exc:
             raise from_os_error(exc, f"cannot read {path}") from exc
+        if not files:
+            raise DataeraiError("invalid_argument", f"{path} holds no regular files to upload")
         total = sum(f.size for f in files)
         # A repository takes at most MAX_PARTS parts (as S3 does): big sources get bigger parts.
         chunk = max(chunk, _ceil_div(_ceil_div(total, MAX_PARTS), MIN_CHUNK_SIZE) * MIN_CHUNK_SIZE)
@@ -276,6 +279,71 @@ def build_registry(svc: Services) -> Registry:
         if not changes:
             raise DataeraiError("invalid_argument", "nothing to update")
         return await _now("updating the asset", lambda: svc.remote.update_asset(asset_id, changes))
+
+    @add("asset.list", "Assets of a project or collection, by path prefix or glob, a page at a time.",
+         Param("project_id", "str"), Param("collection_id", "str"), Param("path_prefix", "str"),
+         Param("glob", "str"), Param("limit", "int"), Param("cursor", "str"))
+    async def asset_list(conn: Connection, project_id: str | None, collection_id: str | None,
+                         path_prefix: str | None, glob: str | None, limit: int | None,
+                         cursor: str | None) -> dict[str, Any]:
+        if (project_id is None) == (collection_id is None):
+            raise DataeraiError("invalid_argument", "give exactly one of `project_id` and `collection_id`")
+        query = {k: str(v) for k, v in (("project_id", project_id), ("collection_id", collection_id),
+                                        ("path_prefix", path_prefix), ("glob", glob), ("limit", limit),
+                                        ("cursor", cursor)) if v is not None}
+        return await _now("listing assets", lambda: svc.remote.list_assets(query))
+
+    @add("asset.delete", "Delete an asset, every content version and its relationships.",
+         Param("asset_id", "str", required=True))
+    async def asset_delete(conn: Connection, asset_id: str) -> dict[str, Any]:
+        await _now("deleting the asset", lambda: svc.remote.delete_asset(asset_id))
+        return {"asset_id": asset_id, "deleted": True}
+
+    @add("asset.files", "The files of an asset's content: one by exact `path`, or a page by `prefix`.",
+         Param("asset_id", "str", required=True), Param("path", "str"), Param("prefix", "str"),
+         Param("content_id", "str"), Param("limit", "int"), Param("cursor", "str"))
+    async def asset_files(conn: Connection, asset_id: str, path: str | None, prefix: str | None,
+                          content_id: str | None, limit: int | None, cursor: str | None) -> dict[str, Any]:
+        if path is not None and (prefix is not None or cursor is not None):
+            raise DataeraiError("invalid_argument", "`path` names one file; it goes without `prefix` and `cursor`")
+        query = {k: str(v) for k, v in (("path", path), ("prefix", prefix), ("content_id", content_id),
+                                        ("limit", limit), ("cursor", cursor)) if v is not None}
+        return await _now("reading the asset's files", lambda: svc.remote.asset_files(asset_id, query))
+
+    @add("relationship.create", "Link an asset (the dependent) to the asset it derives from.",
+         Param("from_asset_id", "str", required=True), Param("to_asset_id", "str", required=True),
+         Param("type", "str", required=True), Param("analysis_mode", "str"), Param("qualifier_note", "str"),
+         Param("qualifier_time", "str"), Param("qualifiers", "object"))
+    async def relationship_create(conn: Connection, from_asset_id: str, to_asset_id: str, type: str,
+                                  analysis_mode: str | None, qualifier_note: str | None,
+                                  qualifier_time: str | None, qualifiers: dict[str, Any] | None) -> dict[str, Any]:
+        if not type.strip() or len(type) > 255:
+            raise DataeraiError("invalid_argument", "`type` must be 1 to 255 characters")
+        if analysis_mode is not None and analysis_mode not in ANALYSIS_MODES:
+            raise DataeraiError("invalid_argument", f"`analysis_mode` must be one of {', '.join(ANALYSIS_MODES)}")
+        body = {"to_asset_id": to_asset_id, "rel_type": type, "analysis_mode": analysis_mode,
+                "qualifier_note": qualifier_note, "qualifier_time": qualifier_time, "qualifiers": qualifiers}
+        return await _now("creating the relationship",
+                          lambda: svc.remote.create_relationship(from_asset_id, body))
+
+    @add("relationship.list", "An asset's relationships, outgoing and incoming.",
+         Param("asset_id", "str", required=True))
+    async def relationship_list(conn: Connection, asset_id: str) -> dict[str, Any]:
+        return await _now("listing relationships", lambda: svc.remote.list_relationships(asset_id))
+
+    @add("project.list", "The projects the signed-in user is a member of.")
+    async def project_list(conn: Connection) -> dict[str, Any]:
+        return await _now("listing projects", svc.remote.list_projects)
+
+    @add("collection.create", "Create a collection in a project (below its root collection by default).",
+         Param("project_id", "str", required=True), Param("name", "str", required=True), Param("parent_id", "str"))
+    async def collection_create(conn: Connection, project_id: str, name: str, parent_id: str | None) -> dict[str, Any]:
+        body = {"project_id": project_id, "name": name, "parent_id": parent_id}
+        return await _now("creating the collection", lambda: svc.remote.create_collection(body))
+
+    @add("collection.list", "A project's collections, its root first.", Param("project_id", "str", required=True))
+    async def collection_list(conn: Connection, project_id: str) -> dict[str, Any]:
+        return await _now("listing collections", lambda: svc.remote.list_collections(project_id))
 
     @add("events.subscribe", "Receive `event` notifications on this connection (replaying after `since`).",
          Param("since", "int"), Param("jobs", "list[str]"), Param("types", "list[str]"))

@@ -140,6 +140,45 @@ class Remote:
         )
         return result
 
+    async def list_projects(self) -> dict[str, Any]:
+        result: dict[str, Any] = await self._api("GET", "/projects", "listing projects")
+        return result
+
+    async def create_collection(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = await self._api("POST", "/collections", "creating the collection", json=dict(body))
+        return result
+
+    async def list_collections(self, project_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self._api(
+            "GET", f"/projects/{project_id}/collections", f"listing the collections of {project_id}"
+        )
+        return result
+
+    async def list_assets(self, query: Mapping[str, str]) -> dict[str, Any]:
+        result: dict[str, Any] = await self._api("GET", "/assets", "listing assets", params=query)
+        return result
+
+    async def delete_asset(self, asset_id: str) -> None:
+        await self._api("DELETE", f"/assets/{asset_id}", f"deleting asset {asset_id}")
+
+    async def asset_files(self, asset_id: str, query: Mapping[str, str]) -> dict[str, Any]:
+        result: dict[str, Any] = await self._api(
+            "GET", f"/assets/{asset_id}/files", f"reading the files of asset {asset_id}", params=query
+        )
+        return result
+
+    async def create_relationship(self, from_asset_id: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = await self._api(
+            "POST", f"/assets/{from_asset_id}/relationships", "creating the relationship", json=dict(body)
+        )
+        return result
+
+    async def list_relationships(self, asset_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self._api(
+            "GET", f"/assets/{asset_id}/relationships", f"listing the relationships of {asset_id}"
+        )
+        return result
+
     # --- uploads ------------------------------------------------------------
 
     async def create_upload(self, body: Mapping[str, Any]) -> dict[str, Any]:

@@ -163,12 +163,12 @@ def test_code_destination_exists(stack: Stack, tmp_path: Path) -> None:
 
 
 def test_code_io_error(stack: Stack, tmp_path: Path) -> None:
-    directory = tmp_path / "not-a-file"
+    directory = tmp_path / "empty-directory"
     directory.mkdir()
     with stack.client() as client:
         err = expect("invalid_argument", lambda: client.upload(directory, title="x", owner_type="project",
                                                                owner_id=stack.project_id))
-        assert "not a regular file" in err.message
+        assert "no regular files" in err.message
         # A path whose parent is a file cannot even be looked at: the OS error, mapped.
         (tmp_path / "plain").write_bytes(b"")
         err = expect("io_error", lambda: client.call("upload.start", {
