@@ -368,6 +368,9 @@ class Job:
     sha256: str | None = None
     #: The repository's upload session, once the daemon opened one (uploads only).
     upload_id: str | None = None
+    #: A completed upload whose content the repository already held: the daemon proved
+    #: possession instead of sending the bytes.
+    deduplicated: bool = False
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -402,6 +405,7 @@ class Job:
             error=JobError.from_wire(error) if isinstance(error, dict) else None,
             sha256=_opt_str(d.get("sha256")),
             upload_id=_opt_str(d.get("upload_id")),
+            deduplicated=d.get("deduplicated") is True,
             raw=d,
         )
 
@@ -416,6 +420,8 @@ class UploadResult:
     transfer_id: str
     size: int
     sha256: str | None
+    #: The repository already held this content: possession was proved, no bytes were sent.
+    deduplicated: bool = False
 
 
 @dataclass(frozen=True)
