@@ -24,9 +24,11 @@ content it already holds without the bytes, once the daemon proves possession
   whose identity (size, mtime, inode; every file's, for a directory) is unchanged;
 - speculatively: the whole-stream hash runs ahead of the senders, and as soon as
   it is done, if more than one part is still unsent, the engine asks for a
-  challenge, computes the range digests from the source, stops the senders
-  (cancelling their scope; a part in flight then fails harmlessly) and proves.
-  On ``no_match`` it asks the server which parts it holds and sends the rest.
+  challenge, computes the range digests from the source, pauses the senders (no
+  new part starts; the parts in flight go on, and their errors are dropped while
+  the proof is out) and proves. Accepted: it stops the senders (cancelling their
+  scope and waiting for them). Refused (``no_match``): the senders go on, or, if
+  they ended meanwhile, start again from the parts the server holds.
 """
 
 from __future__ import annotations
@@ -249,24 +251,31 @@ async def _upload_stream(ctx: JobContext, source: FileSet) -> dict[str, Any]:
 
 class _Senders:
     """The part senders of one upload: a part hasher and ``parts_per_job`` senders in one task
-    with its own cancel scope, so that the speculative deduplication can stop them (and wait
-    until they stopped) and start them again.
+    with its own cancel scope, so that the speculative deduplication can pause them (no new
+    part starts), stop them (and wait until they stopped) and start them again.
 
-    Once :meth:`stop` was called, whatever the senders raise is dropped (a part in flight
-    fails when its request is cut off): the job's outcome is then decided by the proof, or,
-    if the proof fails, by the senders started again from the server's truth about parts.
+    While a proof is out (:attr:`tolerating`) and once :meth:`stop` was called, whatever the
+    senders raise is dropped: a part that arrives after the proof completed the session is
+    refused (``conflict``), one cut off by the stop fails. The job's outcome is then decided
+    by the proof, or, if the proof is refused, by the senders going on (or started again
+    from the server's truth about parts, if they ended meanwhile).
     """
 
     def __init__(self, ctx: JobContext, source: FileSet, upload_id: str, progress: Progress, count: int) -> None:
         self._ctx, self._source, self._upload_id, self._progress = ctx, source, upload_id, progress
         self._count = count
         self._scope = trio.CancelScope()
+        self._running = trio.Event()
+        self._running.set()
         self.stopped = trio.Event()
         self.finished = False
+        #: Errors of the senders are dropped while this is true (a proof is out).
+        self.tolerating = False
         #: Part bytes sent and acknowledged by this run of the engine.
         self.bytes_sent = 0
 
     def start(self, nursery: trio.Nursery, held: dict[int, dict[str, Any]]) -> None:
+        self.resume()
         self._scope = trio.CancelScope()
         self.stopped = trio.Event()
         self.finished = False
@@ -281,6 +290,14 @@ class _Senders:
     def unsent_parts(self) -> int:
         return self._count - self._progress.chunks_done
 
+    def pause(self) -> None:
+        """No part starts until :meth:`resume`; the parts in flight go on."""
+        if self._running.is_set():
+            self._running = trio.Event()
+
+    def resume(self) -> None:
+        self._running.set()
+
     async def stop(self) -> None:
         """Cancel the senders and return once they ended."""
         self._scope.cancel()
@@ -292,11 +309,13 @@ class _Senders:
                 await self._send_all(held)
                 self.finished = True
         except BaseException as exc:
-            if not scope.cancel_called or not all(isinstance(e, (Exception, trio.Cancelled)) for e in leaves(exc)):
+            wanted = scope.cancel_called or self.tolerating
+            if not wanted or not all(isinstance(e, (Exception, trio.Cancelled)) for e in leaves(exc)):
                 raise
             # Cancelled from outside too? Trio's cancellation is level-triggered: the next
             # checkpoint of this job's other tasks raises it again.
-            self._ctx.log.info("a part in flight failed as the senders stopped; ignored", error=repr(exc))
+            self._ctx.log.info("a part in flight failed while a proof was out or the senders stopped; ignored",
+                               error=repr(exc))
         finally:
             stopped.set()
 
@@ -323,6 +342,7 @@ class _Senders:
         async def send_parts(receive: trio.MemoryReceiveChannel[PartPlan]) -> None:
             async with receive:
                 async for plan in receive:
+                    await self._running.wait()
                     await _send_part(ctx, source, self._upload_id, plan, self._progress)
                     self.bytes_sent += plan.size
 
@@ -349,17 +369,27 @@ async def _speculate(ctx: JobContext, source: FileSet, upload_id: str, stream: S
     digests = await _range_digests(ctx, source, challenge)
     if digests is None or senders.stopped.is_set():
         return None
-    await senders.stop()
-    if senders.finished:
-        return None  # the last part was acknowledged before the stop: complete as usual
+    # No new part starts while the proof is out; the parts in flight go on, so a refused
+    # proof wastes nothing. Their errors (such as a part refused because the proof just
+    # completed the session) cannot fail the job meanwhile.
+    senders.pause()
+    senders.tolerating = True
     proved = await _prove(ctx, source, upload_id, challenge, digests, digest)
-    if proved is None:
+    if proved is not None:
+        await senders.stop()
+        return proved
+    senders.tolerating = False
+    if senders.stopped.is_set() and not senders.finished:
+        # The senders ended while the proof was out (a part failed meanwhile): go on from
+        # the parts the server holds, as a resume does.
         session = await ctx.retrying("reading the upload session", lambda: ctx.remote.get_upload(upload_id))
         chunk_size: int = ctx.job["chunk_size"]
         held = _held_parts(session, part_count(source.size, chunk_size), source.size, chunk_size)
         ctx.log.info("sending the rest", parts_held=len(held))
         senders.restart(nursery, held)
-    return proved
+    else:
+        senders.resume()
+    return None
 
 
 async def _challenge(ctx: JobContext, upload_id: str, sha256: str) -> dict[str, Any] | None:
