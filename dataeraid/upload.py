@@ -212,9 +212,12 @@ async def _upload_stream(ctx: JobContext, source: FileSet) -> dict[str, Any]:
     # part senders; it runs well ahead of them. One worker-thread call hashes at most
     # HASH_SLICE bytes, so a pause or shutdown never waits long.
     async def hash_stream() -> None:
+        started = trio.current_time()
         for start in range(0, total, HASH_SLICE):
             await trio.to_thread.run_sync(stream.feed, source, start, min(HASH_SLICE, total - start), block)
         stream_hashed.set()
+        ctx.log.info("stream hashed", seconds=round(trio.current_time() - started, 2),
+                     parts_acknowledged=progress.chunks_done, parts_total=count)
 
     proved: dict[str, Any] | None = None
     with first_error():

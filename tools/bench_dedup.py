@@ -1,6 +1,6 @@
 """Deduplication figures (docs/benchmarks.md#deduplication): one file uploaded four ways.
 
-    .venv/bin/python tools/bench_dedup.py [--size-mib 1024]
+    .venv/bin/python tools/bench_dedup.py [--size-mib 1024] [--limit-mib-s 100]
 
 1. the file, first time (nothing held: sent whole);
 2. a copy of it (another inode, so not in the daemon's digest cache): deduplicated
@@ -28,9 +28,12 @@ MiB = 1024 * 1024
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mib", type=int, default=1024)
+    parser.add_argument("--limit-mib-s", type=int, default=0, help="the daemon's bandwidth limit (0: none)")
     args = parser.parse_args()
     size = args.size_mib * MiB
-    with tempfile.TemporaryDirectory(prefix="dedup-bench-") as tmp, Stack(Path(tmp) / "st") as stack:
+    config = {"bandwidth_limit_bps": args.limit_mib_s * MiB} if args.limit_mib_s else None
+    with tempfile.TemporaryDirectory(prefix="dedup-bench-") as tmp, \
+            Stack(Path(tmp) / "st", daemon_config=config) as stack:
         root = Path(tmp)
         stack.start_server()
         stack.login(stack.add_user("ada@example.org", scope="write"))
@@ -41,7 +44,8 @@ def main() -> None:
         copy = root / "copy.bin"
         shutil.copyfile(original, copy)
         other = make_file(root / "b.bin", size, seed=2)
-        print(f"{args.size_mib} MiB, 64 MiB parts, 4 in flight, loopback")
+        limit = f", limit {args.limit_mib_s} MiB/s" if args.limit_mib_s else ""
+        print(f"{args.size_mib} MiB, 64 MiB parts, 4 in flight, loopback{limit}")
         for label, source in (("first upload", original), ("a copy (speculative)", copy),
                               ("the copy again (digest cache)", copy), ("another file, same size", other)):
             with stack.client() as client:
@@ -52,8 +56,12 @@ def main() -> None:
             assert done.state == "completed", done
             with stack.api() as api:
                 received = api.get(f"/uploads/{done.upload_id}").json()["bytes_received"]
+            hashed = [line for line in (stack.root / "daemon.log").read_text().splitlines()
+                      if "stream hashed" in line and done.job_id in line]
             print(f"  {label:32} {elapsed:6.2f} s   part bytes sent {received / MiB:7.1f} MiB"
                   f"   deduplicated {done.deduplicated}")
+            if hashed:
+                print(f"    {hashed[-1]}")
 
 
 if __name__ == "__main__":
