@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -139,3 +140,27 @@ def test_a_directory_is_deduplicated_with_its_own_manifest(make_stack: Any, tmp_
     assert all(f["sha256"] == tree(renamed)[f["path"].removeprefix("run43/")] for f in files)
     downloaded(stack, copy.asset_id, tmp_path / "out")
     assert tree(tmp_path / "out" / "run43") == tree(renamed)
+
+
+def test_a_file_rewritten_in_place_is_not_taken_for_its_cached_digest(make_stack: Any, tmp_path: Path) -> None:
+    stack = make_stack(daemon_config={"bandwidth_limit_bps": 16 * MiB, "parts_per_job": 2})
+    size = 6 * MiB
+    source = make_file(tmp_path / "run.bin", size, seed=36)
+    inode = source.stat().st_ino
+    first, _ = upload(stack, source)
+    # One byte changed in place, same size, same inode: only the mtime tells the cache the file
+    # changed. Taken for its cached digest, the proof's four 64 KiB ranges would most likely miss
+    # that byte, and the old content would be recorded for the new file.
+    with open(source, "r+b") as f:
+        f.seek(size // 2 + 12345)
+        old = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([old[0] ^ 0xFF]))
+    os.utime(source, ns=(source.stat().st_atime_ns, source.stat().st_mtime_ns + 1_000_000))
+    assert source.stat().st_ino == inode
+    second, session = upload(stack, source)
+    assert not second.deduplicated
+    assert session["bytes_received"] == size
+    assert second.sha256 == sha256(source) != first.sha256
+    (back,) = downloaded(stack, second.asset_id, tmp_path / "out")
+    assert sha256(back) == sha256(source)
