@@ -38,6 +38,7 @@ from .config import (
     DEDUP_CHALLENGE_TTL_SECONDS,
     DEDUP_RANGE_COUNT,
     DEDUP_RANGE_LENGTH,
+    DEDUP_REFUSAL_FLOOR_SECONDS,
     MAX_PART_COUNT,
     Settings,
 )
@@ -987,6 +988,7 @@ class Uploads:
         both), and the session stays open. A completed session (or a used completion key)
         returns the stored result, as :meth:`complete` does.
         """
+        arrived = trio.current_time()
         async with self._session_locks.hold(upload_id):
             claim = await self._db.write(
                 lambda s: _take_challenge(s, who, upload_id, challenge_id, digests, key, file_sha256)
@@ -995,6 +997,8 @@ class Uploads:
                 return claim.result
             if claim.storage_key is None or not await self._ranges_match(claim.storage_key, claim.ranges, digests):
                 log.info("upload.dedup_refused", upload_id=upload_id)
+                # Held or not, a refusal takes (at least) the same time.
+                await trio.sleep_until(arrived + DEDUP_REFUSAL_FLOOR_SECONDS)
                 raise _no_match()
             try:
                 recorded = await self._db.write(
