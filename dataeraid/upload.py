@@ -209,7 +209,8 @@ async def _upload_stream(ctx: JobContext, source: FileSet) -> dict[str, Any]:
     senders = _Senders(ctx, source, upload_id, progress, count)
 
     # The whole stream's digest (and each file's) in order, on its own thread, beside the
-    # part senders; it runs well ahead of them. One worker-thread call hashes at most
+    # part senders; it usually runs ahead of them (how far: docs/benchmarks.md#deduplication).
+    # One worker-thread call hashes at most
     # HASH_SLICE bytes, so a pause or shutdown never waits long.
     async def hash_stream() -> None:
         started = trio.current_time()
