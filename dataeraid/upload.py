@@ -210,8 +210,8 @@ async def _upload_stream(ctx: JobContext, source: FileSet) -> dict[str, Any]:
 
     # The whole stream's digest (and each file's) in order, on its own thread, beside the
     # part senders; it usually runs ahead of them (how far: docs/benchmarks.md#deduplication).
-    # One worker-thread call hashes at most
-    # HASH_SLICE bytes, so a pause or shutdown never waits long.
+    # One worker-thread call hashes at most HASH_SLICE bytes, so a pause or shutdown never
+    # waits long.
     async def hash_stream() -> None:
         started = trio.current_time()
         for start in range(0, total, HASH_SLICE):
