@@ -63,6 +63,11 @@ def from_os_error(exc: OSError, what: str) -> DataeraiError:
     return DataeraiError(code, f"{what}: {exc.strerror or exc}")
 
 
+def leaves(exc: BaseException) -> list[BaseException]:
+    """The exceptions an exception (group) is made of, groups flattened."""
+    return _leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc]
+
+
 def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
     found: list[BaseException] = []
     for exc in group.exceptions:

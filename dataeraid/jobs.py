@@ -79,6 +79,7 @@ def to_wire(row: Row, bytes_done: int, chunks_done: int) -> dict[str, Any]:
         "upload_id": row["remote_session"] if row["kind"] == "upload" else None,
         "sha256": row["sha256"],
         "files": row["files"] or [],
+        "deduplicated": bool(row.get("deduplicated")),
         "error": error,
     }
 

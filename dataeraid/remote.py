@@ -225,6 +225,24 @@ class Remote:
         )
         return result
 
+    async def dedup_challenge(self, upload_id: str, sha256: str) -> dict[str, Any]:
+        """A proof-of-possession challenge for completing ``upload_id`` with held content ``sha256``."""
+        result: dict[str, Any] = await self._api(
+            "POST", f"/uploads/{upload_id}/dedup", "asking to deduplicate the upload", json={"sha256": sha256},
+        )
+        return result
+
+    async def dedup_prove(self, upload_id: str, challenge_id: str, digests: list[str], idempotency_key: str, *,
+                          file_sha256: list[str] | None = None) -> dict[str, Any]:
+        """Answer a challenge; the completion's result, or ``conflict`` (``reason: no_match``)."""
+        body: dict[str, Any] = {"digests": digests, "idempotency_key": idempotency_key}
+        if file_sha256 is not None:
+            body["file_sha256"] = file_sha256
+        result: dict[str, Any] = await self._api(
+            "POST", f"/uploads/{upload_id}/dedup/{challenge_id}", "proving possession of the content", json=body,
+        )
+        return result
+
     async def abort_upload(self, upload_id: str) -> None:
         await self._api("DELETE", f"/uploads/{upload_id}", "aborting the upload session")
 

@@ -40,6 +40,8 @@ jobs = sa.Table(
     sa.Column("deadline", sa.Float),
     # Who submitted the job (the SDK's name, else its pid): the scheduler's fairness key.
     sa.Column("client", sa.String(128), nullable=False, server_default=""),
+    # A completed upload whose content the repository already held: no bytes were sent for it.
+    sa.Column("deduplicated", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Index("ix_jobs_state_priority", "state", "priority", "seq"),
 )
 
@@ -71,4 +73,23 @@ settings = sa.Table(
     metadata,
     sa.Column("key", sa.String(64), primary_key=True),
     sa.Column("value", sa.Text, nullable=False),
+)
+
+# The digests of sources uploaded before, so that re-uploading an unchanged file or
+# directory can prove possession (deduplication) before sending anything. A row holds
+# while the source's identity is unchanged: for a file its size, mtime_ns and inode
+# (``manifest`` empty), for a directory the SHA-256 of its manifest (every file's path,
+# size, mtime_ns and inode; ``size`` the total, ``mtime_ns``/``inode`` of the directory).
+digest_cache = sa.Table(
+    "digest_cache",
+    metadata,
+    sa.Column("path", sa.Text, primary_key=True),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("mtime_ns", sa.BigInteger, nullable=False),
+    sa.Column("inode", sa.BigInteger, nullable=False),
+    sa.Column("manifest", sa.String(64), nullable=False),
+    sa.Column("sha256", sa.String(64), nullable=False),
+    sa.Column("file_sha256", sa.JSON),
+    sa.Column("used_at", sa.Float, nullable=False),
+    sa.Index("ix_digest_cache_used_at", "used_at"),
 )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -26,6 +27,9 @@ from dataeraid import schema
 T = TypeVar("T")
 
 Row = dict[str, Any]
+
+#: The digest cache keeps the sources used most recently, at most this many.
+DIGEST_CACHE_ROWS = 10_000
 
 #: States a job is in only while a daemon works on it; after a crash they mean "queued".
 INTERRUPTIBLE_STATES = ("running", "waiting_for_network", "waiting_for_auth")
@@ -64,6 +68,29 @@ def migrate(engine: Engine) -> None:
     with engine.begin() as conn:
         config.attributes["connection"] = conn
         command.upgrade(config, "head")
+
+
+@dataclass(frozen=True)
+class SourceIdentity:
+    """What a cached digest is valid for: a source at ``path`` that still has this identity.
+
+    For a file its size, ``mtime_ns`` and inode, ``manifest`` empty (as DANDI keys its
+    digest cache); for a directory its total size, ``mtime_ns`` and ``inode`` 0 and
+    ``manifest`` the SHA-256 of its files' paths, sizes, mtimes and inodes.
+    """
+
+    path: str
+    size: int
+    mtime_ns: int
+    inode: int
+    manifest: str
+
+
+@dataclass(frozen=True)
+class CachedDigest:
+    sha256: str
+    #: One per file in stream order, for a directory; None for a file.
+    file_sha256: list[str] | None
 
 
 class Store:
@@ -175,6 +202,37 @@ class Store:
         await self.transaction(
             lambda conn: conn.execute(schema.chunks.delete().where(schema.chunks.c.job_id == job_id))
         )
+
+    # --- the digest cache --------------------------------------------------------
+
+    async def cached_digest(self, source: SourceIdentity) -> CachedDigest | None:
+        """The digest recorded for ``source``, if it was recorded for exactly this identity."""
+        table = schema.digest_cache
+
+        def read(conn: Connection) -> CachedDigest | None:
+            row = conn.execute(sa.select(table).where(table.c.path == source.path)).mappings().first()
+            if row is None or (row["size"], row["mtime_ns"], row["inode"], row["manifest"]) != (
+                    source.size, source.mtime_ns, source.inode, source.manifest):
+                return None
+            conn.execute(table.update().where(table.c.path == source.path).values(used_at=time.time()))
+            return CachedDigest(row["sha256"], row["file_sha256"])
+
+        return await self.transaction(read)
+
+    async def remember_digest(self, source: SourceIdentity, digest: CachedDigest) -> None:
+        """Record ``digest`` for ``source`` (replacing what ``source.path`` had); the oldest
+        rows beyond :data:`DIGEST_CACHE_ROWS` go."""
+        table = schema.digest_cache
+
+        def write(conn: Connection) -> None:
+            conn.execute(table.delete().where(table.c.path == source.path))
+            conn.execute(table.insert().values(
+                path=source.path, size=source.size, mtime_ns=source.mtime_ns, inode=source.inode,
+                manifest=source.manifest, sha256=digest.sha256, file_sha256=digest.file_sha256, used_at=time.time()))
+            newest = sa.select(table.c.path).order_by(table.c.used_at.desc()).limit(DIGEST_CACHE_ROWS)
+            conn.execute(table.delete().where(table.c.path.not_in(newest.scalar_subquery())))
+
+        await self.transaction(write)
 
     # --- events -------------------------------------------------------------
 

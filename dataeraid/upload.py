@@ -14,11 +14,27 @@ digest.
 Resuming: the server is the truth about parts (``GET /uploads/{id}``): parts it
 holds are not sent again. Completion carries the job id as idempotency key, so
 a crash between completing and recording the result never makes a second asset.
+
+Deduplication (docs/architecture.md): the repository completes an upload whose
+content it already holds without the bytes, once the daemon proves possession
+(the digests of random byte ranges the server picks). Two ways in:
+
+- up front, when the digest is known without reading the source: the digest
+  cache (``Store.cached_digest``) has it for a file or directory uploaded before
+  whose identity (size, mtime, inode; every file's, for a directory) is unchanged;
+- speculatively: the whole-stream hash runs ahead of the senders, and as soon as
+  it is done, if more than one part is still unsent, the engine asks for a
+  challenge, computes the range digests from the source, pauses the senders (no
+  new part starts; the parts in flight go on, and their errors are dropped while
+  the proof is out) and proves. Accepted: it stops the senders (cancelling their
+  scope and waiting for them). Refused (``no_match``): the senders go on, or, if
+  they ended meanwhile, start again from the parts the server holds.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 from collections.abc import AsyncIterator
@@ -27,8 +43,9 @@ from typing import Any
 
 import trio
 
-from dataeraid.errors import DataeraiError, TransientError, first_error
+from dataeraid.errors import DataeraiError, TransientError, first_error, leaves
 from dataeraid.fileset import HASH_SLICE, FileSet, StreamFile, StreamHasher
+from dataeraid.store import CachedDigest, SourceIdentity
 from dataeraid.transfer import JobContext, Progress
 
 # A part whose upload failed its checksum this many times, with an unchanged source, fails the job.
@@ -128,13 +145,42 @@ async def _session(ctx: JobContext) -> dict[str, Any]:
         "idempotency_key": f"{ctx.job_id}/{job.get('remote_session') or 'first'}",
     }
     _, files = source_files(job)
-    if job["params"].get("source_files") is not None and (len(files) != 1 or files[0].path != job["file_name"]):
+    if _is_directory(job, files):
         # A directory: the content's manifest, in stream order.
         body["files"] = [{"path": f.path, "size": f.size} for f in files]
     session = await ctx.retrying("creating the upload session", lambda: ctx.remote.create_upload(body))
     await ctx.save(remote_session=session["upload_id"])
     ctx.log.info("upload session", upload_id=session["upload_id"], part_count=session["part_count"])
     return session
+
+
+def _is_directory(job: dict[str, Any], files: list[StreamFile]) -> bool:
+    return job["params"].get("source_files") is not None and (len(files) != 1 or files[0].path != job["file_name"])
+
+
+def source_identity(job: dict[str, Any], root: str, files: list[StreamFile]) -> SourceIdentity | None:
+    """What the job's source's cached digest is keyed by; None if its identity was not recorded."""
+    if any(f.mtime_ns is None or f.inode is None for f in files):
+        return None
+    if not _is_directory(job, files):
+        (only,) = files
+        assert only.mtime_ns is not None and only.inode is not None
+        return SourceIdentity(os.path.join(root, only.path), only.size, only.mtime_ns, only.inode, "")
+    manifest = hashlib.sha256(json.dumps([f.to_json() for f in files]).encode()).hexdigest()
+    path = job.get("local_path") or os.path.join(root, job["file_name"])
+    return SourceIdentity(path, sum(f.size for f in files), 0, 0, manifest)
+
+
+def _held_parts(session: dict[str, Any], count: int, total: int, chunk_size: int) -> dict[int, dict[str, Any]]:
+    """The parts the server holds (the truth about parts), as far as they fit this plan."""
+    return {p["number"]: p for p in session.get("parts", []) if 1 <= p["number"] <= count
+            and p["size"] == part_span(p["number"], total, chunk_size)[1]}
+
+
+def _start_from(progress: Progress, held: dict[int, dict[str, Any]]) -> None:
+    progress.bytes_done = sum(p["size"] for p in held.values())
+    progress.chunks_done = len(held)
+    progress.publish_now()
 
 
 async def _upload_stream(ctx: JobContext, source: FileSet) -> dict[str, Any]:
@@ -144,53 +190,57 @@ async def _upload_stream(ctx: JobContext, source: FileSet) -> dict[str, Any]:
     count = part_count(total, chunk_size)
     session = await _session(ctx)
     upload_id: str = session["upload_id"]
+    root, files = source_files(job)
+    identity = source_identity(job, root, files)
     if session["state"] == "completed" and session.get("result"):
         return _completed_fields(session["result"], source)
-    held = {p["number"]: p for p in session.get("parts", []) if 1 <= p["number"] <= count
-            and p["size"] == part_span(p["number"], total, chunk_size)[1]}
+    held = _held_parts(session, count, total, chunk_size)
     progress = ctx.progress(total, count, source.files[0].path if source.files else job["file_name"])
-    progress.bytes_done = sum(p["size"] for p in held.values())
-    progress.chunks_done = len(held)
-    progress.publish_now()
+    _start_from(progress, held)
     if held:
         ctx.log.info("resuming", parts_held=len(held), parts_total=count)
 
-    stream = StreamHasher(source.files)
+    # Up front: a source uploaded before and unchanged has its digest cached, so
+    # possession is proved before any part is sent. If the repository does not take
+    # it, the speculative attempt would ask the same again: it is skipped.
+    cached = await ctx.store.cached_digest(identity) if identity is not None else None
+    if cached is not None:
+        early = await _deduplicate(ctx, source, upload_id, cached, "cached digest")
+        if early is not None:
+            return await _finish_deduplicated(ctx, source, early, identity, cached, 0)
+
     block = ctx.settings.io_block_size
-    hashed_send, hashed_receive = trio.open_memory_channel[PartPlan](ctx.settings.parts_per_job)
+    stream = StreamHasher(source.files)
+    stream_hashed = trio.Event()
+    senders = _Senders(ctx, source, upload_id, progress, count)
 
-    # Two hashers on two threads, so that both cores can work: the parts' digests
-    # (each needed before its part's URL can be asked for) run ahead of the
-    # senders; the whole stream's (and each file's) follows in order on its own,
-    # done by completion. One worker-thread call hashes at most HASH_SLICE bytes,
-    # so a pause or shutdown never waits long.
-    async def hash_parts() -> None:
-        async with hashed_send:
-            for number in range(1, count + 1):
-                if number in held:
-                    continue
-                offset, size = part_span(number, total, chunk_size)
-                digest = hashlib.sha256()
-                for start in range(offset, offset + size, HASH_SLICE):
-                    length = min(HASH_SLICE, offset + size - start)
-                    await trio.to_thread.run_sync(_feed, source, digest, start, length, block)
-                await hashed_send.send(PartPlan(number, offset, size, digest.hexdigest()))
-
+    # The whole stream's digest (and each file's) in order, on its own thread, beside the
+    # part senders; it usually runs ahead of them (how far: docs/benchmarks.md#deduplication).
+    # One worker-thread call hashes at most HASH_SLICE bytes, so a pause or shutdown never
+    # waits long.
     async def hash_stream() -> None:
+        started = trio.current_time()
         for start in range(0, total, HASH_SLICE):
             await trio.to_thread.run_sync(stream.feed, source, start, min(HASH_SLICE, total - start), block)
+        stream_hashed.set()
+        ctx.log.info("stream hashed", seconds=round(trio.current_time() - started, 2),
+                     parts_acknowledged=progress.chunks_done, parts_total=count)
 
+    proved: dict[str, Any] | None = None
     with first_error():
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(hash_parts)
             nursery.start_soon(hash_stream)
-            async with hashed_receive:
-                for _ in range(ctx.settings.parts_per_job):
-                    nursery.start_soon(_send_parts, hashed_receive.clone(), ctx, source, upload_id, progress)
+            senders.start(nursery, held)
+            if cached is None:
+                await stream_hashed.wait()
+                proved = await _speculate(ctx, source, upload_id, stream, senders, nursery)
 
-    await trio.to_thread.run_sync(source.check_sources)
     digest = stream.whole.hexdigest()
     file_sha256 = stream.file_sha256 if len(source.files) > 1 else None
+    if proved is not None:
+        return await _finish_deduplicated(ctx, source, proved, identity, CachedDigest(digest, file_sha256),
+                                          senders.bytes_sent)
+    await trio.to_thread.run_sync(source.check_sources)
     await ctx.save(sha256=digest)
     try:
         result = await ctx.retrying(
@@ -201,10 +251,228 @@ async def _upload_stream(ctx: JobContext, source: FileSet) -> dict[str, Any]:
         if exc.code == "checksum_mismatch":
             await trio.to_thread.run_sync(source.check_sources)
         raise
+    if identity is not None:
+        await ctx.store.remember_digest(identity, CachedDigest(digest, file_sha256))
     progress.publish_now()
     ctx.log.info("upload complete", asset_id=result["asset_id"], content_id=result["content_id"], size=total,
                  files=len(source.files))
     return _completed_fields(result, source)
+
+
+class _Senders:
+    """The part senders of one upload: a part hasher and ``parts_per_job`` senders in one task
+    with its own cancel scope, so that the speculative deduplication can pause them (no new
+    part starts), stop them (and wait until they stopped) and start them again.
+
+    While a proof is out (:attr:`tolerating`) and once :meth:`stop` was called, whatever the
+    senders raise is dropped: a part that arrives after the proof completed the session is
+    refused (``conflict``), one cut off by the stop fails. The job's outcome is then decided
+    by the proof, or, if the proof is refused, by the senders going on (or started again
+    from the server's truth about parts, if they ended meanwhile).
+    """
+
+    def __init__(self, ctx: JobContext, source: FileSet, upload_id: str, progress: Progress, count: int) -> None:
+        self._ctx, self._source, self._upload_id, self._progress = ctx, source, upload_id, progress
+        self._count = count
+        self._scope = trio.CancelScope()
+        self._running = trio.Event()
+        self._running.set()
+        self.stopped = trio.Event()
+        self.finished = False
+        #: Errors of the senders are dropped while this is true (a proof is out).
+        self.tolerating = False
+        #: Part bytes sent and acknowledged by this run of the engine.
+        self.bytes_sent = 0
+
+    def start(self, nursery: trio.Nursery, held: dict[int, dict[str, Any]]) -> None:
+        self.resume()
+        self._scope = trio.CancelScope()
+        self.stopped = trio.Event()
+        self.finished = False
+        nursery.start_soon(self._run, self._scope, self.stopped, held)
+
+    def restart(self, nursery: trio.Nursery, held: dict[int, dict[str, Any]]) -> None:
+        """Start again after :meth:`stop`, from the parts the server holds."""
+        _start_from(self._progress, held)
+        self.start(nursery, held)
+
+    @property
+    def unsent_parts(self) -> int:
+        return self._count - self._progress.chunks_done
+
+    def pause(self) -> None:
+        """No part starts until :meth:`resume`; the parts in flight go on."""
+        if self._running.is_set():
+            self._running = trio.Event()
+
+    def resume(self) -> None:
+        self._running.set()
+
+    async def stop(self) -> None:
+        """Cancel the senders and return once they ended."""
+        self._scope.cancel()
+        await self.stopped.wait()
+
+    async def _run(self, scope: trio.CancelScope, stopped: trio.Event, held: dict[int, dict[str, Any]]) -> None:
+        try:
+            with scope:
+                await self._send_all(held)
+                self.finished = True
+        except BaseException as exc:
+            wanted = scope.cancel_called or self.tolerating
+            if not wanted or not all(isinstance(e, (Exception, trio.Cancelled)) for e in leaves(exc)):
+                raise
+            # Cancelled from outside too? Trio's cancellation is level-triggered: the next
+            # checkpoint of this job's other tasks raises it again.
+            self._ctx.log.info("a part in flight failed while a proof was out or the senders stopped; ignored",
+                               error=repr(exc))
+        finally:
+            stopped.set()
+
+    async def _send_all(self, held: dict[int, dict[str, Any]]) -> None:
+        ctx, source, total = self._ctx, self._source, self._source.size
+        chunk_size: int = ctx.job["chunk_size"]
+        block = ctx.settings.io_block_size
+        hashed_send, hashed_receive = trio.open_memory_channel[PartPlan](ctx.settings.parts_per_job)
+
+        # Each part's digest is needed before its URL can be asked for; this runs at most
+        # a few parts ahead of the senders, so their second read comes from the page cache.
+        async def hash_parts() -> None:
+            async with hashed_send:
+                for number in range(1, self._count + 1):
+                    if number in held:
+                        continue
+                    offset, size = part_span(number, total, chunk_size)
+                    digest = hashlib.sha256()
+                    for start in range(offset, offset + size, HASH_SLICE):
+                        length = min(HASH_SLICE, offset + size - start)
+                        await trio.to_thread.run_sync(_feed, source, digest, start, length, block)
+                    await hashed_send.send(PartPlan(number, offset, size, digest.hexdigest()))
+
+        async def send_parts(receive: trio.MemoryReceiveChannel[PartPlan]) -> None:
+            async with receive:
+                async for plan in receive:
+                    await self._running.wait()
+                    await _send_part(ctx, source, self._upload_id, plan, self._progress)
+                    self.bytes_sent += plan.size
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(hash_parts)
+            async with hashed_receive:
+                for _ in range(ctx.settings.parts_per_job):
+                    nursery.start_soon(send_parts, hashed_receive.clone())
+
+
+async def _speculate(ctx: JobContext, source: FileSet, upload_id: str, stream: StreamHasher, senders: _Senders,
+                     nursery: trio.Nursery) -> dict[str, Any] | None:
+    """With the whole digest known and parts still to send: try to deduplicate.
+
+    Returns the completion's result, or None when the senders go on (or went on, after a
+    refused proof, from the parts the server holds).
+    """
+    if senders.stopped.is_set() or senders.unsent_parts <= 1:
+        return None  # the bytes are (nearly) all there: completing is as cheap
+    digest = CachedDigest(stream.whole.hexdigest(), stream.file_sha256 if len(source.files) > 1 else None)
+    challenge = await _challenge(ctx, upload_id, digest.sha256)
+    if challenge is None:
+        return None
+    digests = await _range_digests(ctx, source, challenge)
+    if digests is None or senders.stopped.is_set():
+        return None
+    # No new part starts while the proof is out; the parts in flight go on, so a refused
+    # proof wastes nothing. Their errors (such as a part refused because the proof just
+    # completed the session) cannot fail the job meanwhile.
+    senders.pause()
+    senders.tolerating = True
+    proved = await _prove(ctx, source, upload_id, challenge, digests, digest)
+    if proved is not None:
+        await senders.stop()
+        return proved
+    senders.tolerating = False
+    if senders.stopped.is_set() and not senders.finished:
+        # The senders ended while the proof was out (a part failed meanwhile): go on from
+        # the parts the server holds, as a resume does.
+        session = await ctx.retrying("reading the upload session", lambda: ctx.remote.get_upload(upload_id))
+        chunk_size: int = ctx.job["chunk_size"]
+        held = _held_parts(session, part_count(source.size, chunk_size), source.size, chunk_size)
+        ctx.log.info("sending the rest", parts_held=len(held))
+        senders.restart(nursery, held)
+    else:
+        senders.resume()
+    return None
+
+
+async def _challenge(ctx: JobContext, upload_id: str, sha256: str) -> dict[str, Any] | None:
+    try:
+        challenge: dict[str, Any] = await ctx.retrying(
+            "asking to deduplicate", lambda: ctx.remote.dedup_challenge(upload_id, sha256))
+    except DataeraiError as exc:
+        # A repository without deduplication (404), or a session that is no longer open: upload as usual.
+        ctx.log.info("no deduplication", code=exc.code, error=exc.message)
+        return None
+    return challenge
+
+
+async def _range_digests(ctx: JobContext, source: FileSet, challenge: dict[str, Any]) -> list[str] | None:
+    """The SHA-256 of each range the challenge asks for, read from the source (off the event loop)."""
+    ranges = [(int(r["offset"]), int(r["length"])) for r in challenge.get("ranges", [])]
+    if any(offset < 0 or length < 0 or offset + length > source.size for offset, length in ranges):
+        ctx.log.warning("the server asked for ranges outside the content; not deduplicating")
+        return None
+    block = ctx.settings.io_block_size
+
+    def digests() -> list[str]:
+        out = []
+        for offset, length in ranges:
+            digest = hashlib.sha256()
+            _feed(source, digest, offset, length, block)
+            out.append(digest.hexdigest())
+        return out
+
+    return await trio.to_thread.run_sync(digests)
+
+
+async def _prove(ctx: JobContext, source: FileSet, upload_id: str, challenge: dict[str, Any], digests: list[str],
+                 digest: CachedDigest) -> dict[str, Any] | None:
+    """Answer the challenge: the completion's result, or None if the repository did not take it."""
+    # The digests are of the source as enqueued, or nothing is committed.
+    await trio.to_thread.run_sync(source.check_sources)
+    challenge_id = str(challenge["challenge_id"])
+    try:
+        result: dict[str, Any] = await ctx.retrying(
+            "proving possession",
+            lambda: ctx.remote.dedup_prove(upload_id, challenge_id, digests, ctx.job_id,
+                                           file_sha256=digest.file_sha256),
+        )
+    except DataeraiError as exc:
+        if exc.code != "conflict":
+            raise
+        ctx.log.info("not deduplicated", reason=exc.data.get("reason"))
+        return None
+    return result
+
+
+async def _deduplicate(ctx: JobContext, source: FileSet, upload_id: str, digest: CachedDigest,
+                       why: str) -> dict[str, Any] | None:
+    """Challenge, range digests, proof: the completion's result, or None."""
+    challenge = await _challenge(ctx, upload_id, digest.sha256)
+    if challenge is None:
+        return None
+    digests = await _range_digests(ctx, source, challenge)
+    if digests is None:
+        return None
+    ctx.log.info("proving possession", source=why, ranges=len(digests))
+    return await _prove(ctx, source, upload_id, challenge, digests, digest)
+
+
+async def _finish_deduplicated(ctx: JobContext, source: FileSet, result: dict[str, Any],
+                               identity: SourceIdentity | None, digest: CachedDigest,
+                               bytes_sent: int) -> dict[str, Any]:
+    if identity is not None:
+        await ctx.store.remember_digest(identity, digest)
+    ctx.log.info("upload deduplicated", asset_id=result["asset_id"], content_id=result["content_id"],
+                 size=source.size, part_bytes_sent=bytes_sent, files=len(source.files))
+    return {**_completed_fields(result, source), "deduplicated": True}
 
 
 def _feed(source: FileSet, hasher: hashlib._Hash, offset: int, length: int, block: int) -> None:
@@ -213,13 +481,6 @@ def _feed(source: FileSet, hasher: hashlib._Hash, offset: int, length: int, bloc
         data = source.read(offset, min(block, end - offset))
         hasher.update(data)
         offset += len(data)
-
-
-async def _send_parts(receive: trio.MemoryReceiveChannel[PartPlan], ctx: JobContext, source: FileSet,
-                      upload_id: str, progress: Progress) -> None:
-    async with receive:
-        async for plan in receive:
-            await _send_part(ctx, source, upload_id, plan, progress)
 
 
 def _completed_fields(result: dict[str, Any], source: FileSet) -> dict[str, Any]:

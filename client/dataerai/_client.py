@@ -495,6 +495,7 @@ class DataeraiClient:
             transfer_id=job.job_id,
             size=size,
             sha256=sha256,
+            deduplicated=job.deduplicated,
         )
 
     @overload

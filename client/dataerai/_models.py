@@ -370,6 +370,9 @@ class Job:
     upload_id: str | None = None
     #: Who submitted it, as the scheduler's fairness sees it (``pid:123`` or ``name:nightly``).
     client: str | None = None
+    #: A completed upload whose content the repository already held: the daemon proved
+    #: possession instead of sending the bytes.
+    deduplicated: bool = False
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -405,6 +408,7 @@ class Job:
             sha256=_opt_str(d.get("sha256")),
             upload_id=_opt_str(d.get("upload_id")),
             client=_opt_str(d.get("client")),
+            deduplicated=d.get("deduplicated") is True,
             raw=d,
         )
 
@@ -419,6 +423,8 @@ class UploadResult:
     transfer_id: str
     size: int
     sha256: str | None
+    #: The repository already held this content: possession was proved, no bytes were sent.
+    deduplicated: bool = False
 
 
 @dataclass(frozen=True)

@@ -57,7 +57,7 @@ def upload(
     """Upload the file PATH as a new asset of a project.
 
     Prints the asset id and content id once the upload completed (with --json:
-    {"job_id", "asset_id", "content_id", "size", "sha256"}); with --no-wait the
+    {"job_id", "asset_id", "content_id", "size", "sha256", "deduplicated"}); with --no-wait the
     job id (with --json: the job object).
     """
     local = path.resolve()
@@ -85,10 +85,13 @@ def upload(
                 "content_id": done.content_id,
                 "size": done.bytes_total,
                 "sha256": done.sha256,
+                "deduplicated": done.deduplicated,
             }
         )
     else:
         click.echo(f"asset_id: {done.asset_id}\ncontent_id: {done.content_id}")
+        if done.deduplicated:
+            click.echo("deduplicated: the repository already held this content; no bytes were sent")
 
 
 @click.command()

@@ -444,6 +444,26 @@ class Api:
         upload_id = request.path_params["upload_id"]
         return JSONResponse(await self.s.uploads.complete(who, upload_id, key, sha256, file_sha256))
 
+    async def dedup_challenge(self, request: Request) -> Response:
+        who = await self.who(request, WRITE)
+        body = await validation.read_json_object(request)
+        validation.reject_unknown(body, ("sha256",))
+        sha256 = validation.sha256_hex(body, "sha256", required=True)
+        assert sha256 is not None
+        return JSONResponse(await self.s.uploads.dedup_challenge(who, request.path_params["upload_id"], sha256))
+
+    async def dedup_prove(self, request: Request) -> Response:
+        who = await self.who(request, WRITE)
+        body = await validation.read_json_object(request, max_bytes=MAX_MANIFEST_JSON_BODY)
+        validation.reject_unknown(body, ("digests", "idempotency_key", "file_sha256"))
+        digests = validation.sha256_list(body, "digests")
+        if digests is None:
+            raise validation.bad("digests", "is required: the SHA-256 of each range, in order")
+        key = validation.string(body, "idempotency_key", max_length=200)
+        file_sha256 = validation.sha256_list(body, "file_sha256")
+        upload_id, challenge_id = request.path_params["upload_id"], request.path_params["challenge_id"]
+        return JSONResponse(await self.s.uploads.dedup_prove(who, upload_id, challenge_id, digests, key, file_sha256))
+
     def routes(self) -> list[Route]:
         def r(path: str, endpoint: Callable[[Request], Awaitable[Any]], *methods: str) -> Route:
             return Route(PREFIX + path, endpoint, methods=list(methods))
@@ -475,6 +495,8 @@ class Api:
             r("/uploads/{upload_id}/parts/{number}/target", self.part_target, "POST"),
             r("/uploads/{upload_id}/parts/{number}", self.put_part, "PUT"),
             r("/uploads/{upload_id}/complete", self.complete_upload, "POST"),
+            r("/uploads/{upload_id}/dedup", self.dedup_challenge, "POST"),
+            r("/uploads/{upload_id}/dedup/{challenge_id}", self.dedup_prove, "POST"),
         ]
 
 

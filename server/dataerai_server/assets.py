@@ -321,9 +321,11 @@ def list_assets(session: Session, who: Principal, query: AssetQuery) -> dict[str
 def delete_asset(session: Session, who: Principal, asset_id: str) -> list[str]:
     """Delete the asset, its contents' rows and every relationship from or to it.
 
-    Returns the storage keys of its contents, which the caller deletes from storage
-    after this transaction commits (a crash in between leaves unreferenced bytes,
-    never a row pointing at missing bytes).
+    Returns the storage keys of its contents that no content uses any more, which the
+    caller deletes from storage after this transaction commits (a crash in between leaves
+    unreferenced bytes, never a row pointing at missing bytes). A deduplicated content
+    shares its storage key with the content it matched, so a key another content still
+    uses is kept: the bytes go with the last content that uses them.
     """
     asset = writable_asset(session, who, asset_id)
     contents = session.scalars(select(Content).where(Content.asset_id == asset.id)).all()
@@ -335,4 +337,20 @@ def delete_asset(session: Session, who: Principal, asset_id: str) -> list[str]:
     )
     session.execute(delete(Content).where(Content.asset_id == asset.id))
     session.execute(delete(Asset).where(Asset.id == asset.id))
-    return [content.storage_key for content in contents]
+    return unreferenced_keys(session, [content.storage_key for content in contents])
+
+
+def unreferenced_keys(session: Session, keys: list[str]) -> list[str]:
+    """Those of ``keys`` (in order, once each) that no content row uses.
+
+    Called in the transaction that deleted the rows, after the deletes: on PostgreSQL a
+    deduplicating completion locks the content it shares a key with (``FOR UPDATE``), so
+    either it waits for this deletion and finds the content gone, or this query (a new
+    statement, so a new snapshot under READ COMMITTED) sees the content it added. SQLite
+    runs write transactions one at a time.
+    """
+    wanted = list(dict.fromkeys(keys))
+    if not wanted:
+        return []
+    used = set(session.scalars(select(Content.storage_key).where(Content.storage_key.in_(wanted))).all())
+    return [key for key in wanted if key not in used]

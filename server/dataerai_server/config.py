@@ -23,6 +23,16 @@ MIN_PART_SIZE: Final = 64 * 1024
 MAX_PART_SIZE: Final = 5 * 1024**3
 MAX_PART_COUNT: Final = 10_000
 
+#: Deduplication: a proof-of-possession challenge asks for the SHA-256 of this many
+#: random byte ranges of this length (fewer and shorter for small contents) and can be
+#: answered for this long.
+DEDUP_RANGE_COUNT: Final = 4
+DEDUP_RANGE_LENGTH: Final = 64 * 1024
+DEDUP_CHALLENGE_TTL_SECONDS: Final = 600
+#: A refused proof is answered no sooner than this after it arrived, so that reading the
+#: held content's ranges (done only when one is held) does not show in the answer's timing.
+DEDUP_REFUSAL_FLOOR_SECONDS: Final = 0.1
+
 #: A JSON request body longer than this is refused with ``frame_too_large``.
 MAX_JSON_BODY: Final = 1 << 20
 #: The same for the two bodies that carry a multi-file content's manifest (``POST

@@ -270,7 +270,26 @@ class UploadCompletion(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
+class DedupChallenge(Base):
+    """A proof-of-possession challenge for deduplicating an upload: random byte ranges of the
+    content the session claims (``sha256`` and the session's size), answerable once until
+    ``expires_at``. It is made whether or not such a content is held, so it tells nothing."""
+
+    __tablename__ = "dedup_challenges"
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    upload_id: Mapped[str] = mapped_column(ForeignKey("upload_sessions.id"), index=True)
+    sha256: Mapped[str] = mapped_column(SHA256)
+    #: ``[[offset, length], ...]`` in the order the digests must come.
+    ranges: Mapped[list[list[int]]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    answered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
 Index("ix_upload_sessions_user_id_state", UploadSession.user_id, UploadSession.state)
 # Listing a project's or a collection's assets in path order.
 Index("ix_assets_project_id_path", Asset.project_id, Asset.path)
 Index("ix_assets_collection_id_path", Asset.collection_id, Asset.path)
+# Deduplication: a held content by digest and size; whether a storage key is still used.
+Index("ix_contents_sha256_size", Content.sha256, Content.size)
+Index("ix_contents_storage_key", Content.storage_key)

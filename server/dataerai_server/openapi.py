@@ -327,6 +327,42 @@ _SCHEMAS: dict[str, Any] = {
         "type": "object",
         "properties": {"number": {"type": "integer"}, "size": _INT, "sha256": _SHA},
     },
+    "DedupRequest": {
+        "type": "object",
+        "required": ["sha256"],
+        "properties": {"sha256": _SHA},
+    },
+    "DedupChallenge": {
+        "type": "object",
+        "properties": {
+            "challenge_id": _STR,
+            "ranges": {
+                "type": "array",
+                "items": {"type": "object", "properties": {"offset": _INT, "length": _INT}},
+                "description": "random byte ranges of the content; none for an empty one",
+            },
+            "expires_at": _TIME,
+        },
+    },
+    "DedupProof": {
+        "type": "object",
+        "required": ["digests"],
+        "properties": {
+            "digests": {"type": "array", "items": _SHA, "description": "SHA-256 of each range, in order"},
+            "idempotency_key": _NSTR,
+            "file_sha256": {"type": ["array", "null"], "items": _SHA, "description": "one per file, as reported"},
+        },
+    },
+    "DedupResult": {
+        "type": "object",
+        "properties": {
+            "asset_id": _STR,
+            "content_id": _STR,
+            "size": _INT,
+            "sha256": _SHA,
+            "deduplicated": {"type": "boolean", "description": "the content shares a held content's bytes"},
+        },
+    },
     "Completion": {
         "type": "object",
         "properties": {
@@ -570,6 +606,31 @@ def openapi_document(version: str) -> dict[str, Any]:
                 "responses": {
                     "200": _json(_ref("UploadResult"), "the result"),
                     **_errors(400, 401, 403, 404, 409, 422),
+                },
+            }
+        },
+        "/api/v1/uploads/{upload_id}/dedup": {
+            "post": {
+                "summary": "A proof-of-possession challenge for completing with held content (write)",
+                "description": "Always a challenge, whether or not such a content is held.",
+                "parameters": [upload],
+                "requestBody": _body(_ref("DedupRequest")),
+                "responses": {
+                    "200": _json(_ref("DedupChallenge"), "the challenge"),
+                    **_errors(400, 401, 403, 404, 409),
+                },
+            }
+        },
+        "/api/v1/uploads/{upload_id}/dedup/{challenge_id}": {
+            "post": {
+                "summary": "Answer a challenge; completes the session without its bytes on proof of possession (write)",
+                "description": "`409 conflict` with `reason: no_match` when it does not (the session stays open); "
+                "`reason: challenge_used` or `challenge_expired` for a challenge that can no longer be answered.",
+                "parameters": [upload, _path_param("challenge_id", "from `POST .../dedup`")],
+                "requestBody": _body(_ref("DedupProof")),
+                "responses": {
+                    "200": _json(_ref("DedupResult"), "the result, as completion gives it"),
+                    **_errors(400, 401, 403, 404, 409),
                 },
             }
         },

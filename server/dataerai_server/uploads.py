@@ -16,8 +16,11 @@ a retry can finish:
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import secrets
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -31,7 +34,14 @@ from sqlalchemy.orm import Session
 from . import assets, project_collections, projects
 from .auth import Principal
 from .clock import isoformat, new_id, utcnow
-from .config import MAX_PART_COUNT, Settings
+from .config import (
+    DEDUP_CHALLENGE_TTL_SECONDS,
+    DEDUP_RANGE_COUNT,
+    DEDUP_RANGE_LENGTH,
+    DEDUP_REFUSAL_FLOOR_SECONDS,
+    MAX_PART_COUNT,
+    Settings,
+)
 from .db import Database
 from .errors import ApiError
 from .models import (
@@ -39,6 +49,7 @@ from .models import (
     Collection,
     Content,
     ContentFile,
+    DedupChallenge,
     Project,
     UploadCompletion,
     UploadPart,
@@ -559,6 +570,161 @@ def _record_completion(
     return result, True
 
 
+# --- deduplication (proof of possession) ---------------------------------------------
+
+
+def challenge_ranges(size: int) -> list[list[int]]:
+    """Random ``[offset, length]`` ranges of a ``size``-byte content to prove possession with.
+
+    :data:`DEDUP_RANGE_COUNT` ranges of :data:`DEDUP_RANGE_LENGTH` bytes (they may overlap),
+    chosen with :mod:`secrets`, in offset order; for a small content shorter: at most half
+    of it, so that no range is the whole content and its digest is never the content's own.
+    An empty content needs no proof: no ranges. A content of one byte can only be asked for
+    that byte (whose digest is the content's), once: nothing to protect there, since anyone
+    can try all 256.
+    """
+    if size == 0:
+        return []
+    length = max(1, min(DEDUP_RANGE_LENGTH, size // 2))
+    count = DEDUP_RANGE_COUNT if size > 1 else 1
+    ranges = [[secrets.randbelow(size - length + 1), length] for _ in range(count)]
+    return sorted(ranges)
+
+
+def _insert_challenge(session: Session, who: Principal, upload_id: str, sha256: str) -> dict[str, Any]:
+    """A new challenge for the caller's open session, whatever the repository holds."""
+    upload = _own_session(session, who, upload_id)
+    if upload.state != OPEN:
+        raise ApiError(
+            "conflict", f"upload {upload_id!r} is {upload.state}; it cannot be deduplicated", state=upload.state
+        )
+    if upload.sha256 is not None and upload.sha256 != sha256:
+        raise ApiError("invalid_argument", "`sha256` differs from the one the session was created with", field="sha256")
+    now = utcnow()
+    challenge = DedupChallenge(
+        id=new_id("chl"),
+        upload_id=upload_id,
+        sha256=sha256,
+        ranges=challenge_ranges(upload.size),
+        created_at=now,
+        expires_at=now + timedelta(seconds=DEDUP_CHALLENGE_TTL_SECONDS),
+        answered_at=None,
+    )
+    session.add(challenge)
+    session.flush()
+    return {
+        "challenge_id": challenge.id,
+        "ranges": [{"offset": offset, "length": length} for offset, length in challenge.ranges],
+        "expires_at": isoformat(challenge.expires_at),
+    }
+
+
+@dataclass(frozen=True)
+class _Claim:
+    """A challenge answered (and used up): what to check the digests against.
+
+    ``storage_key`` is a held content with the claimed digest and size, or None; nobody
+    outside learns which.
+    """
+
+    handle: str
+    sha256: str
+    size: int
+    ranges: list[list[int]]
+    storage_key: str | None
+
+
+def _no_match() -> ApiError:
+    return ApiError(
+        "conflict",
+        "the proof does not match a content this repository holds; send the parts and complete as usual",
+        reason="no_match",
+    )
+
+
+def _take_challenge(
+    session: Session,
+    who: Principal,
+    upload_id: str,
+    challenge_id: str,
+    digests: list[str],
+    key: str | None,
+    file_sha256: list[str] | None,
+) -> _Done | _Claim:
+    """Use up the challenge (committed, whatever the outcome: a challenge answers once) and
+    find the held content to check the answer against; or the stored result of a session
+    already completed (a retry), as :func:`_plan_completion` does."""
+    upload = _own_session(session, who, upload_id, lock=True)
+    if upload.state == COMPLETED:
+        return _Done(_deduplicated_result(session, upload), upload.storage_handle)
+    if upload.state == ABORTED:
+        raise ApiError("conflict", f"upload {upload_id!r} was aborted", state=upload.state)
+    done = _stored_completion(session, who, key)
+    if done is not None:
+        _adopt_result(upload, done)
+        return _Done(_deduplicated_result(session, upload), upload.storage_handle)
+    challenge = session.scalars(
+        select(DedupChallenge).where(DedupChallenge.id == challenge_id).with_for_update()
+    ).one_or_none()
+    if challenge is None or challenge.upload_id != upload_id:
+        raise ApiError("not_found", f"upload {upload_id!r} has no challenge {challenge_id!r}", field="challenge_id")
+    if challenge.answered_at is not None:
+        raise ApiError("conflict", "this challenge was answered already; ask for a new one", reason="challenge_used")
+    now = utcnow()
+    if challenge.expires_at <= now:
+        raise ApiError("conflict", "this challenge expired; ask for a new one", reason="challenge_expired")
+    if len(digests) != len(challenge.ranges):
+        raise ApiError(
+            "invalid_argument",
+            f"`digests` must list {len(challenge.ranges)} SHA-256, one per range in order",
+            field="digests",
+        )
+    _check_file_digests(upload, challenge.sha256, file_sha256)
+    _check_still_writable(session, who, upload)
+    challenge.answered_at = now
+    held = session.scalars(
+        select(Content.storage_key)
+        .where(Content.sha256 == challenge.sha256, Content.size == upload.size)
+        .order_by(Content.created_at)
+        .limit(1)
+    ).first()
+    return _Claim(upload.storage_handle, challenge.sha256, upload.size, list(challenge.ranges), held)
+
+
+def _deduplicated_result(session: Session, upload: UploadSession) -> dict[str, Any]:
+    """A completed session's result, saying whether its content shares another's bytes."""
+    result = result_view(upload)
+    assert result is not None
+    content = session.get(Content, upload.result_content_id)
+    return {**result, "deduplicated": content is not None and content.storage_key != upload.id}
+
+
+def _record_deduplicated(
+    session: Session,
+    who: Principal,
+    upload_id: str,
+    key: str | None,
+    claim: _Claim,
+    file_sha256: list[str] | None,
+) -> tuple[dict[str, Any], bool] | None:
+    """Complete the session with a content sharing ``claim.storage_key``; None if no content
+    uses that key any more (deleted since the challenge was taken).
+
+    The content kept is locked first (``FOR UPDATE`` on PostgreSQL), so a deletion running
+    at the same time either finishes before (and this finds nothing) or sees the new
+    content and keeps the bytes (:func:`assets.unreferenced_keys`).
+    """
+    assert claim.storage_key is not None
+    kept = session.scalars(
+        select(Content.id).where(Content.storage_key == claim.storage_key).limit(1).with_for_update()
+    ).first()
+    if kept is None:
+        return None
+    return _record_completion(
+        session, who, upload_id, key, claim.size, claim.sha256, claim.storage_key, file_sha256
+    )
+
+
 def _storage_key_of(session: Session, content_id: str | None) -> str | None:
     content = session.get(Content, content_id) if content_id is not None else None
     return None if content is None else content.storage_key
@@ -791,11 +957,82 @@ class Uploads:
             if not made:
                 # Someone else's completion won; keep our object only if the stored result uses it.
                 winner_key = await self._db.read(lambda s: _storage_key_of(s, result["content_id"]))
-                if winner_key != storage_key:
+                unused = await self._db.read(lambda s: assets.unreferenced_keys(s, [storage_key]))
+                if winner_key != storage_key and unused:
                     await self._storage.delete_content(storage_key)
             await self._storage.release_parts(plan.handle)
             log.info("upload.completed", upload_id=upload_id, asset_id=result["asset_id"], size=content.size)
             return result
+
+    async def dedup_challenge(self, who: Principal, upload_id: str, sha256: str) -> dict[str, Any]:
+        """A proof-of-possession challenge for completing ``upload_id`` with held content ``sha256``.
+
+        Made whether or not the repository holds such a content, so the answer tells nothing.
+        """
+        return await self._db.write(lambda s: _insert_challenge(s, who, upload_id, sha256))
+
+    async def dedup_prove(
+        self,
+        who: Principal,
+        upload_id: str,
+        challenge_id: str,
+        digests: list[str],
+        key: str | None,
+        file_sha256: list[str] | None = None,
+    ) -> dict[str, Any]:
+        """Complete the session with the held content the challenge's answer proves possession of.
+
+        The new content (its own id, asset or version, manifest) shares the held content's
+        storage key: no bytes are copied. ``conflict`` with ``reason: no_match`` when no
+        content with that digest and size is held or a digest differs (the same answer for
+        both), and the session stays open. A completed session (or a used completion key)
+        returns the stored result, as :meth:`complete` does.
+        """
+        arrived = trio.current_time()
+        async with self._session_locks.hold(upload_id):
+            claim = await self._db.write(
+                lambda s: _take_challenge(s, who, upload_id, challenge_id, digests, key, file_sha256)
+            )
+            if isinstance(claim, _Done):
+                return claim.result
+            if claim.storage_key is None or not await self._ranges_match(claim.storage_key, claim.ranges, digests):
+                log.info("upload.dedup_refused", upload_id=upload_id)
+                # Held or not, a refusal takes (at least) the same time.
+                await trio.sleep_until(arrived + DEDUP_REFUSAL_FLOOR_SECONDS)
+                raise _no_match()
+            try:
+                recorded = await self._db.write(
+                    lambda s: _record_deduplicated(s, who, upload_id, key, claim, file_sha256)
+                )
+            except IntegrityError:
+                # Another process stored a result under this key first: adopt it.
+                recorded = await self._db.write(
+                    lambda s: _record_deduplicated(s, who, upload_id, key, claim, file_sha256)
+                )
+            if recorded is None:
+                raise _no_match()
+            result, made = recorded
+            # Parts sent before the proof are not needed: the content is the held one.
+            await self._storage.abort(claim.handle)
+            deduplicated = await self._db.read(lambda s: _deduplicated_result(s, _own_session(s, who, upload_id)))
+            log.info("upload.deduplicated", upload_id=upload_id, asset_id=result["asset_id"], size=claim.size,
+                     made=made)
+            return deduplicated
+
+    async def _ranges_match(self, key: str, ranges: list[list[int]], digests: list[str]) -> bool:
+        """Whether each range of stored content ``key`` has its digest (every range is read)."""
+        matched = True
+        for (offset, length), expected in zip(ranges, digests, strict=True):
+            digest = hashlib.sha256()
+            try:
+                async with aclosing(self._storage.read_range(key, offset, length)) as blocks:
+                    async for block in blocks:
+                        digest.update(block)
+            except StorageError as exc:
+                log.warning("upload.dedup_read_failed", storage_key=key, error=str(exc))
+                return False
+            matched = hmac.compare_digest(digest.hexdigest(), expected) and matched
+        return matched
 
     async def _forget_lost_parts(self, upload_id: str, handle: str) -> None:
         """After a failed assembly, drop records of parts the storage no longer holds (a store

@@ -95,9 +95,21 @@ def test_upload_json(runner: CliRunner, fake_daemon: Any, wire: Any, data_file: 
         "content_id": "cnt_1",
         "size": 11,
         "sha256": "ab" * 32,
+        "deduplicated": False,
     }
     params = params_of(fake_daemon, "upload.start")
     assert (params["title"], params["description"], params["chunk_size"]) == ("Run 42", "first", 8 * MIB)
+
+
+def test_upload_says_when_it_was_deduplicated(runner: CliRunner, fake_daemon: Any, wire: Any, data_file: Path):
+    final = wire.job(kind="upload", state="completed", bytes_done=11, asset_id="ast_1", content_id="cnt_1",
+                     deduplicated=True)
+    script_job(fake_daemon, wire, "upload.start", final)
+    human = invoke(runner, "upload", str(data_file), "--project", "prj_1")
+    assert human.exit_code == 0, human.output
+    assert "asset_id: ast_1" in human.stdout and "deduplicated:" in human.stdout
+    as_json = invoke(runner, "upload", str(data_file), "--project", "prj_1", "--json")
+    assert json.loads(as_json.stdout)["deduplicated"] is True
 
 
 def test_upload_no_wait(runner: CliRunner, fake_daemon: Any, wire: Any, data_file: Path):

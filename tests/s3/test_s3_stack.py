@@ -209,3 +209,32 @@ def test_parts_smaller_than_s3_takes_are_refused_at_creation(s3_stack: Any, tmp_
     assert response.status_code == 400, response.text
     error = response.json()["error"]
     assert (error["code"], error["field"]) == ("invalid_argument", "part_size")
+
+
+def test_the_same_file_twice_on_s3_is_one_object(s3_stack: Any, seaweed: Any, s3_bucket: str, tmp_path: Path) -> None:
+    # Parts straight to the store; a copy under another inode (speculative) and the file again (digest cache).
+    stack = s3_stack("dedup", parts="direct", daemon_config={"bandwidth_limit_bps": 16 * MiB, "parts_per_job": 2})
+    source = make_file(tmp_path / "data.bin", 30 * MiB, seed=9)
+    copy = tmp_path / "copy.bin"
+    copy.write_bytes(source.read_bytes())
+    results = []
+    with stack.client() as client:
+        for path in (source, copy, source):
+            results.append(client.upload(path, title=path.name, owner_type="project", owner_id=stack.project_id,
+                                         chunk_size_mb=5))
+        assert [r.deduplicated for r in results] == [False, True, True]
+        dl = client.download(results[1].asset_id, dest_dir=tmp_path / "out")
+    assert sha256(Path(dl.files[0].local_path)) == sha256(source)
+    assert len({r.content_id for r in results}) == 3
+    _only_content(seaweed, s3_bucket, "dedup")  # one object in the bucket for the three contents
+    assert _open_uploads(seaweed, s3_bucket, "dedup") == []  # the deduplicated sessions' uploads were aborted
+    with stack.api() as api:
+        sessions = [api.get(f"/uploads/{client_job}").json() for client_job in
+                    (_upload_id(stack, r.transfer_id) for r in results)]
+    assert sessions[0]["bytes_received"] == 30 * MiB
+    assert sessions[1]["bytes_received"] < 30 * MiB // 2 and sessions[2]["bytes_received"] == 0
+
+
+def _upload_id(stack: Stack, job_id: str) -> str:
+    with stack.client() as client:
+        return str(client.call("job.get", {"job_id": job_id})["upload_id"])
