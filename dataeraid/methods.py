@@ -268,7 +268,7 @@ def build_registry(svc: Services) -> Registry:
 
     @add("asset.update", "Update an asset's metadata fields.", Param("asset_id", "str", required=True),
          Param("title", "str", default=None), Param("description", "str"), Param("alias", "str"),
-         Param("tags", "list[str]"), Param("metadata", "object"), Param("fields", "object"))
+         Param("tags", "list[str]"), Param("metadata", "object"), Param("path", "str"), Param("fields", "object"))
     async def asset_update(conn: Connection, asset_id: str, fields: dict[str, Any] | None,
                            **named: Any) -> dict[str, Any]:
         changes = {k: v for k, v in named.items() if v is not None}

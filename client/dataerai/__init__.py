@@ -19,10 +19,12 @@ from ._errors import DaemonTimeoutError as DaemonTimeoutError
 from ._models import TERMINAL_JOB_STATES as TERMINAL_JOB_STATES
 from ._models import AssetMetadata as AssetMetadata
 from ._models import AuthStatus as AuthStatus
+from ._models import Collection as Collection
 from ._models import ContentVersion as ContentVersion
 from ._models import DownloadedFile as DownloadedFile
 from ._models import DownloadResult as DownloadResult
 from ._models import Event as Event
+from ._models import FileInfo as FileInfo
 from ._models import Job as Job
 from ._models import JobError as JobError
 from ._models import ProgressEvent as ProgressEvent
@@ -45,6 +47,7 @@ __all__ = [
     "AssetMetadata",
     "AuthStatus",
     "ClientState",
+    "Collection",
     "ContentVersion",
     "DaemonConnectionError",
     "DaemonError",
@@ -55,6 +58,7 @@ __all__ = [
     "DownloadedFile",
     "Event",
     "EventStream",
+    "FileInfo",
     "Job",
     "JobError",
     "ProgressEvent",

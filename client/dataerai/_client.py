@@ -24,8 +24,10 @@ from ._models import (
     TERMINAL_JOB_STATES,
     AssetMetadata,
     AuthStatus,
+    Collection,
     DownloadResult,
     Event,
+    FileInfo,
     Job,
     ProgressEvent,
     Project,
@@ -48,6 +50,7 @@ _MIB: Final = 1 << 20
 
 ProgressCallback = Callable[[ProgressEvent], object]
 _C = TypeVar("_C", bound="DataeraiClient")
+_T = TypeVar("_T")
 
 
 class ClientState(enum.Enum):
@@ -261,7 +264,7 @@ class DataeraiClient:
         return AssetMetadata.from_wire(self.call("asset.get", {"asset_id": asset_id}))
 
     def set_metadata(self, asset_id: str, **fields: Any) -> AssetMetadata:
-        """Update any of ``title``, ``description``, ``alias``, ``tags``, ``metadata``; returns the asset.
+        """Update any of ``title``, ``description``, ``alias``, ``tags``, ``metadata``, ``path``; returns the asset.
 
         ``metadata`` replaces the old mapping. Fields are passed on as given;
         the daemon refuses unknown ones with ``invalid_argument``.
@@ -310,6 +313,79 @@ class DataeraiClient:
         if qualifiers is not None:
             params["qualifiers"] = dict(qualifiers)
         return Relationship.from_wire(self.call("relationship.create", params))
+
+    def list_relationships(self, asset_id: str) -> list[Relationship]:
+        """The asset's relationships, outgoing and incoming (``raw["direction"]`` says which)."""
+        found = self.call("relationship.list", {"asset_id": asset_id})
+        return [Relationship.from_wire(r) for r in found.get("relationships", [])]
+
+    # --- projects, collections, assets ----------------------------------------
+
+    def list_projects(self) -> list[Project]:
+        """The projects the signed-in user is a member of, each with the user's ``role``."""
+        return [Project.from_wire(p) for p in self.call("project.list").get("projects", [])]
+
+    def create_collection(self, project_id: str, name: str, *, parent_id: str | None = None) -> Collection:
+        """A new collection in ``project_id``, below ``parent_id`` (default: the root collection)."""
+        params: dict[str, Any] = {"project_id": project_id, "name": name}
+        if parent_id is not None:
+            params["parent_id"] = parent_id
+        return Collection.from_wire(self.call("collection.create", params))
+
+    def list_collections(self, project_id: str) -> list[Collection]:
+        """The project's collections, its root collection first."""
+        found = self.call("collection.list", {"project_id": project_id})
+        return [Collection.from_wire(c) for c in found.get("collections", [])]
+
+    def list_assets(
+        self,
+        *,
+        project_id: str | None = None,
+        collection_id: str | None = None,
+        path_prefix: str | None = None,
+        glob: str | None = None,
+        page_size: int = 100,
+    ) -> Iterator[AssetMetadata]:
+        """The assets of a project or a collection (give exactly one), ordered by path.
+
+        ``path_prefix`` keeps those whose path starts with it; ``glob`` those whose
+        path matches (``*`` within a path segment, ``**`` across them). Pages of
+        ``page_size`` are fetched as the iterator is consumed.
+        """
+        params = asset_query(project_id, collection_id, path_prefix, glob, page_size)
+        return self._pages("asset.list", params, "assets", lambda item, page: AssetMetadata.from_wire(item))
+
+    def delete_asset(self, asset_id: str) -> None:
+        """Delete an asset with every content version and its relationships."""
+        self.call("asset.delete", {"asset_id": asset_id})
+
+    def get_file_info(self, asset_id: str, path: str, *, content_id: str | None = None) -> FileInfo:
+        """One file of the asset's latest content (or ``content_id``), by its exact path."""
+        params: dict[str, Any] = {"asset_id": asset_id, "path": path}
+        if content_id is not None:
+            params["content_id"] = content_id
+        return FileInfo.from_wire(self.call("asset.files", params))
+
+    def list_files(
+        self, asset_id: str, *, prefix: str | None = None, content_id: str | None = None, page_size: int = 1000
+    ) -> Iterator[FileInfo]:
+        """The files of the asset's latest content (or ``content_id``), in stream order."""
+        params = files_query(asset_id, prefix, content_id, page_size)
+        return self._pages("asset.files", params, "files", file_of_page)
+
+    def _pages(
+        self, method: str, params: dict[str, Any], key: str, make: Callable[[Any, dict[str, Any]], _T]
+    ) -> Iterator[_T]:
+        """``make(item, page)`` for the items under ``key`` of every page of ``method``, following
+        ``next_cursor``; a page is asked for only when the one before has been consumed."""
+        cursor: str | None = None
+        while True:
+            page = self.call(method, {**params, **({"cursor": cursor} if cursor else {})})
+            for item in page.get(key, []):
+                yield make(item, page)
+            cursor = page.get("next_cursor")
+            if not cursor:
+                return
 
     # --- jobs -----------------------------------------------------------------
 
@@ -831,6 +907,33 @@ DataEraiClient = DataeraiClient
 def new_job_id() -> str:
     """A job id as the daemon makes them: time-ordered, with a random tail so ids never collide."""
     return f"job_{int(time.time() * 1000):012x}{secrets.token_hex(6)}"
+
+
+def asset_query(project_id: str | None, collection_id: str | None, path_prefix: str | None, glob: str | None,
+                page_size: int) -> dict[str, Any]:
+    """``asset.list``'s parameters (both clients' ``list_assets``)."""
+    if (project_id is None) == (collection_id is None):
+        raise _invalid("give exactly one of project_id and collection_id")
+    params: dict[str, Any] = {"limit": page_size}
+    for key, value in (("project_id", project_id), ("collection_id", collection_id),
+                       ("path_prefix", path_prefix), ("glob", glob)):
+        if value is not None:
+            params[key] = value
+    return params
+
+
+def files_query(asset_id: str, prefix: str | None, content_id: str | None, page_size: int) -> dict[str, Any]:
+    """``asset.files``'s parameters for a listing (both clients' ``list_files``)."""
+    params: dict[str, Any] = {"asset_id": asset_id, "limit": page_size}
+    if prefix is not None:
+        params["prefix"] = prefix
+    if content_id is not None:
+        params["content_id"] = content_id
+    return params
+
+
+def file_of_page(item: Any, page: dict[str, Any]) -> FileInfo:
+    return FileInfo.from_wire(item, content_id=page.get("content_id"))
 
 
 def _deadline(timeout: float | None) -> float | None:

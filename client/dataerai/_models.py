@@ -140,7 +140,56 @@ class Project:
         )
 
 
+@dataclass(frozen=True)
+class Collection:
+    """A collection of a project; the root collection has no ``parent_id``."""
+
+    collection_id: str
+    project_id: str
+    name: str
+    parent_id: str | None = None
+    created_at: datetime | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_wire(cls, obj: Any) -> Collection:
+        d = _obj(obj)
+        return cls(
+            collection_id=_str(d.get("collection_id", d.get("id"))),
+            project_id=_str(d.get("project_id")),
+            name=_str(d.get("name")),
+            parent_id=_opt_str(d.get("parent_id")),
+            created_at=_time(d.get("created_at")),
+            raw=d,
+        )
+
+
 # --- assets -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    """One file of an asset's content: its path, where its bytes lie in the content,
+    and its SHA-256 as the uploader reported it (``None`` if it reported none)."""
+
+    path: str
+    size: int
+    offset: int
+    sha256: str | None
+    content_id: str | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_wire(cls, obj: Any, *, content_id: str | None = None) -> FileInfo:
+        d = _obj(obj)
+        return cls(
+            path=_str(d.get("path")),
+            size=_int(d.get("size")),
+            offset=_int(d.get("offset")),
+            sha256=_opt_str(d.get("sha256")),
+            content_id=_opt_str(d.get("content_id")) or content_id,
+            raw=d,
+        )
 
 
 @dataclass(frozen=True)

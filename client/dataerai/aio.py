@@ -32,7 +32,7 @@ import inspect
 import os
 import sys
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import Any, Literal, TypeVar, overload
 
@@ -44,8 +44,22 @@ from ._client import (
     DataeraiClient,
     EventStream,
     ProgressCallback,
+    asset_query,
+    file_of_page,
+    files_query,
 )
-from ._models import AssetMetadata, AuthStatus, DownloadResult, Event, Job, Project, Relationship, UploadResult
+from ._models import (
+    AssetMetadata,
+    AuthStatus,
+    Collection,
+    DownloadResult,
+    Event,
+    FileInfo,
+    Job,
+    Project,
+    Relationship,
+    UploadResult,
+)
 
 T = TypeVar("T")
 _A = TypeVar("_A", bound="AsyncDataeraiClient")
@@ -295,6 +309,56 @@ class AsyncDataeraiClient:
                 qualifiers=qualifiers,
             )
         )
+
+    async def list_relationships(self, asset_id: str) -> list[Relationship]:
+        return await self._run(lambda c: c.list_relationships(asset_id))
+
+    async def list_projects(self) -> list[Project]:
+        return await self._run(lambda c: c.list_projects())
+
+    async def create_collection(self, project_id: str, name: str, *, parent_id: str | None = None) -> Collection:
+        return await self._run(lambda c: c.create_collection(project_id, name, parent_id=parent_id))
+
+    async def list_collections(self, project_id: str) -> list[Collection]:
+        return await self._run(lambda c: c.list_collections(project_id))
+
+    async def list_assets(
+        self,
+        *,
+        project_id: str | None = None,
+        collection_id: str | None = None,
+        path_prefix: str | None = None,
+        glob: str | None = None,
+        page_size: int = 100,
+    ) -> AsyncIterator[AssetMetadata]:
+        """``async for asset in await client.list_assets(...)``; see ``DataeraiClient.list_assets``."""
+        params = asset_query(project_id, collection_id, path_prefix, glob, page_size)
+        return self._pages("asset.list", params, "assets", lambda item, page: AssetMetadata.from_wire(item))
+
+    async def delete_asset(self, asset_id: str) -> None:
+        await self._run(lambda c: c.delete_asset(asset_id))
+
+    async def get_file_info(self, asset_id: str, path: str, *, content_id: str | None = None) -> FileInfo:
+        return await self._run(lambda c: c.get_file_info(asset_id, path, content_id=content_id))
+
+    async def list_files(
+        self, asset_id: str, *, prefix: str | None = None, content_id: str | None = None, page_size: int = 1000
+    ) -> AsyncIterator[FileInfo]:
+        """``async for f in await client.list_files(...)``; see ``DataeraiClient.list_files``."""
+        return self._pages("asset.files", files_query(asset_id, prefix, content_id, page_size), "files", file_of_page)
+
+    async def _pages(
+        self, method: str, params: dict[str, Any], key: str, make: Callable[[Any, dict[str, Any]], T]
+    ) -> AsyncIterator[T]:
+        """``make(item, page)`` for the items of every page of ``method``, one request per page."""
+        cursor: str | None = None
+        while True:
+            page = await self.call(method, {**params, **({"cursor": cursor} if cursor else {})})
+            for item in page.get(key, []):
+                yield make(item, page)
+            cursor = page.get("next_cursor")
+            if not cursor:
+                return
 
     async def get_job(self, job_id: str) -> Job:
         return await self._run(lambda c: c.get_job(job_id))

@@ -10,7 +10,7 @@ from ._output import as_dict, json_option, print_json
 
 @click.group()
 def project() -> None:
-    """Create projects."""
+    """Create and list projects."""
 
 
 @project.command("create")
@@ -29,3 +29,17 @@ def create(ctx: click.Context, name: str, description: str, as_json: bool) -> No
         print_json(as_dict(created))
     else:
         click.echo(created.project_id)
+
+
+@project.command("ls")
+@json_option
+@click.pass_context
+def ls(ctx: click.Context, as_json: bool) -> None:
+    """List your projects: id, your role and name. With --json: {"projects": [PROJECT, ...]}."""
+    with open_client(ctx) as client:
+        found = client.list_projects()
+    if as_json:
+        print_json({"projects": [as_dict(p) for p in found]})
+        return
+    for p in found:
+        click.echo(f"{p.project_id}  {p.role or '-':7}  {p.name}")

@@ -11,6 +11,7 @@ from dataerai import DaemonError
 
 from dataeraid.paths import Paths
 
+from ._assets import assets, collection, meta, rel
 from ._auth import auth
 from ._context import Settings, why_not_started
 from ._daemon import daemon
@@ -73,6 +74,10 @@ cli.add_command(upload)
 cli.add_command(download)
 cli.add_command(jobs)
 cli.add_command(events)
+cli.add_command(assets)
+cli.add_command(meta)
+cli.add_command(rel)
+cli.add_command(collection)
 
 
 def main() -> None:

@@ -13,6 +13,7 @@ import click
 from dataerai import Job
 
 from ._context import open_client
+from ._errors import Failure
 from ._jobs import TIMEOUT, check_succeeded, wait_for_job
 from ._output import as_dict, json_option, print_json
 
@@ -27,8 +28,9 @@ def _print_queued(job: Job, *, as_json: bool) -> None:
 
 
 @click.command()
-@click.argument("path", type=click.Path(exists=True, dir_okay=False, readable=True, path_type=Path))
-@click.option("--project", "project_id", required=True, metavar="ID", help="The project that will own the asset.")
+@click.argument("path", type=click.Path(exists=True, readable=True, path_type=Path))
+@click.option("--project", "project_id", metavar="ID", help="The project that will own the asset.")
+@click.option("--collection", "collection_id", metavar="ID", help="The collection that will own the asset.")
 @click.option("--title", metavar="T", help="The asset's title. [default: the file name]")
 @click.option("--tag", "tags", multiple=True, metavar="X", help="A tag for the asset; repeat for several.")
 @click.option("--description", metavar="D", help="A description of the asset.")
@@ -45,7 +47,8 @@ def _print_queued(job: Job, *, as_json: bool) -> None:
 def upload(
     ctx: click.Context,
     path: Path,
-    project_id: str,
+    project_id: str | None,
+    collection_id: str | None,
     title: str | None,
     tags: tuple[str, ...],
     description: str | None,
@@ -54,19 +57,24 @@ def upload(
     timeout: float | None,
     as_json: bool,
 ) -> None:
-    """Upload the file PATH as a new asset of a project.
+    """Upload the file or directory PATH as a new asset of a project (or a collection).
+
+    A directory becomes one asset holding its regular files with their relative
+    paths (symlinks and special files are skipped).
 
     Prints the asset id and content id once the upload completed (with --json:
     {"job_id", "asset_id", "content_id", "size", "sha256", "deduplicated"}); with --no-wait the
     job id (with --json: the job object).
     """
+    if (project_id is None) == (collection_id is None):
+        raise Failure("invalid_argument", "give exactly one of --project and --collection")
     local = path.resolve()
     with open_client(ctx) as client:
         job: Job = client.upload(
             str(local),
             title=title or local.name,
-            owner_type="project",
-            owner_id=project_id,
+            owner_type="project" if project_id else "collection",
+            owner_id=project_id or collection_id or "",
             description=description,
             tags=list(tags) or None,
             chunk_size_mb=chunk_size_mb,
