@@ -39,7 +39,7 @@ from dataeraid.jobs import Jobs
 from dataeraid.methods import Services, build_registry
 from dataeraid.notify import Notifier
 from dataeraid.paths import Paths
-from dataeraid.remote import USER_AGENT, Remote
+from dataeraid.remote import USER_AGENT, Remote, tune_http_reads
 from dataeraid.rpc import open_listener
 from dataeraid.rpc import serve as serve_rpc
 from dataeraid.scheduler import Scheduler
@@ -84,6 +84,8 @@ async def serve(paths: Paths, settings: Settings, notifier: Notifier) -> None:
         bus = EventBus(store)
         await bus.start()
         auth = Auth(paths.credentials)
+        if not tune_http_reads():
+            log.get("dataeraid").warning("httpcore has no READ_NUM_BYTES; response bodies are read in its own size")
         timeout = httpx.Timeout(60.0, connect=10.0)
         limits = httpx.Limits(max_connections=settings.max_active_jobs * settings.parts_per_job + 4)
         async with httpx.AsyncClient(timeout=timeout, limits=limits, headers={"User-Agent": USER_AGENT},

@@ -93,6 +93,26 @@ def raise_for_status(response: httpx.Response, what: str) -> None:
     raise DataeraiError(str(code), f"{what}: {message}", **extra)
 
 
+#: Bytes asked of the socket per read of a response body. httpcore reads 64 KiB at a
+#: time, so a range of 64 MiB costs a thousand trips through h11 and the event loop;
+#: 1 MiB reads cut the daemon's CPU per downloaded GiB (docs/benchmarks.md). The same
+#: reasoning as the server's MAX_RECV (docs/server.md). It is httpcore's class
+#: attribute, so this is guarded: without it, bodies are read in httpcore's own size.
+RESPONSE_READ_BYTES = 1 << 20
+
+
+def tune_http_reads() -> bool:
+    """Make httpcore read response bodies ``RESPONSE_READ_BYTES`` at a time; False if it cannot."""
+    try:
+        from httpcore._async.http11 import AsyncHTTP11Connection
+    except ImportError:
+        return False
+    if not isinstance(getattr(AsyncHTTP11Connection, "READ_NUM_BYTES", None), int):
+        return False
+    AsyncHTTP11Connection.READ_NUM_BYTES = RESPONSE_READ_BYTES
+    return True
+
+
 class Remote:
     """One repository, reached with the current credentials."""
 

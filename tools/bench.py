@@ -105,14 +105,16 @@ def loopback_section(args: argparse.Namespace) -> dict[str, Any]:
             stack.start_server()
             stack.login(stack.add_user("bench@example.org"))
             daemon = stack.start_daemon()
-            source = make_file(root / "bench.bin", size, seed=1)
-            sha = hashlib.sha256(source.read_bytes()).hexdigest() if size <= 2048 * MiB else ""
             with stack.client() as client, stack.api() as api:
                 project_id = client.create_project("bench").project_id
                 asset_id = ""
                 assert stack.server is not None
                 server_pid = stack.server.pid
                 for run in range(args.runs):
+                    # New bytes every run: the repository must not already hold them, or the
+                    # daemon would (rightly) deduplicate instead of sending them.
+                    source = make_file(root / "bench.bin", size, seed=1000 + run)
+                    sha = hashlib.sha256(source.read_bytes()).hexdigest() if size <= 2048 * MiB else ""
                     s0 = cpu_seconds(server_pid)
                     results["curl_up"].append(curl_upload(stack, api, source, project_id, size, sha))
                     cpu["curl_up_server"].append(cpu_seconds(server_pid) - s0)

@@ -169,3 +169,12 @@ async def test_first_error_gives_the_coded_failure_of_a_nursery_not_a_group() ->
             nursery.start_soon(trio.sleep_forever)
             nursery.start_soon(disk_full)
     assert os_info.value.errno == 28
+
+
+def test_response_bodies_are_read_a_mebibyte_at_a_time() -> None:
+    from httpcore._async.http11 import AsyncHTTP11Connection
+
+    from dataeraid.remote import RESPONSE_READ_BYTES, tune_http_reads
+
+    assert tune_http_reads(), "httpcore still has READ_NUM_BYTES"
+    assert AsyncHTTP11Connection.READ_NUM_BYTES == RESPONSE_READ_BYTES == 1 << 20
