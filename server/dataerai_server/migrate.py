@@ -8,7 +8,12 @@ from __future__ import annotations
 
 from alembic import command
 from alembic.config import Config
+from sqlalchemy import text
 from sqlalchemy.engine import Engine
+
+#: The PostgreSQL advisory lock that upgrades take, so that servers starting at once on
+#: one fresh database upgrade it once, in turn (an arbitrary constant: "dataerai").
+UPGRADE_LOCK = 0x64617461657261
 
 
 def alembic_config() -> Config:
@@ -21,10 +26,13 @@ def alembic_config() -> Config:
 def upgrade(engine: Engine) -> None:
     """Apply every migration not yet applied. Blocking; call it from a thread.
 
-    Runs in one transaction that takes the write lock first (see ``db.Database.write_engine``),
-    so two processes starting on one fresh SQLite database upgrade it once, in turn.
+    Runs in one transaction that takes a lock first: the write lock on SQLite (see
+    ``db.Database.write_engine``), a transaction-scoped advisory lock on PostgreSQL. So
+    several processes starting on one fresh database upgrade it once, in turn.
     """
     config = alembic_config()
     with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": UPGRADE_LOCK})
         config.attributes["connection"] = connection
         command.upgrade(config, "head")

@@ -83,3 +83,31 @@ def test_upgrade_from_every_revision_to_head(fresh_url: str, start: str) -> None
 def test_the_revisions_are_found() -> None:
     revisions = _revisions()
     assert revisions[0] == "base" and len(revisions) >= 2
+
+
+def test_processes_upgrading_one_fresh_database_at_once_upgrade_it_once(fresh_url: str) -> None:
+    """Servers started together on a new database (SQLite or PostgreSQL) must not race the upgrade."""
+    import threading
+
+    databases = [Database(fresh_url) for _ in range(3)]
+    errors: list[BaseException] = []
+
+    def upgrade(db: Database) -> None:
+        try:
+            migrate.upgrade(db.write_engine)
+        except BaseException as exc:  # collected for the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=upgrade, args=(db,)) for db in databases]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    try:
+        assert not any(t.is_alive() for t in threads), "an upgrade is stuck behind another"
+        assert not errors, errors
+        heads = _current(databases[0].write_engine)
+        assert set(heads) == {_revisions()[-1]}
+    finally:
+        for db in databases:
+            db.dispose()
