@@ -25,11 +25,10 @@ MiB = 1024 * 1024
 #: Codes this file cannot make the daemon produce, and why.
 NOT_PRODUCIBLE_HERE = {
     "internal": "a bug; there is none to trigger on purpose",
-    "checksum_mismatch": "needs a server that corrupts bytes (the fault-injection work)",
-    "quota_exceeded": "the test stack's server cannot be given a small allocation (tools/stack.py)",
+    "checksum_mismatch": "needs a server that corrupts bytes: tests/integration/test_hostile_server.py",
     "rate_limited": "the reference server never answers 429; the daemon retries it as waiting_for_network",
     "disk_full": "needs a full file system",
-    "unsafe_path": "needs a server that sends hostile file names (unit-tested in tests/daemon)",
+    "unsafe_path": "needs a server that sends hostile paths: tests/integration/test_hostile_server.py",
 }
 def raw_exchange(stack: Stack, data: bytes) -> dict[str, Any]:
     """Send bytes on a fresh connection and read one answer line."""
@@ -226,3 +225,16 @@ def test_expired_token_jobs_wait_for_auth_say_so_and_resume_after_a_new_login(st
         reloads = client.list_events(0, types=["auth.reloaded"])
     assert done.state == "completed" and done.asset_id, done.error
     assert any(job.job_id in e.raw["waiting_jobs"] for e in reloads)
+
+
+def test_code_quota_exceeded(stack: Stack, tmp_path: Path) -> None:
+    import sqlite3
+
+    # The operator lowered the project's allocation below what one more file needs.
+    with sqlite3.connect(stack.server_dir / "repository.sqlite3") as db:
+        db.execute("UPDATE projects SET allocation_bytes = 1000 WHERE id = ?", (stack.project_id,))
+    source = make_file(tmp_path / "big.bin", 5000)
+    with stack.client() as client:
+        err = expect("quota_exceeded", lambda: client.upload(source, title="x", owner_type="project",
+                                                             owner_id=stack.project_id))
+    assert "1000" in err.message or err.data.get("allocation_bytes") == 1000, err
