@@ -43,7 +43,7 @@ class Repository:
                 self.end_headers()
                 self.wfile.write(data)
 
-            def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+            def do_GET(self) -> None:
                 if self.path == "/api/v1/me":
                     self._json({"user_id": "usr_1", "email": "ada@example.org", "scopes": ["read", "write"],
                                 "token_expires_at": None})
