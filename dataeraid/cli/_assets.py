@@ -77,7 +77,7 @@ def ls(ctx: click.Context, project_id: str | None, collection_id: str | None, pa
 @json_option
 @click.pass_context
 def show(ctx: click.Context, asset_id: str, as_json: bool) -> None:
-    """Show an asset's metadata and its latest content. With --json: the asset object."""
+    """Show an asset's metadata and its latest content (also `meta get`). With --json: the asset object."""
     with open_client(ctx) as client:
         asset = client.get_metadata(asset_id)
     if as_json:
@@ -132,18 +132,7 @@ def meta() -> None:
     """Read and change an asset's metadata."""
 
 
-@meta.command("get")
-@click.argument("asset_id")
-@json_option
-@click.pass_context
-def meta_get(ctx: click.Context, asset_id: str, as_json: bool) -> None:
-    """Print an asset's metadata. With --json: the asset object."""
-    with open_client(ctx) as client:
-        asset = client.get_metadata(asset_id)
-    if as_json:
-        print_json(as_dict(asset))
-    else:
-        click.echo("\n".join(_describe(asset)))
+meta.add_command(show, "get")
 
 
 @meta.command("set")

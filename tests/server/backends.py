@@ -6,6 +6,7 @@ process, and a fresh PostgreSQL database per test process where
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import sys
@@ -46,14 +47,14 @@ def postgres_base_url() -> str:
     return url
 
 
-@pytest.fixture(scope="session")
-def postgres_database() -> Iterator[str]:
-    """``postgres_database``: the URL of a new, empty database, dropped at the end of the session."""
+@contextlib.contextmanager
+def new_postgres_database(prefix: str) -> Iterator[str]:
+    """The URL of a new, empty PostgreSQL database, dropped on the way out."""
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
 
     base = make_url(postgres_base_url())
-    name = f"dataerai_test_{secrets.token_hex(6)}"
+    name = f"{prefix}_{secrets.token_hex(6)}"
     admin = create_engine(base, isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:
         connection.execute(text(f'CREATE DATABASE "{name}"'))
@@ -63,3 +64,10 @@ def postgres_database() -> Iterator[str]:
         with admin.connect() as connection:
             connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[str]:
+    """``postgres_database``: the URL of a new, empty database, dropped at the end of the session."""
+    with new_postgres_database("dataerai_test") as url:
+        yield url
