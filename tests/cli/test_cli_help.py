@@ -23,6 +23,7 @@ COMMANDS = {
     ("daemon", "status"),
     ("project",),
     ("project", "create"),
+    ("project", "ls"),
     ("upload",),
     ("download",),
     ("jobs",),
@@ -35,6 +36,20 @@ COMMANDS = {
     ("jobs", "retry"),
     ("jobs", "priority"),
     ("events",),
+    ("assets",),
+    ("assets", "ls"),
+    ("assets", "show"),
+    ("assets", "files"),
+    ("assets", "rm"),
+    ("meta",),
+    ("meta", "get"),
+    ("meta", "set"),
+    ("rel",),
+    ("rel", "add"),
+    ("rel", "ls"),
+    ("collection",),
+    ("collection", "create"),
+    ("collection", "ls"),
 }
 
 
@@ -57,7 +72,8 @@ def test_help(runner: CliRunner, path: tuple[str, ...]) -> None:
 
 
 def test_json_is_offered_wherever_there_is_output(runner: CliRunner) -> None:
-    for path in COMMANDS - {(), ("auth",), ("daemon",), ("project",), ("jobs",), ("daemon", "run")}:
+    for path in COMMANDS - {(), ("auth",), ("daemon",), ("project",), ("jobs",), ("daemon", "run"), ("assets",),
+                            ("meta",), ("rel",), ("collection",)}:
         result = runner.invoke(cli, [*path, "--help"], prog_name="dataerai")
         assert "--json" in result.stdout, path
 
