@@ -10,6 +10,7 @@ retry_cap_s = 30.0          # longest backoff between attempts
 progress_interval_s = 0.25  # at most this often a progress event per job
 bandwidth_limit_bps = 0     # bytes per second over all transfers; 0 is no limit
 event_retention_days = 30   # stored events older than this are pruned (replay reaches back this far)
+upload_order = "auto"       # "auto", "always", "never": part bodies one after the other (docs/configuration.md)
 ```
 """
 
@@ -42,6 +43,11 @@ class Settings:
     io_block_size: int = 1024 * 1024
     bandwidth_limit_bps: int = 0
     event_retention_days: float = 30.0
+    upload_order: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.upload_order not in ("auto", "always", "never"):
+            raise ValueError(f"upload_order must be 'auto', 'always' or 'never', not {self.upload_order!r}")
 
     @classmethod
     def load(cls, path: Path) -> Settings:

@@ -216,6 +216,14 @@ class Remote:
         )
         return result
 
+    def is_own_part_url(self, url: str) -> bool:
+        """Whether ``url`` is the repository's own part endpoint (not an object store's URL)."""
+        creds = self._auth.current
+        if creds is None:
+            return False
+        base = creds.api_base.rstrip("/") + "/uploads/"
+        return url.startswith(base) and "/parts/" in url[len(base):]
+
     async def put_part(self, target: Mapping[str, Any], body: AsyncIterator[bytes], what: str) -> dict[str, Any]:
         """Send one part to its signed target, streaming ``body``."""
         headers = dict(target.get("headers") or {})

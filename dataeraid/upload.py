@@ -9,7 +9,10 @@ and each file's, in order. It runs at most a few parts ahead of the senders,
 so the senders' second read comes from the page cache. ``parts_per_job``
 senders each ask the server for a part's target and stream the part to it in
 blocks; a part is checkpointed only after the server acknowledged it with its
-digest.
+digest. To the repository's own part endpoint, a part's body starts only once
+the previous part's body was sent (not acknowledged), so the server can hash
+the parts into the whole file's digest as they stream (``upload_order``,
+docs/configuration.md); to an object store's URLs, parts go in parallel.
 
 Resuming: the server is the truth about parts (``GET /uploads/{id}``): parts it
 holds are not sent again. Completion carries the job id as idempotency key, so
@@ -333,12 +336,15 @@ class _Senders:
         ctx, source, total = self._ctx, self._source, self._source.size
         chunk_size: int = ctx.job["chunk_size"]
         block = ctx.settings.io_block_size
-        hashed_send, hashed_receive = trio.open_memory_channel[PartPlan](ctx.settings.parts_per_job)
+        hashed_send, hashed_receive = trio.open_memory_channel[tuple[PartPlan, _Turn]](ctx.settings.parts_per_job)
 
         # Each part's digest is needed before its URL can be asked for; this runs at most
         # a few parts ahead of the senders, so their second read comes from the page cache.
         async def hash_parts() -> None:
             async with hashed_send:
+                # Parts to be sent in order hand the turn on from one to the next (held parts are skipped).
+                previous = trio.Event()
+                previous.set()
                 for number in range(1, self._count + 1):
                     if number in held:
                         continue
@@ -347,13 +353,18 @@ class _Senders:
                     for start in range(offset, offset + size, HASH_SLICE):
                         length = min(HASH_SLICE, offset + size - start)
                         await trio.to_thread.run_sync(_feed, source, digest, start, length, block)
-                    await hashed_send.send(PartPlan(number, offset, size, digest.hexdigest()))
+                    turn = _Turn(previous, trio.Event())
+                    previous = turn.done
+                    await hashed_send.send((PartPlan(number, offset, size, digest.hexdigest()), turn))
 
-        async def send_parts(receive: trio.MemoryReceiveChannel[PartPlan]) -> None:
+        async def send_parts(receive: trio.MemoryReceiveChannel[tuple[PartPlan, _Turn]]) -> None:
             async with receive:
-                async for plan in receive:
+                async for plan, turn in receive:
                     await self._running.wait()
-                    await _send_part(ctx, source, self._upload_id, plan, self._progress)
+                    try:
+                        await _send_part(ctx, source, self._upload_id, plan, self._progress, turn)
+                    finally:
+                        turn.done.set()
                     self.bytes_sent += plan.size
 
         async with trio.open_nursery() as nursery:
@@ -489,7 +500,33 @@ def _completed_fields(result: dict[str, Any], source: FileSet) -> dict[str, Any]
             "files": files}
 
 
-async def _send_part(ctx: JobContext, source: FileSet, upload_id: str, plan: PartPlan, progress: Progress) -> None:
+@dataclass(frozen=True)
+class _Turn:
+    """Sending parts in order: a part's body starts once ``after`` is set (the previous part's
+    body was sent, or its attempt ended either way), and it sets ``done`` when its own body
+    was sent or its attempt ended. See :func:`_in_order`."""
+
+    after: trio.Event
+    done: trio.Event
+
+
+def _in_order(ctx: JobContext, target: dict[str, Any]) -> bool:
+    """Whether a part sent to ``target`` waits for the previous part's body to be sent.
+
+    The repository's own part endpoint (its directory storage) hashes each part into the
+    whole file's running digest as it streams, which it can do for parts that arrive in
+    order (docs/server.md, "Chaining"): sending one body after the other, while the previous
+    part's acknowledgement, fsync and checkpoint overlap with the next body, is faster there
+    than parallel streams. An object store's presigned URL gains nothing from order, so
+    parts go to it in parallel. ``upload_order`` ("auto", "always", "never") overrides this.
+    """
+    if ctx.settings.upload_order != "auto":
+        return ctx.settings.upload_order == "always"
+    return ctx.remote.is_own_part_url(str(target.get("url", "")))
+
+
+async def _send_part(ctx: JobContext, source: FileSet, upload_id: str, plan: PartPlan, progress: Progress,
+                     turn: _Turn | None = None) -> None:
     block = ctx.settings.io_block_size
     mismatches = 0
     while True:
@@ -508,16 +545,24 @@ async def _send_part(ctx: JobContext, source: FileSet, upload_id: str, plan: Par
                 sent += len(data)
                 progress.add(len(data), plan.number - 1)
                 yield data
+            if turn is not None:
+                turn.done.set()  # the whole body is handed to the connection: the next part may go
 
         async def attempt() -> dict[str, Any]:
             nonlocal sent
-            target = await ctx.remote.part_target(upload_id, plan.number, plan.sha256, plan.size)
             try:
-                return await ctx.remote.put_part(target, body(), f"sending part {plan.number}")
-            except BaseException:
-                progress.add(-sent)
-                sent = 0
-                raise
+                target = await ctx.remote.part_target(upload_id, plan.number, plan.sha256, plan.size)
+                if turn is not None and _in_order(ctx, target):
+                    await turn.after.wait()
+                try:
+                    return await ctx.remote.put_part(target, body(), f"sending part {plan.number}")
+                except BaseException:
+                    progress.add(-sent)
+                    sent = 0
+                    raise
+            finally:
+                if turn is not None:
+                    turn.done.set()  # ended either way: a failed part never holds the next one back
 
         try:
             ack = await ctx.retrying(f"sending part {plan.number}", attempt)

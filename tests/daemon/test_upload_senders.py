@@ -63,7 +63,8 @@ class _Parts:
         failed.append(fail)
         event.set()
 
-    async def send(self, _ctx: Any, _source: Any, _upload_id: str, plan: upload.PartPlan, progress: Any) -> None:
+    async def send(self, _ctx: Any, _source: Any, _upload_id: str, plan: upload.PartPlan, progress: Any,
+                   _turn: Any = None) -> None:
         self.started.append(plan.number)
         self._poke()
         event, failed = self._ending(plan.number)

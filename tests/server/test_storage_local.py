@@ -313,3 +313,170 @@ async def test_content_stored_whole_by_an_earlier_version_is_read(storage: Local
     assert await _read(storage, "upl_legacy", 1_000_000, 300_000) == data[1_000_000:1_300_000]
     await storage.delete_content("upl_legacy")
     assert not legacy.exists()
+
+
+class _Gated:
+    """A part body that stops after its first chunk until ``go`` is set, recording when it
+    was first read from and when it was read to its end."""
+
+    def __init__(self, data: bytes, log: list[str], name: str) -> None:
+        self.data, self.log, self.name = data, log, name
+        self.go = trio.Event()
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        self.log.append(f"{self.name} started")
+        half = len(self.data) // 2
+        yield self.data[:half]
+        await self.go.wait()
+        yield self.data[half:]
+        self.log.append(f"{self.name} sent")
+
+
+async def test_a_part_following_one_being_hashed_in_waits_and_is_chained(
+    storage: LocalStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = _data(4 * 65_536 + 7, seed=50)
+    pieces = _pieces(data, 65_536)
+    handle = await storage.create_upload("upl_chain")
+    read_back = _ReadBack(monkeypatch)
+    log: list[str] = []
+    bodies = [_Gated(p, log, str(n)) for n, p in enumerate(pieces, start=1)]
+    async with trio.open_nursery() as nursery:
+        for number, body in enumerate(bodies, start=1):
+            piece = pieces[number - 1]
+            nursery.start_soon(storage.put_part, handle, number, body, len(piece), _sha(piece))
+            await trio.sleep(0.05)
+        # Only part 1 is being read: every later part waits for the one before it.
+        assert log == ["1 started"]
+        for body in bodies:
+            body.go.set()
+            await trio.sleep(0.05)
+    assert log == [entry for n in range(1, len(pieces) + 1) for entry in (f"{n} started", f"{n} sent")]
+    digest = storage._running_digest(handle)
+    assert digest.covered == [_sha(p) for p in pieces] and not digest.pending and not digest.links
+    content = await storage.complete(handle, _records(pieces), "upl_chain", _sha(data))
+    assert content.sha256 == _sha(data) and read_back.bytes == 0
+
+
+async def test_a_chained_part_done_first_is_committed_right_after_the_one_before(
+    storage: LocalStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = _data(3 * 65_536, seed=51)
+    pieces = _pieces(data, 65_536)
+    handle = await storage.create_upload("upl_pending")
+    await _put_all(storage, handle, pieces, [1])
+    read_back = _ReadBack(monkeypatch)
+    # Part 2's publication (after its state is final) is held until part 3 is done.
+    held = trio.Event()
+    original = LocalStorage._publish_part
+
+    async def slow_part_2(number: int, body: Any) -> None:
+        await storage.put_part(handle, number, body, len(pieces[number - 1]), _sha(pieces[number - 1]))
+
+    def publish(out: Any, directory: Path, number: int, sha256: str) -> None:
+        if number == 2:
+            trio.from_thread.run(held.wait)
+        original(out, directory, number, sha256)
+
+    monkeypatch.setattr(LocalStorage, "_publish_part", staticmethod(publish))
+    digest = storage._running_digest(handle)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(slow_part_2, 2, _chunks(pieces[1]))
+        await trio.sleep(0.05)
+        await slow_part_2(3, _chunks(pieces[2]))
+        assert digest.count == 1 and 3 in digest.pending  # waiting for part 2's commit
+        held.set()
+    assert digest.covered == [_sha(p) for p in pieces] and not digest.pending
+    content = await storage.complete(handle, _records(pieces), "upl_pending", _sha(data))
+    assert content.sha256 == _sha(data) and read_back.bytes == 0
+
+
+async def test_a_part_whose_predecessor_fails_its_checksum_is_stored_and_read_back(
+    storage: LocalStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = _data(3 * 65_536, seed=52)
+    pieces = _pieces(data, 65_536)
+    handle = await storage.create_upload("upl_fail")
+    await _put_all(storage, handle, pieces, [1])
+    read_back = _ReadBack(monkeypatch)
+    log: list[str] = []
+    wrong = _Gated(_data(65_536, seed=99), log, "2")  # other bytes than part 2's digest says
+    digest = storage._running_digest(handle)
+
+    async def put_wrong_2() -> None:
+        with pytest.raises(ChecksumMismatch):
+            await storage.put_part(handle, 2, wrong, 65_536, _sha(pieces[1]))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(put_wrong_2)
+        await trio.sleep(0.05)
+        nursery.start_soon(storage.put_part, handle, 3, _chunks(pieces[2]), 65_536, _sha(pieces[2]))
+        await trio.sleep(0.05)
+        assert 3 in digest.links and digest.count == 1  # part 3 waits for part 2
+        wrong.go.set()
+    assert digest.count == 1 and not digest.pending  # part 3 was stored, not hashed in
+    await _put_all(storage, handle, pieces, [2])
+    content = await storage.complete(handle, _records(pieces), "upl_fail", _sha(data))
+    assert content.sha256 == _sha(data) and read_back.bytes == 65_536  # part 3 only
+
+
+async def test_a_chained_state_on_bytes_not_stored_is_void(
+    storage: LocalStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Part 2 is verified and hands its state to part 3, then fails to be stored; another
+    # version of part 2 comes: part 3's state, built on the first one, must not be used.
+    data = _data(3 * 65_536, seed=53)
+    pieces = _pieces(data, 65_536)
+    other_2 = _data(65_536, seed=54)
+    handle = await storage.create_upload("upl_void")
+    await _put_all(storage, handle, pieces, [1])
+    release = trio.Event()
+    original = LocalStorage._publish_part
+    failed = False
+
+    def publish(out: Any, directory: Path, number: int, sha256: str) -> None:
+        nonlocal failed
+        if number == 2 and not failed:
+            failed = True
+            trio.from_thread.run(release.wait)
+            raise OSError("disk full")
+        original(out, directory, number, sha256)
+
+    monkeypatch.setattr(LocalStorage, "_publish_part", staticmethod(publish))
+    digest = storage._running_digest(handle)
+
+    async def put_2() -> None:
+        with pytest.raises(OSError):
+            await storage.put_part(handle, 2, _chunks(pieces[1]), 65_536, _sha(pieces[1]))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(put_2)
+        await trio.sleep(0.05)
+        await storage.put_part(handle, 3, _chunks(pieces[2]), 65_536, _sha(pieces[2]))
+        assert 3 in digest.pending
+        release.set()
+    await storage.put_part(handle, 2, _chunks(other_2), 65_536, _sha(other_2))
+    assert digest.covered == [_sha(pieces[0]), _sha(other_2)]  # part 3 was not committed onto it
+    whole = pieces[0] + other_2 + pieces[2]
+    parts = _records([pieces[0], other_2, pieces[2]])
+    content = await storage.complete(handle, parts, "upl_void", _sha(whole))
+    assert content.sha256 == _sha(whole)
+    assert await _read(storage, "upl_void", 0, len(whole)) == whole
+
+
+async def test_a_part_does_not_wait_long_for_a_slow_predecessor(
+    storage: LocalStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(local_module, "CHAIN_WAIT_SECONDS", 0.05)
+    data = _data(2 * 65_536, seed=55)
+    pieces = _pieces(data, 65_536)
+    handle = await storage.create_upload("upl_slow")
+    log: list[str] = []
+    first = _Gated(pieces[0], log, "1")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(storage.put_part, handle, 1, first, 65_536, _sha(pieces[0]))
+        await trio.sleep(0.02)
+        await storage.put_part(handle, 2, _chunks(pieces[1]), 65_536, _sha(pieces[1]))  # gave up waiting
+        first.go.set()
+    content = await storage.complete(handle, _records(pieces), "upl_slow", _sha(data))
+    assert content.sha256 == _sha(data)

@@ -38,6 +38,14 @@ How bytes move (docs/server.md has the measurements behind this):
   :class:`_RunningDigest`): a part that arrives next in order is hashed into it as it
   streams in, and parts that arrived early are read back in a background task once the
   parts before them are there. Completion then reads only what is not covered yet.
+- Chaining: a part that arrives while the part before it is being hashed in as it
+  streams waits (its body unread, for at most ``CHAIN_WAIT_SECONDS``) until that part's
+  state is final (all hashed and its own digest checked, before its fsync), and is then
+  hashed onto a copy of that state as it streams (:class:`_Link`). A state finished
+  before the part before it is committed stays pending and is committed right after it,
+  if that part was committed with the digest the state was built on; otherwise it is void
+  and the part is read back. Clients that send parts in order (the daemon does, to this
+  storage) so get every part hashed in without reading any back.
 """
 
 from __future__ import annotations
@@ -87,6 +95,11 @@ STALE_TMP_SECONDS: Final = 24 * 3600
 #: Running digests kept in memory, the most recently used first. Each costs a few hundred
 #: bytes plus about 100 bytes per covered part; losing one only costs a read-back.
 MAX_RUNNING_DIGESTS: Final = 256
+#: How long a part waits for the part before it (being hashed in as it streams) to reach its
+#: final running state, so that it can be hashed onto that state in turn. Clients that send
+#: parts in order (the daemon, for this storage) wait milliseconds; a part sent in parallel with
+#: the one before it gives up after this and is read back later instead.
+CHAIN_WAIT_SECONDS: Final = 1.0
 
 MANIFEST: Final = "manifest.json"
 _MANIFEST_FORMAT: Final = "dataerai-content/1"
@@ -414,6 +427,27 @@ class _Staged:
         return self.directory / _piece_name(index + 1)
 
 
+class _Link:
+    """A part being hashed into the running digest as it streams, seen by the part after it.
+
+    ``ready`` is set once the part's streamed state is final (its last batch hashed and its
+    own digest checked, before its fsync) or once it will not have one (it failed, or it is
+    not hashed in after all). ``state`` is then the running state after this part (None if
+    there is none), built on ``generation``; ``sha256`` is what this part's bytes hash to.
+    """
+
+    def __init__(self, sha256: str) -> None:
+        self.sha256 = sha256
+        self.ready = trio.Event()
+        self.state: Hasher | None = None
+        self.generation = -1
+
+    def release(self, state: Hasher | None = None, generation: int = -1) -> None:
+        if not self.ready.is_set():
+            self.state, self.generation = state, generation
+            self.ready.set()
+
+
 class _RunningDigest:
     """A SHA-256 over parts 1..k of one upload, as far as they are contiguous: the state a
     completion would reach after reading them, kept so that it need not read them.
@@ -442,22 +476,41 @@ class _RunningDigest:
         self.again = False
         #: Part numbers being hashed in as they arrive (how many arrivals of each).
         self.hashing_in: Counter[int] = Counter()
+        #: The newest arrival of each part number that is (or may yet be) hashed in as it
+        #: streams: the next part waits for its final state to hash onto (see :class:`_Link`).
+        self.links: dict[int, _Link] = {}
+        #: States hashed onto a part that was not committed yet, to commit right after it:
+        #: number -> (sha256, hasher, generation, sha256 of the part before).
+        self.pending: dict[int, tuple[str, Hasher, int, str]] = {}
 
     @property
     def count(self) -> int:
         return len(self.covered)
 
-    def commit(self, number: int, sha256: str, hasher: Hasher, generation: int, *, arrived: bool) -> None:
+    def commit(
+        self, number: int, sha256: str, hasher: Hasher, generation: int, *, arrived: bool, basis: str | None = None
+    ) -> None:
         """Take ``hasher``, the state after hashing part ``number`` (``sha256``) onto parts
         1..number-1 of ``generation``, if that is still the prefix.
 
         ``arrived``: the part was hashed as it arrived, so it is the newest version of its
         number and replaces another one hashed in before; a part read back only extends.
+        ``basis``: the state was hashed onto the streamed state of part number-1 with this
+        SHA-256 (chaining), not onto the committed prefix: it counts only if part number-1
+        is committed with that digest in ``generation``. Until part number-1 is committed
+        at all, it is kept pending and committed right after it.
         """
         if generation != self.generation:
             return  # the prefix it was built on was replaced meanwhile
+        if basis is not None:
+            if number - 1 > self.count:
+                if arrived:
+                    self.pending[number] = (sha256, hasher, generation, basis)
+                return
+            if self.covered[number - 2] != basis:
+                return  # another version of the part before was hashed in
         # Within one generation ``covered`` only grows, so its first number-1 entries are
-        # still the ones the hashing began from.
+        # still the ones the hashing began from (and with ``basis`` checked, the last of them too).
         if number == self.count + 1:
             self.covered.append(sha256)
             self.hasher = hasher
@@ -467,6 +520,25 @@ class _RunningDigest:
             self.covered.append(sha256)
             self.hasher = hasher
             self.generation += 1
+        else:
+            return
+        self._commit_pending()
+
+    def _commit_pending(self) -> None:
+        """Commit the pending states that follow the prefix, as far as they fit it."""
+        while self.pending:
+            number = self.count + 1
+            entry = self.pending.pop(number, None)
+            if entry is None:
+                # Entries at or below the prefix can no longer be committed.
+                for stale in [n for n in self.pending if n <= self.count]:
+                    del self.pending[stale]
+                return
+            sha256, hasher, generation, basis = entry
+            if generation != self.generation or self.covered[number - 2] != basis:
+                continue  # built on other bytes than those hashed in: void
+            self.covered.append(sha256)
+            self.hasher = hasher
 
     def stored(self, number: int, sha256: str) -> None:
         """Part ``number`` was stored without being hashed in (it was not next in order)."""
@@ -564,10 +636,14 @@ class LocalStorage:
                     await produce(first_send.send)
 
     async def _write_new_file(
-        self, produce: Callable[[SendBatch], Awaitable[None]], also_hash: Hasher | None = None
+        self,
+        produce: Callable[[SendBatch], Awaitable[None]],
+        also_hash: Hasher | None = None,
+        hashed: Callable[[Hasher], None] | None = None,
     ) -> tuple[_NewFile, Hasher]:
         """Hash and write the batches ``produce`` sends into a new temp file, feeding them to
-        ``also_hash`` as well if given (in a stage of its own). Returns the finished
+        ``also_hash`` as well if given (in a stage of its own). ``hashed(hasher)`` is called
+        once every byte is hashed (and written), before the fsync. Returns the finished
         (fsynced, unpublished) file and the SHA-256 of its bytes. The caller discards the file."""
         staging = self._buffers.take()
         out = await self._run(partial(_NewFile, self._tmp, staging))
@@ -579,6 +655,8 @@ class LocalStorage:
             # A batch gathered into its own pool buffer is page-aligned.
             stages.append(lambda batch: out.write(batch.chunks, aligned=bool(batch.buffers)))
             await self._pipeline(produce, stages)
+            if hashed is not None:
+                hashed(hasher)
             await self._run(out.finish)
             self._buffers.give(staging)
             return out, hasher
@@ -706,9 +784,32 @@ class LocalStorage:
             raise StorageError(f"no upload {handle!r} in storage")
         digest = self._running_digest(handle)
         # The next part in order is hashed into (a copy of) the running digest as it streams
-        # in. Part 1's own digest is that state already, so it needs no second hash.
+        # in. Part 1's own digest is that state already, so it needs no second hash. A part
+        # that follows one being hashed in as it streams waits (its body unread) for that
+        # part's final state and is hashed onto it: chaining, see the module docstring.
+        link = _Link(sha256)
+        previous = digest.links.get(number - 1)
+        digest.links[number] = link
         generation = digest.generation
-        onto = digest.hasher.copy() if number == digest.count + 1 and number > 1 else None
+        basis: str | None = None
+        onto: Hasher | None = None
+        try:
+            if number == 1:
+                pass
+            elif number == digest.count + 1:
+                onto = digest.hasher.copy()
+            elif previous is not None:
+                with trio.move_on_after(CHAIN_WAIT_SECONDS):
+                    await previous.ready.wait()
+                if previous.state is not None:
+                    onto, generation, basis = previous.state.copy(), previous.generation, previous.sha256
+                elif number == digest.count + 1:  # the part before was committed meanwhile
+                    onto, generation = digest.hasher.copy(), digest.generation
+        except BaseException:
+            self._unlink(digest, number, link)
+            raise
+        if number > 1 and onto is None:
+            self._unlink(digest, number, link)  # the next part need not wait for this one
         received = 0
 
         async def produce(send: SendBatch) -> None:
@@ -746,13 +847,25 @@ class LocalStorage:
             if chunks:
                 await send(_Batch(chunks, pending, [self._buffers.take()], gather=True))
 
+        def hashed(hasher: Hasher) -> None:
+            # This part's streamed state is final: hand it to the next part if its bytes are right.
+            if received == size and hasher.hexdigest() == sha256:
+                if number == 1:
+                    link.release(hasher, digest.generation)
+                else:
+                    link.release(onto, generation)
+            else:
+                link.release()
+
         hashing_in = number == 1 or onto is not None
         if hashing_in:
             # Reading this part back would duplicate the hashing under way, even in the
             # moment between its publication and the commit below.
             digest.hashing_in[number] += 1
         try:
-            out, hasher = await self._write_new_file(produce, also_hash=onto)
+            out, hasher = await self._write_new_file(
+                produce, also_hash=onto, hashed=hashed if hashing_in else None
+            )
             try:
                 digest_hex = hasher.hexdigest()
                 if received != size or digest_hex != sha256:
@@ -772,10 +885,11 @@ class LocalStorage:
                 # Part 1 goes onto the empty prefix, which every generation shares.
                 digest.commit(1, sha256, hasher, digest.generation, arrived=True)
             elif onto is not None:
-                digest.commit(number, sha256, onto, generation, arrived=True)
+                digest.commit(number, sha256, onto, generation, arrived=True, basis=basis)
             else:
                 digest.stored(number, sha256)
         finally:
+            self._unlink(digest, number, link)
             if hashing_in:
                 digest.hashing_in[number] -= 1
                 if not digest.hashing_in[number]:
@@ -786,6 +900,13 @@ class LocalStorage:
                 # failed) an earlier version of it may be there to read.
                 self._catch_up_soon(handle, digest)
         return StoredPart(number=number, size=size, sha256=sha256)
+
+    @staticmethod
+    def _unlink(digest: _RunningDigest, number: int, link: _Link) -> None:
+        """This arrival of part ``number`` offers the next part no (further) state to wait for."""
+        link.release()
+        if digest.links.get(number) is link:
+            del digest.links[number]
 
     @staticmethod
     def _publish_part(out: _NewFile, directory: Path, number: int, sha256: str) -> None:

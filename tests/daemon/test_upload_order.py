@@ -1,0 +1,130 @@
+"""Part bodies sent in order to the repository's own part endpoint (``upload_order``): a part's
+body starts once the previous part's body was sent, while that part's acknowledgement overlaps
+with it; a failed attempt never holds the next part back. The server is a stand-in."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, TypeVar
+
+import pytest
+import trio
+
+from dataeraid import upload
+from dataeraid.errors import TransientError
+from dataeraid.fileset import FileSet, StreamFile
+
+PART = 64 * 1024
+BLOCK = 16 * 1024
+T = TypeVar("T")
+
+
+class _Server:
+    def __init__(self, own: bool, fail_once: set[int] | None = None) -> None:
+        self.events: list[str] = []
+        self.own = own
+        self.fail_once = set(fail_once or ())
+
+    async def part_target(self, _upload_id: str, number: int, sha256: str, size: int) -> dict[str, Any]:
+        return {"url": f"http://repo/api/v1/uploads/u/parts/{number}", "sha256": sha256, "size": size}
+
+    def is_own_part_url(self, url: str) -> bool:
+        return self.own
+
+    async def put_part(self, target: dict[str, Any], body: AsyncIterator[bytes], _what: str) -> dict[str, Any]:
+        number = int(target["url"].rsplit("/", 1)[1])
+        self.events.append(f"{number} put")
+        async for _ in body:
+            if number in self.fail_once:
+                self.fail_once.discard(number)
+                self.events.append(f"{number} failed")
+                raise TransientError("connection reset")
+            await trio.sleep(0.005)
+        self.events.append(f"{number} sent")
+        await trio.sleep(0.05)  # the server's fsync and publication
+        self.events.append(f"{number} acked")
+        return {"sha256": target["sha256"], "size": target["size"]}
+
+
+async def _retrying(_what: str, attempt: Callable[[], Awaitable[T]]) -> T:
+    while True:
+        try:
+            return await attempt()
+        except TransientError:
+            await trio.sleep(0.2)
+
+
+async def _run(tmp_path: Path, server: _Server, parts: int, order: str, held: dict[int, Any] | None = None) -> None:
+    (tmp_path / "f.bin").write_bytes(bytes(range(256)) * (PART * parts // 256))
+    source = FileSet(str(tmp_path), [StreamFile("f.bin", 0, PART * parts)], "source")
+
+    async def nothing(*_args: Any) -> None:
+        return None
+
+    ctx = SimpleNamespace(
+        job={"chunk_size": PART},
+        job_id="job_1",
+        settings=SimpleNamespace(parts_per_job=3, io_block_size=BLOCK, upload_order=order),
+        remote=server,
+        retrying=_retrying,
+        bandwidth=SimpleNamespace(spend=nothing),
+        store=SimpleNamespace(checkpoint=nothing),
+        log=SimpleNamespace(info=lambda *a, **k: None, warning=lambda *a, **k: None),
+    )
+    progress = SimpleNamespace(chunks_done=0, add=lambda *a: None, chunk_finished=lambda: None)
+    senders = upload._Senders(ctx, source, "upl_1", progress, parts)  # type: ignore[arg-type]
+    try:
+        await senders._send_all(held or {})
+    finally:
+        source.close()
+
+
+def _before(events: list[str], first: str, second: str) -> bool:
+    return events.index(first) < events.index(second)
+
+
+async def test_bodies_go_one_after_the_other_and_acknowledgements_overlap(tmp_path: Path) -> None:
+    server = _Server(own=True)
+    await _run(tmp_path, server, 4, "auto")
+    events = server.events
+    for number in range(2, 5):
+        assert _before(events, f"{number - 1} sent", f"{number} put")
+    assert _before(events, "2 put", "1 acked")  # part 1's acknowledgement overlaps part 2's body
+
+
+async def test_held_parts_are_skipped_in_the_order(tmp_path: Path) -> None:
+    server = _Server(own=True)
+    await _run(tmp_path, server, 4, "auto", held={2: {"number": 2}})
+    assert "2 put" not in server.events
+    assert _before(server.events, "1 sent", "3 put") and _before(server.events, "3 sent", "4 put")
+
+
+async def test_a_failed_attempt_releases_the_next_part(tmp_path: Path) -> None:
+    server = _Server(own=True, fail_once={1})
+    await _run(tmp_path, server, 3, "auto")
+    events = server.events
+    # Part 2 went as soon as part 1's first attempt failed, not after its retry.
+    assert _before(events, "1 failed", "2 put") and _before(events, "2 put", "1 sent")
+    assert {f"{n} acked" for n in (1, 2, 3)} <= set(events)
+
+
+@pytest.mark.parametrize(("own", "order"), [(False, "auto"), (True, "never")])
+async def test_object_store_targets_or_never_go_in_parallel(tmp_path: Path, own: bool, order: str) -> None:
+    server = _Server(own=own)
+    await _run(tmp_path, server, 3, order)
+    assert _before(server.events, "2 put", "1 sent")
+
+
+def test_own_part_urls_are_recognised() -> None:
+    from dataeraid.credentials import Credentials
+    from dataeraid.remote import Remote
+
+    auth = SimpleNamespace(current=Credentials("http://127.0.0.1:8080/", "t"))
+    remote = Remote(auth, None)  # type: ignore[arg-type]
+    assert remote.is_own_part_url("http://127.0.0.1:8080/api/v1/uploads/upl_1/parts/3?sha256=ab&size=1")
+    assert not remote.is_own_part_url("http://s3.local:8333/bucket/key?partNumber=3&uploadId=x")
+    assert not remote.is_own_part_url("http://127.0.0.1:8080/api/v1/assets/a")
+    assert not Remote(SimpleNamespace(current=None), None).is_own_part_url(  # type: ignore[arg-type]
+        "http://127.0.0.1:8080/api/v1/uploads/upl_1/parts/3")
