@@ -24,7 +24,6 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import TextIO
 
 import httpx
 import trio
@@ -114,14 +113,14 @@ async def serve(paths: Paths, settings: Settings, notifier: Notifier) -> None:
             await store.close()
 
 
-def _log_stream(paths: Paths) -> TextIO:
+def _log_stream(paths: Paths) -> log.Stream:
     """stderr, unless it goes nowhere (a daemon the SDK started): then ``daemon.log`` in the state dir."""
     try:
         err, null = os.fstat(2), os.stat(os.devnull)
         if (err.st_dev, err.st_ino) != (null.st_dev, null.st_ino):
             return sys.stderr
         paths.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        return open(paths.log_file, "a", buffering=1)
+        return log.RotatingFile(paths.log_file)
     except OSError:
         return sys.stderr
 

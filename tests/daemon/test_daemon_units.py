@@ -178,3 +178,18 @@ def test_response_bodies_are_read_a_mebibyte_at_a_time() -> None:
 
     assert tune_http_reads(), "httpcore still has READ_NUM_BYTES"
     assert AsyncHTTP11Connection.READ_NUM_BYTES == RESPONSE_READ_BYTES == 1 << 20
+
+
+def test_the_daemon_log_rotates_and_keeps_a_few_old_files(tmp_path: Path) -> None:
+    from dataeraid.log import RotatingFile
+
+    path = tmp_path / "daemon.log"
+    out = RotatingFile(path, max_bytes=100, keep=2)
+    for i in range(12):
+        out.write(f"line {i:02} " + "x" * 30 + "\n")  # 39 bytes: two lines a file
+    out.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["daemon.log", "daemon.log.1", "daemon.log.2"]
+    assert all(p.stat().st_size <= 100 for p in tmp_path.iterdir())
+    assert path.read_text().splitlines()[-1].startswith("line 11")
+    assert (tmp_path / "daemon.log.1").read_text().startswith("line 08")
+    assert (tmp_path / "daemon.log.2").read_text().startswith("line 06")
