@@ -6,7 +6,7 @@ environment: tests, and several users on one instrument PC, rely on that.
 | what | path |
 |---|---|
 | queue database | ``$XDG_STATE_HOME/dataerai/queue.sqlite3`` (default ``~/.local/state``) |
-| daemon log | ``$XDG_STATE_HOME/dataerai/daemon.log`` (when stderr goes nowhere, as for an auto-started daemon; rotated at 10 MiB, 3 kept) |
+| daemon log | ``$XDG_STATE_HOME/dataerai/daemon.log`` (when stderr goes nowhere; rotated at 10 MiB) |
 | credentials | ``$XDG_CONFIG_HOME/dataerai/credentials.json`` (0600; default ``~/.config``) |
 | configuration | ``$XDG_CONFIG_HOME/dataerai/config.toml`` |
 | socket | ``$DATAERAI_SOCKET``, else ``$XDG_RUNTIME_DIR/dataerai-transfer.sock``, else ``/run/user/<uid>/...`` |
