@@ -10,9 +10,8 @@ running digests, temp files) is tested in ``test_storage_local.py``, S3-only beh
 
 from __future__ import annotations
 
-import hashlib
 import secrets
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +19,15 @@ import httpx
 import pytest
 from dataerai_server.storage import ChecksumMismatch, LocalStorage, S3Storage, Storage, StorageError, StoredPart
 from dataerai_server.storage import local as local_module
+from storage_data import chunks, read_all, sample, sha
 
 BLOCK = 1 << 20
 #: S3 takes parts of at least 5 MiB, except the last one.
 S3_MIN_PART = 5 << 20
+
+
+async def _read(storage: Storage, key: str, offset: int, length: int) -> bytes:
+    return await read_all(storage, key, offset, length, max_block=BLOCK)
 
 
 def _psize(storage: Storage, size: int) -> int:
@@ -31,30 +35,6 @@ def _psize(storage: Storage, size: int) -> int:
     return size if isinstance(storage, LocalStorage) else S3_MIN_PART + size
 
 
-def _sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def _data(size: int, seed: int = 0) -> bytes:
-    out = bytearray()
-    counter = 0
-    while len(out) < size:
-        out += hashlib.sha256(f"{seed}/{counter}".encode()).digest()
-        counter += 1
-    return bytes(out[:size])
-
-
-async def _chunks(data: bytes, size: int = 65536) -> AsyncIterator[bytes]:
-    for start in range(0, len(data), size):
-        yield data[start : start + size]
-
-
-async def _read(storage: Storage, key: str, offset: int, length: int) -> bytes:
-    out = bytearray()
-    async for block in storage.read_range(key, offset, length):
-        assert len(block) <= BLOCK
-        out += block
-    return bytes(out)
 
 
 def _pieces(data: bytes, part_size: int) -> list[bytes]:
@@ -62,14 +42,14 @@ def _pieces(data: bytes, part_size: int) -> list[bytes]:
 
 
 def _records(pieces: Sequence[bytes]) -> list[StoredPart]:
-    return [StoredPart(n, len(p), _sha(p)) for n, p in enumerate(pieces, start=1)]
+    return [StoredPart(n, len(p), sha(p)) for n, p in enumerate(pieces, start=1)]
 
 
 async def _send(storage: Storage, handle: str, number: int, body: bytes) -> None:
     """Send a part the way a client would: to the storage's own URL if it gives one, else through put_part."""
-    target = storage.part_url(handle, number, len(body), _sha(body), 60)
+    target = storage.part_url(handle, number, len(body), sha(body), 60)
     if target is None:
-        stored = await storage.put_part(handle, number, _chunks(body, 50_000), len(body), _sha(body))
+        stored = await storage.put_part(handle, number, chunks(body, 50_000), len(body), sha(body))
         assert (stored.number, stored.size) == (number, len(body))
         return
     async with httpx.AsyncClient() as http:
@@ -101,20 +81,20 @@ def storage(
 async def test_parts_complete_and_ranges(storage: Storage) -> None:
     # An odd part size: blocks straddle parts and the content is not block-aligned.
     part_size = _psize(storage, 700_001)
-    data = _data(3 * part_size + 12_345, seed=1)
+    data = sample(3 * part_size + 12_345, seed=1)
     handle = await storage.create_upload("upl_1")
     pieces = _pieces(data, part_size)
     for number in (4, 2, 1, 3):
         body = pieces[number - 1]
-        stored = await storage.put_part(handle, number, _chunks(body, 50_000), len(body), _sha(body))
-        assert (stored.number, stored.size) == (number, len(body)) and stored.sha256 in (None, _sha(body))
+        stored = await storage.put_part(handle, number, chunks(body, 50_000), len(body), sha(body))
+        assert (stored.number, stored.size) == (number, len(body)) and stored.sha256 in (None, sha(body))
     assert [(p.number, p.size) for p in await storage.list_parts(handle)] == [
         (n, len(p)) for n, p in enumerate(pieces, start=1)
     ]
-    content = await storage.complete(handle, _records(pieces), "upl_1", _sha(data))
-    assert (content.size, content.sha256) == (len(data), _sha(data))
+    content = await storage.complete(handle, _records(pieces), "upl_1", sha(data))
+    assert (content.size, content.sha256) == (len(data), sha(data))
     # Completing again (a retry after a crash) gives the same object.
-    assert await storage.complete(handle, _records(pieces), "upl_1", _sha(data)) == content
+    assert await storage.complete(handle, _records(pieces), "upl_1", sha(data)) == content
     await storage.release_parts(handle)
     assert await storage.list_parts(handle) == []
     await storage.release_parts(handle)  # idempotent
@@ -125,43 +105,43 @@ async def test_parts_complete_and_ranges(storage: Storage) -> None:
 
 async def test_parts_sent_where_the_storage_says(storage: Storage) -> None:
     size = _psize(storage, 80_000)
-    data = _data(2 * size + 5, seed=2)
+    data = sample(2 * size + 5, seed=2)
     pieces = _pieces(data, size)
     handle = await storage.create_upload("upl_sent")
     await _send_all(storage, handle, pieces, [3, 1, 2])
     await _send(storage, handle, 2, pieces[1])  # a re-send replaces the part
     assert [(p.number, p.size) for p in await storage.list_parts(handle)] == [(1, size), (2, size), (3, 5)]
-    content = await storage.complete(handle, _records(pieces), "upl_sent", _sha(data))
-    assert content.sha256 == _sha(data)
+    content = await storage.complete(handle, _records(pieces), "upl_sent", sha(data))
+    assert content.sha256 == sha(data)
     assert await _read(storage, "upl_sent", size - 10, 20) == data[size - 10 : size + 10]
 
 
 async def test_bad_part_is_not_stored_and_the_earlier_one_stays(storage: Storage) -> None:
     handle = await storage.create_upload("upl_2")
-    good = _data(100_000, seed=2)
-    await storage.put_part(handle, 1, _chunks(good), len(good), _sha(good))
-    bad = _data(100_000, seed=3)
+    good = sample(100_000, seed=2)
+    await storage.put_part(handle, 1, chunks(good), len(good), sha(good))
+    bad = sample(100_000, seed=3)
     with pytest.raises(ChecksumMismatch) as caught:
-        await storage.put_part(handle, 1, _chunks(bad), len(good), _sha(good))
-    assert caught.value.actual_sha256 == _sha(bad) and caught.value.expected_sha256 == _sha(good)
+        await storage.put_part(handle, 1, chunks(bad), len(good), sha(good))
+    assert caught.value.actual_sha256 == sha(bad) and caught.value.expected_sha256 == sha(good)
     with pytest.raises(ChecksumMismatch):  # too long: refused without reading it all
-        await storage.put_part(handle, 1, _chunks(good + b"x"), len(good), _sha(good))
+        await storage.put_part(handle, 1, chunks(good + b"x"), len(good), sha(good))
     with pytest.raises(ChecksumMismatch):  # too short
-        await storage.put_part(handle, 1, _chunks(good[:-1]), len(good), _sha(good))
-    content = await storage.complete(handle, [StoredPart(1, len(good), _sha(good))], "upl_2", None)
-    assert content.sha256 == _sha(good)
+        await storage.put_part(handle, 1, chunks(good[:-1]), len(good), sha(good))
+    content = await storage.complete(handle, [StoredPart(1, len(good), sha(good))], "upl_2", None)
+    assert content.sha256 == sha(good)
     assert await _read(storage, "upl_2", 0, len(good)) == good
 
 
 async def test_whole_file_mismatch_publishes_nothing(storage: Storage) -> None:
     handle = await storage.create_upload("upl_3")
-    a, b = _data(_psize(storage, 65536), seed=4), _data(10, seed=5)
-    await storage.put_part(handle, 1, _chunks(a), len(a), _sha(a))
-    await storage.put_part(handle, 2, _chunks(b), len(b), _sha(b))
-    parts = [StoredPart(1, len(a), _sha(a)), StoredPart(2, len(b), _sha(b))]
+    a, b = sample(_psize(storage, 65536), seed=4), sample(10, seed=5)
+    await storage.put_part(handle, 1, chunks(a), len(a), sha(a))
+    await storage.put_part(handle, 2, chunks(b), len(b), sha(b))
+    parts = [StoredPart(1, len(a), sha(a)), StoredPart(2, len(b), sha(b))]
     with pytest.raises(ChecksumMismatch) as caught:
         await storage.complete(handle, parts, "upl_3", "0" * 64)
-    assert caught.value.actual_sha256 == _sha(a + b) and caught.value.expected_size == len(a + b)
+    assert caught.value.actual_sha256 == sha(a + b) and caught.value.expected_size == len(a + b)
     with pytest.raises(StorageError):
         await _read(storage, "upl_3", 0, 1)
     # The parts stay for another try, or (S3) were consumed: list_parts says which.
@@ -169,35 +149,35 @@ async def test_whole_file_mismatch_publishes_nothing(storage: Storage) -> None:
     assert [p.number for p in left] in ([1, 2], [])
     if not left:
         with pytest.raises(StorageError):
-            await storage.complete(handle, parts, "upl_3", _sha(a + b))
+            await storage.complete(handle, parts, "upl_3", sha(a + b))
     else:
-        content = await storage.complete(handle, parts, "upl_3", _sha(a + b))
-        assert content.sha256 == _sha(a + b)
+        content = await storage.complete(handle, parts, "upl_3", sha(a + b))
+        assert content.sha256 == sha(a + b)
 
 
 async def test_missing_or_wrong_sized_part_is_a_storage_error(storage: Storage) -> None:
     handle = await storage.create_upload("upl_4")
-    a = _data(1000, seed=6)
-    await storage.put_part(handle, 1, _chunks(a), len(a), _sha(a))
+    a = sample(1000, seed=6)
+    await storage.put_part(handle, 1, chunks(a), len(a), sha(a))
     with pytest.raises(StorageError):
-        await storage.complete(handle, [StoredPart(1, 1000, _sha(a)), StoredPart(2, 5, None)], "upl_4", None)
+        await storage.complete(handle, [StoredPart(1, 1000, sha(a)), StoredPart(2, 5, None)], "upl_4", None)
     with pytest.raises(StorageError):
         await storage.complete(handle, [StoredPart(1, 999, None), StoredPart(2, 0, None)], "upl_4", None)
     with pytest.raises(StorageError):
-        await storage.complete(handle, [StoredPart(1, 999, _sha(a))], "upl_4", None)  # one part, wrong size
+        await storage.complete(handle, [StoredPart(1, 999, sha(a))], "upl_4", None)  # one part, wrong size
     assert [p.number for p in await storage.list_parts(handle)] == [1]  # a refused completion consumed nothing
     await storage.abort(handle)
     await storage.abort(handle)
     assert await storage.list_parts(handle) == []
     with pytest.raises(StorageError):
-        await storage.put_part(handle, 1, _chunks(a), len(a), _sha(a))
+        await storage.put_part(handle, 1, chunks(a), len(a), sha(a))
 
 
 async def test_empty_part_and_empty_content(storage: Storage) -> None:
     handle = await storage.create_upload("upl_5")
-    await storage.put_part(handle, 1, _chunks(b""), 0, _sha(b""))
-    content = await storage.complete(handle, [StoredPart(1, 0, _sha(b""))], "upl_5", _sha(b""))
-    assert (content.size, content.sha256) == (0, _sha(b""))
+    await storage.put_part(handle, 1, chunks(b""), 0, sha(b""))
+    content = await storage.complete(handle, [StoredPart(1, 0, sha(b""))], "upl_5", sha(b""))
+    assert (content.size, content.sha256) == (0, sha(b""))
     await storage.release_parts(handle)
     assert await _read(storage, "upl_5", 0, 0) == b""
     await storage.delete_content("upl_5")
@@ -215,11 +195,11 @@ async def test_names_cannot_escape(storage: Storage) -> None:
 async def test_ranges_across_part_boundaries(storage: Storage) -> None:
     # Parts smaller than a read block and not block-aligned, so ranges cross several parts.
     part_size = _psize(storage, 300_001)
-    data = _data((5 if isinstance(storage, LocalStorage) else 2) * part_size + 99, seed=31)
+    data = sample((5 if isinstance(storage, LocalStorage) else 2) * part_size + 99, seed=31)
     pieces = _pieces(data, part_size)
     handle = await storage.create_upload("upl_ranges")
     await _send_all(storage, handle, pieces, range(1, len(pieces) + 1))
-    await storage.complete(handle, _records(pieces), "upl_ranges", _sha(data))
+    await storage.complete(handle, _records(pieces), "upl_ranges", sha(data))
     await storage.release_parts(handle)
     cases = [
         (0, len(data)),  # everything
@@ -237,24 +217,24 @@ async def test_ranges_across_part_boundaries(storage: Storage) -> None:
 
 async def test_a_part_re_sent_with_other_bytes_is_the_one_completed(storage: Storage) -> None:
     size = _psize(storage, 70_000)
-    data = _data(3 * size, seed=32)
+    data = sample(3 * size, seed=32)
     pieces = _pieces(data, size)
     handle = await storage.create_upload("upl_resent")
     await _send_all(storage, handle, pieces, [1, 2, 3])
-    other = _data(size, seed=33)
+    other = sample(size, seed=33)
     await _send(storage, handle, 2, other)
     fixed = [pieces[0], other, pieces[2]]
     assert [(p.number, p.size) for p in await storage.list_parts(handle)] == [(n, size) for n in (1, 2, 3)]
-    content = await storage.complete(handle, _records(fixed), "upl_resent", _sha(b"".join(fixed)))
-    assert content.sha256 == _sha(b"".join(fixed))
+    content = await storage.complete(handle, _records(fixed), "upl_resent", sha(b"".join(fixed)))
+    assert content.sha256 == sha(b"".join(fixed))
     assert await _read(storage, "upl_resent", 0, len(data)) == b"".join(fixed)
 
 
 async def test_delete_content(storage: Storage) -> None:
-    data = _data(123_456, seed=44)
+    data = sample(123_456, seed=44)
     handle = await storage.create_upload("upl_del")
     await _send(storage, handle, 1, data)
-    await storage.complete(handle, _records([data]), "upl_del", _sha(data))
+    await storage.complete(handle, _records([data]), "upl_del", sha(data))
     await storage.release_parts(handle)
     assert await _read(storage, "upl_del", 100, 10) == data[100:110]
     await storage.delete_content("upl_del")

@@ -4,7 +4,6 @@ The contract both storages keep is tested in ``test_storage_contract.py``."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -14,32 +13,11 @@ import pytest
 import trio
 from dataerai_server.storage import ChecksumMismatch, LocalStorage, StorageError, StoredPart
 from dataerai_server.storage import local as local_module
-
-
-def _sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def _data(size: int, seed: int = 0) -> bytes:
-    out = bytearray()
-    counter = 0
-    while len(out) < size:
-        out += hashlib.sha256(f"{seed}/{counter}".encode()).digest()
-        counter += 1
-    return bytes(out[:size])
-
-
-async def _chunks(data: bytes, size: int = 65536) -> AsyncIterator[bytes]:
-    for start in range(0, len(data), size):
-        yield data[start : start + size]
+from storage_data import chunks, read_all, sample, sha
 
 
 async def _read(storage: LocalStorage, key: str, offset: int, length: int) -> bytes:
-    out = bytearray()
-    async for block in storage.read_range(key, offset, length):
-        assert len(block) <= local_module.BATCH_BYTES
-        out += block
-    return bytes(out)
+    return await read_all(storage, key, offset, length, max_block=local_module.BATCH_BYTES)
 
 
 @pytest.fixture(params=["direct", "buffered"])
@@ -54,21 +32,21 @@ def storage(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.
 async def test_parts_complete_and_ranges(storage: LocalStorage) -> None:
     # An odd part size: batches straddle parts and the content is not block-aligned.
     part_size = 700_001
-    data = _data(3 * part_size + 12_345, seed=1)
+    data = sample(3 * part_size + 12_345, seed=1)
     handle = await storage.create_upload("upl_1")
     pieces = [data[i : i + part_size] for i in range(0, len(data), part_size)]
     for number in (4, 2, 1, 3):
         body = pieces[number - 1]
-        stored = await storage.put_part(handle, number, _chunks(body, 50_000), len(body), _sha(body))
-        assert stored == StoredPart(number, len(body), _sha(body))
+        stored = await storage.put_part(handle, number, chunks(body, 50_000), len(body), sha(body))
+        assert stored == StoredPart(number, len(body), sha(body))
     assert [(p.number, p.size) for p in await storage.list_parts(handle)] == [
         (n, len(p)) for n, p in enumerate(pieces, start=1)
     ]
-    parts = [StoredPart(n, len(p), _sha(p)) for n, p in enumerate(pieces, start=1)]
-    content = await storage.complete(handle, parts, "upl_1", _sha(data))
-    assert (content.size, content.sha256) == (len(data), _sha(data))
+    parts = [StoredPart(n, len(p), sha(p)) for n, p in enumerate(pieces, start=1)]
+    content = await storage.complete(handle, parts, "upl_1", sha(data))
+    assert (content.size, content.sha256) == (len(data), sha(data))
     # Completing again (a retry after a crash) gives the same object.
-    assert await storage.complete(handle, parts, "upl_1", _sha(data)) == content
+    assert await storage.complete(handle, parts, "upl_1", sha(data)) == content
     await storage.release_parts(handle)
     assert await storage.list_parts(handle) == []
     await storage.release_parts(handle)  # idempotent
@@ -106,13 +84,13 @@ def _pieces(data: bytes, part_size: int) -> list[bytes]:
 
 
 def _records(pieces: Sequence[bytes]) -> list[StoredPart]:
-    return [StoredPart(n, len(p), _sha(p)) for n, p in enumerate(pieces, start=1)]
+    return [StoredPart(n, len(p), sha(p)) for n, p in enumerate(pieces, start=1)]
 
 
 async def _put_all(storage: LocalStorage, handle: str, pieces: Sequence[bytes], order: Sequence[int]) -> None:
     for number in order:
         body = pieces[number - 1]
-        await storage.put_part(handle, number, _chunks(body, 50_000), len(body), _sha(body))
+        await storage.put_part(handle, number, chunks(body, 50_000), len(body), sha(body))
 
 
 class _ReadBack:
@@ -130,14 +108,14 @@ class _ReadBack:
 
 
 async def test_a_content_is_its_parts_linked_not_copied(storage: LocalStorage) -> None:
-    data = _data(3 * 100_000 + 7, seed=30)
+    data = sample(3 * 100_000 + 7, seed=30)
     pieces = _pieces(data, 100_000)
     handle = await storage.create_upload("upl_links")
     await _put_all(storage, handle, pieces, [1, 2, 3, 4])
     part_files = sorted((storage.root / "uploads" / handle).iterdir(), key=lambda p: int(p.name.split(".")[0]))
     # Each part file is named by the digest it was verified against.
-    assert [p.name for p in part_files] == [f"{n}.{_sha(b)}.part" for n, b in enumerate(pieces, start=1)]
-    await storage.complete(handle, _records(pieces), "upl_links", _sha(data))
+    assert [p.name for p in part_files] == [f"{n}.{sha(b)}.part" for n, b in enumerate(pieces, start=1)]
+    await storage.complete(handle, _records(pieces), "upl_links", sha(data))
     content = storage.root / "contents" / "ks" / "upl_links"
     assert sorted(p.name for p in content.iterdir()) == ["00001", "00002", "00003", "00004", "manifest.json"]
     for number, part_file in enumerate(part_files, start=1):
@@ -156,64 +134,64 @@ async def test_a_content_is_its_parts_linked_not_copied(storage: LocalStorage) -
 
 async def test_zero_byte_content(storage: LocalStorage) -> None:
     handle = await storage.create_upload("upl_zero")
-    await storage.put_part(handle, 1, _chunks(b""), 0, _sha(b""))
-    content = await storage.complete(handle, [StoredPart(1, 0, _sha(b""))], "upl_zero", _sha(b""))
-    assert (content.size, content.sha256) == (0, _sha(b""))
+    await storage.put_part(handle, 1, chunks(b""), 0, sha(b""))
+    content = await storage.complete(handle, [StoredPart(1, 0, sha(b""))], "upl_zero", sha(b""))
+    assert (content.size, content.sha256) == (0, sha(b""))
     await storage.release_parts(handle)
     assert await _read(storage, "upl_zero", 0, 0) == b""
     assert (storage.root / "contents" / "ro" / "upl_zero" / "00001").stat().st_size == 0
 
 
 async def test_wrong_whole_digest_leaves_the_upload_to_be_completed(storage: LocalStorage) -> None:
-    data = _data(4 * 70_000, seed=32)
+    data = sample(4 * 70_000, seed=32)
     pieces = _pieces(data, 70_000)
     handle = await storage.create_upload("upl_wrong")
     await _put_all(storage, handle, pieces, [1, 2, 3, 4])
     with pytest.raises(ChecksumMismatch) as caught:
         await storage.complete(handle, _records(pieces), "upl_wrong", "0" * 64)
-    assert caught.value.actual_sha256 == _sha(data) and caught.value.expected_size == len(data)
+    assert caught.value.actual_sha256 == sha(data) and caught.value.expected_size == len(data)
     assert not (storage.root / "contents" / "ng" / "upl_wrong").exists()
     assert not list((storage.root / "tmp").iterdir())
     assert [(p.number, p.sha256) for p in await storage.list_parts(handle)] == [
-        (n, _sha(p)) for n, p in enumerate(pieces, start=1)
+        (n, sha(p)) for n, p in enumerate(pieces, start=1)
     ]
     # Part 3 is re-sent with other bytes; the next completion hashes what is there now.
-    other = _data(70_000, seed=33)
-    await storage.put_part(handle, 3, _chunks(other), len(other), _sha(other))
+    other = sample(70_000, seed=33)
+    await storage.put_part(handle, 3, chunks(other), len(other), sha(other))
     fixed = [*pieces[:2], other, *pieces[3:]]
     assert len(list((storage.root / "uploads" / handle).iterdir())) == 4  # the old part 3 is gone
     with pytest.raises(ChecksumMismatch):
-        await storage.complete(handle, _records(fixed), "upl_wrong", _sha(data))
-    content = await storage.complete(handle, _records(fixed), "upl_wrong", _sha(b"".join(fixed)))
-    assert content.sha256 == _sha(b"".join(fixed))
+        await storage.complete(handle, _records(fixed), "upl_wrong", sha(data))
+    content = await storage.complete(handle, _records(fixed), "upl_wrong", sha(b"".join(fixed)))
+    assert content.sha256 == sha(b"".join(fixed))
     assert await _read(storage, "upl_wrong", 0, len(data)) == b"".join(fixed)
 
 
 async def test_parts_in_order_are_hashed_as_they_arrive(storage: LocalStorage, monkeypatch: pytest.MonkeyPatch) -> None:
-    data = _data(5 * 65_536 + 3, seed=34)
+    data = sample(5 * 65_536 + 3, seed=34)
     pieces = _pieces(data, 65_536)
     handle = await storage.create_upload("upl_order")
     read_back = _ReadBack(monkeypatch)
     await _put_all(storage, handle, pieces, range(1, len(pieces) + 1))
-    content = await storage.complete(handle, _records(pieces), "upl_order", _sha(data))
-    assert content.sha256 == _sha(data)
+    content = await storage.complete(handle, _records(pieces), "upl_order", sha(data))
+    assert content.sha256 == sha(data)
     assert read_back.bytes == 0  # completion read nothing back
 
 
 async def test_completion_reads_only_what_came_out_of_order(
     storage: LocalStorage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    data = _data(6 * 65_536, seed=35)
+    data = sample(6 * 65_536, seed=35)
     pieces = _pieces(data, 65_536)
     handle = await storage.create_upload("upl_late")
     read_back = _ReadBack(monkeypatch)
     # 1, 2 in order; 4 and 5 early; 3 fills the gap; 6 in order after that. No background
     # work here, so completion reads 4 and 5 back (and only them).
     await _put_all(storage, handle, pieces, [1, 2, 4, 5, 3])
-    await storage.complete(handle, _records(pieces[:5]), "upl_late_5", _sha(b"".join(pieces[:5])))
+    await storage.complete(handle, _records(pieces[:5]), "upl_late_5", sha(b"".join(pieces[:5])))
     assert read_back.bytes == 2 * 65_536
     await _put_all(storage, handle, pieces, [6])
-    await storage.complete(handle, _records(pieces), "upl_late", _sha(data))
+    await storage.complete(handle, _records(pieces), "upl_late", sha(data))
     assert read_back.bytes == 2 * 65_536  # 6 was next in order when it arrived
     assert await _read(storage, "upl_late", 0, len(data)) == data
 
@@ -221,7 +199,7 @@ async def test_completion_reads_only_what_came_out_of_order(
 async def test_background_catches_up_with_parts_that_came_early(
     storage: LocalStorage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    data = _data(5 * 65_536, seed=36)
+    data = sample(5 * 65_536, seed=36)
     pieces = _pieces(data, 65_536)
     handle = await storage.create_upload("upl_bg")
     async with trio.open_nursery() as nursery:
@@ -234,13 +212,13 @@ async def test_background_catches_up_with_parts_that_came_early(
             await trio.sleep(0.01)
         assert storage._running_digest(handle).count == len(pieces)
         read_back = _ReadBack(monkeypatch)
-        content = await storage.complete(handle, _records(pieces), "upl_bg", _sha(data))
-        assert content.sha256 == _sha(data) and read_back.bytes == 0
+        content = await storage.complete(handle, _records(pieces), "upl_bg", sha(data))
+        assert content.sha256 == sha(data) and read_back.bytes == 0
         nursery.cancel_scope.cancel()
 
 
 async def test_completion_after_a_restart_reads_the_parts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    data = _data(3 * 65_536 + 10, seed=37)
+    data = sample(3 * 65_536 + 10, seed=37)
     pieces = _pieces(data, 65_536)
     before = LocalStorage.open(tmp_path / "objects")
     handle = await before.create_upload("upl_restart")
@@ -251,44 +229,44 @@ async def test_completion_after_a_restart_reads_the_parts(tmp_path: Path, monkey
     with pytest.raises(ChecksumMismatch):
         await after.complete(handle, _records(pieces), "upl_restart", "1" * 64)
     assert read_back.bytes == len(data)
-    content = await after.complete(handle, _records(pieces), "upl_restart", _sha(data))
-    assert content.sha256 == _sha(data)
+    content = await after.complete(handle, _records(pieces), "upl_restart", sha(data))
+    assert content.sha256 == sha(data)
     assert read_back.bytes == len(data)  # the failed attempt's reading was kept
     assert await _read(after, "upl_restart", 0, len(data)) == data
 
 
 async def test_single_part_after_a_restart_is_not_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    data = _data(200_000, seed=38)
+    data = sample(200_000, seed=38)
     before = LocalStorage.open(tmp_path / "objects")
     handle = await before.create_upload("upl_one")
-    await before.put_part(handle, 1, _chunks(data), len(data), _sha(data))
+    await before.put_part(handle, 1, chunks(data), len(data), sha(data))
     after = LocalStorage.open(tmp_path / "objects")
     read_back = _ReadBack(monkeypatch)
-    content = await after.complete(handle, [StoredPart(1, len(data), _sha(data))], "upl_one", _sha(data))
+    content = await after.complete(handle, [StoredPart(1, len(data), sha(data))], "upl_one", sha(data))
     # Its file's name is the digest it was verified against on arrival, and it is the whole file's.
-    assert content.sha256 == _sha(data) and read_back.bytes == 0
+    assert content.sha256 == sha(data) and read_back.bytes == 0
     assert await _read(after, "upl_one", 0, len(data)) == data
 
 
 async def test_another_process_replacing_a_part_is_noticed(tmp_path: Path) -> None:
-    data = _data(3 * 65_536, seed=39)
+    data = sample(3 * 65_536, seed=39)
     pieces = _pieces(data, 65_536)
     one = LocalStorage.open(tmp_path / "objects")
     two = LocalStorage.open(tmp_path / "objects")
     handle = await one.create_upload("upl_two")
     await _put_all(one, handle, pieces, [1, 2, 3])  # one's running digest covers all three
-    other = _data(65_536, seed=40)
-    await two.put_part(handle, 2, _chunks(other), len(other), _sha(other))  # which one does not know
+    other = sample(65_536, seed=40)
+    await two.put_part(handle, 2, chunks(other), len(other), sha(other))  # which one does not know
     fixed = [pieces[0], other, pieces[2]]
     # The database would now record part 2 with the new digest.
-    content = await one.complete(handle, _records(fixed), "upl_two", _sha(b"".join(fixed)))
-    assert content.sha256 == _sha(b"".join(fixed))
+    content = await one.complete(handle, _records(fixed), "upl_two", sha(b"".join(fixed)))
+    assert content.sha256 == sha(b"".join(fixed))
     assert await _read(one, "upl_two", 0, len(data)) == b"".join(fixed)
 
 
 async def test_completing_again_keeps_or_replaces_the_object(storage: LocalStorage) -> None:
-    a = _data(100_000, seed=41)
-    b = _data(100_000, seed=42)
+    a = sample(100_000, seed=41)
+    b = sample(100_000, seed=42)
     handle = await storage.create_upload("upl_again")
     await _put_all(storage, handle, [a, b], [1, 2])
     first = await storage.complete(handle, _records([a, b]), "upl_again", None)
@@ -299,13 +277,13 @@ async def test_completing_again_keeps_or_replaces_the_object(storage: LocalStora
     # Under the same key, other parts (a completion that never got recorded, then a re-send).
     await _put_all(storage, handle, [a, a], [2])
     second = await storage.complete(handle, _records([a, a]), "upl_again", None)
-    assert second.sha256 == _sha(a + a)
+    assert second.sha256 == sha(a + a)
     assert await _read(storage, "upl_again", 0, 200_000) == a + a
     assert not list((storage.root / "tmp").iterdir())
 
 
 async def test_content_stored_whole_by_an_earlier_version_is_read(storage: LocalStorage) -> None:
-    data = _data(1_500_000, seed=43)
+    data = sample(1_500_000, seed=43)
     legacy = storage.root / "contents" / "cy" / "upl_legacy"
     legacy.parent.mkdir()
     legacy.write_bytes(data)
@@ -335,7 +313,7 @@ class _Gated:
 async def test_a_part_following_one_being_hashed_in_waits_and_is_chained(
     storage: LocalStorage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    data = _data(4 * 65_536 + 7, seed=50)
+    data = sample(4 * 65_536 + 7, seed=50)
     pieces = _pieces(data, 65_536)
     handle = await storage.create_upload("upl_chain")
     read_back = _ReadBack(monkeypatch)
@@ -344,7 +322,7 @@ async def test_a_part_following_one_being_hashed_in_waits_and_is_chained(
     async with trio.open_nursery() as nursery:
         for number, body in enumerate(bodies, start=1):
             piece = pieces[number - 1]
-            nursery.start_soon(storage.put_part, handle, number, body, len(piece), _sha(piece))
+            nursery.start_soon(storage.put_part, handle, number, body, len(piece), sha(piece))
             await trio.sleep(0.05)
         # Only part 1 is being read: every later part waits for the one before it.
         assert log == ["1 started"]
@@ -353,15 +331,15 @@ async def test_a_part_following_one_being_hashed_in_waits_and_is_chained(
             await trio.sleep(0.05)
     assert log == [entry for n in range(1, len(pieces) + 1) for entry in (f"{n} started", f"{n} sent")]
     digest = storage._running_digest(handle)
-    assert digest.covered == [_sha(p) for p in pieces] and not digest.pending and not digest.links
-    content = await storage.complete(handle, _records(pieces), "upl_chain", _sha(data))
-    assert content.sha256 == _sha(data) and read_back.bytes == 0
+    assert digest.covered == [sha(p) for p in pieces] and not digest.pending and not digest.links
+    content = await storage.complete(handle, _records(pieces), "upl_chain", sha(data))
+    assert content.sha256 == sha(data) and read_back.bytes == 0
 
 
 async def test_a_chained_part_done_first_is_committed_right_after_the_one_before(
     storage: LocalStorage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    data = _data(3 * 65_536, seed=51)
+    data = sample(3 * 65_536, seed=51)
     pieces = _pieces(data, 65_536)
     handle = await storage.create_upload("upl_pending")
     await _put_all(storage, handle, pieces, [1])
@@ -371,7 +349,7 @@ async def test_a_chained_part_done_first_is_committed_right_after_the_one_before
     original = LocalStorage._publish_part
 
     async def slow_part_2(number: int, body: Any) -> None:
-        await storage.put_part(handle, number, body, len(pieces[number - 1]), _sha(pieces[number - 1]))
+        await storage.put_part(handle, number, body, len(pieces[number - 1]), sha(pieces[number - 1]))
 
     def publish(out: Any, directory: Path, number: int, sha256: str) -> None:
         if number == 2:
@@ -381,43 +359,43 @@ async def test_a_chained_part_done_first_is_committed_right_after_the_one_before
     monkeypatch.setattr(LocalStorage, "_publish_part", staticmethod(publish))
     digest = storage._running_digest(handle)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(slow_part_2, 2, _chunks(pieces[1]))
+        nursery.start_soon(slow_part_2, 2, chunks(pieces[1]))
         await trio.sleep(0.05)
-        await slow_part_2(3, _chunks(pieces[2]))
+        await slow_part_2(3, chunks(pieces[2]))
         assert digest.count == 1 and 3 in digest.pending  # waiting for part 2's commit
         held.set()
-    assert digest.covered == [_sha(p) for p in pieces] and not digest.pending
-    content = await storage.complete(handle, _records(pieces), "upl_pending", _sha(data))
-    assert content.sha256 == _sha(data) and read_back.bytes == 0
+    assert digest.covered == [sha(p) for p in pieces] and not digest.pending
+    content = await storage.complete(handle, _records(pieces), "upl_pending", sha(data))
+    assert content.sha256 == sha(data) and read_back.bytes == 0
 
 
 async def test_a_part_whose_predecessor_fails_its_checksum_is_stored_and_read_back(
     storage: LocalStorage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    data = _data(3 * 65_536, seed=52)
+    data = sample(3 * 65_536, seed=52)
     pieces = _pieces(data, 65_536)
     handle = await storage.create_upload("upl_fail")
     await _put_all(storage, handle, pieces, [1])
     read_back = _ReadBack(monkeypatch)
     log: list[str] = []
-    wrong = _Gated(_data(65_536, seed=99), log, "2")  # other bytes than part 2's digest says
+    wrong = _Gated(sample(65_536, seed=99), log, "2")  # other bytes than part 2's digest says
     digest = storage._running_digest(handle)
 
     async def put_wrong_2() -> None:
         with pytest.raises(ChecksumMismatch):
-            await storage.put_part(handle, 2, wrong, 65_536, _sha(pieces[1]))
+            await storage.put_part(handle, 2, wrong, 65_536, sha(pieces[1]))
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(put_wrong_2)
         await trio.sleep(0.05)
-        nursery.start_soon(storage.put_part, handle, 3, _chunks(pieces[2]), 65_536, _sha(pieces[2]))
+        nursery.start_soon(storage.put_part, handle, 3, chunks(pieces[2]), 65_536, sha(pieces[2]))
         await trio.sleep(0.05)
         assert 3 in digest.links and digest.count == 1  # part 3 waits for part 2
         wrong.go.set()
     assert digest.count == 1 and not digest.pending  # part 3 was stored, not hashed in
     await _put_all(storage, handle, pieces, [2])
-    content = await storage.complete(handle, _records(pieces), "upl_fail", _sha(data))
-    assert content.sha256 == _sha(data) and read_back.bytes == 65_536  # part 3 only
+    content = await storage.complete(handle, _records(pieces), "upl_fail", sha(data))
+    assert content.sha256 == sha(data) and read_back.bytes == 65_536  # part 3 only
 
 
 async def test_a_chained_state_on_bytes_not_stored_is_void(
@@ -425,9 +403,9 @@ async def test_a_chained_state_on_bytes_not_stored_is_void(
 ) -> None:
     # Part 2 is verified and hands its state to part 3, then fails to be stored; another
     # version of part 2 comes: part 3's state, built on the first one, must not be used.
-    data = _data(3 * 65_536, seed=53)
+    data = sample(3 * 65_536, seed=53)
     pieces = _pieces(data, 65_536)
-    other_2 = _data(65_536, seed=54)
+    other_2 = sample(65_536, seed=54)
     handle = await storage.create_upload("upl_void")
     await _put_all(storage, handle, pieces, [1])
     release = trio.Event()
@@ -447,20 +425,20 @@ async def test_a_chained_state_on_bytes_not_stored_is_void(
 
     async def put_2() -> None:
         with pytest.raises(OSError):
-            await storage.put_part(handle, 2, _chunks(pieces[1]), 65_536, _sha(pieces[1]))
+            await storage.put_part(handle, 2, chunks(pieces[1]), 65_536, sha(pieces[1]))
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(put_2)
         await trio.sleep(0.05)
-        await storage.put_part(handle, 3, _chunks(pieces[2]), 65_536, _sha(pieces[2]))
+        await storage.put_part(handle, 3, chunks(pieces[2]), 65_536, sha(pieces[2]))
         assert 3 in digest.pending
         release.set()
-    await storage.put_part(handle, 2, _chunks(other_2), 65_536, _sha(other_2))
-    assert digest.covered == [_sha(pieces[0]), _sha(other_2)]  # part 3 was not committed onto it
+    await storage.put_part(handle, 2, chunks(other_2), 65_536, sha(other_2))
+    assert digest.covered == [sha(pieces[0]), sha(other_2)]  # part 3 was not committed onto it
     whole = pieces[0] + other_2 + pieces[2]
     parts = _records([pieces[0], other_2, pieces[2]])
-    content = await storage.complete(handle, parts, "upl_void", _sha(whole))
-    assert content.sha256 == _sha(whole)
+    content = await storage.complete(handle, parts, "upl_void", sha(whole))
+    assert content.sha256 == sha(whole)
     assert await _read(storage, "upl_void", 0, len(whole)) == whole
 
 
@@ -468,15 +446,15 @@ async def test_a_part_does_not_wait_long_for_a_slow_predecessor(
     storage: LocalStorage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(local_module, "CHAIN_WAIT_SECONDS", 0.05)
-    data = _data(2 * 65_536, seed=55)
+    data = sample(2 * 65_536, seed=55)
     pieces = _pieces(data, 65_536)
     handle = await storage.create_upload("upl_slow")
     log: list[str] = []
     first = _Gated(pieces[0], log, "1")
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(storage.put_part, handle, 1, first, 65_536, _sha(pieces[0]))
+        nursery.start_soon(storage.put_part, handle, 1, first, 65_536, sha(pieces[0]))
         await trio.sleep(0.02)
-        await storage.put_part(handle, 2, _chunks(pieces[1]), 65_536, _sha(pieces[1]))  # gave up waiting
+        await storage.put_part(handle, 2, chunks(pieces[1]), 65_536, sha(pieces[1]))  # gave up waiting
         first.go.set()
-    content = await storage.complete(handle, _records(pieces), "upl_slow", _sha(data))
-    assert content.sha256 == _sha(data)
+    content = await storage.complete(handle, _records(pieces), "upl_slow", sha(data))
+    assert content.sha256 == sha(data)

@@ -4,7 +4,6 @@ and the daemon's view of the store's answers (``dataeraid/remote.py``)."""
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 from dataerai_server.storage import S3Location, S3Storage, StoredPart
+from storage_data import sha
 
 from dataeraid.errors import DataeraiError, TargetExpired
 from dataeraid.remote import Remote, raise_for_status
@@ -26,14 +26,10 @@ def s3(seaweed: Any, s3_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyP
     return S3Storage.open(f"s3://{s3_bucket}/s3-{secrets.token_hex(4)}", tmp_path / "spool")
 
 
-def _sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 async def test_the_store_checks_signature_and_signed_digest(s3: S3Storage) -> None:
     handle = await s3.create_upload("upl_signed")
     body = secrets.token_bytes(100_000)
-    target = s3.part_url(handle, 1, len(body), _sha(body), 60)
+    target = s3.part_url(handle, 1, len(body), sha(body), 60)
     assert target is not None and target.method == "PUT"
     assert set(target.headers) == {"x-amz-checksum-sha256", "Content-Length"}
     headers = dict(target.headers)
@@ -54,14 +50,14 @@ async def test_the_store_checks_signature_and_signed_digest(s3: S3Storage) -> No
     with pytest.raises(DataeraiError) as caught:
         raise_for_status(wrong, "sending part 1")
     assert caught.value.code == "checksum_mismatch"
-    content = await s3.complete(handle, [StoredPart(1, len(body), _sha(body))], "upl_signed", _sha(body))
-    assert content.sha256 == _sha(body)
+    content = await s3.complete(handle, [StoredPart(1, len(body), sha(body))], "upl_signed", sha(body))
+    assert content.sha256 == sha(body)
 
 
 async def test_daemon_remote_takes_the_stores_acknowledgement(s3: S3Storage) -> None:
     handle = await s3.create_upload("upl_ack")
     body = secrets.token_bytes(70_000)
-    target = s3.part_url(handle, 1, len(body), _sha(body), 60)
+    target = s3.part_url(handle, 1, len(body), sha(body), 60)
     assert target is not None
 
     async def blocks() -> Any:
@@ -72,7 +68,7 @@ async def test_daemon_remote_takes_the_stores_acknowledgement(s3: S3Storage) -> 
         remote = Remote(auth=None, http=http)  # type: ignore[arg-type] - signed URLs need no token
         ack = await remote.put_part({"method": target.method, "url": target.url, "headers": dict(target.headers)},
                                     blocks(), "sending part 1")
-    assert ack == {"sha256": _sha(body), "size": len(body)}
+    assert ack == {"sha256": sha(body), "size": len(body)}
 
 
 def test_expired_url_answer_is_target_expired() -> None:
@@ -93,9 +89,9 @@ async def test_presigned_reads_honour_range(s3: S3Storage) -> None:
     pieces = [data[:MIN_PART], data[MIN_PART:]]
     handle = await s3.create_upload("upl_read")
     for number, piece in enumerate(pieces, start=1):
-        await s3.put_part(handle, number, _one(piece), len(piece), _sha(piece))
-    parts = [StoredPart(n, len(p), _sha(p)) for n, p in enumerate(pieces, start=1)]
-    await s3.complete(handle, parts, "upl_read", _sha(data))
+        await s3.put_part(handle, number, _one(piece), len(piece), sha(piece))
+    parts = [StoredPart(n, len(p), sha(p)) for n, p in enumerate(pieces, start=1)]
+    await s3.complete(handle, parts, "upl_read", sha(data))
     target = s3.content_url("upl_read", 60)
     assert target is not None and target.method == "GET"
     async with httpx.AsyncClient() as http:
@@ -124,6 +120,6 @@ async def test_server_mode_hands_out_no_urls(seaweed: Any, s3_bucket: str, tmp_p
         monkeypatch.setenv(name, value)
     s3 = S3Storage.open(f"s3://{s3_bucket}/srv?parts=server&reads=server", tmp_path / "spool")
     handle = await s3.create_upload("upl_srv")
-    assert s3.part_url(handle, 1, 10, _sha(b"x" * 10), 60) is None
+    assert s3.part_url(handle, 1, 10, sha(b"x" * 10), 60) is None
     assert s3.content_url("upl_srv", 60) is None
     await s3.abort(handle)
