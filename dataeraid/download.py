@@ -18,6 +18,7 @@ without following symlinks, and no destination or ``.part`` file may be one.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import math
 import os
@@ -42,7 +43,7 @@ from dataeraid.transfer import JobContext, Progress
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
-def validation_sha256(value: object) -> bool:
+def _is_sha256_hex(value: object) -> bool:
     return isinstance(value, str) and _SHA256_HEX.fullmatch(value) is not None
 
 
@@ -61,7 +62,7 @@ def content_files(target: dict[str, Any], asset_id: str) -> list[StreamFile]:
     size = int(target["size"])
     listed = target.get("files")
     if not listed:
-        return [StreamFile(safe_file_name(target.get("file_name") or asset_id), 0, size)]
+        return [StreamFile(safe_file_name(target.get("file_name") or asset_id), 0, size, sha256=target["sha256"])]
     if not isinstance(listed, list):
         raise DataeraiError("unsafe_path", "the server sent a malformed file list")
     files: list[StreamFile] = []
@@ -69,8 +70,13 @@ def content_files(target: dict[str, Any], asset_id: str) -> list[StreamFile]:
         if not isinstance(entry, dict) or not isinstance(entry.get("offset"), int) \
                 or not isinstance(entry.get("size"), int):
             raise DataeraiError("unsafe_path", "the server sent a malformed file list")
-        files.append(StreamFile(safe_relative_path(entry.get("path")), entry["offset"], entry["size"]))
+        sha256 = entry.get("sha256")
+        files.append(StreamFile(safe_relative_path(entry.get("path")), entry["offset"], entry["size"],
+                                sha256=sha256 if _is_sha256_hex(sha256) else None))
     check_manifest(files, size)
+    if len(files) == 1:
+        # One file is the whole content, whose digest the repository verified itself.
+        files = [dataclasses.replace(files[0], sha256=target["sha256"])]
     return files
 
 
@@ -120,7 +126,7 @@ def _fsync_dir(path: str) -> None:
         os.close(dir_fd)
 
 
-def _place(fileset: FileSet, dest_dir: str, overwrite: bool, expected: list[str | None], block_size: int) -> None:
+def _place(fileset: FileSet, dest_dir: str, overwrite: bool, block_size: int) -> None:
     """Move every finished ``.part`` into place, atomically per file, and make it durable.
 
     Without ``overwrite`` nothing already at a destination is replaced: a file that
@@ -139,7 +145,7 @@ def _place(fileset: FileSet, dest_dir: str, overwrite: bool, expected: list[str 
             try:
                 os.link(part, dest)  # fails if anything appeared at dest meanwhile
             except FileExistsError as exc:
-                if not _same_content(dest, f.size, expected[index], block_size):
+                if not _same_content(dest, f.size, f.sha256, block_size):
                     raise DataeraiError("destination_exists", f"{dest} appeared during the download; kept {part}") \
                         from exc
             os.unlink(part)
@@ -161,12 +167,6 @@ async def run_download(ctx: JobContext) -> dict[str, Any]:
         lambda: ctx.remote.download_target(asset_id, job.get("content_id") or params.get("content_id")),
     )
     manifest = content_files(target, asset_id)
-    expected: list[str | None] = [None] * len(manifest)
-    for index, entry in enumerate(target.get("files") or []):
-        if validation_sha256(entry.get("sha256")):
-            expected[index] = entry["sha256"]
-    if len(manifest) == 1:
-        expected[0] = target["sha256"]
     name = manifest[0].path if len(manifest) == 1 else (target.get("file_name") or manifest[0].path.split("/")[0])
     size = int(target["size"])
     chunk_size = int(job["chunk_size"])
@@ -186,12 +186,12 @@ async def run_download(ctx: JobContext) -> dict[str, Any]:
     def existing() -> str | None:
         """All destinations hold this content already ("done"), or the first that differs, or None."""
         present = 0
-        for index, f in enumerate(manifest):
+        for f in manifest:
             dest = os.path.join(dest_dir, *f.path.split("/"))
             _refuse_symlinks(dest_dir, f.path)
             if not os.path.lexists(dest):
                 continue
-            if not _same_content(dest, f.size, expected[index], ctx.settings.io_block_size):
+            if not _same_content(dest, f.size, f.sha256, ctx.settings.io_block_size):
                 return dest
             present += 1
         return "done" if present == len(manifest) else None
@@ -225,8 +225,7 @@ async def run_download(ctx: JobContext) -> dict[str, Any]:
         fileset.close()
 
     digest = stream.whole.hexdigest()
-    bad = [manifest[i].path for i, sha in enumerate(stream.file_sha256)
-           if expected[i] is not None and sha != expected[i]]
+    bad = [f.path for f, sha in zip(manifest, stream.file_sha256, strict=False) if f.sha256 not in (None, sha)]
     if digest != target["sha256"] or bad:
         await ctx.store.clear_checkpoints(ctx.job_id)
         await trio.to_thread.run_sync(_remove_parts, fileset)
@@ -234,7 +233,7 @@ async def run_download(ctx: JobContext) -> dict[str, Any]:
         raise DataeraiError("checksum_mismatch", f"downloaded bytes hash to {digest}, expected {target['sha256']}"
                                                  f"{which}")
     try:
-        await trio.to_thread.run_sync(_place, fileset, dest_dir, overwrite, expected, ctx.settings.io_block_size)
+        await trio.to_thread.run_sync(_place, fileset, dest_dir, overwrite, ctx.settings.io_block_size)
     except OSError as exc:
         raise from_os_error(exc, f"moving the downloaded files into {dest_dir}") from exc
     progress.publish_now()

@@ -73,6 +73,8 @@ class StreamFile:
     size: int
     mtime_ns: int | None = None
     inode: int | None = None
+    #: A download's file: the SHA-256 the repository lists for it, if any.
+    sha256: str | None = None
 
     def to_json(self) -> list[object]:
         return [self.path, self.size, self.mtime_ns, self.inode]
@@ -513,11 +515,8 @@ class StreamHasher:
     def file_sha256(self) -> list[str]:
         """The digests of the files fed completely so far, in order."""
         if not self._per_file:
-            return [self.whole.hexdigest()] if self._files and self._fed_all() else []
+            return [self.whole.hexdigest()] if self._files and self._left == 0 else []
         return list(self._done)
-
-    def _fed_all(self) -> bool:
-        return self._left == 0
 
     def update(self, data: bytes) -> None:
         self.whole.update(data)

@@ -137,3 +137,15 @@ def test_bytes_that_do_not_match_the_digest_are_never_put_in_place(
     assert error.code == "checksum_mismatch", error
     assert not (dest / "data" / "a.bin").exists()
     assert not list(dest.rglob("*.part")), "the damaged partial file is removed"
+
+
+def test_a_file_whose_listed_digest_differs_is_a_checksum_mismatch(
+    hostile: tuple[Stack, Repository], tmp_path: Path
+) -> None:
+    stack, repository = hostile
+    wrong = hashlib.sha256(b"something else").hexdigest()
+    repository.serve([{"path": "d/a.bin", "offset": 0, "size": 400, "sha256": hashlib.sha256(BODY[:400]).hexdigest()},
+                      {"path": "d/b.bin", "offset": 400, "size": 600, "sha256": wrong}])
+    error = _download(stack, tmp_path / "dest")
+    assert error.code == "checksum_mismatch" and "d/b.bin" in error.message, error
+    assert not (tmp_path / "dest" / "d" / "a.bin").exists(), "nothing is placed unless every file checks out"
