@@ -96,6 +96,9 @@ async def run_upload(ctx: JobContext) -> dict[str, Any]:
     """Move the job's file or directory to the repository; returns the fields of a completed job."""
     job = ctx.job
     root, files = source_files(job)
+    skipped = job["params"].get("skipped") or []
+    if skipped:
+        ctx.log.warning("not regular files; left out of the upload", count=len(skipped), paths=skipped[:20])
     source = FileSet(root, files, "source")
     try:
         await trio.to_thread.run_sync(source.check_sources)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import signal
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,10 @@ def test_a_directory_round_trips_as_one_asset(make_stack: Any, tmp_path: Path) -
     assert info["size"] == len(b"frame 7\n") * 8
     assert info["sha256"] == expected["run42/raw/f007.txt"], "each file's digest is recorded"
     assert asset["title"] == "run 42"
+    skipped = [json.loads(line) for line in (stack.root / "daemon.log").read_text().splitlines()
+               if "left out of the upload" in line]
+    assert skipped and skipped[0]["paths"] == ["run42/link"], "skipped entries are logged with the job"
+    assert skipped[0]["job_id"]
 
 
 def test_a_directory_download_refuses_to_clobber_and_resumes_nothing_twice(stack: Stack, tmp_path: Path) -> None:
