@@ -200,7 +200,10 @@ async def run_download(ctx: JobContext) -> dict[str, Any]:
         for f in manifest:
             await trio.to_thread.run_sync(_refuse_symlinks, dest_dir, f.path)
     else:
-        found = await trio.to_thread.run_sync(existing)
+        try:
+            found = await trio.to_thread.run_sync(existing)
+        except OSError as exc:
+            raise from_os_error(exc, f"looking at what is already in {dest_dir}") from exc
         if found == "done":
             ctx.log.info("destination already holds this content", path=files[0]["local_path"])
             return {"files": files}
@@ -209,7 +212,7 @@ async def run_download(ctx: JobContext) -> dict[str, Any]:
 
     try:
         done = await ctx.store.checkpoints(ctx.job_id)
-        if done and not await trio.to_thread.run_sync(fileset.parts_ready):
+        if done and not await _parts_ready(fileset):
             # A .part file went missing or changed size: its checkpoints mean nothing now.
             await ctx.store.clear_checkpoints(ctx.job_id)
             done = {}
@@ -239,6 +242,13 @@ async def run_download(ctx: JobContext) -> dict[str, Any]:
     progress.publish_now()
     ctx.log.info("download complete", path=files[0]["local_path"], size=size, files=len(files))
     return {"files": files}
+
+
+async def _parts_ready(fileset: FileSet) -> bool:
+    try:
+        return await trio.to_thread.run_sync(fileset.parts_ready)
+    except OSError as exc:
+        raise from_os_error(exc, f"looking at the partial files in {fileset.root}") from exc
 
 
 def _remove_parts(fileset: FileSet) -> None:

@@ -422,6 +422,8 @@ class FileSet:
             fd = self._acquire(index)
             try:
                 os.fdatasync(fd)
+            except OSError as exc:
+                raise from_os_error(exc, f"flushing {self.local_path(index)} to disk") from exc
             finally:
                 self._release(index)
 
