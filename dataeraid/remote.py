@@ -209,10 +209,13 @@ class Remote:
         result: dict[str, Any] = await self._api("GET", f"/uploads/{upload_id}", "reading the upload session")
         return result
 
-    async def part_target(self, upload_id: str, number: int, sha256: str, size: int) -> dict[str, Any]:
+    async def part_target(self, upload_id: str, number: int, sha256: str, size: int, *,
+                          prefix: bool = False) -> dict[str, Any]:
+        """Where to send part ``number``, with its digest signed in: its own SHA-256, or with
+        ``prefix`` its prefix digest (the content's SHA-256 through the part's end)."""
         result: dict[str, Any] = await self._api(
             "POST", f"/uploads/{upload_id}/parts/{number}/target", f"asking where to send part {number}",
-            json={"sha256": sha256, "size": size},
+            json={"prefix_sha256" if prefix else "sha256": sha256, "size": size},
         )
         return result
 

@@ -3,16 +3,21 @@
 The source is a byte stream (:mod:`dataeraid.fileset`): one file, or a
 directory's regular files end to end, so small files share parts. Plan: parts
 ``1..N`` of ``chunk_size`` bytes of the stream (an empty stream is one empty
-part). One hashing task computes every part's SHA-256 (needed before the part's
-URL can be asked for: the digest is signed into it), another the whole stream's
-and each file's, in order. It runs at most a few parts ahead of the senders,
-so the senders' second read comes from the page cache. ``parts_per_job``
-senders each ask the server for a part's target and stream the part to it in
-blocks; a part is checkpointed only after the server acknowledged it with its
-digest. To the repository's own part endpoint, a part's body starts only once
-the previous part's body was sent (not acknowledged), so the server can hash
-the parts into the whole file's digest as they stream (``upload_order``,
-docs/configuration.md); to an object store's URLs, parts go in parallel.
+part). Each part's URL has a digest signed into it, so the digest is needed
+before the part is sent. One hashing task computes the whole stream's SHA-256
+(and each file's), in order. Where the repository takes prefix digests (its
+directory storage), that is all: a part's digest is the stream's SHA-256 as
+that task passes the part's end, and every byte is hashed once. Where it takes
+only each part's own digest (an object store checks it), a second task
+computes those, at most a few parts ahead of the senders, so the senders'
+second read comes from the page cache. ``parts_per_job`` senders each ask the
+server for a part's target and stream the part to it in blocks; a part is
+checkpointed only after the server acknowledged it with its digest. To the
+repository's own part endpoint, a part's body starts only once the previous
+part's body was sent (not acknowledged), so the server can hash the parts into
+the whole file's digest as they stream, which is also what lets it check
+prefix digests (``upload_order``, docs/configuration.md); to an object store's
+URLs, parts go in parallel.
 
 Resuming: the server is the truth about parts (``GET /uploads/{id}``): parts it
 holds are not sent again. Completion carries the job id as idempotency key, so
@@ -42,7 +47,7 @@ import math
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import trio
 
@@ -55,12 +60,39 @@ from dataeraid.transfer import JobContext, Progress
 MAX_CHECKSUM_RETRIES = 3
 
 
+#: What a session's ``part_digests`` lists when its part targets take prefix digests.
+PREFIX_DIGESTS: Final = "prefix_sha256"
+
+
 @dataclass(frozen=True)
 class PartPlan:
+    """A part to send. ``prefix``: ``sha256`` is its prefix digest (the stream's SHA-256 from
+    the first byte through this part's last), not the part's own."""
+
     number: int
     offset: int
     size: int
     sha256: str
+    prefix: bool = False
+
+
+class PrefixDigests:
+    """The prefix digests of the parts to send: recorded by the stream hasher as it passes
+    each part's end, taken (once) by the part planner, so only those between the two are kept."""
+
+    def __init__(self) -> None:
+        self._digests: dict[int, str] = {}
+        self._recorded = trio.Event()
+
+    def record(self, number: int, sha256: str) -> None:
+        self._digests[number] = sha256
+        self._recorded.set()
+        self._recorded = trio.Event()
+
+    async def take(self, number: int) -> str:
+        while number not in self._digests:
+            await self._recorded.wait()
+        return self._digests.pop(number)
 
 
 def part_count(size: int, chunk_size: int) -> int:
@@ -218,16 +250,27 @@ async def _upload_stream(ctx: JobContext, source: FileSet) -> dict[str, Any]:
     block = ctx.settings.io_block_size
     stream = StreamHasher(source.files)
     stream_hashed = trio.Event()
-    senders = _Senders(ctx, source, upload_id, progress, count)
+    # Prefix digests save the daemon and the repository a second hash of every byte, but
+    # need the parts in order to be checked as they arrive (docs/http-api.md, "Prefix digests").
+    prefixes = (PrefixDigests() if PREFIX_DIGESTS in session.get("part_digests", ())
+                and ctx.settings.upload_order != "never" else None)
+    senders = _Senders(ctx, source, upload_id, progress, count, prefixes)
 
     # The whole stream's digest (and each file's) in order, on its own thread, beside the
     # part senders; it usually runs ahead of them (how far: docs/benchmarks.md#deduplication).
     # One worker-thread call hashes at most HASH_SLICE bytes, so a pause or shutdown never
-    # waits long.
+    # waits long; slices end at part ends, where the prefix digests are taken.
     async def hash_stream() -> None:
         started = trio.current_time()
-        for start in range(0, total, HASH_SLICE):
-            await trio.to_thread.run_sync(stream.feed, source, start, min(HASH_SLICE, total - start), block)
+        start = 0
+        for number in range(1, count + 1):
+            offset, size = part_span(number, total, chunk_size)
+            while start < offset + size:
+                length = min(HASH_SLICE, offset + size - start)
+                await trio.to_thread.run_sync(stream.feed, source, start, length, block)
+                start += length
+            if prefixes is not None and number not in held:
+                prefixes.record(number, stream.whole.hexdigest())
         stream_hashed.set()
         ctx.log.info("stream hashed", seconds=round(trio.current_time() - started, 2),
                      parts_acknowledged=progress.chunks_done, parts_total=count)
@@ -277,9 +320,11 @@ class _Senders:
     from the server's truth about parts, if they ended meanwhile).
     """
 
-    def __init__(self, ctx: JobContext, source: FileSet, upload_id: str, progress: Progress, count: int) -> None:
+    def __init__(self, ctx: JobContext, source: FileSet, upload_id: str, progress: Progress, count: int,
+                 prefixes: PrefixDigests | None = None) -> None:
         self._ctx, self._source, self._upload_id, self._progress = ctx, source, upload_id, progress
         self._count = count
+        self._prefixes = prefixes
         self._scope = trio.CancelScope()
         self._running = trio.Event()
         self._running.set()
@@ -298,7 +343,12 @@ class _Senders:
         nursery.start_soon(self._run, self._scope, self.stopped, held)
 
     def restart(self, nursery: trio.Nursery, held: dict[int, dict[str, Any]]) -> None:
-        """Start again after :meth:`stop`, from the parts the server holds."""
+        """Start again after :meth:`stop`, from the parts the server holds.
+
+        The prefix digests of parts planned before are gone (each is taken once): the rest
+        go with their own digests, hashed again.
+        """
+        self._prefixes = None
         _start_from(self._progress, held)
         self.start(nursery, held)
 
@@ -343,6 +393,9 @@ class _Senders:
 
         # Each part's digest is needed before its URL can be asked for; this runs at most
         # a few parts ahead of the senders, so their second read comes from the page cache.
+        # With prefix digests it only waits for the stream hasher to pass the part's end.
+        prefixes = self._prefixes
+
         async def hash_parts() -> None:
             async with hashed_send:
                 # Parts to be sent in order hand the turn on from one to the next (held parts are skipped).
@@ -352,13 +405,13 @@ class _Senders:
                     if number in held:
                         continue
                     offset, size = part_span(number, total, chunk_size)
-                    digest = hashlib.sha256()
-                    for start in range(offset, offset + size, HASH_SLICE):
-                        length = min(HASH_SLICE, offset + size - start)
-                        await trio.to_thread.run_sync(_feed, source, digest, start, length, block)
+                    if prefixes is not None:
+                        plan = PartPlan(number, offset, size, await prefixes.take(number), prefix=True)
+                    else:
+                        plan = PartPlan(number, offset, size, await _part_digest(source, offset, size, block))
                     turn = _Turn(previous, trio.Event())
                     previous = turn.done
-                    await hashed_send.send((PartPlan(number, offset, size, digest.hexdigest()), turn))
+                    await hashed_send.send((plan, turn))
 
         async def send_parts(receive: trio.MemoryReceiveChannel[tuple[PartPlan, _Turn]]) -> None:
             async with receive:
@@ -489,6 +542,16 @@ async def _finish_deduplicated(ctx: JobContext, source: FileSet, result: dict[st
     return {**_completed_fields(result, source), "deduplicated": True}
 
 
+async def _part_digest(source: FileSet, offset: int, size: int, block: int) -> str:
+    """The SHA-256 of ``size`` bytes of the source from ``offset``, off the event loop, in
+    slices of at most HASH_SLICE bytes."""
+    digest = hashlib.sha256()
+    for start in range(offset, offset + size, HASH_SLICE):
+        length = min(HASH_SLICE, offset + size - start)
+        await trio.to_thread.run_sync(_feed, source, digest, start, length, block)
+    return digest.hexdigest()
+
+
 def _feed(source: FileSet, hasher: hashlib._Hash, offset: int, length: int, block: int) -> None:
     end = offset + length
     while offset < end:
@@ -511,6 +574,26 @@ class _Turn:
 
     after: trio.Event
     done: trio.Event
+
+
+async def _acknowledged(source: FileSet, plan: PartPlan, ack: dict[str, Any], block: int) -> str | None:
+    """The digest the server acknowledged ``plan`` with, if it is the part's; None if not.
+
+    A part sent with its prefix digest is acknowledged with that digest if the server
+    checked it; if it could not (the parts before it were not at hand, say after a server
+    restart), with the part's own digest instead, which is then compared with the digest of
+    the source's bytes, hashed now (docs/http-api.md, "Prefix digests").
+    """
+    if ack.get("size") != plan.size:
+        return None
+    if not plan.prefix:
+        return plan.sha256 if ack.get("sha256") == plan.sha256 else None
+    if ack.get("prefix_sha256") == plan.sha256:
+        return plan.sha256
+    own = ack.get("sha256")
+    if ack.get("prefix_sha256") is None and isinstance(own, str):
+        return own if await _part_digest(source, plan.offset, plan.size, block) == own else None
+    return None
 
 
 def _in_order(ctx: JobContext, target: dict[str, Any]) -> bool:
@@ -554,7 +637,8 @@ async def _send_part(ctx: JobContext, source: FileSet, upload_id: str, plan: Par
         async def attempt() -> dict[str, Any]:
             nonlocal sent
             try:
-                target = await ctx.remote.part_target(upload_id, plan.number, plan.sha256, plan.size)
+                target = await ctx.remote.part_target(upload_id, plan.number, plan.sha256, plan.size,
+                                                      prefix=plan.prefix)
                 if turn is not None and _in_order(ctx, target):
                     await turn.after.wait()
                 try:
@@ -569,6 +653,10 @@ async def _send_part(ctx: JobContext, source: FileSet, upload_id: str, plan: Par
 
         try:
             ack = await ctx.retrying(f"sending part {plan.number}", attempt)
+            digest = await _acknowledged(source, plan, ack, block)
+            if digest is None:
+                raise DataeraiError("checksum_mismatch",
+                                    f"the server acknowledged part {plan.number} with another digest or size")
         except DataeraiError as exc:
             if exc.code != "checksum_mismatch":
                 raise
@@ -579,8 +667,6 @@ async def _send_part(ctx: JobContext, source: FileSet, upload_id: str, plan: Par
                 raise
             ctx.log.warning("part checksum mismatch; sending again", part=plan.number)
             continue
-        if ack.get("sha256") != plan.sha256 or ack.get("size") != plan.size:
-            raise DataeraiError("checksum_mismatch", f"the server acknowledged part {plan.number} with another digest")
-        await ctx.store.checkpoint(ctx.job_id, plan.number, plan.size, plan.sha256)
+        await ctx.store.checkpoint(ctx.job_id, plan.number, plan.size, digest)
         progress.chunk_finished()
         return

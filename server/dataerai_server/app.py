@@ -392,18 +392,27 @@ class Api:
         upload_id = request.path_params["upload_id"]
         number = _part_number(request)
         body = await validation.read_json_object(request)
-        sha256 = validation.sha256_hex(body, "sha256", required=True)
+        own = validation.sha256_hex(body, "sha256")
+        prefix_sha256 = validation.sha256_hex(body, "prefix_sha256")
+        if (own is None) == (prefix_sha256 is None):
+            raise ApiError(
+                "invalid_argument", "give the part's `sha256` or its `prefix_sha256` (one of them)", field="sha256"
+            )
+        sha256 = prefix_sha256 or own
         assert sha256 is not None
+        digest_field = "sha256" if own is not None else "prefix_sha256"
         size = validation.integer(body, "size", minimum=0)
         ttl = self.s.settings.url_ttl_seconds
-        direct = await self.s.uploads.part_target(who, upload_id, number, size, sha256)
+        direct = await self.s.uploads.part_target(
+            who, upload_id, number, size, sha256, prefix=prefix_sha256 is not None
+        )
         if direct is not None:
             expires_at = isoformat(from_unix(time.time() + ttl))
             return JSONResponse(
                 {"method": direct.method, "url": direct.url, "headers": dict(direct.headers), "expires_at": expires_at}
             )
         path = _route_path("/uploads/{upload_id}/parts/{number}", upload_id=upload_id, number=number)
-        query = self.s.signer.sign("PUT", path, ttl, {"sha256": sha256, "size": str(size)})
+        query = self.s.signer.sign("PUT", path, ttl, {digest_field: sha256, "size": str(size)})
         return JSONResponse(
             {
                 "method": "PUT",
@@ -417,9 +426,13 @@ class Api:
         upload_id = request.path_params["upload_id"]
         number = _part_number(request)
         path = _route_path("/uploads/{upload_id}/parts/{number}", upload_id=upload_id, number=number)
-        self.s.signer.verify("PUT", path, request.query_params, ("sha256", "size"))
+        # The signature covers the field's name too: a part's own digest and its prefix
+        # digest cannot stand in for each other.
+        prefix = "prefix_sha256" in request.query_params
+        digest_field = "prefix_sha256" if prefix else "sha256"
+        self.s.signer.verify("PUT", path, request.query_params, (digest_field, "size"))
         # Signed by us, so well-formed; checked anyway rather than trusted to be.
-        sha256, size_text = request.query_params["sha256"], request.query_params["size"]
+        sha256, size_text = request.query_params[digest_field], request.query_params["size"]
         if not validation.is_sha256_hex(sha256) or not size_text.isdigit():
             raise ApiError("invalid_argument", "malformed part URL; ask for a new one")
         size = int(size_text)
@@ -432,7 +445,7 @@ class Api:
                 actual_size=int(declared),
                 number=number,
             )
-        result = await self.s.uploads.put_part(upload_id, number, size, sha256, request.stream())
+        result = await self.s.uploads.put_part(upload_id, number, size, sha256, request.stream(), prefix=prefix)
         return JSONResponse(result)
 
     async def complete_upload(self, request: Request) -> Response:

@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     ForeignKey,
     Index,
@@ -23,6 +24,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -223,13 +225,18 @@ class UploadSession(Base):
 
 
 class UploadPart(Base):
-    """A part the server holds. ``writes`` counts accepted bodies (a re-send adds one)."""
+    """A part the server holds. ``writes`` counts accepted bodies (a re-send adds one).
+
+    ``prefix``: ``sha256`` is the part's prefix digest (the content's SHA-256 from its first
+    byte through this part's last), which the part was checked against, not its own digest.
+    """
 
     __tablename__ = "upload_parts"
     upload_id: Mapped[str] = mapped_column(ForeignKey("upload_sessions.id"), primary_key=True)
     number: Mapped[int] = mapped_column(Integer, primary_key=True)
     size: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[str] = mapped_column(SHA256)
+    prefix: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     writes: Mapped[int] = mapped_column(Integer)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 

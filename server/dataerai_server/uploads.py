@@ -113,6 +113,14 @@ def result_view(upload: UploadSession) -> dict[str, Any] | None:
     }
 
 
+def _part_view(part: UploadPart) -> dict[str, Any]:
+    """A held part: its own digest and its prefix digest, as far as the server knows them
+    (part 1's own digest is its prefix digest)."""
+    own = None if part.prefix else part.sha256
+    prefix = part.sha256 if part.prefix or part.number == 1 else None
+    return {"number": part.number, "size": part.size, "sha256": own, "prefix_sha256": prefix, "writes": part.writes}
+
+
 def session_view(session: Session, upload: UploadSession) -> dict[str, Any]:
     parts = session.scalars(
         select(UploadPart).where(UploadPart.upload_id == upload.id).order_by(UploadPart.number)
@@ -127,7 +135,7 @@ def session_view(session: Session, upload: UploadSession) -> dict[str, Any]:
         "file_name": upload.file_name,
         "path": upload.path,
         "files": upload.files,
-        "parts": [{"number": p.number, "size": p.size, "sha256": p.sha256, "writes": p.writes} for p in parts],
+        "parts": [_part_view(p) for p in parts],
         "bytes_received": upload.bytes_received,
         "created_at": isoformat(upload.created_at),
         "expires_at": isoformat(upload.expires_at),
@@ -299,7 +307,7 @@ def _open_part_slot(upload: UploadSession, number: int, size: int) -> None:
 
 
 def _record_part(
-    session: Session, upload_id: str, number: int, size: int, sha256: str, received: int, session_ttl: int
+    session: Session, upload_id: str, stored: StoredPart, received: int, session_ttl: int
 ) -> str | None:
     """Record an accepted part and the ``received`` body bytes read for it.
 
@@ -311,11 +319,13 @@ def _record_part(
     if upload.state != OPEN:
         return upload.state
     now = utcnow()
-    part = session.get(UploadPart, (upload_id, number))
+    assert stored.sha256 is not None
+    part = session.get(UploadPart, (upload_id, stored.number))
     if part is None:
-        session.add(UploadPart(upload_id=upload_id, number=number, size=size, sha256=sha256, writes=1, updated_at=now))
-    else:
-        part.size, part.sha256, part.writes, part.updated_at = size, sha256, part.writes + 1, now
+        part = UploadPart(upload_id=upload_id, number=stored.number, writes=0)
+        session.add(part)
+    part.size, part.sha256, part.prefix = stored.size, stored.sha256, stored.prefix
+    part.writes, part.updated_at = part.writes + 1, now
     upload.updated_at = now
     upload.expires_at = now + timedelta(seconds=session_ttl)
     return None
@@ -433,7 +443,10 @@ def _plan_completion(
         raise ApiError(
             "conflict", f"{len(missing)} part(s) missing; send them and complete again", missing_parts=missing
         )
-    parts = [StoredPart(number=n, size=held[n].size, sha256=held[n].sha256) for n in range(1, upload.part_count + 1)]
+    parts = [
+        StoredPart(number=n, size=held[n].size, sha256=held[n].sha256, prefix=held[n].prefix)
+        for n in range(1, upload.part_count + 1)
+    ]
     return _Assembly(handle=upload.storage_handle, parts=parts, sha256=whole)
 
 
@@ -822,7 +835,7 @@ class Uploads:
 
         existing = await self._db.read(check)
         if existing is not None:
-            return existing, False
+            return self._with_part_digests(existing), False
         upload_id = new_id("upl")
         handle = await self._storage.create_upload(upload_id)
         ttl = self._settings.session_ttl_seconds
@@ -837,12 +850,18 @@ class Uploads:
             if not created:
                 with trio.CancelScope(shield=True):
                     await self._storage.abort(handle)
-        return view, created
+        return self._with_part_digests(view), created
 
     async def get(self, who: Principal, upload_id: str) -> dict[str, Any]:
         handle = await self._db.read(lambda s: _own_session(s, who, upload_id).storage_handle)
         await self._learn_direct_parts(upload_id, handle)
-        return await self._db.read(lambda s: session_view(s, _own_session(s, who, upload_id)))
+        return self._with_part_digests(await self._db.read(lambda s: session_view(s, _own_session(s, who, upload_id))))
+
+    def _with_part_digests(self, view: dict[str, Any]) -> dict[str, Any]:
+        """Add what a part target takes: a part's own digest, and perhaps its prefix digest
+        (docs/http-api.md, "Prefix digests")."""
+        view["part_digests"] = ["sha256", "prefix_sha256"] if self._storage.prefix_digests else ["sha256"]
+        return view
 
     async def _learn_direct_parts(self, upload_id: str, handle: str) -> None:
         """Ask storage which parts sent straight to it (S3) it holds, and record them.
@@ -856,9 +875,18 @@ class Uploads:
         await self._db.write(lambda s: _adopt_listed_parts(s, upload_id, listed))
 
     async def part_target(
-        self, who: Principal, upload_id: str, number: int, size: int, sha256: str
+        self, who: Principal, upload_id: str, number: int, size: int, sha256: str, *, prefix: bool = False
     ) -> PresignedRequest | None:
-        """Check the caller may send this part now; return where storage wants it, or None for the server itself."""
+        """Check the caller may send this part now; return where storage wants it, or None for the server itself.
+
+        ``prefix``: ``sha256`` is the part's prefix digest, which only some storage takes.
+        """
+        if prefix and not self._storage.prefix_digests:
+            raise ApiError(
+                "invalid_argument",
+                "this repository's storage checks each part against its own `sha256`; send that instead",
+                field="prefix_sha256",
+            )
 
         def check(session: Session) -> str:
             upload = _own_session(session, who, upload_id)
@@ -872,9 +900,14 @@ class Uploads:
         return direct
 
     async def put_part(
-        self, upload_id: str, number: int, size: int, sha256: str, body: AsyncIterable[bytes]
+        self, upload_id: str, number: int, size: int, sha256: str, body: AsyncIterable[bytes], *, prefix: bool = False
     ) -> dict[str, Any]:
-        """Take a part's bytes from a (signed, already verified) part URL."""
+        """Take a part's bytes from a (signed, already verified) part URL.
+
+        The answer carries the digests the part was stored with (:func:`_part_view`): with
+        ``prefix``, ``prefix_sha256`` if the prefix digest was checked, else only the part's
+        own ``sha256``, which the client compares with its own bytes (docs/http-api.md).
+        """
 
         def check(session: Session) -> str:
             upload = session.get(UploadSession, upload_id)
@@ -886,7 +919,7 @@ class Uploads:
         handle = await self._db.read(check)
         counted = _CountingBody(body)
         try:
-            stored = await self._storage.put_part(handle, number, counted, size, sha256)
+            stored = await self._storage.put_part(handle, number, counted, size, sha256, prefix=prefix)
         except ChecksumMismatch as exc:
             await self._count_unaccepted(upload_id, counted.received)
             raise _checksum_error(exc, number=number) from None
@@ -895,14 +928,16 @@ class Uploads:
             await self._count_unaccepted(upload_id, counted.received)
             raise
         ttl = self._settings.session_ttl_seconds
-        stopped = await self._db.write(
-            lambda s: _record_part(s, upload_id, number, stored.size, stored.sha256 or sha256, counted.received, ttl)
-        )
+        if stored.sha256 is None:
+            stored = StoredPart(number=number, size=stored.size, sha256=sha256, prefix=prefix)
+        stopped = await self._db.write(lambda s: _record_part(s, upload_id, stored, counted.received, ttl))
         if stopped is not None:
             # Completed or aborted while the bytes were arriving: this part is not wanted.
             await self._storage.release_parts(handle)
             raise ApiError("conflict", f"upload {upload_id!r} is {stopped}; it takes no more parts", state=stopped)
-        return {"number": number, "size": stored.size, "sha256": stored.sha256 or sha256}
+        own = None if stored.prefix else stored.sha256
+        prefix_sha256 = stored.sha256 if stored.prefix or number == 1 else None
+        return {"number": number, "size": stored.size, "sha256": own, "prefix_sha256": prefix_sha256}
 
     async def _count_unaccepted(self, upload_id: str, received: int) -> None:
         """Add the bytes of a part body that was not accepted to the session's ``bytes_received``.

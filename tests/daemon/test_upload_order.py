@@ -4,6 +4,7 @@ with it; a failed attempt never holds the next part back. The server is a stand-
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -11,6 +12,7 @@ from typing import Any, TypeVar
 
 import pytest
 import trio
+import trio.testing
 
 from dataeraid import upload
 from dataeraid.errors import TransientError
@@ -27,7 +29,8 @@ class _Server:
         self.own = own
         self.fail_once = set(fail_once or ())
 
-    async def part_target(self, _upload_id: str, number: int, sha256: str, size: int) -> dict[str, Any]:
+    async def part_target(self, _upload_id: str, number: int, sha256: str, size: int, *,
+                          prefix: bool = False) -> dict[str, Any]:
         return {"url": f"http://repo/api/v1/uploads/u/parts/{number}", "sha256": sha256, "size": size}
 
     def is_own_part_url(self, url: str) -> bool:
@@ -128,3 +131,94 @@ def test_own_part_urls_are_recognised() -> None:
     assert not remote.is_own_part_url("http://127.0.0.1:8080/api/v1/assets/a")
     assert not Remote(SimpleNamespace(current=None), None).is_own_part_url(  # type: ignore[arg-type]
         "http://127.0.0.1:8080/api/v1/uploads/upl_1/parts/3")
+
+
+class _PrefixServer(_Server):
+    """Checks prefix digests like the repository's directory storage: part 2 as if the parts
+    before it were not at hand (its own digest comes back instead), part 3 wrongly once."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(own=True)
+        self.data = data
+        self.targets: list[tuple[int, bool]] = []
+        self.wrong_once = {3}
+
+    async def part_target(self, _upload_id: str, number: int, sha256: str, size: int, *,
+                          prefix: bool = False) -> dict[str, Any]:
+        self.targets.append((number, prefix))
+        return await super().part_target(_upload_id, number, sha256, size)
+
+    async def put_part(self, target: dict[str, Any], body: AsyncIterator[bytes], _what: str) -> dict[str, Any]:
+        ack = await super().put_part(target, body, _what)
+        number = int(target["url"].rsplit("/", 1)[1])
+        own = hashlib.sha256(self.data[(number - 1) * PART : number * PART]).hexdigest()
+        if number == 2:
+            return {"size": PART, "sha256": own, "prefix_sha256": None}
+        if number in self.wrong_once:
+            self.wrong_once.discard(number)
+            return {"size": PART, "sha256": None, "prefix_sha256": "0" * 64}
+        return {"size": PART, "sha256": own if number == 1 else None, "prefix_sha256": ack["sha256"]}
+
+
+async def test_prefix_digests_are_sent_and_an_unchecked_part_is_compared_with_its_own_digest(
+    tmp_path: Path,
+) -> None:
+    parts = 4
+    data = bytes(range(256)) * (PART * parts // 256)
+    (tmp_path / "f.bin").write_bytes(data)
+    stat = (tmp_path / "f.bin").stat()
+    source = FileSet(str(tmp_path), [StreamFile("f.bin", 0, len(data), stat.st_mtime_ns, stat.st_ino)], "source")
+    prefixes = upload.PrefixDigests()
+    for number in range(1, parts + 1):
+        prefixes.record(number, hashlib.sha256(data[: number * PART]).hexdigest())
+    checkpoints: list[tuple[int, str]] = []
+
+    async def checkpoint(_job_id: str, number: int, _size: int, sha256: str) -> None:
+        checkpoints.append((number, sha256))
+
+    async def nothing(*_args: Any) -> None:
+        return None
+
+    server = _PrefixServer(data)
+    ctx = SimpleNamespace(
+        job={"chunk_size": PART},
+        job_id="job_1",
+        settings=SimpleNamespace(parts_per_job=2, io_block_size=BLOCK, upload_order="auto"),
+        remote=server,
+        retrying=_retrying,
+        bandwidth=SimpleNamespace(spend=nothing),
+        store=SimpleNamespace(checkpoint=checkpoint),
+        log=SimpleNamespace(info=lambda *a, **k: None, warning=lambda *a, **k: None),
+    )
+    progress = SimpleNamespace(chunks_done=0, add=lambda *a: None, chunk_finished=lambda: None)
+    senders = upload._Senders(ctx, source, "upl_1", progress, parts, prefixes)  # type: ignore[arg-type]
+    try:
+        await senders._send_all({})
+    finally:
+        source.close()
+    # Every target asked for a prefix digest; part 3 went twice (its first answer was wrong).
+    assert sorted(server.targets) == [(1, True), (2, True), (3, True), (3, True), (4, True)]
+    assert sorted(checkpoints) == [
+        (1, hashlib.sha256(data[:PART]).hexdigest()),
+        (2, hashlib.sha256(data[PART : 2 * PART]).hexdigest()),  # its own digest, compared with the source's
+        (3, hashlib.sha256(data[: 3 * PART]).hexdigest()),
+        (4, hashlib.sha256(data).hexdigest()),
+    ]
+
+
+async def test_prefix_digests_are_taken_once_as_they_are_recorded() -> None:
+    prefixes = upload.PrefixDigests()
+    taken: list[str] = []
+    async with trio.open_nursery() as nursery:
+        async def take() -> None:
+            taken.append(await prefixes.take(2))
+
+        nursery.start_soon(take)
+        await trio.testing.wait_all_tasks_blocked()
+        prefixes.record(1, "a")
+        await trio.testing.wait_all_tasks_blocked()
+        assert taken == []
+        prefixes.record(2, "b")
+    assert taken == ["b"]
+    assert await prefixes.take(1) == "a"
+    assert prefixes._digests == {}

@@ -238,3 +238,18 @@ def test_the_same_file_twice_on_s3_is_one_object(s3_stack: Any, seaweed: Any, s3
 def _upload_id(stack: Stack, job_id: str) -> str:
     with stack.client() as client:
         return str(client.call("job.get", {"job_id": job_id})["upload_id"])
+
+
+def test_s3_sessions_take_each_part_s_own_digest_only(s3_stack: Any) -> None:
+    # The store checks the digest signed into a part's URL against that part alone.
+    stack = s3_stack("own-digests", parts="direct")
+    with stack.api() as api:
+        session = api.post("/uploads", json={
+            "owner_type": "project", "owner_id": stack.project_id, "title": "own", "file_name": "o.bin",
+            "size": 11 * MiB, "part_size": 5 * MiB, "idempotency_key": "own-digests"}).json()
+        assert session["part_digests"] == ["sha256"]
+        response = api.post(f"/uploads/{session['upload_id']}/parts/2/target",
+                            json={"prefix_sha256": "0" * 64, "size": 5 * MiB})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert (error["code"], error["field"]) == ("invalid_argument", "prefix_sha256")

@@ -458,3 +458,118 @@ async def test_a_part_does_not_wait_long_for_a_slow_predecessor(
         first.go.set()
     content = await storage.complete(handle, _records(pieces), "upl_slow", sha(data))
     assert content.sha256 == sha(data)
+
+
+# --- prefix digests: a part checked against the content's digest through its end ----------
+
+
+class _Hashed:
+    """Counts the bytes the storage hashes as parts arrive or are read back (every hash stage)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.bytes = 0
+        original = local_module._gather_and_hash
+
+        def counting(hasher: Any, batch: Any) -> None:
+            self.bytes += batch.size
+            original(hasher, batch)
+
+        monkeypatch.setattr(local_module, "_gather_and_hash", counting)
+
+
+def _prefix(pieces: Sequence[bytes], number: int) -> str:
+    return sha(b"".join(pieces[:number]))
+
+
+async def _put_prefixed(storage: LocalStorage, handle: str, pieces: Sequence[bytes], number: int) -> StoredPart:
+    body = pieces[number - 1]
+    return await storage.put_part(handle, number, chunks(body, 50_000), len(body), _prefix(pieces, number), prefix=True)
+
+
+def _prefix_records(pieces: Sequence[bytes]) -> list[StoredPart]:
+    return [
+        StoredPart(1, len(pieces[0]), sha(pieces[0])),
+        *(StoredPart(n, len(pieces[n - 1]), _prefix(pieces, n), prefix=True) for n in range(2, len(pieces) + 1)),
+    ]
+
+
+async def test_parts_with_prefix_digests_in_order_are_hashed_once(
+    storage: LocalStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = sample(5 * 65_536 + 3, seed=60)
+    pieces = _pieces(data, 65_536)
+    handle = await storage.create_upload("upl_prefix")
+    hashed, read_back = _Hashed(monkeypatch), _ReadBack(monkeypatch)
+    stored = [await _put_prefixed(storage, handle, pieces, n) for n in range(1, len(pieces) + 1)]
+    # Part 1's prefix digest is its own digest: it is stored as such.
+    assert stored == _prefix_records(pieces)
+    assert hashed.bytes == len(data)  # each byte hashed once, not once for the part and once for the whole
+    assert await storage.list_parts(handle) == stored
+    names = sorted(p.name for p in (storage.root / "uploads" / handle).iterdir())
+    assert names[1] == f"2.prefix-{_prefix(pieces, 2)}.part"
+    content = await storage.complete(handle, stored, "upl_prefix", sha(data))
+    assert content.sha256 == sha(data) and read_back.bytes == 0
+    assert await _read(storage, "upl_prefix", 0, len(data)) == data
+
+
+async def test_a_wrong_prefix_digest_is_refused_and_nothing_is_stored(storage: LocalStorage) -> None:
+    pieces = _pieces(sample(3 * 65_536, seed=61), 65_536)
+    handle = await storage.create_upload("upl_prefix_wrong")
+    await _put_prefixed(storage, handle, pieces, 1)
+    wrong = sample(65_536, seed=62)
+    with pytest.raises(ChecksumMismatch) as caught:
+        await storage.put_part(handle, 2, chunks(wrong), len(wrong), _prefix(pieces, 2), prefix=True)
+    assert caught.value.expected_sha256 == _prefix(pieces, 2)
+    assert caught.value.actual_sha256 == sha(pieces[0] + wrong)
+    assert [p.number for p in await storage.list_parts(handle)] == [1]
+    assert storage._running_digest(handle).count == 1  # the refused bytes were not hashed in
+
+
+async def test_a_prefix_part_with_no_state_before_it_is_kept_under_its_own_digest(
+    storage: LocalStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = sample(3 * 65_536, seed=63)
+    pieces = _pieces(data, 65_536)
+    handle = await storage.create_upload("upl_prefix_gap")
+    await _put_prefixed(storage, handle, pieces, 1)
+    # Part 3 before part 2: nothing to check its prefix digest on. It is stored unchecked under
+    # its own digest, and the answer says so; even a wrong prefix digest is not held against it.
+    third = pieces[2]
+    kept = await storage.put_part(handle, 3, chunks(third), len(third), "0" * 64, prefix=True)
+    assert kept == StoredPart(3, len(third), sha(third), prefix=False)
+    assert await _put_prefixed(storage, handle, pieces, 2) == StoredPart(2, 65_536, _prefix(pieces, 2), prefix=True)
+    read_back = _ReadBack(monkeypatch)
+    parts = [*_prefix_records(pieces)[:2], kept]
+    content = await storage.complete(handle, parts, "upl_prefix_gap", sha(data))
+    assert content.sha256 == sha(data) and read_back.bytes == 65_536  # part 3 only
+
+
+async def test_prefix_parts_after_a_restart_are_read_back_and_checked(tmp_path: Path) -> None:
+    data = sample(3 * 65_536 + 5, seed=64)
+    pieces = _pieces(data, 65_536)
+    before = LocalStorage.open(tmp_path / "objects")
+    handle = await before.create_upload("upl_prefix_restart")
+    for number in range(1, len(pieces) + 1):
+        await _put_prefixed(before, handle, pieces, number)
+    # A new process: the running digest is gone. Part 1 is replaced by other bytes, so the
+    # prefix digests parts 2.. were checked against no longer fit: a catch-up stops there.
+    after = LocalStorage.open(tmp_path / "objects")
+    other = sample(65_536, seed=65)
+    await after.put_part(handle, 1, chunks(other), len(other), sha(other))
+    await after._read_ahead(handle, after._running_digest(handle))
+    assert after._running_digest(handle).covered == [sha(other)]
+    # Completion reads the rest and checks the whole: the content is what is stored.
+    whole = other + b"".join(pieces[1:])
+    parts = [StoredPart(1, len(other), sha(other)), *_prefix_records(pieces)[1:]]
+    with pytest.raises(ChecksumMismatch):
+        await after.complete(handle, parts, "upl_prefix_restart", sha(data))
+    content = await after.complete(handle, parts, "upl_prefix_restart", sha(whole))
+    assert content.sha256 == sha(whole)
+    assert await _read(after, "upl_prefix_restart", 0, len(whole)) == whole
+    # Parts 2.. back in a process with the right part 1: each is checked as it is read back.
+    again = LocalStorage.open(tmp_path / "objects")
+    await again.put_part(handle, 1, chunks(pieces[0]), 65_536, sha(pieces[0]))
+    await again._read_ahead(handle, again._running_digest(handle))
+    assert again._running_digest(handle).covered == [sha(pieces[0])] + [
+        f"prefix-{_prefix(pieces, n)}" for n in range(2, len(pieces) + 1)
+    ]

@@ -68,7 +68,12 @@ def test_full_session_out_of_order_with_resend_and_bad_part(env: Env) -> None:
 
     for number in (3, 1, 5, 2):
         receipt = ok(send_part(env.ada, upload_id, number, parts[number - 1]))
-        assert receipt == {"number": number, "size": len(parts[number - 1]), "sha256": sha256(parts[number - 1])}
+        # Part 1's own digest is its prefix digest too; the others' prefix digests were not asked for.
+        prefix = sha256(parts[0]) if number == 1 else None
+        assert receipt == {
+            "number": number, "size": len(parts[number - 1]), "sha256": sha256(parts[number - 1]),
+            "prefix_sha256": prefix,
+        }
 
     # Part 4 is missing: completion says which.
     err = error(
@@ -198,7 +203,7 @@ def test_zero_byte_upload_has_one_empty_part(env: Env) -> None:
     assert session["part_count"] == 1
     ok(send_part(env.ada, session["upload_id"], 1, b""))
     assert _session(env, session["upload_id"])["parts"] == [
-        {"number": 1, "size": 0, "sha256": sha256(b""), "writes": 1}
+        {"number": 1, "size": 0, "sha256": sha256(b""), "prefix_sha256": sha256(b""), "writes": 1}
     ]
     result = ok(env.ada.post(f"/api/v1/uploads/{session['upload_id']}/complete", json={}))
     assert result["size"] == 0 and result["sha256"] == sha256(b"")
@@ -393,3 +398,76 @@ def test_a_body_cut_off_half_way_still_counts_as_received(env: Env) -> None:
     ok(send_part(env.ada, upload_id, 1, data))
     state = _session(env, upload_id)
     assert state["bytes_received"] == 2 * len(data) + sent and state["parts"][0]["writes"] == 1
+
+
+def _prefix_target(env: Env, upload_id: str, number: int, prefix_sha256: str, size: int) -> dict:
+    return ok(  # type: ignore[no-any-return]
+        env.ada.post(
+            f"/api/v1/uploads/{upload_id}/parts/{number}/target",
+            json={"prefix_sha256": prefix_sha256, "size": size},
+        )
+    )
+
+
+def _put(target: dict, body: bytes, url: str | None = None) -> httpx.Response:
+    return httpx.put(url or target["url"], content=body, headers=target["headers"], timeout=30, trust_env=False)
+
+
+def test_parts_sent_with_prefix_digests(env: Env) -> None:
+    project = new_project(env.ada)
+    data = data_of(3 * PART + 10, seed=70)
+    parts = parts_of(data, PART)
+    session = create_upload(env.ada, project["project_id"], data)
+    upload_id = session["upload_id"]
+    assert session["part_digests"] == ["sha256", "prefix_sha256"]
+
+    def prefix(number: int) -> str:
+        return sha256(b"".join(parts[:number]))
+
+    # One digest or the other, never both or none.
+    for body in ({"size": PART}, {"size": PART, "sha256": sha256(parts[0]), "prefix_sha256": prefix(1)}):
+        error(env.ada.post(f"/api/v1/uploads/{upload_id}/parts/1/target", json=body), 400, "invalid_argument")
+
+    # A URL signed for a prefix digest does not pass for a part's own digest (the field's name is signed).
+    target = _prefix_target(env, upload_id, 1, prefix(1), PART)
+    assert "prefix_sha256=" in target["url"]
+    err = error(_put(target, parts[0], target["url"].replace("prefix_sha256=", "sha256=")), 403, "permission_denied")
+    assert err["reason"] == "bad_signature"
+
+    # In order, each part is checked against its prefix digest; part 1's is its own digest.
+    receipts = [ok(_put(_prefix_target(env, upload_id, n, prefix(n), PART), parts[n - 1])) for n in (1, 2)]
+    assert receipts == [
+        {"number": 1, "size": PART, "sha256": sha256(parts[0]), "prefix_sha256": prefix(1)},
+        {"number": 2, "size": PART, "sha256": None, "prefix_sha256": prefix(2)},
+    ]
+    # Wrong bytes for part 3's prefix digest: refused, nothing stored.
+    target = _prefix_target(env, upload_id, 3, prefix(3), PART)
+    err = error(_put(target, bytes(PART)), 422, "checksum_mismatch")
+    assert err["expected_sha256"] == prefix(3) and err["actual_sha256"] == sha256(b"".join(parts[:2]) + bytes(PART))
+    for number in (3, 4):
+        ok(_put(_prefix_target(env, upload_id, number, prefix(number), len(parts[number - 1])), parts[number - 1]))
+    held = _session(env, upload_id)["parts"]
+    assert [(p["number"], p["sha256"], p["prefix_sha256"]) for p in held] == [
+        (1, sha256(parts[0]), prefix(1)), (2, None, prefix(2)), (3, None, prefix(3)), (4, None, prefix(4)),
+    ]
+    result = ok(env.ada.post(f"/api/v1/uploads/{upload_id}/complete", json={"idempotency_key": "prefix"}))
+    assert result["sha256"] == sha256(data) and result["size"] == len(data)
+    link = ok(env.ada.get(f"/api/v1/assets/{result['asset_id']}/download"))
+    assert httpx.get(link["url"], timeout=30, trust_env=False).content == data
+
+
+def test_a_prefix_digest_part_out_of_order_is_kept_under_its_own_digest(env: Env) -> None:
+    project = new_project(env.ada)
+    data = data_of(2 * PART, seed=71)
+    parts = parts_of(data, PART)
+    upload_id = create_upload(env.ada, project["project_id"], data)["upload_id"]
+    # Part 2 before part 1: its prefix digest cannot be checked, so it is kept under its own
+    # digest, and the answer says so; the client compares that with its own bytes.
+    target = _prefix_target(env, upload_id, 2, sha256(data), PART)
+    assert ok(_put(target, parts[1])) == {"number": 2, "size": PART, "sha256": sha256(parts[1]), "prefix_sha256": None}
+    ok(_put(_prefix_target(env, upload_id, 1, sha256(parts[0]), PART), parts[0]))
+    assert [(p["number"], p["sha256"]) for p in _session(env, upload_id)["parts"]] == [
+        (1, sha256(parts[0])), (2, sha256(parts[1])),
+    ]
+    result = ok(env.ada.post(f"/api/v1/uploads/{upload_id}/complete", json={}))
+    assert result["sha256"] == sha256(data)

@@ -52,11 +52,18 @@ class ChecksumMismatch(Exception):
 
 @dataclass(frozen=True)
 class StoredPart:
-    """A part the storage holds. ``sha256`` is None where the store does not keep it (S3 lists MD5s)."""
+    """A part the storage holds. ``sha256`` is None where the store does not keep it (S3 lists MD5s).
+
+    ``prefix``: ``sha256`` is not this part's own digest but the part's *prefix digest*, the
+    SHA-256 of the content from its first byte through this part's last, which the part was
+    checked against as it arrived, hashed onto the parts before it (:meth:`Storage.put_part`).
+    Part 1's prefix digest is its own digest, so part 1 is never stored as ``prefix``.
+    """
 
     number: int
     size: int
     sha256: str | None
+    prefix: bool = False
 
 
 @dataclass(frozen=True)
@@ -82,6 +89,8 @@ class Storage(Protocol):
 
     #: The smallest part (all but the last) a multi-part upload may have here.
     min_part_size: int
+    #: Whether :meth:`put_part` takes a part's prefix digest instead of its own (``prefix=True``).
+    prefix_digests: bool
 
     async def create_upload(self, upload_id: str) -> str:
         """Prepare for the parts of a new upload and return its handle.
@@ -97,7 +106,7 @@ class Storage(Protocol):
         ...
 
     async def put_part(
-        self, handle: str, number: int, body: AsyncIterable[bytes], size: int, sha256: str
+        self, handle: str, number: int, body: AsyncIterable[bytes], size: int, sha256: str, *, prefix: bool = False
     ) -> StoredPart:
         """Store part ``number`` from ``body``, replacing any earlier part with that number.
 
@@ -106,6 +115,13 @@ class Storage(Protocol):
         ``sha256``; then nothing is stored and an earlier part with this number is kept.
         The part is durable when this returns. If ``body`` raises (the client went
         away) or the call is cancelled, nothing is stored and the exception propagates.
+
+        ``prefix`` (only where :attr:`prefix_digests`): ``sha256`` is the part's prefix
+        digest (see :class:`StoredPart`). It is checked where the storage has the running
+        digest of parts ``1..number-1`` at hand (they came in order), which saves hashing
+        the part twice. Where it has not, the part is stored unchecked under its own digest,
+        and the :class:`StoredPart` returned says so (``prefix`` false): the client checks
+        that digest against its own bytes instead, and completion checks the whole file.
         """
         ...
 

@@ -4,7 +4,7 @@ Layout::
 
     objects/tmp/                                  files and directories being built (same filesystem,
                                                   so renames into place are atomic)
-    objects/uploads/<handle>/<N>.<sha256>.part    the parts of an open upload, each named by its digest
+    objects/uploads/<handle>/<N>.<tag>.part       the parts of an open upload, each named by its digest tag
     objects/contents/<xx>/<key>/manifest.json     a completed content: its size, SHA-256 and part sizes
     objects/contents/<xx>/<key>/00001 ...         its parts, in order (hard links to the part files)
 
@@ -15,9 +15,12 @@ by one rename. Reads of a range go through the parts it spans.
 
 A name appears only when what it names is complete, verified and fsynced (write under
 ``tmp/``, fsync, rename, fsync the directory): after a crash a name either holds the
-right bytes or is absent. A part file's name carries the SHA-256 its bytes were checked
-against as they arrived, so equal names mean equal bytes; that is what lets completion
-trust a digest computed earlier, even by another process, without reading the bytes again.
+right bytes or is absent. A part file's name carries the digest its bytes were checked
+against as they arrived (its *tag*): the part's own SHA-256, or ``prefix-`` and its prefix
+digest, the SHA-256 of the upload from its first byte through this part's last. Equal own
+digests mean equal bytes; equal prefix digests mean equal bytes given equal parts before
+(a prefix-tagged part read back is checked again). That is what lets completion trust a
+digest computed earlier, even by another process, without reading the bytes again.
 
 How bytes move (docs/server.md has the measurements behind this):
 
@@ -46,6 +49,11 @@ How bytes move (docs/server.md has the measurements behind this):
   if that part was committed with the digest the state was built on; otherwise it is void
   and the part is read back. Clients that send parts in order (the daemon does, to this
   storage) so get every part hashed in without reading any back.
+- Prefix digests: a part sent with its prefix digest instead of its own is hashed once,
+  onto the running state before it, and that state is checked against the prefix digest;
+  a part sent with its own digest needs a second hash (its own) beside the running one.
+  Where no running state before it is at hand, a prefix-digest part is hashed on its own
+  and stored under its own digest, unchecked: the answer says which it was.
 """
 
 from __future__ import annotations
@@ -105,8 +113,9 @@ MANIFEST: Final = "manifest.json"
 _MANIFEST_FORMAT: Final = "dataerai-content/1"
 _O_DIRECT: Final = getattr(os, "O_DIRECT", 0)
 _SAFE_NAME: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}")
-#: ``<N>.<sha256>.part``; ``<N>.part`` is how parts were named before they carried their digest.
-_PART_FILE: Final = re.compile(r"(\d+)(?:\.([0-9a-f]{64}))?\.part")
+#: ``<N>.<tag>.part``; ``<N>.part`` is how parts were named before they carried their digest.
+_PART_FILE: Final = re.compile(r"(\d+)(?:\.((?:prefix-)?[0-9a-f]{64}))?\.part")
+_PREFIX_TAG: Final = "prefix-"
 #: Removed content directories and files wait under this suffix in ``tmp/`` while they are deleted.
 _DELETED: Final = ".deleted"
 
@@ -124,6 +133,21 @@ def _safe(name: str) -> str:
 def _piece_name(number: int) -> str:
     """A part's name inside a content directory; five digits sort 1..10,000 correctly."""
     return f"{number:05d}"
+
+
+def _tag(sha256: str, prefix: bool) -> str:
+    """A part's digest tag: its own SHA-256, or ``prefix-`` and its prefix digest."""
+    return _PREFIX_TAG + sha256 if prefix else sha256
+
+
+def _tagged_part(number: int, size: int, tag: str | None) -> StoredPart:
+    if tag is not None and tag.startswith(_PREFIX_TAG):
+        return StoredPart(number=number, size=size, sha256=tag[len(_PREFIX_TAG) :], prefix=True)
+    return StoredPart(number=number, size=size, sha256=tag)
+
+
+def _tag_of(part: StoredPart) -> str | None:
+    return None if part.sha256 is None else _tag(part.sha256, part.prefix)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -391,10 +415,10 @@ class _Manifest:
 
 @dataclass(frozen=True)
 class _PartFile:
-    """A part file found in an upload directory; ``sha256`` is None for a name without a digest."""
+    """A part file found in an upload directory; ``tag`` is None for a name without a digest."""
 
     number: int
-    sha256: str | None
+    tag: str | None
     name: str
     size: int
     mtime_ns: int
@@ -417,11 +441,11 @@ def _scan_parts(directory: Path) -> dict[int, list[_PartFile]]:
 @dataclass(frozen=True)
 class _Staged:
     """A content directory being built under ``tmp/``: the parts linked in, in order, with the
-    digest each one's name carries (None where the name carries none)."""
+    digest tag each one's name carries (None where the name carries none)."""
 
     directory: Path
     part_sizes: tuple[int, ...]
-    part_sha256s: tuple[str | None, ...]
+    part_tags: tuple[str | None, ...]
 
     def piece(self, index: int) -> Path:
         return self.directory / _piece_name(index + 1)
@@ -433,11 +457,11 @@ class _Link:
     ``ready`` is set once the part's streamed state is final (its last batch hashed and its
     own digest checked, before its fsync) or once it will not have one (it failed, or it is
     not hashed in after all). ``state`` is then the running state after this part (None if
-    there is none), built on ``generation``; ``sha256`` is what this part's bytes hash to.
+    there is none), built on ``generation``; ``tag`` is this part's digest tag.
     """
 
-    def __init__(self, sha256: str) -> None:
-        self.sha256 = sha256
+    def __init__(self, tag: str) -> None:
+        self.tag = tag
         self.ready = trio.Event()
         self.state: Hasher | None = None
         self.generation = -1
@@ -452,10 +476,11 @@ class _RunningDigest:
     """A SHA-256 over parts 1..k of one upload, as far as they are contiguous: the state a
     completion would reach after reading them, kept so that it need not read them.
 
-    ``covered`` lists the SHA-256 of each part hashed in. Because a part file's name carries
-    its digest, a part file named with ``covered[i]`` holds exactly the bytes that were hashed
-    in, whoever wrote it; completion checks the names of the files it links against
-    ``covered`` before trusting the state, so this is only ever an optimisation. It lives in
+    ``covered`` lists the digest tag of each part hashed in. Because a part file's name carries
+    its tag, a part file named with ``covered[i]`` holds exactly the bytes that were hashed
+    in, whoever wrote it (for a prefix tag: given the parts before it, which are checked too);
+    completion checks the names of the files it links against ``covered`` before trusting
+    the state, so this is only ever an optimisation. It lives in
     one process's memory and is gone after a restart; completion then reads the parts.
 
     Used from the event loop thread only. ``hasher`` and ``covered`` change together and only
@@ -480,7 +505,7 @@ class _RunningDigest:
         #: streams: the next part waits for its final state to hash onto (see :class:`_Link`).
         self.links: dict[int, _Link] = {}
         #: States hashed onto a part that was not committed yet, to commit right after it:
-        #: number -> (sha256, hasher, generation, sha256 of the part before).
+        #: number -> (tag, hasher, generation, tag of the part before).
         self.pending: dict[int, tuple[str, Hasher, int, str]] = {}
 
     @property
@@ -488,15 +513,15 @@ class _RunningDigest:
         return len(self.covered)
 
     def commit(
-        self, number: int, sha256: str, hasher: Hasher, generation: int, *, arrived: bool, basis: str | None = None
+        self, number: int, tag: str, hasher: Hasher, generation: int, *, arrived: bool, basis: str | None = None
     ) -> None:
-        """Take ``hasher``, the state after hashing part ``number`` (``sha256``) onto parts
+        """Take ``hasher``, the state after hashing part ``number`` (tagged ``tag``) onto parts
         1..number-1 of ``generation``, if that is still the prefix.
 
         ``arrived``: the part was hashed as it arrived, so it is the newest version of its
         number and replaces another one hashed in before; a part read back only extends.
         ``basis``: the state was hashed onto the streamed state of part number-1 with this
-        SHA-256 (chaining), not onto the committed prefix: it counts only if part number-1
+        tag (chaining), not onto the committed prefix: it counts only if part number-1
         is committed with that digest in ``generation``. Until part number-1 is committed
         at all, it is kept pending and committed right after it.
         """
@@ -505,19 +530,19 @@ class _RunningDigest:
         if basis is not None:
             if number - 1 > self.count:
                 if arrived:
-                    self.pending[number] = (sha256, hasher, generation, basis)
+                    self.pending[number] = (tag, hasher, generation, basis)
                 return
             if self.covered[number - 2] != basis:
                 return  # another version of the part before was hashed in
         # Within one generation ``covered`` only grows, so its first number-1 entries are
         # still the ones the hashing began from (and with ``basis`` checked, the last of them too).
         if number == self.count + 1:
-            self.covered.append(sha256)
+            self.covered.append(tag)
             self.hasher = hasher
-        elif arrived and number <= self.count and self.covered[number - 1] != sha256:
+        elif arrived and number <= self.count and self.covered[number - 1] != tag:
             # This part replaced other bytes that were already hashed in: what follows them is void.
             del self.covered[number - 1 :]
-            self.covered.append(sha256)
+            self.covered.append(tag)
             self.hasher = hasher
             self.generation += 1
         else:
@@ -534,15 +559,15 @@ class _RunningDigest:
                 for stale in [n for n in self.pending if n <= self.count]:
                     del self.pending[stale]
                 return
-            sha256, hasher, generation, basis = entry
+            tag, hasher, generation, basis = entry
             if generation != self.generation or self.covered[number - 2] != basis:
                 continue  # built on other bytes than those hashed in: void
-            self.covered.append(sha256)
+            self.covered.append(tag)
             self.hasher = hasher
 
-    def stored(self, number: int, sha256: str) -> None:
+    def stored(self, number: int, tag: str) -> None:
         """Part ``number`` was stored without being hashed in (it was not next in order)."""
-        if number <= self.count and self.covered[number - 1] != sha256:
+        if number <= self.count and self.covered[number - 1] != tag:
             # It replaced other bytes in the prefix, and the state before them is not kept.
             self.hasher = hashlib.sha256()
             self.covered = []
@@ -557,6 +582,7 @@ class LocalStorage:
 
     #: Any part size the API allows will do.
     min_part_size = 0
+    prefix_digests = True
 
     def __init__(self, root: Path, *, threads: int = 12) -> None:
         self.root = root
@@ -638,28 +664,25 @@ class LocalStorage:
     async def _write_new_file(
         self,
         produce: Callable[[SendBatch], Awaitable[None]],
-        also_hash: Hasher | None = None,
-        hashed: Callable[[Hasher], None] | None = None,
-    ) -> tuple[_NewFile, Hasher]:
-        """Hash and write the batches ``produce`` sends into a new temp file, feeding them to
-        ``also_hash`` as well if given (in a stage of its own). ``hashed(hasher)`` is called
-        once every byte is hashed (and written), before the fsync. Returns the finished
-        (fsynced, unpublished) file and the SHA-256 of its bytes. The caller discards the file."""
+        hashers: Sequence[Hasher],
+        hashed: Callable[[], None] | None = None,
+    ) -> _NewFile:
+        """Write the batches ``produce`` sends into a new temp file, feeding them to each of
+        ``hashers`` (each in a stage of its own). ``hashed()`` is called once every byte is
+        hashed (and written), before the fsync. Returns the finished (fsynced, unpublished)
+        file. The caller discards the file."""
         staging = self._buffers.take()
         out = await self._run(partial(_NewFile, self._tmp, staging))
         try:
-            hasher = hashlib.sha256()
-            stages: list[Callable[[_Batch], None]] = [partial(_gather_and_hash, hasher)]
-            if also_hash is not None:
-                stages.append(partial(_gather_and_hash, also_hash))
+            stages: list[Callable[[_Batch], None]] = [partial(_gather_and_hash, h) for h in hashers]
             # A batch gathered into its own pool buffer is page-aligned.
             stages.append(lambda batch: out.write(batch.chunks, aligned=bool(batch.buffers)))
             await self._pipeline(produce, stages)
             if hashed is not None:
-                hashed(hasher)
+                hashed()
             await self._run(out.finish)
             self._buffers.give(staging)
-            return out, hasher
+            return out
         except BaseException:
             with trio.CancelScope(shield=True):
                 await self._run(out.discard)
@@ -716,7 +739,7 @@ class LocalStorage:
                 versions = _scan_parts(directory).get(number, [])
         except (StorageError, FileNotFoundError):
             return None  # the upload is gone
-        if len(versions) != 1 or versions[0].sha256 is None:
+        if len(versions) != 1 or versions[0].tag is None:
             return None
         return directory / versions[0].name, versions[0]
 
@@ -732,13 +755,17 @@ class LocalStorage:
                 if found is None:
                     return
                 path, part = found
-                assert part.sha256 is not None
+                assert part.tag is not None
                 generation, hasher = digest.generation, digest.hasher.copy()
                 try:
                     await self._hash_files(hasher, [(path, part.size)])
                 except StorageError:
                     return  # replaced or removed while being read: whoever did that says what next
-                digest.commit(number, part.sha256, hasher, generation, arrived=False)
+                if part.tag.startswith(_PREFIX_TAG) and _tag(hasher.hexdigest(), True) != part.tag:
+                    # Checked on other parts before it than these: completion reads it again
+                    # and fails on the whole file's digest, unless the part is sent again.
+                    return
+                digest.commit(number, part.tag, hasher, generation, arrived=False)
 
     def _catch_up_soon(self, handle: str, digest: _RunningDigest) -> None:
         """Have the background read ahead for this upload, unless it is already doing so."""
@@ -777,17 +804,18 @@ class LocalStorage:
         return None
 
     async def put_part(
-        self, handle: str, number: int, body: AsyncIterable[bytes], size: int, sha256: str
+        self, handle: str, number: int, body: AsyncIterable[bytes], size: int, sha256: str, *, prefix: bool = False
     ) -> StoredPart:
         directory = self._upload_dir(handle)
         if not await self._run(directory.is_dir):
             raise StorageError(f"no upload {handle!r} in storage")
+        prefix = prefix and number > 1  # part 1's prefix digest is its own digest
         digest = self._running_digest(handle)
         # The next part in order is hashed into (a copy of) the running digest as it streams
         # in. Part 1's own digest is that state already, so it needs no second hash. A part
         # that follows one being hashed in as it streams waits (its body unread) for that
         # part's final state and is hashed onto it: chaining, see the module docstring.
-        link = _Link(sha256)
+        link = _Link(_tag(sha256, prefix))
         previous = digest.links.get(number - 1)
         digest.links[number] = link
         generation = digest.generation
@@ -802,7 +830,7 @@ class LocalStorage:
                 with trio.move_on_after(CHAIN_WAIT_SECONDS):
                     await previous.ready.wait()
                 if previous.state is not None:
-                    onto, generation, basis = previous.state.copy(), previous.generation, previous.sha256
+                    onto, generation, basis = previous.state.copy(), previous.generation, previous.tag
                 elif number == digest.count + 1:  # the part before was committed meanwhile
                     onto, generation = digest.hasher.copy(), digest.generation
         except BaseException:
@@ -810,6 +838,12 @@ class LocalStorage:
             raise
         if number > 1 and onto is None:
             self._unlink(digest, number, link)  # the next part need not wait for this one
+        # A prefix digest is checked by the running state alone (one hash); without a state
+        # to hash onto it cannot be checked, and the part is kept under its own digest.
+        unchecked = prefix and onto is None
+        own: Hasher | None = None if prefix and onto is not None else hashlib.sha256()
+        checked = own if own is not None else onto
+        assert checked is not None
         received = 0
 
         async def produce(send: SendBatch) -> None:
@@ -847,11 +881,11 @@ class LocalStorage:
             if chunks:
                 await send(_Batch(chunks, pending, [self._buffers.take()], gather=True))
 
-        def hashed(hasher: Hasher) -> None:
+        def hashed() -> None:
             # This part's streamed state is final: hand it to the next part if its bytes are right.
-            if received == size and hasher.hexdigest() == sha256:
+            if received == size and checked.hexdigest() == sha256:
                 if number == 1:
-                    link.release(hasher, digest.generation)
+                    link.release(checked, digest.generation)
                 else:
                     link.release(onto, generation)
             else:
@@ -863,31 +897,32 @@ class LocalStorage:
             # moment between its publication and the commit below.
             digest.hashing_in[number] += 1
         try:
-            out, hasher = await self._write_new_file(
-                produce, also_hash=onto, hashed=hashed if hashing_in else None
-            )
+            hashers = [h for h in (own, onto) if h is not None]
+            out = await self._write_new_file(produce, hashers, hashed=hashed if hashing_in else None)
             try:
-                digest_hex = hasher.hexdigest()
-                if received != size or digest_hex != sha256:
+                digest_hex = checked.hexdigest()
+                if received != size or (digest_hex != sha256 and not unchecked):
+                    kind = "prefix SHA-256" if prefix else "SHA-256"
                     raise ChecksumMismatch(
-                        f"part {number}: got {received} bytes with SHA-256 {digest_hex}, "
+                        f"part {number}: got {received} bytes with {kind} {digest_hex}, "
                         f"expected {size} bytes with {sha256}",
                         expected_size=size,
                         actual_size=received,
                         expected_sha256=sha256,
                         actual_sha256=digest_hex,
                     )
-                await self._run(partial(self._publish_part, out, directory, number, sha256))
+                tag = _tag(digest_hex, prefix and not unchecked)
+                await self._run(partial(self._publish_part, out, directory, number, tag))
             finally:
                 with trio.CancelScope(shield=True):
                     await self._run(out.discard)
             if number == 1:
                 # Part 1 goes onto the empty prefix, which every generation shares.
-                digest.commit(1, sha256, hasher, digest.generation, arrived=True)
+                digest.commit(1, tag, checked, digest.generation, arrived=True)
             elif onto is not None:
-                digest.commit(number, sha256, onto, generation, arrived=True, basis=basis)
+                digest.commit(number, tag, onto, generation, arrived=True, basis=basis)
             else:
-                digest.stored(number, sha256)
+                digest.stored(number, tag)
         finally:
             self._unlink(digest, number, link)
             if hashing_in:
@@ -899,7 +934,7 @@ class LocalStorage:
                 # this process sees of an upload begun before a restart, or (if this part
                 # failed) an earlier version of it may be there to read.
                 self._catch_up_soon(handle, digest)
-        return StoredPart(number=number, size=size, sha256=sha256)
+        return _tagged_part(number, size, tag)
 
     @staticmethod
     def _unlink(digest: _RunningDigest, number: int, link: _Link) -> None:
@@ -909,11 +944,11 @@ class LocalStorage:
             del digest.links[number]
 
     @staticmethod
-    def _publish_part(out: _NewFile, directory: Path, number: int, sha256: str) -> None:
+    def _publish_part(out: _NewFile, directory: Path, number: int, tag: str) -> None:
         """Put a verified part file in place under its digest's name and remove the part's
         other versions, under the upload's lock so that concurrent writers of one part number
         keep exactly one file (the last one). Blocking."""
-        name = f"{number}.{sha256}.part"
+        name = f"{number}.{tag}.part"
         with _dir_lock(directory, fcntl.LOCK_EX):
             out.publish(directory / name)
             for old in _scan_parts(directory).get(number, []):
@@ -934,7 +969,7 @@ class LocalStorage:
             # cleanup; the newer is the one that was being stored.
             newest = (versions[0] for versions in found.values())
             return sorted(
-                (StoredPart(number=p.number, size=p.size, sha256=p.sha256) for p in newest), key=lambda p: p.number
+                (_tagged_part(p.number, p.size, p.tag) for p in newest), key=lambda p: p.number
             )
 
         return await self._run(scan)
@@ -964,21 +999,21 @@ class LocalStorage:
 
         From here on, completion reads and publishes these links, so what is hashed is what
         is published even if a part is replaced meanwhile. A part is taken from the file
-        named with its recorded digest if there is one, else from its newest file.
+        named with its recorded digest tag if there is one, else from its newest file.
         """
         directory = self._upload_dir(handle)
         staging = self._tmp / f"{secrets.token_hex(12)}.content"
         staging.mkdir()
         try:
             sizes: list[int] = []
-            sha256s: list[str | None] = []
+            tags: list[str | None] = []
             with _dir_lock(directory, fcntl.LOCK_SH):
                 found = _scan_parts(directory)
                 for index, part in enumerate(parts, start=1):
                     if part.number != index:
                         raise StorageError(f"parts must be numbered 1..{len(parts)} in order, not {part.number}")
                     versions = found.get(index, [])
-                    named = [v for v in versions if v.sha256 is not None and v.sha256 == part.sha256]
+                    named = [v for v in versions if v.tag is not None and v.tag == _tag_of(part)]
                     if not versions:
                         raise StorageError(f"part {index} of {handle!r} is missing from storage")
                     chosen = (named or versions)[0]
@@ -986,16 +1021,17 @@ class LocalStorage:
                         raise StorageError(f"part {index} of {handle!r} holds {chosen.size} bytes, not {part.size}")
                     os.link(directory / chosen.name, staging / _piece_name(index))
                     sizes.append(chosen.size)
-                    sha256s.append(chosen.sha256)
-            return _Staged(staging, tuple(sizes), tuple(sha256s))
+                    tags.append(chosen.tag)
+            return _Staged(staging, tuple(sizes), tuple(tags))
         except BaseException:
             _remove_tree(staging)
             raise
 
     async def _whole_digest(self, handle: str, staged: _Staged) -> str:
         """The SHA-256 of the staged parts in order, reading as little of them as it can."""
-        if len(staged.part_sha256s) == 1 and staged.part_sha256s[0] is not None:
-            return staged.part_sha256s[0]  # one part is the whole file, verified as it arrived
+        if len(staged.part_tags) == 1 and staged.part_tags[0] is not None:
+            # One part is the whole file, verified as it arrived (its own digest is its prefix digest).
+            return staged.part_tags[0].removeprefix(_PREFIX_TAG)
         digest = self._running_digest(handle)
         # Whatever the background has not hashed yet is read now, into the running digest, so
         # that a completion retried after a mismatch does not read it again.
@@ -1003,7 +1039,7 @@ class LocalStorage:
         # The running digest counts only if its parts are the ones linked; no await from here
         # on until the state is copied, so ``covered`` and ``hasher`` belong together.
         covered = tuple(digest.covered)
-        if staged.part_sha256s[: len(covered)] == covered:
+        if staged.part_tags[: len(covered)] == covered:
             hasher, start = digest.hasher.copy(), len(covered)
         else:
             hasher, start = hashlib.sha256(), 0

@@ -162,6 +162,8 @@ class S3Storage:
 
     #: S3 refuses to complete a multipart upload whose parts (all but the last) are smaller.
     min_part_size = 5 * 1024 * 1024
+    #: The store checks each part against its own digest, signed into its URL.
+    prefix_digests = False
 
     def __init__(
         self,
@@ -245,9 +247,11 @@ class S3Storage:
         return PresignedRequest("PUT", url, {"x-amz-checksum-sha256": checksum, "Content-Length": str(size)})
 
     async def put_part(
-        self, handle: str, number: int, body: AsyncIterable[bytes], size: int, sha256: str
+        self, handle: str, number: int, body: AsyncIterable[bytes], size: int, sha256: str, *, prefix: bool = False
     ) -> StoredPart:
         """Spool the body to a temp file while hashing it, check it, then send it with its digest."""
+        if prefix:
+            raise StorageError("S3 storage checks parts against their own digest, not a prefix digest")
         name, upload = self._split(handle)
         spool = await self._run(self._new_spool)
         try:
