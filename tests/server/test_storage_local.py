@@ -573,3 +573,26 @@ async def test_prefix_parts_after_a_restart_are_read_back_and_checked(tmp_path: 
     assert again._running_digest(handle).covered == [sha(pieces[0])] + [
         f"prefix-{_prefix(pieces, n)}" for n in range(2, len(pieces) + 1)
     ]
+
+
+async def test_after_a_restart_a_prefix_part_waits_for_the_parts_before_it_to_be_read_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = sample(5 * 65_536, seed=66)
+    pieces = _pieces(data, 65_536)
+    before = LocalStorage.open(tmp_path / "objects")
+    handle = await before.create_upload("upl_prefix_wait")
+    for number in (1, 2, 3):
+        await _put_prefixed(before, handle, pieces, number)
+    after = LocalStorage.open(tmp_path / "objects")
+    read_back = _ReadBack(monkeypatch)
+    async with trio.open_nursery() as nursery:
+        after.start_background(nursery)
+        # Part 4 waits (its body unread) while parts 1-3 are read back, then is checked on them;
+        # part 5 follows on the chain without anything more read back.
+        assert await _put_prefixed(after, handle, pieces, 4) == _prefix_records(pieces)[3]
+        assert read_back.bytes == 3 * 65_536
+        assert await _put_prefixed(after, handle, pieces, 5) == _prefix_records(pieces)[4]
+        content = await after.complete(handle, _prefix_records(pieces), "upl_prefix_wait", sha(data))
+        assert content.sha256 == sha(data) and read_back.bytes == 3 * 65_536
+        nursery.cancel_scope.cancel()

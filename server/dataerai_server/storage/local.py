@@ -507,6 +507,15 @@ class _RunningDigest:
         #: States hashed onto a part that was not committed yet, to commit right after it:
         #: number -> (tag, hasher, generation, tag of the part before).
         self.pending: dict[int, tuple[str, Hasher, int, str]] = {}
+        #: Set (and replaced) whenever the prefix grows: a part sent with a prefix digest
+        #: may wait for the parts before it to be read back (see ``LocalStorage.put_part``).
+        self.grown = trio.Event()
+
+    def _grow(self, tag: str, hasher: Hasher) -> None:
+        self.covered.append(tag)
+        self.hasher = hasher
+        self.grown.set()
+        self.grown = trio.Event()
 
     @property
     def count(self) -> int:
@@ -537,14 +546,12 @@ class _RunningDigest:
         # Within one generation ``covered`` only grows, so its first number-1 entries are
         # still the ones the hashing began from (and with ``basis`` checked, the last of them too).
         if number == self.count + 1:
-            self.covered.append(tag)
-            self.hasher = hasher
+            self._grow(tag, hasher)
         elif arrived and number <= self.count and self.covered[number - 1] != tag:
             # This part replaced other bytes that were already hashed in: what follows them is void.
             del self.covered[number - 1 :]
-            self.covered.append(tag)
-            self.hasher = hasher
             self.generation += 1
+            self._grow(tag, hasher)
         else:
             return
         self._commit_pending()
@@ -562,8 +569,7 @@ class _RunningDigest:
             tag, hasher, generation, basis = entry
             if generation != self.generation or self.covered[number - 2] != basis:
                 continue  # built on other bytes than those hashed in: void
-            self.covered.append(tag)
-            self.hasher = hasher
+            self._grow(tag, hasher)
 
     def stored(self, number: int, tag: str) -> None:
         """Part ``number`` was stored without being hashed in (it was not next in order)."""
@@ -781,6 +787,25 @@ class LocalStorage:
             return
         digest.catching_up = True
 
+    async def _caught_up_to(self, handle: str, digest: _RunningDigest, count: int) -> tuple[Hasher | None, int]:
+        """A copy of the running state over parts ``1..count`` and its generation, once the
+        background has read back what it lacks of them (parts stored without being hashed
+        in, as after a restart, or one still arriving); ``(None, -1)`` if that takes longer
+        than ``CHAIN_WAIT_SECONDS`` or nothing reads them back.
+
+        Only a client that sends parts in order with their prefix digests waits here: one wait
+        puts its parts back on the chain, so that the ones after it are hashed in as they stream.
+        """
+        if self._background is not None and digest.count < count:
+            self._catch_up_soon(handle, digest)
+            # Each part that arrives meanwhile asks for a catch-up too, when it is stored.
+            with trio.move_on_after(CHAIN_WAIT_SECONDS):
+                while digest.count < count:
+                    await digest.grown.wait()
+        if digest.count == count:
+            return digest.hasher.copy(), digest.generation
+        return None, -1
+
     async def _catch_up(self, handle: str, digest: _RunningDigest) -> None:
         try:
             while True:
@@ -833,6 +858,8 @@ class LocalStorage:
                     onto, generation, basis = previous.state.copy(), previous.generation, previous.tag
                 elif number == digest.count + 1:  # the part before was committed meanwhile
                     onto, generation = digest.hasher.copy(), digest.generation
+            if prefix and onto is None:
+                onto, generation = await self._caught_up_to(handle, digest, number - 1)
         except BaseException:
             self._unlink(digest, number, link)
             raise
