@@ -24,13 +24,13 @@ import math
 import os
 import re
 import stat
+from collections.abc import Iterator
 from typing import Any
 
 import trio
 
 from dataeraid.errors import DataeraiError, TargetExpired, TransientError, first_error, from_os_error
 from dataeraid.fileset import (
-    HASH_SLICE,
     PART_SUFFIX,
     FileSet,
     StreamFile,
@@ -38,9 +38,12 @@ from dataeraid.fileset import (
     check_manifest,
     safe_relative_path,
 )
-from dataeraid.transfer import JobContext, Progress
+from dataeraid.transfer import JobContext, Progress, Turn
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+#: Blocks (``io_block_size``) a range's receiving runs ahead of its writing: the next MiB
+#: is received while the last is written (and hashed) in a worker thread.
+WRITE_BATCHES_AHEAD = 2
 
 
 def _is_sha256_hex(value: object) -> bool:
@@ -257,64 +260,144 @@ def _remove_parts(fileset: FileSet) -> None:
             os.unlink(fileset.local_path(index))
 
 
+def _in_order(ctx: JobContext, target: dict[str, Any]) -> bool:
+    """Whether a range's body is read only once the previous range's body was.
+
+    From the repository's own content endpoint (its directory storage), reading the bodies
+    one after the other lets every byte be hashed from memory as it is written, where parallel
+    ranges would have to be read back from the page cache to be hashed in order; requests
+    still overlap, so the next range's first bytes are waiting when its turn comes. From an
+    object store's URL, ranges go in parallel. ``download_order`` ("auto", "always",
+    "never") overrides this.
+    """
+    if ctx.settings.download_order != "auto":
+        return ctx.settings.download_order == "always"
+    return ctx.remote.is_own_content_url(str(target.get("url", "")))
+
+
 async def _fetch_ranges(ctx: JobContext, fileset: FileSet, target: dict[str, Any], asset_id: str, size: int,
                         chunk_size: int, todo: list[int], progress: Progress) -> StreamHasher:
     """Fetch the ranges in ``todo`` into the ``.part`` files; the stream's digests.
 
-    The whole stream's digest (and each file's) is computed beside the transfer: a
-    hasher follows the ranges in order as they land (reading them back from the
-    page cache), so the digest is ready moments after the last range instead of
-    after another pass.
+    The whole stream's digest (and each file's) is computed beside the transfer, in stream
+    order, up to a frontier (``hashed_to``). Bytes written right at the frontier are hashed
+    from memory in the same worker-thread call that writes them; bytes written ahead of it
+    (a range fetched in parallel with the one before it, or on disk from before a restart)
+    are read back from the page cache by a catch-up task that follows the frontier. So the
+    digest is ready moments after the last range, and with range bodies in order
+    (:func:`_in_order`) nearly no byte is read back.
     """
     current = {"target": target}
-    queue = iter(todo)
     landed = {index: trio.Event() for index in todo}
     many = len(fileset.files) > 1
+    block = ctx.settings.io_block_size
+    stream = StreamHasher(fileset.files)
+    count = max(1, math.ceil(size / chunk_size))
+    ordered = _in_order(ctx, target)
+
+    # The hashing frontier. Whoever holds ``hashing`` feeds ``stream``; ``written_of`` has the
+    # bytes each range in ``todo`` has written from its start; ``moved`` is set (and replaced)
+    # whenever a range wrote more or the frontier moved.
+    hashed_to = 0
+    hashing = trio.Lock()
+    written_of = dict.fromkeys(todo, 0)
+    moved = trio.Event()
+
+    def notify() -> None:
+        nonlocal moved
+        moved.set()
+        moved = trio.Event()
+
+    def write_and_hash(offset: int, pieces: list[bytes]) -> None:
+        fileset.write(offset, pieces)
+        for piece in pieces:
+            stream.update(piece)
+
+    def planned() -> Iterator[tuple[int, Turn | None]]:
+        turn = Turn.first()
+        for index in todo:
+            yield index, turn if ordered else None
+            turn = turn.next()
+
+    queue = planned()
 
     async def refresh() -> None:
         current["target"] = await ctx.remote.download_target(asset_id, target["content_id"])
 
-    async def fetch(index: int) -> None:
+    async def fetch(index: int, turn: Turn | None) -> None:
         start = index * chunk_size
         length = min(chunk_size, size - start)
+        # Bytes of this range written to its file, from its start; a retry goes on from there.
         written = 0
 
         async def attempt() -> None:
             nonlocal written
-            progress.add(-written)
-            written = 0
-            # Socket reads come in ~64 KiB pieces; they are written in one
-            # pwritev per MiB: one thread hop per MiB, and no copying to join them.
-            pending: list[bytes] = []
-            pending_size = 0
+            if written == length and length:
+                return  # all written before an error at the very end
+            # Socket reads are written in one pwritev per MiB (one thread hop per MiB, and no
+            # copying to join them) by a writer task, while the next MiB is being received.
+            batches, to_write = trio.open_memory_channel[tuple[list[bytes], int]](WRITE_BATCHES_AHEAD)
+            counted = flushed = 0  # this attempt's bytes: counted in the progress, and written
 
-            async def flush() -> None:
-                nonlocal written, pending_size
-                await trio.to_thread.run_sync(fileset.write, start + written, pending)
-                written += pending_size
-                pending.clear()
+            async def write_batches() -> None:
+                nonlocal written, hashed_to, flushed
+                async with to_write:
+                    async for pieces, nbytes in to_write:
+                        offset = start + written
+                        if hashed_to == offset and not hashing.locked():
+                            hashing.acquire_nowait()
+                            try:
+                                await trio.to_thread.run_sync(write_and_hash, offset, pieces)
+                                hashed_to = offset + nbytes
+                            finally:
+                                hashing.release()
+                        else:
+                            await trio.to_thread.run_sync(fileset.write, offset, pieces)
+                        written += nbytes
+                        flushed += nbytes
+                        written_of[index] = written
+                        notify()
+
+            async def receive() -> None:
+                nonlocal counted
+                pending: list[bytes] = []
                 pending_size = 0
+                waiting = turn
+                async with batches:
+                    async for data in ctx.remote.read_range(current["target"], start + written, length - written,
+                                                            f"reading range {index}"):
+                        if waiting is not None:
+                            # The request is out and its first bytes are in; the body waits its turn.
+                            await waiting.after.wait()
+                            waiting = None
+                        if written + counted - flushed + len(data) > length:
+                            raise DataeraiError("checksum_mismatch", f"range {index}: the server sent too many bytes")
+                        await ctx.bandwidth.spend(len(data))
+                        if many:
+                            at = fileset.index_at(start + written + counted - flushed)
+                            progress.at_file(at, fileset.files[at].path)
+                        pending.append(data)
+                        pending_size += len(data)
+                        counted += len(data)
+                        progress.add(len(data), index)
+                        if pending_size >= block:
+                            await batches.send((pending, pending_size))
+                            pending, pending_size = [], 0
+                    if pending:
+                        await batches.send((pending, pending_size))
 
             try:
-                async for data in ctx.remote.read_range(current["target"], start, length, f"reading range {index}"):
-                    if written + pending_size + len(data) > length:
-                        raise DataeraiError("checksum_mismatch", f"range {index}: the server sent too many bytes")
-                    await ctx.bandwidth.spend(len(data))
-                    if many:
-                        at = fileset.index_at(start + written + pending_size)
-                        progress.at_file(at, fileset.files[at].path)
-                    pending.append(data)
-                    pending_size += len(data)
-                    progress.add(len(data), index)
-                    if pending_size >= ctx.settings.io_block_size:
-                        await flush()
-                if pending:
-                    await flush()
+                with first_error():
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(write_batches)
+                        nursery.start_soon(receive)
             except TargetExpired:
                 await refresh()
                 raise
             finally:
-                progress.add(-pending_size)
+                progress.add(flushed - counted)  # received but not written: a retry fetches it again
+                if turn is not None:
+                    turn.done.set()  # received, or ended either way: never holds the next range back
             if written != length:
                 raise TransientError(f"range {index}: connection ended after {written} of {length} bytes")
 
@@ -349,8 +432,8 @@ async def _fetch_ranges(ctx: JobContext, fileset: FileSet, target: dict[str, Any
         nonlocal workers_done
 
         async def worker() -> None:
-            for index in queue:
-                await fetch(index)
+            for index, turn in queue:
+                await fetch(index, turn)
 
         with first_error():
             async with trio.open_nursery() as nursery:
@@ -358,9 +441,6 @@ async def _fetch_ranges(ctx: JobContext, fileset: FileSet, target: dict[str, Any
                     nursery.start_soon(worker)
         workers_done = True
         wrote_more.set()
-
-    stream = StreamHasher(fileset.files)
-    count = max(1, math.ceil(size / chunk_size))
 
     # A range's pages leave the page cache once it is both on disk and hashed.
     # Reused pages are cheap and fresh ones are not (on virtual machines above
@@ -375,21 +455,31 @@ async def _fetch_ranges(ctx: JobContext, fileset: FileSet, target: dict[str, Any
             start = index * chunk_size
             await trio.to_thread.run_sync(fileset.drop_cache, start, min(chunk_size, size - start))
 
-    async def hash_in_order() -> None:
+    async def catch_up() -> None:
+        """Move the frontier over bytes written ahead of it, reading them back, a block at a
+        time, so that a worker writing at the frontier takes over as soon as it is reached."""
+        nonlocal hashed_to
         for index in range(count):
-            if index in landed:
-                await landed[index].wait()
             start = index * chunk_size
             end = start + min(chunk_size, size - start)
-            for piece in range(start, end, HASH_SLICE):
-                await trio.to_thread.run_sync(stream.feed, fileset, piece, min(HASH_SLICE, end - piece),
-                                              ctx.settings.io_block_size)
+            while hashed_to < end:
+                available = start + written_of[index] if index in written_of else end
+                if available > hashed_to and not hashing.locked():
+                    hashing.acquire_nowait()
+                    try:
+                        step = min(block, available - hashed_to)
+                        await trio.to_thread.run_sync(stream.feed, fileset, hashed_to, step, block)
+                        hashed_to += step
+                    finally:
+                        hashing.release()
+                else:
+                    await moved.wait()
             if index in landed:
                 await done_with(index, "hashed")
 
     with first_error():
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(hash_in_order)
+            nursery.start_soon(catch_up)
             nursery.start_soon(checkpoint_synced)
             nursery.start_soon(workers)
     return stream

@@ -166,6 +166,27 @@ class Progress:
         )
 
 
+@dataclass(frozen=True)
+class Turn:
+    """Bodies in order: a part's (or range's) body starts once ``after`` is set (the previous
+    one's body was sent or received, or its attempt ended either way), and it sets ``done``
+    when its own body was sent or received, or its attempt ended. A failed attempt never
+    holds the next body back. The repository's own endpoints hash what arrives in order as
+    it streams (``upload_order`` and ``download_order`` in docs/configuration.md)."""
+
+    after: trio.Event
+    done: trio.Event
+
+    @classmethod
+    def first(cls) -> Turn:
+        ready = trio.Event()
+        ready.set()
+        return cls(ready, trio.Event())
+
+    def next(self) -> Turn:
+        return Turn(self.done, trio.Event())
+
+
 class JobContext:
     def __init__(self, job: Row, jobs: Jobs, remote: Remote, auth: Auth, settings: Settings,
                  bandwidth: Bandwidth) -> None:

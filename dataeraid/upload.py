@@ -54,7 +54,7 @@ import trio
 from dataeraid.errors import DataeraiError, TransientError, first_error, leaves
 from dataeraid.fileset import HASH_SLICE, FileSet, StreamFile, StreamHasher
 from dataeraid.store import CachedDigest, SourceIdentity
-from dataeraid.transfer import JobContext, Progress
+from dataeraid.transfer import JobContext, Progress, Turn
 
 # A part whose upload failed its checksum this many times, with an unchanged source, fails the job.
 MAX_CHECKSUM_RETRIES = 3
@@ -389,7 +389,7 @@ class _Senders:
         ctx, source, total = self._ctx, self._source, self._source.size
         chunk_size: int = ctx.job["chunk_size"]
         block = ctx.settings.io_block_size
-        hashed_send, hashed_receive = trio.open_memory_channel[tuple[PartPlan, _Turn]](ctx.settings.parts_per_job)
+        hashed_send, hashed_receive = trio.open_memory_channel[tuple[PartPlan, Turn]](ctx.settings.parts_per_job)
 
         # Each part's digest is needed before its URL can be asked for; this runs at most
         # a few parts ahead of the senders, so their second read comes from the page cache.
@@ -399,8 +399,7 @@ class _Senders:
         async def hash_parts() -> None:
             async with hashed_send:
                 # Parts to be sent in order hand the turn on from one to the next (held parts are skipped).
-                previous = trio.Event()
-                previous.set()
+                turn = Turn.first()
                 for number in range(1, self._count + 1):
                     if number in held:
                         continue
@@ -409,11 +408,10 @@ class _Senders:
                         plan = PartPlan(number, offset, size, await prefixes.take(number), prefix=True)
                     else:
                         plan = PartPlan(number, offset, size, await _part_digest(source, offset, size, block))
-                    turn = _Turn(previous, trio.Event())
-                    previous = turn.done
                     await hashed_send.send((plan, turn))
+                    turn = turn.next()
 
-        async def send_parts(receive: trio.MemoryReceiveChannel[tuple[PartPlan, _Turn]]) -> None:
+        async def send_parts(receive: trio.MemoryReceiveChannel[tuple[PartPlan, Turn]]) -> None:
             async with receive:
                 async for plan, turn in receive:
                     await self._running.wait()
@@ -566,16 +564,6 @@ def _completed_fields(result: dict[str, Any], source: FileSet) -> dict[str, Any]
             "files": files}
 
 
-@dataclass(frozen=True)
-class _Turn:
-    """Sending parts in order: a part's body starts once ``after`` is set (the previous part's
-    body was sent, or its attempt ended either way), and it sets ``done`` when its own body
-    was sent or its attempt ended. See :func:`_in_order`."""
-
-    after: trio.Event
-    done: trio.Event
-
-
 async def _acknowledged(source: FileSet, plan: PartPlan, ack: dict[str, Any], block: int) -> str | None:
     """The digest the server acknowledged ``plan`` with, if it is the part's; None if not.
 
@@ -612,7 +600,7 @@ def _in_order(ctx: JobContext, target: dict[str, Any]) -> bool:
 
 
 async def _send_part(ctx: JobContext, source: FileSet, upload_id: str, plan: PartPlan, progress: Progress,
-                     turn: _Turn | None = None) -> None:
+                     turn: Turn | None = None) -> None:
     block = ctx.settings.io_block_size
     mismatches = 0
     while True:
