@@ -11,7 +11,6 @@ progress_interval_s = 0.25  # at most this often a progress event per job
 bandwidth_limit_bps = 0     # bytes per second over all transfers; 0 is no limit
 event_retention_days = 30   # stored events older than this are pruned (replay reaches back this far)
 upload_order = "auto"       # "auto", "always", "never": part bodies one after the other (docs/configuration.md)
-download_order = "auto"     # "auto", "always", "never": range bodies one after the other (docs/configuration.md)
 ```
 """
 
@@ -45,13 +44,10 @@ class Settings:
     bandwidth_limit_bps: int = 0
     event_retention_days: float = 30.0
     upload_order: str = "auto"
-    download_order: str = "auto"
 
     def __post_init__(self) -> None:
-        for name in ("upload_order", "download_order"):
-            value = getattr(self, name)
-            if value not in ("auto", "always", "never"):
-                raise ValueError(f"{name} must be 'auto', 'always' or 'never', not {value!r}")
+        if self.upload_order not in ("auto", "always", "never"):
+            raise ValueError(f"upload_order must be 'auto', 'always' or 'never', not {self.upload_order!r}")
 
     @classmethod
     def load(cls, path: Path) -> Settings:

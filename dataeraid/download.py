@@ -24,7 +24,6 @@ import math
 import os
 import re
 import stat
-from collections.abc import Iterator
 from typing import Any
 
 import trio
@@ -38,7 +37,7 @@ from dataeraid.fileset import (
     check_manifest,
     safe_relative_path,
 )
-from dataeraid.transfer import JobContext, Progress, Turn
+from dataeraid.transfer import JobContext, Progress
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 #: Blocks (``io_block_size``) a range's receiving runs ahead of its writing: the next MiB
@@ -260,21 +259,6 @@ def _remove_parts(fileset: FileSet) -> None:
             os.unlink(fileset.local_path(index))
 
 
-def _in_order(ctx: JobContext, target: dict[str, Any]) -> bool:
-    """Whether a range's body is read only once the previous range's body was.
-
-    From the repository's own content endpoint (its directory storage), reading the bodies
-    one after the other lets every byte be hashed from memory as it is written, where parallel
-    ranges would have to be read back from the page cache to be hashed in order; requests
-    still overlap, so the next range's first bytes are waiting when its turn comes. From an
-    object store's URL, ranges go in parallel. ``download_order`` ("auto", "always",
-    "never") overrides this.
-    """
-    if ctx.settings.download_order != "auto":
-        return ctx.settings.download_order == "always"
-    return ctx.remote.is_own_content_url(str(target.get("url", "")))
-
-
 async def _fetch_ranges(ctx: JobContext, fileset: FileSet, target: dict[str, Any], asset_id: str, size: int,
                         chunk_size: int, todo: list[int], progress: Progress) -> StreamHasher:
     """Fetch the ranges in ``todo`` into the ``.part`` files; the stream's digests.
@@ -284,8 +268,11 @@ async def _fetch_ranges(ctx: JobContext, fileset: FileSet, target: dict[str, Any
     from memory in the same worker-thread call that writes them; bytes written ahead of it
     (a range fetched in parallel with the one before it, or on disk from before a restart)
     are read back from the page cache by a catch-up task that follows the frontier. So the
-    digest is ready moments after the last range, and with range bodies in order
-    (:func:`_in_order`) nearly no byte is read back.
+    digest is ready moments after the last range.
+
+    Range bodies are read in parallel. Reading them one after the other would let every
+    byte be hashed from memory (about 0.3 CPU seconds less per GiB), but was measured
+    slower in wall time, even on loopback (docs/benchmarks.md).
     """
     current = {"target": target}
     landed = {index: trio.Event() for index in todo}
@@ -293,7 +280,6 @@ async def _fetch_ranges(ctx: JobContext, fileset: FileSet, target: dict[str, Any
     block = ctx.settings.io_block_size
     stream = StreamHasher(fileset.files)
     count = max(1, math.ceil(size / chunk_size))
-    ordered = _in_order(ctx, target)
 
     # The hashing frontier. Whoever holds ``hashing`` feeds ``stream``; ``written_of`` has the
     # bytes each range in ``todo`` has written from its start; ``moved`` is set (and replaced)
@@ -313,18 +299,12 @@ async def _fetch_ranges(ctx: JobContext, fileset: FileSet, target: dict[str, Any
         for piece in pieces:
             stream.update(piece)
 
-    def planned() -> Iterator[tuple[int, Turn | None]]:
-        turn = Turn.first()
-        for index in todo:
-            yield index, turn if ordered else None
-            turn = turn.next()
-
-    queue = planned()
+    queue = iter(todo)
 
     async def refresh() -> None:
         current["target"] = await ctx.remote.download_target(asset_id, target["content_id"])
 
-    async def fetch(index: int, turn: Turn | None) -> None:
+    async def fetch(index: int) -> None:
         start = index * chunk_size
         length = min(chunk_size, size - start)
         # Bytes of this range written to its file, from its start; a retry goes on from there.
@@ -362,14 +342,9 @@ async def _fetch_ranges(ctx: JobContext, fileset: FileSet, target: dict[str, Any
                 nonlocal counted
                 pending: list[bytes] = []
                 pending_size = 0
-                waiting = turn
                 async with batches:
                     async for data in ctx.remote.read_range(current["target"], start + written, length - written,
                                                             f"reading range {index}"):
-                        if waiting is not None:
-                            # The request is out and its first bytes are in; the body waits its turn.
-                            await waiting.after.wait()
-                            waiting = None
                         if written + counted - flushed + len(data) > length:
                             raise DataeraiError("checksum_mismatch", f"range {index}: the server sent too many bytes")
                         await ctx.bandwidth.spend(len(data))
@@ -396,8 +371,6 @@ async def _fetch_ranges(ctx: JobContext, fileset: FileSet, target: dict[str, Any
                 raise
             finally:
                 progress.add(flushed - counted)  # received but not written: a retry fetches it again
-                if turn is not None:
-                    turn.done.set()  # received, or ended either way: never holds the next range back
             if written != length:
                 raise TransientError(f"range {index}: connection ended after {written} of {length} bytes")
 
@@ -432,8 +405,8 @@ async def _fetch_ranges(ctx: JobContext, fileset: FileSet, target: dict[str, Any
         nonlocal workers_done
 
         async def worker() -> None:
-            for index, turn in queue:
-                await fetch(index, turn)
+            for index in queue:
+                await fetch(index)
 
         with first_error():
             async with trio.open_nursery() as nursery:

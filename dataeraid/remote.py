@@ -221,18 +221,11 @@ class Remote:
 
     def is_own_part_url(self, url: str) -> bool:
         """Whether ``url`` is the repository's own part endpoint (not an object store's URL)."""
-        return self._is_own_url(url, "/uploads/", "/parts/")
-
-    def is_own_content_url(self, url: str) -> bool:
-        """Whether ``url`` is the repository's own content endpoint (not an object store's URL)."""
-        return self._is_own_url(url, "/contents/", "")
-
-    def _is_own_url(self, url: str, collection: str, inner: str) -> bool:
         creds = self._auth.current
         if creds is None:
             return False
-        base = creds.api_base.rstrip("/") + collection
-        return url.startswith(base) and inner in url[len(base):]
+        base = creds.api_base.rstrip("/") + "/uploads/"
+        return url.startswith(base) and "/parts/" in url[len(base):]
 
     async def put_part(self, target: Mapping[str, Any], body: AsyncIterator[bytes], what: str) -> dict[str, Any]:
         """Send one part to its signed target, streaming ``body``."""

@@ -168,11 +168,11 @@ class Progress:
 
 @dataclass(frozen=True)
 class Turn:
-    """Bodies in order: a part's (or range's) body starts once ``after`` is set (the previous
-    one's body was sent or received, or its attempt ended either way), and it sets ``done``
-    when its own body was sent or received, or its attempt ended. A failed attempt never
-    holds the next body back. The repository's own endpoints hash what arrives in order as
-    it streams (``upload_order`` and ``download_order`` in docs/configuration.md)."""
+    """Part bodies in order: a part's body starts once ``after`` is set (the previous part's
+    body was sent, or its attempt ended either way), and it sets ``done`` when its own body
+    was sent or its attempt ended. A failed attempt never holds the next part back. The
+    repository's own part endpoint hashes parts that arrive in order as they stream
+    (``upload_order`` in docs/configuration.md)."""
 
     after: trio.Event
     done: trio.Event
