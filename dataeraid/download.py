@@ -30,6 +30,7 @@ import trio
 
 from dataeraid.errors import DataeraiError, TargetExpired, TransientError, first_error, from_os_error
 from dataeraid.fileset import (
+    HASH_SLICE,
     PART_SUFFIX,
     FileSet,
     StreamFile,
@@ -40,9 +41,6 @@ from dataeraid.fileset import (
 from dataeraid.transfer import JobContext, Progress
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
-#: Blocks (``io_block_size``) a range's receiving runs ahead of its writing: the next MiB
-#: is received while the last is written (and hashed) in a worker thread.
-WRITE_BATCHES_AHEAD = 2
 
 
 def _is_sha256_hex(value: object) -> bool:
@@ -263,43 +261,20 @@ async def _fetch_ranges(ctx: JobContext, fileset: FileSet, target: dict[str, Any
                         chunk_size: int, todo: list[int], progress: Progress) -> StreamHasher:
     """Fetch the ranges in ``todo`` into the ``.part`` files; the stream's digests.
 
-    The whole stream's digest (and each file's) is computed beside the transfer, in stream
-    order, up to a frontier (``hashed_to``). Bytes written right at the frontier are hashed
-    from memory in the same worker-thread call that writes them; bytes written ahead of it
-    (a range fetched in parallel with the one before it, or on disk from before a restart)
-    are read back from the page cache by a catch-up task that follows the frontier. So the
-    digest is ready moments after the last range.
+    The whole stream's digest (and each file's) is computed beside the transfer: a
+    hasher follows the ranges in order as they land (reading them back from the
+    page cache), so the digest is ready moments after the last range instead of
+    after another pass. A range cut off half-way goes on from where it stopped.
 
-    Range bodies are read in parallel. Reading them one after the other would let every
-    byte be hashed from memory (about 0.3 CPU seconds less per GiB), but was measured
-    slower in wall time, even on loopback (docs/benchmarks.md).
+    (Hashing bytes from memory as they are written, where they land right at the
+    hasher's position, and reading back only the rest, was tried: with parallel ranges
+    it saved little and cost more thread hops; with range bodies read in order it saved
+    CPU but was slower in wall time. docs/benchmarks.md.)
     """
     current = {"target": target}
+    queue = iter(todo)
     landed = {index: trio.Event() for index in todo}
     many = len(fileset.files) > 1
-    block = ctx.settings.io_block_size
-    stream = StreamHasher(fileset.files)
-    count = max(1, math.ceil(size / chunk_size))
-
-    # The hashing frontier. Whoever holds ``hashing`` feeds ``stream``; ``written_of`` has the
-    # bytes each range in ``todo`` has written from its start; ``moved`` is set (and replaced)
-    # whenever a range wrote more or the frontier moved.
-    hashed_to = 0
-    hashing = trio.Lock()
-    written_of = dict.fromkeys(todo, 0)
-    moved = trio.Event()
-
-    def notify() -> None:
-        nonlocal moved
-        moved.set()
-        moved = trio.Event()
-
-    def write_and_hash(offset: int, pieces: list[bytes]) -> None:
-        fileset.write(offset, pieces)
-        for piece in pieces:
-            stream.update(piece)
-
-    queue = iter(todo)
 
     async def refresh() -> None:
         current["target"] = await ctx.remote.download_target(asset_id, target["content_id"])
@@ -307,70 +282,46 @@ async def _fetch_ranges(ctx: JobContext, fileset: FileSet, target: dict[str, Any
     async def fetch(index: int) -> None:
         start = index * chunk_size
         length = min(chunk_size, size - start)
-        # Bytes of this range written to its file, from its start; a retry goes on from there.
+        # Bytes of this range written to its file, from its start: a retry goes on from there.
         written = 0
 
         async def attempt() -> None:
             nonlocal written
             if written == length and length:
                 return  # all written before an error at the very end
-            # Socket reads are written in one pwritev per MiB (one thread hop per MiB, and no
-            # copying to join them) by a writer task, while the next MiB is being received.
-            batches, to_write = trio.open_memory_channel[tuple[list[bytes], int]](WRITE_BATCHES_AHEAD)
-            counted = flushed = 0  # this attempt's bytes: counted in the progress, and written
+            # Socket reads come in ~64 KiB pieces; they are written in one
+            # pwritev per MiB: one thread hop per MiB, and no copying to join them.
+            pending: list[bytes] = []
+            pending_size = 0
 
-            async def write_batches() -> None:
-                nonlocal written, hashed_to, flushed
-                async with to_write:
-                    async for pieces, nbytes in to_write:
-                        offset = start + written
-                        if hashed_to == offset and not hashing.locked():
-                            hashing.acquire_nowait()
-                            try:
-                                await trio.to_thread.run_sync(write_and_hash, offset, pieces)
-                                hashed_to = offset + nbytes
-                            finally:
-                                hashing.release()
-                        else:
-                            await trio.to_thread.run_sync(fileset.write, offset, pieces)
-                        written += nbytes
-                        flushed += nbytes
-                        written_of[index] = written
-                        notify()
-
-            async def receive() -> None:
-                nonlocal counted
-                pending: list[bytes] = []
+            async def flush() -> None:
+                nonlocal written, pending_size
+                await trio.to_thread.run_sync(fileset.write, start + written, pending)
+                written += pending_size
+                pending.clear()
                 pending_size = 0
-                async with batches:
-                    async for data in ctx.remote.read_range(current["target"], start + written, length - written,
-                                                            f"reading range {index}"):
-                        if written + counted - flushed + len(data) > length:
-                            raise DataeraiError("checksum_mismatch", f"range {index}: the server sent too many bytes")
-                        await ctx.bandwidth.spend(len(data))
-                        if many:
-                            at = fileset.index_at(start + written + counted - flushed)
-                            progress.at_file(at, fileset.files[at].path)
-                        pending.append(data)
-                        pending_size += len(data)
-                        counted += len(data)
-                        progress.add(len(data), index)
-                        if pending_size >= block:
-                            await batches.send((pending, pending_size))
-                            pending, pending_size = [], 0
-                    if pending:
-                        await batches.send((pending, pending_size))
 
             try:
-                with first_error():
-                    async with trio.open_nursery() as nursery:
-                        nursery.start_soon(write_batches)
-                        nursery.start_soon(receive)
+                async for data in ctx.remote.read_range(current["target"], start + written, length - written,
+                                                        f"reading range {index}"):
+                    if written + pending_size + len(data) > length:
+                        raise DataeraiError("checksum_mismatch", f"range {index}: the server sent too many bytes")
+                    await ctx.bandwidth.spend(len(data))
+                    if many:
+                        at = fileset.index_at(start + written + pending_size)
+                        progress.at_file(at, fileset.files[at].path)
+                    pending.append(data)
+                    pending_size += len(data)
+                    progress.add(len(data), index)
+                    if pending_size >= ctx.settings.io_block_size:
+                        await flush()
+                if pending:
+                    await flush()
             except TargetExpired:
                 await refresh()
                 raise
             finally:
-                progress.add(flushed - counted)  # received but not written: a retry fetches it again
+                progress.add(-pending_size)
             if written != length:
                 raise TransientError(f"range {index}: connection ended after {written} of {length} bytes")
 
@@ -415,6 +366,9 @@ async def _fetch_ranges(ctx: JobContext, fileset: FileSet, target: dict[str, Any
         workers_done = True
         wrote_more.set()
 
+    stream = StreamHasher(fileset.files)
+    count = max(1, math.ceil(size / chunk_size))
+
     # A range's pages leave the page cache once it is both on disk and hashed.
     # Reused pages are cheap and fresh ones are not (on virtual machines above
     # all), so a download's footprint in memory stays a few ranges, not the file.
@@ -428,31 +382,21 @@ async def _fetch_ranges(ctx: JobContext, fileset: FileSet, target: dict[str, Any
             start = index * chunk_size
             await trio.to_thread.run_sync(fileset.drop_cache, start, min(chunk_size, size - start))
 
-    async def catch_up() -> None:
-        """Move the frontier over bytes written ahead of it, reading them back, a block at a
-        time, so that a worker writing at the frontier takes over as soon as it is reached."""
-        nonlocal hashed_to
+    async def hash_in_order() -> None:
         for index in range(count):
+            if index in landed:
+                await landed[index].wait()
             start = index * chunk_size
             end = start + min(chunk_size, size - start)
-            while hashed_to < end:
-                available = start + written_of[index] if index in written_of else end
-                if available > hashed_to and not hashing.locked():
-                    hashing.acquire_nowait()
-                    try:
-                        step = min(block, available - hashed_to)
-                        await trio.to_thread.run_sync(stream.feed, fileset, hashed_to, step, block)
-                        hashed_to += step
-                    finally:
-                        hashing.release()
-                else:
-                    await moved.wait()
+            for piece in range(start, end, HASH_SLICE):
+                await trio.to_thread.run_sync(stream.feed, fileset, piece, min(HASH_SLICE, end - piece),
+                                              ctx.settings.io_block_size)
             if index in landed:
                 await done_with(index, "hashed")
 
     with first_error():
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(catch_up)
+            nursery.start_soon(hash_in_order)
             nursery.start_soon(checkpoint_synced)
             nursery.start_soon(workers)
     return stream

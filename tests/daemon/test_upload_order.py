@@ -5,7 +5,7 @@ with it; a failed attempt never holds the next part back. The server is a stand-
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, TypeVar
@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import pytest
 import trio
 import trio.testing
+from stand_ins import job_context
 
 from dataeraid import upload
 from dataeraid.errors import TransientError
@@ -51,31 +52,12 @@ class _Server:
         return {"sha256": target["sha256"], "size": target["size"]}
 
 
-async def _retrying(_what: str, attempt: Callable[[], Awaitable[T]]) -> T:
-    while True:
-        try:
-            return await attempt()
-        except TransientError:
-            await trio.sleep(0.2)
-
-
 async def _run(tmp_path: Path, server: _Server, parts: int, order: str, held: dict[int, Any] | None = None) -> None:
     (tmp_path / "f.bin").write_bytes(bytes(range(256)) * (PART * parts // 256))
     source = FileSet(str(tmp_path), [StreamFile("f.bin", 0, PART * parts)], "source")
 
-    async def nothing(*_args: Any) -> None:
-        return None
-
-    ctx = SimpleNamespace(
-        job={"chunk_size": PART},
-        job_id="job_1",
-        settings=SimpleNamespace(parts_per_job=3, io_block_size=BLOCK, upload_order=order),
-        remote=server,
-        retrying=_retrying,
-        bandwidth=SimpleNamespace(spend=nothing),
-        store=SimpleNamespace(checkpoint=nothing),
-        log=SimpleNamespace(info=lambda *a, **k: None, warning=lambda *a, **k: None),
-    )
+    ctx = job_context(server, {"parts_per_job": 3, "io_block_size": BLOCK, "upload_order": order},
+                      job={"chunk_size": PART})
     progress = SimpleNamespace(chunks_done=0, add=lambda *a: None, chunk_finished=lambda: None)
     senders = upload._Senders(ctx, source, "upl_1", progress, parts)  # type: ignore[arg-type]
     try:
@@ -176,20 +158,9 @@ async def test_prefix_digests_are_sent_and_an_unchecked_part_is_compared_with_it
     async def checkpoint(_job_id: str, number: int, _size: int, sha256: str) -> None:
         checkpoints.append((number, sha256))
 
-    async def nothing(*_args: Any) -> None:
-        return None
-
     server = _PrefixServer(data)
-    ctx = SimpleNamespace(
-        job={"chunk_size": PART},
-        job_id="job_1",
-        settings=SimpleNamespace(parts_per_job=2, io_block_size=BLOCK, upload_order="auto"),
-        remote=server,
-        retrying=_retrying,
-        bandwidth=SimpleNamespace(spend=nothing),
-        store=SimpleNamespace(checkpoint=checkpoint),
-        log=SimpleNamespace(info=lambda *a, **k: None, warning=lambda *a, **k: None),
-    )
+    ctx = job_context(server, {"parts_per_job": 2, "io_block_size": BLOCK, "upload_order": "auto"},
+                      job={"chunk_size": PART}, store=SimpleNamespace(checkpoint=checkpoint))
     progress = SimpleNamespace(chunks_done=0, add=lambda *a: None, chunk_finished=lambda: None)
     senders = upload._Senders(ctx, source, "upl_1", progress, parts, prefixes)  # type: ignore[arg-type]
     try:
