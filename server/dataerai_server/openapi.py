@@ -281,7 +281,14 @@ _SCHEMAS: dict[str, Any] = {
     },
     "Part": {
         "type": "object",
-        "properties": {"number": {"type": "integer", "minimum": 1}, "size": _INT, "sha256": _SHA, "writes": _INT},
+        "description": "the digests the part was checked against (part 1's own digest is its prefix digest)",
+        "properties": {
+            "number": {"type": "integer", "minimum": 1},
+            "size": _INT,
+            "sha256": _NSHA,
+            "prefix_sha256": _NSHA,
+            "writes": _INT,
+        },
     },
     "UploadResult": {
         "type": "object",
@@ -303,6 +310,11 @@ _SCHEMAS: dict[str, Any] = {
                 "items": {"type": "object", "properties": {"path": _PATH, "size": _INT}},
             },
             "parts": {"type": "array", "items": _ref("Part")},
+            "part_digests": {
+                "type": "array",
+                "items": {"enum": ["sha256", "prefix_sha256"]},
+                "description": "which digest a part target takes",
+            },
             "bytes_received": _INT,
             "created_at": _TIME,
             "expires_at": _TIME,
@@ -311,8 +323,9 @@ _SCHEMAS: dict[str, Any] = {
     },
     "PartTargetRequest": {
         "type": "object",
-        "required": ["sha256", "size"],
-        "properties": {"sha256": _SHA, "size": _INT},
+        "required": ["size"],
+        "description": "one of `sha256` (the part's own) and `prefix_sha256` (the content's through the part's end)",
+        "properties": {"sha256": _SHA, "prefix_sha256": _SHA, "size": _INT},
     },
     "PartTarget": {
         "type": "object",
@@ -325,7 +338,8 @@ _SCHEMAS: dict[str, Any] = {
     },
     "PartReceipt": {
         "type": "object",
-        "properties": {"number": {"type": "integer"}, "size": _INT, "sha256": _SHA},
+        "description": "`prefix_sha256` null: the prefix digest could not be checked; `sha256` is then the part's own",
+        "properties": {"number": {"type": "integer"}, "size": _INT, "sha256": _NSHA, "prefix_sha256": _NSHA},
     },
     "DedupRequest": {
         "type": "object",
@@ -590,7 +604,8 @@ def openapi_document(version: str) -> dict[str, Any]:
                 "parameters": [
                     upload,
                     number,
-                    {"name": "sha256", "in": "query", "required": True, "schema": _SHA},
+                    {"name": "sha256", "in": "query", "required": False, "schema": _SHA},
+                    {"name": "prefix_sha256", "in": "query", "required": False, "schema": _SHA},
                     {"name": "size", "in": "query", "required": True, "schema": _INT},
                     *_SIGNED,
                 ],
