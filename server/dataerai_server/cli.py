@@ -18,7 +18,7 @@ import trio
 from . import __version__, logs, migrate
 from .auth import SCOPE_SETS, issue_token
 from .clock import utcnow
-from .config import DEFAULT_ALLOCATION_BYTES, Settings, sqlite_url
+from .config import DEFAULT_ALLOCATION_BYTES, DEFAULT_SESSION_TTL_SECONDS, Settings, sqlite_url
 from .db import Database
 
 
@@ -70,6 +70,15 @@ def main() -> None:
     help="Storage allocation of each new project.",
 )
 @click.option(
+    "--session-ttl",
+    type=click.IntRange(min=1),
+    default=DEFAULT_SESSION_TTL_SECONDS,
+    show_default=True,
+    metavar="SECONDS",
+    help="How long an upload session stays open after its last accepted part; then it is aborted "
+    "and its parts are removed.",
+)
+@click.option(
     "--ready-file",
     type=click.Path(dir_okay=False, path_type=Path),
     help="Once listening, write the base URL (http://HOST:PORT) here, atomically.",
@@ -83,6 +92,7 @@ def run(
     database: str | None,
     storage: str | None,
     default_allocation: int,
+    session_ttl: int,
     ready_file: Path | None,
     log_level: str,
 ) -> None:
@@ -107,6 +117,7 @@ def run(
         database_url=_database_url(data_dir, database),
         storage_url=storage,
         default_allocation_bytes=default_allocation,
+        session_ttl_seconds=session_ttl,
     )
     try:
         trio.run(run_server, settings, bind, ready_file)

@@ -39,6 +39,9 @@ GRACEFUL_SECONDS: Final = 5.0
 #: it is 1,024 (docs/server.md, "Parts sent four at a time"). A read returns what the
 #: socket holds, so small requests are unaffected.
 RECEIVE_BYTES: Final = 1 << 20
+#: How often open upload sessions past their expiry are looked for, at most: an instrument
+#: that vanished for good leaves its parts on disk for about this long after its session expired.
+EXPIRY_SWEEP_SECONDS: Final = 3600.0
 #: Request body chunks queued for the app per connection (Hypercorn's default is 10):
 #: with chunks of up to 1 MiB this keeps what one connection buffers to a few MiB.
 APP_QUEUE_CHUNKS: Final = 4
@@ -125,6 +128,17 @@ async def run_server(settings: Settings, bind: str, ready_file: Path | None = No
         # Hypercorn's app type is its own spelling of the ASGI signature Starlette implements.
         app = cast(Framework, create_app(services))
 
+        async def sweep_expired_sessions() -> None:
+            # A quarter of the session lifetime, so that short lifetimes (tests, small disks)
+            # are honoured about as closely as the default two weeks are.
+            interval = max(1.0, min(EXPIRY_SWEEP_SECONDS, settings.session_ttl_seconds / 4))
+            while True:
+                try:
+                    await services.uploads.abort_expired()
+                except Exception as exc:  # the next sweep tries again; serving goes on
+                    log.warning("upload.expiry_sweep_failed", error=repr(exc))
+                await trio.sleep(interval)
+
         async def until_signal() -> None:
             async for signum in signals:
                 log.info("server.stopping", signal=signal.Signals(signum).name)
@@ -133,6 +147,7 @@ async def run_server(settings: Settings, bind: str, ready_file: Path | None = No
         try:
             async with trio.open_nursery() as background:
                 services.storage.start_background(background)
+                background.start_soon(sweep_expired_sessions)
                 async with trio.open_nursery() as nursery:
                     await nursery.start(partial(hypercorn_serve, app, config, shutdown_trigger=until_signal))
                     if ready_file is not None:

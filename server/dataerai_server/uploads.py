@@ -22,7 +22,8 @@ import secrets
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 import structlog
@@ -59,6 +60,9 @@ from .models import (
 from .storage import ChecksumMismatch, PresignedRequest, Storage, StorageError, StoredPart
 
 log = structlog.get_logger(__name__)
+
+#: How long removing an expired session's parts may hold up a shutdown.
+ABORT_GRACE_SECONDS = 30.0
 
 OPEN = "open"
 COMPLETED = "completed"
@@ -337,6 +341,29 @@ def _record_target(session: Session, upload_id: str, number: int, size: int, sha
         session.add(UploadPartTarget(upload_id=upload_id, number=number, size=size, sha256=sha256, minted_at=utcnow()))
     else:
         target.size, target.sha256, target.minted_at = size, sha256, utcnow()
+
+
+def _expired_sessions(session: Session, now: datetime, limit: int) -> list[str]:
+    query = (
+        select(UploadSession.id)
+        .where(UploadSession.state == OPEN, UploadSession.expires_at <= now)
+        .order_by(UploadSession.expires_at)
+        .limit(limit)
+    )
+    return list(session.scalars(query).all())
+
+
+def _abort_if_expired(session: Session, upload_id: str, now: datetime) -> tuple[str, int] | None:
+    """Abort an open session whose time ran out (checked again under its row lock: a part may
+    have pushed its expiry meanwhile); its storage handle and bytes received, or None."""
+    upload = session.scalars(select(UploadSession).where(UploadSession.id == upload_id).with_for_update()).one()
+    if upload.state != OPEN or upload.expires_at > now:
+        return None
+    upload.state = ABORTED
+    upload.updated_at = now
+    session.execute(delete(UploadPart).where(UploadPart.upload_id == upload_id))
+    session.execute(delete(UploadPartTarget).where(UploadPartTarget.upload_id == upload_id))
+    return upload.storage_handle, upload.bytes_received
 
 
 def _has_targets(session: Session, upload_id: str) -> bool:
@@ -1078,6 +1105,32 @@ class Uploads:
             session.execute(delete(UploadPart).where(UploadPart.upload_id == upload_id, UploadPart.number.not_in(held)))
 
         await self._db.write(forget)
+
+    async def abort_expired(self, batch: int = 100) -> int:
+        """Abort the open sessions past their ``expires_at`` and drop their parts; how many.
+
+        A client that comes back later finds its session ``aborted`` and starts a new one
+        (the daemon does). Safe beside other server processes on the same database: each
+        session is checked again under its row lock, and aborting storage twice is harmless.
+        """
+        aborted = 0
+        while True:
+            now = utcnow()
+            expired = await self._db.read(partial(_expired_sessions, now=now, limit=batch))
+            for upload_id in expired:
+                async with self._session_locks.hold(upload_id):
+                    found = await self._db.write(partial(_abort_if_expired, upload_id=upload_id, now=now))
+                    if found is None:
+                        continue
+                    handle, received = found
+                    # Once aborted in the database, the parts must go too, even at shutdown.
+                    with trio.move_on_after(ABORT_GRACE_SECONDS) as removing:
+                        removing.shield = True
+                        await self._storage.abort(handle)
+                aborted += 1
+                log.info("upload.expired", upload_id=upload_id, bytes_received=received)
+            if len(expired) < batch:
+                return aborted
 
     async def abort(self, who: Principal, upload_id: str) -> None:
         """Abort an open session and drop its parts. Aborting twice is fine; a completed one is ``conflict``."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -471,3 +472,36 @@ def test_a_prefix_digest_part_out_of_order_is_kept_under_its_own_digest(env: Env
     ]
     result = ok(env.ada.post(f"/api/v1/uploads/{upload_id}/complete", json={}))
     assert result["sha256"] == sha256(data)
+
+
+def env_of(server: Any, client: httpx.Client) -> Env:
+    return Env(server, {}, {"ada": client})
+
+
+def test_expired_sessions_are_aborted_and_their_parts_removed(start_server: Any) -> None:
+    server = start_server("--session-ttl", "2")
+    with server.client(server.add_user("expiry@example.org").strip()) as client:
+        project = new_project(client)
+        data = data_of(2 * PART, seed=80)
+        parts = parts_of(data, PART)
+        stale = create_upload(client, project["project_id"], data)
+        upload_id = stale["upload_id"]
+        ok(send_part(client, upload_id, 1, parts[0]))
+        kept = upload(client, project["project_id"], data_of(PART, seed=81), key="kept")
+        part_dir = server.data_dir / "objects" / "uploads" / upload_id
+        assert part_dir.is_dir()
+        # Nothing comes for it: once its two seconds are over, a sweep aborts it.
+        deadline = time.monotonic() + 30
+        while _session(env_of(server, client), upload_id)["state"] == "open":
+            assert time.monotonic() < deadline, "the expired session was not aborted"
+            time.sleep(0.1)
+        session = _session(env_of(server, client), upload_id)
+        assert session["state"] == "aborted" and session["parts"] == []
+        assert not part_dir.exists()
+        target = client.post(f"/api/v1/uploads/{upload_id}/parts/2/target", json={"sha256": sha256(parts[1]),
+                                                                                   "size": PART})
+        error(target, 409, "conflict")
+        # A completed upload is no session to expire: its content stays.
+        link = ok(client.get(f"/api/v1/assets/{kept['asset_id']}/download"))
+        assert httpx.get(link["url"], timeout=30, trust_env=False).content == data_of(PART, seed=81)
+    assert "upload.expired" in server.log_file.read_text()
