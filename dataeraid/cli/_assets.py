@@ -11,7 +11,7 @@ from dataerai import AssetMetadata
 
 from ._context import open_client
 from ._errors import Failure
-from ._output import as_dict, human, json_option, print_json
+from ._output import as_dict, emit, human, json_option, print_json
 
 ANALYSIS_MODES = ["non_destructive", "altering", "destructive", "in_situ", "ex_situ", "invasive", "non_invasive"]
 
@@ -80,10 +80,7 @@ def show(ctx: click.Context, asset_id: str, as_json: bool) -> None:
     """Show an asset's metadata and its latest content (also `meta get`). With --json: the asset object."""
     with open_client(ctx) as client:
         asset = client.get_metadata(asset_id)
-    if as_json:
-        print_json(as_dict(asset))
-    else:
-        click.echo("\n".join(_describe(asset)))
+    emit(asset, as_json, "\n".join(_describe(asset)))
 
 
 @assets.command("files")
@@ -159,10 +156,7 @@ def meta_set(ctx: click.Context, asset_id: str, title: str | None, description: 
         raise Failure("invalid_argument", "nothing to change: give at least one field option")
     with open_client(ctx) as client:
         asset = client.set_metadata(asset_id, **fields)
-    if as_json:
-        print_json(as_dict(asset))
-    else:
-        click.echo("\n".join(_describe(asset)))
+    emit(asset, as_json, "\n".join(_describe(asset)))
 
 
 # --- relationships --------------------------------------------------------------------------
@@ -193,10 +187,7 @@ def rel_add(ctx: click.Context, from_asset_id: str, to_asset_id: str, rel_type: 
         link = client.create_relationship(from_asset_id, to_asset_id, rel_type, analysis_mode=analysis_mode,
                                           qualifier_note=qualifier_note, qualifier_time=qualifier_time,
                                           qualifiers=_json_object(qualifiers, "--qualifiers"))
-    if as_json:
-        print_json(as_dict(link))
-    else:
-        click.echo(link.relationship_id)
+    emit(link, as_json, link.relationship_id)
 
 
 @rel.command("ls")
@@ -233,10 +224,7 @@ def collection_create(ctx: click.Context, project_id: str, name: str, parent_id:
     """Create the collection NAME in PROJECT_ID and print its id."""
     with open_client(ctx) as client:
         made = client.create_collection(project_id, name, parent_id=parent_id)
-    if as_json:
-        print_json(as_dict(made))
-    else:
-        click.echo(made.collection_id)
+    emit(made, as_json, made.collection_id)
 
 
 @collection.command("ls")

@@ -7,7 +7,7 @@ from dataerai import DataeraiClient, Job
 
 from ._context import open_client
 from ._errors import EXIT_INTERRUPTED, Failure
-from ._output import as_dict, human, json_option, print_json
+from ._output import as_dict, emit, human, json_option, print_json
 from ._progress import ProgressBar, wanted
 
 TIMEOUT = click.FloatRange(min=0, min_open=True)
@@ -85,49 +85,28 @@ def ls(ctx: click.Context, states: tuple[str, ...], as_json: bool) -> None:
         click.echo(f"{job.job_id}  {job.kind:<8}  {job.state:<19}  p{job.priority:<3}  {total:>21}  {name}")
 
 
-def _steer(ctx: click.Context, job_id: str, as_json: bool, act: str) -> None:
-    with open_client(ctx) as client:
-        job: Job = getattr(client, act)(job_id)
-    if as_json:
-        print_json(as_dict(job))
-    else:
-        click.echo(f"{job.job_id}: {job.state}")
+#: The commands that steer one job, each the SDK method of its name, with their help.
+_STEERING = {
+    "pause": "Hold the queued or running job JOB_ID; it keeps its checkpoints (`jobs resume` goes on).",
+    "resume": "Queue the paused job JOB_ID again.",
+    "cancel": "Cancel the job JOB_ID; a running one stops at once (`jobs retry` starts it again).",
+    "retry": "Queue the failed or cancelled job JOB_ID again, from its checkpoints.",
+}
 
 
-@jobs.command("pause")
-@click.argument("job_id")
-@json_option
-@click.pass_context
-def pause(ctx: click.Context, job_id: str, as_json: bool) -> None:
-    """Hold the queued or running job JOB_ID; it keeps its checkpoints (`jobs resume` goes on)."""
-    _steer(ctx, job_id, as_json, "pause")
+def _steering_command(act: str, help_text: str) -> None:
+    @jobs.command(act, help=help_text)
+    @click.argument("job_id")
+    @json_option
+    @click.pass_context
+    def steer(ctx: click.Context, job_id: str, as_json: bool) -> None:
+        with open_client(ctx) as client:
+            job: Job = getattr(client, act)(job_id)
+        emit(job, as_json, f"{job.job_id}: {job.state}")
 
 
-@jobs.command("resume")
-@click.argument("job_id")
-@json_option
-@click.pass_context
-def resume(ctx: click.Context, job_id: str, as_json: bool) -> None:
-    """Queue the paused job JOB_ID again."""
-    _steer(ctx, job_id, as_json, "resume")
-
-
-@jobs.command("cancel")
-@click.argument("job_id")
-@json_option
-@click.pass_context
-def cancel(ctx: click.Context, job_id: str, as_json: bool) -> None:
-    """Cancel the job JOB_ID; a running one stops at once (`jobs retry` starts it again)."""
-    _steer(ctx, job_id, as_json, "cancel")
-
-
-@jobs.command("retry")
-@click.argument("job_id")
-@json_option
-@click.pass_context
-def retry(ctx: click.Context, job_id: str, as_json: bool) -> None:
-    """Queue the failed or cancelled job JOB_ID again, from its checkpoints."""
-    _steer(ctx, job_id, as_json, "retry")
+for _act, _help in _STEERING.items():
+    _steering_command(_act, _help)
 
 
 @jobs.command("priority")
@@ -142,10 +121,7 @@ def priority(ctx: click.Context, job_id: str, priority: int, as_json: bool) -> N
     """
     with open_client(ctx) as client:
         job = client.set_priority(job_id, priority)
-    if as_json:
-        print_json(as_dict(job))
-    else:
-        click.echo(f"{job.job_id}: priority {job.priority}")
+    emit(job, as_json, f"{job.job_id}: priority {job.priority}")
 
 
 @jobs.command("show")
@@ -159,10 +135,7 @@ def show(ctx: click.Context, job_id: str, as_json: bool) -> None:
     """
     with open_client(ctx) as client:
         job = client.get_job(job_id)
-    if as_json:
-        print_json(as_dict(job))
-    else:
-        click.echo("\n".join(describe_job(job)))
+    emit(job, as_json, "\n".join(describe_job(job)))
 
 
 @jobs.command("wait")
@@ -178,8 +151,5 @@ def wait(ctx: click.Context, job_id: str, timeout: float | None, as_json: bool) 
     """
     with open_client(ctx) as client:
         job = wait_for_job(client, job_id, timeout_s=timeout, as_json=as_json)
-    if as_json:
-        print_json(as_dict(job))
-    else:
-        click.echo("\n".join(describe_job(job)))
+    emit(job, as_json, "\n".join(describe_job(job)))
     check_succeeded(job)

@@ -77,6 +77,14 @@ def print_json(obj: Mapping[str, Any]) -> None:
     click.echo(json.dumps(obj, default=_default, ensure_ascii=False))
 
 
+def emit(result: Any, as_json: bool, text: str) -> None:
+    """A command's result: the object as one JSON line for scripts (``--json``), else ``text``."""
+    if as_json:
+        print_json(as_dict(result))
+    else:
+        click.echo(text)
+
+
 def human(value: Any) -> str:
     """One value on a line meant for a person."""
     if isinstance(value, datetime):

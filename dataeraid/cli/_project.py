@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ._context import open_client
-from ._output import as_dict, json_option, print_json
+from ._output import as_dict, emit, json_option, print_json
 
 
 @click.group()
@@ -25,10 +25,7 @@ def create(ctx: click.Context, name: str, description: str, as_json: bool) -> No
     """
     with open_client(ctx) as client:
         created = client.create_project(name, description=description)
-    if as_json:
-        print_json(as_dict(created))
-    else:
-        click.echo(created.project_id)
+    emit(created, as_json, created.project_id)
 
 
 @project.command("ls")

@@ -15,16 +15,13 @@ from dataerai import Job
 from ._context import open_client
 from ._errors import Failure
 from ._jobs import TIMEOUT, check_succeeded, wait_for_job
-from ._output import as_dict, json_option, print_json
+from ._output import emit, json_option, print_json
 
 _TIMEOUT_HELP = "Stop waiting after S seconds (exit 4); the job goes on. [default: wait until it ends]"
 
 
 def _print_queued(job: Job, *, as_json: bool) -> None:
-    if as_json:
-        print_json(as_dict(job))
-    else:
-        click.echo(job.job_id)
+    emit(job, as_json, job.job_id)
 
 
 @click.command()
