@@ -69,6 +69,20 @@ def _s3_error(response: httpx.Response) -> tuple[str, str] | None:
     return root.findtext("Code") or "", root.findtext("Message") or ""
 
 
+def _json_object(response: httpx.Response, what: str) -> dict[str, Any]:
+    """A 2xx answer's JSON object, empty for no content. One that is not a JSON object (a
+    proxy's page, a broken server) is a transient failure, as a 5xx is."""
+    if response.status_code == 204 or not response.content:
+        return {}
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        raise TransientError(f"{what}: HTTP {response.status_code} with a body that is not a JSON object")
+    return body
+
+
 def raise_for_status(response: httpx.Response, what: str) -> None:
     """Map a non-2xx answer to the catalogue (the one boundary for HTTP errors)."""
     status = response.status_code
@@ -121,7 +135,8 @@ class Remote:
         self._http = http
 
     async def _api(self, method: str, path: str, what: str, *, json: Any = None,
-                   params: Mapping[str, str] | None = None, timeout: float | None = None) -> Any:
+                   params: Mapping[str, str] | None = None, timeout: float | None = None) -> dict[str, Any]:
+        """One API call: its answer's JSON object (:func:`_json_object`)."""
         creds = self._auth.require()
         try:
             response = await self._http.request(
@@ -135,89 +150,73 @@ class Remote:
         except httpx.TransportError as exc:
             raise TransientError(f"{what}: {type(exc).__name__}: {exc}") from exc
         raise_for_status(response, what)
-        if response.status_code == 204 or not response.content:
-            return None
-        return response.json()
+        return _json_object(response, what)
 
     # --- identity, projects, assets -----------------------------------------------
 
     async def me(self) -> dict[str, Any]:
-        result: dict[str, Any] = await self._api("GET", "/me", "reading the token's user")
-        return result
+        return await self._api("GET", "/me", "reading the token's user")
 
     async def create_project(self, name: str, description: str) -> dict[str, Any]:
         body = {"name": name, "description": description}
-        result: dict[str, Any] = await self._api("POST", "/projects", "creating the project", json=body)
-        return result
+        return await self._api("POST", "/projects", "creating the project", json=body)
 
     async def get_asset(self, asset_id: str) -> dict[str, Any]:
-        result: dict[str, Any] = await self._api("GET", f"/assets/{asset_id}", f"reading asset {asset_id}")
-        return result
+        return await self._api("GET", f"/assets/{asset_id}", f"reading asset {asset_id}")
 
     async def update_asset(self, asset_id: str, fields: Mapping[str, Any]) -> dict[str, Any]:
-        result: dict[str, Any] = await self._api(
+        return await self._api(
             "PATCH", f"/assets/{asset_id}", f"updating asset {asset_id}", json=dict(fields)
         )
-        return result
 
     async def list_projects(self) -> dict[str, Any]:
-        result: dict[str, Any] = await self._api("GET", "/projects", "listing projects")
-        return result
+        return await self._api("GET", "/projects", "listing projects")
 
     async def create_collection(self, body: Mapping[str, Any]) -> dict[str, Any]:
-        result: dict[str, Any] = await self._api("POST", "/collections", "creating the collection", json=dict(body))
-        return result
+        return await self._api("POST", "/collections", "creating the collection", json=dict(body))
 
     async def list_collections(self, project_id: str) -> dict[str, Any]:
-        result: dict[str, Any] = await self._api(
+        return await self._api(
             "GET", f"/projects/{project_id}/collections", f"listing the collections of {project_id}"
         )
-        return result
 
     async def list_assets(self, query: Mapping[str, str]) -> dict[str, Any]:
-        result: dict[str, Any] = await self._api("GET", "/assets", "listing assets", params=query)
-        return result
+        return await self._api("GET", "/assets", "listing assets", params=query)
 
     async def delete_asset(self, asset_id: str) -> None:
         await self._api("DELETE", f"/assets/{asset_id}", f"deleting asset {asset_id}")
 
     async def asset_files(self, asset_id: str, query: Mapping[str, str]) -> dict[str, Any]:
-        result: dict[str, Any] = await self._api(
+        return await self._api(
             "GET", f"/assets/{asset_id}/files", f"reading the files of asset {asset_id}", params=query
         )
-        return result
 
     async def create_relationship(self, from_asset_id: str, body: Mapping[str, Any]) -> dict[str, Any]:
-        result: dict[str, Any] = await self._api(
+        return await self._api(
             "POST", f"/assets/{from_asset_id}/relationships", "creating the relationship", json=dict(body)
         )
-        return result
 
     async def list_relationships(self, asset_id: str) -> dict[str, Any]:
-        result: dict[str, Any] = await self._api(
+        return await self._api(
             "GET", f"/assets/{asset_id}/relationships", f"listing the relationships of {asset_id}"
         )
-        return result
 
     # --- uploads ------------------------------------------------------------
 
     async def create_upload(self, body: Mapping[str, Any]) -> dict[str, Any]:
-        result: dict[str, Any] = await self._api("POST", "/uploads", "creating the upload session", json=dict(body))
-        return result
+        return await self._api("POST", "/uploads", "creating the upload session", json=dict(body))
 
     async def get_upload(self, upload_id: str) -> dict[str, Any]:
-        result: dict[str, Any] = await self._api("GET", f"/uploads/{upload_id}", "reading the upload session")
-        return result
+        return await self._api("GET", f"/uploads/{upload_id}", "reading the upload session")
 
     async def part_target(self, upload_id: str, number: int, sha256: str, size: int, *,
                           prefix: bool = False) -> dict[str, Any]:
         """Where to send part ``number``, with its digest signed in: its own SHA-256, or with
         ``prefix`` its prefix digest (the content's SHA-256 through the part's end)."""
-        result: dict[str, Any] = await self._api(
+        return await self._api(
             "POST", f"/uploads/{upload_id}/parts/{number}/target", f"asking where to send part {number}",
             json={"prefix_sha256" if prefix else "sha256": sha256, "size": size},
         )
-        return result
 
     def is_own_part_url(self, url: str) -> bool:
         """Whether ``url`` is the repository's own part endpoint (not an object store's URL)."""
@@ -243,25 +242,22 @@ class Remote:
             except (binascii.Error, ValueError):
                 raise DataeraiError("internal", f"{what}: the store answered with a malformed checksum") from None
             return {"sha256": digest, "size": int(headers.get("Content-Length", -1))}
-        result: dict[str, Any] = response.json() if response.content else {}
-        return result
+        return _json_object(response, what)
 
     async def complete_upload(self, upload_id: str, idempotency_key: str, sha256: str, *,
                               file_sha256: list[str] | None = None) -> dict[str, Any]:
         body: dict[str, Any] = {"idempotency_key": idempotency_key, "sha256": sha256}
         if file_sha256 is not None:
             body["file_sha256"] = file_sha256
-        result: dict[str, Any] = await self._api(
+        return await self._api(
             "POST", f"/uploads/{upload_id}/complete", "completing the upload", json=body, timeout=3600.0,
         )
-        return result
 
     async def dedup_challenge(self, upload_id: str, sha256: str) -> dict[str, Any]:
         """A proof-of-possession challenge for completing ``upload_id`` with held content ``sha256``."""
-        result: dict[str, Any] = await self._api(
+        return await self._api(
             "POST", f"/uploads/{upload_id}/dedup", "asking to deduplicate the upload", json={"sha256": sha256},
         )
-        return result
 
     async def dedup_prove(self, upload_id: str, challenge_id: str, digests: list[str], idempotency_key: str, *,
                           file_sha256: list[str] | None = None) -> dict[str, Any]:
@@ -269,10 +265,9 @@ class Remote:
         body: dict[str, Any] = {"digests": digests, "idempotency_key": idempotency_key}
         if file_sha256 is not None:
             body["file_sha256"] = file_sha256
-        result: dict[str, Any] = await self._api(
+        return await self._api(
             "POST", f"/uploads/{upload_id}/dedup/{challenge_id}", "proving possession of the content", json=body,
         )
-        return result
 
     async def abort_upload(self, upload_id: str) -> None:
         await self._api("DELETE", f"/uploads/{upload_id}", "aborting the upload session")
@@ -281,10 +276,9 @@ class Remote:
 
     async def download_target(self, asset_id: str, content_id: str | None) -> dict[str, Any]:
         params = {"content_id": content_id} if content_id else None
-        result: dict[str, Any] = await self._api(
+        return await self._api(
             "GET", f"/assets/{asset_id}/download", f"asking where to read asset {asset_id}", params=params
         )
-        return result
 
     async def read_range(self, target: Mapping[str, Any], start: int, length: int, what: str) -> AsyncIterator[bytes]:
         """Stream ``length`` bytes from ``start`` of a signed content URL."""

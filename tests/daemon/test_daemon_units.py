@@ -6,6 +6,7 @@ import random
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import sqlalchemy as sa
 import trio
@@ -16,9 +17,9 @@ from hypothesis import strategies as st
 from dataeraid import schema
 from dataeraid.config import Settings
 from dataeraid.download import safe_file_name
-from dataeraid.errors import DataeraiError
+from dataeraid.errors import DataeraiError, TransientError
 from dataeraid.jobs import STATES, TRANSITIONS
-from dataeraid.remote import raise_for_status
+from dataeraid.remote import _json_object, raise_for_status
 from dataeraid.rpc import Param, Registry
 from dataeraid.store import create_queue_engine, migrate
 from dataeraid.transfer import Bandwidth, backoff_delay
@@ -193,3 +194,14 @@ def test_the_daemon_log_rotates_and_keeps_a_few_old_files(tmp_path: Path) -> Non
     assert path.read_text().splitlines()[-1].startswith("line 11")
     assert (tmp_path / "daemon.log.1").read_text().startswith("line 08")
     assert (tmp_path / "daemon.log.2").read_text().startswith("line 06")
+
+
+@pytest.mark.parametrize("body", [b"<html>captive portal</html>", b"[1, 2]", b'"text"', b"{\"cut"])
+def test_a_2xx_answer_that_is_no_json_object_is_a_transient_failure(body: bytes) -> None:
+    with pytest.raises(TransientError, match="not a JSON object"):
+        _json_object(httpx.Response(200, content=body), "reading the session")
+
+
+def test_a_2xx_answer_without_content_is_an_empty_object() -> None:
+    assert _json_object(httpx.Response(204), "deleting") == {}
+    assert _json_object(httpx.Response(200, content=b'{"a": 1}'), "reading") == {"a": 1}
