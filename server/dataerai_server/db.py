@@ -14,6 +14,8 @@ reads and then writes cannot fail half-way on a lock upgrade.
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from collections.abc import Callable
 from typing import Any, Final, TypeVar
 
@@ -29,6 +31,29 @@ SQLITE_BUSY_TIMEOUT_MS: Final = 30_000
 _IMMEDIATE: Final = "dataerai_begin_immediate"
 
 
+def _enter_wal(cursor: Any, timeout_s: float) -> None:
+    """Switch the database to WAL, waiting for other connections that hold a lock.
+
+    SQLite takes the exclusive lock for this switch without calling the busy handler, so
+    two servers opening one fresh database at once could see "database is locked" at
+    once. Waiting here in short steps, up to the busy timeout, makes the switch behave
+    like every other statement. On a database already in WAL the pragma needs no lock.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if cursor.execute("PRAGMA journal_mode = WAL").fetchone()[0] == "wal":
+                return
+            failure: Exception = sqlite3.OperationalError("database is locked")
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+            failure = exc
+        if time.monotonic() >= deadline:
+            raise failure
+        time.sleep(0.005)
+
+
 def _configure_sqlite(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -37,7 +62,7 @@ def _configure_sqlite(engine: Engine) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
-        cursor.execute("PRAGMA journal_mode = WAL")
+        _enter_wal(cursor, SQLITE_BUSY_TIMEOUT_MS / 1000)
         cursor.execute("PRAGMA synchronous = FULL")
         cursor.execute("PRAGMA foreign_keys = ON")
         cursor.close()

@@ -93,6 +93,38 @@ def test_migrations_match_the_models_and_are_idempotent(tmp_path: Path) -> None:
         db.dispose()
 
 
+def test_opening_a_database_another_connection_has_locked_waits_for_it(tmp_path: Path) -> None:
+    """SQLite switches to WAL without its busy handler; the server must wait, not fail."""
+    import sqlite3
+    import threading
+
+    path = tmp_path / "locked.sqlite3"
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # a writer's reserved lock, still in rollback mode
+    holder.execute("CREATE TABLE t (x)")
+    db = Database(f"sqlite:///{path}")
+    outcome: list[object] = []
+
+    def open_it() -> None:
+        try:
+            with db.engine.connect() as connection:
+                outcome.append(connection.exec_driver_sql("pragma journal_mode").scalar())
+        except Exception as exc:  # collected for the assertions below
+            outcome.append(exc)
+
+    opener = threading.Thread(target=open_it)
+    opener.start()
+    try:
+        opener.join(0.5)
+        assert outcome == [], "opening gave up while the lock was held"
+        holder.execute("COMMIT")
+        opener.join(30)
+        assert outcome == ["wal"]
+    finally:
+        holder.close()
+        db.dispose()
+
+
 def test_part_arithmetic() -> None:
     assert NewUpload(None, None, None, 0, 65536, None, None).part_count == 1
     assert NewUpload(None, None, None, 65536, 65536, None, None).part_count == 1
