@@ -126,6 +126,32 @@ def _fsync_dir(path: str) -> None:
         os.close(dir_fd)
 
 
+def _same_file(a: str, b: str) -> bool:
+    try:
+        sa, sb = os.lstat(a), os.lstat(b)
+    except FileNotFoundError:
+        return False
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+
+
+def _take_back_placed(fileset: FileSet, dest_dir: str, block_size: int) -> None:
+    """After a restart during placement: link each file already moved into place back
+    to its ``.part`` name, so the download resumes from its checkpoints instead of
+    starting over.
+
+    Only for a job whose every range was checkpointed (so nothing is written to
+    these files again), and only where the destination holds exactly that file's
+    content by its SHA-256; any other missing ``.part`` leaves the checkpoints void.
+    """
+    for index, f in enumerate(fileset.files):
+        part = fileset.local_path(index)
+        if os.path.lexists(part):
+            continue
+        dest = os.path.join(dest_dir, *f.path.split("/"))
+        if _same_content(dest, f.size, f.sha256, block_size):
+            os.link(dest, part, follow_symlinks=False)
+
+
 def _place(fileset: FileSet, dest_dir: str, overwrite: bool, block_size: int) -> None:
     """Move every finished ``.part`` into place, atomically per file, and make it durable.
 
@@ -140,7 +166,10 @@ def _place(fileset: FileSet, dest_dir: str, overwrite: bool, block_size: int) ->
         if _is_symlink(dest):
             raise DataeraiError("unsafe_path", f"{dest} is a symlink; refusing to write through it")
         if overwrite:
-            os.replace(part, dest)
+            if _same_file(part, dest):
+                os.unlink(part)  # placed before a restart and linked back (see _take_back_placed)
+            else:
+                os.replace(part, dest)
         else:
             try:
                 os.link(part, dest)  # fails if anything appeared at dest meanwhile
@@ -212,6 +241,11 @@ async def run_download(ctx: JobContext) -> dict[str, Any]:
 
     try:
         done = await ctx.store.checkpoints(ctx.job_id)
+        if len(done) == count:
+            try:
+                await trio.to_thread.run_sync(_take_back_placed, fileset, dest_dir, ctx.settings.io_block_size)
+            except OSError as exc:
+                raise from_os_error(exc, f"looking at the files already placed in {dest_dir}") from exc
         if done and not await _parts_ready(fileset):
             # A .part file went missing or changed size: its checkpoints mean nothing now.
             await ctx.store.clear_checkpoints(ctx.job_id)
