@@ -105,7 +105,7 @@ class Scheduler:
                 wake = self._jobs.queue_changed()
                 free = self._settings.max_active_jobs - len(self._running)
                 if free > 0:
-                    queued = await self._jobs.store.runnable_jobs(self._running)
+                    queued = await self._jobs.store.runnable_jobs(self._running, per_client=free)
                     # Forget clients with nothing queued or running, so the map stays small over months.
                     active = {r["client"] for r in queued} | set(self._clients.values())
                     self._last_start = {c: t for c, t in self._last_start.items() if c in active}

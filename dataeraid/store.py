@@ -70,6 +70,29 @@ def migrate(engine: Engine) -> None:
         command.upgrade(config, "head")
 
 
+def runnable_query(exclude: Iterable[str], per_client: int) -> sa.Select[Any]:
+    """The queued jobs (but ``exclude``) that the scheduler may start next: each client's
+    first ``per_client`` in its own order (priority first, then enqueue order), all in
+    that order.
+
+    ``scheduler.pick`` only ever starts a client's jobs from the front of its own
+    order, so filling ``per_client`` free slots needs no more of them than this: a
+    queue of a hundred thousand jobs costs the scheduler a few rows per client, not
+    the whole queue, each time it wakes.
+    """
+    jobs = schema.jobs
+    order = (jobs.c.priority.desc(), jobs.c.seq)
+    rank = sa.func.row_number().over(partition_by=jobs.c.client, order_by=order).label("rank")
+    ranked = (
+        sa.select(jobs.c.job_id, rank)
+        .where(jobs.c.state == "queued")
+        .where(jobs.c.job_id.not_in(list(exclude)))
+        .subquery()
+    )
+    front = sa.select(ranked.c.job_id).where(ranked.c.rank <= per_client)
+    return sa.select(jobs).where(jobs.c.job_id.in_(front)).order_by(*order)
+
+
 @dataclass(frozen=True)
 class SourceIdentity:
     """What a cached digest is valid for: a source at ``path`` that still has this identity.
@@ -159,18 +182,9 @@ class Store:
             query = query.where(schema.jobs.c.state.in_(list(states)))
         return await self.transaction(lambda conn: [dict(r) for r in conn.execute(query).mappings()])
 
-    async def runnable_jobs(self, exclude: Iterable[str]) -> list[Row]:
-        """Every queued job (but ``exclude``), priority first, then enqueue order.
-
-        The scheduler chooses among them (``scheduler.pick``); the whole queue is
-        read because fairness across clients needs to see every client's jobs.
-        """
-        query = (
-            sa.select(schema.jobs)
-            .where(schema.jobs.c.state == "queued")
-            .where(schema.jobs.c.job_id.not_in(list(exclude)))
-            .order_by(schema.jobs.c.priority.desc(), schema.jobs.c.seq)
-        )
+    async def runnable_jobs(self, exclude: Iterable[str], per_client: int) -> list[Row]:
+        """The queued jobs (but ``exclude``) the scheduler may start next (:func:`runnable_query`)."""
+        query = runnable_query(exclude, per_client)
         return await self.transaction(lambda conn: [dict(r) for r in conn.execute(query).mappings()])
 
     # --- checkpoints ----------------------------------------------------------

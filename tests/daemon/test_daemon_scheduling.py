@@ -104,3 +104,53 @@ async def test_an_unlimited_daemon_hands_out_unlimited_shares() -> None:
     with trio.fail_after(1):
         await bucket.spend(10**12)
     limit.leave("a")
+
+
+_queue_engine: list[Any] = []
+
+
+def _queue_db() -> Any:
+    """One migrated queue database for every example below (made once: migrations are slow)."""
+    if not _queue_engine:
+        import tempfile
+        from pathlib import Path
+
+        from dataeraid.store import create_queue_engine, migrate
+
+        engine = create_queue_engine(Path(tempfile.mkdtemp(prefix="dataerai-sched-")) / "q.sqlite3")
+        migrate(engine)
+        _queue_engine.append(engine)
+    return _queue_engine[0]
+
+
+jobs_in_every_state = st.lists(
+    st.tuples(st.sampled_from("abcd"), st.integers(-2, 2), st.sampled_from(["queued", "queued", "running", "paused"])),
+    min_size=0, max_size=40,
+)
+
+
+@given(jobs_in_every_state, st.dictionaries(st.sampled_from("abcd"), st.integers(0, 3)),
+       st.dictionaries(st.sampled_from("abcd"), st.integers(0, 9)), st.integers(1, 6), st.sets(st.integers(0, 39)))
+def test_the_scheduler_reads_only_the_front_of_each_clients_queue_and_picks_the_same(
+        items: list[tuple[str, int, str]], running: dict[str, int], last_start: dict[str, int], free: int,
+        excluded: set[int]) -> None:
+    from dataeraid import schema
+    from dataeraid.store import runnable_query
+
+    rows = [{"job_id": f"job_{i}", "kind": "upload", "state": state, "priority": priority, "seq": i + 1,
+             "created_at": 0.0, "updated_at": 0.0, "params": {}, "chunk_size": 1, "client": client}
+            for i, (client, priority, state) in enumerate(items)]
+    exclude = [f"job_{i}" for i in excluded]
+    with _queue_db().begin() as conn:
+        conn.execute(schema.jobs.delete())
+        if rows:
+            conn.execute(schema.jobs.insert(), rows)
+        front = [dict(r) for r in conn.execute(runnable_query(exclude, free)).mappings()]
+    whole = [r for r in rows if r["state"] == "queued" and r["job_id"] not in exclude]
+    # At most `free` per client, in the queue's order, and the same choice as from the whole queue.
+    assert max(Counter(r["client"] for r in front).values(), default=0) <= free
+    assert [r["job_id"] for r in front] == [r["job_id"] for r in sorted(whole, key=lambda r: (-r["priority"],
+                                                                                               r["seq"]))
+                                            if r["job_id"] in {f["job_id"] for f in front}]
+    assert [r["job_id"] for r in pick(front, running, last_start, free)] == \
+        [r["job_id"] for r in pick(whole, running, last_start, free)]
