@@ -6,8 +6,8 @@ jobs of that priority, the client (the job's ``client`` tag: one SDK process,
 or one name) with the fewest jobs running, ties going to the client that
 started a job longest ago (round-robin), then first come, first served within
 a client. So twenty processes submitting at once share the slots instead of
-the first one filling them all, and the bandwidth limit is split between the
-clients with running jobs (``transfer.FairBandwidth``). A running job is never
+the first one filling them all, and the bandwidth limit is shared fairly between
+the clients with running jobs (``transfer.FairBandwidth``). A running job is never
 stopped to make room for a higher priority: priorities order the queue only.
 
 A running job ends in exactly one of three ways: the engine returns (the job

@@ -12,11 +12,14 @@ the job with its code. All waiting uses Trio's clock, so tests can fake time.
 
 from __future__ import annotations
 
+import heapq
+import itertools
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import trio
 
@@ -31,67 +34,129 @@ from dataeraid.store import Row
 T = TypeVar("T")
 
 
-class Bandwidth:
-    """A token bucket every transfer's bytes pass through (``bandwidth_limit_bps``; 0 is unlimited).
+class Spender(Protocol):
+    """What an engine's bytes pass through on their way: ``await spend(n)`` before sending ``n``."""
 
-    Byte counting for the limit lives here, once, not in each engine.
-    """
+    async def spend(self, n: int) -> None: ...
 
-    def __init__(self, rate_bps: float) -> None:
-        self.rate = rate_bps
-        self._tokens = 0.0
-        self._last: float | None = None
 
-    async def spend(self, n: int) -> None:
-        if self.rate <= 0 or n <= 0:
-            return
-        now = trio.current_time()
-        if self._last is not None:
-            # A quarter second of burst at most, so the limit holds over short windows too.
-            self._tokens = min(self.rate / 4, self._tokens + (now - self._last) * self.rate)
-        self._last = now
-        self._tokens -= n
-        if self._tokens < 0:
-            await trio.sleep(-self._tokens / self.rate)
+#: How far ahead of the limit the link may be booked: a quarter second of burst at
+#: most, so the limit holds over short windows too.
+BURST_S = 0.25
+
+
+@dataclass(eq=False)
+class _Request:
+    """One spend waiting for the link: ordered by its fair-queuing tag, then arrival."""
+
+    tag: float
+    seq: int
+    size: int
+    granted: bool = False
+    wake: trio.Event = field(default_factory=trio.Event)
+
+    def __lt__(self, other: _Request) -> bool:
+        return (self.tag, self.seq) < (other.tag, other.seq)
 
 
 class FairBandwidth:
-    """The daemon-wide limit, split evenly between the clients that have jobs running.
+    """The daemon-wide limit, shared fairly between clients and without waste.
 
-    Each client with running jobs gets its own bucket of ``rate / clients``, and
-    its jobs share that bucket; so a client with five jobs gets the same share as
-    a client with one, and the sum stays within the limit. A client's share
-    changes when another client's first job starts or its last one stops. An
-    unlimited daemon (rate 0) hands out unlimited shares.
+    One link of ``rate`` bytes a second. While several clients want more than the
+    link gives, it is shared evenly between the clients (not their jobs: a client
+    with five jobs gets what a client with one gets), by start-time fair queuing:
+    each spend gets a tag, its client's bytes so far counted from the link's
+    virtual time, and the waiting spend with the lowest tag goes next. A client
+    that wants less than its even share (a slow disk, a slow server, a paused
+    job) leaves the rest to the others instead of wasting it. An unlimited daemon
+    (rate 0) lets everything through.
+
+    No task of its own: the first spend that has to wait paces the link for all
+    the waiting ones until its own turn, then hands the pacing to the next.
     """
 
     def __init__(self, rate_bps: int) -> None:
         self.rate = rate_bps
-        self._shares: dict[str, Bandwidth] = {}
         self._jobs: dict[str, int] = {}
+        self._finish: dict[str, float] = {}  # client -> the tag its last spend finished at
+        self._virtual = 0.0  # the tag of the spend the link took last
+        self._booked_until = -math.inf  # when the link has sent every byte it took
+        self._waiting: list[_Request] = []  # a heap
+        self._arrivals = itertools.count()
+        self._pacing = False
 
-    def join(self, client: str) -> Bandwidth:
-        """The bucket a job of ``client`` spends from; call ``leave`` when the job stops."""
+    def join(self, client: str) -> Spender:
+        """What a job of ``client`` spends through; call ``leave`` when the job stops."""
         self._jobs[client] = self._jobs.get(client, 0) + 1
-        if client not in self._shares:
-            self._shares[client] = Bandwidth(0)
-            self._rebalance()
-        return self._shares[client]
+        return _ClientShare(self, client)
 
     def leave(self, client: str) -> None:
         self._jobs[client] -= 1
         if self._jobs[client] == 0:
             del self._jobs[client]
-            del self._shares[client]
-            self._rebalance()
+            self._finish.pop(client, None)
+            if not self._jobs:
+                self._virtual = 0.0  # the tags start again, so they never grow without end
 
-    def share_of(self, client: str) -> float:
-        share = self._shares.get(client)
-        return share.rate if share is not None else 0.0
+    async def spend(self, client: str, n: int) -> None:
+        if self.rate <= 0 or n <= 0:
+            return
+        tag = max(self._finish.get(client, 0.0), self._virtual) + n
+        self._finish[client] = tag
+        if not self._waiting and not self._pacing and self._link_ready():
+            self._take(tag, n)
+            return
+        request = _Request(tag, next(self._arrivals), n)
+        heapq.heappush(self._waiting, request)
+        try:
+            while not request.granted:
+                if self._pacing:
+                    await request.wake.wait()
+                    request.wake = trio.Event()
+                else:
+                    await self._pace_until(request)
+        finally:
+            if not request.granted:  # cancelled while waiting
+                self._waiting.remove(request)
+                heapq.heapify(self._waiting)
+                self._hand_over()
 
-    def _rebalance(self) -> None:
-        for bucket in self._shares.values():
-            bucket.rate = self.rate / len(self._shares) if self.rate > 0 else 0
+    def _link_ready(self) -> bool:
+        return self._booked_until - trio.current_time() <= BURST_S
+
+    def _take(self, tag: float, n: int) -> None:
+        self._booked_until = max(self._booked_until, trio.current_time()) + n / self.rate
+        self._virtual = tag
+
+    async def _pace_until(self, mine: _Request) -> None:
+        """Grant the waiting spends, lowest tag first, at the link's rate, until ``mine``."""
+        self._pacing = True
+        try:
+            while not mine.granted:
+                if not self._link_ready():
+                    # Spends that arrive meanwhile join the heap, and the head is read after.
+                    await trio.sleep_until(self._booked_until - BURST_S)
+                request = heapq.heappop(self._waiting)
+                self._take(request.tag, request.size)
+                request.granted = True
+                request.wake.set()
+        finally:
+            self._pacing = False
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        """Wake the head of the waiting spends to pace the link, if nobody does."""
+        if self._waiting and not self._pacing:
+            self._waiting[0].wake.set()
+
+
+@dataclass
+class _ClientShare:
+    limit: FairBandwidth
+    client: str
+
+    async def spend(self, n: int) -> None:
+        await self.limit.spend(self.client, n)
 
 
 def backoff_delay(attempt: int, settings: Settings, retry_after: float | None, rng: random.Random) -> float:
@@ -189,7 +254,7 @@ class Turn:
 
 class JobContext:
     def __init__(self, job: Row, jobs: Jobs, remote: Remote, auth: Auth, settings: Settings,
-                 bandwidth: Bandwidth) -> None:
+                 bandwidth: Spender) -> None:
         self.job = job
         self.bandwidth = bandwidth
         self.job_id: str = job["job_id"]

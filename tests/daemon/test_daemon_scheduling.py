@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from typing import Any
 
@@ -72,30 +73,79 @@ def test_pick_is_a_fair_prefix_of_the_priority_order(queued: list[dict[str, Any]
                 assert after[c] <= after[w] + 1
 
 
+async def _greedy(limit: FairBandwidth, client: str, sent: Counter[str], piece: int = 64 * 1024) -> None:
+    """A job that sends as fast as the limit lets it."""
+    share = limit.join(client)
+    try:
+        while True:
+            await share.spend(piece)
+            sent[client] += piece
+    finally:
+        limit.leave(client)
+
+
 async def test_the_bandwidth_limit_is_split_between_clients_not_jobs(autojump_clock: trio.testing.MockClock) -> None:
     limit = FairBandwidth(8 * MiB)
     sent: Counter[str] = Counter()
+    with trio.move_on_after(10):
+        async with trio.open_nursery() as nursery:
+            for _ in range(3):
+                nursery.start_soon(_greedy, limit, "many", sent)
+            nursery.start_soon(_greedy, limit, "one", sent, 256 * 1024)  # bigger pieces: shares count bytes
+    total = sent["many"] + sent["one"]
+    assert 78 * MiB <= total <= 83 * MiB  # 8 MiB/s for 10 s, plus a quarter second of burst
+    assert abs(sent["many"] - sent["one"]) <= 0.05 * total
 
-    async def job(client: str) -> None:
-        bucket = limit.join(client)
+
+async def test_bandwidth_a_client_leaves_unused_goes_to_the_others(autojump_clock: trio.testing.MockClock) -> None:
+    limit = FairBandwidth(8 * MiB)
+    sent: Counter[str] = Counter()
+
+    async def slow(client: str) -> None:
+        """A job held back by something else (its disk, its server) to 1 MiB/s."""
+        share = limit.join(client)
+        start = trio.current_time()
         try:
-            while True:
-                await bucket.spend(64 * 1024)
+            for piece in itertools.count(1):
+                await share.spend(64 * 1024)
                 sent[client] += 64 * 1024
+                await trio.sleep_until(start + piece / 16)
         finally:
             limit.leave(client)
 
     with trio.move_on_after(10):
         async with trio.open_nursery() as nursery:
-            for _ in range(3):
-                nursery.start_soon(job, "many")
-            nursery.start_soon(job, "one")
-            await trio.testing.wait_all_tasks_blocked()
-            assert limit.share_of("many") == limit.share_of("one") == 4 * MiB
-    total = sent["many"] + sent["one"]
-    assert 70 * MiB <= total <= 90 * MiB  # 8 MiB/s for 10 s, plus the bursts
-    assert abs(sent["many"] - sent["one"]) <= 0.15 * total
-    assert limit.share_of("one") == 0.0  # both left
+            nursery.start_soon(slow, "slow")
+            nursery.start_soon(_greedy, limit, "greedy", sent)
+    assert 9 * MiB <= sent["slow"] <= 11 * MiB
+    assert sent["greedy"] + sent["slow"] >= 78 * MiB  # the slow client's unused half is not wasted
+
+
+async def test_a_spend_cancelled_while_waiting_does_not_stall_the_others(
+        autojump_clock: trio.testing.MockClock) -> None:
+    limit = FairBandwidth(1 * MiB)
+    sent: Counter[str] = Counter()
+    async with trio.open_nursery() as nursery:
+        # Clients whose spends queue behind each other, each of whom may be pacing the
+        # link when it is cancelled.
+        scopes = []
+        for name in "abcd":
+            scope = trio.CancelScope()
+            scopes.append(scope)
+
+            async def job(name: str = name, scope: trio.CancelScope = scope) -> None:
+                with scope:
+                    await _greedy(limit, name, sent)
+
+            nursery.start_soon(job)
+        for scope in scopes[:3]:
+            await trio.sleep(0.6)
+            scope.cancel()
+        before = sent["d"]
+        await trio.sleep(2)
+        assert sent["d"] - before >= 1.8 * MiB  # the last one has the whole link
+        scopes[3].cancel()
+    assert limit._waiting == [] and not limit._pacing  # nothing left behind
 
 
 async def test_an_unlimited_daemon_hands_out_unlimited_shares() -> None:

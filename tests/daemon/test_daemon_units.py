@@ -22,7 +22,7 @@ from dataeraid.jobs import STATES, TRANSITIONS
 from dataeraid.remote import _json_object, raise_for_status
 from dataeraid.rpc import Param, Registry
 from dataeraid.store import create_queue_engine, migrate
-from dataeraid.transfer import Bandwidth, backoff_delay
+from dataeraid.transfer import FairBandwidth, backoff_delay
 from dataeraid.upload import part_count, part_span
 
 
@@ -61,7 +61,7 @@ def test_backoff_grows_is_capped_and_honours_retry_after() -> None:
 
 
 async def test_bandwidth_limit_holds_on_a_fake_clock(autojump_clock: trio.testing.MockClock) -> None:
-    limit = Bandwidth(10 * 1024 * 1024)
+    limit = FairBandwidth(10 * 1024 * 1024).join("one client")
     start = trio.current_time()
     for _ in range(100):
         await limit.spend(1024 * 1024)
