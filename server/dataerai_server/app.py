@@ -23,7 +23,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import __version__, assets, project_collections, projects, relationships, validation
+from . import __version__, assets, deletions, project_collections, projects, relationships, validation
 from .auth import READ, WRITE, Principal, bearer_token, lookup_principal
 from .clock import from_unix, isoformat, parse_timestamp, utcnow
 from .config import MAX_MANIFEST_JSON_BODY, MAX_PART_SIZE, MIN_PART_SIZE
@@ -195,14 +195,10 @@ class Api:
         who = await self.who(request, WRITE)
         asset_id = request.path_params["asset_id"]
         keys = await self.s.db.write(lambda session: assets.delete_asset(session, who, asset_id))
-        # After the commit: a failure here leaves unreferenced bytes, never a row without bytes.
-        # Shielded: the rows are gone, so a client going away must not leave the bytes behind.
+        # After the commit, and shielded: the rows are gone, so the bytes go now, whether or
+        # not the client waits; what fails stays queued for the sweep (deletions.py).
         with trio.CancelScope(shield=True):
-            for key in keys:
-                try:
-                    await self.s.storage.delete_content(key)
-                except Exception as exc:
-                    log.warning("asset.delete_content_failed", asset_id=asset_id, storage_key=key, error=repr(exc))
+            await deletions.delete_queued(self.s.db, self.s.storage, keys)
         return Response(status_code=204)
 
     async def asset_files(self, request: Request) -> Response:

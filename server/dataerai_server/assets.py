@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, delete, func, or_, select
 from sqlalchemy.orm import Session
 
-from . import paths, project_collections, projects
+from . import deletions, paths, project_collections, projects
 from .auth import Principal
 from .clock import isoformat, utcnow
 from .errors import ApiError
@@ -321,9 +321,10 @@ def list_assets(session: Session, who: Principal, query: AssetQuery) -> dict[str
 def delete_asset(session: Session, who: Principal, asset_id: str) -> list[str]:
     """Delete the asset, its contents' rows and every relationship from or to it.
 
-    Returns the storage keys of its contents that no content uses any more, which the
-    caller deletes from storage after this transaction commits (a crash in between leaves
-    unreferenced bytes, never a row pointing at missing bytes). A deduplicated content
+    Returns the storage keys of its contents that no content uses any more, queued for
+    deletion in this transaction (:mod:`deletions`): the caller deletes them from storage
+    after it commits, and a failure or a crash in between leaves them queued for the
+    server's sweep, never a row pointing at missing bytes. A deduplicated content
     shares its storage key with the content it matched, so a key another content still
     uses is kept: the bytes go with the last content that uses them.
     """
@@ -337,7 +338,9 @@ def delete_asset(session: Session, who: Principal, asset_id: str) -> list[str]:
     )
     session.execute(delete(Content).where(Content.asset_id == asset.id))
     session.execute(delete(Asset).where(Asset.id == asset.id))
-    return unreferenced_keys(session, [content.storage_key for content in contents])
+    unused = unreferenced_keys(session, [content.storage_key for content in contents])
+    deletions.queue(session, unused)
+    return unused
 
 
 def unreferenced_keys(session: Session, keys: list[str]) -> list[str]:

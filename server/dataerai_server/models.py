@@ -293,6 +293,22 @@ class DedupChallenge(Base):
     answered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
+class StorageDeletion(Base):
+    """Stored bytes no content uses any more, to be deleted from storage.
+
+    Written in the transaction that deleted their last content, and removed once the
+    storage deleted them: a storage that failed (or a server that stopped) in between
+    leaves the row, and the server's sweep tries again, so no bytes are left behind
+    for good.
+    """
+
+    __tablename__ = "storage_deletions"
+    storage_key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+
 Index("ix_upload_sessions_user_id_state", UploadSession.user_id, UploadSession.state)
 # Listing a project's or a collection's assets in path order.
 Index("ix_assets_project_id_path", Asset.project_id, Asset.path)

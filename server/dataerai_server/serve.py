@@ -25,6 +25,7 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 from hypercorn.typing import Framework
 
+from . import deletions
 from .app import create_app
 from .config import Settings
 from .services import open_services
@@ -128,7 +129,7 @@ async def run_server(settings: Settings, bind: str, ready_file: Path | None = No
         # Hypercorn's app type is its own spelling of the ASGI signature Starlette implements.
         app = cast(Framework, create_app(services))
 
-        async def sweep_expired_sessions() -> None:
+        async def sweep() -> None:
             # A quarter of the session lifetime, so that short lifetimes (tests, small disks)
             # are honoured about as closely as the default two weeks are.
             interval = max(1.0, min(EXPIRY_SWEEP_SECONDS, settings.session_ttl_seconds / 4))
@@ -137,6 +138,10 @@ async def run_server(settings: Settings, bind: str, ready_file: Path | None = No
                     await services.uploads.abort_expired()
                 except Exception as exc:  # the next sweep tries again; serving goes on
                     log.warning("upload.expiry_sweep_failed", error=repr(exc))
+                try:
+                    await deletions.retry_queued(services.db, services.storage)
+                except Exception as exc:  # likewise
+                    log.warning("storage.deletion_sweep_failed", error=repr(exc))
                 await trio.sleep(interval)
 
         async def until_signal() -> None:
@@ -147,7 +152,7 @@ async def run_server(settings: Settings, bind: str, ready_file: Path | None = No
         try:
             async with trio.open_nursery() as background:
                 services.storage.start_background(background)
-                background.start_soon(sweep_expired_sessions)
+                background.start_soon(sweep)
                 async with trio.open_nursery() as nursery:
                     await nursery.start(partial(hypercorn_serve, app, config, shutdown_trigger=until_signal))
                     if ready_file is not None:

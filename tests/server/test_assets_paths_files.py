@@ -178,6 +178,10 @@ def test_delete_asset(env: Env) -> None:
             assert count == (0,), table
         assert db.execute("select count(*) from content_files where content_id = ?",
                           (gone["content_id"],)).fetchone() == (0,)
+        # Deleted at once: nothing left queued for the sweep.
+        placeholders = ",".join("?" * len(keys))
+        assert db.execute(f"select count(*) from storage_deletions where storage_key in ({placeholders})",
+                          keys).fetchone() == (0,)
     kept_link = ok(env.ada.get(f"/api/v1/assets/{kept['asset_id']}/download"))
     assert httpx.get(kept_link["url"], trust_env=False).content == data_of(100, 11)
 
