@@ -14,6 +14,7 @@ import base64
 import binascii
 import json
 import posixpath
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,19 +101,40 @@ def content_files(session: Session, content_ids: list[str]) -> dict[str, list[di
     return found
 
 
-def content_view(content: Content, files: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
+def content_view(content: Content, files: list[dict[str, Any]] | int) -> dict[str, Any]:
+    """A content's view: with its manifest (``files``), or only how many files it has."""
+    view: dict[str, Any] = {
         "content_id": content.id,
         "size": content.size,
         "sha256": content.sha256,
         "file_name": content.file_name,
-        "files": files,
+        "file_count": files if isinstance(files, int) else len(files),
         "created_at": isoformat(content.created_at),
     }
+    if not isinstance(files, int):
+        view["files"] = files
+    return view
 
 
-def asset_views(session: Session, assets: list[Asset]) -> list[dict[str, Any]]:
-    """The API views of ``assets``, with a fixed number of queries however many there are."""
+def _file_counts(session: Session, content_ids: list[str]) -> dict[str, int]:
+    counts = dict.fromkeys(content_ids, 0)
+    if content_ids:
+        query = (
+            select(ContentFile.content_id, func.count())
+            .where(ContentFile.content_id.in_(content_ids))
+            .group_by(ContentFile.content_id)
+        )
+        counts.update({content_id: count for content_id, count in session.execute(query).tuples()})
+    return counts
+
+
+def asset_views(session: Session, assets: list[Asset], *, manifests: bool = True) -> list[dict[str, Any]]:
+    """The API views of ``assets``, with a fixed number of queries however many there are.
+
+    Without ``manifests`` (listings) each latest content tells how many files it has,
+    not which: a page of assets stays small even when each holds 100,000 files, whose
+    manifests ``GET /assets/{id}/files`` pages through.
+    """
     ids = [asset.id for asset in assets]
     latest: dict[str, Content] = {}
     if ids:
@@ -120,11 +142,13 @@ def asset_views(session: Session, assets: list[Asset]) -> list[dict[str, Any]]:
             best = latest.get(content.asset_id)
             if best is None or (content.created_at, content.id) > (best.created_at, best.id):
                 latest[content.asset_id] = content
-    files = content_files(session, [content.id for content in latest.values()])
+    content_ids = [content.id for content in latest.values()]
+    files = content_files(session, content_ids) if manifests else _file_counts(session, content_ids)
     return [_asset_view(asset, latest.get(asset.id), files) for asset in assets]
 
 
-def _asset_view(asset: Asset, latest: Content | None, files: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+def _asset_view(asset: Asset, latest: Content | None, files: Mapping[str, list[dict[str, Any]]] | Mapping[str, int]
+                ) -> dict[str, Any]:
     return {
         "asset_id": asset.id,
         "title": asset.title,
@@ -310,7 +334,7 @@ def list_assets(session: Session, who: Principal, query: AssetQuery) -> dict[str
     shown = matched[: query.limit]
     more = len(matched) > query.limit
     return {
-        "assets": asset_views(session, shown),
+        "assets": asset_views(session, shown, manifests=False),
         "next_cursor": _encode_cursor([shown[-1].path, shown[-1].id]) if more else None,
     }
 

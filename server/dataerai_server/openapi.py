@@ -151,7 +151,12 @@ _SCHEMAS: dict[str, Any] = {
             "size": _INT,
             "sha256": _SHA,
             "file_name": _NSTR,
-            "files": {"type": "array", "items": _ref("FileInfo")},
+            "file_count": _INT,
+            "files": {
+                "type": "array",
+                "items": _ref("FileInfo"),
+                "description": "the manifest, in stream order; left out in listings (see `file_count`)",
+            },
             "created_at": _TIME,
         },
     },
