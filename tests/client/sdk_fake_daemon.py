@@ -94,8 +94,10 @@ class FakeConnection:
                 return
             try:
                 self.sock.sendall(data)
+                return
             except OSError:
-                self.close()
+                pass
+        self.close()  # outside the lock, which close takes too
 
     def respond(self, request_id: Any, result: Any) -> None:
         self.send(encode_response(Response(request_id, result=result)))
@@ -108,12 +110,14 @@ class FakeConnection:
             self.send(encode_notification("event", event))
 
     def close(self) -> None:
+        self.closed = True
+        # Shut down before taking the lock: a sender blocked in sendall (a client that
+        # stopped reading) then fails at once and lets go of it.
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         with self.write_lock:
-            self.closed = True
-            try:
-                self.sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             self.sock.close()
 
 
