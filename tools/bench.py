@@ -14,7 +14,9 @@ with the server's whole-file check) beside `curl -T` sending the same bytes
 in one PUT to a one-part upload session of the same server (the server still
 hashes and verifies that part). Download: the daemon's `download()` (parallel
 ranges, SHA-256 check, fsync, rename) beside `curl` reading the same content
-URL into a file. Also the daemon's peak RSS (VmHWM) over the whole run.
+URL into a file (and that file's fsync, as durable as the daemon's), and beside the
+physical limit of a durable download: writing as many bytes from memory to a new
+file and fsyncing it. Also the daemon's peak RSS (VmHWM) over the whole run.
 
 Median of --runs runs, interleaved so all peers see the same machine state.
 """
@@ -89,12 +91,29 @@ def curl_download(api: Any, asset_id: str, dest: Path) -> tuple[float, float]:
     return written, durable
 
 
+def durable_write(dest: Path, size: int) -> float:
+    """Seconds to write ``size`` bytes from memory into a new file and fsync it: the
+    physical limit of any download that is on disk before it is reported done."""
+    block = os.urandom(MiB)
+    started = time.monotonic()
+    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        for offset in range(0, size, MiB):
+            os.write(fd, block[: min(MiB, size - offset)])
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    elapsed = time.monotonic() - started
+    dest.unlink()
+    return elapsed
+
+
 def loopback_section(args: argparse.Namespace) -> dict[str, Any]:
     """The daemon beside curl on a server with the directory storage."""
     size = args.size_mib * MiB
     root = Path(tempfile.mkdtemp(prefix="dataerai-bench-"))
     results: dict[str, list[float]] = {"daemon_up": [], "curl_up": [], "daemon_down": [], "curl_down": [],
-                                       "curl_down_fsync": []}
+                                       "curl_down_fsync": [], "disk_write": []}
     # CPU seconds spent by the server (and the daemon) per operation: on one 2-core
     # machine both ends share the cores, so this says where the time goes.
     cpu: dict[str, list[float]] = {"daemon_up_daemon": [], "daemon_up_server": [], "curl_up_server": [],
@@ -131,6 +150,7 @@ def loopback_section(args: argparse.Namespace) -> dict[str, Any]:
                     cpu["curl_down_server"].append(cpu_seconds(server_pid) - s0)
                     results["curl_down"].append(written)
                     results["curl_down_fsync"].append(durable)
+                    results["disk_write"].append(durable_write(root / "disk.out", size))
                     s0, d0 = cpu_seconds(server_pid), cpu_seconds(daemon.pid)
                     started = time.monotonic()
                     dl = client.download(asset_id, dest_dir=root / f"down{run}")
@@ -151,6 +171,7 @@ def loopback_section(args: argparse.Namespace) -> dict[str, Any]:
         "upload_ratio_vs_curl": round(rate["daemon_up"] / rate["curl_up"], 2),
         "download_ratio_vs_curl": round(rate["daemon_down"] / rate["curl_down"], 2),
         "download_ratio_vs_curl_fsync": round(rate["daemon_down"] / rate["curl_down_fsync"], 2),
+        "download_ratio_vs_disk": round(rate["daemon_down"] / rate["disk_write"], 2),
         "daemon_peak_rss_mib": round(rss, 1),
         "median_cpu_s": {k: round(statistics.median(v), 2) for k, v in cpu.items()},
         "cpus": os.cpu_count(),
@@ -167,6 +188,8 @@ def print_loopback(report: dict[str, Any]) -> None:
           f"ratio {report['download_ratio_vs_curl']}")
     print(f"            curl + fsync, as durable as the daemon: {rate['curl_down_fsync']:7.1f} MB/s   "
           f"ratio {report['download_ratio_vs_curl_fsync']}")
+    print(f"            the disk's durable write (same size, from memory, fsync): {rate['disk_write']:7.1f} MB/s   "
+          f"ratio {report['download_ratio_vs_disk']}")
     print(f"  daemon peak RSS {report['daemon_peak_rss_mib']:.1f} MiB")
     c = report["median_cpu_s"]
     print(f"  CPU seconds, upload: daemon {c['daemon_up_daemon']} + server {c['daemon_up_server']}"
