@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench venv clean
+.PHONY: demo test lint bench soak venv clean
 
 venv: $(STAMP)
 
@@ -37,6 +37,11 @@ $(BENCH_STAMP): $(STAMP)
 # All sections; one of them: .venv/bin/python tools/bench.py --section loopback|s3|small-files
 bench: $(BENCH_STAMP)
 	$(BIN)/python tools/bench.py
+
+# Transfers through a real stack while the daemon, the server and the network fail on
+# purpose, then a check that every byte arrived once (tools/soak.py; SOAK_ARGS="--duration 600 --seed N").
+soak: $(STAMP)
+	$(BIN)/python tools/soak.py $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
