@@ -362,22 +362,6 @@ def delete_asset(session: Session, who: Principal, asset_id: str) -> list[str]:
     )
     session.execute(delete(Content).where(Content.asset_id == asset.id))
     session.execute(delete(Asset).where(Asset.id == asset.id))
-    unused = unreferenced_keys(session, [content.storage_key for content in contents])
+    unused = deletions.unreferenced_keys(session, [content.storage_key for content in contents])
     deletions.queue(session, unused)
     return unused
-
-
-def unreferenced_keys(session: Session, keys: list[str]) -> list[str]:
-    """Those of ``keys`` (in order, once each) that no content row uses.
-
-    Called in the transaction that deleted the rows, after the deletes: on PostgreSQL a
-    deduplicating completion locks the content it shares a key with (``FOR UPDATE``), so
-    either it waits for this deletion and finds the content gone, or this query (a new
-    statement, so a new snapshot under READ COMMITTED) sees the content it added. SQLite
-    runs write transactions one at a time.
-    """
-    wanted = list(dict.fromkeys(keys))
-    if not wanted:
-        return []
-    used = set(session.scalars(select(Content.storage_key).where(Content.storage_key.in_(wanted))).all())
-    return [key for key in wanted if key not in used]

@@ -29,6 +29,22 @@ SWEEP_BATCH: Final = 100
 _log = structlog.get_logger(__name__)
 
 
+def unreferenced_keys(session: Session, keys: list[str]) -> list[str]:
+    """Those of ``keys`` (in order, once each) that no content row uses.
+
+    Called in the transaction that deleted the rows, after the deletes: on PostgreSQL a
+    deduplicating completion locks the content it shares a key with (``FOR UPDATE``), so
+    either it waits for this deletion and finds the content gone, or this query (a new
+    statement, so a new snapshot under READ COMMITTED) sees the content it added. SQLite
+    runs write transactions one at a time.
+    """
+    wanted = list(dict.fromkeys(keys))
+    if not wanted:
+        return []
+    used = set(session.scalars(select(Content.storage_key).where(Content.storage_key.in_(wanted))).all())
+    return [key for key in wanted if key not in used]
+
+
 def queue(session: Session, keys: Sequence[str]) -> None:
     """Record ``keys`` for deletion, in the transaction that made them unused."""
     queued = set(session.scalars(select(StorageDeletion.storage_key).where(StorageDeletion.storage_key.in_(keys))))
@@ -47,7 +63,7 @@ async def delete_queued(db: Database, storage: Storage, keys: Sequence[str]) -> 
     gone = 0
     for key in keys:
         try:
-            if await db.read(partial(_unused, key=key)):
+            if await db.read(partial(unreferenced_keys, keys=[key])):
                 await storage.delete_content(key)
         except Exception as exc:  # any storage failure: kept for the next sweep
             await db.write(partial(_failed, key=key, error=repr(exc)))
@@ -68,10 +84,6 @@ async def retry_queued(db: Database, storage: Storage) -> int:
     if gone:
         _log.info("storage.deleted_late", count=gone)
     return gone
-
-
-def _unused(session: Session, key: str) -> bool:
-    return session.scalars(select(Content.id).where(Content.storage_key == key).limit(1)).first() is None
 
 
 def _done(session: Session, key: str) -> None:

@@ -32,7 +32,7 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from . import assets, project_collections, projects
+from . import assets, deletions, project_collections, projects
 from .auth import Principal
 from .clock import isoformat, new_id, utcnow
 from .config import (
@@ -752,7 +752,7 @@ def _record_deduplicated(
 
     The content kept is locked first (``FOR UPDATE`` on PostgreSQL), so a deletion running
     at the same time either finishes before (and this finds nothing) or sees the new
-    content and keeps the bytes (:func:`assets.unreferenced_keys`).
+    content and keeps the bytes (:func:`deletions.unreferenced_keys`).
     """
     assert claim.storage_key is not None
     kept = session.scalars(
@@ -1017,11 +1017,12 @@ class Uploads:
                     )
                 )
             if not made:
-                # Someone else's completion won; keep our object only if the stored result uses it.
+                # Someone else's completion won: our object goes, the way every unused one does
+                # (queued, then deleted unless a content uses it; a failure is swept later).
                 winner_key = await self._db.read(lambda s: _storage_key_of(s, result["content_id"]))
-                unused = await self._db.read(lambda s: assets.unreferenced_keys(s, [storage_key]))
-                if winner_key != storage_key and unused:
-                    await self._storage.delete_content(storage_key)
+                if winner_key != storage_key:
+                    await self._db.write(lambda s: deletions.queue(s, [storage_key]))
+                    await deletions.delete_queued(self._db, self._storage, [storage_key])
             await self._storage.release_parts(plan.handle)
             log.info("upload.completed", upload_id=upload_id, asset_id=result["asset_id"], size=content.size)
             return result
