@@ -6,19 +6,15 @@ import hashlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+from server_harness import data_of
+
 
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def sample(size: int, seed: int = 0) -> bytes:
-    """``size`` bytes that differ with ``seed`` and are the same on every run."""
-    out = bytearray()
-    counter = 0
-    while len(out) < size:
-        out += hashlib.sha256(f"{seed}/{counter}".encode()).digest()
-        counter += 1
-    return bytes(out[:size])
+#: ``sample(size, seed)``: bytes that differ with ``seed`` and are the same on every run.
+sample = data_of
 
 
 async def chunks(body: bytes, size: int = 65536) -> AsyncIterator[bytes]:
