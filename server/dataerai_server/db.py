@@ -42,9 +42,10 @@ def _enter_wal(cursor: Any, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            if cursor.execute("PRAGMA journal_mode = WAL").fetchone()[0] == "wal":
+            mode = cursor.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if mode in ("wal", "memory"):  # an in-memory database has no WAL to switch to
                 return
-            failure: Exception = sqlite3.OperationalError("database is locked")
+            failure: Exception = sqlite3.OperationalError(f"database is locked (journal mode still {mode})")
         except sqlite3.OperationalError as exc:
             if "locked" not in str(exc) and "busy" not in str(exc):
                 raise

@@ -125,6 +125,15 @@ def test_opening_a_database_another_connection_has_locked_waits_for_it(tmp_path:
         db.dispose()
 
 
+def test_an_in_memory_database_opens_without_waiting_for_a_wal_it_cannot_have() -> None:
+    db = Database("sqlite://")
+    try:
+        with db.engine.connect() as connection:
+            assert connection.exec_driver_sql("pragma journal_mode").scalar() == "memory"
+    finally:
+        db.dispose()
+
+
 def test_part_arithmetic() -> None:
     assert NewUpload(None, None, None, 0, 65536, None, None).part_count == 1
     assert NewUpload(None, None, None, 65536, 65536, None, None).part_count == 1
