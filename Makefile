@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench soak venv clean
+.PHONY: demo test lint bench soak fuzz docs venv clean
 
 venv: $(STAMP)
 
@@ -42,6 +42,17 @@ bench: $(BENCH_STAMP)
 # purpose, then a check that every byte arrived once (tools/soak.py; SOAK_ARGS="--duration 600 --seed N").
 soak: $(STAMP)
 	$(BIN)/python tools/soak.py $(SOAK_ARGS)
+
+# The daemon's socket under a longer fuzz campaign than `make test` runs (tests/integration/test_rpc_edge.py):
+# prints the frames sent, the answers by code and the daemon's peak memory. FUZZ_FRAMES=N.
+FUZZ_FRAMES ?= 100000
+fuzz: $(STAMP)
+	DATAERAI_FUZZ_FRAMES=$(FUZZ_FRAMES) $(BIN)/python -m pytest -q -s -p no:xdist \
+		tests/integration/test_rpc_edge.py -k fuzzed
+
+# Generated documentation: the RPC method reference in docs/protocol.md, from the registry.
+docs: $(STAMP)
+	$(BIN)/python -m dataeraid.rpc.reference docs/protocol.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

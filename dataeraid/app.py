@@ -23,6 +23,7 @@ import os
 import signal
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -35,7 +36,7 @@ from dataeraid.download import run_download
 from dataeraid.errors import DataeraiError
 from dataeraid.events import EventBus
 from dataeraid.jobs import Jobs
-from dataeraid.methods import Services, build_registry
+from dataeraid.methods import REGISTRY, Call, Services
 from dataeraid.notify import Notifier
 from dataeraid.paths import Paths
 from dataeraid.remote import USER_AGENT, Remote, tune_http_reads
@@ -92,12 +93,12 @@ async def serve(paths: Paths, settings: Settings, notifier: Notifier) -> None:
             remote = Remote(auth, http)
             jobs = Jobs(bus)
             scheduler = Scheduler(jobs, remote, auth, settings, {"upload": run_upload, "download": run_download})
-            registry = build_registry(Services(jobs, bus, scheduler, remote, auth, settings))
+            services = Services(jobs, bus, scheduler, remote, auth, settings)
             async with trio.open_nursery() as nursery:
                 with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                     await nursery.start(scheduler.serve)
                     listener = await open_listener(paths.socket)
-                    await nursery.start(serve_rpc, registry, listener)
+                    await nursery.start(serve_rpc, REGISTRY, partial(Call, services), listener)
                     notifier.ready("serving")
                     _log.info("daemon ready", socket=str(paths.socket), pid=os.getpid(), queue=str(paths.queue_db))
                     nursery.start_soon(notifier.watchdog)

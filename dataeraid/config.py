@@ -21,22 +21,19 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from dataerai.contract import DEFAULT_PART_SIZE
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
-
-DEFAULT_CHUNK_SIZE = 64 * 1024 * 1024
-MIN_CHUNK_SIZE = 64 * 1024
-MAX_CHUNK_SIZE = 5 * 1024 * 1024 * 1024
-MAX_PARTS = 10_000
 
 
 @dataclass(frozen=True)
 class Settings:
     max_active_jobs: int = 4
     parts_per_job: int = 4
-    default_chunk_size: int = DEFAULT_CHUNK_SIZE
+    default_chunk_size: int = DEFAULT_PART_SIZE
     retry_base_s: float = 0.5
     retry_cap_s: float = 30.0
     progress_interval_s: float = 0.25

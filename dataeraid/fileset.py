@@ -28,6 +28,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from dataerai.contract import MAX_FILES_PER_CONTENT, path_problem
+
 from dataeraid.errors import DataeraiError, from_os_error
 
 if TYPE_CHECKING:
@@ -41,8 +43,8 @@ MAX_OPEN_FILES = 64
 #: Directories kept open by a download's file set, so that files beside each other
 #: don't each walk the tree from the root.
 MAX_OPEN_DIRS = 32
-#: A directory upload may hold at most this many files (the repository's limit too).
-MAX_FILES = 100_000
+#: A directory upload may hold at most this many files (the repository's limit).
+MAX_FILES = MAX_FILES_PER_CONTENT
 PART_SUFFIX = ".part"
 #: A sync touching more files than this flushes their filesystem once instead.
 SYNCFS_ABOVE_FILES = 16
@@ -86,14 +88,12 @@ def source_changed(path: str, reason: str) -> DataeraiError:
 
 def safe_relative_path(path: object) -> str:
     """``path`` if it is a relative POSIX path that stays where it is put, else ``unsafe_path``."""
-    if not isinstance(path, str) or not path or len(path) > 4096:
-        raise DataeraiError("unsafe_path", f"the server sent an unusable path {str(path)[:80]!r}")
-    if path.startswith("/") or "\\" in path or "\0" in path:
-        raise DataeraiError("unsafe_path", f"the server sent a path that is not relative: {path[:80]!r}")
+    if not isinstance(path, str):
+        raise DataeraiError("unsafe_path", f"the server sent a path that is not a string: {str(path)[:80]!r}")
+    problem = path_problem(path)
+    if problem is not None:
+        raise DataeraiError("unsafe_path", f"the server sent the path {path[:80]!r}, which {problem}")
     for segment in path.split("/"):
-        if segment in ("", ".", ".."):
-            raise DataeraiError("unsafe_path", f"the server sent a path with {segment or 'an empty'!r} in it: "
-                                               f"{path[:80]!r}")
         if len(segment.encode()) > 255 - len(PART_SUFFIX):
             raise DataeraiError("unsafe_path", f"a name in {path[:80]!r} is too long for this disk")
     return path
@@ -156,12 +156,10 @@ def scan_source(local_path: str) -> tuple[str, list[StreamFile], list[str]]:
         with os.scandir(directory) as entries:
             for entry in sorted(entries, key=lambda e: e.name):
                 rel = f"{relative}/{entry.name}"
-                if "\\" in entry.name:
-                    raise DataeraiError("invalid_argument", f"{entry.path}: a backslash in a name is not portable")
-                try:
-                    rel.encode()
-                except UnicodeEncodeError:
-                    raise DataeraiError("invalid_argument", f"{entry.path!r}: the name is not valid UTF-8") from None
+                problem = path_problem(rel)
+                if problem is not None:
+                    # The repository would refuse it; say which file before anything is sent.
+                    raise DataeraiError("invalid_argument", f"{entry.path!r} cannot be a repository path: it {problem}")
                 if entry.is_dir(follow_symlinks=False):
                     walk(entry.path, rel)
                 elif entry.is_file(follow_symlinks=False):

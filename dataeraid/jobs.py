@@ -8,13 +8,13 @@ The states and their transitions are documented in docs/job-states.md.
 from __future__ import annotations
 
 import datetime as dt
-import secrets
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
 import trio
+from dataerai.contract import JOB_STATES, TERMINAL_JOB_STATES, JobErrorObject, JobObject
 from sqlalchemy.engine import Connection
 
 from dataeraid import schema
@@ -22,7 +22,7 @@ from dataeraid.errors import DataeraiError
 from dataeraid.events import Emit, EventBus
 from dataeraid.store import INTERRUPTIBLE_STATES, Row, Store
 
-TERMINAL = frozenset({"completed", "failed", "cancelled"})
+TERMINAL = TERMINAL_JOB_STATES
 
 TRANSITIONS: Mapping[str, frozenset[str]] = {
     "queued": frozenset({"running", "paused", "cancelled"}),
@@ -36,12 +36,8 @@ TRANSITIONS: Mapping[str, frozenset[str]] = {
     "cancelled": frozenset({"queued"}),
     "completed": frozenset(),
 }
-STATES = tuple(TRANSITIONS)
-
-
-def new_job_id() -> str:
-    # Time-ordered prefix so ids sort by creation, random tail so they never collide.
-    return f"job_{int(time.time() * 1000):012x}{secrets.token_hex(6)}"
+STATES = JOB_STATES
+assert set(TRANSITIONS) == set(JOB_STATES), "every state of the contract has its transitions"
 
 
 def _iso(ts: float | None) -> str | None:
@@ -50,9 +46,9 @@ def _iso(ts: float | None) -> str | None:
     return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def to_wire(row: Row, bytes_done: int, chunks_done: int) -> dict[str, Any]:
-    """The job object of docs/protocol.md."""
-    error = None
+def to_wire(row: Row, bytes_done: int, chunks_done: int) -> JobObject:
+    """The job object of docs/protocol.md, in the contract's shape (``contract.JobObject``)."""
+    error: JobErrorObject | None = None
     if row["error_code"]:
         error = {"code": row["error_code"], "message": row["error_message"] or ""}
     total = row["bytes_total"]
@@ -112,7 +108,7 @@ class Jobs:
     def _wire(self, conn: Connection, row: Row) -> dict[str, Any]:
         live = self.live_progress.get(row["job_id"])
         done, count = live if live is not None else _checkpoint_totals(conn, row["job_id"])
-        return to_wire(row, done, count)
+        return dict(to_wire(row, done, count))
 
     async def create(self, row: Row) -> dict[str, Any]:
         """Insert a queued job; returns once it is durably committed.

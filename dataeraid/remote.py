@@ -23,8 +23,10 @@ import time
 import xml.etree.ElementTree as ElementTree
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
+from urllib.parse import quote
 
 import httpx
+from dataerai import contract
 from dataerai.protocol import ERRORS
 
 from dataeraid.auth import Auth
@@ -127,6 +129,28 @@ def tune_http_reads() -> bool:
     return True
 
 
+def api_path(template: str, *values: tuple[str, str] | int) -> str:
+    """An API path: ``template``'s ``{}`` filled with ids, each checked against its kind's
+    pattern (``contract.ID_PATTERNS``) and percent-encoded, or with part numbers.
+
+    The one way an id reaches a URL, so that no id, whether a caller's or a server's,
+    can carry a path (``../me``) into a request.
+    """
+    filled: list[str] = []
+    for value in values:
+        if isinstance(value, int):
+            if isinstance(value, bool) or value < 0:
+                raise DataeraiError("invalid_argument", f"{value!r} is not a part number")
+            filled.append(str(value))
+            continue
+        kind, text = value
+        problem = contract.id_problem(kind, text)
+        if problem is not None:
+            raise DataeraiError("invalid_argument", f"{str(text)[:80]!r} {problem}")
+        filled.append(quote(text, safe=""))
+    return template.format(*filled)
+
+
 class Remote:
     """One repository, reached with the current credentials."""
 
@@ -162,11 +186,11 @@ class Remote:
         return await self._api("POST", "/projects", "creating the project", json=body)
 
     async def get_asset(self, asset_id: str) -> dict[str, Any]:
-        return await self._api("GET", f"/assets/{asset_id}", f"reading asset {asset_id}")
+        return await self._api("GET", api_path("/assets/{}", ("asset", asset_id)), f"reading asset {asset_id}")
 
     async def update_asset(self, asset_id: str, fields: Mapping[str, Any]) -> dict[str, Any]:
         return await self._api(
-            "PATCH", f"/assets/{asset_id}", f"updating asset {asset_id}", json=dict(fields)
+            "PATCH", api_path("/assets/{}", ("asset", asset_id)), f"updating asset {asset_id}", json=dict(fields)
         )
 
     async def list_projects(self) -> dict[str, Any]:
@@ -177,28 +201,31 @@ class Remote:
 
     async def list_collections(self, project_id: str) -> dict[str, Any]:
         return await self._api(
-            "GET", f"/projects/{project_id}/collections", f"listing the collections of {project_id}"
+            "GET", api_path("/projects/{}/collections", ("project", project_id)),
+            f"listing the collections of {project_id}"
         )
 
     async def list_assets(self, query: Mapping[str, str]) -> dict[str, Any]:
         return await self._api("GET", "/assets", "listing assets", params=query)
 
     async def delete_asset(self, asset_id: str) -> None:
-        await self._api("DELETE", f"/assets/{asset_id}", f"deleting asset {asset_id}")
+        await self._api("DELETE", api_path("/assets/{}", ("asset", asset_id)), f"deleting asset {asset_id}")
 
     async def asset_files(self, asset_id: str, query: Mapping[str, str]) -> dict[str, Any]:
         return await self._api(
-            "GET", f"/assets/{asset_id}/files", f"reading the files of asset {asset_id}", params=query
+            "GET", api_path("/assets/{}/files", ("asset", asset_id)),
+            f"reading the files of asset {asset_id}", params=query
         )
 
     async def create_relationship(self, from_asset_id: str, body: Mapping[str, Any]) -> dict[str, Any]:
         return await self._api(
-            "POST", f"/assets/{from_asset_id}/relationships", "creating the relationship", json=dict(body)
+            "POST", api_path("/assets/{}/relationships", ("asset", from_asset_id)),
+            "creating the relationship", json=dict(body)
         )
 
     async def list_relationships(self, asset_id: str) -> dict[str, Any]:
         return await self._api(
-            "GET", f"/assets/{asset_id}/relationships", f"listing the relationships of {asset_id}"
+            "GET", api_path("/assets/{}/relationships", ("asset", asset_id)), f"listing the relationships of {asset_id}"
         )
 
     # --- uploads ------------------------------------------------------------
@@ -207,14 +234,15 @@ class Remote:
         return await self._api("POST", "/uploads", "creating the upload session", json=dict(body))
 
     async def get_upload(self, upload_id: str) -> dict[str, Any]:
-        return await self._api("GET", f"/uploads/{upload_id}", "reading the upload session")
+        return await self._api("GET", api_path("/uploads/{}", ("upload", upload_id)), "reading the upload session")
 
     async def part_target(self, upload_id: str, number: int, sha256: str, size: int, *,
                           prefix: bool = False) -> dict[str, Any]:
         """Where to send part ``number``, with its digest signed in: its own SHA-256, or with
         ``prefix`` its prefix digest (the content's SHA-256 through the part's end)."""
         return await self._api(
-            "POST", f"/uploads/{upload_id}/parts/{number}/target", f"asking where to send part {number}",
+            "POST", api_path("/uploads/{}/parts/{}/target", ("upload", upload_id), number),
+            f"asking where to send part {number}",
             json={"prefix_sha256" if prefix else "sha256": sha256, "size": size},
         )
 
@@ -250,13 +278,15 @@ class Remote:
         if file_sha256 is not None:
             body["file_sha256"] = file_sha256
         return await self._api(
-            "POST", f"/uploads/{upload_id}/complete", "completing the upload", json=body, timeout=3600.0,
+            "POST", api_path("/uploads/{}/complete", ("upload", upload_id)),
+            "completing the upload", json=body, timeout=3600.0,
         )
 
     async def dedup_challenge(self, upload_id: str, sha256: str) -> dict[str, Any]:
         """A proof-of-possession challenge for completing ``upload_id`` with held content ``sha256``."""
         return await self._api(
-            "POST", f"/uploads/{upload_id}/dedup", "asking to deduplicate the upload", json={"sha256": sha256},
+            "POST", api_path("/uploads/{}/dedup", ("upload", upload_id)),
+            "asking to deduplicate the upload", json={"sha256": sha256},
         )
 
     async def dedup_prove(self, upload_id: str, challenge_id: str, digests: list[str], idempotency_key: str, *,
@@ -266,18 +296,20 @@ class Remote:
         if file_sha256 is not None:
             body["file_sha256"] = file_sha256
         return await self._api(
-            "POST", f"/uploads/{upload_id}/dedup/{challenge_id}", "proving possession of the content", json=body,
+            "POST", api_path("/uploads/{}/dedup/{}", ("upload", upload_id), ("challenge", challenge_id)),
+            "proving possession of the content", json=body,
         )
 
     async def abort_upload(self, upload_id: str) -> None:
-        await self._api("DELETE", f"/uploads/{upload_id}", "aborting the upload session")
+        await self._api("DELETE", api_path("/uploads/{}", ("upload", upload_id)), "aborting the upload session")
 
     # --- downloads ----------------------------------------------------------
 
     async def download_target(self, asset_id: str, content_id: str | None) -> dict[str, Any]:
         params = {"content_id": content_id} if content_id else None
         return await self._api(
-            "GET", f"/assets/{asset_id}/download", f"asking where to read asset {asset_id}", params=params
+            "GET", api_path("/assets/{}/download", ("asset", asset_id)),
+            f"asking where to read asset {asset_id}", params=params
         )
 
     async def read_range(self, target: Mapping[str, Any], start: int, length: int, what: str) -> AsyncIterator[bytes]:

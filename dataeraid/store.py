@@ -19,6 +19,7 @@ import sqlalchemy as sa
 import trio
 from alembic import command
 from alembic.config import Config
+from dataerai.contract import ACTIVE_JOB_STATES
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import StaticPool
 
@@ -32,7 +33,7 @@ Row = dict[str, Any]
 DIGEST_CACHE_ROWS = 10_000
 
 #: States a job is in only while a daemon works on it; after a crash they mean "queued".
-INTERRUPTIBLE_STATES = ("running", "waiting_for_network", "waiting_for_auth")
+INTERRUPTIBLE_STATES = ACTIVE_JOB_STATES
 
 
 def migrations_dir() -> Path:

@@ -35,17 +35,12 @@ from ._models import (
     UploadResult,
 )
 from ._paths import default_socket_path
+from .contract import ANALYSIS_MODES, OWNER_TYPES
 
 DEFAULT_START_TIMEOUT_S: Final = 10.0
 DEFAULT_REQUEST_TIMEOUT_S: Final = 30.0
 DEFAULT_TRANSFER_TIMEOUT_S: Final = 3600.0
 
-#: ``owner_type`` values ``upload`` accepts.
-OWNER_TYPES: Final = frozenset({"project", "user", "collection"})
-#: ``analysis_mode`` values ``create_relationship`` accepts.
-ANALYSIS_MODES: Final = frozenset(
-    {"non_destructive", "altering", "destructive", "in_situ", "ex_situ", "invasive", "non_invasive"}
-)
 _MIB: Final = 1 << 20
 
 ProgressCallback = Callable[[ProgressEvent], object]

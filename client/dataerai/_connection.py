@@ -19,6 +19,7 @@ from typing import Any, Final
 
 from ._errors import DaemonConnectionError, DaemonError, DaemonTimeoutError, error_from_rpc
 from .protocol import (
+    MAX_ANSWER_BYTES,
     MAX_LINE_BYTES,
     LineSplitter,
     Notification,
@@ -29,7 +30,7 @@ from .protocol import (
 )
 
 #: The daemon's answers may be long (``job.list``): accept lines up to this from it.
-MAX_SERVER_LINE_BYTES: Final = 64 << 20
+MAX_SERVER_LINE_BYTES: Final = MAX_ANSWER_BYTES
 #: Notifications kept while nobody reads them; beyond, the oldest are dropped and a ``gap`` stands for them.
 MAX_BUFFERED_NOTIFICATIONS: Final = 4096
 _RECV_BYTES: Final = 1 << 16

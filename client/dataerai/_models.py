@@ -13,11 +13,9 @@ import math
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Final
+from typing import Any
 
-#: A job in one of these states will not change any more.
-TERMINAL_JOB_STATES: Final = frozenset({"completed", "failed", "cancelled"})
-
+from .contract import TERMINAL_JOB_STATES as TERMINAL_JOB_STATES
 
 # --- tolerant readers -------------------------------------------------------
 

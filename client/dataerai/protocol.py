@@ -18,6 +18,13 @@ from typing import Any, Final
 
 #: A line longer than this is refused with ``frame_too_large``, never buffered whole.
 MAX_LINE_BYTES: Final = 1 << 20
+#: A batch may hold at most this many requests; a longer one is refused whole with
+#: ``frame_too_large`` and none of it runs.
+MAX_BATCH_ITEMS: Final = 100
+#: The longest line the daemon sends (an answer, a batch's answers, an event). An answer
+#: that would be longer is replaced by a ``frame_too_large`` error: ask for less (a
+#: smaller ``limit``). The SDK reads lines up to this long.
+MAX_ANSWER_BYTES: Final = 16 << 20
 
 JSONRPC_VERSION: Final = "2.0"
 
@@ -125,15 +132,16 @@ Incoming = Request | FrameError
 # --- encoding -------------------------------------------------------------
 
 
-def _dump(obj: Mapping[str, Any]) -> bytes:
-    text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+def _dump(obj: Any) -> bytes:
+    """One line of JSON. Raises ``ValueError`` for what JSON cannot hold (NaN, infinity)."""
+    text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     try:
         return text.encode() + b"\n"
     except UnicodeEncodeError:
         # A lone surrogate (a file name that was not UTF-8, decoded with
         # surrogateescape) cannot be UTF-8; escaped as \udcXX it is still valid
         # JSON and reads back to the same Python string on the other side.
-        return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
+        return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode() + b"\n"
 
 
 def encode_request(request: Request) -> bytes:
@@ -166,7 +174,7 @@ def encode_response(response: Response) -> bytes:
 
 def encode_responses(responses: list[Response]) -> bytes:
     """A batch answer: one line holding a JSON array."""
-    return json.dumps([response_object(r) for r in responses], separators=(",", ":")).encode() + b"\n"
+    return _dump([response_object(r) for r in responses])
 
 
 def encode_notification(method: str, params: Mapping[str, Any]) -> bytes:

@@ -8,12 +8,11 @@ from typing import Any
 
 import click
 from dataerai import AssetMetadata
+from dataerai.contract import ANALYSIS_MODES
 
 from ._context import open_client
 from ._errors import Failure
 from ._output import as_dict, emit, human, json_option, print_json
-
-ANALYSIS_MODES = ["non_destructive", "altering", "destructive", "in_situ", "ex_situ", "invasive", "non_invasive"]
 
 
 def _json_object(text: str | None, option: str) -> dict[str, Any] | None:
@@ -171,7 +170,7 @@ def rel() -> None:
 @click.argument("from_asset_id")
 @click.argument("to_asset_id")
 @click.option("--type", "rel_type", required=True, metavar="VERB", help="What the link means, e.g. analysis_of.")
-@click.option("--mode", "analysis_mode", type=click.Choice(ANALYSIS_MODES), help="The analysis mode.")
+@click.option("--mode", "analysis_mode", type=click.Choice(list(ANALYSIS_MODES)), help="The analysis mode.")
 @click.option("--note", "qualifier_note", metavar="TEXT")
 @click.option("--time", "qualifier_time", metavar="ISO8601")
 @click.option("--qualifiers", metavar="JSON", help="Extra qualifiers as a JSON object.")

@@ -6,12 +6,13 @@ import json
 
 import click
 from dataerai import Event
+from dataerai.contract import EVENT_TYPES
 
 from ._context import open_client
 from ._errors import EXIT_INTERRUPTED
 from ._output import json_option
 
-EVENT_TYPES = click.Choice(["job.state", "job.progress", "job.priority", "auth.reloaded", "gap"])
+EVENT_TYPE_CHOICE = click.Choice(list(EVENT_TYPES))
 
 
 def describe_event(event: Event) -> str:
@@ -45,7 +46,7 @@ def _emit(event: Event, as_json: bool) -> None:
 @click.option("--since", type=click.IntRange(min=0), metavar="ID",
               help="Start after event ID (replayed from the store).")
 @click.option("--job", "jobs", multiple=True, metavar="ID", help="Only events of this job; repeatable.")
-@click.option("--type", "types", multiple=True, type=EVENT_TYPES, help="Only events of this type; repeatable.")
+@click.option("--type", "types", multiple=True, type=EVENT_TYPE_CHOICE, help="Only events of this type; repeatable.")
 @json_option
 @click.pass_context
 def events(ctx: click.Context, follow: bool, since: int | None, jobs: tuple[str, ...], types: tuple[str, ...],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 from dataerai import DataeraiClient, Job
+from dataerai.contract import JOB_STATES
 
 from ._context import open_client
 from ._errors import EXIT_INTERRUPTED, Failure
@@ -55,9 +56,7 @@ def describe_job(job: Job) -> list[str]:
     return lines
 
 
-STATE_CHOICE = click.Choice(
-    ["queued", "running", "waiting_for_network", "waiting_for_auth", "paused", "completed", "failed", "cancelled"]
-)
+STATE_CHOICE = click.Choice(list(JOB_STATES))
 
 
 @click.group()

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from dataerai import contract
+
 #: ``--default-allocation``: each new project may store this much (1 TiB).
 DEFAULT_ALLOCATION_BYTES: Final = 1 << 40
 
@@ -19,9 +21,9 @@ DEFAULT_SESSION_TTL_SECONDS: Final = 14 * 24 * 3600
 
 #: Limits of the part size, chosen to match S3 multipart so that an S3 storage
 #: can take the same sessions unchanged (S3 also caps a multipart upload at 10,000 parts).
-MIN_PART_SIZE: Final = 64 * 1024
-MAX_PART_SIZE: Final = 5 * 1024**3
-MAX_PART_COUNT: Final = 10_000
+MIN_PART_SIZE: Final = contract.MIN_PART_SIZE
+MAX_PART_SIZE: Final = contract.MAX_PART_SIZE
+MAX_PART_COUNT: Final = contract.MAX_PARTS
 
 #: Deduplication: a proof-of-possession challenge asks for the SHA-256 of this many
 #: random byte ranges of this length (fewer and shorter for small contents) and can be

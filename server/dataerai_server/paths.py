@@ -1,10 +1,9 @@
 """Relative POSIX paths (of assets, and of the files inside a content) and path globs.
 
 One set of rules for every path the server stores, so that whatever a client
-restores from them stays inside its destination: relative, ``/``-separated, no
-``.`` or ``..`` segments, no empty segments, no backslash or NUL, at most
-:data:`MAX_PATH_LENGTH` characters. The client still checks what it writes (a server
-is not to be trusted blindly); these rules make a well-behaved server's answers pass.
+restores from them stays inside its destination: :func:`dataerai.contract.path_problem`,
+the same rules the daemon checks what it writes against (a server is not to be trusted
+blindly), so a well-behaved server's answers pass.
 """
 
 from __future__ import annotations
@@ -13,27 +12,12 @@ import re
 from collections.abc import Sequence
 from typing import Final
 
-MAX_PATH_LENGTH: Final = 1024
+from dataerai.contract import MAX_FILES_PER_CONTENT
+from dataerai.contract import MAX_PATH_LENGTH as MAX_PATH_LENGTH
+from dataerai.contract import path_problem as path_problem
+
 #: The most files one content (one upload session) may list.
-MAX_FILES: Final = 100_000
-
-
-def path_problem(path: str) -> str | None:
-    """What is wrong with ``path`` as a relative POSIX path (a phrase after "the path"), or None."""
-    if not path:
-        return "must not be empty"
-    if len(path) > MAX_PATH_LENGTH:
-        return f"must be at most {MAX_PATH_LENGTH} characters"
-    if "\\" in path or "\x00" in path:
-        return "must not contain a backslash or NUL"
-    if path.startswith("/"):
-        return "must be relative (no leading `/`)"
-    for segment in path.split("/"):
-        if segment == "":
-            return "must not have empty segments (`//` or a trailing `/`)"
-        if segment in (".", ".."):
-            return "must not have `.` or `..` segments"
-    return None
+MAX_FILES: Final = MAX_FILES_PER_CONTENT
 
 
 def is_valid_path(path: str) -> bool:

@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 
 # --- strategies ---------------------------------------------------------------
 
-json_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text()
+json_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text()
 json_values = st.recursive(
     json_scalars,
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
@@ -287,3 +287,11 @@ def test_error_data_code_wins_and_is_not_duplicated() -> None:
 @given(st.integers(0, 64))
 def test_max_line_constant(extra: int) -> None:
     assert LineSplitter().feed(b"x" * (MAX_LINE_BYTES + 1 + extra) + b"\n") == [None]
+
+
+@pytest.mark.parametrize("number", [float("nan"), float("inf"), -float("inf")])
+def test_what_json_cannot_hold_is_refused_before_it_is_sent(number: float) -> None:
+    with pytest.raises(ValueError):
+        protocol.encode_request(protocol.Request("asset.update", {"metadata": {"x": number}}, 1))
+    with pytest.raises(ValueError):
+        protocol.encode_response(protocol.Response(1, result={"rate": number}))

@@ -20,7 +20,8 @@ from dataeraid.download import safe_file_name
 from dataeraid.errors import DataeraiError, TransientError
 from dataeraid.jobs import STATES, TRANSITIONS
 from dataeraid.remote import _json_object, raise_for_status
-from dataeraid.rpc import Param, Registry
+from dataeraid.rpc import Methods, Param, Registry
+from dataeraid.rpc.params import Integer, ListOf, Text
 from dataeraid.store import create_queue_engine, migrate
 from dataeraid.transfer import FairBandwidth, backoff_delay
 from dataeraid.upload import part_count, part_span
@@ -77,13 +78,14 @@ def test_every_state_has_its_transitions_and_terminal_states_stay_put() -> None:
 
 
 def _registry() -> Registry:
-    registry = Registry()
+    table = Methods("test")
 
-    @registry.add("x", "", Param("name", "str", required=True), Param("n", "int"), Param("tags", "list[str]"))
-    async def handler(conn: Any, **kw: Any) -> Any:
+    @table.add("x", "", Param("name", Text(10), required=True), Param("n", Integer(0, 9)),
+               Param("tags", ListOf(Text(5), 3)), result="")
+    async def handler(call: Any, **kw: Any) -> Any:
         return kw
 
-    return registry
+    return Registry([table])
 
 
 @given(st.dictionaries(st.sampled_from(["name", "n", "tags", "other"]),

@@ -91,18 +91,22 @@ def test_code_frame_too_large(stack: Stack) -> None:
 
 def test_code_invalid_argument(stack: Stack) -> None:
     with stack.client() as client:
-        err = expect("invalid_argument", lambda: client.call("job.set_priority", {"job_id": "j", "priority": "hi"}))
+        params = {"job_id": "job_" + "0" * 24, "priority": "hi"}
+        err = expect("invalid_argument", lambda: client.call("job.set_priority", params))
         assert "priority" in err.message
         err = expect("invalid_argument", lambda: client.call("events.subscribe", {"types": ["job.nope"]}))
         assert "job.state" in err.message
         expect("invalid_argument", lambda: client.call("download.start", {"asset_id": "a", "dest_dir": "rel"}))
 
 
+NO_JOB = "job_" + "0" * 24
+
+
 def test_code_not_found(stack: Stack) -> None:
     with stack.client() as client:
         for call in (client.get_job, client.cancel, client.pause, client.resume, client.retry):
-            assert "job_nope" in expect("not_found", lambda c=call: c("job_nope")).message  # type: ignore[misc]
-        expect("not_found", lambda: client.get_metadata("ast_nope"))
+            assert NO_JOB in expect("not_found", lambda c=call: c(NO_JOB)).message  # type: ignore[misc]
+        expect("not_found", lambda: client.get_metadata("ast_00000000nope"))
 
 
 def test_code_conflict(stack: Stack, tmp_path: Path) -> None:
@@ -178,7 +182,7 @@ def test_code_io_error(stack: Stack, tmp_path: Path) -> None:
 def test_code_unavailable(stack: Stack) -> None:
     stack.stop_server()
     with stack.client() as client:
-        err = expect("unavailable", lambda: client.get_metadata("ast_1"))
+        err = expect("unavailable", lambda: client.get_metadata("ast_00000001"))
     assert "cannot be reached" in err.message
 
 

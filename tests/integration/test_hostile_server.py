@@ -89,7 +89,7 @@ def hostile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, R
 
 def _download(stack: Stack, dest: Path) -> DaemonError:
     with stack.client() as client, pytest.raises(DaemonError) as info:
-        client.download("ast_1", dest_dir=dest)
+        client.download("ast_00000001", dest_dir=dest)
     return info.value
 
 

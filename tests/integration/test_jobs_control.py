@@ -174,5 +174,5 @@ def test_a_start_that_timed_out_names_its_job_and_starting_it_again_is_the_same_
         assert client.wait(job_id, timeout_s=60).state == "completed"
         assert [j.job_id for j in client.list_jobs()] == [job_id]
         with pytest.raises(DaemonError) as clash:
-            client.call("download.start", {"asset_id": "ast_x", "dest_dir": str(tmp_path), "job_id": job_id})
+            client.call("download.start", {"asset_id": "ast_0000000x", "dest_dir": str(tmp_path), "job_id": job_id})
         assert clash.value.code == "conflict"

@@ -1,0 +1,168 @@
+"""``upload.start`` and ``download.start``: queue a transfer. Each answers once the job is
+durably queued; the bytes move later, in the scheduler."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import trio
+from dataerai import contract
+
+from dataeraid.errors import DataeraiError, from_os_error
+from dataeraid.fileset import scan_source
+from dataeraid.methods._call import Call
+from dataeraid.rpc import Connection, Methods, Param
+from dataeraid.rpc.params import (
+    FREE_TEXT,
+    TAGS,
+    TITLE,
+    Boolean,
+    Choice,
+    Id,
+    Integer,
+    JsonObject,
+    LocalPath,
+    Number,
+    Record,
+    Text,
+)
+
+methods = Methods("transfers")
+
+#: A deadline of more than ten years is a mistake, not a plan.
+MAX_DEADLINE_S = 10 * 365 * 86400.0
+
+_COMMON = (
+    Param("chunk_size", Integer(contract.MIN_PART_SIZE, contract.MAX_PART_SIZE),
+          "bytes per part (default 64 MiB; raised so that no source has more than 10,000 parts)"),
+    Param("priority", Integer(contract.MIN_PRIORITY, contract.MAX_PRIORITY), "higher starts first", default=0),
+    Param("deadline_s", Number(0, MAX_DEADLINE_S, positive=True), "give up retrying after this many seconds"),
+    Param("client", Record({"pid": Integer(0, 2**31 - 1), "name": Text(100)}),
+          "the fairness tag: processes that give the same `name` share one fair share"),
+    Param("job_id", Id(("job",)), "the caller's id for the job, so a start whose answer was lost still names "
+                                  "it; an existing `job_id` answers with that job and changes nothing"),
+)
+
+
+def client_tag(conn: Connection, client: dict[str, Any] | None) -> str:
+    """The job's fairness key: the client's ``name`` if it gave one, else its pid.
+
+    The SDK sends ``{"pid": os.getpid(), "name": ...}``; a raw caller that sends
+    nothing is known by its socket peer's pid (``SO_PEERCRED``). Processes that
+    share a name share one fair share, on purpose: a tool made of several
+    processes counts as one client.
+    """
+    client = client or {}
+    name, pid = client.get("name"), client.get("pid")
+    if name:
+        return f"name:{name}"
+    pid = pid if pid is not None else conn.peer_pid
+    return f"pid:{pid}" if pid is not None else "unknown"
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _normal(path: str) -> str:
+    """``a//b/./c`` as ``a/b/c``: the form the job records (pure string work, no I/O)."""
+    return os.path.normpath(path)
+
+
+def _deadline(deadline_s: float | None) -> float | None:
+    return None if deadline_s is None else time.time() + deadline_s
+
+
+@methods.add(
+    "upload.start",
+    "Queues an upload of a local file, or a directory, as a new asset (or a new version of one). A "
+    "directory's content is its regular files in path order, end to end (paths like `run42/raw/a.h5`; "
+    "symlinks and special files are skipped and listed in the job's log); an empty one is "
+    "`invalid_argument`. The whole tree's identity is recorded now: a file that changes later fails the "
+    "job with `source_changed`.",
+    Param("local_path", LocalPath(), "the file or directory", required=True),
+    Param("title", TITLE, "the asset's title", required=True),
+    Param("owner_type", Choice(contract.OWNER_TYPES), "who owns the new asset", required=True),
+    Param("owner_id", Id(("project", "user", "collection")), "its id, of the kind `owner_type` names",
+          required=True),
+    Param("description", FREE_TEXT),
+    Param("alias", Text(contract.MAX_TAG_LENGTH)),
+    Param("tags", TAGS),
+    Param("metadata", JsonObject(), "free-form metadata"),
+    Param("collection_id", Id(("collection",)), "file the asset in this collection"),
+    Param("asset_id", Id(("asset",)), "make a new version of this asset"),
+    *_COMMON,
+    result="the job, already durably queued.",
+    errors=("not_found", "permission_denied", "io_error", "conflict"),
+)
+async def upload_start(call: Call, local_path: str, title: str, owner_type: str, owner_id: str,
+                       description: str | None, alias: str | None, tags: list[str] | None,
+                       metadata: dict[str, Any] | None, collection_id: str | None, asset_id: str | None,
+                       chunk_size: int | None, priority: int, deadline_s: float | None,
+                       client: dict[str, Any] | None, job_id: str | None) -> dict[str, Any]:
+    svc = call.svc
+    owner_kind = contract.OWNER_ID_KINDS[owner_type]
+    if not contract.is_id(owner_kind, owner_id):
+        raise DataeraiError("invalid_argument", f"`owner_id` must be a {owner_kind} id for owner_type "
+                                                f"{owner_type!r}", param="owner_id")
+    path = _normal(local_path)
+    chunk = chunk_size or svc.settings.default_chunk_size
+    try:
+        root, files, skipped = await trio.to_thread.run_sync(scan_source, path)
+    except OSError as exc:
+        raise from_os_error(exc, f"cannot read {path}") from exc
+    if not files:
+        raise DataeraiError("invalid_argument", f"{path} holds no regular files to upload", param="local_path")
+    total = sum(f.size for f in files)
+    # A repository takes at most MAX_PARTS parts (as S3 does): big sources get bigger parts.
+    chunk = max(chunk, _ceil_div(_ceil_div(total, contract.MAX_PARTS), contract.MIN_PART_SIZE)
+                * contract.MIN_PART_SIZE)
+    if chunk > contract.MAX_PART_SIZE:
+        raise DataeraiError("invalid_argument", f"{path} is larger than {contract.MAX_PARTS} parts of 5 GiB",
+                            param="local_path")
+    unreadable = await trio.to_thread.run_sync(
+        lambda: next((f.path for f in files if not os.access(os.path.join(root, f.path), os.R_OK)), None)
+    )
+    if unreadable is not None:
+        raise DataeraiError("permission_denied", f"{os.path.join(root, unreadable)} is not readable")
+    params = {"title": title, "owner_type": owner_type, "owner_id": owner_id, "description": description,
+              "alias": alias, "tags": tags or [], "metadata": metadata or {}, "collection_id": collection_id,
+              "asset_id": asset_id, "source_root": root, "source_files": [f.to_json() for f in files],
+              "skipped": skipped}
+    single = files[0] if len(files) == 1 and "/" not in files[0].path else None
+    return await svc.jobs.create({
+        "job_id": job_id or contract.new_job_id(), "kind": "upload", "priority": priority, "params": params,
+        "local_path": path, "file_name": os.path.basename(path), "source_size": total,
+        "source_mtime_ns": single.mtime_ns if single else None,
+        "source_inode": single.inode if single else None, "chunk_size": chunk,
+        "chunk_count": max(1, -(-total // chunk)), "bytes_total": total,
+        "deadline": _deadline(deadline_s), "client": client_tag(call.conn, client),
+    })
+
+
+@methods.add(
+    "download.start",
+    "Queues a download of an asset's content into a directory. The job itself may fail with `not_found`, "
+    "`destination_exists`, `unsafe_path`, `checksum_mismatch`, `disk_full`, `io_error`.",
+    Param("asset_id", Id(("asset",)), required=True),
+    Param("dest_dir", LocalPath(), "the directory to write into (made if missing)", required=True),
+    Param("content_id", Id(("content",)), "a version of the asset (default: the latest)"),
+    Param("overwrite", Boolean(), "replace different files already at the destination", default=False),
+    *_COMMON,
+    result="the job, already durably queued.",
+    errors=("conflict",),
+)
+async def download_start(call: Call, asset_id: str, dest_dir: str, content_id: str | None, overwrite: bool,
+                         chunk_size: int | None, priority: int, deadline_s: float | None,
+                         client: dict[str, Any] | None, job_id: str | None) -> dict[str, Any]:
+    dest = _normal(dest_dir)
+    if await trio.to_thread.run_sync(lambda: os.path.exists(dest) and not os.path.isdir(dest)):
+        raise DataeraiError("invalid_argument", f"{dest} exists and is not a directory", param="dest_dir")
+    return await call.svc.jobs.create({
+        "job_id": job_id or contract.new_job_id(), "kind": "download", "priority": priority,
+        "params": {"asset_id": asset_id, "content_id": content_id, "overwrite": overwrite},
+        "dest_dir": dest, "chunk_size": chunk_size or call.svc.settings.default_chunk_size,
+        "deadline": _deadline(deadline_s), "client": client_tag(call.conn, client),
+    })

@@ -1,0 +1,49 @@
+"""One definition of each fact: the SDK, the daemon and the server all read the contract."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import dataerai
+from dataerai import contract
+from dataerai._models import Event, Job
+
+
+def test_the_daemon_and_the_server_use_the_contracts_limits_not_copies() -> None:
+    from dataerai_server import config as server_config
+    from dataerai_server import paths as server_paths
+
+    from dataeraid import config, fileset, jobs
+
+    assert config.Settings().default_chunk_size == contract.DEFAULT_PART_SIZE
+    assert (server_config.MIN_PART_SIZE, server_config.MAX_PART_SIZE, server_config.MAX_PART_COUNT) == (
+        contract.MIN_PART_SIZE, contract.MAX_PART_SIZE, contract.MAX_PARTS)
+    assert server_paths.path_problem is contract.path_problem
+    assert server_paths.MAX_FILES == fileset.MAX_FILES == contract.MAX_FILES_PER_CONTENT
+    assert jobs.STATES == contract.JOB_STATES and jobs.TERMINAL == contract.TERMINAL_JOB_STATES
+    assert dataerai.TERMINAL_JOB_STATES is contract.TERMINAL_JOB_STATES
+
+
+def test_the_sdk_reads_every_field_of_the_job_object_and_of_every_event() -> None:
+    job_fields = {f.name for f in dataclasses.fields(Job)}
+    assert set(contract.JobObject.__annotations__) <= job_fields | {"files", "error"}
+    assert set(contract.EVENT_FIELDS) == set(contract.EVENT_TYPES)
+    event_fields = {f.name for f in dataclasses.fields(Event)}
+    progress = {"bytes_done", "bytes_total", "chunk_index", "chunk_count", "rate_bps", "file_index", "file_name"}
+    for type_, keys in contract.EVENT_FIELDS.items():
+        unread = set(keys) - event_fields - progress - {"priority", "previous_priority", "logged_in", "server_url",
+                                                        "waiting_jobs"}
+        assert not unread, (type_, unread)
+
+
+def test_job_ids_match_their_pattern_and_sort_by_creation() -> None:
+    ids = [contract.new_job_id() for _ in range(50)]
+    assert all(contract.is_id("job", i) for i in ids)
+    assert len(set(ids)) == 50
+
+
+def test_a_repository_path_is_refused_for_what_would_escape_or_not_be_written() -> None:
+    for bad in ("", "/abs", "a//b", "a/../b", "./a", "a\\b", "a\x00b", "a\nb", "a\ud800", "x" * 1025, "y" * 256):
+        assert contract.path_problem(bad) is not None, bad
+    for good in ("a", "run42/raw/a.h5", "é/ü.bin", ".hidden/x"):
+        assert contract.path_problem(good) is None, good
