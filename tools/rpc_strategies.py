@@ -101,15 +101,33 @@ def params_for(method: Method) -> st.SearchStrategy[dict[str, Any]]:
     return st.tuples(base, extra).map(lambda pair: {**pair[0], **pair[1]})
 
 
-def request_frame(registry: Registry, ident: int) -> st.SearchStrategy[bytes]:
-    """One request line for a method of the registry (or an unknown one)."""
-    names = sorted(registry.methods)
-    method = st.sampled_from(names).flatmap(
-        lambda name: st.tuples(st.just(name), params_for(registry.methods[name])))
+def requests(registry: Registry) -> st.SearchStrategy[dict[str, Any]]:
+    """A request object (without ``id``) for a method of the registry, or an unknown one.
+
+    Built once per registry: building strategies per draw costs more than drawing.
+    """
+    known = [st.tuples(st.just(name), params_for(registry.methods[name])) for name in sorted(registry.methods)]
     unknown = st.tuples(st.sampled_from(["nope", "job.get ", "\ud800", "", "daemon.ping\x00"]),
                         st.dictionaries(st.text(max_size=5), SCALARS, max_size=2))
-    return st.one_of(method, unknown).map(lambda m: _line({"jsonrpc": "2.0", "id": ident, "method": m[0],
-                                                           "params": m[1]}))
+    return st.one_of(*known, unknown).map(lambda m: {"jsonrpc": "2.0", "method": m[0], "params": m[1]})
+
+
+def frames(registry: Registry) -> st.SearchStrategy[tuple[str, Any]]:
+    """``("request", obj)``, ``("batch", [obj, ...])`` or ``("raw", line)``: give requests an id
+    with :func:`encode_frame`."""
+    request = requests(registry)
+    return st.one_of(request.map(lambda r: ("request", r)),
+                     st.lists(request, min_size=1, max_size=4).map(lambda rs: ("batch", rs)),
+                     raw_frame().map(lambda line: ("raw", line)))
+
+
+def encode_frame(frame: tuple[str, Any], ident: int) -> bytes:
+    kind, body = frame
+    if kind == "raw":
+        return body  # type: ignore[no-any-return]
+    if kind == "request":
+        return _line({**body, "id": ident})
+    return b"[" + b",".join(_line({**r, "id": f"{ident}.{i}"}) for i, r in enumerate(body)) + b"]"
 
 
 def raw_frame() -> st.SearchStrategy[bytes]:

@@ -16,7 +16,8 @@ import psutil
 from dataerai import protocol
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
-from rpc_strategies import raw_frame, request_frame
+from rpc_strategies import encode_frame
+from rpc_strategies import frames as fuzz_frames
 from stack import Stack, make_file
 
 from dataeraid.methods import REGISTRY
@@ -170,6 +171,7 @@ def test_fuzzed_frames_get_coded_answers_and_the_connection_goes_on(make_stack: 
     daemon = psutil.Process(stack.daemon.pid)
     wire = Wire(stack.socket_path)
     counter = iter(range(10**9))
+    any_frame = fuzz_frames(REGISTRY)
     rss_start = daemon.memory_info().rss
     rss_peak = rss_start
 
@@ -180,10 +182,7 @@ def test_fuzzed_frames_get_coded_answers_and_the_connection_goes_on(make_stack: 
         nonlocal rss_peak
         for _ in range(FRAMES_PER_EXAMPLE):
             ident = next(counter)
-            batch = st.lists(request_frame(REGISTRY, ident), min_size=1, max_size=4).map(
-                lambda lines: b"[" + b",".join(lines) + b"]")
-            frame = data.draw(st.one_of(request_frame(REGISTRY, ident), raw_frame(), batch), label="frame")
-            wire.send(frame)
+            wire.send(encode_frame(data.draw(any_frame, label="frame"), ident))
             wire.frames += 1
             wire.ping(f"ping-{ident}")
         assert stack.daemon is not None and stack.daemon.poll() is None, "the daemon died"
