@@ -16,6 +16,8 @@ from dataerai_server.serve import base_url, open_listening_socket, parse_bind
 from dataerai_server.signing import UrlSigner, load_or_create_secret
 from dataerai_server.streaming import ByteRange, Unsatisfiable, parse_range
 from dataerai_server.uploads import NewUpload, expected_part_size
+from hypothesis import given
+from hypothesis import strategies as st
 
 
 @pytest.mark.parametrize(
@@ -154,3 +156,14 @@ def test_bind_parsing_and_base_url() -> None:
         assert base_url(sock) == f"http://127.0.0.1:{sock.getsockname()[1]}"
     finally:
         sock.close()
+
+
+@given(signature=st.text(max_size=300), expires=st.text(max_size=40))
+def test_any_signature_or_expiry_text_is_refused_as_a_bad_signature(signature: str, expires: str) -> None:
+    signer = UrlSigner(b"k" * 32, clock=lambda: 1_000_000.0)
+    query = {**signer.sign("GET", "/p/1", 60), "signature": signature}
+    if expires:
+        query["expires"] = expires
+    with pytest.raises(ApiError) as caught:
+        signer.verify("GET", "/p/1", query)
+    assert caught.value.code == "permission_denied" and caught.value.extra["reason"] == "bad_signature"
