@@ -13,28 +13,50 @@ from datetime import timedelta
 from pathlib import Path
 
 import click
+import structlog
 import trio
 
-from . import __version__, logs, migrate
+from . import __version__, logs, migrate, private
 from .auth import SCOPE_SETS, issue_token
 from .clock import utcnow
 from .config import DEFAULT_ALLOCATION_BYTES, DEFAULT_SESSION_TTL_SECONDS, Settings, sqlite_url
 from .db import Database
 
+log = structlog.get_logger(__name__)
+
 
 def _database_url(data_dir: Path | None, database: str | None) -> str:
+    """The database to open, with the data directory and a SQLite file made ready and private.
+
+    What already exists is checked first (``private.exposures``): a database other users
+    can read refuses the command, a directory they can list is warned about.
+    """
     if database:
-        return database
-    if data_dir is None:
+        url = database
+    elif data_dir is not None:
+        url = sqlite_url(data_dir)
+    else:
         raise click.UsageError("give --data-dir or --database")
-    data_dir.mkdir(parents=True, exist_ok=True)
-    return sqlite_url(data_dir)
+    found = private.exposures(data_dir, url)
+    line = private.refusal(found)
+    if line is not None:
+        raise click.ClickException(line)
+    for exposure in found:
+        log.warning("server.files_open_to_others", message=exposure.warning())
+    if data_dir is not None:
+        private.make_private_dir(data_dir)
+    database_file = private.sqlite_path(url)
+    if database_file is not None and database_file.parent.is_dir():
+        private.create_private_file(database_file)
+    return url
 
 
 @click.group()
 @click.version_option(__version__, prog_name="dataerai-server")
 def main() -> None:
     """The Dataerai reference repository server."""
+    # Before anything is created: every file and directory of the server is its user's alone.
+    private.private_umask()
 
 
 @main.command()
@@ -111,10 +133,10 @@ def run(
             S3Location.parse(storage)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--storage") from None
-    data_dir.mkdir(parents=True, exist_ok=True)
+    database_url = _database_url(data_dir, database)
     settings = Settings(
         data_dir=data_dir.resolve(),
-        database_url=_database_url(data_dir, database),
+        database_url=database_url,
         storage_url=storage,
         default_allocation_bytes=default_allocation,
         session_ttl_seconds=session_ttl,
