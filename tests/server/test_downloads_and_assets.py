@@ -353,3 +353,21 @@ def test_a_signature_longer_than_a_request_line_may_be_is_refused_not_a_server_e
                 answer += chunk
         status = int(answer.split(b" ", 2)[1])
         assert 400 <= status < 500, answer[:200]
+
+
+def test_a_large_part_refused_before_its_body_is_read_is_answered_at_once(env: Env) -> None:
+    """The answer must not wait on the unread body (bodies.py): before, the third such PUT on one
+    connection hung until the client's timeout."""
+    user_id = ok(env.ada.get("/api/v1/me"))["user_id"]  # her own: no project allocation to fit in
+    data = data_of(16 << 20, seed=24)
+    upload_id = create_upload(env.ada, user_id, data, part_size=len(data), owner_type="user")["upload_id"]
+    target = ok(
+        env.ada.post(f"/api/v1/uploads/{upload_id}/parts/1/target", json={"sha256": sha256(data), "size": len(data)})
+    )
+    forged = _with(target["url"], signature="0" * 64)
+    with httpx.Client(timeout=60, trust_env=False) as parts:
+        for _ in range(3):
+            response = parts.put(forged, content=data, headers=target["headers"])
+            assert error(response, 403, "permission_denied")["reason"] == "bad_signature"
+            assert response.headers["Connection"] == "close"
+        ok(parts.put(target["url"], content=data, headers=target["headers"]))
