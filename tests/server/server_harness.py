@@ -103,7 +103,7 @@ class Server:
         except FileNotFoundError:
             return "(no log)"
 
-    def add_user(self, email: str, scope: str = "write", expires_in: float | None = None) -> str:
+    def add_user(self, email: str, scope: str = "write", expires_in: float | str | None = None) -> str:
         """Run ``users add`` and return its stdout, which must be the token alone."""
         args = [SERVER, "users", "add", email, "--scope", scope, "--data-dir", str(self.data_dir)]
         if expires_in is not None:
