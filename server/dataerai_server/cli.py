@@ -21,7 +21,15 @@ import trio
 from . import __version__, logs, migrate, private
 from .auth import SCOPE_SETS, WRITE, issue_token, revoke_token, token_rows
 from .clock import isoformat, utcnow
-from .config import DEFAULT_ALLOCATION_BYTES, DEFAULT_SESSION_TTL_SECONDS, Settings, sqlite_url
+from .config import (
+    DEFAULT_ALLOCATION_BYTES,
+    DEFAULT_SESSION_TTL_SECONDS,
+    DEFAULT_URL_TTL_SECONDS,
+    MAX_URL_TTL_SECONDS,
+    MIN_URL_TTL_SECONDS,
+    Settings,
+    sqlite_url,
+)
 from .db import Database
 from .durations import Duration
 
@@ -107,6 +115,17 @@ def main() -> None:
     "and its parts are removed.",
 )
 @click.option(
+    "--url-ttl",
+    type=Duration(
+        bare_unit="s", minimum=timedelta(seconds=MIN_URL_TTL_SECONDS), maximum=timedelta(seconds=MAX_URL_TTL_SECONDS)
+    ),
+    default=str(DEFAULT_URL_TTL_SECONDS),
+    show_default=True,
+    metavar="DURATION",
+    help="How long a signed part or content URL is valid (the server's own, and S3's presigned ones): "
+    "seconds, or a duration such as 15m, 2h, 1d; from 1 minute to 7 days.",
+)
+@click.option(
     "--ready-file",
     type=click.Path(dir_okay=False, path_type=Path),
     help="Once listening, write the base URL (http://HOST:PORT) here, atomically.",
@@ -121,6 +140,7 @@ def run(
     storage: str | None,
     default_allocation: int,
     session_ttl: int,
+    url_ttl: timedelta,
     ready_file: Path | None,
     log_level: str,
 ) -> None:
@@ -146,6 +166,7 @@ def run(
         storage_url=storage,
         default_allocation_bytes=default_allocation,
         session_ttl_seconds=session_ttl,
+        url_ttl_seconds=round(url_ttl.total_seconds()),
     )
     try:
         trio.run(run_server, settings, bind, ready_file)
