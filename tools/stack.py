@@ -135,8 +135,9 @@ class Stack:
             args += ["--database", self.server_database]
         else:
             args += ["--data-dir", str(self.server_dir)]
-        if expires_in_days is not None:
-            args += ["--expires-in", str(expires_in_days)]
+        # Unset: a token that does not expire, as the stack's tests and the documented examples expect
+        # (the server's own default is 90 days).
+        args += ["--expires-in", "never" if expires_in_days is None else str(expires_in_days)]
         out = subprocess.run(args, env=self.env, check=True, capture_output=True, timeout=60)
         return out.stdout.decode().strip()
 

@@ -1,8 +1,9 @@
-"""API tokens: issuing them (``users add``) and turning a bearer header into a :class:`Principal`.
+"""API tokens: issuing (``users add``), listing and revoking them (``tokens list``,
+``tokens revoke``), and turning a bearer header into a :class:`Principal`.
 
 A token is ``dtk_`` + ``secrets.token_urlsafe(32)`` (256 random bits). The database keeps
-only its SHA-256, so neither a database copy nor a log line can be replayed as a token.
-Nothing here logs a token or an ``Authorization`` header.
+only its SHA-256 and its first 8 characters, so neither a database copy nor a log line
+can be replayed as a token. Nothing here logs a token or an ``Authorization`` header.
 """
 
 from __future__ import annotations
@@ -12,16 +13,19 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Final
+from typing import Any, Final
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from .clock import new_id, utcnow
+from .clock import isoformat, new_id, utcnow
 from .errors import ApiError
 from .models import Token, User
 
 TOKEN_PREFIX: Final = "dtk_"
+#: How much of a token ``tokens list`` shows: ``dtk_`` and 4 of its 43 random characters
+#: (24 of 256 bits), enough to tell one's own tokens apart.
+PREFIX_LENGTH: Final = len(TOKEN_PREFIX) + 4
 READ: Final = "read"
 WRITE: Final = "write"
 #: ``--scope`` of ``users add`` → the scopes stored; ``write`` implies ``read``.
@@ -68,9 +72,55 @@ def issue_token(session: Session, email: str, scopes: Sequence[str], expires_at:
             scopes=list(scopes),
             expires_at=expires_at,
             created_at=now,
+            prefix=token[:PREFIX_LENGTH],
         )
     )
     return token
+
+
+def token_rows(session: Session, now: datetime) -> list[dict[str, Any]]:
+    """Every token, oldest first, as ``tokens list`` shows it: never the token or its hash."""
+    rows = session.execute(select(Token, User).join(User, Token.user_id == User.id).order_by(Token.created_at))
+    return [
+        {
+            "id": tok.id,
+            "prefix": tok.prefix,
+            "user_id": user.id,
+            "email": user.email,
+            "scopes": list(tok.scopes),
+            "created_at": isoformat(tok.created_at),
+            "expires_at": isoformat(tok.expires_at),
+            "revoked_at": isoformat(tok.revoked_at),
+            "state": _state(tok, now),
+        }
+        for tok, user in rows
+    ]
+
+
+def _state(tok: Token, now: datetime) -> str:
+    if tok.revoked_at is not None:
+        return "revoked"
+    if tok.expires_at is not None and tok.expires_at <= now:
+        return "expired"
+    return "active"
+
+
+def revoke_token(session: Session, id_or_token: str, now: datetime) -> tuple[str, datetime | None]:
+    """Revoke a token given by its id (``tok_…``) or as the token itself (``dtk_…``).
+
+    Returns its id and, if it was revoked already, when (it stays revoked as it was).
+    Raises LookupError if there is no such token.
+    """
+    if id_or_token.startswith(TOKEN_PREFIX):
+        tok = session.scalars(select(Token).where(Token.token_hash == token_hash(id_or_token))).one_or_none()
+    else:
+        tok = session.get(Token, id_or_token)
+    if tok is None:
+        raise LookupError(id_or_token)
+    earlier = tok.revoked_at
+    if earlier is None:
+        tok.revoked_at = now
+    return tok.id, earlier
 
 
 def bearer_token(authorization: str | None) -> str:
@@ -94,6 +144,10 @@ def lookup_principal(session: Session, token: str, now: datetime) -> Principal:
     if row is None:
         raise ApiError("auth_required", "unknown token; create one with `dataerai-server users add`")
     tok, user = row
+    # Read from the database on every request (nothing caches a principal), so a revocation
+    # by another process holds from the next request on.
+    if tok.revoked_at is not None:
+        raise ApiError("auth_expired", "this token was revoked; ask for a new one")
     if tok.expires_at is not None and tok.expires_at <= now:
         raise ApiError("auth_expired", "this token has expired; ask for a new one")
     return Principal(user_id=user.id, email=user.email, scopes=tuple(tok.scopes), token_expires_at=tok.expires_at)

@@ -1,40 +1,76 @@
 """The ``dataerai-server`` command.
 
 ``run`` serves the API; ``users add`` issues a token and prints it, alone, on stdout
-(logs go to stderr), so scripts can write ``TOKEN=$(dataerai-server users add ...)``.
-Both migrate the database first, so either works on a fresh data directory, and
-``users add`` works while a server runs on the same database.
+(logs go to stderr), so scripts can write ``TOKEN=$(dataerai-server users add ...)``;
+``tokens list`` and ``tokens revoke`` show and revoke tokens. All migrate the database
+first, so any works on a fresh data directory, and the administrative ones work while a
+server runs on the same database.
 """
 
 from __future__ import annotations
 
 import errno
+import json
 from datetime import timedelta
 from pathlib import Path
 
 import click
+import structlog
 import trio
 
-from . import __version__, logs, migrate
-from .auth import SCOPE_SETS, issue_token
-from .clock import utcnow
-from .config import DEFAULT_ALLOCATION_BYTES, DEFAULT_SESSION_TTL_SECONDS, Settings, sqlite_url
+from . import __version__, logs, migrate, private
+from .auth import SCOPE_SETS, WRITE, issue_token, revoke_token, token_rows
+from .clock import isoformat, utcnow
+from .config import (
+    DEFAULT_ALLOCATION_BYTES,
+    DEFAULT_SESSION_TTL_SECONDS,
+    DEFAULT_URL_TTL_SECONDS,
+    MAX_URL_TTL_SECONDS,
+    MIN_URL_TTL_SECONDS,
+    Settings,
+    sqlite_url,
+)
 from .db import Database
+from .durations import Duration
+
+log = structlog.get_logger(__name__)
+
+#: ``users add --expires-in`` when not given: a token that is forgotten does not work forever.
+DEFAULT_TOKEN_LIFETIME = "90d"
 
 
 def _database_url(data_dir: Path | None, database: str | None) -> str:
+    """The database to open, with the data directory and a SQLite file made ready and private.
+
+    What already exists is checked first (``private.exposures``): a database other users
+    can read refuses the command, a directory they can list is warned about.
+    """
     if database:
-        return database
-    if data_dir is None:
+        url = database
+    elif data_dir is not None:
+        url = sqlite_url(data_dir)
+    else:
         raise click.UsageError("give --data-dir or --database")
-    data_dir.mkdir(parents=True, exist_ok=True)
-    return sqlite_url(data_dir)
+    found = private.exposures(data_dir, url)
+    line = private.refusal(found)
+    if line is not None:
+        raise click.ClickException(line)
+    for exposure in found:
+        log.warning("server.files_open_to_others", message=exposure.warning())
+    if data_dir is not None:
+        private.make_private_dir(data_dir)
+    database_file = private.sqlite_path(url)
+    if database_file is not None and database_file.parent.is_dir():
+        private.create_private_file(database_file)
+    return url
 
 
 @click.group()
 @click.version_option(__version__, prog_name="dataerai-server")
 def main() -> None:
     """The Dataerai reference repository server."""
+    # Before anything is created: every file and directory of the server is its user's alone.
+    private.private_umask()
 
 
 @main.command()
@@ -79,6 +115,17 @@ def main() -> None:
     "and its parts are removed.",
 )
 @click.option(
+    "--url-ttl",
+    type=Duration(
+        bare_unit="s", minimum=timedelta(seconds=MIN_URL_TTL_SECONDS), maximum=timedelta(seconds=MAX_URL_TTL_SECONDS)
+    ),
+    default=str(DEFAULT_URL_TTL_SECONDS),
+    show_default=True,
+    metavar="DURATION",
+    help="How long a signed part or content URL is valid (the server's own, and S3's presigned ones): "
+    "seconds, or a duration such as 15m, 2h, 1d; from 1 minute to 7 days.",
+)
+@click.option(
     "--ready-file",
     type=click.Path(dir_okay=False, path_type=Path),
     help="Once listening, write the base URL (http://HOST:PORT) here, atomically.",
@@ -93,6 +140,7 @@ def run(
     storage: str | None,
     default_allocation: int,
     session_ttl: int,
+    url_ttl: timedelta,
     ready_file: Path | None,
     log_level: str,
 ) -> None:
@@ -111,13 +159,14 @@ def run(
             S3Location.parse(storage)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--storage") from None
-    data_dir.mkdir(parents=True, exist_ok=True)
+    database_url = _database_url(data_dir, database)
     settings = Settings(
         data_dir=data_dir.resolve(),
-        database_url=_database_url(data_dir, database),
+        database_url=database_url,
         storage_url=storage,
         default_allocation_bytes=default_allocation,
         session_ttl_seconds=session_ttl,
+        url_ttl_seconds=round(url_ttl.total_seconds()),
     )
     try:
         trio.run(run_server, settings, bind, ready_file)
@@ -143,13 +192,18 @@ def users() -> None:
 )
 @click.option(
     "--expires-in",
-    type=click.FloatRange(min=0),
-    metavar="DAYS",
-    help="The token expires after DAYS (fractions allowed; 0 gives an already expired token). Default: never.",
+    type=Duration(bare_unit="d", allow_never=True),
+    default=DEFAULT_TOKEN_LIFETIME,
+    show_default=True,
+    metavar="DURATION|never",
+    help="The token expires after this long: 30d, 12h, 15m, 3600s, 2w, or a number of days (fractions "
+    "allowed; 0 gives an already expired token). `never` for a token that does not expire.",
 )
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), help="The server's data directory.")
 @click.option("--database", metavar="URL", help="SQLAlchemy URL of the server's database (instead of --data-dir).")
-def users_add(email: str, scope: str, expires_in: float | None, data_dir: Path | None, database: str | None) -> None:
+def users_add(
+    email: str, scope: str, expires_in: timedelta | None, data_dir: Path | None, database: str | None
+) -> None:
     """Create EMAIL's user if new, issue a token, and print only the token."""
     logs.configure("warning")
     if "@" not in email:
@@ -157,8 +211,89 @@ def users_add(email: str, scope: str, expires_in: float | None, data_dir: Path |
     db = Database(_database_url(data_dir, database))
     try:
         migrate.upgrade(db.write_engine)
-        expires_at = None if expires_in is None else utcnow() + timedelta(days=expires_in)
+        expires_at = None if expires_in is None else utcnow() + expires_in
         token = db.write_sync(lambda session: issue_token(session, email, SCOPE_SETS[scope], expires_at))
     finally:
         db.dispose()
     click.echo(token)
+
+
+@main.group()
+def tokens() -> None:
+    """List and revoke API tokens (they work while a server runs on the same database)."""
+
+
+_data_dir_option = click.option(
+    "--data-dir", type=click.Path(file_okay=False, path_type=Path), help="The server's data directory."
+)
+_database_option = click.option(
+    "--database", metavar="URL", help="SQLAlchemy URL of the server's database (instead of --data-dir)."
+)
+
+
+def _open_database(data_dir: Path | None, database: str | None) -> Database:
+    logs.configure("warning")
+    db = Database(_database_url(data_dir, database))
+    try:
+        migrate.upgrade(db.write_engine)
+    except BaseException:
+        db.dispose()
+        raise
+    return db
+
+
+@tokens.command("list")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per token, in a JSON list.")
+@_data_dir_option
+@_database_option
+def tokens_list(as_json: bool, data_dir: Path | None, database: str | None) -> None:
+    """Every token: id, prefix, user, scope, created, expires, revoked, state. Never the token or its hash."""
+    db = _open_database(data_dir, database)
+    try:
+        now = utcnow()
+        rows = db.read_sync(lambda session: token_rows(session, now))
+    finally:
+        db.dispose()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    header = ("ID", "PREFIX", "USER", "SCOPE", "CREATED", "EXPIRES", "REVOKED", "STATE")
+    table = [header] + [
+        (
+            row["id"],
+            f"{row['prefix']}…" if row["prefix"] else "-",
+            row["email"],
+            "write" if WRITE in row["scopes"] else "read",
+            row["created_at"],
+            row["expires_at"] or "never",
+            row["revoked_at"] or "-",
+            row["state"],
+        )
+        for row in rows
+    ]
+    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
+    for line in table:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip())
+
+
+@tokens.command("revoke")
+@click.argument("token_id")
+@_data_dir_option
+@_database_option
+def tokens_revoke(token_id: str, data_dir: Path | None, database: str | None) -> None:
+    """Revoke TOKEN_ID (a `tok_…` id from `tokens list`, or the `dtk_…` token itself).
+
+    A running server refuses it from its next request on (401 auth_expired).
+    """
+    db = _open_database(data_dir, database)
+    try:
+        now = utcnow()
+        found, earlier = db.write_sync(lambda session: revoke_token(session, token_id, now))
+    except LookupError:
+        raise click.ClickException(f"no token {token_id!r}; `dataerai-server tokens list` shows them") from None
+    finally:
+        db.dispose()
+    if earlier is not None:
+        click.echo(f"{found} was already revoked at {isoformat(earlier)}")
+    else:
+        click.echo(f"revoked {found}")

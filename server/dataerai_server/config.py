@@ -11,10 +11,14 @@ from dataerai import contract
 #: ``--default-allocation``: each new project may store this much (1 TiB).
 DEFAULT_ALLOCATION_BYTES: Final = 1 << 40
 
-#: How long a signed part or content URL stays valid. Short enough that a leaked
-#: URL is soon useless; clients ask for a fresh one per part, so length of the
-#: whole transfer does not matter.
+#: How long a signed part or content URL stays valid (``--url-ttl``), the server's own
+#: and S3's presigned ones alike. Short enough that a leaked URL is soon useless; clients
+#: ask for a fresh one per part, so length of the whole transfer does not matter.
 DEFAULT_URL_TTL_SECONDS: Final = 3600
+#: ``--url-ttl`` bounds: below a minute a URL may expire before a slow client has sent
+#: its headers; S3 presigns (SigV4) for at most 7 days.
+MIN_URL_TTL_SECONDS: Final = 60
+MAX_URL_TTL_SECONDS: Final = 7 * 86_400
 
 #: An open upload session is kept at least this long after its last accepted part.
 DEFAULT_SESSION_TTL_SECONDS: Final = 14 * 24 * 3600

@@ -7,8 +7,10 @@ server, the daemon and the SDK cannot disagree about what a code means.
 
 from __future__ import annotations
 
+import errno
+import os
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Final
 
 from dataerai.protocol import ERRORS, error_kind
 from starlette.exceptions import HTTPException
@@ -78,3 +80,27 @@ async def http_exception_handler(request: Request, exc: Exception) -> Response:
 def internal_error() -> ApiError:
     """What an unexpected exception is shown as (the details go to the log, not the client)."""
     return ApiError("internal", "internal server error; the server log has the details")
+
+
+#: ``Retry-After`` (seconds) on a storage failure: long enough not to hammer a full or
+#: read-only disk, short enough that a disk an operator freed is used again soon.
+STORAGE_RETRY_AFTER_SECONDS: Final = 30
+#: errno values that mean the storage has no room: none left, or none for this user.
+_NO_SPACE: Final = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def storage_failure(exc: OSError, what: str) -> ApiError:
+    """The answer to a storage operation that failed in the operating system (the one
+    boundary for storage OS errors): ``disk_full`` (507) when the storage has no room,
+    ``unavailable`` (503) for any other failure (read-only filesystem, I/O error, ...).
+    Both carry ``Retry-After``: the condition is the server's, and may pass."""
+    reason = os.strerror(exc.errno) if exc.errno is not None else str(exc)
+    headers = {"Retry-After": str(STORAGE_RETRY_AFTER_SECONDS)}
+    if exc.errno in _NO_SPACE:
+        return ApiError(
+            "disk_full", f"the repository's storage is full ({what}: {reason}); try again once space is freed",
+            headers=headers,
+        )
+    return ApiError(
+        "unavailable", f"the repository's storage failed ({what}: {reason}); try again later", headers=headers
+    )

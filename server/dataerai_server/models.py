@@ -86,6 +86,11 @@ class Token(Base):
     scopes: Mapped[list[str]] = mapped_column(JSON)
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    #: Set by ``tokens revoke``; the token is refused from then on (migration 0007).
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    #: The token's first characters (``dtk_`` and 4 of its 43), so an administrator can tell
+    #: which token is which; None for tokens issued before migration 0007.
+    prefix: Mapped[str | None] = mapped_column(String(12), default=None)
 
 
 class Project(Base):

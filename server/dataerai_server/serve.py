@@ -27,6 +27,7 @@ from hypercorn.typing import Framework
 
 from . import deletions
 from .app import create_app
+from .bodies import FinishRequestBodies
 from .config import Settings
 from .services import open_services
 
@@ -127,7 +128,9 @@ async def run_server(settings: Settings, bind: str, ready_file: Path | None = No
             log.warning("hypercorn has no MAX_RECV; request bodies are read in its default chunks")
 
         # Hypercorn's app type is its own spelling of the ASGI signature Starlette implements.
-        app = cast(Framework, create_app(services))
+        # FinishRequestBodies: an answer given before the request body was read must not wait
+        # on Hypercorn's full body queue (bodies.py).
+        app = cast(Framework, FinishRequestBodies(create_app(services)))
 
         async def sweep() -> None:
             # A quarter of the session lifetime, so that short lifetimes (tests, small disks)

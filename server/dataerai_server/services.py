@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import trio
@@ -36,9 +38,13 @@ def open_storage(settings: Settings) -> Storage:
     raise ValueError(f"unknown storage URL {url!r}: give s3://BUCKET/PREFIX, or nothing for the data directory")
 
 
-async def open_services(settings: Settings) -> Services:
+async def open_services(settings: Settings, *, clock: Callable[[], float] = time.time) -> Services:
     """Migrate the database to the newest schema, load (or create) the signing secret,
-    open the storage. Blocking work runs in threads."""
+    open the storage. Blocking work runs in threads.
+
+    ``clock`` (Unix seconds) is what signed URLs are minted and checked against; tests
+    pass a fake one to expire URLs without waiting.
+    """
     db = Database(settings.database_url)
     try:
         await trio.to_thread.run_sync(migrate.upgrade, db.write_engine)
@@ -51,6 +57,6 @@ async def open_services(settings: Settings) -> Services:
         settings=settings,
         db=db,
         storage=storage,
-        signer=UrlSigner(secret),
+        signer=UrlSigner(secret, clock=clock),
         uploads=Uploads(db, storage, settings),
     )

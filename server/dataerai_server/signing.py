@@ -22,6 +22,8 @@ from .errors import ApiError
 from .models import ServerSetting
 
 SECRET_KEY: Final = "url_signing_secret"
+#: ``expires`` is Unix seconds: ten digits until the year 2286.
+_MAX_EXPIRES_DIGITS: Final = 12
 
 
 def load_or_create_secret(session: Session) -> bytes:
@@ -56,7 +58,8 @@ class UrlSigner:
 
     def _mac(self, method: str, path: str, expires: int, fields: Mapping[str, str]) -> str:
         lines = [method.upper(), path, str(expires), *(f"{k}={fields[k]}" for k in sorted(fields))]
-        return hmac.new(self._secret, "\n".join(lines).encode(), hashlib.sha256).hexdigest()
+        message = "\n".join(lines).encode("utf-8", "surrogatepass")
+        return hmac.new(self._secret, message, hashlib.sha256).hexdigest()
 
     def sign(self, method: str, path: str, ttl_seconds: int, fields: Mapping[str, str] | None = None) -> dict[str, str]:
         """The query parameters for a URL valid ``ttl_seconds`` from now: ``fields`` plus
@@ -74,16 +77,25 @@ class UrlSigner:
         expires_text = query.get("expires", "")
         signature = query.get("signature", "")
         fields = {name: query.get(name, "") for name in field_names}
-        if not expires_text.isdigit() or not signature:
-            raise ApiError(
-                "permission_denied", "this URL is not signed; ask the API for a new one", reason="bad_signature"
-            )
+        # Only what ``sign`` makes gets as far as the MAC: ASCII digits of a sane length
+        # (``isdigit`` passes "²", on which ``int`` raises ValueError, as on 5,000 digits).
+        if not (expires_text.isascii() and expires_text.isdigit() and len(expires_text) <= _MAX_EXPIRES_DIGITS):
+            raise _bad_signature()
         expires = int(expires_text)
         expected = self._mac(method, path, expires, fields)
-        if not hmac.compare_digest(expected, signature):
-            raise ApiError(
-                "permission_denied", "the URL's signature does not match; ask for a new one", reason="bad_signature"
-            )
+        # Bytes, not str: compare_digest refuses str with non-ASCII characters, and a query
+        # value may hold any (surrogatepass: any str encodes, whatever a parser made of it).
+        if not hmac.compare_digest(expected.encode(), signature.encode("utf-8", "surrogatepass")):
+            raise _bad_signature()
         if self._clock() > expires:
             raise ApiError("permission_denied", "this URL has expired; ask the API for a new one", reason="url_expired")
         return expires
+
+
+def _bad_signature() -> ApiError:
+    """One answer for every URL whose signature is missing, malformed or wrong: which it was
+    tells a forger nothing useful and the client nothing it can act on differently."""
+    return ApiError(
+        "permission_denied", "this URL's signature is missing or does not match; ask the API for a new one",
+        reason="bad_signature",
+    )

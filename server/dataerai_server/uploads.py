@@ -44,7 +44,7 @@ from .config import (
     Settings,
 )
 from .db import Database
-from .errors import ApiError
+from .errors import ApiError, storage_failure
 from .models import (
     Asset,
     Collection,
@@ -810,6 +810,13 @@ class _CountingBody:
         return chunk
 
 
+def _storage_failure(exc: OSError, what: str) -> ApiError:
+    """Log a storage operation's OS error for the operator and return what the client is told."""
+    error = storage_failure(exc, what)
+    log.warning("storage.failed", what=what, errno=exc.errno, error=str(exc), code=error.code)
+    return error
+
+
 def _checksum_error(exc: ChecksumMismatch, **extra: Any) -> ApiError:
     return ApiError(
         "checksum_mismatch",
@@ -864,7 +871,10 @@ class Uploads:
         if existing is not None:
             return self._with_part_digests(existing), False
         upload_id = new_id("upl")
-        handle = await self._storage.create_upload(upload_id)
+        try:
+            handle = await self._storage.create_upload(upload_id)
+        except OSError as exc:
+            raise _storage_failure(exc, f"creating upload {upload_id}") from None
         ttl = self._settings.session_ttl_seconds
         created = False
         try:
@@ -950,6 +960,11 @@ class Uploads:
         except ChecksumMismatch as exc:
             await self._count_unaccepted(upload_id, counted.received)
             raise _checksum_error(exc, number=number) from None
+        except OSError as exc:
+            # A full or failing disk: the storage removed what it had begun, and the part is
+            # not recorded. The rest of the body is not read (bodies.py answers at once).
+            await self._count_unaccepted(upload_id, counted.received)
+            raise _storage_failure(exc, f"storing part {number} of {upload_id}") from None
         except BaseException:
             # Mostly the client went away mid-body (or was killed): what it sent still counts.
             await self._count_unaccepted(upload_id, counted.received)
@@ -1000,6 +1015,8 @@ class Uploads:
             except ChecksumMismatch as exc:
                 await self._forget_lost_parts(upload_id, plan.handle)
                 raise _checksum_error(exc) from None
+            except OSError as exc:
+                raise _storage_failure(exc, f"completing {upload_id}") from None
             except StorageError as exc:
                 log.error("upload.assemble_failed", upload_id=upload_id, error=str(exc))
                 raise
@@ -1094,7 +1111,9 @@ class Uploads:
             except StorageError as exc:
                 log.warning("upload.dedup_read_failed", storage_key=key, error=str(exc))
                 return False
-            matched = hmac.compare_digest(digest.hexdigest(), expected) and matched
+            # Bytes: compare_digest refuses str with non-ASCII characters (these are checked hex, but
+            # a check elsewhere must not be what keeps this from answering 500).
+            matched = hmac.compare_digest(digest.hexdigest().encode(), expected.encode()) and matched
         return matched
 
     async def _forget_lost_parts(self, upload_id: str, handle: str) -> None:

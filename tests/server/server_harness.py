@@ -8,11 +8,13 @@ run while the server is up.
 from __future__ import annotations
 
 import hashlib
+import os
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +41,8 @@ class Server:
     process: subprocess.Popen[bytes] | None = None
     url: str = ""
     port: int = 0  # 0 until the first start; a restart binds the same port again
+    #: The umask the server and its commands are started with (None: this process's).
+    umask: int | None = None
 
     @property
     def ready_file(self) -> Path:
@@ -66,6 +70,7 @@ class Server:
                 stdout=log,
                 stderr=log,
                 start_new_session=True,
+                preexec_fn=self._preexec(),
             )
         deadline = time.monotonic() + timeout
         while not self.ready_file.exists():
@@ -98,13 +103,19 @@ class Server:
         except FileNotFoundError:
             return "(no log)"
 
-    def add_user(self, email: str, scope: str = "write", expires_in: float | None = None) -> str:
+    def add_user(self, email: str, scope: str = "write", expires_in: float | str | None = None) -> str:
         """Run ``users add`` and return its stdout, which must be the token alone."""
         args = [SERVER, "users", "add", email, "--scope", scope, "--data-dir", str(self.data_dir)]
         if expires_in is not None:
             args += ["--expires-in", str(expires_in)]
-        done = subprocess.run(args, capture_output=True, timeout=60, check=True)
+        done = subprocess.run(args, capture_output=True, timeout=60, check=True, preexec_fn=self._preexec())
         return done.stdout.decode()
+
+    def _preexec(self) -> Callable[[], None] | None:
+        umask = self.umask
+        if umask is None:
+            return None
+        return lambda: os.umask(umask) and None
 
     def db(self) -> sqlite3.Connection:
         """A read connection to the server's database, for checks the API does not expose."""

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
+from datetime import datetime, timedelta, timezone
 
 import httpx
+import pytest
+from dataerai_server.clock import parse_timestamp
 from server_harness import SERVER, Env, error, ok
 
 TOKEN = re.compile(r"dtk_[A-Za-z0-9_-]{43}")
@@ -22,7 +26,10 @@ def test_users_add_prints_only_the_token_while_the_server_runs(env: Env) -> None
     me = ok(env.server.client(out.strip()).get("/api/v1/me"))
     assert me["email"] == "carol@example.org"
     assert me["scopes"] == ["read"]
-    assert me["token_expires_at"] is None
+    # Tokens expire after 90 days unless told otherwise.
+    expires = parse_timestamp(me["token_expires_at"])
+    assert expires is not None
+    assert timedelta(days=90) - timedelta(minutes=5) < expires - datetime.now(timezone.utc) <= timedelta(days=90)
     # The same email again: a second token for the same user.
     again = ok(env.server.client(env.server.add_user("carol@example.org").strip()).get("/api/v1/me"))
     assert again["user_id"] == me["user_id"]
@@ -126,3 +133,79 @@ def test_host_header_decides_signed_url_base(env: Env) -> None:
     )
     assert ok(target)["url"].startswith("http://repo.example.org:8443/api/v1/uploads/")
     assert isinstance(httpx.URL(ok(target)["url"]).params["signature"], str)
+
+
+def _tokens(env: Env, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [SERVER, "tokens", *args, "--data-dir", str(env.server.data_dir)], capture_output=True, text=True, timeout=60
+    )
+
+
+def _expires_in(env: Env, expires_in: str) -> str | None:
+    token = env.server.add_user("erin@example.org", expires_in=expires_in).strip()
+    return ok(env.server.client(token).get("/api/v1/me"))["token_expires_at"]  # type: ignore[no-any-return]
+
+
+def test_users_add_expires_in_takes_durations_days_and_never(env: Env) -> None:
+    now = datetime.now(timezone.utc)
+    for text, expected in (("12h", timedelta(hours=12)), ("30d", timedelta(days=30)), ("1.5", timedelta(days=1.5)),
+                           ("2w", timedelta(weeks=2)), ("90m", timedelta(minutes=90))):
+        expires = parse_timestamp(_expires_in(env, text) or "")
+        assert expires is not None
+        assert expected - timedelta(minutes=5) < expires - now < expected + timedelta(minutes=5), text
+    assert _expires_in(env, "never") is None
+    for bad in ("3x", "-1d", "soon", ""):
+        done = subprocess.run(
+            [SERVER, "users", "add", "erin@example.org", "--expires-in", bad, "--data-dir", str(env.server.data_dir)],
+            capture_output=True, text=True, timeout=60,
+        )
+        assert done.returncode == 2 and done.stdout == "" and "--expires-in" in done.stderr, (bad, done.stderr)
+
+
+def test_tokens_list_shows_every_token_but_never_the_token_or_its_hash(env: Env) -> None:
+    token = env.server.add_user("frank@example.org", scope="read").strip()
+    with env.server.db() as db:
+        hashes = [row[0] for row in db.execute("select token_hash from tokens")]
+    listed = _tokens(env, "list")
+    assert listed.returncode == 0, listed.stderr
+    as_json = _tokens(env, "list", "--json")
+    rows = json.loads(as_json.stdout)
+    for out in (listed.stdout, as_json.stdout):
+        assert token not in out and token[8:16] not in out
+        assert not any(h in out for h in hashes)
+    (mine,) = [row for row in rows if row["email"] == "frank@example.org"]
+    assert mine["id"].startswith("tok_") and mine["prefix"] == token[:8]
+    assert mine["scopes"] == ["read"] and mine["state"] == "active" and mine["revoked_at"] is None
+    assert mine["created_at"].endswith("Z") and mine["expires_at"].endswith("Z")
+    assert set(mine) == {"id", "prefix", "user_id", "email", "scopes", "created_at", "expires_at", "revoked_at",
+                         "state"}
+    assert len(rows) == len(hashes)
+    line = next(line for line in listed.stdout.splitlines() if mine["id"] in line)
+    assert "frank@example.org" in line and " read " in line and "active" in line and token[:8] + "…" in line
+    assert listed.stdout.splitlines()[0].split() == ["ID", "PREFIX", "USER", "SCOPE", "CREATED", "EXPIRES", "REVOKED",
+                                                     "STATE"]
+
+
+@pytest.mark.parametrize("by", ["id", "token"])
+def test_a_token_revoked_while_the_server_runs_is_refused_at_its_next_request(env: Env, by: str) -> None:
+    token = env.server.add_user("grace@example.org").strip()
+    client = env.server.client(token)
+    ok(client.get("/api/v1/me"))
+    (row,) = [r for r in json.loads(_tokens(env, "list", "--json").stdout) if r["prefix"] == token[:8]
+              and r["email"] == "grace@example.org"]
+    done = _tokens(env, "revoke", row["id"] if by == "id" else token)
+    assert done.returncode == 0 and done.stdout.strip() == f"revoked {row['id']}"
+    err = error(client.get("/api/v1/me"), 401, "auth_expired")
+    assert "revoked" in err["message"]
+    error(client.post("/api/v1/projects", json={"name": "no"}), 401, "auth_expired")
+    (after,) = [r for r in json.loads(_tokens(env, "list", "--json").stdout) if r["id"] == row["id"]]
+    assert after["state"] == "revoked" and after["revoked_at"].endswith("Z")
+    again = _tokens(env, "revoke", row["id"])
+    assert again.returncode == 0 and "already revoked" in again.stdout
+    # The user's other tokens are untouched.
+    assert ok(env.server.client(env.server.add_user("grace@example.org").strip()).get("/api/v1/me"))
+
+
+def test_revoking_an_unknown_token_fails_with_a_hint(env: Env) -> None:
+    done = _tokens(env, "revoke", "tok_00000000000000000000")
+    assert done.returncode == 1 and "tokens list" in done.stderr and done.stdout == ""

@@ -284,3 +284,90 @@ def test_restart_keeps_sessions_parts_and_urls(start_server) -> None:  # type: i
     assert httpx.get(link["url"], trust_env=False).content == data
     assert ok(client.get(f"/api/v1/projects/{project['project_id']}"))["used_bytes"] == len(data)
     client.close()
+
+
+#: Signature and expiry values no signer makes, as they appear in the raw query (already
+#: percent-encoded where they are, or lone escapes that decode to nothing valid).
+ODD_QUERY_VALUES = (
+    "%C3%BC",  # ü
+    "%E6%97%A5%E6%9C%AC" * 8,  # 日本…, non-ASCII and as long as a real signature
+    "%E2%98%83",  # ☃
+    "%",  # a lone percent sign
+    "%zz",
+    "%f",
+    "%FF",  # decodes to no valid UTF-8
+    "%00",
+    "a" * 6000,  # long, but inside the server's request-line limit
+    "%C3%BC" * 1000,
+)
+
+
+def _raw_target(url: str, name: str, raw_value: str) -> str:
+    """The request target of ``url`` with query parameter ``name`` set to ``raw_value`` exactly as written."""
+    parsed = httpx.URL(url)
+    pairs = [p if not p.startswith(name + "=") else f"{name}={raw_value}" for p in parsed.query.decode().split("&")]
+    return parsed.path + "?" + "&".join(pairs)
+
+
+def _with_raw(url: str, name: str, raw_value: str) -> httpx.URL:
+    """``url`` with query parameter ``name`` replaced by ``raw_value`` (no re-encoding)."""
+    return httpx.URL(url).copy_with(raw_path=_raw_target(url, name, raw_value).encode())
+
+
+@pytest.mark.parametrize("raw_value", ODD_QUERY_VALUES)
+@pytest.mark.parametrize("name", ["signature", "expires"])
+def test_odd_signatures_are_bad_signatures_on_both_signed_routes(
+    env: Env, stored: dict, name: str, raw_value: str
+) -> None:
+    project = new_project(env.ada)
+    data = data_of(PART, seed=23)
+    upload_id = create_upload(env.ada, project["project_id"], data)["upload_id"]
+    part_url = ok(
+        env.ada.post(f"/api/v1/uploads/{upload_id}/parts/1/target", json={"sha256": sha256(data), "size": len(data)})
+    )["url"]
+    content_url = stored["link"]["url"]
+    # What any other bad signature answers: the odd ones must answer exactly that.
+    wrong = "0" * 64 if name == "signature" else "1"
+    expected_put = httpx.put(_with_raw(part_url, name, wrong), content=data, trust_env=False)
+    expected_get = httpx.get(_with_raw(content_url, name, wrong), trust_env=False)
+    assert error(expected_put, 403, "permission_denied")["reason"] == "bad_signature"
+    assert error(expected_get, 403, "permission_denied")["reason"] == "bad_signature"
+
+    put = httpx.put(_with_raw(part_url, name, raw_value), content=data, trust_env=False)
+    get = httpx.get(_with_raw(content_url, name, raw_value), trust_env=False)
+    assert (put.status_code, put.json()) == (403, expected_put.json())
+    assert (get.status_code, get.json()) == (403, expected_get.json())
+    # Nothing was stored, and the honest URL still works.
+    assert ok(env.ada.get(f"/api/v1/uploads/{upload_id}"))["parts"] == []
+    ok(httpx.put(part_url, content=data, trust_env=False))
+
+
+def test_a_signature_longer_than_a_request_line_may_be_is_refused_not_a_server_error(env: Env, stored: dict) -> None:
+    url = httpx.URL(stored["link"]["url"])
+    for raw_value in ("b" * 100_000, "%C3%BC" * 20_000):
+        target = _raw_target(str(url), "signature", raw_value)
+        with socket.create_connection((url.host, url.port)) as sock:
+            sock.sendall(f"GET {target} HTTP/1.1\r\nHost: {url.host}\r\nConnection: close\r\n\r\n".encode())
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        status = int(answer.split(b" ", 2)[1])
+        assert 400 <= status < 500, answer[:200]
+
+
+def test_a_large_part_refused_before_its_body_is_read_is_answered_at_once(env: Env) -> None:
+    """The answer must not wait on the unread body (bodies.py): before, the third such PUT on one
+    connection hung until the client's timeout."""
+    user_id = ok(env.ada.get("/api/v1/me"))["user_id"]  # her own: no project allocation to fit in
+    data = data_of(16 << 20, seed=24)
+    upload_id = create_upload(env.ada, user_id, data, part_size=len(data), owner_type="user")["upload_id"]
+    target = ok(
+        env.ada.post(f"/api/v1/uploads/{upload_id}/parts/1/target", json={"sha256": sha256(data), "size": len(data)})
+    )
+    forged = _with(target["url"], signature="0" * 64)
+    with httpx.Client(timeout=60, trust_env=False) as parts:
+        for _ in range(3):
+            response = parts.put(forged, content=data, headers=target["headers"])
+            assert error(response, 403, "permission_denied")["reason"] == "bad_signature"
+            assert response.headers["Connection"] == "close"
+        ok(parts.put(target["url"], content=data, headers=target["headers"]))

@@ -46,6 +46,13 @@ def _upgrade(engine: Engine, revision: str) -> None:
         command.upgrade(config, revision)
 
 
+def _downgrade(engine: Engine, revision: str) -> None:
+    config = migrate.alembic_config()
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, revision)
+
+
 def _current(engine: Engine) -> Any:
     with engine.connect() as connection:
         return MigrationContext.configure(connection).get_current_heads()
@@ -101,3 +108,42 @@ def test_processes_upgrading_one_fresh_database_at_once_upgrade_it_once(fresh_ur
     finally:
         for db in databases:
             db.dispose()
+
+
+def test_0007_keeps_existing_tokens_working_and_makes_them_revocable(fresh_url: str) -> None:
+    """Tokens issued before 0007 (no prefix, no revocation column) still authenticate after it,
+    and can be revoked; down again drops the columns and keeps the tokens."""
+    from dataerai_server.auth import lookup_principal, revoke_token, token_hash
+    from dataerai_server.clock import utcnow
+    from dataerai_server.errors import ApiError
+    from sqlalchemy import text
+
+    db = Database(fresh_url)
+    try:
+        _upgrade(db.write_engine, "0006")
+        with db.write_engine.begin() as connection:
+            connection.execute(
+                text("insert into users (id, email, created_at) values ('usr_old', 'old@example.org', :now)"),
+                {"now": utcnow().replace(tzinfo=None)},
+            )
+            connection.execute(
+                text(
+                    "insert into tokens (id, user_id, token_hash, scopes, expires_at, created_at) "
+                    "values ('tok_old', 'usr_old', :hash, '[\"read\"]', null, :now)"
+                ),
+                {"hash": token_hash("dtk_old"), "now": utcnow().replace(tzinfo=None)},
+            )
+        migrate.upgrade(db.write_engine)
+        principal = db.read_sync(lambda s: lookup_principal(s, "dtk_old", utcnow()))
+        assert principal.user_id == "usr_old" and principal.scopes == ("read",)
+        assert db.write_sync(lambda s: revoke_token(s, "tok_old", utcnow()))[0] == "tok_old"
+        with pytest.raises(ApiError) as refused:
+            db.read_sync(lambda s: lookup_principal(s, "dtk_old", utcnow()))
+        assert refused.value.code == "auth_expired"
+        _downgrade(db.write_engine, "0006")
+        columns = {c["name"] for c in inspect(db.engine).get_columns("tokens")}
+        assert "revoked_at" not in columns and "prefix" not in columns
+        with db.engine.connect() as connection:
+            assert connection.execute(text("select count(*) from tokens")).scalar() == 1
+    finally:
+        db.dispose()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -10,12 +11,15 @@ from alembic.migration import MigrationContext
 from dataerai.protocol import ERRORS
 from dataerai_server import migrate
 from dataerai_server.db import Database
+from dataerai_server.durations import MAX_SECONDS, UNITS, describe, parse_duration
 from dataerai_server.errors import ApiError
 from dataerai_server.models import Base
 from dataerai_server.serve import base_url, open_listening_socket, parse_bind
 from dataerai_server.signing import UrlSigner, load_or_create_secret
 from dataerai_server.streaming import ByteRange, Unsatisfiable, parse_range
 from dataerai_server.uploads import NewUpload, expected_part_size
+from hypothesis import given
+from hypothesis import strategies as st
 
 
 @pytest.mark.parametrize(
@@ -154,3 +158,45 @@ def test_bind_parsing_and_base_url() -> None:
         assert base_url(sock) == f"http://127.0.0.1:{sock.getsockname()[1]}"
     finally:
         sock.close()
+
+
+@given(signature=st.text(max_size=300), expires=st.text(max_size=40))
+def test_any_signature_or_expiry_text_is_refused_as_a_bad_signature(signature: str, expires: str) -> None:
+    signer = UrlSigner(b"k" * 32, clock=lambda: 1_000_000.0)
+    query = {**signer.sign("GET", "/p/1", 60), "signature": signature}
+    if expires:
+        query["expires"] = expires
+    with pytest.raises(ApiError) as caught:
+        signer.verify("GET", "/p/1", query)
+    assert caught.value.code == "permission_denied" and caught.value.extra["reason"] == "bad_signature"
+
+
+@given(
+    number=st.floats(min_value=0, max_value=10_000, allow_nan=False, allow_infinity=False),
+    unit=st.sampled_from(sorted(UNITS)),
+)
+def test_durations_with_a_unit(number: float, unit: str) -> None:
+    text = f"{number!r}{unit}"
+    if "e" in text.lower() or "inf" in text:
+        text = f"{number:.6f}{unit}"
+    assert parse_duration(text, bare_unit="s").total_seconds() == pytest.approx(float(text[:-1]) * UNITS[unit])
+
+
+@given(text=st.text(max_size=20))
+def test_any_text_is_a_duration_or_a_value_error(text: str) -> None:
+    try:
+        value = parse_duration(text, bare_unit="d")
+    except ValueError:
+        return
+    assert 0 <= value.total_seconds() <= MAX_SECONDS
+
+
+def test_durations_bare_numbers_and_descriptions() -> None:
+    assert parse_duration("30", bare_unit="d").days == 30
+    assert parse_duration("4.6296296296296294e-05", bare_unit="d").total_seconds() == pytest.approx(4)
+    assert parse_duration(" 12H ", bare_unit="s").total_seconds() == 12 * 3600
+    for bad in ("", "d", "-1d", "1y", "1 d 2h", "never", "1e400"):
+        with pytest.raises(ValueError):
+            parse_duration(bad, bare_unit="s")
+    assert [describe(timedelta(seconds=s)) for s in (60, 3600, 7 * 86_400, 90 * 86_400, 90)] == [
+        "1m", "1h", "1w", "90d", "90s"]

@@ -88,6 +88,9 @@ log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 
+#: Everything stored is its user's alone (0700 directories, 0600 files), whatever the umask.
+_DIR_MODE: Final = 0o700
+_FILE_MODE: Final = 0o600
 #: Size of a batch handed to a worker thread, and of a read: large enough that thread
 #: hops cost nothing (about a thousand per GiB), small enough to keep memory flat.
 BATCH_BYTES: Final = 1 << 20
@@ -180,11 +183,11 @@ def _open(path: Path, flags: int, *, direct: bool) -> tuple[int, bool]:
     """Open ``path``, with ``O_DIRECT`` if asked and the filesystem takes it. Returns (fd, direct)."""
     if direct and _O_DIRECT:
         try:
-            return os.open(path, flags | _O_DIRECT, 0o600), True
+            return os.open(path, flags | _O_DIRECT, _FILE_MODE), True
         except OSError as exc:
             if exc.errno != errno.EINVAL:
                 raise
-    return os.open(path, flags, 0o600), False
+    return os.open(path, flags, _FILE_MODE), False
 
 
 def _drop_direct(fd: int) -> None:
@@ -605,7 +608,7 @@ class LocalStorage:
         """Create the layout under ``root`` if needed and clear stale temp files. Blocking."""
         storage = cls(root)
         for directory in (storage._tmp, storage._uploads, storage._contents):
-            directory.mkdir(parents=True, exist_ok=True)
+            directory.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
         cutoff = time.time() - STALE_TMP_SECONDS
         for leftover in storage._tmp.iterdir():
             with contextlib.suppress(FileNotFoundError):
@@ -822,7 +825,7 @@ class LocalStorage:
     # --- uploads ---------------------------------------------------------------------
 
     async def create_upload(self, upload_id: str) -> str:
-        await self._run(lambda: self._upload_dir(upload_id).mkdir(parents=True, exist_ok=True))
+        await self._run(lambda: self._upload_dir(upload_id).mkdir(mode=_DIR_MODE, parents=True, exist_ok=True))
         return upload_id
 
     def part_url(self, handle: str, number: int, size: int, sha256: str, ttl_seconds: int) -> PresignedRequest | None:
@@ -1030,7 +1033,7 @@ class LocalStorage:
         """
         directory = self._upload_dir(handle)
         staging = self._tmp / f"{secrets.token_hex(12)}.content"
-        staging.mkdir()
+        staging.mkdir(mode=_DIR_MODE)
         try:
             sizes: list[int] = []
             tags: list[str | None] = []
@@ -1083,7 +1086,7 @@ class LocalStorage:
         (its completion failed before the database took it) and is replaced.
         """
         manifest_path = staged.directory / MANIFEST
-        fd = os.open(manifest_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd = os.open(manifest_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _FILE_MODE)
         try:
             os.write(fd, manifest.dumps())
             os.fsync(fd)
@@ -1091,7 +1094,7 @@ class LocalStorage:
             os.close(fd)
         _fsync_dir(staged.directory)  # the links and the manifest, before the name points at them
         destination = self._content_path(key)
-        destination.parent.mkdir(exist_ok=True)
+        destination.parent.mkdir(mode=_DIR_MODE, exist_ok=True)
         for _ in range(3):
             try:
                 os.rename(staged.directory, destination)

@@ -185,7 +185,7 @@ class S3Storage:
         """Parse ``url``, make the client and check the bucket answers. Blocking."""
         location = S3Location.parse(url)
         storage = cls(client if client is not None else make_client(), location, spool_dir)
-        spool_dir.mkdir(parents=True, exist_ok=True)
+        spool_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # spooled parts are private
         try:
             storage._s3.list_objects_v2(Bucket=location.bucket, Prefix=location.prefix, MaxKeys=1)
         except Exception as exc:
