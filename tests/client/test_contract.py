@@ -47,3 +47,14 @@ def test_a_repository_path_is_refused_for_what_would_escape_or_not_be_written() 
         assert contract.path_problem(bad) is not None, bad
     for good in ("a", "run42/raw/a.h5", "é/ü.bin", ".hidden/x"):
         assert contract.path_problem(good) is None, good
+
+
+def test_the_daemon_emits_the_job_object_of_the_contract() -> None:
+    from dataeraid import schema
+    from dataeraid.jobs import to_wire
+
+    row: dict[str, object] = dict.fromkeys(schema.jobs.c.keys())
+    row.update(job_id=contract.new_job_id(), kind="upload", state="failed", priority=0, error_code="io_error",
+               error_message="disk", files=None, created_at=0.0, updated_at=0.0)
+    job = to_wire(row, 0, 0)
+    assert set(job) == set(contract.JobObject.__annotations__)
