@@ -5,11 +5,50 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import stat
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 from stack import BIN, Stack, make_file, wait_for
+
+#: The status of a daemon that refuses to start (sysexits' EX_CONFIG; docs/reliability.md).
+REFUSED = 78
+
+
+@pytest.fixture
+def bare(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A daemon's XDG directories and no repository server: all that starting a daemon needs."""
+    with Stack(tmp_path_factory.mktemp("bare")) as stack:
+        yield stack
+
+
+def _listening(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX) as s:
+        try:
+            s.connect(str(path))
+        except OSError:
+            return False
+        return True
+
+
+def _start_and_settle(env: dict[str, str], socket_path: Path) -> tuple[subprocess.Popen[str], bool]:
+    """Start ``dataerai daemon run`` and wait until it exited or listens on ``socket_path``.
+
+    The process, and whether it listens; a daemon that listens is the caller's to stop.
+    """
+    daemon = subprocess.Popen([str(BIN / "dataerai"), "daemon", "run"], env=env, text=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    wait_for(lambda: daemon.poll() is not None or _listening(socket_path), 30, "the daemon to exit or listen")
+    return daemon, daemon.poll() is None
+
+
+def _stderr_of(daemon: subprocess.Popen[str]) -> str:
+    assert daemon.stderr is not None
+    with daemon.stderr:
+        return daemon.stderr.read()
 
 
 def _notify_socket(path: Path) -> socket.socket:
@@ -45,6 +84,7 @@ def test_sd_notify_ready_only_once_listening_then_watchdog_and_stopping(stack: S
 
 
 def test_socket_activation_serves_the_passed_socket(stack: Stack, tmp_path: Path) -> None:
+    """...and holds the queue: a daemon started by hand on the same state directory refuses."""
     stack.stop_daemon()
     path = tmp_path / "activated.sock"
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -73,6 +113,15 @@ def test_socket_activation_serves_the_passed_socket(stack: Stack, tmp_path: Path
         pong = wait_for(answers, 20, "the activated daemon")
         assert pong["pid"] == daemon.pid
         assert not (stack.runtime / "unused.sock").exists()
+
+        by_hand, listens = _start_and_settle(stack.env, stack.socket_path)
+        if listens:
+            by_hand.terminate()
+            by_hand.wait(10)
+        assert not listens and by_hand.returncode == REFUSED
+        (line,) = _stderr_of(by_hand).splitlines()
+        assert line.startswith("error[conflict]: ")
+        assert f"pid {daemon.pid}" in line and str(path) in line
     finally:
         daemon.terminate()
         daemon.wait(10)
@@ -84,6 +133,64 @@ def test_a_second_daemon_exits_quietly(stack: Stack) -> None:
     assert second.returncode == 0
     with stack.client() as client:
         assert client.call("daemon.ping")["pid"] == stack.daemon.pid
+
+
+def test_two_daemons_started_at_once_for_one_socket_and_queue_one_serves_the_other_exits_0(bare: Stack) -> None:
+    """The SDK's auto-start race: several clients start a daemon at the same moment."""
+    both = [subprocess.Popen([str(BIN / "dataerai"), "daemon", "run"], env=bare.env, text=True,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+            for _ in range(2)]
+    try:
+        loser = wait_for(lambda: next((d for d in both if d.poll() is not None), None), 30, "one daemon to exit")
+        (winner,) = [d for d in both if d is not loser]
+        assert loser.returncode == 0
+        assert "error[" not in _stderr_of(loser)
+        wait_for(lambda: _listening(bare.socket_path), 30, "the winner to listen")
+        with bare.client() as client:
+            assert client.call("daemon.ping")["pid"] == winner.pid
+    finally:
+        for daemon in both:
+            if daemon.poll() is None:
+                daemon.terminate()
+                daemon.wait(10)
+            if daemon.stderr is not None:
+                daemon.stderr.close()
+
+
+def test_a_second_daemon_on_the_same_queue_refuses_whatever_its_socket(bare: Stack) -> None:
+    """Two daemons on one queue would both run its jobs: every byte sent twice."""
+    first = bare.start_daemon()
+    other = bare.runtime / "other.sock"
+    second, listens = _start_and_settle({**bare.env, "DATAERAI_SOCKET": str(other)}, other)
+    if listens:
+        second.terminate()
+        second.wait(10)
+    assert not listens and second.returncode == REFUSED
+    state_dir = bare.root / "state" / "dataerai"
+    (line,) = _stderr_of(second).splitlines()
+    assert line.startswith("error[conflict]: ")
+    assert str(state_dir) in line and f"pid {first.pid}" in line and str(bare.socket_path) in line
+    assert not other.exists()
+    # The lock belongs to the queue's directory, private to its user.
+    assert stat.S_IMODE((state_dir / "daemon.lock").stat().st_mode) == 0o600
+    with bare.client() as client:
+        assert client.call("daemon.ping")["pid"] == first.pid
+
+
+def test_a_second_daemon_on_the_same_socket_with_another_queue_refuses(
+        bare: Stack, tmp_path_factory: pytest.TempPathFactory) -> None:
+    first = bare.start_daemon()
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    second, listens = _start_and_settle({**bare.env, "XDG_STATE_HOME": str(elsewhere)}, bare.socket_path)
+    assert listens  # the first one's socket
+    assert wait_for(lambda: second.poll() is not None, 30, "the second daemon to exit") and second.returncode == REFUSED
+    (line,) = _stderr_of(second).splitlines()
+    assert line.startswith("error[conflict]: ")
+    assert str(bare.socket_path) in line and f"pid {first.pid}" in line
+    assert str(bare.root / "state" / "dataerai") in line
+    assert not (elsewhere / "dataerai" / "queue.sqlite3").exists()
+    with bare.client() as client:
+        assert client.call("daemon.ping")["pid"] == first.pid
 
 
 def test_an_acknowledged_enqueue_survives_sigkill(make_stack: Any, tmp_path: Path) -> None:
@@ -137,9 +244,11 @@ def test_refuses_a_socket_directory_others_can_enter(stack: Stack, tmp_path: Pat
     env = {**stack.env, "DATAERAI_SOCKET": str(open_dir / "d.sock")}
     result = subprocess.run([str(BIN / "dataerai"), "daemon", "run"], env=env, capture_output=True, text=True,
                             timeout=30)
-    assert result.returncode == 1
-    assert "permission_denied" in result.stderr and "chmod 700" in result.stderr
+    assert result.returncode == REFUSED
+    (line,) = result.stderr.splitlines()  # not a traceback
+    assert line.startswith(f"error[permission_denied]: {open_dir} is open to other users") and "chmod 700" in line
     assert not (open_dir / "d.sock").exists()
+    assert not (open_dir / "d.sock.lock").exists()
 
 
 def test_another_user_cannot_connect(stack: Stack) -> None:
