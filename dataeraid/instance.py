@@ -14,12 +14,10 @@ directory into the file so that whoever finds it locked can say who holds it.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import json
 import os
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -61,15 +59,32 @@ def socket_lock_path(socket_path: Path) -> Path:
     return Path(f"{socket_path}.lock")
 
 
-def _try_lock(path: Path, me: Holder) -> int | None:
-    """The locked descriptor of ``path`` (created 0600), with ``me`` written into it; None if it is taken."""
+class LockTaken(Exception):
+    """Another process holds the lock at ``path``: ``holder``, or None if it did not say who it is."""
+
+    def __init__(self, path: Path, holder: Holder | None) -> None:
+        super().__init__(path)
+        self.path = path
+        self.holder = holder
+
+    def who(self) -> str:
+        if self.holder is not None:
+            return self.holder.describe()
+        return f"another process (it did not write its pid into {self.path})"
+
+
+def take_lock(path: Path, me: Holder) -> int:
+    """The locked descriptor of ``path`` (created 0600), with ``me`` written into it.
+
+    Raises ``LockTaken`` when another process holds it, ``OSError`` when the file cannot be opened.
+    """
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         os.fchmod(fd, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        return None
+        raise LockTaken(path, holder_of(path)) from None
     except BaseException:
         os.close(fd)
         raise
@@ -96,10 +111,6 @@ def holder_of(path: Path) -> Holder | None:
         time.sleep(0.01)
 
 
-def _unknown(path: Path) -> str:
-    return f"another process (it did not write its pid into {path})"
-
-
 def _make_private_dir(directory: Path, what: str) -> None:
     try:
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -112,20 +123,18 @@ def lock_queue(state_dir: Path, me: Holder) -> int:
     _make_private_dir(state_dir, "state directory")
     path = queue_lock_path(state_dir)
     try:
-        fd = _try_lock(path, me)
+        return take_lock(path, me)
+    except LockTaken as taken:
+        holder = taken.holder
+        if holder is not None and holder.what == "daemon" and holder.socket == me.socket:
+            raise AlreadyServed(holder) from None
+        raise DataeraiError(
+            "conflict",
+            f"{taken.who()} already uses the queue in {state_dir}; one queue has one daemon: stop that one first, "
+            "or give this one its own XDG_STATE_HOME",
+        ) from None
     except OSError as exc:
         raise DataeraiError("io_error", f"cannot open the queue's lock {path}: {exc.strerror or exc}") from exc
-    if fd is not None:
-        return fd
-    holder = holder_of(path)
-    if holder is not None and holder.what == "daemon" and holder.socket == me.socket:
-        raise AlreadyServed(holder)
-    who = holder.describe() if holder is not None else _unknown(path)
-    raise DataeraiError(
-        "conflict",
-        f"{who} already uses the queue in {state_dir}; one queue has one daemon: stop that one first, "
-        "or give this one its own XDG_STATE_HOME",
-    )
 
 
 def lock_socket(socket_path: Path, me: Holder) -> int:
@@ -135,25 +144,14 @@ def lock_socket(socket_path: Path, me: Holder) -> int:
     """
     path = socket_lock_path(socket_path)
     try:
-        fd = _try_lock(path, me)
+        return take_lock(path, me)
+    except LockTaken as taken:
+        holder = taken.holder
+        who = f"{holder.describe()} with the queue in {holder.state_dir}" if holder is not None else taken.who()
+        raise DataeraiError(
+            "conflict",
+            f"{who} already serves the socket {socket_path}; give this daemon its own socket (DATAERAI_SOCKET) "
+            "or stop that one first",
+        ) from None
     except OSError as exc:
         raise DataeraiError("io_error", f"cannot open the socket's lock {path}: {exc.strerror or exc}") from exc
-    if fd is not None:
-        return fd
-    holder = holder_of(path)
-    who = f"{holder.describe()} with the queue in {holder.state_dir}" if holder is not None else _unknown(path)
-    raise DataeraiError(
-        "conflict",
-        f"{who} already serves the socket {socket_path}; give this daemon its own socket (DATAERAI_SOCKET) "
-        "or stop that one first",
-    )
-
-
-@contextlib.contextmanager
-def holding(*fds: int) -> Iterator[None]:
-    """Release the locks when the block ends."""
-    try:
-        yield
-    finally:
-        for fd in fds:
-            os.close(fd)

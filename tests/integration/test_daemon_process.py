@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
+import random
+import shutil
 import signal
 import socket
+import sqlite3
 import stat
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -265,3 +270,121 @@ def test_another_user_cannot_connect(stack: Stack) -> None:
     result = subprocess.run(["python3", "-c", probe, str(stack.socket_path)], capture_output=True, text=True,
                             user=65534, group=65534, timeout=30)
     assert "refused" in result.stdout or "closed" in result.stdout
+
+
+# --- a queue database the daemon cannot use ---------------------------------------
+
+QUARANTINE = "dataerai daemon quarantine-queue"
+
+
+def _state_dir(stack: Stack) -> Path:
+    return stack.root / "state" / "dataerai"
+
+
+def _real_queue(stack: Stack) -> Path:
+    """A queue as a daemon leaves it: started, then stopped."""
+    stack.start_daemon()
+    assert stack.stop_daemon() == 0
+    return _state_dir(stack) / "queue.sqlite3"
+
+
+def _break_queue(stack: Stack, form: str) -> tuple[str, str]:
+    """Put the queue in a broken ``form``; the code and the words the daemon's refusal must have."""
+    queue = _state_dir(stack) / "queue.sqlite3"
+    if form == "random bytes":
+        queue.parent.mkdir(parents=True)
+        queue.write_bytes(random.Random(7).randbytes(100_000))
+        return "io_error", "is not a SQLite database"
+    if form == "truncated":
+        whole = _real_queue(stack).read_bytes()
+        queue.write_bytes(whole[: len(whole) // 2])
+        return "io_error", "is damaged"
+    if form == "a directory":
+        queue.mkdir(parents=True)
+        return "io_error", "is a directory"
+    if form == "newer schema":
+        with sqlite3.connect(_real_queue(stack)) as db:
+            db.execute("UPDATE alembic_version SET version_num = '9999_from_the_future'")
+        return "conflict", "newer dataerai"
+    raise AssertionError(form)
+
+
+BROKEN_FORMS = ["random bytes", "truncated", "a directory", "newer schema"]
+
+
+@pytest.mark.parametrize("form", BROKEN_FORMS)
+def test_a_broken_queue_stops_the_daemon_in_one_line_and_quarantine_is_the_way_out(bare: Stack, form: str) -> None:
+    code, words = _break_queue(bare, form)
+    queue = _state_dir(bare) / "queue.sqlite3"
+    kept = sorted(p.name for p in _state_dir(bare).iterdir() if p.name.startswith("queue.sqlite3"))
+    refused = subprocess.run([str(BIN / "dataerai"), "daemon", "run"], env=bare.env, capture_output=True, text=True,
+                             timeout=60)
+    assert refused.returncode == REFUSED
+    (line,) = refused.stderr.splitlines()  # not a traceback
+    assert line.startswith(f"error[{code}]: the queue database {queue} ") and words in line
+    assert QUARANTINE in line
+    assert not bare.socket_path.exists()
+
+    moved = bare.cli("daemon", "quarantine-queue", "--json")
+    answer = json.loads(moved.stdout)
+    assert sorted(Path(m["from"]).name for m in answer["moved"]) == kept
+    for m in answer["moved"]:
+        assert not Path(m["from"]).exists() and Path(m["to"]).exists()
+        assert Path(m["to"]).parent == _state_dir(bare) and Path(m["to"]).name.startswith("queue.sqlite3.broken-")
+
+    # The way out: the daemon starts again on a new, empty queue, private to its user.
+    bare.start_daemon()
+    with bare.client() as client:
+        assert client.call("job.list")["jobs"] == []
+    for name in ("queue.sqlite3", "queue.sqlite3-wal", "queue.sqlite3-shm"):
+        assert stat.S_IMODE((_state_dir(bare) / name).stat().st_mode) == 0o600
+
+
+def _as_nobody() -> list[str]:
+    """The command prefix that runs a program as nobody (65534); skips the test where that cannot run ours."""
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("needs setpriv (util-linux) to run the daemon as another user")
+    prefix = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups"]
+    if subprocess.run([*prefix, str(BIN / "dataerai"), "--version"], capture_output=True, timeout=60).returncode:
+        pytest.skip("nobody (65534) cannot run this installation's dataerai")
+    return prefix
+
+
+def test_an_unreadable_queue_stops_the_daemon_in_one_line() -> None:
+    """Mode 000. Root reads a file whatever its mode, so as root the daemon runs as nobody (65534) here,
+    on a stack of its own under /tmp (pytest's directories are closed to other users)."""
+    prefix = _as_nobody() if os.getuid() == 0 else []
+    root = Path(tempfile.mkdtemp(prefix="dq-", dir="/tmp"))
+    try:
+        with Stack(root) as stack:
+            queue = _real_queue(stack)
+            if prefix:
+                for path in [root, *root.rglob("*")]:
+                    os.chown(path, 65534, 65534, follow_symlinks=False)
+                root.chmod(0o755)
+            queue.chmod(0o000)
+            refused = subprocess.run([*prefix, str(BIN / "dataerai"), "daemon", "run"], env=stack.env,
+                                     capture_output=True, text=True, timeout=60)
+        assert refused.returncode == REFUSED, refused.stderr
+        (line,) = refused.stderr.splitlines()
+        assert line.startswith(f"error[permission_denied]: the queue database {queue} ") and "chmod 600" in line
+    finally:
+        shutil.rmtree(root)
+
+
+def test_quarantine_refuses_while_a_daemon_holds_the_queue(bare: Stack) -> None:
+    daemon = bare.start_daemon()
+    refused = bare.cli("daemon", "quarantine-queue", check=False)
+    assert refused.returncode == 1
+    (line,) = refused.stderr.splitlines()
+    assert line.startswith("error[conflict]: ")
+    assert f"pid {daemon.pid}" in line and str(bare.socket_path) in line and str(_state_dir(bare)) in line
+    assert (_state_dir(bare) / "queue.sqlite3").exists()
+    assert not [p for p in _state_dir(bare).iterdir() if ".broken-" in p.name]
+
+
+def test_quarantine_with_no_queue_moves_nothing(bare: Stack) -> None:
+    nothing = bare.cli("daemon", "quarantine-queue", check=False)
+    assert nothing.returncode == 1
+    assert nothing.stderr.startswith("error[not_found]: ") and "queue.sqlite3" in nothing.stderr
