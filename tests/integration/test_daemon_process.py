@@ -388,3 +388,83 @@ def test_quarantine_with_no_queue_moves_nothing(bare: Stack) -> None:
     nothing = bare.cli("daemon", "quarantine-queue", check=False)
     assert nothing.returncode == 1
     assert nothing.stderr.startswith("error[not_found]: ") and "queue.sqlite3" in nothing.stderr
+
+
+# --- a start that fails says why, to the SDK and the CLI that started it -----------
+
+KNOWN_KEYS = ("max_active_jobs, parts_per_job, default_chunk_size, retry_base_s, retry_cap_s, progress_interval_s, "
+              "io_block_size, bandwidth_limit_bps, event_retention_days, upload_order")
+BROKEN_CONFIGS = {
+    "an unknown key": ("max_jobs = 3\n", f"unknown key 'max_jobs' in it; the keys are {KNOWN_KEYS}"),
+    "a value of the wrong type": ('max_active_jobs = "four"\n', "max_active_jobs must be an integer, not 'four'"),
+    "a value out of range": ("parts_per_job = 0\n", "parts_per_job must be at least 1, not 0"),
+    "not TOML": ("max_active_jobs = \n", "is not valid TOML: "),  # then the parser's words, with the line
+}
+
+
+def _write_config(stack: Stack, text: str) -> Path:
+    path = stack.root / "config" / "dataerai" / "config.toml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("case", list(BROKEN_CONFIGS))
+def test_a_broken_config_stops_the_daemon_in_one_line(bare: Stack, case: str) -> None:
+    text, words = BROKEN_CONFIGS[case]
+    config = _write_config(bare, text)
+    refused = subprocess.run([str(BIN / "dataerai"), "daemon", "run"], env=bare.env, capture_output=True, text=True,
+                             timeout=60)
+    assert refused.returncode == REFUSED
+    (line,) = refused.stderr.splitlines()
+    assert line.startswith(f"error[invalid_argument]: {config}: {words}")
+
+
+def _as_this_process(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stack's XDG directories in this process's environment: the daemon the SDK starts inherits them."""
+    for key in ("XDG_STATE_HOME", "XDG_CONFIG_HOME", "XDG_RUNTIME_DIR", "DATAERAI_SOCKET"):
+        monkeypatch.setenv(key, stack.env[key])
+
+
+def _cannot_start_lines(stack: Stack) -> list[dict[str, Any]]:
+    log = _state_dir(stack) / "daemon.log"
+    lines = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    return [line for line in lines if line.get("event") == "cannot start"]
+
+
+def test_the_sdk_says_why_its_daemon_did_not_start_a_broken_config(
+        bare: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dataerai import DaemonError, DataeraiClient
+
+    _as_this_process(bare, monkeypatch)
+    config = _write_config(bare, BROKEN_CONFIGS["an unknown key"][0])
+    with pytest.raises(DaemonError) as info:
+        DataeraiClient(binary_path=str(BIN / "dataerai"), start_timeout_s=30).connect()
+    assert info.value.code == "invalid_argument"
+    assert f"{config}: unknown key 'max_jobs' in it; the keys are {KNOWN_KEYS}" in info.value.message
+    # The daemon wrote it to its log, since its stderr went nowhere.
+    (logged,) = _cannot_start_lines(bare)
+    assert logged["code"] == "invalid_argument" and "max_jobs" in logged["message"]
+
+
+def test_the_sdk_says_why_its_daemon_did_not_start_a_broken_queue(
+        bare: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dataerai import DaemonError, DataeraiClient
+
+    _as_this_process(bare, monkeypatch)
+    code, words = _break_queue(bare, "random bytes")
+    with pytest.raises(DaemonError) as info:
+        DataeraiClient(binary_path=str(BIN / "dataerai"), start_timeout_s=30).connect()
+    assert info.value.code == code
+    assert f"the queue database {_state_dir(bare) / 'queue.sqlite3'} {words}" in info.value.message
+    assert QUARANTINE in info.value.message
+
+
+def test_the_cli_says_why_the_daemon_it_started_did_not_start(bare: Stack) -> None:
+    config = _write_config(bare, BROKEN_CONFIGS["an unknown key"][0])
+    result = bare.cli("auth", "status", check=False)  # needs a daemon: starts one
+    assert result.returncode == 1
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("error[invalid_argument]: ")
+    assert f"{config}: unknown key 'max_jobs' in it; the keys are {KNOWN_KEYS}" in line
+    assert not bare.socket_path.exists()
