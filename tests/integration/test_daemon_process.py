@@ -234,6 +234,7 @@ def test_auto_start_from_the_sdk(make_stack: Any, monkeypatch: Any) -> None:
         # The auto-started daemon logs to the state directory, since its stderr goes nowhere.
         log = stack.root / "state" / "dataerai" / "daemon.log"
         wait_for(log.exists, 10, "the daemon's log file")
+        assert stat.S_IMODE(log.stat().st_mode) == 0o600
     finally:
         # It is nobody's child: stop it here, whatever happened above.
         if pid is not None:
