@@ -30,7 +30,8 @@ HOLDER_WAIT_S = 2.0
 
 @dataclass(frozen=True)
 class Holder:
-    """Who holds a lock. ``socket`` is None for a process that is not a daemon (the quarantine)."""
+    """Who holds a lock. ``socket`` is None for a process that is not a daemon (the quarantine),
+    or a daemon that serves a socket with no path (one systemd passed it)."""
 
     pid: int
     socket: str | None
@@ -39,7 +40,8 @@ class Holder:
 
     def describe(self) -> str:
         if self.what == "daemon":
-            return f"another dataerai daemon (pid {self.pid}, socket {self.socket})"
+            socket = f"socket {self.socket}" if self.socket is not None else "a socket systemd passed it"
+            return f"another dataerai daemon (pid {self.pid}, {socket})"
         return f"another process (pid {self.pid}, {self.what})"
 
 
@@ -126,7 +128,7 @@ def lock_queue(state_dir: Path, me: Holder) -> int:
         return take_lock(path, me)
     except LockTaken as taken:
         holder = taken.holder
-        if holder is not None and holder.what == "daemon" and holder.socket == me.socket:
+        if holder is not None and holder.what == "daemon" and holder.socket is not None and holder.socket == me.socket:
             raise AlreadyServed(holder) from None
         raise DataeraiError(
             "conflict",
