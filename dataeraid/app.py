@@ -12,15 +12,22 @@
          └─ signals                 SIGTERM/SIGINT: STOPPING=1, cancel the tree
 
 Stopping cancels the tree: running jobs are interrupted between checkpoints and
-stay resumable (the next start requeues them). One daemon per socket: a second
-one finds the lock taken and exits with status 0.
+stay resumable (the next start requeues them).
+
+One daemon per queue and per socket (``dataeraid.instance``): a second daemon
+for the same socket and queue (the SDK's auto-start race) exits with status 0;
+one that would share the queue or the socket with another daemon refuses.
+Whatever stops a start (a taken queue, a bad ``config.toml``, a broken queue
+database, an open socket directory) is one line, ``error[CODE]: message`` on
+stderr or a ``cannot start`` line in ``daemon.log``, and exit status 78.
 """
 
 from __future__ import annotations
 
-import fcntl
+import contextlib
 import os
 import signal
+import socket
 import sys
 import time
 from functools import partial
@@ -35,30 +42,100 @@ from dataeraid.config import Settings
 from dataeraid.download import run_download
 from dataeraid.errors import DataeraiError
 from dataeraid.events import EventBus
+from dataeraid.instance import AlreadyServed, Holder, lock_queue, lock_socket
 from dataeraid.jobs import Jobs
 from dataeraid.methods import REGISTRY, Call, Services
 from dataeraid.notify import Notifier
 from dataeraid.paths import Paths
 from dataeraid.remote import USER_AGENT, Remote, tune_http_reads
-from dataeraid.rpc import open_listener
+from dataeraid.rpc import check_private_directory, open_listener
 from dataeraid.rpc import serve as serve_rpc
 from dataeraid.scheduler import Scheduler
 from dataeraid.store import Store
 from dataeraid.upload import run_upload
 
+if sys.version_info < (3, 11):  # pragma: no cover
+    from exceptiongroup import BaseExceptionGroup
+
 _log = log.get("dataeraid")
 
+#: The exit status of a daemon that refused to start (sysexits' EX_CONFIG): what stopped it needs a
+#: person, so starting it again does not help (the systemd unit's RestartPreventExitStatus).
+EXIT_REFUSED = 78
+#: A Unix socket's path, with its terminating NUL, fits in 108 bytes.
+MAX_SOCKET_PATH_BYTES = 107
 
-def _take_lock(socket_path: Path) -> int | None:
-    """The single-instance lock beside the socket; None if another daemon holds it."""
-    socket_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(f"{socket_path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+
+class StartRefused(DataeraiError):
+    """Something the daemon needs at start is not usable; raised before READY, never after."""
+
+    @classmethod
+    def of(cls, error: DataeraiError) -> StartRefused:
+        return cls(error.code, error.message)
+
+
+def _activated() -> bool:
+    """Whether systemd passed the listening socket (socket activation), as ``rpc.open_listener`` reads it."""
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
+        return os.environ.get("LISTEN_PID") == str(os.getpid()) and int(os.environ.get("LISTEN_FDS", "0")) >= 1
+    except ValueError:
+        return False
+
+
+def _activated_socket_path() -> Path | None:
+    """The filesystem path of the socket systemd passed as descriptor 3, if it has one."""
+    try:
+        sock = socket.socket(fileno=3)
+    except OSError:
         return None
-    return fd
+    try:
+        name = sock.getsockname()
+    except OSError:
+        return None
+    finally:
+        sock.detach()  # descriptor 3 stays open for the listener
+    return Path(name) if isinstance(name, str) and name.startswith("/") else None
+
+
+def _check_socket_path(path: Path) -> None:
+    """The socket's path fits in a Unix socket address and its directory is the user's alone (made 0700)."""
+    size = len(os.fsencode(path))
+    if size > MAX_SOCKET_PATH_BYTES:
+        raise DataeraiError(
+            "invalid_argument",
+            f"the socket path {path} is {size} bytes, over the {MAX_SOCKET_PATH_BYTES} a Unix socket allows; "
+            "set a shorter DATAERAI_SOCKET (or XDG_RUNTIME_DIR)",
+        )
+    try:
+        check_private_directory(path.parent)
+    except OSError as exc:
+        raise DataeraiError("io_error", f"cannot create the socket's directory {path.parent}: {exc}") from exc
+
+
+def _remove_socket(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+def _claim(paths: Paths, held: contextlib.ExitStack) -> None:
+    """Take the queue's lock and the socket's, registering their release (and the socket's removal) in ``held``.
+
+    Raises ``AlreadyServed`` when a daemon for the same socket and queue runs, and
+    ``DataeraiError`` for anything that stops this one from starting.
+    """
+    activated = _activated()
+    socket_path = _activated_socket_path() if activated else Path(os.path.abspath(paths.socket))
+    me = Holder(os.getpid(), str(socket_path) if socket_path else None, str(paths.state_dir))
+    held.callback(os.close, lock_queue(paths.state_dir, me))
+    if activated:
+        # systemd owns the socket; lock its path too where it has one, so no daemon started by hand takes it over.
+        if socket_path is not None:
+            held.callback(os.close, lock_socket(socket_path, me))
+        return
+    assert socket_path is not None
+    _check_socket_path(socket_path)
+    held.callback(os.close, lock_socket(socket_path, me))
+    held.callback(_remove_socket, socket_path)  # ours to remove only once its lock is ours
 
 
 async def _housekeeping(jobs: Jobs, settings: Settings) -> None:
@@ -79,7 +156,10 @@ async def _status_loop(jobs: Jobs, notifier: Notifier) -> None:
 
 
 async def serve(paths: Paths, settings: Settings, notifier: Notifier) -> None:
-    store = await Store.open(paths.queue_db)
+    try:
+        store = await Store.open(paths.queue_db)
+    except DataeraiError as exc:
+        raise StartRefused.of(exc) from exc
     try:
         bus = EventBus(store)
         await bus.start()
@@ -97,7 +177,10 @@ async def serve(paths: Paths, settings: Settings, notifier: Notifier) -> None:
             async with trio.open_nursery() as nursery:
                 with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                     await nursery.start(scheduler.serve)
-                    listener = await open_listener(paths.socket)
+                    try:
+                        listener = await open_listener(paths.socket)
+                    except DataeraiError as exc:
+                        raise StartRefused.of(exc) from exc
                     await nursery.start(serve_rpc, REGISTRY, partial(Call, services), listener)
                     notifier.ready("serving")
                     _log.info("daemon ready", socket=str(paths.socket), pid=os.getpid(), queue=str(paths.queue_db))
@@ -126,30 +209,65 @@ def _log_stream(paths: Paths) -> log.Stream:
         return sys.stderr
 
 
+def _refusal(exc: BaseException) -> StartRefused | None:
+    """The refusal ``exc`` is, alone or as the only kind of error in a group; None for anything else (a bug)."""
+    if isinstance(exc, StartRefused):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        refused, rest = exc.split(StartRefused)
+        if refused is not None and rest is None:
+            while isinstance(refused, BaseExceptionGroup):
+                refused = refused.exceptions[0]
+            assert isinstance(refused, StartRefused)
+            return refused
+    return None
+
+
+def _refuse(error: DataeraiError, stream: log.Stream) -> int:
+    """Report why the daemon does not start, in one line, and the status to exit with.
+
+    On stderr as ``error[CODE]: message`` (the CLI's form); when stderr goes
+    nowhere (the SDK started this daemon) as a ``cannot start`` line in
+    ``daemon.log``, with the pid, where the SDK reads it back.
+    """
+    if stream is sys.stderr:
+        print(f"error[{error.code}]: {error.message}", file=sys.stderr, flush=True)
+    else:
+        _log.error("cannot start", code=error.code, message=error.message, pid=os.getpid())
+    return EXIT_REFUSED
+
+
 def run_daemon(paths: Paths | None = None) -> int:
-    """Run the daemon in the foreground until SIGTERM or SIGINT; the exit status."""
+    """Run the daemon in the foreground until SIGTERM or SIGINT; the exit status.
+
+    0 after a clean stop, or at once when a daemon for the same socket and queue
+    already runs; ``EXIT_REFUSED`` (78) when it cannot start, with the reason in one line.
+    """
     paths = paths or Paths.from_environment()
-    log.configure(os.environ.get("DATAERAI_LOG_LEVEL", "info"), _log_stream(paths))
+    stream = _log_stream(paths)
+    log.configure(os.environ.get("DATAERAI_LOG_LEVEL", "info"), stream)
+    held = contextlib.ExitStack()
     try:
-        settings = Settings.load(paths.config_file)
-    except ValueError as exc:
-        print(f"error[invalid_argument]: {exc}", file=sys.stderr)
-        return 2
-    lock = _take_lock(paths.socket)
-    if lock is None:
-        _log.info("another daemon already serves this socket; exiting", socket=str(paths.socket))
+        try:
+            settings = Settings.load(paths.config_file)
+        except ValueError as exc:
+            raise DataeraiError("invalid_argument", str(exc)) from exc
+        _claim(paths, held)
+    except AlreadyServed as exc:
+        held.close()
+        _log.info("a daemon for this socket and queue already runs; exiting", pid=exc.holder.pid,
+                  socket=exc.holder.socket)
         return 0
-    try:
-        trio.run(serve, paths, settings, Notifier())
     except DataeraiError as exc:
-        _log.error("cannot start", code=exc.code, error=exc.message)
-        return 1
-    finally:
-        if not os.environ.get("LISTEN_FDS"):
-            try:
-                paths.socket.unlink()
-            except FileNotFoundError:
-                pass
-        os.close(lock)
+        held.close()
+        return _refuse(exc, stream)
+    with held:
+        try:
+            trio.run(serve, paths, settings, Notifier())
+        except BaseException as exc:
+            refused = _refusal(exc)
+            if refused is None:
+                raise
+            return _refuse(refused, stream)
     _log.info("stopped")
     return 0

@@ -17,16 +17,43 @@ upload_order = "auto"       # "auto", "always", "never": part bodies one after t
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, fields, replace
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from dataerai.contract import DEFAULT_PART_SIZE
+from dataerai.contract import DEFAULT_PART_SIZE, MAX_PART_SIZE, MIN_PART_SIZE
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
+
+
+#: What each setting must be, beyond its type: a check and the words for it.
+_BOUNDS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "max_active_jobs": (lambda v: v >= 1, "at least 1"),
+    "parts_per_job": (lambda v: v >= 1, "at least 1"),
+    "default_chunk_size": (lambda v: MIN_PART_SIZE <= v <= MAX_PART_SIZE,
+                           f"between {MIN_PART_SIZE} and {MAX_PART_SIZE} bytes"),
+    "retry_base_s": (lambda v: v > 0, "more than 0"),
+    "retry_cap_s": (lambda v: v > 0, "more than 0"),
+    "progress_interval_s": (lambda v: v >= 0, "0 or more"),
+    "io_block_size": (lambda v: v >= 4096, "at least 4096 bytes"),
+    "bandwidth_limit_bps": (lambda v: v >= 0, "0 (no limit) or more"),
+    "event_retention_days": (lambda v: v > 0, "more than 0"),
+    "upload_order": (lambda v: v in ("auto", "always", "never"), "'auto', 'always' or 'never'"),
+}
+_TYPE_WORDS = {"int": "an integer", "float": "a number", "str": "a string"}
+
+
+def _typed(name: str, kind: str, value: Any) -> Any:
+    """``value`` as the setting's type (an integer is a number too); ValueError naming the setting if it is not."""
+    if kind == "float" and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if type(value).__name__ != kind:
+        raise ValueError(f"{name} must be {_TYPE_WORDS[kind]}, not {value!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -43,18 +70,41 @@ class Settings:
     upload_order: str = "auto"
 
     def __post_init__(self) -> None:
-        if self.upload_order not in ("auto", "always", "never"):
-            raise ValueError(f"upload_order must be 'auto', 'always' or 'never', not {self.upload_order!r}")
+        for name, (ok, words) in _BOUNDS.items():
+            value = getattr(self, name)
+            if not ok(value):
+                raise ValueError(f"{name} must be {words}, not {value!r}")
+        if self.retry_cap_s < self.retry_base_s:
+            raise ValueError(f"retry_cap_s ({self.retry_cap_s}) must be at least retry_base_s ({self.retry_base_s})")
+
+    @classmethod
+    def keys(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
 
     @classmethod
     def load(cls, path: Path) -> Settings:
-        """Defaults, overridden by the file if it exists; unknown keys are an error."""
+        """Defaults, overridden by the file if it exists.
+
+        Raises ``ValueError`` with a message that starts with the file's path: it
+        cannot be read, is not TOML, has a key that is not a setting (the message
+        lists the keys), or a value of the wrong type or out of range.
+        """
         try:
-            raw: dict[str, Any] = tomllib.loads(path.read_text())
+            text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
             return cls()
-        known = {f.name: f.type for f in fields(cls)}
-        unknown = set(raw) - set(known)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{path}: cannot be read: {exc}") from exc
+        try:
+            raw: dict[str, Any] = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ValueError(f"{path}: is not valid TOML: {exc}") from exc
+        kinds = {f.name: str(f.type) for f in fields(cls)}
+        unknown = [key for key in raw if key not in kinds]
         if unknown:
-            raise ValueError(f"{path}: unknown settings {sorted(unknown)}")
-        return replace(cls(), **raw)
+            named = ("unknown key " if len(unknown) == 1 else "unknown keys ") + ", ".join(map(repr, unknown))
+            raise ValueError(f"{path}: {named} in it; the keys are {', '.join(kinds)}")
+        try:
+            return cls(**{key: _typed(key, kinds[key], value) for key, value in raw.items()})
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from exc

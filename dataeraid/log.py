@@ -69,8 +69,19 @@ class RotatingFile:
         self.path = path
         self.max_bytes = max_bytes
         self.keep = keep
-        self._file = open(path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 - held for the daemon's life
+        self._file = self._open()
         self._size = self._file.tell()
+
+    def _open(self) -> TextIO:
+        """The log file for appending, 0600 whatever the umask (an older one made 0644 is made private)."""
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            if os.fstat(fd).st_uid == os.getuid():
+                os.fchmod(fd, 0o600)
+            return open(fd, "a", buffering=1, encoding="utf-8")  # held for the daemon's life
+        except BaseException:
+            os.close(fd)
+            raise
 
     def write(self, text: str) -> int:
         size = len(text.encode("utf-8"))
@@ -90,7 +101,7 @@ class RotatingFile:
             os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
         else:
             self.path.unlink(missing_ok=True)
-        self._file = open(self.path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+        self._file = self._open()
         self._size = 0
 
     def flush(self) -> None:

@@ -7,6 +7,7 @@ environment: tests, and several users on one instrument PC, rely on that.
 |---|---|
 | queue database | ``$XDG_STATE_HOME/dataerai/queue.sqlite3`` (default ``~/.local/state``) |
 | daemon log | ``$XDG_STATE_HOME/dataerai/daemon.log`` (when stderr goes nowhere; rotated at 10 MiB) |
+| queue lock | ``$XDG_STATE_HOME/dataerai/daemon.lock`` (one daemon per queue: ``dataeraid.instance``) |
 | credentials | ``$XDG_CONFIG_HOME/dataerai/credentials.json`` (0600; default ``~/.config``) |
 | configuration | ``$XDG_CONFIG_HOME/dataerai/config.toml`` |
 | socket | ``$DATAERAI_SOCKET``, else ``$XDG_RUNTIME_DIR/dataerai-transfer.sock``, else ``/run/user/<uid>/...`` |
@@ -18,7 +19,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from dataerai._paths import default_socket_path
+from dataerai._paths import LOG_NAME, default_socket_path, default_state_dir
 
 APP = "dataerai"
 
@@ -42,7 +43,7 @@ class Paths:
 
     @property
     def log_file(self) -> Path:
-        return self.state_dir / "daemon.log"
+        return self.state_dir / LOG_NAME
 
     @property
     def credentials(self) -> Path:
@@ -55,7 +56,7 @@ class Paths:
     @classmethod
     def from_environment(cls) -> Paths:
         return cls(
-            state_dir=_xdg("XDG_STATE_HOME", ".local/state") / APP,
+            state_dir=Path(default_state_dir()),
             config_dir=_xdg("XDG_CONFIG_HOME", ".config") / APP,
             socket=Path(default_socket_path()),
         )

@@ -5,13 +5,24 @@ Every statement runs off the Trio thread, one at a time, on one connection
 keeps the event loop free). The database is in WAL mode with
 ``synchronous=FULL``: a commit that returned is on disk, so a job whose enqueue
 was acknowledged survives a power cut.
+
+Opening checks the file before anything runs on it (``open_queue``): a queue
+that is not a SQLite database, is damaged, is a directory, cannot be read, or
+comes from a newer dataerai stops the daemon with one ``DataeraiError`` that
+names the file, what is wrong and the way out (``dataerai daemon
+quarantine-queue``, which ``quarantine`` implements: the file is moved aside
+and kept, never deleted).
 """
 
 from __future__ import annotations
 
+import os
+import sqlite3
+import stat
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -19,11 +30,14 @@ import sqlalchemy as sa
 import trio
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from dataerai.contract import ACTIVE_JOB_STATES
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import StaticPool
 
 from dataeraid import schema
+from dataeraid.errors import DataeraiError
 
 T = TypeVar("T")
 
@@ -62,13 +76,154 @@ def create_queue_engine(path: Path) -> Engine:
     return engine
 
 
-def migrate(engine: Engine) -> None:
-    """Bring the schema to the newest revision (a no-op when it is there)."""
+class NewerSchema(Exception):
+    """The queue's schema revision is not one of this version's: a newer dataerai wrote it."""
+
+    def __init__(self, revision: str, newest_known: str | None) -> None:
+        super().__init__(revision)
+        self.revision = revision
+        self.newest_known = newest_known
+
+
+def _alembic_config() -> Config:
     config = Config()
     config.set_main_option("script_location", str(migrations_dir()))
+    return config
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the schema to the newest revision (a no-op when it is there).
+
+    Raises ``NewerSchema`` for a revision this version does not know, before touching anything.
+    """
+    config = _alembic_config()
+    script = ScriptDirectory.from_config(config)
     with engine.begin() as conn:
+        current = MigrationContext.configure(conn).get_current_revision()
+        if current is not None and current not in {rev.revision for rev in script.walk_revisions()}:
+            raise NewerSchema(current, script.get_current_head())
         config.attributes["connection"] = conn
         command.upgrade(config, "head")
+
+
+QUARANTINE_COMMAND = "dataerai daemon quarantine-queue"
+_WAY_OUT = (
+    f"move it aside with `{QUARANTINE_COMMAND}` (it is kept for inspection; "
+    "the daemon then starts on a new, empty queue)"
+)
+#: The files of one SQLite database in WAL mode, as suffixes of its path.
+SQLITE_SUFFIXES = ("", "-wal", "-shm")
+
+
+def _unusable(path: Path, what: str, code: str = "io_error") -> DataeraiError:
+    return DataeraiError(code, f"the queue database {path} {what}; {_WAY_OUT}")
+
+
+def _sqlite_problem(path: Path, exc: BaseException) -> DataeraiError:
+    """The ``DataeraiError`` for what SQLite said about the queue file."""
+    said = str(getattr(exc, "orig", None) or exc)
+    if "file is not a database" in said:
+        return _unusable(path, f"is not a SQLite database ({said})")
+    if "malformed" in said or "corrupt" in said:
+        return _unusable(path, f"is damaged ({said})")
+    if "locked" in said or "busy" in said:
+        return DataeraiError("conflict", f"the queue database {path} is locked by another process ({said}); "
+                                         "close what has it open (an sqlite3 shell?) and start again")
+    return _unusable(path, f"cannot be used ({said})")
+
+
+def _check_access(path: Path) -> None:
+    """Refuse a queue this user cannot read and write, before SQLite says only "unable to open"."""
+    if not os.access(path, os.R_OK | os.W_OK):
+        st = path.stat()
+        raise DataeraiError(
+            "permission_denied",
+            f"the queue database {path} cannot be read and written by this user (mode "
+            f"{stat.S_IMODE(st.st_mode):03o}, owner uid {st.st_uid}); give it back (chown it to this user, "
+            f"chmod 600) or {_WAY_OUT}",
+        )
+
+
+def _make_private(path: Path) -> None:
+    """The queue's files 0600 whatever the umask (SQLite gives -wal and -shm the database's mode)."""
+    if not path.exists():
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+    for suffix in SQLITE_SUFFIXES:
+        part = Path(f"{path}{suffix}")
+        try:
+            st = part.lstat()
+            if stat.S_ISREG(st.st_mode) and st.st_uid == os.getuid() and stat.S_IMODE(st.st_mode) & 0o077:
+                part.chmod(0o600)
+        except FileNotFoundError:
+            pass
+
+
+def open_queue(path: Path) -> Engine:
+    """The queue's engine, migrated to the newest schema; a ``DataeraiError`` if the file cannot be the queue.
+
+    Blocking. Every page is read once (SQLite's ``quick_check``), so a damaged
+    queue is found here, not halfway through a transfer.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if path.is_dir():
+            raise _unusable(path, "is a directory, not a file")
+        if path.exists():
+            _check_access(path)
+        _make_private(path)
+    except OSError as exc:
+        raise _unusable(path, f"cannot be opened ({exc.strerror or exc})") from exc
+    engine = create_queue_engine(path)
+    try:
+        with engine.connect() as conn:
+            problems = conn.exec_driver_sql("PRAGMA quick_check").scalars().all()
+        if problems != ["ok"]:
+            raise _unusable(path, f"is damaged (SQLite's quick_check: {problems[0]})")
+        migrate(engine)
+    except NewerSchema as exc:
+        engine.dispose()
+        raise DataeraiError(
+            "conflict",
+            f"the queue database {path} was written by a newer dataerai (schema revision {exc.revision!r}; "
+            f"this one knows up to {exc.newest_known!r}): run that newer dataerai, or {_WAY_OUT}",
+        ) from exc
+    except (sa.exc.DBAPIError, sqlite3.Error) as exc:
+        engine.dispose()
+        raise _sqlite_problem(path, exc) from exc
+    except BaseException:
+        engine.dispose()
+        raise
+    return engine
+
+
+def quarantine(path: Path, now: datetime) -> list[tuple[Path, Path]]:
+    """Move the queue at ``path`` (a file, or whatever is in its place) and its -wal and -shm aside.
+
+    Each goes to ``<name>.broken-<UTC time>`` in the same directory (with its
+    suffix after that, so SQLite still finds the -wal beside the moved file);
+    nothing is deleted. The caller holds the queue's lock. Returns (from, to)
+    for each file moved; empty when there was none.
+    """
+    stamp = now.strftime("%Y%m%dT%H%M%SZ")
+    base = Path(f"{path}.broken-{stamp}")
+    attempt = 1
+    while any(os.path.lexists(f"{base}{suffix}") for suffix in SQLITE_SUFFIXES):
+        attempt += 1
+        base = Path(f"{path}.broken-{stamp}-{attempt}")
+    moved = []
+    # The -wal before the database: a new database must never find the old one's log beside it.
+    for suffix in reversed(SQLITE_SUFFIXES):
+        source, target = Path(f"{path}{suffix}"), Path(f"{base}{suffix}")
+        if os.path.lexists(source):
+            os.rename(source, target)
+            moved.append((source, target))
+    if moved:
+        fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)  # the renames survive a power cut
+        finally:
+            os.close(fd)
+    return moved
 
 
 def runnable_query(exclude: Iterable[str], per_client: int) -> sa.Select[Any]:
@@ -127,15 +282,8 @@ class Store:
 
     @classmethod
     async def open(cls, path: Path) -> Store:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-
-        def setup() -> Engine:
-            engine = create_queue_engine(path)
-            migrate(engine)
-            return engine
-
-        engine = await trio.to_thread.run_sync(setup)
-        return cls(engine)
+        """The queue at ``path``, checked and migrated; ``DataeraiError`` when it cannot be used (``open_queue``)."""
+        return cls(await trio.to_thread.run_sync(open_queue, path))
 
     async def close(self) -> None:
         await self._run(self._close_sync)

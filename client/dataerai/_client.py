@@ -74,7 +74,9 @@ class DataeraiClient:
     A client that was never opened connects on its first call. If the daemon is
     not running and ``auto_start`` is set, the client starts
     ``[binary_path or $(which dataerai), "daemon", "run"]`` detached and waits
-    up to ``start_timeout_s`` for it to listen. If the connection breaks, the
+    up to ``start_timeout_s`` for it to listen; a daemon that refuses to start
+    (a bad ``config.toml``, a broken or taken queue) raises ``DaemonError`` with
+    its code and reason. If the connection breaks, the
     call in flight raises ``ConnectionError`` and the next call connects again.
 
     Timeouts: each request waits ``request_timeout_s`` for its answer (``None``:
@@ -135,7 +137,8 @@ class DataeraiClient:
 
         Connecting an open client does nothing. Raises ``RuntimeError`` on a
         closed client, ``ConnectionError`` or ``DaemonTimeoutError`` when the
-        daemon cannot be reached or started.
+        daemon cannot be reached or started, ``DaemonError`` (the daemon's code
+        and reason) when the daemon it started refused to start.
         """
         with self._lock:
             self._open()

@@ -9,6 +9,7 @@ arrives while a request is in flight is kept for whoever reads events next.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import shutil
 import socket
@@ -18,6 +19,7 @@ from collections import deque
 from typing import Any, Final
 
 from ._errors import DaemonConnectionError, DaemonError, DaemonTimeoutError, error_from_rpc
+from ._paths import daemon_log_path
 from .protocol import (
     MAX_ANSWER_BYTES,
     MAX_LINE_BYTES,
@@ -237,9 +239,12 @@ def open_connection(
     one instance run and a second one exits with status 0, so every client ends
     up connected to the winner.
 
-    Raises ``DaemonConnectionError`` (not running and not to be started, no
-    binary, the daemon exited with an error, any other socket error) or
-    ``DaemonTimeoutError`` (it did not listen within ``start_timeout_s``).
+    Raises ``DaemonError`` with the daemon's own code and reason when the daemon
+    refused to start (a bad ``config.toml``, a broken or taken queue: it wrote
+    why into ``daemon.log``, where this reads it back), ``DaemonConnectionError``
+    (not running and not to be started, no binary, the daemon exited without
+    saying why, any other socket error) or ``DaemonTimeoutError`` (it did not
+    listen within ``start_timeout_s``).
     """
     try:
         return Connection(_connect(socket_path, start_timeout_s), socket_path)
@@ -255,6 +260,8 @@ def open_connection(
 
     binary = _find_binary(binary_path, socket_path)
     started = time.monotonic()
+    log_path = daemon_log_path()
+    log_offset = _size(log_path)
     process = _spawn(binary, socket_path)
     deadline = started + start_timeout_s
     delay = 0.005
@@ -269,13 +276,18 @@ def open_connection(
         now = time.monotonic()
         status = process.poll()
         if status is not None and status != 0:
+            refusal = _refusal(log_path, log_offset, process.pid)
+            if refusal is not None:
+                code, reason = refusal
+                raise DaemonError(code, f"the dataerai daemon did not start: {reason}")
             # Give it one more poll: a daemon that failed may have raced a winner.
             if exited_at is None:
                 exited_at = now
             elif now - exited_at > 0.2:
                 raise DaemonConnectionError(
                     f"the daemon ({binary} daemon run) exited with status {status} "
-                    f"before it listened on {socket_path}; run it by hand to see why",
+                    f"before it listened on {socket_path}, and its log ({log_path}) does not say why: "
+                    "run `dataerai daemon run` by hand to see why",
                     socket_path=socket_path,
                 )
         if now >= deadline:
@@ -284,6 +296,42 @@ def open_connection(
             )
         time.sleep(max(0.0, min(delay, deadline - now)))
         delay = min(delay * 2, 0.05)
+
+
+#: Of the log written since the spawn, read at most this much for the daemon's reason.
+_MAX_LOG_READ: Final = 1 << 20
+
+
+def _size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
+
+
+def _refusal(log_path: str, offset: int, pid: int) -> tuple[str, str] | None:
+    """The (code, message) of the ``cannot start`` line the daemon ``pid`` wrote after ``offset`` in its log.
+
+    None when there is none (it died before it could say, or logged elsewhere).
+    A log that shrank was rotated since the spawn: then it is read from its start.
+    """
+    try:
+        with open(log_path, "rb") as log:
+            if os.fstat(log.fileno()).st_size >= offset:
+                log.seek(offset)
+            tail = log.read(_MAX_LOG_READ)
+    except OSError:
+        return None
+    for line in reversed(tail.splitlines()):
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and entry.get("event") == "cannot start" and entry.get("pid") == pid:
+            code, message = entry.get("code"), entry.get("message")
+            if isinstance(code, str) and isinstance(message, str):
+                return code, message
+    return None
 
 
 def _cannot_connect(socket_path: str, exc: OSError) -> DaemonConnectionError:

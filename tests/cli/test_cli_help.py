@@ -21,6 +21,7 @@ COMMANDS = {
     ("daemon",),
     ("daemon", "run"),
     ("daemon", "status"),
+    ("daemon", "quarantine-queue"),
     ("project",),
     ("project", "create"),
     ("project", "ls"),

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import builtins
+import json
 import os
 import socket
+import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
-from dataerai import DaemonConnectionError, DaemonTimeoutError, DataeraiClient, _connection
+from dataerai import DaemonConnectionError, DaemonError, DaemonTimeoutError, DataeraiClient, _connection
 from sdk_fake_daemon import fake_daemon_binary, make_binary
 
 pytestmark = pytest.mark.usefixtures("spawned")
@@ -118,6 +120,50 @@ def test_a_daemon_that_fails_to_start_is_reported_quickly(sock_dir: Path) -> Non
     with pytest.raises(DaemonConnectionError, match="status 3"):
         DataeraiClient(socket_path=str(sock_dir / "d.sock"), binary_path=binary, start_timeout_s=10).connect()
     assert time.monotonic() - started < 3
+
+
+def _cannot_start(code: str, message: str, pid: int) -> str:
+    """The line the daemon logs when it refuses to start (``dataeraid.app._refuse``)."""
+    return json.dumps({"code": code, "message": message, "pid": pid, "event": "cannot start", "level": "error"})
+
+
+REFUSING_DAEMON = """\
+import json, os, sys
+log = os.path.join(os.environ["XDG_STATE_HOME"], "dataerai", "daemon.log")
+with open(log, "a") as f:
+    f.write(json.dumps({"code": "io_error", "message": "the queue database Q is damaged; move it aside",
+                        "pid": os.getpid(), "event": "cannot start", "level": "error"}) + "\\n")
+sys.exit(78)
+"""
+
+
+def test_a_daemon_that_refused_to_start_is_reported_with_its_reason(
+        sock_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    state = sock_dir / "state"
+    monkeypatch.setenv("XDG_STATE_HOME", str(state))
+    log = state / "dataerai" / "daemon.log"
+    log.parent.mkdir(parents=True)
+    # Another start's refusal, earlier in the log: not this one's reason.
+    log.write_text(_cannot_start("conflict", "an old reason", os.getpid()) + "\n")
+    (sock_dir / "refuse.py").write_text(REFUSING_DAEMON)
+    binary = make_binary(sock_dir, f'exec "{sys.executable}" "{sock_dir / "refuse.py"}"')
+    started = time.monotonic()
+    with pytest.raises(DaemonError) as info:
+        DataeraiClient(socket_path=str(sock_dir / "d.sock"), binary_path=binary, start_timeout_s=10).connect()
+    assert time.monotonic() - started < 5
+    assert info.value.code == "io_error"
+    assert "the queue database Q is damaged; move it aside" in info.value.message
+    assert "old reason" not in info.value.message
+
+
+def test_a_daemon_that_exited_without_saying_why_points_to_its_log(
+        sock_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    state = sock_dir / "state"
+    monkeypatch.setenv("XDG_STATE_HOME", str(state))
+    binary = make_binary(sock_dir, "exit 1")
+    with pytest.raises(DaemonConnectionError, match="status 1") as info:
+        DataeraiClient(socket_path=str(sock_dir / "d.sock"), binary_path=binary, start_timeout_s=10).connect()
+    assert str(state / "dataerai" / "daemon.log") in str(info.value)
 
 
 def test_the_client_restarts_a_daemon_that_went_away(sock_dir: Path) -> None:
