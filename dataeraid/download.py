@@ -273,7 +273,7 @@ async def run_download(ctx: JobContext) -> dict[str, Any]:
         await trio.to_thread.run_sync(_place, fileset, dest_dir, overwrite, ctx.settings.io_block_size)
     except OSError as exc:
         raise from_os_error(exc, f"moving the downloaded files into {dest_dir}") from exc
-    progress.publish_now()
+    progress.finish()
     ctx.log.info("download complete", path=files[0]["local_path"], size=size, files=len(files))
     return {"files": files}
 

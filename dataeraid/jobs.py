@@ -14,15 +14,25 @@ from typing import Any
 
 import sqlalchemy as sa
 import trio
-from dataerai.contract import JOB_STATES, TERMINAL_JOB_STATES, JobErrorObject, JobObject
+from dataerai.contract import (
+    JOB_STATES,
+    TERMINAL_JOB_STATES,
+    WAITING_JOB_STATES,
+    JobErrorObject,
+    JobObject,
+    JobWaitingObject,
+)
 from sqlalchemy.engine import Connection
 
 from dataeraid import schema
 from dataeraid.errors import DataeraiError
 from dataeraid.events import Emit, EventBus
+from dataeraid.redact import redact
 from dataeraid.store import INTERRUPTIBLE_STATES, Row, Store
 
 TERMINAL = TERMINAL_JOB_STATES
+#: States in which a job waits for something outside it, with a reason (the job's ``waiting``).
+WAITING = WAITING_JOB_STATES
 
 TRANSITIONS: Mapping[str, frozenset[str]] = {
     "queued": frozenset({"running", "paused", "cancelled"}),
@@ -46,11 +56,20 @@ def _iso(ts: float | None) -> str | None:
     return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def to_wire(row: Row, bytes_done: int, chunks_done: int) -> JobObject:
-    """The job object of docs/protocol.md, in the contract's shape (``contract.JobObject``)."""
+def to_wire(row: Row, bytes_done: int, chunks_done: int, retry_at: float | None = None) -> JobObject:
+    """The job object of docs/protocol.md, in the contract's shape (``contract.JobObject``). ``retry_at``
+    is when a job waiting for the network tries again (Unix time), if it does by itself."""
     error: JobErrorObject | None = None
     if row["error_code"]:
-        error = {"code": row["error_code"], "message": row["error_message"] or ""}
+        error = {"code": row["error_code"], "message": redact(row["error_message"] or "")}
+    waiting: JobWaitingObject | None = None
+    if row["state"] in WAITING:
+        # The error that put the job there is its reason to wait (docs/job-states.md).
+        waiting = {
+            "code": row["error_code"] or ("auth_required" if row["state"] == "waiting_for_auth" else "unavailable"),
+            "reason": error["message"] if error else "",
+            "retry_at": _iso(retry_at) if row["state"] == "waiting_for_network" else None,
+        }
     total = row["bytes_total"]
     if row["state"] == "completed" and total is not None:
         bytes_done = total
@@ -77,6 +96,7 @@ def to_wire(row: Row, bytes_done: int, chunks_done: int) -> JobObject:
         "files": row["files"] or [],
         "deduplicated": bool(row.get("deduplicated")),
         "error": error,
+        "waiting": waiting,
     }
 
 
@@ -96,6 +116,9 @@ class Jobs:
         self._queue_changed = trio.Event()
         # Live counters of running jobs, so reads don't wait for checkpoints.
         self.live_progress: dict[str, tuple[int, int]] = {}
+        # When each job waiting for the network tries again (Unix time). Kept in memory only:
+        # a daemon that starts again requeues its waiting jobs, so the time means nothing then.
+        self.retry_at: dict[str, float] = {}
 
     # The scheduler sleeps on this; anything that makes a job runnable sets it.
     def queue_changed(self) -> trio.Event:
@@ -108,7 +131,7 @@ class Jobs:
     def _wire(self, conn: Connection, row: Row) -> dict[str, Any]:
         live = self.live_progress.get(row["job_id"])
         done, count = live if live is not None else _checkpoint_totals(conn, row["job_id"])
-        return dict(to_wire(row, done, count))
+        return dict(to_wire(row, done, count, self.retry_at.get(row["job_id"])))
 
     async def create(self, row: Row) -> dict[str, Any]:
         """Insert a queued job; returns once it is durably committed.
@@ -147,8 +170,13 @@ class Jobs:
         *,
         fields: Mapping[str, Any] | None = None,
         only_from: Sequence[str] | None = None,
+        retry_at: float | None = None,
     ) -> dict[str, Any]:
-        """Move a job to state ``to`` (and set ``fields``) with its event, or raise ``conflict``."""
+        """Move a job to state ``to`` (and set ``fields``) with its event, or raise ``conflict``.
+
+        ``retry_at`` (Unix time) is when a job entering ``waiting_for_network`` tries
+        again; the event's job object carries it.
+        """
 
         def write(conn: Connection, emit: Emit) -> dict[str, Any]:
             row = Store.fetch_job(conn, job_id)
@@ -160,6 +188,7 @@ class Jobs:
                 raise DataeraiError("conflict", f"job {job_id} is {current}; it cannot become {to}", state=current)
             changes = dict(fields or {})
             changes["state"] = to
+            self._note_retry(job_id, to, retry_at)
             if to in ("queued", "running", "completed"):
                 changes.setdefault("error_code", None)
                 changes.setdefault("error_message", None)
@@ -177,6 +206,33 @@ class Jobs:
         if to == "queued":
             self.wake_scheduler()
         return job
+
+    def _note_retry(self, job_id: str, state: str, retry_at: float | None) -> None:
+        if state == "waiting_for_network" and retry_at is not None:
+            self.retry_at[job_id] = retry_at
+        else:
+            self.retry_at.pop(job_id, None)
+
+    async def note_waiting(self, job_id: str, fields: Mapping[str, Any], retry_at: float | None) -> dict[str, Any]:
+        """A waiting job failed again: record its newer reason (``fields``) and next retry,
+        without a change of state (so without a durable event); the job object as it is now.
+
+        ``conflict`` if the job is no longer waiting (cancelled or paused meanwhile).
+        """
+
+        def write(conn: Connection) -> dict[str, Any]:
+            row = Store.fetch_job(conn, job_id)
+            if row is None:
+                raise DataeraiError("not_found", f"no job {job_id}")
+            if row["state"] not in WAITING:
+                raise DataeraiError("conflict", f"job {job_id} is {row['state']}, not waiting", state=row["state"])
+            if any(row[key] != value for key, value in fields.items()):
+                Store.update_job(conn, job_id, dict(fields))
+                row = {**row, **fields}
+            self._note_retry(job_id, row["state"], retry_at)
+            return self._wire(conn, row)
+
+        return await self.store.transaction(write)
 
     async def set_priority(self, job_id: str, priority: int) -> dict[str, Any]:
         """Change a job's priority, with a durable ``job.priority`` event.

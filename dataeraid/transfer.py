@@ -15,21 +15,28 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
+import os
 import random
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
+import httpx
 import trio
 
 from dataeraid import log
 from dataeraid.auth import Auth
 from dataeraid.config import Settings
-from dataeraid.errors import AuthProblem, DataeraiError, TransientError
-from dataeraid.jobs import Jobs
+from dataeraid.errors import AuthProblem, DataeraiError, TransientError, leaves
+from dataeraid.jobs import WAITING, Jobs
+from dataeraid.redact import origin, redact
 from dataeraid.remote import Remote
 from dataeraid.store import Row
+
+if sys.version_info < (3, 11):  # pragma: no cover
+    from exceptiongroup import BaseExceptionGroup
 
 T = TypeVar("T")
 
@@ -170,7 +177,12 @@ def backoff_delay(attempt: int, settings: Settings, retry_after: float | None, r
 
 @dataclass
 class Progress:
-    """Counts a job's bytes and publishes throttled ``job.progress`` events."""
+    """Counts a job's bytes and publishes throttled ``job.progress`` events.
+
+    ``rate_bps`` is a moving average while bytes move, 0 while the job waits (a rate
+    that stood still would lie), and in the last event (:meth:`finish`) the average
+    of the whole run: the bytes it moved over the seconds since it started.
+    """
 
     ctx: JobContext
     bytes_total: int
@@ -184,9 +196,12 @@ class Progress:
     _last_emit: float = field(default=-1e9)
     _last_bytes: int = 0
     _last_rate_time: float | None = None
+    _started: float = field(default_factory=trio.current_time)
+    _moved: int = 0
 
     def add(self, n: int, chunk_index: int | None = None) -> None:
         self.bytes_done += n
+        self._moved += n
         if chunk_index is not None:
             self.chunk_index = chunk_index
         self._maybe_publish(force=False)
@@ -203,31 +218,40 @@ class Progress:
     def publish_now(self) -> None:
         self._maybe_publish(force=True)
 
+    def finish(self) -> None:
+        """Publish the last event of the run, with the run's average rate."""
+        elapsed = trio.current_time() - self._started
+        self.rate_bps = self._moved / elapsed if elapsed > 0 and self._moved > 0 else 0.0
+        self._emit(trio.current_time())
+
     def _maybe_publish(self, force: bool) -> None:
         now = trio.current_time()
-        jobs = self.ctx.jobs
-        jobs.live_progress[self.ctx.job_id] = (self.bytes_done, self.chunks_done)
+        self.ctx.jobs.live_progress[self.ctx.job_id] = (self.bytes_done, self.chunks_done)
         if not force and now - self._last_emit < self.ctx.settings.progress_interval_s:
             return
-        if self._last_rate_time is not None and now > self._last_rate_time:
-            sample = (self.bytes_done - self._last_bytes) / (now - self._last_rate_time)
-            # Exponential moving average: steady enough to read, quick enough to follow.
-            self.rate_bps = sample if self.rate_bps == 0 else 0.6 * sample + 0.4 * self.rate_bps
-        self._last_rate_time = now
-        self._last_bytes = self.bytes_done
+        if self.ctx.state != "running":
+            # Nothing moves while the job waits; the rate starts afresh when it runs again.
+            self.rate_bps = 0.0
+            self._last_rate_time = None
+        else:
+            if self._last_rate_time is not None and now > self._last_rate_time:
+                sample = (self.bytes_done - self._last_bytes) / (now - self._last_rate_time)
+                # Exponential moving average: steady enough to read, quick enough to follow.
+                self.rate_bps = sample if self.rate_bps == 0 else 0.6 * sample + 0.4 * self.rate_bps
+            self._last_rate_time = now
+            self._last_bytes = self.bytes_done
+        self._emit(now)
+
+    def _emit(self, now: float) -> None:
         self._last_emit = now
-        jobs.bus.publish_transient(
-            "job.progress",
-            self.ctx.job_id,
-            {
-                "bytes_done": self.bytes_done,
-                "bytes_total": self.bytes_total,
-                "chunk_index": self.chunk_index,
-                "chunk_count": self.chunk_count,
-                "rate_bps": round(self.rate_bps, 1),
-                "file_index": self.file_index,
-                "file_name": self.file_name,
-            },
+        self.ctx.publish_progress(
+            bytes_done=self.bytes_done,
+            bytes_total=self.bytes_total,
+            chunk_index=self.chunk_index,
+            chunk_count=self.chunk_count,
+            rate_bps=round(self.rate_bps, 1),
+            file_index=self.file_index,
+            file_name=self.file_name,
         )
 
 
@@ -265,34 +289,72 @@ class JobContext:
         self.settings = settings
         self.log = log.get("dataeraid.job").bind(job_id=self.job_id, kind=job["kind"])
         self.state = "running"
+        #: Why the job waits, as its job object says (``waiting``), or None while it runs.
+        self.waiting: dict[str, Any] | None = None
         self._state_lock = trio.Lock()
         self._rng = random.Random()
+        self._progress: Progress | None = None
+        # When each retry now sleeping starts again (Unix time): the job's next retry is the first.
+        self._retries: dict[object, float] = {}
 
     def progress(self, bytes_total: int, chunk_count: int, file_name: str) -> Progress:
-        return Progress(self, bytes_total=bytes_total, chunk_count=chunk_count, file_name=file_name)
+        self._progress = Progress(self, bytes_total=bytes_total, chunk_count=chunk_count, file_name=file_name)
+        return self._progress
+
+    def publish_progress(self, **fields: Any) -> None:
+        """A ``job.progress`` event: ``fields``, with the job's state and why it waits."""
+        self.jobs.bus.publish_transient("job.progress", self.job_id,
+                                        {**fields, "state": self.state, "waiting": self.waiting})
+
+    def _publish_status(self) -> None:
+        """Tell followers at once what the job does now: its bar's rate stops while it waits."""
+        if self._progress is not None:
+            self._progress.publish_now()
+            return
+        done, chunks = self.jobs.live_progress.get(self.job_id, (0, 0))
+        self.publish_progress(bytes_done=done, bytes_total=self.job.get("bytes_total") or 0, chunk_index=chunks,
+                              chunk_count=self.job.get("chunk_count") or 0, rate_bps=0.0, file_index=0,
+                              file_name=self.job.get("file_name") or "")
 
     async def save(self, **fields: Any) -> None:
         """Record fields on the job row (durably) and in ``self.job``."""
         await self.jobs.update(self.job_id, fields)
         self.job.update(fields)
 
-    async def _set_state(self, to: str, error: DataeraiError | Exception | None = None) -> None:
+    def _error_fields(self, error: DataeraiError | Exception | None) -> dict[str, Any]:
+        if error is None:
+            return {}
+        token = self.auth.current.token if self.auth.current is not None else None
+        if isinstance(error, DataeraiError):
+            return {"error_code": error.code, "error_message": redact(error.message, token)}
+        return {"error_code": "unavailable", "error_message": redact(transient_reason(error), token)}
+
+    async def _set_state(self, to: str, error: DataeraiError | Exception | None = None,
+                         retry_at: float | None = None) -> None:
+        """Move the job to ``to``, recording ``error`` (why it waits) and ``retry_at`` (Unix
+        time) with the change, and publish its status at once. A job already waiting
+        records the newer error and retry time instead (no change of state, no durable event)."""
         async with self._state_lock:
+            fields = self._error_fields(error)
             if self.state == to:
+                if to in WAITING and fields:
+                    try:
+                        job = await self.jobs.note_waiting(self.job_id, fields, retry_at)
+                    except DataeraiError:
+                        return  # paused or cancelled meanwhile: this task is about to stop
+                    self.waiting = job["waiting"]
+                    self._publish_status()
                 return
-            fields: dict[str, Any] = {}
-            if isinstance(error, DataeraiError):
-                fields = {"error_code": error.code, "error_message": error.message}
-            elif error is not None:
-                fields = {"error_code": "unavailable", "error_message": str(error)}
-            await self.jobs.transition(self.job_id, to, fields=fields)
+            job = await self.jobs.transition(self.job_id, to, fields=fields, retry_at=retry_at)
             self.log.info("job.state", state=to, previous_state=self.state)
             self.state = to
+            self.waiting = job["waiting"]
+            self._publish_status()
 
     def _check_deadline(self, cause: Exception) -> None:
         deadline = self.job.get("deadline")
         if deadline is not None and time.time() > deadline:
-            raise DataeraiError("timeout", f"the job's deadline passed while retrying: {cause}")
+            raise DataeraiError("timeout", f"the job's deadline passed while retrying: {transient_reason(cause)}")
 
     async def retrying(self, what: str, attempt_once: Callable[[], Awaitable[T]]) -> T:
         """Run ``attempt_once`` until it succeeds or fails for a reason retrying can't mend."""
@@ -305,10 +367,16 @@ class JobContext:
                 self._check_deadline(exc)
                 delay = backoff_delay(attempt, self.settings, exc.retry_after, self._rng)
                 attempt += 1
-                self.log.warning("retrying", what=what, error=str(exc), attempt=attempt, delay_s=round(delay, 2))
-                if attempt >= 2 or exc.retry_after is not None:
-                    await self._set_state("waiting_for_network", exc)
-                await trio.sleep(delay)
+                self.log.warning("retrying", what=what, error=redact(str(exc)), attempt=attempt,
+                                 delay_s=round(delay, 2))
+                mine = object()
+                self._retries[mine] = time.time() + delay
+                try:
+                    if attempt >= 2 or exc.retry_after is not None:
+                        await self._set_state("waiting_for_network", exc, retry_at=min(self._retries.values()))
+                    await trio.sleep(delay)
+                finally:
+                    del self._retries[mine]
                 continue
             except AuthProblem as exc:
                 self.log.warning("waiting for credentials", what=what, code=exc.code)
@@ -319,3 +387,45 @@ class JobContext:
             if self.state != "running":
                 await self._set_state("running")
             return result
+
+
+def transient_reason(exc: BaseException) -> str:
+    """What a person should read about a failure worth retrying.
+
+    A request that never got an answer says where it went (the URL's origin: no
+    path, no query, so no signature) and why, in the words of the OS:
+    ``cannot reach http://127.0.0.1:8080: connection refused``. Anything else (an
+    HTTP status, a store's complaint) keeps its own message.
+    """
+    cause = exc.__cause__
+    if isinstance(cause, httpx.TransportError):
+        try:
+            url = str(cause.request.url)
+        except RuntimeError:  # an error raised before its request was made
+            url = ""
+        return f"cannot reach {origin(url)}: {_transport_detail(cause)}" if url else _transport_detail(cause)
+    return str(exc)
+
+
+def _transport_detail(exc: BaseException) -> str:
+    for inner in _causes(exc):
+        if isinstance(inner, OSError) and inner.errno:
+            return os.strerror(inner.errno).lower()
+    if isinstance(exc, httpx.TimeoutException):
+        return "timed out" + (f" ({type(exc).__name__})" if not str(exc) else f": {exc}")
+    text = str(exc).strip().rstrip(".") or type(exc).__name__
+    return text[:1].lower() + text[1:]
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """``exc`` and what it came from (causes, contexts, members of groups), nearest first."""
+    found: list[BaseException] = []
+    todo = [exc]
+    while todo and len(found) < 32:
+        current = todo.pop(0)
+        if any(current is seen for seen in found):
+            continue
+        found.append(current)
+        todo.extend(leaves(current) if isinstance(current, BaseExceptionGroup) else [])
+        todo.extend(e for e in (current.__cause__, current.__context__) if e is not None)
+    return found

@@ -302,7 +302,7 @@ async def _upload_stream(ctx: JobContext, source: FileSet) -> dict[str, Any]:
         raise
     if identity is not None:
         await ctx.store.remember_digest(identity, CachedDigest(digest, file_sha256))
-    progress.publish_now()
+    progress.finish()
     ctx.log.info("upload complete", asset_id=result["asset_id"], content_id=result["content_id"], size=total,
                  files=len(source.files))
     return _completed_fields(result, source)

@@ -17,6 +17,7 @@ from ._errors import DaemonConnectionError as DaemonConnectionError
 from ._errors import DaemonError as DaemonError
 from ._errors import DaemonTimeoutError as DaemonTimeoutError
 from ._models import TERMINAL_JOB_STATES as TERMINAL_JOB_STATES
+from ._models import WAITING_JOB_STATES as WAITING_JOB_STATES
 from ._models import AssetMetadata as AssetMetadata
 from ._models import AuthStatus as AuthStatus
 from ._models import Collection as Collection
@@ -27,6 +28,7 @@ from ._models import Event as Event
 from ._models import FileInfo as FileInfo
 from ._models import Job as Job
 from ._models import JobError as JobError
+from ._models import JobWaiting as JobWaiting
 from ._models import ProgressEvent as ProgressEvent
 from ._models import Project as Project
 from ._models import Relationship as Relationship
@@ -44,6 +46,7 @@ __all__ = [
     "DEFAULT_START_TIMEOUT_S",
     "DEFAULT_TRANSFER_TIMEOUT_S",
     "TERMINAL_JOB_STATES",
+    "WAITING_JOB_STATES",
     "AssetMetadata",
     "AuthStatus",
     "ClientState",
@@ -61,6 +64,7 @@ __all__ = [
     "FileInfo",
     "Job",
     "JobError",
+    "JobWaiting",
     "ProgressEvent",
     "Project",
     "Relationship",

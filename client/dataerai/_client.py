@@ -9,6 +9,7 @@ job is final.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import os
 import secrets
@@ -29,6 +30,7 @@ from ._models import (
     Event,
     FileInfo,
     Job,
+    JobWaiting,
     ProgressEvent,
     Project,
     Relationship,
@@ -44,6 +46,9 @@ DEFAULT_TRANSFER_TIMEOUT_S: Final = 3600.0
 _MIB: Final = 1 << 20
 
 ProgressCallback = Callable[[ProgressEvent], object]
+#: ``on_state``: called with the ``Job`` as a wait finds it and each time its state changes
+#: (and, while it waits, each time its ``waiting`` reason or next retry changes).
+StateCallback = Callable[[Job], object]
 _C = TypeVar("_C", bound="DataeraiClient")
 _T = TypeVar("_T")
 
@@ -422,16 +427,30 @@ class DataeraiClient:
         """Change a job's priority (higher starts first; a running job is not stopped). ``conflict`` if it ended."""
         return Job.from_wire(self.call("job.set_priority", {"job_id": job_id, "priority": _priority(priority)}))
 
-    def wait(self, job_id: str, *, timeout_s: float | None = None, on_progress: ProgressCallback | None = None) -> Job:
+    def wait(
+        self,
+        job_id: str,
+        *,
+        timeout_s: float | None = None,
+        on_progress: ProgressCallback | None = None,
+        on_state: StateCallback | None = None,
+    ) -> Job:
         """Block until the job is ``completed``, ``failed`` or ``cancelled`` and return it as it ended.
 
         Does not raise for a failed or cancelled job: look at ``job.state`` and
         ``job.error``. ``on_progress`` is called with each ``ProgressEvent``;
-        an exception it raises propagates (the job goes on in the daemon).
-        ``timeout_s=None`` waits as long as it takes; when it runs out,
-        ``DaemonTimeoutError`` with ``transfer_id=job_id`` (the job goes on).
+        ``on_state`` with the ``Job`` as the wait finds it, then each time its
+        state changes, the last time with the job as it ended; while the job
+        waits (``waiting_for_network``, ``waiting_for_auth``) ``job.waiting``
+        says why and when it tries again, and ``on_state`` is called again
+        whenever that changes. An exception a callback raises propagates (the
+        job goes on in the daemon). ``timeout_s=None`` waits as long as it
+        takes; when it runs out, ``DaemonTimeoutError`` with
+        ``transfer_id=job_id`` (the job goes on), whose message names the
+        job's state and why it waits or its last error (also in ``data``:
+        ``state``, ``waiting``, ``error``).
         """
-        return self._wait_job(self.get_job(job_id), timeout_s, on_progress)
+        return self._wait_job(self.get_job(job_id), timeout_s, on_progress, on_state)
 
     @overload
     def upload(
@@ -448,6 +467,7 @@ class DataeraiClient:
         collection_id: str | None = None,
         chunk_size_mb: int | None = None,
         on_progress: ProgressCallback | None = None,
+        on_state: StateCallback | None = None,
         transfer_timeout_s: float | None = DEFAULT_TRANSFER_TIMEOUT_S,
         wait: Literal[True] = True,
         priority: int = 0,
@@ -468,6 +488,7 @@ class DataeraiClient:
         collection_id: str | None = None,
         chunk_size_mb: int | None = None,
         on_progress: ProgressCallback | None = None,
+        on_state: StateCallback | None = None,
         transfer_timeout_s: float | None = DEFAULT_TRANSFER_TIMEOUT_S,
         wait: Literal[False],
         priority: int = 0,
@@ -488,6 +509,7 @@ class DataeraiClient:
         collection_id: str | None = None,
         chunk_size_mb: int | None = None,
         on_progress: ProgressCallback | None = None,
+        on_state: StateCallback | None = None,
         transfer_timeout_s: float | None = DEFAULT_TRANSFER_TIMEOUT_S,
         wait: bool = True,
         priority: int = 0,
@@ -507,6 +529,7 @@ class DataeraiClient:
         collection_id: str | None = None,
         chunk_size_mb: int | None = None,
         on_progress: ProgressCallback | None = None,
+        on_state: StateCallback | None = None,
         transfer_timeout_s: float | None = DEFAULT_TRANSFER_TIMEOUT_S,
         wait: bool = True,
         priority: int = 0,
@@ -520,14 +543,19 @@ class DataeraiClient:
 
         The daemon queues the job durably and does the transfer; this call
         follows its events, calling ``on_progress(ProgressEvent)`` along the way
-        (an exception from the callback propagates, and the job goes on). With
-        ``wait=False`` it returns the queued ``Job`` at once.
+        and ``on_state(Job)`` when the job's state changes, as ``wait`` does:
+        a job that cannot reach the repository or has no valid login waits
+        (``waiting_for_network``, ``waiting_for_auth``), and ``job.waiting``
+        says why and when it tries again (an exception from a callback
+        propagates, and the job goes on). With ``wait=False`` it returns the
+        queued ``Job`` at once.
 
         Raises ``DaemonError`` with the job's error code if it failed,
         ``DaemonError("cancelled")`` if it was cancelled, and
         ``DaemonTimeoutError`` (``transfer_id`` = the job id) if it did not end
-        within ``transfer_timeout_s`` (``None``: no limit); the job goes on in
-        the daemon and ``wait(transfer_id)`` picks it up again.
+        within ``transfer_timeout_s`` (``None``: no limit), naming the job's
+        state and why it waits; the job goes on in the daemon and
+        ``wait(transfer_id)`` picks it up again.
         """
         path = os.path.abspath(os.path.expanduser(os.fspath(local_path)))
         if not os.path.exists(path):
@@ -559,7 +587,7 @@ class DataeraiClient:
         job = self._start("upload.start", params)
         if not wait:
             return job
-        job = self._finished(self._wait_job(job, transfer_timeout_s, on_progress))
+        job = self._finished(self._wait_job(job, transfer_timeout_s, on_progress, on_state))
         size, sha256 = job.bytes_total, job.sha256
         if sha256 is None and job.asset_id:
             size, sha256 = self._content_digest(job, size)
@@ -581,6 +609,7 @@ class DataeraiClient:
         content_id: str | None = None,
         overwrite: bool = False,
         on_progress: ProgressCallback | None = None,
+        on_state: StateCallback | None = None,
         transfer_timeout_s: float | None = DEFAULT_TRANSFER_TIMEOUT_S,
         wait: Literal[True] = True,
         priority: int = 0,
@@ -595,6 +624,7 @@ class DataeraiClient:
         content_id: str | None = None,
         overwrite: bool = False,
         on_progress: ProgressCallback | None = None,
+        on_state: StateCallback | None = None,
         transfer_timeout_s: float | None = DEFAULT_TRANSFER_TIMEOUT_S,
         wait: Literal[False],
         priority: int = 0,
@@ -609,6 +639,7 @@ class DataeraiClient:
         content_id: str | None = None,
         overwrite: bool = False,
         on_progress: ProgressCallback | None = None,
+        on_state: StateCallback | None = None,
         transfer_timeout_s: float | None = DEFAULT_TRANSFER_TIMEOUT_S,
         wait: bool = True,
         priority: int = 0,
@@ -622,6 +653,7 @@ class DataeraiClient:
         content_id: str | None = None,
         overwrite: bool = False,
         on_progress: ProgressCallback | None = None,
+        on_state: StateCallback | None = None,
         transfer_timeout_s: float | None = DEFAULT_TRANSFER_TIMEOUT_S,
         wait: bool = True,
         priority: int = 0,
@@ -630,8 +662,8 @@ class DataeraiClient:
 
         ``dest_dir`` is made absolute here. The daemon resumes an interrupted
         download and refuses to replace a different file unless ``overwrite``
-        (``destination_exists``). Progress, ``wait=False``, errors and timeouts
-        work as for ``upload``.
+        (``destination_exists``). Progress, ``on_state``, ``wait=False``, errors
+        and timeouts work as for ``upload``.
         """
         params: dict[str, Any] = {
             "asset_id": asset_id,
@@ -645,7 +677,7 @@ class DataeraiClient:
         job = self._start("download.start", params)
         if not wait:
             return job
-        job = self._finished(self._wait_job(job, transfer_timeout_s, on_progress))
+        job = self._finished(self._wait_job(job, transfer_timeout_s, on_progress, on_state))
         return DownloadResult(
             files=list(job.files),
             asset_id=job.asset_id or asset_id,
@@ -707,10 +739,17 @@ class DataeraiClient:
 
     # --- waiting --------------------------------------------------------------
 
-    def _wait_job(self, job: Job, timeout_s: float | None, on_progress: ProgressCallback | None) -> Job:
+    def _wait_job(
+        self,
+        job: Job,
+        timeout_s: float | None,
+        on_progress: ProgressCallback | None,
+        on_state: StateCallback | None = None,
+    ) -> Job:
         """Follow ``job``'s events until it is final; see ``wait``."""
         job_id = job.job_id
         deadline = _deadline(timeout_s)
+        watch = _Watch(job, on_progress, on_state)
         with self._lock:
             if self._stream is not None:
                 raise RuntimeError(
@@ -719,7 +758,7 @@ class DataeraiClient:
             if not job.is_terminal:
                 connection = self._open()
                 try:
-                    job = self._follow(connection, job_id, deadline, on_progress)
+                    job = self._follow(connection, job_id, deadline, watch)
                 except Expired:
                     self._drop_connection()
                     if deadline is not None and time.monotonic() >= deadline:
@@ -729,9 +768,10 @@ class DataeraiClient:
                             f"the daemon did not answer within {self._request_timeout_s} s while following job {job_id}"
                         )
                     raise DaemonTimeoutError(
-                        f"{what}; it goes on in the daemon (wait for it again with client.wait({job_id!r}))",
+                        f"{what}; {describe_state(watch.job)}; it goes on in the daemon"
+                        f" (wait for it again with client.wait({job_id!r}))",
                         transfer_id=job_id,
-                        data={"job_id": job_id},
+                        data={"job_id": job_id, **state_data(watch.job)},
                     ) from None
                 except DaemonTimeoutError as exc:  # a daemon-side timeout while following
                     self._drop_connection()
@@ -745,6 +785,7 @@ class DataeraiClient:
                             f"dataerai: job {job_id} goes on in the daemon; client.cancel({job_id!r}) stops it"
                         )
                     raise
+        watch.saw(job)
         if on_progress is not None and job.state == "completed":
             on_progress(
                 ProgressEvent(
@@ -753,17 +794,16 @@ class DataeraiClient:
                     bytes_total=job.bytes_total,
                     chunk_index=job.chunk_count,
                     chunk_count=job.chunk_count,
-                    rate_bps=0.0,
+                    rate_bps=average_rate(job, watch.last_progress),
                     file_index=max(0, len(job.files) - 1),
                     file_name=job.file_name or "",
                     completed=True,
+                    state=job.state,
                 )
             )
         return job
 
-    def _follow(
-        self, connection: Connection, job_id: str, deadline: float | None, on_progress: ProgressCallback | None
-    ) -> Job:
+    def _follow(self, connection: Connection, job_id: str, deadline: float | None, watch: _Watch) -> Job:
         def request(method: str, params: dict[str, Any]) -> Any:
             return connection.request(method, params, _earlier(deadline, _deadline(self._request_timeout_s)))
 
@@ -776,11 +816,12 @@ class DataeraiClient:
             # It ended before the answer: the progress that came first is still owed to the caller.
             for note in connection.buffered_notifications():
                 event = Event.from_wire(note.params) if note.method == "event" else None
-                if event is not None and event.job_id == job_id and event.progress is not None and on_progress:
-                    on_progress(event.progress)
+                if event is not None and event.job_id == job_id and event.progress is not None:
+                    watch.saw_progress(event.progress)
             request("events.unsubscribe", {})
             connection.clear_notifications()
             return current
+        watch.saw(current)
         while True:
             note = connection.next_notification(deadline)
             if note.method != "event":
@@ -791,15 +832,19 @@ class DataeraiClient:
                 # Events were dropped, maybe our final one: ask for the job itself.
                 current = Job.from_wire(request("job.get", {"job_id": job_id}))
                 final = current if current.is_terminal else None
+                if final is None:
+                    watch.saw(current)
             elif event.job_id != job_id:
                 continue
             elif event.type == "job.progress" and event.progress is not None:
-                if on_progress is not None:
-                    on_progress(event.progress)
+                watch.saw_progress(event.progress)
             elif event.type == "job.state" and event.state is not None and event.state in TERMINAL_JOB_STATES:
                 final = event.job if event.job is not None and event.job.job_id == job_id else None
                 if final is None or not final.is_terminal:
                     final = Job.from_wire(request("job.get", {"job_id": job_id}))
+            elif event.type == "job.state" and event.state is not None:
+                changed = event.job if event.job is not None and event.job.job_id == job_id else None
+                watch.saw(changed or Job.from_wire(request("job.get", {"job_id": job_id})))
             if final is not None:
                 request("events.unsubscribe", {})
                 connection.clear_notifications()
@@ -828,6 +873,90 @@ class DataeraiClient:
         if latest is None or latest.content_id != job.content_id:
             return size, None
         return latest.size, latest.sha256
+
+
+class _Watch:
+    """What one wait saw of its job: the latest state (for ``on_state`` and a timeout's
+    message) and the latest progress (for the last event's rate)."""
+
+    def __init__(self, job: Job, on_progress: ProgressCallback | None, on_state: StateCallback | None) -> None:
+        self.job = job
+        self.last_progress: ProgressEvent | None = None
+        self._on_progress = on_progress
+        self._on_state = on_state
+        self._told: tuple[str, JobWaiting | None] | None = None
+
+    def saw(self, job: Job) -> None:
+        """The job as a state event or ``job.get`` gave it; tell ``on_state`` if it differs."""
+        self.job = job
+        seen = (job.state, job.waiting)
+        if seen != self._told:
+            self._told = seen
+            if self._on_state is not None:
+                self._on_state(job)
+
+    def saw_progress(self, progress: ProgressEvent) -> None:
+        self.last_progress = progress
+        job = self.job
+        # A waiting job that failed again says so in a progress event: a new reason or
+        # retry time, the same state. Changes of state come from state events only.
+        if progress.state == job.state and progress.waiting is not None and progress.waiting != job.waiting:
+            raw = {**job.raw, "waiting": progress.waiting.raw, "bytes_done": progress.bytes_done}
+            self.saw(dataclasses.replace(job, waiting=progress.waiting, bytes_done=progress.bytes_done, raw=raw))
+        if self._on_progress is not None:
+            self._on_progress(progress)
+
+
+def describe_state(job: Job) -> str:
+    """Where a job is, for a person: its state, and why it waits or what went wrong last."""
+    text = f"it is {job.state}"
+    if job.waiting is not None:
+        text += f": {job.waiting.reason or job.waiting.code}"
+        if job.waiting.retry_at is not None:
+            text += f" (next retry at {_iso(job.waiting.retry_at)})"
+    elif job.error is not None:
+        text += f", last error: [{job.error.code}] {job.error.message}"
+    elif job.bytes_total:
+        text += f", {job.bytes_done} of {job.bytes_total} bytes done"
+    return text
+
+
+def state_data(job: Job) -> dict[str, Any]:
+    """A job's ``state``, ``waiting`` and ``error`` as a timeout's ``data`` carries them."""
+    waiting = job.waiting
+    return {
+        "state": job.state,
+        "waiting": None if waiting is None else {
+            "code": waiting.code,
+            "reason": waiting.reason,
+            "retry_at": None if waiting.retry_at is None else _iso(waiting.retry_at),
+        },
+        "error": None if job.error is None else {"code": job.error.code, "message": job.error.message},
+    }
+
+
+def average_rate(job: Job, last: ProgressEvent | None) -> float:
+    """The rate of a completed transfer, in bytes a second, for its last ``ProgressEvent``.
+
+    The daemon's last progress event of a run carries the run's average; a
+    wait that did not see it (the job ended before the wait began) reckons
+    the bytes over the job's life, from ``created_at`` to ``updated_at``.
+    A deduplicated upload sent no bytes: 0.
+    """
+    if job.deduplicated:
+        return 0.0
+    if last is not None and last.bytes_done >= job.bytes_total and last.rate_bps > 0:
+        return last.rate_bps
+    if job.created_at is not None and job.updated_at is not None:
+        elapsed = (job.updated_at - job.created_at).total_seconds()
+        if elapsed > 0:
+            return job.bytes_total / elapsed
+    return 0.0
+
+
+def _iso(value: Any) -> str:
+    text: str = value.isoformat()
+    return text[:-6] + "Z" if text.endswith("+00:00") else text
 
 
 class EventStream(Iterator[Event]):

@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from .contract import TERMINAL_JOB_STATES as TERMINAL_JOB_STATES
+from .contract import WAITING_JOB_STATES as WAITING_JOB_STATES
 
 # --- tolerant readers -------------------------------------------------------
 
@@ -328,6 +329,11 @@ class ProgressEvent:
     file_index: int
     file_name: str
     completed: bool = False
+    #: The job's state when the daemon sent this (``None`` from a daemon that does not say):
+    #: a waiting job's events have a ``rate_bps`` of 0 and ``waiting`` set.
+    state: str | None = None
+    #: Why the job waits and when it tries again, while it waits.
+    waiting: JobWaiting | None = None
 
     @property
     def percent(self) -> float:
@@ -356,6 +362,8 @@ class ProgressEvent:
             rate_bps=_float(d.get("rate_bps")),
             file_index=_int(d.get("file_index")),
             file_name=_str(d.get("file_name")),
+            state=_opt_str(d.get("state")),
+            waiting=JobWaiting.from_wire(d["waiting"]) if isinstance(d.get("waiting"), dict) else None,
         )
 
 
@@ -385,6 +393,42 @@ class JobError:
         d = _obj(obj)
         extra = {k: v for k, v in d.items() if k not in ("code", "message")}
         return cls(code=_str(d.get("code"), "internal"), message=_str(d.get("message")), data=extra)
+
+
+
+
+@dataclass(frozen=True)
+class JobWaiting:
+    """Why a job waits (``waiting_for_network``, ``waiting_for_auth``) and when it tries again.
+
+    ``code`` is the catalogue's code of the failure that keeps it waiting
+    (``unavailable``, ``auth_required``, ``auth_expired``, ...), ``reason`` a
+    sentence for a person (it never holds a token or a URL's query string), and
+    ``retry_at`` the time of the next attempt, or ``None`` when the job waits for
+    a login (``dataerai auth login``) instead.
+    """
+
+    code: str
+    reason: str
+    retry_at: datetime | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def retry_in_s(self, now: datetime | None = None) -> float | None:
+        """Seconds until the next attempt (0 once it is due); ``None`` without one."""
+        if self.retry_at is None:
+            return None
+        now = now if now is not None else datetime.now(timezone.utc)
+        return max(0.0, (self.retry_at - now).total_seconds())
+
+    @classmethod
+    def from_wire(cls, obj: Any) -> JobWaiting:
+        d = _obj(obj)
+        return cls(
+            code=_str(d.get("code"), "unavailable"),
+            reason=_str(d.get("reason")),
+            retry_at=_time(d.get("retry_at")),
+            raw=d,
+        )
 
 
 @dataclass(frozen=True)
@@ -421,6 +465,9 @@ class Job:
     #: possession instead of sending the bytes.
     deduplicated: bool = False
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    #: Why the job waits and when it tries again, while it is ``waiting_for_network`` or
+    #: ``waiting_for_auth``; ``None`` in any other state.
+    waiting: JobWaiting | None = None
 
     @property
     def is_terminal(self) -> bool:
@@ -457,7 +504,20 @@ class Job:
             client=_opt_str(d.get("client")),
             deduplicated=d.get("deduplicated") is True,
             raw=d,
+            waiting=_waiting_of(d),
         )
+
+
+def _waiting_of(d: dict[str, Any]) -> JobWaiting | None:
+    """A job's ``waiting``; from a daemon that does not send it, the error that made a waiting job wait."""
+    if d.get("state") not in WAITING_JOB_STATES:
+        return None
+    if isinstance(d.get("waiting"), dict):
+        return JobWaiting.from_wire(d["waiting"])
+    error = d.get("error")
+    if isinstance(error, dict):
+        return JobWaiting(code=_str(error.get("code"), "unavailable"), reason=_str(error.get("message")))
+    return None
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,9 @@ ends), the borrowed client's socket is shut down, which makes the blocked call
 in the thread return at once; that client is thrown away. As with the blocking
 client, a job the call had started or was waiting for goes on in the daemon.
 
-``on_progress`` callbacks run in the event loop's thread (not the worker), so
-they may touch loop state; they must be plain functions, not coroutines.
+``on_progress`` and ``on_state`` callbacks run in the event loop's thread (not
+the worker), so they may touch loop state; they must be plain functions, not
+coroutines.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from ._client import (
     DataeraiClient,
     EventStream,
     ProgressCallback,
+    StateCallback,
     asset_query,
     file_of_page,
     files_query,
@@ -267,6 +269,9 @@ class AsyncDataeraiClient:
     def _progress(self, loop: _Loop, on_progress: ProgressCallback | None) -> ProgressCallback | None:
         return None if on_progress is None else loop.callback(on_progress)
 
+    def _on_state(self, loop: _Loop, on_state: StateCallback | None) -> StateCallback | None:
+        return None if on_state is None else loop.callback(on_state)
+
     # --- requests (mirroring DataeraiClient) ------------------------------------
 
     async def call(self, method: str, params: Mapping[str, Any] | None = None, *, timeout: float | None = None) -> Any:
@@ -382,12 +387,20 @@ class AsyncDataeraiClient:
         return await self._run(lambda c: c.set_priority(job_id, priority))
 
     async def wait(
-        self, job_id: str, *, timeout_s: float | None = None, on_progress: ProgressCallback | None = None
+        self,
+        job_id: str,
+        *,
+        timeout_s: float | None = None,
+        on_progress: ProgressCallback | None = None,
+        on_state: StateCallback | None = None,
     ) -> Job:
         """Until the job ended; see ``DataeraiClient.wait``. Cancelling the wait leaves the job running."""
         loop = _Loop()
         progress = self._progress(loop, on_progress)
-        return await self._run(lambda c: c.wait(job_id, timeout_s=timeout_s, on_progress=progress), loop)
+        state = self._on_state(loop, on_state)
+        return await self._run(
+            lambda c: c.wait(job_id, timeout_s=timeout_s, on_progress=progress, on_state=state), loop
+        )
 
     @overload
     async def upload(
@@ -404,6 +417,7 @@ class AsyncDataeraiClient:
         collection_id: str | None = None,
         chunk_size_mb: int | None = None,
         on_progress: ProgressCallback | None = None,
+        on_state: StateCallback | None = None,
         transfer_timeout_s: float | None = DEFAULT_TRANSFER_TIMEOUT_S,
         wait: Literal[True] = True,
         priority: int = 0,
@@ -424,6 +438,7 @@ class AsyncDataeraiClient:
         collection_id: str | None = None,
         chunk_size_mb: int | None = None,
         on_progress: ProgressCallback | None = None,
+        on_state: StateCallback | None = None,
         transfer_timeout_s: float | None = DEFAULT_TRANSFER_TIMEOUT_S,
         wait: Literal[False],
         priority: int = 0,
@@ -443,6 +458,7 @@ class AsyncDataeraiClient:
         collection_id: str | None = None,
         chunk_size_mb: int | None = None,
         on_progress: ProgressCallback | None = None,
+        on_state: StateCallback | None = None,
         transfer_timeout_s: float | None = DEFAULT_TRANSFER_TIMEOUT_S,
         wait: bool = True,
         priority: int = 0,
@@ -463,6 +479,7 @@ class AsyncDataeraiClient:
                 collection_id=collection_id,
                 chunk_size_mb=chunk_size_mb,
                 on_progress=progress,
+                on_state=self._on_state(loop, on_state),
                 transfer_timeout_s=transfer_timeout_s,
                 wait=wait,
                 priority=priority,
@@ -479,6 +496,7 @@ class AsyncDataeraiClient:
         content_id: str | None = None,
         overwrite: bool = False,
         on_progress: ProgressCallback | None = None,
+        on_state: StateCallback | None = None,
         transfer_timeout_s: float | None = DEFAULT_TRANSFER_TIMEOUT_S,
         wait: Literal[True] = True,
         priority: int = 0,
@@ -493,6 +511,7 @@ class AsyncDataeraiClient:
         content_id: str | None = None,
         overwrite: bool = False,
         on_progress: ProgressCallback | None = None,
+        on_state: StateCallback | None = None,
         transfer_timeout_s: float | None = DEFAULT_TRANSFER_TIMEOUT_S,
         wait: Literal[False],
         priority: int = 0,
@@ -506,6 +525,7 @@ class AsyncDataeraiClient:
         content_id: str | None = None,
         overwrite: bool = False,
         on_progress: ProgressCallback | None = None,
+        on_state: StateCallback | None = None,
         transfer_timeout_s: float | None = DEFAULT_TRANSFER_TIMEOUT_S,
         wait: bool = True,
         priority: int = 0,
@@ -520,6 +540,7 @@ class AsyncDataeraiClient:
                 content_id=content_id,
                 overwrite=overwrite,
                 on_progress=progress,
+                on_state=self._on_state(loop, on_state),
                 transfer_timeout_s=transfer_timeout_s,
                 wait=wait,
                 priority=priority,

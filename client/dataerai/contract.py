@@ -77,6 +77,8 @@ JOB_STATES: Final[tuple[JobState, ...]] = (
 )
 #: A job in one of these states will not change any more.
 TERMINAL_JOB_STATES: Final[frozenset[str]] = frozenset({"completed", "failed", "cancelled"})
+#: States in which a job waits for something outside it and says why (the job's ``waiting``).
+WAITING_JOB_STATES: Final[frozenset[str]] = frozenset({"waiting_for_network", "waiting_for_auth"})
 #: States a job is in only while a daemon works on it; after a crash they mean "queued".
 ACTIVE_JOB_STATES: Final[tuple[JobState, ...]] = ("running", "waiting_for_network", "waiting_for_auth")
 
@@ -220,6 +222,14 @@ class JobErrorObject(TypedDict):
     message: str
 
 
+class JobWaitingObject(TypedDict):
+    """Why a job in ``waiting_for_network``/``waiting_for_auth`` waits, and when it retries."""
+
+    code: str
+    reason: str
+    retry_at: str | None
+
+
 class DownloadedFileObject(TypedDict):
     local_path: str
     size: int
@@ -249,6 +259,7 @@ class JobObject(TypedDict):
     files: list[DownloadedFileObject]
     deduplicated: bool
     error: JobErrorObject | None
+    waiting: JobWaitingObject | None
 
 
 class _EventBase(TypedDict):
@@ -288,6 +299,8 @@ class JobProgressEvent(_EventBase):
     rate_bps: float
     file_index: int
     file_name: str
+    state: JobState
+    waiting: JobWaitingObject | None
 
 
 class AuthReloadedEvent(_EventBase):

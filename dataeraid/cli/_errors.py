@@ -8,7 +8,7 @@ Exit status (docs/cli.md has the same list for users):
 - 2: a usage error (click's own);
 - 3: the daemon cannot be reached (``dataerai.ConnectionError``);
 - 4: a timeout (``DaemonTimeoutError``); when a wait for a job ran out, the
-  message names the job, which goes on in the daemon;
+  message names the job, which goes on in the daemon, its state and why it waits;
 - 130: interrupted (Ctrl-C) while waiting for a job, which goes on.
 
 SDK exceptions are turned into a ``Failure`` at one place, ``failure_from``;
@@ -18,11 +18,14 @@ commands raise ``Failure`` for what they find themselves.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 import click
 from dataerai import ConnectionError as DaemonConnectionError
-from dataerai import DaemonError, DaemonTimeoutError
+from dataerai import DaemonError, DaemonTimeoutError, Job
+
+from ._progress import describe_wait
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -35,24 +38,40 @@ EXIT_INTERRUPTED = 130
 class Failure(Exception):
     """A command failed: ``code`` is a stable string code from the error catalogue."""
 
-    def __init__(self, code: str, message: str, exit_code: int = EXIT_ERROR, job_id: str | None = None) -> None:
+    def __init__(self, code: str, message: str, exit_code: int = EXIT_ERROR, job_id: str | None = None,
+                 extra: Mapping[str, Any] | None = None) -> None:
         super().__init__(code, message)
         self.code = code
         self.message = message
         self.exit_code = exit_code
         self.job_id = job_id
+        #: More fields for the JSON form of the error (a timed-out job's ``state`` and ``waiting``).
+        self.extra = dict(extra or {})
 
     def __str__(self) -> str:
         return f"error[{self.code}]: {self.message}"
 
 
-def timeout_failure(job_id: str) -> Failure:
-    """A wait for ``job_id`` ran out; the job itself goes on in the daemon."""
+def timeout_failure(job_id: str, data: Mapping[str, Any] | None = None) -> Failure:
+    """A wait for ``job_id`` ran out; the job itself goes on in the daemon.
+
+    ``data`` is the SDK's timeout data: the job's ``state`` when the wait ended,
+    why it waits (``waiting``) and its last ``error``, which the message names.
+    """
+    why, extra = "", {}
+    if data is not None and isinstance(data.get("state"), str):
+        job = Job.from_wire({"job_id": job_id, "state": data["state"], "waiting": data.get("waiting"),
+                             "error": data.get("error")})
+        why = f": it is {describe_wait(job)}"
+        if job.waiting is None and job.error is not None:
+            why += f", last error: [{job.error.code}] {job.error.message}"
+        extra = {"state": job.state, "waiting": data.get("waiting")}
     return Failure(
         "timeout",
-        f"job {job_id} did not finish in time; it goes on in the daemon: `dataerai jobs wait {job_id}`",
+        f"job {job_id} did not finish in time{why}; it goes on in the daemon: `dataerai jobs wait {job_id}`",
         EXIT_TIMEOUT,
         job_id=job_id,
+        extra=extra,
     )
 
 
@@ -70,7 +89,7 @@ def failure_from(exc: DaemonError | DaemonConnectionError, *, socket: str, note:
     """
     if isinstance(exc, DaemonTimeoutError):
         job_id = _job_id_of(exc)
-        return timeout_failure(job_id) if job_id else Failure("timeout", exc.message, EXIT_TIMEOUT)
+        return timeout_failure(job_id, exc.data) if job_id else Failure("timeout", exc.message, EXIT_TIMEOUT)
     if isinstance(exc, DaemonConnectionError):
         if isinstance(exc.__cause__, (FileNotFoundError, ConnectionRefusedError)):
             message = (
@@ -89,6 +108,7 @@ def report(failure: Failure, *, as_json: bool) -> None:
         body: dict[str, Any] = {"code": failure.code, "message": failure.message}
         if failure.job_id:
             body["job_id"] = failure.job_id
+        body.update(failure.extra)
         click.echo(json.dumps({"error": body}), err=True)
     else:
         click.echo(str(failure), err=True)

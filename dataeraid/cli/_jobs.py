@@ -9,7 +9,7 @@ from dataerai.contract import JOB_STATES
 from ._context import open_client
 from ._errors import EXIT_INTERRUPTED, Failure
 from ._output import as_dict, emit, human, json_option, print_json
-from ._progress import ProgressBar, wanted
+from ._progress import JobWatch, why_it_waits
 
 TIMEOUT = click.FloatRange(min=0, min_open=True)
 
@@ -17,17 +17,18 @@ TIMEOUT = click.FloatRange(min=0, min_open=True)
 def wait_for_job(
     client: DataeraiClient, job_id: str, *, timeout_s: float | None, as_json: bool, description: str | None = None
 ) -> Job:
-    """The job once it is completed, failed or cancelled, drawing a progress bar meanwhile.
+    """The job once it is completed, failed or cancelled, drawing a progress bar meanwhile
+    and saying on stderr whenever the job waits, why, and when it goes on (``JobWatch``).
 
     When ``timeout_s`` runs out the SDK raises ``DaemonTimeoutError`` naming the
-    job (exit 4). On Ctrl-C this stops waiting, says how to wait again and exits
+    job, its state and why it waits (exit 4). On Ctrl-C this stops waiting, says how to wait again and exits
     130. The job goes on in the daemon either way.
     """
-    with ProgressBar(enabled=wanted(as_json=as_json), description=description) as bar:
+    with JobWatch(as_json=as_json, description=description) as watch:
         try:
-            return client.wait(job_id, timeout_s=timeout_s, on_progress=bar.callback)
+            return client.wait(job_id, timeout_s=timeout_s, on_progress=watch.on_progress, on_state=watch.on_state)
         except KeyboardInterrupt:
-            bar.close()
+            watch.close()
             click.echo(f"stopped waiting; job {job_id} goes on in the daemon: `dataerai jobs wait {job_id}`", err=True)
             raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
 
@@ -51,6 +52,8 @@ def describe_job(job: Job) -> list[str]:
             lines.extend(f"file: {f['local_path']} ({f['size']} bytes)" for f in value)
         elif key == "error":
             lines.append(f"error: [{value['code']}] {value['message']}")
+        elif key == "waiting":
+            lines.append(f"waiting: {why_it_waits(job)}")
         else:
             lines.append(f"{key}: {human(value)}")
     return lines

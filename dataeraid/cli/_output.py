@@ -63,7 +63,8 @@ def iso(value: datetime) -> str:
     return value.isoformat()
 
 
-def _default(obj: Any) -> Any:
+def json_default(obj: Any) -> Any:
+    """``json.dumps``'s ``default`` for what the SDK returns: times, enums, paths."""
     if isinstance(obj, datetime):
         return iso(obj)
     if isinstance(obj, enum.Enum):
@@ -74,7 +75,7 @@ def _default(obj: Any) -> Any:
 
 
 def print_json(obj: Mapping[str, Any]) -> None:
-    click.echo(json.dumps(obj, default=_default, ensure_ascii=False))
+    click.echo(json.dumps(obj, default=json_default, ensure_ascii=False))
 
 
 def emit(result: Any, as_json: bool, text: str) -> None:

@@ -6,7 +6,7 @@ import dataclasses
 
 import dataerai
 from dataerai import contract
-from dataerai._models import Event, Job
+from dataerai._models import Event, Job, ProgressEvent
 
 
 def test_the_daemon_and_the_server_use_the_contracts_limits_not_copies() -> None:
@@ -29,7 +29,7 @@ def test_the_sdk_reads_every_field_of_the_job_object_and_of_every_event() -> Non
     assert set(contract.JobObject.__annotations__) <= job_fields | {"files", "error"}
     assert set(contract.EVENT_FIELDS) == set(contract.EVENT_TYPES)
     event_fields = {f.name for f in dataclasses.fields(Event)}
-    progress = {"bytes_done", "bytes_total", "chunk_index", "chunk_count", "rate_bps", "file_index", "file_name"}
+    progress = {f.name for f in dataclasses.fields(ProgressEvent)}
     for type_, keys in contract.EVENT_FIELDS.items():
         unread = set(keys) - event_fields - progress - {"priority", "previous_priority", "logged_in", "server_url",
                                                         "waiting_jobs"}

@@ -71,6 +71,8 @@ def test_constructor_matches_the_contract() -> None:
         "collection_id": None,
         "chunk_size_mb": None,
         "on_progress": None,
+        # Beyond the contract: state changes, and why a job waits (keyword, defaulted).
+        "on_state": None,
         "transfer_timeout_s": 3600.0,
         "wait": True,
         "priority": 0,
@@ -81,13 +83,15 @@ def test_constructor_matches_the_contract() -> None:
         "content_id": None,
         "overwrite": False,
         "on_progress": None,
+        "on_state": None,
         "transfer_timeout_s": 3600.0,
         "wait": True,
         "priority": 0,
     }
     assert _defaults(DataeraiClient.create_project) == {"name": empty, "description": ""}
     assert _defaults(DataeraiClient.call) == {"method": empty, "params": None, "timeout": None}
-    assert _defaults(DataeraiClient.wait) == {"job_id": empty, "timeout_s": None, "on_progress": None}
+    assert _defaults(DataeraiClient.wait) == {"job_id": empty, "timeout_s": None, "on_progress": None,
+                                              "on_state": None}
     assert _defaults(DataeraiClient.events) == {"since": None, "jobs": None, "types": None}
     rel = _defaults(DataeraiClient.create_relationship)
     assert rel["rel_type"] is None and rel["relationship_type"] is None

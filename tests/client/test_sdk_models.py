@@ -16,6 +16,7 @@ from dataerai import (
     DaemonTimeoutError,
     Event,
     Job,
+    JobWaiting,
     ProgressEvent,
     Project,
     Relationship,
@@ -25,7 +26,7 @@ from dataerai.protocol import RpcError
 from hypothesis import given
 from hypothesis import strategies as st
 
-MODELS = (AuthStatus, Project, AssetMetadata, Relationship, Job, Event, ProgressEvent)
+MODELS = (AuthStatus, Project, AssetMetadata, Relationship, Job, Event, ProgressEvent, JobWaiting)
 
 
 def _progress(**kw: Any) -> ProgressEvent:
@@ -183,3 +184,32 @@ def test_job_and_event_models_read_the_new_fields() -> None:
     assert event.job is not None and event.job.priority == 3 and not event.is_gap
     gap = Event.from_wire({"id": 9, "type": "gap", "missed_from": 4, "missed_to": 9})
     assert gap.is_gap and (gap.missed_from, gap.missed_to) == (4, 9)
+
+
+def test_a_waiting_job_says_why_and_when_it_tries_again() -> None:
+    wire = {"job_id": "j", "state": "waiting_for_network",
+            "error": {"code": "unavailable", "message": "cannot reach http://h: connection refused"},
+            "waiting": {"code": "unavailable", "reason": "cannot reach http://h: connection refused",
+                        "retry_at": "2026-11-25T14:00:08.000000Z", "attempts": 3}}
+    job = Job.from_wire(wire)
+    assert job.waiting == JobWaiting("unavailable", "cannot reach http://h: connection refused",
+                                     datetime(2026, 11, 25, 14, 0, 8, tzinfo=timezone.utc))
+    assert job.waiting.raw["attempts"] == 3
+    assert job.waiting.retry_in_s(datetime(2026, 11, 25, 14, 0, 5, tzinfo=timezone.utc)) == 3.0
+    assert job.waiting.retry_in_s(datetime(2026, 11, 25, 14, 1, tzinfo=timezone.utc)) == 0.0
+    # A daemon that does not send `waiting`: the error that made the job wait says why.
+    older = Job.from_wire({**wire, "waiting": None})
+    assert older.waiting == JobWaiting("unavailable", "cannot reach http://h: connection refused", None)
+    assert older.waiting.retry_in_s() is None
+    # Only a waiting job waits; anything else in the field is ignored.
+    assert Job.from_wire({**wire, "state": "running"}).waiting is None
+    assert Job.from_wire({**wire, "waiting": "soon", "error": None}).waiting is None
+
+
+def test_progress_says_the_state_and_why_the_job_waits() -> None:
+    event = ProgressEvent.from_wire({"bytes_done": 5, "state": "waiting_for_auth",
+                                     "waiting": {"code": "auth_expired", "reason": "log in again", "retry_at": None}})
+    assert event.state == "waiting_for_auth"
+    assert event.waiting == JobWaiting("auth_expired", "log in again")
+    older = ProgressEvent.from_wire({"bytes_done": 5, "waiting": [1]})
+    assert (older.state, older.waiting) == (None, None)

@@ -60,8 +60,8 @@ class _Checkpoints:
 
 
 def _progress(*_args: Any) -> SimpleNamespace:
-    return SimpleNamespace(bytes_done=0, chunks_done=0, publish_now=lambda: None, add=lambda *a: None,
-                           chunk_finished=lambda: None, at_file=lambda *a: None)
+    return SimpleNamespace(bytes_done=0, chunks_done=0, publish_now=lambda: None, finish=lambda: None,
+                           add=lambda *a: None, chunk_finished=lambda: None, at_file=lambda *a: None)
 
 
 def _half_placed(dest: Path, placed: dict[str, bytes]) -> None:
