@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import enum
 import os
-import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -37,13 +36,12 @@ from ._models import (
     UploadResult,
 )
 from ._paths import default_socket_path
-from .contract import ANALYSIS_MODES, OWNER_TYPES
+from .contract import ANALYSIS_MODES, OWNER_TYPES, MiB, new_job_id
 
 DEFAULT_START_TIMEOUT_S: Final = 10.0
 DEFAULT_REQUEST_TIMEOUT_S: Final = 30.0
 DEFAULT_TRANSFER_TIMEOUT_S: Final = 3600.0
 
-_MIB: Final = 1 << 20
 
 ProgressCallback = Callable[[ProgressEvent], object]
 #: ``on_state``: called with the ``Job`` as a wait finds it and each time its state changes
@@ -583,7 +581,7 @@ class DataeraiClient:
         if chunk_size_mb is not None:
             if isinstance(chunk_size_mb, bool) or not isinstance(chunk_size_mb, int) or chunk_size_mb <= 0:
                 raise _invalid(f"chunk_size_mb must be a positive int (MiB), not {chunk_size_mb!r}")
-            params["chunk_size"] = chunk_size_mb * _MIB
+            params["chunk_size"] = chunk_size_mb * MiB
         job = self._start("upload.start", params)
         if not wait:
             return job
@@ -1029,11 +1027,6 @@ class EventStream(Iterator[Event]):
 
 #: The other spelling of the class name; the very same class.
 DataEraiClient = DataeraiClient
-
-
-def new_job_id() -> str:
-    """A job id as the daemon makes them: time-ordered, with a random tail so ids never collide."""
-    return f"job_{int(time.time() * 1000):012x}{secrets.token_hex(6)}"
 
 
 def asset_query(project_id: str | None, collection_id: str | None, path_prefix: str | None, glob: str | None,
