@@ -122,3 +122,13 @@ def test_openapi_is_served_as_json(env: Env) -> None:
     response = env.anon.get("/api/v1/openapi.json")
     assert response.headers["content-type"] == "application/json"
     assert response.json() == openapi_document(response.json()["info"]["version"])
+
+
+def test_405_allows_every_method_of_the_path(env: Env) -> None:
+    for path, methods in operations_by_path().items():
+        url = re.sub(r"{number}", "1", re.sub(r"{(\w+)}", r"x_\1", path))
+        served = set(methods) | ({"HEAD"} if "GET" in methods else set())
+        for method in sorted({"OPTIONS", "GET", "POST", "PUT", "PATCH", "DELETE"} - served):
+            response = env.ada.request(method, url)
+            assert error(response, 405, "invalid_argument"), (method, url)
+            assert set(response.headers["allow"].split(", ")) == served, (method, url, response.headers["allow"])
