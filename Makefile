@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench soak venv clean
+.PHONY: demo test lint bench soak fuzz venv clean
 
 venv: $(STAMP)
 
@@ -42,6 +42,12 @@ bench: $(BENCH_STAMP)
 # purpose, then a check that every byte arrived once (tools/soak.py; SOAK_ARGS="--duration 600 --seed N").
 soak: $(STAMP)
 	$(BIN)/python tools/soak.py $(SOAK_ARGS)
+
+# Property-based fuzzing of the interfaces. The server's part: Schemathesis sends every
+# operation of the server's OpenAPI document generated requests, valid and invalid, and
+# checks each answer (tools/fuzz_server.py; FUZZ_SERVER_ARGS="--max-examples N --seed S --database URL").
+fuzz: $(STAMP)
+	$(BIN)/python tools/fuzz_server.py $(FUZZ_SERVER_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -87,7 +87,14 @@ def _operation(operation: Operation) -> dict[str, Any]:
     responses: dict[str, Any] = {}
     for status in operation.statuses():
         reply = operation.replies.get(status)
-        if reply is None:
+        if status == 400 and operation.checked_fields:
+            fields = ", ".join(f"`{name}`" for name in operation.checked_fields)
+            responses["400"] = {
+                "description": f"an error; besides what the schema states, the server checks {fields} against "
+                "stored state or across fields, and names the field it refuses",
+                "content": {"application/json": {"schema": _ref(schemas.Error)}},
+            }
+        elif reply is None:
             responses[str(status)] = {"$ref": "#/components/responses/Error"}
         elif status == 204:
             responses[str(status)] = {"description": reply.description}
@@ -115,6 +122,9 @@ def _operation(operation: Operation) -> dict[str, Any]:
     parameters = _path_parameters(operation)
     if operation.query is not None:
         parameters.extend(_query_parameters(operation.query))
+    for name, text in operation.request_headers.items():
+        parameters.append({"name": name, "in": "header", "required": False, "description": text,
+                           "schema": {"type": "string"}})
     if parameters:
         document["parameters"] = parameters
     if operation.body is not None:

@@ -54,6 +54,12 @@ class Operation:
     description: str = ""
     #: Response headers by status, for the document.
     headers: Mapping[int, Mapping[str, str]] = field(default_factory=dict)
+    #: Request headers the operation reads (name: description), for the document.
+    request_headers: Mapping[str, str] = field(default_factory=dict)
+    #: Fields whose 400 no schema can foretell: the rule depends on stored state (a part's
+    #: expected size, the session's digest) or spans fields in a way JSON Schema cannot say.
+    #: A schema-valid request may be refused with 400 naming one of these, and no other.
+    checked_fields: tuple[str, ...] = ()
 
     @property
     def full_path(self) -> str:
@@ -77,7 +83,7 @@ class Operation:
             errors.add(403)
         if self.body is not None:
             errors.update((400, 413))
-        if self.query is not None or "number" in self.path_parameters:
+        if self.query is not None or "number" in self.path_parameters or self.checked_fields:
             errors.add(400)
         return sorted(self.replies) + sorted(errors)
 
@@ -132,6 +138,7 @@ OPERATIONS: Final[tuple[Operation, ...]] = (
               {200: Reply("the collection", _S.Collection)}, errors=(404,)),
     Operation("GET", "/assets", "list_assets", "A page of a project's or a collection's assets, by path then id",
               "read", {200: Reply("a page of assets", _S.AssetList)}, errors=(404,), query=_S.AssetListQuery,
+              checked_fields=("project_id", "cursor"),
               description="Exactly one of `project_id` and `collection_id` (400 with `field: project_id` "
               "otherwise). A `cursor` the server did not hand out is 400 with `field: cursor`."),
     Operation("GET", "/assets/{asset_id}", "get_asset", "An asset's metadata and latest content", "read",
@@ -146,10 +153,11 @@ OPERATIONS: Final[tuple[Operation, ...]] = (
               "One file of the latest (or a chosen) content by exact `path`, or a page of its files", "read",
               {200: Reply("with `path`: the file; without: a page of files in stream order",
                           (_S.FileOfContent, _S.FileList))},
-              errors=(404,), query=_S.AssetFilesQuery),
+              errors=(404,), query=_S.AssetFilesQuery, checked_fields=("cursor",)),
     Operation("POST", "/assets/{asset_id}/relationships", "create_relationship",
               "Link this asset (the source; write access) to `to_asset_id` (read access)", "write",
               {201: Reply("created", _S.Relationship)}, errors=(404,), body=_S.NewRelationship,
+              checked_fields=("to_asset_id",),
               description="An asset cannot be related to itself: `to_asset_id` equal to the path's "
               "`asset_id` is 400 with `field: to_asset_id`."),
     Operation("GET", "/assets/{asset_id}/relationships", "list_relationships",
@@ -162,12 +170,14 @@ OPERATIONS: Final[tuple[Operation, ...]] = (
               "Content bytes on a signed URL; `Range: bytes=A-B` gives 206", "signed",
               {200: Reply("the whole content", None, _BYTES), 206: Reply("the range asked for", None, _BYTES)},
               errors=(404, 416), query=_S.ContentQuery,
+              request_headers={"Range": "`bytes=A-B`, `bytes=A-` or `bytes=-N`; another form is ignored"},
               description="`HEAD` gives the headers alone. A wrong or expired signature is 403 with `reason`."),
     Operation("POST", "/uploads", "create_upload",
               "Open a resumable upload session; the same idempotency key gives the same session", "write",
               {201: Reply("created", _S.UploadSession),
                200: Reply("the session made earlier with this idempotency key", _S.UploadSession)},
               errors=(404, 503, 507), body=_S.NewUpload, body_limit=MAX_MANIFEST_JSON_BODY,
+              checked_fields=("owner_id", "collection_id", "part_size", "files"),
               description="413 `quota_exceeded` when `size` does not fit the project's allocation; "
               "413 `frame_too_large` for a body over 64 MiB."),
     Operation("GET", "/uploads/{upload_id}", "get_upload", "A session, with the parts the server holds", "read",
@@ -176,29 +186,32 @@ OPERATIONS: Final[tuple[Operation, ...]] = (
               {204: Reply("aborted", None)}, errors=(404, 409, 503)),
     Operation("POST", "/uploads/{upload_id}/parts/{number}/target", "part_target",
               "Where to send a part, its digest and size signed in", "write",
-              {200: Reply("the target", _S.PartTarget)}, errors=(404, 409), body=_S.PartTargetRequest),
+              {200: Reply("the target", _S.PartTarget)}, errors=(404, 409), body=_S.PartTargetRequest,
+              checked_fields=("number", "size", "prefix_sha256")),
     Operation("PUT", "/uploads/{upload_id}/parts/{number}", "put_part",
               "A part's bytes, on the signed URL from `.../target`", "signed",
               {200: Reply("stored", _S.PartReceipt)}, errors=(404, 409, 422, 503, 507), query=_S.PartQuery,
               raw_body=True, headers={503: {"Retry-After": "seconds to wait before sending the part again"}},
+              checked_fields=("number", "size"),
               description="A body whose length or SHA-256 differs from the signed one is 422 "
               "`checksum_mismatch`; a full disk is 507 `disk_full`; storage out of reach is 503 "
               "`unavailable` with `Retry-After`. A wrong or expired signature is 403 with `reason`."),
     Operation("POST", "/uploads/{upload_id}/complete", "complete_upload",
               "Assemble the parts into an asset or a new version, exactly once", "write",
               {200: Reply("the result", _S.UploadResult)}, errors=(404, 409, 422, 503, 507),
-              body=_S.Completion, body_limit=MAX_MANIFEST_JSON_BODY,
+              body=_S.Completion, body_limit=MAX_MANIFEST_JSON_BODY, checked_fields=("sha256", "file_sha256"),
               description="Parts missing: 409 with `missing_parts`. A whole-content digest that does not "
               "match: 422. A `sha256` other than the session's, or a `file_sha256` of the wrong length: 400."),
     Operation("POST", "/uploads/{upload_id}/dedup", "dedup_challenge",
               "A proof-of-possession challenge for completing with held content", "write",
               {200: Reply("the challenge", _S.DedupChallenge)}, errors=(404, 409), body=_S.DedupRequest,
+              checked_fields=("sha256",),
               description="Always a challenge, whether or not such a content is held. A `sha256` other "
               "than the session's is 400."),
     Operation("POST", "/uploads/{upload_id}/dedup/{challenge_id}", "dedup_prove",
               "Answer a challenge; completes the session without its bytes on proof of possession", "write",
               {200: Reply("the result, as completion gives it", _S.DedupResult)}, errors=(404, 409),
-              body=_S.DedupProof, body_limit=MAX_MANIFEST_JSON_BODY,
+              body=_S.DedupProof, body_limit=MAX_MANIFEST_JSON_BODY, checked_fields=("digests", "file_sha256"),
               description="409 `conflict` with `reason: no_match` when it does not match (the session stays "
               "open); `reason: challenge_used` or `challenge_expired` for a challenge that can no longer be "
               "answered. The wrong number of `digests` is 400."),

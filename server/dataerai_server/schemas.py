@@ -82,7 +82,14 @@ Name = Annotated[str, Field(max_length=MAX_NAME_LENGTH, pattern=NOT_BLANK_PATTER
 Text = Annotated[str, Field(max_length=MAX_TEXT_LENGTH)]
 Key = Annotated[str, Field(max_length=MAX_KEY_LENGTH)]
 Alias = Annotated[str, Field(max_length=MAX_NAME_LENGTH)]
-Size = Annotated[int, Field(ge=0, le=MAX_CONTENT_SIZE)]
+def _integral(value: object) -> object:
+    """JSON Schema's integer: a number with no fraction, ``1.0`` as well as ``1`` (never ``true``)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+Size = Annotated[int, Field(ge=0, le=MAX_CONTENT_SIZE), BeforeValidator(_integral)]
 Role = Literal["owner", "editor", "viewer"]
 OwnerType = Literal["project", "collection", "user"]
 AnalysisMode = Literal[
@@ -199,7 +206,7 @@ class NewUpload(Body):
     tags: list[str] | None = None
     metadata: dict[str, Any] | None = None
     size: Size
-    part_size: Annotated[int, Field(ge=MIN_PART_SIZE, le=MAX_PART_SIZE)]
+    part_size: Annotated[int, Field(ge=MIN_PART_SIZE, le=MAX_PART_SIZE), BeforeValidator(_integral)]
     sha256: Sha256 | None = None
     idempotency_key: Key | None = None
     files: (
@@ -241,7 +248,7 @@ class PartTargetRequest(Body):
 
     sha256: Sha256 | None = None
     prefix_sha256: Sha256 | None = None
-    size: Annotated[int, Field(ge=0, le=MAX_PART_SIZE)]
+    size: Annotated[int, Field(ge=0, le=MAX_PART_SIZE), BeforeValidator(_integral)]
 
     @model_validator(mode="after")
     def _one_digest(self) -> PartTargetRequest:

@@ -74,7 +74,8 @@ class UrlSigner:
         expires_text = query.get("expires", "")
         signature = query.get("signature", "")
         fields = {name: query.get(name, "") for name in field_names}
-        if not expires_text.isdigit() or not signature:
+        # ASCII only: `int()` fails on other scripts' digits, `compare_digest` on non-ASCII text.
+        if not (expires_text.isascii() and expires_text.isdigit()) or not signature or not signature.isascii():
             raise ApiError(
                 "permission_denied", "this URL is not signed; ask the API for a new one", reason="bad_signature"
             )

@@ -132,3 +132,11 @@ def test_405_allows_every_method_of_the_path(env: Env) -> None:
             response = env.ada.request(method, url)
             assert error(response, 405, "invalid_argument"), (method, url)
             assert set(response.headers["allow"].split(", ")) == served, (method, url, response.headers["allow"])
+
+
+def test_malformed_signed_urls_are_refused_not_failed(env: Env) -> None:
+    for query in ({"expires": "²", "signature": "ab"}, {"expires": "1", "signature": "é"}):
+        response = env.anon.get("/api/v1/contents/cnt_x/data", params=query)
+        assert error(response, 403, "permission_denied")["reason"] == "bad_signature", query
+        response = env.anon.put("/api/v1/uploads/upl_x/parts/1", params={**query, "sha256": "a" * 64, "size": "0"})
+        assert error(response, 403, "permission_denied")["reason"] == "bad_signature", query
