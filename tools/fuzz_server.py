@@ -243,7 +243,7 @@ def running_server(database: str | None) -> Iterator[tuple[str, str]]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--max-examples", type=int, default=300, help="requests per operation and mode")
+    parser.add_argument("--max-examples", type=int, default=200, help="requests per operation and mode")
     parser.add_argument("--seed", type=int, default=0, help="hypothesis seed (the run is reproducible)")
     parser.add_argument("--database", help="a SQLAlchemy URL for the server's database (default: SQLite)")
     args = parser.parse_args()

@@ -117,6 +117,7 @@ class Api:
         """Parse the request as ``operation`` declares, in the order errors are reported:
         the token, the part number, the query, the body."""
         who = None if operation.scope is None else await self.who(request, operation.scope)
+        validation.check_path_parameters(request.path_params)
         number = None
         if "number" in operation.path_parameters:
             number = validation.path_number(request.path_params["number"])

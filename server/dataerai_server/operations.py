@@ -5,7 +5,8 @@ Each :class:`Operation` names its method and path, the ``Api`` method that serve
 scope its bearer token needs, the models its body and query are validated with
 (:mod:`schemas`), and every status it can answer. The statuses every operation of a kind
 can answer are added here once (:meth:`Operation.statuses`): 401 with a bearer token, 403
-for a ``write`` one, 400 and 413 with a JSON body, 400 with a query or a part number.
+for a ``write`` one or a signed URL, 400 and 413 with a JSON body, 400 with a query or a
+path parameter.
 """
 
 from __future__ import annotations
@@ -83,19 +84,21 @@ class Operation:
             errors.add(403)
         if self.body is not None:
             errors.update((400, 413))
-        if self.query is not None or "number" in self.path_parameters or self.checked_fields:
+        if self.query is not None or self.path_parameters or self.checked_fields:
             errors.add(400)
         return sorted(self.replies) + sorted(errors)
 
 
+_ID: Final = {"type": "string", "minLength": 1, "pattern": schemas.NO_NUL_PATTERN}
+
 #: The schema and description of each path parameter, by name.
 PATH_PARAMETERS: Final[Mapping[str, tuple[dict[str, object], str]]] = {
-    "project_id": ({"type": "string", "minLength": 1}, "a project id (`prj_…`)"),
-    "collection_id": ({"type": "string", "minLength": 1}, "a collection id (`col_…`)"),
-    "asset_id": ({"type": "string", "minLength": 1}, "an asset id (`ast_…`)"),
-    "content_id": ({"type": "string", "minLength": 1}, "a content id (`cnt_…`)"),
-    "upload_id": ({"type": "string", "minLength": 1}, "an upload session id (`upl_…`)"),
-    "challenge_id": ({"type": "string", "minLength": 1}, "from `POST .../dedup`"),
+    "project_id": (_ID, "a project id (`prj_…`)"),
+    "collection_id": (_ID, "a collection id (`col_…`)"),
+    "asset_id": (_ID, "an asset id (`ast_…`)"),
+    "content_id": (_ID, "a content id (`cnt_…`)"),
+    "upload_id": (_ID, "an upload session id (`upl_…`)"),
+    "challenge_id": (_ID, "from `POST .../dedup`"),
     "number": (
         {"type": "integer", "minimum": 1, "maximum": MAX_PART_COUNT},
         "a part number, from 1 to the session's `part_count` (400 with `field: number` past it)",

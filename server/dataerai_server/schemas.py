@@ -38,8 +38,10 @@ _SEGMENT: Final = r"(?:[^/\\\x00.][^/\\\x00]*|\.[^/\\\x00.][^/\\\x00]*|\.\.[^/\\
 #: A relative POSIX path as ``paths.path_problem`` defines it (a test keeps the two equal).
 PATH_PATTERN: Final = rf"^{_SEGMENT}(?:/{_SEGMENT})*$"
 
-#: Something other than whitespace: a name must not be blank.
-NOT_BLANK_PATTERN: Final = r"\S"
+#: No NUL character: PostgreSQL's text cannot hold one, so no string the server keeps may.
+NO_NUL_PATTERN: Final = r"^[^\x00]*$"
+#: Not blank (something other than whitespace), and no NUL.
+NOT_BLANK_PATTERN: Final = r"^[^\x00]*[^\s\x00][^\x00]*$"
 
 #: An RFC 3339 timestamp that stays within years 1 to 9999 once moved to UTC, with
 #: seconds 00 to 59 (Python's ``datetime`` has neither year 0 nor leap seconds).
@@ -77,11 +79,13 @@ RelPath = Annotated[
         description="a relative POSIX path: no leading `/`, no `.`, `..` or empty segments, no backslash or NUL",
     ),
 ]
-Id = Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH)]
+#: Any string but one with a NUL.
+Str = Annotated[str, Field(pattern=NO_NUL_PATTERN)]
+Id = Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH, pattern=NO_NUL_PATTERN)]
 Name = Annotated[str, Field(max_length=MAX_NAME_LENGTH, pattern=NOT_BLANK_PATTERN, description="not blank")]
-Text = Annotated[str, Field(max_length=MAX_TEXT_LENGTH)]
-Key = Annotated[str, Field(max_length=MAX_KEY_LENGTH)]
-Alias = Annotated[str, Field(max_length=MAX_NAME_LENGTH)]
+Text = Annotated[str, Field(max_length=MAX_TEXT_LENGTH, pattern=NO_NUL_PATTERN)]
+Key = Annotated[str, Field(max_length=MAX_KEY_LENGTH, pattern=NO_NUL_PATTERN)]
+Alias = Annotated[str, Field(max_length=MAX_NAME_LENGTH, pattern=NO_NUL_PATTERN)]
 def _integral(value: object) -> object:
     """JSON Schema's integer: a number with no fraction, ``1.0`` as well as ``1`` (never ``true``)."""
     if isinstance(value, float) and value.is_integer():
@@ -124,7 +128,7 @@ class NewProject(Body):
 
 
 class NewMember(Body):
-    email: Annotated[str, Field(max_length=320)]
+    email: Annotated[str, Field(max_length=320, pattern=NO_NUL_PATTERN)]
     role: Role
 
 
@@ -140,7 +144,7 @@ class AssetPatch(Body):
     title: Text | None = None
     description: Text | None = None
     alias: Alias | None = None
-    tags: list[str] = Field(default_factory=list)
+    tags: list[Str] = Field(default_factory=list)
     metadata: dict[str, Any] = Field(default_factory=dict)
     path: RelPath = Field(default_factory=str)
 
@@ -203,7 +207,7 @@ class NewUpload(Body):
     title: Text | None = None
     description: Text | None = None
     alias: Alias | None = None
-    tags: list[str] | None = None
+    tags: list[Str] | None = None
     metadata: dict[str, Any] | None = None
     size: Size
     part_size: Annotated[int, Field(ge=MIN_PART_SIZE, le=MAX_PART_SIZE), BeforeValidator(_integral)]
@@ -290,14 +294,22 @@ def _query_int(value: object) -> object:
 
 
 Limit = Annotated[int, Field(ge=1, le=MAX_LIMIT, description="page size"), BeforeValidator(_query_int)]
-Cursor = Annotated[str, Field(min_length=1, description="the `next_cursor` of the previous page")]
+Cursor = Annotated[
+    str, Field(min_length=1, pattern=NO_NUL_PATTERN, description="the `next_cursor` of the previous page")
+]
 
 
 class AssetListQuery(Query):
+    # Query parameters are listed one by one in the OpenAPI document, where this rule is
+    # said in the operation's description; the model's own schema states it.
+    model_config = ConfigDict(
+        json_schema_extra={"oneOf": [{"required": ["project_id"]}, {"required": ["collection_id"]}]}
+    )
+
     project_id: Id | None = Field(default=None, description="list this project's assets")
     collection_id: Id | None = Field(default=None, description="list the assets directly in this collection")
-    path_prefix: str | None = Field(default=None, description="only paths starting with this string")
-    glob: Annotated[str, Field(max_length=MAX_GLOB_LENGTH)] | None = Field(
+    path_prefix: Str | None = Field(default=None, description="only paths starting with this string")
+    glob: Annotated[str, Field(max_length=MAX_GLOB_LENGTH, pattern=NO_NUL_PATTERN)] | None = Field(
         default=None, description="only paths matching: `*` within a segment, `**` across, `?`, `[...]`"
     )
     limit: Limit = DEFAULT_LIMIT
@@ -311,15 +323,15 @@ class AssetListQuery(Query):
 
 
 class AssetFilesQuery(Query):
-    path: str | None = Field(default=None, description="exactly this file: answers one FileOfContent")
-    prefix: str | None = Field(default=None, description="list only files whose path starts with this string")
-    content_id: str | None = Field(default=None, description="a content version of this asset (default: the latest)")
+    path: Str | None = Field(default=None, description="exactly this file: answers one FileOfContent")
+    prefix: Str | None = Field(default=None, description="list only files whose path starts with this string")
+    content_id: Str | None = Field(default=None, description="a content version of this asset (default: the latest)")
     limit: Limit = DEFAULT_LIMIT
     cursor: Cursor | None = None
 
 
 class DownloadQuery(Query):
-    content_id: str | None = Field(default=None, description="a content version of this asset (default: the latest)")
+    content_id: Str | None = Field(default=None, description="a content version of this asset (default: the latest)")
 
 
 class _Signed(Query):

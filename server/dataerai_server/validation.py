@@ -57,6 +57,13 @@ def parse_query(model: type[M], query: Mapping[str, str]) -> M:
         raise _api_error(exc) from None
 
 
+def check_path_parameters(params: Mapping[str, str]) -> None:
+    """No NUL in a path parameter (no id holds one, and PostgreSQL's text cannot)."""
+    for name, value in params.items():
+        if "\x00" in value:
+            raise bad(name, "must not contain NUL")
+
+
 def path_number(text: str, name: str = "number") -> int:
     """A positive integer path parameter (decimal digits only)."""
     if not (text.isascii() and text.isdigit()):
@@ -132,6 +139,8 @@ def _phrase(error: ErrorDetails) -> str:
             return "must be a SHA-256 as 64 hex digits"
         if pattern == schemas.PATH_PATTERN and isinstance(value, str):
             return paths.path_problem(value) or "must be a relative POSIX path"
+        if isinstance(value, str) and "\x00" in value:
+            return "must not contain NUL"
         if pattern == schemas.NOT_BLANK_PATTERN:
             return "must not be empty"
         if pattern == schemas.TIMESTAMP_PATTERN:

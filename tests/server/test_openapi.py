@@ -59,7 +59,7 @@ def test_request_constraints_are_stated() -> None:
     target = components["PartTargetRequest"]
     assert [branch["required"] for branch in target["oneOf"]] == [["sha256"], ["prefix_sha256"]]
     assert components["NewProject"]["properties"]["name"]["maxLength"] == 200
-    assert components["NewProject"]["properties"]["name"]["pattern"] == r"\S"
+    assert components["NewProject"]["properties"]["name"]["pattern"] == schemas.NOT_BLANK_PATTERN
     assert components["AssetPatch"]["properties"]["path"]["pattern"] == schemas.PATH_PATTERN
     assert "itself" in components["NewRelationship"]["description"]
 
@@ -140,3 +140,18 @@ def test_malformed_signed_urls_are_refused_not_failed(env: Env) -> None:
         assert error(response, 403, "permission_denied")["reason"] == "bad_signature", query
         response = env.anon.put("/api/v1/uploads/upl_x/parts/1", params={**query, "sha256": "a" * 64, "size": "0"})
         assert error(response, 403, "permission_denied")["reason"] == "bad_signature", query
+
+
+def test_no_string_the_server_keeps_holds_a_nul(env: Env) -> None:
+    # PostgreSQL's text cannot hold one: refused up front, never a 500 from the database.
+    project_id = ok(env.ada.post("/api/v1/projects", json={"name": "nul"}), 201)["project_id"]
+    refused = [
+        (env.ada.post("/api/v1/projects", json={"name": "a\x00"}), "name"),
+        (env.ada.post("/api/v1/projects", json={"name": "a", "description": "\x00"}), "description"),
+        (env.ada.get("/api/v1/assets", params={"project_id": project_id, "path_prefix": "\x00"}), "path_prefix"),
+        (env.ada.get("/api/v1/projects/prj%00x"), "project_id"),
+        (env.ada.get("/api/v1/assets/ast_x/download", params={"content_id": "\x00"}), "content_id"),
+    ]
+    for response, field in refused:
+        assert error(response, 400, "invalid_argument")["field"] == field
+    assert "NUL" in refused[0][0].json()["error"]["message"]
