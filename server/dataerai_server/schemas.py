@@ -96,6 +96,7 @@ def _integral(value: object) -> object:
 Size = Annotated[int, Field(ge=0, le=MAX_CONTENT_SIZE), BeforeValidator(_integral)]
 Role = Literal["owner", "editor", "viewer"]
 OwnerType = Literal["project", "collection", "user"]
+#: The only values ``analysis_mode`` takes (besides null), as the SDK contract lists them.
 AnalysisMode = Literal[
     "non_destructive", "altering", "destructive", "in_situ", "ex_situ", "invasive", "non_invasive"
 ]
