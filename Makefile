@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench soak fuzz docs venv clean
+.PHONY: demo test lint bench soak fuzz fuzz-daemon fuzz-server docs venv clean
 
 venv: $(STAMP)
 
@@ -43,12 +43,21 @@ bench: $(BENCH_STAMP)
 soak: $(STAMP)
 	$(BIN)/python tools/soak.py $(SOAK_ARGS)
 
-# The daemon's socket under a longer fuzz campaign than `make test` runs (tests/integration/test_rpc_edge.py):
-# prints the frames sent, the answers by code and the daemon's peak memory. FUZZ_FRAMES=N.
+# Property-based fuzzing of both edges, longer than `make test` runs them.
+fuzz: fuzz-daemon fuzz-server
+
+# The daemon's socket (tests/integration/test_rpc_edge.py): prints the frames sent, the
+# answers by code and the daemon's peak memory. FUZZ_FRAMES=N.
 FUZZ_FRAMES ?= 100000
-fuzz: $(STAMP)
+fuzz-daemon: $(STAMP)
 	DATAERAI_FUZZ_FRAMES=$(FUZZ_FRAMES) $(BIN)/python -m pytest -q -s -p no:xdist \
 		tests/integration/test_rpc_edge.py -k fuzzed
+
+# The server: Schemathesis sends every operation of the server's OpenAPI document generated
+# requests, valid and invalid, and checks each answer
+# (tools/fuzz_server.py; FUZZ_SERVER_ARGS="--max-examples N --seed S --database URL").
+fuzz-server: $(STAMP)
+	$(BIN)/python tools/fuzz_server.py $(FUZZ_SERVER_ARGS)
 
 # Generated documentation: the RPC method reference in docs/protocol.md, from the registry.
 docs: $(STAMP)

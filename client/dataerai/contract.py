@@ -162,9 +162,9 @@ def path_problem(path: str) -> str | None:
     """What is wrong with ``path`` as a repository path (a phrase after "the path"), or None.
 
     A repository path is relative and ``/``-separated, with no ``.``, ``..`` or empty
-    segments, no backslash, no control character, at most :data:`MAX_PATH_LENGTH`
-    characters, and no segment longer than a disk takes: so whatever a client
-    restores from it stays inside its destination and can be written there.
+    segments, no backslash, no control character and at most :data:`MAX_PATH_LENGTH`
+    characters: so whatever a client restores from it stays inside its destination.
+    (The daemon also refuses, when it writes, a name longer than its disk takes.)
     """
     if not path:
         return "must not be empty"
@@ -182,8 +182,6 @@ def path_problem(path: str) -> str | None:
             return "must not have empty segments (`//` or a trailing `/`)"
         if segment in (".", ".."):
             return "must not have `.` or `..` segments"
-        if len(segment.encode()) > MAX_NAME_BYTES:
-            return f"must not have a segment longer than {MAX_NAME_BYTES} bytes"
     return None
 
 

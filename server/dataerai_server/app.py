@@ -1,7 +1,10 @@
 """The HTTP routes of ``/api/v1`` (the contract is ``docs/http-api.md``).
 
-Each endpoint parses and checks its input (``validation``), authenticates the
-bearer token or the URL signature, calls the service functions, and returns JSON.
+The routes are made from the operation table (``operations.py``): one route per path,
+whose endpoint authenticates the bearer token (or leaves the URL signature to the
+handler), parses the part number, query and body with the operation's models
+(``schemas``, ``validation``), and calls the handler, which calls the service functions
+and returns JSON.
 Errors are raised as :class:`~dataerai_server.errors.ApiError` from anywhere and
 rendered in one place; anything else becomes a logged ``internal`` error.
 """
@@ -9,12 +12,14 @@ rendered in one place; anything else becomes a logged ``internal`` error.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import TypeVar
 from urllib.parse import urlencode
 
 import structlog
 import trio
+from pydantic import BaseModel
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -23,21 +28,19 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import __version__, assets, deletions, project_collections, projects, relationships, validation
-from .auth import READ, WRITE, Principal, bearer_token, lookup_principal
+from . import __version__, assets, deletions, project_collections, projects, relationships, schemas, validation
+from .auth import Principal, bearer_token, lookup_principal
 from .clock import from_unix, isoformat, parse_timestamp, utcnow
-from .config import MAX_MANIFEST_JSON_BODY, MAX_PART_SIZE, MIN_PART_SIZE
 from .errors import ApiError, api_error_handler, error_response, http_exception_handler, internal_error
 from .logs import request_log_fields
 from .models import Content
-from .openapi import openapi_document
+from .openapi import openapi_bytes
+from .operations import PREFIX, Operation, operations_by_path
 from .services import Services
 from .streaming import StreamedBody, Unsatisfiable, parse_range
 from .uploads import NewUpload
 
 log = structlog.get_logger(__name__)
-
-PREFIX = "/api/v1"
 
 
 def _route_path(template: str, **params: str | int) -> str:
@@ -53,11 +56,48 @@ def _expires_at(query: dict[str, str]) -> str | None:
     return isoformat(from_unix(int(query["expires"])))
 
 
-def _part_number(request: Request) -> int:
-    text = request.path_params["number"]
-    if not text.isdigit():
-        raise ApiError("invalid_argument", f"part number must be a positive integer, not {text!r}", field="number")
-    return int(text)
+M = TypeVar("M", bound=BaseModel)
+
+
+@dataclass(frozen=True)
+class Call:
+    """One request as its operation parsed it: the caller, the part number, the body and query.
+
+    A handler takes what its operation declares with :meth:`body_as` and :meth:`query_as`,
+    which also check that the handler and the table (``operations.py``) agree.
+    """
+
+    operation: Operation
+    who: Principal | None = None
+    number: int | None = None
+    body: BaseModel | None = None
+    query: BaseModel | None = None
+
+    @property
+    def principal(self) -> Principal:
+        assert self.who is not None, f"{self.operation.handler} takes no token"
+        return self.who
+
+    def body_as(self, model: type[M]) -> M:
+        assert isinstance(self.body, model), f"{self.operation.handler} declares {self.operation.body}"
+        return self.body
+
+    def query_as(self, model: type[M]) -> M:
+        assert isinstance(self.query, model), f"{self.operation.handler} declares {self.operation.query}"
+        return self.query
+
+    def signed_query(self, request: Request, model: type[M]) -> M:
+        """The query of a signed URL, read after its signature was checked."""
+        assert self.operation.query is model
+        return validation.parse_query(model, request.query_params)
+
+    @property
+    def part_number(self) -> int:
+        assert self.number is not None
+        return self.number
+
+
+Handler = Callable[[Request, Call], Awaitable[Response]]
 
 
 class Api:
@@ -73,16 +113,52 @@ class Api:
         principal.require(scope)
         return principal
 
+    async def _call(self, request: Request, operation: Operation) -> Call:
+        """Parse the request as ``operation`` declares, in the order errors are reported:
+        the token, the part number, the query, the body."""
+        who = None if operation.scope is None else await self.who(request, operation.scope)
+        validation.check_path_parameters(request.path_params)
+        number = None
+        if "number" in operation.path_parameters:
+            number = validation.path_number(request.path_params["number"])
+        query = None
+        if operation.query is not None and operation.access != "signed":
+            query = validation.parse_query(operation.query, request.query_params)
+        body = None
+        if operation.body is not None:
+            body = validation.parse_body(operation.body, await validation.read_body(request, operation.body_limit))
+        return Call(operation, who, number, body, query)
+
+    def _endpoint(self, methods: Mapping[str, Operation]) -> Callable[[Request], Awaitable[Response]]:
+        """One endpoint for every method of a path, so that a 405 lists them all in ``Allow``."""
+        handlers: dict[str, tuple[Operation, Handler]] = {
+            method: (operation, getattr(self, operation.handler)) for method, operation in methods.items()
+        }
+        if "GET" in handlers:
+            handlers.setdefault("HEAD", handlers["GET"])
+
+        async def endpoint(request: Request) -> Response:
+            operation, handler = handlers[request.method]
+            return await handler(request, await self._call(request, operation))
+
+        return endpoint
+
+    def routes(self) -> list[Route]:
+        return [
+            Route(path, self._endpoint(methods), methods=list(methods))
+            for path, methods in operations_by_path().items()
+        ]
+
     # --- health, identity, schema ---------------------------------------------------
 
-    async def health(self, request: Request) -> Response:
+    async def health(self, request: Request, call: Call) -> Response:
         return JSONResponse({"status": "ok", "version": __version__})
 
-    async def openapi(self, request: Request) -> Response:
-        return JSONResponse(openapi_document(__version__))
+    async def openapi(self, request: Request, call: Call) -> Response:
+        return Response(openapi_bytes(__version__), media_type="application/json")
 
-    async def me(self, request: Request) -> Response:
-        who = await self.who(request, READ)
+    async def me(self, request: Request, call: Call) -> Response:
+        who = call.principal
         return JSONResponse(
             {
                 "user_id": who.user_id,
@@ -94,106 +170,77 @@ class Api:
 
     # --- projects ---------------------------------------------------------------------
 
-    async def create_project(self, request: Request) -> Response:
-        who = await self.who(request, WRITE)
-        body = await validation.read_json_object(request)
-        name = validation.required_string(body, "name", max_length=200)
-        if not name.strip():
-            raise validation.bad("name", "must not be empty")
-        description = validation.string(body, "description", nullable=False, default="") or ""
+    async def create_project(self, request: Request, call: Call) -> Response:
+        who, body = call.principal, call.body_as(schemas.NewProject)
         allocation = self.s.settings.default_allocation_bytes
         view = await self.s.db.write(
-            lambda session: projects.create_project(session, who, name, description, allocation)
+            lambda session: projects.create_project(session, who, body.name, body.description, allocation)
         )
         return JSONResponse(view, status_code=201)
 
-    async def get_project(self, request: Request) -> Response:
-        who = await self.who(request, READ)
-        project_id = request.path_params["project_id"]
+    async def get_project(self, request: Request, call: Call) -> Response:
+        who, project_id = call.principal, request.path_params["project_id"]
         return JSONResponse(await self.s.db.read(lambda session: projects.get_project(session, who, project_id)))
 
-    async def list_projects(self, request: Request) -> Response:
-        who = await self.who(request, READ)
+    async def list_projects(self, request: Request, call: Call) -> Response:
+        who = call.principal
         return JSONResponse({"projects": await self.s.db.read(lambda session: projects.list_projects(session, who))})
 
-    async def list_members(self, request: Request) -> Response:
-        who = await self.who(request, READ)
-        project_id = request.path_params["project_id"]
+    async def list_members(self, request: Request, call: Call) -> Response:
+        who, project_id = call.principal, request.path_params["project_id"]
         members = await self.s.db.read(lambda session: projects.list_members(session, who, project_id))
         return JSONResponse({"members": members})
 
-    async def set_member(self, request: Request) -> Response:
-        who = await self.who(request, WRITE)
+    async def set_member(self, request: Request, call: Call) -> Response:
+        who, body = call.principal, call.body_as(schemas.NewMember)
         project_id = request.path_params["project_id"]
-        body = await validation.read_json_object(request)
-        validation.reject_unknown(body, ("email", "role"))
-        email = validation.required_string(body, "email", max_length=320)
-        role = validation.required_string(body, "role", max_length=20)
-        if role not in projects.ROLES:
-            raise validation.bad("role", f"must be one of {', '.join(projects.ROLES)}")
         member, added = await self.s.db.write(
-            lambda session: projects.set_member(session, who, project_id, email, role)
+            lambda session: projects.set_member(session, who, project_id, body.email, body.role)
         )
         return JSONResponse(member, status_code=201 if added else 200)
 
     # --- collections ------------------------------------------------------------------
 
-    async def create_collection(self, request: Request) -> Response:
-        who = await self.who(request, WRITE)
-        body = await validation.read_json_object(request)
-        validation.reject_unknown(body, ("project_id", "name", "parent_id"))
-        project_id = validation.required_string(body, "project_id", max_length=40)
-        name = validation.required_string(body, "name", max_length=200)
-        if not name.strip():
-            raise validation.bad("name", "must not be empty")
-        parent_id = validation.string(body, "parent_id", max_length=40)
+    async def create_collection(self, request: Request, call: Call) -> Response:
+        who, body = call.principal, call.body_as(schemas.NewCollection)
         view = await self.s.db.write(
-            lambda session: project_collections.create_collection(session, who, project_id, name, parent_id)
+            lambda session: project_collections.create_collection(
+                session, who, body.project_id, body.name, body.parent_id
+            )
         )
         return JSONResponse(view, status_code=201)
 
-    async def get_collection(self, request: Request) -> Response:
-        who = await self.who(request, READ)
-        collection_id = request.path_params["collection_id"]
+    async def get_collection(self, request: Request, call: Call) -> Response:
+        who, collection_id = call.principal, request.path_params["collection_id"]
         return JSONResponse(
             await self.s.db.read(lambda session: project_collections.get_collection(session, who, collection_id))
         )
 
-    async def list_collections(self, request: Request) -> Response:
-        who = await self.who(request, READ)
-        project_id = request.path_params["project_id"]
+    async def list_collections(self, request: Request, call: Call) -> Response:
+        who, project_id = call.principal, request.path_params["project_id"]
         found = await self.s.db.read(lambda session: project_collections.list_collections(session, who, project_id))
         return JSONResponse({"collections": found})
 
     # --- assets and content -----------------------------------------------------------
 
-    async def get_asset(self, request: Request) -> Response:
-        who = await self.who(request, READ)
-        asset_id = request.path_params["asset_id"]
+    async def get_asset(self, request: Request, call: Call) -> Response:
+        who, asset_id = call.principal, request.path_params["asset_id"]
         return JSONResponse(await self.s.db.read(lambda session: assets.get_asset(session, who, asset_id)))
 
-    async def list_assets(self, request: Request) -> Response:
-        who = await self.who(request, READ)
-        query = request.query_params
-        project_id, collection_id = query.get("project_id") or None, query.get("collection_id") or None
-        if (project_id is None) == (collection_id is None):
-            raise validation.bad("project_id", "or `collection_id` is required (exactly one of them)")
-        glob = query.get("glob") or None
-        if glob is not None and len(glob) > 4 * 1024:
-            raise validation.bad("glob", "must be at most 4096 characters")
+    async def list_assets(self, request: Request, call: Call) -> Response:
+        who, query = call.principal, call.query_as(schemas.AssetListQuery)
         wanted = assets.AssetQuery(
-            project_id=project_id,
-            collection_id=collection_id,
-            path_prefix=query.get("path_prefix") or None,
-            glob=glob,
-            limit=validation.query_limit(query, default=assets.DEFAULT_LIMIT, maximum=assets.MAX_LIMIT),
-            cursor=query.get("cursor") or None,
+            project_id=query.project_id,
+            collection_id=query.collection_id,
+            path_prefix=query.path_prefix,
+            glob=query.glob,
+            limit=query.limit,
+            cursor=query.cursor,
         )
         return JSONResponse(await self.s.db.read(lambda session: assets.list_assets(session, who, wanted)))
 
-    async def delete_asset(self, request: Request) -> Response:
-        who = await self.who(request, WRITE)
-        asset_id = request.path_params["asset_id"]
+    async def delete_asset(self, request: Request, call: Call) -> Response:
+        who, asset_id = call.principal, request.path_params["asset_id"]
         keys = await self.s.db.write(lambda session: assets.delete_asset(session, who, asset_id))
         # After the commit, and shielded: the rows are gone, so the bytes go now, whether or
         # not the client waits; what fails stays queued for the sweep (deletions.py).
@@ -201,92 +248,59 @@ class Api:
             await deletions.delete_queued(self.s.db, self.s.storage, keys)
         return Response(status_code=204)
 
-    async def asset_files(self, request: Request) -> Response:
-        who = await self.who(request, READ)
+    async def asset_files(self, request: Request, call: Call) -> Response:
+        who, query = call.principal, call.query_as(schemas.AssetFilesQuery)
         asset_id = request.path_params["asset_id"]
-        query = request.query_params
-        content_id = query.get("content_id") or None
-        exact = query.get("path")
+        exact = query.path
         if exact is not None:
             return JSONResponse(
-                await self.s.db.read(lambda session: assets.file_info(session, who, asset_id, content_id, exact))
+                await self.s.db.read(
+                    lambda session: assets.file_info(session, who, asset_id, query.content_id, exact)
+                )
             )
-        prefix = query.get("prefix") or None
-        limit = validation.query_limit(query, default=assets.DEFAULT_LIMIT, maximum=assets.MAX_LIMIT)
-        cursor = query.get("cursor") or None
         return JSONResponse(
             await self.s.db.read(
-                lambda session: assets.list_files(session, who, asset_id, content_id, prefix, limit, cursor)
+                lambda session: assets.list_files(
+                    session, who, asset_id, query.content_id, query.prefix, query.limit, query.cursor
+                )
             )
         )
 
-    async def create_relationship(self, request: Request) -> Response:
-        who = await self.who(request, WRITE)
+    async def create_relationship(self, request: Request, call: Call) -> Response:
+        who, body = call.principal, call.body_as(schemas.NewRelationship)
         from_asset_id = request.path_params["asset_id"]
-        body = await validation.read_json_object(request)
-        validation.reject_unknown(
-            body, ("to_asset_id", "rel_type", "analysis_mode", "qualifier_note", "qualifier_time", "qualifiers")
-        )
-        rel_type = validation.required_string(body, "rel_type", max_length=relationships.MAX_REL_TYPE_LENGTH)
-        if not rel_type.strip():
-            raise validation.bad("rel_type", "must not be empty")
-        mode = validation.string(body, "analysis_mode", max_length=20)
-        if mode is not None and mode not in relationships.ANALYSIS_MODES:
-            raise validation.bad("analysis_mode", f"must be null or one of {', '.join(relationships.ANALYSIS_MODES)}")
-        time_text = validation.string(body, "qualifier_time", max_length=100)
         qualifier_time = None
-        if time_text is not None:
-            qualifier_time = parse_timestamp(time_text)
+        if body.qualifier_time is not None:
+            qualifier_time = parse_timestamp(body.qualifier_time)
             if qualifier_time is None:
                 raise validation.bad("qualifier_time", "must be an ISO-8601 timestamp such as 2026-11-30T12:00:00Z")
-        qualifiers = body.get("qualifiers")
-        if qualifiers is not None and not isinstance(qualifiers, dict):
-            raise validation.bad("qualifiers", "must be null or a JSON object")
         new = relationships.NewRelationship(
-            to_asset_id=validation.required_string(body, "to_asset_id", max_length=40),
-            rel_type=rel_type,
-            analysis_mode=mode,
-            qualifier_note=validation.string(body, "qualifier_note"),
+            to_asset_id=body.to_asset_id,
+            rel_type=body.rel_type,
+            analysis_mode=body.analysis_mode,
+            qualifier_note=body.qualifier_note,
             qualifier_time=qualifier_time,
-            qualifiers=qualifiers,
+            qualifiers=body.qualifiers,
         )
         view = await self.s.db.write(
             lambda session: relationships.create_relationship(session, who, from_asset_id, new)
         )
         return JSONResponse(view, status_code=201)
 
-    async def list_relationships(self, request: Request) -> Response:
-        who = await self.who(request, READ)
-        asset_id = request.path_params["asset_id"]
+    async def list_relationships(self, request: Request, call: Call) -> Response:
+        who, asset_id = call.principal, request.path_params["asset_id"]
         found = await self.s.db.read(lambda session: relationships.list_relationships(session, who, asset_id))
         return JSONResponse({"relationships": found})
 
-    async def patch_asset(self, request: Request) -> Response:
-        who = await self.who(request, WRITE)
+    async def patch_asset(self, request: Request, call: Call) -> Response:
+        who, changes = call.principal, call.body_as(schemas.AssetPatch).changes()
         asset_id = request.path_params["asset_id"]
-        body = await validation.read_json_object(request)
-        validation.reject_unknown(body, assets.PATCHABLE)
-        changes: dict[str, Any] = {}
-        for name in ("title", "description", "alias"):
-            if name in body:
-                changes[name] = validation.string(body, name, max_length=200 if name == "alias" else 10_000)
-        if "tags" in body:
-            if body["tags"] is None:
-                raise validation.bad("tags", "must be a list of strings")
-            changes["tags"] = validation.string_list(body, "tags")
-        if "metadata" in body:
-            if body["metadata"] is None:
-                raise validation.bad("metadata", "must be a JSON object")
-            changes["metadata"] = validation.json_object(body, "metadata")
-        if "path" in body:
-            changes["path"] = validation.path(body, "path", nullable=False)
         view = await self.s.db.write(lambda session: assets.patch_asset(session, who, asset_id, changes))
         return JSONResponse(view)
 
-    async def download(self, request: Request) -> Response:
-        who = await self.who(request, READ)
+    async def download(self, request: Request, call: Call) -> Response:
+        who, content_id = call.principal, call.query_as(schemas.DownloadQuery).content_id
         asset_id = request.path_params["asset_id"]
-        content_id = request.query_params.get("content_id") or None
         content, files = await self.s.db.read(
             lambda session: assets.download_source(session, who, asset_id, content_id)
         )
@@ -312,12 +326,13 @@ class Api:
             }
         )
 
-    async def content_data(self, request: Request) -> Response | StreamedBody:
+    async def content_data(self, request: Request, call: Call) -> Response | StreamedBody:
         # Logged for every content read, so that ranged reads can be counted from the log.
         request_log_fields(request.scope)["range"] = request.headers.get("range")
         content_id = request.path_params["content_id"]
         path = _route_path("/contents/{content_id}/data", content_id=content_id)
         self.s.signer.verify("GET", path, request.query_params)
+        call.signed_query(request, schemas.ContentQuery)
         content = await self.s.db.read(lambda session: session.get(Content, content_id))
         if content is None:
             raise ApiError("not_found", f"no content {content_id!r}", content_id=content_id)
@@ -346,61 +361,45 @@ class Api:
 
     # --- uploads ------------------------------------------------------------------------
 
-    async def create_upload(self, request: Request) -> Response:
-        who = await self.who(request, WRITE)
-        body = await validation.read_json_object(request, max_bytes=MAX_MANIFEST_JSON_BODY)
-        asset_id = validation.string(body, "asset_id", max_length=40)
-        required = asset_id is None
-        size = validation.integer(body, "size", minimum=0)
+    async def create_upload(self, request: Request, call: Call) -> Response:
+        who, body = call.principal, call.body_as(schemas.NewUpload)
         new = NewUpload(
-            owner_type=validation.string(body, "owner_type", required=required, nullable=not required, max_length=20),
-            owner_id=validation.string(body, "owner_id", required=required, nullable=not required, max_length=40),
-            # It names the one file (or the uploaded directory), so it follows the path rules.
-            file_name=validation.path(body, "file_name"),
-            size=size,
-            part_size=validation.integer(body, "part_size", minimum=MIN_PART_SIZE, maximum=MAX_PART_SIZE),
-            sha256=validation.sha256_hex(body, "sha256"),
-            idempotency_key=validation.string(body, "idempotency_key", max_length=200),
-            asset_id=asset_id,
-            collection_id=validation.string(body, "collection_id", max_length=40),
-            title=validation.string(body, "title"),
-            description=validation.string(body, "description"),
-            alias=validation.string(body, "alias", max_length=200),
-            tags=validation.string_list(body, "tags"),
-            metadata=validation.json_object(body, "metadata"),
-            path=validation.path(body, "path"),
-            files=validation.file_list(body, "files", total_size=size),
+            owner_type=body.owner_type,
+            owner_id=body.owner_id,
+            file_name=body.file_name,
+            size=body.size,
+            part_size=body.part_size,
+            sha256=body.sha256,
+            idempotency_key=body.idempotency_key,
+            asset_id=body.asset_id,
+            collection_id=body.collection_id,
+            title=body.title,
+            description=body.description,
+            alias=body.alias,
+            tags=list(body.tags or ()),
+            metadata=dict(body.metadata or {}),
+            path=body.path,
+            files=None if body.files is None else [dict(entry) for entry in body.files],
         )
         view, created = await self.s.uploads.create(who, new)
         return JSONResponse(view, status_code=201 if created else 200)
 
-    async def get_upload(self, request: Request) -> Response:
-        who = await self.who(request, READ)
-        return JSONResponse(await self.s.uploads.get(who, request.path_params["upload_id"]))
+    async def get_upload(self, request: Request, call: Call) -> Response:
+        return JSONResponse(await self.s.uploads.get(call.principal, request.path_params["upload_id"]))
 
-    async def abort_upload(self, request: Request) -> Response:
-        who = await self.who(request, WRITE)
-        await self.s.uploads.abort(who, request.path_params["upload_id"])
+    async def abort_upload(self, request: Request, call: Call) -> Response:
+        await self.s.uploads.abort(call.principal, request.path_params["upload_id"])
         return Response(status_code=204)
 
-    async def part_target(self, request: Request) -> Response:
-        who = await self.who(request, WRITE)
+    async def part_target(self, request: Request, call: Call) -> Response:
+        who, body, number = call.principal, call.body_as(schemas.PartTargetRequest), call.part_number
         upload_id = request.path_params["upload_id"]
-        number = _part_number(request)
-        body = await validation.read_json_object(request)
-        own = validation.sha256_hex(body, "sha256")
-        prefix_sha256 = validation.sha256_hex(body, "prefix_sha256")
-        if (own is None) == (prefix_sha256 is None):
-            raise ApiError(
-                "invalid_argument", "give the part's `sha256` or its `prefix_sha256` (one of them)", field="sha256"
-            )
-        sha256 = prefix_sha256 or own
-        assert sha256 is not None
-        digest_field = "sha256" if own is not None else "prefix_sha256"
-        size = validation.integer(body, "size", minimum=0)
+        digest_field = "sha256" if body.sha256 is not None else "prefix_sha256"
+        sha256 = body.prefix_sha256 or body.sha256
+        assert sha256 is not None  # the model takes exactly one of the two
         ttl = self.s.settings.url_ttl_seconds
         direct = await self.s.uploads.part_target(
-            who, upload_id, number, size, sha256, prefix=prefix_sha256 is not None
+            who, upload_id, number, body.size, sha256, prefix=body.prefix_sha256 is not None
         )
         if direct is not None:
             expires_at = isoformat(from_unix(time.time() + ttl))
@@ -408,19 +407,19 @@ class Api:
                 {"method": direct.method, "url": direct.url, "headers": dict(direct.headers), "expires_at": expires_at}
             )
         path = _route_path("/uploads/{upload_id}/parts/{number}", upload_id=upload_id, number=number)
-        query = self.s.signer.sign("PUT", path, ttl, {digest_field: sha256, "size": str(size)})
+        query = self.s.signer.sign("PUT", path, ttl, {digest_field: sha256, "size": str(body.size)})
         return JSONResponse(
             {
                 "method": "PUT",
                 "url": _absolute(request, path, query),
-                "headers": {"Content-Length": str(size)},
+                "headers": {"Content-Length": str(body.size)},
                 "expires_at": _expires_at(query),
             }
         )
 
-    async def put_part(self, request: Request) -> Response:
+    async def put_part(self, request: Request, call: Call) -> Response:
         upload_id = request.path_params["upload_id"]
-        number = _part_number(request)
+        number = call.part_number
         path = _route_path("/uploads/{upload_id}/parts/{number}", upload_id=upload_id, number=number)
         # The signature covers the field's name too: a part's own digest and its prefix
         # digest cannot stand in for each other.
@@ -428,12 +427,12 @@ class Api:
         digest_field = "prefix_sha256" if prefix else "sha256"
         self.s.signer.verify("PUT", path, request.query_params, (digest_field, "size"))
         # Signed by us, so well-formed; checked anyway rather than trusted to be.
-        sha256, size_text = request.query_params[digest_field], request.query_params["size"]
-        if not validation.is_sha256_hex(sha256) or not size_text.isdigit():
+        query = call.signed_query(request, schemas.PartQuery)
+        sha256, size = query.prefix_sha256 if prefix else query.sha256, query.size
+        if sha256 is None:
             raise ApiError("invalid_argument", "malformed part URL; ask for a new one")
-        size = int(size_text)
         declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) != size:
+        if declared is not None and declared.isascii() and declared.isdigit() and int(declared) != size:
             raise ApiError(
                 "checksum_mismatch",
                 f"Content-Length is {declared}, but part {number} is {size} bytes",
@@ -444,69 +443,25 @@ class Api:
         result = await self.s.uploads.put_part(upload_id, number, size, sha256, request.stream(), prefix=prefix)
         return JSONResponse(result)
 
-    async def complete_upload(self, request: Request) -> Response:
-        who = await self.who(request, WRITE)
-        body = await validation.read_json_object(request, max_bytes=MAX_MANIFEST_JSON_BODY)
-        key = validation.string(body, "idempotency_key", max_length=200)
-        sha256 = validation.sha256_hex(body, "sha256")
-        file_sha256 = validation.sha256_list(body, "file_sha256")
+    async def complete_upload(self, request: Request, call: Call) -> Response:
+        who, body = call.principal, call.body_as(schemas.Completion)
         upload_id = request.path_params["upload_id"]
-        return JSONResponse(await self.s.uploads.complete(who, upload_id, key, sha256, file_sha256))
+        return JSONResponse(
+            await self.s.uploads.complete(who, upload_id, body.idempotency_key, body.sha256, body.file_sha256)
+        )
 
-    async def dedup_challenge(self, request: Request) -> Response:
-        who = await self.who(request, WRITE)
-        body = await validation.read_json_object(request)
-        validation.reject_unknown(body, ("sha256",))
-        sha256 = validation.sha256_hex(body, "sha256", required=True)
-        assert sha256 is not None
-        return JSONResponse(await self.s.uploads.dedup_challenge(who, request.path_params["upload_id"], sha256))
+    async def dedup_challenge(self, request: Request, call: Call) -> Response:
+        who, body = call.principal, call.body_as(schemas.DedupRequest)
+        return JSONResponse(await self.s.uploads.dedup_challenge(who, request.path_params["upload_id"], body.sha256))
 
-    async def dedup_prove(self, request: Request) -> Response:
-        who = await self.who(request, WRITE)
-        body = await validation.read_json_object(request, max_bytes=MAX_MANIFEST_JSON_BODY)
-        validation.reject_unknown(body, ("digests", "idempotency_key", "file_sha256"))
-        digests = validation.sha256_list(body, "digests")
-        if digests is None:
-            raise validation.bad("digests", "is required: the SHA-256 of each range, in order")
-        key = validation.string(body, "idempotency_key", max_length=200)
-        file_sha256 = validation.sha256_list(body, "file_sha256")
+    async def dedup_prove(self, request: Request, call: Call) -> Response:
+        who, body = call.principal, call.body_as(schemas.DedupProof)
         upload_id, challenge_id = request.path_params["upload_id"], request.path_params["challenge_id"]
-        return JSONResponse(await self.s.uploads.dedup_prove(who, upload_id, challenge_id, digests, key, file_sha256))
-
-    def routes(self) -> list[Route]:
-        def r(path: str, endpoint: Callable[[Request], Awaitable[Any]], *methods: str) -> Route:
-            return Route(PREFIX + path, endpoint, methods=list(methods))
-
-        return [
-            r("/health", self.health, "GET"),
-            r("/openapi.json", self.openapi, "GET"),
-            r("/me", self.me, "GET"),
-            r("/projects", self.create_project, "POST"),
-            r("/projects", self.list_projects, "GET"),
-            r("/projects/{project_id}", self.get_project, "GET"),
-            r("/projects/{project_id}/members", self.list_members, "GET"),
-            r("/projects/{project_id}/members", self.set_member, "POST"),
-            r("/projects/{project_id}/collections", self.list_collections, "GET"),
-            r("/collections", self.create_collection, "POST"),
-            r("/collections/{collection_id}", self.get_collection, "GET"),
-            r("/assets", self.list_assets, "GET"),
-            r("/assets/{asset_id}", self.get_asset, "GET"),
-            r("/assets/{asset_id}", self.patch_asset, "PATCH"),
-            r("/assets/{asset_id}", self.delete_asset, "DELETE"),
-            r("/assets/{asset_id}/files", self.asset_files, "GET"),
-            r("/assets/{asset_id}/relationships", self.create_relationship, "POST"),
-            r("/assets/{asset_id}/relationships", self.list_relationships, "GET"),
-            r("/assets/{asset_id}/download", self.download, "GET"),
-            r("/contents/{content_id}/data", self.content_data, "GET"),
-            r("/uploads", self.create_upload, "POST"),
-            r("/uploads/{upload_id}", self.get_upload, "GET"),
-            r("/uploads/{upload_id}", self.abort_upload, "DELETE"),
-            r("/uploads/{upload_id}/parts/{number}/target", self.part_target, "POST"),
-            r("/uploads/{upload_id}/parts/{number}", self.put_part, "PUT"),
-            r("/uploads/{upload_id}/complete", self.complete_upload, "POST"),
-            r("/uploads/{upload_id}/dedup", self.dedup_challenge, "POST"),
-            r("/uploads/{upload_id}/dedup/{challenge_id}", self.dedup_prove, "POST"),
-        ]
+        return JSONResponse(
+            await self.s.uploads.dedup_prove(
+                who, upload_id, challenge_id, body.digests, body.idempotency_key, body.file_sha256
+            )
+        )
 
 
 class RequestLog:

@@ -26,14 +26,12 @@ from .auth import Principal
 from .clock import isoformat, utcnow
 from .errors import ApiError
 from .models import Asset, Content, ContentFile, Relationship
+from .schemas import DEFAULT_LIMIT
 
 OWNER_PROJECT = "project"
 OWNER_USER = "user"
 OWNER_COLLECTION = "collection"
 
-#: ``limit`` of the listings: the default and the most one page may hold.
-DEFAULT_LIMIT = 100
-MAX_LIMIT = 1000
 
 
 # --- access -------------------------------------------------------------------------
@@ -176,12 +174,8 @@ def get_asset(session: Session, who: Principal, asset_id: str) -> dict[str, Any]
     return asset_view(session, readable_asset(session, who, asset_id))
 
 
-#: The fields PATCH may change, by their API names.
-PATCHABLE = ("title", "description", "alias", "tags", "metadata", "path")
-
-
 def patch_asset(session: Session, who: Principal, asset_id: str, changes: dict[str, Any]) -> dict[str, Any]:
-    """Apply already-validated ``changes`` (API field names, see :data:`PATCHABLE`)."""
+    """Apply already-validated ``changes`` (API field names, see ``schemas.AssetPatch``)."""
     asset = writable_asset(session, who, asset_id)
     for name, value in changes.items():
         setattr(asset, "meta" if name == "metadata" else name, value)

@@ -22,17 +22,6 @@ from .clock import isoformat, new_id, utcnow
 from .errors import ApiError
 from .models import Asset, Relationship
 
-#: The only values ``analysis_mode`` takes (besides null), as the SDK contract lists them.
-ANALYSIS_MODES: Final = (
-    "non_destructive",
-    "altering",
-    "destructive",
-    "in_situ",
-    "ex_situ",
-    "invasive",
-    "non_invasive",
-)
-MAX_REL_TYPE_LENGTH: Final = 255
 OUTGOING: Final = "outgoing"
 INCOMING: Final = "incoming"
 
