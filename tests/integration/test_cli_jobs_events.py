@@ -60,6 +60,13 @@ def test_jobs_commands_steer_a_job_to_its_end(stack: Stack, tmp_path: Path) -> N
     assert len(human) == 1 and human[0].endswith("running -> completed")
 
 
+def _interruptible() -> None:
+    """Ctrl-C reaches the child as it reaches a command run in a terminal. A test run started in
+    the background by a shell without job control (``make test &`` in a script) inherits SIGINT
+    ignored, and Python then installs no handler for it: the follower would never stop."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_events_follow_streams_json_lines_until_interrupted(stack: Stack, tmp_path: Path) -> None:
     since = json.loads(stack.cli("daemon", "status", "--json").stdout)["last_event_id"]
     with stack.client() as client:
@@ -68,7 +75,7 @@ def test_events_follow_streams_json_lines_until_interrupted(stack: Stack, tmp_pa
     # --since makes the start deterministic: the events after it are replayed, then live ones follow.
     follower = subprocess.Popen(
         [_bin("dataerai"), "events", "--follow", "--json", "--type", "job.state", "--since", str(since)],
-        env=stack.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        env=stack.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_interruptible)
     try:
         assert follower.stdout is not None
         seen: list[dict[str, Any]] = []
