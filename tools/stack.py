@@ -8,6 +8,7 @@ under one root directory: the server's data, the daemon's XDG directories
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -15,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +130,18 @@ class Stack:
                 self.server.kill()
                 self.server.wait()
         self.server = None
+
+    @contextlib.contextmanager
+    def server_held(self) -> Iterator[None]:
+        """Hold the server still (SIGSTOP, then SIGCONT on the way out): the kernel still accepts
+        its connections, but nothing is answered, so no transfer can end meanwhile. A test that
+        must steer a job while it runs holds the server instead of hoping the job is slow enough."""
+        assert self.server is not None and self.server.poll() is None
+        os.killpg(self.server.pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.killpg(self.server.pid, signal.SIGCONT)
 
     def add_user(self, email: str, scope: str = "write", expires_in_days: float | None = None) -> str:
         args = [_bin("dataerai-server"), "users", "add", email, "--scope", scope]

@@ -583,18 +583,20 @@ def test_unknown_codes_pass_through(client: DataeraiClient, daemon: FakeDaemon) 
 def test_request_timeout_then_the_late_answer_is_dropped(client: DataeraiClient, daemon: FakeDaemon) -> None:
     """Answers are matched by id: the late answer to a timed-out request is not taken for the next one."""
     second_arrived = threading.Event()
+    stale_sent = threading.Event()
 
     def slow(conn: FakeConnection, request: Request) -> Any:
         def later() -> None:
-            second_arrived.wait(5)
+            second_arrived.wait(60)  # a cap for a broken test only: the second request comes at once
             conn.respond(request.id, "stale answer to the first request")
+            stale_sent.set()
 
         threading.Thread(target=later, daemon=True).start()
         return NO_REPLY
 
     def fast(conn: FakeConnection, request: Request) -> Any:
         second_arrived.set()
-        time.sleep(0.05)  # the stale answer goes out first
+        assert stale_sent.wait(60)  # the stale answer goes out first
         return "fresh"
 
     daemon.handlers["slow"] = slow

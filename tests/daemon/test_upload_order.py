@@ -24,11 +24,31 @@ BLOCK = 16 * 1024
 T = TypeVar("T")
 
 
+#: A cap on a stand-in's wait for another event: reached only when the order under test is broken.
+SAFETY_NET_SECONDS = 30.0
+
+
 class _Server:
-    def __init__(self, own: bool, fail_once: set[int] | None = None) -> None:
+    """The repository's part endpoint. ``after`` holds an event back until another one happened
+    (``{"1 acked": "2 put"}``: part 1 is acknowledged only once part 2's body began), so that an
+    order the sender must allow is tested as such, not as a race against the clock."""
+
+    def __init__(self, own: bool, fail_once: set[int] | None = None, after: dict[str, str] | None = None) -> None:
         self.events: list[str] = []
         self.own = own
         self.fail_once = set(fail_once or ())
+        self.after = dict(after or {})
+        self._recorded = trio.Event()
+
+    async def _record(self, event: str) -> None:
+        awaited = self.after.get(event)
+        if awaited is not None:
+            with trio.move_on_after(SAFETY_NET_SECONDS):
+                while awaited not in self.events:
+                    await self._recorded.wait()
+        self.events.append(event)
+        self._recorded.set()
+        self._recorded = trio.Event()
 
     async def part_target(self, _upload_id: str, number: int, sha256: str, size: int, *,
                           prefix: bool = False) -> dict[str, Any]:
@@ -39,16 +59,15 @@ class _Server:
 
     async def put_part(self, target: dict[str, Any], body: AsyncIterator[bytes], _what: str) -> dict[str, Any]:
         number = int(target["url"].rsplit("/", 1)[1])
-        self.events.append(f"{number} put")
+        await self._record(f"{number} put")
         async for _ in body:
             if number in self.fail_once:
                 self.fail_once.discard(number)
-                self.events.append(f"{number} failed")
+                await self._record(f"{number} failed")
                 raise TransientError("connection reset")
-            await trio.sleep(0.005)
-        self.events.append(f"{number} sent")
-        await trio.sleep(0.05)  # the server's fsync and publication
-        self.events.append(f"{number} acked")
+            await trio.lowlevel.checkpoint()
+        await self._record(f"{number} sent")
+        await self._record(f"{number} acked")  # after the server's fsync and publication
         return {"sha256": target["sha256"], "size": target["size"]}
 
 
@@ -71,7 +90,7 @@ def _before(events: list[str], first: str, second: str) -> bool:
 
 
 async def test_bodies_go_one_after_the_other_and_acknowledgements_overlap(tmp_path: Path) -> None:
-    server = _Server(own=True)
+    server = _Server(own=True, after={"1 acked": "2 put"})
     await _run(tmp_path, server, 4, "auto")
     events = server.events
     for number in range(2, 5):
@@ -87,7 +106,7 @@ async def test_held_parts_are_skipped_in_the_order(tmp_path: Path) -> None:
 
 
 async def test_a_failed_attempt_releases_the_next_part(tmp_path: Path) -> None:
-    server = _Server(own=True, fail_once={1})
+    server = _Server(own=True, fail_once={1}, after={"1 sent": "2 put"})
     await _run(tmp_path, server, 3, "auto")
     events = server.events
     # Part 2 went as soon as part 1's first attempt failed, not after its retry.
@@ -97,7 +116,7 @@ async def test_a_failed_attempt_releases_the_next_part(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("own", "order"), [(False, "auto"), (True, "never")])
 async def test_object_store_targets_or_never_go_in_parallel(tmp_path: Path, own: bool, order: str) -> None:
-    server = _Server(own=own)
+    server = _Server(own=own, after={"1 sent": "2 put"})
     await _run(tmp_path, server, 3, order)
     assert _before(server.events, "2 put", "1 sent")
 

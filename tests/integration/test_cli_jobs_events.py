@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from stack import Stack, _bin, make_file
+from stack import Stack, _bin, make_file, wait_for
 
 MiB = 1024 * 1024
 
@@ -17,20 +17,28 @@ def run_json(stack: Stack, *args: str) -> Any:
     return json.loads(stack.cli(*args, "--json").stdout)
 
 
-def test_jobs_commands_steer_a_job_to_its_end(make_stack: Any, tmp_path: Path) -> None:
-    stack = make_stack(daemon_config={"bandwidth_limit_bps": 4 * MiB})
+def _state(stack: Stack, job_id: str) -> str:
+    with stack.client() as client:
+        return str(client.get_job(job_id).state)
+
+
+def test_jobs_commands_steer_a_job_to_its_end(stack: Stack, tmp_path: Path) -> None:
     source = make_file(tmp_path / "data.bin", 6 * MiB)
-    job = run_json(stack, "upload", str(source), "--project", stack.project_id, "--no-wait")
-    job_id = job["job_id"]
-    listed = run_json(stack, "jobs", "ls")
-    assert [j["job_id"] for j in listed["jobs"]] == [job_id]
-    assert run_json(stack, "jobs", "pause", job_id)["state"] == "paused"
-    assert stack.cli("jobs", "ls", "--state", "paused").stdout.startswith(job_id)
-    assert run_json(stack, "jobs", "priority", job_id, "5")["priority"] == 5
-    assert stack.cli("jobs", "priority", job_id, "--", "-2").stdout.strip() == f"{job_id}: priority -2"
-    assert run_json(stack, "jobs", "resume", job_id)["state"] == "queued"
-    assert stack.cli("jobs", "cancel", job_id).stdout.strip() == f"{job_id}: cancelled"
-    assert run_json(stack, "jobs", "retry", job_id)["state"] == "queued"
+    # The job is paused while it runs, and cancelled before it ends: while the server is held,
+    # it can only run, whatever the time the commands take on a busy machine.
+    with stack.server_held():
+        job = run_json(stack, "upload", str(source), "--project", stack.project_id, "--no-wait")
+        job_id = job["job_id"]
+        wait_for(lambda: _state(stack, job_id) == "running", 60, "the job to run")
+        listed = run_json(stack, "jobs", "ls")
+        assert [j["job_id"] for j in listed["jobs"]] == [job_id]
+        assert run_json(stack, "jobs", "pause", job_id)["state"] == "paused"
+        assert stack.cli("jobs", "ls", "--state", "paused").stdout.startswith(job_id)
+        assert run_json(stack, "jobs", "priority", job_id, "5")["priority"] == 5
+        assert stack.cli("jobs", "priority", job_id, "--", "-2").stdout.strip() == f"{job_id}: priority -2"
+        assert run_json(stack, "jobs", "resume", job_id)["state"] == "queued"
+        assert stack.cli("jobs", "cancel", job_id).stdout.strip() == f"{job_id}: cancelled"
+        assert run_json(stack, "jobs", "retry", job_id)["state"] == "queued"
     waited = run_json(stack, "jobs", "wait", job_id, "--timeout", "60")
     shown = run_json(stack, "jobs", "show", job_id)
     assert waited["state"] == shown["state"] == "completed"
@@ -52,6 +60,13 @@ def test_jobs_commands_steer_a_job_to_its_end(make_stack: Any, tmp_path: Path) -
     assert len(human) == 1 and human[0].endswith("running -> completed")
 
 
+def _interruptible() -> None:
+    """Ctrl-C reaches the child as it reaches a command run in a terminal. A test run started in
+    the background by a shell without job control (``make test &`` in a script) inherits SIGINT
+    ignored, and Python then installs no handler for it: the follower would never stop."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_events_follow_streams_json_lines_until_interrupted(stack: Stack, tmp_path: Path) -> None:
     since = json.loads(stack.cli("daemon", "status", "--json").stdout)["last_event_id"]
     with stack.client() as client:
@@ -60,7 +75,7 @@ def test_events_follow_streams_json_lines_until_interrupted(stack: Stack, tmp_pa
     # --since makes the start deterministic: the events after it are replayed, then live ones follow.
     follower = subprocess.Popen(
         [_bin("dataerai"), "events", "--follow", "--json", "--type", "job.state", "--since", str(since)],
-        env=stack.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        env=stack.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_interruptible)
     try:
         assert follower.stdout is not None
         seen: list[dict[str, Any]] = []

@@ -21,7 +21,8 @@ MiB = 1024 * 1024
 
 @pytest.fixture
 def one_slot(make_stack: Any) -> Stack:
-    """One job at a time, 4 MiB/s: a 16 MiB upload runs for seconds, long enough to steer the queue around it."""
+    """One job at a time, 4 MiB/s. A test that steers the queue around a running job holds the
+    server meanwhile (``Stack.server_held``), so that the job cannot end before it is steered."""
     stack: Stack = make_stack(daemon_config={"max_active_jobs": 1, "bandwidth_limit_bps": 4 * MiB})
     return stack
 
@@ -51,14 +52,15 @@ def test_priority_then_set_priority_decide_what_starts_next(one_slot: Stack, tmp
     big = make_file(tmp_path / "big.bin", 16 * MiB)
     small = [make_file(tmp_path / f"s{i}.bin", 1000 + i, seed=i) for i in range(3)]
     with stack.client() as client:
-        blocker = _upload(client, stack, big)
-        wait_for(lambda: _running(stack, blocker.job_id), 30, "the first job to run")
-        low = _upload(client, stack, small[0])
-        high = _upload(client, stack, small[1], priority=5)
-        bumped = _upload(client, stack, small[2])
-        assert (low.priority, high.priority, bumped.priority) == (0, 5, 0)
-        assert client.set_priority(bumped.job_id, 9).priority == 9
-        client.cancel(blocker.job_id)
+        with stack.server_held():  # the blocker runs until it is cancelled
+            blocker = _upload(client, stack, big)
+            wait_for(lambda: _running(stack, blocker.job_id), 60, "the first job to run")
+            low = _upload(client, stack, small[0])
+            high = _upload(client, stack, small[1], priority=5)
+            bumped = _upload(client, stack, small[2])
+            assert (low.priority, high.priority, bumped.priority) == (0, 5, 0)
+            assert client.set_priority(bumped.job_id, 9).priority == 9
+            assert client.cancel(blocker.job_id).state == "cancelled"
         for job in (low, high, bumped):
             assert client.wait(job.job_id, timeout_s=60).state == "completed"
         assert _started_order(client, {low.job_id, high.job_id, bumped.job_id}) == [
@@ -72,12 +74,15 @@ def test_clients_share_the_slots_round_robin(make_stack: Any, tmp_path: Path) ->
     stack = make_stack(daemon_config={"max_active_jobs": 2, "bandwidth_limit_bps": 4 * MiB})
     files = [make_file(tmp_path / f"f{i}.bin", 8 * MiB if i < 2 else 1000, seed=i) for i in range(5)]
     with stack.client(client_name="greedy") as greedy, stack.client(client_name="polite") as polite:
-        mine = [_upload(greedy, stack, f) for f in files[:4]]
-        wait_for(lambda: _running(stack, mine[0].job_id) and _running(stack, mine[1].job_id), 30, "two jobs running")
-        theirs = _upload(polite, stack, files[4])
-        assert theirs.raw["client"] == "name:polite" and mine[0].raw["client"] == "name:greedy"
-        # A slot frees: FIFO would start greedy's third job; fairness starts polite's first.
-        greedy.cancel(mine[0].job_id)
+        with stack.server_held():  # greedy's first two jobs run until one is cancelled
+            mine = [_upload(greedy, stack, f) for f in files[:4]]
+            wait_for(lambda: _running(stack, mine[0].job_id) and _running(stack, mine[1].job_id), 60,
+                     "two jobs running")
+            theirs = _upload(polite, stack, files[4])
+            assert theirs.raw["client"] == "name:polite" and mine[0].raw["client"] == "name:greedy"
+            # A slot frees: FIFO would start greedy's third job; fairness starts polite's first.
+            greedy.cancel(mine[0].job_id)
+            wait_for(lambda: _running(stack, theirs.job_id), 60, "polite's job to run")
         assert polite.wait(theirs.job_id, timeout_s=60).state == "completed"
         for job in mine[1:]:
             try:
@@ -92,17 +97,18 @@ def test_pause_resume_cancel_retry_and_the_handle(one_slot: Stack, tmp_path: Pat
     stack = one_slot
     source = make_file(tmp_path / "data.bin", 6 * MiB)
     with stack.client() as client:
-        job = _upload(client, stack, source)
-        assert isinstance(job, Job) and job.state == "queued" and job.kind == "upload"
-        assert client.pause(job.job_id).state == "paused"
-        assert client.get_job(job.job_id).state == "paused"
-        with pytest.raises(DaemonError) as err:
-            client.retry(job.job_id)
-        assert err.value.code == "conflict"
-        assert client.resume(job.job_id).state == "queued"
-        assert client.cancel(job.job_id).state == "cancelled"
-        assert client.get_job(job.job_id).error is not None
-        assert client.retry(job.job_id).state == "queued"
+        with stack.server_held():  # the job cannot end before it is paused and cancelled
+            job = _upload(client, stack, source)
+            assert isinstance(job, Job) and job.state == "queued" and job.kind == "upload"
+            assert client.pause(job.job_id).state == "paused"
+            assert client.get_job(job.job_id).state == "paused"
+            with pytest.raises(DaemonError) as err:
+                client.retry(job.job_id)
+            assert err.value.code == "conflict"
+            assert client.resume(job.job_id).state == "queued"
+            assert client.cancel(job.job_id).state == "cancelled"
+            assert client.get_job(job.job_id).error is not None
+            assert client.retry(job.job_id).state == "queued"
         done = client.wait(job.job_id, timeout_s=60)
         assert done.state == "completed" and done.asset_id and done.content_id
         assert [j.job_id for j in client.list_jobs(["completed"])] == [job.job_id]
@@ -115,7 +121,7 @@ def test_pause_resume_cancel_retry_and_the_handle(one_slot: Stack, tmp_path: Pat
 def test_a_transfer_timeout_names_the_job_which_goes_on(one_slot: Stack, tmp_path: Path) -> None:
     stack = one_slot
     source = make_file(tmp_path / "slow.bin", 12 * MiB)
-    with stack.client() as client:
+    with stack.client() as client, stack.server_held():  # the job goes on, but cannot end
         with pytest.raises(DaemonTimeoutError) as err:
             client.upload(source, title="slow", owner_type="project", owner_id=stack.project_id,
                           chunk_size_mb=1, transfer_timeout_s=0.3)

@@ -5,12 +5,14 @@ The contract both storages keep is tested in ``test_storage_contract.py``."""
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
+import trio.testing
 from dataerai_server.storage import ChecksumMismatch, LocalStorage, StorageError, StoredPart
 from dataerai_server.storage import local as local_module
 from storage_data import chunks, read_all, sample, sha
@@ -206,11 +208,11 @@ async def test_background_catches_up_with_parts_that_came_early(
         storage.start_background(nursery)
         await _put_all(storage, handle, pieces, [2, 4, 5, 1, 3])
         # Parts 4 and 5 are read back in the background once 3 is there; wait for that.
-        for _ in range(1000):
-            if storage._running_digest(handle).count == len(pieces):
-                break
-            await trio.sleep(0.01)
-        assert storage._running_digest(handle).count == len(pieces)
+        digest = storage._running_digest(handle)
+        with trio.fail_after(SAFETY_NET_SECONDS):
+            while digest.count < len(pieces):
+                await digest.grown.wait()
+        assert digest.covered == [sha(p) for p in pieces]
         read_back = _ReadBack(monkeypatch)
         content = await storage.complete(handle, _records(pieces), "upl_bg", sha(data))
         assert content.sha256 == sha(data) and read_back.bytes == 0
@@ -293,16 +295,67 @@ async def test_content_stored_whole_by_an_earlier_version_is_read(storage: Local
     assert not legacy.exists()
 
 
+#: A cap on the waits below, for a test that went wrong: never reached when it passes, however busy the machine.
+SAFETY_NET_SECONDS = 60.0
+
+
+class _WatchedLinks(dict[int, Any]):
+    """Stands in for a running digest's ``links`` (the arrivals a next part may chain onto), so
+    that a test can wait for a part to arrive or to give up its link: no event announces either."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.removed: set[int] = set()
+        self._changed = trio.Event()
+
+    def __setitem__(self, number: int, link: Any) -> None:
+        super().__setitem__(number, link)
+        self._poke()
+
+    def __delitem__(self, number: int) -> None:
+        super().__delitem__(number)
+        self.removed.add(number)
+        self._poke()
+
+    def _poke(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def came(self, number: int) -> bool:
+        """Part ``number`` arrived: its link is there, or was given up already."""
+        return number in self or number in self.removed
+
+    async def until(self, condition: Callable[[], bool]) -> None:
+        with trio.fail_after(SAFETY_NET_SECONDS):
+            while not condition():
+                await self._changed.wait()
+
+
+def _watch_links(digest: Any) -> _WatchedLinks:
+    assert not digest.links
+    digest.links = watched = _WatchedLinks()
+    return watched
+
+
+def _patient_chain(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A part waits for the one before it for as long as the test needs: on a busy machine the
+    predecessor may take longer than ``CHAIN_WAIT_SECONDS`` to be hashed in, and the part would
+    then give up waiting (see ``test_a_part_does_not_wait_long_for_a_slow_predecessor``)."""
+    monkeypatch.setattr(local_module, "CHAIN_WAIT_SECONDS", SAFETY_NET_SECONDS)
+
+
 class _Gated:
     """A part body that stops after its first chunk until ``go`` is set, recording when it
-    was first read from and when it was read to its end."""
+    was first read from (``started`` is set then) and when it was read to its end."""
 
     def __init__(self, data: bytes, log: list[str], name: str) -> None:
         self.data, self.log, self.name = data, log, name
+        self.started = trio.Event()
         self.go = trio.Event()
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         self.log.append(f"{self.name} started")
+        self.started.set()
         half = len(self.data) // 2
         yield self.data[:half]
         await self.go.wait()
@@ -316,19 +369,22 @@ async def test_a_part_following_one_being_hashed_in_waits_and_is_chained(
     data = sample(4 * 65_536 + 7, seed=50)
     pieces = _pieces(data, 65_536)
     handle = await storage.create_upload("upl_chain")
+    _patient_chain(monkeypatch)
     read_back = _ReadBack(monkeypatch)
     log: list[str] = []
     bodies = [_Gated(p, log, str(n)) for n, p in enumerate(pieces, start=1)]
+    links = _watch_links(storage._running_digest(handle))
     async with trio.open_nursery() as nursery:
         for number, body in enumerate(bodies, start=1):
             piece = pieces[number - 1]
             nursery.start_soon(storage.put_part, handle, number, body, len(piece), sha(piece))
-            await trio.sleep(0.05)
+            # The parts arrive in order: each one is there before the next one comes.
+            await links.until(partial(links.came, number))
+        await bodies[0].started.wait()
         # Only part 1 is being read: every later part waits for the one before it.
-        assert log == ["1 started"]
+        assert sorted(links) == list(range(1, len(pieces) + 1)) and log == ["1 started"]
         for body in bodies:
             body.go.set()
-            await trio.sleep(0.05)
     assert log == [entry for n in range(1, len(pieces) + 1) for entry in (f"{n} started", f"{n} sent")]
     digest = storage._running_digest(handle)
     assert digest.covered == [sha(p) for p in pieces] and not digest.pending and not digest.links
@@ -343,6 +399,7 @@ async def test_a_chained_part_done_first_is_committed_right_after_the_one_before
     pieces = _pieces(data, 65_536)
     handle = await storage.create_upload("upl_pending")
     await _put_all(storage, handle, pieces, [1])
+    _patient_chain(monkeypatch)
     read_back = _ReadBack(monkeypatch)
     # Part 2's publication (after its state is final) is held until part 3 is done.
     held = trio.Event()
@@ -358,9 +415,10 @@ async def test_a_chained_part_done_first_is_committed_right_after_the_one_before
 
     monkeypatch.setattr(LocalStorage, "_publish_part", staticmethod(publish))
     digest = storage._running_digest(handle)
+    links = _watch_links(digest)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(slow_part_2, 2, chunks(pieces[1]))
-        await trio.sleep(0.05)
+        await links.until(partial(links.__contains__, 2))  # part 2 is being hashed in
         await slow_part_2(3, chunks(pieces[2]))
         assert digest.count == 1 and 3 in digest.pending  # waiting for part 2's commit
         held.set()
@@ -376,10 +434,14 @@ async def test_a_part_whose_predecessor_fails_its_checksum_is_stored_and_read_ba
     pieces = _pieces(data, 65_536)
     handle = await storage.create_upload("upl_fail")
     await _put_all(storage, handle, pieces, [1])
+    _patient_chain(monkeypatch)
     read_back = _ReadBack(monkeypatch)
     log: list[str] = []
     wrong = _Gated(sample(65_536, seed=99), log, "2")  # other bytes than part 2's digest says
+    third = _Gated(pieces[2], log, "3")
+    third.go.set()  # not held: it only records when it is read
     digest = storage._running_digest(handle)
+    links = _watch_links(digest)
 
     async def put_wrong_2() -> None:
         with pytest.raises(ChecksumMismatch):
@@ -387,10 +449,11 @@ async def test_a_part_whose_predecessor_fails_its_checksum_is_stored_and_read_ba
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(put_wrong_2)
-        await trio.sleep(0.05)
-        nursery.start_soon(storage.put_part, handle, 3, chunks(pieces[2]), 65_536, sha(pieces[2]))
-        await trio.sleep(0.05)
-        assert 3 in digest.links and digest.count == 1  # part 3 waits for part 2
+        await wrong.started.wait()  # part 2 is being hashed in as it streams
+        nursery.start_soon(storage.put_part, handle, 3, third, 65_536, sha(pieces[2]))
+        # Part 3 either waits for part 2 (its link stays, its body unread) or gave its link up at once.
+        await links.until(partial(links.came, 3))
+        assert 3 in links and not third.started.is_set() and digest.count == 1  # part 3 waits for part 2
         wrong.go.set()
     assert digest.count == 1 and not digest.pending  # part 3 was stored, not hashed in
     await _put_all(storage, handle, pieces, [2])
@@ -408,6 +471,7 @@ async def test_a_chained_state_on_bytes_not_stored_is_void(
     other_2 = sample(65_536, seed=54)
     handle = await storage.create_upload("upl_void")
     await _put_all(storage, handle, pieces, [1])
+    _patient_chain(monkeypatch)
     release = trio.Event()
     original = LocalStorage._publish_part
     failed = False
@@ -422,6 +486,7 @@ async def test_a_chained_state_on_bytes_not_stored_is_void(
 
     monkeypatch.setattr(LocalStorage, "_publish_part", staticmethod(publish))
     digest = storage._running_digest(handle)
+    links = _watch_links(digest)
 
     async def put_2() -> None:
         with pytest.raises(OSError):
@@ -429,7 +494,7 @@ async def test_a_chained_state_on_bytes_not_stored_is_void(
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(put_2)
-        await trio.sleep(0.05)
+        await links.until(partial(links.__contains__, 2))  # part 2 is being hashed in
         await storage.put_part(handle, 3, chunks(pieces[2]), 65_536, sha(pieces[2]))
         assert 3 in digest.pending
         release.set()
@@ -443,9 +508,9 @@ async def test_a_chained_state_on_bytes_not_stored_is_void(
 
 
 async def test_a_part_does_not_wait_long_for_a_slow_predecessor(
-    storage: LocalStorage, monkeypatch: pytest.MonkeyPatch
+    storage: LocalStorage, autojump_clock: trio.testing.MockClock
 ) -> None:
-    monkeypatch.setattr(local_module, "CHAIN_WAIT_SECONDS", 0.05)
+    # The clock is faked: it jumps to the end of the chain wait as soon as every task waits.
     data = sample(2 * 65_536, seed=55)
     pieces = _pieces(data, 65_536)
     handle = await storage.create_upload("upl_slow")
@@ -453,8 +518,11 @@ async def test_a_part_does_not_wait_long_for_a_slow_predecessor(
     first = _Gated(pieces[0], log, "1")
     async with trio.open_nursery() as nursery:
         nursery.start_soon(storage.put_part, handle, 1, first, 65_536, sha(pieces[0]))
-        await trio.sleep(0.02)
+        await first.started.wait()  # part 1 is being hashed in, and stalls
+        began = trio.current_time()
         await storage.put_part(handle, 2, chunks(pieces[1]), 65_536, sha(pieces[1]))  # gave up waiting
+        assert trio.current_time() - began == pytest.approx(local_module.CHAIN_WAIT_SECONDS)
+        assert log == ["1 started"]
         first.go.set()
     content = await storage.complete(handle, _records(pieces), "upl_slow", sha(data))
     assert content.sha256 == sha(data)
