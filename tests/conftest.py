@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 from hypothesis import HealthCheck, settings
+
+# The harnesses every part of the suite may use (tools/stack.py, tools/rpc_strategies.py).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 
 # The suite runs two workers on two cores beside real server and daemon processes, so
 # wall-clock time per example says nothing about the code under test: Hypothesis judges

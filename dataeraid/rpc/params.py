@@ -214,37 +214,40 @@ class ListOf(Spec):
         return f"array of at most {self.max_items}: {self.item.describe()}"
 
 
-@dataclass(frozen=True)
-class LocalPath(Spec):
-    """An absolute path on this machine that the OS can take (``contract.local_path_problem``)."""
+class _Rule(Spec):
+    """A string held to one of the contract's rules (``problem`` says what breaks it)."""
 
     json_type = "string"
+
+    def problem(self, value: str) -> str | None:
+        raise NotImplementedError
 
     def check(self, value: object) -> str:
         if not isinstance(value, str):
             raise Invalid(f"must be a string, not {_type_name(value)}")
-        problem = contract.local_path_problem(value)
+        problem = self.problem(value)
         if problem is not None:
             raise Invalid(problem)
         return value
+
+
+@dataclass(frozen=True)
+class LocalPath(_Rule):
+    """An absolute path on this machine that the OS can take (``contract.local_path_problem``)."""
+
+    def problem(self, value: str) -> str | None:
+        return contract.local_path_problem(value)
 
     def describe(self) -> str:
         return f"absolute local path, at most {contract.MAX_LOCAL_PATH_BYTES} bytes"
 
 
 @dataclass(frozen=True)
-class RepositoryPath(Spec):
+class RepositoryPath(_Rule):
     """A repository path (``contract.path_problem``): relative, ``/``-separated, no ``..``."""
 
-    json_type = "string"
-
-    def check(self, value: object) -> str:
-        if not isinstance(value, str):
-            raise Invalid(f"must be a string, not {_type_name(value)}")
-        problem = contract.path_problem(value)
-        if problem is not None:
-            raise Invalid(problem)
-        return value
+    def problem(self, value: str) -> str | None:
+        return contract.path_problem(value)
 
     def describe(self) -> str:
         return f"relative repository path, at most {contract.MAX_PATH_LENGTH} characters"
