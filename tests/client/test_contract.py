@@ -43,7 +43,7 @@ def test_job_ids_match_their_pattern_and_sort_by_creation() -> None:
 
 
 def test_a_repository_path_is_refused_for_what_would_escape_or_not_be_written() -> None:
-    for bad in ("", "/abs", "a//b", "a/../b", "./a", "a\\b", "a\x00b", "a\nb", "a\ud800", "x" * 1025, "y" * 256):
+    for bad in ("", "/abs", "a//b", "a/../b", "./a", "a\\b", "a\x00b", "a\nb", "a\ud800", "x" * 1025):
         assert contract.path_problem(bad) is not None, bad
     for good in ("a", "run42/raw/a.h5", "é/ü.bin", ".hidden/x"):
         assert contract.path_problem(good) is None, good

@@ -71,7 +71,7 @@ def test_transfers_jobs_and_events(stack: Stack, tmp_path: Path, run: Callable[[
             assert {j.state for j in done} == {"completed"}
             assert {j.job_id for j in await client.list_jobs(["completed"])} >= {j.job_id for j in done}
             with pytest.raises(DaemonError) as err:
-                await client.get_job("job_nope")
+                await client.get_job("job_" + "0" * 24)
             assert err.value.code == "not_found"
         assert seen and seen[-1].completed and seen[-1].percent == 100.0
 

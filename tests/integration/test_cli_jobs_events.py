@@ -46,7 +46,7 @@ def test_jobs_commands_steer_a_job_to_its_end(stack: Stack, tmp_path: Path) -> N
 
     again = stack.cli("jobs", "resume", job_id, check=False)
     assert again.returncode == 1 and again.stderr.startswith("error[conflict]: ")
-    missing = stack.cli("jobs", "cancel", "job_nope", "--json", check=False)
+    missing = stack.cli("jobs", "cancel", "job_" + "0" * 24, "--json", check=False)
     assert missing.returncode == 1 and missing.stdout == ""
     assert json.loads(missing.stderr)["error"]["code"] == "not_found"
 

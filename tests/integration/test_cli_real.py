@@ -47,7 +47,7 @@ def test_cli_errors_have_codes_and_nonzero_exits(stack: Stack, tmp_path: Path) -
     unknown = stack.cli("download", "ast_doesnotexist", "--dest", str(tmp_path), "--json", check=False)
     assert unknown.returncode == 1
     assert json.loads(unknown.stderr)["error"]["code"] == "not_found"
-    bad_project = stack.cli("upload", str(make_file(tmp_path / "x.bin", 10)), "--project", "prj_nope", "--json",
+    bad_project = stack.cli("upload", str(make_file(tmp_path / "x.bin", 10)), "--project", "prj_000000nope", "--json",
                             check=False)
     assert bad_project.returncode == 1
     assert json.loads(bad_project.stderr)["error"]["code"] in ("not_found", "permission_denied")
