@@ -283,3 +283,11 @@ class Wire:
 @pytest.fixture
 def wire() -> type[Wire]:
     return Wire
+
+
+@pytest.fixture
+def data_file(tmp_path: Path) -> Path:
+    """A small file to upload."""
+    path = tmp_path / "data.bin"
+    path.write_bytes(b"hello world")
+    return path

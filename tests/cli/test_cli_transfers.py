@@ -20,13 +20,6 @@ def invoke(runner: CliRunner, *args: str) -> Any:
     return runner.invoke(cli, list(args), prog_name="dataerai")
 
 
-@pytest.fixture
-def data_file(tmp_path: Path) -> Path:
-    path = tmp_path / "data.bin"
-    path.write_bytes(b"hello world")
-    return path
-
-
 def script_job(fake_daemon: Any, wire: Any, start: str, final: dict[str, Any]) -> None:
     """``start`` queues the job; waiting sees it running, one progress event, then ``final``."""
     job_id = final["job_id"]

@@ -32,13 +32,6 @@ def invoke(runner: CliRunner, *args: str) -> Any:
     return runner.invoke(cli, list(args), prog_name="dataerai")
 
 
-@pytest.fixture
-def data_file(tmp_path: Path) -> Path:
-    path = tmp_path / "data.bin"
-    path.write_bytes(b"hello world")
-    return path
-
-
 def script_a_wait(fake_daemon: Any, wire: Any, state: str, waiting: dict[str, Any]) -> None:
     """The upload runs, waits (``state``, ``waiting``), runs again and completes."""
     waits = wire.job(state=state, waiting=waiting, error={"code": waiting["code"], "message": waiting["reason"]})
