@@ -2,7 +2,9 @@
 
 Lines about a job carry ``job_id`` (bind it with ``log.bind(job_id=...)``).
 Secrets never reach a log: nothing logs headers or credentials, and the
-``redact`` processor blanks any key that looks like one, as a second fence.
+``hide_secrets`` processor, as a second fence, blanks any key that looks like one
+and cuts signed URLs' query strings and tokens from every text, tracebacks
+included (``dataeraid.redact``, the same rule as for the messages clients see).
 """
 
 from __future__ import annotations
@@ -16,13 +18,17 @@ from typing import Any, Protocol, TextIO, cast
 
 import structlog
 
+from dataeraid.redact import redact
+
 _SECRET_KEYS = ("token", "authorization", "secret", "password", "signature")
 
 
-def redact(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    for key in event:
+def hide_secrets(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    for key, value in event.items():
         if any(s in key.lower() for s in _SECRET_KEYS):
             event[key] = "[redacted]"
+        elif isinstance(value, str):
+            event[key] = redact(value)
     return event
 
 
@@ -34,8 +40,8 @@ def configure(level: str = "info", stream: Stream | None = None) -> None:
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
-            redact,
             structlog.processors.format_exc_info,
+            hide_secrets,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),

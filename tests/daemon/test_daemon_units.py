@@ -207,3 +207,23 @@ def test_a_2xx_answer_that_is_no_json_object_is_a_transient_failure(body: bytes)
 def test_a_2xx_answer_without_content_is_an_empty_object() -> None:
     assert _json_object(httpx.Response(204), "deleting") == {}
     assert _json_object(httpx.Response(200, content=b'{"a": 1}'), "reading") == {"a": 1}
+
+
+def test_no_signed_url_or_token_reaches_a_log_line_even_in_a_traceback() -> None:
+    import io
+
+    from dataeraid import log
+
+    out = io.StringIO()
+    log.configure("info", out)
+    logger = log.get("test")
+    url = "https://store.example/bucket/key?X-Amz-Signature=abcdef0123456789&X-Amz-Credential=AKIA"
+    logger.warning("job failed", error=f"sending part 3: 403 from {url}", token="dtk_secret_value")
+    try:
+        raise RuntimeError(f"crashed on {url} with Bearer dtk_abcdefghijklmnop")
+    except RuntimeError:
+        logger.exception("job crashed")
+    text = out.getvalue()
+    assert "abcdef0123456789" not in text and "AKIA" not in text and "dtk_" not in text, text
+    assert "https://store.example/bucket/key?" in text  # where it went stays readable
+    log.configure("info")
