@@ -38,9 +38,13 @@ class AuthProblem(DataeraiError):
 
 
 class TransientError(Exception):
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
+    """``code`` is what a waiting job shows: ``rate_limited`` when the server asked to
+    slow down (429), else ``unavailable``."""
+
+    def __init__(self, message: str, retry_after: float | None = None, code: str = "unavailable") -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self.code = code
 
 
 class TargetExpired(TransientError):

@@ -91,7 +91,8 @@ def raise_for_status(response: httpx.Response, what: str) -> None:
     if status < 300:
         return
     if status in (408, 429) or status >= 500:
-        raise TransientError(f"{what}: HTTP {status}", retry_after=_retry_after(response))
+        raise TransientError(f"{what}: HTTP {status}", retry_after=_retry_after(response),
+                             code="rate_limited" if status == 429 else "unavailable")
     s3 = _s3_error(response)
     if s3 is not None:
         if status == 403 and s3[0] == "AccessDenied" and "expired" in s3[1].lower():

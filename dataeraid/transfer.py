@@ -327,7 +327,8 @@ class JobContext:
         token = self.auth.current.token if self.auth.current is not None else None
         if isinstance(error, DataeraiError):
             return {"error_code": error.code, "error_message": redact(error.message, token)}
-        return {"error_code": "unavailable", "error_message": redact(transient_reason(error), token)}
+        code = error.code if isinstance(error, TransientError) else "unavailable"
+        return {"error_code": code, "error_message": redact(transient_reason(error), token)}
 
     async def _set_state(self, to: str, error: DataeraiError | Exception | None = None,
                          retry_at: float | None = None) -> None:

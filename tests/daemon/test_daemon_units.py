@@ -137,6 +137,10 @@ def test_retry_after_is_read() -> None:
     with pytest.raises(Exception) as info:
         raise_for_status(_Response(429, None, {"Retry-After": "7"}).get(), "testing")
     assert info.value.retry_after == 7.0  # type: ignore[attr-defined]
+    assert info.value.code == "rate_limited"  # type: ignore[attr-defined]  # a waiting job says so
+    with pytest.raises(Exception) as info:
+        raise_for_status(_Response(503, None).get(), "testing")
+    assert info.value.code == "unavailable"  # type: ignore[attr-defined]
 
 
 def test_migrations_build_the_schema_the_code_uses(tmp_path: Path) -> None:
