@@ -199,7 +199,8 @@ def test_a_second_daemon_on_the_same_socket_with_another_queue_refuses(
 
 
 def test_an_acknowledged_enqueue_survives_sigkill(make_stack: Any, tmp_path: Path) -> None:
-    stack = make_stack(daemon_config={"bandwidth_limit_bps": 1024 * 1024})
+    # The job must still be going when it is cancelled below: 8 MiB at 256 KiB/s is half a minute.
+    stack = make_stack(daemon_config={"bandwidth_limit_bps": 256 * 1024})
     source = make_file(tmp_path / "f.bin", 8 * 1024 * 1024)
     with stack.client() as client:
         job = client.upload(source, title="f", owner_type="project", owner_id=stack.project_id, wait=False)
