@@ -93,3 +93,56 @@ digest_cache = sa.Table(
     sa.Column("used_at", sa.Float, nullable=False),
     sa.Index("ix_digest_cache_used_at", "used_at"),
 )
+
+# Watch folders (dataeraid.watch): what each watch is, and every entry it knows. A file's
+# row is the durable record of which version of it was taken, queued and verified, so a
+# restart neither uploads a file again nor forgets one (docs/watch.md).
+watches = sa.Table(
+    "watches",
+    metadata,
+    sa.Column("watch_id", sa.String(72), primary_key=True),
+    sa.Column("root", sa.Text, nullable=False),
+    # What the watch was asked for: project, collection, rules, excludes, template, ...
+    sa.Column("params", sa.JSON, nullable=False),
+    sa.Column("user_paused", sa.Boolean, nullable=False, server_default=sa.false()),
+    # Why the root cannot be used now (missing, unmounted, replaced, emptied): the watch is unavailable.
+    sa.Column("problem_code", sa.String(64)),
+    sa.Column("problem_message", sa.Text),
+    # The root as it was when the watch was added (or resumed): another device or inode is another folder.
+    sa.Column("root_dev", sa.BigInteger),
+    sa.Column("root_inode", sa.BigInteger),
+    # The name of the marker file the watch left in its root, if it could write one.
+    sa.Column("marker", sa.Text),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.Column("last_scan_at", sa.Float),
+)
+
+watch_files = sa.Table(
+    "watch_files",
+    metadata,
+    sa.Column("watch_id", sa.String(72), sa.ForeignKey("watches.watch_id", ondelete="CASCADE"), primary_key=True),
+    # The path relative to the watch's root, '/'-separated (surrogate-escaped where not UTF-8).
+    sa.Column("rel", sa.Text, primary_key=True),
+    sa.Column("kind", sa.String(16), nullable=False, server_default="file"),
+    sa.Column("state", sa.String(16), nullable=False),
+    # The version last seen (and, from `queued` on, the version taken): a change to any is a new version.
+    sa.Column("size", sa.BigInteger),
+    sa.Column("mtime_ns", sa.BigInteger),
+    sa.Column("inode", sa.BigInteger),
+    # When this version was first seen with this size and mtime (the `stable:` rule counts from it).
+    sa.Column("stable_since", sa.Float),
+    sa.Column("job_id", sa.String(40)),
+    sa.Column("asset_id", sa.String(72)),
+    sa.Column("content_id", sa.String(72)),
+    sa.Column("sha256", sa.String(64)),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("retry_at", sa.Float),
+    sa.Column("error_code", sa.String(64)),
+    sa.Column("error_message", sa.Text),
+    sa.Column("seen_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.Index("ix_watch_files_state", "watch_id", "state", "seen_at"),
+    sa.Index("ix_watch_files_job", "job_id"),
+    sa.Index("ix_watch_files_updated", "state", "updated_at"),
+)

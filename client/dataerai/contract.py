@@ -82,9 +82,49 @@ WAITING_JOB_STATES: Final[frozenset[str]] = frozenset({"waiting_for_network", "w
 #: States a job is in only while a daemon works on it; after a crash they mean "queued".
 ACTIVE_JOB_STATES: Final[tuple[JobState, ...]] = ("running", "waiting_for_network", "waiting_for_auth")
 
-EventType = Literal["job.state", "job.progress", "job.priority", "auth.reloaded", "gap"]
+EventType = Literal["job.state", "job.progress", "job.priority", "auth.reloaded", "watch.state", "watch.file", "gap"]
 #: Every event type the daemon emits; a subscriber may filter by them (``gap`` always comes through).
-EVENT_TYPES: Final[tuple[EventType, ...]] = ("job.state", "job.progress", "job.priority", "auth.reloaded", "gap")
+EVENT_TYPES: Final[tuple[EventType, ...]] = (
+    "job.state", "job.progress", "job.priority", "auth.reloaded", "watch.state", "watch.file", "gap",
+)
+
+# --- watch folders (docs/watch.md) ------------------------------------------
+
+#: ``active``: watching; ``paused``: a person paused it; ``unavailable``: its root is missing,
+#: unmounted or replaced, so it waits (deleting nothing, uploading nothing) until the root is back.
+WatchState = Literal["active", "paused", "unavailable"]
+WATCH_STATES: Final[tuple[WatchState, ...]] = ("active", "paused", "unavailable")
+#: How a watch learns of changes: file events (inotify) with a periodic rescan, or the rescan alone.
+WatchMode = Literal["events", "polling"]
+WATCH_MODES: Final[tuple[WatchMode, ...]] = ("events", "polling")
+
+#: A watched file's life: ``seen`` (known, not complete by the watch's rule), ``complete`` (to be
+#: queued), ``queued`` (a job uploads it), ``uploaded`` (the job completed), ``verified`` (the
+#: repository holds its SHA-256 and the local file is unchanged), ``cleaned`` (moved or deleted
+#: after verification), ``quarantined`` (kept failing; waits for a change or a rescan),
+#: ``ignored`` (not uploaded: a symlink, special file, excluded or unstorable name).
+WatchFileState = Literal["seen", "complete", "queued", "uploaded", "verified", "cleaned", "quarantined", "ignored"]
+WATCH_FILE_STATES: Final[tuple[WatchFileState, ...]] = (
+    "seen", "complete", "queued", "uploaded", "verified", "cleaned", "quarantined", "ignored",
+)
+#: Files in these states are not in the repository yet: a watch's lag is the age of the oldest.
+PENDING_WATCH_FILE_STATES: Final[frozenset[str]] = frozenset({"seen", "complete", "queued", "uploaded"})
+#: A watched entry is one file, or a dataset directory (``sentinel:NAME``) uploaded as one content.
+WatchEntryKind = Literal["file", "dataset"]
+
+#: When a watched file is complete: ``close`` (its last writer closed it), ``stable:DURATION``
+#: (unchanged and not open for writing that long), ``sentinel:NAME`` (a directory is one dataset,
+#: complete once a file NAME appears in it).
+COMPLETION_RULES: Final[tuple[str, ...]] = ("close", "stable", "sentinel")
+#: What happens to a local file once the repository verified it: ``keep``, ``move:DIR`` or ``delete``.
+AFTER_UPLOAD_ACTIONS: Final[tuple[str, ...]] = ("keep", "move", "delete")
+#: The shortest and longest stability window and rescan interval a watch takes, in seconds.
+MIN_STABLE_S: Final = 0.0
+MAX_STABLE_S: Final = 7 * 86400.0
+MIN_RESCAN_INTERVAL_S: Final = 1.0
+MAX_RESCAN_INTERVAL_S: Final = 7 * 86400.0
+#: The most exclude patterns one watch takes.
+MAX_EXCLUDES: Final = 1000
 
 # --- ids --------------------------------------------------------------------
 
@@ -102,6 +142,7 @@ ID_PREFIXES: Final[Mapping[str, str]] = {
     "relationship": "rel",
     "upload": "upl",
     "challenge": "chl",
+    "watch": "wat",
 }
 IdKind = str
 
@@ -318,7 +359,91 @@ class GapEvent(_EventBase):
     missed_to: int
 
 
-AnyEvent = JobStateEvent | JobPriorityEvent | JobProgressEvent | AuthReloadedEvent | GapEvent
+class WatchProblemObject(TypedDict):
+    """Why a watch is ``unavailable``, or why it polls instead of using file events."""
+
+    code: str
+    message: str
+
+
+class WatchObject(TypedDict):
+    """A watch folder as the daemon sends it (``watch.get``, ``watch.list``, ``watch.state`` events)."""
+
+    watch_id: str
+    root: str
+    state: WatchState
+    mode: WatchMode
+    project_id: str
+    collection_id: str | None
+    prefix: str | None
+    complete_when: str
+    after_upload: str
+    excludes: list[str]
+    tags: list[str]
+    metadata_template: dict[str, object] | None
+    priority: int
+    rescan_interval_s: float
+    free_space_below: str | None
+    force_polling: bool
+    #: Why it is ``unavailable`` (root missing, unmounted, replaced, emptied), else null.
+    problem: WatchProblemObject | None
+    #: Why it polls although it asked for events (no inotify, ``max_user_watches`` reached), else null.
+    mode_reason: WatchProblemObject | None
+    #: How many of its files are in each state (every state present, zeros included).
+    files: dict[str, int]
+    #: Seconds since the oldest file not yet uploaded was seen; null when none waits.
+    lag_s: float | None
+    oldest_pending: str | None
+    last_scan_at: str | None
+    created_at: str
+    updated_at: str
+
+
+class WatchFileObject(TypedDict):
+    """One file (or dataset directory) a watch knows."""
+
+    path: str
+    kind: WatchEntryKind
+    state: WatchFileState
+    size: int | None
+    mtime: str | None
+    asset_id: str | None
+    content_id: str | None
+    job_id: str | None
+    sha256: str | None
+    attempts: int
+    retry_at: str | None
+    #: Why it is quarantined or ignored (``code`` such as ``permission_denied``, ``symlink``), else null.
+    error: JobErrorObject | None
+    seen_at: str
+    updated_at: str
+
+
+class WatchStateEvent(_EventBase):
+    """Durable: a watch was added, removed (``state`` null), paused, resumed, became unavailable or came back."""
+
+    type: Literal["watch.state"]
+    watch_id: str
+    state: WatchState | None
+    previous_state: WatchState | None
+    watch: WatchObject | None
+
+
+class WatchFileEvent(_EventBase):
+    """Durable: a watched file was verified, cleaned (moved or deleted) or quarantined."""
+
+    type: Literal["watch.file"]
+    watch_id: str
+    path: str
+    state: WatchFileState
+    previous_state: WatchFileState
+    file: WatchFileObject
+
+
+AnyEvent = (
+    JobStateEvent | JobPriorityEvent | JobProgressEvent | AuthReloadedEvent | WatchStateEvent | WatchFileEvent
+    | GapEvent
+)
 
 #: Each event type's payload keys besides ``id``, ``type`` and ``time``: the daemon emits
 #: exactly these, and the SDK's ``Event`` reads them.
@@ -327,5 +452,7 @@ EVENT_FIELDS: Final[Mapping[str, tuple[str, ...]]] = {
     "job.priority": tuple(k for k in JobPriorityEvent.__annotations__ if k not in ("id", "time", "type")),
     "job.progress": tuple(k for k in JobProgressEvent.__annotations__ if k not in ("id", "time", "type")),
     "auth.reloaded": tuple(k for k in AuthReloadedEvent.__annotations__ if k not in ("id", "time", "type")),
+    "watch.state": tuple(k for k in WatchStateEvent.__annotations__ if k not in ("id", "time", "type")),
+    "watch.file": tuple(k for k in WatchFileEvent.__annotations__ if k not in ("id", "time", "type")),
     "gap": tuple(k for k in GapEvent.__annotations__ if k not in ("id", "time", "type")),
 }
