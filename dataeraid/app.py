@@ -5,6 +5,7 @@
          ├─ store + migrations      before anything else (Store.open)
          ├─ event bus               ids continue after the last run
          ├─ scheduler.serve         requeues interrupted jobs, then runs jobs
+         ├─ watches.serve           one task per watch folder (dataeraid.watch)
          ├─ rpc.serve               the socket listens
          ├─ READY=1                 only now: migrated and listening
          ├─ watchdog, status        systemd pings and a STATUS= summary
@@ -53,6 +54,7 @@ from dataeraid.rpc import serve as serve_rpc
 from dataeraid.scheduler import Scheduler
 from dataeraid.store import Store
 from dataeraid.upload import run_upload
+from dataeraid.watch.manager import WatchManager
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
@@ -173,10 +175,12 @@ async def serve(paths: Paths, settings: Settings, notifier: Notifier) -> None:
             remote = Remote(auth, http)
             jobs = Jobs(bus)
             scheduler = Scheduler(jobs, remote, auth, settings, {"upload": run_upload, "download": run_download})
-            services = Services(jobs, bus, scheduler, remote, auth, settings)
+            watches = WatchManager(jobs, remote, settings)
+            services = Services(jobs, bus, scheduler, remote, auth, settings, watches)
             async with trio.open_nursery() as nursery:
                 with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                     await nursery.start(scheduler.serve)
+                    await nursery.start(watches.serve)
                     try:
                         listener = await open_listener(paths.socket)
                     except DataeraiError as exc:

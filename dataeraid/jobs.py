@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -47,6 +47,12 @@ TRANSITIONS: Mapping[str, frozenset[str]] = {
     "completed": frozenset(),
 }
 STATES = JOB_STATES
+
+#: Told of every change of a job's state inside its transaction (``(conn, emit, row, state)``),
+#: so that what hangs on the job (a watched file) moves with it atomically; returns a key to
+#: pass to its notice, called on the Trio thread once the transaction committed, or None.
+EndRecorder = Callable[[Connection, Emit, Row, str], "str | None"]
+EndNotice = Callable[[str], None]
 assert set(TRANSITIONS) == set(JOB_STATES), "every state of the contract has its transitions"
 
 
@@ -119,6 +125,10 @@ class Jobs:
         # When each job waiting for the network tries again (Unix time). Kept in memory only:
         # a daemon that starts again requeues its waiting jobs, so the time means nothing then.
         self.retry_at: dict[str, float] = {}
+        self._end_listeners: list[tuple[EndRecorder, EndNotice]] = []
+
+    def add_end_listener(self, record: EndRecorder, notice: EndNotice) -> None:
+        self._end_listeners.append((record, notice))
 
     # The scheduler sleeps on this; anything that makes a job runnable sets it.
     def queue_changed(self) -> trio.Event:
@@ -163,6 +173,32 @@ class Jobs:
             self.wake_scheduler()
         return job
 
+    async def create_many(self, rows: Sequence[Row], *,
+                          also: Callable[[Connection, Emit], None] | None = None) -> list[dict[str, Any]]:
+        """Insert many queued jobs, with their events and ``also``, in one durable transaction."""
+        now = time.time()
+
+        def write(conn: Connection, emit: Emit) -> list[dict[str, Any]]:
+            next_seq = conn.execute(sa.select(sa.func.coalesce(sa.func.max(schema.jobs.c.seq), 0) + 1)).scalar_one()
+            out = []
+            for offset, given in enumerate(rows):
+                row = {**given, "state": "queued", "created_at": now, "updated_at": now, "seq": next_seq + offset}
+                existing = Store.fetch_job(conn, row["job_id"])
+                if existing is not None:
+                    out.append(self._wire(conn, existing))
+                    continue
+                conn.execute(schema.jobs.insert().values(**row))
+                job = self._wire(conn, Store.fetch_job(conn, row["job_id"]) or row)
+                emit("job.state", row["job_id"], {"state": "queued", "previous_state": None, "job": job})
+                out.append(job)
+            if also is not None:
+                also(conn, emit)
+            return out
+
+        jobs = await self.bus.commit(write)
+        self.wake_scheduler()
+        return jobs
+
     async def transition(
         self,
         job_id: str,
@@ -200,9 +236,16 @@ class Jobs:
             assert new_row is not None
             job = self._wire(conn, new_row)
             emit("job.state", job_id, {"state": to, "previous_state": current, "job": job})
+            for record, notice in self._end_listeners:
+                key = record(conn, emit, new_row, to)
+                if key is not None:
+                    notices.append((notice, key))
             return job
 
+        notices: list[tuple[EndNotice, str]] = []
         job = await self.bus.commit(write)
+        for notice, key in notices:
+            notice(key)
         if to == "queued":
             self.wake_scheduler()
         return job

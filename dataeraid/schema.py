@@ -116,6 +116,8 @@ watches = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("updated_at", sa.Float, nullable=False),
     sa.Column("last_scan_at", sa.Float),
+    # Counts the watch's full scans: a file row not stamped by the newest scan was not found by it.
+    sa.Column("scan_gen", sa.Integer, nullable=False, server_default="0"),
 )
 
 watch_files = sa.Table(
@@ -136,13 +138,20 @@ watch_files = sa.Table(
     sa.Column("asset_id", sa.String(72)),
     sa.Column("content_id", sa.String(72)),
     sa.Column("sha256", sa.String(64)),
+    # Failed uploads of this version so far (quarantined after a few).
     sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    # When the row is next looked at: a seen file's next completion check, a failed one's next
+    # attempt, a move or delete that failed being tried again.
     sa.Column("retry_at", sa.Float),
     sa.Column("error_code", sa.String(64)),
     sa.Column("error_message", sa.Text),
     sa.Column("seen_at", sa.Float, nullable=False),
     sa.Column("updated_at", sa.Float, nullable=False),
+    # The newest full scan that found it, and since when scans no longer find it (pruning counts from there).
+    sa.Column("scan_gen", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("gone_at", sa.Float),
     sa.Index("ix_watch_files_state", "watch_id", "state", "seen_at"),
+    sa.Index("ix_watch_files_due", "watch_id", "state", "retry_at"),
     sa.Index("ix_watch_files_job", "job_id"),
     sa.Index("ix_watch_files_updated", "state", "updated_at"),
 )

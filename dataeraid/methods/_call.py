@@ -14,6 +14,7 @@ from dataeraid.jobs import Jobs
 from dataeraid.remote import Remote
 from dataeraid.rpc import Connection
 from dataeraid.scheduler import Scheduler
+from dataeraid.watch.manager import WatchManager
 
 T = TypeVar("T")
 
@@ -29,6 +30,7 @@ class Services:
     remote: Remote
     auth: Auth
     settings: Settings
+    watches: WatchManager
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ def upgrade() -> None:
         sa.Column("created_at", sa.Float, nullable=False),
         sa.Column("updated_at", sa.Float, nullable=False),
         sa.Column("last_scan_at", sa.Float),
+        sa.Column("scan_gen", sa.Integer, nullable=False, server_default="0"),
     )
     op.create_table(
         "watch_files",
@@ -51,8 +52,11 @@ def upgrade() -> None:
         sa.Column("error_message", sa.Text),
         sa.Column("seen_at", sa.Float, nullable=False),
         sa.Column("updated_at", sa.Float, nullable=False),
+        sa.Column("scan_gen", sa.Integer, nullable=False, server_default="0"),
+        sa.Column("gone_at", sa.Float),
     )
     op.create_index("ix_watch_files_state", "watch_files", ["watch_id", "state", "seen_at"])
+    op.create_index("ix_watch_files_due", "watch_files", ["watch_id", "state", "retry_at"])
     op.create_index("ix_watch_files_job", "watch_files", ["job_id"])
     op.create_index("ix_watch_files_updated", "watch_files", ["state", "updated_at"])
 
