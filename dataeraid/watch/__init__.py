@@ -1,0 +1,1 @@
+"""Watch folders: a folder whose complete files are uploaded by themselves."""
