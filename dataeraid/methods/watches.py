@@ -8,7 +8,19 @@ from dataerai import contract
 
 from dataeraid.methods._call import Call
 from dataeraid.rpc import Methods, Param
-from dataeraid.rpc.params import TAGS, Boolean, Choice, Id, Integer, JsonObject, ListOf, LocalPath, Number, RepositoryPath, Text
+from dataeraid.rpc.params import (
+    TAGS,
+    Boolean,
+    Choice,
+    Id,
+    Integer,
+    JsonObject,
+    ListOf,
+    LocalPath,
+    Number,
+    RepositoryPath,
+    Text,
+)
 
 methods = Methods("watches")
 
@@ -63,7 +75,7 @@ async def watch_add(call: Call, root: str, project_id: str, collection_id: str |
 
 @methods.add("watch.list", "Every watch.", result="`{\"watches\": [watch, …]}`.", heavy=True)
 async def watch_list(call: Call) -> dict[str, Any]:
-    return {"watches": await call.svc.watches.list()}
+    return {"watches": await call.svc.watches.all()}
 
 
 @methods.add("watch.get", "One watch: its state, mode, counts of files by state and lag.", WATCH_ID,

@@ -382,8 +382,10 @@ def cleaned(conn: Connection, emit: Emit, watch_id: str, rel: str) -> None:
     emit_file(conn, emit, watch_id, rel, "verified")
 
 
-def clean_failed(conn: Connection, watch_id: str, rel: str, code: str, message: str, retry_at: float) -> None:
-    """A move or delete that failed: the file stays where it is, verified, and says why."""
+def clean_failed(conn: Connection, watch_id: str, rel: str, code: str, message: str,
+                 retry_at: float | None) -> None:
+    """A move or delete that failed: the file stays where it is, verified, and says why (tried again at
+    ``retry_at``; None: only once the file changes)."""
     _set(conn, watch_id, rel, error_code=code, error_message=message, retry_at=retry_at)
 
 

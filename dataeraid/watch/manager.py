@@ -12,6 +12,7 @@ timer.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from typing import Any
@@ -207,7 +208,7 @@ class WatchManager:
     # --- what the watch.* methods do ------------------------------------------------------
 
     async def add(self, root: str, params: dict[str, Any], watch_id: str | None) -> contract.WatchObject:
-        root = os.path.abspath(root)
+        root = os.path.normpath(root)  # noqa: ASYNC240 - string work: `root` is absolute (LocalPath)
         try:
             dev, inode = await trio.to_thread.run_sync(root_identity, root)
         except FileNotFoundError:
@@ -217,10 +218,11 @@ class WatchManager:
         except OSError as exc:
             raise DataeraiError("permission_denied" if isinstance(exc, PermissionError) else "io_error",
                                 f"cannot read {root}: {exc.strerror or exc}", param="root") from None
-        if not os.access(root, os.R_OK | os.X_OK):
+        if not await trio.to_thread.run_sync(os.access, root, os.R_OK | os.X_OK):
             raise DataeraiError("permission_denied", f"{root} cannot be read by the daemon's user", param="root")
+        usable, _ = await trio.to_thread.run_sync(events_trustworthy, root)
         try:
-            stored = check_params(root, params, events_usable=(await trio.to_thread.run_sync(events_trustworthy, root))[0])
+            stored = check_params(root, params, events_usable=usable)
         except ValueError as exc:
             param, _, message = str(exc).partition(": ")
             raise DataeraiError("invalid_argument", message, param=param) from None
@@ -261,7 +263,7 @@ class WatchManager:
             self._start(row)
         return await self._read(watch_id)
 
-    async def list(self) -> list[contract.WatchObject]:
+    async def all(self) -> list[contract.WatchObject]:
         def read(conn: Connection) -> list[contract.WatchObject]:
             return [self._wire(conn, row) for row in ledger.all_watches(conn)]
 
@@ -350,6 +352,7 @@ class WatchManager:
         self._windows.pop(watch_id, None)
         if row is not None and row["marker"]:
             marker = os.path.join(row["root"], row["marker"])
-            await trio.to_thread.run_sync(lambda: os.path.exists(marker) and os.unlink(marker))
+            with contextlib.suppress(FileNotFoundError):
+                await trio.to_thread.run_sync(os.unlink, marker)
         return {"watch_id": watch_id, "removed": True}
 

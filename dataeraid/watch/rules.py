@@ -58,7 +58,7 @@ def format_duration(seconds: float) -> str:
     """The shortest exact spelling: ``30s``, ``5m``, ``1h30m``, ``1.5s``."""
     if seconds != int(seconds):
         return f"{seconds:g}s"
-    whole, parts = int(seconds), []
+    whole, parts = int(seconds), list[str]()
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
         if whole >= size or (unit == "s" and not parts):
             amount, whole = divmod(whole, size)

@@ -32,6 +32,7 @@ import stat
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import sqlalchemy as sa
@@ -48,6 +49,7 @@ from dataeraid.jobs import Jobs
 from dataeraid.remote import Remote
 from dataeraid.watch import ledger, rules
 from dataeraid.watch.config import WatchConfig
+from dataeraid.watch.excludes import Excludes
 from dataeraid.watch.mounts import events_trustworthy
 from dataeraid.watch.notify import Change, NotifyUnavailable, TreeNotifier, WatchLimitReached
 from dataeraid.watch.scan import Entry, Skipped, dataset_dirs, walk
@@ -364,7 +366,7 @@ class Watcher:
             if gone or missing:
                 now = time.time()
                 await self._jobs.store.transaction(
-                    lambda conn, g=gone + missing: ledger.gone(conn, self.watch_id, g, now))
+                    partial(ledger.gone, watch_id=self.watch_id, rels=gone + missing, now=now))
 
     async def _observe(self, found: Sequence[ledger.Observation], scan_gen: int | None,
                        skipped: Sequence[tuple[str, str, str]] = ()) -> None:
@@ -416,7 +418,7 @@ class Watcher:
         base = self.cfg.local(under) if under else self.cfg.root
         excludes = self.cfg.excludes if not under else _Under(self.cfg.excludes, under)
         found = 0
-        batches = walk(base, excludes, batch_size=BATCH)  # type: ignore[arg-type]
+        batches = walk(base, excludes, batch_size=BATCH)
         while True:
             batch = await trio.to_thread.run_sync(next, batches, None)
             if batch is None:
@@ -443,7 +445,7 @@ class Watcher:
             if not os.path.isdir(base):
                 return []
             out = []
-            for rel in dataset_dirs(base, sentinel, excludes):  # type: ignore[arg-type]
+            for rel in dataset_dirs(base, sentinel, excludes):
                 full_rel = "/".join(p for p in (under, rel) if p)
                 if not full_rel:
                     continue  # the root itself is no dataset of the watch
@@ -530,7 +532,7 @@ class Watcher:
         while True:
             now = time.time()
             rows = await self._jobs.store.transaction(
-                lambda conn: ledger.due(conn, self.watch_id, "complete", now, BATCH))
+                partial(ledger.due, watch_id=self.watch_id, state="complete", now=now, limit=BATCH))
             if not rows:
                 return
             jobs: list[dict[str, Any]] = []
@@ -542,14 +544,14 @@ class Watcher:
                     code = getattr(exc, "code", None) or ("template_mismatch" if isinstance(exc, TemplateError)
                                                           else "io_error")
                     message = getattr(exc, "message", None) or str(exc)
-                    await self._bus.commit(lambda conn, emit, r=row["rel"], c=code, m=message:
-                                           ledger.quarantine(conn, emit, self.watch_id, r, c, m))
+                    await self._bus.commit(partial(ledger.quarantine, watch_id=self.watch_id, rel=row["rel"],
+                                                   code=code, message=message))
                     continue
                 jobs.append(job)
                 taken.append((row["rel"], job["job_id"]))
             if jobs:
                 await self._jobs.create_many(
-                    jobs, also=lambda conn, emit, t=taken: ledger.mark_queued(conn, self.watch_id, t))
+                    jobs, also=partial(_mark_queued, watch_id=self.watch_id, queued=taken))
                 self._log.info("queued", files=len(jobs))
             if len(rows) < BATCH:
                 return
@@ -607,16 +609,17 @@ class Watcher:
                 retry = time.time() + CLEAN_RETRY_S
                 code = getattr(exc, "code", None) or "unavailable"
                 self._log.info("cannot verify yet", path=row["rel"], code=code)
-                await self._jobs.store.transaction(lambda conn, r=row["rel"], c=code, e=exc: ledger.clean_failed(
-                    conn, self.watch_id, r, c, f"verifying with the repository: {e}", retry))
+                await self._jobs.store.transaction(partial(
+                    ledger.clean_failed, watch_id=self.watch_id, rel=row["rel"], code=code,
+                    message=f"verifying with the repository: {exc}", retry_at=retry))
                 continue
             if target.get("sha256") != row["sha256"] or not row["sha256"]:
                 message = (f"the repository holds {target.get('sha256')} for content {row['content_id']}, "
                            f"not the {row['sha256']} uploaded")
-                await self._bus.commit(lambda conn, emit, r=row["rel"], m=message:
-                                       ledger.quarantine(conn, emit, self.watch_id, r, "checksum_mismatch", m))
+                await self._bus.commit(partial(ledger.quarantine, watch_id=self.watch_id, rel=row["rel"],
+                                               code="checksum_mismatch", message=message))
                 continue
-            await self._bus.commit(lambda conn, emit, r=row["rel"]: ledger.verified(conn, emit, self.watch_id, r, keep))
+            await self._bus.commit(partial(ledger.verified, watch_id=self.watch_id, rel=row["rel"], keep=keep))
 
     def _unchanged(self, row: dict[str, Any]) -> bool:
         """The local file (or dataset) still has the version that was uploaded. Blocking."""
@@ -643,16 +646,18 @@ class Watcher:
             except OSError as exc:
                 message = f"could not {action.kind} {self.cfg.local(row['rel'])}: {exc.strerror or exc}; it stays"
                 self._log.warning("after-upload action failed", path=row["rel"], error=message)
-                await self._jobs.store.transaction(lambda conn, r=row["rel"], m=message: ledger.clean_failed(
-                    conn, self.watch_id, r, f"{action.kind}_failed", m, time.time() + CLEAN_RETRY_S))
+                await self._jobs.store.transaction(partial(
+                    ledger.clean_failed, watch_id=self.watch_id, rel=row["rel"], code=f"{action.kind}_failed",
+                    message=message, retry_at=time.time() + CLEAN_RETRY_S))
                 continue
             except _Changed:
                 # Not the version that was verified: it is news, not something to clean.
                 self.nudges.changed.add(row["rel"])
-                await self._jobs.store.transaction(lambda conn, r=row["rel"]: ledger.clean_failed(
-                    conn, self.watch_id, r, "source_changed", "changed since its upload; not cleaned", 2**62))
+                await self._jobs.store.transaction(partial(
+                    ledger.clean_failed, watch_id=self.watch_id, rel=row["rel"], code="source_changed",
+                    message="changed since its upload; not cleaned", retry_at=None))
                 continue
-            await self._bus.commit(lambda conn, emit, r=row["rel"]: ledger.cleaned(conn, emit, self.watch_id, r))
+            await self._bus.commit(partial(ledger.cleaned, watch_id=self.watch_id, rel=row["rel"]))
 
     def _clean_one(self, row: dict[str, Any], action: rules.AfterUpload) -> None:
         if not self._unchanged(row):
@@ -702,22 +707,29 @@ class Watcher:
                 except (OSError, _Changed):
                     continue
                 short -= row["size"] or 0
-                await self._bus.commit(lambda conn, emit, r=row["rel"]: ledger.cleaned(conn, emit, self.watch_id, r))
+                await self._bus.commit(partial(ledger.cleaned, watch_id=self.watch_id, rel=row["rel"]))
 
 
 class _Changed(Exception):
     pass
 
 
-class _Under:
+class _Under(Excludes):
     """Excludes for a walk of a subdirectory: patterns see paths from the watch's root."""
 
-    def __init__(self, inner: Any, under: str) -> None:
-        self._inner = inner
+    def __init__(self, inner: Excludes, under: str) -> None:
+        super().__init__(inner.patterns)
         self._under = under
 
+    def matches(self, rel: str, is_dir: bool) -> bool:
+        return super().matches(f"{self._under}/{rel}", is_dir)
+
     def excluded(self, rel: str, is_dir: bool) -> bool:
-        return bool(self._inner.excluded(f"{self._under}/{rel}", is_dir))
+        return super().excluded(f"{self._under}/{rel}", is_dir)
+
+
+def _mark_queued(conn: Connection, _emit: Any, *, watch_id: str, queued: list[tuple[str, str]]) -> None:
+    ledger.mark_queued(conn, watch_id, queued)
 
 
 def _oldest_verified(conn: Connection, watch_id: str, limit: int) -> list[dict[str, Any]]:
