@@ -165,10 +165,7 @@ async def _session(ctx: JobContext) -> dict[str, Any]:
             ctx.log.info("upload session was aborted; starting a new one", upload_id=upload_id)
             await ctx.store.clear_checkpoints(ctx.job_id)
     params = job["params"]
-    body = {
-        "owner_type": params["owner_type"],
-        "owner_id": params["owner_id"],
-        "title": params["title"],
+    body: dict[str, Any] = {
         "description": params.get("description"),
         "alias": params.get("alias"),
         "tags": params.get("tags") or [],
@@ -182,6 +179,11 @@ async def _session(ctx: JobContext) -> dict[str, Any]:
         # A fresh key if the old session vanished, so the server doesn't hand the gone one back.
         "idempotency_key": f"{ctx.job_id}/{job.get('remote_session') or 'first'}",
     }
+    # Sent only when set: a new version of ``asset_id`` may leave them out, and the
+    # repository then keeps the asset's owner, title and path.
+    for name in ("owner_type", "owner_id", "title", "path"):
+        if params.get(name) is not None:
+            body[name] = params[name]
     _, files = source_files(job)
     if _is_directory(job, files):
         # A directory: the content's manifest, in stream order.

@@ -455,14 +455,16 @@ class DataeraiClient:
         self,
         local_path: str | os.PathLike[str],
         *,
-        title: str,
-        owner_type: str,
-        owner_id: str,
+        title: str | None = None,
+        owner_type: str | None = None,
+        owner_id: str | None = None,
         description: str | None = None,
         alias: str | None = None,
         tags: Iterable[str] | None = None,
         metadata: Mapping[str, Any] | None = None,
         collection_id: str | None = None,
+        asset_id: str | None = None,
+        path: str | None = None,
         chunk_size_mb: int | None = None,
         on_progress: ProgressCallback | None = None,
         on_state: StateCallback | None = None,
@@ -476,14 +478,16 @@ class DataeraiClient:
         self,
         local_path: str | os.PathLike[str],
         *,
-        title: str,
-        owner_type: str,
-        owner_id: str,
+        title: str | None = None,
+        owner_type: str | None = None,
+        owner_id: str | None = None,
         description: str | None = None,
         alias: str | None = None,
         tags: Iterable[str] | None = None,
         metadata: Mapping[str, Any] | None = None,
         collection_id: str | None = None,
+        asset_id: str | None = None,
+        path: str | None = None,
         chunk_size_mb: int | None = None,
         on_progress: ProgressCallback | None = None,
         on_state: StateCallback | None = None,
@@ -497,14 +501,16 @@ class DataeraiClient:
         self,
         local_path: str | os.PathLike[str],
         *,
-        title: str,
-        owner_type: str,
-        owner_id: str,
+        title: str | None = None,
+        owner_type: str | None = None,
+        owner_id: str | None = None,
         description: str | None = None,
         alias: str | None = None,
         tags: Iterable[str] | None = None,
         metadata: Mapping[str, Any] | None = None,
         collection_id: str | None = None,
+        asset_id: str | None = None,
+        path: str | None = None,
         chunk_size_mb: int | None = None,
         on_progress: ProgressCallback | None = None,
         on_state: StateCallback | None = None,
@@ -517,14 +523,16 @@ class DataeraiClient:
         self,
         local_path: str | os.PathLike[str],
         *,
-        title: str,
-        owner_type: str,
-        owner_id: str,
+        title: str | None = None,
+        owner_type: str | None = None,
+        owner_id: str | None = None,
         description: str | None = None,
         alias: str | None = None,
         tags: Iterable[str] | None = None,
         metadata: Mapping[str, Any] | None = None,
         collection_id: str | None = None,
+        asset_id: str | None = None,
+        path: str | None = None,
         chunk_size_mb: int | None = None,
         on_progress: ProgressCallback | None = None,
         on_state: StateCallback | None = None,
@@ -532,12 +540,26 @@ class DataeraiClient:
         wait: bool = True,
         priority: int = 0,
     ) -> UploadResult | Job:
-        """Upload one file as a new asset; blocks until it is stored and returns an ``UploadResult``.
+        """Upload a file or directory as a new asset (or version); blocks until stored, returns an ``UploadResult``.
 
         ``local_path`` is made absolute here (``~`` expanded); a missing file is
-        ``DaemonError("not_found")`` before anything is sent. ``owner_type`` is
-        ``project``, ``user`` or ``collection``. ``chunk_size_mb`` (a positive
-        int, MiB) overrides the daemon's 64 MiB parts.
+        ``DaemonError("not_found")`` before anything is sent. A new asset needs
+        ``title``, ``owner_type`` (``project``, ``user`` or ``collection``) and
+        ``owner_id``; without them, ``DaemonError("invalid_argument")``.
+        ``chunk_size_mb`` (a positive int, MiB) overrides the daemon's 64 MiB parts.
+
+        ``asset_id`` makes the upload a new version (content) of that asset
+        instead: the result has the same ``asset_id`` and a new ``content_id``.
+        ``title``, ``owner_type`` and ``owner_id`` may then be left out; an
+        owner given must be the asset's. The asset keeps its title,
+        description, alias, tags, metadata and collection (``set_metadata``
+        changes them). An asset that does not exist or is not visible fails
+        the job with ``DaemonError("not_found")``.
+
+        ``path`` is the asset's repository path (relative, ``/``-separated, no
+        ``..``; ``list_assets`` filters on it): a new asset's (default: the
+        file or directory name), or where a new version moves the asset
+        (default: it stays where it is).
 
         The daemon queues the job durably and does the transfer; this call
         follows its events, calling ``on_progress(ProgressEvent)`` along the way
@@ -555,19 +577,12 @@ class DataeraiClient:
         state and why it waits; the job goes on in the daemon and
         ``wait(transfer_id)`` picks it up again.
         """
-        path = os.path.abspath(os.path.expanduser(os.fspath(local_path)))
-        if not os.path.exists(path):
-            raise DaemonError("not_found", f"no such file: {path}", {"local_path": path})
-        if owner_type not in OWNER_TYPES:
-            raise _invalid(f"owner_type must be one of {', '.join(sorted(OWNER_TYPES))}, not {owner_type!r}")
-        params: dict[str, Any] = {
-            "local_path": path,
-            "title": title,
-            "owner_type": owner_type,
-            "owner_id": owner_id,
-            "priority": _priority(priority),
-            "client": self._client_tag(),
-        }
+        source = os.path.abspath(os.path.expanduser(os.fspath(local_path)))
+        if not os.path.exists(source):
+            raise DaemonError("not_found", f"no such file: {source}", {"local_path": source})
+        params: dict[str, Any] = {"local_path": source, **_upload_target(title, owner_type, owner_id, asset_id)}
+        params["priority"] = _priority(priority)
+        params["client"] = self._client_tag()
         if description is not None:
             params["description"] = description
         if alias is not None:
@@ -578,6 +593,8 @@ class DataeraiClient:
             params["metadata"] = dict(metadata)
         if collection_id is not None:
             params["collection_id"] = collection_id
+        if path is not None:
+            params["path"] = path
         if chunk_size_mb is not None:
             if isinstance(chunk_size_mb, bool) or not isinstance(chunk_size_mb, int) or chunk_size_mb <= 0:
                 raise _invalid(f"chunk_size_mb must be a positive int (MiB), not {chunk_size_mb!r}")
@@ -1066,6 +1083,28 @@ def _earlier(a: float | None, b: float | None) -> float | None:
     if b is None:
         return a
     return min(a, b)
+
+
+def _upload_target(
+    title: str | None, owner_type: str | None, owner_id: str | None, asset_id: str | None
+) -> dict[str, str]:
+    """The ``upload.start`` parameters that say where an upload goes, those given.
+
+    A new asset needs all of ``title``, ``owner_type`` and ``owner_id``; a new version of
+    ``asset_id`` needs none (the daemon checks that a given owner is whole and the asset's).
+    """
+    given = {"title": title, "owner_type": owner_type, "owner_id": owner_id}
+    if asset_id is None:
+        missing = [name for name, value in given.items() if value is None]
+        if missing:
+            raise _invalid(f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} required "
+                           "unless asset_id names an existing asset to make a new version of")
+    if owner_type is not None and owner_type not in OWNER_TYPES:
+        raise _invalid(f"owner_type must be one of {', '.join(sorted(OWNER_TYPES))}, not {owner_type!r}")
+    target = {name: value for name, value in given.items() if value is not None}
+    if asset_id is not None:
+        target["asset_id"] = asset_id
+    return target
 
 
 def _priority(priority: int) -> int:

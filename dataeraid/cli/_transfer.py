@@ -28,9 +28,23 @@ def _print_queued(job: Job, *, as_json: bool) -> None:
 @click.argument("path", type=click.Path(exists=True, readable=True, path_type=Path))
 @click.option("--project", "project_id", metavar="ID", help="The project that will own the asset.")
 @click.option("--collection", "collection_id", metavar="ID", help="The collection that will own the asset.")
-@click.option("--title", metavar="T", help="The asset's title. [default: the file name]")
-@click.option("--tag", "tags", multiple=True, metavar="X", help="A tag for the asset; repeat for several.")
-@click.option("--description", metavar="D", help="A description of the asset.")
+@click.option(
+    "--asset",
+    "asset_id",
+    metavar="ID",
+    help="Upload a new version of this asset instead of making a new one (then --project/--collection, if "
+    "given, must be its owner).",
+)
+@click.option(
+    "--path",
+    "asset_path",
+    metavar="REL",
+    help="The asset's repository path (relative, `/`-separated); with --asset it moves the asset. "
+    "[default: the file or directory name; with --asset, unchanged]",
+)
+@click.option("--title", metavar="T", help="The new asset's title. [default: the file name]")
+@click.option("--tag", "tags", multiple=True, metavar="X", help="A tag for the new asset; repeat for several.")
+@click.option("--description", metavar="D", help="A description of the new asset.")
 @click.option(
     "--chunk-size-mb",
     type=click.IntRange(1, 5120),
@@ -46,6 +60,8 @@ def upload(
     path: Path,
     project_id: str | None,
     collection_id: str | None,
+    asset_id: str | None,
+    asset_path: str | None,
     title: str | None,
     tags: tuple[str, ...],
     description: str | None,
@@ -54,26 +70,40 @@ def upload(
     timeout: float | None,
     as_json: bool,
 ) -> None:
-    """Upload the file or directory PATH as a new asset of a project (or a collection).
+    """Upload the file or directory PATH as a new asset of a project (or a collection),
+    or with --asset as a new version of an existing asset.
 
     A directory becomes one asset holding its regular files with their relative
-    paths (symlinks and special files are skipped).
+    paths (symlinks and special files are skipped). A new version keeps the
+    asset's title, tags and description (`dataerai meta set` changes them).
 
     Prints the asset id and content id once the upload completed (with --json:
     {"job_id", "asset_id", "content_id", "size", "sha256", "deduplicated"}); with --no-wait the
     job id (with --json: the job object).
     """
-    if (project_id is None) == (collection_id is None):
-        raise Failure("invalid_argument", "give exactly one of --project and --collection")
+    if project_id is not None and collection_id is not None:
+        raise Failure("invalid_argument", "give one of --project and --collection, not both")
+    if asset_id is None and project_id is None and collection_id is None:
+        raise Failure("invalid_argument", "give --project or --collection (or --asset for a new version)")
+    if asset_id is not None:
+        # A new version keeps the asset's metadata: options that would be dropped are refused.
+        given = [option for option, value in (("--title", title), ("--tag", tags), ("--description", description))
+                 if value]
+        if given:
+            raise Failure("invalid_argument", f"{', '.join(given)} cannot go with --asset: a new version keeps "
+                                              f"the asset's; change them with `dataerai meta set {asset_id}`")
     local = path.resolve()
+    owner_id = project_id or collection_id
     with open_client(ctx) as client:
         job: Job = client.upload(
             str(local),
-            title=title or local.name,
-            owner_type="project" if project_id else "collection",
-            owner_id=project_id or collection_id or "",
+            title=(title or local.name) if asset_id is None else None,
+            owner_type=None if owner_id is None else "project" if project_id else "collection",
+            owner_id=owner_id,
             description=description,
             tags=list(tags) or None,
+            asset_id=asset_id,
+            path=asset_path,
             chunk_size_mb=chunk_size_mb,
             wait=False,
         )

@@ -26,6 +26,7 @@ from dataeraid.rpc.params import (
     LocalPath,
     Number,
     Record,
+    RepositoryPath,
     Text,
 )
 
@@ -75,52 +76,86 @@ def _deadline(deadline_s: float | None) -> float | None:
     return None if deadline_s is None else time.time() + deadline_s
 
 
+#: What a new asset must be given, in the order a caller is told about the first one missing.
+NEW_ASSET_PARAMS = ("title", "owner_type", "owner_id")
+
+
+def check_upload_target(title: str | None, owner_type: str | None, owner_id: str | None,
+                        asset_id: str | None) -> None:
+    """Refuse, as ``invalid_argument`` naming the parameter, an upload that says too little
+    about where it goes.
+
+    A new asset needs ``title``, ``owner_type`` and ``owner_id``. A new version of
+    ``asset_id`` needs none of them (the asset has its own), but an owner given with it
+    is given whole, as the repository checks it against the asset's.
+    """
+    given = {"title": title, "owner_type": owner_type, "owner_id": owner_id}
+    if asset_id is None:
+        missing = next((name for name in NEW_ASSET_PARAMS if given[name] is None), None)
+        if missing is not None:
+            raise DataeraiError("invalid_argument", f"upload.start needs `{missing}` (or `asset_id`, to make a "
+                                                    "new version of an existing asset)", param=missing)
+    elif (owner_type is None) != (owner_id is None):
+        missing = "owner_id" if owner_id is None else "owner_type"
+        raise DataeraiError("invalid_argument", "`owner_type` and `owner_id` go together: give both (they must "
+                                                "name the asset's owner) or neither", param=missing)
+    if owner_type is not None and owner_id is not None:
+        owner_kind = contract.OWNER_ID_KINDS[owner_type]
+        if not contract.is_id(owner_kind, owner_id):
+            raise DataeraiError("invalid_argument", f"`owner_id` must be a {owner_kind} id for owner_type "
+                                                    f"{owner_type!r}", param="owner_id")
+
+
 @methods.add(
     "upload.start",
-    "Queues an upload of a local file, or a directory, as a new asset (or a new version of one). A "
-    "directory's content is its regular files in path order, end to end (paths like `run42/raw/a.h5`; "
-    "symlinks and special files are skipped and listed in the job's log); an empty one is "
-    "`invalid_argument`. The whole tree's identity is recorded now: a file that changes later fails the "
-    "job with `source_changed`.",
+    "Queues an upload of a local file, or a directory, as a new asset, or as a new version (content) of "
+    "the asset `asset_id`. A directory's content is its regular files in path order, end to end (paths "
+    "like `run42/raw/a.h5`; symlinks and special files are skipped and listed in the job's log); an empty "
+    "one is `invalid_argument`. The whole tree's identity is recorded now: a file that changes later fails "
+    "the job with `source_changed`. A new asset needs `title`, `owner_type` and `owner_id`; a new version "
+    "needs none of them and keeps the asset's title, description, alias, tags, metadata and collection "
+    "(those parameters are not applied to it: `asset.update` changes them). An `asset_id` that does not "
+    "exist, or that the caller cannot see, fails the job with `not_found`.",
     Param("local_path", LocalPath(), "the file or directory", required=True),
-    Param("title", TITLE, "the asset's title", required=True),
-    Param("owner_type", Choice(contract.OWNER_TYPES), "who owns the new asset", required=True),
-    Param("owner_id", Id(("project", "user", "collection")), "its id, of the kind `owner_type` names",
-          required=True),
+    Param("title", TITLE, "the new asset's title (required without `asset_id`)"),
+    Param("owner_type", Choice(contract.OWNER_TYPES),
+          "who owns the new asset (required without `asset_id`; with it, if given, the asset's)"),
+    Param("owner_id", Id(("project", "user", "collection")),
+          "its id, of the kind `owner_type` names (given exactly when `owner_type` is)"),
     Param("description", FREE_TEXT),
     Param("alias", Text(contract.MAX_TAG_LENGTH)),
     Param("tags", TAGS),
     Param("metadata", JsonObject(), "free-form metadata"),
     Param("collection_id", Id(("collection",)), "file the asset in this collection"),
     Param("asset_id", Id(("asset",)), "make a new version of this asset"),
+    Param("path", RepositoryPath(), "the asset's repository path (listing and globs use it): a new asset's "
+                                    "(default: the file or directory name), or where a new version moves the asset "
+                                    "(default: it stays where it is)"),
     *_COMMON,
     result="the job, already durably queued.",
     errors=("not_found", "permission_denied", "io_error", "conflict"),
 )
-async def upload_start(call: Call, local_path: str, title: str, owner_type: str, owner_id: str,
-                       description: str | None, alias: str | None, tags: list[str] | None,
+async def upload_start(call: Call, local_path: str, title: str | None, owner_type: str | None,
+                       owner_id: str | None, description: str | None, alias: str | None, tags: list[str] | None,
                        metadata: dict[str, Any] | None, collection_id: str | None, asset_id: str | None,
-                       chunk_size: int | None, priority: int, deadline_s: float | None,
+                       path: str | None, chunk_size: int | None, priority: int, deadline_s: float | None,
                        client: dict[str, Any] | None, job_id: str | None) -> dict[str, Any]:
+    check_upload_target(title, owner_type, owner_id, asset_id)
     svc = call.svc
-    owner_kind = contract.OWNER_ID_KINDS[owner_type]
-    if not contract.is_id(owner_kind, owner_id):
-        raise DataeraiError("invalid_argument", f"`owner_id` must be a {owner_kind} id for owner_type "
-                                                f"{owner_type!r}", param="owner_id")
-    path = _normal(local_path)
+    source = _normal(local_path)
     chunk = chunk_size or svc.settings.default_chunk_size
     try:
-        root, files, skipped = await trio.to_thread.run_sync(scan_source, path)
+        root, files, skipped = await trio.to_thread.run_sync(scan_source, source)
     except OSError as exc:
-        raise from_os_error(exc, f"cannot read {path}") from exc
+        raise from_os_error(exc, f"cannot read {source}") from exc
     if not files:
-        raise DataeraiError("invalid_argument", f"{path} holds no regular files to upload", param="local_path")
+        raise DataeraiError("invalid_argument", f"{source} holds no regular files to upload", param="local_path")
     total = sum(f.size for f in files)
     # A repository takes at most MAX_PARTS parts (as S3 does): big sources get bigger parts.
     chunk = max(chunk, _ceil_div(_ceil_div(total, contract.MAX_PARTS), contract.MIN_PART_SIZE)
                 * contract.MIN_PART_SIZE)
     if chunk > contract.MAX_PART_SIZE:
-        raise DataeraiError("invalid_argument", f"{path} is larger than {contract.MAX_PARTS} parts of 5 GiB",
+        raise DataeraiError("invalid_argument", f"{source} is larger than {contract.MAX_PARTS} parts of 5 GiB",
                             param="local_path")
     unreadable = await trio.to_thread.run_sync(
         lambda: next((f.path for f in files if not os.access(os.path.join(root, f.path), os.R_OK)), None)
@@ -129,12 +164,12 @@ async def upload_start(call: Call, local_path: str, title: str, owner_type: str,
         raise DataeraiError("permission_denied", f"{os.path.join(root, unreadable)} is not readable")
     params = {"title": title, "owner_type": owner_type, "owner_id": owner_id, "description": description,
               "alias": alias, "tags": tags or [], "metadata": metadata or {}, "collection_id": collection_id,
-              "asset_id": asset_id, "source_root": root, "source_files": [f.to_json() for f in files],
+              "asset_id": asset_id, "path": path, "source_root": root, "source_files": [f.to_json() for f in files],
               "skipped": skipped}
     single = files[0] if len(files) == 1 and "/" not in files[0].path else None
     return await svc.jobs.create({
         "job_id": job_id or contract.new_job_id(), "kind": "upload", "priority": priority, "params": params,
-        "local_path": path, "file_name": os.path.basename(path), "source_size": total,
+        "local_path": source, "file_name": os.path.basename(source), "source_size": total,
         "source_mtime_ns": single.mtime_ns if single else None,
         "source_inode": single.inode if single else None, "chunk_size": chunk,
         "chunk_count": max(1, -(-total // chunk)), "bytes_total": total,

@@ -151,6 +151,66 @@ def test_upload_refused_by_the_daemon(runner: CliRunner, fake_daemon: Any, wire:
     assert result.stderr == "error[not_found]: no project prj_x\n"
 
 
+def test_upload_of_a_new_version_needs_no_owner_or_title(
+    runner: CliRunner, fake_daemon: Any, wire: Any, data_file: Path
+):
+    final = wire.job(kind="upload", state="completed", bytes_done=11, asset_id="ast_1", content_id="cnt_2")
+    script_job(fake_daemon, wire, "upload.start", final)
+
+    result = invoke(runner, "upload", str(data_file), "--asset", "ast_1", "--path", "watch/data.bin")
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "asset_id: ast_1\ncontent_id: cnt_2\n"
+    assert params_of(fake_daemon, "upload.start") == {
+        "local_path": str(data_file.resolve()),
+        "asset_id": "ast_1",
+        "path": "watch/data.bin",
+        "priority": 0,
+        "client": {"pid": os.getpid()},
+    }
+
+
+def test_upload_of_a_new_version_passes_on_its_owner(runner: CliRunner, fake_daemon: Any, wire: Any, data_file: Path):
+    fake_daemon.on("upload.start", lambda _p: wire.job("job_7"))
+
+    result = invoke(runner, "upload", str(data_file), "--asset", "ast_1", "--collection", "col_1", "--no-wait")
+
+    assert result.exit_code == 0, result.output
+    params = params_of(fake_daemon, "upload.start")
+    assert (params["asset_id"], params["owner_type"], params["owner_id"]) == ("ast_1", "collection", "col_1")
+    assert "title" not in params
+
+
+def test_upload_of_a_new_asset_sends_its_path(runner: CliRunner, fake_daemon: Any, wire: Any, data_file: Path):
+    fake_daemon.on("upload.start", lambda _p: wire.job("job_7"))
+
+    result = invoke(runner, "upload", str(data_file), "--project", "prj_1", "--path", "raw/d.bin", "--no-wait")
+
+    assert result.exit_code == 0, result.output
+    params = params_of(fake_daemon, "upload.start")
+    assert (params["title"], params["path"]) == ("data.bin", "raw/d.bin")
+    assert "asset_id" not in params
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ([], "give --project or --collection (or --asset for a new version)"),
+        (["--project", "prj_1", "--collection", "col_1"], "give one of --project and --collection, not both"),
+        (["--asset", "ast_1", "--title", "T"], "--title cannot go with --asset"),
+        (["--asset", "ast_1", "--tag", "a", "--description", "d"], "--tag, --description cannot go with --asset"),
+    ],
+)
+def test_upload_refuses_a_target_it_cannot_mean(
+    runner: CliRunner, fake_daemon: Any, data_file: Path, options: list[str], message: str
+):
+    result = invoke(runner, "upload", str(data_file), *options)
+
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"error[invalid_argument]: {message}")
+    assert "upload.start" not in fake_daemon.methods()
+
+
 def test_upload_of_a_missing_file_is_a_usage_error(runner: CliRunner, tmp_path: Path):
     result = invoke(runner, "upload", str(tmp_path / "nope"), "--project", "prj_1")
 

@@ -384,7 +384,8 @@ class FakeDaemon:
 
     def _upload_start(self, conn: FakeConnection, request: Request) -> Any:
         p = request.params
-        for key in ("local_path", "title", "owner_type", "owner_id"):
+        # As the daemon: a new version of ``asset_id`` needs no title or owner.
+        for key in ("local_path",) if "asset_id" in p else ("local_path", "title", "owner_type", "owner_id"):
             if key not in p:
                 raise Fail("invalid_argument", f"{key} is required")
         if not os.path.isabs(p["local_path"]):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import inspect
 import os
@@ -14,6 +15,7 @@ from typing import Any
 
 import dataerai
 import pytest
+import trio
 from dataerai import (
     DaemonConnectionError,
     DaemonError,
@@ -21,6 +23,7 @@ from dataerai import (
     DataeraiClient,
     ProgressEvent,
 )
+from dataerai.aio import AsyncDataeraiClient
 from dataerai.protocol import ERRORS, Request
 from sdk_fake_daemon import NO_REPLY, Fail, FakeConnection, FakeDaemon, Plan
 
@@ -61,14 +64,19 @@ def test_constructor_matches_the_contract() -> None:
         assert param.kind is param.KEYWORD_ONLY
     assert _defaults(DataeraiClient.upload) == {
         "local_path": empty,
-        "title": empty,
-        "owner_type": empty,
-        "owner_id": empty,
+        # The contract's required three: still required for a new asset (the client says so,
+        # test_upload_without_an_owner_or_asset_id_is_invalid), not for a new version of asset_id.
+        "title": None,
+        "owner_type": None,
+        "owner_id": None,
         "description": None,
         "alias": None,
         "tags": None,
         "metadata": None,
         "collection_id": None,
+        # Beyond the contract: a new version of an existing asset, and the asset's path.
+        "asset_id": None,
+        "path": None,
         "chunk_size_mb": None,
         "on_progress": None,
         # Beyond the contract: state changes, and why a job waits (keyword, defaulted).
@@ -258,6 +266,96 @@ def test_upload_accepts_collection_owner(client: DataeraiClient, daemon: FakeDae
     path.write_bytes(b"1")
     client.upload(str(path), title="t", owner_type="collection", owner_id="col_1")
     assert daemon.calls("upload.start")[0].params["owner_type"] == "collection"
+
+
+def test_upload_of_a_new_version_sends_the_asset_and_path_and_no_owner(
+    client: DataeraiClient, daemon: FakeDaemon, tmp_path: Path
+) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"2")
+    result = client.upload(path, asset_id="ast_12345678", path="raw/day1/f")
+    assert _sans_job_id(daemon.calls("upload.start")[0].params) == {
+        "local_path": str(path),
+        "asset_id": "ast_12345678",
+        "path": "raw/day1/f",
+        "priority": 0,
+        "client": {"pid": os.getpid()},
+    }
+    assert result.transfer_id == start_job_id(daemon)
+
+
+def test_upload_of_a_new_version_passes_on_an_owner_given_with_it(
+    client: DataeraiClient, daemon: FakeDaemon, tmp_path: Path
+) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"2")
+    client.upload(path, asset_id="ast_12345678", owner_type="project", owner_id="prj_1", wait=False)
+    params = daemon.calls("upload.start")[0].params
+    assert (params["asset_id"], params["owner_type"], params["owner_id"]) == ("ast_12345678", "project", "prj_1")
+    assert "title" not in params and "path" not in params
+
+
+def test_upload_of_a_new_asset_sends_its_path(client: DataeraiClient, daemon: FakeDaemon, tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"1")
+    client.upload(path, title="t", owner_type="project", owner_id="prj_1", path="watch/f")
+    params = daemon.calls("upload.start")[0].params
+    assert params["path"] == "watch/f" and "asset_id" not in params
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "missing"),
+    [
+        ({}, "title, owner_type, owner_id are required"),
+        ({"owner_type": "project", "owner_id": "prj_1"}, "title is required"),
+        ({"title": "t", "owner_id": "prj_1"}, "owner_type is required"),
+        ({"title": "t", "owner_type": "project"}, "owner_id is required"),
+        ({"title": "t", "owner_type": "project", "owner_id": None}, "owner_id is required"),
+    ],
+)
+def test_upload_without_an_owner_or_asset_id_is_invalid(
+    client: DataeraiClient, daemon: FakeDaemon, tmp_path: Path, kwargs: dict[str, Any], missing: str
+) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"1")
+    with pytest.raises(DaemonError, match=missing) as info:
+        client.upload(path, **kwargs)
+    assert info.value.code == "invalid_argument"
+    assert "asset_id" in info.value.message
+    assert daemon.calls("upload.start") == []
+
+
+def test_upload_of_a_new_version_still_checks_an_owner_type(
+    client: DataeraiClient, daemon: FakeDaemon, tmp_path: Path
+) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"1")
+    with pytest.raises(DaemonError, match="owner_type") as info:
+        client.upload(path, asset_id="ast_12345678", owner_type="group", owner_id="grp_1")
+    assert info.value.code == "invalid_argument"
+    assert daemon.calls("upload.start") == []
+
+
+@pytest.mark.parametrize("library", ["asyncio", "trio"])
+def test_the_async_twin_takes_the_same_upload_arguments(
+    daemon: FakeDaemon, tmp_path: Path, library: str
+) -> None:
+    assert _defaults(AsyncDataeraiClient.upload) == _defaults(DataeraiClient.upload)
+    path = tmp_path / "f"
+    path.write_bytes(b"2")
+
+    async def scenario() -> Any:
+        async with AsyncDataeraiClient(socket_path=daemon.socket_path, auto_start=False) as client:
+            with pytest.raises(DaemonError) as info:
+                await client.upload(path, owner_type="project", owner_id="prj_1")
+            assert info.value.code == "invalid_argument"
+            return await client.upload(path, asset_id="ast_12345678", path="a/b")
+
+    result = asyncio.run(scenario()) if library == "asyncio" else trio.run(scenario)
+    (start,) = daemon.calls("upload.start")
+    assert (start.params["asset_id"], start.params["path"]) == ("ast_12345678", "a/b")
+    assert "title" not in start.params and "owner_id" not in start.params
+    assert result.transfer_id == start_job_id(daemon)
 
 
 def test_upload_sha256_from_the_asset_when_the_job_lacks_it(

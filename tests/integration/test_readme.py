@@ -26,6 +26,10 @@ def test_every_python_block_of_the_readme_runs(stack: Stack, tmp_path: Path) -> 
         assert done.returncode == 0, done.stderr
         outputs.append(done.stdout)
     assert "Uploaded asset_id=ast_" in outputs[0]
+    uploaded = re.search(r"Uploaded asset_id=(ast_\w+) content_id=(cnt_\w+)", outputs[0])
+    again = re.search(r"New version content_id=(cnt_\w+) of asset_id=(ast_\w+)", outputs[0])
+    assert uploaded and again
+    assert again[2] == uploaded[1] and again[1] != uploaded[2]
     assert (tmp_path / "downloads" / "run42.h5").read_bytes() == source.read_bytes()
     assert "completed: asset_id=ast_" in outputs[1]
     assert "-> completed" in outputs[1] and "-> paused" in outputs[1]
