@@ -807,10 +807,10 @@ class DataeraiClient:
         alone with ``default_excludes=False``. ``rescan_interval_s``: how often
         the whole tree is scanned again (the daemon's default if ``None``);
         ``force_polling`` scans instead of using file events (for network file
-        systems). ``free_space_below`` (``"20G"``, ``"15%"``): with
-        ``after_upload`` other than ``keep``, clean up verified files sooner
-        while the disk has less free space than this. ``priority`` is the
-        priority of its upload jobs.
+        systems). ``free_space_below`` is the watched disk's free-space
+        threshold, a size (``"20G"``) or a share (``"15%"``); what the daemon
+        does below it is in ``docs/watch.md``. ``priority`` is the priority
+        of its upload jobs.
 
         ``watch_id`` (``wat_…``) names the watch; adding the same id again is
         the same request and answers with that watch. Without one the SDK
@@ -886,7 +886,7 @@ class DataeraiClient:
         return self._pages("watch.files", params, "files", lambda item, page: WatchFile.from_wire(item), AFTER)
 
     def pause_watch(self, watch_id: str) -> Watch:
-        """Stop uploading the watch's files (``paused``); it still notes what changes. Returns the watch."""
+        """Pause the watch (``paused``): its files wait until ``resume_watch``. Returns the watch."""
         return self._watch_call("watch.pause", watch_id)
 
     def resume_watch(self, watch_id: str) -> Watch:
@@ -898,7 +898,7 @@ class DataeraiClient:
         return self._watch_call("watch.rescan", watch_id)
 
     def remove_watch(self, watch_id: str) -> None:
-        """Stop watching and forget the watch. Local files and uploaded assets stay; running uploads finish."""
+        """Stop watching and forget the watch. Its local files and the assets it made stay."""
         self.call("watch.remove", {"watch_id": _checked_id("watch", "watch_id", watch_id)})
 
     def _watch_call(self, method: str, watch_id: str) -> Watch:
