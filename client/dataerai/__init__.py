@@ -33,6 +33,9 @@ from ._models import ProgressEvent as ProgressEvent
 from ._models import Project as Project
 from ._models import Relationship as Relationship
 from ._models import UploadResult as UploadResult
+from ._models import Watch as Watch
+from ._models import WatchFile as WatchFile
+from ._models import WatchProblem as WatchProblem
 from ._paths import default_socket_path as default_socket_path
 from ._version import __version__ as __version__
 
@@ -69,6 +72,9 @@ __all__ = [
     "Project",
     "Relationship",
     "UploadResult",
+    "Watch",
+    "WatchFile",
+    "WatchProblem",
     "__version__",
     "default_socket_path",
 ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import importlib
 import os
 import threading
 import time
@@ -34,13 +35,36 @@ from ._models import (
     Project,
     Relationship,
     UploadResult,
+    Watch,
+    WatchFile,
 )
 from ._paths import default_socket_path
-from .contract import ANALYSIS_MODES, OWNER_TYPES, MiB, new_job_id
+from .contract import (
+    AFTER_UPLOAD_ACTIONS,
+    ANALYSIS_MODES,
+    COMPLETION_RULES,
+    MAX_EXCLUDES,
+    MAX_RESCAN_INTERVAL_S,
+    MIN_RESCAN_INTERVAL_S,
+    OWNER_TYPES,
+    WATCH_FILE_STATES,
+    MiB,
+    id_problem,
+    local_path_problem,
+    new_id,
+    new_job_id,
+    path_problem,
+)
 
 DEFAULT_START_TIMEOUT_S: Final = 10.0
 DEFAULT_REQUEST_TIMEOUT_S: Final = 30.0
 DEFAULT_TRANSFER_TIMEOUT_S: Final = 3600.0
+#: The most files one ``watch.files`` page may hold (the daemon's bound on its ``limit``).
+_MAX_WATCH_FILES_PAGE: Final = 10_000
+#: How a listing sends and receives its cursor: ``cursor``/``next_cursor``, or ``after``/``next_after``
+#: for listings ordered by a key the caller can name (``watch.files``, by path).
+CURSOR: Final = ("cursor", "next_cursor")
+AFTER: Final = ("after", "next_after")
 
 
 ProgressCallback = Callable[[ProgressEvent], object]
@@ -375,16 +399,23 @@ class DataeraiClient:
         return self._pages("asset.files", params, "files", file_of_page)
 
     def _pages(
-        self, method: str, params: dict[str, Any], key: str, make: Callable[[Any, dict[str, Any]], _T]
+        self,
+        method: str,
+        params: dict[str, Any],
+        key: str,
+        make: Callable[[Any, dict[str, Any]], _T],
+        cursor_keys: tuple[str, str] = CURSOR,
     ) -> Iterator[_T]:
         """``make(item, page)`` for the items under ``key`` of every page of ``method``, following
-        ``next_cursor``; a page is asked for only when the one before has been consumed."""
+        the page's cursor (``cursor_keys``: the parameter that sends it, the result key that
+        brings it); a page is asked for only when the one before has been consumed."""
+        send, read = cursor_keys
         cursor: str | None = None
         while True:
-            page = self.call(method, {**params, **({"cursor": cursor} if cursor else {})})
+            page = self.call(method, {**params, **({send: cursor} if cursor else {})})
             for item in page.get(key, []):
                 yield make(item, page)
-            cursor = page.get("next_cursor")
+            cursor = page.get(read)
             if not cursor:
                 return
 
@@ -752,6 +783,144 @@ class DataeraiClient:
         events = result.get("events") if isinstance(result, dict) else None
         return [Event.from_wire(e) for e in events if isinstance(e, dict)] if isinstance(events, list) else []
 
+    # --- watch folders --------------------------------------------------------
+
+    def add_watch(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        project_id: str,
+        collection_id: str | None = None,
+        prefix: str | None = None,
+        complete_when: str | None = None,
+        after_upload: str = "keep",
+        excludes: Iterable[str] | None = None,
+        default_excludes: bool = True,
+        tags: Iterable[str] | None = None,
+        metadata_template: Mapping[str, Any] | str | os.PathLike[str] | None = None,
+        priority: int = 0,
+        rescan_interval_s: float | None = None,
+        force_polling: bool = False,
+        free_space_below: str | None = None,
+        watch_id: str | None = None,
+    ) -> Watch:
+        """Watch the directory ``root``: the daemon uploads each of its files, once complete, exactly once.
+
+        Each complete file becomes an asset of ``project_id`` (in
+        ``collection_id`` if given) at its path under ``root``, below ``prefix``
+        in the repository, with ``tags`` and the metadata of
+        ``metadata_template`` (a mapping, or the path of a TOML file, read here:
+        that needs Python 3.11's ``tomllib``; on 3.10 pass a dict).
+        ``root`` is made absolute here (``~`` expanded); a missing one is
+        ``DaemonError("not_found")`` before anything is sent.
+
+        ``complete_when``: ``"close"`` (its last writer closed it),
+        ``"stable:30s"`` (unchanged that long; ``5m``, ``1h30m``, ...) or
+        ``"sentinel:NAME"`` (each directory is one dataset, complete once NAME
+        appears in it); ``None`` lets the daemon choose. ``after_upload``, once
+        the repository verified a file: ``"keep"``, ``"move:DIR"`` (``DIR`` made
+        absolute here) or ``"delete"``. ``excludes`` are patterns added to the
+        daemon's default excludes (editor and partial-download files), or used
+        alone with ``default_excludes=False``. ``rescan_interval_s``: how often
+        the whole tree is scanned again (the daemon's default if ``None``);
+        ``force_polling`` scans instead of using file events (for network file
+        systems). ``free_space_below`` is the watched disk's free-space
+        threshold, a size (``"20G"``) or a share (``"15%"``); what the daemon
+        does below it is in ``docs/watch.md``. ``priority`` is the priority
+        of its upload jobs.
+
+        ``watch_id`` (``wat_…``) names the watch; adding the same id again is
+        the same request and answers with that watch. Without one the SDK
+        chooses it, so a call that timed out can be repeated safely (the
+        ``DaemonTimeoutError`` names it). Returns the new ``Watch``.
+        Errors: ``not_found`` (no such directory), ``conflict`` (``root`` is
+        inside, or contains, another watch's root), ``invalid_argument``.
+        """
+        path = _local_dir(root, "root")
+        if not os.path.exists(path):
+            raise DaemonError("not_found", f"no such directory: {path}", {"param": "root", "root": path})
+        if not os.path.isdir(path):
+            raise _invalid_param("root", f"root must be a directory, and {path} is not one")
+        if watch_id is None:
+            watch_id = new_id("watch")
+        params: dict[str, Any] = {
+            "root": path,
+            "project_id": _checked_id("project", "project_id", project_id),
+            "after_upload": _after_upload(after_upload),
+            "default_excludes": _flag("default_excludes", default_excludes),
+            "priority": _priority(priority),
+            "force_polling": _flag("force_polling", force_polling),
+            "watch_id": _checked_id("watch", "watch_id", watch_id),
+        }
+        if collection_id is not None:
+            params["collection_id"] = _checked_id("collection", "collection_id", collection_id)
+        if prefix is not None:
+            problem = path_problem(prefix) if isinstance(prefix, str) else "must be a string"
+            if problem is not None:
+                raise _invalid_param("prefix", f"prefix {problem}")
+            params["prefix"] = prefix
+        if complete_when is not None:
+            params["complete_when"] = _complete_when(complete_when)
+        if excludes is not None:
+            params["excludes"] = _excludes(excludes)
+        if tags is not None:
+            params["tags"] = _tags(tags)
+        if metadata_template is not None:
+            params["metadata_template"] = _metadata_template(metadata_template)
+        if rescan_interval_s is not None:
+            params["rescan_interval_s"] = _rescan_interval(rescan_interval_s)
+        if free_space_below is not None:
+            if not isinstance(free_space_below, str) or not free_space_below.strip():
+                raise _invalid_param("free_space_below", "free_space_below must be a size such as '20G' or '15%'")
+            params["free_space_below"] = free_space_below
+        try:
+            return Watch.from_wire(self.call("watch.add", params))
+        except DaemonTimeoutError as exc:
+            exc.data.setdefault("watch_id", watch_id)
+            exc.message += f"; the watch may have been added as {watch_id}: client.get_watch({watch_id!r})"
+            raise
+
+    def list_watches(self) -> list[Watch]:
+        """Every watch folder of the daemon."""
+        result = self.call("watch.list")
+        watches = result.get("watches") if isinstance(result, dict) else None
+        return [Watch.from_wire(w) for w in watches if isinstance(w, dict)] if isinstance(watches, list) else []
+
+    def get_watch(self, watch_id: str) -> Watch:
+        """The watch as the daemon has it now: its state, file counts and lag. ``not_found`` for an unknown id."""
+        return self._watch_call("watch.get", watch_id)
+
+    def watch_files(
+        self, watch_id: str, *, states: Iterable[str] | None = None, page_size: int = 1000
+    ) -> Iterator[WatchFile]:
+        """The files the watch knows, ordered by path; only those in ``states`` if given.
+
+        ``states`` are watched-file states (``seen``, ``complete``, ``queued``,
+        ``uploaded``, ``verified``, ``cleaned``, ``quarantined``, ``ignored``).
+        Pages of ``page_size`` (1 to 10000) are fetched as the iterator is consumed.
+        """
+        params = watch_files_query(watch_id, states, page_size)
+        return self._pages("watch.files", params, "files", lambda item, page: WatchFile.from_wire(item), AFTER)
+
+    def pause_watch(self, watch_id: str) -> Watch:
+        """Pause the watch (``paused``): its files wait until ``resume_watch``. Returns the watch."""
+        return self._watch_call("watch.pause", watch_id)
+
+    def resume_watch(self, watch_id: str) -> Watch:
+        """Go on with a paused watch (``active``). Returns the watch."""
+        return self._watch_call("watch.resume", watch_id)
+
+    def rescan_watch(self, watch_id: str) -> Watch:
+        """Scan the watch's whole tree now; quarantined files are tried again. Returns the watch."""
+        return self._watch_call("watch.rescan", watch_id)
+
+    def remove_watch(self, watch_id: str) -> None:
+        """Stop watching and forget the watch. Its local files and the assets it made stay."""
+        self.call("watch.remove", {"watch_id": _checked_id("watch", "watch_id", watch_id)})
+
+    def _watch_call(self, method: str, watch_id: str) -> Watch:
+        return Watch.from_wire(self.call(method, {"watch_id": _checked_id("watch", "watch_id", watch_id)}))
+
     # --- waiting --------------------------------------------------------------
 
     def _wait_job(
@@ -1073,6 +1242,132 @@ def file_of_page(item: Any, page: dict[str, Any]) -> FileInfo:
     return FileInfo.from_wire(item, content_id=page.get("content_id"))
 
 
+def watch_files_query(watch_id: str, states: Iterable[str] | None, page_size: int) -> dict[str, Any]:
+    """``watch.files``'s parameters (both clients' ``watch_files``)."""
+    params: dict[str, Any] = {"watch_id": _checked_id("watch", "watch_id", watch_id)}
+    limit = _MAX_WATCH_FILES_PAGE
+    if isinstance(page_size, bool) or not isinstance(page_size, int) or not 1 <= page_size <= limit:
+        raise _invalid_param("page_size", f"page_size must be an int from 1 to {limit}, not {page_size!r}")
+    params["limit"] = page_size
+    if states is not None:
+        wanted = [states] if isinstance(states, str) else list(states)
+        unknown = [s for s in wanted if s not in WATCH_FILE_STATES]
+        if unknown:
+            raise _invalid_param(
+                "states", f"unknown file states {unknown!r}: each must be one of {', '.join(WATCH_FILE_STATES)}"
+            )
+        params["states"] = wanted
+    return params
+
+
+def _invalid_param(param: str, message: str) -> DaemonError:
+    """``invalid_argument`` naming the parameter, as the daemon's own (``data.param``)."""
+    return DaemonError("invalid_argument", message, {"param": param})
+
+
+def _checked_id(kind: str, param: str, value: Any) -> str:
+    problem = id_problem(kind, value)
+    if problem is not None:
+        raise _invalid_param(param, f"{param} {problem}, not {value!r}")
+    result: str = value
+    return result
+
+
+def _flag(param: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _invalid_param(param, f"{param} must be True or False, not {value!r}")
+    return value
+
+
+def _local_dir(value: Any, param: str) -> str:
+    """A local path made absolute (``~`` expanded), as the daemon, with another working directory, needs it."""
+    if not isinstance(value, (str, os.PathLike)):
+        raise _invalid_param(param, f"{param} must be a path, not {value!r}")
+    path = os.path.abspath(os.path.expanduser(os.fspath(value)))
+    problem = local_path_problem(path)
+    if problem is not None:
+        raise _invalid_param(param, f"{param} {problem}")
+    return path
+
+
+def _complete_when(rule: Any) -> str:
+    """The rule's name checked here; its argument (a duration, a file name) is the daemon's to judge."""
+    if not isinstance(rule, str):
+        raise _invalid_param("complete_when", f"complete_when must be a string, not {rule!r}")
+    name, colon, argument = rule.partition(":")
+    if name not in COMPLETION_RULES or (name == "close") == bool(colon) or (colon and not argument.strip()):
+        raise _invalid_param(
+            "complete_when", f"complete_when must be 'close', 'stable:DURATION' or 'sentinel:NAME', not {rule!r}"
+        )
+    return rule
+
+
+def _after_upload(action: Any) -> str:
+    if not isinstance(action, str):
+        raise _invalid_param("after_upload", f"after_upload must be a string, not {action!r}")
+    name, colon, directory = action.partition(":")
+    if name not in AFTER_UPLOAD_ACTIONS or (name == "move") != bool(colon) or (colon and not directory):
+        raise _invalid_param("after_upload", f"after_upload must be 'keep', 'move:DIR' or 'delete', not {action!r}")
+    if name == "move":
+        return "move:" + _local_dir(directory, "after_upload")
+    return action
+
+
+def _excludes(excludes: Iterable[str]) -> list[str]:
+    if isinstance(excludes, str):
+        raise _invalid_param("excludes", "excludes must be a list of patterns, not one string")
+    result = list(excludes)
+    if not all(isinstance(pattern, str) and pattern for pattern in result):
+        raise _invalid_param("excludes", "excludes must all be non-empty strings")
+    if len(result) > MAX_EXCLUDES:
+        raise _invalid_param("excludes", f"excludes may hold at most {MAX_EXCLUDES} patterns, not {len(result)}")
+    return result
+
+
+def _rescan_interval(seconds: Any) -> float:
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not (
+        MIN_RESCAN_INTERVAL_S <= seconds <= MAX_RESCAN_INTERVAL_S
+    ):
+        raise _invalid_param(
+            "rescan_interval_s",
+            f"rescan_interval_s must be a number of seconds from {MIN_RESCAN_INTERVAL_S:g}"
+            f" to {MAX_RESCAN_INTERVAL_S:g}, not {seconds!r}",
+        )
+    return float(seconds)
+
+
+def _metadata_template(template: Mapping[str, Any] | str | os.PathLike[str]) -> dict[str, Any]:
+    """The template as a dict: a mapping as it is, a path read as TOML."""
+    if isinstance(template, Mapping):
+        return dict(template)
+    if not isinstance(template, (str, os.PathLike)):
+        raise _invalid_param("metadata_template", f"metadata_template must be a dict or a TOML file's path, "
+                                                  f"not {template!r}")
+    path = os.path.abspath(os.path.expanduser(os.fspath(template)))
+    try:
+        # Imported by name: tomllib is in the standard library from Python 3.11 on only.
+        tomllib = importlib.import_module("tomllib")
+    except ImportError:
+        raise _invalid_param(
+            "metadata_template",
+            f"reading the TOML file {path} needs Python 3.11 or later (tomllib); on this Python pass"
+            " metadata_template as a dict (read it with the tomli package, for example)",
+        ) from None
+    try:
+        with open(path, "rb") as file:
+            parsed: object = tomllib.load(file)
+    except FileNotFoundError:
+        raise DaemonError("not_found", f"no such file: {path}", {"param": "metadata_template"}) from None
+    except OSError as exc:
+        raise DaemonError("io_error", f"cannot read {path}: {exc.strerror or exc}",
+                          {"param": "metadata_template"}) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise _invalid_param("metadata_template", f"{path} is not valid TOML: {exc}") from None
+    if not isinstance(parsed, dict):  # pragma: no cover - tomllib always gives a table
+        raise _invalid_param("metadata_template", f"{path} is not a TOML table")
+    return parsed
+
+
 def _deadline(timeout: float | None) -> float | None:
     return None if timeout is None else time.monotonic() + timeout
 
@@ -1109,14 +1404,14 @@ def _upload_target(
 
 def _priority(priority: int) -> int:
     if isinstance(priority, bool) or not isinstance(priority, int):
-        raise _invalid(f"priority must be an int, not {priority!r}")
+        raise _invalid_param("priority", f"priority must be an int, not {priority!r}")
     return priority
 
 
 def _tags(tags: Iterable[str]) -> list[str]:
     if isinstance(tags, str):
-        raise _invalid("tags must be a list of strings, not one string")
+        raise _invalid_param("tags", "tags must be a list of strings, not one string")
     result = list(tags)
     if not all(isinstance(tag, str) for tag in result):
-        raise _invalid("tags must all be strings")
+        raise _invalid_param("tags", "tags must all be strings")
     return result

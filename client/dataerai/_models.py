@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from .contract import PENDING_WATCH_FILE_STATES
 from .contract import TERMINAL_JOB_STATES as TERMINAL_JOB_STATES
 from .contract import WAITING_JOB_STATES as WAITING_JOB_STATES
 
@@ -56,6 +57,17 @@ def _float(value: Any, default: float = 0.0) -> float:
     return default
 
 
+def _opt_float(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def _counts(value: Any) -> dict[str, int]:
+    """A ``{name: count}`` object, keeping only the entries whose count is an int."""
+    return {k: v for k, v in _obj(value).items() if isinstance(v, int) and not isinstance(v, bool)}
+
+
 def _strs(value: Any) -> list[str]:
     if not isinstance(value, list):
         return []
@@ -79,6 +91,17 @@ def _time(value: Any) -> datetime | None:
     except ValueError:
         return None
     return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=timezone.utc)
+
+
+def _event_time(value: Any) -> datetime | None:
+    """An event's ``time``: Unix seconds as the daemon sends it, or an ISO-8601 string."""
+    seconds = _opt_float(value)
+    if seconds is None:
+        return _time(value)
+    try:
+        return datetime.fromtimestamp(seconds, timezone.utc)
+    except (OverflowError, OSError, ValueError):
+        return None
 
 
 # --- identity and projects --------------------------------------------------
@@ -544,16 +567,173 @@ class DownloadResult:
     transfer_id: str
 
 
+# --- watch folders ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WatchProblem:
+    """Why a watch is ``unavailable`` (its root is missing, unmounted, replaced), or why it
+    polls although it asked for file events: a stable ``code`` and a sentence for a person."""
+
+    code: str
+    message: str
+
+    @classmethod
+    def from_wire(cls, obj: Any) -> WatchProblem:
+        d = _obj(obj)
+        return cls(code=_str(d.get("code"), "internal"), message=_str(d.get("message")))
+
+
+def _problem(value: Any) -> WatchProblem | None:
+    return WatchProblem.from_wire(value) if isinstance(value, dict) else None
+
+
+@dataclass(frozen=True)
+class Watch:
+    """A watch folder: a local directory whose complete files the daemon uploads, each exactly once.
+
+    ``state`` is ``active``, ``paused`` or ``unavailable`` (``problem`` says why);
+    ``mode`` is ``events`` or ``polling`` (``mode_reason`` says why it polls when it
+    asked for events). ``files`` counts its files in each state; ``lag_s`` is the
+    age in seconds of the oldest file not in the repository yet (``None`` when
+    none waits). ``complete_when`` and ``after_upload`` are the rules as the
+    daemon resolved them (``stable:30s``, ``move:/done``, ...).
+    """
+
+    watch_id: str
+    root: str
+    state: str
+    mode: str = "events"
+    project_id: str = ""
+    collection_id: str | None = None
+    prefix: str | None = None
+    complete_when: str = ""
+    after_upload: str = "keep"
+    excludes: list[str] = field(default_factory=list)
+    tags: list[str] = field(default_factory=list)
+    metadata_template: dict[str, Any] | None = None
+    priority: int = 0
+    rescan_interval_s: float = 0.0
+    free_space_below: str | None = None
+    force_polling: bool = False
+    problem: WatchProblem | None = None
+    mode_reason: WatchProblem | None = None
+    files: dict[str, int] = field(default_factory=dict)
+    lag_s: float | None = None
+    oldest_pending: datetime | None = None
+    last_scan_at: datetime | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def pending(self) -> int:
+        """How many of its files are not in the repository yet (seen, complete, queued or uploaded)."""
+        return sum(n for state, n in self.files.items() if state in PENDING_WATCH_FILE_STATES)
+
+    @property
+    def quarantined(self) -> int:
+        """How many of its files kept failing and wait for a change or a rescan."""
+        return self.files.get("quarantined", 0)
+
+    @classmethod
+    def from_wire(cls, obj: Any) -> Watch:
+        d = _obj(obj)
+        template = d.get("metadata_template")
+        return cls(
+            watch_id=_str(d.get("watch_id")),
+            root=_str(d.get("root")),
+            state=_str(d.get("state")),
+            mode=_str(d.get("mode"), "events"),
+            project_id=_str(d.get("project_id")),
+            collection_id=_opt_str(d.get("collection_id")),
+            prefix=_opt_str(d.get("prefix")),
+            complete_when=_str(d.get("complete_when")),
+            after_upload=_str(d.get("after_upload"), "keep"),
+            excludes=_strs(d.get("excludes")),
+            tags=_strs(d.get("tags")),
+            metadata_template=template if isinstance(template, dict) else None,
+            priority=_int(d.get("priority")),
+            rescan_interval_s=_float(d.get("rescan_interval_s")),
+            free_space_below=_opt_str(d.get("free_space_below")),
+            force_polling=d.get("force_polling") is True,
+            problem=_problem(d.get("problem")),
+            mode_reason=_problem(d.get("mode_reason")),
+            files=_counts(d.get("files")),
+            lag_s=_opt_float(d.get("lag_s")),
+            oldest_pending=_time(d.get("oldest_pending")),
+            last_scan_at=_time(d.get("last_scan_at")),
+            created_at=_time(d.get("created_at")),
+            updated_at=_time(d.get("updated_at")),
+            raw=d,
+        )
+
+
+@dataclass(frozen=True)
+class WatchFile:
+    """One file (``kind`` ``file``) or dataset directory (``dataset``) a watch knows, by its path under the root.
+
+    ``state`` goes ``seen`` → ``complete`` → ``queued`` → ``uploaded`` →
+    ``verified`` (→ ``cleaned`` once moved or deleted), or ends ``quarantined``
+    (kept failing: ``error`` says why, ``retry_at`` when it is tried again) or
+    ``ignored`` (a symlink, special file, excluded or unstorable name). ``job_id``
+    is the job that uploads it, ``asset_id`` the asset it became.
+    """
+
+    path: str
+    state: str
+    kind: str = "file"
+    size: int | None = None
+    mtime: datetime | None = None
+    asset_id: str | None = None
+    content_id: str | None = None
+    job_id: str | None = None
+    sha256: str | None = None
+    attempts: int = 0
+    retry_at: datetime | None = None
+    error: JobError | None = None
+    seen_at: datetime | None = None
+    updated_at: datetime | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_wire(cls, obj: Any) -> WatchFile:
+        d = _obj(obj)
+        error = d.get("error")
+        return cls(
+            path=_str(d.get("path")),
+            state=_str(d.get("state")),
+            kind=_str(d.get("kind"), "file"),
+            size=_opt_int(d.get("size")),
+            mtime=_time(d.get("mtime")),
+            asset_id=_opt_str(d.get("asset_id")),
+            content_id=_opt_str(d.get("content_id")),
+            job_id=_opt_str(d.get("job_id")),
+            sha256=_opt_str(d.get("sha256")),
+            attempts=_int(d.get("attempts")),
+            retry_at=_time(d.get("retry_at")),
+            error=JobError.from_wire(error) if isinstance(error, dict) else None,
+            seen_at=_time(d.get("seen_at")),
+            updated_at=_time(d.get("updated_at")),
+            raw=d,
+        )
+
+
 @dataclass(frozen=True)
 class Event:
     """One event from the daemon's stream.
 
     ``type`` is ``job.state``, ``job.progress``, ``job.priority``,
-    ``auth.reloaded``, ``gap`` or something newer. Fields that do not belong to
-    the type are ``None``: ``state`` and ``previous_state`` for ``job.state``;
-    ``job`` for ``job.state`` and ``job.priority``; ``progress`` for
-    ``job.progress``; ``missed_from``/``missed_to`` for ``gap`` (the ids this
-    subscriber missed, inclusive; replay durable ones with ``since=missed_from - 1``).
+    ``auth.reloaded``, ``watch.state``, ``watch.file``, ``gap`` or something
+    newer. Fields that do not belong to the type are ``None``: ``state`` and
+    ``previous_state`` for ``job.state``, ``watch.state`` (``state`` is ``None``
+    once the watch was removed, ``previous_state`` for a new one) and
+    ``watch.file``; ``job`` for ``job.state`` and ``job.priority``; ``progress``
+    for ``job.progress``; ``watch_id`` and ``watch`` (the watch as it is now,
+    ``None`` once removed) for ``watch.state``; ``watch_id``, ``path`` and
+    ``file`` for ``watch.file``; ``missed_from``/``missed_to`` for ``gap`` (the
+    ids this subscriber missed, inclusive; replay durable ones with
+    ``since=missed_from - 1``). ``time`` is when it happened.
     """
 
     id: int
@@ -567,6 +747,10 @@ class Event:
     missed_from: int | None = None
     missed_to: int | None = None
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    watch_id: str | None = None
+    path: str | None = None
+    watch: Watch | None = None
+    file: WatchFile | None = None
 
     @property
     def is_gap(self) -> bool:
@@ -579,16 +763,24 @@ class Event:
         type_ = _str(d.get("type"))
         job_id = _opt_str(d.get("job_id"))
         job = d.get("job")
+        watch = d.get("watch")
+        file = d.get("file")
+        has_state = type_ in ("job.state", "watch.state", "watch.file")
+        is_watch = type_ in ("watch.state", "watch.file")
         return cls(
             id=_int(d.get("id")),
             type=type_,
-            time=_time(d.get("time")),
+            time=_event_time(d.get("time")),
             job_id=job_id,
-            state=_opt_str(d.get("state")) if type_ == "job.state" else None,
-            previous_state=_opt_str(d.get("previous_state")) if type_ == "job.state" else None,
+            state=_opt_str(d.get("state")) if has_state else None,
+            previous_state=_opt_str(d.get("previous_state")) if has_state else None,
             job=Job.from_wire(job) if type_ in ("job.state", "job.priority") and isinstance(job, dict) else None,
             progress=ProgressEvent.from_wire(d, transfer_id=job_id or "") if type_ == "job.progress" else None,
             missed_from=_opt_int(d.get("missed_from")) if type_ == "gap" else None,
             missed_to=_opt_int(d.get("missed_to")) if type_ == "gap" else None,
             raw=d,
+            watch_id=_opt_str(d.get("watch_id")) if is_watch else None,
+            path=_opt_str(d.get("path")) if type_ == "watch.file" else None,
+            watch=Watch.from_wire(watch) if type_ == "watch.state" and isinstance(watch, dict) else None,
+            file=WatchFile.from_wire(file) if type_ == "watch.file" and isinstance(file, dict) else None,
         )

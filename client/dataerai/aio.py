@@ -38,6 +38,8 @@ from types import TracebackType
 from typing import Any, Literal, TypeVar, overload
 
 from ._client import (
+    AFTER,
+    CURSOR,
     DEFAULT_REQUEST_TIMEOUT_S,
     DEFAULT_START_TIMEOUT_S,
     DEFAULT_TRANSFER_TIMEOUT_S,
@@ -49,6 +51,7 @@ from ._client import (
     asset_query,
     file_of_page,
     files_query,
+    watch_files_query,
 )
 from ._models import (
     AssetMetadata,
@@ -61,6 +64,8 @@ from ._models import (
     Project,
     Relationship,
     UploadResult,
+    Watch,
+    WatchFile,
 )
 
 T = TypeVar("T")
@@ -353,15 +358,21 @@ class AsyncDataeraiClient:
         return self._pages("asset.files", files_query(asset_id, prefix, content_id, page_size), "files", file_of_page)
 
     async def _pages(
-        self, method: str, params: dict[str, Any], key: str, make: Callable[[Any, dict[str, Any]], T]
+        self,
+        method: str,
+        params: dict[str, Any],
+        key: str,
+        make: Callable[[Any, dict[str, Any]], T],
+        cursor_keys: tuple[str, str] = CURSOR,
     ) -> AsyncIterator[T]:
         """``make(item, page)`` for the items of every page of ``method``, one request per page."""
+        send, read = cursor_keys
         cursor: str | None = None
         while True:
-            page = await self.call(method, {**params, **({"cursor": cursor} if cursor else {})})
+            page = await self.call(method, {**params, **({send: cursor} if cursor else {})})
             for item in page.get(key, []):
                 yield make(item, page)
-            cursor = page.get("next_cursor")
+            cursor = page.get(read)
             if not cursor:
                 return
 
@@ -565,6 +576,71 @@ class AsyncDataeraiClient:
         limit: int = 1000,
     ) -> list[Event]:
         return await self._run(lambda c: c.list_events(since, jobs, types, limit=limit))
+
+    async def add_watch(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        project_id: str,
+        collection_id: str | None = None,
+        prefix: str | None = None,
+        complete_when: str | None = None,
+        after_upload: str = "keep",
+        excludes: Iterable[str] | None = None,
+        default_excludes: bool = True,
+        tags: Iterable[str] | None = None,
+        metadata_template: Mapping[str, Any] | str | os.PathLike[str] | None = None,
+        priority: int = 0,
+        rescan_interval_s: float | None = None,
+        force_polling: bool = False,
+        free_space_below: str | None = None,
+        watch_id: str | None = None,
+    ) -> Watch:
+        """Watch a directory; see ``DataeraiClient.add_watch``."""
+        return await self._run(
+            lambda c: c.add_watch(
+                root,
+                project_id=project_id,
+                collection_id=collection_id,
+                prefix=prefix,
+                complete_when=complete_when,
+                after_upload=after_upload,
+                excludes=excludes,
+                default_excludes=default_excludes,
+                tags=tags,
+                metadata_template=metadata_template,
+                priority=priority,
+                rescan_interval_s=rescan_interval_s,
+                force_polling=force_polling,
+                free_space_below=free_space_below,
+                watch_id=watch_id,
+            )
+        )
+
+    async def list_watches(self) -> list[Watch]:
+        return await self._run(lambda c: c.list_watches())
+
+    async def get_watch(self, watch_id: str) -> Watch:
+        return await self._run(lambda c: c.get_watch(watch_id))
+
+    async def watch_files(
+        self, watch_id: str, *, states: Iterable[str] | None = None, page_size: int = 1000
+    ) -> AsyncIterator[WatchFile]:
+        """``async for f in await client.watch_files(...)``; see ``DataeraiClient.watch_files``."""
+        params = watch_files_query(watch_id, states, page_size)
+        return self._pages("watch.files", params, "files", lambda item, page: WatchFile.from_wire(item), AFTER)
+
+    async def pause_watch(self, watch_id: str) -> Watch:
+        return await self._run(lambda c: c.pause_watch(watch_id))
+
+    async def resume_watch(self, watch_id: str) -> Watch:
+        return await self._run(lambda c: c.resume_watch(watch_id))
+
+    async def rescan_watch(self, watch_id: str) -> Watch:
+        return await self._run(lambda c: c.rescan_watch(watch_id))
+
+    async def remove_watch(self, watch_id: str) -> None:
+        await self._run(lambda c: c.remove_watch(watch_id))
 
     async def events(
         self, since: int | None = None, jobs: Iterable[str] | None = None, types: Iterable[str] | None = None

@@ -16,7 +16,7 @@ EVENT_TYPE_CHOICE = click.Choice(list(EVENT_TYPES))
 
 
 def describe_event(event: Event) -> str:
-    """One line for a person: id, time, type, job and what happened."""
+    """One line for a person: id, time, type, job or watch, and what happened."""
     raw = event.raw
     when = str(raw.get("time", ""))
     head = f"{event.id}  {when}  {event.type}"
@@ -29,6 +29,13 @@ def describe_event(event: Event) -> str:
         return f"{head}  {p.bytes_done}/{p.bytes_total} bytes  {p.rate_mbps:.1f} MB/s"
     if event.type == "job.priority":
         return f"{head}  priority {raw.get('previous_priority')} -> {raw.get('priority')}"
+    if event.type == "watch.state":
+        return f"{head}  {event.watch_id}  {event.previous_state or '-'} -> {event.state or 'removed'}"
+    if event.type == "watch.file":
+        line = f"{head}  {event.watch_id}  {event.path}  {event.previous_state or '-'} -> {event.state}"
+        if event.file is not None and event.file.error is not None:
+            line += f"  [{event.file.error.code}] {event.file.error.message}"
+        return line
     if event.type == "gap":
         return f"{head}  missed events {event.missed_from}..{event.missed_to} (replay with --since)"
     return head

@@ -20,7 +20,9 @@ from ._events import events
 from ._jobs import jobs
 from ._output import json_requested
 from ._project import project
+from ._status import status
 from ._transfer import download, upload
+from ._watch import watch
 
 
 class _Root(click.Group):
@@ -78,6 +80,8 @@ cli.add_command(assets)
 cli.add_command(meta)
 cli.add_command(rel)
 cli.add_command(collection)
+cli.add_command(watch)
+cli.add_command(status)
 
 
 def main() -> None:

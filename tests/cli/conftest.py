@@ -31,6 +31,7 @@ from dataerai.protocol import (
     encode_response,
     parse_request_line,
 )
+from fake_watches import FakeWatches, WatchFault
 
 
 @pytest.fixture(autouse=True)
@@ -212,6 +213,25 @@ def fake_daemon(isolated_env: Path) -> Iterator[FakeDaemon]:
         yield daemon
     finally:
         daemon.close()
+
+
+@pytest.fixture
+def watches(fake_daemon: FakeDaemon) -> FakeWatches:
+    """``fake_daemon`` answering ``watch.*`` over a table of watches the test may fill (``watches.put``)."""
+    fake = FakeWatches()
+
+    def replying(answer: Handler) -> Handler:
+        def handler(params: dict[str, Any]) -> Any:
+            try:
+                return answer(params)
+            except WatchFault as fault:
+                return Reply(error=RpcError(fault.code, fault.message, fault.data))
+
+        return handler
+
+    for method, answer in fake.methods().items():
+        fake_daemon.on(method, replying(answer))
+    return fake
 
 
 class Wire:

@@ -51,6 +51,15 @@ COMMANDS = {
     ("collection",),
     ("collection", "create"),
     ("collection", "ls"),
+    ("watch",),
+    ("watch", "add"),
+    ("watch", "ls"),
+    ("watch", "status"),
+    ("watch", "pause"),
+    ("watch", "resume"),
+    ("watch", "rescan"),
+    ("watch", "rm"),
+    ("status",),
 }
 
 
@@ -74,7 +83,7 @@ def test_help(runner: CliRunner, path: tuple[str, ...]) -> None:
 
 def test_json_is_offered_wherever_there_is_output(runner: CliRunner) -> None:
     for path in COMMANDS - {(), ("auth",), ("daemon",), ("project",), ("jobs",), ("daemon", "run"), ("assets",),
-                            ("meta",), ("rel",), ("collection",)}:
+                            ("meta",), ("rel",), ("collection",), ("watch",)}:
         result = runner.invoke(cli, [*path, "--help"], prog_name="dataerai")
         assert "--json" in result.stdout, path
 

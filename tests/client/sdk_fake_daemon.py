@@ -41,6 +41,13 @@ from dataerai.protocol import (
     parse_request_line,
 )
 
+# Run as a program (the SDK's auto-start tests), this file does not have the suite's tools/ on its path.
+_TOOLS = str(Path(__file__).resolve().parents[2] / "tools")
+if _TOOLS not in sys.path:
+    sys.path.insert(0, _TOOLS)
+
+from fake_watches import FakeWatches, WatchFault  # noqa: E402
+
 NO_REPLY = object()
 FAKE_DAEMON_SCRIPT = Path(__file__).resolve()
 TERMINAL = ("completed", "failed", "cancelled")
@@ -162,6 +169,10 @@ class FakeDaemon:
             "events.subscribe": self._subscribe,
             "events.unsubscribe": self._unsubscribe,
         }
+        #: The ``watch.*`` methods, over a table of watches tests may fill (``watches.put``).
+        self.watches = FakeWatches()
+        for method, answer in self.watches.methods().items():
+            self.handlers[method] = _faulting(answer)
 
     # --- life -------------------------------------------------------------
 
@@ -515,6 +526,18 @@ class FakeDaemon:
             self.broadcast({"type": "gap", "missed_from": 1, "missed_to": 99})
             return
         self.finish(job_id, plan.outcome)
+
+
+def _faulting(answer: Callable[[dict[str, Any]], Any]) -> Handler:
+    """A ``FakeWatches`` method as a handler: its ``WatchFault`` becomes an error answer."""
+
+    def handler(conn: FakeConnection, request: Request) -> Any:
+        try:
+            return answer(dict(request.params))
+        except WatchFault as fault:
+            raise Fail(fault.code, fault.message, **fault.data) from None
+
+    return handler
 
 
 def _asset_object(asset_id: str, job: dict[str, Any], plan: Plan) -> dict[str, Any]:

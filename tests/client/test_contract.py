@@ -6,7 +6,7 @@ import dataclasses
 
 import dataerai
 from dataerai import contract
-from dataerai._models import Event, Job, ProgressEvent
+from dataerai._models import Event, Job, ProgressEvent, Watch, WatchFile, WatchProblem
 
 
 def test_the_daemon_and_the_server_use_the_contracts_limits_not_copies() -> None:
@@ -34,6 +34,39 @@ def test_the_sdk_reads_every_field_of_the_job_object_and_of_every_event() -> Non
         unread = set(keys) - event_fields - progress - {"priority", "previous_priority", "logged_in", "server_url",
                                                         "waiting_jobs"}
         assert not unread, (type_, unread)
+
+
+def test_the_sdk_reads_every_field_of_the_watch_and_the_watched_file() -> None:
+    assert set(contract.WatchObject.__annotations__) <= {f.name for f in dataclasses.fields(Watch)}
+    assert set(contract.WatchFileObject.__annotations__) <= {f.name for f in dataclasses.fields(WatchFile)}
+    assert set(contract.WatchProblemObject.__annotations__) == {f.name for f in dataclasses.fields(WatchProblem)}
+    # Field names are the wire's keys, and each is read from its own key: a value put under
+    # every key comes back from its field (not a neutral default).
+    from fake_watches import watch_file_object, watch_object
+
+    wire = watch_object(problem={"code": "root_missing", "message": "gone"}, lag_s=12.5, prefix="raw/",
+                        collection_id="col_0123456789", free_space_below="15%", force_polling=True, mode="polling",
+                        mode_reason={"code": "no_inotify", "message": "n"}, oldest_pending="2026-11-25T13:00:00Z",
+                        metadata_template={"beam": 7}, tags=["raw"], priority=3, state="unavailable")
+    watch = Watch.from_wire(wire)
+    for key, value in wire.items():
+        read = getattr(watch, key)
+        if key in ("problem", "mode_reason"):
+            read = dataclasses.asdict(read)
+        elif key.endswith("_at") or key == "oldest_pending":
+            read = read.isoformat().replace("+00:00", "Z")
+        assert read == value, key
+    file_wire = watch_file_object("run/a.h5", "quarantined", asset_id="ast_0123456789", content_id="cnt_0123456789",
+                                  job_id=contract.new_job_id(), sha256="ab" * 32, attempts=4,
+                                  retry_at="2026-11-25T15:00:00Z", error={"code": "permission_denied", "message": "m"})
+    watched = WatchFile.from_wire(file_wire)
+    for key, value in file_wire.items():
+        read = getattr(watched, key)
+        if key == "error":
+            read = {"code": read.code, "message": read.message}
+        elif key.endswith("_at") or key == "mtime":
+            read = read.isoformat().replace("+00:00", "Z")
+        assert read == value, key
 
 
 def test_job_ids_match_their_pattern_and_sort_by_creation() -> None:

@@ -20,13 +20,17 @@ from dataerai import (
     ProgressEvent,
     Project,
     Relationship,
+    Watch,
+    WatchFile,
+    WatchProblem,
 )
 from dataerai._errors import error_from_rpc
 from dataerai.protocol import RpcError
 from hypothesis import given
 from hypothesis import strategies as st
 
-MODELS = (AuthStatus, Project, AssetMetadata, Relationship, Job, Event, ProgressEvent, JobWaiting)
+MODELS = (AuthStatus, Project, AssetMetadata, Relationship, Job, Event, ProgressEvent, JobWaiting, Watch, WatchFile,
+          WatchProblem)
 
 
 def _progress(**kw: Any) -> ProgressEvent:
@@ -213,3 +217,40 @@ def test_progress_says_the_state_and_why_the_job_waits() -> None:
     assert event.waiting == JobWaiting("auth_expired", "log in again")
     older = ProgressEvent.from_wire({"bytes_done": 5, "waiting": [1]})
     assert (older.state, older.waiting) == (None, None)
+
+
+JUNK = st.none() | st.booleans() | st.integers() | st.floats() | st.text() | st.lists(st.integers())
+WATCH_EVENT = st.fixed_dictionaries(
+    {"type": st.sampled_from(["watch.state", "watch.file"])},
+    optional={key: JUNK | st.dictionaries(st.text(), JUNK, max_size=4)
+              for key in ("id", "time", "watch_id", "path", "state", "previous_state", "watch", "file")},
+)
+
+
+@given(WATCH_EVENT)
+def test_any_watch_event_builds_an_event(obj: dict[str, Any]) -> None:
+    event = Event.from_wire(obj)
+    assert event.type == obj["type"] and event.job is None and event.progress is None
+    assert (event.watch is not None) == (obj["type"] == "watch.state" and isinstance(obj.get("watch"), dict))
+    assert (event.file is not None) == (obj["type"] == "watch.file" and isinstance(obj.get("file"), dict))
+
+
+def test_a_watch_reads_tolerantly() -> None:
+    watch = Watch.from_wire({"watch_id": "wat_1", "root": "/r", "state": "active", "files": {
+        "seen": 2, "queued": True, "verified": "many", "quarantined": 1, "uploaded": 3}, "lag_s": float("nan"),
+        "rescan_interval_s": "soon", "problem": "broken", "force_polling": "yes", "a_newer_key": 1})
+    assert watch.files == {"seen": 2, "quarantined": 1, "uploaded": 3}  # counts only
+    assert (watch.pending, watch.quarantined) == (5, 1)
+    assert (watch.lag_s, watch.rescan_interval_s, watch.problem, watch.force_polling) == (None, 0.0, None, False)
+    assert watch.raw["a_newer_key"] == 1 and "a_newer_key" not in repr(watch)
+    assert Watch.from_wire({}).quarantined == 0
+    assert WatchFile.from_wire({"path": "a", "error": "x", "size": -1.0}).error is None
+    assert WatchProblem.from_wire({"message": "m"}) == WatchProblem("internal", "m")
+
+
+def test_event_time_is_unix_seconds_or_iso() -> None:
+    assert Event.from_wire({"id": 1, "type": "job.state", "time": 0}).time == datetime(1970, 1, 1, tzinfo=timezone.utc)
+    assert Event.from_wire({"id": 1, "type": "gap", "time": "2026-11-25T14:00:00Z"}).time == datetime(
+        2026, 11, 25, 14, tzinfo=timezone.utc)
+    for junk in (True, float("inf"), 1e300, "soon", None):
+        assert Event.from_wire({"id": 1, "type": "gap", "time": junk}).time is None
