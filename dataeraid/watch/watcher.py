@@ -230,16 +230,24 @@ class Watcher:
         notifier: TreeNotifier | None = None
         if not self.cfg.force_polling:
             notifier = await self._start_notifier()
+        problem: RootProblem | None = None
         try:
             async with trio.open_nursery() as nursery:
                 if notifier is not None:
                     nursery.start_soon(self._read_events, notifier)
-                while True:
-                    await self._step()
-                    await self._sleep_until(await self._next_wake())
+                try:
+                    while True:
+                        await self._step()
+                        await self._sleep_until(await self._next_wake())
+                except RootProblem as found:
+                    # Out of the nursery as itself, not in an exception group: ``run`` waits for the root.
+                    problem = found
+                    nursery.cancel_scope.cancel()
         finally:
             if notifier is not None:
                 notifier.close()
+        if problem is not None:
+            raise problem
 
     async def _start_notifier(self) -> TreeNotifier | None:
         trustworthy, why = await trio.to_thread.run_sync(events_trustworthy, self.cfg.root)
