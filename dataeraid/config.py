@@ -11,6 +11,8 @@ progress_interval_s = 0.25  # at most this often a progress event per job
 bandwidth_limit_bps = 0     # bytes per second over all transfers; 0 is no limit
 event_retention_days = 30   # stored events older than this are pruned (replay reaches back this far)
 upload_order = "auto"       # "auto", "always", "never": part bodies one after the other (docs/configuration.md)
+watch_retry_base_s = 30.0   # a failed watched file is tried again after this, x4 per failure, at most 30 min
+watch_max_attempts = 5      # failed uploads of one version of a watched file before it is quarantined
 ```
 """
 
@@ -43,6 +45,8 @@ _BOUNDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "bandwidth_limit_bps": (lambda v: v >= 0, "0 (no limit) or more"),
     "event_retention_days": (lambda v: v > 0, "more than 0"),
     "upload_order": (lambda v: v in ("auto", "always", "never"), "'auto', 'always' or 'never'"),
+    "watch_retry_base_s": (lambda v: v > 0, "more than 0"),
+    "watch_max_attempts": (lambda v: v >= 1, "at least 1"),
 }
 _TYPE_WORDS = {"int": "an integer", "float": "a number", "str": "a string"}
 
@@ -68,6 +72,8 @@ class Settings:
     bandwidth_limit_bps: int = 0
     event_retention_days: float = 30.0
     upload_order: str = "auto"
+    watch_retry_base_s: float = 30.0
+    watch_max_attempts: int = 5
 
     def __post_init__(self) -> None:
         for name, (ok, words) in _BOUNDS.items():

@@ -162,10 +162,12 @@ class Stack:
 
     # --- the daemon and its CLI -------------------------------------------------------
 
-    def start_daemon(self, timeout: float = 30.0) -> subprocess.Popen[bytes]:
+    def start_daemon(self, timeout: float = 30.0, *, prefix: list[str] | None = None) -> subprocess.Popen[bytes]:
+        """Start the daemon (behind ``prefix``, e.g. :func:`as_nobody`'s, to run it as another user)."""
         log = open(self.root / "daemon.log", "ab")  # noqa: SIM115 - the process owns it
         self.daemon = subprocess.Popen(
-            [_bin("dataerai"), "daemon", "run"], env=self.env, stdout=log, stderr=log, start_new_session=True,
+            [*(prefix or []), _bin("dataerai"), "daemon", "run"], env=self.env, stdout=log, stderr=log,
+            start_new_session=True,
         )
         log.close()
         daemon = self.daemon
@@ -233,6 +235,19 @@ class Stack:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def as_nobody() -> list[str] | None:
+    """The command prefix that runs a program as nobody (65534), or None where that cannot run ours
+    (no setpriv, or this installation not readable by nobody). Root reads any file whatever its
+    mode, so a test of what an unreadable file does runs the daemon as nobody."""
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        return None
+    prefix = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups"]
+    if subprocess.run([*prefix, _bin("dataerai"), "--version"], capture_output=True, timeout=60).returncode:
+        return None
+    return prefix
 
 
 def make_file(path: Path, size: int, seed: int = 0) -> Path:

@@ -37,9 +37,11 @@ from dataeraid.redact import redact
 
 Row = dict[str, Any]
 
-#: Uploads of one version that may fail before the file is quarantined; the waits between them.
+#: Uploads of one version that may fail before the file is quarantined, and the waits between
+#: them (the daemon's ``watch_max_attempts`` and ``watch_retry_base_s``: 30 s, 2 min, 8 min, 30 min).
 MAX_ATTEMPTS = 5
-BACKOFF_S = (30.0, 120.0, 600.0, 1800.0)
+RETRY_BASE_S = 30.0
+RETRY_CAP_S = 1800.0
 #: Job errors that mean the file itself moved on (changed or vanished): seen again, not a failure.
 SOURCE_MOVED_ON = frozenset({"source_changed", "not_found"})
 
@@ -47,8 +49,15 @@ W = schema.watch_files
 WATCHES = schema.watches
 
 
-def backoff(attempts: int) -> float:
-    return BACKOFF_S[min(max(attempts - 1, 0), len(BACKOFF_S) - 1)]
+@dataclass(frozen=True)
+class Retries:
+    """How often a failed watched file is tried again before it is quarantined."""
+
+    max_attempts: int = MAX_ATTEMPTS
+    base_s: float = RETRY_BASE_S
+
+    def backoff(self, attempts: int) -> float:
+        return float(min(self.base_s * 4 ** max(attempts - 1, 0), max(RETRY_CAP_S, self.base_s)))
 
 
 def iso(ts: float | None) -> str | None:
@@ -335,7 +344,8 @@ def quarantine(conn: Connection, emit: Emit, watch_id: str, rel: str, code: str,
     emit_file(conn, emit, watch_id, rel, row["state"])
 
 
-def record_job_end(conn: Connection, emit: Emit, job: Row, state: str, window_s_of: dict[str, float]) -> str | None:
+def record_job_end(conn: Connection, emit: Emit, job: Row, state: str, window_s_of: dict[str, float],
+                   retries: Retries = Retries()) -> str | None:
     """A job ended (``state`` terminal): move the file it was uploading, in the job's own transaction.
 
     ``window_s_of`` maps a watch id to its completion window (a changed file is looked at
@@ -360,12 +370,12 @@ def record_job_end(conn: Connection, emit: Emit, job: Row, state: str, window_s_
              error_code=job["error_code"], error_message=job["error_message"])
     else:
         attempts = row["attempts"] + 1
-        if attempts >= MAX_ATTEMPTS:
+        if attempts >= retries.max_attempts:
             _set(conn, watch_id, rel, state="queued", attempts=attempts)
             quarantine(conn, emit, watch_id, rel, job["error_code"] or "internal",
                        f"{attempts} uploads failed, the last: {job['error_message'] or job['error_code']}")
         else:
-            _set(conn, watch_id, rel, state="complete", attempts=attempts, retry_at=now + backoff(attempts),
+            _set(conn, watch_id, rel, state="complete", attempts=attempts, retry_at=now + retries.backoff(attempts),
                  error_code=job["error_code"], error_message=job["error_message"])
     return str(watch_id)
 

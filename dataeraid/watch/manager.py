@@ -50,6 +50,7 @@ class WatchManager:
         self._scopes: dict[str, trio.CancelScope] = {}
         self._nursery: trio.Nursery | None = None
         self._windows: dict[str, float] = {}
+        self._retries = ledger.Retries(settings.watch_max_attempts, settings.watch_retry_base_s)
         jobs.add_end_listener(self._record_job_end, self._job_ended)
 
     # --- the daemon's side ----------------------------------------------------------
@@ -114,7 +115,7 @@ class WatchManager:
     def _record_job_end(self, conn: Connection, emit: Emit, job: Row, state: str) -> str | None:
         if state not in contract.TERMINAL_JOB_STATES:
             return None
-        return ledger.record_job_end(conn, emit, job, state, self._windows)
+        return ledger.record_job_end(conn, emit, job, state, self._windows, self._retries)
 
     def _job_ended(self, watch_id: str) -> None:
         watcher = self._watchers.get(watch_id)

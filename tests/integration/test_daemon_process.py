@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from stack import BIN, Stack, make_file, wait_for
+from stack import BIN, Stack, as_nobody, make_file, wait_for
 
 #: The status of a daemon that refuses to start (sysexits' EX_CONFIG; docs/reliability.md).
 REFUSED = 78
@@ -344,12 +344,9 @@ def test_a_broken_queue_stops_the_daemon_in_one_line_and_quarantine_is_the_way_o
 
 def _as_nobody() -> list[str]:
     """The command prefix that runs a program as nobody (65534); skips the test where that cannot run ours."""
-    setpriv = shutil.which("setpriv")
-    if setpriv is None:
-        pytest.skip("needs setpriv (util-linux) to run the daemon as another user")
-    prefix = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups"]
-    if subprocess.run([*prefix, str(BIN / "dataerai"), "--version"], capture_output=True, timeout=60).returncode:
-        pytest.skip("nobody (65534) cannot run this installation's dataerai")
+    prefix = as_nobody()
+    if prefix is None:
+        pytest.skip("needs setpriv (util-linux) and an installation nobody (65534) can run")
     return prefix
 
 
@@ -395,7 +392,8 @@ def test_quarantine_with_no_queue_moves_nothing(bare: Stack) -> None:
 # --- a start that fails says why, to the SDK and the CLI that started it -----------
 
 KNOWN_KEYS = ("max_active_jobs, parts_per_job, default_chunk_size, retry_base_s, retry_cap_s, progress_interval_s, "
-              "io_block_size, bandwidth_limit_bps, event_retention_days, upload_order")
+              "io_block_size, bandwidth_limit_bps, event_retention_days, upload_order, watch_retry_base_s, "
+              "watch_max_attempts")
 BROKEN_CONFIGS = {
     "an unknown key": ("max_jobs = 3\n", f"unknown key 'max_jobs' in it; the keys are {KNOWN_KEYS}"),
     "a value of the wrong type": ('max_active_jobs = "four"\n', "max_active_jobs must be an integer, not 'four'"),

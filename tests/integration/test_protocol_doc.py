@@ -114,6 +114,8 @@ def scenario(make_stack: Any, tmp_path: Path) -> tuple[Stack, dict[str, str]]:
     small = make_file(tmp_path / "small.bin", 1000)
     out = tmp_path / "out"
     out.mkdir()
+    watched = tmp_path / "watched"
+    watched.mkdir()
     with stack.client() as client:
         done = client.upload(small, title="doc example", owner_type="project", owner_id=stack.project_id)
         other = client.upload(make_file(tmp_path / "other.bin", 10), title="derived", owner_type="project",
@@ -123,7 +125,7 @@ def scenario(make_stack: Any, tmp_path: Path) -> tuple[Stack, dict[str, str]]:
         wait_for(lambda: client.get_job(slow.job_id).state == "running", 30, "the slow job to run")
     return stack, {"$JOB": done.transfer_id, "$SLOW": slow.job_id, "$ASSET": done.asset_id,
                    "$CONTENT": done.content_id, "$ASSET2": other.asset_id, "$PROJECT": stack.project_id,  # type: ignore[attr-defined]
-                   "$FILE": str(small), "$DIR": str(out)}
+                   "$FILE": str(small), "$DIR": str(out), "$WATCHED": str(watched)}
 
 
 def test_every_example_replays(scenario: tuple[Stack, dict[str, str]]) -> None:

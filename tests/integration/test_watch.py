@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from stack import Stack, wait_for
+from stack import Stack, as_nobody, wait_for
 
 KiB = 1024
 
@@ -360,3 +362,44 @@ def test_watch_methods_answer_clearly(stack: Stack, tmp_path: Path) -> None:
             call("watch.get", {"watch_id": watch["watch_id"]})
         assert gone.value.code == "not_found"
     assert not [p for p in root.iterdir() if p.name.startswith(".dataerai-watch")], "the marker goes with it"
+
+
+def test_an_unreadable_file_is_retried_then_quarantined_while_the_others_flow() -> None:
+    """Mode 000. Root reads any file, so as root the daemon runs as nobody (65534) here, on a stack of
+    its own under /tmp (pytest's directories are closed to other users)."""
+    prefix: list[str] = []
+    if os.getuid() == 0:
+        found = as_nobody()
+        if found is None:
+            pytest.skip("needs setpriv (util-linux) and an installation nobody (65534) can run")
+        prefix = found
+    top = Path(tempfile.mkdtemp(prefix="dw-", dir="/tmp"))
+    try:
+        with Stack(top, daemon_config={"watch_retry_base_s": 0.2, "watch_max_attempts": 3}) as stack:
+            stack.start_server()
+            stack.login(stack.add_user("ada@example.org", scope="write"))
+            data = top / "data"
+            data.mkdir()
+            for name in ("a.bin", "poison.bin", "z.bin"):
+                (data / name).write_bytes(name.encode() * 100)
+            if prefix:
+                for path in [top, *top.rglob("*")]:
+                    os.chown(path, 65534, 65534, follow_symlinks=False)
+                top.chmod(0o755)
+            (data / "poison.bin").chmod(0o000)
+            stack.start_daemon(prefix=prefix)
+            with stack.client() as client:
+                project_id = client.create_project("Unreadable").project_id
+                stack.project_id = project_id  # type: ignore[attr-defined]
+                watch = add_watch(client, data, project_id, complete_when="stable:1s")
+                files = wait_states(client, watch["watch_id"], {"a.bin": "verified", "z.bin": "verified",
+                                                                "poison.bin": "quarantined"})
+                poison = files["poison.bin"]
+                assert poison["error"]["code"] == "permission_denied", poison
+                assert poison["attempts"] == 3 and "3 uploads failed" in poison["error"]["message"]
+                (data / "poison.bin").chmod(0o644)
+                client.call("watch.rescan", {"watch_id": watch["watch_id"]})
+                wait_states(client, watch["watch_id"], {"poison.bin": "verified"})
+            assert set(server_assets(stack)) == {"a.bin", "poison.bin", "z.bin"}
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
