@@ -54,7 +54,7 @@ from dataeraid.watch.mounts import events_trustworthy
 from dataeraid.watch.notify import Change, NotifyUnavailable, TreeNotifier, WatchLimitReached
 from dataeraid.watch.scan import Entry, Skipped, dataset_dirs, walk
 from dataeraid.watch.template import TemplateError
-from dataeraid.watch.writers import open_for_writing
+from dataeraid.watch.writers import writing_verdicts
 
 _log = log.get("dataeraid.watch")
 
@@ -488,22 +488,25 @@ class Watcher:
         window = self.cfg.window_s()
 
         def look() -> list[tuple[str, tuple[int, int, int] | None, bool | None]]:
-            out: list[tuple[str, tuple[int, int, int] | None, bool | None]] = []
+            versions: dict[str, tuple[int, int, int] | None] = {}
             for rel in rels:
                 path = self.cfg.local(rel)
                 try:
                     if rule.kind == "sentinel":
-                        out.append((rel, dataset_version(path), False))
+                        versions[rel] = dataset_version(path)
                         continue
                     st = os.lstat(path)
                 except (OSError, DataeraiError):
-                    out.append((rel, None, None))
+                    versions[rel] = None
                     continue
-                if not stat.S_ISREG(st.st_mode):
-                    out.append((rel, None, None))
-                    continue
-                out.append((rel, (st.st_size, st.st_mtime_ns, st.st_ino), open_for_writing(path)))
-            return out
+                versions[rel] = (st.st_size, st.st_mtime_ns, st.st_ino) if stat.S_ISREG(st.st_mode) else None
+            if rule.kind == "sentinel":
+                writing: dict[str, bool | None] = dict.fromkeys(rels, False)
+            else:
+                present = [self.cfg.local(rel) for rel, v in versions.items() if v is not None]
+                by_path = writing_verdicts(present)
+                writing = {rel: by_path.get(self.cfg.local(rel)) for rel in rels}
+            return [(rel, versions[rel], writing[rel]) for rel in rels]
 
         looked = await trio.to_thread.run_sync(look)
         now = time.time()

@@ -40,10 +40,10 @@ import errno
 import fcntl
 import os
 import signal
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["open_for_writing", "writers_scan"]
+__all__ = ["open_for_writing", "writers_scan", "writing_verdicts"]
 
 PROC = "/proc"
 
@@ -190,3 +190,34 @@ def _writes(fdinfo: str) -> bool:
     except (OSError, ValueError, IndexError):  # closed meanwhile
         pass
     return False
+
+
+def writing_verdicts(paths: Sequence[str]) -> dict[str, bool | None]:
+    """:func:`open_for_writing` for many files at once: a lease for each, then one pass over
+    /proc for all that a lease cannot judge (not one pass per file). Paths that no longer
+    exist are left out. Blocks: call it from a worker thread."""
+    verdicts: dict[str, bool | None] = {}
+    undecided: dict[_FileKey, list[tuple[str, int]]] = {}
+    for path in paths:
+        try:
+            verdict = _lease_verdict(path)
+            if verdict is None:
+                st = os.stat(path)
+                undecided.setdefault((st.st_dev, st.st_ino), []).append((path, st.st_uid))
+                continue
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except OSError:
+            verdict = None
+        verdicts[path] = verdict
+    if undecided:
+        scan = _scan_proc(undecided)
+        for key, named in undecided.items():
+            for path, uid in named:
+                if scan is None:
+                    verdicts[path] = None
+                elif key in scan.writers:
+                    verdicts[path] = True
+                else:
+                    verdicts[path] = None if uid in scan.unreadable_uids else False
+    return verdicts

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from dataeraid.rpc.params import FREE_TEXT, TAGS, TITLE, JsonObject
 from dataeraid.watch.template import Rendered, Template, TemplateError, load_template_file
 
-DOC = Path(__file__).resolve().parents[3] / "docs" / "watch-template.md"
+DOC = Path(__file__).resolve().parents[3] / "docs" / "watch.md"
 PATTERN = r"(?P<sample>S\d+)/run(?P<run>\d+)(?:/(?P<tile>tile_\d+))?"
 MAY_1 = int(time.mktime((2024, 5, 1, 14, 3, 9, 0, 0, -1))) * 1_000_000_000 + 123_456_789  # local time
 
