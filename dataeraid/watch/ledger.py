@@ -162,10 +162,10 @@ def list_files(conn: Connection, watch_id: str, states: Sequence[str] | None, af
     return [dict(r) for r in conn.execute(query).mappings()]
 
 
-def due(conn: Connection, watch_id: str, state: str, now: float, limit: int) -> list[Row]:
-    """Rows in ``state`` whose ``retry_at`` has come (or that have none), the earliest first."""
-    query = (sa.select(W).where(W.c.watch_id == watch_id, W.c.state == state,
-                                sa.or_(W.c.retry_at.is_(None), W.c.retry_at <= now))
+def due(conn: Connection, watch_id: str, state: str, now: float, limit: int, *, unset: bool = True) -> list[Row]:
+    """Rows in ``state`` whose ``retry_at`` has come (or, with ``unset``, that have none), the earliest first."""
+    when = sa.or_(W.c.retry_at.is_(None), W.c.retry_at <= now) if unset else W.c.retry_at <= now
+    query = (sa.select(W).where(W.c.watch_id == watch_id, W.c.state == state, when)
              .order_by(W.c.retry_at, W.c.seen_at).limit(limit))
     return [dict(r) for r in conn.execute(query).mappings()]
 

@@ -650,7 +650,9 @@ class Watcher:
         if action.kind == "keep":
             return
         now = time.time()
-        rows = await self._jobs.store.transaction(lambda conn: ledger.due(conn, self.watch_id, "verified", now, BATCH))
+        # A verified row without ``retry_at`` is not to be cleaned (kept, or changed since its upload).
+        rows = await self._jobs.store.transaction(
+            lambda conn: ledger.due(conn, self.watch_id, "verified", now, BATCH, unset=False))
         for row in rows:
             try:
                 await trio.to_thread.run_sync(self._clean_one, row, action)
@@ -700,25 +702,29 @@ class Watcher:
                 os.unlink(source)
 
     async def _free_space(self) -> None:
-        """The staging quota: while the disk has less free than asked, delete verified files, oldest first."""
+        """The staging quota: while the disk has less free than asked, delete verified files, oldest first.
+
+        At most ``BATCH`` files a step: a file that cannot go (changed, or the delete failed)
+        is passed over, and the next step looks again."""
         quota = self.cfg.free_space_below
         if quota is None:
             return
         usage = await trio.to_thread.run_sync(shutil.disk_usage, self.cfg.root)
         short = quota.wanted(usage.total) - usage.free
-        while short > 0:
-            rows = await self._jobs.store.transaction(lambda conn: _oldest_verified(conn, self.watch_id, 100))
-            if not rows:
+        if short <= 0:
+            return
+        rows = await self._jobs.store.transaction(lambda conn: _oldest_verified(conn, self.watch_id, BATCH))
+        for row in rows:
+            if short <= 0:
                 return
-            for row in rows:
-                if short <= 0:
-                    return
-                try:
-                    await trio.to_thread.run_sync(self._clean_one, row, rules.AfterUpload("delete"))
-                except (OSError, _Changed):
-                    continue
-                short -= row["size"] or 0
-                await self._bus.commit(partial(ledger.cleaned, watch_id=self.watch_id, rel=row["rel"]))
+            try:
+                await trio.to_thread.run_sync(self._clean_one, row, rules.AfterUpload("delete"))
+            except (OSError, _Changed):
+                continue
+            short -= row["size"] or 0
+            await self._bus.commit(partial(ledger.cleaned, watch_id=self.watch_id, rel=row["rel"]))
+        if rows:
+            self._log.info("freed space", files=len(rows), still_short_bytes=max(short, 0))
 
 
 class _Changed(Exception):

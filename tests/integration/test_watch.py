@@ -403,3 +403,24 @@ def test_an_unreadable_file_is_retried_then_quarantined_while_the_others_flow() 
             assert set(server_assets(stack)) == {"a.bin", "poison.bin", "z.bin"}
     finally:
         shutil.rmtree(top, ignore_errors=True)
+
+
+def test_the_staging_quota_deletes_only_verified_files(stack: Stack, tmp_path: Path) -> None:
+    """A quota no disk meets (99.99% free) makes the watch delete every file it may: the verified ones."""
+    root = tmp_path / "quota"
+    root.mkdir()
+    for i in range(4):
+        (root / f"run{i}.dat").write_bytes(os.urandom(10 * KiB))
+    (root / "tmp.part").write_bytes(b"partial")  # excluded: never uploaded, never deleted
+    (root / "link").symlink_to(root / "run0.dat")  # ignored: never deleted
+    with stack.client() as client:
+        watch = add_watch(client, root, stack.project_id, complete_when="stable:1s",  # type: ignore[attr-defined]
+                          free_space_below="99.99%")
+        assert watch["after_upload"] == "keep" and watch["free_space_below"] == "99.99%"
+        files = wait_states(client, watch["watch_id"], {f"run{i}.dat": "cleaned" for i in range(4)})
+    assets = server_assets(stack)
+    for i in range(4):
+        assert not (root / f"run{i}.dat").exists()
+        assert assets[f"run{i}.dat"]["latest_content"]["sha256"] == files[f"run{i}.dat"]["sha256"]
+    assert (root / "tmp.part").exists() and (root / "link").is_symlink()
+    assert files["link"]["state"] == "ignored" and files["link"]["error"]["code"] == "symlink"
