@@ -231,8 +231,8 @@ class TreeNotifier:
         (closed) when the watches do not fit under ``fs.inotify.max_user_watches``, and
         OSError (closed) when the root itself cannot be watched (missing, not a
         directory, unreadable)."""
-        if self._started:
-            raise RuntimeError("a TreeNotifier starts once")
+        if self._started or self._closed:
+            raise RuntimeError("a TreeNotifier starts once, before it is closed")
         self._started = True
         self._inotify = _open_inotify()
         try:
