@@ -620,7 +620,7 @@ class Watch:
     mode_reason: WatchProblem | None = None
     files: dict[str, int] = field(default_factory=dict)
     lag_s: float | None = None
-    oldest_pending: datetime | None = None
+    oldest_pending: str | None = None
     last_scan_at: datetime | None = None
     created_at: datetime | None = None
     updated_at: datetime | None = None
@@ -661,7 +661,7 @@ class Watch:
             mode_reason=_problem(d.get("mode_reason")),
             files=_counts(d.get("files")),
             lag_s=_opt_float(d.get("lag_s")),
-            oldest_pending=_time(d.get("oldest_pending")),
+            oldest_pending=_opt_str(d.get("oldest_pending")),
             last_scan_at=_time(d.get("last_scan_at")),
             created_at=_time(d.get("created_at")),
             updated_at=_time(d.get("updated_at")),

@@ -393,6 +393,7 @@ class WatchObject(TypedDict):
     files: dict[str, int]
     #: Seconds since the oldest file not yet uploaded was seen; null when none waits.
     lag_s: float | None
+    #: The path of the oldest file not yet uploaded (the one ``lag_s`` is about), else null.
     oldest_pending: str | None
     last_scan_at: str | None
     created_at: str

@@ -96,7 +96,7 @@ def describe_watch(watch: Watch) -> list[str]:
     counts = ", ".join(f"{state} {n}" for state, n in watch.files.items() if n)
     lines.append(f"files: {counts or 'none'}")
     lines.append(f"lag: {duration(watch.lag_s)}"
-                 + (f" (oldest waiting since {human(watch.oldest_pending)})" if watch.oldest_pending else ""))
+                 + (f" (the oldest waiting: {watch.oldest_pending})" if watch.oldest_pending else ""))
     if watch.last_scan_at is not None:
         lines.append(f"last_scan_at: {human(watch.last_scan_at)}")
     return lines

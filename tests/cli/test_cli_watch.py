@@ -175,7 +175,7 @@ def _files() -> list[Any]:
 
 def test_status_shows_the_watch_then_its_files(runner: CliRunner, fake_daemon: Any, watches: FakeWatches) -> None:
     watches.put(watch_object(WATCH, "/data/b7", files=file_counts(seen=1, queued=1, verified=1, quarantined=1),
-                             lag_s=3725.0, oldest_pending="2026-11-25T13:00:00Z", tags=["raw"],
+                             lag_s=3725.0, oldest_pending="S1/run2/tile.tif", tags=["raw"],
                              problem=None, mode="polling",
                              mode_reason={"code": "no_inotify", "message": "no inotify on nfs"}), _files())
     result = invoke(runner, "watch", "status", WATCH)
@@ -186,7 +186,7 @@ def test_status_shows_the_watch_then_its_files(runner: CliRunner, fake_daemon: A
                          "mode: polling (no_inotify: no inotify on nfs)"]
     assert "tags: raw" in lines and "complete_when: stable:30s" in lines
     assert "files: seen 1, queued 1, verified 1, quarantined 1" in lines
-    assert "lag: 1h02m (oldest waiting since 2026-11-25T13:00:00Z)" in lines
+    assert "lag: 1h02m (the oldest waiting: S1/run2/tile.tif)" in lines
     rows = listing.splitlines()
     assert [row.split()[0] for row in rows] == ["verified", "queued", "seen", "quarantined"]
     assert rows[0].split() == ["verified", "2048", "ast_0000000001", "run1/a.h5"]

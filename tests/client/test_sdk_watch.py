@@ -310,7 +310,7 @@ def test_list_and_get_build_typed_watches(client: DataeraiClient, daemon: FakeDa
         problem={"code": "root_unmounted", "message": "/mnt/detector is not mounted"},
         mode_reason={"code": "no_inotify", "message": "inotify is not available on nfs"},
         files=file_counts(seen=2, queued=1, verified=40, quarantined=3), lag_s=754.5,
-        oldest_pending="2026-11-25T13:47:25.5Z", last_scan_at=None, free_space_below="20G",
+        oldest_pending="S0042/run007/tile_0001.tif", last_scan_at=None, free_space_below="20G",
     )
     daemon.watches.put(watch_object())
     daemon.watches.put(unavailable)
@@ -323,7 +323,7 @@ def test_list_and_get_build_typed_watches(client: DataeraiClient, daemon: FakeDa
     assert second.mode_reason == WatchProblem("no_inotify", "inotify is not available on nfs")
     assert second.files["verified"] == 40 and second.pending == 3 and second.quarantined == 3
     assert second.lag_s == 754.5
-    assert second.oldest_pending == datetime(2026, 11, 25, 13, 47, 25, 500000, tzinfo=UTC)
+    assert second.oldest_pending == "S0042/run007/tile_0001.tif"
     assert second.last_scan_at is None and second.free_space_below == "20G"
     assert second.raw == unavailable
 
