@@ -435,6 +435,8 @@ class Watcher:
             skipped: list[tuple[str, str, str]] = []
             for item in batch:
                 rel = f"{under}/{item.rel}" if under else item.rel
+                if rel == self.cfg.marker:
+                    continue  # the watch's own marker is no file of the folder's
                 if isinstance(item, Entry):
                     seen.append(ledger.Observation(rel, item.size, item.mtime_ns, item.inode))
                 elif isinstance(item, Skipped):

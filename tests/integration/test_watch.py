@@ -4,6 +4,7 @@ real writers, a real server; each file uploaded once, never half-written."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -316,16 +317,51 @@ def test_a_file_that_breaks_the_template_is_quarantined_while_the_others_flow(st
 
 
 def test_a_polling_only_watch_uploads_what_appears(stack: Stack, tmp_path: Path) -> None:
+    """Through the SDK's typed methods, as a notebook would set one up for a network share."""
     root = tmp_path / "nfs-like"
     root.mkdir()
     with stack.client() as client:
-        watch = add_watch(client, root, stack.project_id, force_polling=True,  # type: ignore[attr-defined]
-                          rescan_interval_s=1, complete_when="stable:1s")
-        assert watch["mode"] == "polling"
+        watch = client.add_watch(root, project_id=stack.project_id, force_polling=True,  # type: ignore[attr-defined]
+                                 rescan_interval_s=1, complete_when="stable:1s")
+        assert (watch.mode, watch.state, watch.rescan_interval_s) == ("polling", "active", 1.0)
         (root / "x").mkdir()
         (root / "x" / "one.dat").write_bytes(b"1" * 5000)
-        wait_states(client, watch["watch_id"], {"x/one.dat": "verified"})
+
+        def verified() -> list[Any]:
+            return [f for f in client.watch_files(watch.watch_id, states=["verified"]) if f.path == "x/one.dat"]
+
+        (row,) = wait_for(verified, 60, "x/one.dat verified", interval=0.1)
+        assert row.sha256 == sha256(root / "x" / "one.dat") and row.asset_id
+        assert [w.watch_id for w in client.list_watches()] == [watch.watch_id]
+        assert client.get_watch(watch.watch_id).files["verified"] == 1
+        assert client.pause_watch(watch.watch_id).state == "paused"
+        client.remove_watch(watch.watch_id)
+        assert client.list_watches() == []
     assert set(server_assets(stack)) == {"x/one.dat"}
+
+
+def test_the_cli_adds_a_watch_with_a_template_file_and_reports_it(stack: Stack, tmp_path: Path) -> None:
+    root = tmp_path / "cli-watched"
+    (root / "S0007").mkdir(parents=True)
+    (root / "S0007" / "run003.raw").write_bytes(b"r" * 2000)
+    template = tmp_path / "watch-meta.toml"
+    template.write_text('title = "{match.sample} run {match.run}"\ntags = ["sample-{match.sample}"]\n'
+                        '[match]\npattern = \'(?P<sample>S\\d+)/run(?P<run>\\d+)\'\n')
+    added = json.loads(stack.cli("watch", "add", str(root), "--project", stack.project_id,  # type: ignore[attr-defined]
+                                 "--complete-when", "stable:1s", "--tag", "raw", "--exclude", "*.tmp",
+                                 "--metadata-template", str(template), "--json").stdout)
+    assert added["watch_id"].startswith("wat_") and added["tags"] == ["raw"] and added["excludes"] == ["*.tmp"]
+    with stack.client() as client:
+        wait_states(client, added["watch_id"], {"S0007/run003.raw": "verified"})
+    status = json.loads(stack.cli("watch", "status", added["watch_id"], "--json").stdout)
+    assert [(f["path"], f["state"]) for f in status["files"]] == [("S0007/run003.raw", "verified")]
+    listed = stack.cli("watch", "ls").stdout
+    assert added["watch_id"] in listed and str(root) in listed
+    summary = json.loads(stack.cli("status", "--json").stdout)
+    assert [w["watch_id"] for w in summary["watches"]] == [added["watch_id"]]
+    asset = server_assets(stack)["S0007/run003.raw"]
+    assert (asset["title"] == "S0007 run 003" and sorted(asset["tags"]) == ["raw", "sample-s0007"]) or sorted(
+        asset["tags"]) == ["raw", "sample-S0007"]
 
 
 # --- the RPC's answers -----------------------------------------------------------------
