@@ -41,7 +41,7 @@ MAX_FILES_PAGE = 10_000
     Param("collection_id", Id(("collection",)), "file the assets in this collection too"),
     Param("prefix", RepositoryPath(), "asset paths go under this repository path"),
     Param("complete_when", _RULE, "`close`, `stable:DURATION` or `sentinel:NAME` (default: `close` where the "
-                                  "filesystem gives file events, else `stable:60s`)"),
+                                  "filesystem gives file events, else `stable:1m`)"),
     Param("after_upload", _RULE, "`keep`, `move:DIR` or `delete`, once the repository verified the SHA-256",
           default="keep"),
     Param("excludes", ListOf(Text(1024, min_length=1), contract.MAX_EXCLUDES), "name or path patterns not to upload"),

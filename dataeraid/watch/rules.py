@@ -31,7 +31,7 @@ CLOSE_SETTLE_S = 2.0
 CLOSE_SETTLE_UNKNOWN_WRITERS_S = 60.0
 #: The rule a watch gets when it names none: the safest the filesystem allows (docs/watch.md).
 DEFAULT_RULE_WITH_EVENTS = "close"
-DEFAULT_RULE_POLLING = "stable:60s"
+DEFAULT_RULE_POLLING = "stable:1m"
 
 
 def parse_duration(text: str) -> float:
