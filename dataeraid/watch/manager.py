@@ -50,6 +50,7 @@ class WatchManager:
         self._scopes: dict[str, trio.CancelScope] = {}
         self._nursery: trio.Nursery | None = None
         self._windows: dict[str, float] = {}
+        self._modes: dict[str, tuple[str, tuple[str, str] | None]] = {}
         self._retries = ledger.Retries(settings.watch_max_attempts, settings.watch_retry_base_s)
         jobs.add_end_listener(self._record_job_end, self._job_ended)
 
@@ -130,9 +131,11 @@ class WatchManager:
         if watcher is None or self._nursery is None:
             return
         row = watcher._row
-        self._nursery.start_soon(self._write_state, watch_id, row["problem_code"], row["problem_message"])
+        mode = (watcher.mode, watcher.mode_reason)
+        self._nursery.start_soon(self._write_state, watch_id, row["problem_code"], row["problem_message"], mode)
 
-    async def _write_state(self, watch_id: str, code: str | None, message: str | None) -> None:
+    async def _write_state(self, watch_id: str, code: str | None, message: str | None,
+                           mode: tuple[str, tuple[str, str] | None]) -> None:
         def write(conn: Connection, emit: Emit) -> None:
             before = ledger.fetch_watch(conn, watch_id)
             if before is None:
@@ -140,14 +143,17 @@ class WatchManager:
             ledger.update_watch(conn, watch_id, problem_code=code, problem_message=message)
             after = ledger.fetch_watch(conn, watch_id)
             assert after is not None
-            self._emit_state(conn, emit, before, after)
+            # A change of mode (file events lost: polling now) is news too, though the state is the same.
+            self._emit_state(conn, emit, before, after, force=mode != self._modes.get(watch_id, ("events", None)))
+            self._modes[watch_id] = mode
 
         await self._bus.commit(write)
 
-    def _emit_state(self, conn: Connection, emit: Emit, before: Row | None, after: Row | None) -> None:
+    def _emit_state(self, conn: Connection, emit: Emit, before: Row | None, after: Row | None, *,
+                    force: bool = False) -> None:
         old = self._state_of(before) if before else None
         new = self._state_of(after) if after else None
-        if before is not None and after is not None and old == new and (
+        if not force and before is not None and after is not None and old == new and (
                 before["problem_code"], before["problem_message"]) == (after["problem_code"], after["problem_message"]):
             return
         watch_id = (after or before or {})["watch_id"]
