@@ -248,7 +248,7 @@ def _parse_metadata(where: str, value: object, groups: Mapping[str, int] | None,
 
 @dataclass(frozen=True)
 class Template:
-    """A checked template (build it with :meth:`from_dict`). Equal templates render alike."""
+    """A checked template: build it with :meth:`from_dict` (constructing it checks it too)."""
 
     title: str | None = None
     description: str | None = None
