@@ -248,7 +248,7 @@ def _parse_metadata(where: str, value: object, groups: Mapping[str, int] | None,
 
 @dataclass(frozen=True)
 class Template:
-    """A checked template (build it with :meth:`from_dict`). Equal templates render alike."""
+    """A checked template: build it with :meth:`from_dict` (constructing it checks it too)."""
 
     title: str | None = None
     description: str | None = None
@@ -409,7 +409,7 @@ def _compile(template: Template) -> _Compiled:
     parsed_tags = tuple(_parse_text(f"tags[{index}]", tag, groups) for index, tag in enumerate(tags))
     metadata = None
     if template.metadata is not None:
-        metadata = _parse_metadata("metadata", template.metadata, groups, 1)
+        metadata = _parse_metadata("metadata", template.metadata, groups, 0)
         try:
             _METADATA_CHECK.check(template.metadata)
         except Invalid as exc:

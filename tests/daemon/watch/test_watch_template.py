@@ -14,7 +14,7 @@ from dataerai import contract
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from dataeraid.rpc.params import FREE_TEXT, TAGS, TITLE, JsonObject
+from dataeraid.rpc.params import FREE_TEXT, TAGS, TITLE, Invalid, JsonObject
 from dataeraid.watch.template import Rendered, Template, TemplateError, load_template_file
 
 DOC = Path(__file__).resolve().parents[3] / "docs" / "watch.md"
@@ -149,10 +149,16 @@ def test_metadata_nested_deeper_than_the_repository_takes_is_refused_without_rec
         deep = {"d": deep}
     with pytest.raises(TemplateError, match=f"nested more than {contract.MAX_METADATA_DEPTH} deep"):
         Template.from_dict({"metadata": deep})
+    # The same depth as the daemon's upload.start takes: as deep as that, and one more.
     fits: Any = "leaf"
-    for _ in range(contract.MAX_METADATA_DEPTH - 1):
+    for _ in range(contract.MAX_METADATA_DEPTH):
         fits = {"d": fits}
+    assert JsonObject().check(fits) == fits
     assert Template.from_dict({"metadata": fits}).render("a", MAY_1, "h").metadata == fits
+    with pytest.raises(Invalid):
+        JsonObject().check({"d": fits})
+    with pytest.raises(TemplateError, match="nested more than"):
+        Template.from_dict({"metadata": {"d": fits}})
 
 
 def test_a_template_owns_its_tables() -> None:
