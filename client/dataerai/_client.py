@@ -723,7 +723,8 @@ class DataeraiClient:
         the first ``next()``. ``since`` replays the stored events after that id
         (``0``: all); ``jobs`` limits the stream to those job ids, ``types`` to
         those event types (``job.state``, ``job.progress``, ``job.priority``,
-        ``auth.reloaded``; ``gap`` markers always come). Iteration
+        ``auth.reloaded``, ``watch.state``, ``watch.file``; ``gap`` markers
+        always come). Iteration
         blocks until the next event and goes on until ``close()`` (or the end of
         a ``with`` block). Other calls may be made on the client meanwhile
         (events that arrive are kept), but not ``upload``/``download``/``wait``,
