@@ -740,7 +740,8 @@ class DataeraiClient:
         the first ``next()``. ``since`` replays the stored events after that id
         (``0``: all); ``jobs`` limits the stream to those job ids, ``types`` to
         those event types (``job.state``, ``job.progress``, ``job.priority``,
-        ``auth.reloaded``; ``gap`` markers always come). Iteration
+        ``auth.reloaded``, ``watch.state``, ``watch.file``; ``gap`` markers
+        always come). Iteration
         blocks until the next event and goes on until ``close()`` (or the end of
         a ``with`` block). Other calls may be made on the client meanwhile
         (events that arrive are kept), but not ``upload``/``download``/``wait``,
@@ -820,8 +821,7 @@ class DataeraiClient:
         appears in it); ``None`` lets the daemon choose. ``after_upload``, once
         the repository verified a file: ``"keep"``, ``"move:DIR"`` (``DIR`` made
         absolute here) or ``"delete"``. ``excludes`` are patterns added to the
-        daemon's default excludes (editor and partial-download files), or used
-        alone with ``default_excludes=False``. ``rescan_interval_s``: how often
+        daemon's default excludes, or used alone with ``default_excludes=False``. ``rescan_interval_s``: how often
         the whole tree is scanned again (the daemon's default if ``None``);
         ``force_polling`` scans instead of using file events (for network file
         systems). ``free_space_below`` is the watched disk's free-space
@@ -831,8 +831,9 @@ class DataeraiClient:
 
         ``watch_id`` (``wat_…``) names the watch; adding the same id again is
         the same request and answers with that watch. Without one the SDK
-        chooses it, so a call that timed out can be repeated safely (the
-        ``DaemonTimeoutError`` names it). Returns the new ``Watch``.
+        chooses it and sends it, so an add that timed out can be repeated as
+        the same request: its ``DaemonTimeoutError`` names the id
+        (``.data["watch_id"]``). Returns the new ``Watch``.
         Errors: ``not_found`` (no such directory), ``conflict`` (``root`` is
         inside, or contains, another watch's root), ``invalid_argument``.
         """
