@@ -219,6 +219,8 @@ def observe(conn: Connection, watch_id: str, seen: Sequence[Observation], window
                 closed.append(obs.rel)
             continue
         stamp: dict[str, Any] = {"scan_gen": scan_gen, "gone_at": None} if scan_gen is not None else {}
+        if row["gone_at"] is not None:
+            stamp["gone_at"] = None  # found on disk again: not gone, whatever found it (pruning counts from gone_at)
         if row["state"] == "queued" or (_version(row) == obs.version() and row["state"] != "ignored"):
             if stamp:
                 _set(conn, watch_id, obs.rel, **stamp, updated_at=row["updated_at"])
