@@ -310,9 +310,10 @@ def judge(conn: Connection, watch_id: str, rel: str, now: float, *, version: tup
         conn.execute(W.delete().where(W.c.watch_id == watch_id, W.c.rel == rel))
         return "gone"
     if version != _version(row):
+        # Another version (as in ``observe``): the failures counted were the old version's.
         size, mtime_ns, inode = version
         _set(conn, watch_id, rel, size=size, mtime_ns=mtime_ns, inode=inode, stable_since=now,
-             retry_at=recheck_at)
+             retry_at=recheck_at, attempts=0)
         return "seen"
     if complete:
         _set(conn, watch_id, rel, state="complete", retry_at=None)
