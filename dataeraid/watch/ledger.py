@@ -228,6 +228,8 @@ def observe(conn: Connection, watch_id: str, seen: Sequence[Observation], window
                 closed.append(obs.rel)
             continue
         stamp: dict[str, Any] = {"scan_gen": scan_gen, "gone_at": None} if scan_gen is not None else {}
+        if row["gone_at"] is not None:
+            stamp["gone_at"] = None  # found on disk again: not gone, whatever found it (pruning counts from gone_at)
         if row["state"] == "queued" or (_version(row) == obs.version() and row["state"] != "ignored"):
             if stamp:
                 _set(conn, watch_id, obs.rel, **stamp, updated_at=row["updated_at"])
@@ -317,9 +319,10 @@ def judge(conn: Connection, watch_id: str, rel: str, now: float, *, version: tup
         conn.execute(W.delete().where(W.c.watch_id == watch_id, W.c.rel == rel))
         return "gone"
     if version != _version(row):
+        # Another version (as in ``observe``): the failures counted were the old version's.
         size, mtime_ns, inode = version
         _set(conn, watch_id, rel, size=size, mtime_ns=mtime_ns, inode=inode, stable_since=now,
-             retry_at=recheck_at)
+             retry_at=recheck_at, attempts=0)
         return "seen"
     if complete:
         _set(conn, watch_id, rel, state="complete", retry_at=None)
