@@ -25,6 +25,7 @@ the size, mtime and inode that were uploaded.
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import shutil
 import socket
@@ -675,9 +676,16 @@ class Watcher:
             await self._bus.commit(partial(ledger.cleaned, watch_id=self.watch_id, rel=row["rel"]))
 
     def _clean_one(self, row: dict[str, Any], action: rules.AfterUpload) -> None:
+        source = self.cfg.local(row["rel"])
+        if not os.path.lexists(source) and row["kind"] != "dataset":
+            # Stopped after the move or delete, before it was recorded: done, if it is where it went.
+            if action.kind == "delete":
+                return
+            target = os.path.join(action.target, row["rel"])
+            if os.path.lexists(target) and _holds(target, row["size"], row["sha256"]):
+                return
         if not self._unchanged(row):
             raise _Changed()
-        source = self.cfg.local(row["rel"])
         if action.kind == "delete":
             if row["kind"] == "dataset":
                 shutil.rmtree(source)
@@ -687,20 +695,33 @@ class Watcher:
         target = os.path.join(action.target, row["rel"])
         os.makedirs(os.path.dirname(target), exist_ok=True)
         if os.path.lexists(target):
-            raise OSError(errno.EEXIST, f"{target} exists already")
+            if row["kind"] != "dataset" and _holds(target, row["size"], row["sha256"]):
+                # A move that copied across filesystems and stopped before removing the source.
+                os.unlink(source)
+                return
+            raise OSError(errno.EEXIST, f"{target} exists already (and is not this file)")
         try:
             os.rename(source, target)
         except OSError as exc:
             if exc.errno != errno.EXDEV:
                 raise
-            # Another filesystem: copy, make it durable, then remove the source.
+            # Another filesystem: copy under a temporary name, make it durable, put it in place in
+            # one rename, then remove the source. A stop half-way leaves only the temporary copy,
+            # which the next try overwrites; never a half file under the target's name.
+            partial = os.path.join(os.path.dirname(target), f".{os.path.basename(target)}.dataerai-partial")
             if row["kind"] == "dataset":
-                shutil.copytree(source, target)
+                shutil.rmtree(partial, ignore_errors=True)
+                shutil.copytree(source, partial)
+                _fsync_tree(partial)
+                os.rename(partial, target)
+                _fsync_dir(os.path.dirname(target))
                 shutil.rmtree(source)
             else:
-                shutil.copy2(source, target)
-                with open(target, "rb") as copied:
+                shutil.copy2(source, partial)
+                with open(partial, "rb") as copied:
                     os.fsync(copied.fileno())
+                os.rename(partial, target)
+                _fsync_dir(os.path.dirname(target))
                 os.unlink(source)
 
     async def _free_space(self) -> None:
@@ -727,6 +748,33 @@ class Watcher:
             await self._bus.commit(partial(ledger.cleaned, watch_id=self.watch_id, rel=row["rel"]))
         if rows:
             self._log.info("freed space", files=len(rows), still_short_bytes=max(short, 0))
+
+
+def _holds(path: str, size: int | None, sha256: str | None) -> bool:
+    """Whether the file at ``path`` has exactly this size and SHA-256. Blocking."""
+    if size is None or sha256 is None or os.path.getsize(path) != size:
+        return False
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest() == sha256
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(top: str) -> None:
+    for directory, _dirs, files in os.walk(top):
+        for name in files:
+            with open(os.path.join(directory, name), "rb") as f:
+                os.fsync(f.fileno())
+        _fsync_dir(directory)
 
 
 class _Changed(Exception):
