@@ -460,3 +460,29 @@ def test_the_staging_quota_deletes_only_verified_files(stack: Stack, tmp_path: P
         assert assets[f"run{i}.dat"]["latest_content"]["sha256"] == files[f"run{i}.dat"]["sha256"]
     assert (root / "tmp.part").exists() and (root / "link").is_symlink()
     assert files["link"]["state"] == "ignored" and files["link"]["error"]["code"] == "symlink"
+
+
+def test_a_move_across_filesystems_survives_what_a_stop_half_way_leaves(stack: Stack, tmp_path: Path) -> None:
+    """What a daemon stopped during a move to another filesystem leaves behind: a temporary partial copy
+    (overwritten, never taken for the file), or a whole copy whose source was not removed yet (done now)."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or os.stat(shm).st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("needs /dev/shm on another filesystem than the temporary directory")
+    done = Path(tempfile.mkdtemp(prefix="dataerai-moved-", dir=shm))
+    try:
+        root = tmp_path / "acq"
+        root.mkdir()
+        (root / "half.bin").write_bytes(os.urandom(200 * KiB))
+        (root / "whole.bin").write_bytes(os.urandom(100 * KiB))
+        (done / ".half.bin.dataerai-partial").write_bytes(b"the first bytes of an interrupted copy")
+        shutil.copyfile(root / "whole.bin", done / "whole.bin")
+        expected = {name: sha256(root / name) for name in ("half.bin", "whole.bin")}
+        with stack.client() as client:
+            watch = add_watch(client, root, stack.project_id, complete_when="stable:1s",  # type: ignore[attr-defined]
+                              after_upload=f"move:{done}")
+            wait_states(client, watch["watch_id"], {"half.bin": "cleaned", "whole.bin": "cleaned"})
+        assert {name: sha256(done / name) for name in expected} == expected
+        assert sorted(p.name for p in done.iterdir()) == ["half.bin", "whole.bin"]
+        assert not (root / "half.bin").exists() and not (root / "whole.bin").exists()
+    finally:
+        shutil.rmtree(done, ignore_errors=True)
