@@ -68,9 +68,10 @@ ACTIVE, PARTS = 2, 2
 #: What the watch scenario adds to the bandwidth limit: a little more than its writers write,
 #: so that its uploads keep up and are still in flight when the faults hit.
 WATCH_BPS = 3 * MiB
-#: How long everything may take to settle once the faults stopped, and to stay stuck as it is
-#: (longer than the watch's 120 s backoff after a second failed upload of a file).
-SETTLE_S, STALL_S = 900, 240
+#: How long everything may take to settle once the faults stopped (a backlog of watched files
+#: on a busy machine takes a while), and to stay stuck as it is (longer than the watch's 120 s
+#: backoff after a second failed upload of a file): what is stuck then is a problem.
+SETTLE_S, STALL_S = 3600, 300
 
 
 class Scenario(Protocol):
@@ -383,7 +384,8 @@ def main() -> int:
                 watch.start()
                 scenarios.append(watch)
                 print("  watch: " + ", ".join(f"{w.spec.name} ({w.spec.writers} writer"
-                                              f"{'s' if w.spec.writers > 1 else ''})" for w in watch.watched))
+                                              f"{'s' if w.spec.writers > 1 else ''})" for w in watch.watched)
+                      + "".join(f"; moving to {w.moved_to}" for w in watch.watched if w.moved_to))
             print(f"  in {CHUNK_MIB} MiB parts, at most {limit / MiB:.1f} MiB/s")
             started = time.monotonic()
             with ThreadPoolExecutor(1) as pool:
@@ -453,7 +455,7 @@ def main() -> int:
             proxy.close()
     finally:
         if watch is not None:
-            watch.close()
+            watch.close(keep=args.keep)
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
     return 0 if ok else 1

@@ -11,7 +11,9 @@ longer than the watches' windows:
 - ``close-keep``: ``complete_when=close``, ``after_upload=keep``, two writers;
 - ``stable-delete``: ``complete_when=stable:2s``, ``after_upload=delete``, one writer;
 - ``sentinel-move``: ``complete_when=sentinel:DONE``, ``after_upload=move:DIR``, one writer
-  of run directories (a dataset each, one asset each).
+  of run directories (a dataset each, one asset each). DIR is on another filesystem where
+  there is one (a directory in /dev/shm, removed afterwards), as an instrument PC's
+  "uploaded" disk often is: the watch then copies, and a fault can land in the copy.
 
 The checks read the server from both its sides: the assets through its HTTP API (one per
 path, whose latest content is the writer's digest), and every content of every asset from
@@ -25,9 +27,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
+import shutil
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -104,6 +109,7 @@ class WatchScenario:
         self.call = call
         self.top = top
         self.seed = seed
+        self.elsewhere = _other_filesystem(top)
         self.stop_file = top / "stop-writing"
         self.project_id = ""
         self.watched: list[Watched] = []
@@ -124,7 +130,7 @@ class WatchScenario:
         for spec in SPECS:
             root = self.top / spec.name
             root.mkdir()
-            moved_to = self.top / f"{spec.name}-moved" if spec.after_upload == "move" else None
+            moved_to = (self.elsewhere or self.top) / f"{spec.name}-moved" if spec.after_upload == "move" else None
             after = f"move:{moved_to}" if moved_to else spec.after_upload
             watch = self.rpc("watch.add", {"root": str(root), "project_id": self.project_id, "prefix": spec.name,
                                            "complete_when": spec.complete_when, "after_upload": after})
@@ -163,8 +169,12 @@ class WatchScenario:
                     raise RuntimeError(f"a writer of {w.spec.name} exited with {writer.returncode}; "
                                        f"see {self.top}/writers.log")
 
-    def close(self) -> None:
-        """However the soak ends: no writer outlives it."""
+    def close(self, keep: bool) -> None:
+        """However the soak ends: no writer outlives it, and what was moved to another filesystem
+        goes with the soak's directory unless it is kept."""
+        if self.elsewhere is not None and not keep:
+            shutil.rmtree(self.elsewhere, ignore_errors=True)
+        self.stop_file.parent.mkdir(parents=True, exist_ok=True)
         self.stop_file.touch()
         for w in self.watched:
             for writer in w.writers:
@@ -394,6 +404,17 @@ def _server_db(stack: Stack) -> Iterator[sqlite3.Connection]:
         yield db
     finally:
         db.close()
+
+
+def _other_filesystem(near: Path) -> Path | None:
+    """A new directory on another filesystem than ``near``'s (tmpfs), or None if there is none."""
+    shm = Path("/dev/shm")
+    try:
+        if os.stat(shm).st_dev == os.stat(near.parent).st_dev or not os.access(shm, os.W_OK):
+            return None
+    except OSError:
+        return None
+    return Path(tempfile.mkdtemp(prefix="dataerai-soak-moved-", dir=shm))
 
 
 def stored_contents(stack: Stack, project_id: str) -> dict[str, list[tuple[str, int, str]]]:

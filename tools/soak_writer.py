@@ -149,7 +149,7 @@ class Writer:
                 sha = self.write_file(path, seed, size, bursts, pause)
             self.made.append((seed, size))
             self.record({"kind": "file", "path": f"{rel_dir}/{name}", "seed": seed, "size": size, "sha256": sha})
-            time.sleep(self.rng.uniform(0.2, 2.0))
+            time.sleep(self.rng.uniform(1.0, 4.0))
 
     # --- datasets -----------------------------------------------------------------------
 
@@ -177,7 +177,7 @@ class Writer:
             os.rename(run / f"{sentinel}.part", run / sentinel)
             files.append({"name": sentinel, "seed": seed, "size": 16, "sha256": sha})
             self.record({"kind": "dataset", "path": run.relative_to(self.root).as_posix(), "files": files})
-            time.sleep(self.rng.uniform(1.0, 3.0))
+            time.sleep(self.rng.uniform(2.0, 6.0))
 
     def run(self, mode: str, sentinel: str) -> None:
         try:
