@@ -38,8 +38,10 @@ $(BENCH_STAMP): $(STAMP)
 bench: $(BENCH_STAMP)
 	$(BIN)/python tools/bench.py
 
-# Transfers through a real stack while the daemon, the server and the network fail on
-# purpose, then a check that every byte arrived once (tools/soak.py; SOAK_ARGS="--duration 600 --seed N").
+# Transfers, and writers feeding watch folders, through a real stack while the daemon, the
+# server and the network fail on purpose; then a check that every byte arrived once and no
+# half-written file was taken (tools/soak.py; about 3 minutes).
+# SOAK_ARGS="--scenario transfers|watch|all --duration 600 --seed N".
 soak: $(STAMP)
 	$(BIN)/python tools/soak.py $(SOAK_ARGS)
 

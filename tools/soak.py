@@ -1,9 +1,8 @@
-"""`make soak`: many transfers through a real stack while it is hurt on purpose, then a check
-that nothing was lost, nothing stored twice, and little sent again.
+"""`make soak`: a real stack hurt on purpose while it works, then a check that nothing was
+lost, nothing stored twice, and little sent again.
 
 The daemon reaches the repository server through a TCP proxy in this process, so the
-network can be cut. For ``--duration`` seconds, while uploads (files of awkward sizes
-and a directory of small files) and then downloads of what arrived are queued, one of
+network can be cut. For ``--duration`` seconds, while the scenario's work goes on, one of
 these happens every 1 to 4 seconds, chosen at random (``--seed``):
 
 - ``daemon_kill``: SIGKILL the daemon, start it again;
@@ -14,12 +13,28 @@ these happens every 1 to 4 seconds, chosen at random (``--seed``):
   jobs wait for credentials (``waiting_for_auth``), and the soak logs in again with a
   fresh token when it sees them waiting, as a user would.
 
-Then the chaos stops, the daemon is restarted without its bandwidth limit, and every job
-must complete. Checked: every upload completed, once (one asset per upload in the
-project, each with its source's SHA-256); every download completed with the source's
-bytes; what was sent again (the server's count of bytes it received for each upload,
-beyond the file's size) is at most the parts in flight at the faults. Exit status 0 only
-if every check passed.
+The scenarios (``--scenario``; the default, ``all``, runs both at once in one stack, under
+the same faults, each in its own project: about three minutes in all):
+
+- ``transfers``: uploads (files of awkward sizes and a directory of small files) and then
+  downloads of what arrived are queued as the faults go on. Checked: every upload completed,
+  once (one asset per upload, each with its source's SHA-256); every download completed
+  with the source's bytes.
+- ``watch`` (tools/soak_watch.py): writer processes (tools/soak_writer.py) keep writing files
+  of varied sizes, the large ones slowly in bursts while held open, into three watched
+  folders with subdirectories (``close`` and keep; ``stable:2s`` and delete; ``sentinel:DONE``
+  datasets and move). Checked: every file (or dataset) the writers finished is on the server
+  exactly once, as one asset at its path whose every content (read from the server's
+  database) is the finished file's, so none is a prefix of it; every local file a watch
+  deleted or moved is ``cleaned`` in the watch's ledger with the writer's and the server's
+  SHA-256; every kept file is still there, whole.
+
+Then the chaos stops (the writers finish what they are writing and stop), the daemon is
+restarted without its bandwidth limit, and everything must settle: every job ends, every
+watched file reaches its final state. Also checked: what was sent again (the server's count
+of bytes it received for each upload, beyond the file's size) is at most the parts in
+flight at the faults. The summary gives the faults by kind and the figures of each
+scenario. Exit status 0 only if every check passed.
 """
 
 from __future__ import annotations
@@ -32,21 +47,40 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from chaos_proxy import ChaosProxy
+from soak_watch import WatchScenario
 from stack import Stack, make_file, wait_for
 
 MiB = 1024 * 1024
 CHUNK_MIB = 1
 #: Jobs at once and parts per job: at most ACTIVE * PARTS parts are in flight when a fault hits.
 ACTIVE, PARTS = 2, 2
+#: What the watch scenario adds to the bandwidth limit: a little more than its writers write,
+#: so that its uploads keep up and are still in flight when the faults hit.
+WATCH_BPS = 3 * MiB
+#: How long everything may take to settle once the faults stopped (a backlog of watched files
+#: on a busy machine takes a while), and to stay stuck as it is (longer than the watch's 120 s
+#: backoff after a second failed upload of a file): what is stuck then is a problem.
+SETTLE_S, STALL_S = 3600, 300
+
+
+class Scenario(Protocol):
+    def tick(self) -> None: ...
+    def wind_down(self) -> None: ...
+    def stuck(self) -> list[str]: ...
+    def verify(self) -> list[str]: ...
+    def summary(self) -> list[str]: ...
+    def resent(self) -> tuple[int, int]: ...
 
 
 @dataclass
@@ -62,68 +96,82 @@ class Upload:
 
 @dataclass
 class Soak:
+    """The stack, the proxy and the faults, shared by the scenarios.
+
+    The faults come from a thread of their own (``chaos``), on their schedule whatever the
+    scenarios' polling costs; ``quiet`` keeps them out of a request that is not safe to
+    send twice (queueing a job), since a retried request is sent again after a fault.
+    """
+
     stack: Stack
     proxy: ChaosProxy
     rng: random.Random
-    root: Path
-    project_id: str = ""
-    uploads: list[Upload] = field(default_factory=list)
     faults: Counter[str] = field(default_factory=Counter)
     relogins: int = 0
+    quiet: threading.Lock = field(default_factory=threading.Lock)
+    _login_lock: threading.Lock = field(default_factory=threading.Lock)
+    _client: Any = None
+    _login_s: float = 0.0
 
     # --- the daemon, reached through faults ---------------------------------------------
 
     def call(self, fn: Any, timeout: float = 60.0) -> Any:
-        """``fn(client)`` on a fresh SDK connection, retried while the daemon is being restarted."""
+        """``fn(client)`` on the SDK's connection, made again and retried while the daemon is
+        being restarted (so ``fn`` must be safe to send twice, or run under ``quiet``)."""
         deadline = time.monotonic() + timeout
         while True:
             try:
-                with self.stack.client() as client:
-                    return fn(client)
+                if self._client is None:
+                    self._client = self.stack.client().connect()
+                return fn(self._client)
             except (ConnectionError, OSError):
+                if self._client is not None:
+                    self._client.close()
+                    self._client = None
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.1)
 
-    def login(self, expires_in_days: float | None = None) -> None:
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def login(self, expires_in_s: float | None = None) -> None:
         """Log the daemon in with a new token; ``auth login`` checks it with the server, so
-        it is tried again while an outage or a restart keeps the server out of reach."""
-        token = self.stack.add_user("soak@example.org", expires_in_days=expires_in_days)
+        it is tried again while an outage or a restart keeps the server out of reach.
+
+        A token that expires in seconds must outlive that check: it lasts at least twice as
+        long as the last login took (a busy machine takes seconds to start the CLI), and
+        twice as long again each time it expired before the check."""
+        token = ""
+        lasting = max(expires_in_s, 2 * self._login_s) if expires_in_s is not None else None
 
         def logged_in() -> bool:
+            nonlocal token, lasting
+            token = self.stack.add_user("soak@example.org",
+                                        expires_in_days=lasting / 86_400 if lasting is not None else None)
+            began = time.monotonic()
             result = self.stack.cli("auth", "login", "--server", f"http://127.0.0.1:{self.proxy.port}",
                                     "--token-stdin", input=token + "\n", check=False)
-            if result.returncode != 0 and "unavailable" not in result.stderr:
-                raise RuntimeError(f"dataerai auth login failed: {result.stderr}")
-            return result.returncode == 0
-
-        wait_for(logged_in, 60, "a login", interval=0.5)
-        self.stack.token = token
-
-    # --- the workload -------------------------------------------------------------------
-
-    def queue_next_upload(self) -> bool:
-        for upload in self.uploads:
-            if not upload.job_id:
-                upload.job_id = self.call(lambda c, u=upload: c.upload(
-                    u.source, title=u.source.name, owner_type="project", owner_id=self.project_id,
-                    chunk_size_mb=CHUNK_MIB, transfer_timeout_s=None, wait=False)).job_id
+            if result.returncode == 0:
+                self._login_s = time.monotonic() - began
                 return True
-        return False
+            if lasting is not None and "auth_expired" in result.stderr:
+                lasting *= 2
+            elif "unavailable" not in result.stderr:
+                raise RuntimeError(f"dataerai auth login failed: {result.stderr}")
+            return False
 
-    def queue_downloads(self) -> None:
-        """A download for each upload that completed and has none yet; relogin for waiting jobs."""
-        jobs = {job.job_id: job for job in self.call(lambda c: c.list_jobs())}
-        if any(job.state == "waiting_for_auth" for job in jobs.values()):
+        with self._login_lock:
+            wait_for(logged_in, 120, "a login", interval=0.5)
+            self.stack.token = token
+
+    def relogin_if_waiting(self) -> None:
+        """Jobs waiting for credentials: log in again, as a user would."""
+        if self.call(lambda c: c.list_jobs(states=["waiting_for_auth"])):
             self.login()
             self.relogins += 1
-        for upload in self.uploads:
-            job = jobs.get(upload.job_id)
-            if job is not None and job.state == "completed" and not upload.download_job:
-                upload.asset_id = job.asset_id or ""
-                upload.dest = self.root / "downloads" / upload.job_id
-                upload.download_job = self.call(lambda c, u=upload: c.download(
-                    u.asset_id, u.dest, transfer_timeout_s=None, wait=False)).job_id
 
     # --- the faults ---------------------------------------------------------------------
 
@@ -143,15 +191,75 @@ class Soak:
         elif kind == "outage":
             self.proxy.outage(self.rng.uniform(2, 5))
         else:
-            self.login(expires_in_days=4 / 86_400)
+            self.login(expires_in_s=4)
         self.faults[kind] += 1
         return kind
 
-    # --- the checks ---------------------------------------------------------------------
+    def chaos(self, duration: float) -> None:
+        """A fault every 1 to 4 s for ``duration`` seconds (in a thread of its own), each said as it happens."""
+        started = time.monotonic()
+        while True:
+            pause = self.rng.uniform(1, 4)
+            if time.monotonic() + pause - started >= duration:
+                time.sleep(max(0.0, duration - (time.monotonic() - started)))
+                return
+            time.sleep(pause)
+            with self.quiet:
+                kind = self.fault()
+            print(f"  {time.monotonic() - started:6.1f} s  {kind}", flush=True)
+
+
+class Transfers:
+    """Uploads queued one by one as the faults go on, and a download of each that arrived."""
+
+    def __init__(self, soak: Soak, uploads: list[Upload]) -> None:
+        self.soak = soak
+        self.uploads = uploads
+        self.project_id: str = soak.call(lambda c: c.create_project("soak")).project_id
+
+    def queue_next_upload(self) -> bool:
+        for upload in self.uploads:
+            if not upload.job_id:
+                with self.soak.quiet:
+                    upload.job_id = self.soak.call(lambda c, u=upload: c.upload(
+                        u.source, title=u.source.name, owner_type="project", owner_id=self.project_id,
+                        chunk_size_mb=CHUNK_MIB, transfer_timeout_s=None, wait=False)).job_id
+                return True
+        return False
+
+    def queue_downloads(self) -> None:
+        """A download for each upload that completed and has none yet."""
+        for upload in self.uploads:
+            if not upload.job_id or upload.download_job:
+                continue
+            job = self.soak.call(lambda c, u=upload: c.call("job.get", {"job_id": u.job_id}))
+            if job["state"] == "completed":
+                upload.asset_id = job["asset_id"] or ""
+                upload.dest = self.soak.stack.root.parent / "downloads" / upload.job_id
+                with self.soak.quiet:
+                    upload.download_job = self.soak.call(lambda c, u=upload: c.download(
+                        u.asset_id, u.dest, transfer_timeout_s=None, wait=False)).job_id
+
+    def tick(self) -> None:
+        self.queue_next_upload()
+        self.queue_downloads()
+
+    def wind_down(self) -> None:
+        pass
+
+    def stuck(self) -> list[str]:
+        while self.queue_next_upload():
+            pass
+        self.queue_downloads()
+        mine = {j for u in self.uploads for j in (u.job_id, u.download_job)}
+        running = [j for j in self.soak.call(lambda c: c.list_jobs()) if j.job_id in mine and not j.is_terminal]
+        lines = [f"transfers: job {j.job_id} is {j.state}" for j in running]
+        lines += [f"transfers: {u.source.name} has no download yet" for u in self.uploads if not u.download_job]
+        return lines
 
     def verify(self) -> list[str]:
         problems: list[str] = []
-        jobs = {job.job_id: job for job in self.call(lambda c: c.list_jobs())}
+        jobs = {job.job_id: job for job in self.soak.call(lambda c: c.list_jobs())}
         for upload in self.uploads:
             for job_id in (upload.job_id, upload.download_job):
                 job = jobs.get(job_id)
@@ -160,7 +268,7 @@ class Soak:
                                     f" {job.error if job else ''}")
         listed: list[dict[str, Any]] = []
         cursor: str | None = None
-        with self.stack.api() as api:
+        with self.soak.stack.api() as api:
             while True:
                 page = api.get("/assets", params={"project_id": self.project_id, "limit": 200,
                                                   **({"cursor": cursor} if cursor else {})}).json()
@@ -182,12 +290,17 @@ class Soak:
                 problems.append(f"{upload.source.name}: the download differs from the source")
         return problems
 
+    def summary(self) -> list[str]:
+        total = sum(u.size for u in self.uploads)
+        return [f"transfers: uploads {len(self.uploads)} ({total / MiB:.0f} MiB), downloads {len(self.uploads)}"]
+
     def resent(self) -> tuple[int, int]:
         """Bytes the server received for the uploads beyond their sizes, and parts it stored more than once."""
         extra = twice = 0
-        with self.stack.api() as api:
+        with self.soak.stack.api() as api:
             for upload in self.uploads:
-                upload_id = self.call(lambda c, u=upload: c.call("job.get", {"job_id": u.job_id})).get("upload_id")
+                upload_id = self.soak.call(lambda c, u=upload: c.call("job.get", {"job_id": u.job_id})).get(
+                    "upload_id")
                 if not upload_id:
                     continue  # deduplicated or empty: nothing went over the wire
                 session = api.get(f"/uploads/{upload_id}").json()
@@ -234,42 +347,59 @@ def _tree(path: Path) -> dict[str, str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scenario", choices=["transfers", "watch", "all"], default="all",
+                        help="what runs under the faults (default all: both at once)")
     parser.add_argument("--duration", type=float, default=120.0, help="seconds of faults (default 120)")
     parser.add_argument("--seed", type=int, default=None, help="the faults' random seed (printed)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs) afterwards")
     args = parser.parse_args()
     seed = args.seed if args.seed is not None else random.randrange(1 << 30)
-    rng = random.Random(seed)
+    with_transfers, with_watch = args.scenario in ("transfers", "all"), args.scenario in ("watch", "all")
     root = Path(tempfile.mkdtemp(prefix="dataerai-soak-"))
-    print(f"soak: seed {seed}, {args.duration:.0f} s of faults, in {root}")
+    print(f"soak: {args.scenario}, seed {seed}, {args.duration:.0f} s of faults, in {root}")
     ok = False
+    watch: WatchScenario | None = None
     try:
-        uploads = make_sources(root / "sources", rng)
+        uploads = make_sources(root / "sources", random.Random(seed)) if with_transfers else []
         total = sum(u.size for u in uploads)
         # Slow enough that the uploads and then the downloads take most of the faults' time.
-        limit = max(MiB, int(2 * total / (0.7 * args.duration)))
-        config = {"max_active_jobs": ACTIVE, "parts_per_job": PARTS, "retry_base_s": 0.2, "retry_cap_s": 2.0}
+        limit = max(MiB, int(2 * total / (0.7 * args.duration))) if with_transfers else 0
+        limit += WATCH_BPS if with_watch else 0
+        config = {"max_active_jobs": ACTIVE, "parts_per_job": PARTS, "default_chunk_size": CHUNK_MIB * MiB,
+                  "retry_base_s": 0.2, "retry_cap_s": 2.0}
         with Stack(root / "stack", daemon_config={**config, "bandwidth_limit_bps": limit}) as stack:
             stack.start_server()
             assert stack.port is not None
             proxy = ChaosProxy(stack.port)
-            soak = Soak(stack, proxy, rng, root, uploads=uploads)
+            soak = Soak(stack, proxy, random.Random(seed))
             soak.login()
             stack.start_daemon()
-            soak.project_id = soak.call(lambda c: c.create_project("soak")).project_id
-            print(f"  {len(uploads)} uploads ({total / MiB:.0f} MiB) queued as the faults go on, then their "
-                  f"downloads, at most {limit / MiB:.1f} MiB/s")
+            scenarios: list[Scenario] = []
+            if with_transfers:
+                scenarios.append(Transfers(soak, uploads))
+                print(f"  transfers: {len(uploads)} uploads ({total / MiB:.0f} MiB) queued as the faults go on, "
+                      "then their downloads")
+            if with_watch:
+                watch = WatchScenario(stack, soak.call, root / "watch", seed)
+                watch.start()
+                scenarios.append(watch)
+                print("  watch: " + ", ".join(f"{w.spec.name} ({w.spec.writers} writer"
+                                              f"{'s' if w.spec.writers > 1 else ''})" for w in watch.watched)
+                      + "".join(f"; moving to {w.moved_to}" for w in watch.watched if w.moved_to))
+            print(f"  in {CHUNK_MIB} MiB parts, at most {limit / MiB:.1f} MiB/s")
             started = time.monotonic()
-            next_fault = started + rng.uniform(1, 4)
-            while time.monotonic() - started < args.duration:
-                soak.queue_next_upload()
-                soak.queue_downloads()
-                if time.monotonic() >= next_fault:
-                    print(f"  {time.monotonic() - started:6.1f} s  {soak.fault()}", flush=True)
-                    next_fault = time.monotonic() + rng.uniform(1, 4)
-                time.sleep(0.5)
+            with ThreadPoolExecutor(1) as pool:
+                chaos = pool.submit(soak.chaos, args.duration)
+                while not chaos.done():
+                    for scenario in scenarios:
+                        scenario.tick()
+                    soak.relogin_if_waiting()
+                    time.sleep(0.5)
+                chaos.result()
             print(f"  faults over after {time.monotonic() - started:.0f} s: {dict(soak.faults)}; "
-                  "waiting for every job")
+                  "waiting for everything to settle")
+            for scenario in scenarios:
+                scenario.wind_down()
             soak.login()  # a token that lasts, whatever the last fault left
             # The rest at full speed: restart the daemon (itself a fault) without the limit.
             (stack.root / "config" / "dataerai" / "config.toml").write_text(
@@ -277,23 +407,42 @@ def main() -> int:
             stack.stop_daemon(signal.SIGTERM)
             stack.start_daemon()
             soak.faults["daemon_restart"] += 1
+            calm = time.monotonic()
+            problems: list[str] = []
+            said = calm
+            last: tuple[list[str], float] = ([], calm)
 
             def settled() -> bool:
-                while soak.queue_next_upload():
-                    pass
-                soak.queue_downloads()
-                jobs = soak.call(lambda c: c.list_jobs())
-                return all(u.download_job for u in soak.uploads) and all(j.is_terminal for j in jobs)
+                nonlocal said, last
+                stuck = [line for s in scenarios for line in s.stuck()]
+                now = time.monotonic()
+                if stuck != last[0]:
+                    last = (stuck, now)
+                elif now - last[1] > STALL_S:
+                    raise TimeoutError(f"nothing moved for {STALL_S} s")
+                if stuck and now - said > 30:
+                    said = now
+                    print(f"  {now - calm:4.0f} s later, still on their way: {len(stuck)}, as {stuck[0]}", flush=True)
+                return not stuck
 
-            wait_for(settled, 600, "every job to end", interval=1.0)
-            problems = soak.verify()
-            extra, twice = soak.resent()
-            total = sum(u.size for u in soak.uploads)
-            print(f"  uploads {len(soak.uploads)} ({total / MiB:.0f} MiB), downloads {len(soak.uploads)}, "
-                  f"logins after an expired token {soak.relogins}")
+            try:
+                wait_for(settled, SETTLE_S, "everything to settle", interval=1.0)
+            except TimeoutError as exc:
+                problems += [f"not settled ({exc}): {line}" for s in scenarios for line in s.stuck()]
+            print(f"  settled {time.monotonic() - calm:.0f} s after the faults; logins after an expired token "
+                  f"{soak.relogins}")
+            for scenario in scenarios:
+                problems += scenario.verify()
+                for line in scenario.summary():
+                    print(f"  {line}")
+            extra = twice = 0
+            for scenario in scenarios:
+                more, again = scenario.resent()
+                extra, twice = extra + more, twice + again
+            sent = total + sum(e.size for s in scenarios if isinstance(s, WatchScenario) for e in s.entries())
             bound = sum(soak.faults.values()) * ACTIVE * PARTS * CHUNK_MIB * MiB
             print(f"  sent again after {sum(soak.faults.values())} faults: {extra / MiB:.1f} MiB "
-                  f"({extra / max(total, 1):.1%} of the bytes; at most the parts in flight: "
+                  f"({extra / max(sent, 1):.1%} of the bytes; at most the parts in flight: "
                   f"{ACTIVE * PARTS} x {CHUNK_MIB} MiB a fault, {bound / MiB:.0f} MiB), parts stored twice: {twice}")
             if extra > bound:
                 problems.append(f"{extra} bytes sent again, more than the {bound} in flight at the faults")
@@ -301,9 +450,12 @@ def main() -> int:
                 print(f"  PROBLEM {problem}")
             ok = not problems
             print("soak: " + ("every byte arrived, once" if ok else f"{len(problems)} problems") +
-                  f" (seed {seed})")
+                  f" ({args.scenario}, seed {seed})")
+            soak.close()
             proxy.close()
     finally:
+        if watch is not None:
+            watch.close(keep=args.keep)
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
     return 0 if ok else 1
