@@ -11,7 +11,7 @@ progress_interval_s = 0.25  # at most this often a progress event per job
 bandwidth_limit_bps = 0     # bytes per second over all transfers; 0 is no limit
 event_retention_days = 30   # stored events older than this are pruned (replay reaches back this far)
 upload_order = "auto"       # "auto", "always", "never": part bodies one after the other (docs/configuration.md)
-watch_retry_base_s = 30.0   # a failed watched file is tried again after this, x4 per failure, at most 30 min
+watch_retry_base_s = 30.0   # a failed watched file waits this, then 4x, 20x, 60x it (30 s, 2, 10, 30 min)
 watch_max_attempts = 5      # failed uploads of one version of a watched file before it is quarantined
 ```
 """

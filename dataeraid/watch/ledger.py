@@ -37,11 +37,11 @@ from dataeraid.redact import redact
 
 Row = dict[str, Any]
 
-#: Uploads of one version that may fail before the file is quarantined, and the waits between
-#: them (the daemon's ``watch_max_attempts`` and ``watch_retry_base_s``: 30 s, 2 min, 8 min, 30 min).
+#: Uploads of one version that may fail before the file is quarantined, and the waits after each
+#: failure (for the daemon's default ``watch_retry_base_s`` of 30 s; the others scale with it).
 MAX_ATTEMPTS = 5
 RETRY_BASE_S = 30.0
-RETRY_CAP_S = 1800.0
+BACKOFF_S = (30.0, 120.0, 600.0, 1800.0)
 #: Job errors that mean the file itself moved on (changed or vanished): seen again, not a failure.
 SOURCE_MOVED_ON = frozenset({"source_changed", "not_found"})
 
@@ -49,15 +49,21 @@ W = schema.watch_files
 WATCHES = schema.watches
 
 
+def backoff(attempts: int, base_s: float = RETRY_BASE_S) -> float:
+    """The wait after the ``attempts``-th failed upload: 30 s, 2 min, 10 min, then 30 min (scaled by ``base_s``)."""
+    return BACKOFF_S[min(max(attempts - 1, 0), len(BACKOFF_S) - 1)] * base_s / RETRY_BASE_S
+
+
 @dataclass(frozen=True)
 class Retries:
-    """How often a failed watched file is tried again before it is quarantined."""
+    """How often a failed watched file is tried again before it is quarantined (``watch_max_attempts``,
+    ``watch_retry_base_s``)."""
 
     max_attempts: int = MAX_ATTEMPTS
     base_s: float = RETRY_BASE_S
 
     def backoff(self, attempts: int) -> float:
-        return float(min(self.base_s * 4 ** max(attempts - 1, 0), max(RETRY_CAP_S, self.base_s)))
+        return backoff(attempts, self.base_s)
 
 
 def iso(ts: float | None) -> str | None:
