@@ -975,13 +975,11 @@ def test_a_new_version_found_by_the_judge_starts_with_no_failures(conn: Connecti
     assert (row["state"], row["attempts"]) == ("complete", 1) and emit.take() == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "ledger bug: clean_failed(retry_at=None) promises the verified row waits for a change to its file, but "
-    "due() takes a NULL retry_at for 'due at once' (and sorts it first): a move or delete refused because the "
-    "file changed or vanished is tried again at every step of the watch, and 500 such rows starve the rest"))
 def test_a_clean_refused_for_a_changed_file_waits_for_the_change(conn: Connection, clock: Clock) -> None:
+    """The watcher asks for verified rows to clean with ``unset=False``: a row whose move or delete was
+    refused because the file changed (``retry_at`` cleared) waits for the change, not for the next step."""
     uploaded(conn, clock)
     ledger.verified(conn, Emitted(), WATCH, "a.tif", keep=False)
-    assert [r["rel"] for r in ledger.due(conn, WATCH, "verified", clock.now, 10)] == ["a.tif"]
+    assert [r["rel"] for r in ledger.due(conn, WATCH, "verified", clock.now, 10, unset=False)] == ["a.tif"]
     ledger.clean_failed(conn, WATCH, "a.tif", "source_changed", "changed since its upload; not cleaned", None)
-    assert ledger.due(conn, WATCH, "verified", clock.now + 3600, 10) == []
+    assert ledger.due(conn, WATCH, "verified", clock.now + 3600, 10, unset=False) == []
