@@ -207,11 +207,12 @@ class Jobs:
         fields: Mapping[str, Any] | None = None,
         only_from: Sequence[str] | None = None,
         retry_at: float | None = None,
+        also: Callable[[Connection, Emit], None] | None = None,
     ) -> dict[str, Any]:
         """Move a job to state ``to`` (and set ``fields``) with its event, or raise ``conflict``.
 
         ``retry_at`` (Unix time) is when a job entering ``waiting_for_network`` tries
-        again; the event's job object carries it.
+        again; the event's job object carries it. ``also`` runs in the same transaction.
         """
 
         def write(conn: Connection, emit: Emit) -> dict[str, Any]:
@@ -240,6 +241,8 @@ class Jobs:
                 key = record(conn, emit, new_row, to)
                 if key is not None:
                     notices.append((notice, key))
+            if also is not None:
+                also(conn, emit)
             return job
 
         notices: list[tuple[EndNotice, str]] = []

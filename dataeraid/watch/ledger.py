@@ -278,8 +278,19 @@ def ignore(conn: Connection, watch_id: str, skipped: Sequence[tuple[str, str, st
         conn.execute(W.insert(), inserts)
 
 
-#: Rows a missing file simply leaves: nothing of it reached the repository.
+#: Rows a missing file simply leaves, unless an earlier version of it reached the repository.
 FORGET_WHEN_GONE = ("seen", "complete", "quarantined", "ignored")
+#: States whose rows stay once their file is gone (with ``gone_at``) until pruning.
+KEPT_WHEN_GONE = ("uploaded", "verified", "cleaned", "ignored")
+
+
+def _gone_with_asset(now: float) -> dict[str, Any]:
+    """What a row becomes whose newer version vanished before it was uploaded: ``ignored``, still
+    holding the asset its earlier versions went to, so the path coming back is that asset again."""
+    return {"state": "ignored", "error_code": "gone",
+            "error_message": "the file went before its new version was uploaded; its path keeps its asset",
+            "size": None, "mtime_ns": None, "inode": None, "retry_at": None, "job_id": None, "gone_at": now,
+            "updated_at": now}
 
 
 def gone(conn: Connection, watch_id: str, rels: Sequence[str] | None, now: float,
@@ -295,12 +306,17 @@ def gone(conn: Connection, watch_id: str, rels: Sequence[str] | None, now: float
         where.append(W.c.rel.in_(list(rels)))
     if before_gen is not None:
         where.append(W.c.scan_gen < before_gen)
-    forgotten = conn.execute(W.delete().where(*where, W.c.state.in_(FORGET_WHEN_GONE))).rowcount
+    pending = W.c.state.in_(FORGET_WHEN_GONE)
+    kept = conn.execute(
+        W.update().where(*where, pending, W.c.asset_id.is_not(None), W.c.gone_at.is_(None))
+        .values(**_gone_with_asset(now))
+    ).rowcount
+    forgotten = conn.execute(W.delete().where(*where, pending, W.c.asset_id.is_(None))).rowcount
     marked = conn.execute(
         W.update().where(*where, W.c.state.in_(("uploaded", "verified", "cleaned")), W.c.gone_at.is_(None))
         .values(gone_at=now)
     ).rowcount
-    return int(forgotten) + int(marked)
+    return int(forgotten) + int(marked) + int(kept)
 
 
 def known_here(conn: Connection, watch_id: str) -> int:
@@ -322,7 +338,10 @@ def judge(conn: Connection, watch_id: str, rel: str, now: float, *, version: tup
     if row is None or row["state"] != "seen":
         return row["state"] if row else "gone"
     if version is None:
-        conn.execute(W.delete().where(W.c.watch_id == watch_id, W.c.rel == rel))
+        if row["asset_id"] is not None:
+            _set(conn, watch_id, rel, **_gone_with_asset(now))
+        else:
+            conn.execute(W.delete().where(W.c.watch_id == watch_id, W.c.rel == rel))
         return "gone"
     if version != _version(row):
         # Another version (as in ``observe``): the failures counted were the old version's.
@@ -361,7 +380,8 @@ def record_job_end(conn: Connection, emit: Emit, job: Row, state: str, window_s_
     again that long after). Returns the file's watch id, or None if the job was no watch's.
     """
     found = conn.execute(sa.select(W).where(W.c.job_id == job["job_id"])).mappings().first()
-    if found is None or found["state"] not in ("queued", "quarantined"):
+    # ``complete`` with this job's id: it failed and waits out its backoff, and someone retried it by hand.
+    if found is None or found["state"] not in ("queued", "quarantined", "complete"):
         return None
     row = dict(found)
     watch_id, rel, now = row["watch_id"], row["rel"], time.time()
@@ -420,6 +440,5 @@ def retry_quarantined(conn: Connection, watch_id: str) -> int:
 def prune(conn: Connection, older_than: float) -> int:
     """Forget rows of files cleaned or gone before ``older_than``: what keeps a watch of
     millions of files small (docs/watch.md)."""
-    query = W.delete().where(W.c.gone_at.is_not(None), W.c.gone_at < older_than,
-                             W.c.state.in_(("verified", "cleaned", "uploaded")))
+    query = W.delete().where(W.c.gone_at.is_not(None), W.c.gone_at < older_than, W.c.state.in_(KEPT_WHEN_GONE))
     return int(conn.execute(query).rowcount)

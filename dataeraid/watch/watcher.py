@@ -552,6 +552,9 @@ class Watcher:
             jobs: list[dict[str, Any]] = []
             taken: list[tuple[str, str]] = []
             for row in rows:
+                if row["job_id"] is not None and await retry_failed_job(self._jobs, self.watch_id, row):
+                    self._log.info("upload tried again", path=row["rel"], job_id=row["job_id"])
+                    continue
                 try:
                     job = await trio.to_thread.run_sync(self._job_row, row)
                 except (TemplateError, DataeraiError, OSError) as exc:
@@ -797,6 +800,24 @@ class _Under(Excludes):
 
 def _mark_queued(conn: Connection, _emit: Any, *, watch_id: str, queued: list[tuple[str, str]]) -> None:
     ledger.mark_queued(conn, watch_id, queued)
+
+
+async def retry_failed_job(jobs: Jobs, watch_id: str, row: dict[str, Any]) -> bool:
+    """A complete file whose upload job failed and whose backoff is over: that same job goes
+    again (resuming from its checkpoints, into the asset it may have made already) rather than
+    a new one that could make a second asset. False when that job is gone or ended otherwise,
+    and a new one must be made."""
+    job_id: str = row["job_id"]
+    mark = partial(_mark_queued, watch_id=watch_id, queued=[(row["rel"], job_id)])
+    try:
+        await jobs.transition(job_id, "queued", only_from=("failed",), also=mark)
+    except DataeraiError as exc:
+        state = exc.data.get("state") if exc.code == "conflict" else None
+        if state is None or state in contract.TERMINAL_JOB_STATES:
+            return False
+        # Retried by hand already, and not ended: the file waits for that job.
+        await jobs.store.transaction(lambda conn: mark(conn, None))
+    return True
 
 
 def _oldest_verified(conn: Connection, watch_id: str, limit: int) -> list[dict[str, Any]]:

@@ -121,7 +121,8 @@ def version_of(row: dict[str, Any]) -> Version | None:
 PATHS = ("a.tif", "run1/b.tif", "run1/c.dat")
 PENDING = contract.PENDING_WATCH_FILE_STATES
 RECORDED = ("uploaded", "verified", "cleaned")
-FORGOTTEN_WHEN_GONE = ("seen", "complete", "quarantined", "ignored")  # nothing of them reached the repository
+# Forgotten when their file goes, unless an earlier version of it reached the repository (an asset).
+FORGOTTEN_WHEN_GONE = ("seen", "complete", "quarantined", "ignored")
 MOVED_ON = ("source_changed", "not_found")  # job errors that mean the file changed or went: not a failure
 JOB_ENDS = (("completed", None), ("cancelled", "cancelled"), ("failed", "source_changed"), ("failed", "not_found"),
             ("failed", "permission_denied"), ("failed", "io_error"))
@@ -258,11 +259,19 @@ class LedgerMachine(RuleBasedStateMachine):
         row.gone_at = None
         return row.state == "seen"
 
+    def went_with_asset(self, row: Expected) -> None:
+        """A newer version of an upload went before its own upload: the path keeps its asset."""
+        row.state, row.error_code, row.version, row.retry_at, row.job_id, row.gone_at = \
+            "ignored", "gone", None, None, None, self.now
+
     def went(self, rels: set[str]) -> None:
         """``gone``: what never reached the repository is forgotten, an upload's record is marked."""
         for rel in sorted(rels & set(self.model)):
             row = self.model[rel]
-            if row.state in FORGOTTEN_WHEN_GONE:
+            if row.state in FORGOTTEN_WHEN_GONE and row.asset_id is not None:
+                if row.gone_at is None:
+                    self.went_with_asset(row)
+            elif row.state in FORGOTTEN_WHEN_GONE:
                 self.forget(rel)
             elif row.state in RECORDED and row.gone_at is None:
                 row.gone_at = self.now
@@ -329,7 +338,10 @@ class LedgerMachine(RuleBasedStateMachine):
         if row is None or row.state != "seen":
             assert got == (row.state if row else "gone")
         elif version is None:
-            self.forget(rel)
+            if row.asset_id is not None:
+                self.went_with_asset(row)
+            else:
+                self.forget(rel)
             assert got == "gone"
         elif version != row.version:
             row.version, row.retry_at, row.attempts = version, self.now + RECHECK_S, 0
@@ -509,8 +521,9 @@ class LedgerMachine(RuleBasedStateMachine):
     @rule(data=st.data(), end=st.sampled_from(JOB_ENDS))
     def stale_job_end(self, data: st.DataObject, end: tuple[str, str | None]) -> None:
         """The end of a job no row is queued with (ended already, or not the watch's) changes nothing.
-        (A quarantined row takes the end of its job, retried by hand: a test below.)"""
-        quarantined_with = {row.job_id for row in self.model.values() if row.state == "quarantined"}
+        (A quarantined row, or a complete one waiting out its job's failure, takes the end of that job
+        retried by hand: tests below.)"""
+        quarantined_with = {row.job_id for row in self.model.values() if row.state in ("quarantined", "complete")}
         job_id = data.draw(st.sampled_from(["job_unknown", *sorted(
             j for j, job in self.jobs.items() if job.ended and j not in quarantined_with)]))
         before = rows_of(self.conn)
@@ -542,7 +555,7 @@ class LedgerMachine(RuleBasedStateMachine):
     def prune(self) -> None:
         older_than = self.now - FORGET_AFTER_S
         old = [rel for rel, row in self.model.items()
-               if row.state in RECORDED and row.gone_at is not None and row.gone_at < older_than]
+               if row.state in (*RECORDED, "ignored") and row.gone_at is not None and row.gone_at < older_than]
         # Pruning is for every watch at once.
         old_elsewhere = [rel for rel, row in self.other_watch.items()
                          if row["state"] in RECORDED and row["gone_at"] is not None and row["gone_at"] < older_than]
@@ -740,11 +753,12 @@ def test_failed_uploads_wait_longer_each_time_then_the_file_is_quarantined(conn:
     assert emit.take() == [("a.tif", "quarantined", "queued")]
 
 
-def test_a_job_end_the_ledger_has_no_queued_row_for_changes_nothing(conn: Connection, clock: Clock) -> None:
+def test_a_job_end_the_ledger_has_no_row_for_changes_nothing(conn: Connection, clock: Clock) -> None:
     observe(conn, "a.tif", (1, 1, 1), clock)
     take(conn, "a.tif", "job_1")
     emit = Emitted()
     assert end(conn, emit, "job_1", "failed", "io_error") == WATCH
+    take(conn, "a.tif", "job_2")  # its backoff over, the file went again: job_1 is no longer its job
     before = rows_of(conn)
     for job_id, state, code in [("job_1", "completed", None), ("job_1", "failed", "io_error"),
                                 ("job_1", "cancelled", "cancelled"), ("job_elsewhere", "completed", None)]:
@@ -763,11 +777,6 @@ def test_a_quarantined_file_takes_the_end_of_its_job_retried_by_hand(conn: Conne
         "uploaded", "ast_1", "cnt_job_1", None)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "ledger bug: record_job_end takes a job's end only for a queued or quarantined row, but a failed "
-    "upload leaves its row `complete` (waiting out the backoff) with the job's id; a `job retry` of that "
-    "job that then completes is dropped, and the watcher uploads the file again under a new job id "
-    "(a second asset when the file had none)"))
 def test_a_retried_job_that_completes_while_its_file_waits_out_a_backoff_is_recorded(
         conn: Connection, clock: Clock) -> None:
     observe(conn, "a.tif", (1, 1, 1), clock)
@@ -779,11 +788,6 @@ def test_a_retried_job_that_completes_while_its_file_waits_out_a_backoff_is_reco
     assert rows_of(conn)["a.tif"]["state"] == "uploaded"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "ledger gap: a new version of an uploaded file is a `seen` (or `complete`, `quarantined`, `ignored`) "
-    "row that still holds the asset_id; `gone` and `judge` forget such a row like one that never "
-    "reached the repository, so the file coming back is uploaded as a second asset (docs/watch.md: a "
-    "path is the same asset until its record is pruned 30 days after it went)"))
 @pytest.mark.parametrize("how", ["gone", "judge", "ignored_then_gone"])
 def test_a_changed_upload_that_vanishes_before_its_next_upload_keeps_its_asset(
         conn: Connection, clock: Clock, how: str) -> None:

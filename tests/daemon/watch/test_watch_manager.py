@@ -172,3 +172,51 @@ async def test_the_end_of_a_job_that_is_no_watchs_leaves_the_ledger_alone(parts:
     await parts.jobs.transition("job_plain", "completed", fields={
         "asset_id": "ast_9", "content_id": "cnt_9", "sha256": "cd" * 32})
     assert await parts.rows() == before
+
+
+async def failed_once(parts: Parts) -> dict[str, Any]:
+    """a.tif's upload job_1 failed; the file is ``complete`` again, waiting out its backoff."""
+    await parts.complete("a.tif")
+    await parts.queue("a.tif", "job_1")
+    await parts.jobs.transition("job_1", "running")
+    await parts.jobs.transition("job_1", "failed", fields={"error_code": "io_error", "error_message": "EIO"})
+    row = (await parts.rows())["a.tif"]
+    assert (row["state"], row["job_id"]) == ("complete", "job_1")
+    return row
+
+
+async def test_a_file_whose_backoff_is_over_goes_again_in_the_job_that_failed(parts: Parts) -> None:
+    """One job per version, however often it fails: a second job could make a second asset."""
+    row = await failed_once(parts)
+    assert await watcher.retry_failed_job(parts.jobs, parts.watch_id, row) is True
+    assert (await parts.jobs.row("job_1"))["state"] == "queued"
+    assert [j["job_id"] for j in await parts.jobs.list_all()] == ["job_1"]
+    again = (await parts.rows())["a.tif"]
+    assert (again["state"], again["job_id"], again["attempts"]) == ("queued", "job_1", 1)
+    await parts.jobs.transition("job_1", "running")
+    await parts.jobs.transition("job_1", "completed", fields={
+        "asset_id": "ast_1", "content_id": "cnt_1", "sha256": "ab" * 32})
+    assert (await parts.rows())["a.tif"]["state"] == "uploaded"
+
+
+async def test_a_job_retried_by_hand_during_the_backoff_is_the_one_the_file_waits_for(parts: Parts) -> None:
+    row = await failed_once(parts)
+    await parts.jobs.transition("job_1", "queued", only_from=("failed",))  # `dataerai job retry job_1`
+    assert await watcher.retry_failed_job(parts.jobs, parts.watch_id, row) is True
+    assert (await parts.rows())["a.tif"]["state"] == "queued"
+    assert [j["job_id"] for j in await parts.jobs.list_all()] == ["job_1"]
+
+
+async def test_a_retried_job_that_completes_before_the_backoff_is_over_is_recorded(parts: Parts) -> None:
+    await failed_once(parts)
+    await parts.jobs.transition("job_1", "queued", only_from=("failed",))
+    await parts.jobs.transition("job_1", "running")
+    await parts.jobs.transition("job_1", "completed", fields={
+        "asset_id": "ast_1", "content_id": "cnt_1", "sha256": "ab" * 32})
+    row = (await parts.rows())["a.tif"]
+    assert (row["state"], row["asset_id"], row["job_id"]) == ("uploaded", "ast_1", "job_1")
+
+
+async def test_a_file_whose_failed_job_is_gone_gets_a_new_one(parts: Parts) -> None:
+    row = await failed_once(parts)
+    assert await watcher.retry_failed_job(parts.jobs, parts.watch_id, {**row, "job_id": "job_pruned"}) is False
