@@ -43,6 +43,8 @@ jobs = sa.Table(
     # A completed upload whose content the repository already held: no bytes were sent for it.
     sa.Column("deduplicated", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Index("ix_jobs_state_priority", "state", "priority", "seq"),
+    # The scheduler's seeks: the clients with queued jobs, then each one's front (store.runnable).
+    sa.Index("ix_jobs_runnable", "state", "client", sa.text("priority DESC"), "seq"),
 )
 
 # A row exists only once the chunk was acknowledged (upload: the server answered

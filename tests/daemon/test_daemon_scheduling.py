@@ -186,7 +186,7 @@ def test_the_scheduler_reads_only_the_front_of_each_clients_queue_and_picks_the_
         items: list[tuple[str, int, str]], running: dict[str, int], last_start: dict[str, int], free: int,
         excluded: set[int]) -> None:
     from dataeraid import schema
-    from dataeraid.store import runnable_query
+    from dataeraid.store import runnable
 
     rows = [{"job_id": f"job_{i}", "kind": "upload", "state": state, "priority": priority, "seq": i + 1,
              "created_at": 0.0, "updated_at": 0.0, "params": {}, "chunk_size": 1, "client": client}
@@ -196,7 +196,7 @@ def test_the_scheduler_reads_only_the_front_of_each_clients_queue_and_picks_the_
         conn.execute(schema.jobs.delete())
         if rows:
             conn.execute(schema.jobs.insert(), rows)
-        front = [dict(r) for r in conn.execute(runnable_query(exclude, free)).mappings()]
+        front = runnable(conn, exclude, free)
     whole = [r for r in rows if r["state"] == "queued" and r["job_id"] not in exclude]
     # At most `free` per client, in the queue's order, and the same choice as from the whole queue.
     assert max(Counter(r["client"] for r in front).values(), default=0) <= free
