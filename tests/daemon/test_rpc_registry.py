@@ -37,7 +37,7 @@ def test_every_method_declares_its_errors_from_the_catalogue_and_types_every_par
             assert param.spec.describe(), (method.name, param.name)
 
 
-@settings(max_examples=3000, deadline=None, database=None)
+@settings(max_examples=1000, deadline=None, database=None)
 @given(st.sampled_from(sorted(REGISTRY.methods)).flatmap(
     lambda name: st.tuples(st.just(name), params_for(REGISTRY.methods[name]))))
 def test_any_parameters_bind_or_are_refused_as_invalid_argument(case: tuple[str, dict[str, Any]]) -> None:
