@@ -11,6 +11,7 @@ environment: tests, and several users on one instrument PC, rely on that.
 | credentials | ``$XDG_CONFIG_HOME/dataerai/credentials.json`` (0600; default ``~/.config``) |
 | configuration | ``$XDG_CONFIG_HOME/dataerai/config.toml`` |
 | socket | ``$DATAERAI_SOCKET``, else ``$XDG_RUNTIME_DIR/dataerai-transfer.sock``, else ``/run/user/<uid>/...`` |
+| systemd user units | ``$XDG_CONFIG_HOME/systemd/user`` (``dataerai service install`` writes them there) |
 """
 
 from __future__ import annotations
@@ -60,3 +61,12 @@ class Paths:
             config_dir=_xdg("XDG_CONFIG_HOME", ".config") / APP,
             socket=Path(default_socket_path()),
         )
+
+
+def systemd_user_dir() -> Path:
+    """The user's own systemd unit directory, where ``dataerai service install`` writes the units.
+
+    The user manager reads it by the same rule: ``$XDG_CONFIG_HOME/systemd/user``,
+    else ``~/.config/systemd/user`` (systemd.unit(5), "User Unit Search Path").
+    """
+    return _xdg("XDG_CONFIG_HOME", ".config") / "systemd" / "user"

@@ -37,6 +37,15 @@ MAX_SERVER_LINE_BYTES: Final = MAX_ANSWER_BYTES
 MAX_BUFFERED_NOTIFICATIONS: Final = 4096
 _RECV_BYTES: Final = 1 << 16
 
+#: How to get the daemon onto a machine: the end of the error of a client that found none to start.
+#: The one place that names the distributions, so that it follows docs/install.md (the names
+#: ``dataerai`` and ``dataerai-sdk`` on the public package index are other projects').
+DAEMON_INSTALL_HINT: Final = (
+    "install the Dataerai daemon from your site's wheelhouse or .deb (docs/install.md), e.g. "
+    "`pipx install --pip-args='--no-index --find-links=WHEELHOUSE' dataerai`; never from the public "
+    "package index, where the name `dataerai` is another project's"
+)
+
 
 class Expired(Exception):
     """Internal: a deadline passed before the daemon answered. Callers raise ``DaemonTimeoutError``."""
@@ -345,7 +354,7 @@ def _find_binary(binary_path: str | None, socket_path: str) -> str:
     if found is None:
         raise DaemonConnectionError(
             f"the daemon is not running at {socket_path} and no `dataerai` binary was found on PATH "
-            "to start it: pass binary_path=... to the client, or install the CLI (pip install dataerai)",
+            f"to start it: pass binary_path=... to the client, or {DAEMON_INSTALL_HINT}",
             socket_path=socket_path,
         )
     return found

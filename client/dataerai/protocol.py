@@ -64,6 +64,8 @@ _CATALOGUE: Final[tuple[ErrorKind, ...]] = (
     ErrorKind("disk_full", -32015, 507, "No space left on the local disk."),
     ErrorKind("io_error", -32016, 500, "A local file could not be read or written."),
     ErrorKind("unsafe_path", -32017, 400, "A path would escape its destination directory."),
+    # The command line's own: `dataerai service` found no systemd user manager to install into.
+    ErrorKind("systemd_unavailable", -32018, 503, "No systemd user manager can be reached (`systemctl --user`)."),
 )
 
 ERRORS: Final[Mapping[str, ErrorKind]] = {kind.code: kind for kind in _CATALOGUE}

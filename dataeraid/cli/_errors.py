@@ -4,7 +4,8 @@ Exit status (docs/cli.md has the same list for users):
 
 - 0: success;
 - 1: an error with a stable code: from the daemon (``DaemonError``), from the
-  repository during ``auth login``, or the error of a failed or cancelled job;
+  repository during ``auth login``, the error of a failed or cancelled job, or
+  one a command found itself (``service install``'s ``systemd_unavailable``, ...);
 - 2: a usage error (click's own);
 - 3: the daemon cannot be reached (``dataerai.ConnectionError``);
 - 4: a timeout (``DaemonTimeoutError``); when a wait for a job ran out, the

@@ -20,6 +20,7 @@ from ._events import events
 from ._jobs import jobs
 from ._output import json_requested
 from ._project import project
+from ._service import service
 from ._status import status
 from ._transfer import download, upload
 from ._watch import watch
@@ -82,6 +83,7 @@ cli.add_command(rel)
 cli.add_command(collection)
 cli.add_command(watch)
 cli.add_command(status)
+cli.add_command(service)
 
 
 def main() -> None:

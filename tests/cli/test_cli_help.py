@@ -60,6 +60,10 @@ COMMANDS = {
     ("watch", "rescan"),
     ("watch", "rm"),
     ("status",),
+    ("service",),
+    ("service", "install"),
+    ("service", "uninstall"),
+    ("service", "status"),
 }
 
 
@@ -83,7 +87,7 @@ def test_help(runner: CliRunner, path: tuple[str, ...]) -> None:
 
 def test_json_is_offered_wherever_there_is_output(runner: CliRunner) -> None:
     for path in COMMANDS - {(), ("auth",), ("daemon",), ("project",), ("jobs",), ("daemon", "run"), ("assets",),
-                            ("meta",), ("rel",), ("collection",), ("watch",)}:
+                            ("meta",), ("rel",), ("collection",), ("watch",), ("service",)}:
         result = runner.invoke(cli, [*path, "--help"], prog_name="dataerai")
         assert "--json" in result.stdout, path
 

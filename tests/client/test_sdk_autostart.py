@@ -97,7 +97,10 @@ def test_no_binary_says_how_to_fix_it(sock_dir: Path, monkeypatch: pytest.Monkey
     with pytest.raises(builtins.ConnectionError, match="binary_path") as info:
         DataeraiClient(socket_path=str(sock_dir / "d.sock")).connect()
     assert isinstance(info.value, DaemonConnectionError)
-    assert "install" in str(info.value)
+    assert str(info.value).endswith(_connection.DAEMON_INSTALL_HINT)
+    # The public index's `dataerai` is another project: the message sends people to the install page instead.
+    assert "docs/install.md" in _connection.DAEMON_INSTALL_HINT and "--no-index" in _connection.DAEMON_INSTALL_HINT
+    assert "pip install dataerai" not in str(info.value)
 
 
 def test_binary_path_that_does_not_exist(sock_dir: Path) -> None:

@@ -274,6 +274,7 @@ def test_catalogue_matches_docs_protocol_table() -> None:
         "disk_full": -32015,
         "io_error": -32016,
         "unsafe_path": -32017,
+        "systemd_unavailable": -32018,
     }
     assert {code: kind.rpc_code for code, kind in ERRORS.items()} == documented
 
