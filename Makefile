@@ -6,14 +6,18 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench soak fuzz fuzz-daemon fuzz-server docs venv clean
+.PHONY: demo test lint bench soak fuzz fuzz-daemon fuzz-server docs dist wheelhouse venv clean
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml client/pyproject.toml server/pyproject.toml
+# The version file too: the editable installs' metadata carries the version.
+$(STAMP): pyproject.toml client/pyproject.toml server/pyproject.toml hatch_build.py server/hatch_build.py \
+		client/dataerai/_version.py
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "Python 3.10+ is needed"'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	@# The distributions' names before issue 12: a .venv/ made then would keep two owners of `dataerai`.
+	$(BIN)/python -m pip uninstall --quiet --yes dataerai dataerai-sdk 2>/dev/null || true
 	$(BIN)/python -m pip install --quiet -e client/ -e server/ -e '.[dev]'
 	touch $(STAMP)
 
@@ -65,5 +69,14 @@ fuzz-server: $(STAMP)
 docs: $(STAMP)
 	$(BIN)/python -m dataeraid.rpc.reference docs/protocol.md
 
+# The sdists and wheels of the three distributions, into dist/ (tools/artifacts.py; packaging/README.md).
+dist: $(STAMP)
+	$(BIN)/python tools/artifacts.py dist
+
+# dist/ and dist/wheelhouse/: the three wheels and every dependency as a wheel, for this Python
+# and platform, so that a machine installs with `pip install --no-index` (docs/install.md).
+wheelhouse: $(STAMP)
+	$(BIN)/python tools/artifacts.py --wheelhouse dist
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache dist

@@ -16,14 +16,20 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 BIN = Path(sys.executable).parent
 
 
-def _bin(name: str) -> str:
+def _bin(name: str, bin_dir: Path | None = None) -> str:
+    """The executable ``name``: in ``bin_dir`` and nowhere else when it is given (another
+    installation under test), else beside this Python, else on PATH."""
+    if bin_dir is not None:
+        if not (bin_dir / name).exists():
+            raise RuntimeError(f"{name} is not installed in {bin_dir}")
+        return str(bin_dir / name)
     path = BIN / name
     found = str(path) if path.exists() else shutil.which(name)
     if not found:
@@ -50,20 +56,27 @@ def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.02) 
 
 
 class Stack:
-    def __init__(self, root: Path, *, daemon_config: dict[str, Any] | None = None) -> None:
+    """``bin_dir``: where ``dataerai`` and ``dataerai-server`` are (default: beside this Python);
+    ``environ``: the environment the processes start from (default: this one's), to which the
+    stack adds its XDG paths, its socket and ``bin_dir`` first on PATH."""
+
+    def __init__(self, root: Path, *, daemon_config: dict[str, Any] | None = None, bin_dir: Path | None = None,
+                 environ: Mapping[str, str] | None = None) -> None:
         self.root = root
+        self.bin_dir = bin_dir
         self.server_dir = root / "server"
         self.runtime = root / "run"
         self.runtime.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(self.runtime, 0o700)
         self.socket_path = self.runtime / "dataerai-transfer.sock"
+        base = os.environ if environ is None else environ
         self.env = {
-            **os.environ,
+            **base,
             "XDG_STATE_HOME": str(root / "state"),
             "XDG_CONFIG_HOME": str(root / "config"),
             "XDG_RUNTIME_DIR": str(self.runtime),
             "DATAERAI_SOCKET": str(self.socket_path),
-            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+            "PATH": f"{bin_dir or BIN}{os.pathsep}{base.get('PATH', '')}",
         }
         self.env.pop("NOTIFY_SOCKET", None)
         self.env.pop("LISTEN_FDS", None)
@@ -80,6 +93,10 @@ class Stack:
         self.server: subprocess.Popen[bytes] | None = None
         self.daemon: subprocess.Popen[bytes] | None = None
         self.token: str | None = None
+
+    def bin(self, name: str) -> str:
+        """The stack's ``dataerai`` or ``dataerai-server``."""
+        return _bin(name, self.bin_dir)
 
     # --- the repository server ----------------------------------------------------
 
@@ -100,7 +117,7 @@ class Stack:
         ready.unlink(missing_ok=True)
         bind = f"127.0.0.1:{self.port or 0}"
         log = open(self.root / "server.log", "ab")  # noqa: SIM115 - the process owns it
-        args = [_bin("dataerai-server"), "run", "--data-dir", str(self.server_dir), "--bind", bind,
+        args = [self.bin("dataerai-server"), "run", "--data-dir", str(self.server_dir), "--bind", bind,
                 "--ready-file", str(ready)]
         if self.server_storage:
             args += ["--storage", self.server_storage]
@@ -144,7 +161,7 @@ class Stack:
             os.killpg(self.server.pid, signal.SIGCONT)
 
     def add_user(self, email: str, scope: str = "write", expires_in_days: float | None = None) -> str:
-        args = [_bin("dataerai-server"), "users", "add", email, "--scope", scope]
+        args = [self.bin("dataerai-server"), "users", "add", email, "--scope", scope]
         if self.server_database:
             args += ["--database", self.server_database]
         else:
@@ -166,7 +183,7 @@ class Stack:
         """Start the daemon (behind ``prefix``, e.g. :func:`as_nobody`'s, to run it as another user)."""
         log = open(self.root / "daemon.log", "ab")  # noqa: SIM115 - the process owns it
         self.daemon = subprocess.Popen(
-            [*(prefix or []), _bin("dataerai"), "daemon", "run"], env=self.env, stdout=log, stderr=log,
+            [*(prefix or []), self.bin("dataerai"), "daemon", "run"], env=self.env, stdout=log, stderr=log,
             start_new_session=True,
         )
         log.close()
@@ -201,7 +218,7 @@ class Stack:
 
     def cli(self, *args: str, input: str | None = None, check: bool = True,
             timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run([_bin("dataerai"), *args], env=self.env, input=input, capture_output=True,
+        result = subprocess.run([self.bin("dataerai"), *args], env=self.env, input=input, capture_output=True,
                                 text=True, timeout=timeout)
         if check and result.returncode != 0:
             raise RuntimeError(f"dataerai {' '.join(args)} exited {result.returncode}: {result.stderr}")
@@ -211,7 +228,7 @@ class Stack:
         from dataerai import DataeraiClient
 
         options.setdefault("socket_path", str(self.socket_path))
-        options.setdefault("binary_path", _bin("dataerai"))
+        options.setdefault("binary_path", self.bin("dataerai"))
         options.setdefault("auto_start", False)
         return DataeraiClient(**options)
 

@@ -42,7 +42,7 @@ _RECV_BYTES: Final = 1 << 16
 #: ``dataerai`` and ``dataerai-sdk`` on the public package index are other projects').
 DAEMON_INSTALL_HINT: Final = (
     "install the Dataerai daemon from your site's wheelhouse or .deb (docs/install.md), e.g. "
-    "`pipx install --pip-args='--no-index --find-links=WHEELHOUSE' dataerai`; never from the public "
+    "`uv tool install --no-index --find-links WHEELHOUSE dataerai-transfer`; never from the public "
     "package index, where the name `dataerai` is another project's"
 )
 

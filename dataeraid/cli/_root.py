@@ -9,6 +9,7 @@ import click
 from dataerai import ConnectionError as DaemonConnectionError
 from dataerai import DaemonError
 
+from dataeraid import __version__
 from dataeraid.paths import Paths
 
 from ._assets import assets, collection, meta, rel
@@ -56,7 +57,7 @@ class _Root(click.Group):
     is_flag=True,
     help="Fail (exit 3) instead of starting the daemon when none is listening.",
 )
-@click.version_option(package_name="dataerai", prog_name="dataerai")
+@click.version_option(__version__, prog_name="dataerai")
 @click.pass_context
 def cli(ctx: click.Context, socket: str | None, no_auto_start: bool) -> None:
     """Move research data between this machine and a Dataerai repository.

@@ -11,4 +11,5 @@ The HTTP contract it serves is ``docs/http-api.md``; how it is built and why is
 - ``db``/``models``/``migrations``: the database, and ``storage``: the bytes.
 """
 
-__version__ = "0.1.0"
+# One version for the three distributions, kept in the SDK this one pins at exactly it.
+from dataerai._version import __version__ as __version__

@@ -80,11 +80,11 @@ def test_public_classes_and_functions_have_docstrings() -> None:
             assert inspect.getdoc(value), name
 
 
-def test_version_matches_the_distribution() -> None:
+def test_the_distribution_takes_its_version_from_the_package() -> None:
     pyproject = (INIT.parent.parent / "pyproject.toml").read_text()
-    match = re.search(r'^version = "([^"]+)"', pyproject, re.MULTILINE)
-    assert match and match.group(1) == dataerai.__version__
-    assert re.search(r'^name = "dataerai-sdk"', pyproject, re.MULTILINE)
+    assert re.search(r'^dynamic = \["version"\]', pyproject, re.MULTILINE)
+    assert re.search(r'^path = "dataerai/_version.py"', pyproject, re.MULTILINE)
+    assert re.search(r'^name = "dataerai-transfer-sdk"', pyproject, re.MULTILINE)
     assert re.search(r"^dependencies = \[\]", pyproject, re.MULTILINE)  # standard library only
 
 
