@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench soak fuzz fuzz-daemon fuzz-server docs dist wheelhouse venv clean
+.PHONY: demo test lint bench bench-watch soak fuzz fuzz-daemon fuzz-server docs dist wheelhouse venv clean
 
 venv: $(STAMP)
 
@@ -41,6 +41,14 @@ $(BENCH_STAMP): $(STAMP)
 # All sections; one of them: .venv/bin/python tools/bench.py --section loopback|s3|small-files
 bench: $(BENCH_STAMP)
 	$(BIN)/python tools/bench.py
+
+# Watch folders at scale (tools/bench_watch.py; about 15 minutes): trees written while the daemon
+# was stopped and caught up through a real server and daemon (2,000 files until every one is
+# verified; 10,000 and 100,000 until every one is queued, then a minute of uploads), with the
+# daemon's memory, CPU and job.get latency; and the ledger's file at 1,000,000 rows, pruned,
+# then filled and pruned again. BENCH_WATCH_ARGS="--section catchup|ledger --files N [N ...] --json".
+bench-watch: $(STAMP)
+	$(BIN)/python tools/bench_watch.py $(BENCH_WATCH_ARGS)
 
 # Transfers, and writers feeding watch folders, through a real stack while the daemon, the
 # server and the network fail on purpose; then a check that every byte arrived once and no
