@@ -156,4 +156,6 @@ watch_files = sa.Table(
     sa.Index("ix_watch_files_due", "watch_id", "state", "retry_at"),
     sa.Index("ix_watch_files_job", "job_id"),
     sa.Index("ix_watch_files_updated", "state", "updated_at"),
+    # Pruning's seek: only rows whose file went carry gone_at (ledger.prune).
+    sa.Index("ix_watch_files_gone", "gone_at", sqlite_where=sa.text("gone_at IS NOT NULL")),
 )

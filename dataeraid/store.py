@@ -57,12 +57,19 @@ def migrations_dir() -> Path:
     return packaged if packaged.is_dir() else here.parent / "migrations"
 
 
+#: Bytes the queue's WAL file keeps after a checkpoint (``PRAGMA journal_size_limit``).
+WAL_SIZE_LIMIT = 64 << 20
+
+
 def _on_connect(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=FULL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=10000")
+    # After a checkpoint the WAL shrinks back to this: a big batch (pruning, a catch-up)
+    # must not leave the file at its high-water mark for as long as the daemon runs.
+    cursor.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
     cursor.close()
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from functools import partial
 from typing import Any
 
 import trio
@@ -106,7 +107,14 @@ class WatchManager:
 
     async def _prune_forever(self) -> None:
         while True:
-            pruned = await self._store.transaction(lambda conn: ledger.prune(conn, time.time() - FORGET_AFTER_S))
+            older_than = time.time() - FORGET_AFTER_S
+            pruned = 0
+            while True:
+                batch = await self._store.transaction(
+                    partial(ledger.prune, older_than=older_than, limit=ledger.PRUNE_BATCH))
+                pruned += batch
+                if batch < ledger.PRUNE_BATCH:
+                    break
             if pruned:
                 _log.info("forgot old watched files", count=pruned)
             await trio.sleep(3600)

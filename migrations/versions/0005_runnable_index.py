@@ -1,4 +1,5 @@
-"""The scheduler's index: queued jobs by client, each client's in its own order.
+"""The scheduler's index: queued jobs by client, each client's in its own order; and
+pruning's: watched files by when they went.
 
 Revision ID: 0005
 Revises: 0004
@@ -16,7 +17,9 @@ depends_on = None
 
 def upgrade() -> None:
     op.create_index("ix_jobs_runnable", "jobs", ["state", "client", sa.text("priority DESC"), "seq"])
+    op.create_index("ix_watch_files_gone", "watch_files", ["gone_at"], sqlite_where=sa.text("gone_at IS NOT NULL"))
 
 
 def downgrade() -> None:
+    op.drop_index("ix_watch_files_gone", "watch_files")
     op.drop_index("ix_jobs_runnable", "jobs")

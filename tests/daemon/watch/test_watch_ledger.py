@@ -555,7 +555,7 @@ class LedgerMachine(RuleBasedStateMachine):
     def prune(self) -> None:
         older_than = self.now - FORGET_AFTER_S
         old = [rel for rel, row in self.model.items()
-               if row.state in (*RECORDED, "ignored") and row.gone_at is not None and row.gone_at < older_than]
+               if row.state != "queued" and row.gone_at is not None and row.gone_at < older_than]
         # Pruning is for every watch at once.
         old_elsewhere = [rel for rel, row in self.other_watch.items()
                          if row["state"] in RECORDED and row["gone_at"] is not None and row["gone_at"] < older_than]
@@ -876,6 +876,19 @@ def test_prune_forgets_only_records_of_files_gone_long_ago(conn: Connection, clo
     assert ledger.prune(conn, START - FORGET_AFTER_S) == 3
     assert not any(rel.endswith("_old") and rel != "queued_old" for rel in rows_of(conn))
     assert len(rows_of(conn)) == 7
+
+
+def test_prune_goes_in_batches_and_seeks_only_rows_that_went(conn: Connection, clock: Clock) -> None:
+    for n in range(12):
+        insert(conn, f"old_{n:02}", "cleaned", asset=True, gone_at=START - FORGET_AFTER_S - 1)
+    insert(conn, "here", "verified", asset=True)
+    older_than = START - FORGET_AFTER_S
+    assert [ledger.prune(conn, older_than, limit=5) for _ in range(4)] == [5, 5, 2, 0]
+    assert sorted(rows_of(conn)) == ["here"]
+    # An hourly prune with nothing old reads nothing: a seek on the index of rows that went.
+    sql = str(ledger.prunable(older_than).compile(conn, compile_kwargs={"literal_binds": True}))
+    plan = " ".join(str(row[-1]) for row in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql))
+    assert "ix_watch_files_gone" in plan, plan
 
 
 def test_verified_and_cleaned_say_so_once_each(conn: Connection, clock: Clock) -> None:
