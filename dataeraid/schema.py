@@ -45,6 +45,8 @@ jobs = sa.Table(
     sa.Index("ix_jobs_state_priority", "state", "priority", "seq"),
     # The scheduler's seeks: the clients with queued jobs, then each one's front (store.runnable).
     sa.Index("ix_jobs_runnable", "state", "client", sa.text("priority DESC"), "seq"),
+    # The next job's seq is max(seq) + 1: one seek, not a pass over an index of every job.
+    sa.Index("ix_jobs_seq", "seq"),
 )
 
 # A row exists only once the chunk was acknowledged (upload: the server answered
