@@ -70,6 +70,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from sqlalchemy.dialects.sqlite import dialect as sqlite_dialect
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -517,11 +518,22 @@ def ledger_section(args: argparse.Namespace) -> dict[str, Any]:
                 raw.close()
             return time.perf_counter() - started
 
-        def prune() -> tuple[int, float]:
+        def prune() -> tuple[int, float, float]:
+            """As the daemon prunes (``WatchManager._prune_forever``): ``PRUNE_BATCH`` rows a
+            transaction until a batch comes back short; the whole, and the longest transaction
+            (how long the store's one thread is taken from RPCs and jobs at once)."""
             started = time.perf_counter()
-            with engine.begin() as conn:
-                pruned = ledger.prune(conn, time.time() - FORGET_AFTER_S)
-            return pruned, time.perf_counter() - started
+            older_than = time.time() - FORGET_AFTER_S
+            pruned, longest = 0, 0.0
+            while True:
+                began = time.perf_counter()
+                with engine.begin() as conn:
+                    batch = ledger.prune(conn, older_than, limit=ledger.PRUNE_BATCH)
+                longest = max(longest, time.perf_counter() - began)
+                pruned += batch
+                if batch < ledger.PRUNE_BATCH:
+                    break
+            return pruned, time.perf_counter() - started, longest
 
         def queries(label: str) -> None:
             found: dict[str, Any] = {}
@@ -552,13 +564,13 @@ def ledger_section(args: argparse.Namespace) -> dict[str, Any]:
         measure(f"{rows_per_round:,} rows written", fill(0))
         queries("first_peak")
         timings["plans"] = query_plans(path, watch_id)
-        pruned, seconds = prune()
-        measure("pruned", seconds, pruned=pruned)
+        pruned, seconds, longest = prune()
+        measure("pruned", seconds, pruned=pruned, longest_transaction_ms=round(longest * 1000, 1))
         queries("after_prune")
         print(f"  [ledger] inserting {rows_per_round:,} more rows", file=sys.stderr, flush=True)
         measure(f"{rows_per_round:,} more rows written", fill(rows_per_round))
-        pruned, seconds = prune()
-        measure("pruned", seconds, pruned=pruned)
+        pruned, seconds, longest = prune()
+        measure("pruned", seconds, pruned=pruned, longest_transaction_ms=round(longest * 1000, 1))
         engine.dispose()
     finally:
         if not args.keep:
@@ -569,14 +581,16 @@ def ledger_section(args: argparse.Namespace) -> dict[str, Any]:
 
 def query_plans(path: Path, watch_id: str) -> dict[str, list[str]]:
     """SQLite's plan for the ledger's hourly and per-request queries (the statements ``ledger`` sends)."""
+    from dataeraid.watch import ledger
+
     statements = {
         "counts": "SELECT state, count(*) FROM watch_files WHERE watch_id = ? GROUP BY state",
         "oldest_pending": "SELECT rel, seen_at FROM watch_files WHERE watch_id = ? AND state = 'seen' "
                           "ORDER BY seen_at LIMIT 1",
         "due_seen": "SELECT * FROM watch_files WHERE watch_id = ? AND state = 'seen' AND "
                     "(retry_at IS NULL OR retry_at <= 0) ORDER BY retry_at, seen_at LIMIT 500",
-        "prune": "DELETE FROM watch_files WHERE gone_at IS NOT NULL AND gone_at < 0 AND state IN "
-                 "('uploaded', 'verified', 'cleaned', 'ignored')",
+        "prune": str(ledger.prunable(0.0, ledger.PRUNE_BATCH).compile(
+            dialect=sqlite_dialect(), compile_kwargs={"literal_binds": True})),
     }
     plans = {}
     with contextlib.closing(sqlite3.connect(path)) as conn:
@@ -589,12 +603,14 @@ def query_plans(path: Path, watch_id: str) -> dict[str, list[str]]:
 def print_ledger(report: dict[str, Any]) -> None:
     print(f"\nLedger: one watch, {report['rows_per_round']:,} files a round (99% cleaned 31-365 days ago, "
           f"1% verified and on disk); pruned at {report['forget_after_days']:.0f} days")
-    print("| step | rows | seconds | file (db) | -wal as autocheckpoint leaves it | bytes/live row | free pages |")
-    print("|---|---|---|---|---|---|---|")
+    print("| step | rows | seconds | longest transaction | file (db) | -wal as autocheckpoint leaves it "
+          "| bytes/live row | free pages |")
+    print("|---|---|---|---|---|---|---|---|")
     for s in report["steps"]:
         took = "" if s["seconds"] is None else f"{s['seconds']} s"
         pruned = f" ({s['pruned']:,} rows)" if "pruned" in s else ""
-        print(f"| {s['step']}{pruned} | {s['rows']:,} | {took} | {_mib(s['db_bytes'])} "
+        longest = f"{s['longest_transaction_ms']} ms" if "longest_transaction_ms" in s else ""
+        print(f"| {s['step']}{pruned} | {s['rows']:,} | {took} | {longest} | {_mib(s['db_bytes'])} "
               f"| {_mib(s['wal_bytes_after_passive'])} | {s['bytes_per_live_row']} | {s['freelist_pages']:,} |")
     print("\n| query (ms, median of 5) | " + " | ".join(k for k in report["query_ms"] if k != "plans") + " |")
     labels = [k for k in report["query_ms"] if k != "plans"]
