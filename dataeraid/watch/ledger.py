@@ -437,9 +437,10 @@ def retry_quarantined(conn: Connection, watch_id: str) -> int:
     ).rowcount)
 
 
-#: Rows one pruning transaction forgets at most: the store's one thread is free again between
+#: Rows one pruning transaction forgets at most (about 0.15 s of the store's one thread at a million
+#: rows, measured with tools/bench_watch.py): that thread is free again between
 #: batches, so a million old rows never hold every RPC and job for half a minute.
-PRUNE_BATCH = 5000
+PRUNE_BATCH = 1000
 
 
 def prunable(older_than: float, limit: int | None = None) -> sa.Select[Any]:
