@@ -437,8 +437,8 @@ def retry_quarantined(conn: Connection, watch_id: str) -> int:
     ).rowcount)
 
 
-#: Rows one pruning transaction forgets at most (about 0.15 s of the store's one thread at a million
-#: rows, measured with tools/bench_watch.py): that thread is free again between
+#: Rows one pruning transaction forgets at most (0.14 s of the store's one thread on average, at
+#: most 0.3 s, at a million rows: tools/bench_watch.py): that thread is free again between
 #: batches, so a million old rows never hold every RPC and job for half a minute.
 PRUNE_BATCH = 1000
 
