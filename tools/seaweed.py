@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -39,27 +40,34 @@ def _weed() -> str:
     return found
 
 
-def _free_ports(count: int) -> list[int]:
-    """``count`` distinct free loopback ports below :data:`MAX_PORT` whose +10000 is free too."""
-    held: list[socket.socket] = []
-    ports: list[int] = []
+def _ephemeral_low() -> int:
+    """The lowest port the kernel hands to outgoing connections and to ``bind(0)``."""
     try:
-        while len(ports) < count:
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-            held.append(s)
-            if port >= MAX_PORT or port in ports or port + 10000 in ports:
-                continue
-            with socket.socket() as probe:
-                try:
-                    probe.bind(("127.0.0.1", port + 10000))
-                except OSError:
-                    continue
-            ports.append(port)
-    finally:
-        for s in held:
-            s.close()
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def _free_ports(count: int) -> list[int]:
+    """``count`` distinct free loopback ports whose +10000 is free too, all below the kernel's
+    ephemeral range. A port from ``bind(0)`` is in that range, and between closing the probe
+    and ``weed`` binding it, any outgoing connection on the machine may be given it as its
+    local port ("address already in use", seen under a busy test suite); below the range,
+    only a listener that asks for that very port can take it."""
+    top = min(MAX_PORT, _ephemeral_low() - 10000)
+    rng = random.SystemRandom()
+    ports: list[int] = []
+    while len(ports) < count:
+        port = rng.randrange(10000, top)
+        if port in ports or port + 10000 in ports or port - 10000 in ports:
+            continue
+        try:
+            for candidate in (port, port + 10000):
+                with socket.socket() as probe:
+                    probe.bind(("127.0.0.1", candidate))
+        except OSError:
+            continue
+        ports.append(port)
     return ports
 
 

@@ -23,7 +23,7 @@ from stack import Stack, make_file
 from dataeraid.methods import REGISTRY
 
 #: Frames the fuzz test sends in `make test`; `make fuzz` sends more (DATAERAI_FUZZ_FRAMES).
-FUZZ_FRAMES = int(os.environ.get("DATAERAI_FUZZ_FRAMES", "10000"))
+FUZZ_FRAMES = int(os.environ.get("DATAERAI_FUZZ_FRAMES", "4000"))
 FRAMES_PER_EXAMPLE = 20
 
 
