@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench bench-watch soak fuzz fuzz-daemon fuzz-server docs dist wheelhouse venv clean
+.PHONY: demo test lint bench bench-watch soak fuzz fuzz-daemon fuzz-server docs dist wheelhouse deb venv clean
 
 venv: $(STAMP)
 
@@ -85,6 +85,12 @@ dist: $(STAMP)
 # and platform, so that a machine installs with `pip install --no-index` (docs/install.md).
 wheelhouse: $(STAMP)
 	$(BIN)/python tools/artifacts.py --wheelhouse dist
+
+# The Debian packages dataerai-transfer and dataerai-server (Debian 12 and later), into dist/:
+# each a virtual environment under /opt installed from that wheelhouse, built again first so
+# that the packages hold this checkout (tools/deb.py; docs/install.md). Needs dpkg-dev.
+deb: wheelhouse
+	$(BIN)/python tools/deb.py dist
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache dist
