@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench bench-watch soak fuzz fuzz-daemon fuzz-server docs dist wheelhouse deb venv clean
+.PHONY: demo test lint bench bench-watch soak fuzz fuzz-daemon fuzz-server docs dist wheelhouse deb check-systemd venv clean
 
 venv: $(STAMP)
 
@@ -94,3 +94,10 @@ deb: wheelhouse
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache dist
+
+# The packages and `dataerai service` under a real systemd: a Debian 12 container booted with
+# systemd-nspawn, its server unit, a lingering service account, a power cut mid-upload and the boot
+# after it, upgrade and removal, and a tool install's `service install --now` (tools/systemd_check.sh;
+# root, systemd-container and debootstrap; about 3 minutes). Its transcript is in docs/install.md.
+check-systemd: deb
+	bash tools/systemd_check.sh

@@ -85,6 +85,19 @@ USER_UNIT_DIR = "usr/lib/systemd/user"
 PACKAGED_UNIT_HEADER = "# Installed by the dataerai-transfer package; site settings go in a drop-in."
 
 _SCRIPTS = ("postinst", "prerm", "postrm")
+#: Shell written once and put into each maintainer script where it says so, as debhelper puts its
+#: snippets at ``#DEBHELPER#``: a maintainer script must stand alone (postrm runs with the package's
+#: files gone), and the same function in three files would drift.
+_SNIPPETS = {"#IN_EACH_USER_MANAGER#": TEMPLATES / "in_each_user_manager.sh"}
+
+
+def maintainer_script(text: str) -> str:
+    """``text`` with each snippet's placeholder line replaced by the snippet."""
+    for placeholder, source in _SNIPPETS.items():
+        text = text.replace(placeholder + "\n", source.read_text(encoding="utf-8"))
+    if "#IN_" in text:
+        raise RuntimeError(f"a maintainer script names a snippet that does not exist: {text}")
+    return text
 
 
 def _run(args: list[str], **options: object) -> subprocess.CompletedProcess[str]:
@@ -478,7 +491,7 @@ def control_area(work: Path, tree: Path, package: Package, build: Stamp, interpr
         installed_size=_installed_size(tree), depends=depends)
     _write(control / "control", fields)
     for script in _SCRIPTS:
-        _write(control / script, (templates / script).read_text(encoding="utf-8"), 0o755)
+        _write(control / script, maintainer_script((templates / script).read_text(encoding="utf-8")), 0o755)
     if conffiles:
         _write(control / "conffiles", "".join(f"{c}\n" for c in conffiles))
     sums = []

@@ -3,7 +3,7 @@
 ``install`` writes ``dataerai-transfer.socket`` and ``.service`` into the user's
 unit directory (``dataeraid.paths.systemd_user_dir``), the service's
 ``ExecStart`` naming the ``dataerai`` executable of the installation the
-command runs from, then reloads the user manager and enables the socket.
+command runs from, then reloads the user manager and enables both.
 ``uninstall`` disables and stops both, and removes the files ``install`` wrote:
 those whose first line is its marker (``dataeraid.systemd_units.MARKER``).
 
@@ -287,16 +287,18 @@ def service() -> None:
 
 
 @service.command("install")
-@click.option("--now", is_flag=True, help="Start the socket now as well, not only from the next login.")
+@click.option("--now", is_flag=True, help="Start the socket and the daemon now as well, not only from the next login.")
 @click.option("--force", is_flag=True, help="Replace unit files there that `dataerai service install` did not write.")
 @json_option
 def install(now: bool, force: bool, as_json: bool) -> None:
-    """Write the socket and service units, reload the user manager and enable the socket.
+    """Write the socket and service units, reload the user manager and enable both.
 
     The units go into $XDG_CONFIG_HOME/systemd/user (~/.config/systemd/user),
     mode 0600, the service's ExecStart naming the `dataerai` executable of this
     installation; then `systemctl --user daemon-reload` and `systemctl --user
-    enable [--now] dataerai-transfer.socket`. Running it again is harmless, and
+    enable [--now] dataerai-transfer.socket dataerai-transfer.service`: the
+    daemon starts at every login (at boot for an account that lingers) and goes
+    on with its queue and watches. Running it again is harmless, and
     after an upgrade or from another installation it rewrites its own units.
     Refuses unit files it did not write (unless --force), and writes nothing
     where no systemd user manager answers (error systemd_unavailable).
@@ -342,7 +344,9 @@ def install(now: bool, force: bool, as_json: bool) -> None:
     changed = (f"the unit files are in place ({', '.join(wrote)}); " if wrote else "the unit files were in place; ") \
         + "run `dataerai service install` again once that is fixed"
     run_step(systemctl, "daemon-reload", changed=changed)
-    run_step(systemctl, "enable", *(["--now"] if now else []), SOCKET_UNIT, changed=changed)
+    # The service too, not only the socket: at boot (a lingering account) or login the daemon then starts
+    # by itself and goes on with its queue and its watches, instead of waiting for a client to connect.
+    run_step(systemctl, "enable", *(["--now"] if now else []), SOCKET_UNIT, SERVICE_UNIT, changed=changed)
 
     exec_start = exec_start_of(units[SERVICE_UNIT]) or ""
     if as_json:
@@ -357,10 +361,11 @@ def install(now: bool, force: bool, as_json: bool) -> None:
     if any(a["action"] == "replaced" for a in actions):
         click.echo(f"a daemon running now keeps its old unit until `systemctl --user restart {SERVICE_UNIT}`")
     if now:
-        click.echo(f"{SOCKET_UNIT} listens now; the daemon starts on its first connection")
+        click.echo(f"{SOCKET_UNIT} listens and {SERVICE_UNIT} runs now, and both start at every login "
+                   "(at boot, for an account that lingers)")
     else:
-        click.echo(f"{SOCKET_UNIT} is enabled: it listens from your next login "
-                   f"(now: `systemctl --user start {SOCKET_UNIT}`)")
+        click.echo(f"{SOCKET_UNIT} and {SERVICE_UNIT} are enabled: they start from your next login "
+                   f"(now: `systemctl --user start {SOCKET_UNIT} {SERVICE_UNIT}`)")
 
 
 @service.command("uninstall")

@@ -178,15 +178,17 @@ PROBE = ["--user", "show", "--property=Version", "--value"]
 # --- install --------------------------------------------------------------------
 
 
-def test_install_writes_both_units_for_this_installation_and_enables_the_socket(machine: Machine) -> None:
+def test_install_writes_both_units_for_this_installation_and_enables_both(machine: Machine) -> None:
     result = answer(run(machine, "service", "install", "--json"))
 
     socket_unit, service_unit = machine.unit_dir / SOCKET_UNIT, machine.unit_dir / SERVICE_UNIT
     assert socket_unit.read_text() == MARKER + "\n" + template(SOCKET_UNIT)
     assert service_unit.read_text() == expected_service(f"{DATAERAI} daemon run")
     assert DATAERAI.is_absolute() and os.access(DATAERAI, os.X_OK)
-    assert machine.calls() == [PROBE, ["--user", "daemon-reload"], ["--user", "enable", SOCKET_UNIT]]
+    assert machine.calls() == [PROBE, ["--user", "daemon-reload"], ["--user", "enable", SOCKET_UNIT, SERVICE_UNIT]]
     assert (machine.unit_dir / "sockets.target.wants" / SOCKET_UNIT).is_symlink()
+    # Started at login (at boot when the account lingers), the daemon goes on with its queue unasked.
+    assert (machine.unit_dir / "default.target.wants" / SERVICE_UNIT).is_symlink()
     assert not machine.active.read_text()  # enabled, not started
 
     assert result["executable"] == str(DATAERAI)
@@ -211,16 +213,17 @@ def test_install_says_in_words_what_it_wrote_and_ran(machine: Machine) -> None:
         f"written {machine.unit_dir / SERVICE_UNIT}",
         f"ExecStart={DATAERAI} daemon run",
         "ran systemctl --user daemon-reload",
-        f"ran systemctl --user enable {SOCKET_UNIT}",
-        f"{SOCKET_UNIT} is enabled: it listens from your next login (now: `systemctl --user start {SOCKET_UNIT}`)",
+        f"ran systemctl --user enable {SOCKET_UNIT} {SERVICE_UNIT}",
+        f"{SOCKET_UNIT} and {SERVICE_UNIT} are enabled: they start from your next login "
+        f"(now: `systemctl --user start {SOCKET_UNIT} {SERVICE_UNIT}`)",
     ]
 
 
-def test_install_now_also_starts_the_socket(machine: Machine) -> None:
+def test_install_now_also_starts_the_socket_and_the_daemon(machine: Machine) -> None:
     result = answer(run(machine, "service", "install", "--now", "--json"))
-    assert ["--user", "enable", "--now", SOCKET_UNIT] in machine.calls()
-    assert machine.calls()[-2:] == [["--user", "daemon-reload"], ["--user", "enable", "--now", SOCKET_UNIT]]
-    assert machine.active.read_text() == SOCKET_UNIT
+    assert machine.calls()[-2:] == [["--user", "daemon-reload"],
+                                    ["--user", "enable", "--now", SOCKET_UNIT, SERVICE_UNIT]]
+    assert machine.active.read_text() == " ".join(sorted([SOCKET_UNIT, SERVICE_UNIT]))
     assert result["started"] is True
 
 
@@ -237,7 +240,7 @@ def test_a_second_install_changes_nothing_and_is_harmless(machine: Machine) -> N
         assert (now.st_ino, now.st_mtime_ns) == (was.st_ino, was.st_mtime_ns)
     # Asked whether the socket is its own (it is: active), then reloaded and enabled again, which is idempotent.
     assert machine.calls() == [PROBE, ["--user", "is-active", SOCKET_UNIT], ["--user", "daemon-reload"],
-                               ["--user", "enable", "--now", SOCKET_UNIT]]
+                               ["--user", "enable", "--now", SOCKET_UNIT, SERVICE_UNIT]]
 
 
 def test_install_rewrites_its_own_unit_of_another_installation(machine: Machine) -> None:
@@ -342,18 +345,18 @@ def test_now_is_refused_while_a_daemon_not_started_by_the_socket_serves_its_path
     assert refused["code"] == "conflict"
     assert "pid 4242" in refused["message"] and "kill 4242" in refused["message"]
     assert not machine.unit_dir.exists()
-    assert ["--user", "enable", "--now", SOCKET_UNIT] not in machine.calls()
+    assert not [call for call in machine.calls() if "enable" in call]
     answer(run(machine, "service", "install", "--json"))  # without --now: the socket starts at the next login
 
 
 def test_a_failed_enable_says_what_was_written(machine: Machine) -> None:
     refused = error(run(machine, "service", "install", "--json", mode="enable_fails"))
     assert refused["code"] == "systemd_unavailable"
-    assert "`systemctl --user enable dataerai-transfer.socket` failed: Failed to enable unit: Access denied" \
-        in refused["message"]
+    assert ("`systemctl --user enable dataerai-transfer.socket dataerai-transfer.service` failed: "
+            "Failed to enable unit: Access denied") in refused["message"]
     assert str(machine.unit_dir / SOCKET_UNIT) in refused["message"]
     assert str(machine.unit_dir / SERVICE_UNIT) in refused["message"]
-    assert refused["ran"][-1] == ["systemctl", "--user", "enable", SOCKET_UNIT]
+    assert refused["ran"][-1] == ["systemctl", "--user", "enable", SOCKET_UNIT, SERVICE_UNIT]
     assert (machine.unit_dir / SERVICE_UNIT).exists()
 
 
@@ -496,10 +499,11 @@ def test_status_shows_what_is_installed_enabled_and_active(machine: Machine) -> 
     assert socket_unit == {"name": SOCKET_UNIT, "path": str(machine.unit_dir / SOCKET_UNIT), "installed": "ours",
                            "exec_start": None, "enabled": "enabled", "active": "active"}
     assert service_unit["exec_start"] == f"{DATAERAI} daemon run"
-    assert (service_unit["enabled"], service_unit["active"]) == ("disabled", "inactive")
+    assert (service_unit["enabled"], service_unit["active"]) == ("enabled", "active")
 
     words = run(machine, "service", "status")
     assert f"{SOCKET_UNIT}: installed by dataerai service install, enabled, active" in words.stdout
+    assert f"{SERVICE_UNIT}: installed by dataerai service install, enabled, active" in words.stdout
 
 
 def test_status_without_a_user_manager_still_shows_the_files(machine: Machine) -> None:
