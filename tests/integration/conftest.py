@@ -24,11 +24,15 @@ def make_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         root = tmp_path_factory.mktemp("st", numbered=True)
         stack = Stack(root, daemon_config=daemon_config)
         stacks.append(stack)
-        stack.start_server()
-        stack.login(stack.add_user("ada@example.org", scope="write"))
         if start_daemon:
-            stack.start_daemon()
+            stack.spawn_daemon()  # it needs nothing of the server's to start: both start at once
+        stack.start_server()
+        # The token and the credentials file from this process (tests/cli covers `auth login` itself).
+        stack.sign_in(stack.add_user("ada@example.org", scope="write"), reload=False)
+        if start_daemon:
+            stack.wait_for_daemon()
             with stack.client() as client:
+                client.call("auth.reload")  # the daemon may have read no credentials yet
                 stack.project_id = client.create_project("Beamline 7").project_id  # type: ignore[attr-defined]
         return stack
 
