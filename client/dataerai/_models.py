@@ -724,7 +724,7 @@ class Event:
     """One event from the daemon's stream.
 
     ``type`` is ``job.state``, ``job.progress``, ``job.priority``,
-    ``auth.reloaded``, ``watch.state``, ``watch.file``, ``gap`` or something
+    ``auth.reloaded``, ``auth.expiring`` (its fields in ``raw``), ``watch.state``, ``watch.file``, ``gap`` or something
     newer. Fields that do not belong to the type are ``None``: ``state`` and
     ``previous_state`` for ``job.state``, ``watch.state`` (``state`` is ``None``
     once the watch was removed, ``previous_state`` for a new one) and
