@@ -19,16 +19,20 @@ HEALTH_TIMEOUT_S = 30.0
 
 
 @click.command("metrics")
+@json_option
 @click.pass_context
-def metrics(ctx: click.Context) -> None:
+def metrics(ctx: click.Context, as_json: bool) -> None:
     """Print the daemon's metrics in Prometheus' text format.
 
     The same text as the `metrics_listen` endpoint's /metrics; for node_exporter's
     textfile collector, write it to a file from cron (docs/operations.md). Does not
-    start a daemon: when none listens it exits 3.
+    start a daemon: when none listens it exits 3. With --json: {"content_type", "text"}.
     """
     with open_client(ctx, auto_start=False) as client:
         answer = as_dict(client.call("daemon.metrics"))
+    if as_json:
+        print_json(answer)
+        return
     click.echo(str(answer.get("text", "")), nl=False)
 
 

@@ -123,7 +123,8 @@ def test_metrics_health_alerts_and_expiry(make_stack: Any, tmp_path: Path) -> No
     announced = wait_for(expiring, 30, "auth.expiring")
     assert len(announced) == 1
     event = announced[0]
-    assert event.raw["threshold_days"] == 7.0 and 2.9 < event.raw["days_left"] <= 3.0, event
+    assert event.threshold_days == 7.0 and event.days_left is not None and 2.9 < event.days_left <= 3.0, event
+    assert event.expires_at is not None and abs(event.expires_at.timestamp() - (time.time() + 3 * 86400)) < 600
     expiry = samples(scrape(port))[("dataerai_auth_expiry_timestamp_seconds", ())]
     assert abs(expiry - (time.time() + 3 * 86400)) < 600
     status, line = health(stack)
