@@ -177,7 +177,7 @@ async def serve(paths: Paths, settings: Settings, notifier: Notifier) -> None:
                                      follow_redirects=False) as http:
             remote = Remote(auth, http)
             jobs = Jobs(bus)
-            tally = Tally()
+            tally = await Tally.loaded(store)  # before the scheduler: no job ends uncounted or counted twice
             jobs.add_end_listener(tally.record_job_end, tally.job_ended)
             scheduler = Scheduler(jobs, remote, auth, settings, {"upload": run_upload, "download": run_download},
                                   tally)

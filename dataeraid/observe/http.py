@@ -91,20 +91,22 @@ async def handle(stream: trio.SocketStream, exposition: Exposition, checkup: Che
         await stream.aclose()
 
 
-async def serve_metrics(host: str, port: int, exposition: Exposition, checkup: Checkup, *,
-                        task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED) -> None:
-    """Listen on ``host:port`` and serve until cancelled; ``started`` with the listeners (for their port).
+async def open_metrics_listeners(host: str, port: int) -> list[trio.SocketListener]:
+    """The endpoint's listeners; ``OSError`` (the port is taken, the address is not this machine's)."""
+    return await trio.open_tcp_listeners(port, host=host)
 
-    ``OSError`` (the port is taken, the address is not this machine's) comes out before
-    ``started``, so the daemon can refuse to start with the reason.
-    """
-    listeners = await trio.open_tcp_listeners(port, host=host)
+
+async def serve_metrics(listeners: list[trio.SocketListener], exposition: Exposition, checkup: Checkup, *,
+                        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """Serve on ``listeners`` (:func:`open_metrics_listeners`) until cancelled."""
     slots = trio.CapacityLimiter(MAX_CONNECTIONS)
 
     async def one(stream: trio.SocketStream) -> None:
         async with slots:
             await handle(stream, exposition, checkup)
 
-    _log.info("metrics endpoint listening", url=f"http://{host if ':' not in host else f'[{host}]'}:"
-              f"{listeners[0].socket.getsockname()[1]}/metrics")
-    await trio.serve_listeners(one, listeners, task_status=task_status)
+    host, port = listeners[0].socket.getsockname()[:2]
+    _log.info("metrics endpoint listening", url=f"http://{host if ':' not in host else f'[{host}]'}:{port}/metrics")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trio.serve_listeners, one, listeners)
+        task_status.started()

@@ -31,7 +31,7 @@ from dataeraid.jobs import Jobs
 from dataeraid.observe.alerts import Alert, Alerter
 from dataeraid.observe.expiry import AuthMonitor
 from dataeraid.observe.health import Facts, Health, WatchFacts, judge, size
-from dataeraid.observe.http import serve_metrics
+from dataeraid.observe.http import open_metrics_listeners, serve_metrics
 from dataeraid.observe.metrics import Snapshot, WatchSample, render
 from dataeraid.observe.settings import parse_listen
 from dataeraid.observe.tally import Tally
@@ -80,19 +80,21 @@ class Observer:
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Start everything; ``DataeraiError`` (before ``started``) when the metrics port cannot be had."""
         store = self.jobs.store
-        await self.tally.load(store)
+        if self.settings.metrics_listen:
+            # Bound before any task starts, so that its failure is one plain error for the daemon's refusal.
+            host, port = parse_listen(self.settings.metrics_listen)
+            try:
+                self.listeners = await open_metrics_listeners(host, port)
+            except OSError as exc:
+                raise DataeraiError("io_error", f"metrics_listen = {self.settings.metrics_listen!r}: cannot "
+                                                f"listen there ({exc.strerror or exc})") from exc
         async with trio.open_nursery() as nursery:
             await nursery.start(self.tally.serve, store)
             await nursery.start(self.alerter.serve, self.bus)
             await nursery.start(self.monitor.serve)
             nursery.start_soon(self._watch_disks)
-            if self.settings.metrics_listen:
-                host, port = parse_listen(self.settings.metrics_listen)
-                try:
-                    self.listeners = await nursery.start(serve_metrics, host, port, self.exposition, self.health)
-                except OSError as exc:
-                    raise DataeraiError("io_error", f"metrics_listen = {self.settings.metrics_listen!r}: cannot "
-                                                    f"listen there ({exc.strerror or exc})") from exc
+            if self.listeners:
+                await nursery.start(serve_metrics, self.listeners, self.exposition, self.health)
             task_status.started()
 
     # --- what is read ----------------------------------------------------------------

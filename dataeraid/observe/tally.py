@@ -129,11 +129,12 @@ class Tally:
         rows = conn.execute(sa.select(schema.counters)).mappings()
         return {(r["name"], tuple(json.loads(r["labels"]))): float(r["value"]) for r in rows}
 
-    async def load(self, store: Any) -> None:
-        """The totals as the table holds them (call once, before counting starts)."""
-        stored = await store.transaction(self.read)
-        for key, value in stored.items():
-            self._totals[key] = self._totals.get(key, 0) + value
+    @classmethod
+    async def loaded(cls, store: Any) -> Tally:
+        """A tally that goes on from the totals the table holds: made before any job can end."""
+        tally = cls()
+        tally._totals = await store.transaction(cls.read)
+        return tally
 
     async def flush(self, store: Any) -> None:
         """Write what was counted since the last flush, in one transaction."""

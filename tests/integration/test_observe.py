@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -136,4 +136,19 @@ def test_metrics_health_alerts_and_expiry(make_stack: Any, tmp_path: Path) -> No
     stack.start_daemon()
     wait_for(lambda: samples(scrape(port)).get(("dataerai_auth_expiry_timestamp_seconds", ())), 30, "the expiry")
     assert len(expiring()) == 1
-    assert os.environ.get("DATAERAI_SOCKET") != str(stack.socket_path)
+
+    # A metrics port that is taken stops the start with the reason (exit 78), rather than a daemon
+    # that silently serves no metrics.
+    stack.stop_daemon()
+    with socket.socket() as taken:
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past the scrapes' TIME_WAIT
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        try:
+            stack.start_daemon(timeout=30)
+        except RuntimeError as exc:
+            assert "exited with 78" in str(exc)
+        else:
+            raise AssertionError("the daemon started without its metrics port")
+    log = (stack.root / "daemon.log").read_text()
+    assert f"metrics_listen = '127.0.0.1:{port}': cannot listen there" in log

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from dataeraid.config import Settings
 from dataeraid.observe import catalogue
 from dataeraid.observe.health import Health, Reason
-from dataeraid.observe.http import serve_metrics
+from dataeraid.observe.http import open_metrics_listeners, serve_metrics
 from dataeraid.observe.settings import OBSERVE_BOUNDS, parse_listen
 
 DOCS = Path(__file__).resolve().parents[3] / "docs"
@@ -29,7 +29,8 @@ async def test_endpoint_answers() -> None:
         return Health("failing", (Reason("failing", "auth_required", "not logged in"),))
 
     async with trio.open_nursery() as nursery:
-        listeners = await nursery.start(serve_metrics, "127.0.0.1", 0, exposition, checkup)
+        listeners = await open_metrics_listeners("127.0.0.1", 0)
+        await nursery.start(serve_metrics, listeners, exposition, checkup)
         port = listeners[0].socket.getsockname()[1]
 
         def ask() -> list[tuple[int, str]]:

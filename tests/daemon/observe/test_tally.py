@@ -20,8 +20,7 @@ async def test_counts_survive_a_new_tally_on_the_same_queue(tmp_path: Path) -> N
     bus = EventBus(store)
     await bus.start()
     jobs = Jobs(bus)
-    tally = Tally()
-    await tally.load(store)
+    tally = await Tally.loaded(store)
     jobs.add_end_listener(tally.record_job_end, tally.job_ended)
     row = {"job_id": "job_000000000000000000000001", "kind": "download", "params": {}, "chunk_size": 1 << 20,
            "client": "t"}
@@ -47,8 +46,7 @@ async def test_counts_survive_a_new_tally_on_the_same_queue(tmp_path: Path) -> N
     await tally.flush(store)
     await tally.flush(store)  # nothing new: nothing doubled
 
-    again = Tally()
-    await again.load(store)
+    again = await Tally.loaded(store)
     for metric in catalogue.COUNTERS:
         assert list(again.values(metric)) == list(tally.values(metric)), metric.name
     assert dict(again.values(catalogue.TRANSFER_BYTES)) == {("download",): 1024.0}
