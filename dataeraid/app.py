@@ -6,6 +6,7 @@
          ├─ event bus               ids continue after the last run
          ├─ scheduler.serve         requeues interrupted jobs, then runs jobs
          ├─ watches.serve           one task per watch folder (dataeraid.watch)
+         ├─ observer.serve          counters, token expiry, alerts, the metrics port (dataeraid.observe)
          ├─ rpc.serve               the socket listens
          ├─ READY=1                 only now: migrated and listening
          ├─ watchdog, status        systemd pings and a STATUS= summary
@@ -47,6 +48,8 @@ from dataeraid.instance import AlreadyServed, Holder, lock_queue, lock_socket
 from dataeraid.jobs import Jobs
 from dataeraid.methods import REGISTRY, Call, Services
 from dataeraid.notify import Notifier
+from dataeraid.observe.service import Observer
+from dataeraid.observe.tally import Tally
 from dataeraid.paths import Paths
 from dataeraid.remote import USER_AGENT, Remote, tune_http_reads
 from dataeraid.rpc import check_private_directory, open_listener
@@ -174,13 +177,22 @@ async def serve(paths: Paths, settings: Settings, notifier: Notifier) -> None:
                                      follow_redirects=False) as http:
             remote = Remote(auth, http)
             jobs = Jobs(bus)
-            scheduler = Scheduler(jobs, remote, auth, settings, {"upload": run_upload, "download": run_download})
+            tally = await Tally.loaded(store)  # before the scheduler: no job ends uncounted or counted twice
+            jobs.add_end_listener(tally.record_job_end, tally.job_ended)
+            scheduler = Scheduler(jobs, remote, auth, settings, {"upload": run_upload, "download": run_download},
+                                  tally)
             watches = WatchManager(jobs, remote, settings)
-            services = Services(jobs, bus, scheduler, remote, auth, settings, watches)
+            observer = Observer(jobs=jobs, bus=bus, scheduler=scheduler, watches=watches, auth=auth, remote=remote,
+                                settings=settings, state_dir=paths.state_dir, tally=tally)
+            services = Services(jobs, bus, scheduler, remote, auth, settings, watches, observer)
             async with trio.open_nursery() as nursery:
                 with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                     await nursery.start(scheduler.serve)
                     await nursery.start(watches.serve)
+                    try:
+                        await nursery.start(observer.serve)
+                    except DataeraiError as exc:
+                        raise StartRefused.of(exc) from exc
                     try:
                         listener = await open_listener(paths.socket)
                     except DataeraiError as exc:

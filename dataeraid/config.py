@@ -26,6 +26,8 @@ from typing import Any
 
 from dataerai.contract import DEFAULT_PART_SIZE, MAX_PART_SIZE, MIN_PART_SIZE
 
+from dataeraid.observe.settings import ALERT_KINDS, AUTH_WARN_DAYS, HEALTH_DEFAULTS, OBSERVE_BOUNDS
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
@@ -47,12 +49,18 @@ _BOUNDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "upload_order": (lambda v: v in ("auto", "always", "never"), "'auto', 'always' or 'never'"),
     "watch_retry_base_s": (lambda v: v > 0, "more than 0"),
     "watch_max_attempts": (lambda v: v >= 1, "at least 1"),
+    **OBSERVE_BOUNDS,
 }
-_TYPE_WORDS = {"int": "an integer", "float": "a number", "str": "a string"}
+_TYPE_WORDS = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false",
+               "tuple[str, ...]": "an array of strings", "tuple[float, ...]": "an array of numbers"}
 
 
 def _typed(name: str, kind: str, value: Any) -> Any:
     """``value`` as the setting's type (an integer is a number too); ValueError naming the setting if it is not."""
+    if kind.startswith("tuple[") and kind.endswith(", ...]"):
+        if not isinstance(value, list):
+            raise ValueError(f"{name} must be {_TYPE_WORDS[kind]}, not {value!r}")
+        return tuple(_typed(name, kind[len("tuple["):-len(", ...]")], item) for item in value)
     if kind == "float" and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if type(value).__name__ != kind:
@@ -74,6 +82,23 @@ class Settings:
     upload_order: str = "auto"
     watch_retry_base_s: float = 30.0
     watch_max_attempts: int = 5
+    # Seeing and being told (dataeraid/observe: the defaults and the rules are there).
+    metrics_listen: str = ""
+    health_watch_lag_s: float = HEALTH_DEFAULTS.watch_lag_s
+    health_watch_lag_failing_s: float = HEALTH_DEFAULTS.watch_lag_failing_s
+    health_quarantined_files: int = HEALTH_DEFAULTS.quarantined_files
+    health_failed_jobs: int = HEALTH_DEFAULTS.failed_jobs
+    health_failed_window_s: float = HEALTH_DEFAULTS.failed_window_s
+    health_auth_expiry_days: float = HEALTH_DEFAULTS.auth_expiry_days
+    health_min_free_bytes: int = HEALTH_DEFAULTS.min_free_bytes
+    health_unreachable_s: float = HEALTH_DEFAULTS.unreachable_s
+    auth_warn_days: tuple[float, ...] = AUTH_WARN_DAYS
+    alert_command: tuple[str, ...] = ()
+    alert_on: tuple[str, ...] = ALERT_KINDS
+    alert_dedup_s: float = 3600.0
+    alert_max_per_hour: int = 10
+    alert_timeout_s: float = 30.0
+    desktop_notifications: bool = False
 
     def __post_init__(self) -> None:
         for name, (ok, words) in _BOUNDS.items():

@@ -32,6 +32,7 @@ from dataeraid.auth import Auth
 from dataeraid.config import Settings
 from dataeraid.errors import DataeraiError, first_error
 from dataeraid.jobs import Jobs
+from dataeraid.observe.tally import Tally
 from dataeraid.remote import Remote
 from dataeraid.store import Row
 from dataeraid.transfer import FairBandwidth, JobContext
@@ -73,8 +74,9 @@ def pick(queued: Sequence[Row], running_per_client: Mapping[str, int], last_star
 
 class Scheduler:
     def __init__(self, jobs: Jobs, remote: Remote, auth: Auth, settings: Settings,
-                 engines: Mapping[str, Engine]) -> None:
+                 engines: Mapping[str, Engine], tally: Tally | None = None) -> None:
         self._jobs = jobs
+        self._tally = tally
         self._remote = remote
         self._auth = auth
         self._settings = settings
@@ -84,6 +86,11 @@ class Scheduler:
         self._last_start: dict[str, int] = {}
         self._ticks = itertools.count(1)
         self._bandwidth = FairBandwidth(settings.bandwidth_limit_bps)
+
+    @property
+    def bandwidth(self) -> FairBandwidth:
+        """The daemon-wide limit (its ``rate`` is the limit in force now)."""
+        return self._bandwidth
 
     @property
     def running(self) -> frozenset[str]:
@@ -120,7 +127,8 @@ class Scheduler:
     async def _run(self, row: Row, scope: trio.CancelScope) -> None:
         job_id: str = row["job_id"]
         client: str = row["client"]
-        ctx = JobContext(row, self._jobs, self._remote, self._auth, self._settings, self._bandwidth.join(client))
+        ctx = JobContext(row, self._jobs, self._remote, self._auth, self._settings, self._bandwidth.join(client),
+                         self._tally)
         try:
             with scope:
                 try:

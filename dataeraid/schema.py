@@ -161,3 +161,13 @@ watch_files = sa.Table(
     # Pruning's seek: only rows whose file went carry gone_at (ledger.prune).
     sa.Index("ix_watch_files_gone", "gone_at", sqlite_where=sa.text("gone_at IS NOT NULL")),
 )
+
+# The metrics' counters (dataeraid/observe/tally.py): one row per metric and label values
+# (a JSON array, in the catalogue's label order), so that totals go on across restarts.
+counters = sa.Table(
+    "counters",
+    metadata,
+    sa.Column("name", sa.String(128), primary_key=True),
+    sa.Column("labels", sa.Text, primary_key=True),
+    sa.Column("value", sa.Float, nullable=False),
+)

@@ -31,6 +31,7 @@ from dataeraid.auth import Auth
 from dataeraid.config import Settings
 from dataeraid.errors import AuthProblem, DataeraiError, TransientError, leaves
 from dataeraid.jobs import WAITING, Jobs
+from dataeraid.observe.tally import Tally
 from dataeraid.redact import origin, redact
 from dataeraid.remote import Remote
 from dataeraid.store import Row
@@ -278,9 +279,11 @@ class Turn:
 
 class JobContext:
     def __init__(self, job: Row, jobs: Jobs, remote: Remote, auth: Auth, settings: Settings,
-                 bandwidth: Spender) -> None:
+                 bandwidth: Spender, tally: Tally | None = None) -> None:
         self.job = job
-        self.bandwidth = bandwidth
+        #: Counts what it moves and retries (the metrics), when the daemon gave one.
+        self.tally = tally or Tally()
+        self.bandwidth = self.tally.counting(bandwidth, job["kind"])
         self.job_id: str = job["job_id"]
         self.jobs = jobs
         self.store = jobs.store
@@ -368,6 +371,7 @@ class JobContext:
                 self._check_deadline(exc)
                 delay = backoff_delay(attempt, self.settings, exc.retry_after, self._rng)
                 attempt += 1
+                self.tally.retried(self.job["kind"], exc.code)
                 self.log.warning("retrying", what=what, error=redact(str(exc)), attempt=attempt,
                                  delay_s=round(delay, 2))
                 mine = object()

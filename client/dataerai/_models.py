@@ -724,7 +724,7 @@ class Event:
     """One event from the daemon's stream.
 
     ``type`` is ``job.state``, ``job.progress``, ``job.priority``,
-    ``auth.reloaded``, ``watch.state``, ``watch.file``, ``gap`` or something
+    ``auth.reloaded``, ``auth.expiring``, ``watch.state``, ``watch.file``, ``gap`` or something
     newer. Fields that do not belong to the type are ``None``: ``state`` and
     ``previous_state`` for ``job.state``, ``watch.state`` (``state`` is ``None``
     once the watch was removed, ``previous_state`` for a new one) and
@@ -733,7 +733,9 @@ class Event:
     ``None`` once removed) for ``watch.state``; ``watch_id``, ``path`` and
     ``file`` for ``watch.file``; ``missed_from``/``missed_to`` for ``gap`` (the
     ids this subscriber missed, inclusive; replay durable ones with
-    ``since=missed_from - 1``). ``time`` is when it happened.
+    ``since=missed_from - 1``); ``expires_at``, ``days_left`` and
+    ``threshold_days`` for ``auth.expiring`` (the token expires within
+    ``threshold_days``). ``time`` is when it happened.
     """
 
     id: int
@@ -751,6 +753,9 @@ class Event:
     path: str | None = None
     watch: Watch | None = None
     file: WatchFile | None = None
+    expires_at: datetime | None = None
+    days_left: float | None = None
+    threshold_days: float | None = None
 
     @property
     def is_gap(self) -> bool:
@@ -783,4 +788,7 @@ class Event:
             path=_opt_str(d.get("path")) if type_ == "watch.file" else None,
             watch=Watch.from_wire(watch) if type_ == "watch.state" and isinstance(watch, dict) else None,
             file=WatchFile.from_wire(file) if type_ == "watch.file" and isinstance(file, dict) else None,
+            expires_at=_time(d.get("expires_at")) if type_ == "auth.expiring" else None,
+            days_left=_opt_float(d.get("days_left")) if type_ == "auth.expiring" else None,
+            threshold_days=_opt_float(d.get("threshold_days")) if type_ == "auth.expiring" else None,
         )

@@ -82,10 +82,12 @@ WAITING_JOB_STATES: Final[frozenset[str]] = frozenset({"waiting_for_network", "w
 #: States a job is in only while a daemon works on it; after a crash they mean "queued".
 ACTIVE_JOB_STATES: Final[tuple[JobState, ...]] = ("running", "waiting_for_network", "waiting_for_auth")
 
-EventType = Literal["job.state", "job.progress", "job.priority", "auth.reloaded", "watch.state", "watch.file", "gap"]
+EventType = Literal[
+    "job.state", "job.progress", "job.priority", "auth.reloaded", "auth.expiring", "watch.state", "watch.file", "gap",
+]
 #: Every event type the daemon emits; a subscriber may filter by them (``gap`` always comes through).
 EVENT_TYPES: Final[tuple[EventType, ...]] = (
-    "job.state", "job.progress", "job.priority", "auth.reloaded", "watch.state", "watch.file", "gap",
+    "job.state", "job.progress", "job.priority", "auth.reloaded", "auth.expiring", "watch.state", "watch.file", "gap",
 )
 
 # --- watch folders (docs/watch.md) ------------------------------------------
@@ -351,6 +353,17 @@ class AuthReloadedEvent(_EventBase):
     waiting_jobs: list[str]
 
 
+class AuthExpiringEvent(_EventBase):
+    """Durable: the token expires within ``threshold_days`` (one of the daemon's ``auth_warn_days``);
+    emitted once per threshold and token, ``days_left`` as it was then."""
+
+    type: Literal["auth.expiring"]
+    server_url: str
+    expires_at: str
+    days_left: float
+    threshold_days: float
+
+
 class GapEvent(_EventBase):
     """This subscriber missed the events with ids ``missed_from`` to ``missed_to`` (inclusive)."""
 
@@ -442,8 +455,8 @@ class WatchFileEvent(_EventBase):
 
 
 AnyEvent = (
-    JobStateEvent | JobPriorityEvent | JobProgressEvent | AuthReloadedEvent | WatchStateEvent | WatchFileEvent
-    | GapEvent
+    JobStateEvent | JobPriorityEvent | JobProgressEvent | AuthReloadedEvent | AuthExpiringEvent | WatchStateEvent
+    | WatchFileEvent | GapEvent
 )
 
 #: Each event type's payload keys besides ``id``, ``type`` and ``time``: the daemon emits
@@ -453,6 +466,7 @@ EVENT_FIELDS: Final[Mapping[str, tuple[str, ...]]] = {
     "job.priority": tuple(k for k in JobPriorityEvent.__annotations__ if k not in ("id", "time", "type")),
     "job.progress": tuple(k for k in JobProgressEvent.__annotations__ if k not in ("id", "time", "type")),
     "auth.reloaded": tuple(k for k in AuthReloadedEvent.__annotations__ if k not in ("id", "time", "type")),
+    "auth.expiring": tuple(k for k in AuthExpiringEvent.__annotations__ if k not in ("id", "time", "type")),
     "watch.state": tuple(k for k in WatchStateEvent.__annotations__ if k not in ("id", "time", "type")),
     "watch.file": tuple(k for k in WatchFileEvent.__annotations__ if k not in ("id", "time", "type")),
     "gap": tuple(k for k in GapEvent.__annotations__ if k not in ("id", "time", "type")),

@@ -10,6 +10,7 @@ import click
 
 from ._context import open_client, settings
 from ._errors import Failure
+from ._observe import health
 from ._output import as_dict, json_option, print_json
 
 
@@ -102,3 +103,6 @@ def quarantine_queue(ctx: click.Context, as_json: bool) -> None:
     for source, target in moved:
         click.echo(f"moved {source} to {target}")
     click.echo("the daemon starts on a new, empty queue; the old one is kept there for inspection")
+
+
+daemon.add_command(health)

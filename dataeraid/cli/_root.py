@@ -19,6 +19,7 @@ from ._daemon import daemon
 from ._errors import Failure, failure_from, report
 from ._events import events
 from ._jobs import jobs
+from ._observe import metrics
 from ._output import json_requested
 from ._project import project
 from ._service import service
@@ -85,6 +86,7 @@ cli.add_command(collection)
 cli.add_command(watch)
 cli.add_command(status)
 cli.add_command(service)
+cli.add_command(metrics)
 
 
 def main() -> None:

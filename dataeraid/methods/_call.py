@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from dataeraid.auth import Auth
 from dataeraid.config import Settings
@@ -15,6 +15,9 @@ from dataeraid.remote import Remote
 from dataeraid.rpc import Connection
 from dataeraid.scheduler import Scheduler
 from dataeraid.watch.manager import WatchManager
+
+if TYPE_CHECKING:
+    from dataeraid.observe.service import Observer
 
 T = TypeVar("T")
 
@@ -31,6 +34,8 @@ class Services:
     auth: Auth
     settings: Settings
     watches: WatchManager
+    #: Metrics, health, the token's expiry, alerts (dataeraid.observe).
+    observer: Observer | None = None
 
 
 @dataclass(frozen=True)
