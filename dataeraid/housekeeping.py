@@ -27,8 +27,6 @@ from dataeraid.jobs import Jobs
 
 _log = log.get("dataeraid.housekeeping")
 
-#: Seconds between rounds; the first runs at start.
-INTERVAL_S = 3600.0
 DAY_S = 86400.0
 
 
@@ -56,10 +54,11 @@ async def tidy(jobs: Jobs, settings: Settings, now: float | None = None) -> Roun
 
 
 async def serve_housekeeping(jobs: Jobs, settings: Settings) -> None:
-    """At start and then every ``INTERVAL_S``: a round of :func:`tidy`, logged when it did something."""
+    """At start and then every ``housekeeping_interval_s``: a round of :func:`tidy`, logged when it did
+    something (so a daemon whose queue is tidy says nothing)."""
     while True:
         done = await tidy(jobs, settings)
         if done.events_pruned or done.jobs_pruned or done.pages_freed:
             _log.info("housekeeping", events_pruned=done.events_pruned, jobs_pruned=done.jobs_pruned,
                       events_kept=done.events_kept, pages_freed=done.pages_freed, queue_bytes=done.file_bytes)
-        await trio.sleep(INTERVAL_S)
+        await trio.sleep(settings.housekeeping_interval_s)
