@@ -32,6 +32,9 @@ TRIGGERS = {
 def upgrade() -> None:
     op.add_column("jobs", sa.Column("acknowledged_at", sa.Float))
     # Pruning's seek: only finished jobs whose end a client saw carry acknowledged_at.
+    # Nothing recorded who saw a job end before this revision: a job that ended before the upgrade
+    # counts as seen when it ended, so an upgraded queue sheds its old finished jobs like a new one.
+    op.execute("UPDATE jobs SET acknowledged_at = updated_at WHERE state IN ('completed', 'failed', 'cancelled')")
     op.create_index("ix_jobs_acknowledged", "jobs", ["acknowledged_at"],
                     sqlite_where=sa.text("acknowledged_at IS NOT NULL"))
     op.create_table(

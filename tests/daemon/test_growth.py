@@ -210,3 +210,31 @@ def test_a_queue_on_a_network_filesystem_is_warned_about(tmp_path: Path, fs_type
     assert len(lines) == int(warned)
     if warned:
         assert "XDG_STATE_HOME" in lines[0]["event"] and lines[0]["filesystem"] == fs_type
+
+
+def test_an_upgraded_queue_counts_old_ends_as_seen_and_its_watch_files(tmp_path: Path) -> None:
+    from alembic import command
+
+    from dataeraid.store import _alembic_config
+
+    engine = create_queue_engine(tmp_path / "queue.sqlite3")
+    config = _alembic_config()
+    with engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, "0005")
+        for n, state in enumerate(("completed", "failed", "running")):
+            conn.exec_driver_sql(
+                "INSERT INTO jobs (job_id, kind, state, seq, created_at, updated_at, params, chunk_size) "
+                f"VALUES ('job_{n}', 'upload', '{state}', {n}, 1.0, {10.0 + n}, '{{}}', 1)")
+        conn.exec_driver_sql("INSERT INTO watches (watch_id, root, params, created_at, updated_at) "
+                             "VALUES ('wat_1', '/d', '{}', 0, 0)")
+        for n, state in enumerate(("seen", "seen", "cleaned")):
+            conn.exec_driver_sql("INSERT INTO watch_files (watch_id, rel, state, seen_at, updated_at) "
+                                 f"VALUES ('wat_1', 'f{n}', '{state}', 0, 0)")
+    migrate(engine)
+    with engine.connect() as conn:
+        seen = dict(conn.exec_driver_sql("SELECT job_id, acknowledged_at FROM jobs").all())
+        counts = dict(conn.exec_driver_sql("SELECT state, n FROM watch_file_counts").all())
+    engine.dispose()
+    assert seen == {"job_0": 10.0, "job_1": 11.0, "job_2": None}
+    assert counts == {"seen": 2, "cleaned": 1}
