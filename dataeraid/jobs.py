@@ -123,7 +123,7 @@ def not_found(conn: Connection, job_id: str) -> DataeraiError:
     """
     pruned_before = float(Store.read_setting(conn, PRUNED_BEFORE_KEY) or 0)
     made = _id_time(job_id)
-    if made is not None and made <= pruned_before:
+    if pruned_before and made is not None and made <= pruned_before:
         return DataeraiError(
             "not_found", f"no job {job_id}: it is older than jobs this daemon has pruned (a finished job is "
             "deleted job_retention_days after a client saw its end), so it most likely ended and was pruned",

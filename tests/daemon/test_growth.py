@@ -71,6 +71,10 @@ async def test_a_pruned_job_is_not_found_and_says_it_was_pruned(jobs: Jobs) -> N
     job_id = (await jobs.create(_row()))["job_id"]
     await _finish(jobs, job_id)
     await jobs.get(job_id)
+    # Before any prune, even the oldest id possible is simply not found.
+    with pytest.raises(DataeraiError) as info:
+        await jobs.get("job_" + "0" * 24)
+    assert info.value.message == f"no job job_{'0' * 24}"
     await tidy(jobs, SETTINGS, time.time() + 31 * DAY_S)
     with pytest.raises(DataeraiError) as info:
         await jobs.get(job_id)
