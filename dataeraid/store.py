@@ -76,7 +76,7 @@ PRUNE_BATCH = 1000
 #: pages): each step is a short transaction, so a big prune's pages go back without holding the thread.
 VACUUM_STEP_PAGES = 1024
 #: An existing queue without incremental vacuum is converted (one ``VACUUM``) at start when it holds at
-#: most this many bytes of live pages: a VACUUM copies only live pages, about 40 MiB/s here, so a few
+#: most this many bytes of live pages: a VACUUM copies only live pages, about 60 MiB/s here, so a few
 #: seconds. A bigger one waits, with a warning each start, until pruning brought it under.
 VACUUM_AT_START_MAX = 256 << 20
 
