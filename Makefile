@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench bench-watch soak fuzz fuzz-daemon fuzz-server docs dist wheelhouse deb check-systemd venv clean
+.PHONY: demo test lint bench bench-watch bench-queue soak soak-long fuzz fuzz-daemon fuzz-server docs dist wheelhouse deb check-systemd venv clean
 
 venv: $(STAMP)
 
@@ -50,12 +50,26 @@ bench: $(BENCH_STAMP)
 bench-watch: $(STAMP)
 	$(BIN)/python tools/bench_watch.py $(BENCH_WATCH_ARGS)
 
+# The queue database over a million jobs created, completed and pruned (the real Store and Jobs,
+# no daemon process; about 25 minutes), a watch's file counts at a million rows, and the one-time
+# conversion of an older queue to incremental vacuum (tools/bench_queue.py; docs/benchmarks.md).
+# BENCH_QUEUE_ARGS="--section churn|counts|convert --jobs N --keep-batches K --json".
+bench-queue: $(STAMP)
+	$(BIN)/python tools/bench_queue.py $(BENCH_QUEUE_ARGS)
+
 # Transfers, and writers feeding watch folders, through a real stack while the daemon, the
 # server and the network fail on purpose; then a check that every byte arrived once and no
 # half-written file was taken (tools/soak.py; about 3 minutes).
 # SOAK_ARGS="--scenario transfers|watch|all --duration 600 --seed N".
 soak: $(STAMP)
 	$(BIN)/python tools/soak.py $(SOAK_ARGS)
+
+# An hour of a watch fed small and large files without pause while a few faults happen, the
+# daemon's RSS, descriptors, queue database and log sampled every minute and their slopes fitted
+# after a warm-up (tools/soak_long.py; docs/reliability.md). Not run by CI. Writes samples.csv,
+# report.json and soak-long.png to soak-long-<time>/. SOAK_LONG_ARGS="--duration 300 --sample 10".
+soak-long: $(BENCH_STAMP)
+	$(BIN)/python tools/soak_long.py $(SOAK_LONG_ARGS)
 
 # Property-based fuzzing of both edges, longer than `make test` runs them.
 fuzz: fuzz-daemon fuzz-server

@@ -10,7 +10,7 @@
          ├─ rpc.serve               the socket listens
          ├─ READY=1                 only now: migrated and listening
          ├─ watchdog, status        systemd pings and a STATUS= summary
-         ├─ housekeeping            prunes stored events past their retention
+         ├─ housekeeping            prunes old events and finished jobs, vacuums
          └─ signals                 SIGTERM/SIGINT: STOPPING=1, cancel the tree
 
 Stopping cancels the tree: running jobs are interrupted between checkpoints and
@@ -31,7 +31,6 @@ import os
 import signal
 import socket
 import sys
-import time
 from functools import partial
 from pathlib import Path
 
@@ -44,6 +43,7 @@ from dataeraid.config import Settings
 from dataeraid.download import run_download
 from dataeraid.errors import DataeraiError
 from dataeraid.events import EventBus
+from dataeraid.housekeeping import serve_housekeeping
 from dataeraid.instance import AlreadyServed, Holder, lock_queue, lock_socket
 from dataeraid.jobs import Jobs
 from dataeraid.methods import REGISTRY, Call, Services
@@ -144,12 +144,8 @@ def _claim(paths: Paths, held: contextlib.ExitStack) -> None:
 
 
 async def _housekeeping(jobs: Jobs, settings: Settings) -> None:
-    """Once an hour: forget old stored events, so a daemon that runs for months stays small."""
-    while True:
-        pruned = await jobs.store.prune_events(time.time() - settings.event_retention_days * 86400)
-        if pruned:
-            _log.info("pruned old events", count=pruned)
-        await trio.sleep(3600)
+    """Once an hour: old events and finished jobs pruned, their space given back (dataeraid.housekeeping)."""
+    await serve_housekeeping(jobs, settings)
 
 
 async def _status_loop(jobs: Jobs, notifier: Notifier) -> None:

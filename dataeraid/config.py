@@ -10,6 +10,8 @@ retry_cap_s = 30.0          # longest backoff between attempts
 progress_interval_s = 0.25  # at most this often a progress event per job
 bandwidth_limit_bps = 0     # bytes per second over all transfers; 0 is no limit
 event_retention_days = 30   # stored events older than this are pruned (replay reaches back this far)
+job_retention_days = 30     # a finished job is pruned this long after a client saw its end (docs/job-states.md)
+housekeeping_interval_s = 3600.0  # pruning and vacuuming of the queue this often (and at start)
 upload_order = "auto"       # "auto", "always", "never": part bodies one after the other (docs/configuration.md)
 watch_retry_base_s = 30.0   # a failed watched file waits this, then 4x, 20x, 60x it (30 s, 2, 10, 30 min)
 watch_max_attempts = 5      # failed uploads of one version of a watched file before it is quarantined
@@ -46,6 +48,8 @@ _BOUNDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "io_block_size": (lambda v: v >= 4096, "at least 4096 bytes"),
     "bandwidth_limit_bps": (lambda v: v >= 0, "0 (no limit) or more"),
     "event_retention_days": (lambda v: v > 0, "more than 0"),
+    "job_retention_days": (lambda v: v > 0, "more than 0"),
+    "housekeeping_interval_s": (lambda v: v >= 1, "at least 1"),
     "upload_order": (lambda v: v in ("auto", "always", "never"), "'auto', 'always' or 'never'"),
     "watch_retry_base_s": (lambda v: v > 0, "more than 0"),
     "watch_max_attempts": (lambda v: v >= 1, "at least 1"),
@@ -79,6 +83,8 @@ class Settings:
     io_block_size: int = 1024 * 1024
     bandwidth_limit_bps: int = 0
     event_retention_days: float = 30.0
+    job_retention_days: float = 30.0
+    housekeeping_interval_s: float = 3600.0
     upload_order: str = "auto"
     watch_retry_base_s: float = 30.0
     watch_max_attempts: int = 5

@@ -184,6 +184,10 @@ class EventBus:
         self._fan_out(event)
         return True
 
+    def followed_jobs(self) -> frozenset[str]:
+        """The jobs some subscriber names in its filter (``job.wait``, the SDK waiting): never pruned."""
+        return frozenset(job for sub in self._subscribers if sub._jobs for job in sub._jobs)
+
     def _fan_out(self, event: Event) -> None:
         for subscriber in list(self._subscribers):
             subscriber.offer(event)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import sqlalchemy as sa
@@ -28,7 +29,7 @@ from dataeraid import schema
 from dataeraid.errors import DataeraiError
 from dataeraid.events import Emit, EventBus
 from dataeraid.redact import redact
-from dataeraid.store import INTERRUPTIBLE_STATES, Row, Store
+from dataeraid.store import INTERRUPTIBLE_STATES, PRUNE_BATCH, PRUNED_BEFORE_KEY, Row, Store
 
 TERMINAL = TERMINAL_JOB_STATES
 #: States in which a job waits for something outside it, with a reason (the job's ``waiting``).
@@ -104,6 +105,38 @@ def to_wire(row: Row, bytes_done: int, chunks_done: int, retry_at: float | None 
         "error": error,
         "waiting": waiting,
     }
+
+
+def _id_time(job_id: str) -> float | None:
+    """When a job id was made (``contract.new_job_id``: its first 12 hex digits are Unix milliseconds)."""
+    try:
+        return int(job_id[4:16], 16) / 1000
+    except ValueError:
+        return None
+
+
+def not_found(conn: Connection, job_id: str) -> DataeraiError:
+    """``not_found`` for ``job_id``, saying so when it is as old as the finished jobs pruned already.
+
+    Pruning records the newest ``created_at`` it deleted (``Store.prune_jobs_batch``); an id made
+    before that is most likely one of them (ids are time-ordered): one settings read, no tombstones.
+    """
+    pruned_before = float(Store.read_setting(conn, PRUNED_BEFORE_KEY) or 0)
+    made = _id_time(job_id)
+    if pruned_before and made is not None and made <= pruned_before:
+        return DataeraiError(
+            "not_found", f"no job {job_id}: it is older than jobs this daemon has pruned (a finished job is "
+            "deleted job_retention_days after a client saw its end), so it most likely ended and was pruned",
+            pruned=True)
+    return DataeraiError("not_found", f"no job {job_id}")
+
+
+def acknowledge(conn: Connection, rows: Sequence[Row]) -> None:
+    """A client saw these jobs (those of them in a final state) end: pruning may count from now."""
+    ended = [r["job_id"] for r in rows if r["state"] in TERMINAL and r.get("acknowledged_at") is None]
+    for start in range(0, len(ended), 500):
+        conn.execute(schema.jobs.update().where(schema.jobs.c.job_id.in_(ended[start:start + 500]))
+                     .values(acknowledged_at=time.time()))
 
 
 def _checkpoint_totals(conn: Connection, job_id: str) -> tuple[int, int]:
@@ -218,13 +251,15 @@ class Jobs:
         def write(conn: Connection, emit: Emit) -> dict[str, Any]:
             row = Store.fetch_job(conn, job_id)
             if row is None:
-                raise DataeraiError("not_found", f"no job {job_id}")
+                raise not_found(conn, job_id)
             current = row["state"]
             allowed = TRANSITIONS[current] if only_from is None or current in only_from else frozenset()
             if to not in allowed:
                 raise DataeraiError("conflict", f"job {job_id} is {current}; it cannot become {to}", state=current)
             changes = dict(fields or {})
             changes["state"] = to
+            # Seen ending again before a new end counts (a retried job): pruning waits for that.
+            changes["acknowledged_at"] = None
             self._note_retry(job_id, to, retry_at)
             if to in ("queued", "running", "completed"):
                 changes.setdefault("error_code", None)
@@ -241,6 +276,8 @@ class Jobs:
                 key = record(conn, emit, new_row, to)
                 if key is not None:
                     notices.append((notice, key))
+                    # The watch that made the job recorded its end: the watch is the client that saw it.
+                    acknowledge(conn, [new_row])
             if also is not None:
                 also(conn, emit)
             return job
@@ -310,13 +347,37 @@ class Jobs:
         await self.store.transaction(lambda conn: Store.update_job(conn, job_id, dict(fields)))
 
     async def get(self, job_id: str) -> dict[str, Any]:
+        """The job; reading it in a final state acknowledges its end (pruning counts from then)."""
+
         def read(conn: Connection) -> dict[str, Any]:
             row = Store.fetch_job(conn, job_id)
             if row is None:
-                raise DataeraiError("not_found", f"no job {job_id}")
+                raise not_found(conn, job_id)
+            acknowledge(conn, [row])
             return self._wire(conn, row)
 
         return await self.store.transaction(read)
+
+    async def acknowledge(self, job_id: str) -> None:
+        """A client saw the job's end (a ``job.state`` event it was sent, ``job.wait``'s answer)."""
+
+        def write(conn: Connection) -> None:
+            row = Store.fetch_job(conn, job_id)
+            if row is not None:
+                acknowledge(conn, [row])
+
+        await self.store.transaction(write)
+
+    async def prune_finished(self, older_than: float, limit: int = PRUNE_BATCH) -> int:
+        """Delete finished jobs whose end a client saw before ``older_than``, ``limit`` per transaction
+        (``Store.prune_jobs_batch``), never one a subscriber follows now; how many went."""
+        pruned = 0
+        while True:
+            batch = await self.store.transaction(
+                partial(Store.prune_jobs_batch, older_than=older_than, keep=self.bus.followed_jobs(), limit=limit))
+            pruned += batch
+            if batch < limit:
+                return pruned
 
     async def row(self, job_id: str) -> Row:
         row = await self.store.get_job(job_id)
@@ -329,7 +390,9 @@ class Jobs:
             query = sa.select(schema.jobs).order_by(schema.jobs.c.seq)
             if states:
                 query = query.where(schema.jobs.c.state.in_(list(states)))
-            return [self._wire(conn, dict(r)) for r in conn.execute(query).mappings()]
+            rows = [dict(r) for r in conn.execute(query).mappings()]
+            acknowledge(conn, rows)  # a person or a program read the list: it saw these ends
+            return [self._wire(conn, row) for row in rows]
 
         return await self.store.transaction(read)
 

@@ -42,11 +42,16 @@ jobs = sa.Table(
     sa.Column("client", sa.String(128), nullable=False, server_default=""),
     # A completed upload whose content the repository already held: no bytes were sent for it.
     sa.Column("deduplicated", sa.Boolean, nullable=False, server_default=sa.false()),
+    # When a client first saw the job in a final state (jobs.py, ``acknowledge``); None while it is not
+    # final or nobody saw its end. A finished job is pruned ``job_retention_days`` after this.
+    sa.Column("acknowledged_at", sa.Float),
     sa.Index("ix_jobs_state_priority", "state", "priority", "seq"),
     # The scheduler's seeks: the clients with queued jobs, then each one's front (store.runnable).
     sa.Index("ix_jobs_runnable", "state", "client", sa.text("priority DESC"), "seq"),
     # The next job's seq is max(seq) + 1: one seek, not a pass over an index of every job.
     sa.Index("ix_jobs_seq", "seq"),
+    # Pruning's seek (Store.prune_jobs): only finished jobs a client saw end carry acknowledged_at.
+    sa.Index("ix_jobs_acknowledged", "acknowledged_at", sqlite_where=sa.text("acknowledged_at IS NOT NULL")),
 )
 
 # A row exists only once the chunk was acknowledged (upload: the server answered
@@ -170,4 +175,14 @@ counters = sa.Table(
     sa.Column("name", sa.String(128), primary_key=True),
     sa.Column("labels", sa.Text, primary_key=True),
     sa.Column("value", sa.Float, nullable=False),
+)
+
+# Each watch's files counted by state, kept equal to a count of ``watch_files`` by triggers
+# (migration 0007), so ``watch.get`` reads a few rows instead of every file of the watch.
+watch_file_counts = sa.Table(
+    "watch_file_counts",
+    metadata,
+    sa.Column("watch_id", sa.String(72), primary_key=True),
+    sa.Column("state", sa.String(16), primary_key=True),
+    sa.Column("n", sa.Integer, nullable=False),
 )

@@ -32,14 +32,16 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from dataerai.contract import ACTIVE_JOB_STATES
+from dataerai.contract import ACTIVE_JOB_STATES, TERMINAL_JOB_STATES
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import StaticPool
 
-from dataeraid import schema
+from dataeraid import log, schema
 from dataeraid.errors import DataeraiError
+from dataeraid.watch.mounts import network_filesystem
 
 T = TypeVar("T")
+_log = log.get("dataeraid.store")
 
 Row = dict[str, Any]
 
@@ -48,6 +50,12 @@ DIGEST_CACHE_ROWS = 10_000
 
 #: States a job is in only while a daemon works on it; after a crash they mean "queued".
 INTERRUPTIBLE_STATES = ACTIVE_JOB_STATES
+#: A watched file in these states may still act on its job's end (``ledger.record_job_end``, the
+#: watcher's retry of the same failed job): that job is never pruned.
+KEEP_FOR_WATCH_STATES = ("queued", "complete", "quarantined")
+#: Settings rows: the newest ``created_at`` of a pruned job, and how many were pruned in all.
+PRUNED_BEFORE_KEY = "jobs_pruned_created_before"
+PRUNED_COUNT_KEY = "jobs_pruned"
 
 
 def migrations_dir() -> Path:
@@ -61,8 +69,23 @@ def migrations_dir() -> Path:
 WAL_SIZE_LIMIT = 64 << 20
 
 
+#: Rows one pruning transaction deletes at most (jobs, events), as the ledger's ``PRUNE_BATCH``:
+#: the store's one thread is free again between batches (docs/benchmarks.md, tools/bench_queue.py).
+PRUNE_BATCH = 1000
+#: Free pages one ``PRAGMA incremental_vacuum`` step gives back to the filesystem (4 MiB of 4 KiB
+#: pages): each step is a short transaction, so a big prune's pages go back without holding the thread.
+VACUUM_STEP_PAGES = 1024
+#: An existing queue without incremental vacuum is converted (one ``VACUUM``) at start when it holds at
+#: most this many bytes of live pages: a VACUUM copies only live pages, about 60 MiB/s here, so a few
+#: seconds. A bigger one waits, with a warning each start, until pruning brought it under.
+VACUUM_AT_START_MAX = 256 << 20
+
+
 def _on_connect(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
+    # Before anything creates a table: a new queue gives pages it frees back to the filesystem when
+    # the housekeeping asks (``incremental_vacuum``); an older one is converted by ``_convert_vacuum``.
+    cursor.execute("PRAGMA auto_vacuum=INCREMENTAL")
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=FULL")
     cursor.execute("PRAGMA foreign_keys=ON")
@@ -165,6 +188,47 @@ def _make_private(path: Path) -> None:
             pass
 
 
+def _pragma(conn: Connection, name: str) -> int:
+    return int(conn.exec_driver_sql(f"PRAGMA {name}").scalar_one())
+
+
+def _convert_vacuum(engine: Engine, path: Path) -> None:
+    """Switch a queue made before incremental vacuum to it: one ``VACUUM``, at start, logged before and after.
+
+    Only when its live pages are at most ``VACUUM_AT_START_MAX`` (a few seconds); a bigger one is
+    left as it is, with a warning, and converted at a later start once pruning made it smaller.
+    """
+    with engine.connect() as conn:
+        if _pragma(conn, "auto_vacuum") == 2:  # INCREMENTAL
+            return
+        page_size = _pragma(conn, "page_size")
+        live = (_pragma(conn, "page_count") - _pragma(conn, "freelist_count")) * page_size
+        if live > VACUUM_AT_START_MAX:
+            _log.warning("the queue database does not give freed space back yet; it is converted at a start "
+                         "once pruning brought it under the limit", queue=str(path), live_mib=live >> 20,
+                         limit_mib=VACUUM_AT_START_MAX >> 20)
+            return
+        _log.info("converting the queue database to incremental vacuum, once (a VACUUM)",
+                  queue=str(path), live_mib=round(live / 2**20, 1))
+        started = time.monotonic()
+        conn.exec_driver_sql("PRAGMA auto_vacuum=INCREMENTAL")
+        conn.exec_driver_sql("VACUUM")
+        conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        _log.info("the queue database uses incremental vacuum", queue=str(path),
+                  seconds=round(time.monotonic() - started, 2), mode=_pragma(conn, "auto_vacuum"))
+
+
+def warn_if_network_filesystem(path: Path, mountinfo: str = "/proc/self/mountinfo") -> str | None:
+    """Log a warning when the queue is on a network filesystem, where SQLite's locks and WAL are not to
+    be trusted (docs/configuration.md); its type, or None."""
+    fs_type = network_filesystem(str(path.parent), mountinfo)
+    if fs_type is not None:
+        _log.warning("the queue database is on a network filesystem, where SQLite's locking is unreliable: "
+                     "place the daemon's state on a local disk with XDG_STATE_HOME (docs/configuration.md)",
+                     queue=str(path), filesystem=fs_type)
+    return fs_type
+
+
 def open_queue(path: Path) -> Engine:
     """The queue's engine, migrated to the newest schema; a ``DataeraiError`` if the file cannot be the queue.
 
@@ -173,6 +237,7 @@ def open_queue(path: Path) -> Engine:
     """
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        warn_if_network_filesystem(path)
         if path.is_dir():
             raise _unusable(path, "is a directory, not a file")
         if path.exists():
@@ -187,6 +252,7 @@ def open_queue(path: Path) -> Engine:
         if problems != ["ok"]:
             raise _unusable(path, f"is damaged (SQLite's quick_check: {problems[0]})")
         migrate(engine)
+        _convert_vacuum(engine, path)
     except NewerSchema as exc:
         engine.dispose()
         raise DataeraiError(
@@ -443,10 +509,97 @@ class Store:
             query = query.where(schema.events.c.type.in_(list(types)))
         return await self.transaction(lambda conn: [dict(r) for r in conn.execute(query).scalars()])
 
-    async def prune_events(self, older_than: float) -> int:
-        """Forget stored events from before ``older_than`` (a Unix time); how many went."""
-        query = schema.events.delete().where(schema.events.c.time < older_than)
-        return await self.transaction(lambda conn: conn.execute(query).rowcount)
+    @staticmethod
+    def prune_events_batch(conn: Connection, older_than: float, limit: int = PRUNE_BATCH) -> int:
+        """Forget the oldest ``limit`` stored events if they are from before ``older_than``; how many went.
+
+        Reads at most ``limit`` rows, whatever the table holds: the first ones by id (ids
+        grow with time), never a pass looking for old ones among the new.
+        """
+        events = schema.events
+        oldest = sa.select(events.c.event_id).order_by(events.c.event_id).limit(limit).scalar_subquery()
+        query = events.delete().where(events.c.event_id.in_(oldest), events.c.time < older_than)
+        return int(conn.execute(query).rowcount)
+
+    async def prune_events(self, older_than: float, limit: int = PRUNE_BATCH) -> int:
+        """Forget stored events from before ``older_than`` (a Unix time), ``limit`` per transaction; how many went."""
+        pruned = 0
+        while True:
+            batch = await self.transaction(lambda conn: self.prune_events_batch(conn, older_than, limit))
+            pruned += batch
+            if batch < limit:
+                return pruned
+
+    async def count_events(self) -> int:
+        return await self.transaction(
+            lambda conn: int(conn.execute(sa.select(sa.func.count()).select_from(schema.events)).scalar_one()))
+
+    # --- finished jobs ------------------------------------------------------------
+
+    @staticmethod
+    def prune_jobs_batch(conn: Connection, older_than: float, keep: Iterable[str] = (),
+                         limit: int = PRUNE_BATCH) -> int:
+        """Delete at most ``limit`` finished jobs a client saw end before ``older_than``, with their
+        checkpoints (by cascade); how many went. Never one in ``keep``, nor one a watch's file still
+        waits on (``KEEP_FOR_WATCH_STATES``). A seek on ``ix_jobs_acknowledged``."""
+        jobs, files = schema.jobs, schema.watch_files
+        held = sa.exists().where(files.c.job_id == jobs.c.job_id, files.c.state.in_(KEEP_FOR_WATCH_STATES))
+        old = (sa.select(jobs.c.job_id, jobs.c.created_at)
+               .where(jobs.c.acknowledged_at.is_not(None), jobs.c.acknowledged_at < older_than,
+                      jobs.c.state.in_(list(TERMINAL_JOB_STATES)), ~held)
+               .order_by(jobs.c.acknowledged_at).limit(limit))
+        skip = list(keep)
+        if skip:
+            old = old.where(jobs.c.job_id.not_in(skip))
+        found = conn.execute(old).all()
+        if not found:
+            return 0
+        conn.execute(jobs.delete().where(jobs.c.job_id.in_([job_id for job_id, _ in found])))
+        # What job.get of a pruned id can say (``pruned_before``): ids are time-ordered.
+        newest = max(created for _, created in found)
+        if newest > float(Store.read_setting(conn, PRUNED_BEFORE_KEY) or 0):
+            Store.write_setting(conn, PRUNED_BEFORE_KEY, repr(newest))
+        count = int(Store.read_setting(conn, PRUNED_COUNT_KEY) or 0) + len(found)
+        Store.write_setting(conn, PRUNED_COUNT_KEY, str(count))
+        return len(found)
+
+    # --- giving space back --------------------------------------------------------------
+
+    @staticmethod
+    def space(conn: Connection) -> dict[str, int]:
+        """The file's pages: ``page_size``, ``page_count``, ``freelist_count`` and ``auto_vacuum``."""
+        return {name: _pragma(conn, name) for name in ("page_size", "page_count", "freelist_count", "auto_vacuum")}
+
+    async def vacuum(self, step_pages: int = VACUUM_STEP_PAGES, max_steps: int = 1 << 20) -> int:
+        """Give free pages back to the filesystem, ``step_pages`` per transaction, then checkpoint and
+        truncate the WAL so the file shrinks now; how many pages went. Nothing for a queue that is not
+        yet converted (``auto_vacuum`` not INCREMENTAL)."""
+
+        def step(conn: Connection) -> tuple[int, int]:
+            before = _pragma(conn, "freelist_count")
+            if before == 0 or _pragma(conn, "auto_vacuum") != 2:
+                return 0, 0
+            conn.exec_driver_sql(f"PRAGMA incremental_vacuum({int(step_pages)})")
+            after = _pragma(conn, "freelist_count")
+            return before - after, after
+
+        freed = 0
+        for _ in range(max_steps):
+            done, left = await self.transaction(step)
+            freed += done
+            if done == 0 or left == 0:
+                break
+        if freed:
+            await self._run(self._checkpoint_sync)
+        return freed
+
+    def _checkpoint_sync(self) -> None:
+        # On the DBAPI connection: outside any transaction, which a checkpoint must be.
+        cursor = self._conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        finally:
+            cursor.close()
 
     # --- settings -----------------------------------------------------------
 

@@ -61,6 +61,9 @@ async def events_subscribe(call: Call, since: int | None, jobs: list[str] | None
             try:
                 async for event in subscription:
                     await conn.send(encode_notification("event", event))
+                    if event["type"] == "job.state" and event.get("state") in contract.TERMINAL_JOB_STATES:
+                        # The client was told the job ended (the SDK waits so): pruning may count from now.
+                        await call.svc.jobs.acknowledge(event["job_id"])
             finally:
                 subscription.close()
 

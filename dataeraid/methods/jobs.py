@@ -52,6 +52,7 @@ async def job_wait(call: Call, job_id: str, timeout_s: float | None) -> dict[str
                     if event["type"] == "gap":
                         job = await svc.jobs.get(job_id)
                         break
+            await svc.jobs.acknowledge(job_id)  # the answer tells the client the job ended
             return job
         raise DataeraiError("timeout", f"job {job_id} is still {job['state']}; it goes on in the daemon",
                             job_id=job_id)

@@ -54,3 +54,19 @@ def events_trustworthy(path: str) -> tuple[bool, str]:
     except (ImportError, OSError) as exc:
         return False, f"this system gives no file events ({exc})"
     return True, ""
+
+
+def network_filesystem(path: str, mountinfo: str = "/proc/self/mountinfo") -> str | None:
+    """The type of the network filesystem ``path`` is on (``nfs4``, ``cifs``, ``lustre``, ...), or None
+    when it is on a local one (or its type cannot be read).
+
+    The daemon asks this of its queue's directory at start: SQLite's locks and its WAL's shared
+    memory are unreliable on such filesystems (sqlite.org/wal.html, "WAL does not work over a
+    network filesystem"), so a queue there is warned about (docs/configuration.md).
+    """
+    fs_type = filesystem_type(path, mountinfo)
+    if fs_type is None:
+        return None
+    if fs_type in NETWORK_FILESYSTEMS or fs_type.startswith(("nfs", "fuse.sshfs", "smb", "cifs")):
+        return fs_type
+    return None

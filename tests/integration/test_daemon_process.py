@@ -19,6 +19,8 @@ from typing import Any
 import pytest
 from stack import BIN, Stack, as_nobody, make_file, wait_for
 
+from dataeraid.config import Settings
+
 #: The status of a daemon that refuses to start (sysexits' EX_CONFIG; docs/reliability.md).
 REFUSED = 78
 
@@ -391,9 +393,7 @@ def test_quarantine_with_no_queue_moves_nothing(bare: Stack) -> None:
 
 # --- a start that fails says why, to the SDK and the CLI that started it -----------
 
-KNOWN_KEYS = ("max_active_jobs, parts_per_job, default_chunk_size, retry_base_s, retry_cap_s, progress_interval_s, "
-              "io_block_size, bandwidth_limit_bps, event_retention_days, upload_order, watch_retry_base_s, "
-              "watch_max_attempts")
+KNOWN_KEYS = ", ".join(Settings.keys())  # the settings' one definition, in their order
 BROKEN_CONFIGS = {
     "an unknown key": ("max_jobs = 3\n", f"unknown key 'max_jobs' in it; the keys are {KNOWN_KEYS}"),
     "a value of the wrong type": ('max_active_jobs = "four"\n', "max_active_jobs must be an integer, not 'four'"),

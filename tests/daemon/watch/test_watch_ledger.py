@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from dataerai import contract
-from hypothesis import settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -600,6 +600,9 @@ class LedgerMachine(RuleBasedStateMachine):
     @invariant()
     def summaries_agree(self) -> None:
         counts = ledger.counts(self.conn, WATCH)
+        # The counts the triggers keep are a full count of the rows, for this watch and the other.
+        assert counts == ledger.count_rows(self.conn, WATCH)
+        assert ledger.counts(self.conn, OTHER_WATCH) == ledger.count_rows(self.conn, OTHER_WATCH)
         assert sum(counts.values()) == len(self.model)
         assert counts == {s: len(self.in_state(s)) for s in contract.WATCH_FILE_STATES}
         oldest = ledger.oldest_pending(self.conn, WATCH)
@@ -1000,3 +1003,44 @@ def test_a_clean_refused_for_a_changed_file_waits_for_the_change(conn: Connectio
     assert [r["rel"] for r in ledger.due(conn, WATCH, "verified", clock.now, 10, unset=False)] == ["a.tif"]
     ledger.clean_failed(conn, WATCH, "a.tif", "source_changed", "changed since its upload; not cleaned", None)
     assert ledger.due(conn, WATCH, "verified", clock.now + 3600, 10, unset=False) == []
+
+
+# --- the counts kept per state -----------------------------------------------------------------
+
+COUNT_OPS = st.lists(st.tuples(st.sampled_from(["insert", "state", "move", "delete", "delete_state"]),
+                               st.sampled_from((WATCH, OTHER_WATCH)), st.integers(0, 5),
+                               st.sampled_from(contract.WATCH_FILE_STATES)), max_size=30)
+
+
+def test_kept_counts_equal_a_full_count_after_any_writes(queue: Engine) -> None:
+    """Whatever writes reach ``watch_files`` (one row, many at once, a row moved to another watch),
+    the triggers keep ``ledger.counts`` equal to a count of the rows."""
+    @given(ops=COUNT_OPS)
+    @settings(max_examples=60, deadline=None)
+    def play(ops: list[tuple[str, str, int, str]]) -> None:
+        with fresh_connection(queue) as conn:
+            for op, watch_id, n, state in ops:
+                rel = f"f{n}"
+                w = ledger.W
+                if op == "insert":
+                    conn.execute(sa.text(
+                        "INSERT OR IGNORE INTO watch_files (watch_id, rel, state, seen_at, updated_at) "
+                        "VALUES (:w, :r, :s, 0, 0)"), {"w": watch_id, "r": rel, "s": state})
+                elif op == "state":
+                    conn.execute(w.update().where(w.c.watch_id == watch_id, w.c.rel == rel).values(state=state))
+                elif op == "move":
+                    other = OTHER_WATCH if watch_id == WATCH else WATCH
+                    conn.execute(sa.text("UPDATE OR IGNORE watch_files SET watch_id = :o WHERE watch_id = :w "
+                                         "AND rel = :r"), {"o": other, "w": watch_id, "r": rel})
+                elif op == "delete":
+                    conn.execute(w.delete().where(w.c.watch_id == watch_id, w.c.rel == rel))
+                else:
+                    conn.execute(w.delete().where(w.c.watch_id == watch_id, w.c.state == state))
+                for each in (WATCH, OTHER_WATCH):
+                    assert ledger.counts(conn, each) == ledger.count_rows(conn, each), (op, each)
+            # Removing a watch (its files go by cascade) leaves no count behind.
+            conn.execute(ledger.WATCHES.delete().where(ledger.WATCHES.c.watch_id == WATCH))
+            left = conn.execute(sa.select(ledger.COUNTS).where(ledger.COUNTS.c.watch_id == WATCH)).all()
+            assert left == []
+
+    play()

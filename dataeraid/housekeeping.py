@@ -1,0 +1,64 @@
+"""The daemon's hourly housekeeping: what keeps a queue that runs for months the same size.
+
+Each round, in order (docs/reliability.md, "Bounded growth"):
+
+1. stored events older than ``event_retention_days`` go, 1,000 a transaction;
+2. finished jobs whose end a client saw more than ``job_retention_days`` ago go, with their
+   checkpoints, 1,000 a transaction (never one a client follows, nor one a watched file still
+   waits on: ``Store.prune_jobs_batch``);
+3. the pages that freed are given back to the filesystem, ``VACUUM_STEP_PAGES`` a transaction
+   (``Store.vacuum``), and the WAL is truncated.
+
+Every transaction is short, so the store's one thread serves RPCs and jobs between them. The
+watch ledger prunes its own rows on its own hour (``WatchManager``); its freed pages go back in
+the next round here.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import trio
+
+from dataeraid import log
+from dataeraid.config import Settings
+from dataeraid.jobs import Jobs
+
+_log = log.get("dataeraid.housekeeping")
+
+DAY_S = 86400.0
+
+
+@dataclass(frozen=True)
+class Round:
+    """What one round did and what it left: rows deleted, events kept, pages given back, the file's size."""
+
+    events_pruned: int
+    jobs_pruned: int
+    events_kept: int
+    pages_freed: int
+    file_bytes: int
+
+
+async def tidy(jobs: Jobs, settings: Settings, now: float | None = None) -> Round:
+    """One round of housekeeping at ``now`` (default: the clock)."""
+    now = time.time() if now is None else now
+    store = jobs.store
+    events_pruned = await store.prune_events(now - settings.event_retention_days * DAY_S)
+    jobs_pruned = await jobs.prune_finished(now - settings.job_retention_days * DAY_S)
+    pages_freed = await store.vacuum()
+    events_kept = await store.count_events()
+    space = await store.transaction(store.space)
+    return Round(events_pruned, jobs_pruned, events_kept, pages_freed, space["page_count"] * space["page_size"])
+
+
+async def serve_housekeeping(jobs: Jobs, settings: Settings) -> None:
+    """At start and then every ``housekeeping_interval_s``: a round of :func:`tidy`, logged when it did
+    something (so a daemon whose queue is tidy says nothing)."""
+    while True:
+        done = await tidy(jobs, settings)
+        if done.events_pruned or done.jobs_pruned or done.pages_freed:
+            _log.info("housekeeping", events_pruned=done.events_pruned, jobs_pruned=done.jobs_pruned,
+                      events_kept=done.events_kept, pages_freed=done.pages_freed, queue_bytes=done.file_bytes)
+        await trio.sleep(settings.housekeeping_interval_s)
