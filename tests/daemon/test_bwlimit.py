@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -75,7 +76,7 @@ def test_bad_input_names_the_column(text: str, column: int, words: str) -> None:
     assert words in str(caught.value) and f"at column {column}:" in str(caught.value)
 
 
-def test_a_bad_timetable_or_both_limits_refuse_the_config(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_bad_timetable_or_both_limits_refuse_the_config(tmp_path: Path) -> None:
     config = tmp_path / "config.toml"
     config.write_text('bwlimit = "Mon-Fri 08:00,2Q"\n')
     with pytest.raises(ValueError, match=r"config.toml: bwlimit 'Mon-Fri 08:00,2Q': at column 15: '2Q' is not"):
@@ -87,7 +88,8 @@ def test_a_bad_timetable_or_both_limits_refuse_the_config(tmp_path) -> None:  # 
     with pytest.raises(ValueError, match="bwlimit must be a string"):
         Settings.load(config)
     config.write_text('bwlimit = "Sat-Sun 00:00,off 06:00,1M:off"\n')
-    assert Settings.load(config).timetable == Timetable.parse("Sat 00:00,off Sat-06:00,1M:off Sun 00:00,off 06:00,1M:off")
+    expected = Timetable.parse("Sat 00:00,off Sat-06:00,1M:off Sun 00:00,off 06:00,1M:off")
+    assert Settings.load(config).timetable == expected
 
 
 rates = st.one_of(st.just(0), st.integers(1, 2**40))

@@ -6,9 +6,10 @@ import json
 import signal
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from stack import Stack, wait_for
+from stack import Stack, make_file, wait_for
 
 from dataeraid.cli._daemon import _gone
 
@@ -97,3 +98,26 @@ def test_a_daemon_under_systemd_refuses_daemon_stop(bare: Stack) -> None:
     finally:
         bare.stop_daemon()
         sink.close()
+
+
+def test_the_installed_service_unit_reloads_by_sighup() -> None:
+    from dataeraid.systemd_units import SERVICE_UNIT, render
+
+    text = render("/opt/x/bin/dataerai")[SERVICE_UNIT]
+    assert "\nExecReload=kill -HUP $MAINPID\n" in text
+    assert "\nExecStart=/opt/x/bin/dataerai daemon run\n" in text
+
+
+def test_a_reload_lifts_the_limit_of_a_running_upload(make_stack: Any, tmp_path: Path) -> None:
+    # 16 MiB at 256 KiB/s would take a minute; with the limit lifted it takes a moment.
+    stack = make_stack(daemon_config={"bwlimit": "256k"})
+    source = make_file(tmp_path / "f.bin", 16 * MiB)
+    with stack.client() as client:
+        job = client.upload(source, title="f", owner_type="project", owner_id=stack.project_id, chunk_size_mb=1,
+                            wait=False)
+        wait_for(lambda: client.get_job(job.job_id).bytes_done >= MiB, 30, "the upload to move bytes")
+        assert client.get_job(job.job_id).state == "running"
+        _config(stack).write_text('bwlimit = "off"\n')
+        assert client.call("daemon.reload") == {"changed": ["bwlimit"], "restart_needed": []}
+        done = client.wait(job.job_id, timeout_s=20)
+        assert done.state == "completed"
