@@ -16,8 +16,9 @@ at most that late after either.
 
 from __future__ import annotations
 
+import math
 import signal
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -94,11 +95,9 @@ class DaemonControl:
                 if not started:
                     task_status.started()
                     started = True
-                delay = RECHECK_S
-                if self._next is not None:
-                    delay = min(delay, max((self._next[0] - now).total_seconds(), 0.001))
-                elif timetable is None or timetable.is_constant:
-                    delay = float("inf")  # nothing changes until a reload
+                # No next change: nothing changes until a reload, which wakes this task.
+                delay = math.inf if self._next is None else min(
+                    RECHECK_S, max((self._next[0] - now).total_seconds(), 0.001))
                 with trio.move_on_after(delay):
                     await self._settings_changed.wait()
 
@@ -161,7 +160,7 @@ class DaemonControl:
         await self._stop.wait()
         return self._stop_reason
 
-    async def follow_signals(self, signals: Any) -> None:
+    async def follow_signals(self, signals: AsyncIterator[int]) -> None:
         """SIGHUP reloads config.toml; SIGTERM and SIGINT stop the daemon."""
         async for signum in signals:
             if signum == signal.SIGHUP:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 from dataerai import ConnectionError as DaemonConnectionError
+from dataerai import DaemonError
 
 from ._context import open_client, settings
 from ._errors import EXIT_TIMEOUT, EXIT_UNREACHABLE, Failure
@@ -152,7 +153,13 @@ def restart(ctx: click.Context, as_json: bool) -> None:
 
     For a daemon run by systemd: `systemctl --user restart dataerai-transfer.service`.
     """
-    old = _stop(ctx)
+    try:
+        old = _stop(ctx)
+    except DaemonError as exc:
+        if exc.code != "conflict":
+            raise
+        raise Failure("conflict", f"{exc.message.split(';')[0]}; restart it with "
+                                  "`systemctl --user restart dataerai-transfer.service`") from exc
     with open_client(ctx) as client:  # starts the daemon, as any command does
         new = int(client.call("daemon.ping")["pid"])
     if as_json:

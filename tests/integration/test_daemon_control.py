@@ -94,6 +94,10 @@ def test_a_daemon_under_systemd_refuses_daemon_stop(bare: Stack) -> None:
         assert refused.returncode == 1
         assert refused.stderr.startswith("error[conflict]: this daemon")
         assert "systemctl --user stop dataerai-transfer.socket dataerai-transfer.service" in refused.stderr
+        refused = bare.cli("daemon", "restart", check=False)
+        assert refused.returncode == 1
+        assert refused.stderr.startswith("error[conflict]: this daemon")
+        assert "`systemctl --user restart dataerai-transfer.service`" in refused.stderr
         assert bare.daemon is not None and bare.daemon.poll() is None
     finally:
         bare.stop_daemon()
