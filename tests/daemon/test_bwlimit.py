@@ -135,3 +135,16 @@ def test_any_text_parses_or_raises_a_bwlimit_error_with_a_column_inside_it(text:
         Timetable.parse(text)
     except BwlimitError as exc:
         assert 1 <= exc.column <= max(len(text), 1)
+
+
+def test_every_setting_is_either_live_or_named_as_needing_a_restart_in_the_docs() -> None:
+    from dataeraid.config import RESTART_KEYS
+
+    names = Settings.keys()
+    assert RESTART_KEYS.issubset(names)
+    section = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text().split(
+        "### Reloading config.toml", 1)[1]
+    table = "\n".join(line for line in section.splitlines() if line.startswith("| `"))
+    for key in names:
+        named = f"`{key}`" in table or (key.startswith(("health_", "alert_")) and "`health_*`" in table)
+        assert named, f"{key} is not in the reload table of docs/configuration.md"
