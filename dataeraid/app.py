@@ -4,6 +4,7 @@
      └─ serve()                     root nursery, owns everything below
          ├─ store + migrations      before anything else (Store.open)
          ├─ event bus               ids continue after the last run
+         ├─ control.serve           the bandwidth limits, by the bwlimit timetable (dataeraid.control)
          ├─ scheduler.serve         requeues interrupted jobs, then runs jobs
          ├─ watches.serve           one task per watch folder (dataeraid.watch)
          ├─ observer.serve          counters, token expiry, alerts, the metrics port (dataeraid.observe)
@@ -11,7 +12,8 @@
          ├─ READY=1                 only now: migrated and listening
          ├─ watchdog, status        systemd pings and a STATUS= summary
          ├─ housekeeping            prunes old events and finished jobs, vacuums
-         └─ signals                 SIGTERM/SIGINT: STOPPING=1, cancel the tree
+         └─ signals                 SIGHUP: reload config.toml; SIGTERM/SIGINT (or daemon.stop):
+                                    STOPPING=1, cancel the tree
 
 Stopping cancels the tree: running jobs are interrupted between checkpoints and
 stay resumable (the next start requeues them).
@@ -39,7 +41,8 @@ import trio
 
 from dataeraid import log
 from dataeraid.auth import Auth
-from dataeraid.config import Settings
+from dataeraid.config import LiveSettings, Settings
+from dataeraid.control import DaemonControl
 from dataeraid.download import run_download
 from dataeraid.errors import DataeraiError
 from dataeraid.events import EventBus
@@ -143,9 +146,9 @@ def _claim(paths: Paths, held: contextlib.ExitStack) -> None:
     held.callback(_remove_socket, socket_path)  # ours to remove only once its lock is ours
 
 
-async def _housekeeping(jobs: Jobs, settings: Settings) -> None:
+async def _housekeeping(jobs: Jobs, live: LiveSettings) -> None:
     """Once an hour: old events and finished jobs pruned, their space given back (dataeraid.housekeeping)."""
-    await serve_housekeeping(jobs, settings)
+    await serve_housekeeping(jobs, live)
 
 
 async def _status_loop(jobs: Jobs, notifier: Notifier) -> None:
@@ -168,21 +171,28 @@ async def serve(paths: Paths, settings: Settings, notifier: Notifier) -> None:
         if not tune_http_reads():
             log.get("dataeraid").warning("httpcore has no READ_NUM_BYTES; response bodies are read in its own size")
         timeout = httpx.Timeout(60.0, connect=10.0)
-        limits = httpx.Limits(max_connections=settings.max_active_jobs * settings.parts_per_job + 4)
+        # No cap on connections: the scheduler's slots and parts_per_job bound the requests in flight,
+        # and both may grow on reload; a cap sized at start would make the extra parts time out.
+        limits = httpx.Limits(max_connections=None,
+                              max_keepalive_connections=settings.max_active_jobs * settings.parts_per_job + 4)
         async with httpx.AsyncClient(timeout=timeout, limits=limits, headers={"User-Agent": USER_AGENT},
                                      follow_redirects=False) as http:
             remote = Remote(auth, http)
             jobs = Jobs(bus)
             tally = await Tally.loaded(store)  # before the scheduler: no job ends uncounted or counted twice
             jobs.add_end_listener(tally.record_job_end, tally.job_ended)
-            scheduler = Scheduler(jobs, remote, auth, settings, {"upload": run_upload, "download": run_download},
-                                  tally)
+            live = LiveSettings(settings)
+            control = DaemonControl(live, paths.config_file, under_systemd=notifier.enabled or _activated(),
+                                    on_reload=jobs.wake_scheduler)
+            scheduler = Scheduler(jobs, remote, auth, live, {"upload": run_upload, "download": run_download},
+                                  tally, control.links)
             watches = WatchManager(jobs, remote, settings)
             observer = Observer(jobs=jobs, bus=bus, scheduler=scheduler, watches=watches, auth=auth, remote=remote,
                                 settings=settings, state_dir=paths.state_dir, tally=tally)
-            services = Services(jobs, bus, scheduler, remote, auth, settings, watches, observer)
+            services = Services(jobs, bus, scheduler, remote, auth, settings, watches, observer, control)
             async with trio.open_nursery() as nursery:
-                with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+                    await nursery.start(control.serve)
                     await nursery.start(scheduler.serve)
                     await nursery.start(watches.serve)
                     try:
@@ -198,12 +208,11 @@ async def serve(paths: Paths, settings: Settings, notifier: Notifier) -> None:
                     _log.info("daemon ready", socket=str(paths.socket), pid=os.getpid(), queue=str(paths.queue_db))
                     nursery.start_soon(notifier.watchdog)
                     nursery.start_soon(_status_loop, jobs, notifier)
-                    nursery.start_soon(_housekeeping, jobs, settings)
-                    async for signum in signals:
-                        _log.info("stopping", signal=signal.Signals(signum).name)
-                        notifier.stopping()
-                        nursery.cancel_scope.cancel()
-                        break
+                    nursery.start_soon(_housekeeping, jobs, live)
+                    nursery.start_soon(control.follow_signals, signals)
+                    _log.info("stopping", reason=await control.stopped())
+                    notifier.stopping()
+                    nursery.cancel_scope.cancel()
     finally:
         with trio.CancelScope(shield=True):
             await store.close()

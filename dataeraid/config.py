@@ -1,4 +1,4 @@
-"""The daemon's settings: frozen, read once at start from ``config.toml``.
+"""The daemon's settings: frozen values read from ``config.toml`` at start and on reload.
 
 ```toml
 # $XDG_CONFIG_HOME/dataerai/config.toml
@@ -9,6 +9,7 @@ retry_base_s = 0.5          # first backoff, doubled per attempt, full jitter
 retry_cap_s = 30.0          # longest backoff between attempts
 progress_interval_s = 0.25  # at most this often a progress event per job
 bandwidth_limit_bps = 0     # bytes per second over all transfers; 0 is no limit
+bwlimit = ""                # or a timetable in rclone's shape: "Mon-Fri 08:00,2M 19:00,off" (dataeraid.bwlimit)
 event_retention_days = 30   # stored events older than this are pruned (replay reaches back this far)
 job_retention_days = 30     # a finished job is pruned this long after a client saw its end (docs/job-states.md)
 housekeeping_interval_s = 3600.0  # pruning and vacuuming of the queue this often (and at start)
@@ -28,6 +29,7 @@ from typing import Any
 
 from dataerai.contract import DEFAULT_PART_SIZE, MAX_PART_SIZE, MIN_PART_SIZE
 
+from dataeraid.bwlimit import Timetable
 from dataeraid.observe.settings import ALERT_KINDS, AUTH_WARN_DAYS, HEALTH_DEFAULTS, OBSERVE_BOUNDS
 
 if sys.version_info >= (3, 11):
@@ -105,6 +107,7 @@ class Settings:
     alert_max_per_hour: int = 10
     alert_timeout_s: float = 30.0
     desktop_notifications: bool = False
+    bwlimit: str = ""
 
     def __post_init__(self) -> None:
         for name, (ok, words) in _BOUNDS.items():
@@ -113,6 +116,20 @@ class Settings:
                 raise ValueError(f"{name} must be {words}, not {value!r}")
         if self.retry_cap_s < self.retry_base_s:
             raise ValueError(f"retry_cap_s ({self.retry_cap_s}) must be at least retry_base_s ({self.retry_base_s})")
+        if self.bwlimit:
+            if self.bandwidth_limit_bps:
+                raise ValueError("bwlimit and bandwidth_limit_bps are both set; keep one (bwlimit limits each "
+                                 "direction by a timetable, bandwidth_limit_bps both directions together)")
+            Timetable.parse(self.bwlimit)  # a BwlimitError (a ValueError) says where it is wrong
+
+    @property
+    def timetable(self) -> Timetable | None:
+        """The ``bwlimit`` timetable, or None when it is not set (``bandwidth_limit_bps`` applies)."""
+        return Timetable.parse(self.bwlimit) if self.bwlimit else None
+
+    def changed(self, other: Settings) -> list[str]:
+        """The keys whose values differ in ``other``, in declaration order."""
+        return [f.name for f in fields(self) if getattr(self, f.name) != getattr(other, f.name)]
 
     @classmethod
     def keys(cls) -> list[str]:
@@ -145,3 +162,53 @@ class Settings:
             return cls(**{key: _typed(key, kinds[key], value) for key, value in raw.items()})
         except ValueError as exc:
             raise ValueError(f"{path}: {exc}") from exc
+
+
+#: Keys that take effect only when the daemon starts: the components that read them are
+#: built once, at start (the RPC methods and the watch folders take ``default_chunk_size``
+#: then, the watch folders' retry ledger is made from ``watch_retry_base_s`` and
+#: ``watch_max_attempts``, and the observer, ``dataeraid.observe``, takes its port, health
+#: thresholds and alert settings). A reload records the new value and says a restart is needed.
+RESTART_KEYS: frozenset[str] = frozenset({
+    "default_chunk_size", "watch_retry_base_s", "watch_max_attempts",
+    "metrics_listen", "health_watch_lag_s", "health_watch_lag_failing_s", "health_quarantined_files",
+    "health_failed_jobs", "health_failed_window_s", "health_auth_expiry_days", "health_min_free_bytes",
+    "health_unreachable_s", "auth_warn_days", "alert_command", "alert_on", "alert_dedup_s", "alert_max_per_hour",
+    "alert_timeout_s", "desktop_notifications",
+})
+
+
+class LiveSettings:
+    """The settings in force now, one holder for the whole daemon.
+
+    Components that can follow a reload keep this holder and read ``current`` at
+    each use, instead of keeping a ``Settings`` of their own: the scheduler
+    (``max_active_jobs`` at each start, and the settings a job starts with), the
+    bandwidth timetable, the housekeeping. ``replace`` swaps the value whole (the
+    ``Settings`` stays frozen) and calls the listeners, on the daemon's thread.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self._current = settings
+        self._listeners: list[Callable[[Settings, Settings], None]] = []
+
+    @classmethod
+    def of(cls, settings: Settings | LiveSettings) -> LiveSettings:
+        return settings if isinstance(settings, LiveSettings) else cls(settings)
+
+    @property
+    def current(self) -> Settings:
+        return self._current
+
+    def listen(self, listener: Callable[[Settings, Settings], None]) -> None:
+        """Call ``listener(old, new)`` after each ``replace`` that changed something."""
+        self._listeners.append(listener)
+
+    def replace(self, new: Settings) -> list[str]:
+        """Put ``new`` in force; the keys that changed."""
+        old, self._current = self._current, new
+        changed = old.changed(new)
+        if changed:
+            for listener in self._listeners:
+                listener(old, new)
+        return changed

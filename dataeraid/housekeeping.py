@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import trio
 
 from dataeraid import log
-from dataeraid.config import Settings
+from dataeraid.config import LiveSettings, Settings
 from dataeraid.jobs import Jobs
 
 _log = log.get("dataeraid.housekeeping")
@@ -53,10 +53,12 @@ async def tidy(jobs: Jobs, settings: Settings, now: float | None = None) -> Roun
     return Round(events_pruned, jobs_pruned, events_kept, pages_freed, space["page_count"] * space["page_size"])
 
 
-async def serve_housekeeping(jobs: Jobs, settings: Settings) -> None:
+async def serve_housekeeping(jobs: Jobs, live: LiveSettings) -> None:
     """At start and then every ``housekeeping_interval_s``: a round of :func:`tidy`, logged when it did
-    something (so a daemon whose queue is tidy says nothing)."""
+    something (so a daemon whose queue is tidy says nothing). Each round reads the settings in force,
+    so a reload's retention applies from the next round."""
     while True:
+        settings = live.current
         done = await tidy(jobs, settings)
         if done.events_pruned or done.jobs_pruned or done.pages_freed:
             _log.info("housekeeping", events_pruned=done.events_pruned, jobs_pruned=done.jobs_pruned,

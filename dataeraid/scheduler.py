@@ -29,13 +29,13 @@ import trio
 
 from dataeraid import log
 from dataeraid.auth import Auth
-from dataeraid.config import Settings
+from dataeraid.config import LiveSettings, Settings
 from dataeraid.errors import DataeraiError, first_error
 from dataeraid.jobs import Jobs
 from dataeraid.observe.tally import Tally
 from dataeraid.remote import Remote
 from dataeraid.store import Row
-from dataeraid.transfer import FairBandwidth, JobContext
+from dataeraid.transfer import JobContext, Links
 
 Engine = Callable[[JobContext], Awaitable[dict[str, Any]]]
 
@@ -73,23 +73,26 @@ def pick(queued: Sequence[Row], running_per_client: Mapping[str, int], last_star
 
 
 class Scheduler:
-    def __init__(self, jobs: Jobs, remote: Remote, auth: Auth, settings: Settings,
-                 engines: Mapping[str, Engine], tally: Tally | None = None) -> None:
+    def __init__(self, jobs: Jobs, remote: Remote, auth: Auth, settings: Settings | LiveSettings,
+                 engines: Mapping[str, Engine], tally: Tally | None = None, bandwidth: Links | None = None) -> None:
+        """``settings`` is read at each start (a ``LiveSettings`` follows reloads: a job runs with the
+        settings in force when it started); ``bandwidth`` is the daemon's links (made from the
+        settings if not given)."""
         self._jobs = jobs
         self._tally = tally
         self._remote = remote
         self._auth = auth
-        self._settings = settings
+        self._live = LiveSettings.of(settings)
         self._engines = engines
         self._running: dict[str, trio.CancelScope] = {}
         self._clients: dict[str, str] = {}  # running job id -> its client
         self._last_start: dict[str, int] = {}
         self._ticks = itertools.count(1)
-        self._bandwidth = FairBandwidth(settings.bandwidth_limit_bps)
+        self._bandwidth = bandwidth or Links(shared_bps=self._live.current.bandwidth_limit_bps)
 
     @property
-    def bandwidth(self) -> FairBandwidth:
-        """The daemon-wide limit (its ``rate`` is the limit in force now)."""
+    def bandwidth(self) -> Links:
+        """The daemon's links (their ``rate`` is the limit in force now on each)."""
         return self._bandwidth
 
     @property
@@ -110,7 +113,7 @@ class Scheduler:
             task_status.started()
             while True:
                 wake = self._jobs.queue_changed()
-                free = self._settings.max_active_jobs - len(self._running)
+                free = self._live.current.max_active_jobs - len(self._running)
                 if free > 0:
                     queued = await self._jobs.store.runnable_jobs(self._running, per_client=free)
                     # Forget clients with nothing queued or running, so the map stays small over months.
@@ -127,8 +130,8 @@ class Scheduler:
     async def _run(self, row: Row, scope: trio.CancelScope) -> None:
         job_id: str = row["job_id"]
         client: str = row["client"]
-        ctx = JobContext(row, self._jobs, self._remote, self._auth, self._settings, self._bandwidth.join(client),
-                         self._tally)
+        ctx = JobContext(row, self._jobs, self._remote, self._auth, self._live.current,
+                         self._bandwidth.join(client, row["kind"]), self._tally)
         try:
             with scope:
                 try:
@@ -147,7 +150,7 @@ class Scheduler:
                 else:
                     await self._finish(job_id, "completed", fields)
         finally:
-            self._bandwidth.leave(client)
+            self._bandwidth.leave(client, row["kind"])
             del self._running[job_id]
             del self._clients[job_id]
             self._jobs.live_progress.pop(job_id, None)

@@ -81,10 +81,16 @@ class FairBandwidth:
 
     No task of its own: the first spend that has to wait paces the link for all
     the waiting ones until its own turn, then hands the pacing to the next.
+
+    ``set_rate`` changes the rate at run time (the ``bwlimit`` timetable, a
+    reload): what the link booked at the old rate is rescaled to the new one, and
+    the spends waiting keep their tags, so their order, and the fairness, holds
+    across the change. Turning the limit off lets every waiting spend through at once.
     """
 
     def __init__(self, rate_bps: int) -> None:
         self.rate = rate_bps
+        self._changed = trio.Event()  # set (and replaced) by set_rate, to wake the pacer
         self._jobs: dict[str, int] = {}
         self._finish: dict[str, float] = {}  # client -> the tag its last spend finished at
         self._virtual = 0.0  # the tag of the spend the link took last
@@ -133,17 +139,35 @@ class FairBandwidth:
         return self._booked_until - trio.current_time() <= BURST_S
 
     def _take(self, tag: float, n: int) -> None:
-        self._booked_until = max(self._booked_until, trio.current_time()) + n / self.rate
+        if self.rate > 0:
+            self._booked_until = max(self._booked_until, trio.current_time()) + n / self.rate
         self._virtual = tag
+
+    def set_rate(self, rate_bps: int) -> None:
+        """From now on, ``rate_bps`` bytes a second (0: no limit), for the spends waiting too."""
+        old, self.rate = self.rate, rate_bps
+        if old == rate_bps:
+            return
+        now = trio.current_time()
+        if old > 0 and rate_bps > 0 and self._booked_until > now:
+            # The bytes booked but not yet "sent" go out at the new rate.
+            self._booked_until = now + (self._booked_until - now) * old / rate_bps
+        elif rate_bps <= 0:
+            self._booked_until = -math.inf
+        self._changed.set()
+        self._changed = trio.Event()
 
     async def _pace_until(self, mine: _Request) -> None:
         """Grant the waiting spends, lowest tag first, at the link's rate, until ``mine``."""
         self._pacing = True
         try:
             while not mine.granted:
-                if not self._link_ready():
-                    # Spends that arrive meanwhile join the heap, and the head is read after.
-                    await trio.sleep_until(self._booked_until - BURST_S)
+                while self.rate > 0 and not self._link_ready():
+                    # Spends that arrive meanwhile join the heap, and the head is read after;
+                    # a new rate wakes the pacer early, and the wait is measured again.
+                    changed = self._changed
+                    with trio.move_on_at(self._booked_until - BURST_S):
+                        await changed.wait()
                 request = heapq.heappop(self._waiting)
                 self._take(request.tag, request.size)
                 request.granted = True
@@ -165,6 +189,45 @@ class _ClientShare:
 
     async def spend(self, n: int) -> None:
         await self.limit.spend(self.client, n)
+
+
+@dataclass
+class _ChainedShare:
+    shares: tuple[Spender, ...]
+
+    async def spend(self, n: int) -> None:
+        for share in self.shares:
+            await share.spend(n)
+
+
+class Links:
+    """The daemon's bandwidth: one fair link over both directions (``bandwidth_limit_bps``)
+    and one per direction (``bwlimit``'s upload:download). A job spends through its
+    direction's link and then the shared one; config.toml sets at most one of the two
+    kinds, so only one of them limits at a time, and an unlimited link lets spends
+    straight through. The links exist whatever the settings, so a reload that
+    switches from one kind to the other changes rates, never the jobs' links."""
+
+    def __init__(self, shared_bps: int = 0, up_bps: int = 0, down_bps: int = 0) -> None:
+        self.shared = FairBandwidth(shared_bps)
+        self.up = FairBandwidth(up_bps)
+        self.down = FairBandwidth(down_bps)
+
+    def _direction(self, kind: str) -> FairBandwidth:
+        return self.up if kind == "upload" else self.down
+
+    def join(self, client: str, kind: str) -> Spender:
+        """What a job of ``client`` of ``kind`` (upload, download) spends through; ``leave`` when it stops."""
+        return _ChainedShare((self._direction(kind).join(client), self.shared.join(client)))
+
+    def leave(self, client: str, kind: str) -> None:
+        self._direction(kind).leave(client)
+        self.shared.leave(client)
+
+    def set_rates(self, shared_bps: int, up_bps: int, down_bps: int) -> None:
+        self.shared.set_rate(shared_bps)
+        self.up.set_rate(up_bps)
+        self.down.set_rate(down_bps)
 
 
 def backoff_delay(attempt: int, settings: Settings, retry_after: float | None, rng: random.Random) -> float:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from dataeraid.auth import Auth
 from dataeraid.config import Settings
+from dataeraid.control import DaemonControl
 from dataeraid.errors import DataeraiError, TransientError
 from dataeraid.events import EventBus
 from dataeraid.jobs import Jobs
@@ -32,10 +33,12 @@ class Services:
     scheduler: Scheduler
     remote: Remote
     auth: Auth
-    settings: Settings
+    settings: Settings  # as at start: what a reload changes is read from ``control.live``
     watches: WatchManager
     #: Metrics, health, the token's expiry, alerts (dataeraid.observe).
     observer: Observer | None = None
+    #: The bandwidth timetable, reload and stop (dataeraid.control).
+    control: DaemonControl | None = None
 
 
 @dataclass(frozen=True)

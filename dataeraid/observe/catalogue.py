@@ -62,8 +62,9 @@ WATCH_STATE: Final = Metric(
     "dataerai_watch_state", "gauge", ("watch_id", "state"),
     "1 for the watch's current state (active, paused, unavailable), 0 for the others.")
 BANDWIDTH_LIMIT: Final = Metric(
-    "dataerai_bandwidth_limit_bytes_per_second", "gauge", (),
-    "The daemon-wide bandwidth limit in force now; 0 is no limit.")
+    "dataerai_bandwidth_limit_bytes_per_second", "gauge", ("direction",),
+    "The bandwidth limit in force now on uploads and on downloads (`bwlimit`, which may change by its "
+    "timetable; `bandwidth_limit_bps` shows on both, shared between them); 0 is no limit.")
 AUTH_EXPIRY: Final = Metric(
     "dataerai_auth_expiry_timestamp_seconds", "gauge", (),
     "When the token expires (Unix time), as the repository last said; +Inf for a token that never "

@@ -42,7 +42,7 @@ class Snapshot:
 
     jobs: dict[str, int]
     watches: tuple[WatchSample, ...]
-    bandwidth_limit_bps: int
+    bandwidth_limit_bps: dict[str, int]  # by direction: upload, download
     logged_in: bool
     auth_expires_at: float | None
     reachable: bool | None
@@ -90,7 +90,8 @@ class SnapshotCollector(Collector):
         yield from (lag, quarantined, watch_state)
 
         bandwidth = _family(catalogue.BANDWIDTH_LIMIT)
-        bandwidth.add_metric([], s.bandwidth_limit_bps)
+        for direction, rate in s.bandwidth_limit_bps.items():
+            bandwidth.add_metric([direction], rate)
         yield bandwidth
 
         expiry = _family(catalogue.AUTH_EXPIRY)

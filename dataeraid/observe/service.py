@@ -45,9 +45,10 @@ _log = log.get("dataeraid.observe")
 DISK_CHECK_INTERVAL_S = 300.0
 
 
-def bandwidth_limit(scheduler: Scheduler) -> int:
-    """The bandwidth limit in force now (bytes a second, 0 for none): the one place it is read."""
-    return int(scheduler.bandwidth.rate)
+def bandwidth_limit(scheduler: Scheduler) -> dict[str, int]:
+    """The bandwidth limit in force now on each direction (bytes a second, 0 for none): the one place it is read."""
+    links = scheduler.bandwidth
+    return {"upload": links.shared.rate or links.up.rate, "download": links.shared.rate or links.down.rate}
 
 
 def _free_bytes(paths: list[tuple[str, str]]) -> list[tuple[str, str, int]]:

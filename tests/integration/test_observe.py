@@ -88,7 +88,7 @@ def test_metrics_health_alerts_and_expiry(make_stack: Any, tmp_path: Path) -> No
     assert before[("dataerai_alerts_total", (("kind", "job.failed"), ("outcome", "sent")))] == 1
     assert before[("dataerai_health_status", ())] == 1
     assert before[("dataerai_auth_logged_in", ())] == 1
-    assert before[("dataerai_bandwidth_limit_bytes_per_second", ())] == 0
+    assert before[("dataerai_bandwidth_limit_bytes_per_second", (("direction", "upload"),))] == 0
     assert before[("process_resident_memory_bytes", ())] > 10 << 20
     assert before[("process_open_fds", ())] > 3
     # The token never expires: +Inf, once the daemon asked the repository.
