@@ -67,6 +67,7 @@ def watch_object(watch_id: str = WATCH_ID, root: str = "/data/instrument", **fie
         "rescan_interval_s": 3600.0,
         "free_space_below": None,
         "force_polling": False,
+        "window": None,
         "problem": None,
         "mode_reason": None,
         "files": file_counts(),

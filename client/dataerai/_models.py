@@ -15,10 +15,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from .contract import PENDING_WATCH_FILE_STATES
+from .contract import PENDING_WATCH_FILE_STATES, WAITING_OBJECT_JOB_STATES
 from .contract import TERMINAL_JOB_STATES as TERMINAL_JOB_STATES
 from .contract import WAITING_JOB_STATES as WAITING_JOB_STATES
-from .contract import WAITING_OBJECT_JOB_STATES
 
 # --- tolerant readers -------------------------------------------------------
 
@@ -622,6 +621,8 @@ class Watch:
     rescan_interval_s: float = 0.0
     free_space_below: str | None = None
     force_polling: bool = False
+    #: The transfer window every upload of the watch gets, or ``None`` (any time).
+    window: str | None = None
     problem: WatchProblem | None = None
     mode_reason: WatchProblem | None = None
     files: dict[str, int] = field(default_factory=dict)
@@ -663,6 +664,7 @@ class Watch:
             rescan_interval_s=_float(d.get("rescan_interval_s")),
             free_space_below=_opt_str(d.get("free_space_below")),
             force_polling=d.get("force_polling") is True,
+            window=_opt_str(d.get("window")),
             problem=_problem(d.get("problem")),
             mode_reason=_problem(d.get("mode_reason")),
             files=_counts(d.get("files")),

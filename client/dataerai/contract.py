@@ -409,6 +409,8 @@ class WatchObject(TypedDict):
     rescan_interval_s: float
     free_space_below: str | None
     force_polling: bool
+    #: The transfer window its uploads get (``Mon-Fri 20:00-06:00``), else null: any time.
+    window: str | None
     #: Why it is ``unavailable`` (root missing, unmounted, replaced, emptied), else null.
     problem: WatchProblemObject | None
     #: Why it polls although it asked for events (no inotify, ``max_user_watches`` reached), else null.
