@@ -28,7 +28,7 @@ CREATED = "2026-11-25T14:00:00Z"
 ADD_PARAMS = frozenset({
     "root", "project_id", "collection_id", "prefix", "complete_when", "after_upload", "excludes",
     "default_excludes", "tags", "metadata_template", "priority", "rescan_interval_s", "force_polling",
-    "free_space_below", "watch_id",
+    "free_space_below", "window", "watch_id",
 })
 DEFAULT_EXCLUDES = ["*.part", "*.tmp", "~$*", ".~lock.*#"]
 
