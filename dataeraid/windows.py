@@ -100,7 +100,9 @@ class Window:
         return self._next_change(at, zone, want_open=False)
 
     def _always_open(self) -> bool:
-        covered = sorted(self._intervals())
+        # A span that runs past Sunday midnight covers the start of the week too.
+        covered = sorted([*self._intervals(),
+                          *((0, hi - _MINUTES_PER_WEEK) for _, hi in self._intervals() if hi > _MINUTES_PER_WEEK)])
         reach = 0
         for lo, hi in covered:
             if lo > reach:
@@ -129,8 +131,12 @@ class Window:
                 break
         if best is None:  # pragma: no cover - every window has an edge within two weeks
             raise WindowError(f"window {self.text!r} never changes")
-        # A wall time the clock skips has no instant of its own: the window changes at the jump.
-        return _first_qualifying(self, at, best, zone, want_open)
+        # Where the clock jumps (a zone's transition) it may land in the wanted state between edges:
+        # into a span that opens in the skipped hour, or back into one it had just left.
+        for jump in _jumps(at, best, zone):
+            if self._open_at_wall(_wall(jump, zone)) == want_open:
+                return jump
+        return best
 
 
 def _wall(at: float, zone: dt.tzinfo) -> dt.datetime:
@@ -143,29 +149,34 @@ def _instants(wall: dt.datetime, zone: dt.tzinfo) -> list[float]:
     return sorted({wall.replace(tzinfo=zone, fold=fold).timestamp() for fold in (0, 1)})
 
 
-def _first_qualifying(window: Window, at: float, found: float, zone: dt.tzinfo, want_open: bool) -> float:
-    """The earliest instant in (``at``, ``found``] where the window is ``want_open``: ``found``
-    itself, unless a jump of the clock (a skipped hour) reached that state earlier."""
+def _offset(at: float, zone: dt.tzinfo) -> dt.timedelta | None:
+    return _wall(at, zone).utcoffset()
 
-    def state(t: float) -> bool:
-        return window._open_at_wall(_wall(t, zone)) == want_open
 
-    if found - 1 <= at or not state(found - 1):
-        return found
-    # Zone jumps are at most a few hours: bisect to the second between a known other state and it.
-    lo = max(at, found - 4 * 3600)
-    if state(lo):
-        lo = at
-    hi = found
-    while hi - lo > 1:
-        mid = math.floor((lo + hi) / 2)
-        if mid <= lo:
-            break
-        if state(mid):
-            hi = mid
-        else:
-            lo = mid
-    return hi
+def _jumps(start: float, end: float, zone: dt.tzinfo) -> list[float]:
+    """The instants in (``start``, ``end``) where ``zone``'s offset changes, to the second, in order.
+    zoneinfo lists no transitions, so look hourly (zones change at most a few times a year, never
+    twice within an hour) and bisect each change."""
+    found: list[float] = []
+    lo = start
+    before = _offset(lo, zone)
+    while lo < end:
+        hi = min(end, lo + 3600)
+        if _offset(hi, zone) != before:
+            a, b = lo, hi
+            while b - a > 1:
+                mid = math.floor((a + b) / 2)
+                if mid <= a:
+                    break
+                if _offset(mid, zone) == before:
+                    a = mid
+                else:
+                    b = mid
+            if start < b < end:
+                found.append(b)
+            before = _offset(hi, zone)
+        lo = hi
+    return found
 
 
 def parse(text: str) -> Window:
