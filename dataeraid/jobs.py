@@ -191,9 +191,10 @@ class Jobs:
             return None
         return windows.parse(window).next_close(self.wall(), self.zone)
 
-    def _entry(self, window: str | None) -> dict[str, Any]:
-        """A job (re)entering the queue: ``queued``, or ``scheduled`` until its window opens."""
-        opens = self.window_opens(window)
+    def _entry(self, window: str | None, now: float) -> dict[str, Any]:
+        """A job (re)entering the queue at ``now``: ``queued``, or ``scheduled`` until its window opens.
+        (``now`` is read on the Trio thread: the wall clock a test gives may be Trio's.)"""
+        opens = self.window_opens(window, now)
         return {"state": "queued", "not_before": None} if opens is None else {"state": "scheduled",
                                                                               "not_before": opens}
 
@@ -220,7 +221,7 @@ class Jobs:
         returns that job unchanged, whatever its state; ``conflict`` if it is of another kind.
         """
         now = time.time()
-        row = {**row, **self._entry(row.get("window")), "created_at": now, "updated_at": now}
+        row = {**row, **self._entry(row.get("window"), self.wall()), "created_at": now, "updated_at": now}
 
         created = True
 
@@ -247,12 +248,13 @@ class Jobs:
                           also: Callable[[Connection, Emit], None] | None = None) -> list[dict[str, Any]]:
         """Insert many queued jobs, with their events and ``also``, in one durable transaction."""
         now = time.time()
+        wall = self.wall()
 
         def write(conn: Connection, emit: Emit) -> list[dict[str, Any]]:
             next_seq = conn.execute(sa.select(sa.func.coalesce(sa.func.max(schema.jobs.c.seq), 0) + 1)).scalar_one()
             out = []
             for offset, given in enumerate(rows):
-                row = {**given, **self._entry(given.get("window")), "created_at": now, "updated_at": now,
+                row = {**given, **self._entry(given.get("window"), wall), "created_at": now, "updated_at": now,
                        "seq": next_seq + offset}
                 existing = Store.fetch_job(conn, row["job_id"])
                 if existing is not None:
@@ -288,6 +290,7 @@ class Jobs:
         A job with a transfer window that is closed now enters ``scheduled`` when it is sent
         to ``queued`` (a resume, a retry, a requeue), with ``not_before`` its window's opening.
         """
+        wall = self.wall()
 
         def write(conn: Connection, emit: Emit) -> dict[str, Any]:
             row = Store.fetch_job(conn, job_id)
@@ -300,7 +303,7 @@ class Jobs:
             changes = dict(fields or {})
             changes["state"] = to
             if to == "queued":
-                changes.update(self._entry(row.get("window")))
+                changes.update(self._entry(row.get("window"), wall))
             elif to != "scheduled":
                 changes["not_before"] = None
             # Seen ending again before a new end counts (a retried job): pruning waits for that.

@@ -22,7 +22,7 @@ INSTANTS = st.integers(1_704_067_200, 1_893_456_000).map(float)
 
 
 def at(zone: dt.tzinfo, *args: int) -> float:
-    return dt.datetime(*args, tzinfo=zone).timestamp()  # type: ignore[misc]
+    return dt.datetime(*args, tzinfo=zone).timestamp()  # type: ignore[misc, arg-type]
 
 
 def wall(t: float, zone: dt.tzinfo) -> str:
