@@ -32,7 +32,7 @@ def test_the_state_table_lists_every_state_of_the_contract_in_its_order() -> Non
 def test_the_transition_table_is_transitions() -> None:
     documented = {}
     for source, targets in _table("| from | to |"):
-        documented[source] = frozenset() if targets == "–" else frozenset(
+        documented[source] = frozenset() if targets == "\u2013" else frozenset(
             re.sub(r"\s*\(.*?\)", "", t).strip() for t in re.sub(r"\(.*?\)", "", targets).split(","))
     assert documented == dict(jobs.TRANSITIONS)
     assert "## Transfer windows" in DOC and contract.OUTSIDE_WINDOW in DOC
