@@ -49,6 +49,11 @@ from dataeraid.transfer import FairBandwidth, JobContext
 
 Engine = Callable[[JobContext], Awaitable[dict[str, Any]]]
 
+#: The longest the scheduler trusts a wall-clock reading to convert into Trio time: a window's
+#: opening or closing is looked at again at least this often, so a wall clock that was set, or a
+#: machine that slept, puts it off by no more than this.
+WINDOW_RECHECK_S = 3600.0
+
 _log = log.get("dataeraid.scheduler")
 
 
@@ -134,8 +139,8 @@ class Scheduler:
                         self._last_start[row["client"]] = next(self._ticks)
                         nursery.start_soon(self._run, row, scope)
                 # Wake at the next window opening too; the wall clock tells how far off it is.
-                with trio.move_on_at(math.inf if opens is None
-                                     else trio.current_time() + max(0.0, opens - self._jobs.wall())):
+                with trio.move_on_at(math.inf if opens is None else trio.current_time()
+                                     + min(WINDOW_RECHECK_S, max(0.0, opens - self._jobs.wall()))):
                     await wake.wait()
 
     async def _run(self, row: Row, scope: trio.CancelScope) -> None:
@@ -191,7 +196,7 @@ class Scheduler:
                 return
             now = self._jobs.wall()
             if closes > now:
-                await trio.sleep(closes - now)
+                await trio.sleep(min(WINDOW_RECHECK_S, closes - now))
                 continue
             opens = self._jobs.window_opens(row["window"])
             if opens is not None:

@@ -18,7 +18,7 @@ from dataeraid.config import Settings
 from dataeraid.errors import DataeraiError
 from dataeraid.events import EventBus
 from dataeraid.jobs import Jobs
-from dataeraid.scheduler import Scheduler
+from dataeraid.scheduler import WINDOW_RECHECK_S, Scheduler
 from dataeraid.store import Store
 from dataeraid.transfer import JobContext
 
@@ -182,3 +182,18 @@ async def test_open_windows_requeues_only_the_jobs_whose_window_opened(jobs: Job
     assert await jobs.open_windows() == NOON + 10 * HOUR
     assert (await jobs.get("job_1"))["state"] == "queued"
     assert (await jobs.get("job_2"))["state"] == "scheduled"
+
+
+async def test_a_wall_clock_that_jumps_ahead_is_noticed_within_the_recheck(
+        jobs: Jobs, clock: trio.testing.MockClock) -> None:
+    engine = Engine(hold_s=None)
+    skew = [0.0]
+    jobs.wall = lambda: NOON + trio.current_time() + skew[0]
+    await jobs.create(job_row("job_1", "20:00-06:00"))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(scheduler(jobs, engine).serve)
+        await trio.sleep(60)
+        skew[0] = 8 * HOUR  # the machine slept, or its clock was set: it is 20:01 now
+        await engine.started.wait()
+        assert 60 < engine.starts[0] <= WINDOW_RECHECK_S
+        nursery.cancel_scope.cancel()
