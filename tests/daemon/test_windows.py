@@ -4,6 +4,7 @@ next open or close", in local time across daylight-saving changes."""
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -11,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dataeraid import windows
+from dataeraid.watch.config import WatchConfig, check_params
 from dataeraid.windows import DAY_NAMES, WindowError
 
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -167,3 +169,14 @@ def test_the_local_zone_follows_tz(monkeypatch: pytest.MonkeyPatch) -> None:
     assert str(windows.local_zone()) == "Europe/Berlin"
     monkeypatch.setenv("TZ", "Not/AZone")
     assert windows.local_zone() is not None
+
+
+def test_a_watch_keeps_its_window_and_gives_it_to_its_config(tmp_path: Path) -> None:
+    params = check_params(str(tmp_path), {"project_id": "prj_00000000", "window": "Mon-Fri 20:00-06:00"},
+                          events_usable=True)
+    assert params["window"] == "Mon-Fri 20:00-06:00"
+    row = {"watch_id": "wat_00000000", "root": str(tmp_path), "params": params}
+    assert WatchConfig.from_row(row).transfer_window == "Mon-Fri 20:00-06:00"
+    assert check_params(str(tmp_path), {"project_id": "prj_00000000"}, events_usable=True)["window"] is None
+    with pytest.raises(ValueError, match=r"^window: .*not a time of day"):
+        check_params(str(tmp_path), {"project_id": "prj_00000000", "window": "20:00-25:00"}, events_usable=True)
