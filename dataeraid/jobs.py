@@ -17,6 +17,7 @@ import sqlalchemy as sa
 import trio
 from dataerai.contract import (
     JOB_STATES,
+    OUTSIDE_WINDOW,
     TERMINAL_JOB_STATES,
     WAITING_JOB_STATES,
     JobErrorObject,
@@ -25,7 +26,7 @@ from dataerai.contract import (
 )
 from sqlalchemy.engine import Connection
 
-from dataeraid import schema
+from dataeraid import schema, windows
 from dataeraid.errors import DataeraiError
 from dataeraid.events import Emit, EventBus
 from dataeraid.redact import redact
@@ -36,12 +37,17 @@ TERMINAL = TERMINAL_JOB_STATES
 WAITING = WAITING_JOB_STATES
 
 TRANSITIONS: Mapping[str, frozenset[str]] = {
-    "queued": frozenset({"running", "paused", "cancelled"}),
+    "queued": frozenset({"running", "scheduled", "paused", "cancelled"}),
+    # Outside its transfer window; the scheduler requeues it when the window opens.
+    "scheduled": frozenset({"queued", "paused", "cancelled"}),
     "running": frozenset(
-        {"completed", "failed", "cancelled", "waiting_for_network", "waiting_for_auth", "queued", "paused"}
+        {"completed", "failed", "cancelled", "waiting_for_network", "waiting_for_auth", "queued", "scheduled",
+         "paused"}
     ),
-    "waiting_for_network": frozenset({"running", "waiting_for_auth", "failed", "cancelled", "queued", "paused"}),
-    "waiting_for_auth": frozenset({"running", "waiting_for_network", "failed", "cancelled", "queued", "paused"}),
+    "waiting_for_network": frozenset(
+        {"running", "waiting_for_auth", "failed", "cancelled", "queued", "scheduled", "paused"}),
+    "waiting_for_auth": frozenset(
+        {"running", "waiting_for_network", "failed", "cancelled", "queued", "scheduled", "paused"}),
     "paused": frozenset({"queued", "cancelled"}),
     "failed": frozenset({"queued"}),
     "cancelled": frozenset({"queued"}),
@@ -77,6 +83,12 @@ def to_wire(row: Row, bytes_done: int, chunks_done: int, retry_at: float | None 
             "reason": error["message"] if error else "",
             "retry_at": _iso(retry_at) if row["state"] == "waiting_for_network" else None,
         }
+    elif row["state"] == "scheduled":
+        waiting = {
+            "code": OUTSIDE_WINDOW,
+            "reason": f"outside its transfer window ({row.get('window')})",
+            "retry_at": _iso(row.get("not_before")),
+        }
     total = row["bytes_total"]
     if row["state"] == "completed" and total is not None:
         bytes_done = total
@@ -104,6 +116,7 @@ def to_wire(row: Row, bytes_done: int, chunks_done: int, retry_at: float | None 
         "deduplicated": bool(row.get("deduplicated")),
         "error": error,
         "waiting": waiting,
+        "window": row.get("window"),
     }
 
 
@@ -159,6 +172,31 @@ class Jobs:
         # a daemon that starts again requeues its waiting jobs, so the time means nothing then.
         self.retry_at: dict[str, float] = {}
         self._end_listeners: list[tuple[EndRecorder, EndNotice]] = []
+        #: The wall clock (Unix time) and the zone that transfer windows are read in; tests replace them.
+        self.wall: Callable[[], float] = time.time
+        self.zone: dt.tzinfo = windows.local_zone()
+
+    def window_opens(self, window: str | None, at: float | None = None) -> float | None:
+        """When a job with ``window`` may next move bytes: None if it may now (or has no window),
+        else the Unix time its window opens."""
+        if not window:
+            return None
+        now = self.wall() if at is None else at
+        opens = windows.parse(window).next_open(now, self.zone)
+        return None if opens <= now else opens
+
+    def window_closes(self, window: str | None) -> float | None:
+        """When a running job with ``window`` must stop (Unix time), or None if never."""
+        if not window:
+            return None
+        return windows.parse(window).next_close(self.wall(), self.zone)
+
+    def _entry(self, window: str | None, now: float) -> dict[str, Any]:
+        """A job (re)entering the queue at ``now``: ``queued``, or ``scheduled`` until its window opens.
+        (``now`` is read on the Trio thread: the wall clock a test gives may be Trio's.)"""
+        opens = self.window_opens(window, now)
+        return {"state": "queued", "not_before": None} if opens is None else {"state": "scheduled",
+                                                                              "not_before": opens}
 
     def add_end_listener(self, record: EndRecorder, notice: EndNotice) -> None:
         self._end_listeners.append((record, notice))
@@ -183,7 +221,7 @@ class Jobs:
         returns that job unchanged, whatever its state; ``conflict`` if it is of another kind.
         """
         now = time.time()
-        row = {**row, "state": "queued", "created_at": now, "updated_at": now}
+        row = {**row, **self._entry(row.get("window"), self.wall()), "created_at": now, "updated_at": now}
 
         created = True
 
@@ -198,7 +236,7 @@ class Jobs:
                 return self._wire(conn, existing)
             Store.insert_job(conn, row)
             job = self._wire(conn, Store.fetch_job(conn, row["job_id"]) or row)
-            emit("job.state", row["job_id"], {"state": "queued", "previous_state": None, "job": job})
+            emit("job.state", row["job_id"], {"state": row["state"], "previous_state": None, "job": job})
             return job
 
         job = await self.bus.commit(write)
@@ -210,19 +248,21 @@ class Jobs:
                           also: Callable[[Connection, Emit], None] | None = None) -> list[dict[str, Any]]:
         """Insert many queued jobs, with their events and ``also``, in one durable transaction."""
         now = time.time()
+        wall = self.wall()
 
         def write(conn: Connection, emit: Emit) -> list[dict[str, Any]]:
             next_seq = conn.execute(sa.select(sa.func.coalesce(sa.func.max(schema.jobs.c.seq), 0) + 1)).scalar_one()
             out = []
             for offset, given in enumerate(rows):
-                row = {**given, "state": "queued", "created_at": now, "updated_at": now, "seq": next_seq + offset}
+                row = {**given, **self._entry(given.get("window"), wall), "created_at": now, "updated_at": now,
+                       "seq": next_seq + offset}
                 existing = Store.fetch_job(conn, row["job_id"])
                 if existing is not None:
                     out.append(self._wire(conn, existing))
                     continue
                 conn.execute(schema.jobs.insert().values(**row))
                 job = self._wire(conn, Store.fetch_job(conn, row["job_id"]) or row)
-                emit("job.state", row["job_id"], {"state": "queued", "previous_state": None, "job": job})
+                emit("job.state", row["job_id"], {"state": row["state"], "previous_state": None, "job": job})
                 out.append(job)
             if also is not None:
                 also(conn, emit)
@@ -246,7 +286,11 @@ class Jobs:
 
         ``retry_at`` (Unix time) is when a job entering ``waiting_for_network`` tries
         again; the event's job object carries it. ``also`` runs in the same transaction.
+
+        A job with a transfer window that is closed now enters ``scheduled`` when it is sent
+        to ``queued`` (a resume, a retry, a requeue), with ``not_before`` its window's opening.
         """
+        wall = self.wall()
 
         def write(conn: Connection, emit: Emit) -> dict[str, Any]:
             row = Store.fetch_job(conn, job_id)
@@ -258,6 +302,10 @@ class Jobs:
                 raise DataeraiError("conflict", f"job {job_id} is {current}; it cannot become {to}", state=current)
             changes = dict(fields or {})
             changes["state"] = to
+            if to == "queued":
+                changes.update(self._entry(row.get("window"), wall))
+            elif to != "scheduled":
+                changes["not_before"] = None
             # Seen ending again before a new end counts (a retried job): pruning waits for that.
             changes["acknowledged_at"] = None
             self._note_retry(job_id, to, retry_at)
@@ -271,7 +319,7 @@ class Jobs:
             new_row = Store.fetch_job(conn, job_id)
             assert new_row is not None
             job = self._wire(conn, new_row)
-            emit("job.state", job_id, {"state": to, "previous_state": current, "job": job})
+            emit("job.state", job_id, {"state": changes["state"], "previous_state": current, "job": job})
             for record, notice in self._end_listeners:
                 key = record(conn, emit, new_row, to)
                 if key is not None:
@@ -402,6 +450,23 @@ class Jobs:
         for row in rows:
             await self.transition(row["job_id"], "queued")
         return [r["job_id"] for r in rows]
+
+    async def open_windows(self) -> float | None:
+        """Requeue the ``scheduled`` jobs whose window opened (a seek on ``ix_jobs_not_before``);
+        when the next one opens (Unix time), or None if no job is scheduled."""
+        table = schema.jobs
+        now = self.wall()
+        due_query = (sa.select(table.c.job_id).where(table.c.state == "scheduled", table.c.not_before <= now)
+                     .order_by(table.c.not_before).limit(1000))
+        due = await self.store.transaction(lambda conn: list(conn.execute(due_query).scalars()))
+        for job_id in due:
+            try:
+                await self.transition(job_id, "queued", only_from=("scheduled",))
+            except DataeraiError:
+                pass  # paused or cancelled meanwhile
+        next_query = sa.select(sa.func.min(table.c.not_before)).where(table.c.not_before.is_not(None),
+                                                                      table.c.state == "scheduled")
+        return await self.store.transaction(lambda conn: conn.execute(next_query).scalar())
 
     async def counts(self) -> dict[str, int]:
         query = sa.select(schema.jobs.c.state, sa.func.count()).group_by(schema.jobs.c.state)

@@ -16,11 +16,21 @@ becomes ``completed`` with the engine's result fields), the engine raises a
 (by ``job.cancel``/pause, which already moved the state, or by daemon
 shutdown, which leaves the job ``running`` in the store so the next start
 requeues it).
+
+Transfer windows (docs/job-states.md#transfer-windows): a job outside its window is
+``scheduled``, never ``queued``, so ``store.runnable`` never offers it. The scheduler
+requeues the scheduled jobs whose window opened each time it wakes, and wakes by
+itself at the next opening (Trio's clock, so a test runs it on a ``MockClock``; the
+wall clock and zone are ``Jobs.wall`` and ``Jobs.zone``). A running job whose window
+closes stops at once: it goes ``scheduled`` and its task is cancelled, like a pause,
+so the parts in flight are dropped (at most ``parts_per_job`` are sent again when the
+window opens) and the checkpoints are kept.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
@@ -38,6 +48,11 @@ from dataeraid.store import Row
 from dataeraid.transfer import JobContext, Links
 
 Engine = Callable[[JobContext], Awaitable[dict[str, Any]]]
+
+#: The longest the scheduler trusts a wall-clock reading to convert into Trio time: a window's
+#: opening or closing is looked at again at least this often, so a wall clock that was set, or a
+#: machine that slept, puts it off by no more than this.
+WINDOW_RECHECK_S = 3600.0
 
 _log = log.get("dataeraid.scheduler")
 
@@ -113,6 +128,7 @@ class Scheduler:
             task_status.started()
             while True:
                 wake = self._jobs.queue_changed()
+                opens = await self._jobs.open_windows()
                 free = self._live.current.max_active_jobs - len(self._running)
                 if free > 0:
                     queued = await self._jobs.store.runnable_jobs(self._running, per_client=free)
@@ -125,7 +141,10 @@ class Scheduler:
                         self._clients[row["job_id"]] = row["client"]
                         self._last_start[row["client"]] = next(self._ticks)
                         nursery.start_soon(self._run, row, scope)
-                await wake.wait()
+                # Wake at the next window opening too; the wall clock tells how far off it is.
+                with trio.move_on_at(math.inf if opens is None else trio.current_time()
+                                     + min(WINDOW_RECHECK_S, max(0.0, opens - self._jobs.wall()))):
+                    await wake.wait()
 
     async def _run(self, row: Row, scope: trio.CancelScope) -> None:
         job_id: str = row["job_id"]
@@ -135,12 +154,18 @@ class Scheduler:
         try:
             with scope:
                 try:
+                    opens = self._jobs.window_opens(row.get("window"))
+                    if opens is not None:
+                        # Its window closed while it waited for a slot.
+                        await self._jobs.transition(job_id, "scheduled", fields={"not_before": opens},
+                                                    only_from=("queued",))
+                        return
                     await self._jobs.transition(job_id, "running", only_from=("queued",))
                 except DataeraiError:
                     return  # cancelled or paused before it started
                 try:
                     with first_error():
-                        fields = await self._engines[row["kind"]](ctx)
+                        fields = await self._move(row, ctx, scope)
                 except DataeraiError as exc:
                     ctx.log.warning("job failed", code=exc.code, error=exc.message)
                     await self._finish(job_id, "failed", {"error_code": exc.code, "error_message": exc.message})
@@ -155,6 +180,37 @@ class Scheduler:
             del self._clients[job_id]
             self._jobs.live_progress.pop(job_id, None)
             self._jobs.wake_scheduler()
+
+    async def _move(self, row: Row, ctx: JobContext, scope: trio.CancelScope) -> dict[str, Any]:
+        """The engine's run, stopped when the job's transfer window closes."""
+        async with trio.open_nursery() as guard:
+            if row.get("window"):
+                guard.start_soon(self._close_window, row, scope)
+            fields = await self._engines[row["kind"]](ctx)
+            guard.cancel_scope.cancel()
+        return fields
+
+    async def _close_window(self, row: Row, scope: trio.CancelScope) -> None:
+        """Sleep until the job's window closes, then make it ``scheduled`` and stop it."""
+        job_id: str = row["job_id"]
+        while True:
+            closes = self._jobs.window_closes(row["window"])
+            if closes is None:
+                return
+            now = self._jobs.wall()
+            if closes > now:
+                await trio.sleep(min(WINDOW_RECHECK_S, closes - now))
+                continue
+            opens = self._jobs.window_opens(row["window"])
+            if opens is not None:
+                break
+        try:
+            await self._jobs.transition(job_id, "scheduled", fields={"not_before": opens},
+                                        only_from=("running", "waiting_for_network", "waiting_for_auth"))
+        except DataeraiError:
+            return  # it ended, or was paused or cancelled, meanwhile: that stands
+        _log.info("transfer window closed: job scheduled", job_id=job_id, window=row["window"], not_before=opens)
+        scope.cancel()
 
     async def _finish(self, job_id: str, state: str, fields: dict[str, Any]) -> None:
         try:

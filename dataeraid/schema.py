@@ -45,6 +45,10 @@ jobs = sa.Table(
     # When a client first saw the job in a final state (jobs.py, ``acknowledge``); None while it is not
     # final or nobody saw its end. A finished job is pruned ``job_retention_days`` after this.
     sa.Column("acknowledged_at", sa.Float),
+    # The job's transfer window as given (dataeraid/windows.py), or None: any time.
+    sa.Column("window", sa.Text),
+    # A ``scheduled`` job's next window opening (Unix time); None in every other state.
+    sa.Column("not_before", sa.Float),
     sa.Index("ix_jobs_state_priority", "state", "priority", "seq"),
     # The scheduler's seeks: the clients with queued jobs, then each one's front (store.runnable).
     sa.Index("ix_jobs_runnable", "state", "client", sa.text("priority DESC"), "seq"),
@@ -52,6 +56,8 @@ jobs = sa.Table(
     sa.Index("ix_jobs_seq", "seq"),
     # Pruning's seek (Store.prune_jobs): only finished jobs a client saw end carry acknowledged_at.
     sa.Index("ix_jobs_acknowledged", "acknowledged_at", sqlite_where=sa.text("acknowledged_at IS NOT NULL")),
+    # The scheduler's seek for the next window to open (store.next_window_opening).
+    sa.Index("ix_jobs_not_before", "not_before", sqlite_where=sa.text("not_before IS NOT NULL")),
 )
 
 # A row exists only once the chunk was acknowledged (upload: the server answered

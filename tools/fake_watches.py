@@ -28,7 +28,7 @@ CREATED = "2026-11-25T14:00:00Z"
 ADD_PARAMS = frozenset({
     "root", "project_id", "collection_id", "prefix", "complete_when", "after_upload", "excludes",
     "default_excludes", "tags", "metadata_template", "priority", "rescan_interval_s", "force_polling",
-    "free_space_below", "watch_id",
+    "free_space_below", "window", "watch_id",
 })
 DEFAULT_EXCLUDES = ["*.part", "*.tmp", "~$*", ".~lock.*#"]
 
@@ -67,6 +67,7 @@ def watch_object(watch_id: str = WATCH_ID, root: str = "/data/instrument", **fie
         "rescan_interval_s": 3600.0,
         "free_space_below": None,
         "force_polling": False,
+        "window": None,
         "problem": None,
         "mode_reason": None,
         "files": file_counts(),

@@ -29,6 +29,7 @@ from dataeraid.rpc.params import (
     RepositoryPath,
     Spec,
     Text,
+    TransferWindow,
 )
 from dataeraid.rpc.registry import Method, Registry
 
@@ -75,6 +76,8 @@ def good(spec: Spec) -> st.SearchStrategy[Any]:
         return st.dictionaries(st.text(max_size=8).filter(lambda k: contract.text_problem(k) is None),
                                st.one_of(st.integers(), st.text("abc", max_size=5), st.booleans(), st.none()),
                                max_size=3)
+    if isinstance(spec, TransferWindow):
+        return st.sampled_from(["20:00-06:00", "Mon-Fri 20:00-06:00,Sat-Sun 00:00-24:00", "sat 00:00-24:00"])
     if isinstance(spec, Record):
         return st.fixed_dictionaries({}, optional={k: good(v) for k, v in spec.fields.items()})
     raise AssertionError(f"no strategy for {spec!r}")

@@ -502,6 +502,7 @@ class DataeraiClient:
         transfer_timeout_s: float | None = DEFAULT_TRANSFER_TIMEOUT_S,
         wait: Literal[True] = True,
         priority: int = 0,
+        window: str | None = None,
     ) -> UploadResult: ...
 
     @overload
@@ -525,6 +526,7 @@ class DataeraiClient:
         transfer_timeout_s: float | None = DEFAULT_TRANSFER_TIMEOUT_S,
         wait: Literal[False],
         priority: int = 0,
+        window: str | None = None,
     ) -> Job: ...
 
     @overload
@@ -548,6 +550,7 @@ class DataeraiClient:
         transfer_timeout_s: float | None = DEFAULT_TRANSFER_TIMEOUT_S,
         wait: bool = True,
         priority: int = 0,
+        window: str | None = None,
     ) -> UploadResult | Job: ...
 
     def upload(
@@ -570,6 +573,7 @@ class DataeraiClient:
         transfer_timeout_s: float | None = DEFAULT_TRANSFER_TIMEOUT_S,
         wait: bool = True,
         priority: int = 0,
+        window: str | None = None,
     ) -> UploadResult | Job:
         """Upload a file or directory as a new asset (or version); blocks until stored, returns an ``UploadResult``.
 
@@ -596,7 +600,9 @@ class DataeraiClient:
         follows its events, calling ``on_progress(ProgressEvent)`` along the way
         and ``on_state(Job)`` when the job's state changes, as ``wait`` does:
         a job that cannot reach the repository or has no valid login waits
-        (``waiting_for_network``, ``waiting_for_auth``), and ``job.waiting``
+        (``waiting_for_network``, ``waiting_for_auth``), a job outside its
+        ``window`` (a transfer window such as ``"Mon-Fri 20:00-06:00"``, local
+        time on the daemon's machine) waits ``scheduled``, and ``job.waiting``
         says why and when it tries again (an exception from a callback
         propagates, and the job goes on). With ``wait=False`` it returns the
         queued ``Job`` at once.
@@ -614,6 +620,8 @@ class DataeraiClient:
         params: dict[str, Any] = {"local_path": source, **_upload_target(title, owner_type, owner_id, asset_id)}
         params["priority"] = _priority(priority)
         params["client"] = self._client_tag()
+        if window is not None:
+            params["window"] = _window(window)
         if description is not None:
             params["description"] = description
         if alias is not None:
@@ -659,6 +667,7 @@ class DataeraiClient:
         transfer_timeout_s: float | None = DEFAULT_TRANSFER_TIMEOUT_S,
         wait: Literal[True] = True,
         priority: int = 0,
+        window: str | None = None,
     ) -> DownloadResult: ...
 
     @overload
@@ -674,6 +683,7 @@ class DataeraiClient:
         transfer_timeout_s: float | None = DEFAULT_TRANSFER_TIMEOUT_S,
         wait: Literal[False],
         priority: int = 0,
+        window: str | None = None,
     ) -> Job: ...
 
     @overload
@@ -689,6 +699,7 @@ class DataeraiClient:
         transfer_timeout_s: float | None = DEFAULT_TRANSFER_TIMEOUT_S,
         wait: bool = True,
         priority: int = 0,
+        window: str | None = None,
     ) -> DownloadResult | Job: ...
 
     def download(
@@ -703,6 +714,7 @@ class DataeraiClient:
         transfer_timeout_s: float | None = DEFAULT_TRANSFER_TIMEOUT_S,
         wait: bool = True,
         priority: int = 0,
+        window: str | None = None,
     ) -> DownloadResult | Job:
         """Download an asset's latest content (or ``content_id``) into ``dest_dir``; returns a ``DownloadResult``.
 
@@ -720,6 +732,8 @@ class DataeraiClient:
         }
         if content_id is not None:
             params["content_id"] = content_id
+        if window is not None:
+            params["window"] = _window(window)
         job = self._start("download.start", params)
         if not wait:
             return job
@@ -803,6 +817,7 @@ class DataeraiClient:
         rescan_interval_s: float | None = None,
         force_polling: bool = False,
         free_space_below: str | None = None,
+        window: str | None = None,
         watch_id: str | None = None,
     ) -> Watch:
         """Watch the directory ``root``: the daemon uploads each of its files, once complete, exactly once.
@@ -827,7 +842,7 @@ class DataeraiClient:
         systems). ``free_space_below`` is the watched disk's free-space
         threshold, a size (``"20G"``) or a share (``"15%"``); what the daemon
         does below it is in ``docs/watch.md``. ``priority`` is the priority
-        of its upload jobs.
+        of its upload jobs, ``window`` their transfer window (``"20:00-06:00"``).
 
         ``watch_id`` (``wat_…``) names the watch; adding the same id again is
         the same request and answers with that watch. Without one the SDK
@@ -853,6 +868,8 @@ class DataeraiClient:
             "force_polling": _flag("force_polling", force_polling),
             "watch_id": _checked_id("watch", "watch_id", watch_id),
         }
+        if window is not None:
+            params["window"] = _window(window)
         if collection_id is not None:
             params["collection_id"] = _checked_id("collection", "collection_id", collection_id)
         if prefix is not None:
@@ -1401,6 +1418,13 @@ def _upload_target(
     if asset_id is not None:
         target["asset_id"] = asset_id
     return target
+
+
+def _window(window: str) -> str:
+    """A transfer window is the daemon's to parse (one grammar, docs/job-states.md); here only its type."""
+    if not isinstance(window, str):
+        raise _invalid_param("window", f"window must be a string like 'Mon-Fri 20:00-06:00', not {window!r}")
+    return window
 
 
 def _priority(priority: int) -> int:

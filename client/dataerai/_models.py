@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from .contract import PENDING_WATCH_FILE_STATES
+from .contract import PENDING_WATCH_FILE_STATES, WAITING_OBJECT_JOB_STATES
 from .contract import TERMINAL_JOB_STATES as TERMINAL_JOB_STATES
 from .contract import WAITING_JOB_STATES as WAITING_JOB_STATES
 
@@ -422,7 +422,8 @@ class JobError:
 
 @dataclass(frozen=True)
 class JobWaiting:
-    """Why a job waits (``waiting_for_network``, ``waiting_for_auth``) and when it tries again.
+    """Why a job waits (``waiting_for_network``, ``waiting_for_auth``, ``scheduled``) and when it
+    tries again (for ``scheduled``: ``code`` ``outside_window``, ``retry_at`` when its window opens).
 
     ``code`` is the catalogue's code of the failure that keeps it waiting
     (``unavailable``, ``auth_required``, ``auth_expired``, ...), ``reason`` a
@@ -489,8 +490,11 @@ class Job:
     deduplicated: bool = False
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
     #: Why the job waits and when it tries again, while it is ``waiting_for_network`` or
-    #: ``waiting_for_auth``; ``None`` in any other state.
+    #: ``waiting_for_auth``; while it is ``scheduled`` (outside its transfer window), ``code``
+    #: ``outside_window`` and ``retry_at`` when the window opens; ``None`` in any other state.
     waiting: JobWaiting | None = None
+    #: When the job may move bytes (its transfer window, e.g. ``Mon-Fri 20:00-06:00``), or ``None``.
+    window: str | None = None
 
     @property
     def is_terminal(self) -> bool:
@@ -528,12 +532,13 @@ class Job:
             deduplicated=d.get("deduplicated") is True,
             raw=d,
             waiting=_waiting_of(d),
+            window=_opt_str(d.get("window")),
         )
 
 
 def _waiting_of(d: dict[str, Any]) -> JobWaiting | None:
     """A job's ``waiting``; from a daemon that does not send it, the error that made a waiting job wait."""
-    if d.get("state") not in WAITING_JOB_STATES:
+    if d.get("state") not in WAITING_OBJECT_JOB_STATES:
         return None
     if isinstance(d.get("waiting"), dict):
         return JobWaiting.from_wire(d["waiting"])
@@ -616,6 +621,8 @@ class Watch:
     rescan_interval_s: float = 0.0
     free_space_below: str | None = None
     force_polling: bool = False
+    #: The transfer window every upload of the watch gets, or ``None`` (any time).
+    window: str | None = None
     problem: WatchProblem | None = None
     mode_reason: WatchProblem | None = None
     files: dict[str, int] = field(default_factory=dict)
@@ -657,6 +664,7 @@ class Watch:
             rescan_interval_s=_float(d.get("rescan_interval_s")),
             free_space_below=_opt_str(d.get("free_space_below")),
             force_polling=d.get("force_polling") is True,
+            window=_opt_str(d.get("window")),
             problem=_problem(d.get("problem")),
             mode_reason=_problem(d.get("mode_reason")),
             files=_counts(d.get("files")),

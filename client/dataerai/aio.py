@@ -434,6 +434,7 @@ class AsyncDataeraiClient:
         transfer_timeout_s: float | None = DEFAULT_TRANSFER_TIMEOUT_S,
         wait: Literal[True] = True,
         priority: int = 0,
+        window: str | None = None,
     ) -> UploadResult: ...
 
     @overload
@@ -457,6 +458,7 @@ class AsyncDataeraiClient:
         transfer_timeout_s: float | None = DEFAULT_TRANSFER_TIMEOUT_S,
         wait: Literal[False],
         priority: int = 0,
+        window: str | None = None,
     ) -> Job: ...
 
     async def upload(
@@ -479,6 +481,7 @@ class AsyncDataeraiClient:
         transfer_timeout_s: float | None = DEFAULT_TRANSFER_TIMEOUT_S,
         wait: bool = True,
         priority: int = 0,
+        window: str | None = None,
     ) -> UploadResult | Job:
         """Upload a file or directory as a new asset or a new version of one; see ``DataeraiClient.upload``."""
         loop = _Loop()
@@ -502,6 +505,7 @@ class AsyncDataeraiClient:
                 transfer_timeout_s=transfer_timeout_s,
                 wait=wait,
                 priority=priority,
+                window=window,
             ),
             loop,
         )
@@ -519,6 +523,7 @@ class AsyncDataeraiClient:
         transfer_timeout_s: float | None = DEFAULT_TRANSFER_TIMEOUT_S,
         wait: Literal[True] = True,
         priority: int = 0,
+        window: str | None = None,
     ) -> DownloadResult: ...
 
     @overload
@@ -534,6 +539,7 @@ class AsyncDataeraiClient:
         transfer_timeout_s: float | None = DEFAULT_TRANSFER_TIMEOUT_S,
         wait: Literal[False],
         priority: int = 0,
+        window: str | None = None,
     ) -> Job: ...
 
     async def download(
@@ -548,6 +554,7 @@ class AsyncDataeraiClient:
         transfer_timeout_s: float | None = DEFAULT_TRANSFER_TIMEOUT_S,
         wait: bool = True,
         priority: int = 0,
+        window: str | None = None,
     ) -> DownloadResult | Job:
         """Download an asset's content; see ``DataeraiClient.download``."""
         loop = _Loop()
@@ -563,6 +570,7 @@ class AsyncDataeraiClient:
                 transfer_timeout_s=transfer_timeout_s,
                 wait=wait,
                 priority=priority,
+                window=window,
             ),
             loop,
         )
@@ -594,6 +602,7 @@ class AsyncDataeraiClient:
         rescan_interval_s: float | None = None,
         force_polling: bool = False,
         free_space_below: str | None = None,
+        window: str | None = None,
         watch_id: str | None = None,
     ) -> Watch:
         """Watch a directory; see ``DataeraiClient.add_watch``."""
@@ -610,6 +619,7 @@ class AsyncDataeraiClient:
                 tags=tags,
                 metadata_template=metadata_template,
                 priority=priority,
+                window=window,
                 rescan_interval_s=rescan_interval_s,
                 force_polling=force_polling,
                 free_space_below=free_space_below,

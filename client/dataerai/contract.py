@@ -70,15 +70,24 @@ JobKind = Literal["upload", "download"]
 JOB_KINDS: Final[tuple[JobKind, ...]] = ("upload", "download")
 
 JobState = Literal[
-    "queued", "running", "waiting_for_network", "waiting_for_auth", "paused", "completed", "failed", "cancelled",
+    "queued", "scheduled", "running", "waiting_for_network", "waiting_for_auth", "paused", "completed", "failed",
+    "cancelled",
 ]
 JOB_STATES: Final[tuple[JobState, ...]] = (
-    "queued", "running", "waiting_for_network", "waiting_for_auth", "paused", "completed", "failed", "cancelled",
+    "queued", "scheduled", "running", "waiting_for_network", "waiting_for_auth", "paused", "completed", "failed",
+    "cancelled",
 )
 #: A job in one of these states will not change any more.
 TERMINAL_JOB_STATES: Final[frozenset[str]] = frozenset({"completed", "failed", "cancelled"})
 #: States in which a job waits for something outside it and says why (the job's ``waiting``).
 WAITING_JOB_STATES: Final[frozenset[str]] = frozenset({"waiting_for_network", "waiting_for_auth"})
+#: States whose job object carries ``waiting`` (why, and when it goes on): the waiting states, and
+#: ``scheduled`` (outside its transfer window; ``retry_at`` is when the window opens).
+WAITING_OBJECT_JOB_STATES: Final[frozenset[str]] = WAITING_JOB_STATES | {"scheduled"}
+#: The ``waiting.code`` of a ``scheduled`` job.
+OUTSIDE_WINDOW: Final = "outside_window"
+#: The longest transfer window (``window`` of ``upload.start``, ``download.start``, a watch).
+MAX_WINDOW_LENGTH: Final = 200
 #: States a job is in only while a daemon works on it; after a crash they mean "queued".
 ACTIVE_JOB_STATES: Final[tuple[JobState, ...]] = ("running", "waiting_for_network", "waiting_for_auth")
 
@@ -264,7 +273,8 @@ class JobErrorObject(TypedDict):
 
 
 class JobWaitingObject(TypedDict):
-    """Why a job in ``waiting_for_network``/``waiting_for_auth`` waits, and when it retries."""
+    """Why a job in ``waiting_for_network``/``waiting_for_auth``/``scheduled`` waits, and when it
+    goes on (for ``scheduled``, ``code`` is ``outside_window`` and ``retry_at`` the window's opening)."""
 
     code: str
     reason: str
@@ -301,6 +311,7 @@ class JobObject(TypedDict):
     deduplicated: bool
     error: JobErrorObject | None
     waiting: JobWaitingObject | None
+    window: str | None
 
 
 class _EventBase(TypedDict):
@@ -398,6 +409,8 @@ class WatchObject(TypedDict):
     rescan_interval_s: float
     free_space_below: str | None
     force_polling: bool
+    #: The transfer window its uploads get (``Mon-Fri 20:00-06:00``), else null: any time.
+    window: str | None
     #: Why it is ``unavailable`` (root missing, unmounted, replaced, emptied), else null.
     problem: WatchProblemObject | None
     #: Why it polls although it asked for events (no inotify, ``max_user_watches`` reached), else null.

@@ -21,6 +21,7 @@ from ._output import as_dict, json_default
 STATE_WORDS = {
     "waiting_for_network": "waiting for network",
     "waiting_for_auth": "waiting for auth",
+    "scheduled": "scheduled",
     "paused": "paused",
 }
 #: The bar while the job waits: no rate (it would stand still), and the word.
@@ -49,7 +50,10 @@ def why_it_waits(job: Job, now: datetime | None = None) -> str:
         return f"`dataerai jobs resume {job.job_id}` goes on" if job.state == "paused" else ""
     text = waiting.reason or waiting.code
     seconds = waiting.retry_in_s(now)
-    if seconds is not None:
+    if job.state == "scheduled" and waiting.retry_at is not None:
+        # Hours away, in the daemon's local time like the window itself: a clock time, not seconds.
+        text += f"; starts at {waiting.retry_at.astimezone().strftime('%Y-%m-%d %H:%M %Z')}"
+    elif seconds is not None:
         text += f" (retrying in {math.ceil(seconds)} s)" if seconds >= 0.5 else " (retrying now)"
     elif job.state == "waiting_for_auth" and "auth login" not in text:
         text += " (it goes on after `dataerai auth login`)"

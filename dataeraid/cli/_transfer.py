@@ -20,6 +20,10 @@ from ._output import emit, json_option, print_json
 _TIMEOUT_HELP = "Stop waiting after S seconds (exit 4); the job goes on. [default: wait until it ends]"
 
 
+_WINDOW_HELP = ("Move bytes only inside this transfer window, in the daemon's local time: 20:00-06:00, "
+                "'Mon-Fri 20:00-06:00,Sat-Sun 00:00-24:00'. Outside it the job is scheduled (docs/job-states.md).")
+
+
 def _print_queued(job: Job, *, as_json: bool) -> None:
     emit(job, as_json, job.job_id)
 
@@ -51,6 +55,7 @@ def _print_queued(job: Job, *, as_json: bool) -> None:
     metavar="N",
     help="Send the file in parts of N MiB. [default: the daemon's, 64]",
 )
+@click.option("--window", metavar="WINDOW", help=_WINDOW_HELP)
 @click.option("--no-wait", is_flag=True, help="Print the job id as soon as the upload is queued.")
 @click.option("--timeout", type=TIMEOUT, metavar="S", help=_TIMEOUT_HELP)
 @json_option
@@ -66,6 +71,7 @@ def upload(
     tags: tuple[str, ...],
     description: str | None,
     chunk_size_mb: int | None,
+    window: str | None,
     no_wait: bool,
     timeout: float | None,
     as_json: bool,
@@ -105,6 +111,7 @@ def upload(
             asset_id=asset_id,
             path=asset_path,
             chunk_size_mb=chunk_size_mb,
+            window=window,
             wait=False,
         )
         if no_wait:
@@ -141,6 +148,7 @@ def upload(
 )
 @click.option("--content-id", metavar="ID", help="Download this content version. [default: the latest]")
 @click.option("--overwrite", is_flag=True, help="Replace a different file already at the destination.")
+@click.option("--window", metavar="WINDOW", help=_WINDOW_HELP)
 @click.option("--no-wait", is_flag=True, help="Print the job id as soon as the download is queued.")
 @click.option("--timeout", type=TIMEOUT, metavar="S", help=_TIMEOUT_HELP)
 @json_option
@@ -151,6 +159,7 @@ def download(
     dest: Path,
     content_id: str | None,
     overwrite: bool,
+    window: str | None,
     no_wait: bool,
     timeout: float | None,
     as_json: bool,
@@ -163,7 +172,8 @@ def download(
     """
     dest_dir = dest.resolve()
     with open_client(ctx) as client:
-        job: Job = client.download(asset_id, str(dest_dir), content_id=content_id, overwrite=overwrite, wait=False)
+        job: Job = client.download(asset_id, str(dest_dir), content_id=content_id, overwrite=overwrite,
+                                   window=window, wait=False)
         if no_wait:
             _print_queued(job, as_json=as_json)
             return

@@ -91,6 +91,7 @@ def describe_watch(watch: Watch) -> list[str]:
         ("priority", watch.priority),
         ("rescan_interval_s", watch.rescan_interval_s),
         ("free_space_below", watch.free_space_below),
+        ("window", watch.window),
     ]
     lines.extend(f"{key}: {human(value)}" for key, value in optional if value not in (None, "", [], {}))
     counts = ", ".join(f"{state} {n}" for state, n in watch.files.items() if n)
@@ -144,12 +145,15 @@ def watch() -> None:
 @click.option("--free-space-below", metavar="SIZE|PERCENT",
               help="The watched disk's free-space threshold, a size (20G) or a share (15%); what the daemon "
                    "does below it is in docs/watch.md.")
+@click.option("--window", metavar="WINDOW",
+              help="Its uploads move bytes only inside this transfer window, in the daemon's local time: "
+                   "20:00-06:00, 'Mon-Fri 20:00-06:00,Sat-Sun 00:00-24:00' (docs/job-states.md).")
 @json_option
 @click.pass_context
 def add(ctx: click.Context, root: str, project_id: str, collection_id: str | None, prefix: str | None,
         complete_when: str | None, after_upload: str, excludes: tuple[str, ...], no_default_excludes: bool,
         tags: tuple[str, ...], metadata_template: Path | None, priority: int, rescan_interval: float | None,
-        polling: bool, free_space_below: str | None, as_json: bool) -> None:
+        polling: bool, free_space_below: str | None, window: str | None, as_json: bool) -> None:
     """Watch the directory ROOT: upload each of its files, once complete, exactly once.
 
     Each file becomes an asset of the project at its path under ROOT (below
@@ -172,6 +176,7 @@ def add(ctx: click.Context, root: str, project_id: str, collection_id: str | Non
             rescan_interval_s=rescan_interval,
             force_polling=polling,
             free_space_below=free_space_below,
+            window=window,
         )
     emit(added, as_json, added.watch_id)
     if not as_json and added.mode_reason is not None:

@@ -28,6 +28,7 @@ from dataeraid.rpc.params import (
     Record,
     RepositoryPath,
     Text,
+    TransferWindow,
 )
 
 methods = Methods("transfers")
@@ -44,6 +45,8 @@ _COMMON = (
           "the fairness tag: processes that give the same `name` share one fair share"),
     Param("job_id", Id(("job",)), "the caller's id for the job, so a start whose answer was lost still names "
                                   "it; an existing `job_id` answers with that job and changes nothing"),
+    Param("window", TransferWindow(), "move bytes only inside this transfer window (local time); outside it the "
+                                      "job is `scheduled` (docs/job-states.md#transfer-windows)"),
 )
 
 
@@ -139,7 +142,7 @@ async def upload_start(call: Call, local_path: str, title: str | None, owner_typ
                        owner_id: str | None, description: str | None, alias: str | None, tags: list[str] | None,
                        metadata: dict[str, Any] | None, collection_id: str | None, asset_id: str | None,
                        path: str | None, chunk_size: int | None, priority: int, deadline_s: float | None,
-                       client: dict[str, Any] | None, job_id: str | None) -> dict[str, Any]:
+                       client: dict[str, Any] | None, job_id: str | None, window: str | None) -> dict[str, Any]:
     check_upload_target(title, owner_type, owner_id, asset_id)
     svc = call.svc
     source = _normal(local_path)
@@ -173,7 +176,7 @@ async def upload_start(call: Call, local_path: str, title: str | None, owner_typ
         "source_mtime_ns": single.mtime_ns if single else None,
         "source_inode": single.inode if single else None, "chunk_size": chunk,
         "chunk_count": max(1, -(-total // chunk)), "bytes_total": total,
-        "deadline": _deadline(deadline_s), "client": client_tag(call.conn, client),
+        "deadline": _deadline(deadline_s), "client": client_tag(call.conn, client), "window": window,
     })
 
 
@@ -191,7 +194,7 @@ async def upload_start(call: Call, local_path: str, title: str | None, owner_typ
 )
 async def download_start(call: Call, asset_id: str, dest_dir: str, content_id: str | None, overwrite: bool,
                          chunk_size: int | None, priority: int, deadline_s: float | None,
-                         client: dict[str, Any] | None, job_id: str | None) -> dict[str, Any]:
+                         client: dict[str, Any] | None, job_id: str | None, window: str | None) -> dict[str, Any]:
     dest = _normal(dest_dir)
     if await trio.to_thread.run_sync(lambda: os.path.exists(dest) and not os.path.isdir(dest)):
         raise DataeraiError("invalid_argument", f"{dest} exists and is not a directory", param="dest_dir")
@@ -199,5 +202,5 @@ async def download_start(call: Call, asset_id: str, dest_dir: str, content_id: s
         "job_id": job_id or contract.new_job_id(), "kind": "download", "priority": priority,
         "params": {"asset_id": asset_id, "content_id": content_id, "overwrite": overwrite},
         "dest_dir": dest, "chunk_size": chunk_size or call.svc.settings.default_chunk_size,
-        "deadline": _deadline(deadline_s), "client": client_tag(call.conn, client),
+        "deadline": _deadline(deadline_s), "client": client_tag(call.conn, client), "window": window,
     })

@@ -20,6 +20,7 @@ from dataeraid.rpc.params import (
     Number,
     RepositoryPath,
     Text,
+    TransferWindow,
 )
 
 methods = Methods("watches")
@@ -56,6 +57,8 @@ MAX_FILES_PAGE = 10_000
     Param("force_polling", Boolean(), "use scans only, as on a network share", default=False),
     Param("free_space_below", Text(32, min_length=1), "delete verified files, oldest first, while the disk has "
                                                       "less free than this (`20G`, `15%`)"),
+    Param("window", TransferWindow(), "its uploads move bytes only inside this transfer window (local time; "
+                                      "docs/job-states.md#transfer-windows)"),
     Param("watch_id", Id(("watch",)), "the caller's id for the watch"),
     result="the watch.",
     errors=("not_found", "permission_denied", "conflict"),
@@ -64,12 +67,12 @@ async def watch_add(call: Call, root: str, project_id: str, collection_id: str |
                     complete_when: str | None, after_upload: str, excludes: list[str] | None,
                     default_excludes: bool, tags: list[str] | None, metadata_template: dict[str, Any] | None,
                     priority: int, rescan_interval_s: float | None, force_polling: bool,
-                    free_space_below: str | None, watch_id: str | None) -> dict[str, Any]:
+                    free_space_below: str | None, window: str | None, watch_id: str | None) -> dict[str, Any]:
     params = {"project_id": project_id, "collection_id": collection_id, "prefix": prefix,
               "complete_when": complete_when, "after_upload": after_upload, "excludes": excludes or [],
               "default_excludes": default_excludes, "tags": tags or [], "metadata_template": metadata_template,
               "priority": priority, "rescan_interval_s": rescan_interval_s, "force_polling": force_polling,
-              "free_space_below": free_space_below}
+              "free_space_below": free_space_below, "window": window}
     return dict(await call.svc.watches.add(root, params, watch_id))
 
 

@@ -254,6 +254,20 @@ class RepositoryPath(_Rule):
 
 
 @dataclass(frozen=True)
+class TransferWindow(_Rule):
+    """When a job may move bytes, in local time (``dataeraid.windows``: ``Mon-Fri 20:00-06:00``)."""
+
+    def problem(self, value: str) -> str | None:
+        from dataeraid import windows
+
+        return windows.problem(value)
+
+    def describe(self) -> str:
+        return f"transfer window like `Mon-Fri 20:00-06:00,Sat-Sun 00:00-24:00`, at most " \
+               f"{contract.MAX_WINDOW_LENGTH} characters"
+
+
+@dataclass(frozen=True)
 class JsonObject(Spec):
     """A JSON object that the repository can store: finite numbers, text that is valid
     UTF-8, at most ``max_depth`` deep and ``max_bytes`` long when encoded."""

@@ -9,6 +9,7 @@ from typing import Any
 
 from dataerai import contract
 
+from dataeraid import windows
 from dataeraid.watch import rules
 from dataeraid.watch.excludes import DEFAULT_EXCLUDES, Excludes
 from dataeraid.watch.template import Template
@@ -39,6 +40,8 @@ class WatchConfig:
     force_polling: bool
     free_space_below: rules.FreeSpace | None
     marker: str
+    #: The transfer window every upload of the watch gets (dataeraid/windows.py), or None.
+    transfer_window: str | None = None
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> WatchConfig:
@@ -66,6 +69,7 @@ class WatchConfig:
             force_polling=bool(params.get("force_polling")),
             free_space_below=rules.parse_free_space(free) if free else None,
             marker=marker,
+            transfer_window=params.get("window") or None,
         )
 
     def window_s(self) -> float:
@@ -128,4 +132,9 @@ def check_params(root: str, params: dict[str, Any], events_usable: bool) -> dict
     out["force_polling"] = bool(params.get("force_polling"))
     out["tags"] = list(params.get("tags") or [])
     out["priority"] = int(params.get("priority") or 0)
+    if params.get("window"):
+        problem = windows.problem(params["window"])
+        if problem is not None:
+            raise fail("window", problem)
+    out["window"] = params.get("window") or None
     return out

@@ -201,6 +201,7 @@ class WatchManager:
             "rescan_interval_s": float(params["rescan_interval_s"]),
             "free_space_below": params.get("free_space_below"),
             "force_polling": bool(params.get("force_polling")),
+            "window": params.get("window"),
             "problem": problem,
             "mode_reason": {"code": reason[0], "message": reason[1]} if reason else None,
             "files": ledger.counts(conn, row["watch_id"]),

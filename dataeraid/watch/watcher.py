@@ -608,7 +608,7 @@ class Watcher:
             "source_mtime_ns": row["mtime_ns"] if single else None,
             "source_inode": row["inode"] if single else None, "chunk_size": chunk,
             "chunk_count": max(1, -(-total // chunk)), "bytes_total": total, "deadline": None,
-            "client": f"watch:{self.watch_id}",
+            "client": f"watch:{self.watch_id}", "window": cfg.transfer_window,
         }
 
     # --- verifying and cleaning -------------------------------------------------------

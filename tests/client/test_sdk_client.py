@@ -84,6 +84,7 @@ def test_constructor_matches_the_contract() -> None:
         "transfer_timeout_s": 3600.0,
         "wait": True,
         "priority": 0,
+        "window": None,
     }
     assert _defaults(DataeraiClient.download) == {
         "asset_id": empty,
@@ -95,6 +96,7 @@ def test_constructor_matches_the_contract() -> None:
         "transfer_timeout_s": 3600.0,
         "wait": True,
         "priority": 0,
+        "window": None,
     }
     assert _defaults(DataeraiClient.create_project) == {"name": empty, "description": ""}
     assert _defaults(DataeraiClient.call) == {"method": empty, "params": None, "timeout": None}

@@ -75,6 +75,7 @@ def test_the_watch_methods_have_the_documented_signatures() -> None:
         "rescan_interval_s": None,
         "force_polling": False,
         "free_space_below": None,
+        "window": None,
         "watch_id": None,
     }
     assert all(p.kind is p.KEYWORD_ONLY for name, p in signature.parameters.items() if name not in ("self", "root"))
