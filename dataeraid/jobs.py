@@ -246,7 +246,11 @@ class Jobs:
 
     async def create_many(self, rows: Sequence[Row], *,
                           also: Callable[[Connection, Emit], None] | None = None) -> list[dict[str, Any]]:
-        """Insert many queued jobs, with their events and ``also``, in one durable transaction."""
+        """Insert many queued jobs, with their events and ``also``, in one durable transaction.
+
+        As in :meth:`create`, a ``job_id`` that exists already answers with that job unchanged;
+        one of another kind is ``conflict`` (``data.index`` the row) and nothing is inserted.
+        """
         now = time.time()
         wall = self.wall()
 
@@ -258,6 +262,9 @@ class Jobs:
                        "seq": next_seq + offset}
                 existing = Store.fetch_job(conn, row["job_id"])
                 if existing is not None:
+                    if existing["kind"] != row["kind"]:
+                        raise DataeraiError("conflict", f"job {row['job_id']} exists and is an {existing['kind']}",
+                                            index=offset)
                     out.append(self._wire(conn, existing))
                     continue
                 conn.execute(schema.jobs.insert().values(**row))
