@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dataerai import DataEraiClient, DataeraiClient, DaemonError
+from dataerai import DaemonError, DataEraiClient, DataeraiClient
 from dataerai.aio import AsyncDataeraiClient
 from dataerai.contract import MAX_START_MANY_ITEMS
 

@@ -20,7 +20,7 @@ from dataeraid.errors import DataeraiError
 from dataeraid.events import EventBus
 from dataeraid.jobs import Jobs
 from dataeraid.methods import REGISTRY
-from dataeraid.rpc.params import Integer, Items, Param, Text
+from dataeraid.rpc.params import Integer, Invalid, Items, Param, Text
 from dataeraid.store import Store
 
 MiB = 1024 * 1024
@@ -142,8 +142,8 @@ async def test_more_items_than_the_limit_are_refused_whole(jobs: Jobs, files: li
 
 async def test_a_job_id_given_twice_in_one_call_is_invalid(jobs: Jobs, files: list[Path]) -> None:
     job_id = contract.new_job_id()
-    answer = await _ask(jobs, "upload.start_many",
-                        {"items": [_upload(files[0], job_id=job_id), _upload(files[1]), _upload(files[2], job_id=job_id)]})
+    items = [_upload(files[0], job_id=job_id), _upload(files[1]), _upload(files[2], job_id=job_id)]
+    answer = await _ask(jobs, "upload.start_many", {"items": items})
     assert answer.error is not None and answer.error.code == "invalid_argument"
     assert answer.error.data == {"param": "job_id", "index": 2}
     assert await _queued(jobs) == []
@@ -201,7 +201,7 @@ def test_items_bind_each_object_or_name_the_first_that_does_not(value: list[Any]
 
     bad = next((i for i, item in enumerate(value) if not ok(item)), None)
     if not value or len(value) > 4:
-        with pytest.raises(Exception, match="must not be empty|at most 4 items"):
+        with pytest.raises(Invalid, match=r"must not be empty|at most 4 items"):
             _SPEC.check(value)
     elif bad is None:
         assert _SPEC.check(value) == [{"n": item["n"], "s": item.get("s")} for item in value]
