@@ -33,7 +33,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from stack import Stack  # noqa: E402
+from stack import Stack
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
