@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench bench-watch bench-queue soak soak-long fuzz fuzz-daemon fuzz-server docs dist wheelhouse deb check-systemd venv clean
+.PHONY: demo test lint bench bench-watch bench-queue bench-enqueue soak soak-long fuzz fuzz-daemon fuzz-server docs dist wheelhouse deb check-systemd venv clean
 
 venv: $(STAMP)
 
@@ -56,6 +56,12 @@ bench-watch: $(STAMP)
 # BENCH_QUEUE_ARGS="--section churn|counts|convert --jobs N --keep-batches K --json".
 bench-queue: $(STAMP)
 	$(BIN)/python tools/bench_queue.py $(BENCH_QUEUE_ARGS)
+
+# Queueing uploads through a real stack: one upload.start each, then upload.start_many 1,000 a call
+# (10,000 jobs), and job.get's p50/p99 with the queue full (tools/bench_enqueue.py; under a minute).
+# BENCH_ENQUEUE_ARGS="--jobs N --batch N --single N --gets N --json".
+bench-enqueue: $(STAMP)
+	$(BIN)/python tools/bench_enqueue.py $(BENCH_ENQUEUE_ARGS)
 
 # Transfers, and writers feeding watch folders, through a real stack while the daemon, the
 # server and the network fail on purpose; then a check that every byte arrived once and no

@@ -152,6 +152,15 @@ def acknowledge(conn: Connection, rows: Sequence[Row]) -> None:
                      .values(acknowledged_at=time.time()))
 
 
+def _fetch_jobs(conn: Connection, job_ids: Sequence[str]) -> dict[str, Row]:
+    """The rows of those of ``job_ids`` that exist, by id (a few queries, not one per id)."""
+    found: dict[str, Row] = {}
+    for start in range(0, len(job_ids), 500):
+        query = sa.select(schema.jobs).where(schema.jobs.c.job_id.in_(job_ids[start:start + 500]))
+        found.update((row["job_id"], dict(row)) for row in conn.execute(query).mappings())
+    return found
+
+
 def _checkpoint_totals(conn: Connection, job_id: str) -> tuple[int, int]:
     table = schema.chunks
     query = sa.select(sa.func.coalesce(sa.func.sum(table.c.size), 0), sa.func.count()).where(table.c.job_id == job_id)
@@ -246,23 +255,45 @@ class Jobs:
 
     async def create_many(self, rows: Sequence[Row], *,
                           also: Callable[[Connection, Emit], None] | None = None) -> list[dict[str, Any]]:
-        """Insert many queued jobs, with their events and ``also``, in one durable transaction."""
+        """Insert many queued jobs, with their events and ``also``, in one durable transaction.
+
+        As in :meth:`create`, a ``job_id`` that exists already answers with that job unchanged;
+        one of another kind is ``conflict`` (``data.index`` the row) and nothing is inserted.
+        """
         now = time.time()
         wall = self.wall()
 
         def write(conn: Connection, emit: Emit) -> list[dict[str, Any]]:
+            # Set-wise, not a statement per row: building SQLAlchemy statements row by row cost
+            # more than SQLite's work (about 1.5 ms a job; docs/benchmarks.md#enqueueing).
+            existing = _fetch_jobs(conn, [given["job_id"] for given in rows])
             next_seq = conn.execute(sa.select(sa.func.coalesce(sa.func.max(schema.jobs.c.seq), 0) + 1)).scalar_one()
-            out = []
+            new: list[Row] = []
             for offset, given in enumerate(rows):
-                row = {**given, **self._entry(given.get("window"), wall), "created_at": now, "updated_at": now,
-                       "seq": next_seq + offset}
-                existing = Store.fetch_job(conn, row["job_id"])
-                if existing is not None:
-                    out.append(self._wire(conn, existing))
+                found = existing.get(given["job_id"])
+                if found is not None:
+                    if found["kind"] != given["kind"]:
+                        raise DataeraiError("conflict", f"job {given['job_id']} exists and is an {found['kind']}",
+                                            index=offset)
                     continue
-                conn.execute(schema.jobs.insert().values(**row))
-                job = self._wire(conn, Store.fetch_job(conn, row["job_id"]) or row)
-                emit("job.state", row["job_id"], {"state": row["state"], "previous_state": None, "job": job})
+                new.append({**given, **self._entry(given.get("window"), wall), "created_at": now,
+                            "updated_at": now, "seq": next_seq + len(new)})
+            # One executemany per shape of row (they all have one shape when one caller made them).
+            shapes: dict[tuple[str, ...], list[Row]] = {}
+            for row in new:
+                shapes.setdefault(tuple(sorted(row)), []).append(row)
+            for same in shapes.values():
+                conn.execute(schema.jobs.insert(), same)
+            inserted = _fetch_jobs(conn, [row["job_id"] for row in new])
+            out = []
+            for given in rows:
+                job_id = given["job_id"]
+                if job_id in existing:
+                    out.append(self._wire(conn, existing[job_id]))
+                    continue
+                # A new job has no checkpoints and no live progress yet.
+                job = dict(to_wire(inserted[job_id], 0, 0))
+                emit("job.state", job_id, {"state": job["state"], "previous_state": None, "job": job})
                 out.append(job)
             if also is not None:
                 also(conn, emit)

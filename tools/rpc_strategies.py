@@ -20,6 +20,7 @@ from dataeraid.rpc.params import (
     Choice,
     Id,
     Integer,
+    Items,
     JsonObject,
     ListOf,
     LocalPath,
@@ -80,6 +81,13 @@ def good(spec: Spec) -> st.SearchStrategy[Any]:
         return st.sampled_from(["20:00-06:00", "Mon-Fri 20:00-06:00,Sat-Sun 00:00-24:00", "sat 00:00-24:00"])
     if isinstance(spec, Record):
         return st.fixed_dictionaries({}, optional={k: good(v) for k, v in spec.fields.items()})
+    if isinstance(spec, Items):
+        # Each item is a request's parameters: good, hostile or with an unknown one, as for a method.
+        item = st.tuples(st.fixed_dictionaries({p.name: value_for(p) for p in spec.params if p.required},
+                                               optional={p.name: value_for(p) for p in spec.params
+                                                         if not p.required}),
+                         st.dictionaries(st.sampled_from(["bogus", "\ud800"]), SCALARS, max_size=1))
+        return st.lists(item.map(lambda pair: {**pair[0], **pair[1]}), min_size=1, max_size=3)
     raise AssertionError(f"no strategy for {spec!r}")
 
 

@@ -45,6 +45,7 @@ from .contract import (
     COMPLETION_RULES,
     MAX_EXCLUDES,
     MAX_RESCAN_INTERVAL_S,
+    MAX_START_MANY_ITEMS,
     MIN_RESCAN_INTERVAL_S,
     OWNER_TYPES,
     WATCH_FILE_STATES,
@@ -481,6 +482,122 @@ class DataeraiClient:
         """
         return self._wait_job(self.get_job(job_id), timeout_s, on_progress, on_state)
 
+    def _upload_params(
+        self,
+        local_path: str | os.PathLike[str],
+        *,
+        title: str | None = None,
+        owner_type: str | None = None,
+        owner_id: str | None = None,
+        description: str | None = None,
+        alias: str | None = None,
+        tags: Iterable[str] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        collection_id: str | None = None,
+        asset_id: str | None = None,
+        path: str | None = None,
+        chunk_size_mb: int | None = None,
+        priority: int = 0,
+        window: str | None = None,
+    ) -> dict[str, Any]:
+        """The ``upload.start`` parameters of one upload, checked as far as the SDK can."""
+        source = os.path.abspath(os.path.expanduser(os.fspath(local_path)))
+        if not os.path.exists(source):
+            raise DaemonError("not_found", f"no such file: {source}", {"local_path": source})
+        params: dict[str, Any] = {"local_path": source, **_upload_target(title, owner_type, owner_id, asset_id)}
+        params["priority"] = _priority(priority)
+        params["client"] = self._client_tag()
+        if window is not None:
+            params["window"] = _window(window)
+        if description is not None:
+            params["description"] = description
+        if alias is not None:
+            params["alias"] = alias
+        if tags is not None:
+            params["tags"] = _tags(tags)
+        if metadata is not None:
+            params["metadata"] = dict(metadata)
+        if collection_id is not None:
+            params["collection_id"] = collection_id
+        if path is not None:
+            params["path"] = path
+        if chunk_size_mb is not None:
+            if isinstance(chunk_size_mb, bool) or not isinstance(chunk_size_mb, int) or chunk_size_mb <= 0:
+                raise _invalid(f"chunk_size_mb must be a positive int (MiB), not {chunk_size_mb!r}")
+            params["chunk_size"] = chunk_size_mb * MiB
+        return params
+
+    def _start_many(self, method: str, items: list[dict[str, Any]]) -> list[Job]:
+        """Queue ``items`` in one call, each under an id chosen here (see ``_start``)."""
+        if not items:
+            return []
+        if len(items) > MAX_START_MANY_ITEMS:
+            raise _invalid_param("items", f"at most {MAX_START_MANY_ITEMS} transfers go in one call, not "
+                                          f"{len(items)}: send them in several calls")
+        job_ids = [new_job_id() for _ in items]
+        items = [{**item, "job_id": job_id} for item, job_id in zip(items, job_ids, strict=True)]
+        try:
+            answer = self.call(method, {"items": items})
+        except DaemonTimeoutError as exc:
+            if exc.transfer_id is None:
+                exc.data.setdefault("job_ids", job_ids)
+                exc.message += ("; the jobs may have been queued (all or none of them): the same call again "
+                                "answers with them, as ids are in data['job_ids']")
+            raise
+        return [Job.from_wire(job) for job in answer]
+
+    def upload_many(self, items: Iterable[Mapping[str, Any]]) -> list[Job]:
+        """Queue many uploads in one call (``upload.start_many``) and return their jobs (``Job``), in order.
+
+        Each item is a mapping of ``upload``'s arguments: ``local_path`` (required),
+        ``title``, ``owner_type``, ``owner_id``, ``description``, ``alias``, ``tags``,
+        ``metadata``, ``collection_id``, ``asset_id``, ``path``, ``chunk_size_mb``,
+        ``priority``, ``window``. It does not wait: follow the jobs with ``wait``.
+
+        All or nothing: an item the SDK or the daemon refuses raises ``DaemonError``
+        with ``data["index"]`` naming it (from 0), and none is queued. At most
+        ``MAX_START_MANY_ITEMS`` (1000) items, and the request must fit one line of the
+        wire (1 MiB; else ``DaemonError("frame_too_large")``): send more as several
+        calls, each all or nothing by itself. No items: ``[]``, and nothing is sent.
+        A ``DaemonTimeoutError`` carries the jobs' ids in ``data["job_ids"]``.
+        """
+        params = []
+        for index, item in enumerate(items):
+            params.append(self._many_item(index, item, _UPLOAD_ITEM_KEYS, lambda kw: self._upload_params(**kw)))
+        with self._lock:
+            return self._start_many("upload.start_many", params)
+
+    def download_many(self, items: Iterable[Mapping[str, Any]]) -> list[Job]:
+        """Queue many downloads in one call (``download.start_many``) and return their jobs (``Job``), in order.
+
+        Each item is a mapping of ``download``'s arguments: ``asset_id`` and
+        ``dest_dir`` (required), ``content_id``, ``overwrite``, ``priority``,
+        ``window``. Limits, all or nothing and errors as for ``upload_many``.
+        """
+        params = []
+        for index, item in enumerate(items):
+            params.append(self._many_item(index, item, _DOWNLOAD_ITEM_KEYS, lambda kw: self._download_params(**kw)))
+        with self._lock:
+            return self._start_many("download.start_many", params)
+
+    @staticmethod
+    def _many_item(index: int, item: Mapping[str, Any], keys: frozenset[str],
+                   build: Callable[[dict[str, Any]], dict[str, Any]]) -> dict[str, Any]:
+        if not isinstance(item, Mapping):
+            raise DaemonError("invalid_argument", f"items[{index}] must be a mapping of arguments, not "
+                                                  f"{type(item).__name__}", {"param": "items", "index": index})
+        unknown = sorted(str(key) for key in item if key not in keys)
+        if unknown:
+            raise DaemonError("invalid_argument", f"items[{index}] has no argument {unknown[0]!r}; it takes "
+                                                  f"{', '.join(sorted(keys))}", {"param": "items", "index": index})
+        try:
+            return build(dict(item))
+        except DaemonError as exc:
+            raise DaemonError(exc.code, f"items[{index}]: {exc.message}", {**exc.data, "index": index}) from None
+        except TypeError as exc:  # a required argument missing
+            raise DaemonError("invalid_argument", f"items[{index}]: {exc}",
+                              {"param": "items", "index": index}) from None
+
     @overload
     def upload(
         self,
@@ -614,30 +731,11 @@ class DataeraiClient:
         state and why it waits; the job goes on in the daemon and
         ``wait(transfer_id)`` picks it up again.
         """
-        source = os.path.abspath(os.path.expanduser(os.fspath(local_path)))
-        if not os.path.exists(source):
-            raise DaemonError("not_found", f"no such file: {source}", {"local_path": source})
-        params: dict[str, Any] = {"local_path": source, **_upload_target(title, owner_type, owner_id, asset_id)}
-        params["priority"] = _priority(priority)
-        params["client"] = self._client_tag()
-        if window is not None:
-            params["window"] = _window(window)
-        if description is not None:
-            params["description"] = description
-        if alias is not None:
-            params["alias"] = alias
-        if tags is not None:
-            params["tags"] = _tags(tags)
-        if metadata is not None:
-            params["metadata"] = dict(metadata)
-        if collection_id is not None:
-            params["collection_id"] = collection_id
-        if path is not None:
-            params["path"] = path
-        if chunk_size_mb is not None:
-            if isinstance(chunk_size_mb, bool) or not isinstance(chunk_size_mb, int) or chunk_size_mb <= 0:
-                raise _invalid(f"chunk_size_mb must be a positive int (MiB), not {chunk_size_mb!r}")
-            params["chunk_size"] = chunk_size_mb * MiB
+        params = self._upload_params(
+            local_path, title=title, owner_type=owner_type, owner_id=owner_id, description=description,
+            alias=alias, tags=tags, metadata=metadata, collection_id=collection_id, asset_id=asset_id, path=path,
+            chunk_size_mb=chunk_size_mb, priority=priority, window=window,
+        )
         job = self._start("upload.start", params)
         if not wait:
             return job
@@ -653,6 +751,30 @@ class DataeraiClient:
             sha256=sha256,
             deduplicated=job.deduplicated,
         )
+
+    def _download_params(
+        self,
+        asset_id: str,
+        dest_dir: str | os.PathLike[str],
+        *,
+        content_id: str | None = None,
+        overwrite: bool = False,
+        priority: int = 0,
+        window: str | None = None,
+    ) -> dict[str, Any]:
+        """The ``download.start`` parameters of one download."""
+        params: dict[str, Any] = {
+            "asset_id": asset_id,
+            "dest_dir": os.path.abspath(os.path.expanduser(os.fspath(dest_dir))),
+            "overwrite": bool(overwrite),
+            "priority": _priority(priority),
+            "client": self._client_tag(),
+        }
+        if content_id is not None:
+            params["content_id"] = content_id
+        if window is not None:
+            params["window"] = _window(window)
+        return params
 
     @overload
     def download(
@@ -723,17 +845,8 @@ class DataeraiClient:
         (``destination_exists``). Progress, ``on_state``, ``wait=False``, errors
         and timeouts work as for ``upload``.
         """
-        params: dict[str, Any] = {
-            "asset_id": asset_id,
-            "dest_dir": os.path.abspath(os.path.expanduser(os.fspath(dest_dir))),
-            "overwrite": bool(overwrite),
-            "priority": _priority(priority),
-            "client": self._client_tag(),
-        }
-        if content_id is not None:
-            params["content_id"] = content_id
-        if window is not None:
-            params["window"] = _window(window)
+        params = self._download_params(asset_id, dest_dir, content_id=content_id, overwrite=overwrite,
+                                       priority=priority, window=window)
         job = self._start("download.start", params)
         if not wait:
             return job
@@ -1418,6 +1531,14 @@ def _upload_target(
     if asset_id is not None:
         target["asset_id"] = asset_id
     return target
+
+
+#: The arguments an item of ``upload_many`` / ``download_many`` may hold.
+_UPLOAD_ITEM_KEYS: Final = frozenset({
+    "local_path", "title", "owner_type", "owner_id", "description", "alias", "tags", "metadata", "collection_id",
+    "asset_id", "path", "chunk_size_mb", "priority", "window",
+})
+_DOWNLOAD_ITEM_KEYS: Final = frozenset({"asset_id", "dest_dir", "content_id", "overwrite", "priority", "window"})
 
 
 def _window(window: str) -> str:

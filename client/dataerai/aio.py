@@ -413,6 +413,16 @@ class AsyncDataeraiClient:
             lambda c: c.wait(job_id, timeout_s=timeout_s, on_progress=progress, on_state=state), loop
         )
 
+    async def upload_many(self, items: Iterable[Mapping[str, Any]]) -> list[Job]:
+        """Queue many uploads in one call; see ``DataeraiClient.upload_many``."""
+        listed = [dict(item) if isinstance(item, Mapping) else item for item in items]
+        return await self._run(lambda c: c.upload_many(listed))
+
+    async def download_many(self, items: Iterable[Mapping[str, Any]]) -> list[Job]:
+        """Queue many downloads in one call; see ``DataeraiClient.download_many``."""
+        listed = [dict(item) if isinstance(item, Mapping) else item for item in items]
+        return await self._run(lambda c: c.download_many(listed))
+
     @overload
     async def upload(
         self,

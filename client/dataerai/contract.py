@@ -53,6 +53,11 @@ MAX_METADATA_DEPTH: Final = 32
 MIN_PRIORITY: Final = -(2**31)
 MAX_PRIORITY: Final = 2**31 - 1
 
+#: The most transfers one ``upload.start_many`` or ``download.start_many`` call queues (all or
+#: none of them). Its request must also fit one line of the wire (``protocol.MAX_LINE_BYTES``,
+#: 1 MiB): a caller with more, or with bulky items, sends several calls.
+MAX_START_MANY_ITEMS: Final = 1000
+
 #: Event ids and other counters that cross JSON stay exact in any JSON reader (2**53 - 1).
 MAX_JSON_INT: Final = 2**53 - 1
 

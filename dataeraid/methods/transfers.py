@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import trio
-from dataerai import contract
+from dataerai import contract, protocol
 
 from dataeraid.errors import DataeraiError, from_os_error
 from dataeraid.fileset import scan_source
@@ -22,6 +24,7 @@ from dataeraid.rpc.params import (
     Choice,
     Id,
     Integer,
+    Items,
     JsonObject,
     LocalPath,
     Number,
@@ -29,7 +32,9 @@ from dataeraid.rpc.params import (
     RepositoryPath,
     Text,
     TransferWindow,
+    item_error,
 )
+from dataeraid.store import Row
 
 methods = Methods("transfers")
 
@@ -109,16 +114,7 @@ def check_upload_target(title: str | None, owner_type: str | None, owner_id: str
                                                     f"{owner_type!r}", param="owner_id")
 
 
-@methods.add(
-    "upload.start",
-    "Queues an upload of a local file, or a directory, as a new asset, or as a new version (content) of "
-    "the asset `asset_id`. A directory's content is its regular files in path order, end to end (paths "
-    "like `run42/raw/a.h5`; symlinks and special files are skipped and listed in the job's log); an empty "
-    "one is `invalid_argument`. The whole tree's identity is recorded now: a file that changes later fails "
-    "the job with `source_changed`. A new asset needs `title`, `owner_type` and `owner_id`; a new version "
-    "needs none of them and keeps the asset's title, description, alias, tags, metadata and collection "
-    "(those parameters are not applied to it: `asset.update` changes them). An `asset_id` that does not "
-    "exist, or that the caller cannot see, fails the job with `not_found`.",
+_UPLOAD_PARAMS = (
     Param("local_path", LocalPath(), "the file or directory", required=True),
     Param("title", TITLE, "the new asset's title (required without `asset_id`)"),
     Param("owner_type", Choice(contract.OWNER_TYPES),
@@ -135,20 +131,19 @@ def check_upload_target(title: str | None, owner_type: str | None, owner_id: str
                                     "(default: the file or directory name), or where a new version moves the asset "
                                     "(default: it stays where it is)"),
     *_COMMON,
-    result="the job, already durably queued.",
-    errors=("not_found", "permission_denied", "io_error", "conflict"),
 )
-async def upload_start(call: Call, local_path: str, title: str | None, owner_type: str | None,
-                       owner_id: str | None, description: str | None, alias: str | None, tags: list[str] | None,
-                       metadata: dict[str, Any] | None, collection_id: str | None, asset_id: str | None,
-                       path: str | None, chunk_size: int | None, priority: int, deadline_s: float | None,
-                       client: dict[str, Any] | None, job_id: str | None, window: str | None) -> dict[str, Any]:
-    check_upload_target(title, owner_type, owner_id, asset_id)
-    svc = call.svc
-    source = _normal(local_path)
-    chunk = chunk_size or svc.settings.default_chunk_size
+
+
+def _plan_upload(p: dict[str, Any], default_chunk: int, tag: str) -> dict[str, Any]:
+    """The job row of one upload, its source scanned and checked; blocking (file system reads).
+
+    Raises what ``upload.start`` answers for a source it refuses.
+    """
+    check_upload_target(p["title"], p["owner_type"], p["owner_id"], p["asset_id"])
+    source = _normal(p["local_path"])
+    chunk = p["chunk_size"] or default_chunk
     try:
-        root, files, skipped = await trio.to_thread.run_sync(scan_source, source)
+        root, files, skipped = scan_source(source)
     except OSError as exc:
         raise from_os_error(exc, f"cannot read {source}") from exc
     if not files:
@@ -160,47 +155,154 @@ async def upload_start(call: Call, local_path: str, title: str | None, owner_typ
     if chunk > contract.MAX_PART_SIZE:
         raise DataeraiError("invalid_argument", f"{source} is larger than {contract.MAX_PARTS} parts of 5 GiB",
                             param="local_path")
-    unreadable = await trio.to_thread.run_sync(
-        lambda: next((f.path for f in files if not os.access(os.path.join(root, f.path), os.R_OK)), None)
-    )
+    unreadable = next((f.path for f in files if not os.access(os.path.join(root, f.path), os.R_OK)), None)
     if unreadable is not None:
         raise DataeraiError("permission_denied", f"{os.path.join(root, unreadable)} is not readable")
-    params = {"title": title, "owner_type": owner_type, "owner_id": owner_id, "description": description,
-              "alias": alias, "tags": tags or [], "metadata": metadata or {}, "collection_id": collection_id,
-              "asset_id": asset_id, "path": path, "source_root": root, "source_files": [f.to_json() for f in files],
+    params = {"title": p["title"], "owner_type": p["owner_type"], "owner_id": p["owner_id"],
+              "description": p["description"], "alias": p["alias"], "tags": p["tags"] or [],
+              "metadata": p["metadata"] or {}, "collection_id": p["collection_id"], "asset_id": p["asset_id"],
+              "path": p["path"], "source_root": root, "source_files": [f.to_json() for f in files],
               "skipped": skipped}
     single = files[0] if len(files) == 1 and "/" not in files[0].path else None
-    return await svc.jobs.create({
-        "job_id": job_id or contract.new_job_id(), "kind": "upload", "priority": priority, "params": params,
-        "local_path": source, "file_name": os.path.basename(source), "source_size": total,
+    return {
+        "job_id": p["job_id"] or contract.new_job_id(), "kind": "upload", "priority": p["priority"],
+        "params": params, "local_path": source, "file_name": os.path.basename(source), "source_size": total,
         "source_mtime_ns": single.mtime_ns if single else None,
         "source_inode": single.inode if single else None, "chunk_size": chunk,
         "chunk_count": max(1, -(-total // chunk)), "bytes_total": total,
-        "deadline": _deadline(deadline_s), "client": client_tag(call.conn, client), "window": window,
-    })
+        "deadline": _deadline(p["deadline_s"]), "client": tag, "window": p["window"],
+    }
+
+
+@methods.add(
+    "upload.start",
+    "Queues an upload of a local file, or a directory, as a new asset, or as a new version (content) of "
+    "the asset `asset_id`. A directory's content is its regular files in path order, end to end (paths "
+    "like `run42/raw/a.h5`; symlinks and special files are skipped and listed in the job's log); an empty "
+    "one is `invalid_argument`. The whole tree's identity is recorded now: a file that changes later fails "
+    "the job with `source_changed`. A new asset needs `title`, `owner_type` and `owner_id`; a new version "
+    "needs none of them and keeps the asset's title, description, alias, tags, metadata and collection "
+    "(those parameters are not applied to it: `asset.update` changes them). An `asset_id` that does not "
+    "exist, or that the caller cannot see, fails the job with `not_found`.",
+    *_UPLOAD_PARAMS,
+    result="the job, already durably queued.",
+    errors=("not_found", "permission_denied", "io_error", "conflict"),
+)
+async def upload_start(call: Call, **p: Any) -> dict[str, Any]:
+    tag = client_tag(call.conn, p["client"])
+    row = await trio.to_thread.run_sync(_plan_upload, p, call.svc.settings.default_chunk_size, tag)
+    return await call.svc.jobs.create(row)
+
+
+_MANY_HELP = (
+    "All or nothing: every item is checked first, as `{single}` checks it{local}, and then all the jobs "
+    "are queued in one durable transaction, each with its own `job.state` event, as `{single}` queues one. "
+    "An item that does not pass refuses the whole call with the code `{single}` would answer (`data.index` "
+    "is the item, from 0; `data.param`, where there is one, its parameter), and nothing is queued. An item "
+    "whose `job_id` exists already answers with that job unchanged (so a call whose answer was lost may be "
+    "sent again); two items with the same `job_id` are `invalid_argument`. At most "
+    f"{contract.MAX_START_MANY_ITEMS} items, and the request must fit one line of the wire "
+    f"({protocol.MAX_LINE_BYTES} bytes, see Limits): more is sent as several calls, each all or nothing by itself."
+)
+
+
+def _distinct_job_ids(items: list[dict[str, Any]]) -> None:
+    seen: set[str] = set()
+    for index, item in enumerate(items):
+        job_id = item["job_id"]
+        if job_id is not None and job_id in seen:
+            raise DataeraiError("invalid_argument", f"items[{index}]: `job_id` {job_id} is given twice",
+                                param="job_id", index=index)
+        if job_id is not None:
+            seen.add(job_id)
+
+
+def _plan_uploads(items: list[dict[str, Any]], default_chunk: int, tag: Callable[[Any], str]) -> list[Row]:
+    rows = []
+    for index, p in enumerate(items):
+        try:
+            rows.append(_plan_upload(p, default_chunk, tag(p["client"])))
+        except DataeraiError as exc:
+            raise item_error(exc, index) from None
+    return rows
+
+
+@methods.add(
+    "upload.start_many",
+    "Queues many uploads in one call, each as `upload.start` would queue it, and answers once all of "
+    "them are durably queued. " + _MANY_HELP.format(single="upload.start",
+                                                     local=" (its source read, its files readable)"),
+    Param("items", Items("upload.start", _UPLOAD_PARAMS, contract.MAX_START_MANY_ITEMS),
+          "the uploads, each an object of `upload.start`'s parameters", required=True),
+    result="the jobs, already durably queued, in the order of `items`.",
+    errors=("not_found", "permission_denied", "io_error", "conflict"),
+    heavy=True,
+)
+async def upload_start_many(call: Call, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    _distinct_job_ids(items)
+    rows = await trio.to_thread.run_sync(_plan_uploads, items, call.svc.settings.default_chunk_size,
+                                         partial(client_tag, call.conn))
+    return await call.svc.jobs.create_many(rows)
+
+
+_DOWNLOAD_PARAMS = (
+    Param("asset_id", Id(("asset",)), required=True),
+    Param("dest_dir", LocalPath(), "the directory to write into (made if missing)", required=True),
+    Param("content_id", Id(("content",)), "a version of the asset (default: the latest)"),
+    Param("overwrite", Boolean(), "replace different files already at the destination", default=False),
+    *_COMMON,
+)
+
+
+def _plan_download(p: dict[str, Any], default_chunk: int, tag: str) -> dict[str, Any]:
+    """The job row of one download, its destination checked; blocking (one ``stat``)."""
+    dest = _normal(p["dest_dir"])
+    if os.path.exists(dest) and not os.path.isdir(dest):
+        raise DataeraiError("invalid_argument", f"{dest} exists and is not a directory", param="dest_dir")
+    return {
+        "job_id": p["job_id"] or contract.new_job_id(), "kind": "download", "priority": p["priority"],
+        "params": {"asset_id": p["asset_id"], "content_id": p["content_id"], "overwrite": p["overwrite"]},
+        "dest_dir": dest, "chunk_size": p["chunk_size"] or default_chunk,
+        "deadline": _deadline(p["deadline_s"]), "client": tag, "window": p["window"],
+    }
 
 
 @methods.add(
     "download.start",
     "Queues a download of an asset's content into a directory. The job itself may fail with `not_found`, "
     "`destination_exists`, `unsafe_path`, `checksum_mismatch`, `disk_full`, `io_error`.",
-    Param("asset_id", Id(("asset",)), required=True),
-    Param("dest_dir", LocalPath(), "the directory to write into (made if missing)", required=True),
-    Param("content_id", Id(("content",)), "a version of the asset (default: the latest)"),
-    Param("overwrite", Boolean(), "replace different files already at the destination", default=False),
-    *_COMMON,
+    *_DOWNLOAD_PARAMS,
     result="the job, already durably queued.",
     errors=("conflict",),
 )
-async def download_start(call: Call, asset_id: str, dest_dir: str, content_id: str | None, overwrite: bool,
-                         chunk_size: int | None, priority: int, deadline_s: float | None,
-                         client: dict[str, Any] | None, job_id: str | None, window: str | None) -> dict[str, Any]:
-    dest = _normal(dest_dir)
-    if await trio.to_thread.run_sync(lambda: os.path.exists(dest) and not os.path.isdir(dest)):
-        raise DataeraiError("invalid_argument", f"{dest} exists and is not a directory", param="dest_dir")
-    return await call.svc.jobs.create({
-        "job_id": job_id or contract.new_job_id(), "kind": "download", "priority": priority,
-        "params": {"asset_id": asset_id, "content_id": content_id, "overwrite": overwrite},
-        "dest_dir": dest, "chunk_size": chunk_size or call.svc.settings.default_chunk_size,
-        "deadline": _deadline(deadline_s), "client": client_tag(call.conn, client), "window": window,
-    })
+async def download_start(call: Call, **p: Any) -> dict[str, Any]:
+    tag = client_tag(call.conn, p["client"])
+    row = await trio.to_thread.run_sync(_plan_download, p, call.svc.settings.default_chunk_size, tag)
+    return await call.svc.jobs.create(row)
+
+
+def _plan_downloads(items: list[dict[str, Any]], default_chunk: int, tag: Callable[[Any], str]) -> list[Row]:
+    rows = []
+    for index, p in enumerate(items):
+        try:
+            rows.append(_plan_download(p, default_chunk, tag(p["client"])))
+        except DataeraiError as exc:
+            raise item_error(exc, index) from None
+    return rows
+
+
+@methods.add(
+    "download.start_many",
+    "Queues many downloads in one call, each as `download.start` would queue it, and answers once all of "
+    "them are durably queued. " + _MANY_HELP.format(single="download.start", local=" (its destination)"),
+    Param("items", Items("download.start", _DOWNLOAD_PARAMS, contract.MAX_START_MANY_ITEMS),
+          "the downloads, each an object of `download.start`'s parameters", required=True),
+    result="the jobs, already durably queued, in the order of `items`.",
+    errors=("conflict",),
+    heavy=True,
+)
+async def download_start_many(call: Call, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    _distinct_job_ids(items)
+    rows = await trio.to_thread.run_sync(_plan_downloads, items, call.svc.settings.default_chunk_size,
+                                         partial(client_tag, call.conn))
+    return await call.svc.jobs.create_many(rows)

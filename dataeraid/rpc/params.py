@@ -385,6 +385,47 @@ def bind(method: str, params: Sequence[Param], given: Mapping[str, Any]) -> dict
     return bound
 
 
+@dataclass(frozen=True)
+class Items(Spec):
+    """An array of 1 to ``max_items`` objects, each holding the parameters ``params`` of
+    ``method`` (a ``*.start_many`` call: one request per item, checked as that method checks it).
+
+    An item that does not pass is ``invalid_argument`` for the whole array, its ``data``
+    naming the item's ``index`` (from 0) and, as for a single call, the item's ``param``.
+    """
+
+    method: str
+    params: tuple[Param, ...]
+    max_items: int
+    json_type = "array"
+
+    def check(self, value: object) -> list[dict[str, Any]]:
+        if not isinstance(value, list):
+            raise Invalid(f"must be an array, not {_type_name(value)}")
+        if not value:
+            raise Invalid("must not be empty")
+        if len(value) > self.max_items:
+            raise Invalid(f"must have at most {self.max_items} items (send more in several calls)")
+        checked = []
+        for index, item in enumerate(value):
+            if not isinstance(item, dict):
+                raise DataeraiError("invalid_argument", f"items[{index}] must be an object, not {_type_name(item)}",
+                                    param="items", index=index)
+            try:
+                checked.append(bind(self.method, self.params, item))
+            except DataeraiError as exc:
+                raise item_error(exc, index) from None
+        return checked
+
+    def describe(self) -> str:
+        return f"array of 1 to {self.max_items} objects, each with the parameters of `{self.method}`"
+
+
+def item_error(exc: DataeraiError, index: int) -> DataeraiError:
+    """``exc``, raised for item ``index`` of a batch, as the batch's error: the item named."""
+    return DataeraiError(exc.code, f"items[{index}]: {exc.message}", **{**exc.data, "index": index})
+
+
 # The specs the methods share, so that a limit is stated once.
 TITLE = Text(contract.MAX_TITLE_LENGTH, min_length=1, non_blank=True)
 FREE_TEXT = Text(contract.MAX_TEXT_LENGTH, multiline=True)
