@@ -110,6 +110,8 @@ def test_every_method_and_event_and_code_is_documented() -> None:
 def scenario(make_stack: Any, tmp_path: Path) -> tuple[Stack, dict[str, str]]:
     # $SLOW must still be running when the examples steer it, however slowly a busy machine
     # replays them: 32 MiB at 256 KiB/s is two minutes, and no example waits for it to end.
+    # For the same reason an example that lists assets lists only these, made before any example
+    # runs: the examples' own uploads end whenever the machine lets them.
     stack: Stack = make_stack(daemon_config={"bandwidth_limit_bps": 256 * 1024})
     small = make_file(tmp_path / "small.bin", 1000)
     out = tmp_path / "out"
