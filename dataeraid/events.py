@@ -157,11 +157,13 @@ class EventBus:
 
                 def emit(type_: str, job_id: str | None, payload: dict[str, Any]) -> Event:
                     event = self._event(self._next_id + len(emitted), type_, job_id, payload)
-                    Store.insert_event(conn, event)
                     emitted.append(event)
                     return event
 
                 result = write(conn, emit)
+                # Stored at the end of the same transaction: nothing in a write reads back the
+                # events it emitted, and one statement for all of them is what makes a batch cheap.
+                Store.insert_events(conn, emitted)
                 if self._next_id + len(emitted) + ID_BLOCK // 2 > self._reserved_until:
                     Store.write_setting(conn, _RESERVED_KEY, str(self._reserved_until + ID_BLOCK))
                     grew = True

@@ -484,15 +484,15 @@ class Store:
     # --- events -------------------------------------------------------------
 
     @staticmethod
-    def insert_event(conn: Connection, event: Row) -> None:
+    def insert_events(conn: Connection, events: Sequence[Row]) -> None:
+        """Store a transaction's events in one ``executemany``: a batch of 1,000 new jobs emits
+        1,000 ``job.state`` events, and one statement each cost more than SQLite's own work."""
+        if not events:
+            return
         conn.execute(
-            schema.events.insert().values(
-                event_id=event["id"],
-                time=event["time"],
-                type=event["type"],
-                job_id=event.get("job_id"),
-                payload=event,
-            )
+            schema.events.insert(),
+            [{"event_id": event["id"], "time": event["time"], "type": event["type"],
+              "job_id": event.get("job_id"), "payload": event} for event in events],
         )
 
     async def events_since(self, since: int, jobs: Sequence[str] | None, limit: int = 1000,
