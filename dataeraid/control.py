@@ -30,6 +30,7 @@ from dataeraid.bwlimit import OFF, Limit, Timetable
 from dataeraid.config import RESTART_KEYS, LiveSettings, Settings
 from dataeraid.errors import DataeraiError
 from dataeraid.transfer import Links
+from dataeraid.windows import local_zone
 
 _log = log.get("dataeraid.control")
 
@@ -40,8 +41,12 @@ ANSWER_GRACE_S = 0.2
 
 
 def local_wall_now() -> datetime:
-    """The local wall time, naive: what the timetable's HH:MM and days mean."""
-    return datetime.now()
+    """The local wall time, naive: what the timetable's HH:MM and days mean.
+
+    Read in the zone the transfer windows use (:func:`~dataeraid.windows.local_zone`), so that
+    the timetable and the windows never disagree about what time it is here.
+    """
+    return datetime.now(local_zone()).replace(tzinfo=None)
 
 
 class DaemonControl:

@@ -180,3 +180,17 @@ def test_a_watch_keeps_its_window_and_gives_it_to_its_config(tmp_path: Path) -> 
     assert check_params(str(tmp_path), {"project_id": "prj_00000000"}, events_usable=True)["window"] is None
     with pytest.raises(ValueError, match=r"^window: .*not a time of day"):
         check_params(str(tmp_path), {"project_id": "prj_00000000", "window": "20:00-25:00"}, events_usable=True)
+
+
+def test_the_timetable_reads_the_clock_in_the_windows_zone(monkeypatch: pytest.MonkeyPatch) -> None:
+    # TZ changed without time.tzset(): the C library's idea of local time (what a bare
+    # datetime.now() gives) stays behind, and the timetable must follow the windows' zone anyway.
+    from dataeraid.control import local_wall_now
+
+    far = "Pacific/Kiritimati"  # UTC+14: never the machine's own zone
+    monkeypatch.setenv("TZ", far)
+    expected = dt.datetime.now(ZoneInfo(far)).replace(tzinfo=None)
+    got = local_wall_now()
+    assert got.tzinfo is None
+    assert abs((got - expected).total_seconds()) < 60
+    assert windows.local_zone().utcoffset(dt.datetime.now()) == dt.timedelta(hours=14)
