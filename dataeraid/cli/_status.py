@@ -15,6 +15,8 @@ from typing import Any
 import click
 from dataerai import DataeraiClient, Event
 
+from dataeraid.bwlimit import format_size
+
 from ._context import open_client, settings
 from ._output import as_dict, iso, json_option, print_json
 from ._watch import duration, state_of
@@ -67,6 +69,22 @@ def error_of(event: Event) -> dict[str, Any]:
     }
 
 
+def describe_bandwidth(bandwidth: dict[str, Any]) -> str:
+    """``daemon.status``'s ``bandwidth`` as one line: the limits in force and the timetable's next change."""
+    def rate(key: str) -> str:
+        value = bandwidth.get(key)
+        return f"{format_size(value)}/s" if isinstance(value, int) and value > 0 else "no limit"
+
+    text = f"upload {rate('upload_bps')}, download {rate('download_bps')}"
+    if isinstance(bandwidth.get("shared_bps"), int) and bandwidth["shared_bps"] > 0:
+        text += f", both together {rate('shared_bps')}"
+    if bandwidth.get("bwlimit"):
+        text += f"; timetable \"{bandwidth['bwlimit']}\""
+        if bandwidth.get("next_change"):
+            text += f", next change {bandwidth['next_change']}"
+    return text
+
+
 def describe_error(error: dict[str, Any]) -> str:
     what = f"job {error['job_id']}" if error["type"] == "job.state" else f"watch {error['watch_id']}"
     text = f"{error['time'] or '-'}  {what}"
@@ -89,7 +107,10 @@ def status(ctx: click.Context, as_json: bool) -> None:
     are the latest failed jobs and quarantined files. Does not start a daemon:
     when none listens it exits 3.
 
-    With --json: {"daemon": {"version", "pid", "socket", "last_event_id"},
+    The bandwidth line gives the limits in force now and, with a ``bwlimit`` timetable,
+    when they change next (local time).
+
+    With --json: {"daemon": {"version", "pid", "socket", "last_event_id", "bandwidth"},
     "jobs": {STATE: COUNT, ...}, "watches": [WATCH, ...], "errors": [ERROR, ...]}.
     """
     socket = str(settings(ctx).paths.socket)
@@ -104,7 +125,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
     if as_json:
         print_json({
             "daemon": {"version": answer.get("version"), "pid": answer.get("pid"), "socket": socket,
-                       "last_event_id": last_id},
+                       "last_event_id": last_id, "bandwidth": answer.get("bandwidth")},
             "jobs": counts,
             "watches": [as_dict(w) for w in watches],
             "errors": errors,
@@ -113,6 +134,8 @@ def status(ctx: click.Context, as_json: bool) -> None:
     click.echo(f"daemon: dataerai {answer.get('version', '?')}, pid {answer.get('pid', '?')}, socket {socket}")
     busy = ", ".join(f"{state} {n}" for state, n in counts.items() if n)
     click.echo(f"jobs: {busy or 'none'}")
+    if isinstance(answer.get("bandwidth"), dict):
+        click.echo(f"bandwidth: {describe_bandwidth(answer['bandwidth'])}")
     if not watches:
         click.echo("watches: none")
     else:

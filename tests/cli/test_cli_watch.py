@@ -332,6 +332,23 @@ def test_status_of_a_quiet_daemon(runner: CliRunner, fake_daemon: Any, watches: 
     assert params_of(fake_daemon, "events.list") == []
 
 
+def test_status_shows_the_bandwidth_limit_in_force(runner: CliRunner, fake_daemon: Any, watches: FakeWatches) -> None:
+    _store(fake_daemon, [], 0)
+    timetable = {"upload_bps": 2 * 1024**2, "download_bps": 0, "shared_bps": 0,
+                 "bwlimit": "Mon-Fri 08:00,2M:off 19:00,off", "next_change": "2026-12-04T19:00"}
+    fake_daemon.on("daemon.status", lambda p: {"version": "0.9.0", "pid": 1, "last_event_id": 0, "jobs": {},
+                                              "bandwidth": timetable})
+    lines = invoke(runner, "status").stdout.splitlines()
+    assert lines[2] == ('bandwidth: upload 2M/s, download no limit; timetable "Mon-Fri 08:00,2M:off 19:00,off",'
+                        " next change 2026-12-04T19:00")
+    assert json.loads(invoke(runner, "status", "--json").stdout)["daemon"]["bandwidth"] == timetable
+    shared = {"upload_bps": 0, "download_bps": 0, "shared_bps": 10 * 1024**2, "bwlimit": None, "next_change": None}
+    fake_daemon.on("daemon.status", lambda p: {"version": "0.9.0", "pid": 1, "last_event_id": 0, "jobs": {},
+                                              "bandwidth": shared})
+    assert invoke(runner, "status").stdout.splitlines()[2] == (
+        "bandwidth: upload no limit, download no limit, both together 10M/s")
+
+
 def test_status_never_starts_a_daemon(runner: CliRunner) -> None:
     result = invoke(runner, "status")
     assert result.exit_code == 3
