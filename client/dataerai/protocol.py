@@ -66,6 +66,8 @@ _CATALOGUE: Final[tuple[ErrorKind, ...]] = (
     ErrorKind("unsafe_path", -32017, 400, "A path would escape its destination directory."),
     # The command line's own: `dataerai service` found no systemd user manager to install into.
     ErrorKind("systemd_unavailable", -32018, 503, "No systemd user manager can be reached (`systemctl --user`)."),
+    # `dataerai service install --now`: systemd was reached and ran the daemon, which did not start.
+    ErrorKind("service_failed", -32019, 500, "The daemon's systemd service did not start: its journal says why."),
 )
 
 ERRORS: Final[Mapping[str, ErrorKind]] = {kind.code: kind for kind in _CATALOGUE}

@@ -241,6 +241,29 @@ def run_step(systemctl: Systemctl, *args: str, changed: str) -> None:
         )
 
 
+def enable_and_start(systemctl: Systemctl, *, changed: str) -> None:
+    """``enable --now`` both units; a daemon that systemd ran but that did not start is ``service_failed``.
+
+    That is not a missing systemd (the manager answered and ran it) but the daemon refusing to
+    start, as it would in a shell: a bad ``config.toml``, a queue it cannot open. Its journal
+    has the reason; the units stay installed and enabled, so a fix and a restart are all it needs.
+    """
+    args = ("enable", "--now", SOCKET_UNIT, SERVICE_UNIT)
+    done = systemctl(*args)
+    if done.returncode == 0:
+        return
+    if systemctl.state("is-failed", SERVICE_UNIT) == "failed":
+        raise Failure(
+            "service_failed",
+            f"the units are installed and enabled, but {SERVICE_UNIT} did not start ({_said(done)}). "
+            f"`journalctl --user -u {SERVICE_UNIT}` says why (`dataerai daemon run` in a shell shows the same); "
+            f"once it is fixed, `systemctl --user restart {SERVICE_UNIT}`",
+            extra={"ran": systemctl.ran},
+        )
+    raise Failure("systemd_unavailable", f"`systemctl --user {' '.join(args)}` failed: {_said(done)}; {changed}",
+                  extra={"ran": systemctl.ran})
+
+
 def changes_made(ran: list[list[str]]) -> list[list[str]]:
     """Of the commands run, those that changed something (not the questions: ``show``, ``is-active``, ...)."""
     return [argv for argv in ran if argv[2] in ("daemon-reload", "enable", "disable")]
@@ -346,7 +369,10 @@ def install(now: bool, force: bool, as_json: bool) -> None:
     run_step(systemctl, "daemon-reload", changed=changed)
     # The service too, not only the socket: at boot (a lingering account) or login the daemon then starts
     # by itself and goes on with its queue and its watches, instead of waiting for a client to connect.
-    run_step(systemctl, "enable", *(["--now"] if now else []), SOCKET_UNIT, SERVICE_UNIT, changed=changed)
+    if now:
+        enable_and_start(systemctl, changed=changed)
+    else:
+        run_step(systemctl, "enable", SOCKET_UNIT, SERVICE_UNIT, changed=changed)
 
     exec_start = exec_start_of(units[SERVICE_UNIT]) or ""
     if as_json:

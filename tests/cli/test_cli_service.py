@@ -74,6 +74,11 @@ STAND_IN = textwrap.dedent('''\
     elif verb == "enable" and mode == "enable_fails":
         print("Failed to enable unit: Access denied", file=sys.stderr)
         status = 1
+    elif verb == "is-failed":
+        failed = mode == "start_fails" and "dataerai-transfer.service" in units and (
+            unit_dir / "default.target.wants" / "dataerai-transfer.service").is_symlink()
+        print("failed" if failed else "inactive")
+        status = 0 if failed else 1
     elif verb in ("enable", "disable"):
         for unit in units:
             if not (unit_dir / unit).is_file():
@@ -91,6 +96,12 @@ STAND_IN = textwrap.dedent('''\
             if now:
                 (active.add if verb == "enable" else active.discard)(unit)
         active_file.write_text(" ".join(sorted(active)))
+        if mode == "start_fails" and verb == "enable" and now:
+            print("Job for dataerai-transfer.service failed because the control process exited with error code.",
+                  file=sys.stderr)
+            print('See "systemctl --user status dataerai-transfer.service" and '
+                  '"journalctl --user -xeu dataerai-transfer.service" for details.', file=sys.stderr)
+            status = 1
     elif verb == "is-enabled":
         for unit in units:
             if not (unit_dir / unit).is_file():
@@ -358,6 +369,21 @@ def test_a_failed_enable_says_what_was_written(machine: Machine) -> None:
     assert str(machine.unit_dir / SERVICE_UNIT) in refused["message"]
     assert refused["ran"][-1] == ["systemctl", "--user", "enable", SOCKET_UNIT, SERVICE_UNIT]
     assert (machine.unit_dir / SERVICE_UNIT).exists()
+
+
+def test_a_daemon_that_does_not_start_is_service_failed_not_a_missing_systemd(machine: Machine) -> None:
+    # systemd answered, enabled both units and ran the daemon, which refused to start (a bad
+    # config.toml, say): the journal has the reason, and nothing about systemd needs fixing.
+    refused = error(run(machine, "service", "install", "--now", "--json", mode="start_fails"))
+    assert refused["code"] == "service_failed"
+    assert refused["message"].startswith(
+        f"the units are installed and enabled, but {SERVICE_UNIT} did not start (See \"systemctl --user status")
+    assert f"`journalctl --user -u {SERVICE_UNIT}` says why" in refused["message"]
+    assert refused["ran"][-2:] == [["systemctl", "--user", "enable", "--now", SOCKET_UNIT, SERVICE_UNIT],
+                                   ["systemctl", "--user", "is-failed", SERVICE_UNIT]]
+    assert (machine.unit_dir / "default.target.wants" / SERVICE_UNIT).is_symlink()
+    # Without --now nothing is started, so the same systemd is no failure at all.
+    assert answer(run(machine, "service", "install", "--json", mode="start_fails"))["started"] is False
 
 
 # --- where there is no systemd ------------------------------------------------------------

@@ -275,6 +275,7 @@ def test_catalogue_matches_docs_protocol_table() -> None:
         "io_error": -32016,
         "unsafe_path": -32017,
         "systemd_unavailable": -32018,
+        "service_failed": -32019,
     }
     assert {code: kind.rpc_code for code, kind in ERRORS.items()} == documented
 

@@ -30,6 +30,7 @@ NOT_PRODUCIBLE_HERE = {
     "disk_full": "needs a full file system",
     "unsafe_path": "needs a server that sends hostile paths: tests/integration/test_hostile_server.py",
     "systemd_unavailable": "the command line's own (`dataerai service`): tests/cli/test_cli_service.py",
+    "service_failed": "the command line's own (`dataerai service install --now`): tests/cli/test_cli_service.py",
 }
 def raw_exchange(stack: Stack, data: bytes) -> dict[str, Any]:
     """Send bytes on a fresh connection and read one answer line."""
