@@ -46,7 +46,7 @@ from dataeraid.control import DaemonControl
 from dataeraid.download import run_download
 from dataeraid.errors import DataeraiError
 from dataeraid.events import EventBus
-from dataeraid.housekeeping import serve_housekeeping
+from dataeraid.housekeeping import one_malloc_arena, serve_housekeeping
 from dataeraid.instance import AlreadyServed, Holder, lock_queue, lock_socket
 from dataeraid.jobs import Jobs
 from dataeraid.methods import REGISTRY, Call, Services
@@ -287,6 +287,7 @@ def run_daemon(paths: Paths | None = None) -> int:
         held.close()
         return _refuse(exc, stream)
     with held:
+        one_malloc_arena()  # before the first worker thread (dataeraid.housekeeping)
         try:
             trio.run(serve, paths, settings, Notifier())
         except BaseException as exc:

@@ -91,7 +91,8 @@ def sample() -> dict[str, Any]:
     if libc is not None and hasattr(libc, "mallinfo2"):
         libc.mallinfo2.restype = _Mallinfo2
         info = libc.mallinfo2()
-        line.update(malloc_used=info.uordblks, malloc_free=info.fordblks, malloc_mmapped=info.hblkhd)
+        line.update(malloc_used=info.uordblks, malloc_free=info.fordblks, malloc_mmapped=info.hblkhd,
+                    malloc_heap=info.arena, malloc_free_chunks=info.ordblks)
     try:
         line["threads"] = len(os.listdir("/proc/self/task"))
     except OSError:
@@ -104,6 +105,16 @@ def record(directory: Path, n: int) -> None:
     line = {**sample(), "pid": os.getpid(), "n": n}
     with open(directory / "memory.jsonl", "a") as f:
         f.write(json.dumps(line) + "\n")
+    libc = glibc()
+    if libc is not None:  # glibc's own account, arena by arena, free chunks by size (XML)
+        libc.fopen.restype = ctypes.c_void_p
+        libc.fopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+        libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+        libc.fclose.argtypes = [ctypes.c_void_p]
+        stream = libc.fopen(os.fsencode(directory / f"malloc-{os.getpid()}-{n:04}.xml"), b"w")
+        if stream:
+            libc.malloc_info(0, stream)
+            libc.fclose(stream)
     if tracemalloc.is_tracing():
         tracemalloc.take_snapshot().dump(str(directory / f"snapshot-{os.getpid()}-{n:04}.tracemalloc"))
 

@@ -286,3 +286,43 @@ def test_the_memory_trace_names_what_grew_between_two_snapshots(tmp_path: Path) 
     shown = "\n".join(lines)
     assert "test_growth.py" in shown and 'f"kept {n}"' in shown  # the line that allocated it
     assert len(kept) == 2000
+
+
+_THREADS_ALLOCATE = """
+import sys, threading
+from pathlib import Path
+from dataeraid.housekeeping import one_malloc_arena
+from dataeraid.observe.memory import record
+if sys.argv[2] == "one":
+    assert one_malloc_arena()
+kept = []
+def work():
+    kept.append(b"x" * (64 * 1024))
+threads = [threading.Thread(target=work) for _ in range(4)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+record(Path(sys.argv[1]), 0)
+"""
+
+
+@pytest.mark.parametrize(("arenas", "most"), [("one", 1), ("default", None)])
+def test_the_daemon_s_threads_share_one_malloc_arena(tmp_path: Path, arenas: str, most: int | None) -> None:
+    """Each arena keeps its own free top that malloc_trim does not give back: one arena, one top."""
+    import os
+    import subprocess
+    import sys
+
+    from dataeraid.housekeeping import glibc
+
+    if glibc() is None:
+        pytest.skip("malloc arenas are glibc's")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}  # glibc's defaults
+    subprocess.run([sys.executable, "-c", _THREADS_ALLOCATE, str(tmp_path), arenas], check=True, env=env)
+    (info,) = tmp_path.glob("malloc-*.xml")
+    heaps = info.read_text().count("<heap nr=")
+    if most is not None:
+        assert heaps == most
+    else:
+        assert heaps > 1  # what the daemon had: a thread's allocations in an arena of its own
