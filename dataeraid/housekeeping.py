@@ -97,14 +97,13 @@ def one_malloc_arena() -> bool:
 def trim_malloc() -> bool:
     """Give the pages glibc's malloc holds free back to the system; whether it gave any (False off glibc).
 
-    Why: the engines' 1 MiB chunk buffers are allocated and freed by the Trio thread and the worker
-    threads, each of which may use its own malloc arena, and glibc raises its mmap threshold once a
-    buffer that size is freed, so later ones come from the arenas. A burst (the retries after a
-    network cut or a server restart, several parts re-read at once) leaves free space scattered in
-    them that glibc keeps for reuse: the daemon's RSS rose by such steps while the Python objects
-    (tracemalloc) and the bytes malloc had in use (mallinfo2) stayed flat (docs/reliability.md,
-    "make soak-long"). ``malloc_trim(0)`` returns every whole free page of every arena; it takes a
-    few milliseconds for the daemon's heap, once a round.
+    Why: the engines' 1 MiB chunk buffers come from malloc's heap (glibc raises its mmap threshold
+    once a buffer that size is freed), and a burst (the retries after a network cut or a server
+    restart, several parts read again at once) leaves free space there, at the top and between
+    what stays, that glibc keeps for reuse: the daemon's RSS rose by such steps while the Python
+    objects (tracemalloc) and the bytes malloc had in use (mallinfo2) stayed flat
+    (docs/reliability.md, "make soak-long"). ``malloc_trim(0)`` gives back every whole free page
+    and the main arena's top (the only arena, :func:`one_malloc_arena`), in about a millisecond.
     """
     libc = glibc()
     return bool(libc.malloc_trim(0)) if libc is not None else False

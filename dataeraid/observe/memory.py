@@ -5,7 +5,8 @@ Off unless ``DATAERAI_MEMORY_TRACE`` names a directory. Then tracemalloc starts
 much memory again as the heap, and time on every allocation) and every
 ``DATAERAI_MEMORY_TRACE_INTERVAL_S`` (default 60) the daemon appends one JSON line to ``memory.jsonl``
 there and dumps ``snapshot-PID-NNNN.tracemalloc`` beside it (``python -m dataeraid.observe.memory
-FIRST LAST`` prints what grew between two). A line holds the layers one inside the other:
+FIRST LAST`` prints what grew between two), and glibc's ``malloc_info`` as ``malloc-PID-NNNN.xml``.
+A line holds the layers one inside the other:
 
     rss, anon, file     /proc/self/smaps_rollup (kB, as bytes): the process's resident pages
     traced              tracemalloc's total: the bytes Python objects hold
