@@ -20,6 +20,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -88,10 +89,13 @@ def one_malloc_arena() -> bool:
     every malloc in CPython is made holding the GIL, so the daemon's worker threads gain nothing
     from them; what they cost is that each keeps the free space at its top, which ``malloc_trim``
     does not give back (it trims the main arena's top only): a 1 MiB chunk buffer freed in a new
-    arena is a 1 MiB step of RSS. Called at start, before any worker thread.
+    arena is a 1 MiB step of RSS. Called at start, before any worker thread. An operator's own
+    ``MALLOC_ARENA_MAX`` is left as it is.
     """
     libc = glibc()
-    return bool(libc.mallopt(_M_ARENA_MAX, 1)) if libc is not None else False
+    if libc is None or "MALLOC_ARENA_MAX" in os.environ:
+        return False
+    return bool(libc.mallopt(_M_ARENA_MAX, 1))
 
 
 def trim_malloc() -> bool:
