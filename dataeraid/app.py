@@ -46,11 +46,12 @@ from dataeraid.control import DaemonControl
 from dataeraid.download import run_download
 from dataeraid.errors import DataeraiError
 from dataeraid.events import EventBus
-from dataeraid.housekeeping import serve_housekeeping
+from dataeraid.housekeeping import one_malloc_arena, serve_housekeeping
 from dataeraid.instance import AlreadyServed, Holder, lock_queue, lock_socket
 from dataeraid.jobs import Jobs
 from dataeraid.methods import REGISTRY, Call, Services
 from dataeraid.notify import Notifier
+from dataeraid.observe import memory
 from dataeraid.observe.service import Observer
 from dataeraid.observe.tally import Tally
 from dataeraid.paths import Paths
@@ -160,6 +161,7 @@ async def _status_loop(jobs: Jobs, notifier: Notifier) -> None:
 
 
 async def serve(paths: Paths, settings: Settings, notifier: Notifier) -> None:
+    memory_trace = memory.configured()  # first, so tracemalloc sees everything after
     try:
         store = await Store.open(paths.queue_db)
     except DataeraiError as exc:
@@ -210,6 +212,8 @@ async def serve(paths: Paths, settings: Settings, notifier: Notifier) -> None:
                     nursery.start_soon(_status_loop, jobs, notifier)
                     nursery.start_soon(_housekeeping, jobs, live)
                     nursery.start_soon(control.follow_signals, signals)
+                    if memory_trace is not None:
+                        nursery.start_soon(memory.serve_memory_trace, *memory_trace)
                     _log.info("stopping", reason=await control.stopped())
                     notifier.stopping()
                     nursery.cancel_scope.cancel()
@@ -283,6 +287,7 @@ def run_daemon(paths: Paths | None = None) -> int:
         held.close()
         return _refuse(exc, stream)
     with held:
+        one_malloc_arena()  # before the first worker thread (dataeraid.housekeeping)
         try:
             trio.run(serve, paths, settings, Notifier())
         except BaseException as exc:

@@ -38,7 +38,10 @@ a least-squares line through each series; its slope, per hour, must be within it
 Written to ``--out`` (default ``soak-long-<time>`` in the current directory): ``samples.csv``,
 ``report.json`` (the slopes, tolerances, verdicts and the run's figures) and ``soak-long.png``
 (five panels, matplotlib from the ``bench`` extra; skipped with a note when it is missing).
-Exit status 0 when every judged slope is within its tolerance.
+Exit status 0 when every judged slope is within its tolerance. ``--memory-layers``: the daemon also
+writes its memory's layers (RSS, Python's arenas, glibc's malloc in use and kept free, its arenas)
+to ``OUT/memory`` every sample (``DATAERAI_MEMORY_TRACE``, docs/operations.md), to tell a leak from
+an allocator keeping pages.
 """
 
 from __future__ import annotations
@@ -162,6 +165,9 @@ def main() -> int:
     parser.add_argument("--housekeeping-s", type=float, default=None, help="housekeeping interval (default sample)")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--out", type=Path, default=None, help="where samples.csv, report.json, soak-long.png go")
+    parser.add_argument("--memory-layers", action="store_true",
+                        help="the daemon records its memory's layers every --sample in OUT/memory "
+                             "(DATAERAI_MEMORY_TRACE without tracemalloc; docs/operations.md)")
     args = parser.parse_args()
     seed = args.seed if args.seed is not None else random.randrange(1 << 30)
     warmup = args.warmup if args.warmup is not None else args.duration / 6
@@ -181,8 +187,12 @@ def main() -> int:
     samples: list[dict[str, Any]] = []
     faults: list[tuple[float, str]] = []
     state = root / "stack" / "state" / "dataerai"
+    environ = dict(os.environ)
+    if args.memory_layers:
+        environ.update(DATAERAI_MEMORY_TRACE=str((out / "memory").resolve()), DATAERAI_MEMORY_TRACE_FRAMES="0",
+                       DATAERAI_MEMORY_TRACE_INTERVAL_S=str(args.sample))
     try:
-        with Stack(root / "stack", daemon_config=config) as stack:
+        with Stack(root / "stack", daemon_config=config, environ=environ) as stack:
             stack.start_server()
             assert stack.port is not None
             proxy = ChaosProxy(stack.port)

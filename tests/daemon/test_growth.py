@@ -242,3 +242,87 @@ def test_an_upgraded_queue_counts_old_ends_as_seen_and_its_watch_files(tmp_path:
     engine.dispose()
     assert seen == {"job_0": 10.0, "job_1": 11.0, "job_2": None}
     assert counts == {"seen": 2, "cleaned": 1}
+
+
+def test_trimming_gives_the_free_pages_malloc_keeps_back_to_the_system() -> None:
+    """What the soak's RSS steps were: freed buffers glibc kept (docs/reliability.md, "make soak-long")."""
+    from dataeraid.housekeeping import glibc, trim_malloc
+    from dataeraid.observe.memory import sample
+
+    if glibc() is None:
+        assert trim_malloc() is False
+        pytest.skip("malloc_trim is glibc's")
+    # 64 KiB buffers sit in malloc's heap (under its mmap threshold); freeing every other one leaves
+    # holes no later allocation fills and that the top of the heap cannot shrink past.
+    buffers = [b"x" * (64 * 1024) for _ in range(1024)]
+    del buffers[::2]
+    held = sample()
+    assert held["malloc_free"] >= 24 * 1024 * 1024
+    assert trim_malloc() is True
+    trimmed = sample()
+    assert trimmed["anon"] < held["anon"] - 16 * 1024 * 1024
+    assert trimmed["malloc_used"] >= len(buffers) * 64 * 1024  # what is in use stays
+    assert all(b[-1:] == b"x" for b in buffers)
+
+
+def _grow() -> list[str]:
+    return [f"kept {n}" * 10 for n in range(2000)]
+
+
+def test_the_memory_trace_names_what_grew_between_two_snapshots(tmp_path: Path) -> None:
+    import tracemalloc
+
+    from dataeraid.observe.memory import compare
+
+    tracemalloc.start(4)
+    try:
+        tracemalloc.take_snapshot().dump(str(tmp_path / "before"))
+        kept = _grow()
+        tracemalloc.take_snapshot().dump(str(tmp_path / "after"))
+    finally:
+        tracemalloc.stop()
+    lines = compare(tmp_path / "before", tmp_path / "after", top=1)
+    assert lines[0].split()[0].startswith("+") and float(lines[0].split()[0]) > 100  # KiB
+    shown = "\n".join(lines)
+    assert "test_growth.py" in shown and 'f"kept {n}"' in shown  # the line that allocated it
+    assert len(kept) == 2000
+
+
+_THREADS_ALLOCATE = """
+import sys, threading
+from pathlib import Path
+from dataeraid.housekeeping import one_malloc_arena
+from dataeraid.observe.memory import record
+if sys.argv[2] == "one":
+    assert one_malloc_arena()
+kept = []
+def work():
+    kept.append(b"x" * (64 * 1024))
+threads = [threading.Thread(target=work) for _ in range(4)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+record(Path(sys.argv[1]), 0)
+"""
+
+
+@pytest.mark.parametrize(("arenas", "most"), [("one", 1), ("default", None)])
+def test_the_daemon_s_threads_share_one_malloc_arena(tmp_path: Path, arenas: str, most: int | None) -> None:
+    """Each arena keeps its own free top that malloc_trim does not give back: one arena, one top."""
+    import os
+    import subprocess
+    import sys
+
+    from dataeraid.housekeeping import glibc
+
+    if glibc() is None:
+        pytest.skip("malloc arenas are glibc's")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}  # glibc's defaults
+    subprocess.run([sys.executable, "-c", _THREADS_ALLOCATE, str(tmp_path), arenas], check=True, env=env)
+    (info,) = tmp_path.glob("malloc-*.xml")
+    heaps = info.read_text().count("<heap nr=")
+    if most is not None:
+        assert heaps == most
+    else:
+        assert heaps > 1  # what the daemon had: a thread's allocations in an arena of its own
