@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -951,11 +951,20 @@ class Uploads:
         await self._db.write(lambda s: _adopt_listed_parts(s, upload_id, listed))
 
     async def part_target(
-        self, who: Principal, upload_id: str, number: int, size: int, sha256: str, *, prefix: bool = False
+        self,
+        who: Callable[[Session], Principal],
+        upload_id: str,
+        number: int,
+        size: int,
+        sha256: str,
+        *,
+        prefix: bool = False,
     ) -> PresignedRequest | None:
         """Check the caller may send this part now; return where storage wants it, or None for the server itself.
 
-        ``prefix``: ``sha256`` is the part's prefix digest, which only some storage takes.
+        ``who`` gives the caller within the check's transaction (``Call.authenticate``: the
+        token is looked up there). ``prefix``: ``sha256`` is the part's prefix digest, which
+        only some storage takes.
         """
         if prefix and not self._storage.prefix_digests:
             raise ApiError(
@@ -964,7 +973,7 @@ class Uploads:
                 field="prefix_sha256",
             )
 
-        handle = await self._db.read(lambda session: _part_slot(session, who, upload_id, number, size))
+        handle = await self._db.read(lambda session: _part_slot(session, who(session), upload_id, number, size))
         direct = self._storage.part_url(handle, number, size, sha256, self._settings.url_ttl_seconds)
         if direct is not None:
             await self._db.write(lambda s: _record_target(s, upload_id, number, size, sha256))
