@@ -973,11 +973,19 @@ class Uploads:
                 field="prefix_sha256",
             )
 
-        handle = await self._db.read(lambda session: _part_slot(session, who(session), upload_id, number, size))
-        direct = self._storage.part_url(handle, number, size, sha256, self._settings.url_ttl_seconds)
-        if direct is not None:
-            await self._db.write(lambda s: _record_target(s, upload_id, number, size, sha256))
-        return direct
+        ttl = self._settings.url_ttl_seconds
+
+        def mint(session: Session) -> PresignedRequest | None:
+            # One transaction for the token, the check and the target, so one thread hop:
+            # the URL is signed in the worker thread (locally, no I/O) and its target
+            # recorded before the commit, which comes before the URL is handed out.
+            handle = _part_slot(session, who(session), upload_id, number, size)
+            direct = self._storage.part_url(handle, number, size, sha256, ttl)
+            if direct is not None:
+                _record_target(session, upload_id, number, size, sha256)
+            return direct
+
+        return await self._db.write(mint)
 
     async def put_part(
         self, upload_id: str, number: int, size: int, sha256: str, body: AsyncIterable[bytes], *, prefix: bool = False
