@@ -63,11 +63,11 @@ bench-queue: $(STAMP)
 bench-enqueue: $(STAMP)
 	$(BIN)/python tools/bench_enqueue.py $(BENCH_ENQUEUE_ARGS)
 
-# The repository server under 200 simulated daemons (tools/bench_server.py; about 25 minutes):
+# The repository server under 200 simulated daemons (tools/bench_server.py; about 20 minutes):
 # part URLs on S3 (SeaweedFS), session creation, completion, asset reads, on SQLite and PostgreSQL
 # (127.0.0.1:5432, a database of its own), at rising open-loop rates; requests per server CPU
 # second, p50 and p99 (docs/server.md, "Requests per CPU second").
-# BENCH_SERVER_ARGS="--database sqlite|postgresql|both --workload ... --workers N --json".
+# BENCH_SERVER_ARGS="--database sqlite|postgresql|both --workload ... --json".
 bench-server: $(BENCH_STAMP)
 	$(BIN)/python tools/bench_server.py $(BENCH_SERVER_ARGS)
 

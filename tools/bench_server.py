@@ -17,7 +17,7 @@ against achieved rate, and the ``trivial`` workload, the same generator against 
 minimal HTTP server (``_trivial_server``) that answers a canned 200.
 
     .venv/bin/python tools/bench_server.py [--database sqlite|postgresql|both]
-        [--workload parts create complete read trivial] [--step-seconds 4] [--workers N] [--json]
+        [--workload trivial health me parts create read complete] [--step-seconds 4] [--json]
 
 Completion runs on directory storage with single-part 1 KiB sessions whose part is
 stored before the step (the completion links it into place and records the asset):
@@ -388,11 +388,8 @@ def postgres_database() -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def server(root: Path, database: str | None, storage: str | None, env: dict[str, str],
-           workers: int) -> Iterator[Stack]:
+def server(root: Path, database: str | None, storage: str | None, env: dict[str, str]) -> Iterator[Stack]:
     stack = Stack(root)
-    if workers > 1:
-        stack.server_args = ["--workers", str(workers)]  # type: ignore[attr-defined]
     stack.start_server(database=database, storage=storage, env=env)
     try:
         yield stack
@@ -434,8 +431,7 @@ def bench_database(kind: str, args: argparse.Namespace, seaweed: Seaweed | None,
         s3_work = [w for w in args.workload if w in S3_WORKLOADS]
         if s3_work:
             assert seaweed is not None
-            st = stack_.enter_context(server(root / "s3", database, f"s3://{bucket}/{kind}", seaweed.env,
-                                             args.workers))
+            st = stack_.enter_context(server(root / "s3", database, f"s3://{bucket}/{kind}", seaweed.env))
             assert st.url is not None and st.server is not None
             token = st.add_user("fleet@example.org")
             user_id = _http(st.url, token, "GET", "/api/v1/me")["user_id"]
@@ -451,7 +447,7 @@ def bench_database(kind: str, args: argparse.Namespace, seaweed: Seaweed | None,
                     asset_ids = new_assets(st.url, token, user_id, 50)
                     best[w] = search(st.url, token, w, lambda _r, found=asset_ids: found, pids, args, steps)
         if "complete" in args.workload:
-            st = stack_.enter_context(server(root / "dir", database2, None, {}, args.workers))
+            st = stack_.enter_context(server(root / "dir", database2, None, {}))
             assert st.url is not None and st.server is not None
             token = st.add_user("fleet@example.org")
             user_id = _http(st.url, token, "GET", "/api/v1/me")["user_id"]
@@ -491,13 +487,11 @@ def main() -> None:
     parser.add_argument("--step-seconds", type=float, default=4.0)
     parser.add_argument("--max-steps", type=int, default=14)
     parser.add_argument("--p99-ms", type=float, default=50.0)
-    parser.add_argument("--workers", type=int, default=1, help="server worker processes (`run --workers`)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
     steps: list[Step] = []
-    result: dict[str, Any] = {"cpus": os.cpu_count(), "clients": CLIENTS, "procs": args.procs,
-                              "workers": args.workers}
+    result: dict[str, Any] = {"cpus": os.cpu_count(), "clients": CLIENTS, "procs": args.procs}
     if "trivial" in args.workload:
         result["generator"] = bench_trivial(args, steps)
     kinds = ["sqlite", "postgresql"] if args.database == "both" else [args.database]
