@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench bench-watch bench-queue bench-enqueue soak soak-long fuzz fuzz-daemon fuzz-server docs dist wheelhouse deb check-systemd venv clean
+.PHONY: demo test lint bench bench-watch bench-queue bench-enqueue bench-server soak soak-long fuzz fuzz-daemon fuzz-server docs dist wheelhouse deb check-systemd venv clean
 
 venv: $(STAMP)
 
@@ -62,6 +62,14 @@ bench-queue: $(STAMP)
 # BENCH_ENQUEUE_ARGS="--jobs N --batch N --single N --gets N --json".
 bench-enqueue: $(STAMP)
 	$(BIN)/python tools/bench_enqueue.py $(BENCH_ENQUEUE_ARGS)
+
+# The repository server under 200 simulated daemons (tools/bench_server.py; about 20 minutes):
+# part URLs on S3 (SeaweedFS), session creation, completion, asset reads, on SQLite and PostgreSQL
+# (127.0.0.1:5432, a database of its own), at rising open-loop rates; requests per server CPU
+# second, p50 and p99 (docs/server.md, "Requests per CPU second").
+# BENCH_SERVER_ARGS="--database sqlite|postgresql|both --workload ... --json".
+bench-server: $(BENCH_STAMP)
+	$(BIN)/python tools/bench_server.py $(BENCH_SERVER_ARGS)
 
 # Transfers, and writers feeding watch folders, through a real stack while the daemon, the
 # server and the network fail on purpose; then a check that every byte arrived once and no

@@ -135,6 +135,13 @@ def main() -> None:
 @click.option(
     "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 256),
+    default=1,
+    show_default=True,
+    help="Server processes sharing the listening socket; about one core each (1: this process serves).",
+)
 def run(
     data_dir: Path,
     bind: str,
@@ -145,9 +152,10 @@ def run(
     url_ttl: timedelta,
     ready_file: Path | None,
     log_level: str,
+    workers: int,
 ) -> None:
     """Serve the repository API until SIGTERM or SIGINT."""
-    from .serve import parse_bind, run_server  # the web stack is not needed by `users`
+    from .serve import parse_bind, run_server, run_workers  # the web stack is not needed by `users`
 
     logs.configure(log_level)
     try:
@@ -171,6 +179,8 @@ def run(
         url_ttl_seconds=round(url_ttl.total_seconds()),
     )
     try:
+        if workers > 1:
+            sys.exit(run_workers(settings, bind, ready_file, workers))
         trio.run(run_server, settings, bind, ready_file)
     except OSError as exc:
         if exc.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import select
 import signal
 import socket
 from functools import partial
@@ -100,12 +101,24 @@ def remove_ready_file(path: Path, url: str) -> None:
             path.unlink()
 
 
-async def run_server(settings: Settings, bind: str, ready_file: Path | None = None) -> None:
-    """Serve until SIGTERM or SIGINT. Migrates the database first."""
+async def run_server(
+    settings: Settings,
+    bind: str,
+    ready_file: Path | None = None,
+    *,
+    listening: socket.socket | None = None,
+    ready_fd: int | None = None,
+) -> None:
+    """Serve until SIGTERM or SIGINT. Migrates the database first.
+
+    A worker of :func:`run_workers` is given the shared ``listening`` socket instead of
+    binding one, and says it listens by writing a byte to ``ready_fd`` (its parent writes
+    the ready file once every worker has).
+    """
     host, port = parse_bind(bind)
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         # Bind first: a taken port fails the start before the database is touched.
-        sock = open_listening_socket(host, port)
+        sock = listening if listening is not None else open_listening_socket(host, port)
         url = base_url(sock)
         try:
             services = await open_services(settings)
@@ -158,9 +171,11 @@ async def run_server(settings: Settings, bind: str, ready_file: Path | None = No
                 background.start_soon(sweep)
                 async with trio.open_nursery() as nursery:
                     await nursery.start(partial(hypercorn_serve, app, config, shutdown_trigger=until_signal))
-                    if ready_file is not None:
+                    if ready_fd is not None:
+                        os.write(ready_fd, b"r")
+                    elif ready_file is not None:
                         await trio.to_thread.run_sync(write_ready_file, ready_file, url)
-                    log.info("server.listening", url=url, data_dir=str(settings.data_dir))
+                    log.info("server.listening", url=url, data_dir=str(settings.data_dir), pid=os.getpid())
                 # Requests are over; background work only ever gets ahead of them, so it can stop.
                 background.cancel_scope.cancel()
         finally:
@@ -168,3 +183,101 @@ async def run_server(settings: Settings, bind: str, ready_file: Path | None = No
             if ready_file is not None:
                 remove_ready_file(ready_file, url)
     log.info("server.stopped")
+
+
+def run_workers(settings: Settings, bind: str, ready_file: Path | None, workers: int) -> int:
+    """Serve with ``workers`` processes sharing one listening socket (``run --workers``); the exit status.
+
+    Python runs one thread of Python at a time, so one server process uses about one core;
+    a site with more cores runs several. This process binds the socket and migrates the
+    database (once, before any worker opens it), then forks the workers, each a whole
+    server (its own database connections, storage client and expiry sweep, as separate
+    servers on one database always could) accepting from the same socket: the kernel
+    hands each connection to one of them. Once every worker listens the ready file is
+    written. SIGTERM or SIGINT is passed on to the workers, which stop as one server does;
+    if a worker dies otherwise, the others are stopped and the status is 1 (a supervisor
+    such as systemd then starts the whole server again).
+    """
+    from . import migrate
+    from .db import Database
+
+    host, port = parse_bind(bind)
+    sock = open_listening_socket(host, port)
+    sock.listen(HypercornConfig.backlog)
+    url = base_url(sock)
+    db = Database(settings.database_url)
+    try:
+        migrate.upgrade(db.write_engine)
+    finally:
+        db.dispose()
+    stops = {signal.SIGTERM, signal.SIGINT, signal.SIGCHLD}
+    # Blocked until each process is ready for them: a worker unblocks them before Trio starts.
+    signal.pthread_sigmask(signal.SIG_BLOCK, stops)
+    ready_r, ready_w = os.pipe()
+    children: set[int] = set()
+    for _ in range(workers):
+        pid = os.fork()
+        if pid == 0:  # a worker
+            os.close(ready_r)
+            status = 1
+            try:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
+                trio.run(partial(run_server, settings, bind, listening=sock, ready_fd=ready_w))
+                status = 0
+            except BaseException as exc:
+                log.error("server.worker_failed", error=repr(exc), pid=os.getpid())
+            finally:
+                os._exit(status)
+        children.add(pid)
+    os.close(ready_w)
+    sock.close()
+    status, stopping, ready = 0, False, 0
+
+    def stop_all(signum: int) -> None:
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signum)
+
+    def reap() -> None:
+        nonlocal status, stopping
+        while children:
+            pid, code = os.waitpid(-1, os.WNOHANG)
+            if pid == 0:
+                return
+            children.discard(pid)
+            if os.waitstatus_to_exitcode(code) != 0 or not stopping:
+                status = 1
+                if not stopping:
+                    log.error("server.worker_exited", pid=pid, status=os.waitstatus_to_exitcode(code))
+                    stopping = True
+                    stop_all(signal.SIGTERM)
+
+    try:
+        while children:
+            if ready < workers:
+                # Readiness arrives on the pipe; signals are looked at between reads.
+                readable, _, _ = select.select([ready_r], [], [], 0.1)
+                if readable:
+                    got = os.read(ready_r, workers)
+                    ready += len(got)
+                    if ready >= workers and not stopping:
+                        if ready_file is not None:
+                            write_ready_file(ready_file, url)
+                        log.info("server.listening", url=url, data_dir=str(settings.data_dir), workers=workers)
+                pending = signal.sigtimedwait(stops, 0)
+            else:
+                pending = signal.sigtimedwait(stops, 1.0)
+            if pending is None:
+                continue
+            if pending.si_signo == signal.SIGCHLD:
+                reap()
+            elif not stopping:
+                log.info("server.stopping", signal=signal.Signals(pending.si_signo).name, workers=workers)
+                stopping = True
+                stop_all(pending.si_signo)
+    finally:
+        os.close(ready_r)
+        if ready_file is not None:
+            remove_ready_file(ready_file, url)
+    log.info("server.stopped")
+    return status

@@ -102,7 +102,9 @@ class Storage(Protocol):
 
     def part_url(self, handle: str, number: int, size: int, sha256: str, ttl_seconds: int) -> PresignedRequest | None:
         """Where the client sends part ``number`` directly, with its digest and size signed in;
-        or None, meaning the client sends it to the server, which calls :meth:`put_part`."""
+        or None, meaning the client sends it to the server, which calls :meth:`put_part`.
+
+        No I/O: it is called in a worker thread, inside the part target's transaction."""
         ...
 
     async def put_part(
