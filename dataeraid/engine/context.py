@@ -33,6 +33,11 @@ T = TypeVar("T")
 
 
 class JobContext:
+    """One running job, as its engine sees it: ``remote`` is the repository (the contract of
+    :mod:`dataeraid.engine.repository`), ``accounting`` takes every byte moved, and
+    :meth:`retrying` wraps every call to the repository. It is the job's progress
+    :class:`~dataeraid.engine.progress.Reporter` too: its events carry the job's state."""
+
     def __init__(self, job: Row, jobs: Jobs, remote: Repository, auth: Auth, settings: Settings,
                  bandwidth: Spender, tally: Tally | None = None, retry: RetryPolicy | None = None) -> None:
         self.job = job
@@ -56,6 +61,7 @@ class JobContext:
         self._retries: dict[object, float] = {}
 
     def note_progress(self, bytes_done: int, chunks_done: int) -> None:
+        """The counts ``job.get`` shows between events."""
         self.jobs.live_progress[self.job_id] = (bytes_done, chunks_done)
 
     def publish_progress(self, **fields: Any) -> None:
