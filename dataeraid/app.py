@@ -43,7 +43,8 @@ from dataeraid import log
 from dataeraid.auth import Auth
 from dataeraid.config import LiveSettings, Settings
 from dataeraid.control import DaemonControl
-from dataeraid.download import run_download
+from dataeraid.engine.download import run_download
+from dataeraid.engine.upload import run_upload
 from dataeraid.errors import DataeraiError
 from dataeraid.events import EventBus
 from dataeraid.housekeeping import one_malloc_arena, serve_housekeeping
@@ -60,7 +61,6 @@ from dataeraid.rpc import check_private_directory, open_listener
 from dataeraid.rpc import serve as serve_rpc
 from dataeraid.scheduler import Scheduler
 from dataeraid.store import Store
-from dataeraid.upload import run_upload
 from dataeraid.watch.manager import WatchManager
 
 if sys.version_info < (3, 11):  # pragma: no cover

@@ -28,8 +28,8 @@ import trio
 from dataeraid import log
 from dataeraid.bwlimit import OFF, Limit, Timetable
 from dataeraid.config import RESTART_KEYS, LiveSettings, Settings
+from dataeraid.engine.bandwidth import Links
 from dataeraid.errors import DataeraiError
-from dataeraid.transfer import Links
 from dataeraid.windows import local_zone
 
 _log = log.get("dataeraid.control")

@@ -40,12 +40,13 @@ import trio
 from dataeraid import log
 from dataeraid.auth import Auth
 from dataeraid.config import LiveSettings, Settings
+from dataeraid.engine.bandwidth import Links
+from dataeraid.engine.context import JobContext
 from dataeraid.errors import DataeraiError, first_error
 from dataeraid.jobs import Jobs
 from dataeraid.observe.tally import Tally
 from dataeraid.remote import Remote
 from dataeraid.store import Row
-from dataeraid.transfer import JobContext, Links
 
 Engine = Callable[[JobContext], Awaitable[dict[str, Any]]]
 

@@ -15,7 +15,7 @@ import trio.testing
 
 from dataeraid.config import LiveSettings, Settings
 from dataeraid.control import RECHECK_S, DaemonControl
-from dataeraid.transfer import FairBandwidth, Links
+from dataeraid.engine.bandwidth import FairBandwidth, Links
 
 MiB = 1024 * 1024
 

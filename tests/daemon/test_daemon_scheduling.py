@@ -11,8 +11,8 @@ import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 
+from dataeraid.engine.bandwidth import FairBandwidth
 from dataeraid.scheduler import pick
-from dataeraid.transfer import FairBandwidth
 
 MiB = 1024 * 1024
 

@@ -16,15 +16,16 @@ from hypothesis import strategies as st
 
 from dataeraid import schema
 from dataeraid.config import Settings
-from dataeraid.download import safe_file_name
+from dataeraid.engine.bandwidth import FairBandwidth
+from dataeraid.engine.download import safe_file_name
+from dataeraid.engine.retry import backoff_delay
+from dataeraid.engine.upload import part_count, part_span
 from dataeraid.errors import DataeraiError, TransientError
 from dataeraid.jobs import STATES, TRANSITIONS
 from dataeraid.remote import _json_object, raise_for_status
 from dataeraid.rpc import Methods, Param, Registry
 from dataeraid.rpc.params import Integer, ListOf, Text
 from dataeraid.store import create_queue_engine, migrate
-from dataeraid.transfer import FairBandwidth, backoff_delay
-from dataeraid.upload import part_count, part_span
 
 
 @pytest.mark.parametrize("name", ["", ".", "..", "../x", "a/b", "/etc/passwd", "a\\b", "a\0b", "x" * 300, None, 5])

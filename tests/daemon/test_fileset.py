@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dataeraid.download import content_files
+from dataeraid.engine.download import content_files
 from dataeraid.errors import DataeraiError
 from dataeraid.fileset import FileSet, StreamHasher, check_manifest, lay_out, safe_relative_path, scan_source
 

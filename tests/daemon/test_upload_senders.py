@@ -5,14 +5,15 @@ paused, their errors dropped while a proof is out, stopped with parts in flight.
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import trio
 import trio.testing
+from fake_repository import FakeRepository
+from stand_ins import begun, job_context
 
-from dataeraid import upload
+from dataeraid.engine import upload
 from dataeraid.errors import DataeraiError, first_error
 from dataeraid.fileset import FileSet, StreamFile
 
@@ -30,10 +31,9 @@ class _Log:
 def _senders(tmp_path: Path, parts: int) -> tuple[upload._Senders, Any]:
     (tmp_path / "f.bin").write_bytes(bytes(range(256)) * (PART * parts // 256))
     source = FileSet(str(tmp_path), [StreamFile("f.bin", 0, PART * parts)], "source")
-    ctx = SimpleNamespace(job={"chunk_size": PART}, settings=SimpleNamespace(parts_per_job=2, io_block_size=PART),
-                          log=_Log())
-    progress = SimpleNamespace(chunks_done=0)
-    return upload._Senders(ctx, source, "upl_1", progress, parts), ctx  # type: ignore[arg-type]
+    ctx = begun(job_context(FakeRepository(), {"parts_per_job": 2, "io_block_size": PART},
+                            job={"chunk_size": PART}, log=_Log()), source, parts)
+    return upload._Senders(ctx, source, "upl_1", parts), ctx  # type: ignore[arg-type]
 
 
 class _Parts:
@@ -63,8 +63,7 @@ class _Parts:
         failed.append(fail)
         event.set()
 
-    async def send(self, _ctx: Any, _source: Any, _upload_id: str, plan: upload.PartPlan, progress: Any,
-                   _turn: Any = None) -> None:
+    async def send(self, ctx: Any, _source: Any, _upload_id: str, plan: upload.PartPlan, _turn: Any = None) -> None:
         self.started.append(plan.number)
         self._poke()
         event, failed = self._ending(plan.number)
@@ -73,7 +72,7 @@ class _Parts:
         if failed and failed[0]:
             raise DataeraiError("conflict", f"part {plan.number}: the session is completed")
         self.done.append(plan.number)
-        progress.chunks_done += 1
+        ctx.accounting.chunk_done()
         self._poke()
 
 

@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 from dataerai.protocol import Request
-from stand_ins import job_context, nothing
+from fake_repository import FakeRepository
+from stand_ins import job_context
 
-from dataeraid import upload
+from dataeraid.engine import upload
 from dataeraid.methods import REGISTRY
 
 MiB = 1024 * 1024
@@ -121,15 +122,6 @@ async def test_a_new_asset_is_queued_as_before_with_its_path(source: Path) -> No
 # --- the session's body --------------------------------------------------------------
 
 
-class _Remote:
-    def __init__(self) -> None:
-        self.bodies: list[dict[str, Any]] = []
-
-    async def create_upload(self, body: dict[str, Any]) -> dict[str, Any]:
-        self.bodies.append(body)
-        return {"upload_id": "upl_12345678", "part_count": 1, "state": "open", "parts": []}
-
-
 def _job(source: Path, **params: Any) -> dict[str, Any]:
     files = [["run42.h5", 10, 1, 2]]
     return {"job_id": "job_1", "file_name": source.name, "bytes_total": 10, "source_size": 10,
@@ -140,11 +132,11 @@ def _job(source: Path, **params: Any) -> dict[str, Any]:
 
 
 async def _session_body(job: dict[str, Any]) -> dict[str, Any]:
-    remote = _Remote()
-    ctx = job_context(remote, {}, job=job, save=lambda **_fields: nothing())
+    repository = FakeRepository()
+    ctx = job_context(repository, {}, job=job)
     session = await upload._session(ctx)
-    assert session["upload_id"] == "upl_12345678"
-    (body,) = remote.bodies
+    assert session["upload_id"] in repository.sessions
+    (body,) = repository.bodies
     return body
 
 

@@ -18,12 +18,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dataeraid.config import Settings
+from dataeraid.engine.context import JobContext
+from dataeraid.engine.retry import transient_reason
 from dataeraid.errors import AuthProblem, TransientError
 from dataeraid.events import EventBus, Subscription
+from dataeraid.fileset import FileSet, StreamFile
 from dataeraid.jobs import Jobs, to_wire
 from dataeraid.redact import redact
 from dataeraid.store import Store
-from dataeraid.transfer import JobContext, transient_reason
 
 SIGNED = "https://store.example.org:9000/bucket/key?X-Amz-Signature=f00dfeed&X-Amz-Credential=AKIAEXAMPLE"
 TOKEN = "dtk_SeCrEtToKeNvAlUe0123456789abcdefghijklmnopq"
@@ -68,6 +70,10 @@ async def running_job(jobs: Jobs, auth: StandInAuth) -> JobContext:
                       bandwidth=SimpleNamespace())  # type: ignore[arg-type]
 
 
+def one_file(size: int) -> FileSet:
+    return FileSet("/data", [StreamFile("run42.h5", 0, size)], "source")
+
+
 def refused(url: str = SIGNED) -> TransientError:
     """What the remote raises when nobody listens at ``url``: a TransientError from httpx's
     ConnectError, itself from the OS's refusal (as trio and httpcore chain them)."""
@@ -94,7 +100,7 @@ async def test_waiting_for_the_network_says_why_and_when_at_once_and_goes_on(
         jobs: Jobs, autojump_clock: trio.testing.MockClock) -> None:
     auth = StandInAuth()
     ctx = await running_job(jobs, auth)
-    progress = ctx.progress(4 << 20, 4, "run42.h5")
+    progress = ctx.accounting.begin(4 << 20, 4, one_file(4 << 20), "run42.h5")
     progress.add(1 << 20)
     await trio.sleep(1)
     progress.add(1 << 20)  # a rate now, which must not stand still while the job waits
@@ -184,7 +190,7 @@ async def test_the_last_progress_event_carries_the_average_rate(
         jobs: Jobs, autojump_clock: trio.testing.MockClock) -> None:
     ctx = await running_job(jobs, StandInAuth())
     subscription = await jobs.bus.subscribe(jobs=["job_1"])
-    progress = ctx.progress(3000, 3, "run42.h5")
+    progress = ctx.accounting.begin(3000, 3, one_file(3000), "run42.h5")
     for _ in range(3):
         await trio.sleep(1)
         progress.add(1000)

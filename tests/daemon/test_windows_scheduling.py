@@ -15,12 +15,12 @@ import trio
 import trio.testing
 
 from dataeraid.config import Settings
+from dataeraid.engine.context import JobContext
 from dataeraid.errors import DataeraiError
 from dataeraid.events import EventBus
 from dataeraid.jobs import Jobs
 from dataeraid.scheduler import WINDOW_RECHECK_S, Scheduler
 from dataeraid.store import Store
-from dataeraid.transfer import JobContext
 
 UTC = dt.timezone.utc
 #: Thursday 2026-12-03 12:00 UTC: the wall clock when a test starts.

@@ -28,6 +28,7 @@ from typing import Any
 
 import trio
 
+from dataeraid.engine.context import JobContext
 from dataeraid.errors import DataeraiError, TargetExpired, TransientError, first_error, from_os_error
 from dataeraid.fileset import (
     HASH_SLICE,
@@ -38,7 +39,6 @@ from dataeraid.fileset import (
     check_manifest,
     safe_relative_path,
 )
-from dataeraid.transfer import JobContext, Progress
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
@@ -250,12 +250,10 @@ async def run_download(ctx: JobContext) -> dict[str, Any]:
             # A .part file went missing or changed size: its checkpoints mean nothing now.
             await ctx.store.clear_checkpoints(ctx.job_id)
             done = {}
-        progress = ctx.progress(size, count, manifest[0].path)
-        progress.bytes_done = sum(c["size"] for c in done.values())
-        progress.chunks_done = len(done)
-        progress.publish_now()
+        ctx.accounting.begin(size, count, fileset, manifest[0].path,
+                             bytes_done=sum(c["size"] for c in done.values()), chunks_done=len(done))
         todo = [n for n in range(count) if n not in done]
-        stream = await _fetch_ranges(ctx, fileset, target, asset_id, size, chunk_size, todo, progress)
+        stream = await _fetch_ranges(ctx, fileset, target, asset_id, size, chunk_size, todo)
         # Every range was flushed before its checkpoint; empty files have no range.
         await trio.to_thread.run_sync(fileset.create_missing)
     finally:
@@ -273,7 +271,7 @@ async def run_download(ctx: JobContext) -> dict[str, Any]:
         await trio.to_thread.run_sync(_place, fileset, dest_dir, overwrite, ctx.settings.io_block_size)
     except OSError as exc:
         raise from_os_error(exc, f"moving the downloaded files into {dest_dir}") from exc
-    progress.finish()
+    ctx.accounting.finish()
     ctx.log.info("download complete", path=files[0]["local_path"], size=size, files=len(files))
     return {"files": files}
 
@@ -292,7 +290,7 @@ def _remove_parts(fileset: FileSet) -> None:
 
 
 async def _fetch_ranges(ctx: JobContext, fileset: FileSet, target: dict[str, Any], asset_id: str, size: int,
-                        chunk_size: int, todo: list[int], progress: Progress) -> StreamHasher:
+                        chunk_size: int, todo: list[int]) -> StreamHasher:
     """Fetch the ranges in ``todo`` into the ``.part`` files; the stream's digests.
 
     The whole stream's digest (and each file's) is computed beside the transfer: a
@@ -308,7 +306,7 @@ async def _fetch_ranges(ctx: JobContext, fileset: FileSet, target: dict[str, Any
     current = {"target": target}
     queue = iter(todo)
     landed = {index: trio.Event() for index in todo}
-    many = len(fileset.files) > 1
+    accounting = ctx.accounting
 
     async def refresh() -> None:
         current["target"] = await ctx.remote.download_target(asset_id, target["content_id"])
@@ -340,13 +338,9 @@ async def _fetch_ranges(ctx: JobContext, fileset: FileSet, target: dict[str, Any
                                                         f"reading range {index}"):
                     if written + pending_size + len(data) > length:
                         raise DataeraiError("checksum_mismatch", f"range {index}: the server sent too many bytes")
-                    await ctx.bandwidth.spend(len(data))
-                    if many:
-                        at = fileset.index_at(start + written + pending_size)
-                        progress.at_file(at, fileset.files[at].path)
+                    await accounting.moved(len(data), index, start + written + pending_size)
                     pending.append(data)
                     pending_size += len(data)
-                    progress.add(len(data), index)
                     if pending_size >= ctx.settings.io_block_size:
                         await flush()
                 if pending:
@@ -355,12 +349,12 @@ async def _fetch_ranges(ctx: JobContext, fileset: FileSet, target: dict[str, Any
                 await refresh()
                 raise
             finally:
-                progress.add(-pending_size)
+                accounting.take_back(pending_size)
             if written != length:
                 raise TransientError(f"range {index}: connection ended after {written} of {length} bytes")
 
         await ctx.retrying(f"reading range {index}", attempt)
-        progress.chunk_finished()
+        accounting.chunk_done()
         landed[index].set()
         unsynced.append((index, length))
         wrote_more.set()

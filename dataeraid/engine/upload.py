@@ -51,10 +51,12 @@ from typing import Any, Final
 
 import trio
 
+from dataeraid.engine.accounting import Accounting
+from dataeraid.engine.context import JobContext
+from dataeraid.engine.turns import Turn
 from dataeraid.errors import DataeraiError, TransientError, first_error, leaves
 from dataeraid.fileset import HASH_SLICE, FileSet, StreamFile, StreamHasher
 from dataeraid.store import CachedDigest, SourceIdentity
-from dataeraid.transfer import JobContext, Progress, Turn
 
 # A part whose upload failed its checksum this many times, with an unchanged source, fails the job.
 MAX_CHECKSUM_RETRIES = 3
@@ -217,10 +219,8 @@ def _held_parts(session: dict[str, Any], count: int, total: int, chunk_size: int
             and p["size"] == part_span(p["number"], total, chunk_size)[1]}
 
 
-def _start_from(progress: Progress, held: dict[int, dict[str, Any]]) -> None:
-    progress.bytes_done = sum(p["size"] for p in held.values())
-    progress.chunks_done = len(held)
-    progress.publish_now()
+def _start_from(accounting: Accounting, held: dict[int, dict[str, Any]]) -> None:
+    accounting.resume(sum(p["size"] for p in held.values()), len(held))
 
 
 async def _upload_stream(ctx: JobContext, source: FileSet) -> dict[str, Any]:
@@ -235,8 +235,9 @@ async def _upload_stream(ctx: JobContext, source: FileSet) -> dict[str, Any]:
     if session["state"] == "completed" and session.get("result"):
         return _completed_fields(session["result"], source)
     held = _held_parts(session, count, total, chunk_size)
-    progress = ctx.progress(total, count, source.files[0].path if source.files else job["file_name"])
-    _start_from(progress, held)
+    accounting = ctx.accounting
+    accounting.begin(total, count, source, source.files[0].path if source.files else job["file_name"],
+                     bytes_done=sum(p["size"] for p in held.values()), chunks_done=len(held))
     if held:
         ctx.log.info("resuming", parts_held=len(held), parts_total=count)
 
@@ -256,7 +257,7 @@ async def _upload_stream(ctx: JobContext, source: FileSet) -> dict[str, Any]:
     # need the parts in order to be checked as they arrive (docs/http-api.md, "Prefix digests").
     prefixes = (PrefixDigests() if PREFIX_DIGESTS in session.get("part_digests", ())
                 and ctx.settings.upload_order != "never" else None)
-    senders = _Senders(ctx, source, upload_id, progress, count, prefixes)
+    senders = _Senders(ctx, source, upload_id, count, prefixes)
 
     # The whole stream's digest (and each file's) in order, on its own thread, beside the
     # part senders; it usually runs ahead of them (how far: docs/benchmarks.md#deduplication).
@@ -275,7 +276,7 @@ async def _upload_stream(ctx: JobContext, source: FileSet) -> dict[str, Any]:
                 prefixes.record(number, stream.whole.hexdigest())
         stream_hashed.set()
         ctx.log.info("stream hashed", seconds=round(trio.current_time() - started, 2),
-                     parts_acknowledged=progress.chunks_done, parts_total=count)
+                     parts_acknowledged=accounting.chunks_done, parts_total=count)
 
     proved: dict[str, Any] | None = None
     with first_error():
@@ -304,7 +305,7 @@ async def _upload_stream(ctx: JobContext, source: FileSet) -> dict[str, Any]:
         raise
     if identity is not None:
         await ctx.store.remember_digest(identity, CachedDigest(digest, file_sha256))
-    progress.finish()
+    accounting.finish()
     ctx.log.info("upload complete", asset_id=result["asset_id"], content_id=result["content_id"], size=total,
                  files=len(source.files))
     return _completed_fields(result, source)
@@ -322,9 +323,9 @@ class _Senders:
     from the server's truth about parts, if they ended meanwhile).
     """
 
-    def __init__(self, ctx: JobContext, source: FileSet, upload_id: str, progress: Progress, count: int,
+    def __init__(self, ctx: JobContext, source: FileSet, upload_id: str, count: int,
                  prefixes: PrefixDigests | None = None) -> None:
-        self._ctx, self._source, self._upload_id, self._progress = ctx, source, upload_id, progress
+        self._ctx, self._source, self._upload_id = ctx, source, upload_id
         self._count = count
         self._prefixes = prefixes
         self._scope = trio.CancelScope()
@@ -351,12 +352,12 @@ class _Senders:
         go with their own digests, hashed again.
         """
         self._prefixes = None
-        _start_from(self._progress, held)
+        _start_from(self._ctx.accounting, held)
         self.start(nursery, held)
 
     @property
     def unsent_parts(self) -> int:
-        return self._count - self._progress.chunks_done
+        return self._count - self._ctx.accounting.chunks_done
 
     def pause(self) -> None:
         """No part starts until :meth:`resume`; the parts in flight go on."""
@@ -418,7 +419,7 @@ class _Senders:
                 async for plan, turn in receive:
                     await self._running.wait()
                     try:
-                        await _send_part(ctx, source, self._upload_id, plan, self._progress, turn)
+                        await _send_part(ctx, source, self._upload_id, plan, turn)
                     finally:
                         turn.done.set()
                     self.bytes_sent += plan.size
@@ -601,9 +602,10 @@ def _in_order(ctx: JobContext, target: dict[str, Any]) -> bool:
     return ctx.remote.is_own_part_url(str(target.get("url", "")))
 
 
-async def _send_part(ctx: JobContext, source: FileSet, upload_id: str, plan: PartPlan, progress: Progress,
+async def _send_part(ctx: JobContext, source: FileSet, upload_id: str, plan: PartPlan,
                      turn: Turn | None = None) -> None:
     block = ctx.settings.io_block_size
+    accounting = ctx.accounting
     mismatches = 0
     while True:
         sent = 0
@@ -613,13 +615,9 @@ async def _send_part(ctx: JobContext, source: FileSet, upload_id: str, plan: Par
             offset, end = plan.offset, plan.offset + plan.size
             while offset < end:
                 data = await trio.to_thread.run_sync(source.read, offset, min(block, end - offset))
-                await ctx.bandwidth.spend(len(data))
-                if len(source.files) > 1:
-                    index = source.index_at(offset)
-                    progress.at_file(index, source.files[index].path)
+                await accounting.moved(len(data), plan.number - 1, offset)
                 offset += len(data)
                 sent += len(data)
-                progress.add(len(data), plan.number - 1)
                 yield data
             if turn is not None:
                 turn.done.set()  # the whole body is handed to the connection: the next part may go
@@ -634,7 +632,7 @@ async def _send_part(ctx: JobContext, source: FileSet, upload_id: str, plan: Par
                 try:
                     return await ctx.remote.put_part(target, body(), f"sending part {plan.number}")
                 except BaseException:
-                    progress.add(-sent)
+                    accounting.take_back(sent)
                     sent = 0
                     raise
             finally:
@@ -658,5 +656,5 @@ async def _send_part(ctx: JobContext, source: FileSet, upload_id: str, plan: Par
             ctx.log.warning("part checksum mismatch; sending again", part=plan.number)
             continue
         await ctx.store.checkpoint(ctx.job_id, plan.number, plan.size, digest)
-        progress.chunk_finished()
+        accounting.chunk_done()
         return

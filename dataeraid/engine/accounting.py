@@ -1,0 +1,80 @@
+"""One job's bytes, in the one place they are counted, paced and reported.
+
+As rclone's ``fs/accounting`` wraps every transfer's reader, every block an engine
+moves passes through :meth:`Accounting.moved`: it waits for the job's bandwidth
+share, counts the block in the metrics (bytes on the wire, retries included) and
+adds it to the job's progress. The engines only say what they moved.
+"""
+
+from __future__ import annotations
+
+from dataeraid.engine.bandwidth import Spender
+from dataeraid.engine.progress import Progress, Reporter
+from dataeraid.fileset import FileSet
+from dataeraid.observe.tally import Tally
+
+
+class Accounting:
+    """The bytes of one job, in its direction (``upload``, ``download``).
+
+    :meth:`begin` once the job knows its size and its files; then :meth:`moved` for
+    each block, :meth:`take_back` for the blocks of an attempt that failed (they are
+    moved again; the metrics keep them, as they did cross the wire), :meth:`chunk_done`
+    per checkpointed part or range, and :meth:`finish` for the last event.
+    """
+
+    def __init__(self, reporter: Reporter, interval_s: float, bandwidth: Spender, tally: Tally,
+                 direction: str) -> None:
+        self._reporter = reporter
+        self._interval_s = interval_s
+        self._spender = tally.counting(bandwidth, direction)
+        self._files: FileSet | None = None
+        #: The job's progress, from :meth:`begin` on.
+        self.progress: Progress | None = None
+
+    def begin(self, bytes_total: int, chunk_count: int, files: FileSet, file_name: str, *,
+              bytes_done: int = 0, chunks_done: int = 0) -> Progress:
+        """Start counting a run of ``files``' stream, of which ``bytes_done`` bytes in
+        ``chunks_done`` chunks are already there, and publish that at once."""
+        self.progress = Progress(self._reporter, self._interval_s, bytes_total=bytes_total,
+                                 chunk_count=chunk_count, file_name=file_name)
+        # Which file a block belongs to is only worth looking up when there are several.
+        self._files = files if len(files.files) > 1 else None
+        self.resume(bytes_done, chunks_done)
+        return self.progress
+
+    def resume(self, bytes_done: int, chunks_done: int) -> None:
+        """Go on from ``bytes_done`` bytes in ``chunks_done`` chunks (what the other side holds)."""
+        progress = self._started()
+        progress.bytes_done = bytes_done
+        progress.chunks_done = chunks_done
+        progress.publish_now()
+
+    async def moved(self, n: int, chunk_index: int, offset: int) -> None:
+        """``n`` bytes of chunk ``chunk_index``, from ``offset`` of the stream: paced, counted, reported."""
+        await self._spender.spend(n)
+        progress = self._started()
+        if self._files is not None:
+            index = self._files.index_at(offset)
+            progress.at_file(index, self._files.files[index].path)
+        progress.add(n, chunk_index)
+
+    def take_back(self, n: int) -> None:
+        """``n`` bytes reported by :meth:`moved` did not arrive: they will be moved again."""
+        if n:
+            self._started().add(-n)
+
+    def chunk_done(self) -> None:
+        self._started().chunk_finished()
+
+    @property
+    def chunks_done(self) -> int:
+        return self._started().chunks_done
+
+    def finish(self) -> None:
+        """The last event of the run, with its average rate."""
+        self._started().finish()
+
+    def _started(self) -> Progress:
+        assert self.progress is not None, "Accounting.begin first"
+        return self.progress
