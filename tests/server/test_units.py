@@ -18,7 +18,7 @@ from dataerai_server.serve import base_url, open_listening_socket, parse_bind
 from dataerai_server.signing import UrlSigner, load_or_create_secret
 from dataerai_server.streaming import ByteRange, Unsatisfiable, parse_range
 from dataerai_server.uploads import NewUpload, expected_part_size
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 
@@ -175,11 +175,14 @@ def test_any_signature_or_expiry_text_is_refused_as_a_bad_signature(signature: s
     number=st.floats(min_value=0, max_value=10_000, allow_nan=False, allow_infinity=False),
     unit=st.sampled_from(sorted(UNITS)),
 )
+@example(number=0.001953125, unit="m")
 def test_durations_with_a_unit(number: float, unit: str) -> None:
     text = f"{number!r}{unit}"
     if "e" in text.lower() or "inf" in text:
         text = f"{number:.6f}{unit}"
-    assert parse_duration(text, bare_unit="s").total_seconds() == pytest.approx(float(text[:-1]) * UNITS[unit])
+    # A timedelta holds whole microseconds: 0.001953125m is 117187.5 us, kept as 117188.
+    expected = float(text[:-1]) * UNITS[unit]
+    assert parse_duration(text, bare_unit="s").total_seconds() == pytest.approx(expected, rel=1e-6, abs=1e-6)
 
 
 @given(text=st.text(max_size=20))
