@@ -188,7 +188,7 @@ async def serve(paths: Paths, settings: Settings, notifier: Notifier) -> None:
                                     on_reload=jobs.wake_scheduler)
             scheduler = Scheduler(jobs, remote, auth, live, {"upload": run_upload, "download": run_download},
                                   tally, control.links)
-            watches = WatchManager(jobs, remote, settings)
+            watches = WatchManager(jobs, remote, live)
             observer = Observer(jobs=jobs, bus=bus, scheduler=scheduler, watches=watches, auth=auth, remote=remote,
                                 settings=settings, state_dir=paths.state_dir, tally=tally)
             services = Services(jobs, bus, scheduler, remote, auth, settings, watches, observer, control)

@@ -164,13 +164,10 @@ class Settings:
             raise ValueError(f"{path}: {exc}") from exc
 
 
-#: Keys that take effect only when the daemon starts: the components that read them are
-#: built once, at start (the RPC methods and the watch folders take ``default_chunk_size``
-#: then, the watch folders' retry ledger is made from ``watch_retry_base_s`` and
-#: ``watch_max_attempts``, and the observer, ``dataeraid.observe``, takes its port, health
-#: thresholds and alert settings). A reload records the new value and says a restart is needed.
+#: Keys that take effect only when the daemon starts: the observer, ``dataeraid.observe``, is
+#: built once, at start, with its port, health thresholds and alert settings. A reload records
+#: the new value and says a restart is needed.
 RESTART_KEYS: frozenset[str] = frozenset({
-    "default_chunk_size", "watch_retry_base_s", "watch_max_attempts",
     "metrics_listen", "health_watch_lag_s", "health_watch_lag_failing_s", "health_quarantined_files",
     "health_failed_jobs", "health_failed_window_s", "health_auth_expiry_days", "health_min_free_bytes",
     "health_unreachable_s", "auth_warn_days", "alert_command", "alert_on", "alert_dedup_s", "alert_max_per_hour",

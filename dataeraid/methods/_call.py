@@ -40,6 +40,11 @@ class Services:
     #: The bandwidth timetable, reload and stop (dataeraid.control).
     control: DaemonControl | None = None
 
+    @property
+    def current(self) -> Settings:
+        """The settings in force now: ``settings`` as a reload left them."""
+        return self.control.live.current if self.control is not None else self.settings
+
 
 @dataclass(frozen=True)
 class Call:

@@ -190,7 +190,7 @@ def _plan_upload(p: dict[str, Any], default_chunk: int, tag: str) -> dict[str, A
 )
 async def upload_start(call: Call, **p: Any) -> dict[str, Any]:
     tag = client_tag(call.conn, p["client"])
-    row = await trio.to_thread.run_sync(_plan_upload, p, call.svc.settings.default_chunk_size, tag)
+    row = await trio.to_thread.run_sync(_plan_upload, p, call.svc.current.default_chunk_size, tag)
     return await call.svc.jobs.create(row)
 
 
@@ -240,7 +240,7 @@ def _plan_uploads(items: list[dict[str, Any]], default_chunk: int, tag: Callable
 )
 async def upload_start_many(call: Call, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     _distinct_job_ids(items)
-    rows = await trio.to_thread.run_sync(_plan_uploads, items, call.svc.settings.default_chunk_size,
+    rows = await trio.to_thread.run_sync(_plan_uploads, items, call.svc.current.default_chunk_size,
                                          partial(client_tag, call.conn))
     return await call.svc.jobs.create_many(rows)
 
@@ -277,7 +277,7 @@ def _plan_download(p: dict[str, Any], default_chunk: int, tag: str) -> dict[str,
 )
 async def download_start(call: Call, **p: Any) -> dict[str, Any]:
     tag = client_tag(call.conn, p["client"])
-    row = await trio.to_thread.run_sync(_plan_download, p, call.svc.settings.default_chunk_size, tag)
+    row = await trio.to_thread.run_sync(_plan_download, p, call.svc.current.default_chunk_size, tag)
     return await call.svc.jobs.create(row)
 
 
@@ -303,6 +303,6 @@ def _plan_downloads(items: list[dict[str, Any]], default_chunk: int, tag: Callab
 )
 async def download_start_many(call: Call, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     _distinct_job_ids(items)
-    rows = await trio.to_thread.run_sync(_plan_downloads, items, call.svc.settings.default_chunk_size,
+    rows = await trio.to_thread.run_sync(_plan_downloads, items, call.svc.current.default_chunk_size,
                                          partial(client_tag, call.conn))
     return await call.svc.jobs.create_many(rows)

@@ -23,7 +23,7 @@ from dataerai import contract
 from sqlalchemy.engine import Connection
 
 from dataeraid import log
-from dataeraid.config import Settings
+from dataeraid.config import LiveSettings, Settings
 from dataeraid.errors import DataeraiError
 from dataeraid.events import Emit
 from dataeraid.jobs import Jobs
@@ -41,19 +41,23 @@ FORGET_AFTER_S = 30 * 86400.0
 
 
 class WatchManager:
-    def __init__(self, jobs: Jobs, remote: Remote, settings: Settings) -> None:
+    def __init__(self, jobs: Jobs, remote: Remote, settings: Settings | LiveSettings) -> None:
         self._jobs = jobs
         self._bus = jobs.bus
         self._store = jobs.store
         self._remote = remote
-        self._settings = settings
+        # A reload's watch_retry_* and default_chunk_size apply from the next failure or file on.
+        self._settings = LiveSettings.of(settings)
         self._watchers: dict[str, Watcher] = {}
         self._scopes: dict[str, trio.CancelScope] = {}
         self._nursery: trio.Nursery | None = None
         self._windows: dict[str, float] = {}
         self._modes: dict[str, tuple[str, tuple[str, str] | None]] = {}
-        self._retries = ledger.Retries(settings.watch_max_attempts, settings.watch_retry_base_s)
         jobs.add_end_listener(self._record_job_end, self._job_ended)
+
+    def _retries(self) -> ledger.Retries:
+        settings = self._settings.current
+        return ledger.Retries(settings.watch_max_attempts, settings.watch_retry_base_s)
 
     # --- the daemon's side ----------------------------------------------------------
 
@@ -124,7 +128,7 @@ class WatchManager:
     def _record_job_end(self, conn: Connection, emit: Emit, job: Row, state: str) -> str | None:
         if state not in contract.TERMINAL_JOB_STATES:
             return None
-        return ledger.record_job_end(conn, emit, job, state, self._windows, self._retries)
+        return ledger.record_job_end(conn, emit, job, state, self._windows, self._retries())
 
     def _job_ended(self, watch_id: str) -> None:
         watcher = self._watchers.get(watch_id)

@@ -42,7 +42,7 @@ from dataerai import contract
 from sqlalchemy.engine import Connection
 
 from dataeraid import log
-from dataeraid.config import Settings
+from dataeraid.config import LiveSettings, Settings
 from dataeraid.errors import DataeraiError, TransientError
 from dataeraid.events import EventBus
 from dataeraid.fileset import scan_source
@@ -156,7 +156,7 @@ def dataset_version(path: str) -> tuple[int, int, int]:
 class Watcher:
     """Works one watch until cancelled. ``poke`` wakes it (a job ended, an RPC asked)."""
 
-    def __init__(self, row: dict[str, Any], jobs: Jobs, remote: Remote, settings: Settings,
+    def __init__(self, row: dict[str, Any], jobs: Jobs, remote: Remote, settings: Settings | LiveSettings,
                  on_state: Callable[[str], None]) -> None:
         self.watch_id: str = row["watch_id"]
         self.cfg = WatchConfig.from_row(row)
@@ -164,7 +164,7 @@ class Watcher:
         self._jobs = jobs
         self._bus: EventBus = jobs.bus
         self._remote = remote
-        self._settings = settings
+        self._settings = LiveSettings.of(settings)
         self._on_state = on_state
         self._wake = trio.Event()
         self.nudges = Nudges()
@@ -589,7 +589,7 @@ class Watcher:
         rendered = (cfg.template.render(rel, row["mtime_ns"] or 0, self._host) if cfg.template is not None else None)
         tags = list(dict.fromkeys([*cfg.tags, *(rendered.tags if rendered else [])]))
         total = sum(f.size for f in files) if row["kind"] == "dataset" else row["size"]
-        chunk = self._settings.default_chunk_size
+        chunk = self._settings.current.default_chunk_size
         per_part = -(-total // contract.MAX_PARTS)
         chunk = max(chunk, -(-per_part // contract.MIN_PART_SIZE) * contract.MIN_PART_SIZE)
         params: dict[str, Any] = {

@@ -48,7 +48,7 @@ def files(tmp_path: Path) -> list[Path]:
 
 
 async def _ask(jobs: Jobs, method: str, params: dict[str, Any]) -> Response:
-    svc = SimpleNamespace(settings=SimpleNamespace(default_chunk_size=64 * MiB), jobs=jobs)
+    svc = SimpleNamespace(current=SimpleNamespace(default_chunk_size=64 * MiB), jobs=jobs)
     return await REGISTRY.answer(SimpleNamespace(svc=svc, conn=SimpleNamespace(peer_pid=4242)),
                                  Request(method, params, 1))
 

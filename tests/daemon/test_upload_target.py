@@ -33,7 +33,7 @@ class _Jobs:
 
 
 def _call(jobs: _Jobs) -> SimpleNamespace:
-    svc = SimpleNamespace(settings=SimpleNamespace(default_chunk_size=64 * MiB), jobs=jobs)
+    svc = SimpleNamespace(current=SimpleNamespace(default_chunk_size=64 * MiB), jobs=jobs)
     return SimpleNamespace(svc=svc, conn=SimpleNamespace(peer_pid=4242))
 
 

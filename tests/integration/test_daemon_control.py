@@ -35,10 +35,10 @@ def test_reload_and_sighup_change_the_limit_and_a_bad_file_keeps_the_old(bare: S
     bare.start_daemon()
     assert _status(bare)["bandwidth"] == {"upload_bps": 10 * MiB, "download_bps": MiB, "shared_bps": 0,
                                           "bwlimit": "10M:1M", "next_change": None}
-    _config(bare).write_text('bwlimit = "2M"\nmax_active_jobs = 2\nwatch_max_attempts = 3\n')
+    _config(bare).write_text('bwlimit = "2M"\nmax_active_jobs = 2\nwatch_max_attempts = 3\nauth_warn_days = [7, 1]\n')
     answer = json.loads(bare.cli("daemon", "reload", "--json").stdout)
-    assert answer == {"changed": ["max_active_jobs", "watch_max_attempts", "bwlimit"],
-                      "restart_needed": ["watch_max_attempts"]}
+    assert answer == {"changed": ["max_active_jobs", "watch_max_attempts", "auth_warn_days", "bwlimit"],
+                      "restart_needed": ["auth_warn_days"]}
     assert _status(bare)["bandwidth"]["download_bps"] == 2 * MiB
 
     _config(bare).write_text('bwlimit = "Mon-Fri 08:00,2Q"\n')
@@ -54,6 +54,17 @@ def test_reload_and_sighup_change_the_limit_and_a_bad_file_keeps_the_old(bare: S
     wait_for(lambda: _status(bare)["bandwidth"]["shared_bps"] == 4096, 10, "SIGHUP to reload config.toml")
     assert _status(bare)["bandwidth"]["upload_bps"] == 0
     assert bare.daemon.poll() is None  # SIGHUP reloads; it no longer kills the daemon
+
+
+def test_a_reload_changes_the_part_size_of_the_uploads_queued_after_it(bare: Stack, tmp_path: Path) -> None:
+    source = make_file(tmp_path / "f.bin", 24 * MiB)
+    bare.start_daemon()
+    with bare.client() as client:
+        before = client.upload(source, title="f", owner_type="project", owner_id="prj_00000000", wait=False)
+        _config(bare).write_text(f"default_chunk_size = {8 * MiB}\n")
+        assert client.call("daemon.reload") == {"changed": ["default_chunk_size", "bwlimit"], "restart_needed": []}
+        after = client.upload(source, title="f", owner_type="project", owner_id="prj_00000000", wait=False)
+        assert (client.get_job(before.job_id).chunk_count, client.get_job(after.job_id).chunk_count) == (1, 3)
 
 
 def test_stop_waits_until_the_daemon_is_gone_then_says_nothing_runs(bare: Stack) -> None:

@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from dataeraid import schema
-from dataeraid.config import Settings
+from dataeraid.config import LiveSettings, Settings
 from dataeraid.errors import DataeraiError
 from dataeraid.events import Emit, EventBus
 from dataeraid.jobs import Jobs
@@ -82,6 +82,28 @@ async def parts(tmp_path: Path) -> AsyncIterator[Parts]:
     watch = await manager.add(str(root), {"project_id": "prj_1", "complete_when": f"stable:{STABLE_S:g}s"}, None)
     yield Parts(store, jobs, manager, watch["watch_id"])
     await store.close()
+
+
+async def test_a_reload_of_watch_max_attempts_applies_to_the_next_failure(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path / "queue.sqlite3")
+    bus = EventBus(store)
+    await bus.start()
+    jobs = Jobs(bus)
+    live = LiveSettings(Settings(watch_max_attempts=5))
+    manager = WatchManager(jobs, None, live)  # type: ignore[arg-type]  # no watcher runs: no remote
+    (tmp_path / "watched").mkdir()
+    watch = await manager.add(str(tmp_path / "watched"), {"project_id": "prj_1"}, None)
+    parts = Parts(store, jobs, manager, watch["watch_id"])
+    try:
+        live.replace(Settings(watch_max_attempts=1))
+        await parts.complete("a.tif")
+        await parts.queue("a.tif", "job_1")
+        await jobs.transition("job_1", "running")
+        await jobs.transition("job_1", "failed", fields={"error_code": "io_error", "error_message": "EIO"})
+        row = (await parts.rows())["a.tif"]
+        assert (row["state"], row["attempts"]) == ("quarantined", 1)  # with the 5 of the start: "complete"
+    finally:
+        await store.close()
 
 
 async def test_a_file_is_queued_in_the_transaction_that_creates_its_job(parts: Parts) -> None:
