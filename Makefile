@@ -40,7 +40,7 @@ $(BENCH_STAMP): $(STAMP)
 
 # All sections; one of them: .venv/bin/python tools/bench.py --section loopback|s3|small-files
 bench: $(BENCH_STAMP)
-	$(BIN)/python tools/bench.py
+	$(BIN)/python tools/bench.py $(BENCH_ARGS)
 
 # Watch folders at scale (tools/bench_watch.py; about 15 minutes): trees written while the daemon
 # was stopped and caught up through a real server and daemon (2,000 files until every one is

@@ -22,7 +22,9 @@ URL into a file (and that file's fsync, as durable as the daemon's), and beside 
 physical limit of a durable download: writing as many bytes from memory to a new
 file and fsyncing it. Also the daemon's peak RSS (VmHWM) over the whole run.
 
-Median of --runs runs, interleaved so all peers see the same machine state.
+Median of --runs runs, interleaved so all peers see the same machine state. ``--plot PNG``
+draws the run (tools/bench_plot.py): the daemon over its best peer on every row, with
+issue 14's targets marked.
 """
 
 from __future__ import annotations
@@ -210,6 +212,8 @@ def main() -> int:
                         help="run only this section (repeatable); default: all of them")
     parser.add_argument("--runs", type=int, default=3, help="runs per section; the median is reported")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--plot", type=Path, metavar="PNG",
+                        help="also draw the run: the daemon over its best peer, every row (tools/bench_plot.py)")
     loop = parser.add_argument_group("loopback: the daemon beside curl on the directory storage")
     loop.add_argument("--size-mib", type=int, default=1024)
     loop.add_argument("--chunk-mib", type=int, default=64)
@@ -255,6 +259,12 @@ def main() -> int:
         sys.stdout.flush()
     if args.json:
         print(json.dumps({**reports, "cpus": os.cpu_count()}, indent=2))
+    if args.plot is not None:
+        from bench_plot import plot
+
+        title = f"make bench, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, median of {args.runs}"
+        if plot(reports, args.plot, title) is None:
+            print("no plot: matplotlib (the bench extra) is missing", file=sys.stderr)
     return 0
 
 
