@@ -71,6 +71,15 @@ class Accounting:
     def chunks_done(self) -> int:
         return self._started().chunks_done
 
+    @property
+    def bytes_done(self) -> int:
+        return self._started().bytes_done
+
+    @property
+    def rate_bps(self) -> float:
+        """The job's measured rate (:meth:`Progress.measured_rate`)."""
+        return self._started().measured_rate()
+
     def finish(self) -> None:
         """The last event of the run, with its average rate."""
         self._started().finish()
