@@ -77,8 +77,10 @@ class Accounting:
 
     @property
     def rate_bps(self) -> float:
-        """The job's measured rate (:meth:`Progress.measured_rate`)."""
-        return self._started().measured_rate()
+        """The job's rate lately, a moving average over whole progress intervals; 0 until a
+        first interval was measured (the first blocks go out faster than the link: a burst,
+        the socket's buffers) and while the job waits."""
+        return self._started().rate_bps
 
     def finish(self) -> None:
         """The last event of the run, with its average rate."""

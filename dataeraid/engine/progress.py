@@ -63,14 +63,6 @@ class Progress:
         self.chunks_done += 1
         self._maybe_publish(force=False)
 
-    def measured_rate(self) -> float:
-        """Bytes per second moved lately: the moving average, or until there is one, the
-        bytes moved over the seconds since the run started; 0 when none moved yet."""
-        if self.rate_bps > 0:
-            return self.rate_bps
-        elapsed = trio.current_time() - self._started
-        return self._moved / elapsed if elapsed > 0 and self._moved > 0 else 0.0
-
     def publish_now(self) -> None:
         self._maybe_publish(force=True)
 

@@ -17,13 +17,13 @@ import trio.testing
 from fake_repository import FakeRepository
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from stand_ins import Reporter, job_context, nothing
+from stand_ins import Reporter, Unlimited, job_context, nothing
 
 from dataeraid.engine import upload
 from dataeraid.engine.accounting import Accounting
-from dataeraid.engine.progress import Progress
 from dataeraid.errors import DataeraiError
 from dataeraid.fileset import BufferPool, FileSet, StreamFile, StreamHasher, lay_out
+from dataeraid.observe.tally import Tally
 
 KiB = 1024
 
@@ -232,14 +232,14 @@ async def test_the_engine_asks_to_deduplicate_only_when_the_rest_is_slow_to_send
     assert challenges == ([hashlib.sha256(stream).hexdigest()] if asked else [])
 
 
-async def test_the_measured_rate_is_the_moving_average_or_until_then_the_run_s_average(
+async def test_the_rate_speculation_goes_by_is_measured_over_a_whole_progress_interval(
         mock_clock: trio.testing.MockClock) -> None:
-    progress = Progress(Reporter(), 1.0, bytes_total=10_000, chunk_count=1, file_name="f")
-    assert progress.measured_rate() == 0.0, "nothing moved"
+    accounting = Accounting(Reporter(), 1.0, Unlimited(), Tally(), "upload")
+    source = FileSet("/nonexistent", [StreamFile("f", 0, 10_000)], "source")
+    accounting.begin(10_000, 1, source, "f")
     mock_clock.jump(0.5)
-    progress.add(1000)  # within the first interval: no moving average yet
-    assert progress.rate_bps == 0.0 and progress.measured_rate() == pytest.approx(2000.0)
-    progress.publish_now()
-    mock_clock.jump(2.0)
-    progress.add(4000)
-    assert progress.rate_bps == pytest.approx(2000.0) and progress.measured_rate() == progress.rate_bps
+    await accounting.moved(4000, 0, 0)  # a first burst, within the first interval: no rate yet
+    assert accounting.rate_bps == 0.0
+    mock_clock.jump(0.5)
+    await accounting.moved(1000, 0, 4000)
+    assert accounting.rate_bps == pytest.approx(5000.0)
