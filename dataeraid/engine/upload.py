@@ -5,12 +5,13 @@ directory's regular files end to end, so small files share parts. Plan: parts
 ``1..N`` of ``chunk_size`` bytes of the stream (an empty stream is one empty
 part). Each part's URL has a digest signed into it, so the digest is needed
 before the part is sent. One hashing task computes the whole stream's SHA-256
-(and each file's), in order. Where the repository takes prefix digests (its
-directory storage), that is all: a part's digest is the stream's SHA-256 as
-that task passes the part's end, and every byte is hashed once. Where it takes
-only each part's own digest (an object store checks it), a second task
-computes those, at most a few parts ahead of the senders, so the senders'
-second read comes from the page cache. ``parts_per_job`` senders each ask the
+(and each file's), in order, and each part's digest from the same read of each
+byte (:func:`hash_stream`). Where the repository takes prefix digests (its
+directory storage), a part's digest is the stream's SHA-256 as that task passes
+the part's end, and every byte is hashed once. Where it takes only each part's
+own digest (an object store checks it), the same block feeds a second hasher.
+A stream of at most :data:`SMALL_STREAM_BYTES` is read whole, once: its parts
+are sent from the bytes that were hashed. ``parts_per_job`` senders each ask the
 server for a part's target and stream the part to it in blocks; a part is
 checkpointed only after the server acknowledged it with its digest. To the
 repository's own part endpoint, a part's body starts only once the previous
@@ -31,7 +32,8 @@ content it already holds without the bytes, once the daemon proves possession
   cache (``Store.cached_digest``) has it for a file or directory uploaded before
   whose identity (size, mtime, inode; every file's, for a directory) is unchanged;
 - speculatively: the whole-stream hash runs ahead of the senders, and as soon as
-  it is done, if more than one part is still unsent, the engine asks for a
+  it is done, if more than one part is still unsent and the rest would take at
+  least :data:`SPECULATE_ABOVE_SECONDS` to send, the engine asks for a
   challenge, computes the range digests from the source, pauses the senders (no
   new part starts; the parts in flight go on, and their errors are dropped while
   the proof is out) and proves. Accepted: it stops the senders (cancelling their
