@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_s3 import timed
 from seaweed import Seaweed
-from smallfiles import make_tree
+from smallfiles import make_tree, requests_since
 from stack import Stack, make_file
 
 MiB = 1024 * 1024
@@ -57,6 +57,8 @@ def main() -> int:
     versions = {"before": args.before, "after": args.after}
     seconds: dict[str, list[float]] = {}
     cpu: dict[str, list[float]] = {}
+    #: Speculative deduplication requests (challenge, proof) the server logged per upload.
+    dedup: dict[str, list[int]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-ab-") as tmp:
         root = Path(tmp)
         big = make_file(root / "big.bin", args.size_mib * MiB, seed=11)
@@ -88,12 +90,15 @@ def main() -> int:
                         first = source if source.is_file() else min(source.rglob("*.dat"))
                         with open(first, "r+b") as f:
                             f.write(f"{name} {run} {time.time_ns()}".encode().ljust(64, b"."))
+                        since = (stack.root / "server.log").stat().st_size
                         with stack.client() as client, timed(pids, seaweed.process.pid) as t:
                             done = client.upload(source, title=f"{workload} {run}", owner_type="project",
                                                  owner_id=projects[name], chunk_size_mb=chunk // MiB)
                         if done.deduplicated:
                             raise RuntimeError(f"{name} {workload}: deduplicated; the content was meant to be new")
                         key = f"{name}_{workload}"
+                        dedup.setdefault(key, []).append(sum(
+                            1 for r in requests_since(stack.root / "server.log", since) if "/dedup" in r["path"]))
                         seconds.setdefault(key, []).append(t.seconds)
                         for process, value in t.cpu.items():
                             cpu.setdefault(f"{key}_{process}", []).append(value)
@@ -105,6 +110,7 @@ def main() -> int:
     report: dict[str, Any] = {"runs": args.runs, "size_bytes": size, "files": args.files,
                               "runs_s": {k: [round(x, 2) for x in v] for k, v in seconds.items()},
                               "median_s": {k: round(statistics.median(v), 3) for k, v in seconds.items()},
+                              "dedup_requests": dedup,
                               "median_cpu_s": {k: round(statistics.median(v), 3) for k, v in cpu.items()}}
     med_s, med_cpu = report["median_s"], report["median_cpu_s"]
     for name in versions:

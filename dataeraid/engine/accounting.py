@@ -75,12 +75,9 @@ class Accounting:
     def bytes_done(self) -> int:
         return self._started().bytes_done
 
-    @property
-    def rate_bps(self) -> float:
-        """The job's rate lately, a moving average over whole progress intervals; 0 until a
-        first interval was measured (the first blocks go out faster than the link: a burst,
-        the socket's buffers) and while the job waits."""
-        return self._started().rate_bps
+    def sending_rate(self, min_window_s: float) -> float:
+        """The job's rate lately (:meth:`Progress.sending_rate`); 0 while not known."""
+        return self._started().sending_rate(min_window_s)
 
     def finish(self) -> None:
         """The last event of the run, with its average rate."""

@@ -459,7 +459,8 @@ async def _speculate(ctx: JobContext, source: FileSet, upload_id: str, stream: S
     """
     if senders.stopped.is_set() or senders.unsent_parts <= 1:
         return None  # the bytes are (nearly) all there: completing is as cheap
-    unsent, rate = source.size - ctx.accounting.bytes_done, ctx.accounting.rate_bps
+    # A rate measured over less time than the question is about says little.
+    unsent, rate = source.size - ctx.accounting.bytes_done, ctx.accounting.sending_rate(SPECULATE_ABOVE_SECONDS)
     if not worth_speculating(unsent, rate):
         ctx.log.info("not asking to deduplicate: the rest is sent sooner", unsent_bytes=unsent,
                      rate_bps=round(rate))

@@ -215,7 +215,7 @@ async def test_the_engine_asks_to_deduplicate_only_when_the_rest_is_slow_to_send
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rate: float, asked: bool) -> None:
     contents = _tree(300 * KiB)
     files = _write(tmp_path, contents)
-    monkeypatch.setattr(Accounting, "rate_bps", property(lambda _self: rate))
+    monkeypatch.setattr(Accounting, "sending_rate", lambda _self, _window: rate)
     repo = FakeRepository()
     challenges: list[str] = []
     challenge = repo.dedup_challenge
@@ -232,14 +232,19 @@ async def test_the_engine_asks_to_deduplicate_only_when_the_rest_is_slow_to_send
     assert challenges == ([hashlib.sha256(stream).hexdigest()] if asked else [])
 
 
-async def test_the_rate_speculation_goes_by_is_measured_over_a_whole_progress_interval(
+async def test_the_rate_speculation_goes_by_is_measured_over_a_long_enough_time(
         mock_clock: trio.testing.MockClock) -> None:
-    accounting = Accounting(Reporter(), 1.0, Unlimited(), Tally(), "upload")
-    source = FileSet("/nonexistent", [StreamFile("f", 0, 10_000)], "source")
-    accounting.begin(10_000, 1, source, "f")
-    mock_clock.jump(0.5)
-    await accounting.moved(4000, 0, 0)  # a first burst, within the first interval: no rate yet
-    assert accounting.rate_bps == 0.0
-    mock_clock.jump(0.5)
+    accounting = Accounting(Reporter(), 10.0, Unlimited(), Tally(), "upload")
+    source = FileSet("/nonexistent", [StreamFile("f", 0, 100_000)], "source")
+    accounting.begin(100_000, 1, source, "f")
+    mock_clock.jump(5.0)  # waiting for a first digest: not sending
+    await accounting.moved(4000, 0, 0)  # a first burst
+    mock_clock.jump(0.1)
     await accounting.moved(1000, 0, 4000)
-    assert accounting.rate_bps == pytest.approx(5000.0)
+    assert accounting.sending_rate(0.25) == 0.0, "0.1 s of sending says little"
+    mock_clock.jump(0.15)
+    await accounting.moved(1000, 0, 5000)
+    assert accounting.sending_rate(0.25) == pytest.approx(6000 / 0.25), "over the time bytes moved"
+    mock_clock.jump(10.0)
+    await accounting.moved(4000, 0, 6000)  # a whole progress interval later: the moving average
+    assert accounting.sending_rate(0.25) == pytest.approx(10_000 / 15.25)
