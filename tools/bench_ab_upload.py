@@ -52,6 +52,7 @@ def main() -> int:
     parser.add_argument("--size-mib", type=int, default=256)
     parser.add_argument("--files", type=int, nargs="*", default=[2000, 10000])
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--keep", type=Path, help="work here and keep it (the logs), instead of a temporary directory")
     args = parser.parse_args()
     chunk, concurrency = 16 * MiB, 4
     versions = {"before": args.before, "after": args.after}
@@ -60,7 +61,8 @@ def main() -> int:
     #: Speculative deduplication requests (challenge, proof) the server logged per upload.
     dedup: dict[str, list[int]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-ab-") as tmp:
-        root = Path(tmp)
+        root = Path(tmp) if args.keep is None else args.keep
+        root.mkdir(parents=True, exist_ok=True)
         big = make_file(root / "big.bin", args.size_mib * MiB, seed=11)
         trees = {n: root / f"tree{n}" for n in args.files}
         for n, top in trees.items():
