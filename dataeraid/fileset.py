@@ -25,6 +25,7 @@ import stat
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -375,6 +376,27 @@ class FileSet:
             pieces.append(data)
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
+    def readinto(self, offset: int, buffer: memoryview) -> None:
+        """Fill ``buffer`` with the stream's bytes from ``offset``, each file read with one
+        ``preadv`` into it (no ``bytes`` made); a short file is ``source_changed``."""
+        filled = 0
+        for index, at, step in self.segments(offset, len(buffer)):
+            fd = self._acquire(index)
+            try:
+                got = 0
+                while got < step:
+                    n = os.preadv(fd, [buffer[filled + got:filled + step]], at + got)
+                    if n == 0:
+                        raise source_changed(self.local_path(index), f"short read at offset {at + got}")
+                    got += n
+            except OSError as exc:
+                raise from_os_error(exc, f"reading {self.local_path(index)}") from exc
+            finally:
+                self._release(index)
+            filled += step
+        if filled != len(buffer):
+            raise source_changed(self.root, f"the stream ends before offset {offset + len(buffer)}")
+
     def write(self, offset: int, buffers: Sequence[bytes]) -> None:
         """Write ``buffers``, back to back, at stream ``offset``."""
         views = [memoryview(b) for b in buffers if b]
@@ -487,6 +509,29 @@ def _pwrite_all(fd: int, views: list[memoryview], offset: int) -> None:
             views[0] = views[0][written:]
 
 
+class BufferPool:
+    """A few reusable buffers of ``size`` bytes, for passes that read a stream block by block
+    into memory they already have (:meth:`FileSet.readinto`) instead of a new ``bytes`` per
+    block. Safe from several threads; at most ``keep`` idle buffers are kept."""
+
+    def __init__(self, size: int, keep: int = 2) -> None:
+        self.size = size
+        self._keep = keep
+        self._idle: list[bytearray] = []
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def buffer(self) -> Iterator[memoryview]:
+        with self._lock:
+            buffer = self._idle.pop() if self._idle else bytearray(self.size)
+        try:
+            yield memoryview(buffer)
+        finally:
+            with self._lock:
+                if len(self._idle) < self._keep:
+                    self._idle.append(buffer)
+
+
 class StreamHasher:
     """The SHA-256 of a stream fed in order, and of each file in it as it passes.
 
@@ -518,7 +563,7 @@ class StreamHasher:
             return [self.whole.hexdigest()] if self._files and self._left == 0 else []
         return list(self._done)
 
-    def update(self, data: bytes) -> None:
+    def update(self, data: bytes | memoryview) -> None:
         self.whole.update(data)
         if not self._per_file:
             self._left -= len(data)
@@ -530,6 +575,21 @@ class StreamHasher:
             view = view[step:]
             self._left -= step
             self._finish_empty()
+
+    def feed_into(self, fileset: FileSet, offset: int, length: int, pool: BufferPool,
+                  also: Hasher | None = None) -> None:
+        """Read ``length`` stream bytes from ``offset`` (which must follow what was fed) into a
+        buffer of ``pool``, block by block, and hash each block into this stream and into
+        ``also`` (a part's own digest): one read for both digests."""
+        end = offset + length
+        with pool.buffer() as buffer:
+            while offset < end:
+                block = buffer[:min(len(buffer), end - offset)]
+                fileset.readinto(offset, block)
+                self.update(block)
+                if also is not None:
+                    also.update(block)
+                offset += len(block)
 
     def feed(self, fileset: FileSet, offset: int, length: int, block_size: int) -> None:
         """Read and hash ``length`` stream bytes from ``offset`` (which must follow what was fed)."""

@@ -71,6 +71,14 @@ class Accounting:
     def chunks_done(self) -> int:
         return self._started().chunks_done
 
+    @property
+    def bytes_done(self) -> int:
+        return self._started().bytes_done
+
+    def sending_rate(self, min_window_s: float) -> float:
+        """The job's rate lately (:meth:`Progress.sending_rate`); 0 while not known."""
+        return self._started().sending_rate(min_window_s)
+
     def finish(self) -> None:
         """The last event of the run, with its average rate."""
         self._started().finish()

@@ -46,10 +46,17 @@ class Progress:
     _last_rate_time: float | None = None
     _started: float = field(default_factory=trio.current_time)
     _moved: int = 0
+    _first_moved: float | None = None
+    _last_moved: float = 0.0
 
     def add(self, n: int, chunk_index: int | None = None) -> None:
         self.bytes_done += n
         self._moved += n
+        if n > 0:
+            now = trio.current_time()
+            if self._first_moved is None:
+                self._first_moved = now
+            self._last_moved = now
         if chunk_index is not None:
             self.chunk_index = chunk_index
         self._maybe_publish(force=False)
@@ -62,6 +69,17 @@ class Progress:
     def chunk_finished(self) -> None:
         self.chunks_done += 1
         self._maybe_publish(force=False)
+
+    def sending_rate(self, min_window_s: float) -> float:
+        """Bytes per second lately: the moving average, or until there is one, this run's bytes
+        over the time they were moving (first block to latest), once that spans at least
+        ``min_window_s`` (the first blocks leave faster than the link: a burst, the socket's
+        buffers); 0 when neither is known."""
+        if self.rate_bps > 0:
+            return self.rate_bps
+        if self._first_moved is None or self._last_moved - self._first_moved < min_window_s:
+            return 0.0
+        return self._moved / (self._last_moved - self._first_moved)
 
     def publish_now(self) -> None:
         self._maybe_publish(force=True)

@@ -5,12 +5,13 @@ directory's regular files end to end, so small files share parts. Plan: parts
 ``1..N`` of ``chunk_size`` bytes of the stream (an empty stream is one empty
 part). Each part's URL has a digest signed into it, so the digest is needed
 before the part is sent. One hashing task computes the whole stream's SHA-256
-(and each file's), in order. Where the repository takes prefix digests (its
-directory storage), that is all: a part's digest is the stream's SHA-256 as
-that task passes the part's end, and every byte is hashed once. Where it takes
-only each part's own digest (an object store checks it), a second task
-computes those, at most a few parts ahead of the senders, so the senders'
-second read comes from the page cache. ``parts_per_job`` senders each ask the
+(and each file's), in order, and each part's digest from the same read of each
+byte (:func:`hash_stream`). Where the repository takes prefix digests (its
+directory storage), a part's digest is the stream's SHA-256 as that task passes
+the part's end, and every byte is hashed once. Where it takes only each part's
+own digest (an object store checks it), the same block feeds a second hasher.
+A stream of at most :data:`SMALL_STREAM_BYTES` is read whole, once: its parts
+are sent from the bytes that were hashed. ``parts_per_job`` senders each ask the
 server for a part's target and stream the part to it in blocks; a part is
 checkpointed only after the server acknowledged it with its digest. To the
 repository's own part endpoint, a part's body starts only once the previous
@@ -31,7 +32,8 @@ content it already holds without the bytes, once the daemon proves possession
   cache (``Store.cached_digest``) has it for a file or directory uploaded before
   whose identity (size, mtime, inode; every file's, for a directory) is unchanged;
 - speculatively: the whole-stream hash runs ahead of the senders, and as soon as
-  it is done, if more than one part is still unsent, the engine asks for a
+  it is done, if more than one part is still unsent and the rest would take at
+  least :data:`SPECULATE_ABOVE_SECONDS` to send, the engine asks for a
   challenge, computes the range digests from the source, pauses the senders (no
   new part starts; the parts in flight go on, and their errors are dropped while
   the proof is out) and proves. Accepted: it stops the senders (cancelling their
@@ -45,9 +47,9 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from typing import Any, Final
+from collections.abc import AsyncIterator, Container
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final
 
 import trio
 
@@ -55,8 +57,11 @@ from dataeraid.engine.accounting import Accounting
 from dataeraid.engine.context import JobContext
 from dataeraid.engine.turns import Turn
 from dataeraid.errors import DataeraiError, TransientError, first_error, leaves
-from dataeraid.fileset import HASH_SLICE, FileSet, StreamFile, StreamHasher
+from dataeraid.fileset import HASH_SLICE, BufferPool, FileSet, StreamFile, StreamHasher
 from dataeraid.store import CachedDigest, SourceIdentity
+
+if TYPE_CHECKING:
+    from hashlib import _Hash as Hasher
 
 # A part whose upload failed its checksum this many times, with an unchanged source, fails the job.
 MAX_CHECKSUM_RETRIES = 3
@@ -65,33 +70,56 @@ MAX_CHECKSUM_RETRIES = 3
 #: What a session's ``part_digests`` lists when its part targets take prefix digests.
 PREFIX_DIGESTS: Final = "prefix_sha256"
 
+#: A stream of at most this many bytes is read once, whole, into memory: the same bytes are
+#: hashed and sent (a directory of small files: each file opened and read once per job).
+SMALL_STREAM_BYTES: Final = 8 * 1024 * 1024
+
+#: The speculative deduplication costs two requests (about 120 ms when the content is new,
+#: docs/benchmarks.md); it is skipped when the bytes still to send would take less than this
+#: many seconds at the job's measured rate.
+SPECULATE_ABOVE_SECONDS: Final = 0.25
+
 
 @dataclass(frozen=True)
 class PartPlan:
     """A part to send. ``prefix``: ``sha256`` is its prefix digest (the stream's SHA-256 from
-    the first byte through this part's last), not the part's own."""
+    the first byte through this part's last), not the part's own. ``data``: the part's bytes,
+    when the stream was read into memory (they were hashed; they are sent as they are)."""
 
     number: int
     offset: int
     size: int
     sha256: str
     prefix: bool = False
+    data: memoryview | None = field(default=None, compare=False, repr=False)
 
 
-class PrefixDigests:
-    """The prefix digests of the parts to send: recorded by the stream hasher as it passes
-    each part's end, taken (once) by the part planner, so only those between the two are kept."""
+class PartDigests:
+    """The digests the parts are sent with: recorded by the stream hasher as it passes each
+    part's end, taken (once) by the part planner, so only those between the two are kept.
 
-    def __init__(self) -> None:
-        self._digests: dict[int, str] = {}
+    ``prefix``: a part's digest is its prefix digest, the stream's SHA-256 as the hasher
+    passes the part's end (the repository's own part endpoint checks those). Otherwise it is
+    the part's own SHA-256 (what an object store checks), hashed by :meth:`part_hasher` from
+    the same reads as the stream's. Either way each source byte is read once for both.
+    """
+
+    def __init__(self, prefix: bool) -> None:
+        self.prefix = prefix
+        self._digests: dict[int, tuple[str, memoryview | None]] = {}
         self._recorded = trio.Event()
 
-    def record(self, number: int, sha256: str) -> None:
-        self._digests[number] = sha256
+    def part_hasher(self) -> Hasher | None:
+        """A hasher for the next part's own digest, or None where the stream's will do."""
+        return None if self.prefix else hashlib.sha256()
+
+    def record(self, number: int, sha256: str, data: memoryview | None = None) -> None:
+        self._digests[number] = (sha256, data)
         self._recorded.set()
         self._recorded = trio.Event()
 
-    async def take(self, number: int) -> str:
+    async def take(self, number: int) -> tuple[str, memoryview | None]:
+        """Part ``number``'s digest (and its bytes, if the stream was read into memory)."""
         while number not in self._digests:
             await self._recorded.wait()
         return self._digests.pop(number)
@@ -250,30 +278,19 @@ async def _upload_stream(ctx: JobContext, source: FileSet) -> dict[str, Any]:
         if early is not None:
             return await _finish_deduplicated(ctx, source, early, identity, cached, 0)
 
-    block = ctx.settings.io_block_size
     stream = StreamHasher(source.files)
     stream_hashed = trio.Event()
     # Prefix digests save the daemon and the repository a second hash of every byte, but
     # need the parts in order to be checked as they arrive (docs/http-api.md, "Prefix digests").
-    prefixes = (PrefixDigests() if PREFIX_DIGESTS in session.get("part_digests", ())
-                and ctx.settings.upload_order != "never" else None)
-    senders = _Senders(ctx, source, upload_id, count, prefixes)
+    digests = PartDigests(PREFIX_DIGESTS in session.get("part_digests", ())
+                          and ctx.settings.upload_order != "never")
+    senders = _Senders(ctx, source, upload_id, count, digests)
 
-    # The whole stream's digest (and each file's) in order, on its own thread, beside the
-    # part senders; it usually runs ahead of them (how far: docs/benchmarks.md#deduplication).
-    # One worker-thread call hashes at most HASH_SLICE bytes, so a pause or shutdown never
-    # waits long; slices end at part ends, where the prefix digests are taken.
-    async def hash_stream() -> None:
+    # The whole stream's digest (and each file's, and each part's) in order, beside the part
+    # senders; it usually runs ahead of them (how far: docs/benchmarks.md#deduplication).
+    async def hash_whole() -> None:
         started = trio.current_time()
-        start = 0
-        for number in range(1, count + 1):
-            offset, size = part_span(number, total, chunk_size)
-            while start < offset + size:
-                length = min(HASH_SLICE, offset + size - start)
-                await trio.to_thread.run_sync(stream.feed, source, start, length, block)
-                start += length
-            if prefixes is not None and number not in held:
-                prefixes.record(number, stream.whole.hexdigest())
+        await hash_stream(source, stream, chunk_size, digests, held, BufferPool(ctx.settings.io_block_size))
         stream_hashed.set()
         ctx.log.info("stream hashed", seconds=round(trio.current_time() - started, 2),
                      parts_acknowledged=accounting.chunks_done, parts_total=count)
@@ -281,7 +298,7 @@ async def _upload_stream(ctx: JobContext, source: FileSet) -> dict[str, Any]:
     proved: dict[str, Any] | None = None
     with first_error():
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(hash_stream)
+            nursery.start_soon(hash_whole)
             senders.start(nursery, held)
             if cached is None:
                 await stream_hashed.wait()
@@ -324,10 +341,10 @@ class _Senders:
     """
 
     def __init__(self, ctx: JobContext, source: FileSet, upload_id: str, count: int,
-                 prefixes: PrefixDigests | None = None) -> None:
+                 digests: PartDigests | None = None) -> None:
         self._ctx, self._source, self._upload_id = ctx, source, upload_id
         self._count = count
-        self._prefixes = prefixes
+        self._digests = digests
         self._scope = trio.CancelScope()
         self._running = trio.Event()
         self._running.set()
@@ -348,10 +365,10 @@ class _Senders:
     def restart(self, nursery: trio.Nursery, held: dict[int, dict[str, Any]]) -> None:
         """Start again after :meth:`stop`, from the parts the server holds.
 
-        The prefix digests of parts planned before are gone (each is taken once): the rest
-        go with their own digests, hashed again.
+        The digests of parts planned before are gone (each is taken once): the rest go
+        with their own digests, hashed again.
         """
-        self._prefixes = None
+        self._digests = None
         _start_from(self._ctx.accounting, held)
         self.start(nursery, held)
 
@@ -394,10 +411,11 @@ class _Senders:
         block = ctx.settings.io_block_size
         hashed_send, hashed_receive = trio.open_memory_channel[tuple[PartPlan, Turn]](ctx.settings.parts_per_job)
 
-        # Each part's digest is needed before its URL can be asked for; this runs at most
-        # a few parts ahead of the senders, so their second read comes from the page cache.
-        # With prefix digests it only waits for the stream hasher to pass the part's end.
-        prefixes = self._prefixes
+        # Each part's digest is needed before its URL can be asked for: the stream hasher
+        # records it as it passes the part's end. Without recorded digests (started again
+        # after a stop) the parts are hashed here, at most a few ahead of the senders, so
+        # the senders' read comes from the page cache.
+        digests = self._digests
 
         async def hash_parts() -> None:
             async with hashed_send:
@@ -407,8 +425,9 @@ class _Senders:
                     if number in held:
                         continue
                     offset, size = part_span(number, total, chunk_size)
-                    if prefixes is not None:
-                        plan = PartPlan(number, offset, size, await prefixes.take(number), prefix=True)
+                    if digests is not None:
+                        sha256, data = await digests.take(number)
+                        plan = PartPlan(number, offset, size, sha256, prefix=digests.prefix, data=data)
                     else:
                         plan = PartPlan(number, offset, size, await _part_digest(source, offset, size, block))
                     await hashed_send.send((plan, turn))
@@ -440,6 +459,12 @@ async def _speculate(ctx: JobContext, source: FileSet, upload_id: str, stream: S
     """
     if senders.stopped.is_set() or senders.unsent_parts <= 1:
         return None  # the bytes are (nearly) all there: completing is as cheap
+    # A rate measured over less time than the question is about says little.
+    unsent, rate = source.size - ctx.accounting.bytes_done, ctx.accounting.sending_rate(SPECULATE_ABOVE_SECONDS)
+    if not worth_speculating(unsent, rate):
+        ctx.log.info("not asking to deduplicate: the rest is sent sooner", unsent_bytes=unsent,
+                     rate_bps=round(rate))
+        return None
     digest = CachedDigest(stream.whole.hexdigest(), stream.file_sha256 if len(source.files) > 1 else None)
     challenge = await _challenge(ctx, upload_id, digest.sha256)
     if challenge is None:
@@ -468,6 +493,13 @@ async def _speculate(ctx: JobContext, source: FileSet, upload_id: str, stream: S
     else:
         senders.resume()
     return None
+
+
+def worth_speculating(unsent_bytes: int, rate_bps: float) -> bool:
+    """Whether asking to deduplicate may pay: not when the bytes still to send would go in
+    less than :data:`SPECULATE_ABOVE_SECONDS` at ``rate_bps`` (the job's measured rate; 0,
+    nothing measured yet, asks)."""
+    return rate_bps <= 0 or unsent_bytes >= rate_bps * SPECULATE_ABOVE_SECONDS
 
 
 async def _challenge(ctx: JobContext, upload_id: str, sha256: str) -> dict[str, Any] | None:
@@ -543,6 +575,56 @@ async def _finish_deduplicated(ctx: JobContext, source: FileSet, result: dict[st
     return {**_completed_fields(result, source), "deduplicated": True}
 
 
+async def hash_stream(source: FileSet, stream: StreamHasher, chunk_size: int, digests: PartDigests,
+                      held: Container[int], pool: BufferPool) -> None:
+    """Feed the whole ``source`` to ``stream`` in order, recording in ``digests`` the digest
+    of each part not ``held`` as the hash passes the part's end.
+
+    Each source byte is read once, into a buffer of ``pool``, and hashed into the stream's
+    digest and the part's own from there. A stream of at most :data:`SMALL_STREAM_BYTES` is
+    read whole in one worker-thread call, and its parts carry their bytes, which are then
+    sent without being read again. A larger one goes in worker-thread calls of at most
+    HASH_SLICE bytes, each ending at most at a part's end, so that a pause or a shutdown
+    never waits long.
+    """
+    total = source.size
+    count = part_count(total, chunk_size)
+    wanted = [number for number in range(1, count + 1) if number not in held]
+    if total <= SMALL_STREAM_BYTES:
+        data, sums = await trio.to_thread.run_sync(_hash_in_memory, source, stream, chunk_size, digests, wanted)
+        for number, sha256 in sums.items():
+            offset, size = part_span(number, total, chunk_size)
+            digests.record(number, sha256, data[offset:offset + size])
+        return
+    for number in range(1, count + 1):
+        offset, size = part_span(number, total, chunk_size)
+        part = digests.part_hasher() if number not in held else None
+        for start in range(offset, offset + size, HASH_SLICE):
+            length = min(HASH_SLICE, offset + size - start)
+            await trio.to_thread.run_sync(stream.feed_into, source, start, length, pool, part)
+        if number not in held:
+            digests.record(number, part.hexdigest() if part is not None else stream.whole.hexdigest())
+
+
+def _hash_in_memory(source: FileSet, stream: StreamHasher, chunk_size: int, digests: PartDigests,
+                    wanted: list[int]) -> tuple[memoryview, dict[int, str]]:
+    """The whole stream, read into memory at once, hashed; and the digests of the ``wanted`` parts."""
+    data = memoryview(bytearray(source.size))
+    source.readinto(0, data)
+    sums: dict[int, str] = {}
+    wanted_set = set(wanted)
+    for number in range(1, part_count(source.size, chunk_size) + 1):
+        offset, size = part_span(number, source.size, chunk_size)
+        piece = data[offset:offset + size]
+        stream.update(piece)
+        if number in wanted_set:
+            part = digests.part_hasher()
+            if part is not None:
+                part.update(piece)
+            sums[number] = part.hexdigest() if part is not None else stream.whole.hexdigest()
+    return data, sums
+
+
 async def _part_digest(source: FileSet, offset: int, size: int, block: int) -> str:
     """The SHA-256 of ``size`` bytes of the source from ``offset``, off the event loop, in
     slices of at most HASH_SLICE bytes."""
@@ -553,12 +635,14 @@ async def _part_digest(source: FileSet, offset: int, size: int, block: int) -> s
     return digest.hexdigest()
 
 
-def _feed(source: FileSet, hasher: hashlib._Hash, offset: int, length: int, block: int) -> None:
+def _feed(source: FileSet, hasher: Hasher, offset: int, length: int, block: int) -> None:
     end = offset + length
+    buffer = memoryview(bytearray(min(block, length)))
     while offset < end:
-        data = source.read(offset, min(block, end - offset))
-        hasher.update(data)
-        offset += len(data)
+        piece = buffer[:min(len(buffer), end - offset)]
+        source.readinto(offset, piece)
+        hasher.update(piece)
+        offset += len(piece)
 
 
 def _completed_fields(result: dict[str, Any], source: FileSet) -> dict[str, Any]:
@@ -583,7 +667,9 @@ async def _acknowledged(source: FileSet, plan: PartPlan, ack: dict[str, Any], bl
         return plan.sha256
     own = ack.get("sha256")
     if ack.get("prefix_sha256") is None and isinstance(own, str):
-        return own if await _part_digest(source, plan.offset, plan.size, block) == own else None
+        mine = (hashlib.sha256(plan.data).hexdigest() if plan.data is not None
+                else await _part_digest(source, plan.offset, plan.size, block))
+        return own if mine == own else None
     return None
 
 
@@ -614,7 +700,12 @@ async def _send_part(ctx: JobContext, source: FileSet, upload_id: str, plan: Par
             nonlocal sent
             offset, end = plan.offset, plan.offset + plan.size
             while offset < end:
-                data = await trio.to_thread.run_sync(source.read, offset, min(block, end - offset))
+                length = min(block, end - offset)
+                if plan.data is not None:  # the bytes that were hashed, read once
+                    at = offset - plan.offset
+                    data = bytes(plan.data[at:at + length])
+                else:
+                    data = await trio.to_thread.run_sync(source.read, offset, length)
                 await accounting.moved(len(data), plan.number - 1, offset)
                 offset += len(data)
                 sent += len(data)

@@ -94,7 +94,7 @@ async def test_prefix_digests_are_sent_and_an_unchecked_part_is_compared_with_it
     (tmp_path / "f.bin").write_bytes(data)
     stat = (tmp_path / "f.bin").stat()
     source = FileSet(str(tmp_path), [StreamFile("f.bin", 0, len(data), stat.st_mtime_ns, stat.st_ino)], "source")
-    prefixes = upload.PrefixDigests()
+    prefixes = upload.PartDigests(prefix=True)
     for number in range(1, parts + 1):
         prefixes.record(number, hashlib.sha256(data[: number * PART]).hexdigest())
     checkpoints: list[tuple[int, str]] = []
@@ -124,8 +124,8 @@ async def test_prefix_digests_are_sent_and_an_unchecked_part_is_compared_with_it
 
 
 async def test_prefix_digests_are_taken_once_as_they_are_recorded() -> None:
-    prefixes = upload.PrefixDigests()
-    taken: list[str] = []
+    prefixes = upload.PartDigests(prefix=True)
+    taken: list[tuple[str, memoryview | None]] = []
     async with trio.open_nursery() as nursery:
         async def take() -> None:
             taken.append(await prefixes.take(2))
@@ -136,6 +136,6 @@ async def test_prefix_digests_are_taken_once_as_they_are_recorded() -> None:
         await trio.testing.wait_all_tasks_blocked()
         assert taken == []
         prefixes.record(2, "b")
-    assert taken == ["b"]
-    assert await prefixes.take(1) == "a"
+    assert taken == [("b", None)]
+    assert await prefixes.take(1) == ("a", None)
     assert prefixes._digests == {}

@@ -1,0 +1,250 @@
+"""How the upload engine reads its source: once for the stream's and the parts' digests
+(``upload.hash_stream``), once more for the bodies, and a small stream only once; a file that
+changes meanwhile still fails the job; and when the speculative deduplication is worth asking."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+from unittest import mock
+
+import pytest
+import trio
+import trio.testing
+from fake_repository import FakeRepository
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from stand_ins import Reporter, Unlimited, job_context, nothing
+
+from dataeraid.engine import upload
+from dataeraid.engine.accounting import Accounting
+from dataeraid.errors import DataeraiError
+from dataeraid.fileset import BufferPool, FileSet, StreamFile, StreamHasher, lay_out
+from dataeraid.observe.tally import Tally
+
+KiB = 1024
+
+
+def _write(root: Path, contents: dict[str, bytes]) -> list[StreamFile]:
+    """The files written below ``root``, as an upload's manifest records them (with their identity)."""
+    files, offset = [], 0
+    for path, data in contents.items():
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_bytes(data)
+        st_ = (root / path).stat()
+        files.append(StreamFile(path, offset, len(data), st_.st_mtime_ns, st_.st_ino))
+        offset += len(data)
+    return files
+
+
+class _Counted(FileSet):
+    """A source that counts the bytes read from it, whichever way."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.bytes_read = 0
+
+    def read(self, offset: int, length: int) -> bytes:
+        self.bytes_read += length
+        return super().read(offset, length)
+
+    def readinto(self, offset: int, buffer: memoryview) -> None:
+        self.bytes_read += len(buffer)
+        super().readinto(offset, buffer)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(sizes=st.lists(st.integers(0, 700), min_size=1, max_size=6), chunk=st.integers(1, 900),
+       block=st.integers(1, 300), hash_slice=st.integers(1, 1000), prefix=st.booleans(), in_memory=st.booleans(),
+       data=st.data())
+def test_one_read_gives_the_stream_the_files_and_the_parts_their_digests(
+        tmp_path_factory: pytest.TempPathFactory, sizes: list[int], chunk: int, block: int, hash_slice: int,
+        prefix: bool, in_memory: bool, data: st.DataObject) -> None:
+    root = tmp_path_factory.mktemp("source")
+    stream_bytes = data.draw(st.binary(min_size=sum(sizes), max_size=sum(sizes)))
+    contents, at = {}, 0
+    for i, n in enumerate(sizes):
+        contents[f"d/f{i}"] = stream_bytes[at:at + n]
+        at += n
+    files = _write(root, contents)
+    count = upload.part_count(len(stream_bytes), chunk)
+    held = set(data.draw(st.lists(st.integers(1, count), max_size=3)))
+    source = _Counted(str(root), files, "source", max_open=2)
+    stream = StreamHasher(files)
+    digests = upload.PartDigests(prefix)
+    taken: dict[int, tuple[str, memoryview | None]] = {}
+
+    async def run() -> None:
+        await upload.hash_stream(source, stream, chunk, digests, held, BufferPool(block))
+        for number in range(1, count + 1):
+            if number not in held:
+                taken[number] = await digests.take(number)
+
+    with mock.patch.object(upload, "SMALL_STREAM_BYTES", len(stream_bytes) if in_memory else -1), \
+            mock.patch.object(upload, "HASH_SLICE", hash_slice):
+        trio.run(run)
+    source.close()
+
+    assert source.bytes_read == len(stream_bytes), "every byte read once, for every digest"
+    assert stream.whole.hexdigest() == hashlib.sha256(stream_bytes).hexdigest()
+    assert stream.file_sha256 == [hashlib.sha256(body).hexdigest() for body in contents.values()]
+    assert sorted(taken) == [n for n in range(1, count + 1) if n not in held]
+    for number, (sha256, kept) in taken.items():
+        offset, size = upload.part_span(number, len(stream_bytes), chunk)
+        covered = stream_bytes[:offset + size] if prefix else stream_bytes[offset:offset + size]
+        assert sha256 == hashlib.sha256(covered).hexdigest(), number
+        assert (bytes(kept) if kept is not None else None) == (stream_bytes[offset:offset + size] if in_memory
+                                                                else None)
+    assert digests._digests == {}
+
+
+def test_a_short_file_is_source_changed_when_read_into_a_buffer(tmp_path: Path) -> None:
+    files = _write(tmp_path, {"a": b"x" * 100, "b": b"y" * 100})
+    os.truncate(tmp_path / "b", 50)
+    source = FileSet(str(tmp_path), lay_out([(f.path, f.size) for f in files]), "source")
+    buffer = memoryview(bytearray(200))
+    with pytest.raises(DataeraiError) as info:
+        source.readinto(0, buffer)
+    source.close()
+    assert info.value.code == "source_changed"
+    assert bytes(buffer[:150]) == b"x" * 100 + b"y" * 50
+
+
+# --- the engine, end to end against the in-memory repository ------------------------------------------
+
+
+def _job(root: Path, files: list[StreamFile], chunk: int) -> dict[str, Any]:
+    total = sum(f.size for f in files)
+    return {"job_id": "job_1", "kind": "upload", "chunk_size": chunk, "file_name": "d", "bytes_total": total,
+            "source_size": total, "local_path": str(root / "d"),
+            "params": {"source_root": str(root), "source_files": [f.to_json() for f in files]}}
+
+
+def _context(repo: FakeRepository, job: dict[str, Any], **settings_: Any) -> SimpleNamespace:
+    async def save(**fields: Any) -> None:
+        job.update(fields)
+
+    store = SimpleNamespace(checkpoint=nothing, cached_digest=nothing, remember_digest=nothing,
+                            clear_checkpoints=nothing)
+    return job_context(repo, {"parts_per_job": 2, "io_block_size": 16 * KiB, "upload_order": "never",
+                              **settings_}, job=job, store=store, save=save)
+
+
+def _tree(size: int, files: int = 5) -> dict[str, bytes]:
+    each = size // files
+    return {f"d/f{i}.bin": bytes((i * 7 + j) % 251 for j in range(each + (size - each * files if i == 0 else 0)))
+            for i in range(files)}
+
+
+@pytest.mark.parametrize("in_memory", [True, False])
+@pytest.mark.parametrize("order", ["never", "always"])  # own digests (as for an object store), prefix digests
+async def test_the_source_is_read_once_when_small_and_twice_otherwise(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, in_memory: bool, order: str) -> None:
+    contents = _tree(300 * KiB)
+    files = _write(tmp_path, contents)
+    total = sum(len(b) for b in contents.values())
+    monkeypatch.setattr(upload, "SMALL_STREAM_BYTES", total if in_memory else total - 1)
+    read: list[int] = []
+    original = upload.FileSet
+
+    def counted(*args: Any, **kwargs: Any) -> _Counted:
+        source = _Counted(*args, **kwargs)
+        read.append(0)
+        monkeypatch.setattr(source, "close", lambda: read.__setitem__(-1, source.bytes_read) or original.close(source))
+        return source
+
+    monkeypatch.setattr(upload, "FileSet", counted)
+    # No speculative deduplication, whose ranges would be read too.
+    monkeypatch.setattr(upload, "worth_speculating", lambda *_: False)
+    repo = FakeRepository()
+    ctx = _context(repo, _job(tmp_path, files, 64 * KiB), upload_order=order)
+    result = await upload.run_upload(ctx)  # type: ignore[arg-type]
+
+    stream = b"".join(contents.values())
+    assert result["sha256"] == hashlib.sha256(stream).hexdigest()
+    (session,) = repo.sessions.values()
+    assert b"".join(data for _, data in sorted(session.parts.items())) == stream
+    assert {prefix for _, prefix in repo.targets} == {order == "always"}
+    assert read == [total if in_memory else 2 * total]
+
+
+@pytest.mark.parametrize("in_memory", [True, False])
+@pytest.mark.parametrize("order", ["never", "always"])
+async def test_a_file_changed_after_it_was_hashed_fails_the_job_and_commits_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, in_memory: bool, order: str) -> None:
+    contents = _tree(300 * KiB)
+    files = _write(tmp_path, contents)
+    total = sum(len(b) for b in contents.values())
+    monkeypatch.setattr(upload, "SMALL_STREAM_BYTES", total if in_memory else total - 1)
+    repo = FakeRepository()
+    part_target = repo.part_target
+    victim = tmp_path / files[-1].path
+
+    async def change_then_target(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        # The digests were taken (a part's target needs one); now the file changes under the upload.
+        if victim.read_bytes() == contents[files[-1].path]:
+            victim.write_bytes(b"changed!" + contents[files[-1].path][8:])
+            # Its mtime moves on even where the clock's tick is coarser than the test.
+            os.utime(victim, ns=(files[-1].mtime_ns or 0, (files[-1].mtime_ns or 0) + 1_000_000))
+        return await part_target(*args, **kwargs)
+
+    monkeypatch.setattr(repo, "part_target", change_then_target)
+    ctx = _context(repo, _job(tmp_path, files, 64 * KiB), upload_order=order)
+    with pytest.raises(DataeraiError) as info:
+        await upload.run_upload(ctx)  # type: ignore[arg-type]
+    assert info.value.code == "source_changed"
+    (session,) = repo.sessions.values()
+    assert session.state == "aborted" and session.result is None and not repo.contents
+
+
+# --- when the speculative deduplication is worth asking -------------------------------------------------
+
+
+def test_speculation_is_asked_only_when_the_rest_takes_a_while_to_send() -> None:
+    rate = 100e6
+    assert not upload.worth_speculating(int(rate * upload.SPECULATE_ABOVE_SECONDS) - 1, rate)
+    assert upload.worth_speculating(int(rate * upload.SPECULATE_ABOVE_SECONDS), rate)
+    assert upload.worth_speculating(1, 0.0), "nothing measured yet: ask"
+
+
+@pytest.mark.parametrize(("rate", "asked"), [(1e12, False), (1.0, True), (0.0, True)])
+async def test_the_engine_asks_to_deduplicate_only_when_the_rest_is_slow_to_send(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rate: float, asked: bool) -> None:
+    contents = _tree(300 * KiB)
+    files = _write(tmp_path, contents)
+    monkeypatch.setattr(Accounting, "sending_rate", lambda _self, _window: rate)
+    repo = FakeRepository()
+    challenges: list[str] = []
+    challenge = repo.dedup_challenge
+
+    async def counted(upload_id: str, sha256: str) -> dict[str, Any]:
+        challenges.append(sha256)
+        return await challenge(upload_id, sha256)
+
+    monkeypatch.setattr(repo, "dedup_challenge", counted)
+    ctx = _context(repo, _job(tmp_path, files, 64 * KiB))
+    result = await upload.run_upload(ctx)  # type: ignore[arg-type]
+    stream = b"".join(contents.values())
+    assert result["sha256"] == hashlib.sha256(stream).hexdigest() and "deduplicated" not in result
+    assert challenges == ([hashlib.sha256(stream).hexdigest()] if asked else [])
+
+
+async def test_the_rate_speculation_goes_by_is_measured_over_a_long_enough_time(
+        mock_clock: trio.testing.MockClock) -> None:
+    accounting = Accounting(Reporter(), 10.0, Unlimited(), Tally(), "upload")
+    source = FileSet("/nonexistent", [StreamFile("f", 0, 100_000)], "source")
+    accounting.begin(100_000, 1, source, "f")
+    mock_clock.jump(5.0)  # waiting for a first digest: not sending
+    await accounting.moved(4000, 0, 0)  # a first burst
+    mock_clock.jump(0.1)
+    await accounting.moved(1000, 0, 4000)
+    assert accounting.sending_rate(0.25) == 0.0, "0.1 s of sending says little"
+    mock_clock.jump(0.15)
+    await accounting.moved(1000, 0, 5000)
+    assert accounting.sending_rate(0.25) == pytest.approx(6000 / 0.25), "over the time bytes moved"
+    mock_clock.jump(10.0)
+    await accounting.moved(4000, 0, 6000)  # a whole progress interval later: the moving average
+    assert accounting.sending_rate(0.25) == pytest.approx(10_000 / 15.25)
