@@ -12,7 +12,7 @@ rendered in one place; anything else becomes a logged ``internal`` error.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, TypeVar
 from urllib.parse import urlencode
@@ -21,18 +21,16 @@ import structlog
 import trio
 from pydantic import BaseModel
 from sqlalchemy.orm import Session
-from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.routing import Match, Route, Router
+from starlette.types import Message, Receive, Scope, Send
 
 from . import __version__, assets, deletions, project_collections, projects, relationships, schemas, validation
 from .auth import Principal, bearer_token, lookup_principal
 from .clock import from_unix, isoformat, parse_timestamp, utcnow
-from .errors import ApiError, api_error_handler, error_response, http_exception_handler, internal_error
+from .errors import ApiError, error_response, http_exception_handler, internal_error
 from .logs import request_log_fields
 from .models import Content
 from .openapi import openapi_bytes
@@ -115,7 +113,7 @@ Handler = Callable[[Request, Call], Awaitable[Response]]
 
 #: Handlers that look the token up in their own first transaction (``Call.authenticate``):
 #: the requests a fleet makes most, one per part (docs/server.md, "Requests per CPU second").
-_AUTHENTICATED_WITH_ITS_WORK: Final = frozenset({"part_target"})
+_AUTHENTICATED_WITH_ITS_WORK: Final = frozenset({"part_target", "create_upload", "complete_upload"})
 
 
 class Api:
@@ -397,7 +395,7 @@ class Api:
     # --- uploads ------------------------------------------------------------------------
 
     async def create_upload(self, request: Request, call: Call) -> Response:
-        who, body = call.principal, call.body_as(schemas.NewUpload)
+        body = call.body_as(schemas.NewUpload)
         new = NewUpload(
             owner_type=body.owner_type,
             owner_id=body.owner_id,
@@ -416,7 +414,7 @@ class Api:
             path=body.path,
             files=None if body.files is None else [dict(entry) for entry in body.files],
         )
-        view, created = await self.s.uploads.create(who, new)
+        view, created = await self.s.uploads.create(call.authenticate, new)
         return JSONResponse(view, status_code=201 if created else 200)
 
     async def get_upload(self, request: Request, call: Call) -> Response:
@@ -479,10 +477,11 @@ class Api:
         return JSONResponse(result)
 
     async def complete_upload(self, request: Request, call: Call) -> Response:
-        who, body = call.principal, call.body_as(schemas.Completion)
+        body = call.body_as(schemas.Completion)
         upload_id = request.path_params["upload_id"]
         return JSONResponse(
-            await self.s.uploads.complete(who, upload_id, body.idempotency_key, body.sha256, body.file_sha256)
+            await self.s.uploads.complete(call.authenticate, upload_id, body.idempotency_key, body.sha256,
+                                          body.file_sha256)
         )
 
     async def dedup_challenge(self, request: Request, call: Call) -> Response:
@@ -500,24 +499,48 @@ class Api:
 
 
 class RequestLog:
-    """Logs one line per request and turns unexpected exceptions into ``internal`` errors.
+    """The application: routes each request and logs one line for it; the only layer
+    between the server (``bodies.FinishRequestBodies``) and the endpoints.
 
     The line (event ``request``) has ``method``, ``path``, ``status``, ``bytes`` (response
     body bytes handed to the server) and ``duration_ms``, plus what the handler put into
     :func:`~dataerai_server.logs.request_log_fields` (``range`` for content reads). It
     has ``"client_disconnected": true`` when the client went away mid-request, and the
     traceback (at level ``error``) when the request failed. Never the query (signatures)
-    or a header that may carry a secret (tokens). A pure ASGI middleware, so streamed
-    bodies pass through untouched.
+    or a header that may carry a secret (tokens).
+
+    It also renders errors: an :class:`ApiError` from anywhere, Starlette's own 404 and 405
+    (``HTTPException``) in the API's shape, anything else as ``internal``. This is what
+    Starlette's application did with a middleware stack of four layers (its error
+    middleware, this log, its exception middleware, and a wrapper per endpoint), each a
+    call, a closure and a ``Request`` per request: one plain ASGI callable costs a fraction
+    of that (docs/server.md, "Requests per CPU second"). Streamed bodies pass through
+    untouched.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+    def __init__(self, routes: Sequence[Route]) -> None:
+        self._routes = tuple(routes)
+        # Whatever does not match a route exactly (404, 405, a trailing slash redirected) is
+        # left to Starlette's router, so those answers stay exactly Starlette's.
+        self._router = Router(routes=list(routes))
+
+    async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
+        for route in self._routes:
+            match, child_scope = route.matches(scope)
+            if match is Match.FULL:
+                scope.update(child_scope)
+                response = await route.endpoint(Request(scope, receive, send))
+                await response(scope, receive, send)
+                return
+        await self._router(scope, receive, send)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
-            await self.app(scope, receive, send)
+            await self._router(scope, receive, send)  # lifespan
             return
+        # With an application in the scope, the router raises its 404 and 405 as
+        # HTTPException (rendered below) instead of answering in plain text.
+        scope["app"] = self
         started = time.perf_counter()
         status: int | None = None
         sent = 0
@@ -533,7 +556,16 @@ class RequestLog:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_tracking)
+            try:
+                await self._dispatch(scope, receive, send_tracking)
+            except (ApiError, HTTPException) as exc:
+                if status is not None:
+                    raise  # the response is under way: below, as any failure then
+                if isinstance(exc, ApiError):
+                    answer = error_response(exc)
+                else:
+                    answer = await http_exception_handler(Request(scope, receive), exc)
+                await answer(scope, receive, send_tracking)
         except ClientDisconnect:
             fields["client_disconnected"] = True
         except Exception as exc:
@@ -558,11 +590,6 @@ class RequestLog:
                 log.info("request", **line)
 
 
-def create_app(services: Services) -> Starlette:
+def create_app(services: Services) -> RequestLog:
     """The ASGI application over open ``services``."""
-    api = Api(services)
-    return Starlette(
-        routes=api.routes(),
-        middleware=[Middleware(RequestLog)],
-        exception_handlers={ApiError: api_error_handler, HTTPException: http_exception_handler},
-    )
+    return RequestLog(Api(services).routes())

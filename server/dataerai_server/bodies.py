@@ -39,6 +39,7 @@ class _RequestBody:
         length = headers.get(b"content-length")
         chunked = b"chunked" in headers.get(b"transfer-encoding", b"").lower()
         self.length: int | None = int(length) if length is not None and length.isdigit() else None
+        self.chunked = chunked
         #: The body has been read to its end (or there is none, or the client has gone).
         self.complete = not chunked and not self.length
         self.received = 0
@@ -92,6 +93,20 @@ class FinishRequestBodies:
             await self.app(scope, receive, send)
             return
         body = _RequestBody(scope, receive)
+        if body.complete:
+            # No body (most requests): nothing can be left unread.
+            await self.app(scope, receive, send)
+            return
+        if not body.chunked and body.length is not None and body.length <= self.drain_bytes:
+            # A small body (a JSON request) is drained at worst, never discarded by a task:
+            # no nursery for it, which every request paid for before.
+            async def draining_send(message: Message) -> None:
+                if message["type"] == "http.response.start" and not body.complete:
+                    await body.drain()
+                await send(message)
+
+            await self.app(scope, body.receive, draining_send)
+            return
         async with trio.open_nursery() as nursery:
 
             async def finishing_send(message: Message) -> None:

@@ -53,11 +53,6 @@ def error_response(error: ApiError) -> Response:
     return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
 
 
-async def api_error_handler(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ApiError)
-    return error_response(exc)
-
-
 async def http_exception_handler(request: Request, exc: Exception) -> Response:
     """Starlette's own errors (no route, wrong method) in the API's shape."""
     assert isinstance(exc, HTTPException)

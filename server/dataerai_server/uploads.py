@@ -24,11 +24,11 @@ from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 import structlog
 import trio
-from sqlalchemy import bindparam, delete, insert, select, update
+from sqlalchemy import Table, bindparam, delete, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -165,9 +165,16 @@ def _own_session(session: Session, who: Principal, upload_id: str, *, lock: bool
 def _by_idempotency_key(session: Session, who: Principal, key: str | None) -> UploadSession | None:
     if key is None:
         return None
-    return session.scalars(
-        select(UploadSession).where(UploadSession.user_id == who.user_id, UploadSession.idempotency_key == key)
-    ).one_or_none()
+    # Through Core first: a new session (the usual case) finds nothing, and a miss through
+    # the ORM costs several times as much (docs/server.md, "Requests per CPU second").
+    found = session.connection().execute(_SESSION_BY_KEY, {"user_id": who.user_id, "key": key}).one_or_none()
+    return None if found is None else session.get(UploadSession, found.id)
+
+
+_SESSIONS, _TARGETS = cast(Table, UploadSession.__table__), cast(Table, UploadPartTarget.__table__)
+_SESSION_BY_KEY = select(_SESSIONS.c.id).where(
+    _SESSIONS.c.user_id == bindparam("user_id"), _SESSIONS.c.idempotency_key == bindparam("key")
+)
 
 
 @dataclass(frozen=True)
@@ -250,42 +257,69 @@ def _check_new_upload(session: Session, who: Principal, new: NewUpload) -> _Plac
 def _insert_session(
     session: Session, who: Principal, new: NewUpload, upload_id: str, handle: str, session_ttl: int
 ) -> tuple[dict[str, Any], bool]:
+    """Insert the session (checked again: the check before was another transaction), or
+    return the one made meanwhile under the same idempotency key.
+
+    One Core ``INSERT``, and the view made from the values inserted (a new session holds no
+    parts), where the ORM's unit of work and a query for the parts cost about twice as much.
+    """
     existing = _by_idempotency_key(session, who, new.idempotency_key)
     if existing is not None:
         return session_view(session, existing), False
     placement = _check_new_upload(session, who, new)
     now = utcnow()
-    upload = UploadSession(
-        id=upload_id,
-        user_id=who.user_id,
-        state=OPEN,
-        owner_type=placement.owner_type,
-        owner_id=placement.owner_id,
-        project_id=placement.project_id,
-        collection_id=placement.collection_id,
-        asset_id=new.asset_id,
-        title=new.title,
-        description=new.description,
-        alias=new.alias,
-        tags=new.tags,
-        meta=new.metadata,
-        file_name=new.file_name,
-        path=new.path,
-        files=new.files,
-        size=new.size,
-        part_size=new.part_size,
-        part_count=new.part_count,
-        sha256=new.sha256,
-        idempotency_key=new.idempotency_key,
-        storage_handle=handle,
-        bytes_received=0,
-        created_at=now,
-        updated_at=now,
-        expires_at=now + timedelta(seconds=session_ttl),
+    expires_at = now + timedelta(seconds=session_ttl)
+    session.connection().execute(
+        insert(_SESSIONS),
+        {
+            "id": upload_id,
+            "user_id": who.user_id,
+            "state": OPEN,
+            "owner_type": placement.owner_type,
+            "owner_id": placement.owner_id,
+            "project_id": placement.project_id,
+            "collection_id": placement.collection_id,
+            "asset_id": new.asset_id,
+            "title": new.title,
+            "description": new.description,
+            "alias": new.alias,
+            "tags": new.tags,
+            "metadata": new.metadata,
+            "file_name": new.file_name,
+            "path": new.path,
+            "files": new.files,
+            "size": new.size,
+            "part_size": new.part_size,
+            "part_count": new.part_count,
+            "sha256": new.sha256,
+            "idempotency_key": new.idempotency_key,
+            "storage_handle": handle,
+            "bytes_received": 0,
+            "created_at": now,
+            "updated_at": now,
+            "expires_at": expires_at,
+            "completed_at": None,
+            "result_asset_id": None,
+            "result_content_id": None,
+        },
     )
-    session.add(upload)
-    session.flush()
-    return session_view(session, upload), True
+    view = {
+        "upload_id": upload_id,
+        "state": OPEN,
+        "size": new.size,
+        "part_size": new.part_size,
+        "part_count": new.part_count,
+        "sha256": new.sha256,
+        "file_name": new.file_name,
+        "path": new.path,
+        "files": new.files,
+        "parts": [],
+        "bytes_received": 0,
+        "created_at": isoformat(now),
+        "expires_at": isoformat(expires_at),
+        "result": None,
+    }
+    return view, True
 
 
 def _open_part_slot(upload: UploadSession | _Slot, number: int, size: int) -> None:
@@ -336,7 +370,6 @@ def _record_part(
     return None
 
 
-_SESSIONS, _TARGETS = UploadSession.__table__, UploadPartTarget.__table__
 #: What a part target needs of its session. The part target is the request a fleet makes
 #: most (one per part), so it reads and writes through Core, not the ORM, which cost
 #: about three times as much (docs/server.md, "Requests per CPU second").
@@ -474,6 +507,13 @@ class _Done:
     handle: str
 
 
+@dataclass(frozen=True)
+class _ListFirst:
+    """The open session had parts sent straight to the store: list them before planning."""
+
+    handle: str
+
+
 def _plan_completion(
     session: Session,
     who: Principal,
@@ -481,9 +521,15 @@ def _plan_completion(
     key: str | None,
     sha256: str | None,
     file_sha256: list[str] | None,
-) -> _Done | _Assembly:
-    """Either the stored result (already completed, or the key was used) or what to assemble."""
+    *,
+    direct_listed: bool = False,
+) -> _Done | _Assembly | _ListFirst:
+    """Either the stored result (already completed, or the key was used) or what to assemble;
+    or, for an open session that had direct part targets and whose store was not asked yet
+    (``direct_listed``), :class:`_ListFirst`."""
     upload = _own_session(session, who, upload_id, lock=True)
+    if upload.state == OPEN and not direct_listed and _has_targets(session, upload_id):
+        return _ListFirst(upload.storage_handle)
     if upload.state == COMPLETED:
         result = result_view(upload)
         assert result is not None
@@ -543,11 +589,11 @@ def _check_file_digests(upload: UploadSession, whole: str, file_sha256: list[str
 
 
 def _manifest_rows(
-    upload: UploadSession, asset: Asset, content_id: str, sha256: str, file_sha256: list[str] | None
+    upload: UploadSession, asset_path: str, content_id: str, sha256: str, file_sha256: list[str] | None
 ) -> list[dict[str, Any]]:
     """The content's ``content_files`` rows: the session's ``files``, or one file for the whole stream."""
     if upload.files is None:
-        path = assets.default_file_path(upload.file_name, asset.path)
+        path = assets.default_file_path(upload.file_name, asset_path)
         return [{"content_id": content_id, "index": 0, "path": path, "offset": 0, "size": upload.size,
                  "sha256": sha256}]
     rows, offset = [], 0
@@ -557,6 +603,11 @@ def _manifest_rows(
                      "size": entry["size"], "sha256": digest})
         offset += entry["size"]
     return rows
+
+
+_ASSETS, _CONTENTS, _CONTENT_FILES, _COMPLETIONS = (
+    cast(Table, model.__table__) for model in (Asset, Content, ContentFile, UploadCompletion)
+)
 
 
 def _record_completion(
@@ -569,7 +620,13 @@ def _record_completion(
     storage_key: str,
     file_sha256: list[str] | None,
 ) -> tuple[dict[str, Any], bool]:
-    """Make the asset (or the new version) and store the result. Returns (result, whether this call made it)."""
+    """Make the asset (or the new version) and store the result. Returns (result, whether this call made it).
+
+    The rows are written through Core, one statement each (the asset, the content, its
+    manifest in one ``executemany``, the session, the completion record), not through the
+    ORM's unit of work, which cost about as much again as the statements themselves
+    (docs/server.md, "Requests per CPU second"). The session's row is locked first, as before.
+    """
     upload = _own_session(session, who, upload_id, lock=True)
     if upload.state == COMPLETED:
         result = result_view(upload)
@@ -585,68 +642,79 @@ def _record_completion(
         return result, False
 
     _check_still_writable(session, who, upload)
+    connection = session.connection()
     now = utcnow()
     if upload.asset_id is not None:
         asset = assets.writable_asset(session, who, upload.asset_id)
-        asset.updated_at = now
-        if upload.path is not None:
-            asset.path = upload.path
+        asset_id = asset.id
+        asset_path = upload.path if upload.path is not None else asset.path
+        changes: dict[str, Any] = {"updated_at": now, "path": asset_path}
+        connection.execute(update(_ASSETS).where(_ASSETS.c.id == asset_id).values(changes))
+        # The asset's loaded row is not written again by the session (the statement did it).
+        session.expunge(asset)
     else:
         asset_id = new_id("ast")
-        asset = Asset(
-            id=asset_id,
-            title=upload.title if upload.title is not None else upload.file_name,
-            description=upload.description,
-            alias=upload.alias,
-            tags=list(upload.tags),
-            meta=dict(upload.meta),
-            owner_type=upload.owner_type,
-            owner_id=upload.owner_id,
-            project_id=upload.project_id,
-            collection_id=upload.collection_id,
-            path=upload.path or upload.file_name or asset_id,
-            created_by=who.user_id,
-            created_at=now,
-            updated_at=now,
+        asset_path = upload.path or upload.file_name or asset_id
+        connection.execute(
+            insert(_ASSETS),
+            {
+                "id": asset_id,
+                "title": upload.title if upload.title is not None else upload.file_name,
+                "description": upload.description,
+                "alias": upload.alias,
+                "tags": list(upload.tags),
+                "metadata": dict(upload.meta),
+                "owner_type": upload.owner_type,
+                "owner_id": upload.owner_id,
+                "project_id": upload.project_id,
+                "collection_id": upload.collection_id,
+                "path": asset_path,
+                "created_by": who.user_id,
+                "created_at": now,
+                "updated_at": now,
+            },
         )
-        session.add(asset)
-        session.flush()
-    content = Content(
-        id=new_id("cnt"),
-        asset_id=asset.id,
-        upload_id=upload.id,
-        size=size,
-        sha256=sha256,
-        file_name=upload.file_name,
-        storage_key=storage_key,
-        created_at=now,
+    content_id = new_id("cnt")
+    connection.execute(
+        insert(_CONTENTS),
+        {
+            "id": content_id,
+            "asset_id": asset_id,
+            "upload_id": upload.id,
+            "size": size,
+            "sha256": sha256,
+            "file_name": upload.file_name,
+            "storage_key": storage_key,
+            "created_at": now,
+        },
     )
-    session.add(content)
-    session.flush()
     # One executemany, however many files (up to paths.MAX_FILES).
-    session.execute(insert(ContentFile), _manifest_rows(upload, asset, content.id, sha256, file_sha256))
-    upload.state = COMPLETED
-    upload.sha256 = sha256
-    upload.completed_at = upload.updated_at = now
-    upload.result_asset_id, upload.result_content_id = asset.id, content.id
+    connection.execute(insert(_CONTENT_FILES), _manifest_rows(upload, asset_path, content_id, sha256, file_sha256))
+    connection.execute(
+        update(_SESSIONS)
+        .where(_SESSIONS.c.id == upload.id)
+        .values(state=COMPLETED, sha256=sha256, completed_at=now, updated_at=now, result_asset_id=asset_id,
+                result_content_id=content_id)
+    )
+    # The loaded session is done with: nothing of it is to be flushed, and it must not be
+    # mistaken for the row as it now is.
+    session.expunge(upload)
     if key is not None:
-        session.add(
-            UploadCompletion(
-                id=new_id("cmp"),
-                user_id=who.user_id,
-                idempotency_key=key,
-                upload_id=upload.id,
-                asset_id=asset.id,
-                content_id=content.id,
-                size=size,
-                sha256=sha256,
-                created_at=now,
-            )
+        connection.execute(
+            insert(_COMPLETIONS),
+            {
+                "id": new_id("cmp"),
+                "user_id": who.user_id,
+                "idempotency_key": key,
+                "upload_id": upload.id,
+                "asset_id": asset_id,
+                "content_id": content_id,
+                "size": size,
+                "sha256": sha256,
+                "created_at": now,
+            },
         )
-    session.flush()
-    result = result_view(upload)
-    assert result is not None
-    return result, True
+    return {"asset_id": asset_id, "content_id": content_id, "size": upload.size, "sha256": sha256}, True
 
 
 # --- deduplication (proof of possession) ---------------------------------------------
@@ -879,34 +947,25 @@ class Uploads:
         # retried completion waits for the first instead of verifying the file twice.
         self._session_locks = _KeyedLocks()
 
-    async def create(self, who: Principal, new: NewUpload) -> tuple[dict[str, Any], bool]:
+    async def create(self, authenticate: Callable[[Session], Principal], new: NewUpload) -> tuple[dict[str, Any], bool]:
         """Open a session, or return the one made earlier with the same idempotency key.
 
-        Returns the session and whether it was created now.
+        Returns the session and whether it was created now. ``authenticate`` gives the caller
+        within the first transaction (``Call.authenticate``), so that a new session takes
+        two: the token with the checks, then the insert (checked again) after the storage
+        made its upload, which needs no transaction open.
         """
-        if new.part_count > MAX_PART_COUNT:
-            raise ApiError(
-                "invalid_argument",
-                f"{new.part_count} parts is more than {MAX_PART_COUNT}: use parts of at least "
-                f"{-(-new.size // MAX_PART_COUNT)} bytes",
-                field="part_size",
-            )
-        smallest = self._storage.min_part_size
-        if new.part_count > 1 and new.part_size < smallest:
-            raise ApiError(
-                "invalid_argument",
-                f"this repository's storage takes parts of at least {smallest} bytes (all but the last)",
-                field="part_size",
-            )
 
-        def check(session: Session) -> dict[str, Any] | None:
+        def check(session: Session) -> tuple[Principal, dict[str, Any] | None]:
+            who = authenticate(session)
+            self._check_part_sizes(new)
             existing = _by_idempotency_key(session, who, new.idempotency_key)
             if existing is not None:
-                return session_view(session, existing)
+                return who, session_view(session, existing)
             _check_new_upload(session, who, new)
-            return None
+            return who, None
 
-        existing = await self._db.read(check)
+        who, existing = await self._db.read(check)
         if existing is not None:
             return self._with_part_digests(existing), False
         upload_id = new_id("upl")
@@ -927,6 +986,23 @@ class Uploads:
                 with trio.CancelScope(shield=True):
                     await self._storage.abort(handle)
         return self._with_part_digests(view), created
+
+    def _check_part_sizes(self, new: NewUpload) -> None:
+        """The part count and size this repository takes (after the token: errors keep their order)."""
+        if new.part_count > MAX_PART_COUNT:
+            raise ApiError(
+                "invalid_argument",
+                f"{new.part_count} parts is more than {MAX_PART_COUNT}: use parts of at least "
+                f"{-(-new.size // MAX_PART_COUNT)} bytes",
+                field="part_size",
+            )
+        smallest = self._storage.min_part_size
+        if new.part_count > 1 and new.part_size < smallest:
+            raise ApiError(
+                "invalid_argument",
+                f"this repository's storage takes parts of at least {smallest} bytes (all but the last)",
+                field="part_size",
+            )
 
     async def get(self, who: Principal, upload_id: str) -> dict[str, Any]:
         handle = await self._db.read(lambda s: _own_session(s, who, upload_id).storage_handle)
@@ -1047,16 +1123,39 @@ class Uploads:
                 log.warning("upload.count_failed", upload_id=upload_id, received=received, error=repr(exc))
 
     async def complete(
-        self, who: Principal, upload_id: str, key: str | None, sha256: str | None, file_sha256: list[str] | None = None
+        self,
+        authenticate: Callable[[Session], Principal],
+        upload_id: str,
+        key: str | None,
+        sha256: str | None,
+        file_sha256: list[str] | None = None,
     ) -> dict[str, Any]:
         """Turn the parts into a new asset (or version) exactly once; see the module docstring.
 
         ``file_sha256`` (one per file, in stream order) is stored as the uploader reports it.
+        ``authenticate`` gives the caller within the first transaction (``Call.authenticate``):
+        a completion takes two, the plan and the record, besides the storage's work.
         """
         async with self._session_locks.hold(upload_id):
-            handle = await self._db.read(lambda s: _own_session(s, who, upload_id).storage_handle)
-            await self._learn_direct_parts(upload_id, handle)
-            plan = await self._db.write(lambda s: _plan_completion(s, who, upload_id, key, sha256, file_sha256))
+
+            def plan_it(session: Session) -> tuple[Principal, _Done | _Assembly | _ListFirst]:
+                who = authenticate(session)
+                return who, _plan_completion(session, who, upload_id, key, sha256, file_sha256)
+
+            # One transaction for the token, the session's lock and the plan (it was four:
+            # the token, the session, its direct targets, the plan).
+            who, plan = await self._db.write(plan_it)
+            if isinstance(plan, _ListFirst):
+                # Parts sent straight to the store (S3): ask it which it holds, outside any
+                # transaction, then record them and plan again in one.
+                listed = await self._storage.list_parts(plan.handle)
+
+                def adopt_and_plan(session: Session) -> _Done | _Assembly | _ListFirst:
+                    _adopt_listed_parts(session, upload_id, listed)
+                    return _plan_completion(session, who, upload_id, key, sha256, file_sha256, direct_listed=True)
+
+                plan = await self._db.write(adopt_and_plan)
+            assert not isinstance(plan, _ListFirst)
             if isinstance(plan, _Done):
                 await self._storage.release_parts(plan.handle)
                 return plan.result

@@ -90,3 +90,49 @@ async def test_a_write_cancelled_while_queued_never_runs(db: Database) -> None:
     # The writer slot is free again, and the next group does not run the taken-back write either.
     assert (await db.write(lambda session: 3)) == 3
     assert ran == [1]
+
+
+def test_a_completion_written_through_core_is_seen_by_the_next_write_of_its_group(tmp_path: Path) -> None:
+    """``_record_completion`` writes through Core, beside ORM rows the group's one Session may
+    hold: a second completion of the same session later in the same group must find it
+    completed (not a stale row still open) and make no second asset."""
+    from datetime import timedelta
+
+    from dataerai_server import migrate
+    from dataerai_server.auth import issue_token, lookup_principal
+    from dataerai_server.clock import utcnow
+    from dataerai_server.models import Asset, UploadSession
+    from dataerai_server.uploads import _own_session, _record_completion
+    from sqlalchemy import func, select
+
+    db = Database(f"sqlite:///{tmp_path / 'c.sqlite3'}")
+    migrate.upgrade(db.write_engine)
+    token = db.write_sync(lambda s: issue_token(s, "a@example.org", ["read", "write"], None))
+    who = db.read_sync(lambda s: lookup_principal(s, token, utcnow()))
+    now = utcnow()
+    db.write_sync(lambda s: s.add(UploadSession(
+        id="upl_1", user_id=who.user_id, state="open", owner_type="user", owner_id=who.user_id, project_id=None,
+        collection_id=None, asset_id=None, title=None, description=None, alias=None, tags=[], meta={},
+        file_name="f.bin", path=None, files=None, size=3, part_size=1 << 20, part_count=1, sha256=None,
+        idempotency_key=None, storage_handle="upl_1", bytes_received=3, created_at=now, updated_at=now,
+        expires_at=now + timedelta(days=1))))
+    sha = "ab" * 32
+
+    def one_group(session: Session) -> tuple[object, object, str]:
+        # The session's row is loaded through the ORM first, and kept, as another write of the
+        # group may do (the identity map holds rows only while something refers to them).
+        held = _own_session(session, who, "upl_1")
+        assert held.state == "open"
+        first = _record_completion(session, who, "upl_1", "k1", 3, sha, "upl_1", None)
+        # A plain read (no row lock, which would refresh the row) sees the row as it now is.
+        upload = session.get(UploadSession, "upl_1")
+        assert upload is not None
+        state = upload.state
+        second = _record_completion(session, who, "upl_1", "k2", 3, sha, "upl_1", None)
+        del held
+        return first, second, state
+
+    first, second, state = db.write_sync(one_group)
+    assert first[1] is True and second == (first[0], False)  # type: ignore[index]
+    assert state == "completed"
+    assert db.read_sync(lambda s: s.scalar(select(func.count()).select_from(Asset))) == 1
