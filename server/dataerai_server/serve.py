@@ -171,11 +171,13 @@ async def run_server(
                 background.start_soon(sweep)
                 async with trio.open_nursery() as nursery:
                     await nursery.start(partial(hypercorn_serve, app, config, shutdown_trigger=until_signal))
+                    # Logged before readiness is told: whoever waits on the ready file (or, for a
+                    # worker, its parent) then finds every listening line already written.
+                    log.info("server.listening", url=url, data_dir=str(settings.data_dir), pid=os.getpid())
                     if ready_fd is not None:
                         os.write(ready_fd, b"r")
                     elif ready_file is not None:
                         await trio.to_thread.run_sync(write_ready_file, ready_file, url)
-                    log.info("server.listening", url=url, data_dir=str(settings.data_dir), pid=os.getpid())
                 # Requests are over; background work only ever gets ahead of them, so it can stop.
                 background.cancel_scope.cancel()
         finally:
