@@ -247,12 +247,11 @@ class BulkHTTP:
         """Whether this can fetch ``url`` exactly as httpx would; else httpx must."""
         try:
             parts = urlsplit(url)
-            port = parts.port
+            _ = parts.port  # a port that is not one raises here
         except ValueError:
             return False
         if parts.scheme not in ("http", "https") or not parts.hostname or parts.username or parts.password:
             return False
-        del port
         # httpx follows the proxy variables (and NO_PROXY's exceptions); rather than
         # rebuild its rules, any proxy in the environment leaves every range to it.
         proxies = urllib.request.getproxies()
