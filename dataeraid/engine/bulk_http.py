@@ -60,6 +60,8 @@ Landed = Callable[[int], Awaitable[None]]
 MAX_HEAD_BYTES = 64 * 1024
 #: An error answer's body is read up to this much (enough for any JSON or XML error).
 MAX_ERROR_BODY = 64 * 1024
+#: Range GETs in worker threads at once (the scheduler's slots times parts_per_job stay far below).
+MAX_RANGE_THREADS = 256
 #: Idle connections kept per origin: one per range in flight is what a job reuses.
 MAX_IDLE_PER_ORIGIN = 16
 
@@ -236,6 +238,9 @@ class BulkHTTP:
         self._user_agent = user_agent
         self._idle: dict[_Origin, list[_Connection]] = {}
         self._closed = False
+        # A worker here may wait on the network for a whole read timeout; on Trio's default
+        # limiter, enough slow ranges would hold every thread the store and the hashers need.
+        self._threads = trio.CapacityLimiter(MAX_RANGE_THREADS)
 
     @classmethod
     def like(cls, http: httpx.AsyncClient, context: ssl.SSLContext) -> BulkHTTP:
@@ -354,13 +359,13 @@ class BulkHTTP:
         conn = used[-1]
         try:
             try:
-                response, body = await trio.to_thread.run_sync(self._head, conn, request)
+                response, body = await trio.to_thread.run_sync(self._head, conn, request, limiter=self._threads)
             except _NoAnswer:
                 if conn.aborted:
                     raise
                 conn = _Connection(origin, self._slice)
                 used.append(conn)
-                response, body = await trio.to_thread.run_sync(self._head, conn, request)
+                response, body = await trio.to_thread.run_sync(self._head, conn, request, limiter=self._threads)
         except (OSError, h11.ProtocolError) as exc:
             raise TransientError(f"{what}: cannot reach {where}: {_reason(exc)}") from exc
         except _NoAnswer as exc:
@@ -368,7 +373,8 @@ class BulkHTTP:
         if response.status_code >= 300:
             declared = _header(response, b"content-length")
             error_body = await trio.to_thread.run_sync(
-                conn.read_error_body, body, int(declared) if declared and declared.isdigit() else None)
+                conn.read_error_body, body, int(declared) if declared and declared.isdigit() else None,
+                limiter=self._threads)
             raise_for_status(httpx.Response(response.status_code, headers=list(response.headers),
                                             content=error_body), what)
         _check(response, body, start, length, what)
@@ -376,7 +382,8 @@ class BulkHTTP:
         while received < length:
             want = min(self._slice, length - received)
             try:
-                got = await trio.to_thread.run_sync(self._slice_in, conn, body, want, start + received, write)
+                got = await trio.to_thread.run_sync(self._slice_in, conn, body, want, start + received, write,
+                                                    limiter=self._threads)
             except OSError as exc:
                 raise TransientError(f"{what}: connection to {where} failed after {received} of {length} bytes: "
                                      f"{_reason(exc)}") from exc
