@@ -43,6 +43,7 @@ from dataeraid import log
 from dataeraid.auth import Auth
 from dataeraid.config import LiveSettings, Settings
 from dataeraid.control import DaemonControl
+from dataeraid.engine.bulk_http import BulkHTTP
 from dataeraid.engine.download import run_download
 from dataeraid.engine.upload import run_upload
 from dataeraid.errors import DataeraiError
@@ -56,7 +57,7 @@ from dataeraid.observe import memory
 from dataeraid.observe.service import Observer
 from dataeraid.observe.tally import Tally
 from dataeraid.paths import Paths
-from dataeraid.remote import USER_AGENT, Remote, tune_http_reads
+from dataeraid.remote import USER_AGENT, Remote, ssl_context, tune_http_reads
 from dataeraid.rpc import check_private_directory, open_listener
 from dataeraid.rpc import serve as serve_rpc
 from dataeraid.scheduler import Scheduler
@@ -166,6 +167,7 @@ async def serve(paths: Paths, settings: Settings, notifier: Notifier) -> None:
         store = await Store.open(paths.queue_db)
     except DataeraiError as exc:
         raise StartRefused.of(exc) from exc
+    bulk: BulkHTTP | None = None
     try:
         bus = EventBus(store)
         await bus.start()
@@ -177,9 +179,11 @@ async def serve(paths: Paths, settings: Settings, notifier: Notifier) -> None:
         # and both may grow on reload; a cap sized at start would make the extra parts time out.
         limits = httpx.Limits(max_connections=None,
                               max_keepalive_connections=settings.max_active_jobs * settings.parts_per_job + 4)
+        tls = ssl_context()
         async with httpx.AsyncClient(timeout=timeout, limits=limits, headers={"User-Agent": USER_AGENT},
-                                     follow_redirects=False) as http:
-            remote = Remote(auth, http)
+                                     follow_redirects=False, verify=tls) as http:
+            bulk = BulkHTTP.like(http, tls)
+            remote = Remote(auth, http, bulk)
             jobs = Jobs(bus)
             tally = await Tally.loaded(store)  # before the scheduler: no job ends uncounted or counted twice
             jobs.add_end_listener(tally.record_job_end, tally.job_ended)
@@ -218,6 +222,8 @@ async def serve(paths: Paths, settings: Settings, notifier: Notifier) -> None:
                     notifier.stopping()
                     nursery.cancel_scope.cancel()
     finally:
+        if bulk is not None:
+            bulk.close()
         with trio.CancelScope(shield=True):
             await store.close()
 

@@ -19,10 +19,11 @@ from __future__ import annotations
 import base64
 import binascii
 import email.utils
+import ssl
 import time
 import xml.etree.ElementTree as ElementTree
-from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import httpx
@@ -31,6 +32,9 @@ from dataerai.protocol import ERRORS
 
 from dataeraid.auth import Auth
 from dataeraid.errors import AuthProblem, DataeraiError, TargetExpired, TransientError
+
+if TYPE_CHECKING:
+    from dataeraid.engine.bulk_http import BulkHTTP
 
 USER_AGENT = "dataeraid/0.1.0"
 
@@ -130,6 +134,13 @@ def tune_http_reads() -> bool:
     return True
 
 
+def ssl_context() -> ssl.SSLContext:
+    """The one TLS context of the daemon's requests, httpx's and the bulk range GETs'
+    (:mod:`dataeraid.engine.bulk_http`): httpx's own default, always verifying
+    (``SSL_CERT_FILE`` / ``SSL_CERT_DIR`` if set, else certifi's roots)."""
+    return httpx.create_ssl_context()
+
+
 def api_path(template: str, *values: tuple[str, str] | int) -> str:
     """An API path: ``template``'s ``{}`` filled with ids, each checked against its kind's
     pattern (``contract.ID_PATTERNS``) and percent-encoded, or with part numbers.
@@ -155,9 +166,11 @@ def api_path(template: str, *values: tuple[str, str] | int) -> str:
 class Remote:
     """One repository, reached with the current credentials."""
 
-    def __init__(self, auth: Auth, http: httpx.AsyncClient) -> None:
+    def __init__(self, auth: Auth, http: httpx.AsyncClient, bulk: BulkHTTP | None = None) -> None:
         self._auth = auth
         self._http = http
+        #: Range GETs without httpx, where it can do them (None: every range through httpx).
+        self._bulk = bulk
 
     async def _api(self, method: str, path: str, what: str, *, json: Any = None,
                    params: Mapping[str, str] | None = None, timeout: float | None = None) -> dict[str, Any]:
@@ -329,3 +342,14 @@ class Remote:
                     yield block
         except httpx.TransportError as exc:
             raise TransientError(f"{what}: {type(exc).__name__}: {exc}") from exc
+
+    async def read_range_into(self, target: Mapping[str, Any], start: int, length: int,
+                              write: Callable[[int, memoryview], None], landed: Callable[[int], Awaitable[None]],
+                              what: str) -> bool:
+        """``length`` bytes from ``start`` of a signed content URL, straight into ``write``
+        (:class:`~dataeraid.engine.bulk_http.BulkHTTP`); False where httpx must read them."""
+        if self._bulk is None or length <= 0 or not self._bulk.usable(str(target["url"])):
+            return False
+        await self._bulk.read_into(str(target["url"]), dict(target.get("headers") or {}), start, length, write,
+                                   landed, what)
+        return True

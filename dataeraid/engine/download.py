@@ -24,7 +24,7 @@ import math
 import os
 import re
 import stat
-from typing import Any
+from typing import Any, cast
 
 import trio
 
@@ -308,6 +308,10 @@ async def _fetch_ranges(ctx: JobContext, fileset: FileSet, target: dict[str, Any
     landed = {index: trio.Event() for index in todo}
     accounting = ctx.accounting
 
+    def write_at(offset: int, view: memoryview) -> None:
+        # FileSet.write takes any buffer (it wraps each in a memoryview); its signature says bytes.
+        fileset.write(offset, (cast(bytes, view),))
+
     async def refresh() -> None:
         current["target"] = await ctx.remote.download_target(asset_id, target["content_id"])
 
@@ -321,6 +325,21 @@ async def _fetch_ranges(ctx: JobContext, fileset: FileSet, target: dict[str, Any
             nonlocal written
             if written == length and length:
                 return  # all written before an error at the very end
+
+            async def landed(n: int) -> None:
+                nonlocal written
+                written += n
+                await accounting.moved(n, index, start + written - n)
+
+            try:
+                # Received straight into a buffer and written from it, off the event loop
+                # (engine/bulk_http.py); where the repository cannot, through read_range below.
+                if await ctx.remote.read_range_into(current["target"], start + written, length - written,
+                                                    write_at, landed, f"reading range {index}"):
+                    return
+            except TargetExpired:
+                await refresh()
+                raise
             # Socket reads come in ~64 KiB pieces; they are written in one
             # pwritev per MiB: one thread hop per MiB, and no copying to join them.
             pending: list[bytes] = []

@@ -12,7 +12,7 @@ Sessions, targets and answers are the JSON objects of docs/http-api.md.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 
@@ -70,4 +70,15 @@ class Repository(Protocol):
 
     def read_range(self, target: Mapping[str, Any], start: int, length: int, what: str) -> AsyncIterator[bytes]:
         """Stream ``length`` bytes from ``start`` of a download target's content."""
+        ...
+
+    async def read_range_into(self, target: Mapping[str, Any], start: int, length: int,
+                              write: Callable[[int, memoryview], None], landed: Callable[[int], Awaitable[None]],
+                              what: str) -> bool:
+        """As :meth:`read_range`, but without handing the bytes over: they go to
+        ``write(offset, view)`` (``offset`` in the content; run in a worker thread, slice
+        after slice, in order; ``view`` is only valid during the call), and
+        ``await landed(n)`` follows each slice written. Bytes written before an error
+        were reported to ``landed``. False, with nothing read, where only
+        :meth:`read_range` can fetch this target (a proxy, an unusual URL)."""
         ...

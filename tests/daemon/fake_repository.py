@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,8 +68,11 @@ class FakeRepository:
     def __init__(self, *, own_part_urls: bool = True, fail_put_once: set[int] | None = None,
                  wrong_ack_once: set[int] | None = None, forget_before: set[int] | None = None,
                  cut_at: set[int] | None = None, after: dict[str, str] | None = None,
-                 read_block: int = 8 * 1024) -> None:
+                 read_block: int = 8 * 1024, bulk_reads: bool = False) -> None:
         self.own_part_urls = own_part_urls
+        #: Ranges go straight into the engine's files (``read_range_into``), as the daemon's
+        #: raw HTTP path does; else only through ``read_range``, as behind a proxy.
+        self.bulk_reads = bulk_reads
         #: Parts whose first body fails half-way (a reset connection).
         self.fail_put_once = set(fail_put_once or ())
         #: Parts whose first acknowledgement names another digest (damaged bytes).
@@ -245,3 +248,15 @@ class FakeRepository:
                 raise TransientError(f"{what}: connection reset")
             yield content.data[at:stop]
             at = stop
+
+    async def read_range_into(self, target: Mapping[str, Any], start: int, length: int,
+                              write: Callable[[int, memoryview], None], landed: Callable[[int], Awaitable[None]],
+                              what: str) -> bool:
+        if not self.bulk_reads:
+            return False
+        at = start
+        async for block in self.read_range(target, start, length, what):
+            await trio.to_thread.run_sync(write, at, memoryview(block))
+            at += len(block)
+            await landed(len(block))
+        return True

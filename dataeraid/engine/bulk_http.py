@@ -1,0 +1,447 @@
+"""Range GETs without httpx: raw HTTP/1.1 on blocking sockets in worker threads.
+
+Receiving a download's ranges through httpx cost the daemon most of its CPU per
+downloaded GB: h11's receive buffer copies every byte in and out, httpx wraps
+each piece again, and every piece wakes a task on the event loop
+(docs/benchmarks.md, "Where the daemon's time goes"). Here a worker thread sends
+the request, reads the response head (parsed by h11, strictly), then
+``recv_into`` a buffer that lives with the connection and hands each slice
+(``RESPONSE_READ_BYTES``) to the caller's ``write`` in the same thread. The event
+loop sees one wake-up per slice, where it charges the slice to the job's
+bandwidth and progress (``landed``), so limits and fairness hold per MiB.
+
+What it promises:
+
+- only what it can do exactly: an ``http``/``https`` URL without user info, and
+  no proxy in the environment (:meth:`BulkHTTP.usable`); anything else is
+  httpx's, as before;
+- TLS always verified, with the context the httpx client uses
+  (:func:`dataeraid.remote.ssl_context`); redirects are never followed;
+- the answer is exactly the range asked for: ``206`` with ``Content-Range`` and
+  ``Content-Length`` equal to the range (``200`` only for a range that is the
+  whole content from 0), no content coding; anything else, a short body or a
+  connection that ends early is a :class:`~dataeraid.errors.TransientError` (so the
+  engine's retry goes on from the last byte written), a non-2xx answer maps
+  through :func:`dataeraid.remote.raise_for_status` as httpx's do;
+- cancellation is prompt and leaves no thread behind: the socket is shut down,
+  which ends a blocked ``recv_into`` at once, and the call returns only after
+  the worker did, so nothing writes into a file after its job stopped.
+
+Connections are kept alive per origin (a few idle ones each) and a connection
+the server closed while idle is noticed before reuse.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import select
+import socket
+import ssl
+import threading
+import urllib.request
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import h11
+import httpx
+import trio
+
+from dataeraid.errors import DataeraiError, TransientError
+from dataeraid.remote import RESPONSE_READ_BYTES, USER_AGENT, raise_for_status
+
+#: ``write(offset, view)``: put ``view`` at stream ``offset``; runs in a worker thread.
+WriteAt = Callable[[int, memoryview], None]
+#: ``await landed(n)``: ``n`` more bytes were written, on the event loop, after each slice.
+Landed = Callable[[int], Awaitable[None]]
+
+#: A response head larger than this is not a storage server's answer.
+MAX_HEAD_BYTES = 64 * 1024
+#: An error answer's body is read up to this much (enough for any JSON or XML error).
+MAX_ERROR_BODY = 64 * 1024
+#: Range GETs in worker threads at once (the scheduler's slots times parts_per_job stay far below).
+MAX_RANGE_THREADS = 256
+#: Idle connections kept per origin: one per range in flight is what a job reuses.
+MAX_IDLE_PER_ORIGIN = 16
+
+_CONTENT_RANGE = re.compile(rb"bytes (\d+)-(\d+)/(\d+|\*)")
+
+
+@dataclass(frozen=True)
+class _Origin:
+    scheme: str
+    host: str
+    port: int
+    #: The Host header: the URL's own spelling of host and port.
+    netloc: str
+
+
+class _NoAnswer(Exception):
+    """A reused connection ended before any byte of the answer: the server had closed it."""
+
+
+class _Connection:
+    """One socket with its receive buffer; used by one request at a time.
+
+    ``abort`` may be called from the event loop while a worker thread blocks in it.
+    """
+
+    def __init__(self, origin: _Origin, buffer_size: int) -> None:
+        self.origin = origin
+        self.sock: socket.socket | None = None
+        self.buffer = memoryview(bytearray(buffer_size))
+        self.reused = False
+        self._lock = threading.Lock()
+        self._aborted = False
+
+    def _adopt(self, sock: socket.socket) -> None:
+        """From now on ``abort`` shuts ``sock`` down (raises if it already was aborted)."""
+        with self._lock:
+            self.sock = sock
+            if self._aborted:
+                raise OSError("the transfer was stopped")
+
+    @property
+    def aborted(self) -> bool:
+        return self._aborted
+
+    def abort(self) -> None:
+        """End whatever a worker waits for on this connection, at once."""
+        with self._lock:
+            self._aborted = True
+            if self.sock is not None:
+                with contextlib.suppress(OSError):
+                    # socket.socket's own shutdown: an SSLSocket's would drop its TLS state under the worker.
+                    socket.socket.shutdown(self.sock, socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        if self.sock is not None:
+            with contextlib.suppress(OSError):
+                self.sock.close()
+
+    def stale(self) -> bool:
+        """Whether an idle connection was closed (or spoken to) by the server meanwhile."""
+        if self.sock is None:
+            return True
+        # Anything readable on an idle connection is its end (EOF, a reset, a TLS close_notify).
+        # (Not a MSG_DONTWAIT peek: on a socket with a timeout, Python waits that long first.)
+        try:
+            readable, _, _ = select.select([self.sock], [], [], 0)
+        except (OSError, ValueError):
+            return True
+        return bool(readable)
+
+    def open(self, context: ssl.SSLContext, connect_timeout: float, read_timeout: float) -> None:
+        """Connect (and shake hands, for https); in a worker thread."""
+        origin = self.origin
+        last: OSError | None = None
+        for family, kind, proto, _, address in socket.getaddrinfo(origin.host, origin.port, type=socket.SOCK_STREAM):
+            sock = socket.socket(family, kind, proto)
+            try:
+                self._adopt(sock)
+                sock.settimeout(connect_timeout)
+                sock.connect(address)
+            except OSError as exc:
+                sock.close()
+                last = exc
+                if self._aborted:
+                    raise
+                continue
+            break
+        else:
+            raise last or OSError(f"no address for {origin.host}")
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if origin.scheme == "https":
+            sock = context.wrap_socket(sock, server_hostname=origin.host, do_handshake_on_connect=False)
+            self._adopt(sock)
+            sock.do_handshake()
+        sock.settimeout(read_timeout)
+
+    def send_and_read_head(self, request: h11.Request) -> tuple[h11.Response, bytes]:
+        """Send ``request``; the answer's head and the body bytes that came with it."""
+        assert self.sock is not None
+        # A new parser per request: the body bypasses h11, so its state ends with the head.
+        parser = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD_BYTES)
+        data = parser.send(request) or b""
+        received = 0
+        try:
+            self.sock.sendall(data)
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            if self.reused:
+                raise _NoAnswer() from exc
+            raise
+        while True:
+            event = parser.next_event()
+            if event is h11.NEED_DATA:
+                try:
+                    data = self.sock.recv(MAX_HEAD_BYTES)
+                except ConnectionResetError as exc:
+                    if self.reused and not received:
+                        raise _NoAnswer() from exc
+                    raise
+                if not data and self.reused and not received:
+                    raise _NoAnswer()
+                received += len(data)
+                parser.receive_data(data)
+                continue
+            if isinstance(event, h11.InformationalResponse):
+                continue
+            if isinstance(event, h11.Response):
+                leftover, _ = parser.trailing_data
+                return event, bytes(leftover)
+            raise h11.RemoteProtocolError(f"the server ended the connection before its answer ({event!r})")
+
+    def receive(self, head: bytes, want: int) -> int:
+        """Fill the buffer with ``head`` then the socket's bytes, up to ``want``; how many
+        there are (fewer only where the connection ended)."""
+        assert self.sock is not None
+        view = self.buffer
+        got = len(head)
+        view[:got] = head
+        while got < want:
+            n = self.sock.recv_into(view[got:want], want - got)
+            if n == 0:
+                break
+            got += n
+        return got
+
+    def read_error_body(self, head: bytes, declared: int | None) -> bytes:
+        assert self.sock is not None
+        body = bytearray(head)
+        limit = min(declared if declared is not None else MAX_ERROR_BODY, MAX_ERROR_BODY)
+        with contextlib.suppress(OSError):
+            while len(body) < limit:
+                data = self.sock.recv(limit - len(body))
+                if not data:
+                    break
+                body += data
+        return bytes(body[:limit])
+
+
+def _header(response: h11.Response, name: bytes) -> bytes | None:
+    for key, value in response.headers:
+        if key == name:
+            return bytes(value)
+    return None
+
+
+class BulkHTTP:
+    """The download engine's range GETs on raw HTTP/1.1 (the module's docstring says what it promises)."""
+
+    def __init__(self, context: ssl.SSLContext, *, connect_timeout_s: float, read_timeout_s: float,
+                 slice_bytes: int = RESPONSE_READ_BYTES, user_agent: str = USER_AGENT) -> None:
+        self._context = context
+        self._connect_timeout = connect_timeout_s
+        self._read_timeout = read_timeout_s
+        self._slice = slice_bytes
+        self._user_agent = user_agent
+        self._idle: dict[_Origin, list[_Connection]] = {}
+        self._closed = False
+        # A worker here may wait on the network for a whole read timeout; on Trio's default
+        # limiter, enough slow ranges would hold every thread the store and the hashers need.
+        self._threads = trio.CapacityLimiter(MAX_RANGE_THREADS)
+
+    @classmethod
+    def like(cls, http: httpx.AsyncClient, context: ssl.SSLContext) -> BulkHTTP:
+        """One with ``http``'s timeouts and ``context`` (the one ``http`` verifies TLS with)."""
+        timeout = http.timeout
+        return cls(context, connect_timeout_s=timeout.connect or 10.0, read_timeout_s=timeout.read or 60.0)
+
+    def usable(self, url: str) -> bool:
+        """Whether this can fetch ``url`` exactly as httpx would; else httpx must."""
+        try:
+            parts = urlsplit(url)
+            _ = parts.port  # a port that is not one raises here
+        except ValueError:
+            return False
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.username or parts.password:
+            return False
+        # httpx follows the proxy variables (and NO_PROXY's exceptions); rather than
+        # rebuild its rules, any proxy in the environment leaves every range to it.
+        proxies = urllib.request.getproxies()
+        return not any(proxies.get(key) for key in ("http", "https", "all"))
+
+    def _origin(self, url: str) -> tuple[_Origin, str]:
+        parts = urlsplit(url)
+        assert parts.hostname is not None
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        return _Origin(parts.scheme, parts.hostname, port, parts.netloc), target
+
+    def _request(self, origin: _Origin, target: str, headers: Mapping[str, str], start: int,
+                 length: int) -> h11.Request:
+        mine = [("Host", origin.netloc), ("User-Agent", self._user_agent), ("Accept-Encoding", "identity"),
+                ("Range", f"bytes={start}-{start + length - 1}")]
+        taken = {name.lower() for name, _ in mine} | {"connection", "content-length", "transfer-encoding"}
+        signed = [(name, value) for name, value in headers.items() if name.lower() not in taken]
+        try:
+            return h11.Request(method="GET", target=target, headers=mine + signed)
+        except h11.LocalProtocolError as exc:
+            raise DataeraiError("internal", f"a signed URL or header h11 cannot send: {exc}") from exc
+
+    def _take(self, origin: _Origin) -> _Connection:
+        idle = self._idle.get(origin)
+        while idle:
+            conn = idle.pop()
+            if conn.stale():
+                conn.close()
+                continue
+            conn.reused = True
+            return conn
+        return _Connection(origin, self._slice)
+
+    def _give_back(self, conn: _Connection) -> None:
+        idle = self._idle.setdefault(conn.origin, [])
+        if self._closed or len(idle) >= MAX_IDLE_PER_ORIGIN:
+            conn.close()
+        else:
+            idle.append(conn)
+
+    def close(self) -> None:
+        """Close the idle connections; later ones are closed after their request."""
+        self._closed = True
+        for idle in self._idle.values():
+            for conn in idle:
+                conn.close()
+        self._idle.clear()
+
+    async def read_into(self, url: str, headers: Mapping[str, str], start: int, length: int, write: WriteAt,
+                        landed: Landed, what: str) -> None:
+        """Fetch ``length`` (> 0) bytes from ``start`` of ``url`` into ``write``, slice by
+        slice in order, awaiting ``landed(n)`` after each slice is written.
+
+        Raises as :class:`~dataeraid.engine.repository.Repository` methods do; bytes
+        already written when it raises were reported to ``landed``.
+        """
+        if length <= 0:
+            raise ValueError("a bulk range is at least one byte")
+        origin, target = self._origin(url)
+        request = self._request(origin, target, headers, start, length)
+        conn = self._take(origin)
+        used: list[_Connection] = [conn]
+        keep = False
+        failure: BaseException | None = None
+        try:
+            async with trio.open_nursery() as nursery:
+                stopped = False
+
+                async def abort_on_cancel() -> None:
+                    try:
+                        await trio.sleep_forever()
+                    finally:
+                        if not stopped:
+                            for each in used:
+                                each.abort()
+
+                nursery.start_soon(abort_on_cancel)
+                try:
+                    keep = await self._answer(used, origin, request, start, length, write, landed, what)
+                except BaseException as exc:  # raised below, not wrapped in the nursery's group
+                    failure = exc
+                finally:
+                    stopped = True
+                    nursery.cancel_scope.cancel()
+            if failure is not None:
+                raise failure
+        finally:
+            failure = None
+            for each in used[:-1] if keep else used:
+                each.close()
+        if keep:
+            self._give_back(used[-1])
+
+    async def _answer(self, used: list[_Connection], origin: _Origin, request: h11.Request, start: int,
+                      length: int, write: WriteAt, landed: Landed, what: str) -> bool:
+        """The request on ``used[-1]`` (on a new connection, appended, if that one turned out
+        closed); whether the connection may be kept for another request."""
+        where = f"{origin.scheme}://{origin.netloc}"
+        conn = used[-1]
+        try:
+            try:
+                response, body = await trio.to_thread.run_sync(self._head, conn, request, limiter=self._threads)
+            except _NoAnswer:
+                if conn.aborted:
+                    raise
+                conn = _Connection(origin, self._slice)
+                used.append(conn)
+                response, body = await trio.to_thread.run_sync(self._head, conn, request, limiter=self._threads)
+        except (OSError, h11.ProtocolError) as exc:
+            raise TransientError(f"{what}: cannot reach {where}: {_reason(exc)}") from exc
+        except _NoAnswer as exc:
+            raise TransientError(f"{what}: {where} closed the connection before answering") from exc
+        if response.status_code >= 300:
+            declared = _header(response, b"content-length")
+            error_body = await trio.to_thread.run_sync(
+                conn.read_error_body, body, int(declared) if declared and declared.isdigit() else None,
+                limiter=self._threads)
+            raise_for_status(httpx.Response(response.status_code, headers=list(response.headers),
+                                            content=error_body), what)
+        _check(response, body, start, length, what)
+        received = 0
+        while received < length:
+            want = min(self._slice, length - received)
+            try:
+                got = await trio.to_thread.run_sync(self._slice_in, conn, body, want, start + received, write,
+                                                    limiter=self._threads)
+            except OSError as exc:
+                raise TransientError(f"{what}: connection to {where} failed after {received} of {length} bytes: "
+                                     f"{_reason(exc)}") from exc
+            body = b""
+            received += got
+            if got:
+                await landed(got)
+            if got < want:
+                raise TransientError(f"{what}: {where} ended the connection after {received} of {length} bytes")
+        return response.http_version == b"1.1" and (_header(response, b"connection") or b"").lower() != b"close"
+
+    def _head(self, conn: _Connection, request: h11.Request) -> tuple[h11.Response, bytes]:
+        if conn.sock is None:
+            conn.open(self._context, self._connect_timeout, self._read_timeout)
+        return conn.send_and_read_head(request)
+
+    @staticmethod
+    def _slice_in(conn: _Connection, head: bytes, want: int, offset: int, write: WriteAt) -> int:
+        got = conn.receive(head, want)
+        if got:
+            write(offset, conn.buffer[:got])
+        return got
+
+
+def _check(response: h11.Response, body: bytes, start: int, length: int, what: str) -> None:
+    """A 2xx answer is exactly the range asked for, or the error it is."""
+    status = response.status_code
+    declared = _header(response, b"content-length")
+    if status == 200 and start > 0:
+        raise DataeraiError("internal", f"{what}: the server ignored the byte range")
+    problem = None
+    if status not in (200, 206):
+        problem = f"HTTP {status} to a range request"
+    elif _header(response, b"transfer-encoding") is not None or declared is None:
+        problem = "no Content-Length"
+    elif (_header(response, b"content-encoding") or b"identity").lower() != b"identity":
+        problem = "a content coding nobody asked for"
+    elif int(declared) != length:
+        if status == 200:
+            raise DataeraiError("internal", f"{what}: the server ignored the byte range")
+        problem = f"Content-Length {int(declared)} for a range of {length} bytes"
+    elif status == 206:
+        found = _CONTENT_RANGE.fullmatch(_header(response, b"content-range") or b"")
+        if found is None or (int(found[1]), int(found[2])) != (start, start + length - 1):
+            problem = f"Content-Range {(_header(response, b'content-range') or b'').decode('latin-1')!r} " \
+                      f"for bytes {start}-{start + length - 1}"
+    if problem is None and len(body) > length:
+        problem = f"{len(body) - length} bytes more than Content-Length"
+    if problem is not None:
+        raise TransientError(f"{what}: the server's answer is not the range asked for: {problem}")
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"certificate not trusted ({exc.verify_message})"
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    text = str(exc).strip().rstrip(".") or type(exc).__name__
+    return text[:1].lower() + text[1:]

@@ -1,0 +1,389 @@
+"""The download engine's range GETs without httpx (``dataeraid.engine.bulk_http``), against
+real loopback HTTP/1.1 servers: a tiny threaded one in this file whose answers each test
+scripts (a whole range, a short body, a wrong Content-Range, a 503, a body that stalls),
+plain and over TLS with a self-signed certificate."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import socket
+import ssl
+import subprocess
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+from fake_repository import FakeRepository
+from stand_ins import begun, job_context
+
+from dataeraid.engine import download
+from dataeraid.engine.bulk_http import BulkHTTP
+from dataeraid.errors import DataeraiError, TransientError
+from dataeraid.fileset import FileSet, StreamFile
+from dataeraid.remote import Remote, ssl_context
+
+SLICE = 64 * 1024
+RANGE = 256 * 1024
+#: A cap on waits for the server thread: reached only when the behaviour under test is broken.
+SAFETY_NET_SECONDS = 30.0
+
+DATA = hashlib.sha256(b"bulk").digest() * (3 * RANGE // 32) + b"tail of the content"
+
+
+@dataclass
+class Asked:
+    """One request as the server read it."""
+
+    connection: int
+    start: int
+    end: int
+    headers: dict[str, str]
+
+
+#: ``answer(asked, data)`` -> the bytes to send, and whether to close the connection after.
+Answer = Callable[[Asked, bytes], tuple[bytes, bool]]
+
+
+def exact(asked: Asked, data: bytes) -> tuple[bytes, bool]:
+    body = data[asked.start:asked.end + 1]
+    head = (f"HTTP/1.1 206 Partial Content\r\nContent-Length: {len(body)}\r\n"
+            f"Content-Range: bytes {asked.start}-{asked.end}/{len(data)}\r\n\r\n")
+    return head.encode() + body, False
+
+
+@dataclass
+class RangeServer:
+    """A loopback HTTP/1.1 server of ``data`` that keeps connections alive; each request is
+    answered by ``answers`` in turn (the last one for the rest)."""
+
+    data: bytes
+    answers: list[Answer] = field(default_factory=lambda: [exact])
+    tls: ssl.SSLContext | None = None
+    asked: list[Asked] = field(default_factory=list)
+    connections: int = 0
+
+    def __post_init__(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._closing = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}/content/cnt_1?sig=abc"
+
+    def _accept(self) -> None:
+        while not self._closing:
+            try:
+                sock, _ = self._listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(sock, self.connections), daemon=True).start()
+
+    def _serve(self, sock: socket.socket, number: int) -> None:
+        try:
+            if self.tls is not None:
+                sock = self.tls.wrap_socket(sock, server_side=True)
+            reader = sock.makefile("rb")
+            while True:
+                line = reader.readline()
+                if not line:
+                    return
+                headers: dict[str, str] = {}
+                while (header := reader.readline()) not in (b"\r\n", b""):
+                    name, _, value = header.decode().partition(":")
+                    headers[name.strip().lower()] = value.strip()
+                first, _, last = headers["range"].removeprefix("bytes=").partition("-")
+                asked = Asked(number, int(first), int(last), headers)
+                self.asked.append(asked)
+                answer = self.answers[min(len(self.asked), len(self.answers)) - 1]
+                payload, close = answer(asked, self.data)
+                sock.sendall(payload)
+                if close:
+                    return
+        except (OSError, ssl.SSLError):
+            return
+        finally:
+            sock.close()
+
+    def close(self) -> None:
+        self._closing = True
+        self._listener.close()
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[..., RangeServer]]:
+    servers: list[RangeServer] = []
+
+    def start(*answers: Answer, tls: ssl.SSLContext | None = None) -> RangeServer:
+        server = RangeServer(DATA, list(answers) or [exact], tls)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def bulk(context: ssl.SSLContext | None = None) -> BulkHTTP:
+    return BulkHTTP(context or ssl_context(), connect_timeout_s=10.0, read_timeout_s=SAFETY_NET_SECONDS,
+                    slice_bytes=SLICE)
+
+
+class Sink:
+    """What ``read_into`` hands over: the bytes written at their offsets, and each slice landed."""
+
+    def __init__(self, size: int = len(DATA)) -> None:
+        self.file = bytearray(size)
+        self.writes: list[tuple[int, int]] = []
+        self.landed: list[int] = []
+
+    def write(self, offset: int, view: memoryview) -> None:
+        self.file[offset:offset + len(view)] = view
+        self.writes.append((offset, len(view)))
+
+    async def land(self, n: int) -> None:
+        self.landed.append(n)
+
+
+async def test_a_range_arrives_whole_in_slices_with_each_slice_landed(serve: Any) -> None:
+    server = serve()
+    sink = Sink()
+    client = bulk()
+    await client.read_into(server.url, {"x-signed": "yes"}, RANGE, RANGE, sink.write, sink.land, "reading range 1")
+    assert sink.file[RANGE:2 * RANGE] == DATA[RANGE:2 * RANGE]
+    assert sink.landed == [SLICE] * (RANGE // SLICE)
+    assert [offset for offset, _ in sink.writes] == list(range(RANGE, 2 * RANGE, SLICE))
+    assert server.asked[0].headers["x-signed"] == "yes"  # the target's signed headers go along
+    assert server.asked[0].headers["range"] == f"bytes={RANGE}-{2 * RANGE - 1}"
+    client.close()
+
+
+async def test_ranges_one_after_another_share_one_kept_alive_connection(serve: Any) -> None:
+    server = serve()
+    sink = Sink()
+    client = bulk()
+    for start in range(0, len(DATA), RANGE):
+        length = min(RANGE, len(DATA) - start)
+        await client.read_into(server.url, {}, start, length, sink.write, sink.land, "reading")
+    assert bytes(sink.file) == DATA
+    assert server.connections == 1
+    assert [a.connection for a in server.asked] == [1, 1, 1, 1]
+    client.close()
+
+
+async def test_a_connection_the_server_closed_while_idle_is_not_used_again(serve: Any) -> None:
+    def exact_then_close(asked: Asked, data: bytes) -> tuple[bytes, bool]:
+        return exact(asked, data)[0], True
+
+    server = serve(exact_then_close)
+    sink = Sink()
+    client = bulk()
+    await client.read_into(server.url, {}, 0, RANGE, sink.write, sink.land, "reading")
+    # The server closed it after answering; the next range must notice, not fail.
+    await client.read_into(server.url, {}, RANGE, RANGE, sink.write, sink.land, "reading")
+    assert sink.file[:2 * RANGE] == DATA[:2 * RANGE]
+    assert server.connections == 2
+    client.close()
+
+
+async def test_a_body_cut_short_is_a_transient_error_after_the_bytes_it_did_bring(serve: Any) -> None:
+    def half(asked: Asked, data: bytes) -> tuple[bytes, bool]:
+        whole, _ = exact(asked, data)
+        return whole[:len(whole) - (asked.end + 1 - asked.start) // 2], True
+
+    server = serve(half)
+    sink = Sink()
+    with pytest.raises(TransientError, match=f"after {RANGE // 2} of {RANGE} bytes"):
+        await bulk().read_into(server.url, {}, 0, RANGE, sink.write, sink.land, "reading range 0")
+    assert sum(sink.landed) == RANGE // 2  # what did arrive is written and counted, so a retry goes on from there
+    assert sink.file[:RANGE // 2] == DATA[:RANGE // 2]
+
+
+@pytest.mark.parametrize(("head", "problem"), [
+    ("HTTP/1.1 206 Partial Content\r\nContent-Length: {n}\r\nContent-Range: bytes {s1}-{e1}/{total}\r\n\r\n",
+     "Content-Range"),
+    ("HTTP/1.1 206 Partial Content\r\nContent-Length: {n2}\r\nContent-Range: bytes {s}-{e}/{total}\r\n\r\n",
+     "Content-Length"),
+    ("HTTP/1.1 206 Partial Content\r\nTransfer-Encoding: chunked\r\nContent-Range: bytes {s}-{e}/{total}\r\n\r\n",
+     "no Content-Length"),
+    ("HTTP/1.1 204 No Content\r\n\r\n", "HTTP 204"),
+])
+async def test_an_answer_that_is_not_exactly_the_range_asked_for_is_refused_before_any_byte_is_written(
+        serve: Any, head: str, problem: str) -> None:
+    def wrong(asked: Asked, data: bytes) -> tuple[bytes, bool]:
+        n = asked.end + 1 - asked.start
+        text = head.format(n=n, n2=n + 1, s=asked.start, e=asked.end, s1=asked.start + 1, e1=asked.end + 1,
+                           total=len(data))
+        return text.encode() + data[asked.start:asked.end + 2], True
+
+    server = serve(wrong)
+    sink = Sink()
+    with pytest.raises(TransientError, match=problem):
+        await bulk().read_into(server.url, {}, RANGE, RANGE, sink.write, sink.land, "reading range 1")
+    assert sink.writes == []
+
+
+async def test_a_server_that_ignores_the_range_fails_as_it_does_through_httpx(serve: Any) -> None:
+    def whole(asked: Asked, data: bytes) -> tuple[bytes, bool]:
+        return f"HTTP/1.1 200 OK\r\nContent-Length: {len(data)}\r\n\r\n".encode() + data, True
+
+    server = serve(whole)
+    with pytest.raises(DataeraiError, match="ignored the byte range") as raised:
+        await bulk().read_into(server.url, {}, RANGE, RANGE, Sink().write, Sink().land, "reading range 1")
+    assert raised.value.code == "internal"
+
+
+async def test_error_answers_map_as_httpx_answers_do(serve: Any) -> None:
+    def expired(asked: Asked, data: bytes) -> tuple[bytes, bool]:
+        body = b'{"error": {"code": "permission_denied", "message": "expired", "reason": "url_expired"}}'
+        return b"HTTP/1.1 403 Forbidden\r\nContent-Type: application/json\r\nContent-Length: " \
+            + str(len(body)).encode() + b"\r\n\r\n" + body, False
+
+    server = serve(expired)
+    from dataeraid.errors import TargetExpired
+    with pytest.raises(TargetExpired, match="expired"):
+        await bulk().read_into(server.url, {}, 0, RANGE, Sink().write, Sink().land, "reading range 0")
+
+
+def unavailable(asked: Asked, data: bytes) -> tuple[bytes, bool]:
+    return b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 0\r\nContent-Length: 4\r\n\r\nbusy", False
+
+
+async def _engine_download(tmp_path: Path, remote: Any, url: str) -> tuple[str, int]:
+    """The download engine's ranges through ``remote``: the stream's digest, and the bytes counted."""
+    target = {"url": url, "content_id": "cnt_1", "size": len(DATA), "sha256": hashlib.sha256(DATA).hexdigest()}
+    fileset = FileSet(str(tmp_path), [StreamFile("f.bin", 0, len(DATA))], "part")
+    count = -(-len(DATA) // RANGE)
+    ctx = begun(job_context(remote, {"parts_per_job": 2, "io_block_size": SLICE}, job={"kind": "download"}),
+                fileset, count)
+    try:
+        stream = await download._fetch_ranges(ctx, fileset, target, "ast_1", len(DATA), RANGE, list(range(count)))
+    finally:
+        fileset.close()
+    return stream.whole.hexdigest(), ctx.accounting.progress.bytes_done
+
+
+async def test_the_engine_retries_a_503_and_a_cut_body_and_lands_every_byte_once(serve: Any, tmp_path: Path) -> None:
+    def cut(asked: Asked, data: bytes) -> tuple[bytes, bool]:
+        return exact(asked, data)[0][:-1000], True
+
+    server = serve(unavailable, cut, exact)
+    async with httpx.AsyncClient() as http:
+        remote = Remote(None, http, bulk())  # type: ignore[arg-type]  # ranges need no credentials
+        assert await _engine_download(tmp_path, remote, server.url) == (hashlib.sha256(DATA).hexdigest(), len(DATA))
+    assert (tmp_path / "f.bin.part").read_bytes() == DATA
+    assert all(a.headers["user-agent"].startswith("dataeraid/") for a in server.asked)  # not through httpx
+    # The cut range went on from the byte where it stopped, not from its start.
+    resumed = [a for a in server.asked[3:] if a.start % RANGE]
+    assert len(resumed) == 1 and resumed[0].end - resumed[0].start + 1 == 1000
+
+
+async def test_with_a_proxy_in_the_environment_ranges_go_through_httpx(serve: Any, tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    server = serve()
+    client = bulk()
+    assert client.usable(server.url)
+    assert not client.usable("ftp://127.0.0.1/content") and not client.usable("http://user:pw@127.0.0.1/c")
+    # A proxy for https only: httpx goes straight to this http URL, but the bulk path stands aside.
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    assert not client.usable(server.url)
+    async with httpx.AsyncClient() as http:
+        remote = Remote(None, http, client)  # type: ignore[arg-type]
+        assert await _engine_download(tmp_path, remote, server.url) == (hashlib.sha256(DATA).hexdigest(), len(DATA))
+    assert server.asked and all(a.headers["user-agent"].startswith("python-httpx/") for a in server.asked)
+
+
+async def test_the_engine_takes_bulk_ranges_from_a_repository_that_offers_them(tmp_path: Path) -> None:
+    repository = FakeRepository(bulk_reads=True, cut_at={RANGE + 5000}, read_block=SLICE)
+    target = repository.add_content(DATA)
+    fileset = FileSet(str(tmp_path), [StreamFile("f.bin", 0, len(DATA))], "part")
+    count = -(-len(DATA) // RANGE)
+    ctx = begun(job_context(repository, {"parts_per_job": 2, "io_block_size": SLICE}, job={"kind": "download"}),
+                fileset, count)
+    try:
+        stream = await download._fetch_ranges(ctx, fileset, target, "ast_1", len(DATA), RANGE, list(range(count)))
+    finally:
+        fileset.close()
+    assert stream.whole.hexdigest() == hashlib.sha256(DATA).hexdigest()
+    assert ctx.accounting.progress.bytes_done == len(DATA)
+    assert (RANGE + 5000, RANGE - 5000) in repository.ranges
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    where = tmp_path_factory.mktemp("tls")
+    cert, key = where / "cert.pem", where / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    return cert, key
+
+
+async def test_tls_is_verified_with_the_shared_context(serve: Any, certificate: tuple[Path, Path]) -> None:
+    cert, key = certificate
+    server_side = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_side.load_cert_chain(cert, key)
+    server = serve(tls=server_side)
+    # Not trusted by the shared context as it comes: refused, and retryable as any failed connection.
+    with pytest.raises(TransientError, match="certificate"):
+        await bulk().read_into(server.url, {}, 0, RANGE, Sink().write, Sink().land, "reading range 0")
+    trusted = ssl_context()
+    trusted.load_verify_locations(cert)
+    sink = Sink()
+    client = bulk(trusted)
+    await client.read_into(server.url, {}, 0, RANGE, sink.write, sink.land, "reading range 0")
+    await client.read_into(server.url, {}, RANGE, RANGE, sink.write, sink.land, "reading range 1")
+    assert sink.file[:2 * RANGE] == DATA[:2 * RANGE]
+    assert [a.connection for a in server.asked] == [2, 2]  # kept alive over TLS too
+    client.close()
+
+
+async def test_a_cancelled_range_stops_at_once_and_writes_nothing_after(serve: Any) -> None:
+    release = threading.Event()
+    server = serve()
+
+    def serve_half_then_stall(sock: socket.socket, number: int) -> None:
+        reader = sock.makefile("rb")
+        while reader.readline() not in (b"\r\n", b""):
+            pass
+        whole, _ = exact(Asked(number, 0, RANGE - 1, {}), DATA)
+        sock.sendall(whole[:len(whole) - RANGE // 2])
+        release.wait(SAFETY_NET_SECONDS)
+        with contextlib.suppress(OSError):
+            sock.sendall(whole[len(whole) - RANGE // 2:])
+        sock.close()
+
+    server._serve = serve_half_then_stall  # type: ignore[method-assign]
+    sink = Sink()
+    stopped = False
+    half_landed = trio.Event()
+
+    def write(offset: int, view: memoryview) -> None:
+        assert not stopped, "a write after the range was cancelled"
+        sink.write(offset, view)
+
+    async def land(n: int) -> None:
+        await sink.land(n)
+        if sum(sink.landed) >= RANGE // 2:
+            half_landed.set()
+
+    client = bulk()
+    with trio.move_on_after(SAFETY_NET_SECONDS) as safety_net:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(client.read_into, server.url, {}, 0, RANGE, write, land, "reading range 0")
+            # Once the first half landed, the worker blocks in recv_into for the rest, which never comes.
+            await half_landed.wait()
+            nursery.cancel_scope.cancel()
+    stopped = True
+    assert not safety_net.cancelled_caught, "the cancelled range did not stop"
+    release.set()
+    assert sum(sink.landed) == RANGE // 2
+    assert client._idle == {}  # the aborted connection is not kept
