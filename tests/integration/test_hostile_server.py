@@ -56,8 +56,6 @@ class Repository:
                         start, end = int(first), int(last)
                     data = repository.body[start:end + 1]
                     self.send_response(206 if "Range" in self.headers else 200)
-                    if "Range" in self.headers:  # a 206 without it is refused before its bytes (bulk_http)
-                        self.send_header("Content-Range", f"bytes {start}-{end}/{len(repository.body)}")
                     self.send_header("Content-Length", str(len(data)))
                     self.end_headers()
                     self.wfile.write(data)
