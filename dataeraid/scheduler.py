@@ -40,6 +40,7 @@ import trio
 from dataeraid import log
 from dataeraid.auth import Auth
 from dataeraid.config import LiveSettings, Settings
+from dataeraid.engine.accounting import LinkRates
 from dataeraid.engine.bandwidth import Links
 from dataeraid.engine.context import JobContext
 from dataeraid.errors import DataeraiError, first_error
@@ -96,6 +97,8 @@ class Scheduler:
         settings if not given)."""
         self._jobs = jobs
         self._tally = tally
+        #: What the last job each way moved at, for the next job's first decisions.
+        self._rates = LinkRates()
         self._remote = remote
         self._auth = auth
         self._live = LiveSettings.of(settings)
@@ -151,7 +154,7 @@ class Scheduler:
         job_id: str = row["job_id"]
         client: str = row["client"]
         ctx = JobContext(row, self._jobs, self._remote, self._auth, self._live.current,
-                         self._bandwidth.join(client, row["kind"]), self._tally)
+                         self._bandwidth.join(client, row["kind"]), self._tally, rates=self._rates)
         try:
             with scope:
                 try:

@@ -14,6 +14,29 @@ from dataeraid.fileset import FileSet
 from dataeraid.observe.tally import Tally
 
 
+class LinkRates:
+    """The rate the daemon's last job in each direction moved its bytes at, for a job
+    that has not measured its own yet (whether speculating on deduplication can pay,
+    :func:`dataeraid.engine.upload.worth_speculating`). One for the daemon (its
+    scheduler's); a job that moved too little to say (under :data:`MIN_BYTES`) leaves
+    it as it was.
+    """
+
+    #: Bytes a job must have moved for its rate to say something about the link.
+    MIN_BYTES = 1 << 20
+
+    def __init__(self) -> None:
+        self._last: dict[str, float] = {}
+
+    def remember(self, direction: str, rate_bps: float) -> None:
+        if rate_bps > 0:
+            self._last[direction] = rate_bps
+
+    def last(self, direction: str) -> float:
+        """The rate last remembered for ``direction``; 0 before any."""
+        return self._last.get(direction, 0.0)
+
+
 class Accounting:
     """The bytes of one job, in its direction (``upload``, ``download``).
 
@@ -24,8 +47,10 @@ class Accounting:
     """
 
     def __init__(self, reporter: Reporter, interval_s: float, bandwidth: Spender, tally: Tally,
-                 direction: str) -> None:
+                 direction: str, rates: LinkRates | None = None) -> None:
         self._reporter = reporter
+        self._direction = direction
+        self._rates = rates
         self._interval_s = interval_s
         self._spender = tally.counting(bandwidth, direction)
         self._files: FileSet | None = None
@@ -76,12 +101,19 @@ class Accounting:
         return self._started().bytes_done
 
     def sending_rate(self, min_window_s: float) -> float:
-        """The job's rate lately (:meth:`Progress.sending_rate`); 0 while not known."""
-        return self._started().sending_rate(min_window_s)
+        """The job's rate lately (:meth:`Progress.sending_rate`); until it has one, the rate
+        the daemon's last job in this direction moved at; 0 while neither is known."""
+        own = self._started().sending_rate(min_window_s)
+        if own > 0 or self._rates is None:
+            return own
+        return self._rates.last(self._direction)
 
     def finish(self) -> None:
-        """The last event of the run, with its average rate."""
-        self._started().finish()
+        """The last event of the run, with its average rate; the link's rate remembered."""
+        progress = self._started()
+        progress.finish()
+        if self._rates is not None:
+            self._rates.remember(self._direction, progress.moving_rate(min_bytes=LinkRates.MIN_BYTES))
 
     def _started(self) -> Progress:
         assert self.progress is not None, "Accounting.begin first"

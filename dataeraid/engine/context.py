@@ -19,7 +19,7 @@ import trio
 from dataeraid import log
 from dataeraid.auth import Auth
 from dataeraid.config import Settings
-from dataeraid.engine.accounting import Accounting
+from dataeraid.engine.accounting import Accounting, LinkRates
 from dataeraid.engine.bandwidth import Spender
 from dataeraid.engine.repository import Repository
 from dataeraid.engine.retry import RetryPolicy, transient_reason
@@ -39,7 +39,8 @@ class JobContext:
     :class:`~dataeraid.engine.progress.Reporter` too: its events carry the job's state."""
 
     def __init__(self, job: Row, jobs: Jobs, remote: Repository, auth: Auth, settings: Settings,
-                 bandwidth: Spender, tally: Tally | None = None, retry: RetryPolicy | None = None) -> None:
+                 bandwidth: Spender, tally: Tally | None = None, retry: RetryPolicy | None = None,
+                 rates: LinkRates | None = None) -> None:
         self.job = job
         #: Counts what it moves and retries (the metrics), when the daemon gave one.
         self.tally = tally or Tally()
@@ -54,7 +55,7 @@ class JobContext:
         #: Why the job waits, as its job object says (``waiting``), or None while it runs.
         self.waiting: dict[str, Any] | None = None
         #: Every byte the job moves passes through here: paced, counted, reported.
-        self.accounting = Accounting(self, settings.progress_interval_s, bandwidth, self.tally, job["kind"])
+        self.accounting = Accounting(self, settings.progress_interval_s, bandwidth, self.tally, job["kind"], rates)
         self.retry = retry or RetryPolicy(settings)
         self._state_lock = trio.Lock()
         # When each retry now sleeping starts again (Unix time): the job's next retry is the first.

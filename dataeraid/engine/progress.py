@@ -81,6 +81,13 @@ class Progress:
             return 0.0
         return self._moved / (self._last_moved - self._first_moved)
 
+    def moving_rate(self, min_bytes: int = 0) -> float:
+        """This run's bytes over the time they were moving (first block to latest); 0 if it
+        moved fewer than ``min_bytes`` (too few to say what the link does)."""
+        if self._first_moved is None or self._last_moved <= self._first_moved or self._moved < min_bytes:
+            return 0.0
+        return self._moved / (self._last_moved - self._first_moved)
+
     def publish_now(self) -> None:
         self._maybe_publish(force=True)
 

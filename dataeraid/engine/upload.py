@@ -33,7 +33,8 @@ content it already holds without the bytes, once the daemon proves possession
   whose identity (size, mtime, inode; every file's, for a directory) is unchanged;
 - speculatively: the whole-stream hash runs ahead of the senders, and as soon as
   it is done, if more than one part is still unsent and the rest would take at
-  least :data:`SPECULATE_ABOVE_SECONDS` to send, the engine asks for a
+  least :data:`SPECULATE_ABOVE_SECONDS` to send (at the job's rate, or the
+  daemon's last upload's until the job has one of its own), the engine asks for a
   challenge, computes the range digests from the source, pauses the senders (no
   new part starts; the parts in flight go on, and their errors are dropped while
   the proof is out) and proves. Accepted: it stops the senders (cancelling their
@@ -497,8 +498,9 @@ async def _speculate(ctx: JobContext, source: FileSet, upload_id: str, stream: S
 
 def worth_speculating(unsent_bytes: int, rate_bps: float) -> bool:
     """Whether asking to deduplicate may pay: not when the bytes still to send would go in
-    less than :data:`SPECULATE_ABOVE_SECONDS` at ``rate_bps`` (the job's measured rate; 0,
-    nothing measured yet, asks)."""
+    less than :data:`SPECULATE_ABOVE_SECONDS` at ``rate_bps`` (the job's measured rate, or
+    until it has one the daemon's last upload's, :class:`~dataeraid.engine.accounting.LinkRates`;
+    0, nothing measured yet, asks)."""
     return rate_bps <= 0 or unsent_bytes >= rate_bps * SPECULATE_ABOVE_SECONDS
 
 

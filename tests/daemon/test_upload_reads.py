@@ -20,12 +20,13 @@ from hypothesis import strategies as st
 from stand_ins import Reporter, Unlimited, job_context, nothing
 
 from dataeraid.engine import upload
-from dataeraid.engine.accounting import Accounting
+from dataeraid.engine.accounting import Accounting, LinkRates
 from dataeraid.errors import DataeraiError
 from dataeraid.fileset import BufferPool, FileSet, StreamFile, StreamHasher, lay_out
 from dataeraid.observe.tally import Tally
 
 KiB = 1024
+MiB = 1024 * KiB
 
 
 def _write(root: Path, contents: dict[str, bytes]) -> list[StreamFile]:
@@ -248,3 +249,34 @@ async def test_the_rate_speculation_goes_by_is_measured_over_a_long_enough_time(
     mock_clock.jump(10.0)
     await accounting.moved(4000, 0, 6000)  # a whole progress interval later: the moving average
     assert accounting.sending_rate(0.25) == pytest.approx(10_000 / 15.25)
+
+
+async def test_until_a_job_has_a_rate_of_its_own_it_goes_by_the_last_jobs(
+        mock_clock: trio.testing.MockClock) -> None:
+    rates = LinkRates()
+    source = FileSet("/nonexistent", [StreamFile("f", 0, 8 * MiB)], "source")
+    tiny = Accounting(Reporter(), 10.0, Unlimited(), Tally(), "upload", rates)
+    tiny.begin(1000, 1, source, "f")
+    await tiny.moved(500, 0, 0)
+    mock_clock.jump(0.5)
+    await tiny.moved(500, 0, 500)
+    tiny.finish()
+    assert rates.last("upload") == 0.0, "1,000 bytes say nothing of the link"
+
+    first = Accounting(Reporter(), 10.0, Unlimited(), Tally(), "upload", rates)
+    first.begin(8 * MiB, 1, source, "f")
+    await first.moved(4 * MiB, 0, 0)
+    mock_clock.jump(2.0)
+    await first.moved(4 * MiB, 0, 4 * MiB)
+    first.finish()
+    assert (rates.last("upload"), rates.last("download")) == (8 * MiB / 2.0, 0.0)
+
+    second = Accounting(Reporter(), 10.0, Unlimited(), Tally(), "upload", rates)
+    second.begin(8 * MiB, 1, source, "f")
+    assert second.sending_rate(0.25) == 8 * MiB / 2.0, "nothing moved yet: the last job's rate"
+    assert not upload.worth_speculating(MiB // 2, second.sending_rate(0.25)), "0.5 MiB at 4 MiB/s: 0.125 s"
+    assert upload.worth_speculating(2 * MiB, second.sending_rate(0.25))
+    await second.moved(MiB, 0, 0)
+    mock_clock.jump(0.5)
+    await second.moved(MiB, 0, MiB)
+    assert second.sending_rate(0.25) == pytest.approx(2 * MiB / 0.5), "then its own"
