@@ -140,14 +140,21 @@ def _tree(size: int, files: int = 5) -> dict[str, bytes]:
             for i in range(files)}
 
 
-@pytest.mark.parametrize("in_memory", [True, False])
-@pytest.mark.parametrize("order", ["never", "always"])  # own digests (as for an object store), prefix digests
-async def test_the_source_is_read_once_when_small_and_twice_otherwise(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, in_memory: bool, order: str) -> None:
+def _small_or_not(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                  in_memory: bool) -> tuple[dict[str, bytes], list[StreamFile], int]:
+    """A 300 KiB tree written to ``tmp_path``, with the in-memory limit just at or just under its size."""
     contents = _tree(300 * KiB)
     files = _write(tmp_path, contents)
     total = sum(len(b) for b in contents.values())
     monkeypatch.setattr(upload, "SMALL_STREAM_BYTES", total if in_memory else total - 1)
+    return contents, files, total
+
+
+@pytest.mark.parametrize("in_memory", [True, False])
+@pytest.mark.parametrize("order", ["never", "always"])  # own digests (as for an object store), prefix digests
+async def test_the_source_is_read_once_when_small_and_twice_otherwise(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, in_memory: bool, order: str) -> None:
+    contents, files, total = _small_or_not(tmp_path, monkeypatch, in_memory)
     read: list[int] = []
     original = upload.FileSet
 
@@ -176,10 +183,7 @@ async def test_the_source_is_read_once_when_small_and_twice_otherwise(
 @pytest.mark.parametrize("order", ["never", "always"])
 async def test_a_file_changed_after_it_was_hashed_fails_the_job_and_commits_nothing(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, in_memory: bool, order: str) -> None:
-    contents = _tree(300 * KiB)
-    files = _write(tmp_path, contents)
-    total = sum(len(b) for b in contents.values())
-    monkeypatch.setattr(upload, "SMALL_STREAM_BYTES", total if in_memory else total - 1)
+    contents, files, _ = _small_or_not(tmp_path, monkeypatch, in_memory)
     repo = FakeRepository()
     part_target = repo.part_target
     victim = tmp_path / files[-1].path
