@@ -397,7 +397,7 @@ class FileSet:
         if filled != len(buffer):
             raise source_changed(self.root, f"the stream ends before offset {offset + len(buffer)}")
 
-    def write(self, offset: int, buffers: Sequence[bytes]) -> None:
+    def write(self, offset: int, buffers: Sequence[bytes | memoryview]) -> None:
         """Write ``buffers``, back to back, at stream ``offset``."""
         views = [memoryview(b) for b in buffers if b]
         total = sum(len(v) for v in views)
@@ -591,10 +591,3 @@ class StreamHasher:
                     also.update(block)
                 offset += len(block)
 
-    def feed(self, fileset: FileSet, offset: int, length: int, block_size: int) -> None:
-        """Read and hash ``length`` stream bytes from ``offset`` (which must follow what was fed)."""
-        end = offset + length
-        while offset < end:
-            block = fileset.read(offset, min(block_size, end - offset))
-            self.update(block)
-            offset += len(block)

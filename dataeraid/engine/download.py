@@ -24,7 +24,7 @@ import math
 import os
 import re
 import stat
-from typing import Any, cast
+from typing import Any
 
 import trio
 
@@ -33,6 +33,7 @@ from dataeraid.errors import DataeraiError, TargetExpired, TransientError, first
 from dataeraid.fileset import (
     HASH_SLICE,
     PART_SUFFIX,
+    BufferPool,
     FileSet,
     StreamFile,
     StreamHasher,
@@ -309,8 +310,7 @@ async def _fetch_ranges(ctx: JobContext, fileset: FileSet, target: dict[str, Any
     accounting = ctx.accounting
 
     def write_at(offset: int, view: memoryview) -> None:
-        # FileSet.write takes any buffer (it wraps each in a memoryview); its signature says bytes.
-        fileset.write(offset, (cast(bytes, view),))
+        fileset.write(offset, (view,))
 
     async def refresh() -> None:
         current["target"] = await ctx.remote.download_target(asset_id, target["content_id"])
@@ -430,14 +430,14 @@ async def _fetch_ranges(ctx: JobContext, fileset: FileSet, target: dict[str, Any
             await trio.to_thread.run_sync(fileset.drop_cache, start, min(chunk_size, size - start))
 
     async def hash_in_order() -> None:
+        pool = BufferPool(ctx.settings.io_block_size, keep=1)  # one hasher: one buffer, read into again and again
         for index in range(count):
             if index in landed:
                 await landed[index].wait()
             start = index * chunk_size
             end = start + min(chunk_size, size - start)
             for piece in range(start, end, HASH_SLICE):
-                await trio.to_thread.run_sync(stream.feed, fileset, piece, min(HASH_SLICE, end - piece),
-                                              ctx.settings.io_block_size)
+                await trio.to_thread.run_sync(stream.feed_into, fileset, piece, min(HASH_SLICE, end - piece), pool)
             if index in landed:
                 await done_with(index, "hashed")
 

@@ -14,7 +14,15 @@ from hypothesis import strategies as st
 
 from dataeraid.engine.download import content_files
 from dataeraid.errors import DataeraiError
-from dataeraid.fileset import FileSet, StreamHasher, check_manifest, lay_out, safe_relative_path, scan_source
+from dataeraid.fileset import (
+    BufferPool,
+    FileSet,
+    StreamHasher,
+    check_manifest,
+    lay_out,
+    safe_relative_path,
+    scan_source,
+)
 
 sizes = st.lists(st.integers(min_value=0, max_value=300), min_size=1, max_size=12)
 
@@ -51,7 +59,7 @@ def test_bytes_written_at_stream_offsets_read_back_and_hash_per_file(
     assert writer.parts_ready()
     assert writer.read(0, len(stream)) == stream
     hasher = StreamHasher(files)
-    hasher.feed(writer, 0, len(stream), 7)
+    hasher.feed_into(writer, 0, len(stream), BufferPool(7))
     writer.close()
     assert hasher.whole.hexdigest() == hashlib.sha256(stream).hexdigest()
     expected = [hashlib.sha256(stream[f.offset:f.offset + f.size]).hexdigest() for f in files]
