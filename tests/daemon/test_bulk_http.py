@@ -257,9 +257,16 @@ def unavailable(asked: Asked, data: bytes) -> tuple[bytes, bool]:
     return b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 0\r\nContent-Length: 4\r\n\r\nbusy", False
 
 
-async def _engine_download(tmp_path: Path, remote: Any, url: str) -> tuple[str, int]:
-    """The download engine's ranges through ``remote``: the stream's digest, and the bytes counted."""
-    target = {"url": url, "content_id": "cnt_1", "size": len(DATA), "sha256": hashlib.sha256(DATA).hexdigest()}
+#: What a download of all of DATA ends with: its digest, every byte counted once.
+WHOLE = (hashlib.sha256(DATA).hexdigest(), len(DATA))
+
+
+def _target(url: str) -> dict[str, Any]:
+    return {"url": url, "content_id": "cnt_1", "size": len(DATA), "sha256": hashlib.sha256(DATA).hexdigest()}
+
+
+async def _engine_download(tmp_path: Path, remote: Any, target: dict[str, Any]) -> tuple[str, int]:
+    """The download engine's ranges of ``target`` through ``remote``: the stream's digest, and the bytes counted."""
     fileset = FileSet(str(tmp_path), [StreamFile("f.bin", 0, len(DATA))], "part")
     count = -(-len(DATA) // RANGE)
     ctx = begun(job_context(remote, {"parts_per_job": 2, "io_block_size": SLICE}, job={"kind": "download"}),
@@ -278,7 +285,7 @@ async def test_the_engine_retries_a_503_and_a_cut_body_and_lands_every_byte_once
     server = serve(unavailable, cut, exact)
     async with httpx.AsyncClient() as http:
         remote = Remote(None, http, bulk())  # type: ignore[arg-type]  # ranges need no credentials
-        assert await _engine_download(tmp_path, remote, server.url) == (hashlib.sha256(DATA).hexdigest(), len(DATA))
+        assert await _engine_download(tmp_path, remote, _target(server.url)) == WHOLE
     assert (tmp_path / "f.bin.part").read_bytes() == DATA
     assert all(a.headers["user-agent"].startswith("dataeraid/") for a in server.asked)  # not through httpx
     # The cut range went on from the byte where it stopped, not from its start.
@@ -297,23 +304,14 @@ async def test_with_a_proxy_in_the_environment_ranges_go_through_httpx(serve: An
     assert not client.usable(server.url)
     async with httpx.AsyncClient() as http:
         remote = Remote(None, http, client)  # type: ignore[arg-type]
-        assert await _engine_download(tmp_path, remote, server.url) == (hashlib.sha256(DATA).hexdigest(), len(DATA))
+        assert await _engine_download(tmp_path, remote, _target(server.url)) == WHOLE
     assert server.asked and all(a.headers["user-agent"].startswith("python-httpx/") for a in server.asked)
 
 
 async def test_the_engine_takes_bulk_ranges_from_a_repository_that_offers_them(tmp_path: Path) -> None:
     repository = FakeRepository(bulk_reads=True, cut_at={RANGE + 5000}, read_block=SLICE)
     target = repository.add_content(DATA)
-    fileset = FileSet(str(tmp_path), [StreamFile("f.bin", 0, len(DATA))], "part")
-    count = -(-len(DATA) // RANGE)
-    ctx = begun(job_context(repository, {"parts_per_job": 2, "io_block_size": SLICE}, job={"kind": "download"}),
-                fileset, count)
-    try:
-        stream = await download._fetch_ranges(ctx, fileset, target, "ast_1", len(DATA), RANGE, list(range(count)))
-    finally:
-        fileset.close()
-    assert stream.whole.hexdigest() == hashlib.sha256(DATA).hexdigest()
-    assert ctx.accounting.progress.bytes_done == len(DATA)
+    assert await _engine_download(tmp_path, repository, target) == WHOLE
     assert (RANGE + 5000, RANGE - 5000) in repository.ranges
 
 
