@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping, Sequence
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -130,21 +130,34 @@ def session_view(session: Session, upload: UploadSession) -> dict[str, Any]:
     parts = session.scalars(
         select(UploadPart).where(UploadPart.upload_id == upload.id).order_by(UploadPart.number)
     ).all()
+    return _view(upload.id, upload.state, {key: getattr(upload, key) for key in _VIEW_COLUMNS},
+                 [_part_view(p) for p in parts], result_view(upload))
+
+
+#: The session's columns its view shows as they are stored (the same names in the table and the view).
+_VIEW_COLUMNS = ("size", "part_size", "part_count", "sha256", "file_name", "path", "files", "bytes_received",
+                 "created_at", "expires_at")
+
+
+def _view(upload_id: str, state: str, columns: Mapping[str, Any], parts: list[dict[str, Any]],
+          result: dict[str, Any] | None) -> dict[str, Any]:
+    """The upload session object of docs/http-api.md, from its row's ``columns`` (the one
+    definition, for a session read back and for one just inserted)."""
     return {
-        "upload_id": upload.id,
-        "state": upload.state,
-        "size": upload.size,
-        "part_size": upload.part_size,
-        "part_count": upload.part_count,
-        "sha256": upload.sha256,
-        "file_name": upload.file_name,
-        "path": upload.path,
-        "files": upload.files,
-        "parts": [_part_view(p) for p in parts],
-        "bytes_received": upload.bytes_received,
-        "created_at": isoformat(upload.created_at),
-        "expires_at": isoformat(upload.expires_at),
-        "result": result_view(upload),
+        "upload_id": upload_id,
+        "state": state,
+        "size": columns["size"],
+        "part_size": columns["part_size"],
+        "part_count": columns["part_count"],
+        "sha256": columns["sha256"],
+        "file_name": columns["file_name"],
+        "path": columns["path"],
+        "files": columns["files"],
+        "parts": parts,
+        "bytes_received": columns["bytes_received"],
+        "created_at": isoformat(columns["created_at"]),
+        "expires_at": isoformat(columns["expires_at"]),
+        "result": result,
     }
 
 
@@ -268,58 +281,39 @@ def _insert_session(
         return session_view(session, existing), False
     placement = _check_new_upload(session, who, new)
     now = utcnow()
-    expires_at = now + timedelta(seconds=session_ttl)
-    session.connection().execute(
-        insert(_SESSIONS),
-        {
-            "id": upload_id,
-            "user_id": who.user_id,
-            "state": OPEN,
-            "owner_type": placement.owner_type,
-            "owner_id": placement.owner_id,
-            "project_id": placement.project_id,
-            "collection_id": placement.collection_id,
-            "asset_id": new.asset_id,
-            "title": new.title,
-            "description": new.description,
-            "alias": new.alias,
-            "tags": new.tags,
-            "metadata": new.metadata,
-            "file_name": new.file_name,
-            "path": new.path,
-            "files": new.files,
-            "size": new.size,
-            "part_size": new.part_size,
-            "part_count": new.part_count,
-            "sha256": new.sha256,
-            "idempotency_key": new.idempotency_key,
-            "storage_handle": handle,
-            "bytes_received": 0,
-            "created_at": now,
-            "updated_at": now,
-            "expires_at": expires_at,
-            "completed_at": None,
-            "result_asset_id": None,
-            "result_content_id": None,
-        },
-    )
-    view = {
-        "upload_id": upload_id,
+    row = {
+        "id": upload_id,
+        "user_id": who.user_id,
         "state": OPEN,
+        "owner_type": placement.owner_type,
+        "owner_id": placement.owner_id,
+        "project_id": placement.project_id,
+        "collection_id": placement.collection_id,
+        "asset_id": new.asset_id,
+        "title": new.title,
+        "description": new.description,
+        "alias": new.alias,
+        "tags": new.tags,
+        "metadata": new.metadata,
+        "file_name": new.file_name,
+        "path": new.path,
+        "files": new.files,
         "size": new.size,
         "part_size": new.part_size,
         "part_count": new.part_count,
         "sha256": new.sha256,
-        "file_name": new.file_name,
-        "path": new.path,
-        "files": new.files,
-        "parts": [],
+        "idempotency_key": new.idempotency_key,
+        "storage_handle": handle,
         "bytes_received": 0,
-        "created_at": isoformat(now),
-        "expires_at": isoformat(expires_at),
-        "result": None,
+        "created_at": now,
+        "updated_at": now,
+        "expires_at": now + timedelta(seconds=session_ttl),
+        "completed_at": None,
+        "result_asset_id": None,
+        "result_content_id": None,
     }
-    return view, True
+    session.connection().execute(insert(_SESSIONS), row)
+    return _view(upload_id, OPEN, row, [], None), True
 
 
 def _open_part_slot(upload: UploadSession | _Slot, number: int, size: int) -> None:
