@@ -30,11 +30,12 @@ Reads likewise (``?reads=direct``, the default, presigned GETs that honour ``Ran
 
 Completion: S3 checks each part against the digest given with it and returns only a
 *composite* checksum (the digest of the part digests), so the whole-file SHA-256 is
-computed by reading the completed object back once, in order, hashing as it streams
-(sequential reading measured faster than parallel ranges on the 2-core machine, see
-docs/server.md). On a mismatch the object is deleted before ``complete`` returns and
-no record of it was written: the server hands out URLs only to contents it recorded,
-which it does only after ``complete`` returned, so unverified bytes are never served.
+computed by reading the completed object back: parallel range GETs on raw HTTP/1.1 into
+a bounded pool of buffers, hashed strictly in order (``readback.py``; through boto3, one
+GET streamed in order, where that module cannot reach the store as boto3 does). On a
+mismatch the object is deleted before ``complete`` returns and no record of it was
+written: the server hands out URLs only to contents it recorded, which it does only
+after ``complete`` returned, so unverified bytes are never served.
 Every boto3 call runs in a worker thread under one ``trio.CapacityLimiter``.
 """
 
@@ -60,6 +61,7 @@ import trio
 
 from .base import ChecksumMismatch, PresignedRequest, StorageError, StoredContent, StoredPart
 from .presign import UploadPartSigner
+from .readback import URL_TTL_S, ObjectReader, ReadbackError
 
 T = TypeVar("T")
 
@@ -185,6 +187,7 @@ class S3Storage:
         s3_config = getattr(client.meta.config, "s3", None) or {}
         path_style = s3_config.get("addressing_style") == "path" and client.meta.endpoint_url
         self._part_signer = UploadPartSigner(client) if path_style else None
+        self._reader = ObjectReader.for_client(client)
 
     @classmethod
     def open(cls, url: str, spool_dir: Path, *, client: Any = None) -> S3Storage:
@@ -382,7 +385,7 @@ class S3Storage:
         (and move it to ``key`` if that is another name)."""
         built = self._object(name)
         head = await self._call("head_object", Key=built)
-        actual_size, actual = await self._hash_object(built)
+        actual_size, actual = await self._hash_object(built, int(head["ContentLength"]), head["ETag"])
         if actual_size != size or (sha256 is not None and actual != sha256):
             await self._call("delete_object", Key=built)
             raise ChecksumMismatch(
@@ -459,20 +462,31 @@ class S3Storage:
             return None
         return record
 
-    async def _hash_object(self, name: str) -> tuple[int, str]:
-        """Read ``name`` whole, in order, hashing it in the reading thread: (size, sha256)."""
+    async def _hash_object(self, name: str, size: int, etag: str) -> tuple[int, str]:
+        """Read ``name`` (``size`` bytes while its ETag is ``etag``) whole and hash it in order:
+        (size, sha256)."""
+        if self._reader is not None:
+
+            def presign() -> str:
+                return str(self._s3.generate_presigned_url(
+                    "get_object", Params={"Bucket": self.bucket, "Key": name}, ExpiresIn=URL_TTL_S))
+
+            try:
+                return size, await self._reader.sha256(presign, size, etag, self._limiter)
+            except ReadbackError as exc:
+                raise _S3Error("get_object", exc, exc.code) from exc
 
         def read_and_hash() -> tuple[int, str]:
-            body = self._s3.get_object(Bucket=self.bucket, Key=name)["Body"]
+            body = self._s3.get_object(Bucket=self.bucket, Key=name, IfMatch=etag)["Body"]
             hasher = hashlib.sha256()
-            size = 0
+            got = 0
             try:
                 for block in body.iter_chunks(BLOCK_BYTES):
                     hasher.update(block)
-                    size += len(block)
+                    got += len(block)
             finally:
                 body.close()
-            return size, hasher.hexdigest()
+            return got, hasher.hexdigest()
 
         try:
             return await self._run(read_and_hash)
@@ -534,6 +548,6 @@ class S3Storage:
 class _S3Error(StorageError):
     """A failed S3 operation; ``code`` is S3's error code (``NoSuchUpload``, ``BadDigest``…)."""
 
-    def __init__(self, operation: str, exc: BaseException) -> None:
-        self.code = _code(exc)
+    def __init__(self, operation: str, exc: BaseException, code: str | None = None) -> None:
+        self.code = _code(exc) if code is None else code
         super().__init__(f"S3 {operation} failed: {exc}")
