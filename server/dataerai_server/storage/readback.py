@@ -1,21 +1,23 @@
-"""The whole-file SHA-256 of a stored S3 object, read back as parallel range GETs.
+"""The whole-file SHA-256 of a stored S3 object, read back as range GETs in flight at once.
 
 S3 keeps only per-part checksums, so the server proves the whole-file digest of a
 completed multipart upload by reading it back (``s3.py``). Through boto3 that was one
-``get_object`` streamed in one thread: the hashing waited on the store and the store on
-the hashing, and botocore's body made new ``bytes`` for every block
-(docs/benchmarks.md, "The completion's read-back"). Here:
+``get_object`` streamed in one thread, so the store served it from one request at a
+time (docs/benchmarks.md, "The completion's read-back"). Here the object is read as
+``RANGE_BYTES`` ranges, ``RANGES_IN_FLIGHT`` of them requested at once, each on its own
+kept-alive HTTP/1.1 connection (``http.client``), and one worker thread reads them in
+order: the range at the head is read ``readinto`` one preallocated ``READ_BYTES`` buffer
+and each slice hashed at once, while the store already sends the next ranges into
+their connections' socket buffers. When a range is done its connection asks for the
+range ``RANGES_IN_FLIGHT`` further on.
 
-- An object larger than one range is read as ``RANGE_BYTES`` ranges, ``RANGES_IN_FLIGHT``
-  at once, each on its own kept-alive HTTP/1.1 connection (``http.client``) in a worker
-  thread, ``readinto`` a buffer from a pool shared by every read-back of the storage
-  (``RangeBuffers``: at most ``POOL_BUFFERS`` buffers, allocated once and reused). One
-  task hashes the ranges strictly in order, each in one worker-thread call (SHA-256
-  releases the GIL), so receiving and hashing overlap. A read-back holds at most
-  ``WINDOW`` buffers (ranges received but not yet hashed), so memory is bounded whatever
-  the object's size and however many completions run at once.
-- An object of at most one range is one GET in one worker thread, hashed as it arrives
-  through one ``READ_BYTES`` buffer: no pool, no tasks.
+Why the kernel's socket buffers hold what arrived ahead, not buffers of our own: a slice
+hashed right after it arrived is still in the CPU's cache, and hashing whole ranges
+received ahead into a pool of buffers cost the server about 0.3 CPU s/GB more (a third
+more) on this machine, which on two shared cores also cost wall time. The memory of a
+read-back is one ``READ_BYTES`` buffer whatever the object's size; what the store
+sends ahead is bounded by TCP flow control per connection. An object of one range is
+one plain GET on one connection.
 
 The GETs are presigned by the boto3 client (any addressing, its credentials), renewed
 while a long read-back goes on. Each names the ETag the caller's HEAD saw (``If-Match``),
@@ -31,7 +33,7 @@ code where it answered one (``NoSuchKey``, ``PreconditionFailed``…): an error 
 connection that fails or ends early, and an answer that is not exactly the bytes asked
 for (status, ``Content-Length``, ``Content-Range``, ``ETag``, a content coding) are all
 errors; nothing short or different is ever hashed as if it were the object.
-Cancellation is prompt: the sockets are shut down, which ends any blocked read.
+Cancellation is prompt: the sockets are shut down, which ends a blocked read at once.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ import http.client
 import re
 import socket
 import ssl
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -53,17 +56,12 @@ import trio
 from .base import StorageError
 
 MiB: Final = 1 << 20
-#: Bytes per range GET (and per hashing call). Measured against 4 and 16 MiB: docs/benchmarks.md.
+#: Bytes per range GET. SeaweedFS spends milliseconds of CPU on each request (1 MiB ranges
+#: cost it 4.8 CPU s/GB against 1.1 for 8 MiB ones); measured against 4 and 16: docs/benchmarks.md.
 RANGE_BYTES: Final = 8 * MiB
-#: Range GETs at once per read-back (connections to the store, worker threads).
+#: Range GETs requested at once (connections to the store).
 RANGES_IN_FLIGHT: Final = 4
-#: Ranges a read-back holds at most (received or receiving, not yet hashed): one more than
-#: in flight, so the next ranges arrive while one is being hashed.
-WINDOW: Final = RANGES_IN_FLIGHT + 1
-#: Range buffers per storage, shared by concurrent read-backs (2 at full speed): the
-#: read-backs' memory whatever their number.
-POOL_BUFFERS: Final = 2 * WINDOW
-#: The buffer (and hashing slice) of a read-back of one range.
+#: The one buffer of a read-back, and the slice hashed at a time (well inside a core's cache).
 READ_BYTES: Final = 1 * MiB
 #: Presigned GETs are valid this long and renewed when half of that is gone.
 URL_TTL_S: Final = 900
@@ -83,34 +81,122 @@ class ReadbackError(StorageError):
         self.code = code
 
 
-class RangeBuffers:
-    """At most ``count`` buffers of ``size`` bytes, made when first needed and reused (a new
-    bytearray would fault in its pages again on every read-back)."""
+class ObjectReader:
+    """Reads objects of one endpoint back and hashes them; create with :meth:`for_client`."""
 
-    def __init__(self, count: int = POOL_BUFFERS, size: int = RANGE_BYTES) -> None:
-        self.size = size
-        self._send, self._receive = trio.open_memory_channel[bytearray](count)
-        self._unmade = count
+    def __init__(self, endpoint: str, context: ssl.SSLContext | None, *, connect_timeout: float,
+                 read_timeout: float, range_bytes: int = RANGE_BYTES, in_flight: int = RANGES_IN_FLIGHT) -> None:
+        split = urlsplit(endpoint)
+        if split.scheme not in ("http", "https") or not split.hostname or split.username:
+            raise ValueError(f"not an http(s) endpoint: {endpoint!r}")
+        if split.scheme == "https" and context is None:
+            raise ValueError("an https endpoint needs a TLS context")
+        self.scheme = split.scheme
+        self.host = split.hostname
+        self.port = split.port or (443 if split.scheme == "https" else 80)
+        self.context = context if split.scheme == "https" else None
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.range_bytes = range_bytes
+        self.in_flight = in_flight
 
-    async def take(self) -> bytearray:
-        if self._unmade and not self._receive.statistics().current_buffer_used:
-            self._unmade -= 1
-            return bytearray(self.size)
-        return await self._receive.receive()
+    @classmethod
+    def for_client(cls, client: Any) -> ObjectReader | None:
+        """A reader that reaches the store as ``client`` does, or None where it cannot do what
+        the client would (then boto3 reads)."""
+        try:
+            endpoint = str(client.meta.endpoint_url)
+            session = client._endpoint.http_session
+            verify = session._verify
+            proxied = session._proxy_config.proxy_url_for(endpoint)
+            client_cert = session._cert_file
+            config = client.meta.config
+            timeouts = float(config.connect_timeout), float(config.read_timeout)
+        except (AttributeError, TypeError, ValueError):
+            return None
+        if proxied or client_cert or not endpoint.startswith(("http://", "https://")):
+            return None
+        context = None
+        if endpoint.startswith("https://"):
+            if not verify:
+                return None  # verification was turned off for the client; not here
+            from botocore.httpsession import get_cert_path
 
-    def give(self, buffer: bytearray) -> None:
-        self._send.send_nowait(buffer)
+            context = ssl.create_default_context(cafile=get_cert_path(verify))
+        return cls(endpoint, context, connect_timeout=timeouts[0], read_timeout=timeouts[1])
+
+    async def sha256(self, presign: Callable[[], str], size: int, etag: str, limiter: trio.CapacityLimiter) -> str:
+        """The SHA-256 (hex) of the ``size`` bytes of the object ``presign()`` gives a GET URL of,
+        while its ETag is ``etag``; in one worker thread taken from ``limiter``."""
+        count = max(1, -(-size // self.range_bytes))
+        conns = [_Connection(self) for _ in range(min(self.in_flight, count))]
+        stopped = False
+        try:
+            async with trio.open_nursery() as nursery:
+
+                async def abort_on_cancel() -> None:
+                    try:
+                        await trio.sleep_forever()
+                    finally:
+                        if not stopped:
+                            for conn in conns:
+                                conn.abort()
+
+                nursery.start_soon(abort_on_cancel)
+                try:
+                    digest = await trio.to_thread.run_sync(self._read, conns, _RenewedURL(presign), size, etag,
+                                                           limiter=limiter)
+                except ReadbackError:
+                    raise
+                except (OSError, http.client.HTTPException, ValueError) as exc:
+                    raise ReadbackError(f"reading the object back failed: {_reason(exc)}") from exc
+                finally:
+                    stopped = True
+                    nursery.cancel_scope.cancel()
+        finally:
+            for conn in conns:
+                conn.close()
+        return digest
+
+    def _read(self, conns: list[_Connection], url: _RenewedURL, size: int, etag: str) -> str:
+        """In a worker thread: ask for the first ranges at once, then read them in order."""
+        hasher = hashlib.sha256()
+        buffer = memoryview(bytearray(min(READ_BYTES, max(size, 1))))
+        span = self.range_bytes if size > self.range_bytes else max(size, 1)
+        starts = range(0, max(size, 1), span)
+        for conn, start in zip(conns, starts, strict=False):  # fewer ranges than connections: never
+            conn.ask(url.target(), start, min(span, size - start), size, etag)
+        for index, start in enumerate(starts):
+            conn = conns[index % len(conns)]
+            length = min(span, size - start)
+            response = conn.answer(url.target(), start, length, size, etag)
+            got = 0
+            receive = conn.body_reader(response, length)
+            while got < length:
+                n = receive(buffer[: min(len(buffer), length - got)])
+                if not n:
+                    raise ReadbackError(f"the store ended the answer after {got} of {length} bytes from {start}")
+                hasher.update(buffer[:n])
+                got += n
+            response.close()  # its end was read: the connection serves the next range
+            following = index + len(conns)
+            if following < len(starts):
+                ahead = starts[following]
+                conn.ask(url.target(), ahead, min(span, size - ahead), size, etag)
+        return hasher.hexdigest()
 
 
 class _Connection:
-    """One kept-alive HTTP/1.1 connection, used by one worker thread at a time; ``abort``
-    may be called from the event loop while that thread blocks in it."""
+    """One kept-alive HTTP/1.1 connection with at most one request outstanding; ``abort`` may
+    be called from the event loop while the worker thread blocks in it."""
 
     def __init__(self, reader: ObjectReader) -> None:
         self._reader = reader
         self._http: http.client.HTTPConnection | None = None
         self._lock = threading.Lock()
         self._aborted = False
+        #: Whether the outstanding request went on a connection that had served one before.
+        self._reused = False
 
     def abort(self) -> None:
         with self._lock:
@@ -141,57 +227,82 @@ class _Connection:
             self._http = conn
         conn.connect()
         assert conn.sock is not None
-        conn.sock.settimeout(reader.read_timeout)
+        if isinstance(conn.sock, ssl.SSLSocket):
+            conn.sock.settimeout(reader.read_timeout)
+        else:
+            # Blocking, with the kernel's timeouts: a MSG_WAITALL read then takes one call per
+            # slice (a socket with a Python timeout polls and takes what is there, ~64 KiB).
+            conn.sock.settimeout(None)
+            timeout = struct.pack("ll", int(reader.read_timeout), int(reader.read_timeout % 1 * 1e6))
+            conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeout)
+            conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeout)
         with self._lock:
-            if self._aborted:
+            if self._aborted:  # aborted while connecting: the shutdown may have missed the socket
                 raise OSError("the read-back was stopped")
         return conn
 
-    def get(self, target: str, start: int, length: int, total: int, etag: str) -> http.client.HTTPResponse:
-        """Send the GET of ``length`` bytes from ``start`` of an object of ``total`` bytes and
-        check its head; the response, positioned at the first byte."""
+    def ask(self, target: str, start: int, length: int, total: int, etag: str) -> None:
+        """Send the GET of ``length`` bytes from ``start`` of an object of ``total`` bytes."""
         headers = {"If-Match": etag, "Accept-Encoding": "identity"}
         if length < total:
             headers["Range"] = f"bytes={start}-{start + length - 1}"
-        conn, reused = self._http, True
-        for _ in range(2):
-            if conn is None:
-                conn, reused = self._connect(), False
-            try:
-                conn.request("GET", target, headers=headers)
-                response = conn.getresponse()
-                break
-            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
-                # A kept-alive connection the store had closed: once more on a new one.
-                conn.close()
-                if not reused or self._aborted:
-                    raise
-                conn = None
+        self._reused = self._http is not None and self._http.sock is not None
+        conn = self._http if self._reused and self._http is not None else self._connect()
+        try:
+            conn.request("GET", target, headers=headers)
+        except (BrokenPipeError, ConnectionResetError):
+            if not self._reused or self._aborted:
+                raise
+            # A kept-alive connection the store had closed: on a new one.
+            conn.close()
+            self._reused = False
+            self._connect().request("GET", target, headers=headers)
+
+    def answer(self, target: str, start: int, length: int, total: int, etag: str) -> http.client.HTTPResponse:
+        """The answer to the request :meth:`ask` sent (with the same arguments), its head
+        checked, positioned at its first byte."""
+        assert self._http is not None
+        try:
+            response = self._http.getresponse()
+        except (http.client.RemoteDisconnected, ConnectionResetError):
+            if not self._reused or self._aborted:
+                raise
+            # The store had closed the kept-alive connection before reading the request.
+            self._http.close()
+            self._http = None
+            self.ask(target, start, length, total, etag)
+            assert self._http is not None
+            response = self._http.getresponse()
         _check(response, start, length, total, etag)
         return response
 
-    def read(self, target: str, start: int, length: int, total: int, etag: str, into: memoryview) -> None:
-        """The range ``start``..``start + length`` whole into ``into[:length]``."""
-        response = self.get(target, start, length, total, etag)
-        got = 0
-        while got < length:
-            n = response.readinto(into[got:length])
-            if not n:
-                raise ReadbackError(f"the store ended the answer after {got} of {length} bytes from {start}")
-            got += n
-        response.close()  # its end was read: the connection serves the next range
+    def body_reader(self, response: http.client.HTTPResponse, length: int) -> Callable[[memoryview], int]:
+        """``receive(view)``: the next bytes of ``response``'s body (of ``length``) into ``view``,
+        how many (0 where the connection ended)."""
+        assert self._http is not None
+        sock = self._http.sock
+        if isinstance(sock, ssl.SSLSocket) or not isinstance(sock, socket.socket) or length == 0:
+            return response.readinto
+        # Straight from the socket, past http.client's reader: first what it buffered with the
+        # head (``peek`` makes one read if nothing was, ``read1`` then takes exactly those bytes,
+        # leaving it empty), then whole slices (MSG_WAITALL: one call each, filled unless the
+        # connection ends or the timeout passes).
+        fp: Any = response.fp
+        pending = fp.peek(1)
+        early = memoryview(fp.read1(len(pending)))
+        if len(early) > length:
+            raise ReadbackError(f"the store sent {len(early) - length} bytes more than Content-Length")
 
-    def hash(self, target: str, total: int, etag: str, hasher: Any, buffer: memoryview) -> None:
-        """The whole object (one GET), hashed slice by slice as it arrives."""
-        response = self.get(target, 0, total, total, etag)
-        got = 0
-        while got < total:
-            n = response.readinto(buffer[: min(len(buffer), total - got)])
-            if not n:
-                raise ReadbackError(f"the store ended the answer after {got} of {total} bytes")
-            hasher.update(buffer[:n])
-            got += n
-        response.close()
+        def receive(view: memoryview) -> int:
+            nonlocal early
+            if early:
+                n = min(len(early), len(view))
+                view[:n] = early[:n]
+                early = early[n:]
+                return n
+            return sock.recv_into(view, len(view), socket.MSG_WAITALL)
+
+        return receive
 
 
 def _check(response: http.client.HTTPResponse, start: int, length: int, total: int, etag: str) -> None:
@@ -227,151 +338,6 @@ def _check(response: http.client.HTTPResponse, start: int, length: int, total: i
                             f"those bytes: {problem}")
 
 
-class ObjectReader:
-    """Reads objects of one endpoint back and hashes them; create with :meth:`for_client`."""
-
-    def __init__(self, endpoint: str, context: ssl.SSLContext | None, *, connect_timeout: float,
-                 read_timeout: float, buffers: RangeBuffers | None = None) -> None:
-        split = urlsplit(endpoint)
-        if split.scheme not in ("http", "https") or not split.hostname or split.username:
-            raise ValueError(f"not an http(s) endpoint: {endpoint!r}")
-        self.scheme = split.scheme
-        self.host = split.hostname
-        self.port = split.port or (443 if split.scheme == "https" else 80)
-        self.context = context if split.scheme == "https" else None
-        if self.scheme == "https" and context is None:
-            raise ValueError("an https endpoint needs a TLS context")
-        self.connect_timeout = connect_timeout
-        self.read_timeout = read_timeout
-        self.buffers = buffers or RangeBuffers()
-
-    @classmethod
-    def for_client(cls, client: Any) -> ObjectReader | None:
-        """A reader that reaches the store as ``client`` does, or None where it cannot do what
-        the client would (then boto3 reads)."""
-        try:
-            endpoint = str(client.meta.endpoint_url)
-            session = client._endpoint.http_session
-            verify = session._verify
-            proxied = session._proxy_config.proxy_url_for(endpoint)
-            client_cert = session._cert_file
-            config = client.meta.config
-            timeouts = float(config.connect_timeout), float(config.read_timeout)
-        except (AttributeError, TypeError, ValueError):
-            return None
-        if proxied or client_cert or not endpoint.startswith(("http://", "https://")):
-            return None
-        context = None
-        if endpoint.startswith("https://"):
-            if not verify:
-                return None  # verification was turned off for the client; not here
-            from botocore.httpsession import get_cert_path
-
-            context = ssl.create_default_context(cafile=get_cert_path(verify))
-        return cls(endpoint, context, connect_timeout=timeouts[0], read_timeout=timeouts[1])
-
-    async def sha256(self, presign: Callable[[], str], size: int, etag: str, limiter: trio.CapacityLimiter) -> str:
-        """The SHA-256 (hex) of the ``size`` bytes of the object ``presign()`` gives a GET URL of,
-        while its ETag is ``etag``; worker threads are taken from ``limiter``."""
-        url = _RenewedURL(presign)
-        conns: list[_Connection] = []
-        failure: list[ReadbackError] = []
-        hasher = hashlib.sha256()
-        try:
-            async with trio.open_nursery() as nursery:
-
-                def fail(exc: ReadbackError) -> None:
-                    if not failure:
-                        failure.append(exc)
-                    nursery.cancel_scope.cancel()
-
-                async def abort_on_cancel() -> None:
-                    try:
-                        await trio.sleep_forever()
-                    finally:
-                        for conn in conns:
-                            conn.abort()
-
-                nursery.start_soon(abort_on_cancel)
-                try:
-                    if size <= self.buffers.size:
-                        conns.append(_Connection(self))
-                        await self._whole(conns[0], url, size, etag, hasher, limiter)
-                    else:
-                        await self._ranges(nursery, conns, url, size, etag, hasher, limiter, fail)
-                except ReadbackError as exc:
-                    fail(exc)
-                nursery.cancel_scope.cancel()
-        finally:
-            for conn in conns:
-                conn.close()
-        if failure:
-            raise failure[0]
-        return hasher.hexdigest()
-
-    async def _whole(self, conn: _Connection, url: _RenewedURL, size: int, etag: str, hasher: Any,
-                     limiter: trio.CapacityLimiter) -> None:
-        buffer = memoryview(bytearray(min(READ_BYTES, max(size, 1))))
-        await _in_thread(conn.hash, url.target(), size, etag, hasher, buffer, limiter=limiter)
-
-    async def _ranges(self, nursery: trio.Nursery, conns: list[_Connection], url: _RenewedURL, size: int,
-                      etag: str, hasher: Any, limiter: trio.CapacityLimiter,
-                      fail: Callable[[ReadbackError], None]) -> None:
-        span = self.buffers.size
-        ranges = iter(enumerate(range(0, size, span)))
-        count = -(-size // span)
-        window = trio.Semaphore(WINDOW)
-        received: dict[int, tuple[bytearray, int]] = {}
-        arrived = trio.Event()
-
-        async def receive() -> None:
-            conn = _Connection(self)
-            conns.append(conn)
-            while True:
-                # A buffer before a range: ranges are taken in order, so the one the hasher
-                # waits for always holds a buffer, and read-backs sharing the pool all move on.
-                await window.acquire()
-                taken = await self.buffers.take()
-                buffer: bytearray | None = taken
-                try:
-                    index, start = next(ranges, (-1, -1))
-                    if index < 0:
-                        window.release()
-                        return
-                    length = min(span, size - start)
-                    try:
-                        await _in_thread(conn.read, url.target(), start, length, size, etag, memoryview(taken),
-                                         limiter=limiter)
-                    except ReadbackError as exc:
-                        fail(exc)
-                        return
-                    received[index] = (taken, length)
-                    buffer = None  # the hasher's now
-                    arrived.set()
-                finally:
-                    if buffer is not None:
-                        self.buffers.give(buffer)
-
-        try:
-            for _ in range(min(RANGES_IN_FLIGHT, count)):
-                nursery.start_soon(receive)
-            for index in range(count):
-                while index not in received:
-                    await arrived.wait()
-                    arrived = trio.Event()
-                buffer, length = received.pop(index)
-                try:
-                    await trio.to_thread.run_sync(hasher.update, memoryview(buffer)[:length], limiter=limiter)
-                finally:
-                    self.buffers.give(buffer)
-                window.release()
-        finally:
-            # Ranges received but never hashed (after a failure or a cancellation).
-            for buffer, _ in received.values():
-                self.buffers.give(buffer)
-            received.clear()
-
-
 class _RenewedURL:
     """The presigned GET's request target, signed again when half its life is gone."""
 
@@ -389,19 +355,9 @@ class _RenewedURL:
         return self._target
 
 
-async def _in_thread(fn: Callable[..., None], *args: Any, limiter: trio.CapacityLimiter) -> None:
-    """``fn(*args)`` in a worker thread; connection failures become :class:`ReadbackError`."""
-    try:
-        await trio.to_thread.run_sync(fn, *args, limiter=limiter)
-    except ReadbackError:
-        raise
-    except (OSError, http.client.HTTPException, ValueError) as exc:
-        raise ReadbackError(f"reading the object back failed: {_reason(exc)}") from exc
-
-
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, ssl.SSLCertVerificationError):
         return f"certificate not trusted ({exc.verify_message})"
-    if isinstance(exc, TimeoutError):
+    if isinstance(exc, (TimeoutError, BlockingIOError)):  # BlockingIOError: SO_RCVTIMEO passed
         return "timed out"
     return str(exc) or type(exc).__name__
