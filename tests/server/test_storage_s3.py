@@ -5,13 +5,16 @@ and the daemon's view of the store's answers (``dataeraid/remote.py``)."""
 from __future__ import annotations
 
 import secrets
+import ssl
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from dataerai_server.storage import S3Location, S3Storage, StoredPart
-from storage_data import sha
+from dataerai_server.storage import ChecksumMismatch, S3Location, S3Storage, StorageError, StoredPart, readback
+from dataerai_server.storage.readback import ObjectReader
+from dataerai_server.storage.s3 import _S3Error, make_client
+from storage_data import sample, sha
 
 from dataeraid.errors import DataeraiError, TargetExpired
 from dataeraid.remote import Remote, raise_for_status
@@ -123,3 +126,105 @@ async def test_server_mode_hands_out_no_urls(seaweed: Any, s3_bucket: str, tmp_p
     assert s3.part_url(handle, 1, 10, sha(b"x" * 10), 60) is None
     assert s3.content_url("upl_srv", 60) is None
     await s3.abort(handle)
+
+
+# --- the completion's read-back (storage/readback.py) on the real store ----------------------
+
+
+async def _stored(s3: S3Storage, name: str, data: bytes, claimed: str | None) -> Any:
+    """``data`` sent as parts of at least 5 MiB under upload ``name`` and completed with ``claimed``."""
+    handle = await s3.create_upload(name)
+    pieces = [data[i : i + MIN_PART] for i in range(0, len(data), MIN_PART)]
+    for number, piece in enumerate(pieces, start=1):
+        await s3.put_part(handle, number, _one(piece), len(piece), sha(piece))
+    parts = [StoredPart(n, len(p), sha(p)) for n, p in enumerate(pieces, start=1)]
+    return await s3.complete(handle, parts, name, claimed)
+
+
+@pytest.fixture
+def asked(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[Any]]:
+    """The range GETs the read-back sends (start, length) and the connections it opens."""
+    seen: dict[str, list[Any]] = {"ranges": [], "connections": []}
+    ask, connect = readback._Connection.ask, readback._Connection._connect
+
+    def spy_ask(self: Any, target: str, start: int, length: int, total: int, etag: str) -> None:
+        seen["ranges"].append((start, length))
+        ask(self, target, start, length, total, etag)
+
+    def spy_connect(self: Any) -> Any:
+        seen["connections"].append(self)
+        return connect(self)
+
+    monkeypatch.setattr(readback._Connection, "ask", spy_ask)
+    monkeypatch.setattr(readback._Connection, "_connect", spy_connect)
+    return seen
+
+
+async def test_readback_of_many_ranges_hashes_them_in_order(s3: S3Storage, asked: dict[str, list[Any]]) -> None:
+    assert s3._reader is not None  # the store is plain http on an endpoint: the ranges are ours
+    span = readback.RANGE_BYTES
+    # More ranges than are in flight (connections are reused), the last one short.
+    data = sample(span * (readback.RANGES_IN_FLIGHT + 1) + 12345, 7)
+    content = await _stored(s3, "upl_ranges", data, sha(data))
+    assert (content.size, content.sha256) == (len(data), sha(data))
+    starts = list(range(0, len(data), span))
+    assert asked["ranges"] == [(start, min(span, len(data) - start)) for start in starts]
+    assert len(asked["connections"]) == readback.RANGES_IN_FLIGHT
+
+
+async def test_readback_of_an_object_smaller_than_a_range_is_one_get(
+    s3: S3Storage, asked: dict[str, list[Any]]
+) -> None:
+    data = sample(MIN_PART + 4321, 8)
+    assert len(data) < readback.RANGE_BYTES
+    content = await _stored(s3, "upl_small", data, sha(data))
+    assert content.sha256 == sha(data)
+    assert asked["ranges"] == [(0, len(data))] and len(asked["connections"]) == 1
+
+
+async def test_readback_mismatch_deletes_the_object(s3: S3Storage) -> None:
+    data = sample(readback.RANGE_BYTES * 2 + 777, 9)
+    wrong = sha(data[:-1] + b"?")
+    with pytest.raises(ChecksumMismatch) as caught:
+        await _stored(s3, "upl_wrong", data, wrong)
+    assert caught.value.actual_sha256 == sha(data) and caught.value.expected_sha256 == wrong
+    with pytest.raises(StorageError) as gone:
+        await s3._call("head_object", Key=s3._object("upl_wrong"))
+    assert isinstance(gone.value, _S3Error) and gone.value.code in ("404", "NoSuchKey", "NotFound")
+    assert await s3._read_record("upl_wrong") is None
+
+
+async def test_readback_of_a_replaced_object_fails_with_the_stores_code(s3: S3Storage) -> None:
+    data = sample(MIN_PART + 10, 10)
+    await _stored(s3, "upl_replaced", data, sha(data))
+    key = s3._object("upl_replaced")
+    head = await s3._call("head_object", Key=key)
+    await s3._call("put_object", Key=key, Body=b"other bytes")
+    # The HEAD's ETag no longer names what the key holds: the store refuses, nothing is hashed.
+    with pytest.raises(_S3Error) as caught:
+        await s3._hash_object(key, int(head["ContentLength"]), head["ETag"])
+    assert caught.value.code == "PreconditionFailed"
+    with pytest.raises(_S3Error) as missing:
+        await s3._hash_object(s3._object("upl_never"), 10, head["ETag"])
+    assert missing.value.code == "NoSuchKey"
+
+
+async def test_readback_through_boto3_where_the_reader_cannot_go(s3: S3Storage) -> None:
+    s3._reader = None  # as with a proxy, a client certificate or TLS verification turned off
+    data = sample(MIN_PART + 99, 11)
+    assert (await _stored(s3, "upl_boto3", data, sha(data))).sha256 == sha(data)
+    with pytest.raises(ChecksumMismatch):
+        await _stored(s3, "upl_boto3_wrong", data, sha(b"not it"))
+
+
+def test_reader_follows_the_clients_tls_and_proxy(seaweed: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in seaweed.env.items():
+        monkeypatch.setenv(name, value)
+    reader = ObjectReader.for_client(make_client())
+    assert reader is not None and reader.scheme == "http" and reader.context is None
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "https://store.example:9443")
+    secure = ObjectReader.for_client(make_client())
+    assert secure is not None and secure.port == 9443 and secure.context is not None
+    assert secure.context.verify_mode == ssl.CERT_REQUIRED and secure.context.check_hostname
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    assert ObjectReader.for_client(make_client()) is None  # boto3 goes through the proxy; so must we

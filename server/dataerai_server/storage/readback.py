@@ -131,6 +131,8 @@ class ObjectReader:
         count = max(1, -(-size // self.range_bytes))
         conns = [_Connection(self) for _ in range(min(self.in_flight, count))]
         stopped = False
+        digest = ""
+        failure: ReadbackError | None = None
         try:
             async with trio.open_nursery() as nursery:
 
@@ -146,16 +148,19 @@ class ObjectReader:
                 try:
                     digest = await trio.to_thread.run_sync(self._read, conns, _RenewedURL(presign), size, etag,
                                                            limiter=limiter)
-                except ReadbackError:
-                    raise
+                except ReadbackError as exc:  # raised below, not wrapped in the nursery's group
+                    failure = exc
                 except (OSError, http.client.HTTPException, ValueError) as exc:
-                    raise ReadbackError(f"reading the object back failed: {_reason(exc)}") from exc
+                    failure = ReadbackError(f"reading the object back failed: {_reason(exc)}")
+                    failure.__cause__ = exc
                 finally:
                     stopped = True
                     nursery.cancel_scope.cancel()
         finally:
             for conn in conns:
                 conn.close()
+        if failure is not None:
+            raise failure
         return digest
 
     def _read(self, conns: list[_Connection], url: _RenewedURL, size: int, etag: str) -> str:
