@@ -8,13 +8,17 @@ import contextlib
 import hashlib
 import re
 import socket
+import ssl
+import subprocess
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 import trio
 from dataerai_server.storage import StorageError
 from dataerai_server.storage.readback import ObjectReader, ReadbackError
+from dataerai_server.storage.s3 import make_client
 
 ETAG = '"0123456789abcdef0123456789abcdef-3"'
 DATA = bytes(range(256)) * 20  # 5,120 bytes: five ranges of 1,024 below, two in flight
@@ -38,8 +42,9 @@ def ok(start: int, end: int, *, status: str = "206 Partial Content", length: int
 class Store:
     """Answers range GETs with ``answer``; records each request's Range."""
 
-    def __init__(self, answer: Answer) -> None:
+    def __init__(self, answer: Answer, tls: ssl.SSLContext | None = None) -> None:
         self.answer = answer
+        self.tls = tls
         self.ranges: list[tuple[int, int]] = []
         self.headers: list[str] = []
         self.answered = threading.Event()
@@ -59,6 +64,11 @@ class Store:
 
     def _serve(self, conn: socket.socket) -> None:
         pending = b""
+        if self.tls is not None:
+            try:
+                conn = self.tls.wrap_socket(conn, server_side=True)
+            except OSError:
+                return  # the client refused the certificate
         with conn:
             while True:
                 while b"\r\n\r\n" not in pending:
@@ -92,11 +102,11 @@ class Store:
 
 
 @pytest.fixture
-def store_with() -> Iterator[Callable[[Answer], Store]]:
+def store_with() -> Iterator[Callable[..., Store]]:
     stores: list[Store] = []
 
-    def make(answer: Answer) -> Store:
-        stores.append(Store(answer))
+    def make(answer: Answer, tls: ssl.SSLContext | None = None) -> Store:
+        stores.append(Store(answer, tls))
         return stores[-1]
 
     yield make
@@ -104,21 +114,24 @@ def store_with() -> Iterator[Callable[[Answer], Store]]:
         store.stop()
 
 
-async def read_back(store: Store, size: int = len(DATA), *, range_bytes: int = 1024) -> str:
-    reader = ObjectReader(f"http://127.0.0.1:{store.port}", None, connect_timeout=5, read_timeout=30,
-                          range_bytes=range_bytes, in_flight=2)
-    return await reader.sha256(lambda: f"http://127.0.0.1:{store.port}/bucket/key?X-Amz-Signature=s",
+async def read_back(store: Store, size: int = len(DATA), *, range_bytes: int = 1024,
+                    reader: ObjectReader | None = None) -> str:
+    if reader is None:
+        reader = ObjectReader(f"http://127.0.0.1:{store.port}", None, connect_timeout=5, read_timeout=30,
+                              range_bytes=range_bytes, in_flight=2)
+    return await reader.sha256(lambda: f"{reader.scheme}://127.0.0.1:{store.port}/bucket/key?X-Amz-Signature=s",
                                size, ETAG, trio.CapacityLimiter(4))
 
 
-async def test_ranges_are_asked_for_and_hashed_in_order(store_with: Callable[[Answer], Store]) -> None:
+async def test_ranges_are_asked_for_and_hashed_in_order(store_with: Callable[..., Store]) -> None:
     store = store_with(ok)
     assert await read_back(store) == hashlib.sha256(DATA).hexdigest()
-    assert store.ranges == [(s, min(s + 1023, len(DATA) - 1)) for s in range(0, len(DATA), 1024)]
+    # Two connections: the store sees each range once, in whichever order they reach it.
+    assert sorted(store.ranges) == [(s, min(s + 1023, len(DATA) - 1)) for s in range(0, len(DATA), 1024)]
     assert all(f"If-Match: {ETAG}" in head for head in store.headers)
 
 
-async def test_an_object_of_one_range_is_one_plain_get(store_with: Callable[[Answer], Store]) -> None:
+async def test_an_object_of_one_range_is_one_plain_get(store_with: Callable[..., Store]) -> None:
     store = store_with(lambda start, end: ok(start, end, status="200 OK"))
     assert await read_back(store, range_bytes=len(DATA)) == hashlib.sha256(DATA).hexdigest()
     assert len(store.headers) == 1 and "Range:" not in store.headers[0]
@@ -132,21 +145,21 @@ async def test_an_object_of_one_range_is_one_plain_get(store_with: Callable[[Ans
     (lambda s, e: ok(s, e, etag='"another"') if s >= 2048 else ok(s, e), "ETag"),
 ], ids=["other-bytes", "other-size", "short-range", "whole-object", "other-etag"])
 async def test_an_answer_that_is_not_the_range_is_an_error(
-    store_with: Callable[[Answer], Store], answer: Answer, problem: str
+    store_with: Callable[..., Store], answer: Answer, problem: str
 ) -> None:
     with pytest.raises(ReadbackError, match=problem) as caught:
         await read_back(store_with(answer))
     assert isinstance(caught.value, StorageError) and caught.value.code == ""
 
 
-async def test_a_body_cut_short_is_an_error(store_with: Callable[[Answer], Store]) -> None:
+async def test_a_body_cut_short_is_an_error(store_with: Callable[..., Store]) -> None:
     # The third range's head promises 1,024 bytes; 100 come and the store hangs up.
     store = store_with(lambda s, e: HangUp(ok(s, e)[:-924]) if s == 2048 else ok(s, e))
     with pytest.raises(ReadbackError, match="ended the answer after 100 of 1024 bytes from 2048"):
         await read_back(store)
 
 
-async def test_a_store_that_hangs_up_is_an_error(store_with: Callable[[Answer], Store]) -> None:
+async def test_a_store_that_hangs_up_is_an_error(store_with: Callable[..., Store]) -> None:
     # The third range goes on a kept-alive connection: asked again once on a new one, then an error.
     store = store_with(lambda s, e: HangUp() if s == 2048 else ok(s, e))
     with pytest.raises(ReadbackError, match="failed"):
@@ -154,7 +167,7 @@ async def test_a_store_that_hangs_up_is_an_error(store_with: Callable[[Answer], 
     assert store.ranges.count((2048, 3071)) == 2
 
 
-async def test_an_error_answer_keeps_the_stores_code(store_with: Callable[[Answer], Store]) -> None:
+async def test_an_error_answer_keeps_the_stores_code(store_with: Callable[..., Store]) -> None:
     xml = b"<?xml version='1.0'?><Error><Code>SlowDown</Code><Message>Reduce your rate</Message></Error>"
 
     def answer(start: int, end: int) -> bytes:
@@ -167,14 +180,14 @@ async def test_an_error_answer_keeps_the_stores_code(store_with: Callable[[Answe
     assert caught.value.code == "SlowDown" and "503" in str(caught.value)
 
 
-async def test_a_stopped_store_is_an_error(store_with: Callable[[Answer], Store]) -> None:
+async def test_a_stopped_store_is_an_error(store_with: Callable[..., Store]) -> None:
     store = store_with(ok)
     store.stop()
     with pytest.raises(ReadbackError, match="failed"):
         await read_back(store)
 
 
-async def test_cancelling_ends_a_blocked_read_at_once(store_with: Callable[[Answer], Store]) -> None:
+async def test_cancelling_ends_a_blocked_read_at_once(store_with: Callable[..., Store]) -> None:
     # The head of the first range and half its body, then nothing (the read timeout is 30 s).
     store = store_with(lambda s, e: ok(s, e)[:-512])
     with trio.CancelScope() as scope:
@@ -183,3 +196,37 @@ async def test_cancelling_ends_a_blocked_read_at_once(store_with: Callable[[Answ
             await trio.to_thread.run_sync(store.answered.wait)
             scope.cancel()
     assert scope.cancelled_caught
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    where = tmp_path_factory.mktemp("tls")
+    cert, key = where / "cert.pem", where / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    return cert, key
+
+
+async def test_tls_is_verified_as_the_boto3_client_verifies(
+    store_with: Callable[..., Store], certificate: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cert, key = certificate
+    server_side = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_side.load_cert_chain(cert, key)
+    store = store_with(ok, server_side)
+    for name, value in {"AWS_ENDPOINT_URL": f"https://127.0.0.1:{store.port}", "AWS_ACCESS_KEY_ID": "k",
+                        "AWS_SECRET_ACCESS_KEY": "s", "AWS_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_CA_BUNDLE", raising=False)
+    # The client trusts certifi's authorities only, so this reader does too: refused.
+    untrusting = ObjectReader.for_client(make_client())
+    assert untrusting is not None
+    with pytest.raises(ReadbackError, match="certificate not trusted"):
+        await read_back(store, reader=untrusting)
+    # The store's own CA given to boto3 (AWS_CA_BUNDLE) is what the reader trusts too.
+    monkeypatch.setenv("AWS_CA_BUNDLE", str(cert))
+    trusting = ObjectReader.for_client(make_client())
+    assert trusting is not None
+    trusting.range_bytes, trusting.in_flight = 1024, 2
+    assert await read_back(store, reader=trusting) == hashlib.sha256(DATA).hexdigest()
