@@ -56,9 +56,9 @@ import trio
 from .base import StorageError
 
 MiB: Final = 1 << 20
-#: Bytes per range GET. SeaweedFS spends milliseconds of CPU on each request (1 MiB ranges
-#: cost it 4.8 CPU s/GB against 1.1 for 8 MiB ones); measured against 4 and 16: docs/benchmarks.md.
-RANGE_BYTES: Final = 8 * MiB
+#: Bytes per range GET. SeaweedFS spends milliseconds of CPU on each request: 1 MiB ranges cost
+#: it 4.8 CPU s/GB, 8 MiB ones 1.4-1.6 and 16 MiB ones 1.2-1.5 (docs/benchmarks.md).
+RANGE_BYTES: Final = 16 * MiB
 #: Range GETs requested at once (connections to the store).
 RANGES_IN_FLIGHT: Final = 4
 #: The one buffer of a read-back, and the slice hashed at a time (well inside a core's cache).
