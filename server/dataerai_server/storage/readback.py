@@ -169,7 +169,7 @@ class ObjectReader:
         buffer = memoryview(bytearray(min(READ_BYTES, max(size, 1))))
         span = self.range_bytes if size > self.range_bytes else max(size, 1)
         starts = range(0, max(size, 1), span)
-        for conn, start in zip(conns, starts, strict=False):  # fewer ranges than connections: never
+        for conn, start in zip(conns, starts, strict=False):  # the first len(conns) ranges
             conn.ask(url.target(), start, min(span, size - start), size, etag)
         for index, start in enumerate(starts):
             conn = conns[index % len(conns)]
