@@ -28,7 +28,7 @@ from starlette.routing import Match, Route, Router
 from starlette.types import Message, Receive, Scope, Send
 
 from . import __version__, assets, deletions, project_collections, projects, relationships, schemas, validation
-from .auth import Principal, bearer_token, lookup_principal
+from .auth import Bearer, Principal, bearer_token, lookup_principal
 from .clock import from_unix, isoformat, parse_timestamp, utcnow
 from .errors import ApiError, error_response, http_exception_handler, internal_error
 from .logs import request_log_fields
@@ -80,10 +80,13 @@ class Call:
         operation's scope required; every request reads its token afresh, as :meth:`Api.who` does."""
         if self.who is not None:
             return self.who
+        return self.bearer.authenticate(session)
+
+    @property
+    def bearer(self) -> Bearer:
+        """The token not looked up yet, for a handler whose first query reads it too."""
         assert self.token is not None and self.operation.scope is not None
-        principal = lookup_principal(session, self.token, utcnow())
-        principal.require(self.operation.scope)
-        return principal
+        return Bearer(self.token, self.operation.scope)
 
     @property
     def principal(self) -> Principal:
@@ -432,7 +435,7 @@ class Api:
         assert sha256 is not None  # the model takes exactly one of the two
         ttl = self.s.settings.url_ttl_seconds
         direct = await self.s.uploads.part_target(
-            call.authenticate, upload_id, number, body.size, sha256, prefix=body.prefix_sha256 is not None
+            call.bearer, upload_id, number, body.size, sha256, prefix=body.prefix_sha256 is not None
         )
         if direct is not None:
             expires_at = isoformat(from_unix(time.time() + ttl))

@@ -137,21 +137,30 @@ def bearer_token(authorization: str | None) -> str:
 
 
 _TOKENS, _USERS = Token.__table__, User.__table__
+#: What a request's token stands for, and the tables it is read from: a query that needs
+#: more (the part target's, with its session) selects these columns first, from this join
+#: (or one built on it), and hands its row to :meth:`Bearer.principal`.
+PRINCIPAL_COLUMNS: Final = (_TOKENS.c.revoked_at, _TOKENS.c.expires_at, _TOKENS.c.scopes, _USERS.c.id, _USERS.c.email)
+PRINCIPAL_JOIN: Final = _TOKENS.join(_USERS, _TOKENS.c.user_id == _USERS.c.id)
+#: Which token: its hash, bound as ``token_hash``.
+PRINCIPAL_WHERE: Final = _TOKENS.c.token_hash == bindparam("token_hash")
 #: The one query every authenticated request makes: Core on the tables, not the ORM, which
 #: cost about three times as much per request (docs/server.md, "Requests per CPU second").
-_PRINCIPAL = (
-    select(_TOKENS.c.revoked_at, _TOKENS.c.expires_at, _TOKENS.c.scopes, _USERS.c.id, _USERS.c.email)
-    .join_from(_TOKENS, _USERS, _TOKENS.c.user_id == _USERS.c.id)
-    .where(_TOKENS.c.token_hash == bindparam("token_hash"))
-)
+_PRINCIPAL = select(*PRINCIPAL_COLUMNS).select_from(PRINCIPAL_JOIN).where(PRINCIPAL_WHERE)
 
 
 def lookup_principal(session: Session, token: str, now: datetime) -> Principal:
     """The principal a token stands for. ``auth_required`` if unknown, ``auth_expired`` if expired."""
     row = session.connection().execute(_PRINCIPAL, {"token_hash": token_hash(token)}).one_or_none()
+    return principal_from_row(row, now)
+
+
+def principal_from_row(row: Sequence[Any] | None, now: datetime) -> Principal:
+    """The principal of a row that starts with :data:`PRINCIPAL_COLUMNS` (None: no such token).
+    ``auth_required`` if unknown, ``auth_expired`` if revoked or expired."""
     if row is None:
         raise ApiError("auth_required", "unknown token; create one with `dataerai-server users add`")
-    revoked_at, expires_at, scopes, user_id, email = row
+    revoked_at, expires_at, scopes, user_id, email = row[:len(PRINCIPAL_COLUMNS)]
     # Read from the database on every request (nothing caches a principal), so a revocation
     # by another process holds from the next request on.
     if revoked_at is not None:
@@ -159,3 +168,32 @@ def lookup_principal(session: Session, token: str, now: datetime) -> Principal:
     if expires_at is not None and expires_at <= now:
         raise ApiError("auth_expired", "this token has expired; ask for a new one")
     return Principal(user_id=user_id, email=email, scopes=tuple(scopes), token_expires_at=expires_at)
+
+
+@dataclass(frozen=True)
+class Bearer:
+    """A request's bearer token, not looked up yet, and the scope its operation needs.
+
+    A handler looks it up inside its own transaction, so the token costs no transaction of
+    its own: :meth:`authenticate` with its own query, or :meth:`principal` on the row of a
+    query that read the token together with what the request is about.
+    """
+
+    token: str
+    scope: str
+
+    @property
+    def token_hash(self) -> str:
+        return token_hash(self.token)
+
+    def authenticate(self, session: Session) -> Principal:
+        """The caller, looked up in ``session``, with the scope required."""
+        principal = lookup_principal(session, self.token, utcnow())
+        principal.require(self.scope)
+        return principal
+
+    def principal(self, row: Sequence[Any] | None) -> Principal:
+        """The caller from a row that starts with :data:`PRINCIPAL_COLUMNS`, with the scope required."""
+        principal = principal_from_row(row, utcnow())
+        principal.require(self.scope)
+        return principal

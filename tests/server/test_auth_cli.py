@@ -209,3 +209,31 @@ def test_a_token_revoked_while_the_server_runs_is_refused_at_its_next_request(en
 def test_revoking_an_unknown_token_fails_with_a_hint(env: Env) -> None:
     done = _tokens(env, "revoke", "tok_00000000000000000000")
     assert done.returncode == 1 and "tokens list" in done.stderr and done.stdout == ""
+
+
+def test_part_target_reads_token_and_session_in_one_query_and_tells_the_token_first(env: Env) -> None:
+    """The part target looks its token up in the same statement as its session: every
+    token error still comes first (unknown session or not), then the session's own."""
+    project = ok(env.ada.post("/api/v1/projects", json={"name": "targets"}), 201)
+    session = ok(env.ada.post("/api/v1/uploads", json={"owner_type": "project", "owner_id": project["project_id"],
+                                                        "size": 1, "part_size": 65536}), 201)
+    path, nowhere = f"/api/v1/uploads/{session['upload_id']}/parts/1/target", "/api/v1/uploads/upl_x/parts/1/target"
+    body = {"sha256": "0" * 64, "size": 1}
+    token = env.server.add_user("ada@example.org").strip()
+    mine = env.server.client(token)
+    assert ok(mine.post(path, json=body))["method"] == "PUT"
+    for where in (path, nowhere):
+        error(env.anon.post(where, json=body), 401, "auth_required")
+        error(env.server.client("dtk_" + "x" * 43).post(where, json=body), 401, "auth_required")
+        expired = env.server.add_user("ada@example.org", expires_in=0).strip()
+        error(env.server.client(expired).post(where, json=body), 401, "auth_expired")
+        assert error(env.ada_read.post(where, json=body), 403, "permission_denied")["required_scope"] == "write"
+    error(env.ada.post(nowhere, json=body), 404, "not_found")
+    # Another user's session is as unknown as none.
+    bob = env.server.client(env.server.add_user("bob@example.org").strip())
+    assert error(bob.post(path, json=body), 404, "not_found")["upload_id"] == session["upload_id"]
+    # A token revoked by another process is refused at its next part target.
+    assert _tokens(env, "revoke", token).returncode == 0
+    assert "revoked" in error(mine.post(path, json=body), 401, "auth_expired")["message"]
+    error(mine.post(nowhere, json=body), 401, "auth_expired")
+    assert ok(env.ada.post(path, json=body))["method"] == "PUT"

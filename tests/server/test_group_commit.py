@@ -54,6 +54,24 @@ async def test_each_write_gets_its_own_outcome_and_only_its_own_changes_are_undo
     assert all(outcomes[i] in (i, IntegrityError) for i in range(60) if i % 7)
 
 
+async def test_a_write_alone_runs_without_a_savepoint_and_its_failure_undoes_it(db: Database) -> None:
+    def failing(session: Session) -> None:
+        session.execute(text("INSERT INTO t VALUES (1, 'lost')"))
+        raise ValueError("no")
+
+    def fine(session: Session) -> int:
+        session.execute(text("INSERT INTO t VALUES (2, 'kept')"))
+        return 2
+
+    # One after another, each write is a group of its own.
+    with pytest.raises(ValueError, match="no"):
+        await db.write(failing)
+    assert await db.write(fine) == 2
+    with pytest.raises(IntegrityError):
+        await db.write(fine)
+    assert _rows(db) == {2: "kept"}
+
+
 async def test_a_write_cancelled_while_queued_never_runs(db: Database) -> None:
     ran: list[int] = []
     started = trio.Event()
