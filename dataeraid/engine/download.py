@@ -24,6 +24,7 @@ import math
 import os
 import re
 import stat
+import time
 from typing import Any
 
 import trio
@@ -79,6 +80,25 @@ def content_files(target: dict[str, Any], asset_id: str) -> list[StreamFile]:
         # One file is the whole content, whose digest the repository verified itself.
         files = [dataclasses.replace(files[0], sha256=target["sha256"])]
     return files
+
+
+class Timeline:
+    """The phases of one download as debug-level ``download.phase`` events, each with ``t``:
+    seconds since the job began (``tools/download_timeline.py`` draws them from the log).
+
+    Times taken in worker threads (a range's first and last write) are kept and logged
+    with their range, so a phase costs a clock read, never a log line, off the event loop.
+    """
+
+    def __init__(self, log: Any) -> None:
+        self._log = log
+        self._start = time.monotonic()
+
+    def now(self) -> float:
+        return round(time.monotonic() - self._start, 4)
+
+    def mark(self, phase: str, **fields: Any) -> None:
+        self._log.debug("download.phase", phase=phase, t=self.now(), **fields)
 
 
 def _is_symlink(path: str) -> bool:
@@ -187,6 +207,8 @@ def _place(fileset: FileSet, dest_dir: str, overwrite: bool, block_size: int) ->
 async def run_download(ctx: JobContext) -> dict[str, Any]:
     job = ctx.job
     params = job["params"]
+    timeline = Timeline(ctx.log)
+    timeline.mark("begin")
     asset_id: str = params["asset_id"]
     overwrite = bool(params.get("overwrite"))
     dest_dir = str(job["dest_dir"])
@@ -196,6 +218,7 @@ async def run_download(ctx: JobContext) -> dict[str, Any]:
         "asking where to read the asset",
         lambda: ctx.remote.download_target(asset_id, job.get("content_id") or params.get("content_id")),
     )
+    timeline.mark("target")
     manifest = content_files(target, asset_id)
     name = manifest[0].path if len(manifest) == 1 else (target.get("file_name") or manifest[0].path.split("/")[0])
     size = int(target["size"])
@@ -254,11 +277,13 @@ async def run_download(ctx: JobContext) -> dict[str, Any]:
         ctx.accounting.begin(size, count, fileset, manifest[0].path,
                              bytes_done=sum(c["size"] for c in done.values()), chunks_done=len(done))
         todo = [n for n in range(count) if n not in done]
-        stream = await _fetch_ranges(ctx, fileset, target, asset_id, size, chunk_size, todo)
+        timeline.mark("planned", size=size, ranges=count, todo=len(todo))
+        stream = await _fetch_ranges(ctx, fileset, target, asset_id, size, chunk_size, todo, timeline)
         # Every range was flushed before its checkpoint; empty files have no range.
         await trio.to_thread.run_sync(fileset.create_missing)
     finally:
         fileset.close()
+    timeline.mark("fetched")
 
     digest = stream.whole.hexdigest()
     bad = [f.path for f, sha in zip(manifest, stream.file_sha256, strict=False) if f.sha256 not in (None, sha)]
@@ -268,10 +293,12 @@ async def run_download(ctx: JobContext) -> dict[str, Any]:
         which = f" ({', '.join(bad[:5])})" if bad else ""
         raise DataeraiError("checksum_mismatch", f"downloaded bytes hash to {digest}, expected {target['sha256']}"
                                                  f"{which}")
+    timeline.mark("checked")
     try:
         await trio.to_thread.run_sync(_place, fileset, dest_dir, overwrite, ctx.settings.io_block_size)
     except OSError as exc:
         raise from_os_error(exc, f"moving the downloaded files into {dest_dir}") from exc
+    timeline.mark("placed")
     ctx.accounting.finish()
     ctx.log.info("download complete", path=files[0]["local_path"], size=size, files=len(files))
     return {"files": files}
@@ -291,7 +318,7 @@ def _remove_parts(fileset: FileSet) -> None:
 
 
 async def _fetch_ranges(ctx: JobContext, fileset: FileSet, target: dict[str, Any], asset_id: str, size: int,
-                        chunk_size: int, todo: list[int]) -> StreamHasher:
+                        chunk_size: int, todo: list[int], timeline: Timeline | None = None) -> StreamHasher:
     """Fetch the ranges in ``todo`` into the ``.part`` files; the stream's digests.
 
     The whole stream's digest (and each file's) is computed beside the transfer: a
@@ -308,9 +335,16 @@ async def _fetch_ranges(ctx: JobContext, fileset: FileSet, target: dict[str, Any
     queue = iter(todo)
     landed = {index: trio.Event() for index in todo}
     accounting = ctx.accounting
+    timeline = timeline or Timeline(ctx.log)
+    # Per range, when its first write began and its last one ended (in the receiving threads).
+    first_write: dict[int, float] = {}
+    last_write: dict[int, float] = {}
 
     def write_at(offset: int, view: memoryview) -> None:
+        index = offset // chunk_size
+        first_write.setdefault(index, timeline.now())
         fileset.write(offset, (view,))
+        last_write[index] = timeline.now()
 
     async def refresh() -> None:
         current["target"] = await ctx.remote.download_target(asset_id, target["content_id"])
@@ -372,7 +406,10 @@ async def _fetch_ranges(ctx: JobContext, fileset: FileSet, target: dict[str, Any
             if written != length:
                 raise TransientError(f"range {index}: connection ended after {written} of {length} bytes")
 
+        requested = timeline.now()
         await ctx.retrying(f"reading range {index}", attempt)
+        timeline.mark("range", index=index, request=requested, first_write=first_write.get(index),
+                      last_write=last_write.get(index))
         accounting.chunk_done()
         landed[index].set()
         unsynced.append((index, length))
@@ -394,10 +431,14 @@ async def _fetch_ranges(ctx: JobContext, fileset: FileSet, target: dict[str, Any
                 continue
             batch = unsynced[:]
             del unsynced[:]
+            began = timeline.now()
             await trio.to_thread.run_sync(fileset.sync, [(i * chunk_size, n) for i, n in batch])
+            synced = timeline.now()
             await ctx.store.checkpoint_many(ctx.job_id, [(i, n, None) for i, n in batch])
+            timeline.mark("checkpoint", ranges=[i for i, _ in batch], sync_began=began, synced=synced)
             for index, _ in batch:
                 await done_with(index, "synced")
+        timeline.mark("checkpointed")
 
     async def workers() -> None:
         nonlocal workers_done
@@ -410,6 +451,7 @@ async def _fetch_ranges(ctx: JobContext, fileset: FileSet, target: dict[str, Any
             async with trio.open_nursery() as nursery:
                 for _ in range(ctx.settings.parts_per_job):
                     nursery.start_soon(worker)
+        timeline.mark("landed")
         workers_done = True
         wrote_more.set()
 
@@ -432,14 +474,18 @@ async def _fetch_ranges(ctx: JobContext, fileset: FileSet, target: dict[str, Any
     async def hash_in_order() -> None:
         pool = BufferPool(ctx.settings.io_block_size, keep=1)  # one hasher: one buffer, read into again and again
         for index in range(count):
+            ready = timeline.now()
             if index in landed:
                 await landed[index].wait()
+            began = timeline.now()
             start = index * chunk_size
             end = start + min(chunk_size, size - start)
             for piece in range(start, end, HASH_SLICE):
                 await trio.to_thread.run_sync(stream.feed_into, fileset, piece, min(HASH_SLICE, end - piece), pool)
+            timeline.mark("hash", index=index, ready=ready, began=began)
             if index in landed:
                 await done_with(index, "hashed")
+        timeline.mark("hashed")
 
     with first_error():
         async with trio.open_nursery() as nursery:
