@@ -69,8 +69,10 @@ def timeline(lines: list[dict[str, Any]]) -> dict[str, Any]:
                 request=line["request"], first_write=line["first_write"], last_write=line["last_write"],
                 landed=line["t"])
         elif phase == "hash":
-            ranges.setdefault(line["index"], {}).update(hash_ready=line["ready"], hash_began=line["began"],
-                                                        hashed=line["t"])
+            # "began": when the range was whole and the hasher started reading it back (before the
+            # hasher followed the ranges' writes, it waited for each to land).
+            ranges.setdefault(line["index"], {}).update(hash_ready=line["ready"],
+                                                        hash_began=line.get("began", line["ready"]), hashed=line["t"])
         elif phase == "checkpoint":
             checkpoints.append({"ranges": line["ranges"], "sync_began": line["sync_began"], "synced": line["synced"],
                                 "committed": line["t"]})

@@ -24,6 +24,7 @@ import math
 import os
 import re
 import stat
+import threading
 import time
 from typing import Any
 
@@ -99,6 +100,52 @@ class Timeline:
 
     def mark(self, phase: str, **fields: Any) -> None:
         self._log.debug("download.phase", phase=phase, t=self.now(), **fields)
+
+
+class InOrderHash:
+    """The stream's digests, fed strictly in order by whichever thread has the next bytes.
+
+    A receiving thread whose slice was just written exactly where the digest has got to
+    hashes it from its own buffer (:meth:`offer`), so those bytes are never read back.
+    Bytes written ahead of that point (a later range, or a slice that landed while the
+    digest was behind) are read back from the page cache (:meth:`catch_up`) once the
+    bytes before them are in. Either way a byte is hashed once, after it was written,
+    and only at the digest's position, which only moves forward.
+    """
+
+    def __init__(self, stream: StreamHasher, fileset: FileSet, pool: BufferPool) -> None:
+        self.stream = stream
+        #: Stream bytes hashed so far (moved only with the lock held).
+        self.position = 0
+        #: Of those, how many were read back from the page cache.
+        self.read_back = 0
+        self._fileset = fileset
+        self._pool = pool
+        self._lock = threading.Lock()
+
+    def offer(self, offset: int, view: memoryview) -> None:
+        """``view`` was just written at ``offset``: hashed here if it is next; in any thread."""
+        if offset != self.position:  # unlocked, a hint only: it is checked again below
+            return
+        with self._lock:
+            if offset == self.position:
+                self.stream.update(view)
+                self.position += len(view)
+
+    def catch_up(self, end: int) -> None:
+        """Read back and hash the stream from the digest's position to ``end``, all of it
+        written already; blocking, for a worker thread."""
+        with self._pool.buffer() as buffer:
+            while True:
+                with self._lock:
+                    at = self.position
+                    if at >= end:
+                        return
+                    block = buffer[:min(len(buffer), end - at)]
+                    self._fileset.readinto(at, block)
+                    self.stream.update(block)
+                    self.position = at + len(block)
+                    self.read_back += len(block)
 
 
 def _is_symlink(path: str) -> bool:
@@ -321,29 +368,39 @@ async def _fetch_ranges(ctx: JobContext, fileset: FileSet, target: dict[str, Any
                         chunk_size: int, todo: list[int], timeline: Timeline | None = None) -> StreamHasher:
     """Fetch the ranges in ``todo`` into the ``.part`` files; the stream's digests.
 
-    The whole stream's digest (and each file's) is computed beside the transfer: a
-    hasher follows the ranges in order as they land (reading them back from the
-    page cache), so the digest is ready moments after the last range instead of
-    after another pass. A range cut off half-way goes on from where it stopped.
-
-    (Hashing bytes from memory as they are written, where they land right at the
-    hasher's position, and reading back only the rest, was tried: with parallel ranges
-    it saved little and cost more thread hops; with range bodies read in order it saved
-    CPU but was slower in wall time. docs/benchmarks.md.)
+    The whole stream's digest (and each file's) is computed beside the transfer, in
+    order, right behind the bytes of the earliest range still coming
+    (:class:`InOrderHash`): its slices are hashed from the receive buffer as they are
+    written; what landed ahead of the digest is read back from the page cache when
+    the digest gets there. So the digest is ready moments after the last byte, and
+    most bytes are never read back (docs/benchmarks.md, "Where a large download
+    waits"). A range cut off half-way goes on from where it stopped.
     """
     current = {"target": target}
     queue = iter(todo)
     landed = {index: trio.Event() for index in todo}
     accounting = ctx.accounting
     timeline = timeline or Timeline(ctx.log)
-    # Per range, when its first write began and its last one ended (in the receiving threads).
+    stream = StreamHasher(fileset.files)
+    # One hasher: one buffer for what it reads back, read into again and again.
+    digest = InOrderHash(stream, fileset, BufferPool(ctx.settings.io_block_size, keep=1))
+    # Per range: the end of its bytes written from its start (each range is written in
+    # order), and when its first write began and its last one ended.
+    reached: dict[int, int] = {}
     first_write: dict[int, float] = {}
     last_write: dict[int, float] = {}
+    # Set on the event loop after each slice is written: the hasher may have more to do.
+    more = [trio.Event()]
+
+    def wrote(index: int, end: int) -> None:
+        reached[index] = max(reached.get(index, 0), end)
 
     def write_at(offset: int, view: memoryview) -> None:
         index = offset // chunk_size
         first_write.setdefault(index, timeline.now())
         fileset.write(offset, (view,))
+        wrote(index, offset + len(view))
+        digest.offer(offset, view)
         last_write[index] = timeline.now()
 
     async def refresh() -> None:
@@ -363,6 +420,7 @@ async def _fetch_ranges(ctx: JobContext, fileset: FileSet, target: dict[str, Any
             async def landed(n: int) -> None:
                 nonlocal written
                 written += n
+                more[0].set()
                 await accounting.moved(n, index, start + written - n)
 
             try:
@@ -383,6 +441,8 @@ async def _fetch_ranges(ctx: JobContext, fileset: FileSet, target: dict[str, Any
                 nonlocal written, pending_size
                 await trio.to_thread.run_sync(fileset.write, start + written, pending)
                 written += pending_size
+                wrote(index, start + written)
+                more[0].set()
                 pending.clear()
                 pending_size = 0
 
@@ -412,6 +472,7 @@ async def _fetch_ranges(ctx: JobContext, fileset: FileSet, target: dict[str, Any
                       last_write=last_write.get(index))
         accounting.chunk_done()
         landed[index].set()
+        more[0].set()
         unsynced.append((index, length))
         wrote_more.set()
 
@@ -455,7 +516,6 @@ async def _fetch_ranges(ctx: JobContext, fileset: FileSet, target: dict[str, Any
         workers_done = True
         wrote_more.set()
 
-    stream = StreamHasher(fileset.files)
     count = max(1, math.ceil(size / chunk_size))
 
     # A range's pages leave the page cache once it is both on disk and hashed.
@@ -471,21 +531,30 @@ async def _fetch_ranges(ctx: JobContext, fileset: FileSet, target: dict[str, Any
             start = index * chunk_size
             await trio.to_thread.run_sync(fileset.drop_cache, start, min(chunk_size, size - start))
 
+    async def catch_up(end: int) -> None:
+        # At most HASH_SLICE a call, so that a pause or a shutdown waits for little hashing.
+        await trio.to_thread.run_sync(digest.catch_up, min(end, digest.position + HASH_SLICE))
+
     async def hash_in_order() -> None:
-        pool = BufferPool(ctx.settings.io_block_size, keep=1)  # one hasher: one buffer, read into again and again
         for index in range(count):
             ready = timeline.now()
-            if index in landed:
-                await landed[index].wait()
-            began = timeline.now()
             start = index * chunk_size
             end = start + min(chunk_size, size - start)
-            for piece in range(start, end, HASH_SLICE):
-                await trio.to_thread.run_sync(stream.feed_into, fileset, piece, min(HASH_SLICE, end - piece), pool)
-            timeline.mark("hash", index=index, ready=ready, began=began)
-            if index in landed:
-                await done_with(index, "hashed")
-        timeline.mark("hashed")
+            if index not in landed:  # on disk from before
+                while digest.position < end:
+                    await catch_up(end)
+                timeline.mark("hash", index=index, ready=ready)
+                continue
+            # Behind the range's writes; it is done once all of it is hashed (an empty one, once it landed).
+            while digest.position < end or not (end > start or landed[index].is_set()):
+                if reached.get(index, 0) > digest.position:
+                    await catch_up(reached[index])
+                    continue
+                await more[0].wait()
+                more[0] = trio.Event()
+            timeline.mark("hash", index=index, ready=ready)
+            await done_with(index, "hashed")
+        timeline.mark("hashed", read_back=digest.read_back)
 
     with first_error():
         async with trio.open_nursery() as nursery:
