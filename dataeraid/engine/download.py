@@ -391,6 +391,13 @@ async def _fetch_ranges(ctx: JobContext, fileset: FileSet, target: dict[str, Any
     last_write: dict[int, float] = {}
     # Set on the event loop after each slice is written: the hasher may have more to do.
     more = [trio.Event()]
+    # Set (and replaced) when the hasher finished a range: a worker may start one further on.
+    hashed_more = [trio.Event()]
+
+    def hashed_range() -> None:
+        hashed_more[0].set()
+        hashed_more[0] = trio.Event()
+    ahead = ctx.settings.parts_per_job + 1
 
     def wrote(index: int, end: int) -> None:
         reached[index] = max(reached.get(index, 0), end)
@@ -420,7 +427,8 @@ async def _fetch_ranges(ctx: JobContext, fileset: FileSet, target: dict[str, Any
             async def landed(n: int) -> None:
                 nonlocal written
                 written += n
-                more[0].set()
+                if digest.position // chunk_size == index:  # the hasher follows this range's writes
+                    more[0].set()
                 await accounting.moved(n, index, start + written - n)
 
             try:
@@ -506,6 +514,10 @@ async def _fetch_ranges(ctx: JobContext, fileset: FileSet, target: dict[str, Any
 
         async def worker() -> None:
             for index in queue:
+                # Bytes that land far ahead of the digest are read back later, and the last
+                # of them are the download's tail: no range starts more than a few ahead.
+                while index * chunk_size - digest.position > ahead * chunk_size:
+                    await hashed_more[0].wait()
                 await fetch(index)
 
         with first_error():
@@ -544,6 +556,7 @@ async def _fetch_ranges(ctx: JobContext, fileset: FileSet, target: dict[str, Any
                 while digest.position < end:
                     await catch_up(end)
                 timeline.mark("hash", index=index, ready=ready)
+                hashed_range()
                 continue
             # Behind the range's writes; it is done once all of it is hashed (an empty one, once it landed).
             while digest.position < end or not (end > start or landed[index].is_set()):
@@ -553,6 +566,7 @@ async def _fetch_ranges(ctx: JobContext, fileset: FileSet, target: dict[str, Any
                 await more[0].wait()
                 more[0] = trio.Event()
             timeline.mark("hash", index=index, ready=ready)
+            hashed_range()
             await done_with(index, "hashed")
         timeline.mark("hashed", read_back=digest.read_back)
 
