@@ -61,7 +61,8 @@ def timeline(lines: list[dict[str, Any]]) -> dict[str, Any]:
     checkpoints: list[dict[str, Any]] = []
     for line in lines:
         if line.get("event") != "download.phase":
-            marks.append((round(_when(line) - zero, 4), line["event"] + (f" {line['state']}" if "state" in line else "")))
+            state = f" {line['state']}" if "state" in line else ""
+            marks.append((round(_when(line) - zero, 4), line["event"] + state))
             continue
         phase = line["phase"]
         if phase == "range":
@@ -91,8 +92,7 @@ def summary(tl: dict[str, Any]) -> list[tuple[str, float]]:
     if "target" in phase:
         out.append(("the server's download target", phase["target"]))
     if "planned" in phase and fetched:
-        out.append(("target to the first range's request", min(r["request"] for r in fetched) - phase["planned"] +
-                    phase["planned"] - phase.get("target", 0)))
+        out.append(("target to the first range's request", min(r["request"] for r in fetched) - phase.get("target", 0)))
     firsts = [r["first_write"] - r["request"] for r in fetched if r.get("first_write") is not None]
     if firsts:
         out.append(("request to first write, median of ranges", sorted(firsts)[len(firsts) // 2]))

@@ -389,15 +389,17 @@ async def _fetch_ranges(ctx: JobContext, fileset: FileSet, target: dict[str, Any
     reached: dict[int, int] = {}
     first_write: dict[int, float] = {}
     last_write: dict[int, float] = {}
-    # Set on the event loop after each slice is written: the hasher may have more to do.
+    # Set on the event loop after a slice of the range the hasher follows is written.
     more = [trio.Event()]
     # Set (and replaced) when the hasher finished a range: a worker may start one further on.
     hashed_more = [trio.Event()]
+    # How many ranges past the digest's a range may start: a range in flight per
+    # worker, and one more, so that the workers wait only when the hasher falls behind.
+    ahead = ctx.settings.parts_per_job + 1
 
     def hashed_range() -> None:
         hashed_more[0].set()
         hashed_more[0] = trio.Event()
-    ahead = ctx.settings.parts_per_job + 1
 
     def wrote(index: int, end: int) -> None:
         reached[index] = max(reached.get(index, 0), end)

@@ -5,13 +5,24 @@ the shared fake."""
 from __future__ import annotations
 
 import hashlib
+import json
+import sys
+from collections.abc import AsyncIterator
+from datetime import datetime, timezone
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
+import trio
+import trio.testing
 from fake_repository import FakeRepository
 from stand_ins import begun, job_context
 
 from dataeraid.engine import download
-from dataeraid.fileset import FileSet, StreamFile
+from dataeraid.fileset import BufferPool, FileSet, StreamFile, StreamHasher
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
+import download_timeline
 
 RANGE = 64 * 1024
 BLOCK = 16 * 1024
@@ -56,3 +67,107 @@ async def test_ranges_on_disk_from_before_are_not_fetched_again(tmp_path: Path) 
     assert await _download(tmp_path, repository, [1, 2, 3]) == (hashlib.sha256(data).hexdigest(), len(data) - RANGE)
     assert (tmp_path / "f.bin.part").read_bytes() == data
     assert sorted(start for start, _ in repository.ranges) == [RANGE, 2 * RANGE, 3 * RANGE]
+
+
+async def test_a_slice_written_at_the_digest_is_hashed_from_its_buffer_and_the_rest_read_back(
+        tmp_path: Path) -> None:
+    data = _data(2)
+    fileset = FileSet(str(tmp_path), [StreamFile("f.bin", 0, len(data))], "part")
+    try:
+        fileset.write(0, (data,))
+        digest = download.InOrderHash(StreamHasher(fileset.files), fileset, BufferPool(BLOCK))
+        digest.offer(RANGE, memoryview(data[RANGE:RANGE + BLOCK]))  # ahead of the digest: not hashed
+        assert digest.position == 0
+        digest.offer(0, memoryview(data[:BLOCK]))
+        digest.offer(0, memoryview(data[:BLOCK]))  # the same slice again (a retry): hashed once
+        assert (digest.position, digest.read_back) == (BLOCK, 0)
+        digest.catch_up(len(data))
+        assert (digest.position, digest.read_back) == (len(data), len(data) - BLOCK)
+    finally:
+        fileset.close()
+    assert digest.stream.whole.hexdigest() == hashlib.sha256(data).hexdigest()
+
+
+class _FirstRangeHeld(FakeRepository):
+    """Range 0 is not even begun until ``release`` is set; the others go at once."""
+
+    def __init__(self) -> None:
+        super().__init__(bulk_reads=True, read_block=BLOCK)
+        self.release = trio.Event()
+
+    async def read_range(self, target: Any, start: int, length: int, what: str) -> AsyncIterator[bytes]:
+        if start == 0:
+            await self.release.wait()
+        async for block in super().read_range(target, start, length, what):
+            yield block
+
+
+async def test_no_range_starts_more_than_a_few_ahead_of_the_digest(tmp_path: Path) -> None:
+    data = _data(12)
+    repository = _FirstRangeHeld()
+    repository.add_content(data)
+    target = await repository.download_target("ast_1", None)
+    fileset = FileSet(str(tmp_path), [StreamFile("f.bin", 0, len(data))], "part")
+    count = -(-len(data) // RANGE)
+    # Three ranges at once: a range may start at most parts_per_job + 1 = 4 ranges past the digest's.
+    ctx = begun(job_context(repository, {"parts_per_job": 3, "io_block_size": BLOCK}, job={"kind": "download"}),
+                fileset, count)
+    digests: list[str] = []
+
+    async def download_all() -> None:
+        stream = await download._fetch_ranges(ctx, fileset, target, "ast_1", len(data), RANGE,  # type: ignore[arg-type]
+                                              list(range(count)))
+        digests.append(stream.whole.hexdigest())
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(download_all)
+            # Ranges 1 to 4 land while range 0 (and so the digest) waits ...
+            while ctx.accounting.progress.bytes_done < 4 * RANGE:
+                await trio.testing.wait_all_tasks_blocked()
+            await trio.testing.wait_all_tasks_blocked()
+            # ... and the workers they freed wait for the digest instead of fetching ranges 5 and 6
+            # (range 0 is recorded once it is let go).
+            assert sorted(start // RANGE for start, _ in repository.ranges) == [1, 2, 3, 4]
+            repository.release.set()
+    finally:
+        fileset.close()
+    assert digests == [hashlib.sha256(data).hexdigest()]
+    assert sorted(start // RANGE for start, _ in repository.ranges) == list(range(count))
+    assert (tmp_path / "f.bin.part").read_bytes() == data
+
+
+async def test_the_phases_are_logged_for_each_range_and_the_timeline_tool_reads_them(tmp_path: Path) -> None:
+    data = _data(5)
+    repository = FakeRepository(bulk_reads=True, read_block=BLOCK)
+    repository.add_content(data)
+    target = await repository.download_target("ast_1", None)
+    fileset = FileSet(str(tmp_path), [StreamFile("f.bin", 0, len(data))], "part")
+    count = -(-len(data) // RANGE)
+    ctx = begun(job_context(repository, {"parts_per_job": 3, "io_block_size": BLOCK}, job={"kind": "download"}),
+                fileset, count)
+    lines: list[dict[str, Any]] = []
+
+    def debug(event: str, **fields: Any) -> None:
+        # As the daemon's log renders them: the job's id and a UTC timestamp on each line.
+        lines.append({"event": event, "job_id": "job_1", "timestamp": datetime.now(timezone.utc).isoformat(),
+                      **fields})
+
+    ctx.log = SimpleNamespace(debug=debug)
+    timeline = download.Timeline(ctx.log)
+    timeline.mark("begin")
+    try:
+        await download._fetch_ranges(ctx, fileset, target, "ast_1", len(data), RANGE,  # type: ignore[arg-type]
+                                     list(range(count)), timeline)
+    finally:
+        fileset.close()
+    drawn = download_timeline.timeline(json.loads(json.dumps(lines)))
+    assert sorted(drawn["ranges"]) == list(range(count))
+    for index, r in drawn["ranges"].items():
+        assert r["request"] <= r["first_write"] <= r["last_write"] <= r["landed"], index
+        assert r["hash_ready"] <= r["hashed"], index
+    assert sorted(i for c in drawn["checkpoints"] for i in c["ranges"]) == list(range(count))
+    assert {"landed", "hashed", "checkpointed"} <= set(drawn["phase"])
+    hashed = next(line for line in lines if line.get("phase") == "hashed")
+    assert hashed["read_back"] < len(data)  # the first slice at least came from the receive buffer
+    assert dict(download_timeline.summary(drawn))["first request to the last range landed"] >= 0
