@@ -106,13 +106,16 @@ def summary(tl: dict[str, Any]) -> list[tuple[str, float]]:
             out.append((after, phase[name] - phase["landed"]))
     waits = [r["hash_began"] - r["hash_ready"] for r in ranges.values() if "hash_ready" in r]
     work = [r["hashed"] - r["hash_began"] for r in ranges.values() if "hash_began" in r]
-    if waits:
-        out.append(("hasher waiting for its next range, total", sum(waits)))
-        out.append(("hasher reading and hashing, total", sum(work)))
+    if any(waits):
+        out.append(("hasher waiting for each range to land, total", sum(waits)))
+        out.append(("hasher reading back and hashing landed ranges, total", sum(work)))
+    elif work:
+        out.append(("hasher from reaching each range to its last byte, total", sum(work)))
     syncs = [c["synced"] - c["sync_began"] for c in tl["checkpoints"]]
     commits = [c["committed"] - c["synced"] for c in tl["checkpoints"]]
     if syncs:
-        out.append((f"fdatasync, {len(syncs)} batches, total", sum(syncs)))
+        out.append(("checkpoint batches", len(syncs)))
+        out.append(("fdatasync, total", sum(syncs)))
         out.append(("checkpoint commits, total", sum(commits)))
         out.append(("the last fdatasync", syncs[-1]))
     if "fetched" in phase and "placed" in phase:
@@ -171,7 +174,7 @@ def main() -> None:
             print(f"  {'':10}  {c['sync_began']:10.3f}  {c['synced']:6.3f}  {c['committed']:9.3f}  {c['ranges']}")
     print()
     for what, seconds in summary(tl):
-        print(f"  {what:66} {seconds:7.3f} s")
+        print(f"  {what:66} {seconds:7.3f}" + ("" if what == "checkpoint batches" else " s"))
 
 
 if __name__ == "__main__":

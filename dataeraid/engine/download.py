@@ -393,13 +393,21 @@ async def _fetch_ranges(ctx: JobContext, fileset: FileSet, target: dict[str, Any
     more = [trio.Event()]
     # Set (and replaced) when the hasher finished a range: a worker may start one further on.
     hashed_more = [trio.Event()]
-    # How many ranges past the digest's a range may start: a range in flight per
-    # worker, and one more, so that the workers wait only when the hasher falls behind.
+    # How many ranges past the digest's a range may start while the hasher is behind: a
+    # range in flight per worker, and one more.
     ahead = ctx.settings.parts_per_job + 1
 
     def hashed_range() -> None:
         hashed_more[0].set()
         hashed_more[0] = trio.Event()
+
+    def hasher_behind(index: int) -> bool:
+        """Whether range ``index`` must wait for the hasher: bytes that land far ahead of the
+        digest are read back later, and the last of them are the download's tail. Only while
+        the hasher has all it needs (the range it is in has landed): a range slow to arrive
+        or retrying holds no other range back."""
+        at = digest.position // chunk_size
+        return index - at > ahead and (at not in landed or landed[at].is_set())
 
     def wrote(index: int, end: int) -> None:
         reached[index] = max(reached.get(index, 0), end)
@@ -516,9 +524,7 @@ async def _fetch_ranges(ctx: JobContext, fileset: FileSet, target: dict[str, Any
 
         async def worker() -> None:
             for index in queue:
-                # Bytes that land far ahead of the digest are read back later, and the last
-                # of them are the download's tail: no range starts more than a few ahead.
-                while index * chunk_size - digest.position > ahead * chunk_size:
+                while hasher_behind(index):
                     await hashed_more[0].wait()
                 await fetch(index)
 

@@ -7,15 +7,17 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
 import trio
 import trio.testing
-from fake_repository import FakeRepository
+from fake_repository import SAFETY_NET_SECONDS, FakeRepository
 from stand_ins import begun, job_context
 
 from dataeraid.engine import download
@@ -102,38 +104,77 @@ class _FirstRangeHeld(FakeRepository):
             yield block
 
 
-async def test_no_range_starts_more_than_a_few_ahead_of_the_digest(tmp_path: Path) -> None:
-    data = _data(12)
-    repository = _FirstRangeHeld()
-    repository.add_content(data)
+async def _download_while(tmp_path: Path, repository: FakeRepository, ranges: int,
+                          meanwhile: Callable[[SimpleNamespace], Awaitable[None]]) -> str:
+    """Download ``ranges`` ranges, three at once, with ``meanwhile(ctx)`` beside; the digest."""
     target = await repository.download_target("ast_1", None)
-    fileset = FileSet(str(tmp_path), [StreamFile("f.bin", 0, len(data))], "part")
-    count = -(-len(data) // RANGE)
-    # Three ranges at once: a range may start at most parts_per_job + 1 = 4 ranges past the digest's.
+    size = target["size"]
+    fileset = FileSet(str(tmp_path), [StreamFile("f.bin", 0, size)], "part")
     ctx = begun(job_context(repository, {"parts_per_job": 3, "io_block_size": BLOCK}, job={"kind": "download"}),
-                fileset, count)
+                fileset, ranges)
     digests: list[str] = []
 
     async def download_all() -> None:
-        stream = await download._fetch_ranges(ctx, fileset, target, "ast_1", len(data), RANGE,  # type: ignore[arg-type]
-                                              list(range(count)))
+        stream = await download._fetch_ranges(ctx, fileset, target, "ast_1", size, RANGE,  # type: ignore[arg-type]
+                                              list(range(ranges)))
         digests.append(stream.whole.hexdigest())
 
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(download_all)
-            # Ranges 1 to 4 land while range 0 (and so the digest) waits ...
-            while ctx.accounting.progress.bytes_done < 4 * RANGE:
-                await trio.testing.wait_all_tasks_blocked()
-            await trio.testing.wait_all_tasks_blocked()
-            # ... and the workers they freed wait for the digest instead of fetching ranges 5 and 6
-            # (range 0 is recorded once it is let go).
-            assert sorted(start // RANGE for start, _ in repository.ranges) == [1, 2, 3, 4]
-            repository.release.set()
+            await meanwhile(ctx)
     finally:
         fileset.close()
-    assert digests == [hashlib.sha256(data).hexdigest()]
-    assert sorted(start // RANGE for start, _ in repository.ranges) == list(range(count))
+    return digests[0]
+
+
+async def _until_landed(ctx: SimpleNamespace, size: int) -> None:
+    """Until ``size`` bytes were written, and every task waits again."""
+    with trio.fail_after(SAFETY_NET_SECONDS):  # reached only when the order under test is broken
+        while ctx.accounting.progress.bytes_done < size:
+            await trio.testing.wait_all_tasks_blocked()
+    await trio.testing.wait_all_tasks_blocked()
+
+
+async def test_while_the_hasher_is_behind_no_range_starts_more_than_a_few_ahead_of_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = _data(12)
+    repository = FakeRepository(bulk_reads=True, read_block=BLOCK)
+    repository.add_content(data)
+    # A hasher that reads nothing from the receive buffer and cannot read back until let go.
+    hasher_free = threading.Event()
+    catch_up = download.InOrderHash.catch_up
+    monkeypatch.setattr(download.InOrderHash, "offer", lambda self, offset, view: None)
+    monkeypatch.setattr(download.InOrderHash, "catch_up",
+                        lambda self, end: (hasher_free.wait(SAFETY_NET_SECONDS), catch_up(self, end))[1])
+
+    async def meanwhile(ctx: SimpleNamespace) -> None:
+        try:
+            # Ranges 0 to 4 land, range 0 with the hasher in it; a range may start at most
+            # parts_per_job + 1 = 4 ranges past the hasher's, so the workers wait for it
+            # instead of fetching ranges 5 and 6.
+            await _until_landed(ctx, 5 * RANGE)
+            assert sorted(start // RANGE for start, _ in repository.ranges) == [0, 1, 2, 3, 4]
+        finally:
+            hasher_free.set()
+
+    assert await _download_while(tmp_path, repository, 13, meanwhile) == hashlib.sha256(data).hexdigest()
+    assert sorted(start // RANGE for start, _ in repository.ranges) == list(range(13))
+    assert (tmp_path / "f.bin.part").read_bytes() == data
+
+
+async def test_a_range_slow_to_arrive_holds_no_other_range_back(tmp_path: Path) -> None:
+    data = _data(12)
+    repository = _FirstRangeHeld()
+    repository.add_content(data)
+
+    async def meanwhile(ctx: SimpleNamespace) -> None:
+        # The hasher waits for range 0's bytes: every other range is fetched meanwhile.
+        await _until_landed(ctx, len(data) - RANGE)
+        assert sorted(start // RANGE for start, _ in repository.ranges) == list(range(1, 13))
+        repository.release.set()
+
+    assert await _download_while(tmp_path, repository, 13, meanwhile) == hashlib.sha256(data).hexdigest()
     assert (tmp_path / "f.bin.part").read_bytes() == data
 
 
