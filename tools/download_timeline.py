@@ -70,16 +70,23 @@ def timeline(lines: list[dict[str, Any]]) -> dict[str, Any]:
                 request=line["request"], first_write=line["first_write"], last_write=line["last_write"],
                 landed=line["t"])
         elif phase == "hash":
-            # "began": when the range was whole and the hasher started reading it back (before the
-            # hasher followed the ranges' writes, it waited for each to land).
-            ranges.setdefault(line["index"], {}).update(hash_ready=line["ready"],
-                                                        hash_began=line.get("began", line["ready"]), hashed=line["t"])
+            # The hasher follows each range's writes and says when it was done with it ("hashed");
+            # before 2026-12-04 it waited for each range to land ("ready" to "began"), then read it back.
+            r = ranges.setdefault(line["index"], {})
+            r["hashed"] = line.get("hashed", line["t"])
+            if "began" in line:
+                r.update(hash_ready=line["ready"], hash_began=line["began"])
         elif phase == "checkpoint":
             checkpoints.append({"ranges": line["ranges"], "sync_began": line["sync_began"], "synced": line["synced"],
                                 "committed": line["t"]})
         else:
             marks.append((line["t"], phase))
     marks.sort()
+    previous = 0.0
+    for index in sorted(ranges):
+        # Following the writes, the hasher is on a range from the moment it is done with the one before.
+        ranges[index].setdefault("hash_began", previous)
+        previous = ranges[index].get("hashed", previous)
     return {"marks": marks, "ranges": ranges, "checkpoints": checkpoints,
             "phase": {name: t for t, name in marks}}
 
@@ -106,11 +113,9 @@ def summary(tl: dict[str, Any]) -> list[tuple[str, float]]:
             out.append((after, phase[name] - phase["landed"]))
     waits = [r["hash_began"] - r["hash_ready"] for r in ranges.values() if "hash_ready" in r]
     work = [r["hashed"] - r["hash_began"] for r in ranges.values() if "hash_began" in r]
-    if any(waits):
+    if waits:
         out.append(("hasher waiting for each range to land, total", sum(waits)))
         out.append(("hasher reading back and hashing landed ranges, total", sum(work)))
-    elif work:
-        out.append(("hasher from reaching each range to its last byte, total", sum(work)))
     syncs = [c["synced"] - c["sync_began"] for c in tl["checkpoints"]]
     commits = [c["committed"] - c["synced"] for c in tl["checkpoints"]]
     if syncs:

@@ -17,6 +17,7 @@ without following symlinks, and no destination or ``.part`` file may be one.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import hashlib
@@ -26,6 +27,7 @@ import re
 import stat
 import threading
 import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import trio
@@ -33,7 +35,6 @@ import trio
 from dataeraid.engine.context import JobContext
 from dataeraid.errors import DataeraiError, TargetExpired, TransientError, first_error, from_os_error
 from dataeraid.fileset import (
-    HASH_SLICE,
     PART_SUFFIX,
     BufferPool,
     FileSet,
@@ -103,14 +104,16 @@ class Timeline:
 
 
 class InOrderHash:
-    """The stream's digests, fed strictly in order by whichever thread has the next bytes.
+    """The stream's digests, fed strictly in order, right behind the writes.
 
-    A receiving thread whose slice was just written exactly where the digest has got to
-    hashes it from its own buffer (:meth:`offer`), so those bytes are never read back.
-    Bytes written ahead of that point (a later range, or a slice that landed while the
-    digest was behind) are read back from the page cache (:meth:`catch_up`) once the
-    bytes before them are in. Either way a byte is hashed once, after it was written,
-    and only at the digest's position, which only moves forward.
+    A receiving thread reports each slice it wrote (:meth:`wrote`); if the slice lies
+    exactly where the digest has got to, it is hashed there from the receive buffer, so
+    those bytes are never read back. One thread (:meth:`follow`) reads back from the
+    page cache what was written ahead of the digest (a later range, or a slice that
+    landed while the digest was behind), as soon as the bytes before it are in. Either
+    way a byte is hashed once, after it was written, and only at the digest's position,
+    which only moves forward. The follower sleeps on a condition between writes, so the
+    event loop is not woken for it per slice.
     """
 
     def __init__(self, stream: StreamHasher, fileset: FileSet, pool: BufferPool) -> None:
@@ -121,31 +124,61 @@ class InOrderHash:
         self.read_back = 0
         self._fileset = fileset
         self._pool = pool
-        self._lock = threading.Lock()
+        self._changed = threading.Condition()
+        #: Per range, the stream offset its bytes are written up to (a range is written in order).
+        self._reached: dict[int, int] = {}
+        self._stopped = False
 
-    def offer(self, offset: int, view: memoryview) -> None:
-        """``view`` was just written at ``offset``: hashed here if it is next; in any thread."""
-        if offset != self.position:  # unlocked, a hint only: it is checked again below
-            return
-        with self._lock:
+    def wrote(self, index: int, offset: int, view: memoryview) -> None:
+        """``view`` was just written at ``offset``, in range ``index``: hashed here if it is
+        next; in any thread."""
+        with self._changed:
+            self._reached[index] = max(self._reached.get(index, 0), offset + len(view))
             if offset == self.position:
                 self.stream.update(view)
                 self.position += len(view)
+            self._changed.notify()
+
+    def stop(self) -> None:
+        """Make :meth:`follow` return at its next block (the download stops)."""
+        with self._changed:
+            self._stopped = True
+            self._changed.notify()
 
     def catch_up(self, end: int) -> None:
         """Read back and hash the stream from the digest's position to ``end``, all of it
-        written already; blocking, for a worker thread."""
+        written already; blocking, a block at a time."""
         with self._pool.buffer() as buffer:
             while True:
-                with self._lock:
+                with self._changed:
                     at = self.position
-                    if at >= end:
+                    if at >= end or self._stopped:
                         return
                     block = buffer[:min(len(buffer), end - at)]
                     self._fileset.readinto(at, block)
                     self.stream.update(block)
                     self.position = at + len(block)
                     self.read_back += len(block)
+
+    def follow(self, ranges: Sequence[tuple[int, int, int, bool]], hashed: Callable[[int], None]) -> None:
+        """Hash ``(index, start, end, fetched)`` ranges in order, each right behind its
+        writes (one not ``fetched`` now is on disk already); ``hashed(index)`` after each.
+        Blocking, for one worker thread, until all are hashed or :meth:`stop`."""
+        for index, _, end, fetched in ranges:
+            if fetched:
+                while True:
+                    with self._changed:
+                        while not self._stopped and self.position < end \
+                                and self._reached.get(index, 0) <= self.position:
+                            self._changed.wait()
+                        if self._stopped or self.position >= end:
+                            break
+                        written = self._reached[index]
+                    self.catch_up(written)
+            self.catch_up(end)
+            if self._stopped:
+                return
+            hashed(index)
 
 
 def _is_symlink(path: str) -> bool:
@@ -384,13 +417,9 @@ async def _fetch_ranges(ctx: JobContext, fileset: FileSet, target: dict[str, Any
     stream = StreamHasher(fileset.files)
     # One hasher: one buffer for what it reads back, read into again and again.
     digest = InOrderHash(stream, fileset, BufferPool(ctx.settings.io_block_size, keep=1))
-    # Per range: the end of its bytes written from its start (each range is written in
-    # order), and when its first write began and its last one ended.
-    reached: dict[int, int] = {}
+    # Per range, when its first write began and its last one ended.
     first_write: dict[int, float] = {}
     last_write: dict[int, float] = {}
-    # Set on the event loop after a slice of the range the hasher follows is written.
-    more = [trio.Event()]
     # Set (and replaced) when the hasher finished a range: a worker may start one further on.
     hashed_more = [trio.Event()]
     # How many ranges past the digest's a range may start while the hasher is behind: a
@@ -409,15 +438,11 @@ async def _fetch_ranges(ctx: JobContext, fileset: FileSet, target: dict[str, Any
         at = digest.position // chunk_size
         return index - at > ahead and (at not in landed or landed[at].is_set())
 
-    def wrote(index: int, end: int) -> None:
-        reached[index] = max(reached.get(index, 0), end)
-
     def write_at(offset: int, view: memoryview) -> None:
         index = offset // chunk_size
         first_write.setdefault(index, timeline.now())
         fileset.write(offset, (view,))
-        wrote(index, offset + len(view))
-        digest.offer(offset, view)
+        digest.wrote(index, offset, view)
         last_write[index] = timeline.now()
 
     async def refresh() -> None:
@@ -437,8 +462,6 @@ async def _fetch_ranges(ctx: JobContext, fileset: FileSet, target: dict[str, Any
             async def landed(n: int) -> None:
                 nonlocal written
                 written += n
-                if digest.position // chunk_size == index:  # the hasher follows this range's writes
-                    more[0].set()
                 await accounting.moved(n, index, start + written - n)
 
             try:
@@ -458,9 +481,8 @@ async def _fetch_ranges(ctx: JobContext, fileset: FileSet, target: dict[str, Any
             async def flush() -> None:
                 nonlocal written, pending_size
                 await trio.to_thread.run_sync(fileset.write, start + written, pending)
+                digest.wrote(index, start + written, memoryview(b"".join(pending)))
                 written += pending_size
-                wrote(index, start + written)
-                more[0].set()
                 pending.clear()
                 pending_size = 0
 
@@ -490,7 +512,6 @@ async def _fetch_ranges(ctx: JobContext, fileset: FileSet, target: dict[str, Any
                       last_write=last_write.get(index))
         accounting.chunk_done()
         landed[index].set()
-        more[0].set()
         unsynced.append((index, length))
         wrote_more.set()
 
@@ -551,31 +572,59 @@ async def _fetch_ranges(ctx: JobContext, fileset: FileSet, target: dict[str, Any
             start = index * chunk_size
             await trio.to_thread.run_sync(fileset.drop_cache, start, min(chunk_size, size - start))
 
-    async def catch_up(end: int) -> None:
-        # At most HASH_SLICE a call, so that a pause or a shutdown waits for little hashing.
-        await trio.to_thread.run_sync(digest.catch_up, min(end, digest.position + HASH_SLICE))
+    # Ranges the hasher is done with (and when), handed from its thread to the event loop.
+    hashed: collections.deque[tuple[int, float]] = collections.deque()
+    any_hashed = trio.Event()
+    token = trio.lowlevel.current_trio_token()
+    plan = [(index, index * chunk_size, min(size, (index + 1) * chunk_size), index in landed)
+            for index in range(count)]
+
+    def wake_after_hashing() -> None:
+        any_hashed.set()
+
+    def on_hashed(index: int) -> None:
+        # In the hasher's thread: nothing here may block on the event loop.
+        hashed.append((index, timeline.now()))
+        token.run_sync_soon(wake_after_hashing)
+
+    async def after_hashing(hasher_done: trio.Event) -> None:
+        nonlocal any_hashed
+        while hashed or not hasher_done.is_set():
+            if not hashed:
+                await any_hashed.wait()
+                any_hashed = trio.Event()
+                continue
+            index, t = hashed.popleft()
+            timeline.mark("hash", index=index, hashed=t)
+            hashed_range()
+            if index in landed:
+                await done_with(index, "hashed")
+
+    async def follow() -> None:
+        async with trio.open_nursery() as nursery:
+
+            async def stop_on_cancel() -> None:
+                # A pause, a shutdown or a failed range: the thread stops at its next block.
+                try:
+                    await trio.sleep_forever()
+                finally:
+                    digest.stop()
+
+            nursery.start_soon(stop_on_cancel)
+            try:
+                await trio.to_thread.run_sync(digest.follow, plan, on_hashed)
+            finally:
+                nursery.cancel_scope.cancel()
 
     async def hash_in_order() -> None:
-        for index in range(count):
-            ready = timeline.now()
-            start = index * chunk_size
-            end = start + min(chunk_size, size - start)
-            if index not in landed:  # on disk from before
-                while digest.position < end:
-                    await catch_up(end)
-                timeline.mark("hash", index=index, ready=ready)
-                hashed_range()
-                continue
-            # Behind the range's writes; it is done once all of it is hashed (an empty one, once it landed).
-            while digest.position < end or not (end > start or landed[index].is_set()):
-                if reached.get(index, 0) > digest.position:
-                    await catch_up(reached[index])
-                    continue
-                await more[0].wait()
-                more[0] = trio.Event()
-            timeline.mark("hash", index=index, ready=ready)
-            hashed_range()
-            await done_with(index, "hashed")
+        hasher_done = trio.Event()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(after_hashing, hasher_done)
+            try:
+                await follow()
+            finally:
+                hasher_done.set()
+                any_hashed.set()
         timeline.mark("hashed", read_back=digest.read_back)
 
     with first_error():

@@ -75,19 +75,31 @@ async def test_a_slice_written_at_the_digest_is_hashed_from_its_buffer_and_the_r
         tmp_path: Path) -> None:
     data = _data(2)
     fileset = FileSet(str(tmp_path), [StreamFile("f.bin", 0, len(data))], "part")
+    plan = [(0, 0, RANGE, True), (1, RANGE, 2 * RANGE, True), (2, 2 * RANGE, len(data), True)]
     try:
-        fileset.write(0, (data,))
         digest = download.InOrderHash(StreamHasher(fileset.files), fileset, BufferPool(BLOCK))
-        digest.offer(RANGE, memoryview(data[RANGE:RANGE + BLOCK]))  # ahead of the digest: not hashed
+
+        def write(index: int, offset: int, length: int) -> None:
+            fileset.write(offset, (data[offset:offset + length],))
+            digest.wrote(index, offset, memoryview(data[offset:offset + length]))
+
+        write(1, RANGE, RANGE)  # ahead of the digest: not hashed
         assert digest.position == 0
-        digest.offer(0, memoryview(data[:BLOCK]))
-        digest.offer(0, memoryview(data[:BLOCK]))  # the same slice again (a retry): hashed once
+        write(0, 0, BLOCK)
+        digest.wrote(0, 0, memoryview(data[:BLOCK]))  # the same slice again (a retry): hashed once
         assert (digest.position, digest.read_back) == (BLOCK, 0)
-        digest.catch_up(len(data))
-        assert (digest.position, digest.read_back) == (len(data), len(data) - BLOCK)
+        hashed: list[int] = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.to_thread.run_sync, digest.follow, plan, hashed.append)
+            # The rest of range 0, then range 2, while the follower reads back what it can.
+            for offset in range(BLOCK, RANGE, BLOCK):
+                await trio.to_thread.run_sync(write, 0, offset, BLOCK)
+            await trio.to_thread.run_sync(write, 2, 2 * RANGE, len(data) - 2 * RANGE)
     finally:
         fileset.close()
+    assert hashed == [0, 1, 2]
     assert digest.stream.whole.hexdigest() == hashlib.sha256(data).hexdigest()
+    assert RANGE <= digest.read_back <= len(data) - BLOCK  # range 1 at least was read back
 
 
 class _FirstRangeHeld(FakeRepository):
@@ -141,20 +153,20 @@ async def test_while_the_hasher_is_behind_no_range_starts_more_than_a_few_ahead_
     data = _data(12)
     repository = FakeRepository(bulk_reads=True, read_block=BLOCK)
     repository.add_content(data)
-    # A hasher that reads nothing from the receive buffer and cannot read back until let go.
+    # A hasher that cannot read back until let go: range 0 is hashed as it is written, range 1
+    # (written beside it, ahead of the digest) must be read back.
     hasher_free = threading.Event()
     catch_up = download.InOrderHash.catch_up
-    monkeypatch.setattr(download.InOrderHash, "offer", lambda self, offset, view: None)
     monkeypatch.setattr(download.InOrderHash, "catch_up",
                         lambda self, end: (hasher_free.wait(SAFETY_NET_SECONDS), catch_up(self, end))[1])
 
     async def meanwhile(ctx: SimpleNamespace) -> None:
         try:
-            # Ranges 0 to 4 land, range 0 with the hasher in it; a range may start at most
+            # Ranges 0 to 5 land, range 1 with the hasher in it; a range may start at most
             # parts_per_job + 1 = 4 ranges past the hasher's, so the workers wait for it
-            # instead of fetching ranges 5 and 6.
-            await _until_landed(ctx, 5 * RANGE)
-            assert sorted(start // RANGE for start, _ in repository.ranges) == [0, 1, 2, 3, 4]
+            # instead of fetching ranges 6 and 7.
+            await _until_landed(ctx, 6 * RANGE)
+            assert sorted(start // RANGE for start, _ in repository.ranges) == [0, 1, 2, 3, 4, 5]
         finally:
             hasher_free.set()
 
@@ -206,7 +218,7 @@ async def test_the_phases_are_logged_for_each_range_and_the_timeline_tool_reads_
     assert sorted(drawn["ranges"]) == list(range(count))
     for index, r in drawn["ranges"].items():
         assert r["request"] <= r["first_write"] <= r["last_write"] <= r["landed"], index
-        assert r["hash_ready"] <= r["hashed"], index
+        assert r["hash_began"] <= r["hashed"], index
     assert sorted(i for c in drawn["checkpoints"] for i in c["ranges"]) == list(range(count))
     assert {"landed", "hashed", "checkpointed"} <= set(drawn["phase"])
     hashed = next(line for line in lines if line.get("phase") == "hashed")
