@@ -402,12 +402,13 @@ async def _fetch_ranges(ctx: JobContext, fileset: FileSet, target: dict[str, Any
     """Fetch the ranges in ``todo`` into the ``.part`` files; the stream's digests.
 
     The whole stream's digest (and each file's) is computed beside the transfer, in
-    order, right behind the bytes of the earliest range still coming
-    (:class:`InOrderHash`): its slices are hashed from the receive buffer as they are
-    written; what landed ahead of the digest is read back from the page cache when
-    the digest gets there. So the digest is ready moments after the last byte, and
-    most bytes are never read back (docs/benchmarks.md, "Where a large download
-    waits"). A range cut off half-way goes on from where it stopped.
+    order, right behind the writes (:class:`InOrderHash`): a slice written where the
+    digest has got to is hashed from the receive buffer; what landed ahead of it
+    (with ranges in parallel, most bytes) is read back from the page cache as soon
+    as the bytes before it are in. So the digest is ready moments after the last
+    byte (docs/benchmarks.md, "Where a large download waits"). While the hasher is
+    behind, no range starts more than a few ahead of it. A range cut off half-way
+    goes on from where it stopped.
     """
     current = {"target": target}
     queue = iter(todo)
@@ -478,10 +479,15 @@ async def _fetch_ranges(ctx: JobContext, fileset: FileSet, target: dict[str, Any
             pending: list[bytes] = []
             pending_size = 0
 
+            def put(at: int, pieces: list[bytes]) -> None:
+                fileset.write(at, pieces)
+                for piece in pieces:
+                    digest.wrote(index, at, memoryview(piece))
+                    at += len(piece)
+
             async def flush() -> None:
                 nonlocal written, pending_size
-                await trio.to_thread.run_sync(fileset.write, start + written, pending)
-                digest.wrote(index, start + written, memoryview(b"".join(pending)))
+                await trio.to_thread.run_sync(put, start + written, pending)
                 written += pending_size
                 pending.clear()
                 pending_size = 0
