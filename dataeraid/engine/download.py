@@ -17,6 +17,7 @@ without following symlinks, and no destination or ``.part`` file may be one.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import hashlib
@@ -24,6 +25,9 @@ import math
 import os
 import re
 import stat
+import threading
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import trio
@@ -31,7 +35,6 @@ import trio
 from dataeraid.engine.context import JobContext
 from dataeraid.errors import DataeraiError, TargetExpired, TransientError, first_error, from_os_error
 from dataeraid.fileset import (
-    HASH_SLICE,
     PART_SUFFIX,
     BufferPool,
     FileSet,
@@ -79,6 +82,103 @@ def content_files(target: dict[str, Any], asset_id: str) -> list[StreamFile]:
         # One file is the whole content, whose digest the repository verified itself.
         files = [dataclasses.replace(files[0], sha256=target["sha256"])]
     return files
+
+
+class Timeline:
+    """The phases of one download as debug-level ``download.phase`` events, each with ``t``:
+    seconds since the job began (``tools/download_timeline.py`` draws them from the log).
+
+    Times taken in worker threads (a range's first and last write) are kept and logged
+    with their range, so a phase costs a clock read, never a log line, off the event loop.
+    """
+
+    def __init__(self, log: Any) -> None:
+        self._log = log
+        self._start = time.monotonic()
+
+    def now(self) -> float:
+        return round(time.monotonic() - self._start, 4)
+
+    def mark(self, phase: str, **fields: Any) -> None:
+        self._log.debug("download.phase", phase=phase, t=self.now(), **fields)
+
+
+class InOrderHash:
+    """The stream's digests, fed strictly in order, right behind the writes.
+
+    A receiving thread reports each slice it wrote (:meth:`wrote`); if the slice lies
+    exactly where the digest has got to, it is hashed there from the receive buffer, so
+    those bytes are never read back. One thread (:meth:`follow`) reads back from the
+    page cache what was written ahead of the digest (a later range, or a slice that
+    landed while the digest was behind), as soon as the bytes before it are in. Either
+    way a byte is hashed once, after it was written, and only at the digest's position,
+    which only moves forward. The follower sleeps on a condition between writes, so the
+    event loop is not woken for it per slice.
+    """
+
+    def __init__(self, stream: StreamHasher, fileset: FileSet, pool: BufferPool) -> None:
+        self.stream = stream
+        #: Stream bytes hashed so far (moved only with the lock held).
+        self.position = 0
+        #: Of those, how many were read back from the page cache.
+        self.read_back = 0
+        self._fileset = fileset
+        self._pool = pool
+        self._changed = threading.Condition()
+        #: Per range, the stream offset its bytes are written up to (a range is written in order).
+        self._reached: dict[int, int] = {}
+        self._stopped = False
+
+    def wrote(self, index: int, offset: int, view: memoryview) -> None:
+        """``view`` was just written at ``offset``, in range ``index``: hashed here if it is
+        next; in any thread."""
+        with self._changed:
+            self._reached[index] = max(self._reached.get(index, 0), offset + len(view))
+            if offset == self.position:
+                self.stream.update(view)
+                self.position += len(view)
+            self._changed.notify()
+
+    def stop(self) -> None:
+        """Make :meth:`follow` return at its next block (the download stops)."""
+        with self._changed:
+            self._stopped = True
+            self._changed.notify()
+
+    def catch_up(self, end: int) -> None:
+        """Read back and hash the stream from the digest's position to ``end``, all of it
+        written already; blocking, a block at a time."""
+        with self._pool.buffer() as buffer:
+            while True:
+                with self._changed:
+                    at = self.position
+                    if at >= end or self._stopped:
+                        return
+                    block = buffer[:min(len(buffer), end - at)]
+                    self._fileset.readinto(at, block)
+                    self.stream.update(block)
+                    self.position = at + len(block)
+                    self.read_back += len(block)
+
+    def follow(self, ranges: Sequence[tuple[int, int, int, bool]], hashed: Callable[[int], None]) -> None:
+        """Hash ``(index, start, end, fetched)`` ranges in order, each right behind its
+        writes (one not ``fetched`` now is on disk already); ``hashed(index)`` after each.
+        Blocking, for one worker thread, until all are hashed or :meth:`stop`."""
+        for index, _, end, fetched in ranges:
+            if fetched:
+                while True:
+                    with self._changed:
+                        while not self._stopped and self.position < end \
+                                and self._reached.get(index, 0) <= self.position:
+                            self._changed.wait()
+                        if self._stopped or self.position >= end:
+                            break
+                        written = self._reached[index]
+                    self.catch_up(written)
+            self.catch_up(end)
+            if self._stopped:
+                return
+            hashed(index)
 
 
 def _is_symlink(path: str) -> bool:
@@ -187,6 +287,8 @@ def _place(fileset: FileSet, dest_dir: str, overwrite: bool, block_size: int) ->
 async def run_download(ctx: JobContext) -> dict[str, Any]:
     job = ctx.job
     params = job["params"]
+    timeline = Timeline(ctx.log)
+    timeline.mark("begin")
     asset_id: str = params["asset_id"]
     overwrite = bool(params.get("overwrite"))
     dest_dir = str(job["dest_dir"])
@@ -196,6 +298,7 @@ async def run_download(ctx: JobContext) -> dict[str, Any]:
         "asking where to read the asset",
         lambda: ctx.remote.download_target(asset_id, job.get("content_id") or params.get("content_id")),
     )
+    timeline.mark("target")
     manifest = content_files(target, asset_id)
     name = manifest[0].path if len(manifest) == 1 else (target.get("file_name") or manifest[0].path.split("/")[0])
     size = int(target["size"])
@@ -254,11 +357,13 @@ async def run_download(ctx: JobContext) -> dict[str, Any]:
         ctx.accounting.begin(size, count, fileset, manifest[0].path,
                              bytes_done=sum(c["size"] for c in done.values()), chunks_done=len(done))
         todo = [n for n in range(count) if n not in done]
-        stream = await _fetch_ranges(ctx, fileset, target, asset_id, size, chunk_size, todo)
+        timeline.mark("planned", size=size, ranges=count, todo=len(todo))
+        stream = await _fetch_ranges(ctx, fileset, target, asset_id, size, chunk_size, todo, timeline)
         # Every range was flushed before its checkpoint; empty files have no range.
         await trio.to_thread.run_sync(fileset.create_missing)
     finally:
         fileset.close()
+    timeline.mark("fetched")
 
     digest = stream.whole.hexdigest()
     bad = [f.path for f, sha in zip(manifest, stream.file_sha256, strict=False) if f.sha256 not in (None, sha)]
@@ -268,10 +373,12 @@ async def run_download(ctx: JobContext) -> dict[str, Any]:
         which = f" ({', '.join(bad[:5])})" if bad else ""
         raise DataeraiError("checksum_mismatch", f"downloaded bytes hash to {digest}, expected {target['sha256']}"
                                                  f"{which}")
+    timeline.mark("checked")
     try:
         await trio.to_thread.run_sync(_place, fileset, dest_dir, overwrite, ctx.settings.io_block_size)
     except OSError as exc:
         raise from_os_error(exc, f"moving the downloaded files into {dest_dir}") from exc
+    timeline.mark("placed")
     ctx.accounting.finish()
     ctx.log.info("download complete", path=files[0]["local_path"], size=size, files=len(files))
     return {"files": files}
@@ -291,26 +398,53 @@ def _remove_parts(fileset: FileSet) -> None:
 
 
 async def _fetch_ranges(ctx: JobContext, fileset: FileSet, target: dict[str, Any], asset_id: str, size: int,
-                        chunk_size: int, todo: list[int]) -> StreamHasher:
+                        chunk_size: int, todo: list[int], timeline: Timeline | None = None) -> StreamHasher:
     """Fetch the ranges in ``todo`` into the ``.part`` files; the stream's digests.
 
-    The whole stream's digest (and each file's) is computed beside the transfer: a
-    hasher follows the ranges in order as they land (reading them back from the
-    page cache), so the digest is ready moments after the last range instead of
-    after another pass. A range cut off half-way goes on from where it stopped.
-
-    (Hashing bytes from memory as they are written, where they land right at the
-    hasher's position, and reading back only the rest, was tried: with parallel ranges
-    it saved little and cost more thread hops; with range bodies read in order it saved
-    CPU but was slower in wall time. docs/benchmarks.md.)
+    The whole stream's digest (and each file's) is computed beside the transfer, in
+    order, right behind the writes (:class:`InOrderHash`): a slice written where the
+    digest has got to is hashed from the receive buffer; what landed ahead of it
+    (with ranges in parallel, most bytes) is read back from the page cache as soon
+    as the bytes before it are in. So the digest is ready moments after the last
+    byte (docs/benchmarks.md, "Where a large download waits"). While the hasher is
+    behind, no range starts more than a few ahead of it. A range cut off half-way
+    goes on from where it stopped.
     """
     current = {"target": target}
     queue = iter(todo)
     landed = {index: trio.Event() for index in todo}
     accounting = ctx.accounting
+    timeline = timeline or Timeline(ctx.log)
+    stream = StreamHasher(fileset.files)
+    # One hasher: one buffer for what it reads back, read into again and again.
+    digest = InOrderHash(stream, fileset, BufferPool(ctx.settings.io_block_size, keep=1))
+    # Per range, when its first write began and its last one ended.
+    first_write: dict[int, float] = {}
+    last_write: dict[int, float] = {}
+    # Set (and replaced) when the hasher finished a range: a worker may start one further on.
+    hashed_more = [trio.Event()]
+    # How many ranges past the digest's a range may start while the hasher is behind: a
+    # range in flight per worker, and one more.
+    ahead = ctx.settings.parts_per_job + 1
+
+    def hashed_range() -> None:
+        hashed_more[0].set()
+        hashed_more[0] = trio.Event()
+
+    def hasher_behind(index: int) -> bool:
+        """Whether range ``index`` must wait for the hasher: bytes that land far ahead of the
+        digest are read back later, and the last of them are the download's tail. Only while
+        the hasher has all it needs (the range it is in has landed): a range slow to arrive
+        or retrying holds no other range back."""
+        at = digest.position // chunk_size
+        return index - at > ahead and (at not in landed or landed[at].is_set())
 
     def write_at(offset: int, view: memoryview) -> None:
+        index = offset // chunk_size
+        first_write.setdefault(index, timeline.now())
         fileset.write(offset, (view,))
+        digest.wrote(index, offset, view)
+        last_write[index] = timeline.now()
 
     async def refresh() -> None:
         current["target"] = await ctx.remote.download_target(asset_id, target["content_id"])
@@ -345,9 +479,15 @@ async def _fetch_ranges(ctx: JobContext, fileset: FileSet, target: dict[str, Any
             pending: list[bytes] = []
             pending_size = 0
 
+            def put(at: int, pieces: list[bytes]) -> None:
+                fileset.write(at, pieces)
+                for piece in pieces:
+                    digest.wrote(index, at, memoryview(piece))
+                    at += len(piece)
+
             async def flush() -> None:
                 nonlocal written, pending_size
-                await trio.to_thread.run_sync(fileset.write, start + written, pending)
+                await trio.to_thread.run_sync(put, start + written, pending)
                 written += pending_size
                 pending.clear()
                 pending_size = 0
@@ -372,7 +512,10 @@ async def _fetch_ranges(ctx: JobContext, fileset: FileSet, target: dict[str, Any
             if written != length:
                 raise TransientError(f"range {index}: connection ended after {written} of {length} bytes")
 
+        requested = timeline.now()
         await ctx.retrying(f"reading range {index}", attempt)
+        timeline.mark("range", index=index, request=requested, first_write=first_write.get(index),
+                      last_write=last_write.get(index))
         accounting.chunk_done()
         landed[index].set()
         unsynced.append((index, length))
@@ -394,26 +537,32 @@ async def _fetch_ranges(ctx: JobContext, fileset: FileSet, target: dict[str, Any
                 continue
             batch = unsynced[:]
             del unsynced[:]
+            began = timeline.now()
             await trio.to_thread.run_sync(fileset.sync, [(i * chunk_size, n) for i, n in batch])
+            synced = timeline.now()
             await ctx.store.checkpoint_many(ctx.job_id, [(i, n, None) for i, n in batch])
+            timeline.mark("checkpoint", ranges=[i for i, _ in batch], sync_began=began, synced=synced)
             for index, _ in batch:
                 await done_with(index, "synced")
+        timeline.mark("checkpointed")
 
     async def workers() -> None:
         nonlocal workers_done
 
         async def worker() -> None:
             for index in queue:
+                while hasher_behind(index):
+                    await hashed_more[0].wait()
                 await fetch(index)
 
         with first_error():
             async with trio.open_nursery() as nursery:
                 for _ in range(ctx.settings.parts_per_job):
                     nursery.start_soon(worker)
+        timeline.mark("landed")
         workers_done = True
         wrote_more.set()
 
-    stream = StreamHasher(fileset.files)
     count = max(1, math.ceil(size / chunk_size))
 
     # A range's pages leave the page cache once it is both on disk and hashed.
@@ -429,17 +578,60 @@ async def _fetch_ranges(ctx: JobContext, fileset: FileSet, target: dict[str, Any
             start = index * chunk_size
             await trio.to_thread.run_sync(fileset.drop_cache, start, min(chunk_size, size - start))
 
-    async def hash_in_order() -> None:
-        pool = BufferPool(ctx.settings.io_block_size, keep=1)  # one hasher: one buffer, read into again and again
-        for index in range(count):
-            if index in landed:
-                await landed[index].wait()
-            start = index * chunk_size
-            end = start + min(chunk_size, size - start)
-            for piece in range(start, end, HASH_SLICE):
-                await trio.to_thread.run_sync(stream.feed_into, fileset, piece, min(HASH_SLICE, end - piece), pool)
+    # Ranges the hasher is done with (and when), handed from its thread to the event loop.
+    hashed: collections.deque[tuple[int, float]] = collections.deque()
+    any_hashed = trio.Event()
+    token = trio.lowlevel.current_trio_token()
+    plan = [(index, index * chunk_size, min(size, (index + 1) * chunk_size), index in landed)
+            for index in range(count)]
+
+    def wake_after_hashing() -> None:
+        any_hashed.set()
+
+    def on_hashed(index: int) -> None:
+        # In the hasher's thread: nothing here may block on the event loop.
+        hashed.append((index, timeline.now()))
+        token.run_sync_soon(wake_after_hashing)
+
+    async def after_hashing(hasher_done: trio.Event) -> None:
+        nonlocal any_hashed
+        while hashed or not hasher_done.is_set():
+            if not hashed:
+                await any_hashed.wait()
+                any_hashed = trio.Event()
+                continue
+            index, t = hashed.popleft()
+            timeline.mark("hash", index=index, hashed=t)
+            hashed_range()
             if index in landed:
                 await done_with(index, "hashed")
+
+    async def follow() -> None:
+        async with trio.open_nursery() as nursery:
+
+            async def stop_on_cancel() -> None:
+                # A pause, a shutdown or a failed range: the thread stops at its next block.
+                try:
+                    await trio.sleep_forever()
+                finally:
+                    digest.stop()
+
+            nursery.start_soon(stop_on_cancel)
+            try:
+                await trio.to_thread.run_sync(digest.follow, plan, on_hashed)
+            finally:
+                nursery.cancel_scope.cancel()
+
+    async def hash_in_order() -> None:
+        hasher_done = trio.Event()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(after_hashing, hasher_done)
+            try:
+                await follow()
+            finally:
+                hasher_done.set()
+                any_hashed.set()
+        timeline.mark("hashed", read_back=digest.read_back)
 
     with first_error():
         async with trio.open_nursery() as nursery:

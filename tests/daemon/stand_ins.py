@@ -68,7 +68,7 @@ def job_context(remote: Any, settings: dict[str, Any], **fields: Any) -> SimpleN
         accounting=Accounting(reporter, 0.0, Unlimited(), Tally(), str(job.get("kind", "upload"))),
         store=SimpleNamespace(checkpoint=nothing, checkpoint_many=nothing),
         save=nothing,
-        log=SimpleNamespace(info=lambda *a, **k: None, warning=lambda *a, **k: None),
+        log=SimpleNamespace(debug=lambda *a, **k: None, info=lambda *a, **k: None, warning=lambda *a, **k: None),
     )
     for name, value in fields.items():
         setattr(context, name, value)
