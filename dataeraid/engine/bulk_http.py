@@ -90,10 +90,11 @@ MAX_ERROR_BODY = 64 * 1024
 MAX_RANGE_THREADS = 256
 #: Idle connections kept per origin: one per range in flight is what a job reuses.
 MAX_IDLE_PER_ORIGIN = 16
-#: Bytes of a part body sent per worker-thread call (and charged to the job before it):
-#: the bandwidth limit, the fairness of turns and progress hold per slice; 4 MiB costs
-#: the event loop a wake-up per 4 MiB instead of per 1 MiB (docs/benchmarks.md).
-SEND_SLICE_BYTES = 4 * 1024 * 1024
+#: Bytes of a part body sent per worker-thread call, and charged to the job before it: the
+#: bandwidth limit, the fairness of turns and progress hold per slice, as they held per
+#: ``io_block_size`` block through httpx. 4 MiB slices saved only about 0.04 CPU s/GB
+#: more (docs/benchmarks.md) and would let a slow limit burst four times as far.
+SEND_SLICE_BYTES = 1024 * 1024
 
 _CONTENT_RANGE = re.compile(rb"bytes (\d+)-(\d+)/(\d+|\*)")
 
@@ -600,7 +601,7 @@ class BulkHTTP:
                 # closed: that answer, if it came, says more than the broken pipe does.
                 failed = TransientError(f"{what}: connection to {where} failed after {done} of {length} body "
                                         f"bytes: {_reason(exc)}")
-                if not conn.aborted:
+                if not conn.aborted and not isinstance(exc, TimeoutError):
                     early = await trio.to_thread.run_sync(self._early_answer, conn, parser, limiter=self._threads)
                     if early is not None:
                         raise_for_status(early, what)
