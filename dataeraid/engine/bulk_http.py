@@ -92,8 +92,8 @@ MAX_RANGE_THREADS = 256
 MAX_IDLE_PER_ORIGIN = 16
 #: Bytes of a part body sent per worker-thread call, and charged to the job before it: the
 #: bandwidth limit, the fairness of turns and progress hold per slice, as they held per
-#: ``io_block_size`` block through httpx. 4 MiB slices saved only about 0.04 CPU s/GB
-#: more (docs/benchmarks.md) and would let a slow limit burst four times as far.
+#: ``io_block_size`` block through httpx. 4 MiB slices would save the daemon another
+#: 0.1-0.15 CPU s/GB (docs/benchmarks.md), but would let a limit burst four times as far.
 SEND_SLICE_BYTES = 1024 * 1024
 
 _CONTENT_RANGE = re.compile(rb"bytes (\d+)-(\d+)/(\d+|\*)")
