@@ -346,6 +346,16 @@ class FileSet:
             if index not in self._users:
                 os.close(self._open.pop(index))
 
+    @contextmanager
+    def descriptor(self, index: int) -> Iterator[int]:
+        """File ``index``'s descriptor, open for the block (for ``os.sendfile``: read it with
+        ``pread``-like calls only, never its position)."""
+        fd = self._acquire(index)
+        try:
+            yield fd
+        finally:
+            self._release(index)
+
     def close(self) -> None:
         with self._lock:
             for fd in self._open.values():

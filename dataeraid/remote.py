@@ -34,7 +34,7 @@ from dataeraid.auth import Auth
 from dataeraid.errors import AuthProblem, DataeraiError, TargetExpired, TransientError
 
 if TYPE_CHECKING:
-    from dataeraid.engine.bulk_http import BulkHTTP
+    from dataeraid.engine.bulk_http import Body, BulkHTTP, Charge
 
 USER_AGENT = "dataeraid/0.1.0"
 
@@ -87,6 +87,18 @@ def _json_object(response: httpx.Response, what: str) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise TransientError(f"{what}: HTTP {response.status_code} with a body that is not a JSON object")
     return body
+
+
+def _part_answer(response: httpx.Response, headers: Mapping[str, str], what: str) -> dict[str, Any]:
+    """A part target's 2xx answer as the acknowledgement (``size``, ``sha256``, ...)."""
+    if not response.content and "x-amz-checksum-sha256" in response.headers:
+        # An S3 store's answer: no body; the digest it checked the part against, in base64.
+        try:
+            digest = base64.b64decode(response.headers["x-amz-checksum-sha256"], validate=True).hex()
+        except (binascii.Error, ValueError):
+            raise DataeraiError("internal", f"{what}: the store answered with a malformed checksum") from None
+        return {"sha256": digest, "size": int(headers.get("Content-Length", -1))}
+    return _json_object(response, what)
 
 
 def raise_for_status(response: httpx.Response, what: str) -> None:
@@ -277,14 +289,20 @@ class Remote:
         except httpx.TransportError as exc:
             raise TransientError(f"{what}: {type(exc).__name__}: {exc}") from exc
         raise_for_status(response, what)
-        if not response.content and "x-amz-checksum-sha256" in response.headers:
-            # An S3 store's answer: no body; the digest it checked the part against, in base64.
-            try:
-                digest = base64.b64decode(response.headers["x-amz-checksum-sha256"], validate=True).hex()
-            except (binascii.Error, ValueError):
-                raise DataeraiError("internal", f"{what}: the store answered with a malformed checksum") from None
-            return {"sha256": digest, "size": int(headers.get("Content-Length", -1))}
-        return _json_object(response, what)
+        return _part_answer(response, headers, what)
+
+    async def put_part_from(self, target: Mapping[str, Any], length: int, body: Body, charge: Charge, what: str,
+                            sent: Callable[[], None] | None = None) -> dict[str, Any] | None:
+        """Send one ``length``-byte part to its signed target without httpx, from ``body``
+        (:meth:`~dataeraid.engine.bulk_http.BulkHTTP.send_from`); None, with nothing sent,
+        where only :meth:`put_part` can."""
+        url = str(target["url"])
+        if self._bulk is None or not self._bulk.usable(url):
+            return None
+        headers = dict(target.get("headers") or {})
+        response = await self._bulk.send_from(str(target.get("method", "PUT")), url, headers, length, body,
+                                              charge, what, sent)
+        return _part_answer(response, headers, what)
 
     async def complete_upload(self, upload_id: str, idempotency_key: str, sha256: str, *,
                               file_sha256: list[str] | None = None) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Range GETs without httpx: raw HTTP/1.1 on blocking sockets in worker threads.
+"""Range GETs and part PUTs without httpx: raw HTTP/1.1 on blocking sockets in worker threads.
 
 Receiving a download's ranges through httpx cost the daemon most of its CPU per
 downloaded GB: h11's receive buffer copies every byte in and out, httpx wraps
@@ -27,6 +27,23 @@ What it promises:
   which ends a blocked ``recv_into`` at once, and the call returns only after
   the worker did, so nothing writes into a file after its job stopped.
 
+Part bodies go the other way on the same connections (:meth:`BulkHTTP.send_from`):
+sending one through httpx took an async generator of 1 MiB reads, each a thread
+hop and a copy into a ``bytes``, then h11's and the socket's copies. Here a worker
+thread hands a slice (``SEND_SLICE_BYTES``) of the part from its file to the
+socket: ``os.sendfile`` on plain TCP (no byte enters the process), and on TLS,
+where the kernel cannot encrypt, a read into the connection's buffer and
+``sendall``. Before each slice the event loop charges it (``charge``: the job's
+bandwidth limit, its turn, its progress), as httpx's path did per block. The
+answer (a small JSON object or an empty S3 answer) is read whole by h11 and
+handed back as an :class:`httpx.Response`, a non-2xx one mapped through
+:func:`~dataeraid.remote.raise_for_status` first, so the caller reads it exactly
+as it reads httpx's (an S3 store's ``BadDigest`` for a file that changed after it
+was hashed is ``checksum_mismatch`` either way). A server that answers before the
+body is all sent (an expired URL) and closes is heard: its answer is what the call
+raises. Only the URL's scheme and ``host:port`` ever appear in an error: a part
+URL's query is a credential.
+
 Connections are kept alive per origin (a few idle ones each) and a connection
 the server closed while idle is noticed before reuse.
 """
@@ -34,6 +51,7 @@ the server closed while idle is noticed before reuse.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import select
 import socket
@@ -42,6 +60,7 @@ import threading
 import urllib.request
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from typing import Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import h11
@@ -55,6 +74,13 @@ from dataeraid.remote import RESPONSE_READ_BYTES, USER_AGENT, raise_for_status
 WriteAt = Callable[[int, memoryview], None]
 #: ``await landed(n)``: ``n`` more bytes were written, on the event loop, after each slice.
 Landed = Callable[[int], Awaitable[None]]
+#: ``body(offset, length, out)``: hand bytes ``offset .. offset + length`` of a part's body
+#: to ``out`` (:class:`Outlet`), in order; runs in a worker thread.
+Body = Callable[[int, int, "Outlet"], None]
+#: ``await charge(n)``: the next ``n`` bytes of a body are about to be sent, on the event loop.
+Charge = Callable[[int], Awaitable[None]]
+
+_T = TypeVar("_T")
 
 #: A response head larger than this is not a storage server's answer.
 MAX_HEAD_BYTES = 64 * 1024
@@ -64,6 +90,11 @@ MAX_ERROR_BODY = 64 * 1024
 MAX_RANGE_THREADS = 256
 #: Idle connections kept per origin: one per range in flight is what a job reuses.
 MAX_IDLE_PER_ORIGIN = 16
+#: Bytes of a part body sent per worker-thread call, and charged to the job before it: the
+#: bandwidth limit, the fairness of turns and progress hold per slice, as they held per
+#: ``io_block_size`` block through httpx. 4 MiB slices would save the daemon another
+#: 0.1-0.15 CPU s/GB (docs/benchmarks.md), but would let a limit burst four times as far.
+SEND_SLICE_BYTES = 1024 * 1024
 
 _CONTENT_RANGE = re.compile(rb"bytes (\d+)-(\d+)/(\d+|\*)")
 
@@ -79,6 +110,9 @@ class _Origin:
 
 class _NoAnswer(Exception):
     """A reused connection ended before any byte of the answer: the server had closed it."""
+
+    def __str__(self) -> str:
+        return "the connection ended before any answer"
 
 
 class _Connection:
@@ -160,17 +194,29 @@ class _Connection:
 
     def send_and_read_head(self, request: h11.Request) -> tuple[h11.Response, bytes]:
         """Send ``request``; the answer's head and the body bytes that came with it."""
+        parser = self.send_head(request)
+        response, _ = self.read_head(parser)
+        leftover, _ = parser.trailing_data
+        return response, bytes(leftover)
+
+    def send_head(self, request: h11.Request) -> h11.Connection:
+        """Send ``request``'s head; the parser that reads its answer."""
         assert self.sock is not None
-        # A new parser per request: the body bypasses h11, so its state ends with the head.
+        # A new parser per request: a body bypasses h11, so its state ends with the request.
         parser = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD_BYTES)
         data = parser.send(request) or b""
-        received = 0
         try:
             self.sock.sendall(data)
         except (BrokenPipeError, ConnectionResetError) as exc:
             if self.reused:
                 raise _NoAnswer() from exc
             raise
+        return parser
+
+    def read_head(self, parser: h11.Connection) -> tuple[h11.Response, int]:
+        """The answer's head (informational answers skipped), and the bytes received for it."""
+        assert self.sock is not None
+        received = 0
         while True:
             event = parser.next_event()
             if event is h11.NEED_DATA:
@@ -188,9 +234,29 @@ class _Connection:
             if isinstance(event, h11.InformationalResponse):
                 continue
             if isinstance(event, h11.Response):
-                leftover, _ = parser.trailing_data
-                return event, bytes(leftover)
+                return event, received
             raise h11.RemoteProtocolError(f"the server ended the connection before its answer ({event!r})")
+
+    def read_answer(self, parser: h11.Connection) -> tuple[h11.Response, bytes, bool]:
+        """The whole answer to a request whose body was sent past h11: its head, its body (at
+        most ``MAX_ERROR_BODY`` bytes), and whether it ended within that (the connection
+        may then serve another request)."""
+        assert self.sock is not None
+        response, _ = self.read_head(parser)
+        body = bytearray()
+        while len(body) <= MAX_ERROR_BODY:
+            event = parser.next_event()
+            if event is h11.NEED_DATA:
+                data = self.sock.recv(MAX_HEAD_BYTES)
+                parser.receive_data(data)  # b"": the end of the connection, which h11 judges
+                continue
+            if isinstance(event, h11.Data):
+                body += event.data
+                continue
+            if isinstance(event, h11.EndOfMessage):
+                return response, bytes(body), True
+            raise h11.RemoteProtocolError(f"the server ended the connection within its answer ({event!r})")
+        return response, bytes(body[:MAX_ERROR_BODY]), False
 
     def receive(self, head: bytes, want: int) -> int:
         """Fill the buffer with ``head`` then the socket's bytes, up to ``want``; how many
@@ -217,6 +283,68 @@ class _Connection:
                     break
                 body += data
         return bytes(body[:limit])
+
+
+class Outlet(Protocol):
+    """Where a :data:`Body` puts a part's bytes, from a worker thread."""
+
+    def sendfile(self, fd: int, offset: int, count: int) -> int:
+        """Send ``count`` bytes of file ``fd`` from ``offset`` (read without moving its
+        position); how many went, fewer only where the file ends first."""
+        ...
+
+    def sendall(self, data: bytes | memoryview) -> None:
+        """Send ``data`` (bytes held in memory)."""
+        ...
+
+
+class _SocketOutlet:
+    """An :class:`Outlet` onto a connection's socket."""
+
+    def __init__(self, conn: _Connection, timeout: float) -> None:
+        assert conn.sock is not None
+        self._conn = conn
+        self._sock = conn.sock
+        self._timeout = timeout
+
+    def sendfile(self, fd: int, offset: int, count: int) -> int:
+        """``os.sendfile`` on plain TCP; over TLS, through the connection's buffer."""
+        if isinstance(self._sock, ssl.SSLSocket):
+            return self._copy(fd, offset, count)
+        out = self._sock.fileno()
+        sent = 0
+        while sent < count:
+            try:
+                n = os.sendfile(out, fd, offset + sent, count - sent)
+            except BlockingIOError:
+                # A socket with a timeout is non-blocking underneath: wait for room, as sendall does.
+                self._wait_writable(out)
+                continue
+            if n == 0:
+                break
+            sent += n
+        return sent
+
+    def sendall(self, data: bytes | memoryview) -> None:
+        self._sock.sendall(data)
+
+    def _copy(self, fd: int, offset: int, count: int) -> int:
+        view = self._conn.buffer
+        sent = 0
+        while sent < count:
+            n = os.preadv(fd, [view[:min(len(view), count - sent)]], offset + sent)
+            if n == 0:
+                break
+            self._sock.sendall(view[:n])
+            sent += n
+        return sent
+
+    def _wait_writable(self, fd: int) -> None:
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        # An aborted socket polls as hung up at once; the next sendfile then raises.
+        if not poller.poll(self._timeout * 1000):
+            raise TimeoutError("timed out")
 
 
 def _header(response: h11.Response, name: bytes) -> bytes | None:
@@ -280,6 +408,21 @@ class BulkHTTP:
         except h11.LocalProtocolError as exc:
             raise DataeraiError("internal", f"a signed URL or header h11 cannot send: {exc}") from exc
 
+    def _upload_request(self, method: str, origin: _Origin, target: str, headers: Mapping[str, str],
+                        length: int) -> h11.Request:
+        mine = [("Host", origin.netloc), ("User-Agent", self._user_agent), ("Accept-Encoding", "identity"),
+                ("Content-Length", str(length))]
+        taken = {name.lower() for name, _ in mine} | {"connection", "transfer-encoding", "expect"}
+        for name, value in headers.items():
+            if name.lower() == "content-length" and value.strip() != str(length):
+                raise DataeraiError("internal", f"a part target asks for Content-Length {value!r} "
+                                                f"for a body of {length} bytes")
+        signed = [(name, value) for name, value in headers.items() if name.lower() not in taken]
+        try:
+            return h11.Request(method=method, target=target, headers=mine + signed)
+        except h11.LocalProtocolError as exc:
+            raise DataeraiError("internal", f"a signed URL or header h11 cannot send: {exc}") from exc
+
     def _take(self, origin: _Origin) -> _Connection:
         idle = self._idle.get(origin)
         while idle:
@@ -318,6 +461,38 @@ class BulkHTTP:
             raise ValueError("a bulk range is at least one byte")
         origin, target = self._origin(url)
         request = self._request(origin, target, headers, start, length)
+
+        async def answer(used: list[_Connection]) -> tuple[bool, None]:
+            return await self._answer(used, origin, request, start, length, write, landed, what), None
+
+        await self._guarded(origin, answer)
+
+    async def send_from(self, method: str, url: str, headers: Mapping[str, str], length: int, body: Body,
+                        charge: Charge, what: str, sent: Callable[[], None] | None = None) -> httpx.Response:
+        """Send a ``length``-byte body (``body``, slice after slice, each awaiting
+        ``charge(n)`` before it goes) to ``url``; ``sent()`` once all of it was handed to
+        the connection. The 2xx answer, read whole; a non-2xx one raises through
+        :func:`~dataeraid.remote.raise_for_status`, a failed connection or a body that
+        could not be sent is a :class:`~dataeraid.errors.TransientError`.
+
+        Bytes charged before it raises may not have arrived; the caller takes them back.
+        What ``body`` raises (the source changed) is raised as it is.
+        """
+        if length < 0:
+            raise ValueError("a body is at least empty")
+        origin, target = self._origin(url)
+        request = self._upload_request(method, origin, target, headers, length)
+
+        async def exchange(used: list[_Connection]) -> tuple[bool, httpx.Response]:
+            return await self._exchange(used, origin, request, length, body, charge, what, sent)
+
+        return await self._guarded(origin, exchange)
+
+    async def _guarded(self, origin: _Origin,
+                       work: Callable[[list[_Connection]], Awaitable[tuple[bool, _T]]]) -> _T:
+        """``work`` on a connection to ``origin`` (``used[-1]``; it appends a new one if that
+        one turned out closed), which is aborted at once if the caller is cancelled. The
+        connections are closed after, but the last one when ``work`` says it may be kept."""
         conn = self._take(origin)
         used: list[_Connection] = [conn]
         keep = False
@@ -336,7 +511,7 @@ class BulkHTTP:
 
                 nursery.start_soon(abort_on_cancel)
                 try:
-                    keep = await self._answer(used, origin, request, start, length, write, landed, what)
+                    keep, result = await work(used)
                 except BaseException as exc:  # raised below, not wrapped in the nursery's group
                     failure = exc
                 finally:
@@ -350,6 +525,7 @@ class BulkHTTP:
                 each.close()
         if keep:
             self._give_back(used[-1])
+        return result
 
     async def _answer(self, used: list[_Connection], origin: _Origin, request: h11.Request, start: int,
                       length: int, write: WriteAt, landed: Landed, what: str) -> bool:
@@ -394,6 +570,70 @@ class BulkHTTP:
             if got < want:
                 raise TransientError(f"{what}: {where} ended the connection after {received} of {length} bytes")
         return response.http_version == b"1.1" and (_header(response, b"connection") or b"").lower() != b"close"
+
+    async def _exchange(self, used: list[_Connection], origin: _Origin, request: h11.Request, length: int,
+                        body: Body, charge: Charge, what: str,
+                        sent: Callable[[], None] | None) -> tuple[bool, httpx.Response]:
+        """The request and its body on ``used[-1]`` (on a new connection, appended, if that
+        one turned out closed); whether the connection may be kept, and the answer."""
+        where = f"{origin.scheme}://{origin.netloc}"
+        conn = used[-1]
+        try:
+            try:
+                parser = await trio.to_thread.run_sync(self._send_head, conn, request, limiter=self._threads)
+            except _NoAnswer:
+                if conn.aborted:
+                    raise
+                conn = _Connection(origin, self._slice)
+                used.append(conn)
+                parser = await trio.to_thread.run_sync(self._send_head, conn, request, limiter=self._threads)
+        except (OSError, _NoAnswer) as exc:
+            raise TransientError(f"{what}: cannot reach {where}: {_reason(exc)}") from exc
+        outlet = _SocketOutlet(conn, self._read_timeout)
+        done = 0
+        while done < length:
+            n = min(SEND_SLICE_BYTES, length - done)
+            await charge(n)
+            try:
+                await trio.to_thread.run_sync(body, done, n, outlet, limiter=self._threads)
+            except OSError as exc:
+                # The server may have answered early (an expired URL, a refused part) and
+                # closed: that answer, if it came, says more than the broken pipe does.
+                failed = TransientError(f"{what}: connection to {where} failed after {done} of {length} body "
+                                        f"bytes: {_reason(exc)}")
+                if not conn.aborted and not isinstance(exc, TimeoutError):
+                    early = await trio.to_thread.run_sync(self._early_answer, conn, parser, limiter=self._threads)
+                    if early is not None:
+                        raise_for_status(early, what)
+                raise failed from exc
+            done += n
+        if sent is not None:
+            sent()
+        try:
+            response, content, complete = await trio.to_thread.run_sync(conn.read_answer, parser,
+                                                                        limiter=self._threads)
+        except (OSError, h11.ProtocolError, _NoAnswer) as exc:
+            raise TransientError(f"{what}: no answer from {where} after the body: {_reason(exc)}") from exc
+        answer = httpx.Response(response.status_code, headers=list(response.headers), content=content)
+        raise_for_status(answer, what)
+        if not complete:
+            raise TransientError(f"{what}: {where} answered with more than {MAX_ERROR_BODY} bytes")
+        keep = response.http_version == b"1.1" and (_header(response, b"connection") or b"").lower() != b"close"
+        return keep, answer
+
+    def _send_head(self, conn: _Connection, request: h11.Request) -> h11.Connection:
+        if conn.sock is None:
+            conn.open(self._context, self._connect_timeout, self._read_timeout)
+        return conn.send_head(request)
+
+    @staticmethod
+    def _early_answer(conn: _Connection, parser: h11.Connection) -> httpx.Response | None:
+        """An answer the server sent before it stopped taking the body, if it did."""
+        try:
+            response, content, _ = conn.read_answer(parser)
+        except (OSError, h11.ProtocolError, _NoAnswer):
+            return None
+        return httpx.Response(response.status_code, headers=list(response.headers), content=content)
 
     def _head(self, conn: _Connection, request: h11.Request) -> tuple[h11.Response, bytes]:
         if conn.sock is None:

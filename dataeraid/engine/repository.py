@@ -13,7 +13,10 @@ Sessions, targets and answers are the JSON objects of docs/http-api.md.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from dataeraid.engine.bulk_http import Body, Charge
 
 
 class Repository(Protocol):
@@ -41,6 +44,16 @@ class Repository(Protocol):
     async def put_part(self, target: Mapping[str, Any], body: AsyncIterator[bytes], what: str) -> dict[str, Any]:
         """Stream ``body`` to a part target; the acknowledgement (``size``, ``sha256``, and
         ``prefix_sha256`` where the target took a prefix digest)."""
+        ...
+
+    async def put_part_from(self, target: Mapping[str, Any], length: int, body: Body, charge: Charge, what: str,
+                            sent: Callable[[], None] | None = None) -> dict[str, Any] | None:
+        """As :meth:`put_part`, but the ``length`` bytes come from ``body(offset, length,
+        outlet)`` (run in a worker thread, slice after slice, in order; it puts the bytes
+        into ``outlet``, :class:`~dataeraid.engine.bulk_http.Outlet`), ``await charge(n)``
+        before each slice goes, and ``sent()`` once the whole body went. Bytes charged
+        before an error may not have arrived. None, with nothing sent, where only
+        :meth:`put_part` can send to this target (a proxy, an unusual URL)."""
         ...
 
     async def complete_upload(self, upload_id: str, idempotency_key: str, sha256: str, *,

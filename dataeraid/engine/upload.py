@@ -55,10 +55,11 @@ from typing import TYPE_CHECKING, Any, Final
 import trio
 
 from dataeraid.engine.accounting import Accounting
+from dataeraid.engine.bulk_http import Body, Outlet
 from dataeraid.engine.context import JobContext
 from dataeraid.engine.turns import Turn
 from dataeraid.errors import DataeraiError, TransientError, first_error, leaves
-from dataeraid.fileset import HASH_SLICE, BufferPool, FileSet, StreamFile, StreamHasher
+from dataeraid.fileset import HASH_SLICE, BufferPool, FileSet, StreamFile, StreamHasher, source_changed
 from dataeraid.store import CachedDigest, SourceIdentity
 
 if TYPE_CHECKING:
@@ -690,6 +691,26 @@ def _in_order(ctx: JobContext, target: dict[str, Any]) -> bool:
     return ctx.remote.is_own_part_url(str(target.get("url", "")))
 
 
+def _part_body(source: FileSet, plan: PartPlan) -> Body:
+    """``plan``'s bytes for :meth:`~dataeraid.engine.repository.Repository.put_part_from`:
+    from the bytes that were hashed if it holds them, else from the source's files."""
+
+    def body(at: int, length: int, out: Outlet) -> None:
+        if plan.data is not None:
+            out.sendall(plan.data[at:at + length])
+            return
+        handed = 0
+        for index, offset, step in source.segments(plan.offset + at, length):
+            with source.descriptor(index) as fd:
+                if out.sendfile(fd, offset, step) != step:
+                    raise source_changed(source.local_path(index), f"short read at offset {offset}")
+            handed += step
+        if handed != length:
+            raise source_changed(source.root, f"the stream ends before offset {plan.offset + at + length}")
+
+    return body
+
+
 async def _send_part(ctx: JobContext, source: FileSet, upload_id: str, plan: PartPlan,
                      turn: Turn | None = None) -> None:
     block = ctx.settings.io_block_size
@@ -715,6 +736,11 @@ async def _send_part(ctx: JobContext, source: FileSet, upload_id: str, plan: Par
             if turn is not None:
                 turn.done.set()  # the whole body is handed to the connection: the next part may go
 
+        async def charge(n: int) -> None:
+            nonlocal sent
+            await accounting.moved(n, plan.number - 1, plan.offset + sent)
+            sent += n
+
         async def attempt() -> dict[str, Any]:
             nonlocal sent
             try:
@@ -722,8 +748,15 @@ async def _send_part(ctx: JobContext, source: FileSet, upload_id: str, plan: Par
                                                       prefix=plan.prefix)
                 if turn is not None and _in_order(ctx, target):
                     await turn.after.wait()
+                what = f"sending part {plan.number}"
                 try:
-                    return await ctx.remote.put_part(target, body(), f"sending part {plan.number}")
+                    # Straight from the file to the socket where the connection allows
+                    # (engine/bulk_http.py); else through httpx, block by block.
+                    ack = await ctx.remote.put_part_from(target, plan.size, _part_body(source, plan), charge, what,
+                                                         turn.done.set if turn is not None else None)
+                    if ack is None:
+                        ack = await ctx.remote.put_part(target, body(), what)
+                    return ack
                 except BaseException:
                     accounting.take_back(sent)
                     sent = 0

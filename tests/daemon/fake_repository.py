@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import trio
 
+from dataeraid.engine.bulk_http import Body, Charge
 from dataeraid.errors import DataeraiError, TransientError
 
 #: Where the fake's own part endpoint lives (``is_own_part_url``).
@@ -27,6 +29,21 @@ OWN_PARTS = "http://repo.test/api/v1/uploads/"
 
 #: A cap on a wait for another event (``after``): reached only when the order under test is broken.
 SAFETY_NET_SECONDS = 30.0
+
+
+class _Collected:
+    """An outlet that keeps what a part's body hands it."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def sendfile(self, fd: int, offset: int, count: int) -> int:
+        got = os.pread(fd, count, offset)
+        self.data += got
+        return len(got)
+
+    def sendall(self, data: bytes | memoryview) -> None:
+        self.data += data
 
 
 @dataclass
@@ -68,8 +85,11 @@ class FakeRepository:
     def __init__(self, *, own_part_urls: bool = True, fail_put_once: set[int] | None = None,
                  wrong_ack_once: set[int] | None = None, forget_before: set[int] | None = None,
                  cut_at: set[int] | None = None, after: dict[str, str] | None = None,
-                 read_block: int = 8 * 1024, bulk_reads: bool = False) -> None:
+                 read_block: int = 8 * 1024, bulk_reads: bool = False, bulk_puts: bool = False) -> None:
         self.own_part_urls = own_part_urls
+        #: Part bodies come from the engine's files (``put_part_from``), as the daemon's raw
+        #: HTTP path sends them; else only through ``put_part``, as behind a proxy.
+        self.bulk_puts = bulk_puts
         #: Ranges go straight into the engine's files (``read_range_into``), as the daemon's
         #: raw HTTP path does; else only through ``read_range``, as behind a proxy.
         self.bulk_reads = bulk_reads
@@ -179,6 +199,26 @@ class FakeRepository:
             ack = {"size": len(received), "sha256": "0" * 64, "prefix_sha256": "0" * 64 if target["prefix"] else None}
         await self._record(f"{number} acked")  # after the server's fsync and publication
         return ack
+
+    async def put_part_from(self, target: Mapping[str, Any], length: int, body: Body, charge: Charge, what: str,
+                            sent: Callable[[], None] | None = None) -> dict[str, Any] | None:
+        if not self.bulk_puts:
+            return None
+
+        async def blocks() -> AsyncIterator[bytes]:
+            done = 0
+            while done < length:
+                n = min(self.read_block, length - done)
+                await charge(n)
+                out = _Collected()
+                await trio.to_thread.run_sync(body, done, n, out)
+                assert len(out.data) == n, "the body handed over other than the bytes asked for"
+                done += n
+                yield bytes(out.data)
+            if sent is not None:
+                sent()
+
+        return await self.put_part(target, blocks(), what)
 
     async def complete_upload(self, upload_id: str, idempotency_key: str, sha256: str, *,
                               file_sha256: list[str] | None = None) -> dict[str, Any]:

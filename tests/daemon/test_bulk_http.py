@@ -1,12 +1,14 @@
-"""The download engine's range GETs without httpx (``dataeraid.engine.bulk_http``), against
-real loopback HTTP/1.1 servers: a tiny threaded one in this file whose answers each test
-scripts (a whole range, a short body, a wrong Content-Range, a 503, a body that stalls),
-plain and over TLS with a self-signed certificate."""
+"""The download engine's range GETs and the upload engine's part PUTs without httpx
+(``dataeraid.engine.bulk_http``), against real loopback HTTP/1.1 servers: tiny threaded ones
+in this file whose answers each test scripts (a whole range, a short body, a wrong
+Content-Range, a 503, a body that stalls; a stored part, BadDigest, an early refusal, a
+server that stops reading), plain and over TLS with a self-signed certificate."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import socket
 import ssl
 import subprocess
@@ -22,9 +24,9 @@ import trio
 from fake_repository import FakeRepository
 from stand_ins import begun, job_context
 
-from dataeraid.engine import download
-from dataeraid.engine.bulk_http import BulkHTTP
-from dataeraid.errors import DataeraiError, TransientError
+from dataeraid.engine import bulk_http, download
+from dataeraid.engine.bulk_http import BulkHTTP, Outlet
+from dataeraid.errors import DataeraiError, TargetExpired, TransientError
 from dataeraid.fileset import FileSet, StreamFile
 from dataeraid.remote import Remote, ssl_context
 
@@ -384,4 +386,290 @@ async def test_a_cancelled_range_stops_at_once_and_writes_nothing_after(serve: A
     assert not safety_net.cancelled_caught, "the cancelled range did not stop"
     release.set()
     assert sum(sink.landed) == RANGE // 2
+    assert client._idle == {}  # the aborted connection is not kept
+
+
+# --- part bodies: PUTs from a file --------------------------------------------------------------------------
+
+PART = 3 * SLICE + 12345
+#: What a PUT server does with a request: ``(head, body) -> (answer bytes, close after)``.
+PutAnswer = Callable[["Put"], tuple[bytes, bool]]
+
+
+@dataclass
+class Put:
+    """One PUT as the server read it."""
+
+    connection: int
+    method: str
+    target: str
+    headers: dict[str, str]
+    body: bytes = b""
+
+
+def stored(put: Put) -> tuple[bytes, bool]:
+    """An S3 store's answer: no body, the part's digest in a header."""
+    import base64
+    digest = base64.b64encode(hashlib.sha256(put.body).digest()).decode()
+    return f"HTTP/1.1 200 OK\r\nx-amz-checksum-sha256: {digest}\r\nContent-Length: 0\r\n\r\n".encode(), False
+
+
+def bad_digest(put: Put) -> tuple[bytes, bool]:
+    xml = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>BadDigest</Code>'
+           b"<Message>The sha256 you specified did not match what we received.</Message></Error>")
+    head = f"HTTP/1.1 400 Bad Request\r\nContent-Type: application/xml\r\nContent-Length: {len(xml)}\r\n\r\n"
+    return head.encode() + xml, False
+
+
+@dataclass
+class PutServer:
+    """A loopback HTTP/1.1 server that reads PUT bodies (unless ``read_body`` says not) and
+    answers each with ``answers`` in turn (the last one for the rest)."""
+
+    answers: list[PutAnswer]
+    tls: ssl.SSLContext | None = None
+    read_body: bool = True
+    puts: list[Put] = field(default_factory=list)
+    connections: int = 0
+
+    def __post_init__(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}/uploads/upl_1/parts/1?sig=secret-sig"
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                sock, _ = self._listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(sock, self.connections), daemon=True).start()
+
+    def _serve(self, sock: socket.socket, number: int) -> None:
+        try:
+            if self.tls is not None:
+                sock = self.tls.wrap_socket(sock, server_side=True)
+            reader = sock.makefile("rb")
+            while True:
+                line = reader.readline()
+                if not line:
+                    return
+                method, target, _ = line.decode().split(" ", 2)
+                headers: dict[str, str] = {}
+                while (header := reader.readline()) not in (b"\r\n", b""):
+                    name, _, value = header.decode().partition(":")
+                    headers[name.strip().lower()] = value.strip()
+                put = Put(number, method, target, headers)
+                if self.read_body:
+                    put.body = reader.read(int(headers["content-length"]))
+                self.puts.append(put)
+                payload, close = self.answers[min(len(self.puts), len(self.answers)) - 1](put)
+                sock.sendall(payload)
+                if close or not self.read_body:
+                    return
+        except (OSError, ssl.SSLError):
+            return
+        finally:
+            sock.close()
+
+    def close(self) -> None:
+        self._listener.close()
+
+
+@pytest.fixture
+def put_server() -> Iterator[Callable[..., PutServer]]:
+    servers: list[PutServer] = []
+
+    def start(*answers: PutAnswer, tls: ssl.SSLContext | None = None, read_body: bool = True) -> PutServer:
+        server = PutServer(list(answers) or [stored], tls, read_body)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+class Source:
+    """A part's body from a file, and what was charged before each slice."""
+
+    def __init__(self, path: Path, data: bytes = DATA) -> None:
+        path.write_bytes(data)
+        self.fd = os.open(path, os.O_RDONLY)
+        self.charged: list[int] = []
+        self.sent_calls = 0
+
+    def body(self, at: int, length: int, out: Outlet) -> None:
+        assert out.sendfile(self.fd, at, length) == length
+
+    async def charge(self, n: int) -> None:
+        self.charged.append(n)
+
+    def sent(self) -> None:
+        self.sent_calls += 1
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+@pytest.fixture
+def source(tmp_path: Path) -> Iterator[Source]:
+    made = Source(tmp_path / "part.bin")
+    yield made
+    made.close()
+
+
+def send_slices(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bulk_http, "SEND_SLICE_BYTES", SLICE)
+
+
+async def test_a_part_goes_from_the_file_in_charged_slices_with_its_signed_headers(
+        put_server: Any, source: Source, monkeypatch: pytest.MonkeyPatch) -> None:
+    send_slices(monkeypatch)
+    server = put_server()
+    client = bulk()
+    signed = {"x-amz-checksum-sha256": "c2lnbmVk", "Content-Length": str(PART)}
+    answer = await client.send_from("PUT", server.url, signed, PART, source.body, source.charge, "sending part 1",
+                                    source.sent)
+    assert answer.status_code == 200 and answer.headers["x-amz-checksum-sha256"]
+    (put,) = server.puts
+    assert put.method == "PUT" and put.target == "/uploads/upl_1/parts/1?sig=secret-sig"
+    assert put.body == DATA[:PART]
+    assert put.headers["x-amz-checksum-sha256"] == "c2lnbmVk" and put.headers["content-length"] == str(PART)
+    assert put.headers["user-agent"].startswith("dataeraid/") and "transfer-encoding" not in put.headers
+    assert source.charged == [SLICE, SLICE, SLICE, 12345] and source.sent_calls == 1
+    # The next part reuses the connection; an empty one is a head and its answer.
+    await client.send_from("PUT", server.url, {}, 0, source.body, source.charge, "sending part 2")
+    assert [p.connection for p in server.puts] == [1, 1] and server.puts[1].body == b""
+    client.close()
+
+
+async def test_the_remote_acknowledges_a_bulk_part_as_it_does_an_httpx_one(put_server: Any, source: Source) -> None:
+    server = put_server()
+    target = {"method": "PUT", "url": server.url, "headers": {"Content-Length": str(PART)}}
+    async with httpx.AsyncClient() as http:
+        remote = Remote(None, http, bulk())  # type: ignore[arg-type]  # signed URLs need no credentials
+        ack = await remote.put_part_from(target, PART, source.body, source.charge, "sending part 1")
+        assert ack == {"sha256": hashlib.sha256(DATA[:PART]).hexdigest(), "size": PART}
+
+        async def blocks() -> Any:
+            yield DATA[:PART]
+
+        assert await remote.put_part(target, blocks(), "sending part 1") == ack
+    assert [p.headers["user-agent"].split("/")[0] for p in server.puts] == ["dataeraid", "python-httpx"]
+
+
+async def test_with_a_proxy_in_the_environment_parts_go_through_httpx(
+        put_server: Any, source: Source, monkeypatch: pytest.MonkeyPatch) -> None:
+    server = put_server()
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
+    target = {"method": "PUT", "url": server.url, "headers": {"Content-Length": str(PART)}}
+    async with httpx.AsyncClient() as http:
+        remote = Remote(None, http, bulk())  # type: ignore[arg-type]
+        assert await remote.put_part_from(target, PART, source.body, source.charge, "sending part 1") is None
+    assert server.puts == [] and source.charged == []
+
+
+async def test_the_stores_bad_digest_is_a_checksum_mismatch_as_through_httpx(
+        put_server: Any, source: Source) -> None:
+    server = put_server(bad_digest)
+    target = {"method": "PUT", "url": server.url, "headers": {"Content-Length": str(PART)}}
+    async with httpx.AsyncClient() as http:
+        remote = Remote(None, http, bulk())  # type: ignore[arg-type]
+        with pytest.raises(DataeraiError) as bulk_error:
+            await remote.put_part_from(target, PART, source.body, source.charge, "sending part 1")
+
+        async def blocks() -> Any:
+            yield DATA[:PART]
+
+        with pytest.raises(DataeraiError) as httpx_error:
+            await remote.put_part(target, blocks(), "sending part 1")
+    assert bulk_error.value.code == httpx_error.value.code == "checksum_mismatch"
+    assert str(bulk_error.value) == str(httpx_error.value)
+    assert "secret-sig" not in str(bulk_error.value)
+
+
+async def test_an_answer_before_the_body_ends_is_what_the_send_raises(
+        put_server: Any, tmp_path: Path) -> None:
+    # An expired URL is refused after the head; the server stops reading and closes.
+    xml = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>AccessDenied</Code>'
+           b"<Message>Request has expired</Message></Error>")
+
+    def expired(put: Put) -> tuple[bytes, bool]:
+        return f"HTTP/1.1 403 Forbidden\r\nContent-Length: {len(xml)}\r\n\r\n".encode() + xml, True
+
+    server = put_server(expired, read_body=False)
+    big = Source(tmp_path / "big.bin", os.urandom(32 << 20))  # far more than the socket buffers hold
+    try:
+        with pytest.raises(TargetExpired) as caught:
+            await bulk().send_from("PUT", server.url, {}, 32 << 20, big.body, big.charge, "sending part 1")
+    finally:
+        big.close()
+    assert "secret-sig" not in str(caught.value)
+
+
+async def test_tls_part_bodies_go_through_the_buffer(put_server: Any, source: Source,
+                                                      certificate: tuple[Path, Path],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    send_slices(monkeypatch)
+    cert, key = certificate
+    server_side = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_side.load_cert_chain(cert, key)
+    server = put_server(tls=server_side)
+    trusted = ssl_context()
+    trusted.load_verify_locations(cert)
+    client = bulk(trusted)
+    # The connection's buffer (SLICE) is smaller than what a slice of the body asks for.
+    monkeypatch.setattr(bulk_http, "SEND_SLICE_BYTES", 2 * SLICE)
+    await client.send_from("PUT", server.url, {}, PART, source.body, source.charge, "sending part 1")
+    await client.send_from("PUT", server.url, {}, PART, source.body, source.charge, "sending part 2")
+    assert [p.body == DATA[:PART] for p in server.puts] == [True, True]
+    assert [p.connection for p in server.puts] == [1, 1]
+    client.close()
+
+
+async def test_a_cancelled_part_stops_at_once_and_keeps_no_connection(put_server: Any, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    release = threading.Event()
+
+    def never(put: Put) -> tuple[bytes, bool]:
+        raise AssertionError("the body was read whole")
+
+    server = put_server(never, read_body=False)
+
+    def read_head_then_stall(sock: socket.socket, number: int) -> None:
+        reader = sock.makefile("rb")
+        while reader.readline() not in (b"\r\n", b""):
+            pass
+        release.wait(SAFETY_NET_SECONDS)  # the body fills the socket buffers, and the sender blocks
+        sock.close()
+
+    server._serve = read_head_then_stall  # type: ignore[method-assign]
+    size = 64 << 20  # far more than the socket buffers hold
+    monkeypatch.setattr(bulk_http, "SEND_SLICE_BYTES", size)
+    big = Source(tmp_path / "big.bin", os.urandom(size))
+    # Only the abort can end the blocked send in time: the client's own timeout is far later.
+    client = BulkHTTP(ssl_context(), connect_timeout_s=10.0, read_timeout_s=10 * SAFETY_NET_SECONDS)
+    sending = trio.Event()
+
+    def body(at: int, length: int, out: Outlet) -> None:
+        trio.from_thread.run_sync(sending.set)
+        out.sendfile(big.fd, at, length)
+
+    try:
+        with trio.move_on_after(SAFETY_NET_SECONDS) as safety_net:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(client.send_from, "PUT", server.url, {}, size, body, big.charge, "sending part 1")
+                await sending.wait()
+                nursery.cancel_scope.cancel()
+        assert not safety_net.cancelled_caught, "the cancelled part did not stop"
+    finally:
+        release.set()
+        big.close()
+    assert big.charged == [size]
     assert client._idle == {}  # the aborted connection is not kept

@@ -150,10 +150,11 @@ def _small_or_not(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     return contents, files, total
 
 
+@pytest.mark.parametrize("bulk", [False, True])  # bodies through put_part, or from the files (put_part_from)
 @pytest.mark.parametrize("in_memory", [True, False])
 @pytest.mark.parametrize("order", ["never", "always"])  # own digests (as for an object store), prefix digests
 async def test_the_source_is_read_once_when_small_and_twice_otherwise(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, in_memory: bool, order: str) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, in_memory: bool, order: str, bulk: bool) -> None:
     contents, files, total = _small_or_not(tmp_path, monkeypatch, in_memory)
     read: list[int] = []
     original = upload.FileSet
@@ -167,7 +168,7 @@ async def test_the_source_is_read_once_when_small_and_twice_otherwise(
     monkeypatch.setattr(upload, "FileSet", counted)
     # No speculative deduplication, whose ranges would be read too.
     monkeypatch.setattr(upload, "worth_speculating", lambda *_: False)
-    repo = FakeRepository()
+    repo = FakeRepository(bulk_puts=bulk, read_block=20 * KiB)
     ctx = _context(repo, _job(tmp_path, files, 64 * KiB), upload_order=order)
     result = await upload.run_upload(ctx)  # type: ignore[arg-type]
 
@@ -176,15 +177,18 @@ async def test_the_source_is_read_once_when_small_and_twice_otherwise(
     (session,) = repo.sessions.values()
     assert b"".join(data for _, data in sorted(session.parts.items())) == stream
     assert {prefix for _, prefix in repo.targets} == {order == "always"}
-    assert read == [total if in_memory else 2 * total]
+    # Bodies sent from the files' descriptors (sendfile) are not read into the process at all.
+    assert read == [total if in_memory or bulk else 2 * total]
+    assert ctx.accounting.progress.bytes_done == total
 
 
+@pytest.mark.parametrize("bulk", [False, True])
 @pytest.mark.parametrize("in_memory", [True, False])
 @pytest.mark.parametrize("order", ["never", "always"])
 async def test_a_file_changed_after_it_was_hashed_fails_the_job_and_commits_nothing(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, in_memory: bool, order: str) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, in_memory: bool, order: str, bulk: bool) -> None:
     contents, files, _ = _small_or_not(tmp_path, monkeypatch, in_memory)
-    repo = FakeRepository()
+    repo = FakeRepository(bulk_puts=bulk)
     part_target = repo.part_target
     victim = tmp_path / files[-1].path
 

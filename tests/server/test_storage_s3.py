@@ -16,8 +16,9 @@ from dataerai_server.storage.readback import ObjectReader
 from dataerai_server.storage.s3 import _S3Error, make_client
 from storage_data import sample, sha
 
+from dataeraid.engine.bulk_http import BulkHTTP, Outlet
 from dataeraid.errors import DataeraiError, TargetExpired
-from dataeraid.remote import Remote, raise_for_status
+from dataeraid.remote import Remote, raise_for_status, ssl_context
 
 MIN_PART = 5 << 20
 
@@ -72,6 +73,38 @@ async def test_daemon_remote_takes_the_stores_acknowledgement(s3: S3Storage) -> 
         ack = await remote.put_part({"method": target.method, "url": target.url, "headers": dict(target.headers)},
                                     blocks(), "sending part 1")
     assert ack == {"sha256": sha(body), "size": len(body)}
+
+
+async def test_daemon_bulk_part_from_a_file_is_acknowledged_or_refused_as_through_httpx(
+        s3: S3Storage, tmp_path: Path) -> None:
+    """The daemon's part PUT without httpx (``engine/bulk_http.py``, sendfile) on the real store:
+    the same acknowledgement, and a file that changed after it was hashed is the store's
+    BadDigest, ``checksum_mismatch``, as it is through httpx."""
+    handle = await s3.create_upload("upl_bulk")
+    body = secrets.token_bytes(70_000)
+    path = tmp_path / "part.bin"
+    path.write_bytes(body)
+    charged: list[int] = []
+
+    def from_file(at: int, length: int, out: Outlet) -> None:
+        with open(path, "rb") as f:
+            assert out.sendfile(f.fileno(), at, length) == length
+
+    async def charge(n: int) -> None:
+        charged.append(n)
+
+    async with httpx.AsyncClient() as http:
+        remote = Remote(auth=None, http=http, bulk=BulkHTTP.like(http, ssl_context()))  # type: ignore[arg-type]
+        target = s3.part_url(handle, 1, len(body), sha(body), 60)
+        assert target is not None
+        as_json = {"method": target.method, "url": target.url, "headers": dict(target.headers)}
+        ack = await remote.put_part_from(as_json, len(body), from_file, charge, "sending part 1")
+        assert ack == {"sha256": sha(body), "size": len(body)} and charged == [len(body)]
+        path.write_bytes(secrets.token_bytes(len(body)))  # changed after it was hashed
+        with pytest.raises(DataeraiError) as caught:
+            await remote.put_part_from(as_json, len(body), from_file, charge, "sending part 1")
+    assert caught.value.code == "checksum_mismatch" and "BadDigest" in str(caught.value)
+    assert [(p.number, p.size) for p in await s3.list_parts(handle)] == [(1, len(body))]
 
 
 def test_expired_url_answer_is_target_expired() -> None:
