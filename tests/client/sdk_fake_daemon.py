@@ -135,6 +135,8 @@ class FakeDaemon:
     def __init__(self, socket_path: str) -> None:
         self.socket_path = socket_path
         self.requests: list[Request] = []
+        #: Requests in the order their answers were made (what the answer says was read by then).
+        self.answered: list[Request] = []
         self.connections: list[FakeConnection] = []
         self.jobs: dict[str, dict[str, Any]] = {}
         self.plans: dict[str, Plan] = {}
@@ -268,6 +270,8 @@ class FakeDaemon:
                 result, error = None, exc.error
             except Exception as exc:  # a bug in a scripted handler: say so
                 result, error = None, RpcError("internal", repr(exc))
+        with self._lock:
+            self.answered.append(request)
         if request.is_notification or result is NO_REPLY:
             return None
         return Response(request.id, result=result, error=error)
@@ -277,6 +281,12 @@ class FakeDaemon:
     def calls(self, method: str) -> list[Request]:
         with self._lock:
             return [r for r in self.requests if r.method == method]
+
+    def answered_after(self, first: str, then: str) -> bool:
+        """Whether a ``then`` request was answered after the last ``first`` one was."""
+        with self._lock:
+            methods = [r.method for r in self.answered]
+        return first in methods and then in methods[len(methods) - methods[::-1].index(first):]
 
     def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
         end = time.monotonic() + timeout

@@ -26,9 +26,10 @@ def wait_then_go_on(daemon: FakeDaemon) -> None:
     """Drive the one job the way the daemon does when the repository is down a while:
     waiting (a state event), a failed retry (a progress event), running again, completed."""
     daemon.wait_for(lambda: bool(daemon.jobs) and daemon.jobs[sorted(daemon.jobs)[-1]]["state"] == "running")
-    # Only once the client follows the job's events: states changed before that are not replayed to it,
-    # and a slow client would see only the end.
-    daemon.wait_for(lambda: any(conn.subscribed for conn in daemon.connections))
+    # Only once the client follows the job's events and has read the job itself (it subscribes, then
+    # reads): states changed before that are not replayed to it, and a change between the two would
+    # reach it twice, as the job it reads and as the event after.
+    daemon.wait_for(lambda: daemon.answered_after("events.subscribe", "job.get"))
     job_id = sorted(daemon.jobs)[-1]
     first = waiting("2026-11-25T14:00:08.000000Z")
     daemon.set_state(job_id, "waiting_for_network", waiting=first,
