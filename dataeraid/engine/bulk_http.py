@@ -4,11 +4,14 @@ Receiving a download's ranges through httpx cost the daemon most of its CPU per
 downloaded GB: h11's receive buffer copies every byte in and out, httpx wraps
 each piece again, and every piece wakes a task on the event loop
 (docs/benchmarks.md, "Where the daemon's time goes"). Here a worker thread sends
-the request, reads the response head (parsed by h11, strictly), then
-``recv_into`` a buffer that lives with the connection and hands each slice
-(``RESPONSE_READ_BYTES``) to the caller's ``write`` in the same thread. The event
-loop sees one wake-up per slice, where it charges the slice to the job's
-bandwidth and progress (``landed``), so limits and fairness hold per MiB.
+the request, reads the response head (parsed by h11, strictly), then, in one more
+call for the whole range, ``recv_into`` a buffer that lives with the connection and
+hands each slice (``RESPONSE_READ_BYTES``) to the caller's ``write`` in the same
+thread. Each slice is reported to the event loop without waiting for it
+(``TrioToken.run_sync_soon``), where it is charged to the job's bandwidth, turn and
+progress (``landed``); the thread waits only while ``LANDING_AHEAD`` slices are
+not landed yet, so limits and fairness hold per MiB, and a thread no longer waits
+for the scheduler twice per slice (docs/benchmarks.md, "Where a large download waits").
 
 What it promises:
 
@@ -24,8 +27,9 @@ What it promises:
   engine's retry goes on from the last byte written), a non-2xx answer maps
   through :func:`dataeraid.remote.raise_for_status` as httpx's do;
 - cancellation is prompt and leaves no thread behind: the socket is shut down,
-  which ends a blocked ``recv_into`` at once, and the call returns only after
-  the worker did, so nothing writes into a file after its job stopped.
+  which ends a blocked ``recv_into`` at once (and a wait for ``landed``), and the
+  call returns only after the worker did, so nothing writes into a file after its
+  job stopped.
 
 Part bodies go the other way on the same connections (:meth:`BulkHTTP.send_from`):
 sending one through httpx took an async generator of 1 MiB reads, each a thread
@@ -73,7 +77,9 @@ from dataeraid.remote import RESPONSE_READ_BYTES, USER_AGENT, raise_for_status
 
 #: ``write(offset, view)``: put ``view`` at stream ``offset``; runs in a worker thread.
 WriteAt = Callable[[int, memoryview], None]
-#: ``await landed(n)``: ``n`` more bytes were written, on the event loop, after each slice.
+#: ``await landed(n)``: ``n`` more bytes were written, on the event loop, after each slice;
+#: first ``landed(0)`` once, when the answer's head was found to be the range (its time is
+#: the store's time to the first byte, for the download timeline).
 Landed = Callable[[int], Awaitable[None]]
 #: ``body(offset, length, out)``: hand bytes ``offset .. offset + length`` of a part's body
 #: to ``out`` (:class:`Outlet`), in order; runs in a worker thread.
@@ -604,6 +610,7 @@ class BulkHTTP:
             raise_for_status(httpx.Response(response.status_code, headers=list(response.headers),
                                             content=error_body), what)
         _check(response, body, start, length, what)
+        await landed(0)
         received, failure = await self._receive(conn, body, start, length, write, landed)
         if failure is not None:
             raise TransientError(f"{what}: connection to {where} failed after {received} of {length} bytes: "
