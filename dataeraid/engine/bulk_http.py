@@ -4,11 +4,14 @@ Receiving a download's ranges through httpx cost the daemon most of its CPU per
 downloaded GB: h11's receive buffer copies every byte in and out, httpx wraps
 each piece again, and every piece wakes a task on the event loop
 (docs/benchmarks.md, "Where the daemon's time goes"). Here a worker thread sends
-the request, reads the response head (parsed by h11, strictly), then
-``recv_into`` a buffer that lives with the connection and hands each slice
-(``RESPONSE_READ_BYTES``) to the caller's ``write`` in the same thread. The event
-loop sees one wake-up per slice, where it charges the slice to the job's
-bandwidth and progress (``landed``), so limits and fairness hold per MiB.
+the request, reads the response head (parsed by h11, strictly), then, in one more
+call for the whole range, ``recv_into`` a buffer that lives with the connection and
+hands each slice (``RESPONSE_READ_BYTES``) to the caller's ``write`` in the same
+thread. Each slice is reported to the event loop without waiting for it
+(``TrioToken.run_sync_soon``), where it is charged to the job's bandwidth, turn and
+progress (``landed``); the thread waits only while ``LANDING_AHEAD`` slices are
+not landed yet, so limits and fairness hold per MiB, and a thread no longer waits
+for the scheduler twice per slice (docs/benchmarks.md, "Where a large download waits").
 
 What it promises:
 
@@ -24,8 +27,9 @@ What it promises:
   engine's retry goes on from the last byte written), a non-2xx answer maps
   through :func:`dataeraid.remote.raise_for_status` as httpx's do;
 - cancellation is prompt and leaves no thread behind: the socket is shut down,
-  which ends a blocked ``recv_into`` at once, and the call returns only after
-  the worker did, so nothing writes into a file after its job stopped.
+  which ends a blocked ``recv_into`` at once (and a wait for ``landed``), and the
+  call returns only after the worker did, so nothing writes into a file after its
+  job stopped.
 
 Part bodies go the other way on the same connections (:meth:`BulkHTTP.send_from`):
 sending one through httpx took an async generator of 1 MiB reads, each a thread
@@ -51,6 +55,7 @@ the server closed while idle is noticed before reuse.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
 import select
@@ -72,7 +77,9 @@ from dataeraid.remote import RESPONSE_READ_BYTES, USER_AGENT, raise_for_status
 
 #: ``write(offset, view)``: put ``view`` at stream ``offset``; runs in a worker thread.
 WriteAt = Callable[[int, memoryview], None]
-#: ``await landed(n)``: ``n`` more bytes were written, on the event loop, after each slice.
+#: ``await landed(n)``: ``n`` more bytes were written, on the event loop, after each slice;
+#: first ``landed(0)`` once, when the answer's head was found to be the range (its time is
+#: the store's time to the first byte, for the download timeline).
 Landed = Callable[[int], Awaitable[None]]
 #: ``body(offset, length, out)``: hand bytes ``offset .. offset + length`` of a part's body
 #: to ``out`` (:class:`Outlet`), in order; runs in a worker thread.
@@ -95,6 +102,12 @@ MAX_IDLE_PER_ORIGIN = 16
 #: ``io_block_size`` block through httpx. 4 MiB slices would save the daemon another
 #: 0.1-0.15 CPU s/GB (docs/benchmarks.md), but would let a limit burst four times as far.
 SEND_SLICE_BYTES = 1024 * 1024
+#: Slices of a range its worker thread may have written before the event loop landed them
+#: (charged to the bandwidth limit, the job's turn, its progress): with one, the thread
+#: would wait for the loop after every slice, as a thread hop per slice did; with two it
+#: receives the next while the loop lands the last, and a limit still holds within a
+#: slice of where it held (docs/benchmarks.md, "Where a large download waits").
+LANDING_AHEAD = 2
 
 _CONTENT_RANGE = re.compile(rb"bytes (\d+)-(\d+)/(\d+|\*)")
 
@@ -128,6 +141,7 @@ class _Connection:
         self.reused = False
         self._lock = threading.Lock()
         self._aborted = False
+        self._on_abort: Callable[[], None] | None = None
 
     def _adopt(self, sock: socket.socket) -> None:
         """From now on ``abort`` shuts ``sock`` down (raises if it already was aborted)."""
@@ -135,6 +149,15 @@ class _Connection:
             self.sock = sock
             if self._aborted:
                 raise OSError("the transfer was stopped")
+
+    def on_abort(self, stop: Callable[[], None] | None) -> None:
+        """Call ``stop`` too when the connection is aborted (at once if it already was), until
+        the next ``on_abort``: it ends a wait of the worker that is not on the socket."""
+        with self._lock:
+            self._on_abort = stop
+            aborted = self._aborted
+        if aborted and stop is not None:
+            stop()
 
     @property
     def aborted(self) -> bool:
@@ -148,6 +171,9 @@ class _Connection:
                 with contextlib.suppress(OSError):
                     # socket.socket's own shutdown: an SSLSocket's would drop its TLS state under the worker.
                     socket.socket.shutdown(self.sock, socket.SHUT_RDWR)
+            stop = self._on_abort
+        if stop is not None:
+            stop()
 
     def close(self) -> None:
         if self.sock is not None:
@@ -283,6 +309,36 @@ class _Connection:
                     break
                 body += data
         return bytes(body[:limit])
+
+
+class _Gate:
+    """How many more slices a range's worker thread may receive before the event loop
+    landed the ones it has (``take`` blocks at none); ``abort`` ends every wait."""
+
+    def __init__(self, credit: int) -> None:
+        self._credit = credit
+        self._aborted = False
+        self._changed = threading.Condition()
+
+    def take(self) -> bool:
+        """One slice's credit, once there is one; False once aborted. In the worker thread."""
+        with self._changed:
+            while self._credit <= 0 and not self._aborted:
+                self._changed.wait()
+            if self._aborted:
+                return False
+            self._credit -= 1
+            return True
+
+    def give(self) -> None:
+        with self._changed:
+            self._credit += 1
+            self._changed.notify()
+
+    def abort(self) -> None:
+        with self._changed:
+            self._aborted = True
+            self._changed.notify_all()
 
 
 class Outlet(Protocol):
@@ -554,21 +610,13 @@ class BulkHTTP:
             raise_for_status(httpx.Response(response.status_code, headers=list(response.headers),
                                             content=error_body), what)
         _check(response, body, start, length, what)
-        received = 0
-        while received < length:
-            want = min(self._slice, length - received)
-            try:
-                got = await trio.to_thread.run_sync(self._slice_in, conn, body, want, start + received, write,
-                                                    limiter=self._threads)
-            except OSError as exc:
-                raise TransientError(f"{what}: connection to {where} failed after {received} of {length} bytes: "
-                                     f"{_reason(exc)}") from exc
-            body = b""
-            received += got
-            if got:
-                await landed(got)
-            if got < want:
-                raise TransientError(f"{what}: {where} ended the connection after {received} of {length} bytes")
+        await landed(0)
+        received, failure = await self._receive(conn, body, start, length, write, landed)
+        if failure is not None:
+            raise TransientError(f"{what}: connection to {where} failed after {received} of {length} bytes: "
+                                 f"{_reason(failure)}") from failure
+        if received < length:
+            raise TransientError(f"{what}: {where} ended the connection after {received} of {length} bytes")
         return response.http_version == b"1.1" and (_header(response, b"connection") or b"").lower() != b"close"
 
     async def _exchange(self, used: list[_Connection], origin: _Origin, request: h11.Request, length: int,
@@ -640,13 +688,71 @@ class BulkHTTP:
             conn.open(self._context, self._connect_timeout, self._read_timeout)
         return conn.send_and_read_head(request)
 
-    @staticmethod
-    def _slice_in(conn: _Connection, head: bytes, want: int, offset: int, write: WriteAt) -> int:
-        got = conn.receive(head, want)
-        if got:
-            write(offset, conn.buffer[:got])
-        return got
+    async def _receive(self, conn: _Connection, head: bytes, start: int, length: int, write: WriteAt,
+                       landed: Landed) -> tuple[int, OSError | None]:
+        """The range's body, after ``head``, into ``write`` by one worker-thread call: how many
+        bytes arrived (each landed), and the connection's failure if it failed.
 
+        The thread reports each slice to the event loop without waiting for it (the loop's
+        ``landed`` runs in a task here, in order) and waits only when ``LANDING_AHEAD``
+        slices are written but not yet landed: where ``landed`` waits for the bandwidth
+        limit or the job's turn, the thread waits with it."""
+        token = trio.lowlevel.current_trio_token()
+        reports, arrivals = trio.open_memory_channel[int](math.inf)
+        gate = _Gate(LANDING_AHEAD)
+        conn.on_abort(gate.abort)
+        written = [0]
+        landed_bytes = 0
+        stopped: BaseException | None = None
+
+        def pull() -> None:
+            # In the worker thread: nothing here waits for the event loop but ``gate.take``.
+            body = head
+            while written[0] < length:
+                if not gate.take():
+                    raise OSError("the transfer was stopped")
+                want = min(self._slice, length - written[0])
+                got = conn.receive(body, want)
+                body = b""
+                if got:
+                    write(start + written[0], conn.buffer[:got])
+                    written[0] += got
+                    token.run_sync_soon(reports.send_nowait, got)
+                if got < want:
+                    return
+
+        async def land() -> None:
+            nonlocal landed_bytes, stopped
+            try:
+                async for n in arrivals:
+                    await landed(n)
+                    landed_bytes += n
+                    gate.give()
+            except BaseException as exc:  # raised below, not wrapped in the nursery's group
+                stopped = exc
+                conn.abort()  # the thread may wait for this task's turn: end it
+
+        failure: OSError | None = None
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(land)
+                try:
+                    await trio.to_thread.run_sync(pull, limiter=self._threads)
+                except OSError as exc:
+                    failure = exc
+                except BaseException as exc:  # what ``write`` raised: raised below, not in a group
+                    if stopped is None:
+                        stopped = exc
+                finally:
+                    # Every report the thread sent was delivered before its return was (run_sync_soon
+                    # is first in, first out): the channel ends after the last of them.
+                    reports.close()
+            if stopped is not None:
+                raise stopped
+        finally:
+            stopped = None
+            conn.on_abort(None)
+        return landed_bytes, failure
 
 def _check(response: h11.Response, body: bytes, start: int, length: int, what: str) -> None:
     """A 2xx answer is exactly the range asked for, or the error it is."""

@@ -418,7 +418,8 @@ async def _fetch_ranges(ctx: JobContext, fileset: FileSet, target: dict[str, Any
     stream = StreamHasher(fileset.files)
     # One hasher: one buffer for what it reads back, read into again and again.
     digest = InOrderHash(stream, fileset, BufferPool(ctx.settings.io_block_size, keep=1))
-    # Per range, when its first write began and its last one ended.
+    # Per range, when the store's answer began (bulk ranges only), its first write began and its last one ended.
+    head: dict[int, float] = {}
     first_write: dict[int, float] = {}
     last_write: dict[int, float] = {}
     # Set (and replaced) when the hasher finished a range: a worker may start one further on.
@@ -462,6 +463,9 @@ async def _fetch_ranges(ctx: JobContext, fileset: FileSet, target: dict[str, Any
 
             async def landed(n: int) -> None:
                 nonlocal written
+                if not n:  # the answer's head (engine/bulk_http.py): the first attempt's is the one timed
+                    head.setdefault(index, timeline.now())
+                    return
                 written += n
                 await accounting.moved(n, index, start + written - n)
 
@@ -514,8 +518,8 @@ async def _fetch_ranges(ctx: JobContext, fileset: FileSet, target: dict[str, Any
 
         requested = timeline.now()
         await ctx.retrying(f"reading range {index}", attempt)
-        timeline.mark("range", index=index, request=requested, first_write=first_write.get(index),
-                      last_write=last_write.get(index))
+        timeline.mark("range", index=index, request=requested, head=head.get(index),
+                      first_write=first_write.get(index), last_write=last_write.get(index))
         accounting.chunk_done()
         landed[index].set()
         unsynced.append((index, length))

@@ -16,6 +16,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -161,7 +162,7 @@ async def test_a_range_arrives_whole_in_slices_with_each_slice_landed(serve: Any
     client = bulk()
     await client.read_into(server.url, {"x-signed": "yes"}, RANGE, RANGE, sink.write, sink.land, "reading range 1")
     assert sink.file[RANGE:2 * RANGE] == DATA[RANGE:2 * RANGE]
-    assert sink.landed == [SLICE] * (RANGE // SLICE)
+    assert sink.landed == [0] + [SLICE] * (RANGE // SLICE)  # the head first, once found to be the range
     assert [offset for offset, _ in sink.writes] == list(range(RANGE, 2 * RANGE, SLICE))
     assert server.asked[0].headers["x-signed"] == "yes"  # the target's signed headers go along
     assert server.asked[0].headers["range"] == f"bytes={RANGE}-{2 * RANGE - 1}"
@@ -267,14 +268,20 @@ def _target(url: str) -> dict[str, Any]:
     return {"url": url, "content_id": "cnt_1", "size": len(DATA), "sha256": hashlib.sha256(DATA).hexdigest()}
 
 
-async def _engine_download(tmp_path: Path, remote: Any, target: dict[str, Any]) -> tuple[str, int]:
-    """The download engine's ranges of ``target`` through ``remote``: the stream's digest, and the bytes counted."""
+async def _engine_download(tmp_path: Path, remote: Any, target: dict[str, Any],
+                           phases: list[dict[str, Any]] | None = None) -> tuple[str, int]:
+    """The download engine's ranges of ``target`` through ``remote``: the stream's digest, and the
+    bytes counted; its ``download.phase`` events go to ``phases``."""
     fileset = FileSet(str(tmp_path), [StreamFile("f.bin", 0, len(DATA))], "part")
     count = -(-len(DATA) // RANGE)
     ctx = begun(job_context(remote, {"parts_per_job": 2, "io_block_size": SLICE}, job={"kind": "download"}),
                 fileset, count)
+    timeline = None
+    if phases is not None:
+        timeline = download.Timeline(SimpleNamespace(debug=lambda event, **fields: phases.append(fields)))
     try:
-        stream = await download._fetch_ranges(ctx, fileset, target, "ast_1", len(DATA), RANGE, list(range(count)))
+        stream = await download._fetch_ranges(ctx, fileset, target, "ast_1", len(DATA), RANGE, list(range(count)),
+                                              timeline)
     finally:
         fileset.close()
     return stream.whole.hexdigest(), ctx.accounting.progress.bytes_done
@@ -293,6 +300,19 @@ async def test_the_engine_retries_a_503_and_a_cut_body_and_lands_every_byte_once
     # The cut range went on from the byte where it stopped, not from its start.
     resumed = [a for a in server.asked[3:] if a.start % RANGE]
     assert len(resumed) == 1 and resumed[0].end - resumed[0].start + 1 == 1000
+
+
+async def test_the_timeline_has_each_ranges_answer_head_between_its_request_and_first_write(
+        serve: Any, tmp_path: Path) -> None:
+    server = serve()
+    phases: list[dict[str, Any]] = []
+    async with httpx.AsyncClient() as http:
+        remote = Remote(None, http, bulk())  # type: ignore[arg-type]  # ranges need no credentials
+        assert await _engine_download(tmp_path, remote, _target(server.url), phases) == WHOLE
+    ranges = [p for p in phases if p["phase"] == "range"]
+    assert len(ranges) == -(-len(DATA) // RANGE)
+    for r in ranges:
+        assert r["request"] <= r["head"] <= r["first_write"], r
 
 
 async def test_with_a_proxy_in_the_environment_ranges_go_through_httpx(serve: Any, tmp_path: Path,
@@ -387,6 +407,92 @@ async def test_a_cancelled_range_stops_at_once_and_writes_nothing_after(serve: A
     release.set()
     assert sum(sink.landed) == RANGE // 2
     assert client._idle == {}  # the aborted connection is not kept
+
+
+
+async def test_one_worker_thread_receives_a_range_and_stays_within_the_landing_window(serve: Any) -> None:
+    # ``landed`` here lets each slice go only once the thread went as far ahead as it may:
+    # a thread that ran further (a limit not holding) shows in ``leads``.
+    server = serve()
+    sink = Sink()
+    threads: set[int] = set()
+    token = trio.lowlevel.current_trio_token()
+    wrote = trio.Event()
+    done: list[int] = []
+
+    # Per write, how many slices were written and not yet landed before it.
+    leads: list[int] = []
+
+    def write(offset: int, view: memoryview) -> None:
+        leads.append(len(sink.writes) - len(done))
+        threads.add(threading.get_ident())
+        sink.write(offset, view)
+        token.run_sync_soon(wrote.set)
+
+    async def land(n: int) -> None:
+        nonlocal wrote
+        if not n:
+            return  # the head
+        slices = -(-len(DATA) // SLICE)
+        while len(sink.writes) < min(slices, len(done) + bulk_http.LANDING_AHEAD):
+            await wrote.wait()
+            wrote = trio.Event()
+        await sink.land(n)
+        done.append(n)
+
+    client = bulk()
+    await client.read_into(server.url, {}, 0, len(DATA), write, land, "reading")
+    assert bytes(sink.file) == DATA
+    assert sum(sink.landed) == len(DATA)
+    assert max(leads) == bulk_http.LANDING_AHEAD - 1  # as far ahead as it may go, never further
+    assert len(threads) == 1 and threading.get_ident() not in threads
+    assert next(iter(client._idle.values()))[0]._on_abort is None  # the kept connection holds no stopped gate
+    client.close()
+
+
+async def test_a_range_cancelled_while_its_thread_waits_for_landing_stops_and_writes_nothing_after(
+        serve: Any) -> None:
+    server = serve()
+    sink = Sink()
+    stopped = False
+    token = trio.lowlevel.current_trio_token()
+    window_full = trio.Event()
+
+    def write(offset: int, view: memoryview) -> None:
+        assert not stopped, "a write after the range was cancelled"
+        sink.write(offset, view)
+        if len(sink.writes) == bulk_http.LANDING_AHEAD:
+            token.run_sync_soon(window_full.set)
+
+    async def land(n: int) -> None:
+        if n:
+            await trio.sleep_forever()  # a bandwidth limit that never grants
+
+    client = bulk()
+    with trio.move_on_after(SAFETY_NET_SECONDS) as safety_net:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(client.read_into, server.url, {}, 0, len(DATA), write, land, "reading")
+            await window_full.wait()
+            nursery.cancel_scope.cancel()
+    stopped = True
+    assert not safety_net.cancelled_caught, "the cancelled range did not stop"
+    assert len(sink.writes) == bulk_http.LANDING_AHEAD
+    assert client._idle == {}
+
+
+async def test_what_landed_raises_stops_the_thread_and_is_raised_as_it_is(serve: Any) -> None:
+    server = serve()
+    sink = Sink()
+
+    async def land(n: int) -> None:
+        if n:
+            raise DataeraiError("internal", "the progress could not be counted")
+
+    client = bulk()
+    with pytest.raises(DataeraiError, match="could not be counted"):
+        await client.read_into(server.url, {}, 0, len(DATA), sink.write, land, "reading")
+    assert len(sink.writes) <= bulk_http.LANDING_AHEAD
+    assert client._idle == {}
 
 
 # --- part bodies: PUTs from a file --------------------------------------------------------------------------
