@@ -5,6 +5,7 @@ changes meanwhile still fails the job; and when the speculative deduplication is
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 from types import SimpleNamespace
@@ -288,3 +289,19 @@ async def test_until_a_job_has_a_rate_of_its_own_it_goes_by_the_last_jobs(
     mock_clock.jump(0.5)
     await second.moved(MiB, 0, MiB)
     assert second.sending_rate(0.25) == pytest.approx(2 * MiB / 0.5), "then its own"
+
+
+def test_a_directorys_cache_key_is_its_recorded_manifest(tmp_path: Path) -> None:
+    # The key is hashed from the manifest enqueue recorded, as each file's ``to_json``
+    # gives it: digests cached before keep being found, and a changed identity misses.
+    files = _write(tmp_path, {"d/a.bin": b"a" * 10, "d/b/c.bin": b"c" * 20})
+    recorded = [list(f.to_json()) for f in files]
+    job: dict[str, Any] = {"params": {"source_files": recorded, "source_root": str(tmp_path)},
+                           "file_name": "d", "local_path": str(tmp_path / "d")}
+    identity = upload.source_identity(job, str(tmp_path), files)
+    assert identity is not None
+    assert identity.manifest == hashlib.sha256(json.dumps([f.to_json() for f in files]).encode()).hexdigest()
+    assert identity.size == 30
+    moved = [*recorded[:1], [*recorded[1][:3], recorded[1][3] + 1]]
+    other = upload.source_identity({**job, "params": {**job["params"], "source_files": moved}}, str(tmp_path), files)
+    assert other is not None and other.manifest != identity.manifest
