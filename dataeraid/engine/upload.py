@@ -179,7 +179,7 @@ async def run_upload(ctx: JobContext) -> dict[str, Any]:
         source.close()
 
 
-async def _session(ctx: JobContext, source: FileSet) -> dict[str, Any]:
+async def _session(ctx: JobContext, files: list[StreamFile]) -> dict[str, Any]:
     job = ctx.job
     if job.get("remote_session"):
         upload_id = job["remote_session"]
@@ -215,7 +215,6 @@ async def _session(ctx: JobContext, source: FileSet) -> dict[str, Any]:
     for name in ("owner_type", "owner_id", "title", "path"):
         if params.get(name) is not None:
             body[name] = params[name]
-    files = source.files
     if _is_directory(job, files):
         # A directory: the content's manifest, in stream order.
         body["files"] = [{"path": f.path, "size": f.size} for f in files]
@@ -266,7 +265,7 @@ async def _upload_stream(ctx: JobContext, source: FileSet) -> dict[str, Any]:
     session: dict[str, Any] = {}
 
     async def open_session() -> None:
-        session.update(await _session(ctx, source))
+        session.update(await _session(ctx, source.files))
 
     with first_error():
         async with trio.open_nursery() as nursery:
@@ -601,19 +600,23 @@ async def hash_stream(source: FileSet, stream: StreamHasher, chunk_size: int, di
 
     Each source byte is read once, into a buffer of ``pool``, and hashed into the stream's
     digest and the part's own from there. A stream of at most :data:`SMALL_STREAM_BYTES` is
-    read whole in one worker-thread call, and its parts carry their bytes, which are then
-    sent without being read again. A larger one goes in worker-thread calls of at most
+    read whole into memory, a part per worker-thread call, and its parts carry their bytes,
+    which are then sent without being read again. A larger one goes in worker-thread calls of at most
     HASH_SLICE bytes, each ending at most at a part's end, so that a pause or a shutdown
     never waits long.
     """
     total = source.size
     count = part_count(total, chunk_size)
-    wanted = [number for number in range(1, count + 1) if number not in held]
     if total <= SMALL_STREAM_BYTES:
-        data, sums = await trio.to_thread.run_sync(_hash_in_memory, source, stream, chunk_size, digests, wanted)
-        for number, sha256 in sums.items():
+        # Part by part, so that the first part is sent while the next one is read.
+        data = memoryview(bytearray(total))
+        for number in range(1, count + 1):
             offset, size = part_span(number, total, chunk_size)
-            digests.record(number, sha256, data[offset:offset + size])
+            piece = data[offset:offset + size]
+            part = digests.part_hasher() if number not in held else None
+            await trio.to_thread.run_sync(_read_and_hash, source, stream, offset, piece, part)
+            if number not in held:
+                digests.record(number, part.hexdigest() if part is not None else stream.whole.hexdigest(), piece)
         return
     for number in range(1, count + 1):
         offset, size = part_span(number, total, chunk_size)
@@ -625,23 +628,13 @@ async def hash_stream(source: FileSet, stream: StreamHasher, chunk_size: int, di
             digests.record(number, part.hexdigest() if part is not None else stream.whole.hexdigest())
 
 
-def _hash_in_memory(source: FileSet, stream: StreamHasher, chunk_size: int, digests: PartDigests,
-                    wanted: list[int]) -> tuple[memoryview, dict[int, str]]:
-    """The whole stream, read into memory at once, hashed; and the digests of the ``wanted`` parts."""
-    data = memoryview(bytearray(source.size))
-    source.readinto(0, data)
-    sums: dict[int, str] = {}
-    wanted_set = set(wanted)
-    for number in range(1, part_count(source.size, chunk_size) + 1):
-        offset, size = part_span(number, source.size, chunk_size)
-        piece = data[offset:offset + size]
-        stream.update(piece)
-        if number in wanted_set:
-            part = digests.part_hasher()
-            if part is not None:
-                part.update(piece)
-            sums[number] = part.hexdigest() if part is not None else stream.whole.hexdigest()
-    return data, sums
+def _read_and_hash(source: FileSet, stream: StreamHasher, offset: int, piece: memoryview,
+                  part: Hasher | None) -> None:
+    """``piece`` read from the stream at ``offset``, hashed into the stream's digest (and the part's)."""
+    source.readinto(offset, piece)
+    stream.update(piece)
+    if part is not None:
+        part.update(piece)
 
 
 async def _part_digest(source: FileSet, offset: int, size: int, block: int) -> str:

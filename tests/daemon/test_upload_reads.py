@@ -235,6 +235,21 @@ async def test_the_engine_asks_to_deduplicate_only_when_the_rest_is_slow_to_send
         return await challenge(upload_id, sha256)
 
     monkeypatch.setattr(repo, "dedup_challenge", counted)
+    # This fake takes parts at once: held back until the stream is hashed, every part is
+    # still unsent when the engine decides, as on a link slower than the disk.
+    hashed = trio.Event()
+    hash_stream, part_target = upload.hash_stream, repo.part_target
+
+    async def hash_then_tell(*args: Any) -> None:
+        await hash_stream(*args)
+        hashed.set()
+
+    async def after_the_hash(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        await hashed.wait()
+        return await part_target(*args, **kwargs)
+
+    monkeypatch.setattr(upload, "hash_stream", hash_then_tell)
+    monkeypatch.setattr(repo, "part_target", after_the_hash)
     ctx = _context(repo, _job(tmp_path, files, 64 * KiB))
     result = await upload.run_upload(ctx)  # type: ignore[arg-type]
     stream = b"".join(contents.values())
