@@ -307,11 +307,6 @@ async def _upload_stream(ctx: JobContext, source: FileSet) -> dict[str, Any]:
         stream_hashed.set()
         ctx.log.info("stream hashed", seconds=round(trio.current_time() - started, 2),
                      parts_acknowledged=accounting.chunks_done, parts_total=count)
-        # The digest is of the sources as enqueued only if none changed while it was read.
-        # Checked here, while the parts are still being sent, not after them: the parts'
-        # bytes are proved against the digests they were hashed to (the store checks each
-        # part's SHA-256, or the prefix digest), so a change after this check fails the part.
-        await trio.to_thread.run_sync(source.check_sources)
 
     proved: dict[str, Any] | None = None
     with first_error():
@@ -327,6 +322,7 @@ async def _upload_stream(ctx: JobContext, source: FileSet) -> dict[str, Any]:
     if proved is not None:
         return await _finish_deduplicated(ctx, source, proved, identity, CachedDigest(digest, file_sha256),
                                           senders.bytes_sent)
+    await trio.to_thread.run_sync(source.check_sources)
     await ctx.save(sha256=digest)
     try:
         result = await ctx.retrying(
