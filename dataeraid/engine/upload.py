@@ -74,7 +74,7 @@ PREFIX_DIGESTS: Final = "prefix_sha256"
 
 #: A stream of at most this many bytes is read once, whole, into memory: the same bytes are
 #: hashed and sent (a directory of small files: each file opened and read once per job).
-SMALL_STREAM_BYTES: Final = 8 * 1024 * 1024
+SMALL_STREAM_BYTES: Final = 32 * 1024 * 1024
 
 #: The speculative deduplication costs two requests (about 120 ms when the content is new,
 #: docs/benchmarks.md); it is skipped when the bytes still to send would take less than this
@@ -165,7 +165,6 @@ async def run_upload(ctx: JobContext) -> dict[str, Any]:
         ctx.log.warning("not regular files; left out of the upload", count=len(skipped), paths=skipped[:20])
     source = FileSet(root, files, "source")
     try:
-        await trio.to_thread.run_sync(source.check_sources)
         return await _upload_stream(ctx, source)
     except DataeraiError as exc:
         if exc.code == "source_changed" and job.get("remote_session"):
@@ -180,7 +179,7 @@ async def run_upload(ctx: JobContext) -> dict[str, Any]:
         source.close()
 
 
-async def _session(ctx: JobContext) -> dict[str, Any]:
+async def _session(ctx: JobContext, files: list[StreamFile]) -> dict[str, Any]:
     job = ctx.job
     if job.get("remote_session"):
         upload_id = job["remote_session"]
@@ -216,7 +215,6 @@ async def _session(ctx: JobContext) -> dict[str, Any]:
     for name in ("owner_type", "owner_id", "title", "path"):
         if params.get(name) is not None:
             body[name] = params[name]
-    _, files = source_files(job)
     if _is_directory(job, files):
         # A directory: the content's manifest, in stream order.
         body["files"] = [{"path": f.path, "size": f.size} for f in files]
@@ -238,7 +236,10 @@ def source_identity(job: dict[str, Any], root: str, files: list[StreamFile]) -> 
         (only,) = files
         assert only.mtime_ns is not None and only.inode is not None
         return SourceIdentity(os.path.join(root, only.path), only.size, only.mtime_ns, only.inode, "")
-    manifest = hashlib.sha256(json.dumps([f.to_json() for f in files]).encode()).hexdigest()
+    # The manifest as enqueue recorded it ([path, size, mtime_ns, inode] per file): the same
+    # JSON as each file's ``StreamFile.to_json``, without building 10,000 lists again.
+    recorded = job["params"]["source_files"]
+    manifest = hashlib.sha256(json.dumps(recorded).encode()).hexdigest()
     path = job.get("local_path") or os.path.join(root, job["file_name"])
     return SourceIdentity(path, sum(f.size for f in files), 0, 0, manifest)
 
@@ -258,10 +259,20 @@ async def _upload_stream(ctx: JobContext, source: FileSet) -> dict[str, Any]:
     chunk_size: int = job["chunk_size"]
     total = source.size
     count = part_count(total, chunk_size)
-    session = await _session(ctx)
+    # The sources are checked against their enqueue-time identity (a stat of each: 10,000 for
+    # a directory of 10,000 files) while the session request is out, not before it. A change
+    # fails the job here; a session made meanwhile is aborted (run_upload) and holds no part.
+    session: dict[str, Any] = {}
+
+    async def open_session() -> None:
+        session.update(await _session(ctx, source.files))
+
+    with first_error():
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(open_session)
+            await trio.to_thread.run_sync(source.check_sources)
     upload_id: str = session["upload_id"]
-    root, files = source_files(job)
-    identity = source_identity(job, root, files)
+    identity = source_identity(job, source.root, source.files)
     if session["state"] == "completed" and session.get("result"):
         return _completed_fields(session["result"], source)
     held = _held_parts(session, count, total, chunk_size)
@@ -585,19 +596,23 @@ async def hash_stream(source: FileSet, stream: StreamHasher, chunk_size: int, di
 
     Each source byte is read once, into a buffer of ``pool``, and hashed into the stream's
     digest and the part's own from there. A stream of at most :data:`SMALL_STREAM_BYTES` is
-    read whole in one worker-thread call, and its parts carry their bytes, which are then
-    sent without being read again. A larger one goes in worker-thread calls of at most
+    read whole into memory, a part per worker-thread call, and its parts carry their bytes,
+    which are then sent without being read again. A larger one goes in worker-thread calls of at most
     HASH_SLICE bytes, each ending at most at a part's end, so that a pause or a shutdown
     never waits long.
     """
     total = source.size
     count = part_count(total, chunk_size)
-    wanted = [number for number in range(1, count + 1) if number not in held]
     if total <= SMALL_STREAM_BYTES:
-        data, sums = await trio.to_thread.run_sync(_hash_in_memory, source, stream, chunk_size, digests, wanted)
-        for number, sha256 in sums.items():
+        # Part by part, so that the first part is sent while the next one is read.
+        data = memoryview(bytearray(total))
+        for number in range(1, count + 1):
             offset, size = part_span(number, total, chunk_size)
-            digests.record(number, sha256, data[offset:offset + size])
+            piece = data[offset:offset + size]
+            part = digests.part_hasher() if number not in held else None
+            await trio.to_thread.run_sync(_read_and_hash, source, stream, offset, piece, part)
+            if number not in held:
+                digests.record(number, part.hexdigest() if part is not None else stream.whole.hexdigest(), piece)
         return
     for number in range(1, count + 1):
         offset, size = part_span(number, total, chunk_size)
@@ -609,23 +624,13 @@ async def hash_stream(source: FileSet, stream: StreamHasher, chunk_size: int, di
             digests.record(number, part.hexdigest() if part is not None else stream.whole.hexdigest())
 
 
-def _hash_in_memory(source: FileSet, stream: StreamHasher, chunk_size: int, digests: PartDigests,
-                    wanted: list[int]) -> tuple[memoryview, dict[int, str]]:
-    """The whole stream, read into memory at once, hashed; and the digests of the ``wanted`` parts."""
-    data = memoryview(bytearray(source.size))
-    source.readinto(0, data)
-    sums: dict[int, str] = {}
-    wanted_set = set(wanted)
-    for number in range(1, part_count(source.size, chunk_size) + 1):
-        offset, size = part_span(number, source.size, chunk_size)
-        piece = data[offset:offset + size]
-        stream.update(piece)
-        if number in wanted_set:
-            part = digests.part_hasher()
-            if part is not None:
-                part.update(piece)
-            sums[number] = part.hexdigest() if part is not None else stream.whole.hexdigest()
-    return data, sums
+def _read_and_hash(source: FileSet, stream: StreamHasher, offset: int, piece: memoryview,
+                  part: Hasher | None) -> None:
+    """``piece`` read from the stream at ``offset``, hashed into the stream's digest (and the part's)."""
+    source.readinto(offset, piece)
+    stream.update(piece)
+    if part is not None:
+        part.update(piece)
 
 
 async def _part_digest(source: FileSet, offset: int, size: int, block: int) -> str:

@@ -5,6 +5,7 @@ changes meanwhile still fails the job; and when the speculative deduplication is
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 from types import SimpleNamespace
@@ -234,6 +235,21 @@ async def test_the_engine_asks_to_deduplicate_only_when_the_rest_is_slow_to_send
         return await challenge(upload_id, sha256)
 
     monkeypatch.setattr(repo, "dedup_challenge", counted)
+    # This fake takes parts at once: held back until the stream is hashed, every part is
+    # still unsent when the engine decides, as on a link slower than the disk.
+    hashed = trio.Event()
+    hash_stream, part_target = upload.hash_stream, repo.part_target
+
+    async def hash_then_tell(*args: Any) -> None:
+        await hash_stream(*args)
+        hashed.set()
+
+    async def after_the_hash(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        await hashed.wait()
+        return await part_target(*args, **kwargs)
+
+    monkeypatch.setattr(upload, "hash_stream", hash_then_tell)
+    monkeypatch.setattr(repo, "part_target", after_the_hash)
     ctx = _context(repo, _job(tmp_path, files, 64 * KiB))
     result = await upload.run_upload(ctx)  # type: ignore[arg-type]
     stream = b"".join(contents.values())
@@ -288,3 +304,19 @@ async def test_until_a_job_has_a_rate_of_its_own_it_goes_by_the_last_jobs(
     mock_clock.jump(0.5)
     await second.moved(MiB, 0, MiB)
     assert second.sending_rate(0.25) == pytest.approx(2 * MiB / 0.5), "then its own"
+
+
+def test_a_directorys_cache_key_is_its_recorded_manifest(tmp_path: Path) -> None:
+    # The key is hashed from the manifest enqueue recorded, as each file's ``to_json``
+    # gives it: digests cached before keep being found, and a changed identity misses.
+    files = _write(tmp_path, {"d/a.bin": b"a" * 10, "d/b/c.bin": b"c" * 20})
+    recorded = [list(f.to_json()) for f in files]
+    job: dict[str, Any] = {"params": {"source_files": recorded, "source_root": str(tmp_path)},
+                           "file_name": "d", "local_path": str(tmp_path / "d")}
+    identity = upload.source_identity(job, str(tmp_path), files)
+    assert identity is not None
+    assert identity.manifest == hashlib.sha256(json.dumps([f.to_json() for f in files]).encode()).hexdigest()
+    assert identity.size == 30
+    moved = [*recorded[:1], [*recorded[1][:3], recorded[1][3] + 1]]
+    other = upload.source_identity({**job, "params": {**job["params"], "source_files": moved}}, str(tmp_path), files)
+    assert other is not None and other.manifest != identity.manifest
