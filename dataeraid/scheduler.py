@@ -40,7 +40,7 @@ import trio
 from dataeraid import log
 from dataeraid.auth import Auth
 from dataeraid.config import LiveSettings, Settings
-from dataeraid.engine.accounting import LinkRates
+from dataeraid.engine.accounting import STREAMS_IN_MEMORY_BYTES, LinkRates, MemoryBudget
 from dataeraid.engine.bandwidth import Links
 from dataeraid.engine.context import JobContext
 from dataeraid.errors import DataeraiError, first_error
@@ -99,6 +99,8 @@ class Scheduler:
         self._tally = tally
         #: What the last job each way moved at, for the next job's first decisions.
         self._rates = LinkRates()
+        #: What the running jobs hold of their sources in memory, together.
+        self._memory = MemoryBudget(STREAMS_IN_MEMORY_BYTES)
         self._remote = remote
         self._auth = auth
         self._live = LiveSettings.of(settings)
@@ -154,7 +156,8 @@ class Scheduler:
         job_id: str = row["job_id"]
         client: str = row["client"]
         ctx = JobContext(row, self._jobs, self._remote, self._auth, self._live.current,
-                         self._bandwidth.join(client, row["kind"]), self._tally, rates=self._rates)
+                         self._bandwidth.join(client, row["kind"]), self._tally, rates=self._rates,
+                         memory=self._memory)
         try:
             with scope:
                 try:

@@ -8,6 +8,9 @@ adds it to the job's progress. The engines only say what they moved.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from dataeraid.engine.bandwidth import Spender
 from dataeraid.engine.progress import Progress, Reporter
 from dataeraid.fileset import FileSet
@@ -35,6 +38,37 @@ class LinkRates:
     def last(self, direction: str) -> float:
         """The rate last remembered for ``direction``; 0 before any."""
         return self._last.get(direction, 0.0)
+
+
+#: What the daemon's jobs hold of their sources in memory at once, together (:class:`MemoryBudget`).
+#: With the daemon's own 80-120 MiB, this keeps it under the 150 MiB issue 14 allows whatever
+#: runs at once (docs/benchmarks.md, "The 10,000-file upload's fixed costs").
+STREAMS_IN_MEMORY_BYTES = 32 * 1024 * 1024
+
+
+class MemoryBudget:
+    """The bytes of sources the daemon's jobs hold in memory at once: one for the daemon (its
+    scheduler's). A small upload reads its whole stream into memory and sends its parts from
+    there (:data:`dataeraid.engine.upload.SMALL_STREAM_BYTES`); with several such jobs running,
+    the ones that find the budget spent read from their files instead, so that the daemon's
+    memory stays bounded whatever runs at once. Used from the event loop only.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+
+    @contextmanager
+    def hold(self, n: int) -> Iterator[bool]:
+        """Whether ``n`` bytes may be held for the block (never waits); given back after it."""
+        if n > self.limit - self.held:
+            yield False
+            return
+        self.held += n
+        try:
+            yield True
+        finally:
+            self.held -= n
 
 
 class Accounting:

@@ -19,7 +19,7 @@ import trio
 from dataeraid import log
 from dataeraid.auth import Auth
 from dataeraid.config import Settings
-from dataeraid.engine.accounting import Accounting, LinkRates
+from dataeraid.engine.accounting import STREAMS_IN_MEMORY_BYTES, Accounting, LinkRates, MemoryBudget
 from dataeraid.engine.bandwidth import Spender
 from dataeraid.engine.repository import Repository
 from dataeraid.engine.retry import RetryPolicy, transient_reason
@@ -40,8 +40,10 @@ class JobContext:
 
     def __init__(self, job: Row, jobs: Jobs, remote: Repository, auth: Auth, settings: Settings,
                  bandwidth: Spender, tally: Tally | None = None, retry: RetryPolicy | None = None,
-                 rates: LinkRates | None = None) -> None:
+                 rates: LinkRates | None = None, memory: MemoryBudget | None = None) -> None:
         self.job = job
+        #: The daemon's budget for sources held in memory (a job alone: its own).
+        self.memory = memory or MemoryBudget(STREAMS_IN_MEMORY_BYTES)
         #: Counts what it moves and retries (the metrics), when the daemon gave one.
         self.tally = tally or Tally()
         self.job_id: str = job["job_id"]

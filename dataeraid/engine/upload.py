@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import trio
 
-from dataeraid.engine.accounting import Accounting
+from dataeraid.engine.accounting import STREAMS_IN_MEMORY_BYTES, Accounting
 from dataeraid.engine.bulk_http import Body, Outlet
 from dataeraid.engine.context import JobContext
 from dataeraid.engine.turns import Turn
@@ -72,9 +72,11 @@ MAX_CHECKSUM_RETRIES = 3
 #: What a session's ``part_digests`` lists when its part targets take prefix digests.
 PREFIX_DIGESTS: Final = "prefix_sha256"
 
-#: A stream of at most this many bytes is read once, whole, into memory: the same bytes are
-#: hashed and sent (a directory of small files: each file opened and read once per job).
-SMALL_STREAM_BYTES: Final = 32 * 1024 * 1024
+#: A stream of at most this many bytes is read once, whole, into memory, where the daemon's
+#: budget for held sources allows (:class:`~dataeraid.engine.accounting.MemoryBudget`): the
+#: same bytes are hashed and sent (a directory of small files: each file opened and read once
+#: per job). The whole budget, so that a job running alone always may.
+SMALL_STREAM_BYTES: Final = STREAMS_IN_MEMORY_BYTES
 
 #: The speculative deduplication costs two requests (about 120 ms when the content is new,
 #: docs/benchmarks.md); it is skipped when the bytes still to send would take less than this
@@ -165,7 +167,9 @@ async def run_upload(ctx: JobContext) -> dict[str, Any]:
         ctx.log.warning("not regular files; left out of the upload", count=len(skipped), paths=skipped[:20])
     source = FileSet(root, files, "source")
     try:
-        return await _upload_stream(ctx, source)
+        small = source.size <= SMALL_STREAM_BYTES
+        with ctx.memory.hold(source.size if small else 0) as granted:
+            return await _upload_stream(ctx, source, in_memory=small and granted)
     except DataeraiError as exc:
         if exc.code == "source_changed" and job.get("remote_session"):
             # Commit nothing: the parts sent so far go too.
@@ -254,7 +258,7 @@ def _start_from(accounting: Accounting, held: dict[int, dict[str, Any]]) -> None
     accounting.resume(sum(p["size"] for p in held.values()), len(held))
 
 
-async def _upload_stream(ctx: JobContext, source: FileSet) -> dict[str, Any]:
+async def _upload_stream(ctx: JobContext, source: FileSet, *, in_memory: bool) -> dict[str, Any]:
     job = ctx.job
     chunk_size: int = job["chunk_size"]
     total = source.size
@@ -303,7 +307,8 @@ async def _upload_stream(ctx: JobContext, source: FileSet) -> dict[str, Any]:
     # senders; it usually runs ahead of them (how far: docs/benchmarks.md#deduplication).
     async def hash_whole() -> None:
         started = trio.current_time()
-        await hash_stream(source, stream, chunk_size, digests, held, BufferPool(ctx.settings.io_block_size))
+        await hash_stream(source, stream, chunk_size, digests, held, BufferPool(ctx.settings.io_block_size),
+                          in_memory=in_memory)
         stream_hashed.set()
         ctx.log.info("stream hashed", seconds=round(trio.current_time() - started, 2),
                      parts_acknowledged=accounting.chunks_done, parts_total=count)
@@ -590,20 +595,22 @@ async def _finish_deduplicated(ctx: JobContext, source: FileSet, result: dict[st
 
 
 async def hash_stream(source: FileSet, stream: StreamHasher, chunk_size: int, digests: PartDigests,
-                      held: Container[int], pool: BufferPool) -> None:
+                      held: Container[int], pool: BufferPool, *, in_memory: bool | None = None) -> None:
     """Feed the whole ``source`` to ``stream`` in order, recording in ``digests`` the digest
     of each part not ``held`` as the hash passes the part's end.
 
     Each source byte is read once, into a buffer of ``pool``, and hashed into the stream's
-    digest and the part's own from there. A stream of at most :data:`SMALL_STREAM_BYTES` is
-    read whole into memory, a part per worker-thread call, and its parts carry their bytes,
-    which are then sent without being read again. A larger one goes in worker-thread calls of at most
-    HASH_SLICE bytes, each ending at most at a part's end, so that a pause or a shutdown
-    never waits long.
+    digest and the part's own from there. A stream ``in_memory`` (by default: of at most
+    :data:`SMALL_STREAM_BYTES`) is read whole into memory, a part per worker-thread call,
+    and its parts carry their bytes, which are then sent without being read again. Any other
+    goes in worker-thread calls of at most HASH_SLICE bytes, each ending at most at a part's
+    end, so that a pause or a shutdown never waits long.
     """
     total = source.size
     count = part_count(total, chunk_size)
-    if total <= SMALL_STREAM_BYTES:
+    if in_memory is None:
+        in_memory = total <= SMALL_STREAM_BYTES
+    if in_memory:
         # Part by part, so that the first part is sent while the next one is read.
         data = memoryview(bytearray(total))
         for number in range(1, count + 1):

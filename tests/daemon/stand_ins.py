@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 import trio
 
-from dataeraid.engine.accounting import Accounting
+from dataeraid.engine.accounting import STREAMS_IN_MEMORY_BYTES, Accounting, MemoryBudget
 from dataeraid.errors import TransientError
 from dataeraid.fileset import FileSet
 from dataeraid.observe.tally import Tally
@@ -66,6 +66,7 @@ def job_context(remote: Any, settings: dict[str, Any], **fields: Any) -> SimpleN
         retrying=retrying,
         reporter=reporter,
         accounting=Accounting(reporter, 0.0, Unlimited(), Tally(), str(job.get("kind", "upload"))),
+        memory=MemoryBudget(STREAMS_IN_MEMORY_BYTES),
         store=SimpleNamespace(checkpoint=nothing, checkpoint_many=nothing),
         save=nothing,
         log=SimpleNamespace(debug=lambda *a, **k: None, info=lambda *a, **k: None, warning=lambda *a, **k: None),

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from stand_ins import Reporter, Unlimited, job_context, nothing
 
 from dataeraid.engine import upload
-from dataeraid.engine.accounting import Accounting, LinkRates
+from dataeraid.engine.accounting import Accounting, LinkRates, MemoryBudget
 from dataeraid.errors import DataeraiError
 from dataeraid.fileset import BufferPool, FileSet, StreamFile, StreamHasher, lay_out
 from dataeraid.observe.tally import Tally
@@ -183,6 +183,44 @@ async def test_the_source_is_read_once_when_small_and_twice_otherwise(
     assert ctx.accounting.progress.bytes_done == total
 
 
+async def test_a_small_stream_is_read_from_its_files_while_other_jobs_hold_the_memory_budget(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    contents, files, total = _small_or_not(tmp_path, monkeypatch, in_memory=True)
+    read: list[int] = []
+    original = upload.FileSet
+
+    def counted(*args: Any, **kwargs: Any) -> _Counted:
+        source = _Counted(*args, **kwargs)
+        monkeypatch.setattr(source, "close", lambda: read.append(source.bytes_read) or original.close(source))
+        return source
+
+    monkeypatch.setattr(upload, "FileSet", counted)
+    monkeypatch.setattr(upload, "worth_speculating", lambda *_: False)
+    budget = MemoryBudget(total)  # room for this stream alone
+    for other_job_holds, reads in ((1, 2 * total), (0, total)):
+        repo = FakeRepository()
+        ctx = _context(repo, _job(tmp_path, files, 64 * KiB))
+        ctx.memory = budget
+        with budget.hold(other_job_holds) as granted:
+            assert granted
+            result = await upload.run_upload(ctx)  # type: ignore[arg-type]
+            assert budget.held == other_job_holds  # the job gave back what it held
+        assert result["sha256"] == hashlib.sha256(b"".join(contents.values())).hexdigest()
+        assert read[-1] == reads  # held: read once; not: read for the digests, then for the bodies
+
+
+def test_the_memory_budget_grants_what_fits_and_takes_it_back_whatever_happens() -> None:
+    budget = MemoryBudget(10)
+    with budget.hold(6) as first:
+        with budget.hold(5) as second, budget.hold(4) as third:
+            assert (first, second, third) == (True, False, True)
+            assert budget.held == 10
+        with pytest.raises(ValueError), budget.hold(4):
+            raise ValueError("the job failed")
+        assert budget.held == 6
+    assert budget.held == 0
+
+
 @pytest.mark.parametrize("bulk", [False, True])
 @pytest.mark.parametrize("in_memory", [True, False])
 @pytest.mark.parametrize("order", ["never", "always"])
@@ -240,8 +278,8 @@ async def test_the_engine_asks_to_deduplicate_only_when_the_rest_is_slow_to_send
     hashed = trio.Event()
     hash_stream, part_target = upload.hash_stream, repo.part_target
 
-    async def hash_then_tell(*args: Any) -> None:
-        await hash_stream(*args)
+    async def hash_then_tell(*args: Any, **kwargs: Any) -> None:
+        await hash_stream(*args, **kwargs)
         hashed.set()
 
     async def after_the_hash(*args: Any, **kwargs: Any) -> dict[str, Any]:
