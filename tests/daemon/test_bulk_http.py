@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, BinaryIO
 
 import httpx
 import pytest
@@ -60,26 +60,18 @@ def exact(asked: Asked, data: bytes) -> tuple[bytes, bool]:
     return head.encode() + body, False
 
 
-@dataclass
-class RangeServer:
-    """A loopback HTTP/1.1 server of ``data`` that keeps connections alive; each request is
-    answered by ``answers`` in turn (the last one for the rest)."""
+class _Loopback:
+    """A loopback HTTP/1.1 server's plumbing: a thread per connection (TLS if ``tls``), its
+    requests read one after another, each answered by ``_answer``."""
 
-    data: bytes
-    answers: list[Answer] = field(default_factory=lambda: [exact])
-    tls: ssl.SSLContext | None = None
-    asked: list[Asked] = field(default_factory=list)
-    connections: int = 0
+    tls: ssl.SSLContext | None
+    connections: int
 
-    def __post_init__(self) -> None:
+    def _listen(self) -> None:
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
         self._closing = False
         threading.Thread(target=self._accept, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}/content/cnt_1?sig=abc"
 
     def _accept(self) -> None:
         while not self._closing:
@@ -99,15 +91,12 @@ class RangeServer:
                 line = reader.readline()
                 if not line:
                     return
+                method, target, _ = line.decode().split(" ", 2)
                 headers: dict[str, str] = {}
                 while (header := reader.readline()) not in (b"\r\n", b""):
                     name, _, value = header.decode().partition(":")
                     headers[name.strip().lower()] = value.strip()
-                first, _, last = headers["range"].removeprefix("bytes=").partition("-")
-                asked = Asked(number, int(first), int(last), headers)
-                self.asked.append(asked)
-                answer = self.answers[min(len(self.asked), len(self.answers)) - 1]
-                payload, close = answer(asked, self.data)
+                payload, close = self._answer(number, method, target, headers, reader)
                 sock.sendall(payload)
                 if close:
                     return
@@ -116,9 +105,39 @@ class RangeServer:
         finally:
             sock.close()
 
+    def _answer(self, number: int, method: str, target: str, headers: dict[str, str],
+                reader: BinaryIO) -> tuple[bytes, bool]:
+        raise NotImplementedError
+
     def close(self) -> None:
         self._closing = True
         self._listener.close()
+
+
+@dataclass
+class RangeServer(_Loopback):
+    """A loopback HTTP/1.1 server of ``data`` that keeps connections alive; each request is
+    answered by ``answers`` in turn (the last one for the rest)."""
+
+    data: bytes
+    answers: list[Answer] = field(default_factory=lambda: [exact])
+    tls: ssl.SSLContext | None = None
+    asked: list[Asked] = field(default_factory=list)
+    connections: int = 0
+
+    def __post_init__(self) -> None:
+        self._listen()
+
+    @property
+    def url(self) -> str:
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}/content/cnt_1?sig=abc"
+
+    def _answer(self, number: int, method: str, target: str, headers: dict[str, str],
+                reader: BinaryIO) -> tuple[bytes, bool]:
+        first, _, last = headers["range"].removeprefix("bytes=").partition("-")
+        asked = Asked(number, int(first), int(last), headers)
+        self.asked.append(asked)
+        return self.answers[min(len(self.asked), len(self.answers)) - 1](asked, self.data)
 
 
 @pytest.fixture
@@ -528,7 +547,7 @@ def bad_digest(put: Put) -> tuple[bytes, bool]:
 
 
 @dataclass
-class PutServer:
+class PutServer(_Loopback):
     """A loopback HTTP/1.1 server that reads PUT bodies (unless ``read_body`` says not) and
     answers each with ``answers`` in turn (the last one for the rest)."""
 
@@ -539,52 +558,20 @@ class PutServer:
     connections: int = 0
 
     def __post_init__(self) -> None:
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self._listener.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
+        self._listen()
 
     @property
     def url(self) -> str:
         return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}/uploads/upl_1/parts/1?sig=secret-sig"
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                sock, _ = self._listener.accept()
-            except OSError:
-                return
-            self.connections += 1
-            threading.Thread(target=self._serve, args=(sock, self.connections), daemon=True).start()
-
-    def _serve(self, sock: socket.socket, number: int) -> None:
-        try:
-            if self.tls is not None:
-                sock = self.tls.wrap_socket(sock, server_side=True)
-            reader = sock.makefile("rb")
-            while True:
-                line = reader.readline()
-                if not line:
-                    return
-                method, target, _ = line.decode().split(" ", 2)
-                headers: dict[str, str] = {}
-                while (header := reader.readline()) not in (b"\r\n", b""):
-                    name, _, value = header.decode().partition(":")
-                    headers[name.strip().lower()] = value.strip()
-                put = Put(number, method, target, headers)
-                if self.read_body:
-                    put.body = reader.read(int(headers["content-length"]))
-                self.puts.append(put)
-                payload, close = self.answers[min(len(self.puts), len(self.answers)) - 1](put)
-                sock.sendall(payload)
-                if close or not self.read_body:
-                    return
-        except (OSError, ssl.SSLError):
-            return
-        finally:
-            sock.close()
-
-    def close(self) -> None:
-        self._listener.close()
+    def _answer(self, number: int, method: str, target: str, headers: dict[str, str],
+                reader: BinaryIO) -> tuple[bytes, bool]:
+        put = Put(number, method, target, headers)
+        if self.read_body:
+            put.body = reader.read(int(headers["content-length"]))
+        self.puts.append(put)
+        payload, close = self.answers[min(len(self.puts), len(self.answers)) - 1](put)
+        return payload, close or not self.read_body
 
 
 @pytest.fixture
