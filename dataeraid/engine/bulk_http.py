@@ -37,8 +37,10 @@ hop and a copy into a ``bytes``, then h11's and the socket's copies. Here a work
 thread hands a slice (``SEND_SLICE_BYTES``) of the part from its file to the
 socket: ``os.sendfile`` on plain TCP (no byte enters the process), and on TLS,
 where the kernel cannot encrypt, a read into the connection's buffer and
-``sendall``. Before each slice the event loop charges it (``charge``: the job's
-bandwidth limit, its turn, its progress), as httpx's path did per block. The
+``sendall``, the whole body in one worker-thread call. Each slice is charged on
+the event loop before it goes (``charge``: the job's bandwidth limit, its turn, its
+progress), as httpx's path did per block, at most ``LANDING_AHEAD`` slices ahead of
+the thread, so the socket is fed while the loop charges. The
 answer (a small JSON object or an empty S3 answer) is read whole by h11 and
 handed back as an :class:`httpx.Response`, a non-2xx one mapped through
 :func:`~dataeraid.remote.raise_for_status` first, so the caller reads it exactly
@@ -638,23 +640,17 @@ class BulkHTTP:
         except (OSError, _NoAnswer) as exc:
             raise TransientError(f"{what}: cannot reach {where}: {_reason(exc)}") from exc
         outlet = _SocketOutlet(conn, self._read_timeout)
-        done = 0
-        while done < length:
-            n = min(SEND_SLICE_BYTES, length - done)
-            await charge(n)
-            try:
-                await trio.to_thread.run_sync(body, done, n, outlet, limiter=self._threads)
-            except OSError as exc:
-                # The server may have answered early (an expired URL, a refused part) and
-                # closed: that answer, if it came, says more than the broken pipe does.
-                failed = TransientError(f"{what}: connection to {where} failed after {done} of {length} body "
-                                        f"bytes: {_reason(exc)}")
-                if not conn.aborted and not isinstance(exc, TimeoutError):
-                    early = await trio.to_thread.run_sync(self._early_answer, conn, parser, limiter=self._threads)
-                    if early is not None:
-                        raise_for_status(early, what)
-                raise failed from exc
-            done += n
+        done, failure = await self._send_body(conn, length, body, outlet, charge)
+        if failure is not None:
+            # The server may have answered early (an expired URL, a refused part) and
+            # closed: that answer, if it came, says more than the broken pipe does.
+            failed = TransientError(f"{what}: connection to {where} failed after {done} of {length} body "
+                                    f"bytes: {_reason(failure)}")
+            if not conn.aborted and not isinstance(failure, TimeoutError):
+                early = await trio.to_thread.run_sync(self._early_answer, conn, parser, limiter=self._threads)
+                if early is not None:
+                    raise_for_status(early, what)
+            raise failed from failure
         if sent is not None:
             sent()
         try:
@@ -668,6 +664,69 @@ class BulkHTTP:
             raise TransientError(f"{what}: {where} answered with more than {MAX_ERROR_BODY} bytes")
         keep = response.http_version == b"1.1" and (_header(response, b"connection") or b"").lower() != b"close"
         return keep, answer
+
+    async def _send_body(self, conn: _Connection, length: int, body: Body, outlet: _SocketOutlet,
+                         charge: Charge) -> tuple[int, OSError | None]:
+        """The ``length``-byte body into ``outlet`` by one worker-thread call: how many bytes
+        went, and the connection's failure if it failed.
+
+        Each slice is charged on the event loop before it goes (a task here, in order, at most
+        ``LANDING_AHEAD`` slices ahead of the thread), so the thread sends the next slice while
+        the loop charges the one after, where a slice charged then sent in turn left the
+        socket idle between them; where ``charge`` waits for the bandwidth limit or the job's
+        turn, the thread waits with it."""
+        token = trio.lowlevel.current_trio_token()
+        gate = _Gate(0)
+        window = trio.Semaphore(LANDING_AHEAD)
+        conn.on_abort(gate.abort)
+        went = [0]
+        stopped: BaseException | None = None
+
+        def push() -> None:
+            # In the worker thread: nothing here waits for the event loop but ``gate.take``.
+            while went[0] < length:
+                if not gate.take():
+                    raise OSError("the transfer was stopped")
+                n = min(SEND_SLICE_BYTES, length - went[0])
+                body(went[0], n, outlet)
+                went[0] += n
+                token.run_sync_soon(window.release)
+
+        async def charge_ahead() -> None:
+            nonlocal stopped
+            try:
+                at = 0
+                while at < length:
+                    n = min(SEND_SLICE_BYTES, length - at)
+                    await window.acquire()
+                    await charge(n)
+                    gate.give()
+                    at += n
+            except trio.Cancelled:
+                raise  # the thread stopped first (this scope), or the caller's was cancelled (aborts it)
+            except BaseException as exc:  # raised below, not wrapped in the nursery's group
+                stopped = exc
+                conn.abort()  # the thread may wait for this task's charge: end it
+
+        failure: OSError | None = None
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(charge_ahead)
+                try:
+                    await trio.to_thread.run_sync(push, limiter=self._threads)
+                except OSError as exc:
+                    failure = exc
+                except BaseException as exc:  # what ``body`` raised (the source changed): raised as it is
+                    if stopped is None:
+                        stopped = exc
+                finally:
+                    nursery.cancel_scope.cancel()  # nothing more to charge once the thread stopped
+            if stopped is not None:
+                raise stopped
+        finally:
+            stopped = None
+            conn.on_abort(None)
+        return went[0], failure
 
     def _send_head(self, conn: _Connection, request: h11.Request) -> h11.Connection:
         if conn.sock is None:

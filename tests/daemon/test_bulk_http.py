@@ -621,6 +621,38 @@ def send_slices(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(bulk_http, "SEND_SLICE_BYTES", SLICE)
 
 
+async def test_a_slice_goes_only_once_charged_and_the_charges_run_at_most_a_window_ahead(
+        put_server: Any, source: Source, monkeypatch: pytest.MonkeyPatch) -> None:
+    send_slices(monkeypatch)
+    server = put_server()
+    charged, went = [0], [0]
+    charged_at_each_slice: list[tuple[int, int]] = []  # (bytes charged, the slice's end)
+    ahead_at_each_charge: list[int] = []  # bytes charged but not yet handed to the socket
+    slow, first_slice = trio.Event(), trio.Event()
+
+    def body(at: int, length: int, out: Outlet) -> None:
+        charged_at_each_slice.append((charged[0], at + length))
+        trio.from_thread.run_sync(first_slice.set)
+        source.body(at, length, out)
+        went[0] = at + length
+
+    async def charge(n: int) -> None:
+        if charged[0] == SLICE:
+            await slow.wait()  # a limit holding the second slice back: the thread waits with it
+        charged[0] += n
+        ahead_at_each_charge.append(charged[0] - went[0])
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(bulk().send_from, "PUT", server.url, {}, PART, body, charge, "sending part 1")
+        await first_slice.wait()
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(charged_at_each_slice) == 1  # the second slice waits for its charge
+        slow.set()
+    assert all(charged_bytes >= end for charged_bytes, end in charged_at_each_slice)
+    assert max(ahead_at_each_charge) <= bulk_http.LANDING_AHEAD * SLICE
+    assert server.puts[0].body == DATA[:PART]
+
+
 async def test_a_part_goes_from_the_file_in_charged_slices_with_its_signed_headers(
         put_server: Any, source: Source, monkeypatch: pytest.MonkeyPatch) -> None:
     send_slices(monkeypatch)
