@@ -678,9 +678,7 @@ class BulkHTTP:
         token = trio.lowlevel.current_trio_token()
         gate = _Gate(0)
         window = trio.Semaphore(LANDING_AHEAD)
-        conn.on_abort(gate.abort)
         went = [0]
-        stopped: BaseException | None = None
 
         def push() -> None:
             # In the worker thread: nothing here waits for the event loop but ``gate.take``.
@@ -693,40 +691,58 @@ class BulkHTTP:
                 token.run_sync_soon(window.release)
 
         async def charge_ahead() -> None:
-            nonlocal stopped
-            try:
-                at = 0
-                while at < length:
-                    n = min(SEND_SLICE_BYTES, length - at)
-                    await window.acquire()
-                    await charge(n)
-                    gate.give()
-                    at += n
-            except trio.Cancelled:
-                raise  # the thread stopped first (this scope), or the caller's was cancelled (aborts it)
-            except BaseException as exc:  # raised below, not wrapped in the nursery's group
-                stopped = exc
-                conn.abort()  # the thread may wait for this task's charge: end it
+            at = 0
+            while at < length:
+                n = min(SEND_SLICE_BYTES, length - at)
+                await window.acquire()
+                await charge(n)
+                gate.give()
+                at += n
 
+        def stop_charging(nursery: trio.Nursery) -> None:
+            nursery.cancel_scope.cancel()  # nothing more to charge once the thread stopped
+
+        failure = await self._thread_beside(conn, gate, push, charge_ahead, stop_charging)
+        return went[0], failure
+
+    async def _thread_beside(self, conn: _Connection, gate: _Gate, worker: Callable[[], None],
+                             beside: Callable[[], Awaitable[None]],
+                             worker_done: Callable[[trio.Nursery], None]) -> OSError | None:
+        """``worker`` in a worker thread, ``beside`` in a task on the event loop (the two pace
+        each other through ``gate``), then ``worker_done(nursery)`` to let ``beside`` end. The
+        connection's failure (an ``OSError`` of the worker), else None; what either raised
+        otherwise is raised as it is, not in an exception group. A failure of ``beside``, and
+        an abort of ``conn``, end the worker's wait at ``gate``."""
+        stopped: list[BaseException] = []
+
+        async def guarded() -> None:
+            try:
+                await beside()
+            except trio.Cancelled:
+                raise  # this nursery's (the worker is done), or the caller's (which aborts ``conn``)
+            except BaseException as exc:
+                stopped.append(exc)
+                conn.abort()  # the worker may wait for this task at ``gate``: end it
+
+        conn.on_abort(gate.abort)
         failure: OSError | None = None
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(charge_ahead)
+                nursery.start_soon(guarded)
                 try:
-                    await trio.to_thread.run_sync(push, limiter=self._threads)
+                    await trio.to_thread.run_sync(worker, limiter=self._threads)
                 except OSError as exc:
                     failure = exc
-                except BaseException as exc:  # what ``body`` raised (the source changed): raised as it is
-                    if stopped is None:
-                        stopped = exc
+                except BaseException as exc:  # what the caller's callback raised (the source changed...)
+                    stopped.append(exc)
                 finally:
-                    nursery.cancel_scope.cancel()  # nothing more to charge once the thread stopped
-            if stopped is not None:
-                raise stopped
+                    worker_done(nursery)
+            if stopped:
+                raise stopped[0]
         finally:
-            stopped = None
+            stopped.clear()
             conn.on_abort(None)
-        return went[0], failure
+        return failure
 
     def _send_head(self, conn: _Connection, request: h11.Request) -> h11.Connection:
         if conn.sock is None:
@@ -759,10 +775,8 @@ class BulkHTTP:
         token = trio.lowlevel.current_trio_token()
         reports, arrivals = trio.open_memory_channel[int](math.inf)
         gate = _Gate(LANDING_AHEAD)
-        conn.on_abort(gate.abort)
         written = [0]
         landed_bytes = 0
-        stopped: BaseException | None = None
 
         def pull() -> None:
             # In the worker thread: nothing here waits for the event loop but ``gate.take``.
@@ -781,36 +795,15 @@ class BulkHTTP:
                     return
 
         async def land() -> None:
-            nonlocal landed_bytes, stopped
-            try:
-                async for n in arrivals:
-                    await landed(n)
-                    landed_bytes += n
-                    gate.give()
-            except BaseException as exc:  # raised below, not wrapped in the nursery's group
-                stopped = exc
-                conn.abort()  # the thread may wait for this task's turn: end it
+            nonlocal landed_bytes
+            async for n in arrivals:
+                await landed(n)
+                landed_bytes += n
+                gate.give()
 
-        failure: OSError | None = None
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(land)
-                try:
-                    await trio.to_thread.run_sync(pull, limiter=self._threads)
-                except OSError as exc:
-                    failure = exc
-                except BaseException as exc:  # what ``write`` raised: raised below, not in a group
-                    if stopped is None:
-                        stopped = exc
-                finally:
-                    # Every report the thread sent was delivered before its return was (run_sync_soon
-                    # is first in, first out): the channel ends after the last of them.
-                    reports.close()
-            if stopped is not None:
-                raise stopped
-        finally:
-            stopped = None
-            conn.on_abort(None)
+        # Every report the thread sent was delivered before its return was (run_sync_soon is
+        # first in, first out): the channel ends after the last of them.
+        failure = await self._thread_beside(conn, gate, pull, land, lambda _: reports.close())
         return landed_bytes, failure
 
 def _check(response: h11.Response, body: bytes, start: int, length: int, what: str) -> None:
