@@ -34,7 +34,7 @@ from dataeraid.auth import Auth
 from dataeraid.errors import AuthProblem, DataeraiError, TargetExpired, TransientError
 
 if TYPE_CHECKING:
-    from dataeraid.engine.bulk_http import Body, BulkHTTP, Charge
+    from dataeraid.engine.bulk_http import Body, BulkHTTP, Burst, Charge
 
 USER_AGENT = "dataeraid/0.1.0"
 
@@ -292,7 +292,8 @@ class Remote:
         return _part_answer(response, headers, what)
 
     async def put_part_from(self, target: Mapping[str, Any], length: int, body: Body, charge: Charge, what: str,
-                            sent: Callable[[], None] | None = None) -> dict[str, Any] | None:
+                            sent: Callable[[], None] | None = None, *,
+                            burst: Burst | None = None) -> dict[str, Any] | None:
         """Send one ``length``-byte part to its signed target without httpx, from ``body``
         (:meth:`~dataeraid.engine.bulk_http.BulkHTTP.send_from`); None, with nothing sent,
         where only :meth:`put_part` can."""
@@ -301,7 +302,7 @@ class Remote:
             return None
         headers = dict(target.get("headers") or {})
         response = await self._bulk.send_from(str(target.get("method", "PUT")), url, headers, length, body,
-                                              charge, what, sent)
+                                              charge, what, sent, burst=burst)
         return _part_answer(response, headers, what)
 
     async def complete_upload(self, upload_id: str, idempotency_key: str, sha256: str, *,

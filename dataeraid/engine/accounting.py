@@ -118,6 +118,11 @@ class Accounting:
             progress.at_file(index, self._files.files[index].path)
         progress.add(n, chunk_index)
 
+    def burst_bytes(self) -> int | None:
+        """The most one :meth:`moved` should carry now for the job's bandwidth limit to hold
+        evenly; None while nothing limits the job (:meth:`Spender.burst_bytes`)."""
+        return self._spender.burst_bytes()
+
     def take_back(self, n: int) -> None:
         """``n`` bytes reported by :meth:`moved` did not arrive: they will be moved again."""
         if n:

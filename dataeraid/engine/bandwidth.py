@@ -21,6 +21,11 @@ class Spender(Protocol):
 
     async def spend(self, n: int) -> None: ...
 
+    def burst_bytes(self) -> int | None:
+        """The most one spend should ask for now, so that a limit feeds the link evenly (what
+        it lets through in :data:`BURST_S`); None while nothing limits."""
+        ...
+
 
 #: How far ahead of the limit the link may be booked: a quarter second of burst at
 #: most, so the limit holds over short windows too.
@@ -109,6 +114,9 @@ class FairBandwidth:
                 heapq.heapify(self._waiting)
                 self._hand_over()
 
+    def burst_bytes(self) -> int | None:
+        return None if self.rate <= 0 else max(1, int(self.rate * BURST_S))
+
     def _link_ready(self) -> bool:
         return self._booked_until - trio.current_time() <= BURST_S
 
@@ -164,6 +172,9 @@ class _ClientShare:
     async def spend(self, n: int) -> None:
         await self.limit.spend(self.client, n)
 
+    def burst_bytes(self) -> int | None:
+        return self.limit.burst_bytes()
+
 
 @dataclass
 class _ChainedShare:
@@ -172,6 +183,10 @@ class _ChainedShare:
     async def spend(self, n: int) -> None:
         for share in self.shares:
             await share.spend(n)
+
+    def burst_bytes(self) -> int | None:
+        bursts = [b for b in (share.burst_bytes() for share in self.shares) if b is not None]
+        return min(bursts, default=None)
 
 
 class Links:

@@ -34,7 +34,7 @@ What it promises:
 Part bodies go the other way on the same connections (:meth:`BulkHTTP.send_from`):
 sending one through httpx took an async generator of 1 MiB reads, each a thread
 hop and a copy into a ``bytes``, then h11's and the socket's copies. Here a worker
-thread hands a slice (``SEND_SLICE_BYTES``) of the part from its file to the
+thread hands a slice (:func:`send_slice_bytes`) of the part from its file to the
 socket: ``os.sendfile`` on plain TCP (no byte enters the process), and on TLS,
 where the kernel cannot encrypt, a read into the connection's buffer and
 ``sendall``, the whole body in one worker-thread call. Each slice is charged on
@@ -56,6 +56,7 @@ the server closed while idle is noticed before reuse.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import math
 import os
@@ -88,6 +89,9 @@ Landed = Callable[[int], Awaitable[None]]
 Body = Callable[[int, int, "Outlet"], None]
 #: ``await charge(n)``: the next ``n`` bytes of a body are about to be sent, on the event loop.
 Charge = Callable[[int], Awaitable[None]]
+#: ``burst()``: the most one charge may let go at once now (a bandwidth limit's even pace);
+#: None while nothing limits (:meth:`~dataeraid.engine.accounting.Accounting.burst_bytes`).
+Burst = Callable[[], "int | None"]
 
 _T = TypeVar("_T")
 
@@ -99,11 +103,17 @@ MAX_ERROR_BODY = 64 * 1024
 MAX_RANGE_THREADS = 256
 #: Idle connections kept per origin: one per range in flight is what a job reuses.
 MAX_IDLE_PER_ORIGIN = 16
-#: Bytes of a part body sent per worker-thread call, and charged to the job before it: the
-#: bandwidth limit, the fairness of turns and progress hold per slice, as they held per
-#: ``io_block_size`` block through httpx. 4 MiB slices would save the daemon another
-#: 0.1-0.15 CPU s/GB (docs/benchmarks.md), but would let a limit burst four times as far.
+#: Bytes of a part body charged to the job (its bandwidth limit, its progress) before they
+#: go, at most, while a bandwidth limit holds: the limit's quarter second
+#: (:meth:`~dataeraid.engine.bandwidth.Spender.burst_bytes`) within these bounds, so a slow
+#: limit feeds the link evenly rather than in bursts.
 SEND_SLICE_BYTES = 1024 * 1024
+MIN_SEND_SLICE_BYTES = 64 * 1024
+#: A slice while nothing limits the job: each slice costs a charge on the event loop and a
+#: hand-over to the sending thread, and 4 MiB ones take 0.1-0.15 CPU s/GB off the daemon
+#: and 7-10% off a loopback upload's time against 1 MiB ones (docs/benchmarks.md, "Part
+#: bodies in larger slices"). 4 MiB is also the burst rclone's bandwidth limiter allows.
+UNPACED_SEND_SLICE_BYTES = 4 * 1024 * 1024
 #: Slices of a range its worker thread may have written before the event loop landed them
 #: (charged to the bandwidth limit, the job's turn, its progress): with one, the thread
 #: would wait for the loop after every slice, as a thread hop per slice did; with two it
@@ -112,6 +122,13 @@ SEND_SLICE_BYTES = 1024 * 1024
 LANDING_AHEAD = 2
 
 _CONTENT_RANGE = re.compile(rb"bytes (\d+)-(\d+)/(\d+|\*)")
+
+
+def send_slice_bytes(burst: int | None) -> int:
+    """The next slice of a part body, for a limit that lets ``burst`` bytes go at once (None: no limit)."""
+    if burst is None:
+        return UNPACED_SEND_SLICE_BYTES
+    return min(SEND_SLICE_BYTES, max(MIN_SEND_SLICE_BYTES, burst))
 
 
 @dataclass(frozen=True)
@@ -526,10 +543,12 @@ class BulkHTTP:
         await self._guarded(origin, answer)
 
     async def send_from(self, method: str, url: str, headers: Mapping[str, str], length: int, body: Body,
-                        charge: Charge, what: str, sent: Callable[[], None] | None = None) -> httpx.Response:
+                        charge: Charge, what: str, sent: Callable[[], None] | None = None, *,
+                        burst: Burst | None = None) -> httpx.Response:
         """Send a ``length``-byte body (``body``, slice after slice, each awaiting
         ``charge(n)`` before it goes) to ``url``; ``sent()`` once all of it was handed to
-        the connection. The 2xx answer, read whole; a non-2xx one raises through
+        the connection. Each slice is as large as ``burst()`` allows (:func:`send_slice_bytes`;
+        without ``burst``, :data:`SEND_SLICE_BYTES`). The 2xx answer, read whole; a non-2xx one raises through
         :func:`~dataeraid.remote.raise_for_status`, a failed connection or a body that
         could not be sent is a :class:`~dataeraid.errors.TransientError`.
 
@@ -541,8 +560,11 @@ class BulkHTTP:
         origin, target = self._origin(url)
         request = self._upload_request(method, origin, target, headers, length)
 
+        def slicing() -> int:
+            return send_slice_bytes(burst()) if burst is not None else SEND_SLICE_BYTES
+
         async def exchange(used: list[_Connection]) -> tuple[bool, httpx.Response]:
-            return await self._exchange(used, origin, request, length, body, charge, what, sent)
+            return await self._exchange(used, origin, request, length, body, charge, slicing, what, sent)
 
         return await self._guarded(origin, exchange)
 
@@ -622,7 +644,7 @@ class BulkHTTP:
         return response.http_version == b"1.1" and (_header(response, b"connection") or b"").lower() != b"close"
 
     async def _exchange(self, used: list[_Connection], origin: _Origin, request: h11.Request, length: int,
-                        body: Body, charge: Charge, what: str,
+                        body: Body, charge: Charge, slicing: Callable[[], int], what: str,
                         sent: Callable[[], None] | None) -> tuple[bool, httpx.Response]:
         """The request and its body on ``used[-1]`` (on a new connection, appended, if that
         one turned out closed); whether the connection may be kept, and the answer."""
@@ -640,7 +662,7 @@ class BulkHTTP:
         except (OSError, _NoAnswer) as exc:
             raise TransientError(f"{what}: cannot reach {where}: {_reason(exc)}") from exc
         outlet = _SocketOutlet(conn, self._read_timeout)
-        done, failure = await self._send_body(conn, length, body, outlet, charge)
+        done, failure = await self._send_body(conn, length, body, outlet, charge, slicing)
         if failure is not None:
             # The server may have answered early (an expired URL, a refused part) and
             # closed: that answer, if it came, says more than the broken pipe does.
@@ -666,18 +688,20 @@ class BulkHTTP:
         return keep, answer
 
     async def _send_body(self, conn: _Connection, length: int, body: Body, outlet: _SocketOutlet,
-                         charge: Charge) -> tuple[int, OSError | None]:
+                         charge: Charge, slicing: Callable[[], int]) -> tuple[int, OSError | None]:
         """The ``length``-byte body into ``outlet`` by one worker-thread call: how many bytes
         went, and the connection's failure if it failed.
 
-        Each slice is charged on the event loop before it goes (a task here, in order, at most
-        ``LANDING_AHEAD`` slices ahead of the thread), so the thread sends the next slice while
-        the loop charges the one after, where a slice charged then sent in turn left the
-        socket idle between them; where ``charge`` waits for the bandwidth limit or the job's
-        turn, the thread waits with it."""
+        Each slice (``slicing()`` bytes, asked as it is charged: a limit set meanwhile holds
+        from the next slice on) is charged on the event loop before it goes (a task here, in
+        order, at most ``LANDING_AHEAD`` slices ahead of the thread), so the thread sends the
+        next slice while the loop charges the one after, where a slice charged then sent in
+        turn left the socket idle between them; where ``charge`` waits for the bandwidth
+        limit or the job's turn, the thread waits with it."""
         token = trio.lowlevel.current_trio_token()
         gate = _Gate(0)
         window = trio.Semaphore(LANDING_AHEAD)
+        charged: collections.deque[int] = collections.deque()  # the slices charged, not yet sent
         went = [0]
 
         def push() -> None:
@@ -685,7 +709,7 @@ class BulkHTTP:
             while went[0] < length:
                 if not gate.take():
                     raise OSError("the transfer was stopped")
-                n = min(SEND_SLICE_BYTES, length - went[0])
+                n = charged.popleft()
                 body(went[0], n, outlet)
                 went[0] += n
                 token.run_sync_soon(window.release)
@@ -693,9 +717,10 @@ class BulkHTTP:
         async def charge_ahead() -> None:
             at = 0
             while at < length:
-                n = min(SEND_SLICE_BYTES, length - at)
                 await window.acquire()
+                n = min(slicing(), length - at)
                 await charge(n)
+                charged.append(n)
                 gate.give()
                 at += n
 

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from dataeraid.engine.bulk_http import Body, Charge
+    from dataeraid.engine.bulk_http import Body, Burst, Charge
 
 
 class Repository(Protocol):
@@ -47,11 +47,14 @@ class Repository(Protocol):
         ...
 
     async def put_part_from(self, target: Mapping[str, Any], length: int, body: Body, charge: Charge, what: str,
-                            sent: Callable[[], None] | None = None) -> dict[str, Any] | None:
+                            sent: Callable[[], None] | None = None, *,
+                            burst: Burst | None = None) -> dict[str, Any] | None:
         """As :meth:`put_part`, but the ``length`` bytes come from ``body(offset, length,
         outlet)`` (run in a worker thread, slice after slice, in order; it puts the bytes
         into ``outlet``, :class:`~dataeraid.engine.bulk_http.Outlet`), ``await charge(n)``
-        before each slice goes, and ``sent()`` once the whole body went. Bytes charged
+        before each slice goes (each as large as ``burst()``, the job's bandwidth limit, lets
+        it be: :func:`~dataeraid.engine.bulk_http.send_slice_bytes`), and ``sent()`` once the
+        whole body went. Bytes charged
         before an error may not have arrived. None, with nothing sent, where only
         :meth:`put_part` can send to this target (a proxy, an unusual URL)."""
         ...

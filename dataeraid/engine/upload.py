@@ -765,7 +765,8 @@ async def _send_part(ctx: JobContext, source: FileSet, upload_id: str, plan: Par
                     # Straight from the file to the socket where the connection allows
                     # (engine/bulk_http.py); else through httpx, block by block.
                     ack = await ctx.remote.put_part_from(target, plan.size, _part_body(source, plan), charge, what,
-                                                         turn.done.set if turn is not None else None)
+                                                         turn.done.set if turn is not None else None,
+                                                         burst=accounting.burst_bytes)
                     if ack is None:
                         ack = await ctx.remote.put_part(target, body(), what)
                     return ack

@@ -41,6 +41,8 @@ Key = tuple[str, tuple[str, ...]]
 class Spends(Protocol):
     async def spend(self, n: int) -> None: ...
 
+    def burst_bytes(self) -> int | None: ...
+
 
 def _labels(metric: Metric, values: Sequence[str]) -> tuple[str, ...]:
     assert len(values) == len(metric.labels), f"{metric.name} takes {metric.labels}"
@@ -80,6 +82,9 @@ class _Counted:
         await self._inner.spend(n)
         if n > 0:
             self._tally._add(self._key, n)
+
+    def burst_bytes(self) -> int | None:
+        return self._inner.burst_bytes()
 
 
 class Tally:

@@ -21,7 +21,7 @@ from typing import Any
 
 import trio
 
-from dataeraid.engine.bulk_http import Body, Charge
+from dataeraid.engine.bulk_http import Body, Burst, Charge
 from dataeraid.errors import DataeraiError, TransientError
 
 #: Where the fake's own part endpoint lives (``is_own_part_url``).
@@ -90,6 +90,8 @@ class FakeRepository:
         #: Part bodies come from the engine's files (``put_part_from``), as the daemon's raw
         #: HTTP path sends them; else only through ``put_part``, as behind a proxy.
         self.bulk_puts = bulk_puts
+        #: What the engine gave ``put_part_from`` last to size its slices by (the job's limit).
+        self.burst: Burst | None = None
         #: Ranges go straight into the engine's files (``read_range_into``), as the daemon's
         #: raw HTTP path does; else only through ``read_range``, as behind a proxy.
         self.bulk_reads = bulk_reads
@@ -201,9 +203,11 @@ class FakeRepository:
         return ack
 
     async def put_part_from(self, target: Mapping[str, Any], length: int, body: Body, charge: Charge, what: str,
-                            sent: Callable[[], None] | None = None) -> dict[str, Any] | None:
+                            sent: Callable[[], None] | None = None, *,
+                            burst: Burst | None = None) -> dict[str, Any] | None:
         if not self.bulk_puts:
             return None
+        self.burst = burst
 
         async def blocks() -> AsyncIterator[bytes]:
             done = 0

@@ -37,6 +37,9 @@ class Unlimited:
     async def spend(self, n: int) -> None:
         return None
 
+    def burst_bytes(self) -> int | None:
+        return None
+
 
 class Reporter:
     """Where a stand-in job's progress goes: every event it would publish, kept."""

@@ -173,3 +173,16 @@ async def test_links_spend_through_the_direction_and_the_shared_link(autojump_cl
     assert trio.current_time() - start >= 2.5
     links.leave("a", "upload")
     links.leave("a", "download")
+
+
+async def test_a_jobs_burst_is_the_quarter_second_of_the_tightest_link_that_limits_it() -> None:
+    links = Links(up_bps=8 * MiB)
+    up, down = links.join("a", "upload"), links.join("a", "download")
+    assert down.burst_bytes() is None  # nothing limits downloads: their slices may be large
+    assert up.burst_bytes() == 2 * MiB  # 8 MiB/s for a quarter second
+    links.set_rates(shared_bps=MiB, up_bps=8 * MiB, down_bps=0)
+    assert (up.burst_bytes(), down.burst_bytes()) == (MiB // 4, MiB // 4)  # the shared link is tighter
+    links.set_rates(shared_bps=0, up_bps=0, down_bps=0)
+    assert (up.burst_bytes(), down.burst_bytes()) == (None, None)
+    links.leave("a", "upload")
+    links.leave("a", "download")

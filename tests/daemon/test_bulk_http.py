@@ -724,6 +724,35 @@ async def test_the_stores_bad_digest_is_a_checksum_mismatch_as_through_httpx(
     assert "secret-sig" not in str(bulk_error.value)
 
 
+@pytest.mark.parametrize(("burst", "expected"), [
+    (None, bulk_http.UNPACED_SEND_SLICE_BYTES),  # no limit: the largest slices
+    (10 << 20, bulk_http.SEND_SLICE_BYTES),  # a fast limit: the paced slices' ceiling
+    (300_000, 300_000),  # a limit's quarter second
+    (1000, bulk_http.MIN_SEND_SLICE_BYTES),  # a very slow limit: not slices too small to be worth a charge
+])
+def test_a_slice_is_as_large_as_the_limit_lets_it_be(burst: int | None, expected: int) -> None:
+    assert bulk_http.send_slice_bytes(burst) == expected
+
+
+async def test_slices_follow_the_jobs_limit_from_the_slice_after_it_changes(
+        put_server: Any, source: Source, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bulk_http, "UNPACED_SEND_SLICE_BYTES", 2 * SLICE)
+    monkeypatch.setattr(bulk_http, "MIN_SEND_SLICE_BYTES", SLICE // 4)
+    server = put_server()
+    limit: list[int | None] = [None]
+
+    async def charge(n: int) -> None:
+        source.charged.append(n)
+        limit[0] = SLICE // 2  # a limit set while the first slice is charged
+
+    await bulk().send_from("PUT", server.url, {}, PART, source.body, charge, "sending part 1",
+                           burst=lambda: limit[0])
+    assert source.charged[0] == 2 * SLICE  # unlimited when it was asked for
+    assert set(source.charged[1:-1]) == {SLICE // 2}  # paced from the next slice on
+    assert sum(source.charged) == PART
+    assert server.puts[0].body == DATA[:PART]
+
+
 async def test_an_answer_before_the_body_ends_is_what_the_send_raises(
         put_server: Any, tmp_path: Path) -> None:
     # An expired URL is refused after the head; the server stops reading and closes.

@@ -181,6 +181,8 @@ async def test_the_source_is_read_once_when_small_and_twice_otherwise(
     # Bodies sent from the files' descriptors (sendfile) are not read into the process at all.
     assert read == [total if in_memory or bulk else 2 * total]
     assert ctx.accounting.progress.bytes_done == total
+    if bulk:  # slices sized by the job's own bandwidth limit
+        assert repo.burst == ctx.accounting.burst_bytes
 
 
 async def test_a_small_stream_is_read_from_its_files_while_other_jobs_hold_the_memory_budget(
