@@ -22,7 +22,9 @@ URL into a file (and that file's fsync, as durable as the daemon's), and beside 
 physical limit of a durable download: writing as many bytes from memory to a new
 file and fsyncing it. Also the daemon's peak RSS (VmHWM) over the whole run.
 
-Median of --runs runs, interleaved so all peers see the same machine state. ``--plot PNG``
+Median of --runs runs, interleaved so all peers see the same machine state (on loopback,
+the daemon and curl take turns going first, and every timed step starts after an
+``os.sync()`` of what the steps before it wrote or deleted). ``--plot PNG``
 draws the run (tools/bench_plot.py): the daemon over its best peer on every row, with
 issue 14's targets marked.
 """
@@ -60,6 +62,12 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU time a process has used so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def settle() -> None:
+    """Write out everything the steps before left dirty (their files, their deletions), so
+    that the next timed step does not pay for another's writeback."""
+    os.sync()
 
 
 def curl_upload(stack: Stack, api: Any, source: Path, project_id: str, size: int, sha: str) -> float:
@@ -140,23 +148,31 @@ def loopback_section(args: argparse.Namespace) -> dict[str, Any]:
                     # daemon would (rightly) deduplicate instead of sending them.
                     source = make_file(root / "bench.bin", size, seed=1000 + run)
                     sha = hashlib.sha256(source.read_bytes()).hexdigest() if size <= 2048 * MiB else ""
-                    s0 = cpu_seconds(server_pid)
-                    results["curl_up"].append(curl_upload(stack, api, source, project_id, size, sha))
-                    cpu["curl_up_server"].append(cpu_seconds(server_pid) - s0)
-                    s0, d0 = cpu_seconds(server_pid), cpu_seconds(daemon.pid)
-                    started = time.monotonic()
-                    up = client.upload(source, title=f"bench {run}", owner_type="project", owner_id=project_id,
-                                       chunk_size_mb=args.chunk_mib)
-                    results["daemon_up"].append(time.monotonic() - started)
-                    cpu["daemon_up_server"].append(cpu_seconds(server_pid) - s0)
-                    cpu["daemon_up_daemon"].append(cpu_seconds(daemon.pid) - d0)
-                    asset_id = up.asset_id
+
+                    # Who goes first alternates, so neither always meets the machine the other left.
+                    for who in ("curl", "daemon") if run % 2 == 0 else ("daemon", "curl"):
+                        settle()
+                        s0, d0 = cpu_seconds(server_pid), cpu_seconds(daemon.pid)
+                        if who == "curl":
+                            results["curl_up"].append(curl_upload(stack, api, source, project_id, size, sha))
+                            cpu["curl_up_server"].append(cpu_seconds(server_pid) - s0)
+                            continue
+                        started = time.monotonic()
+                        up = client.upload(source, title=f"bench {run}", owner_type="project",
+                                           owner_id=project_id, chunk_size_mb=args.chunk_mib)
+                        results["daemon_up"].append(time.monotonic() - started)
+                        cpu["daemon_up_server"].append(cpu_seconds(server_pid) - s0)
+                        cpu["daemon_up_daemon"].append(cpu_seconds(daemon.pid) - d0)
+                        asset_id = up.asset_id
+                    settle()
                     s0 = cpu_seconds(server_pid)
                     written, durable = curl_download(api, asset_id, root / "curl.out")
                     cpu["curl_down_server"].append(cpu_seconds(server_pid) - s0)
                     results["curl_down"].append(written)
                     results["curl_down_fsync"].append(durable)
+                    settle()
                     results["disk_write"].append(durable_write(root / "disk.out", size))
+                    settle()
                     s0, d0 = cpu_seconds(server_pid), cpu_seconds(daemon.pid)
                     started = time.monotonic()
                     dl = client.download(asset_id, dest_dir=root / f"down{run}")

@@ -213,7 +213,10 @@ class Timed:
 @contextmanager
 def timed(pids: dict[str, int], store_pgid: int) -> Iterator[Timed]:
     """Wall clock, CPU seconds and peak RSS of ``pids`` (by name) and CPU seconds of the store
-    over the block; a peer's own figures are added with :meth:`Timed.peer`."""
+    over the block; a peer's own figures are added with :meth:`Timed.peer`. It starts after an
+    ``os.sync()``, so that no peer pays for the writeback of what the one before it wrote or
+    deleted (the store's files, a download's tree)."""
+    os.sync()
     for pid in pids.values():
         reset_peak_rss(pid)
     before = {name: cpu_seconds(pid) for name, pid in pids.items()}
