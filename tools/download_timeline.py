@@ -8,9 +8,10 @@ Run the daemon with ``DATAERAI_LOG_LEVEL=debug``, download, then:
 
 It prints the job's phases in order (its other log lines, such as its state changes,
 placed on the same clock by their timestamps), a bar per range (``.`` from the
-request to its first write, ``=`` while its bytes were written, ``#`` while the
-in-order hasher read it back), the checkpoints, and a summary of the waits. Without
-``--job``, the last download in the log.
+request to the answer's head (the store's time to its first byte), ``-`` from the head
+to the first write (the first slice arriving), ``=`` while its bytes were written, ``#``
+while the in-order hasher was on it), the checkpoints, and a summary of the waits.
+Without ``--job``, the last download in the log.
 """
 
 from __future__ import annotations
@@ -67,8 +68,8 @@ def timeline(lines: list[dict[str, Any]]) -> dict[str, Any]:
         phase = line["phase"]
         if phase == "range":
             ranges.setdefault(line["index"], {}).update(
-                request=line["request"], first_write=line["first_write"], last_write=line["last_write"],
-                landed=line["t"])
+                request=line["request"], head=line.get("head"), first_write=line["first_write"],
+                last_write=line["last_write"], landed=line["t"])
         elif phase == "hash":
             # The hasher follows each range's writes and says when it was done with it ("hashed");
             # before 2026-12-04 it waited for each range to land ("ready" to "began"), then read it back.
@@ -100,6 +101,10 @@ def summary(tl: dict[str, Any]) -> list[tuple[str, float]]:
         out.append(("the server's download target", phase["target"]))
     if "planned" in phase and fetched:
         out.append(("target to the first range's request", min(r["request"] for r in fetched) - phase.get("target", 0)))
+    heads = [r["head"] - r["request"] for r in fetched if r.get("head") is not None]
+    if heads:  # logged since 2026-12-04
+        out.append(("request to the answer's head (the store's time to first byte), median of ranges",
+                    sorted(heads)[len(heads) // 2]))
     firsts = [r["first_write"] - r["request"] for r in fetched if r.get("first_write") is not None]
     if firsts:
         out.append(("request to first write, median of ranges", sorted(firsts)[len(firsts) // 2]))
@@ -140,7 +145,9 @@ def bar(r: dict[str, Any], scale: float) -> str:
             if 0 <= i < WIDTH:
                 cells[i] = char
 
-    fill(r.get("request"), r.get("first_write"), ".")
+    head = r.get("head")
+    fill(r.get("request"), head if head is not None else r.get("first_write"), ".")
+    fill(head, r.get("first_write"), "-")
     fill(r.get("first_write"), r.get("last_write"), "=")
     fill(r.get("hash_began"), r.get("hashed"), "#")
     return "".join(cells)
@@ -163,14 +170,15 @@ def main() -> None:
     print(f"job {job_id}: {len(tl['ranges'])} ranges, {end:.3f} s on the job's clock")
     for t, name in tl["marks"]:
         print(f"  {t:8.4f}  {name}")
-    print(f"\n  range  request  1st write  last write  landed  hash began  hashed   (1 column = {1000 / scale:.1f} ms)")
+    print(f"\n  range  request  head     1st write  last write  landed  hash began  hashed"
+          f"   (1 column = {1000 / scale:.1f} ms)")
 
     def cell(value: float | None) -> str:
         return "-" if value is None else f"{value:.3f}"
 
     for index in sorted(tl["ranges"]):
         r = tl["ranges"][index]
-        print(f"  {index:5}  {cell(r.get('request')):>7}  {cell(r.get('first_write')):>9}  "
+        print(f"  {index:5}  {cell(r.get('request')):>7}  {cell(r.get('head')):>7}  {cell(r.get('first_write')):>9}  "
               f"{cell(r.get('last_write')):>10}  {cell(r.get('landed')):>6}  {cell(r.get('hash_began')):>10}  "
               f"{cell(r.get('hashed')):>6}   |{bar(r, scale)}|")
     if tl["checkpoints"]:

@@ -299,6 +299,7 @@ class FakeRepository:
         if not self.bulk_reads:
             return False
         at = start
+        await landed(0)  # the answer's head, as the raw HTTP path reports it before the first slice
         async for block in self.read_range(target, start, length, what):
             await trio.to_thread.run_sync(write, at, memoryview(block))
             at += len(block)

@@ -217,10 +217,20 @@ async def test_the_phases_are_logged_for_each_range_and_the_timeline_tool_reads_
     drawn = download_timeline.timeline(json.loads(json.dumps(lines)))
     assert sorted(drawn["ranges"]) == list(range(count))
     for index, r in drawn["ranges"].items():
-        assert r["request"] <= r["first_write"] <= r["last_write"] <= r["landed"], index
+        assert r["request"] <= r["head"] <= r["first_write"] <= r["last_write"] <= r["landed"], index
         assert r["hash_began"] <= r["hashed"], index
     assert sorted(i for c in drawn["checkpoints"] for i in c["ranges"]) == list(range(count))
     assert {"landed", "hashed", "checkpointed"} <= set(drawn["phase"])
     hashed = next(line for line in lines if line.get("phase") == "hashed")
     assert hashed["read_back"] < len(data)  # the first slice at least came from the receive buffer
-    assert dict(download_timeline.summary(drawn))["first request to the last range landed"] >= 0
+    waits = dict(download_timeline.summary(drawn))
+    assert waits["first request to the last range landed"] >= 0
+    assert waits["request to the answer's head (the store's time to first byte), median of ranges"] >= 0
+
+
+def test_a_ranges_bar_shows_the_wait_for_the_head_apart_from_the_first_slice() -> None:
+    r = {"request": 0.0, "head": 0.010, "first_write": 0.020, "last_write": 0.050, "hash_began": 0.060,
+         "hashed": 0.070}
+    assert download_timeline.bar(r, 1000.0)[:70] == "." * 10 + "-" * 10 + "=" * 30 + " " * 10 + "#" * 10
+    del r["head"]  # a log from before the head was logged: the wait runs to the first write
+    assert download_timeline.bar(r, 1000.0)[:20] == "." * 20
