@@ -264,14 +264,16 @@ PROXY = "http://proxy.example:3128"
 
 def made(config: dict[str, Any] | None = None, verify: bool | str | None = None,
          endpoint: str = ENDPOINT) -> tuple[Any, ConnectionSettings]:
-    """A client made by boto3 (with ``Config(**config)`` and ``verify`` as given), and its settings."""
+    """A client made by boto3 (path-style, with ``Config(**config)`` and ``verify`` as given), and
+    its settings."""
     import boto3
     import botocore.session
     from botocore.config import Config
 
     session = botocore.session.get_session()
     client = boto3.session.Session(botocore_session=session).client(
-        "s3", endpoint_url=endpoint, config=Config(**(config or {})), verify=verify)
+        "s3", endpoint_url=endpoint, config=Config(**{"s3": {"addressing_style": "path"}, **(config or {})}),
+        verify=verify)
     return client, connection_settings(client, session, verify)
 
 
@@ -303,6 +305,8 @@ CASES: dict[str, tuple[dict[str, str], dict[str, Any], bool | str | None, str, s
     "config-proxies-first": ({"HTTPS_PROXY": PROXY}, {"proxies": {}}, None, ENDPOINT, None, None, "reader"),
     "client-cert": ({}, {"client_cert": "/etc/client.pem"}, None, ENDPOINT, None, None, "certificate of its own"),
     "not-http": ({}, {}, None, "ftp://store.example", None, None, "not an http(s) endpoint"),
+    "virtual-hosted": ({}, {"s3": {"addressing_style": "virtual"}}, None, ENDPOINT, None, None, "host name"),
+    "auto-addressing": ({}, {"s3": {"addressing_style": "auto"}}, None, ENDPOINT, None, None, "host name"),
 }
 
 
@@ -322,7 +326,7 @@ def test_the_reader_follows_the_clients_connection(clean_env: Path, monkeypatch:
     _, config, verify, endpoint, ca_certs, proxy, decision = CASES[case]
     given(case, clean_env, monkeypatch)
     if endpoint.startswith("ftp:"):  # botocore refuses such a client: the settings alone
-        connection = ConnectionSettings(endpoint, True, str(get_cert_path(True)), None, False, 60, 60)
+        connection = ConnectionSettings(endpoint, True, True, str(get_cert_path(True)), None, False, 60, 60)
     else:
         client, connection = made(config, verify, endpoint)
         assert connection.endpoint_url == client.meta.endpoint_url == endpoint
@@ -330,6 +334,7 @@ def test_the_reader_follows_the_clients_connection(clean_env: Path, monkeypatch:
     assert connection.verify is (verify is not False)
     assert connection.proxy == proxy
     assert connection.client_cert is ("client_cert" in config)
+    assert connection.path_style is ("s3" not in config)
     if decision == "reader":
         reader = ObjectReader.for_connection(connection)
         assert (reader.host, reader.port) == (urlsplit(endpoint).hostname, urlsplit(endpoint).port)
@@ -364,6 +369,11 @@ def test_connection_settings_are_what_botocore_configured(clean_env: Path, monke
     assert connection.client_cert is (http_session._cert_file is not None)
     timeout = http_session._timeout
     assert (connection.connect_timeout, connection.read_timeout) == (timeout.connect_timeout, timeout.read_timeout)
+    # What the reader relies on: path-style URLs are signed for the endpoint's host, virtual-hosted
+    # ones not ("auto" is taken as not path-style, though botocore signs a custom endpoint's by path).
+    signed = client.generate_presigned_url("get_object", Params={"Bucket": "bucket", "Key": "k"}, ExpiresIn=60)
+    if connection.path_style or case == "virtual-hosted":
+        assert (urlsplit(signed).netloc == urlsplit(connection.endpoint_url).netloc) is connection.path_style
 
 
 def test_make_client_says_how_its_client_reaches_the_store(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -371,12 +381,17 @@ def test_make_client_says_how_its_client_reaches_the_store(clean_env: Path, monk
     from botocore.httpsession import get_cert_path
 
     client, connection = make_client()
-    assert connection == ConnectionSettings("http://127.0.0.1:8333", True, get_cert_path(True), None, False, 10, 120)
+    assert connection == ConnectionSettings("http://127.0.0.1:8333", True, True, get_cert_path(True), None, False,
+                                            10, 120)
     assert connection.endpoint_url == client.meta.endpoint_url
     monkeypatch.setenv("HTTP_PROXY", PROXY)
     assert make_client()[1].proxy == PROXY  # boto3 goes through the proxy, so the reader cannot follow
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
     assert make_client()[1].proxy is None
+    # No endpoint (AWS itself): buckets by host name, which the reader does not follow.
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    aws = make_client()[1]
+    assert aws.endpoint_url.startswith("https://") and aws.path_style is False
 
 
 def test_a_storage_whose_reader_cannot_follow_the_client_says_why(clean_env: Path, tmp_path: Path) -> None:

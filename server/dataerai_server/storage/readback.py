@@ -19,14 +19,15 @@ read-back is one ``READ_BYTES`` buffer whatever the object's size; what the stor
 sends ahead is bounded by TCP flow control per connection. An object of one range is
 one plain GET on one connection.
 
-The GETs are presigned by the boto3 client (any addressing, its credentials), renewed
+The GETs are presigned by the boto3 client (its credentials, path-style), renewed
 while a long read-back goes on. Each names the ETag the caller's HEAD saw (``If-Match``),
 so ranges of two different objects under the key can never be hashed together. The store
 is reached as the client reaches it, from the :class:`ConnectionSettings` its maker
 resolved (``s3.make_client``: the endpoint, the CA bundle, the proxy, a client
 certificate, the timeouts); TLS is verified against that CA bundle and the host name.
 Where this module cannot do what the client would (a proxy, a client certificate,
-verification turned off, an endpoint that is not http(s), a CA bundle it cannot load),
+verification turned off, an endpoint that is not http(s), buckets addressed by host name
+rather than path, a CA bundle it cannot load),
 :meth:`ObjectReader.for_connection` says why (``ValueError``) and ``s3.py`` reads through
 boto3, with a warning.
 
@@ -90,8 +91,11 @@ class ConnectionSettings:
     """How a client reaches its store, as the client's maker configured and resolved it: what
     the reader needs to reach the store the same way. Plain values, no client library."""
 
-    #: The store's ``http(s)://`` URL (what requests go to; presigned URLs name its paths).
+    #: The store's ``http(s)://`` URL (what requests go to).
     endpoint_url: str
+    #: Whether buckets are addressed by path on the endpoint, so that presigned URLs name the
+    #: endpoint's host (not with virtual-hosted addressing: ``BUCKET.s3.amazonaws.com``).
+    path_style: bool
     #: Whether the store's certificate and host name are checked (https only).
     verify: bool
     #: The PEM file of the CA certificates they are checked against ("" where not verified).
@@ -128,8 +132,9 @@ class ObjectReader:
         """A reader that reaches the store as the client of ``connection`` does.
 
         Raises ``ValueError`` saying why where it cannot do what that client would: a proxy, a
-        client certificate, verification turned off, an endpoint that is not http(s), a CA
-        bundle that does not load (the caller then reads another way)."""
+        client certificate, verification turned off, an endpoint that is not http(s), buckets
+        addressed by host name, a CA bundle that does not load (the caller then reads another
+        way)."""
         endpoint = connection.endpoint_url
         if connection.proxy:
             raise ValueError(f"the client's requests go through the proxy {_without_userinfo(connection.proxy)}")
@@ -137,6 +142,9 @@ class ObjectReader:
             raise ValueError("the client presents a certificate of its own")
         if not endpoint.startswith(("http://", "https://")):
             raise ValueError(f"not an http(s) endpoint: {endpoint!r}")
+        if not connection.path_style:
+            # The ranges go to the endpoint's host; a URL signed for another host would not do.
+            raise ValueError("the client addresses buckets by host name (virtual-hosted style), not by path")
         context = None
         if endpoint.startswith("https://"):
             if not connection.verify:

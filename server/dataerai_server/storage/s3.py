@@ -177,8 +177,8 @@ def connection_settings(client: Any, session: Any, verify: bool | str | None = N
     given to ``create_client``, None where it was not) and the environment has not changed
     since; from public configuration only, resolved as botocore resolves it:
 
-    - the endpoint is ``client.meta.endpoint_url``; the timeouts and a client certificate
-      are the client's ``Config``;
+    - the endpoint is ``client.meta.endpoint_url``; the addressing style, the timeouts and a
+      client certificate are the client's ``Config``;
     - the CA bundle is ``verify``, else the session's ``ca_bundle`` (``AWS_CA_BUNDLE`` or the
       profile's ``ca_bundle``), else ``REQUESTS_CA_BUNDLE``, else botocore's own (certifi's);
     - the proxy is the ``Config``'s ``proxies`` where given, else the environment's
@@ -200,6 +200,7 @@ def connection_settings(client: Any, session: Any, verify: bool | str | None = N
         proxies = {} if _bypasses_proxies(endpoint) else urllib.request.getproxies()
     return ConnectionSettings(
         endpoint_url=endpoint,
+        path_style=(config.s3 or {}).get("addressing_style") == "path",
         verify=verify is not False,
         ca_certs=str(get_cert_path(verify)) if verify is not False else "",
         proxy=proxies.get(urlsplit(endpoint).scheme) or None,
