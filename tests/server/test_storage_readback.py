@@ -5,6 +5,7 @@ its read-backs are in ``test_storage_s3.py``)."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import re
 import socket
@@ -13,12 +14,15 @@ import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
+import structlog
 import trio
-from dataerai_server.storage import StorageError
-from dataerai_server.storage.readback import ObjectReader, ReadbackError
-from dataerai_server.storage.s3 import make_client
+from dataerai_server.storage import S3Location, S3Storage, StorageError
+from dataerai_server.storage.readback import ConnectionSettings, ObjectReader, ReadbackError
+from dataerai_server.storage.s3 import connection_settings, make_client
 
 ETAG = '"0123456789abcdef0123456789abcdef-3"'
 DATA = bytes(range(256)) * 20  # 5,120 bytes: five ranges of 1,024 below, two in flight
@@ -208,25 +212,197 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return cert, key
 
 
+@pytest.fixture
+def clean_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """No proxy, CA bundle or profile from the machine's environment; returns the AWS config file
+    (absent until a test writes it)."""
+    for name in ("AWS_CA_BUNDLE", "REQUESTS_CA_BUNDLE", "AWS_PROFILE", "AWS_ENDPOINT_URL_S3", *PROXY_VARIABLES):
+        monkeypatch.delenv(name, raising=False)
+    config_file = tmp_path / "aws-config"
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config_file))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "aws-credentials"))
+    for name, value in {"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s", "AWS_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(name, value)
+    return config_file
+
+
+PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "no_proxy",
+                   "all_proxy")
+
+
+@pytest.mark.parametrize("way", ["AWS_CA_BUNDLE", "profile", "REQUESTS_CA_BUNDLE"])
 async def test_tls_is_verified_as_the_boto3_client_verifies(
-    store_with: Callable[..., Store], certificate: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+    store_with: Callable[..., Store], certificate: tuple[Path, Path], clean_env: Path, monkeypatch: pytest.MonkeyPatch,
+    way: str,
 ) -> None:
     cert, key = certificate
     server_side = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server_side.load_cert_chain(cert, key)
     store = store_with(ok, server_side)
-    for name, value in {"AWS_ENDPOINT_URL": f"https://127.0.0.1:{store.port}", "AWS_ACCESS_KEY_ID": "k",
-                        "AWS_SECRET_ACCESS_KEY": "s", "AWS_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("AWS_CA_BUNDLE", raising=False)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"https://127.0.0.1:{store.port}")
     # The client trusts certifi's authorities only, so this reader does too: refused.
-    untrusting = ObjectReader.for_client(make_client())
-    assert untrusting is not None
+    untrusting = ObjectReader.for_connection(make_client()[1])
     with pytest.raises(ReadbackError, match="certificate not trusted"):
         await read_back(store, reader=untrusting)
-    # The store's own CA given to boto3 (AWS_CA_BUNDLE) is what the reader trusts too.
-    monkeypatch.setenv("AWS_CA_BUNDLE", str(cert))
-    trusting = ObjectReader.for_client(make_client())
-    assert trusting is not None
+    # The store's own CA given to boto3 is what the reader trusts too.
+    if way == "profile":
+        await trio.Path(clean_env).write_text(f"[default]\nca_bundle = {cert}\n")
+    else:
+        monkeypatch.setenv(way, str(cert))
+    _, connection = make_client()
+    assert connection.ca_certs == str(cert)
+    trusting = ObjectReader.for_connection(connection)
     trusting.range_bytes, trusting.in_flight = 1024, 2
     assert await read_back(store, reader=trusting) == hashlib.sha256(DATA).hexdigest()
+
+
+# --- what the reader follows of the client: connection_settings, and what the reader decides ----
+
+ENDPOINT = "https://store.example:9443"
+PROXY = "http://proxy.example:3128"
+
+
+def made(config: dict[str, Any] | None = None, verify: bool | str | None = None,
+         endpoint: str = ENDPOINT) -> tuple[Any, ConnectionSettings]:
+    """A client made by boto3 (path-style, with ``Config(**config)`` and ``verify`` as given), and
+    its settings."""
+    import boto3
+    import botocore.session
+    from botocore.config import Config
+
+    session = botocore.session.get_session()
+    client = boto3.session.Session(botocore_session=session).client(
+        "s3", endpoint_url=endpoint, config=Config(**{"s3": {"addressing_style": "path"}, **(config or {})}),
+        verify=verify)
+    return client, connection_settings(client, session, verify)
+
+
+#: (environment, Config, verify, endpoint) -> the CA bundle (None: botocore's), the proxy, whether the
+#: reader is made or what it says instead.
+CASES: dict[str, tuple[dict[str, str], dict[str, Any], bool | str | None, str, str | None, str | None, str]] = {
+    "default": ({}, {}, None, ENDPOINT, None, None, "reader"),
+    "plain-http": ({}, {}, None, "http://store.example:8333", None, None, "reader"),
+    "AWS_CA_BUNDLE": ({"AWS_CA_BUNDLE": "/etc/aws-ca.pem"}, {}, None, ENDPOINT, "/etc/aws-ca.pem", None,
+                      "does not load"),
+    "REQUESTS_CA_BUNDLE": ({"REQUESTS_CA_BUNDLE": "/etc/req-ca.pem"}, {}, None, ENDPOINT, "/etc/req-ca.pem", None,
+                           "does not load"),
+    "AWS_CA_BUNDLE-first": ({"AWS_CA_BUNDLE": "/etc/aws-ca.pem", "REQUESTS_CA_BUNDLE": "/etc/req-ca.pem"}, {}, None,
+                            ENDPOINT, "/etc/aws-ca.pem", None, "does not load"),
+    "profile-ca_bundle": ({}, {}, None, ENDPOINT, "/etc/profile-ca.pem", None, "does not load"),
+    "verify-given": ({"AWS_CA_BUNDLE": "/etc/aws-ca.pem"}, {}, "/etc/given-ca.pem", ENDPOINT, "/etc/given-ca.pem",
+                     None, "does not load"),
+    "verify-off": ({}, {}, False, ENDPOINT, "", None, "does not verify"),
+    "verify-off-plain-http": ({}, {}, False, "http://store.example:8333", "", None, "reader"),
+    "HTTPS_PROXY": ({"HTTPS_PROXY": PROXY}, {}, None, ENDPOINT, None, PROXY, "proxy http://proxy.example:3128"),
+    "https_proxy": ({"https_proxy": PROXY}, {}, None, ENDPOINT, None, PROXY, "proxy"),
+    "HTTPS_PROXY-credentials": ({"HTTPS_PROXY": "http://ada:hunter2@proxy.example:3128"}, {}, None, ENDPOINT, None,
+                                "http://ada:hunter2@proxy.example:3128", "proxy http://proxy.example:3128"),
+    "HTTP_PROXY-https": ({"HTTP_PROXY": PROXY}, {}, None, ENDPOINT, None, None, "reader"),
+    "HTTP_PROXY-http": ({"HTTP_PROXY": PROXY}, {}, None, "http://store.example:8333", None, PROXY, "proxy"),
+    "NO_PROXY": ({"HTTPS_PROXY": PROXY, "NO_PROXY": "store.example"}, {}, None, ENDPOINT, None, None, "reader"),
+    "NO_PROXY-other": ({"HTTPS_PROXY": PROXY, "NO_PROXY": "other.example"}, {}, None, ENDPOINT, None, PROXY, "proxy"),
+    "config-proxies": ({}, {"proxies": {"https": PROXY}}, None, ENDPOINT, None, PROXY, "proxy"),
+    "config-proxies-first": ({"HTTPS_PROXY": PROXY}, {"proxies": {}}, None, ENDPOINT, None, None, "reader"),
+    "client-cert": ({}, {"client_cert": "/etc/client.pem"}, None, ENDPOINT, None, None, "certificate of its own"),
+    "not-http": ({}, {}, None, "ftp://store.example", None, None, "not an http(s) endpoint"),
+    "virtual-hosted": ({}, {"s3": {"addressing_style": "virtual"}}, None, ENDPOINT, None, None, "host name"),
+    "auto-addressing": ({}, {"s3": {"addressing_style": "auto"}}, None, ENDPOINT, None, None, "host name"),
+}
+
+
+def given(case: str, config_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The environment (and AWS config file) of ``case``."""
+    for name, value in CASES[case][0].items():
+        monkeypatch.setenv(name, value)
+    if case.startswith("profile"):
+        config_file.write_text("[default]\nca_bundle = /etc/profile-ca.pem\n")
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_the_reader_follows_the_clients_connection(clean_env: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   case: str) -> None:
+    from botocore.httpsession import get_cert_path
+
+    _, config, verify, endpoint, ca_certs, proxy, decision = CASES[case]
+    given(case, clean_env, monkeypatch)
+    if endpoint.startswith("ftp:"):  # botocore refuses such a client: the settings alone
+        connection = ConnectionSettings(endpoint, True, True, str(get_cert_path(True)), None, False, 60, 60)
+    else:
+        client, connection = made(config, verify, endpoint)
+        assert connection.endpoint_url == client.meta.endpoint_url == endpoint
+    assert connection.ca_certs == (str(get_cert_path(True)) if ca_certs is None else ca_certs)
+    assert connection.verify is (verify is not False)
+    assert connection.proxy == proxy
+    assert connection.client_cert is ("client_cert" in config)
+    assert connection.path_style is ("s3" not in config)
+    if decision == "reader":
+        reader = ObjectReader.for_connection(connection)
+        assert (reader.host, reader.port) == (urlsplit(endpoint).hostname, urlsplit(endpoint).port)
+        assert (reader.context is not None) is endpoint.startswith("https:")
+        if reader.context is not None:
+            assert reader.context.verify_mode == ssl.CERT_REQUIRED and reader.context.check_hostname
+    else:
+        with pytest.raises(ValueError, match=re.escape(decision)) as caught:
+            ObjectReader.for_connection(connection)
+        assert "hunter2" not in str(caught.value)
+
+
+@pytest.mark.parametrize("case", [case for case in CASES if not CASES[case][3].startswith("ftp:")])
+def test_connection_settings_are_what_botocore_configured(clean_env: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          case: str) -> None:
+    """``connection_settings`` resolves the trust and the proxy again, from public configuration,
+    as botocore does: here checked against what botocore actually gave the client's HTTP session.
+
+    The one place private botocore attributes are read, on purpose: when a botocore release
+    changes how it resolves them (or renames them), this test fails, rather than the server
+    reaching the store otherwise than its client does."""
+    from botocore.httpsession import get_cert_path
+
+    _, config, verify, *_ = CASES[case]
+    given(case, clean_env, monkeypatch)
+    client, connection = made(config, verify, CASES[case][3])
+    http_session = client._endpoint.http_session
+    assert connection.verify is bool(http_session._verify)
+    if connection.verify:
+        assert connection.ca_certs == get_cert_path(http_session._verify)
+    assert bool(connection.proxy) is bool(http_session._proxy_config.proxy_url_for(connection.endpoint_url))
+    assert connection.client_cert is (http_session._cert_file is not None)
+    timeout = http_session._timeout
+    assert (connection.connect_timeout, connection.read_timeout) == (timeout.connect_timeout, timeout.read_timeout)
+    # What the reader relies on: path-style URLs are signed for the endpoint's host, virtual-hosted
+    # ones not ("auto" is taken as not path-style, though botocore signs a custom endpoint's by path).
+    signed = client.generate_presigned_url("get_object", Params={"Bucket": "bucket", "Key": "k"}, ExpiresIn=60)
+    if connection.path_style or case == "virtual-hosted":
+        assert (urlsplit(signed).netloc == urlsplit(connection.endpoint_url).netloc) is connection.path_style
+
+
+def test_make_client_says_how_its_client_reaches_the_store(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:8333")
+    from botocore.httpsession import get_cert_path
+
+    client, connection = make_client()
+    assert connection == ConnectionSettings("http://127.0.0.1:8333", True, True, get_cert_path(True), None, False,
+                                            10, 120)
+    assert connection.endpoint_url == client.meta.endpoint_url
+    monkeypatch.setenv("HTTP_PROXY", PROXY)
+    assert make_client()[1].proxy == PROXY  # boto3 goes through the proxy, so the reader cannot follow
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    assert make_client()[1].proxy is None
+    # No endpoint (AWS itself): buckets by host name, which the reader does not follow.
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    aws = make_client()[1]
+    assert aws.endpoint_url.startswith("https://") and aws.path_style is False
+
+
+def test_a_storage_whose_reader_cannot_follow_the_client_says_why(clean_env: Path, tmp_path: Path) -> None:
+    client, connection = made()
+    location = S3Location.parse("s3://bucket/prefix")
+    with structlog.testing.capture_logs() as logs:
+        assert S3Storage(client, location, tmp_path, connection=connection)._reader is not None
+    assert logs == []
+    proxied = dataclasses.replace(connection, proxy="http://ada:hunter2@proxy.example:3128")
+    for settings, reason in ((proxied, "the client's requests go through the proxy http://proxy.example:3128"),
+                             (None, "the client was given without its connection settings")):
+        with structlog.testing.capture_logs() as logs:
+            assert S3Storage(client, location, tmp_path, connection=settings)._reader is None
+        assert logs == [{"event": "storage.readback_through_boto3", "log_level": "warning", "reason": reason}]

@@ -4,6 +4,7 @@ and the daemon's view of the store's answers (``dataeraid/remote.py``)."""
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 import ssl
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+import structlog
 from dataerai_server.storage import ChecksumMismatch, S3Location, S3Storage, StorageError, StoredPart, readback
 from dataerai_server.storage.readback import ObjectReader
 from dataerai_server.storage.s3 import _S3Error, make_client
@@ -244,22 +246,39 @@ async def test_readback_of_a_replaced_object_fails_with_the_stores_code(s3: S3St
     assert missing.value.code == "NoSuchKey"
 
 
-async def test_readback_through_boto3_where_the_reader_cannot_go(s3: S3Storage) -> None:
-    s3._reader = None  # as with a proxy, a client certificate or TLS verification turned off
-    data = sample(MIN_PART + 99, 11)
-    assert (await _stored(s3, "upl_boto3", data, sha(data))).sha256 == sha(data)
-    with pytest.raises(ChecksumMismatch):
-        await _stored(s3, "upl_boto3_wrong", data, sha(b"not it"))
+async def test_readback_through_boto3_where_the_reader_cannot_go(
+    seaweed: Any, s3_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in seaweed.env.items():
+        monkeypatch.setenv(name, value)
+    client, connection = make_client()
+    # Settings the reader cannot follow (as with a client certificate); the client itself has none.
+    unfollowable = dataclasses.replace(connection, client_cert=True)
+    location = S3Location.parse(f"s3://{s3_bucket}/boto3-{secrets.token_hex(4)}")
+    (tmp_path / "spool").mkdir()
+    with structlog.testing.capture_logs() as logs:
+        s3 = S3Storage(client, location, tmp_path / "spool", connection=unfollowable)
+        assert s3._reader is None
+        data = sample(MIN_PART + 99, 11)
+        assert (await _stored(s3, "upl_boto3", data, sha(data))).sha256 == sha(data)
+        with pytest.raises(ChecksumMismatch):
+            await _stored(s3, "upl_boto3_wrong", data, sha(b"not it"))
+    # Said once, when the storage was made; not at each completion.
+    assert logs == [{"event": "storage.readback_through_boto3", "log_level": "warning",
+                     "reason": "the client presents a certificate of its own"}]
 
 
 def test_reader_follows_the_clients_tls_and_proxy(seaweed: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     for name, value in seaweed.env.items():
         monkeypatch.setenv(name, value)
-    reader = ObjectReader.for_client(make_client())
-    assert reader is not None and reader.scheme == "http" and reader.context is None
+    for name in ("AWS_CA_BUNDLE", "REQUESTS_CA_BUNDLE", "HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    reader = ObjectReader.for_connection(make_client()[1])
+    assert reader.scheme == "http" and reader.context is None
     monkeypatch.setenv("AWS_ENDPOINT_URL", "https://store.example:9443")
-    secure = ObjectReader.for_client(make_client())
-    assert secure is not None and secure.port == 9443 and secure.context is not None
+    secure = ObjectReader.for_connection(make_client()[1])
+    assert secure.port == 9443 and secure.context is not None
     assert secure.context.verify_mode == ssl.CERT_REQUIRED and secure.context.check_hostname
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
-    assert ObjectReader.for_client(make_client()) is None  # boto3 goes through the proxy; so must we
+    with pytest.raises(ValueError, match="proxy"):  # boto3 goes through the proxy; so must we
+        ObjectReader.for_connection(make_client()[1])

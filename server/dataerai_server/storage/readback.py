@@ -19,14 +19,17 @@ read-back is one ``READ_BYTES`` buffer whatever the object's size; what the stor
 sends ahead is bounded by TCP flow control per connection. An object of one range is
 one plain GET on one connection.
 
-The GETs are presigned by the boto3 client (any addressing, its credentials), renewed
+The GETs are presigned by the boto3 client (its credentials, path-style), renewed
 while a long read-back goes on. Each names the ETag the caller's HEAD saw (``If-Match``),
-so ranges of two different objects under the key can never be hashed together. TLS is
-verified exactly as the client's own requests are: the CA bundle botocore resolved
-(``AWS_CA_BUNDLE``, ``ca_bundle`` in the config, else certifi's) and the host name.
+so ranges of two different objects under the key can never be hashed together. The store
+is reached as the client reaches it, from the :class:`ConnectionSettings` its maker
+resolved (``s3.make_client``: the endpoint, the CA bundle, the proxy, a client
+certificate, the timeouts); TLS is verified against that CA bundle and the host name.
 Where this module cannot do what the client would (a proxy, a client certificate,
-verification turned off, an endpoint that is not http(s)), :meth:`ObjectReader.for_client`
-returns None and ``s3.py`` reads through boto3 as before.
+verification turned off, an endpoint that is not http(s), buckets addressed by host name
+rather than path, a CA bundle it cannot load),
+:meth:`ObjectReader.for_connection` says why (``ValueError``) and ``s3.py`` reads through
+boto3, with a warning.
 
 Every failure is a :class:`ReadbackError` (a ``StorageError``) carrying the store's error
 code where it answered one (``NoSuchKey``, ``PreconditionFailed``…): an error answer, a
@@ -41,6 +44,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import http.client
+import os
 import re
 import socket
 import ssl
@@ -48,6 +52,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import urlsplit
 
@@ -81,8 +86,30 @@ class ReadbackError(StorageError):
         self.code = code
 
 
+@dataclass(frozen=True)
+class ConnectionSettings:
+    """How a client reaches its store, as the client's maker configured and resolved it: what
+    the reader needs to reach the store the same way. Plain values, no client library."""
+
+    #: The store's ``http(s)://`` URL (what requests go to).
+    endpoint_url: str
+    #: Whether buckets are addressed by path on the endpoint, so that presigned URLs name the
+    #: endpoint's host (not with virtual-hosted addressing: ``BUCKET.s3.amazonaws.com``).
+    path_style: bool
+    #: Whether the store's certificate and host name are checked (https only).
+    verify: bool
+    #: The PEM file of the CA certificates they are checked against ("" where not verified).
+    ca_certs: str
+    #: The proxy requests to the endpoint go through (None: straight to the store).
+    proxy: str | None
+    #: Whether the client presents a certificate of its own.
+    client_cert: bool
+    connect_timeout: float
+    read_timeout: float
+
+
 class ObjectReader:
-    """Reads objects of one endpoint back and hashes them; create with :meth:`for_client`."""
+    """Reads objects of one endpoint back and hashes them; create with :meth:`for_connection`."""
 
     def __init__(self, endpoint: str, context: ssl.SSLContext | None, *, connect_timeout: float,
                  read_timeout: float, range_bytes: int = RANGE_BYTES, in_flight: int = RANGES_IN_FLIGHT) -> None:
@@ -101,29 +128,33 @@ class ObjectReader:
         self.in_flight = in_flight
 
     @classmethod
-    def for_client(cls, client: Any) -> ObjectReader | None:
-        """A reader that reaches the store as ``client`` does, or None where it cannot do what
-        the client would (then boto3 reads)."""
-        try:
-            endpoint = str(client.meta.endpoint_url)
-            session = client._endpoint.http_session
-            verify = session._verify
-            proxied = session._proxy_config.proxy_url_for(endpoint)
-            client_cert = session._cert_file
-            config = client.meta.config
-            timeouts = float(config.connect_timeout), float(config.read_timeout)
-        except (AttributeError, TypeError, ValueError):
-            return None
-        if proxied or client_cert or not endpoint.startswith(("http://", "https://")):
-            return None
+    def for_connection(cls, connection: ConnectionSettings) -> ObjectReader:
+        """A reader that reaches the store as the client of ``connection`` does.
+
+        Raises ``ValueError`` saying why where it cannot do what that client would: a proxy, a
+        client certificate, verification turned off, an endpoint that is not http(s), buckets
+        addressed by host name, a CA bundle that does not load (the caller then reads another
+        way)."""
+        endpoint = connection.endpoint_url
+        if connection.proxy:
+            raise ValueError(f"the client's requests go through the proxy {_without_userinfo(connection.proxy)}")
+        if connection.client_cert:
+            raise ValueError("the client presents a certificate of its own")
+        if not endpoint.startswith(("http://", "https://")):
+            raise ValueError(f"not an http(s) endpoint: {endpoint!r}")
+        if not connection.path_style:
+            # The ranges go to the endpoint's host; a URL signed for another host would not do.
+            raise ValueError("the client addresses buckets by host name (virtual-hosted style), not by path")
         context = None
         if endpoint.startswith("https://"):
-            if not verify:
-                return None  # verification was turned off for the client; not here
-            from botocore.httpsession import get_cert_path
-
-            context = ssl.create_default_context(cafile=get_cert_path(verify))
-        return cls(endpoint, context, connect_timeout=timeouts[0], read_timeout=timeouts[1])
+            if not connection.verify:
+                raise ValueError("the client does not verify the store's certificate")
+            try:  # the bundle only, as urllib3 loads it for botocore (no system store beside it)
+                context = ssl.create_default_context(cafile=os.path.expanduser(connection.ca_certs))
+            except OSError as exc:  # ssl.SSLError too
+                raise ValueError(f"the CA bundle {connection.ca_certs!r} does not load: {exc}") from exc
+        return cls(endpoint, context, connect_timeout=connection.connect_timeout,
+                   read_timeout=connection.read_timeout)
 
     async def sha256(self, presign: Callable[[], str], size: int, etag: str, limiter: trio.CapacityLimiter) -> str:
         """The SHA-256 (hex) of the ``size`` bytes of the object ``presign()`` gives a GET URL of,
@@ -366,3 +397,11 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, (TimeoutError, BlockingIOError)):  # BlockingIOError: SO_RCVTIMEO passed
         return "timed out"
     return str(exc) or type(exc).__name__
+
+
+def _without_userinfo(url: str) -> str:
+    """``url`` without the credentials it may carry (for a message)."""
+    split = urlsplit(url if "//" in url else f"//{url}")
+    if split.username is None and split.password is None:
+        return url
+    return url.replace(split.netloc, split.netloc.rpartition("@")[2], 1)

@@ -30,9 +30,10 @@ Reads likewise (``?reads=direct``, the default, presigned GETs that honour ``Ran
 
 Completion: S3 checks each part against the digest given with it and returns only a
 *composite* checksum (the digest of the part digests), so the whole-file SHA-256 is
-computed by reading the completed object back: parallel range GETs on raw HTTP/1.1 into
-a bounded pool of buffers, hashed strictly in order (``readback.py``; through boto3, one
-GET streamed in order, where that module cannot reach the store as boto3 does). On a
+computed by reading the completed object back: range GETs on raw HTTP/1.1, several in
+flight, hashed strictly in order (``readback.py``, reaching the store as the client does
+from the :class:`~.readback.ConnectionSettings` :func:`make_client` resolved; through
+boto3, one GET streamed in order, where that module cannot, with a warning). On a
 mismatch the object is deleted before ``complete`` returns and no record of it was
 written: the server hands out URLs only to contents it recorded, which it does only
 after ``complete`` returned, so unverified bytes are never served.
@@ -50,20 +51,25 @@ import itertools
 import json
 import os
 import re
+import socket
 import tempfile
+import urllib.request
 from collections.abc import AsyncGenerator, AsyncIterable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Final, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
+import structlog
 import trio
 
 from .base import ChecksumMismatch, PresignedRequest, StorageError, StoredContent, StoredPart
 from .presign import UploadPartSigner
-from .readback import URL_TTL_S, ObjectReader, ReadbackError
+from .readback import URL_TTL_S, ConnectionSettings, ObjectReader, ReadbackError
 
 T = TypeVar("T")
+
+log = structlog.get_logger(__name__)
 
 #: Blocks read from the store, and batches written to a spool file.
 BLOCK_BYTES: Final = 1 << 20
@@ -136,14 +142,16 @@ class S3Location:
         )
 
 
-def make_client(threads: int = DEFAULT_THREADS) -> Any:
-    """A boto3 S3 client configured from the environment (``AWS_ENDPOINT_URL`` etc.).
+def make_client(threads: int = DEFAULT_THREADS) -> tuple[Any, ConnectionSettings]:
+    """A boto3 S3 client configured from the environment (``AWS_ENDPOINT_URL`` etc.), and how
+    it reaches the store (:func:`connection_settings`).
 
     SigV4 always (presigned URLs included). Path-style addressing when an endpoint is
     given (self-hosted stores rarely have a DNS name per bucket). Checksums only where
     an operation requires one: the part digests are given explicitly.
     """
     import boto3
+    import botocore.session
     from botocore.config import Config
 
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
@@ -157,7 +165,57 @@ def make_client(threads: int = DEFAULT_THREADS) -> Any:
         connect_timeout=10,
         read_timeout=120,
     )
-    return boto3.session.Session().client("s3", endpoint_url=endpoint or None, config=config)
+    # The botocore session boto3 would make itself, kept to ask it what it resolved.
+    session = botocore.session.get_session()
+    client = boto3.session.Session(botocore_session=session).client("s3", endpoint_url=endpoint or None,
+                                                                    config=config)
+    return client, connection_settings(client, session)
+
+
+def connection_settings(client: Any, session: Any, verify: bool | str | None = None) -> ConnectionSettings:
+    """How ``client`` reaches its store, where the botocore ``session`` made it (``verify`` as
+    given to ``create_client``, None where it was not) and the environment has not changed
+    since; from public configuration only, resolved as botocore resolves it:
+
+    - the endpoint is ``client.meta.endpoint_url``; the addressing style, the timeouts and a
+      client certificate are the client's ``Config``;
+    - the CA bundle is ``verify``, else the session's ``ca_bundle`` (``AWS_CA_BUNDLE`` or the
+      profile's ``ca_bundle``), else ``REQUESTS_CA_BUNDLE``, else botocore's own (certifi's);
+    - the proxy is the ``Config``'s ``proxies`` where given, else the environment's
+      (``HTTP_PROXY``/``HTTPS_PROXY`` unless ``NO_PROXY`` names the host), for the endpoint's
+      scheme.
+
+    ``tests/server/test_storage_readback.py`` checks this against what botocore configured.
+    """
+    from botocore.httpsession import get_cert_path
+
+    endpoint = str(client.meta.endpoint_url)
+    config = client.meta.config
+    if verify is None:
+        verify = session.get_config_variable("ca_bundle")
+    if verify is None:
+        verify = os.environ.get("REQUESTS_CA_BUNDLE", True)
+    proxies = config.proxies
+    if proxies is None:
+        proxies = {} if _bypasses_proxies(endpoint) else urllib.request.getproxies()
+    return ConnectionSettings(
+        endpoint_url=endpoint,
+        path_style=(config.s3 or {}).get("addressing_style") == "path",
+        verify=verify is not False,
+        ca_certs=str(get_cert_path(verify)) if verify is not False else "",
+        proxy=proxies.get(urlsplit(endpoint).scheme) or None,
+        client_cert=bool(config.client_cert),
+        connect_timeout=float(config.connect_timeout),
+        read_timeout=float(config.read_timeout),
+    )
+
+
+def _bypasses_proxies(url: str) -> bool:
+    """Whether the environment's ``NO_PROXY`` names the host of ``url`` (as botocore asks)."""
+    try:
+        return bool(urllib.request.proxy_bypass(urlsplit(url).netloc))
+    except (TypeError, socket.gaierror):
+        return False
 
 
 class S3Storage:
@@ -175,7 +233,10 @@ class S3Storage:
         spool_dir: Path,
         *,
         threads: int = DEFAULT_THREADS,
+        connection: ConnectionSettings | None = None,
     ) -> None:
+        """``connection``: how ``client`` reaches the store (:func:`make_client` gives both);
+        without it the completion's read-back goes through boto3."""
         self._s3 = client
         self.location = location
         self.bucket = location.bucket
@@ -187,13 +248,21 @@ class S3Storage:
         s3_config = getattr(client.meta.config, "s3", None) or {}
         path_style = s3_config.get("addressing_style") == "path" and client.meta.endpoint_url
         self._part_signer = UploadPartSigner(client) if path_style else None
-        self._reader = ObjectReader.for_client(client)
+        self._reader: ObjectReader | None = None
+        try:
+            if connection is None:
+                raise ValueError("the client was given without its connection settings")
+            self._reader = ObjectReader.for_connection(connection)
+        except ValueError as exc:
+            # Once per storage: every completion then reads through boto3 (slower, docs/server.md).
+            log.warning("storage.readback_through_boto3", reason=str(exc))
 
     @classmethod
-    def open(cls, url: str, spool_dir: Path, *, client: Any = None) -> S3Storage:
+    def open(cls, url: str, spool_dir: Path) -> S3Storage:
         """Parse ``url``, make the client and check the bucket answers. Blocking."""
         location = S3Location.parse(url)
-        storage = cls(client if client is not None else make_client(), location, spool_dir)
+        client, connection = make_client()
+        storage = cls(client, location, spool_dir, connection=connection)
         spool_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # spooled parts are private
         try:
             storage._s3.list_objects_v2(Bucket=location.bucket, Prefix=location.prefix, MaxKeys=1)
