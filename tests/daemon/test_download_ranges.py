@@ -116,6 +116,33 @@ class _FirstRangeHeld(FakeRepository):
             yield block
 
 
+class _SecondRangeAhead(FakeRepository):
+    """Range 1 is written ahead of the digest, and ranges 0 and 1 land before any later range
+    sends a byte, whatever order the threads' writes would have come in: range 0's last block
+    waits for range 1's first, and ranges 2 on wait for all of ranges 0 and 1."""
+
+    def __init__(self) -> None:
+        super().__init__(bulk_reads=True, read_block=BLOCK)
+        self.second_begun = trio.Event()
+        self.landed = {0: trio.Event(), RANGE: trio.Event()}
+
+    async def read_range(self, target: Any, start: int, length: int, what: str) -> AsyncIterator[bytes]:
+        if start >= 2 * RANGE:
+            for first_two in self.landed.values():
+                await first_two.wait()
+        sent = 0
+        async for block in super().read_range(target, start, length, what):
+            sent += len(block)
+            if start == 0 and sent == length:
+                await self.second_begun.wait()
+            yield block
+            # Here the consumer has written (and landed) the block: it asks for the next.
+            if start == RANGE:
+                self.second_begun.set()
+            if start in self.landed and sent == length:
+                self.landed[start].set()
+
+
 async def _download_while(tmp_path: Path, repository: FakeRepository, ranges: int,
                           meanwhile: Callable[[SimpleNamespace], Awaitable[None]]) -> str:
     """Download ``ranges`` ranges, three at once, with ``meanwhile(ctx)`` beside; the digest."""
@@ -151,10 +178,10 @@ async def _until_landed(ctx: SimpleNamespace, size: int) -> None:
 async def test_while_the_hasher_is_behind_no_range_starts_more_than_a_few_ahead_of_it(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     data = _data(12)
-    repository = FakeRepository(bulk_reads=True, read_block=BLOCK)
+    repository = _SecondRangeAhead()
     repository.add_content(data)
     # A hasher that cannot read back until let go: range 0 is hashed as it is written, range 1
-    # (written beside it, ahead of the digest) must be read back.
+    # (begun before range 0 ended, so written ahead of the digest) must be read back.
     hasher_free = threading.Event()
     catch_up = download.InOrderHash.catch_up
     monkeypatch.setattr(download.InOrderHash, "catch_up",
