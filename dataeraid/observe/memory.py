@@ -13,6 +13,8 @@ A line holds the layers one inside the other:
     pymalloc_arenas     CPython's small-object arenas (1 MiB each on 3.11), from sys._debugmallocstats
                         (None under tracemalloc, which wraps the allocator)
     malloc_*            glibc's mallinfo2 over all its arenas: in use, free but kept, mmapped
+    sqlite_used         of malloc's in use, what SQLite holds (sqlite3_memory_used: its page cache,
+                        statements, schema), None where the library cannot be asked
     threads             the process's threads (/proc/self/task): each one may have its own malloc arena
 
 So anon growing with ``traced`` is Python objects kept (a leak: the snapshots name it); anon growing with
@@ -83,6 +85,23 @@ def pymalloc_arenas() -> int | None:
     return int(found.group(1).replace(",", "")) if found else None
 
 
+def sqlite_memory_used() -> int | None:
+    """The bytes SQLite's allocator holds now (all connections of the process): the library
+    the ``sqlite3`` module is linked with, asked by its soname, is the one already loaded."""
+    import ctypes.util
+    import sqlite3  # noqa: F401  (loads the library, if it was not yet)
+
+    name = ctypes.util.find_library("sqlite3")
+    if name is None:
+        return None
+    try:
+        library = ctypes.CDLL(name)
+        library.sqlite3_memory_used.restype = ctypes.c_int64
+        return int(library.sqlite3_memory_used())
+    except (OSError, AttributeError):
+        return None
+
+
 def sample() -> dict[str, Any]:
     """One line of memory.jsonl: the layers of the daemon's memory now."""
     line: dict[str, Any] = {"time": time.time(), **smaps_rollup()}
@@ -94,6 +113,7 @@ def sample() -> dict[str, Any]:
         info = libc.mallinfo2()
         line.update(malloc_used=info.uordblks, malloc_free=info.fordblks, malloc_mmapped=info.hblkhd,
                     malloc_heap=info.arena, malloc_free_chunks=info.ordblks)
+    line["sqlite_used"] = sqlite_memory_used()
     try:
         line["threads"] = len(os.listdir("/proc/self/task"))
     except OSError:

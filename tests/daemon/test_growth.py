@@ -265,6 +265,27 @@ def test_trimming_gives_the_free_pages_malloc_keeps_back_to_the_system() -> None
     assert all(b[-1:] == b"x" for b in buffers)
 
 
+def test_the_memory_trace_counts_what_sqlite_holds_apart(tmp_path: Path) -> None:
+    """malloc's memory in use that grows while tracemalloc's does not is C's: SQLite's page
+    cache is one such layer, bounded by its cache_size, and the sample names it."""
+    import sqlite3
+
+    from dataeraid.observe.memory import sample
+
+    before = sample()["sqlite_used"]
+    if before is None:
+        pytest.skip("this Python's sqlite3 library cannot be asked")
+    conn = sqlite3.connect(tmp_path / "q.sqlite3")
+    conn.execute("CREATE TABLE t (x BLOB)")
+    conn.executemany("INSERT INTO t VALUES (?)", [(b"x" * 1000,)] * 2000)  # about 2 MB of pages
+    conn.commit()
+    assert sample()["sqlite_used"] >= before + 1_000_000  # the pages in its cache
+    conn.execute("PRAGMA cache_size = 0")
+    conn.execute("PRAGMA shrink_memory")
+    conn.close()
+    assert sample()["sqlite_used"] < before + 1_000_000
+
+
 def _grow() -> list[str]:
     return [f"kept {n}" * 10 for n in range(2000)]
 
