@@ -3,8 +3,8 @@
 Hypercorn's Trio worker (0.17, 0.18) restarts a connection's idle timer around every
 request: when a request arrives its ``TrioSingleTask`` cancels the timer's task, and when
 the answer is sent it starts a new one with ``nursery.start`` (a task created, scheduled
-and waited for), about 89 µs of CPU per request with 200 connections, where moving one
-cancel scope's deadline costs about 11 µs (docs/server.md, "Fourth pass").
+and waited for): 82-105 µs of CPU per request with 200 connections, against about 1 µs
+here (docs/server.md, "Fourth pass").
 
 Here each connection has one watcher task for its whole life. A request's start and end
 only note whether the connection is idle and when its idle time runs out (two attribute
