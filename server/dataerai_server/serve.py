@@ -27,7 +27,7 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 from hypercorn.typing import Framework
 
-from . import deletions
+from . import deletions, keepalive
 from .app import create_app
 from .bodies import FinishRequestBodies
 from .config import Settings
@@ -140,6 +140,10 @@ async def run_server(
             hypercorn.trio.tcp_server.MAX_RECV = RECEIVE_BYTES
         else:
             log.warning("hypercorn has no MAX_RECV; request bodies are read in its default chunks")
+        # Each connection's keep-alive timeout kept by moving a deadline, rather than by a task
+        # started and cancelled around every request (keepalive.py); Hypercorn's own if its
+        # shape is not the one known.
+        keepalive.install()
 
         # Hypercorn's app type is its own spelling of the ASGI signature Starlette implements.
         # FinishRequestBodies: an answer given before the request body was read must not wait
