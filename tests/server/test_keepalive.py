@@ -130,19 +130,25 @@ async def test_an_idle_connection_is_closed_after_the_keep_alive_timeout(install
         served.stop.set()
 
 
+async def slow_request_begun(nursery: trio.Nursery, app: App, conn: trio.SocketStream) -> trio.Event:
+    """A ``/slow`` request on ``conn``, in ``nursery``, once the app holds it; set when answered."""
+    answered = trio.Event()
+
+    async def slow_request() -> None:
+        await get(conn, "/slow")
+        answered.set()
+
+    nursery.start_soon(slow_request)
+    await app.started.wait()
+    return answered
+
+
 async def test_a_connection_in_the_middle_of_a_request_is_not_closed(installed: None) -> None:
     app = App()
     async with trio.open_nursery() as nursery:
         served = await start(nursery, app, KEEP_ALIVE)
         busy = await served.connect()
-        answered = trio.Event()
-
-        async def slow_request() -> None:
-            await get(busy, "/slow")
-            answered.set()
-
-        nursery.start_soon(slow_request)
-        await app.started.wait()
+        answered = await slow_request_begun(nursery, app, busy)
         # Opened after the slow request began: once the timer has closed this idle one, the
         # busy connection has been open, without an answer, for longer than the timeout.
         idle = await served.connect()
@@ -165,14 +171,7 @@ async def test_stopping_closes_idle_connections_at_once_and_busy_ones_after_thei
         served = await start(nursery, app, keep_alive=3600.0, graceful=3600.0)
         used, unused, busy = await served.connect(), await served.connect(), await served.connect()
         await get(used)
-        answered = trio.Event()
-
-        async def slow_request() -> None:
-            await get(busy, "/slow")
-            answered.set()
-
-        nursery.start_soon(slow_request)
-        await app.started.wait()
+        answered = await slow_request_begun(nursery, app, busy)
         served.stop.set()
         with trio.fail_after(10):
             await closed_by_server(used)
