@@ -11,7 +11,6 @@ import hashlib
 import os
 import socket
 import ssl
-import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -359,16 +358,6 @@ async def test_the_engine_takes_bulk_ranges_from_a_repository_that_offers_them(t
     target = repository.add_content(DATA)
     assert await _engine_download(tmp_path, repository, target) == WHOLE
     assert (RANGE + 5000, RANGE - 5000) in repository.ranges
-
-
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    where = tmp_path_factory.mktemp("tls")
-    cert, key = where / "cert.pem", where / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
-                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-                   check=True, capture_output=True)
-    return cert, key
 
 
 async def test_tls_is_verified_with_the_shared_context(serve: Any, certificate: tuple[Path, Path]) -> None:
