@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
@@ -147,12 +147,26 @@ PRINCIPAL_WHERE: Final = _TOKENS.c.token_hash == bindparam("token_hash")
 #: The one query every authenticated request makes: Core on the tables, not the ORM, which
 #: cost about three times as much per request (docs/server.md, "Requests per CPU second").
 _PRINCIPAL = select(*PRINCIPAL_COLUMNS).select_from(PRINCIPAL_JOIN).where(PRINCIPAL_WHERE)
+#: The tokens of several requests in one statement (a batch of part targets): each row is
+#: :data:`PRINCIPAL_COLUMNS`, then the token's hash.
+_PRINCIPALS = (
+    select(*PRINCIPAL_COLUMNS, _TOKENS.c.token_hash)
+    .select_from(PRINCIPAL_JOIN)
+    .where(_TOKENS.c.token_hash.in_(bindparam("token_hashes", expanding=True)))
+)
 
 
 def lookup_principal(session: Session, token: str, now: datetime) -> Principal:
     """The principal a token stands for. ``auth_required`` if unknown, ``auth_expired`` if expired."""
     row = session.connection().execute(_PRINCIPAL, {"token_hash": token_hash(token)}).one_or_none()
     return principal_from_row(row, now)
+
+
+def principal_rows(session: Session, hashes: Iterable[str]) -> dict[str, Sequence[Any]]:
+    """The rows of :meth:`Bearer.principal` for the tokens of these hashes, by hash (an
+    unknown token has none)."""
+    rows = session.connection().execute(_PRINCIPALS, {"token_hashes": sorted(set(hashes))})
+    return {row[-1]: row for row in rows}
 
 
 def principal_from_row(row: Sequence[Any] | None, now: datetime) -> Principal:

@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Final, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar, cast
 
 import trio
 from sqlalchemy import create_engine, event
@@ -34,6 +34,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
 
 T = TypeVar("T")
+Item = TypeVar("Item")
 
 #: How long a SQLite connection waits for another writer before giving up.
 SQLITE_BUSY_TIMEOUT_MS: Final = 30_000
@@ -96,14 +97,21 @@ def make_engine(url: str) -> Engine:
 
 
 @dataclass(eq=False)
-class _Write(Generic[T]):
-    """One caller's write waiting for, or taken into, a group commit."""
+class Pending(Generic[Item, T]):
+    """One caller's item, waiting for or taken into a batch; the batch's runner settles it."""
 
-    fn: Callable[[Session], T]
+    item: Item
     taken: bool = False
+    settled: bool = False
     done: trio.Event = field(default_factory=trio.Event)
     value: Any = None
     error: BaseException | None = None
+
+    def answer(self, value: T) -> None:
+        self.value, self.error, self.settled = value, None, True
+
+    def fail(self, error: BaseException) -> None:
+        self.value, self.error, self.settled = None, error, True
 
     def outcome(self) -> T:
         if self.error is not None:
@@ -111,66 +119,49 @@ class _Write(Generic[T]):
         return self.value  # type: ignore[no-any-return]
 
 
-class _GroupWriter:
-    """Group commit for SQLite (see the module docstring).
+class Batcher(Generic[Item, T]):
+    """Calls that arrive while a batch runs are run together, as the next batch.
 
-    A caller queues its write and waits for the writer slot (a FIFO ``trio.Lock``). Whoever
-    gets the slot while its own write is still queued takes every queued write (up to
-    :data:`GROUP_COMMIT_MAX`) and runs them in one transaction in a worker thread; a caller
-    whose write was taken by an earlier group finds it done when its turn comes. A caller
-    cancelled while its write is still queued takes it back (it never runs, as a cancelled
-    ``to_thread`` call never starts); once taken, the write runs to its end and the caller
-    waits for it, shielded, before the cancellation goes on.
+    A caller queues its item and waits for the slot (a FIFO ``trio.Lock``). Whoever gets the
+    slot while its own item is still queued takes every queued item (up to ``most``) and
+    hands them to ``run``, which settles each (:meth:`Pending.answer` or
+    :meth:`Pending.fail`); a caller whose item was taken by an earlier batch finds it settled
+    when its turn comes. A caller cancelled while its item is still queued takes it back (it
+    never runs); once taken, the item runs to its end and the caller waits for it, shielded,
+    before the cancellation goes on. What ``run`` leaves unsettled fails with what ``run``
+    raised.
+
+    So batches grow with the load and cost nothing when it is light: alone, a call is a
+    batch of one, run at once.
     """
 
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
+    def __init__(self, run: Callable[[list[Pending[Item, T]]], Awaitable[None]], *, most: int) -> None:
+        self._run = run
+        self._most = most
         self._slot = trio.Lock()
-        self._queued: list[_Write[Any]] = []
+        self._queued: list[Pending[Item, T]] = []
 
-    def _run(self, group: list[_Write[Any]]) -> None:
-        if len(group) == 1:
-            # Alone, a write needs no savepoint: its own failure rolls back the transaction,
-            # which holds nothing else. (SAVEPOINT and RELEASE were a fifth of a part
-            # target's statements at the rates where groups are mostly of one.)
-            try:
-                with Session(self._engine, expire_on_commit=False) as session, session.begin():
-                    group[0].value = group[0].fn(session)
-            except BaseException as exc:
-                group[0].value, group[0].error = None, exc
-                if not isinstance(exc, Exception):
-                    raise
-            return
-        try:
-            with Session(self._engine, expire_on_commit=False) as session, session.begin():
-                for write in group:
-                    savepoint = session.begin_nested()
-                    try:
-                        write.value = write.fn(session)
-                        savepoint.commit()  # flushes: a constraint fails here, for this write only
-                    except Exception as exc:
-                        savepoint.rollback()
-                        write.error = exc
-        except BaseException as exc:  # BEGIN or COMMIT failed: nothing of the group was written
-            for write in group:
-                write.value, write.error = None, exc
-            if not isinstance(exc, Exception):
-                raise
-
-    async def write(self, fn: Callable[[Session], T]) -> T:
-        mine: _Write[T] = _Write(fn)
+    async def __call__(self, item: Item) -> T:
+        mine: Pending[Item, T] = Pending(item)
         self._queued.append(mine)
         try:
             async with self._slot:
                 if not mine.taken:
-                    group, self._queued = self._queued[:GROUP_COMMIT_MAX], self._queued[GROUP_COMMIT_MAX:]
-                    for write in group:
-                        write.taken = True
+                    batch, self._queued = self._queued[: self._most], self._queued[self._most :]
+                    for pending in batch:
+                        pending.taken = True
                     try:
-                        await trio.to_thread.run_sync(self._run, group)
+                        await self._run(batch)
+                    except BaseException as exc:
+                        for pending in batch:
+                            if not pending.settled:
+                                pending.fail(exc)
+                        raise
                     finally:
-                        for write in group:
-                            write.done.set()
+                        for pending in batch:
+                            if not pending.settled:
+                                pending.fail(RuntimeError("the batch left this item unanswered"))
+                            pending.done.set()
         except BaseException:
             if not mine.taken:
                 self._queued.remove(mine)
@@ -180,6 +171,53 @@ class _GroupWriter:
             raise
         await mine.done.wait()
         return mine.outcome()
+
+
+class _GroupWriter:
+    """Group commit for SQLite (see the module docstring): a :class:`Batcher` of writes.
+
+    Each batch runs in one transaction in a worker thread, each write in its own savepoint.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self.write: Batcher[Callable[[Session], Any], Any] = Batcher(self._run_in_thread, most=GROUP_COMMIT_MAX)
+
+    async def _run_in_thread(self, group: list[Pending[Callable[[Session], Any], Any]]) -> None:
+        await trio.to_thread.run_sync(self._run, group)
+
+    def _run(self, group: list[Pending[Callable[[Session], Any], Any]]) -> None:
+        if len(group) == 1:
+            # Alone, a write needs no savepoint: its own failure rolls back the transaction,
+            # which holds nothing else. (SAVEPOINT and RELEASE were a fifth of a part
+            # target's statements at the rates where groups are mostly of one.)
+            try:
+                with Session(self._engine, expire_on_commit=False) as session, session.begin():
+                    value = group[0].item(session)
+            except BaseException as exc:
+                group[0].fail(exc)
+                if not isinstance(exc, Exception):
+                    raise
+            else:
+                group[0].answer(value)
+            return
+        try:
+            with Session(self._engine, expire_on_commit=False) as session, session.begin():
+                for write in group:
+                    savepoint = session.begin_nested()
+                    try:
+                        value = write.item(session)
+                        savepoint.commit()  # flushes: a constraint fails here, for this write only
+                    except Exception as exc:
+                        savepoint.rollback()
+                        write.fail(exc)
+                    else:
+                        write.answer(value)
+        except BaseException as exc:  # BEGIN or COMMIT failed: nothing of the group was written
+            for write in group:
+                write.fail(exc)
+            if not isinstance(exc, Exception):
+                raise
 
 
 class Database:
@@ -225,7 +263,7 @@ class Database:
         runs in its own savepoint there, so what it raises undoes only its own changes.
         """
         if self._group is not None:
-            return await self._group.write(fn)
+            return cast(T, await self._group.write(fn))
         return await trio.to_thread.run_sync(self.write_sync, fn, limiter=self._writers)
 
     def dispose(self) -> None:

@@ -24,7 +24,7 @@ from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
-from typing import Any, cast
+from typing import Any, Final, cast
 
 import structlog
 import trio
@@ -34,7 +34,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from . import assets, deletions, project_collections, projects
-from .auth import PRINCIPAL_COLUMNS, PRINCIPAL_JOIN, PRINCIPAL_WHERE, Bearer, Principal
+from .auth import PRINCIPAL_COLUMNS, PRINCIPAL_JOIN, PRINCIPAL_WHERE, Bearer, Principal, principal_rows
 from .clock import isoformat, new_id, utcnow
 from .config import (
     DEDUP_CHALLENGE_TTL_SECONDS,
@@ -44,7 +44,7 @@ from .config import (
     MAX_PART_COUNT,
     Settings,
 )
-from .db import Database
+from .db import Batcher, Database, Pending
 from .errors import ApiError, storage_failure
 from .models import (
     Asset,
@@ -401,11 +401,41 @@ def _part_slot(session: Session, bearer: Bearer, upload_id: str, number: int, si
     ).one_or_none()
     who = bearer.principal(row)
     assert row is not None
-    slot = _Slot(*row[len(PRINCIPAL_COLUMNS):])
-    if slot.id is None or slot.user_id != who.user_id:
+    return _slot_handle(who, _Slot(*row[len(PRINCIPAL_COLUMNS):]), upload_id, number, size)
+
+
+def _slot_handle(who: Principal, slot: _Slot | None, upload_id: str, number: int, size: int) -> str:
+    if slot is None or slot.id is None or slot.user_id != who.user_id:
         raise ApiError("not_found", f"no upload session {upload_id!r}", upload_id=upload_id)
     _open_part_slot(slot, number, size)
     return slot.storage_handle
+
+
+#: The sessions of several part targets in one statement (:func:`_part_slots`).
+_SLOTS = select(
+    _SESSIONS.c.id, _SESSIONS.c.user_id, _SESSIONS.c.state, _SESSIONS.c.size, _SESSIONS.c.part_size,
+    _SESSIONS.c.part_count, _SESSIONS.c.storage_handle,
+).where(_SESSIONS.c.id.in_(bindparam("upload_ids", expanding=True)))
+
+
+def _part_slots(session: Session, asks: Sequence[_TargetAsk]) -> list[str | ApiError]:
+    """What :func:`_part_slot` says of each ask (its session's handle, or the error it
+    raises, in the same order of checks), in two statements for all of them: their tokens,
+    then their sessions."""
+    hashes = [ask.bearer.token_hash for ask in asks]
+    principals = principal_rows(session, hashes)
+    slots = {
+        row.id: _Slot(*row)
+        for row in session.connection().execute(_SLOTS, {"upload_ids": sorted({ask.upload_id for ask in asks})})
+    }
+    handles: list[str | ApiError] = []
+    for ask, hash_ in zip(asks, hashes, strict=True):
+        try:
+            who = ask.bearer.principal(principals.get(hash_))
+            handles.append(_slot_handle(who, slots.get(ask.upload_id), ask.upload_id, ask.number, ask.size))
+        except ApiError as exc:
+            handles.append(exc)
+    return handles
 
 
 def _upsert_target(insert_: Callable[[Table], Any]) -> Any:
@@ -425,11 +455,34 @@ _UPSERT_TARGET: dict[str, Any] = {
 }
 
 
-def _record_target(session: Session, upload_id: str, number: int, size: int, sha256: str) -> None:
-    """Insert or replace the part's target (one statement: ``ON CONFLICT DO UPDATE``)."""
+#: The most part targets one transaction takes (:meth:`Uploads._mint_together`): a bound on
+#: how long the last ask of a batch waits for the others' statements.
+PART_TARGETS_PER_TRANSACTION: Final = 64
+
+
+@dataclass(frozen=True)
+class _TargetAsk:
+    """One part target asked for: by whom, for which part, of what size and digest."""
+
+    bearer: Bearer
+    upload_id: str
+    number: int
+    size: int
+    sha256: str
+
+
+def _record_targets(session: Session, asks: Sequence[_TargetAsk]) -> None:
+    """Insert or replace the parts' targets (one statement, ``ON CONFLICT DO UPDATE``, run
+    for every row). A part asked for twice in one batch keeps the later ask."""
     connection = session.connection()
-    values = {"upload_id": upload_id, "number": number, "size": size, "sha256": sha256, "minted_at": utcnow()}
-    connection.execute(_UPSERT_TARGET[connection.dialect.name], values)
+    now = utcnow()
+    rows = {
+        (ask.upload_id, ask.number): {
+            "upload_id": ask.upload_id, "number": ask.number, "size": ask.size, "sha256": ask.sha256, "minted_at": now,
+        }
+        for ask in asks
+    }
+    connection.execute(_UPSERT_TARGET[connection.dialect.name], list(rows.values()))
 
 
 def _expired_sessions(session: Session, now: datetime, limit: int) -> list[str]:
@@ -963,6 +1016,9 @@ class Uploads:
         # Within one process, completions and aborts of one session take turns, so a
         # retried completion waits for the first instead of verifying the file twice.
         self._session_locks = _KeyedLocks()
+        self._targets: Batcher[_TargetAsk, PresignedRequest | None] = Batcher(
+            self._mint_together, most=PART_TARGETS_PER_TRANSACTION
+        )
 
     async def create(self, authenticate: Callable[[Session], Principal], new: NewUpload) -> tuple[dict[str, Any], bool]:
         """Open a session, or return the one made earlier with the same idempotency key.
@@ -1066,19 +1122,63 @@ class Uploads:
                 field="prefix_sha256",
             )
 
+        return await self._targets(_TargetAsk(bearer, upload_id, number, size, sha256))
+
+    def _mint_batch(self, session: Session, batch: list[Pending[_TargetAsk, PresignedRequest | None]]) -> None:
+        """Every ask of ``batch`` in one transaction: each checked and signed, answered or
+        refused alone, then the targets of all the signed ones recorded in one upsert. The
+        checks read the batch's tokens and sessions in two statements, where asks one by
+        one would take a statement each (on PostgreSQL a round trip each)."""
+        if len(batch) == 1:
+            try:
+                batch[0].answer(self._mint_alone(session, batch[0].item))
+            except ApiError as exc:  # raised before any write: the transaction holds nothing
+                batch[0].fail(exc)
+            return
         ttl = self._settings.url_ttl_seconds
-
-        def mint(session: Session) -> PresignedRequest | None:
-            # One transaction for the token, the check and the target, so one thread hop:
-            # the URL is signed in the worker thread (locally, no I/O) and its target
-            # recorded before the commit, which comes before the URL is handed out.
-            handle = _part_slot(session, bearer, upload_id, number, size)
-            direct = self._storage.part_url(handle, number, size, sha256, ttl)
+        signed: list[_TargetAsk] = []
+        for pending, handle in zip(batch, _part_slots(session, [p.item for p in batch]), strict=True):
+            if isinstance(handle, ApiError):  # raised before any write: the transaction goes on
+                pending.fail(handle)
+                continue
+            ask = pending.item
+            direct = self._storage.part_url(handle, ask.number, ask.size, ask.sha256, ttl)
+            pending.answer(direct)
             if direct is not None:
-                _record_target(session, upload_id, number, size, sha256)
-            return direct
+                signed.append(ask)
+        if signed:
+            _record_targets(session, signed)
 
-        return await self._db.write(mint)
+    async def _mint_together(self, batch: list[Pending[_TargetAsk, PresignedRequest | None]]) -> None:
+        """Part targets asked at the same moment share a transaction and a thread hop.
+
+        A fleet asks for a part target per part, more than for anything else: at a few
+        hundred a second the transaction (on PostgreSQL a ping, BEGIN and COMMIT, each a
+        round trip) and the hop to a worker thread cost more than the target's own
+        statements (docs/server.md, "Fifth pass"). The URLs are handed out after the
+        commit, as before. If the batch's write fails as a whole (its upsert, or the
+        commit), nothing of it was written, and each ask is made again alone, so that
+        one ask's failure stays its own.
+        """
+        try:
+            await self._db.write(partial(self._mint_batch, batch=batch))
+        except Exception as exc:
+            if len(batch) == 1:
+                batch[0].fail(exc)
+                return
+            for pending in batch:
+                try:
+                    pending.answer(await self._db.write(partial(self._mint_alone, ask=pending.item)))
+                except Exception as alone:
+                    pending.fail(alone)
+
+    def _mint_alone(self, session: Session, ask: _TargetAsk) -> PresignedRequest | None:
+        """Check the caller and the part (in one statement), sign the part's URL and record its target."""
+        handle = _part_slot(session, ask.bearer, ask.upload_id, ask.number, ask.size)
+        direct = self._storage.part_url(handle, ask.number, ask.size, ask.sha256, self._settings.url_ttl_seconds)
+        if direct is not None:
+            _record_targets(session, [ask])
+        return direct
 
     async def put_part(
         self, upload_id: str, number: int, size: int, sha256: str, body: AsyncIterable[bytes], *, prefix: bool = False
