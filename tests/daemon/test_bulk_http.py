@@ -22,6 +22,7 @@ import httpx
 import pytest
 import trio
 from fake_repository import FakeRepository
+from loopback import LoopbackServer
 from stand_ins import begun, job_context
 
 from dataeraid.engine import bulk_http, download
@@ -60,31 +61,23 @@ def exact(asked: Asked, data: bytes) -> tuple[bytes, bool]:
 
 
 class _Loopback:
-    """A loopback HTTP/1.1 server's plumbing: a thread per connection (TLS if ``tls``), its
-    requests read one after another, each answered by ``_answer``."""
+    """A loopback HTTP/1.1 server's protocol (``tools/loopback.py`` its plumbing): a thread per
+    connection (TLS if ``tls``), its requests read one after another, each answered by ``_answer``."""
 
     tls: ssl.SSLContext | None
-    connections: int
 
     def _listen(self) -> None:
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self._listener.getsockname()[1]
-        self._closing = False
-        threading.Thread(target=self._accept, daemon=True).start()
+        # ``_serve`` looked up per connection: a test may replace it once the server is up.
+        self._server = LoopbackServer(lambda sock, number: self._serve(sock, number), tls=self.tls)
+        self.port = self._server.port
 
-    def _accept(self) -> None:
-        while not self._closing:
-            try:
-                sock, _ = self._listener.accept()
-            except OSError:
-                return
-            self.connections += 1
-            threading.Thread(target=self._serve, args=(sock, self.connections), daemon=True).start()
+    @property
+    def connections(self) -> int:
+        """How many connections were accepted so far."""
+        return self._server.accepted
 
     def _serve(self, sock: socket.socket, number: int) -> None:
         try:
-            if self.tls is not None:
-                sock = self.tls.wrap_socket(sock, server_side=True)
             reader = sock.makefile("rb")
             while True:
                 line = reader.readline()
@@ -99,18 +92,15 @@ class _Loopback:
                 sock.sendall(payload)
                 if close:
                     return
-        except (OSError, ssl.SSLError):
+        except OSError:  # ssl.SSLError among them
             return
-        finally:
-            sock.close()
 
     def _answer(self, number: int, method: str, target: str, headers: dict[str, str],
                 reader: BinaryIO) -> tuple[bytes, bool]:
         raise NotImplementedError
 
     def close(self) -> None:
-        self._closing = True
-        self._listener.close()
+        self._server.close()
 
 
 @dataclass
@@ -122,7 +112,6 @@ class RangeServer(_Loopback):
     answers: list[Answer] = field(default_factory=lambda: [exact])
     tls: ssl.SSLContext | None = None
     asked: list[Asked] = field(default_factory=list)
-    connections: int = 0
 
     def __post_init__(self) -> None:
         self._turns = threading.Lock()
@@ -549,7 +538,6 @@ class PutServer(_Loopback):
     tls: ssl.SSLContext | None = None
     read_body: bool = True
     puts: list[Put] = field(default_factory=list)
-    connections: int = 0
 
     def __post_init__(self) -> None:
         self._listen()
