@@ -60,6 +60,9 @@ class Stack:
     ``environ``: the environment the processes start from (default: this one's), to which the
     stack adds its XDG paths, its socket and ``bin_dir`` first on PATH."""
 
+    #: The project the suite's fixture makes once the daemon is up (tests/integration/conftest.py).
+    project_id: str
+
     def __init__(self, root: Path, *, daemon_config: dict[str, Any] | None = None, bin_dir: Path | None = None,
                  environ: Mapping[str, str] | None = None) -> None:
         self.root = root

@@ -32,6 +32,7 @@ from dataerai.protocol import (
     parse_request_line,
 )
 from fake_watches import FakeWatches, WatchFault
+from loopback import LoopbackServer
 
 
 @pytest.fixture(autouse=True)
@@ -142,12 +143,7 @@ class FakeDaemon:
         self.path = path
         self.handlers: dict[str, Handler] = {"events.unsubscribe": lambda _p: {}}
         self.requests: list[Request] = []
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._sock.bind(str(path))
-        self._sock.listen()
-        self._conns: list[socket.socket] = []
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-        self._thread.start()
+        self._server = LoopbackServer(self._serve, unix=path)
 
     def on(self, method: str, handler: Handler) -> None:
         self.handlers[method] = handler
@@ -155,30 +151,20 @@ class FakeDaemon:
     def methods(self) -> list[str]:
         return [r.method for r in self.requests]
 
-    def _accept(self) -> None:
+    def _serve(self, conn: socket.socket, number: int) -> None:
+        splitter = LineSplitter()
         while True:
             try:
-                conn, _ = self._sock.accept()
+                data = conn.recv(65536)
             except OSError:
                 return
-            self._conns.append(conn)
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn: socket.socket) -> None:
-        splitter = LineSplitter()
-        with conn:
-            while True:
-                try:
-                    data = conn.recv(65536)
-                except OSError:
-                    return
-                if not data:
-                    return
-                for line in splitter.feed(data):
-                    for incoming in parse_request_line(line)[0]:
-                        assert isinstance(incoming, Request), incoming
-                        self.requests.append(incoming)
-                        self._answer(conn, incoming)
+            if not data:
+                return
+            for line in splitter.feed(data):
+                for incoming in parse_request_line(line)[0]:
+                    assert isinstance(incoming, Request), incoming
+                    self.requests.append(incoming)
+                    self._answer(conn, incoming)
 
     def _answer(self, conn: socket.socket, request: Request) -> None:
         handler = self.handlers.get(request.method)
@@ -192,17 +178,7 @@ class FakeDaemon:
             conn.sendall(encode_notification("event", event))
 
     def close(self) -> None:
-        try:
-            self._sock.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked in accept()
-        except OSError:
-            pass
-        self._sock.close()
-        for conn in self._conns:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        self._thread.join(5)
+        self._server.close()
 
 
 @pytest.fixture

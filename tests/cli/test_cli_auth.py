@@ -18,7 +18,8 @@ def invoke(runner: CliRunner, *args: str, input: str | None = None) -> Any:
     return runner.invoke(cli, list(args), input=input, prog_name="dataerai")
 
 
-def test_login_with_token_on_stdin_writes_credentials_0600(runner: CliRunner, me_server: Any, credentials_file: Path):
+def test_login_with_token_on_stdin_writes_credentials_0600(runner: CliRunner, me_server: Any,
+                                                           credentials_file: Path) -> None:
     result = invoke(runner, "auth", "login", "--server", me_server.url + "/", "--token-stdin", input=TOKEN + "\n")
 
     assert result.exit_code == 0, result.output
@@ -31,7 +32,7 @@ def test_login_with_token_on_stdin_writes_credentials_0600(runner: CliRunner, me
     assert json.loads(credentials_file.read_text()) == {"server_url": me_server.url, "token": TOKEN}
 
 
-def test_login_json(runner: CliRunner, me_server: Any):
+def test_login_json(runner: CliRunner, me_server: Any) -> None:
     me_server.body["token_expires_at"] = None
     result = invoke(runner, "auth", "login", "--server", me_server.url, "--token-stdin", "--json", input=TOKEN)
 
@@ -45,7 +46,7 @@ def test_login_json(runner: CliRunner, me_server: Any):
     assert TOKEN not in result.output
 
 
-def test_login_at_the_hidden_prompt(runner: CliRunner, me_server: Any, credentials_file: Path):
+def test_login_at_the_hidden_prompt(runner: CliRunner, me_server: Any, credentials_file: Path) -> None:
     result = invoke(runner, "auth", "login", "--server", me_server.url, input=TOKEN + "\n")
 
     assert result.exit_code == 0, result.output
@@ -54,7 +55,7 @@ def test_login_at_the_hidden_prompt(runner: CliRunner, me_server: Any, credentia
     assert json.loads(credentials_file.read_text())["token"] == TOKEN
 
 
-def test_login_refused_with_401(runner: CliRunner, me_server: Any, credentials_file: Path):
+def test_login_refused_with_401(runner: CliRunner, me_server: Any, credentials_file: Path) -> None:
     me_server.status = 401
     me_server.body = {"error": {"code": "auth_required", "message": "unknown token"}}
     result = invoke(runner, "auth", "login", "--server", me_server.url, "--token-stdin", input=TOKEN)
@@ -66,7 +67,7 @@ def test_login_refused_with_401(runner: CliRunner, me_server: Any, credentials_f
     assert not credentials_file.exists()
 
 
-def test_login_expired_token_as_json(runner: CliRunner, me_server: Any, credentials_file: Path):
+def test_login_expired_token_as_json(runner: CliRunner, me_server: Any, credentials_file: Path) -> None:
     me_server.status = 401
     me_server.body = {"error": {"code": "auth_expired", "message": "the token expired"}}
     result = invoke(runner, "auth", "login", "--server", me_server.url, "--token-stdin", "--json", input=TOKEN)
@@ -77,7 +78,7 @@ def test_login_expired_token_as_json(runner: CliRunner, me_server: Any, credenti
     assert not credentials_file.exists()
 
 
-def test_login_401_without_an_error_body_is_auth_required(runner: CliRunner, me_server: Any):
+def test_login_401_without_an_error_body_is_auth_required(runner: CliRunner, me_server: Any) -> None:
     me_server.status = 401
     me_server.body = "nope"
     result = invoke(runner, "auth", "login", "--server", me_server.url, "--token-stdin", input=TOKEN)
@@ -86,7 +87,7 @@ def test_login_401_without_an_error_body_is_auth_required(runner: CliRunner, me_
     assert result.stderr.startswith("error[auth_required]: ")
 
 
-def test_login_server_unreachable(runner: CliRunner, closed_port_url: str, credentials_file: Path):
+def test_login_server_unreachable(runner: CliRunner, closed_port_url: str, credentials_file: Path) -> None:
     result = invoke(runner, "auth", "login", "--server", closed_port_url, "--token-stdin", input=TOKEN)
 
     assert result.exit_code == 1
@@ -95,7 +96,7 @@ def test_login_server_unreachable(runner: CliRunner, closed_port_url: str, crede
     assert not credentials_file.exists()
 
 
-def test_login_needs_a_token(runner: CliRunner, me_server: Any):
+def test_login_needs_a_token(runner: CliRunner, me_server: Any) -> None:
     result = invoke(runner, "auth", "login", "--server", me_server.url, "--token-stdin", input="\n")
 
     assert result.exit_code == 1
@@ -103,14 +104,14 @@ def test_login_needs_a_token(runner: CliRunner, me_server: Any):
     assert me_server.paths == []
 
 
-def test_login_needs_an_http_url(runner: CliRunner):
+def test_login_needs_an_http_url(runner: CliRunner) -> None:
     result = invoke(runner, "auth", "login", "--server", "ftp://repo.example.org", "--token-stdin", input=TOKEN)
 
     assert result.exit_code == 2
     assert "http:// or https://" in result.stderr
 
 
-def test_login_warns_about_plain_http_to_another_host(runner: CliRunner):
+def test_login_warns_about_plain_http_to_another_host(runner: CliRunner) -> None:
     # The warning comes before the token is read; without a token nothing is sent.
     result = invoke(runner, "auth", "login", "--server", "http://192.0.2.1:9", "--token-stdin", input="")
 
@@ -120,7 +121,7 @@ def test_login_warns_about_plain_http_to_another_host(runner: CliRunner):
     ]
 
 
-def test_login_tells_a_running_daemon(runner: CliRunner, me_server: Any, fake_daemon: Any):
+def test_login_tells_a_running_daemon(runner: CliRunner, me_server: Any, fake_daemon: Any) -> None:
     fake_daemon.on("auth.reload", lambda _p: {"server_url": me_server.url, "user_email": "ada@example.org"})
     result = invoke(runner, "auth", "login", "--server", me_server.url, "--token-stdin", "--json", input=TOKEN)
 
@@ -130,7 +131,7 @@ def test_login_tells_a_running_daemon(runner: CliRunner, me_server: Any, fake_da
     assert all(TOKEN not in json.dumps(r.params) for r in fake_daemon.requests)
 
 
-def test_login_ignores_a_stale_socket(runner: CliRunner, me_server: Any, isolated_env: Path):
+def test_login_ignores_a_stale_socket(runner: CliRunner, me_server: Any, isolated_env: Path) -> None:
     (isolated_env / "run" / "dataerai-transfer.sock").touch()  # nobody listens there
     result = invoke(runner, "auth", "login", "--server", me_server.url, "--token-stdin", input=TOKEN)
 
@@ -140,7 +141,7 @@ def test_login_ignores_a_stale_socket(runner: CliRunner, me_server: Any, isolate
 
 def test_logout_removes_the_file_and_tells_the_daemon(
     runner: CliRunner, me_server: Any, fake_daemon: Any, wire: Any, credentials_file: Path
-):
+) -> None:
     fake_daemon.on("auth.reload", lambda _p: {})
     assert invoke(runner, "auth", "login", "--server", me_server.url, "--token-stdin", input=TOKEN).exit_code == 0
     # After a logout the daemon re-reads the file, finds none and says so: that is a success here.
@@ -158,14 +159,14 @@ def test_logout_removes_the_file_and_tells_the_daemon(
     assert fake_daemon.methods() == ["auth.reload", "auth.reload"]
 
 
-def test_logout_when_not_logged_in(runner: CliRunner, credentials_file: Path):
+def test_logout_when_not_logged_in(runner: CliRunner, credentials_file: Path) -> None:
     result = invoke(runner, "auth", "logout")
 
     assert result.exit_code == 0
     assert result.stdout == f"Not logged in: there is no {credentials_file}\n"
 
 
-def test_status_asks_the_daemon(runner: CliRunner, fake_daemon: Any):
+def test_status_asks_the_daemon(runner: CliRunner, fake_daemon: Any) -> None:
     fake_daemon.on(
         "auth.status",
         lambda _p: {
@@ -195,7 +196,7 @@ def test_status_asks_the_daemon(runner: CliRunner, fake_daemon: Any):
     }
 
 
-def test_status_when_not_logged_in(runner: CliRunner, fake_daemon: Any, wire: Any):
+def test_status_when_not_logged_in(runner: CliRunner, fake_daemon: Any, wire: Any) -> None:
     fake_daemon.on("auth.status", lambda _p: wire.error("auth_required", "not logged in: run `dataerai auth login`"))
     result = invoke(runner, "auth", "status")
 

@@ -53,7 +53,7 @@ def method_starts(params: dict[str, Any]) -> bool:
 # --- upload -----------------------------------------------------------------------
 
 
-def test_upload_waits_and_prints_the_ids(runner: CliRunner, fake_daemon: Any, wire: Any, data_file: Path):
+def test_upload_waits_and_prints_the_ids(runner: CliRunner, fake_daemon: Any, wire: Any, data_file: Path) -> None:
     final = wire.job(kind="upload", state="completed", bytes_done=11, asset_id="ast_1", content_id="cnt_1")
     script_job(fake_daemon, wire, "upload.start", final)
 
@@ -72,7 +72,7 @@ def test_upload_waits_and_prints_the_ids(runner: CliRunner, fake_daemon: Any, wi
     }
 
 
-def test_upload_json(runner: CliRunner, fake_daemon: Any, wire: Any, data_file: Path):
+def test_upload_json(runner: CliRunner, fake_daemon: Any, wire: Any, data_file: Path) -> None:
     final = wire.job(
         kind="upload", state="completed", bytes_done=11, asset_id="ast_1", content_id="cnt_1", sha256="ab" * 32
     )
@@ -94,7 +94,7 @@ def test_upload_json(runner: CliRunner, fake_daemon: Any, wire: Any, data_file: 
     assert (params["title"], params["description"], params["chunk_size"]) == ("Run 42", "first", 8 * MIB)
 
 
-def test_upload_says_when_it_was_deduplicated(runner: CliRunner, fake_daemon: Any, wire: Any, data_file: Path):
+def test_upload_says_when_it_was_deduplicated(runner: CliRunner, fake_daemon: Any, wire: Any, data_file: Path) -> None:
     final = wire.job(kind="upload", state="completed", bytes_done=11, asset_id="ast_1", content_id="cnt_1",
                      deduplicated=True)
     script_job(fake_daemon, wire, "upload.start", final)
@@ -105,7 +105,7 @@ def test_upload_says_when_it_was_deduplicated(runner: CliRunner, fake_daemon: An
     assert json.loads(as_json.stdout)["deduplicated"] is True
 
 
-def test_upload_no_wait(runner: CliRunner, fake_daemon: Any, wire: Any, data_file: Path):
+def test_upload_no_wait(runner: CliRunner, fake_daemon: Any, wire: Any, data_file: Path) -> None:
     fake_daemon.on("upload.start", lambda _p: wire.job("job_7"))
 
     human = invoke(runner, "upload", str(data_file), "--project", "prj_1", "--no-wait")
@@ -121,7 +121,7 @@ def test_upload_no_wait(runner: CliRunner, fake_daemon: Any, wire: Any, data_fil
     assert "job.get" not in fake_daemon.methods()
 
 
-def test_upload_failed_job(runner: CliRunner, fake_daemon: Any, wire: Any, data_file: Path):
+def test_upload_failed_job(runner: CliRunner, fake_daemon: Any, wire: Any, data_file: Path) -> None:
     final = wire.job(
         kind="upload",
         state="failed",
@@ -142,7 +142,7 @@ def test_upload_failed_job(runner: CliRunner, fake_daemon: Any, wire: Any, data_
     }
 
 
-def test_upload_refused_by_the_daemon(runner: CliRunner, fake_daemon: Any, wire: Any, data_file: Path):
+def test_upload_refused_by_the_daemon(runner: CliRunner, fake_daemon: Any, wire: Any, data_file: Path) -> None:
     fake_daemon.on("upload.start", lambda _p: wire.error("not_found", "no project prj_x"))
 
     result = invoke(runner, "upload", str(data_file), "--project", "prj_x")
@@ -153,7 +153,7 @@ def test_upload_refused_by_the_daemon(runner: CliRunner, fake_daemon: Any, wire:
 
 def test_upload_of_a_new_version_needs_no_owner_or_title(
     runner: CliRunner, fake_daemon: Any, wire: Any, data_file: Path
-):
+) -> None:
     final = wire.job(kind="upload", state="completed", bytes_done=11, asset_id="ast_1", content_id="cnt_2")
     script_job(fake_daemon, wire, "upload.start", final)
 
@@ -170,7 +170,8 @@ def test_upload_of_a_new_version_needs_no_owner_or_title(
     }
 
 
-def test_upload_of_a_new_version_passes_on_its_owner(runner: CliRunner, fake_daemon: Any, wire: Any, data_file: Path):
+def test_upload_of_a_new_version_passes_on_its_owner(runner: CliRunner, fake_daemon: Any, wire: Any,
+                                                     data_file: Path) -> None:
     fake_daemon.on("upload.start", lambda _p: wire.job("job_7"))
 
     result = invoke(runner, "upload", str(data_file), "--asset", "ast_1", "--collection", "col_1", "--no-wait")
@@ -181,7 +182,7 @@ def test_upload_of_a_new_version_passes_on_its_owner(runner: CliRunner, fake_dae
     assert "title" not in params
 
 
-def test_upload_of_a_new_asset_sends_its_path(runner: CliRunner, fake_daemon: Any, wire: Any, data_file: Path):
+def test_upload_of_a_new_asset_sends_its_path(runner: CliRunner, fake_daemon: Any, wire: Any, data_file: Path) -> None:
     fake_daemon.on("upload.start", lambda _p: wire.job("job_7"))
 
     result = invoke(runner, "upload", str(data_file), "--project", "prj_1", "--path", "raw/d.bin", "--no-wait")
@@ -203,7 +204,7 @@ def test_upload_of_a_new_asset_sends_its_path(runner: CliRunner, fake_daemon: An
 )
 def test_upload_refuses_a_target_it_cannot_mean(
     runner: CliRunner, fake_daemon: Any, data_file: Path, options: list[str], message: str
-):
+) -> None:
     result = invoke(runner, "upload", str(data_file), *options)
 
     assert result.exit_code == 1
@@ -211,7 +212,7 @@ def test_upload_refuses_a_target_it_cannot_mean(
     assert "upload.start" not in fake_daemon.methods()
 
 
-def test_upload_of_a_missing_file_is_a_usage_error(runner: CliRunner, tmp_path: Path):
+def test_upload_of_a_missing_file_is_a_usage_error(runner: CliRunner, tmp_path: Path) -> None:
     result = invoke(runner, "upload", str(tmp_path / "nope"), "--project", "prj_1")
 
     assert result.exit_code == 2
@@ -220,7 +221,7 @@ def test_upload_of_a_missing_file_is_a_usage_error(runner: CliRunner, tmp_path: 
 # --- waiting ------------------------------------------------------------------------
 
 
-def test_wait_timeout_names_the_job(runner: CliRunner, fake_daemon: Any, wire: Any):
+def test_wait_timeout_names_the_job(runner: CliRunner, fake_daemon: Any, wire: Any) -> None:
     fake_daemon.on("job.get", lambda _p: wire.job("job_9", state="running"))
     fake_daemon.on("events.subscribe", lambda _p: {"last_event_id": 0})  # and then nothing happens
 
@@ -235,7 +236,7 @@ def test_wait_timeout_names_the_job(runner: CliRunner, fake_daemon: Any, wire: A
     assert json.loads(as_json.stderr)["error"]["job_id"] == "job_9"
 
 
-def test_upload_timeout_names_the_job(runner: CliRunner, fake_daemon: Any, wire: Any, data_file: Path):
+def test_upload_timeout_names_the_job(runner: CliRunner, fake_daemon: Any, wire: Any, data_file: Path) -> None:
     fake_daemon.on("upload.start", lambda _p: wire.job("job_3"))
     fake_daemon.on("job.get", lambda _p: wire.job("job_3", state="running"))
     fake_daemon.on("events.subscribe", lambda _p: {"last_event_id": 0})
@@ -246,7 +247,7 @@ def test_upload_timeout_names_the_job(runner: CliRunner, fake_daemon: Any, wire:
     assert "dataerai jobs wait job_3" in result.stderr
 
 
-def test_jobs_wait_on_a_finished_job(runner: CliRunner, fake_daemon: Any, wire: Any):
+def test_jobs_wait_on_a_finished_job(runner: CliRunner, fake_daemon: Any, wire: Any) -> None:
     fake_daemon.on(
         "job.get",
         lambda _p: wire.job(
@@ -266,7 +267,7 @@ def test_jobs_wait_on_a_finished_job(runner: CliRunner, fake_daemon: Any, wire: 
     assert json.loads(as_json.stdout)["files"] == [{"local_path": "/d/a.h5", "size": 4}]
 
 
-def test_jobs_wait_on_a_cancelled_job(runner: CliRunner, fake_daemon: Any, wire: Any):
+def test_jobs_wait_on_a_cancelled_job(runner: CliRunner, fake_daemon: Any, wire: Any) -> None:
     fake_daemon.on("job.get", lambda _p: wire.job("job_2", state="cancelled"))
 
     result = invoke(runner, "jobs", "wait", "job_2", "--json")
@@ -276,7 +277,7 @@ def test_jobs_wait_on_a_cancelled_job(runner: CliRunner, fake_daemon: Any, wire:
     assert json.loads(result.stderr)["error"]["code"] == "cancelled"
 
 
-def test_jobs_show(runner: CliRunner, fake_daemon: Any, wire: Any):
+def test_jobs_show(runner: CliRunner, fake_daemon: Any, wire: Any) -> None:
     fake_daemon.on(
         "job.get",
         lambda p: wire.job(p["job_id"], state="failed", error={"code": "io_error", "message": "cannot read"}),
@@ -292,7 +293,7 @@ def test_jobs_show(runner: CliRunner, fake_daemon: Any, wire: Any):
     assert job["error"] == {"code": "io_error", "message": "cannot read", "data": {}}
 
 
-def test_jobs_show_unknown(runner: CliRunner, fake_daemon: Any, wire: Any):
+def test_jobs_show_unknown(runner: CliRunner, fake_daemon: Any, wire: Any) -> None:
     fake_daemon.on("job.get", lambda p: wire.error("not_found", f"no job {p['job_id']}"))
 
     result = invoke(runner, "jobs", "show", "job_x")
@@ -304,7 +305,8 @@ def test_jobs_show_unknown(runner: CliRunner, fake_daemon: Any, wire: Any):
 # --- download -----------------------------------------------------------------------
 
 
-def test_download(runner: CliRunner, fake_daemon: Any, wire: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def test_download(runner: CliRunner, fake_daemon: Any, wire: Any, tmp_path: Path,
+                  monkeypatch: pytest.MonkeyPatch) -> None:
     files = [{"local_path": str(tmp_path / "run42.h5"), "size": 11}]
     final = wire.job(kind="download", state="completed", asset_id="ast_1", content_id="cnt_1", files=files)
     script_job(fake_daemon, wire, "download.start", final)
@@ -332,7 +334,7 @@ def test_download(runner: CliRunner, fake_daemon: Any, wire: Any, tmp_path: Path
 # --- project and daemon -------------------------------------------------------------
 
 
-def test_project_create(runner: CliRunner, fake_daemon: Any):
+def test_project_create(runner: CliRunner, fake_daemon: Any) -> None:
     project = {
         "project_id": "prj_1",
         "name": "Beamline 7",
@@ -357,7 +359,7 @@ def test_project_create(runner: CliRunner, fake_daemon: Any):
     ]
 
 
-def test_daemon_status(runner: CliRunner, fake_daemon: Any):
+def test_daemon_status(runner: CliRunner, fake_daemon: Any) -> None:
     status = {"version": "0.1.0", "pid": 4242, "jobs": {"running": 1, "queued": 2}, "last_event_id": 17}
     fake_daemon.on("daemon.status", lambda _p: status)
 
@@ -373,7 +375,7 @@ def test_daemon_status(runner: CliRunner, fake_daemon: Any):
     assert json.loads(as_json.stdout) == status
 
 
-def test_socket_option(runner: CliRunner, fake_daemon: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+def test_socket_option(runner: CliRunner, fake_daemon: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     fake_daemon.on("daemon.status", lambda _p: {"version": "0.1.0", "pid": 1})
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "elsewhere"))  # the default path is wrong now
 

@@ -47,6 +47,7 @@ if _TOOLS not in sys.path:
     sys.path.insert(0, _TOOLS)
 
 from fake_watches import FakeWatches, WatchFault  # noqa: E402
+from loopback import LoopbackServer  # noqa: E402
 
 NO_REPLY = object()
 FAKE_DAEMON_SCRIPT = Path(__file__).resolve()
@@ -155,7 +156,7 @@ class FakeDaemon:
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._listener: socket.socket | None = None
+        self._server: LoopbackServer | None = None
         self.handlers: dict[str, Handler] = {
             "daemon.ping": lambda c, r: {"version": "0.1.0", "pid": os.getpid()},
             "auth.status": self._auth_status,
@@ -181,22 +182,17 @@ class FakeDaemon:
     def start(self) -> FakeDaemon:
         if os.path.exists(self.socket_path):
             os.unlink(self.socket_path)  # a stale socket from a dead daemon
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        listener.bind(self.socket_path)
-        listener.listen(16)
-        listener.settimeout(0.05)
-        self._listener = listener
-        self._spawn(self._accept_loop)
+        self._server = LoopbackServer(self._connected, unix=self.socket_path, backlog=16)
         return self
 
     def stop(self) -> None:
         self._stop.set()
         for conn in list(self.connections):
             conn.close()
+        if self._server is not None:
+            self._server.close(timeout=2)
         for thread in self._threads:
             thread.join(timeout=2)
-        if self._listener is not None:
-            self._listener.close()
         try:
             os.unlink(self.socket_path)
         except OSError:
@@ -213,19 +209,11 @@ class FakeDaemon:
         self._threads.append(thread)
         thread.start()
 
-    def _accept_loop(self) -> None:
-        assert self._listener is not None
-        while not self._stop.is_set():
-            try:
-                sock, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            sock.settimeout(None)
-            conn = FakeConnection(self, sock, len(self.connections))
+    def _connected(self, sock: socket.socket, number: int) -> None:
+        conn = FakeConnection(self, sock, number - 1)
+        with self._lock:
             self.connections.append(conn)
-            self._spawn(self._serve, conn)
+        self._serve(conn)
 
     def _serve(self, conn: FakeConnection) -> None:
         splitter = LineSplitter()

@@ -246,7 +246,8 @@ def test_upload_maps_params_and_reports_progress(
 
 
 def start_job_id(daemon: FakeDaemon) -> str:
-    return sorted(daemon.jobs)[-1]
+    job_ids: list[str] = sorted(daemon.jobs)
+    return job_ids[-1]
 
 
 def test_upload_omits_unset_options(client: DataeraiClient, daemon: FakeDaemon, tmp_path: Path) -> None:

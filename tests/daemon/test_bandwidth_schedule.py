@@ -77,10 +77,10 @@ async def _control(bwlimit: str, wall: Callable[[], datetime], tmp: Path,
     changes: list[tuple[float, int]] = []
     original = control.links.up.set_rate
 
-    def record(rate: int) -> None:
-        if rate != control.links.up.rate:
-            changes.append((trio.current_time(), rate))
-        original(rate)
+    def record(rate_bps: int) -> None:
+        if rate_bps != control.links.up.rate:
+            changes.append((trio.current_time(), rate_bps))
+        original(rate_bps)
 
     await nursery.start(control.serve)  # the limit at the start is in force once it started
     control.links.up.set_rate = record  # type: ignore[method-assign]

@@ -188,9 +188,10 @@ def test_the_scheduler_reads_only_the_front_of_each_clients_queue_and_picks_the_
     from dataeraid import schema
     from dataeraid.store import runnable
 
-    rows = [{"job_id": f"job_{i}", "kind": "upload", "state": state, "priority": priority, "seq": i + 1,
-             "created_at": 0.0, "updated_at": 0.0, "params": {}, "chunk_size": 1, "client": client}
-            for i, (client, priority, state) in enumerate(items)]
+    rows: list[dict[str, Any]] = [
+        {"job_id": f"job_{i}", "kind": "upload", "state": state, "priority": priority, "seq": i + 1,
+         "created_at": 0.0, "updated_at": 0.0, "params": {}, "chunk_size": 1, "client": client}
+        for i, (client, priority, state) in enumerate(items)]
     exclude = [f"job_{i}" for i in excluded]
     with _queue_db().begin() as conn:
         conn.execute(schema.jobs.delete())

@@ -237,8 +237,8 @@ def test_an_upgraded_queue_counts_old_ends_as_seen_and_its_watch_files(tmp_path:
                                  f"VALUES ('wat_1', 'f{n}', '{state}', 0, 0)")
     migrate(engine)
     with engine.connect() as conn:
-        seen = dict(conn.exec_driver_sql("SELECT job_id, acknowledged_at FROM jobs").all())
-        counts = dict(conn.exec_driver_sql("SELECT state, n FROM watch_file_counts").all())
+        seen: dict[str, float | None] = dict(conn.exec_driver_sql("SELECT job_id, acknowledged_at FROM jobs").all())
+        counts: dict[str, int] = dict(conn.exec_driver_sql("SELECT state, n FROM watch_file_counts").all())
     engine.dispose()
     assert seen == {"job_0": 10.0, "job_1": 11.0, "job_2": None}
     assert counts == {"seen": 2, "cleaned": 1}

@@ -158,12 +158,16 @@ async def test_the_source_is_read_once_when_small_and_twice_otherwise(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, in_memory: bool, order: str, bulk: bool) -> None:
     contents, files, total = _small_or_not(tmp_path, monkeypatch, in_memory)
     read: list[int] = []
-    original = upload.FileSet
 
     def counted(*args: Any, **kwargs: Any) -> _Counted:
         source = _Counted(*args, **kwargs)
         read.append(0)
-        monkeypatch.setattr(source, "close", lambda: read.__setitem__(-1, source.bytes_read) or original.close(source))
+
+        def close() -> None:
+            read[-1] = source.bytes_read
+            FileSet.close(source)
+
+        monkeypatch.setattr(source, "close", close)
         return source
 
     monkeypatch.setattr(upload, "FileSet", counted)
@@ -189,11 +193,15 @@ async def test_a_small_stream_is_read_from_its_files_while_other_jobs_hold_the_m
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     contents, files, total = _small_or_not(tmp_path, monkeypatch, in_memory=True)
     read: list[int] = []
-    original = upload.FileSet
 
     def counted(*args: Any, **kwargs: Any) -> _Counted:
         source = _Counted(*args, **kwargs)
-        monkeypatch.setattr(source, "close", lambda: read.append(source.bytes_read) or original.close(source))
+
+        def close() -> None:
+            read.append(source.bytes_read)
+            FileSet.close(source)
+
+        monkeypatch.setattr(source, "close", close)
         return source
 
     monkeypatch.setattr(upload, "FileSet", counted)
@@ -350,7 +358,7 @@ def test_a_directorys_cache_key_is_its_recorded_manifest(tmp_path: Path) -> None
     # The key is hashed from the manifest enqueue recorded, as each file's ``to_json``
     # gives it: digests cached before keep being found, and a changed identity misses.
     files = _write(tmp_path, {"d/a.bin": b"a" * 10, "d/b/c.bin": b"c" * 20})
-    recorded = [list(f.to_json()) for f in files]
+    recorded: list[list[Any]] = [list(f.to_json()) for f in files]
     job: dict[str, Any] = {"params": {"source_files": recorded, "source_root": str(tmp_path)},
                            "file_name": "d", "local_path": str(tmp_path / "d")}
     identity = upload.source_identity(job, str(tmp_path), files)

@@ -134,7 +134,7 @@ def _job(source: Path, **params: Any) -> dict[str, Any]:
 async def _session_body(job: dict[str, Any]) -> dict[str, Any]:
     repository = FakeRepository()
     ctx = job_context(repository, {}, job=job)
-    session = await upload._session(ctx, upload.source_files(job)[1])
+    session = await upload._session(ctx, upload.source_files(job)[1])  # type: ignore[arg-type]  # a stand-in context
     assert session["upload_id"] in repository.sessions
     (body,) = repository.bodies
     return body

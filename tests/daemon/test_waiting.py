@@ -67,7 +67,7 @@ async def running_job(jobs: Jobs, auth: StandInAuth) -> JobContext:
     await jobs.transition("job_1", "running")
     settings = Settings(retry_base_s=1.0, retry_cap_s=8.0, progress_interval_s=0.25)
     return JobContext(await jobs.row("job_1"), jobs, remote=None, auth=auth, settings=settings,  # type: ignore[arg-type]
-                      bandwidth=SimpleNamespace())  # type: ignore[arg-type]
+                      bandwidth=SimpleNamespace())
 
 
 def one_file(size: int) -> FileSet:
@@ -218,6 +218,7 @@ def test_the_job_object_never_shows_a_signature() -> None:
         "files": None, "error_code": "not_found", "error_message": f"reading range 0: 404 from {SIGNED}",
     }
     wire = to_wire(row, 0, 0)
+    assert wire["error"] is not None
     assert wire["error"]["message"] == "reading range 0: 404 from https://store.example.org:9000/bucket/key?…"
     assert wire["waiting"] is None
 

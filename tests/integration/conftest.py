@@ -33,7 +33,7 @@ def make_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
             stack.wait_for_daemon()
             with stack.client() as client:
                 client.call("auth.reload")  # the daemon may have read no credentials yet
-                stack.project_id = client.create_project("Beamline 7").project_id  # type: ignore[attr-defined]
+                stack.project_id = client.create_project("Beamline 7").project_id
         return stack
 
     yield make

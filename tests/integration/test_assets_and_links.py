@@ -95,11 +95,11 @@ def test_cli_assets_meta_rel_and_collections(stack: Stack, tmp_path: Path) -> No
     def cli_json(*args: str) -> Any:
         return json.loads(stack.cli(*args, "--json").stdout)
 
-    up = cli_json("upload", str(top), "--project", stack.project_id)  # type: ignore[attr-defined]
-    other = cli_json("upload", str(top / "a.bin"), "--project", stack.project_id)  # type: ignore[attr-defined]
+    up = cli_json("upload", str(top), "--project", stack.project_id)
+    other = cli_json("upload", str(top / "a.bin"), "--project", stack.project_id)
     assert [f["path"] for f in cli_json("assets", "files", up["asset_id"])["files"]] == ["run7/a.bin",
                                                                                         "run7/sub/b.bin"]
-    listed = cli_json("assets", "ls", "--project", stack.project_id, "--glob", "run*")  # type: ignore[attr-defined]
+    listed = cli_json("assets", "ls", "--project", stack.project_id, "--glob", "run*")
     assert [a["asset_id"] for a in listed["assets"]] == [up["asset_id"]]
     changed = cli_json("meta", "set", up["asset_id"], "--title", "Run 7", "--tag", "raw", "--metadata",
                        '{"beam": 7}')
@@ -109,7 +109,7 @@ def test_cli_assets_meta_rel_and_collections(stack: Stack, tmp_path: Path) -> No
     assert (link["type"], link["analysis_mode"]) == ("part_of", "in_situ")
     assert [r["relationship_id"] for r in cli_json("rel", "ls", up["asset_id"])["relationships"]] == [
         link["relationship_id"]]
-    made = cli_json("collection", "create", stack.project_id, "derived")  # type: ignore[attr-defined]
+    made = cli_json("collection", "create", stack.project_id, "derived")
     assert made["name"] == "derived"
     refused = stack.cli("assets", "rm", other["asset_id"], check=False)
     assert refused.returncode != 0 and "--yes" in refused.stderr

@@ -138,6 +138,7 @@ def test_a_second_daemon_exits_quietly(stack: Stack) -> None:
     second = subprocess.run([str(BIN / "dataerai"), "daemon", "run"], env=stack.env, capture_output=True,
                             timeout=30)
     assert second.returncode == 0
+    assert stack.daemon is not None
     with stack.client() as client:
         assert client.call("daemon.ping")["pid"] == stack.daemon.pid
 

@@ -89,7 +89,7 @@ def test_sigkill_mid_directory_upload_resumes(make_stack: Any, tmp_path: Path) -
         def far_enough() -> bool:
             state = client.get_job(job.job_id)
             assert state.state not in ("completed", "failed"), state
-            return state.bytes_done >= 6 * MiB
+            return bool(state.bytes_done >= 6 * MiB)
 
         wait_for(far_enough, 60, "a quarter of the directory", interval=0.05)
     stack.stop_daemon(signal.SIGKILL)

@@ -107,7 +107,7 @@ NO_JOB = "job_" + "0" * 24
 def test_code_not_found(stack: Stack) -> None:
     with stack.client() as client:
         for call in (client.get_job, client.cancel, client.pause, client.resume, client.retry):
-            assert NO_JOB in expect("not_found", lambda c=call: c(NO_JOB)).message  # type: ignore[misc]
+            assert NO_JOB in expect("not_found", lambda c=call: c(NO_JOB)).message
         expect("not_found", lambda: client.get_metadata("ast_00000000nope"))
 
 

@@ -27,7 +27,7 @@ def proxied(make_stack: Any) -> Iterator[tuple[Stack, ChaosProxy]]:
               input=stack.token + "\n")
     stack.start_daemon()
     with stack.client() as client:
-        stack.project_id = client.create_project("Beamline 7").project_id  # type: ignore[attr-defined]
+        stack.project_id = client.create_project("Beamline 7").project_id
     yield stack, proxy
     proxy.close()
 
@@ -43,7 +43,7 @@ def _hurt_at(stack: Stack, job_id: str, faults: dict[int, Any]) -> None:
             with stack.client() as client:
                 job = client.get_job(job_id)
             assert job.state not in ("completed", "failed", "cancelled"), job
-            return job.bytes_done >= at * MiB
+            return bool(job.bytes_done >= at * MiB)
 
         wait_for(past, 60, f"{at_mib} MiB of {job_id}", interval=0.02)
         fault()

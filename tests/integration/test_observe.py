@@ -65,7 +65,7 @@ def test_metrics_health_alerts_and_expiry(make_stack: Any, tmp_path: Path) -> No
     size = 300_000
     with stack.client() as client:
         client.upload(make_file(tmp_path / "a.bin", size), title="a", owner_type="project",
-                      owner_id=stack.project_id)  # type: ignore[attr-defined]
+                      owner_id=stack.project_id)
         failing = client.download("ast_00000000nope", tmp_path / "out", wait=False)
         assert client.wait(failing.job_id, timeout_s=60).state == "failed"
 
@@ -118,7 +118,8 @@ def test_metrics_health_alerts_and_expiry(make_stack: Any, tmp_path: Path) -> No
 
     def expiring() -> list[Any]:
         with stack.client() as client:
-            return client.list_events(0, types=["auth.expiring"])
+            events: list[Any] = client.list_events(0, types=["auth.expiring"])
+            return events
 
     announced = wait_for(expiring, 30, "auth.expiring")
     assert len(announced) == 1

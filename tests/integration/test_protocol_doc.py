@@ -126,7 +126,7 @@ def scenario(make_stack: Any, tmp_path: Path) -> tuple[Stack, dict[str, str]]:
                              owner_id=stack.project_id, chunk_size_mb=1, wait=False)
         wait_for(lambda: client.get_job(slow.job_id).state == "running", 30, "the slow job to run")
     return stack, {"$JOB": done.transfer_id, "$SLOW": slow.job_id, "$ASSET": done.asset_id,
-                   "$CONTENT": done.content_id, "$ASSET2": other.asset_id, "$PROJECT": stack.project_id,  # type: ignore[attr-defined]
+                   "$CONTENT": done.content_id, "$ASSET2": other.asset_id, "$PROJECT": stack.project_id,
                    "$FILE": str(small), "$DIR": str(out), "$WATCHED": str(watched)}
 
 

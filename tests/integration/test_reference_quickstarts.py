@@ -118,7 +118,7 @@ def env(stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[s
 def test_the_package_readme_quickstart_runs_as_written(stack: Stack, tmp_path: Path, env: dict[str, str]) -> None:
     with stack.client() as client:
         source = client.upload(make_file(tmp_path / "raw.bin", 1000), title="raw", owner_type="project",
-                               owner_id=stack.project_id)  # type: ignore[attr-defined]
+                               owner_id=stack.project_id)
     namespace, out = _run(README_QUICKSTART, {**env, '"source-asset-id",': repr(source.asset_id) + ","})
     assert "Logged in as ada@example.org" in out
     assert namespace["project"].project_id.startswith("prj_")
@@ -130,7 +130,7 @@ def test_the_package_readme_quickstart_runs_as_written(stack: Stack, tmp_path: P
 
 
 def test_the_docs_page_quickstart_runs_as_written(stack: Stack, tmp_path: Path, env: dict[str, str]) -> None:
-    project_id: str = stack.project_id  # type: ignore[attr-defined]
+    project_id: str = stack.project_id
     namespace, out = _run(DOCS_QUICKSTART, {**env, '"proj-abc123"': repr(project_id)})
     assert out.startswith("Logged in as ada@example.org")
     assert f"Uploaded asset_id={namespace['result'].asset_id}" in out

@@ -92,7 +92,7 @@ def test_caller_errors_are_invalid_argument_naming_the_parameter(make_stack: Any
         ("events.list", {"since": 2**63}, "since"),
         ("asset.update", {"asset_id": "ast_0123456789abcdef0123", "metadata": {"x": float("nan")}}, "metadata"),
         ("upload.start", {"local_path": "/tmp/a\x00b", "title": "t", "owner_type": "project",
-                          "owner_id": stack.project_id}, "local_path"),  # type: ignore[attr-defined]
+                          "owner_id": stack.project_id}, "local_path"),
         ("download.start", {"asset_id": "ast_0123456789abcdef0123", "dest_dir": "/tmp/x\x00"}, "dest_dir"),
         ("upload.start", {"local_path": str(make_file(tmp_path / "f", 10)), "title": "t", "owner_type": "project",
                           "owner_id": "col_0123456789abcdef0123"}, "owner_id"),
@@ -120,7 +120,7 @@ def test_a_bad_subscription_does_not_close_the_connection(make_stack: Any) -> No
 def test_ids_that_carry_a_path_reach_no_url(make_stack: Any, tmp_path: Path) -> None:
     stack: Stack = make_stack()
     with stack.api() as api:
-        session = api.post("/uploads", json={"owner_type": "project", "owner_id": stack.project_id,  # type: ignore[attr-defined]
+        session = api.post("/uploads", json={"owner_type": "project", "owner_id": stack.project_id,
                                              "title": "open", "size": 10, "file_name": "a.bin",
                                              "part_size": 64 * 1024}).json()
         upload_id = session["upload_id"]

@@ -201,7 +201,9 @@ def test_garbage_on_the_socket_leaves_other_clients_served(stack: Stack) -> None
                 answers.extend(value if isinstance(value, list) else [value])  # a batch answers with an array
         return answers
 
-    codes = lambda answers: [a["error"]["data"]["code"] for a in answers]  # noqa: E731
+    def codes(answers: list[dict[str, Any]]) -> list[str]:
+        return [a["error"]["data"]["code"] for a in answers]
+
     assert codes(raw(b"not json\n")) == ["parse_error"]
     assert codes(raw(b'{"jsonrpc":"2.0","id":1,"method":"no.such"}\n')) == ["method_not_found"]
     assert codes(raw(b'{"jsonrpc":"2.0","id":1,"method":"job.get","params":{"job_id":5}}\n')) == ["invalid_argument"]
@@ -214,6 +216,7 @@ def test_garbage_on_the_socket_leaves_other_clients_served(stack: Stack) -> None
         s.connect(str(stack.socket_path))
         s.sendall(b'{"jsonrpc":"2.0","id":1,"meth')
     answers = raw(b'{"jsonrpc":"2.0","id":7,"method":"daemon.ping"}\n')
+    assert stack.daemon is not None
     assert answers[0]["id"] == 7 and answers[0]["result"]["pid"] == stack.daemon.pid
 
 
@@ -264,7 +267,7 @@ def test_expired_token_waits_for_auth_then_goes_on_after_login(stack: Stack, tmp
 
         def waiting_for_auth() -> bool:
             current = client.get_job(job.job_id)
-            return current.state == "waiting_for_auth" and current.error.code == "auth_expired"
+            return bool(current.state == "waiting_for_auth" and current.error.code == "auth_expired")
 
         wait_for(waiting_for_auth, 30, "the job to wait for a login")
         stack.login(stack.add_user("ada@example.org", scope="write"))

@@ -97,7 +97,7 @@ def server_assets(stack: Stack) -> dict[str, dict[str, Any]]:
         found: list[dict[str, Any]] = []
         cursor = None
         while True:
-            params = {"project_id": stack.project_id, "limit": 500}  # type: ignore[attr-defined]
+            params = {"project_id": stack.project_id, "limit": 500}
             if cursor:
                 params["cursor"] = cursor
             page = api.get("/assets", params=params).json()
@@ -142,7 +142,7 @@ def test_a_slow_writer_is_uploaded_once_complete_and_never_before(stack: Stack, 
     root = tmp_path / "microscope"
     root.mkdir()
     with stack.client() as client:
-        watch = add_watch(client, root, stack.project_id, complete_when=rule)  # type: ignore[attr-defined]
+        watch = add_watch(client, root, stack.project_id, complete_when=rule)
         assert watch["complete_when"] == rule and watch["state"] == "active" and watch["mode"] == "events"
         writer = start_writer(WRITER, str(root / "tile.tif"), "4", "1.5")
         done = finished_at(writer)
@@ -162,7 +162,7 @@ def test_a_dataset_is_one_asset_once_its_sentinel_appears(stack: Stack, tmp_path
     root = tmp_path / "beamline"
     root.mkdir()
     with stack.client() as client:
-        watch = add_watch(client, root, stack.project_id, complete_when="sentinel:DONE",  # type: ignore[attr-defined]
+        watch = add_watch(client, root, stack.project_id, complete_when="sentinel:DONE",
                           prefix="bl7")
         writer = start_writer(DATASET_WRITER, str(root / "scan_0001"), "5", "0.7", "DONE")
         done = finished_at(writer)
@@ -185,7 +185,7 @@ def test_files_written_while_the_daemon_was_killed_go_up_once_after_restart(stac
     for i in range(5):
         (root / "run1" / f"early{i}.fastq").write_bytes(b"ACGT" * (1000 + i))
     with stack.client() as client:
-        watch = add_watch(client, root, stack.project_id, complete_when="stable:1s")  # type: ignore[attr-defined]
+        watch = add_watch(client, root, stack.project_id, complete_when="stable:1s")
         wait_states(client, watch["watch_id"], {f"run1/early{i}.fastq": "verified" for i in range(5)})
     stack.stop_daemon(signal.SIGKILL)
     (root / "run2").mkdir()
@@ -208,7 +208,7 @@ def test_a_file_modified_after_upload_becomes_a_new_content_of_the_same_asset(st
     root.mkdir()
     (root / "analysis.csv").write_text("a,b\n1,2\n")
     with stack.client() as client:
-        watch = add_watch(client, root, stack.project_id, complete_when="stable:1s")  # type: ignore[attr-defined]
+        watch = add_watch(client, root, stack.project_id, complete_when="stable:1s")
         first = wait_states(client, watch["watch_id"], {"analysis.csv": "verified"})["analysis.csv"]
         (root / "analysis.csv").write_text("a,b\n1,2\n3,4\n")
         os.utime(root / "analysis.csv", ns=(time.time_ns(), time.time_ns() + 10**9))
@@ -238,7 +238,7 @@ def test_delete_after_upload_deletes_only_files_the_repository_verified(stack: S
         digests[path.name] = sha256(path)
     (root / "partial.part").write_bytes(b"never taken")  # a default exclude
     with stack.client() as client:
-        watch = add_watch(client, root, stack.project_id, complete_when="stable:1s",  # type: ignore[attr-defined]
+        watch = add_watch(client, root, stack.project_id, complete_when="stable:1s",
                           after_upload="delete")
         files = wait_states(client, watch["watch_id"], {name: "cleaned" for name in digests})
         assert files["partial.part"]["state"] == "ignored"
@@ -254,7 +254,7 @@ def test_move_after_upload_keeps_the_relative_path(stack: Stack, tmp_path: Path)
     (root / "day1").mkdir(parents=True)
     (root / "day1" / "a.dat").write_bytes(b"alpha" * 100)
     with stack.client() as client:
-        watch = add_watch(client, root, stack.project_id, complete_when="stable:1s",  # type: ignore[attr-defined]
+        watch = add_watch(client, root, stack.project_id, complete_when="stable:1s",
                           after_upload=f"move:{done}")
         wait_states(client, watch["watch_id"], {"day1/a.dat": "cleaned"})
     assert (done / "day1" / "a.dat").read_bytes() == b"alpha" * 100
@@ -269,7 +269,7 @@ def test_a_root_renamed_away_pauses_the_watch_and_deletes_nothing(stack: Stack, 
     root.mkdir()
     (root / "kept.bin").write_bytes(b"k" * 1000)
     with stack.client() as client:
-        watch = add_watch(client, root, stack.project_id, complete_when="stable:1s",  # type: ignore[attr-defined]
+        watch = add_watch(client, root, stack.project_id, complete_when="stable:1s",
                           after_upload="keep")
         watch_id = watch["watch_id"]
         wait_states(client, watch_id, {"kept.bin": "verified"})
@@ -302,7 +302,7 @@ def test_a_file_that_breaks_the_template_is_quarantined_while_the_others_flow(st
                                                                       "required": True},
                 "metadata": {"sample": "{match.sample}"}}
     with stack.client() as client:
-        watch = add_watch(client, root, stack.project_id, complete_when="stable:1s",  # type: ignore[attr-defined]
+        watch = add_watch(client, root, stack.project_id, complete_when="stable:1s",
                           metadata_template=template)
         files = wait_states(client, watch["watch_id"], {"S0001_run1.tif": "verified", "S0002_run1.tif": "verified",
                                                         "notes.txt": "quarantined"})
@@ -321,7 +321,7 @@ def test_a_polling_only_watch_uploads_what_appears(stack: Stack, tmp_path: Path)
     root = tmp_path / "nfs-like"
     root.mkdir()
     with stack.client() as client:
-        watch = client.add_watch(root, project_id=stack.project_id, force_polling=True,  # type: ignore[attr-defined]
+        watch = client.add_watch(root, project_id=stack.project_id, force_polling=True,
                                  rescan_interval_s=1, complete_when="stable:1s")
         assert (watch.mode, watch.state, watch.rescan_interval_s) == ("polling", "active", 1.0)
         (root / "x").mkdir()
@@ -347,7 +347,7 @@ def test_the_cli_adds_a_watch_with_a_template_file_and_reports_it(stack: Stack, 
     template = tmp_path / "watch-meta.toml"
     template.write_text('title = "{match.sample} run {match.run}"\ntags = ["sample-{match.sample}"]\n'
                         '[match]\npattern = \'(?P<sample>S\\d+)/run(?P<run>\\d+)\'\n')
-    added = json.loads(stack.cli("watch", "add", str(root), "--project", stack.project_id,  # type: ignore[attr-defined]
+    added = json.loads(stack.cli("watch", "add", str(root), "--project", stack.project_id,
                                  "--complete-when", "stable:1s", "--tag", "raw", "--exclude", "*.tmp",
                                  "--metadata-template", str(template), "--json").stdout)
     assert added["watch_id"].startswith("wat_") and added["tags"] == ["raw"] and added["excludes"] == ["*.tmp"]
@@ -375,19 +375,19 @@ def test_watch_methods_answer_clearly(stack: Stack, tmp_path: Path) -> None:
     with stack.client() as client:
         call: Callable[..., Any] = client.call
         with pytest.raises(DaemonError) as missing:
-            add_watch(client, tmp_path / "nope", stack.project_id)  # type: ignore[attr-defined]
+            add_watch(client, tmp_path / "nope", stack.project_id)
         assert missing.value.code == "not_found"
         with pytest.raises(DaemonError) as bad_rule:
-            add_watch(client, root, stack.project_id, complete_when="soon")  # type: ignore[attr-defined]
+            add_watch(client, root, stack.project_id, complete_when="soon")
         assert bad_rule.value.code == "invalid_argument" and bad_rule.value.data["param"] == "complete_when"
-        watch = add_watch(client, root, stack.project_id)  # type: ignore[attr-defined]
+        watch = add_watch(client, root, stack.project_id)
         assert watch["complete_when"] == "close" and watch["after_upload"] == "keep"
         with pytest.raises(DaemonError) as inside:
-            add_watch(client, root / "sub", stack.project_id)  # type: ignore[attr-defined]
+            add_watch(client, root / "sub", stack.project_id)
         assert inside.value.code in ("conflict", "not_found")
         (root / "sub").mkdir()
         with pytest.raises(DaemonError) as overlap:
-            add_watch(client, root / "sub", stack.project_id)  # type: ignore[attr-defined]
+            add_watch(client, root / "sub", stack.project_id)
         assert overlap.value.code == "conflict"
         assert call("watch.pause", {"watch_id": watch["watch_id"]})["state"] == "paused"
         assert call("watch.resume", {"watch_id": watch["watch_id"]})["state"] == "active"
@@ -426,7 +426,7 @@ def test_an_unreadable_file_is_retried_then_quarantined_while_the_others_flow() 
             stack.start_daemon(prefix=prefix)
             with stack.client() as client:
                 project_id = client.create_project("Unreadable").project_id
-                stack.project_id = project_id  # type: ignore[attr-defined]
+                stack.project_id = project_id
                 watch = add_watch(client, data, project_id, complete_when="stable:1s")
                 files = wait_states(client, watch["watch_id"], {"a.bin": "verified", "z.bin": "verified",
                                                                 "poison.bin": "quarantined"})
@@ -450,7 +450,7 @@ def test_the_staging_quota_deletes_only_verified_files(stack: Stack, tmp_path: P
     (root / "tmp.part").write_bytes(b"partial")  # excluded: never uploaded, never deleted
     (root / "link").symlink_to(root / "run0.dat")  # ignored: never deleted
     with stack.client() as client:
-        watch = add_watch(client, root, stack.project_id, complete_when="stable:1s",  # type: ignore[attr-defined]
+        watch = add_watch(client, root, stack.project_id, complete_when="stable:1s",
                           free_space_below="99.99%")
         assert watch["after_upload"] == "keep" and watch["free_space_below"] == "99.99%"
         files = wait_states(client, watch["watch_id"], {f"run{i}.dat": "cleaned" for i in range(4)})
@@ -478,7 +478,7 @@ def test_a_move_across_filesystems_survives_what_a_stop_half_way_leaves(stack: S
         shutil.copyfile(root / "whole.bin", done / "whole.bin")
         expected = {name: sha256(root / name) for name in ("half.bin", "whole.bin")}
         with stack.client() as client:
-            watch = add_watch(client, root, stack.project_id, complete_when="stable:1s",  # type: ignore[attr-defined]
+            watch = add_watch(client, root, stack.project_id, complete_when="stable:1s",
                               after_upload=f"move:{done}")
             wait_states(client, watch["watch_id"], {"half.bin": "cleaned", "whole.bin": "cleaned"})
         assert {name: sha256(done / name) for name in expected} == expected

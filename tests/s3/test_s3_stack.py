@@ -52,7 +52,7 @@ def s3_stack(tmp_path_factory: pytest.TempPathFactory, seaweed: Any, s3_bucket: 
         stack.login(stack.add_user(f"{prefix}@example.org", scope="write"))
         stack.start_daemon()
         with stack.client() as client:
-            stack.project_id = client.create_project(prefix).project_id  # type: ignore[attr-defined]
+            stack.project_id = client.create_project(prefix).project_id
         return stack
 
     yield make

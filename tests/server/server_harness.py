@@ -115,7 +115,11 @@ class Server:
         umask = self.umask
         if umask is None:
             return None
-        return lambda: os.umask(umask) and None
+
+        def set_umask() -> None:
+            os.umask(umask)
+
+        return set_umask
 
     def db(self) -> sqlite3.Connection:
         """A read connection to the server's database, for checks the API does not expose."""

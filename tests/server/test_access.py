@@ -237,7 +237,7 @@ def test_relationship_shape_validation_and_listing(env: Env) -> None:
         ("incoming", analysis, "x" * 255),
     ]
 
-    bad = [
+    bad: list[tuple[dict[str, Any], str]] = [
         ({"rel_type": ""}, "rel_type"),
         ({"rel_type": "x" * 256}, "rel_type"),
         ({"rel_type": None}, "rel_type"),

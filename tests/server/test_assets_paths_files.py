@@ -219,7 +219,7 @@ def test_multi_file_content(env: Env) -> None:
     assert result["size"] == len(data) and result["sha256"] == sha256(data)
 
     offsets = [0, 3, 70_003, 70_003]
-    expected = [
+    expected: list[dict[str, Any]] = [
         {"path": path, "offset": offset, "size": size, "sha256": digest}
         for (path, size), offset, digest in zip(FILES, offsets, digests, strict=True)
     ]

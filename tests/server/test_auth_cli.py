@@ -92,7 +92,8 @@ def test_unknown_route_bad_json_and_wrong_types(env: Env) -> None:
 
 
 def test_openapi_lists_every_route(env: Env) -> None:
-    from dataerai_server.app import PREFIX, Api
+    from dataerai_server.app import Api
+    from dataerai_server.operations import PREFIX
 
     document = ok(env.anon.get("/api/v1/openapi.json"))
     assert document["openapi"].startswith("3.")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import socket
 import time
+from typing import Any
 from urllib.parse import urlencode
 
 import httpx
@@ -41,7 +42,7 @@ def _with(url: str, **changes: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def stored(env: Env) -> dict:
+def stored(env: Env) -> dict[str, Any]:
     """One 2.5 MiB asset of ada's own (several read blocks; a user's asset counts against no
     project's allocation), with its download link."""
     data = data_of(5 * 512 * 1024 + 123, seed=20)
@@ -51,7 +52,7 @@ def stored(env: Env) -> dict:
     return {"data": data, "result": result, "link": link}
 
 
-def test_download_link(env: Env, stored: dict) -> None:
+def test_download_link(env: Env, stored: dict[str, Any]) -> None:
     link, data = stored["link"], stored["data"]
     assert link["content_id"] == stored["result"]["content_id"]
     assert link["size"] == len(data) and link["sha256"] == sha256(data) and link["file_name"] == "run42.h5"
@@ -61,7 +62,7 @@ def test_download_link(env: Env, stored: dict) -> None:
     error(env.bob.get(f"/api/v1/assets/{stored['result']['asset_id']}/download"), 404, "not_found")
 
 
-def test_whole_and_ranged_reads(stored: dict) -> None:
+def test_whole_and_ranged_reads(stored: dict[str, Any]) -> None:
     url, data = stored["link"]["url"], stored["data"]
     whole = httpx.get(url, trust_env=False)
     assert whole.status_code == 200 and whole.content == data
@@ -95,7 +96,7 @@ def test_whole_and_ranged_reads(stored: dict) -> None:
     assert head.status_code == 200 and head.headers["content-length"] == str(size) and head.content == b""
 
 
-def _request_lines(server: Server, path: str, count: int) -> list[dict]:
+def _request_lines(server: Server, path: str, count: int) -> list[dict[str, Any]]:
     """The request log lines for ``path``, waiting until there are ``count`` (a line is written
     once its response is sent, so it may lag the client a little)."""
     deadline = time.monotonic() + 10
@@ -144,6 +145,7 @@ def test_a_read_stops_when_its_client_goes_away(env: Env) -> None:
     user_id = ok(env.ada.get("/api/v1/me"))["user_id"]
     result = upload(env.ada, user_id, data, owner_type="user", part_size=len(data))
     url = httpx.URL(ok(env.ada.get(f"/api/v1/assets/{result['asset_id']}/download"))["url"])
+    assert url.port is not None
     with socket.create_connection((url.host, url.port)) as sock:
         sock.sendall(f"GET {url.raw_path.decode()} HTTP/1.1\r\nHost: {url.host}\r\n\r\n".encode())
         received = 0
@@ -154,7 +156,7 @@ def test_a_read_stops_when_its_client_goes_away(env: Env) -> None:
     assert line["bytes"] < len(data) // 2  # it stopped reading rather than send the rest to nobody
 
 
-def test_signed_url_tampering_and_expiry(env: Env, stored: dict) -> None:
+def test_signed_url_tampering_and_expiry(env: Env, stored: dict[str, Any]) -> None:
     url = stored["link"]["url"]
     signature = httpx.URL(url).params["signature"]
     forged = ("0" if signature[0] != "0" else "1") + signature[1:]
@@ -206,7 +208,7 @@ def test_part_url_tampering_and_expiry(env: Env) -> None:
     ok(httpx.put(url, content=data, trust_env=False))
 
 
-def test_asset_metadata_get_and_patch(env: Env, stored: dict) -> None:
+def test_asset_metadata_get_and_patch(env: Env, stored: dict[str, Any]) -> None:
     asset_id = stored["result"]["asset_id"]
     before = ok(env.ada.get(f"/api/v1/assets/{asset_id}"))
     assert before["latest_content"]["size"] == len(stored["data"])
@@ -317,7 +319,7 @@ def _with_raw(url: str, name: str, raw_value: str) -> httpx.URL:
 @pytest.mark.parametrize("raw_value", ODD_QUERY_VALUES)
 @pytest.mark.parametrize("name", ["signature", "expires"])
 def test_odd_signatures_are_bad_signatures_on_both_signed_routes(
-    env: Env, stored: dict, name: str, raw_value: str
+    env: Env, stored: dict[str, Any], name: str, raw_value: str
 ) -> None:
     project = new_project(env.ada)
     data = data_of(PART, seed=23)
@@ -342,10 +344,12 @@ def test_odd_signatures_are_bad_signatures_on_both_signed_routes(
     ok(httpx.put(part_url, content=data, trust_env=False))
 
 
-def test_a_signature_longer_than_a_request_line_may_be_is_refused_not_a_server_error(env: Env, stored: dict) -> None:
+def test_a_signature_longer_than_a_request_line_may_be_is_refused_not_a_server_error(
+        env: Env, stored: dict[str, Any]) -> None:
     url = httpx.URL(stored["link"]["url"])
     for raw_value in ("b" * 100_000, "%C3%BC" * 20_000):
         target = _raw_target(str(url), "signature", raw_value)
+        assert url.port is not None
         with socket.create_connection((url.host, url.port)) as sock:
             sock.sendall(f"GET {target} HTTP/1.1\r\nHost: {url.host}\r\nConnection: close\r\n\r\n".encode())
             answer = b""

@@ -22,7 +22,7 @@ def db(tmp_path: Path) -> Database:
 
 
 def _rows(db: Database) -> dict[int, str]:
-    return dict(db.read_sync(lambda s: s.execute(text("SELECT k, v FROM t")).all()))  # type: ignore[arg-type]
+    return dict(db.read_sync(lambda s: s.execute(text("SELECT k, v FROM t")).all()))
 
 
 async def test_each_write_gets_its_own_outcome_and_only_its_own_changes_are_undone(db: Database) -> None:

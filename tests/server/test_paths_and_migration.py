@@ -129,7 +129,7 @@ def test_migration_0002_backfills_existing_data(tmp_path: Path) -> None:
 
         with db.engine.connect() as connection:
             assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
-            paths = dict(connection.execute(text("select id, path from assets")).all())
+            paths: dict[str, str] = dict(connection.execute(text("select id, path from assets")).all())
             files = connection.execute(
                 text('select content_id, "index", path, "offset", size, sha256 from content_files order by content_id')
             ).all()
@@ -146,7 +146,7 @@ def test_migration_0002_backfills_existing_data(tmp_path: Path) -> None:
             ("cnt_old", 0, "old.h5", 0, 5, "a" * 64),
         ]
         # The server's views read the migrated rows.
-        view = db.read_sync(lambda s: assets.asset_view(s, s.get(Asset, "ast_two_versions")))
+        view = db.read_sync(lambda s: assets.asset_view(s, s.get_one(Asset, "ast_two_versions")))
         assert view["path"] == "new.h5"
         assert view["latest_content"]["files"] == [{"path": "new.h5", "offset": 0, "size": 7, "sha256": "a" * 64}]
 

@@ -13,6 +13,7 @@ import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -56,7 +57,7 @@ def _leftovers(data_dir: Path) -> list[str]:
     return found
 
 
-def _target(client: httpx.Client, upload_id: str, number: int, body: bytes) -> dict:
+def _target(client: httpx.Client, upload_id: str, number: int, body: bytes) -> dict[str, Any]:
     url = f"/api/v1/uploads/{upload_id}/parts/{number}/target"
     return ok(client.post(url, json={"sha256": sha256(body), "size": len(body)}))  # type: ignore[no-any-return]
 

@@ -4,7 +4,6 @@ its read-backs are in ``test_storage_s3.py``)."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import re
@@ -22,6 +21,7 @@ import trio
 from dataerai_server.storage import S3Location, S3Storage, StorageError
 from dataerai_server.storage.readback import ConnectionSettings, ObjectReader, ReadbackError
 from dataerai_server.storage.s3 import connection_settings, make_client
+from loopback import LoopbackServer
 
 ETAG = '"0123456789abcdef0123456789abcdef-3"'
 DATA = bytes(range(256)) * 20  # 5,120 bytes: five ranges of 1,024 below, two in flight
@@ -51,57 +51,37 @@ class Store:
         self.ranges: list[tuple[int, int]] = []
         self.headers: list[str] = []
         self.answered = threading.Event()
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self._listener.getsockname()[1]
-        self._conns: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
+        self._server = LoopbackServer(self._serve, tls=tls)
+        self.port = self._server.port
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self._listener.accept()
-            except OSError:
-                return
-            self._conns.append(conn)
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn: socket.socket) -> None:
+    def _serve(self, conn: socket.socket, number: int) -> None:
         pending = b""
-        if self.tls is not None:
-            try:
-                conn = self.tls.wrap_socket(conn, server_side=True)
-            except OSError:
-                return  # the client refused the certificate
-        with conn:
-            while True:
-                while b"\r\n\r\n" not in pending:
-                    try:
-                        data = conn.recv(65536)
-                    except OSError:
-                        return
-                    if not data:
-                        return
-                    pending += data
-                head, _, pending = pending.partition(b"\r\n\r\n")
-                text = head.decode()
-                self.headers.append(text)
-                found = re.search(r"^Range: bytes=(\d+)-(\d+)$", text, re.M | re.I)
-                start, end = (int(found[1]), int(found[2])) if found else (0, len(DATA) - 1)
-                self.ranges.append((start, end))
-                answer = self.answer(start, end)
+        while True:
+            while b"\r\n\r\n" not in pending:
                 try:
-                    conn.sendall(answer)
+                    data = conn.recv(65536)
                 except OSError:
                     return
-                self.answered.set()
-                if isinstance(answer, HangUp):
+                if not data:
                     return
+                pending += data
+            head, _, pending = pending.partition(b"\r\n\r\n")
+            text = head.decode()
+            self.headers.append(text)
+            found = re.search(r"^Range: bytes=(\d+)-(\d+)$", text, re.M | re.I)
+            start, end = (int(found[1]), int(found[2])) if found else (0, len(DATA) - 1)
+            self.ranges.append((start, end))
+            answer = self.answer(start, end)
+            try:
+                conn.sendall(answer)
+            except OSError:
+                return
+            self.answered.set()
+            if isinstance(answer, HangUp):
+                return
 
     def stop(self) -> None:
-        self._listener.close()
-        for conn in self._conns:
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
+        self._server.close()
 
 
 @pytest.fixture

@@ -71,7 +71,7 @@ async def test_daemon_remote_takes_the_stores_acknowledgement(s3: S3Storage) -> 
         yield body[30_000:]
 
     async with httpx.AsyncClient() as http:
-        remote = Remote(auth=None, http=http)  # type: ignore[arg-type] - signed URLs need no token
+        remote = Remote(auth=None, http=http)  # type: ignore[arg-type]  # signed URLs need no token
         ack = await remote.put_part({"method": target.method, "url": target.url, "headers": dict(target.headers)},
                                     blocks(), "sending part 1")
     assert ack == {"sha256": sha(body), "size": len(body)}

@@ -24,7 +24,7 @@ from server_harness import (
 )
 
 
-def _session(env: Env, upload_id: str, client: httpx.Client | None = None) -> dict:
+def _session(env: Env, upload_id: str, client: httpx.Client | None = None) -> dict[str, Any]:
     return ok((client or env.ada).get(f"/api/v1/uploads/{upload_id}"))  # type: ignore[no-any-return]
 
 
@@ -401,7 +401,7 @@ def test_a_body_cut_off_half_way_still_counts_as_received(env: Env) -> None:
     assert state["bytes_received"] == 2 * len(data) + sent and state["parts"][0]["writes"] == 1
 
 
-def _prefix_target(env: Env, upload_id: str, number: int, prefix_sha256: str, size: int) -> dict:
+def _prefix_target(env: Env, upload_id: str, number: int, prefix_sha256: str, size: int) -> dict[str, Any]:
     return ok(  # type: ignore[no-any-return]
         env.ada.post(
             f"/api/v1/uploads/{upload_id}/parts/{number}/target",
@@ -410,7 +410,7 @@ def _prefix_target(env: Env, upload_id: str, number: int, prefix_sha256: str, si
     )
 
 
-def _put(target: dict, body: bytes, url: str | None = None) -> httpx.Response:
+def _put(target: dict[str, Any], body: bytes, url: str | None = None) -> httpx.Response:
     return httpx.put(url or target["url"], content=body, headers=target["headers"], timeout=30, trust_env=False)
 
 

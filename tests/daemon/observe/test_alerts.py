@@ -48,8 +48,8 @@ def test_events_become_alerts() -> None:
     quarantined = from_event({"type": "watch.file", "watch_id": "wat_1", "path": "a/b.tif", "state": "quarantined",
                               "file": {"error": {"code": "permission_denied", "message": "no"}}})
     assert quarantined is not None and quarantined.subject == "wat_1:a/b.tif"
-    assert from_event({"type": "watch.state", "watch_id": "wat_1", "state": "unavailable", "watch": {}}).kind \
-        == "watch.unavailable"  # type: ignore[union-attr]
+    unavailable = from_event({"type": "watch.state", "watch_id": "wat_1", "state": "unavailable", "watch": {}})
+    assert unavailable is not None and unavailable.kind == "watch.unavailable"
     assert from_event({"type": "job.state", "job_id": "job_1", "state": "completed"}) is None
     assert from_event({"type": "watch.state", "watch_id": "wat_1", "state": "active"}) is None
 

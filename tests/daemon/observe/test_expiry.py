@@ -77,7 +77,9 @@ async def test_each_threshold_once_across_restarts(tmp_path: Path) -> None:
     assert second.reachable is False and second.unreachable_since == now[0]
     repository.fail = AuthProblem("auth_expired", "expired")
     await second.check()
-    assert (second.reachable, second.unreachable_since, second.rejected) == (True, None, "auth_expired")
+    # Typed afresh: mypy would keep the narrowing of the assert above across the awaits.
+    state: tuple[bool | None, float | None, str | None] = (second.reachable, second.unreachable_since, second.rejected)
+    assert state == (True, None, "auth_expired")
     repository.fail, repository.expires_at = None, None
     await second.check()
     assert second.expires_at == math.inf and second.rejected is None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import trio
 
@@ -22,8 +23,8 @@ async def test_counts_survive_a_new_tally_on_the_same_queue(tmp_path: Path) -> N
     jobs = Jobs(bus)
     tally = await Tally.loaded(store)
     jobs.add_end_listener(tally.record_job_end, tally.job_ended)
-    row = {"job_id": "job_000000000000000000000001", "kind": "download", "params": {}, "chunk_size": 1 << 20,
-           "client": "t"}
+    row: dict[str, Any] = {"job_id": "job_000000000000000000000001", "kind": "download", "params": {},
+                           "chunk_size": 1 << 20, "client": "t"}
     await jobs.create(row)
     await jobs.transition(row["job_id"], "running")
     await jobs.transition(row["job_id"], "completed", fields={"files": [{"local_path": "/a", "size": 1},
