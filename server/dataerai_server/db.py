@@ -129,7 +129,9 @@ class Batcher(Generic[Item, T]):
     when its turn comes. A caller cancelled while its item is still queued takes it back (it
     never runs); once taken, the item runs to its end and the caller waits for it, shielded,
     before the cancellation goes on. What ``run`` leaves unsettled fails with what ``run``
-    raised.
+    raised. The caller that runs a batch is not cancelled before the batch is done (it is
+    the others' work too): a cancellation reaches it afterwards, as it does a caller whose
+    item was taken.
 
     So batches grow with the load and cost nothing when it is light: alone, a call is a
     batch of one, run at once.
@@ -151,7 +153,10 @@ class Batcher(Generic[Item, T]):
                     for pending in batch:
                         pending.taken = True
                     try:
-                        await self._run(batch)
+                        # The batch is the others' work as much as this caller's: its own
+                        # cancellation (a client gone) waits until the batch is done.
+                        with trio.CancelScope(shield=True):
+                            await self._run(batch)
                     except BaseException as exc:
                         for pending in batch:
                             if not pending.settled:

@@ -473,7 +473,9 @@ class _TargetAsk:
 
 def _record_targets(session: Session, asks: Sequence[_TargetAsk]) -> None:
     """Insert or replace the parts' targets (one statement, ``ON CONFLICT DO UPDATE``, run
-    for every row). A part asked for twice in one batch keeps the later ask."""
+    for every row). A part asked for twice in one batch keeps the later ask. The rows go in
+    key order, so that two server processes' batches lock the rows they share in the same
+    order and never deadlock."""
     connection = session.connection()
     now = utcnow()
     rows = {
@@ -482,7 +484,7 @@ def _record_targets(session: Session, asks: Sequence[_TargetAsk]) -> None:
         }
         for ask in asks
     }
-    connection.execute(_UPSERT_TARGET[connection.dialect.name], list(rows.values()))
+    connection.execute(_UPSERT_TARGET[connection.dialect.name], [rows[key] for key in sorted(rows)])
 
 
 def _expired_sessions(session: Session, now: datetime, limit: int) -> list[str]:

@@ -122,6 +122,40 @@ async def test_a_call_cancelled_while_queued_is_taken_back_and_never_runs() -> N
     assert ran == [["kept"]]
 
 
+async def test_the_caller_running_a_batch_is_cancelled_only_after_the_batch_is_done() -> None:
+    started, go_on = trio.Event(), trio.Event()
+
+    async def run(batch: list[Pending[str, str]]) -> None:
+        started.set()
+        await go_on.wait()  # a checkpoint where the runner's cancellation would land
+        for pending in batch:
+            pending.answer(pending.item.upper())
+
+    batcher: Batcher[str, str] = Batcher(run, most=8)
+    scope = trio.CancelScope()
+    answers: dict[str, object] = {}
+
+    async def runner() -> None:
+        with scope:
+            answers["x"] = await batcher("x")
+        answers.setdefault("x", "cancelled")
+
+    async def other() -> None:
+        answers["y"] = await batcher("y")
+
+    async with trio.open_nursery() as nursery:
+        async with batcher._slot:
+            nursery.start_soon(runner)
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(other)
+            await trio.testing.wait_all_tasks_blocked()
+        await started.wait()
+        scope.cancel()
+        await trio.testing.wait_all_tasks_blocked()
+        go_on.set()
+    assert answers == {"x": "cancelled", "y": "Y"}
+
+
 # -- part targets through the real application
 
 
