@@ -53,24 +53,27 @@ async def test_calls_arriving_while_a_batch_runs_are_the_next_batch_each_answere
 
     batcher: Batcher[int, int] = Batcher(run, most=4)
     got: dict[int, object] = {}
-
-    async def call(i: int) -> None:
-        try:
-            got[i] = await batcher(i)
-        except ValueError as exc:
-            got[i] = exc.args[0] * -1
-
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(call, 1)
+        nursery.start_soon(_answer, batcher, 1, got)
         await first_running.wait()
         for i in range(2, 12):  # one by one, so that they queue in this order
-            nursery.start_soon(call, i)
+            nursery.start_soon(_answer, batcher, i, got)
             await trio.testing.wait_all_tasks_blocked()
         release.set()
     # Alone, the first call was a batch of one, run at once; the ten that came while it ran
     # were taken in arrival order, at most four at a time.
     assert batches == [[1], [2, 3, 4, 5], [6, 7, 8, 9], [10, 11]]
-    assert got == {i: (-i if i % 3 == 0 else i * 10) for i in range(1, 12)}
+    assert {i: (-i if i % 3 == 0 else i * 10) for i in range(1, 12)} == {
+        i: (-answer.args[0] if isinstance(answer, ValueError) else answer) for i, answer in got.items()
+    }
+
+
+async def _answer(batcher: Batcher[Any, Any], item: Any, answers: dict[Any, object]) -> None:
+    """What ``batcher(item)`` answers, or the exception it raises, into ``answers[item]``."""
+    try:
+        answers[item] = await batcher(item)
+    except Exception as exc:
+        answers[item] = exc
 
 
 async def test_what_a_batch_raises_reaches_its_runner_and_every_caller_left_unanswered() -> None:
@@ -80,17 +83,10 @@ async def test_what_a_batch_raises_reaches_its_runner_and_every_caller_left_unan
 
     batcher: Batcher[str, str] = Batcher(run, most=8)
     answers: dict[str, object] = {}
-
-    async def call(item: str) -> None:
-        try:
-            answers[item] = await batcher(item)
-        except OSError as exc:
-            answers[item] = exc
-
     # All three queue behind the slot, then go as one batch.
     async with trio.open_nursery() as nursery, batcher._slot:
         for item in "xyz":
-            nursery.start_soon(call, item)
+            nursery.start_soon(_answer, batcher, item, answers)
             await trio.testing.wait_all_tasks_blocked()
     assert answers["y"] == "second"
     assert all(isinstance(answers[item], OSError) for item in "xz"), answers  # x ran the batch
