@@ -7,7 +7,8 @@
          ├─ control.serve           the bandwidth limits, by the bwlimit timetable (dataeraid.control)
          ├─ scheduler.serve         requeues interrupted jobs, then runs jobs
          ├─ watches.serve           one task per watch folder (dataeraid.watch)
-         ├─ observer.serve          counters, token expiry, alerts, the metrics port (dataeraid.observe)
+         ├─ observer.serve          counters, token expiry, alerts, the metrics port (dataeraid.observe);
+         │                          follows reloads too, its port moved by one
          ├─ rpc.serve               the socket listens
          ├─ READY=1                 only now: migrated and listening
          ├─ watchdog, status        systemd pings and a STATUS= summary
@@ -194,7 +195,7 @@ async def serve(paths: Paths, settings: Settings, notifier: Notifier) -> None:
                                   tally, control.links)
             watches = WatchManager(jobs, remote, live)
             observer = Observer(jobs=jobs, bus=bus, scheduler=scheduler, watches=watches, auth=auth, remote=remote,
-                                settings=settings, state_dir=paths.state_dir, tally=tally)
+                                settings=live, state_dir=paths.state_dir, tally=tally)
             services = Services(jobs, bus, scheduler, remote, auth, settings, watches, observer, control)
             async with trio.open_nursery() as nursery:
                 with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:

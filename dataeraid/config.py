@@ -22,11 +22,12 @@ watch_max_attempts = 5      # failed uploads of one version of a watched file be
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+import trio
 from dataerai.contract import DEFAULT_PART_SIZE, MAX_PART_SIZE, MIN_PART_SIZE
 
 from dataeraid.bwlimit import Timetable
@@ -164,15 +165,29 @@ class Settings:
             raise ValueError(f"{path}: {exc}") from exc
 
 
-#: Keys that take effect only when the daemon starts: the observer, ``dataeraid.observe``, is
-#: built once, at start, with its port, health thresholds and alert settings. A reload records
-#: the new value and says a restart is needed.
-RESTART_KEYS: frozenset[str] = frozenset({
-    "metrics_listen", "health_watch_lag_s", "health_watch_lag_failing_s", "health_quarantined_files",
-    "health_failed_jobs", "health_failed_window_s", "health_auth_expiry_days", "health_min_free_bytes",
-    "health_unreachable_s", "auth_warn_days", "alert_command", "alert_on", "alert_dedup_s", "alert_max_per_hour",
-    "alert_timeout_s", "desktop_notifications",
-})
+#: Keys that take effect only when the daemon starts: a reload records the new value and its answer
+#: (``restart_needed``) names them. None today: every key of ``config.toml`` follows a reload, the
+#: observer's too (``dataeraid.observe``: its port is moved, its thresholds and alert settings read
+#: at each use). A key added here must say why in docs/configuration.md's reload table.
+RESTART_KEYS: frozenset[str] = frozenset()
+
+
+async def _nothing() -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class Staged:
+    """What a stage got ready for new settings: ``commit`` puts it in force together with them (it
+    must not wait), ``abort`` undoes it when the reload is refused after all."""
+
+    commit: Callable[[], None] = lambda: None
+    abort: Callable[[], Awaitable[None]] = _nothing
+
+
+#: Gets ready for ``(old, new)`` settings before they are put in force, or refuses them by raising
+#: (``DataeraiError``): the metrics endpoint binds its new address here.
+Stage = Callable[[Settings, Settings], Awaitable[Staged]]
 
 
 class LiveSettings:
@@ -181,13 +196,20 @@ class LiveSettings:
     Components that can follow a reload keep this holder and read ``current`` at
     each use, instead of keeping a ``Settings`` of their own: the scheduler
     (``max_active_jobs`` at each start, and the settings a job starts with), the
-    bandwidth timetable, the housekeeping. ``replace`` swaps the value whole (the
-    ``Settings`` stays frozen) and calls the listeners, on the daemon's thread.
+    bandwidth timetable, the housekeeping, the watches, the observer (health
+    thresholds, alerts, the token's warnings). ``replace`` swaps the value whole
+    (the ``Settings`` stays frozen) and calls the listeners, on the daemon's thread.
+
+    What cannot simply be read again, because it holds something of the system (the
+    metrics port), registers a ``stage``: ``replace_staged`` asks every stage to get
+    ready for the new settings first, so that one that cannot (the new port is taken)
+    refuses the reload before anything changed.
     """
 
     def __init__(self, settings: Settings) -> None:
         self._current = settings
         self._listeners: list[Callable[[Settings, Settings], None]] = []
+        self._stages: list[Stage] = []
 
     @classmethod
     def of(cls, settings: Settings | LiveSettings) -> LiveSettings:
@@ -201,6 +223,10 @@ class LiveSettings:
         """Call ``listener(old, new)`` after each ``replace`` that changed something."""
         self._listeners.append(listener)
 
+    def stage(self, stage: Stage) -> None:
+        """Have ``stage(old, new)`` get ready for (or refuse) each ``replace_staged``."""
+        self._stages.append(stage)
+
     def replace(self, new: Settings) -> list[str]:
         """Put ``new`` in force; the keys that changed."""
         old, self._current = self._current, new
@@ -208,4 +234,26 @@ class LiveSettings:
         if changed:
             for listener in self._listeners:
                 listener(old, new)
+        return changed
+
+    async def replace_staged(self, new: Settings) -> list[str]:
+        """``replace``, once every stage is ready for ``new``; the keys that changed.
+
+        A stage that raises refuses the whole of ``new``: what the stages before it got
+        ready is undone, the settings in force stay, and the error propagates. The
+        caller keeps two of these from overlapping (``DaemonControl.reload`` holds a lock).
+        """
+        old = self._current
+        staged: list[Staged] = []
+        try:
+            for stage in self._stages:
+                staged.append(await stage(old, new))
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                for done in reversed(staged):
+                    await done.abort()
+            raise
+        changed = self.replace(new)
+        for done in staged:
+            done.commit()
         return changed

@@ -67,6 +67,7 @@ class DaemonControl:
         self._limit: Limit = OFF
         self._next: tuple[datetime, Limit] | None = None
         self._nursery: trio.Nursery | None = None
+        self._reloading = trio.Lock()
         live.listen(self._changed)
 
     # --- bandwidth ----------------------------------------------------------------
@@ -122,20 +123,28 @@ class DaemonControl:
         """Read config.toml again and put what it says in force.
 
         Raises ``DataeraiError("invalid_argument")`` with the message a start would
-        give for the same file; the settings in force then stay as they were.
+        give for the same file, or the error of a part of the daemon that cannot take
+        the new settings (``io_error``: the new ``metrics_listen`` cannot be listened
+        on); the settings in force then stay as they were, all of them. One reload at
+        a time: a SIGHUP during a ``daemon.reload`` waits for it.
         """
-        try:
-            new = await trio.to_thread.run_sync(Settings.load, self.config_file)
-        except ValueError as exc:
-            _log.warning("config reload refused", error=str(exc))
-            raise DataeraiError("invalid_argument", str(exc)) from exc
-        changed = self.live.replace(new)
-        restart = [key for key in changed if key in RESTART_KEYS]
-        _log.info("config reloaded", changed=changed, restart_needed=restart)
-        # In force before the answer; the timetable task, woken by the change, plans from here.
-        self._apply(new, new.timetable, self._wall_now())
-        self._on_reload()
-        return {"changed": changed, "restart_needed": restart}
+        async with self._reloading:
+            try:
+                new = await trio.to_thread.run_sync(Settings.load, self.config_file)
+            except ValueError as exc:
+                _log.warning("config reload refused", error=str(exc))
+                raise DataeraiError("invalid_argument", str(exc)) from exc
+            try:
+                changed = await self.live.replace_staged(new)
+            except DataeraiError as exc:
+                _log.warning("config reload refused", error=exc.message)
+                raise
+            restart = [key for key in changed if key in RESTART_KEYS]
+            _log.info("config reloaded", changed=changed, restart_needed=restart)
+            # In force before the answer; the timetable task, woken by the change, plans from here.
+            self._apply(new, new.timetable, self._wall_now())
+            self._on_reload()
+            return {"changed": changed, "restart_needed": restart}
 
     async def _reload_quietly(self) -> None:
         try:

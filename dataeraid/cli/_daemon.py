@@ -175,7 +175,7 @@ def reload(ctx: click.Context, as_json: bool) -> None:
     """Read config.toml again in the running daemon (as SIGHUP does).
 
     A file the daemon would refuse at start is refused with the same message,
-    and the settings in force stay. Which settings need a restart:
+    and the settings in force stay. When each setting takes effect:
     docs/configuration.md. Does not start a daemon: when none listens it exits 3.
     """
     with open_client(ctx, auto_start=False) as client:

@@ -69,12 +69,13 @@ def _control(call: Call) -> DaemonControl:
 
 
 @methods.add("daemon.reload", "Reads config.toml again and puts it in force (`dataerai daemon reload`, SIGHUP). "
-             "A file the daemon would refuse at start is refused with the same message, and the settings in force "
-             "stay. Which settings take effect at once, for jobs that start after, or only after a restart: "
-             "docs/configuration.md.",
+             "A file the daemon would refuse at start is refused with the same message (`invalid_argument`; "
+             "`io_error` for a `metrics_listen` it cannot listen on), and the settings in force stay, all of them. "
+             "Which settings take effect at once, and which for jobs that start after: docs/configuration.md.",
              result="`{\"changed\": [key], \"restart_needed\": [key]}`: the keys whose values changed, and those "
-                    "of them that take effect only when the daemon starts again.",
-             errors=("invalid_argument",))
+                    "of them that take effect only when the daemon starts again (none today: the list is kept for "
+                    "keys that may need it).",
+             errors=("invalid_argument", "io_error"))
 async def reload(call: Call) -> dict[str, Any]:
     return await _control(call).reload()
 

@@ -34,7 +34,7 @@ from typing import Any, Literal
 import trio
 
 from dataeraid import log
-from dataeraid.config import Settings
+from dataeraid.config import LiveSettings, Settings
 from dataeraid.observe import catalogue
 from dataeraid.observe.desktop import Desktop
 from dataeraid.observe.tally import Tally
@@ -111,11 +111,21 @@ class Gate:
         #: Held back by the budget since the last summary, by kind.
         self.suppressed: collections.Counter[str] = collections.Counter()
 
+    def tune(self, dedup_s: float, max_per_hour: int) -> None:
+        """New limits (a reload), against what was sent already: each send still counts for its hour, and
+        keeps its kind and subject quiet for the new ``dedup_s`` after it (sends of the last hour at
+        least are remembered, so a window raised up to an hour counts them all)."""
+        self._dedup_s = dedup_s
+        self._max = max_per_hour
+
     def _forget(self, now: float) -> None:
         while self._sent and now - self._sent[0] >= HOUR_S:
             self._sent.popleft()
-        if len(self._last) > 1000 or (self._last and now - min(self._last.values()) >= self._dedup_s):
-            self._last = {key: t for key, t in self._last.items() if now - t < self._dedup_s}
+        # Kept for an hour at least (only sends are kept: alert_max_per_hour of them an hour), so that a
+        # window raised by a reload still counts the sends of the hour before it.
+        keep_s = max(self._dedup_s, HOUR_S)
+        if len(self._last) > 1000 or (self._last and now - min(self._last.values()) >= keep_s):
+            self._last = {key: t for key, t in self._last.items() if now - t < keep_s}
 
     def admit(self, alert: Alert, now: float) -> Verdict:
         self._forget(now)
@@ -177,26 +187,64 @@ async def run_hook(command: tuple[str, ...], alert: Alert, timeout_s: float) -> 
 
 
 class Alerter:
-    """Turns events (and the observer's disk checks) into alerts and sends them, one at a time."""
+    """Turns events (and the observer's disk checks) into alerts and sends them, one at a time.
 
-    def __init__(self, settings: Settings, tally: Tally, *, runner: Runner = run_hook,
+    ``settings``: a ``LiveSettings`` to follow reloads (the daemon's), or fixed ``Settings``.
+    Every ``alert_*`` key and ``desktop_notifications`` is read when it is used, so a reload
+    applies to the next alert: ``alert_on`` and whether alerts are on at all when an alert is
+    submitted and again when its turn comes; ``alert_dedup_s`` and ``alert_max_per_hour``
+    when it is admitted, against what was sent before the reload (the hour's sends still
+    count against a lowered budget; a raised one lets a held-back summary go at once);
+    ``alert_command`` and ``alert_timeout_s`` when it is sent (a hook running keeps its own).
+    Alerts turned on by a reload follow the events from then on; turned off, the
+    subscription to the events is closed and alerts waiting are dropped.
+    """
+
+    def __init__(self, settings: Settings | LiveSettings, tally: Tally, *, runner: Runner = run_hook,
                  desktop: Desktop | None = None) -> None:
-        self._command = settings.alert_command
-        self._on = frozenset(settings.alert_on)
-        self._timeout_s = settings.alert_timeout_s
-        self._gate = Gate(settings.alert_dedup_s, settings.alert_max_per_hour)
+        self._live = LiveSettings.of(settings)
+        current = self._live.current
+        self._gate = Gate(current.alert_dedup_s, current.alert_max_per_hour)
         self._tally = tally
         self._runner = runner
-        self._desktop = desktop if desktop is not None else (Desktop() if settings.desktop_notifications else None)
+        self._given_desktop = desktop
+        self._desktop: Desktop | None = None
         self._send, self._receive = trio.open_memory_channel[Alert](QUEUE_SIZE)
+        #: Woken by a reload: whether alerts are on may have changed.
+        self._toggled = trio.Event()
+        #: The scope following the events, while alerts are on.
+        self._following: trio.CancelScope | None = None
+        #: The scope ``_deliver`` waits in (for an alert, or the time of a summary).
+        self._waiting: trio.CancelScope | None = None
+        self._live.listen(self._changed)
 
     @property
     def enabled(self) -> bool:
-        return bool(self._command) or self._desktop is not None
+        settings = self._live.current
+        return bool(settings.alert_command) or settings.desktop_notifications
+
+    def _changed(self, old: Settings, new: Settings) -> None:
+        if old.desktop_notifications != new.desktop_notifications:
+            self._desktop = None  # turned on again: a new try (jeepney may be installed, a session bus there now)
+        if self._following is not None and not self.enabled:
+            self._following.cancel()
+        self._toggled.set()
+        if self._waiting is not None:
+            self._waiting.cancel()  # the budget may allow the summary now, or later
+
+    def _desktop_now(self) -> Desktop | None:
+        if not self._live.current.desktop_notifications:
+            return None
+        if self._desktop is None:
+            self._desktop = self._given_desktop if self._given_desktop is not None else Desktop()
+        return self._desktop
+
+    def _wanted(self, alert: Alert) -> bool:
+        return alert.kind in self._live.current.alert_on and self.enabled
 
     def submit(self, alert: Alert) -> None:
         """Queue an alert without ever waiting; dropped (and logged) when the queue is full."""
-        if alert.kind not in self._on or not self.enabled:
+        if not self._wanted(alert):
             return
         try:
             self._send.send_nowait(alert)
@@ -204,37 +252,64 @@ class Alerter:
             _log.warning("alert dropped: the hook is behind", kind=alert.kind, subject=alert.subject)
 
     async def serve(self, bus: Any, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        if not self.enabled:
-            task_status.started()
-            return
-        subscription = await bus.subscribe(types=list(EVENT_TYPES))
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._deliver)
-                task_status.started()
-                async for event in subscription:
-                    if event["type"] == "gap":
-                        _log.warning("alerts missed events: the hook is behind", missed_from=event["missed_from"],
-                                     missed_to=event["missed_to"])
-                        continue
-                    alert = from_event(event)
-                    if alert is not None:
-                        self.submit(alert)
-        finally:
-            subscription.close()
+        """Deliver alerts, and follow the events while alerts are on; started once following (if on)."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._deliver)
+            started = False
+            while True:
+                self._toggled = trio.Event()
+                if not self.enabled:
+                    if not started:
+                        task_status.started()
+                        started = True
+                    await self._toggled.wait()
+                    continue
+                subscription = await bus.subscribe(types=list(EVENT_TYPES))
+                try:
+                    if not started:
+                        task_status.started()
+                        started = True
+                    self._following = scope = trio.CancelScope()
+                    with scope:
+                        await self._follow(subscription)
+                    if not scope.cancelled_caught:
+                        return  # the events ended (the bus closed)
+                finally:
+                    self._following = None
+                    subscription.close()
+
+    async def _follow(self, subscription: Any) -> None:
+        async for event in subscription:
+            if event["type"] == "gap":
+                _log.warning("alerts missed events: the hook is behind", missed_from=event["missed_from"],
+                             missed_to=event["missed_to"])
+                continue
+            alert = from_event(event)
+            if alert is not None:
+                self.submit(alert)
+
+    def _tune_gate(self) -> None:
+        settings = self._live.current
+        self._gate.tune(settings.alert_dedup_s, settings.alert_max_per_hour)
 
     async def _deliver(self) -> None:
         while True:
+            self._tune_gate()
             at = self._gate.summary_at()
             alert: Alert | None = None
-            with trio.move_on_at(at if at is not None else float("inf")):
+            self._waiting = trio.CancelScope(deadline=at if at is not None else float("inf"))
+            with self._waiting:
                 alert = await self._receive.receive()
+            self._waiting = None
             now = trio.current_time()
+            self._tune_gate()
             if alert is None:
                 summary = self._gate.summary(now)
-                if summary is not None:
+                if summary is not None and self.enabled:
                     await self._emit(summary)
                 continue
+            if not self._wanted(alert):
+                continue  # turned off (or its kind taken out of alert_on) while it waited
             verdict = self._gate.admit(alert, now)
             if verdict != "send":
                 self._tally.add(catalogue.ALERTS, (alert.kind, verdict))
@@ -243,9 +318,11 @@ class Alerter:
 
     async def _emit(self, alert: Alert) -> None:
         _log.info("alert", kind=alert.kind, subject=alert.subject, summary=alert.summary)
+        settings = self._live.current
         ok = True
-        if self._command:
-            ok = await self._runner(self._command, alert, self._timeout_s)
-        if self._desktop is not None:
-            await self._desktop.notify(f"Dataerai: {alert.kind}", alert.summary, alert.urgency)
+        if settings.alert_command:
+            ok = await self._runner(settings.alert_command, alert, settings.alert_timeout_s)
+        desktop = self._desktop_now()
+        if desktop is not None:
+            await desktop.notify(f"Dataerai: {alert.kind}", alert.summary, alert.urgency)
         self._tally.add(catalogue.ALERTS, (alert.kind, "sent" if ok else "failed"))

@@ -11,6 +11,11 @@ expiry) starts over.
 
 The same check tells whether the repository answers: ``unreachable_since`` is when
 it stopped answering, for the health check's "server unreachable for long".
+
+``auth_warn_days`` is read at each check, so a reload changes the next one, and a
+reload that changes it has the check made at once (``recheck``): a threshold added
+above the days left is announced then; one announced already, or farther than it,
+is not announced again for the same token.
 """
 
 from __future__ import annotations
@@ -18,8 +23,9 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
+from functools import partial
 from typing import Any
 
 import trio
@@ -66,12 +72,14 @@ def threshold_crossed(days_left: float, thresholds: tuple[float, ...]) -> float 
 class AuthMonitor:
     """What the daemon knows of its token's expiry and of the repository's reachability."""
 
-    def __init__(self, auth: Auth, remote: Any, bus: EventBus, warn_days: tuple[float, ...],
+    def __init__(self, auth: Auth, remote: Any, bus: EventBus,
+                 warn_days: tuple[float, ...] | Callable[[], tuple[float, ...]],
                  clock: Callable[[], float] = time.time) -> None:
+        """``warn_days``: the thresholds, or where to read them at each check (the settings in force)."""
         self._auth = auth
         self._remote = remote
         self._bus = bus
-        self._warn_days = tuple(sorted(warn_days, reverse=True))
+        self._warn_days = warn_days if callable(warn_days) else (lambda: warn_days)
         self._clock = clock
         #: Unix time the token expires; ``math.inf`` if never; None while not known.
         self.expires_at: float | None = None
@@ -83,6 +91,7 @@ class AuthMonitor:
         self.unreachable_since: float | None = None
         self.last_error: str | None = None
         self._checked = trio.Event()
+        self._recheck = trio.Event()
 
     @property
     def logged_in(self) -> bool:
@@ -97,17 +106,33 @@ class AuthMonitor:
         """Return once the first check is done (for tests and the first health check)."""
         await self._checked.wait()
 
+    def recheck(self) -> None:
+        """Check again now, not at the next interval (``auth_warn_days`` changed by a reload)."""
+        self._recheck.set()
+
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         while True:
             version = self._auth.version
+            self._recheck = trio.Event()
             try:
                 await self.check()
             except Exception:
                 _log.exception("checking the token's expiry failed")
             self._checked.set()
             with trio.move_on_after(CHECK_INTERVAL_S):
-                await self._auth.wait_changed(version)
+                await self._until_asked(version)
+
+    async def _until_asked(self, version: int) -> None:
+        """Return once the credentials changed after ``version``, or ``recheck`` was called."""
+        async with trio.open_nursery() as nursery:
+
+            async def first(wait: Callable[[], Awaitable[None]]) -> None:
+                await wait()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(first, partial(self._auth.wait_changed, version))
+            nursery.start_soon(first, self._recheck.wait)
 
     async def check(self) -> None:
         """Ask the repository about the token now, and announce a threshold it crossed."""
@@ -141,7 +166,7 @@ class AuthMonitor:
         days_left = self.days_left()
         if days_left is None or math.isinf(days_left):
             return
-        threshold = threshold_crossed(days_left, self._warn_days)
+        threshold = threshold_crossed(days_left, self._warn_days())
         if threshold is None:
             return
         expires_at = self.expires_at

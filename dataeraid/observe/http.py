@@ -3,9 +3,10 @@
 Not prometheus_client's ``start_http_server``: that runs a thread of its own outside
 the daemon's nursery, which neither stops with the daemon's tree nor can await the
 store, and every scrape reads the store. Here each connection is a task in the
-listener's nursery: one request, one answer, then the connection closes (Prometheus
-opens a new one per scrape anyway), with a deadline so an idle client cannot hold a
-task, and at most :data:`MAX_CONNECTIONS` at once.
+endpoint's nursery (:class:`MetricsPort`): one request, one answer, then the connection
+closes (Prometheus opens a new one per scrape anyway), with a deadline so an idle client
+cannot hold a task, and at most :data:`MAX_CONNECTIONS` at once. A reload that changes
+``metrics_listen`` moves the endpoint without a restart (:meth:`MetricsPort.swap`).
 
     GET /metrics   200, the exposition (``render``)
     GET /health    200 for ok and degraded, 503 for failing; the health line, JSON
@@ -96,17 +97,82 @@ async def open_metrics_listeners(host: str, port: int) -> list[trio.SocketListen
     return await trio.open_tcp_listeners(port, host=host)
 
 
+def _url(listeners: list[trio.SocketListener]) -> str:
+    host, port = listeners[0].socket.getsockname()[:2]
+    return f"http://{host if ':' not in host else f'[{host}]'}:{port}/metrics"
+
+
+class MetricsPort:
+    """The endpoint, on whichever listeners it has now: none, or those of one address.
+
+    ``serve`` owns a nursery for as long as the observer runs; it holds the
+    connections being answered and the accepting task of the listeners of the
+    moment, in a cancel scope of its own. ``swap`` (a reload that changed
+    ``metrics_listen``) cancels that scope and closes the old listeners at once, so
+    the old port refuses from then on, and starts accepting on the new ones,
+    bound already by the caller: a connection accepted before still gets its answer.
+    """
+
+    def __init__(self, exposition: Exposition, checkup: Checkup) -> None:
+        self._exposition = exposition
+        self._checkup = checkup
+        self._slots = trio.CapacityLimiter(MAX_CONNECTIONS)
+        self._nursery: trio.Nursery | None = None
+        self._accepting: trio.CancelScope | None = None
+        #: The listeners accepting now (for their port), else empty.
+        self.listeners: list[trio.SocketListener] = []
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Own the endpoint's tasks until cancelled; listeners come by ``swap``."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            self._nursery = None
+            self._close(self.listeners)
+            self.listeners = []
+
+    def swap(self, listeners: list[trio.SocketListener]) -> None:
+        """Serve on ``listeners`` (none: the endpoint is off) instead of the ones served now, which are closed."""
+        if self._nursery is None:  # not serving (the observer stops): nothing will accept on them
+            self._close(listeners)
+            return
+        old, self.listeners = self.listeners, listeners
+        if self._accepting is not None:
+            # Cancelled first: the accepting tasks then never see their sockets closed under them.
+            self._accepting.cancel()
+            self._accepting = None
+        if old:
+            url = _url(old)
+            self._close(old)
+            _log.info("metrics endpoint closed", url=url)
+        if listeners:
+            self._accepting = trio.CancelScope()
+            self._nursery.start_soon(self._accept, listeners, self._accepting)
+            _log.info("metrics endpoint listening", url=_url(listeners))
+
+    @staticmethod
+    def _close(listeners: list[trio.SocketListener]) -> None:
+        for listener in listeners:
+            listener.socket.close()
+
+    async def _accept(self, listeners: list[trio.SocketListener], scope: trio.CancelScope) -> None:
+        assert self._nursery is not None
+        with scope:
+            await trio.serve_listeners(self._one, listeners, handler_nursery=self._nursery)
+
+    async def _one(self, stream: trio.SocketStream) -> None:
+        async with self._slots:
+            await handle(stream, self._exposition, self._checkup)
+
+
 async def serve_metrics(listeners: list[trio.SocketListener], exposition: Exposition, checkup: Checkup, *,
                         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """Serve on ``listeners`` (:func:`open_metrics_listeners`) until cancelled."""
-    slots = trio.CapacityLimiter(MAX_CONNECTIONS)
-
-    async def one(stream: trio.SocketStream) -> None:
-        async with slots:
-            await handle(stream, exposition, checkup)
-
-    host, port = listeners[0].socket.getsockname()[:2]
-    _log.info("metrics endpoint listening", url=f"http://{host if ':' not in host else f'[{host}]'}:{port}/metrics")
+    port = MetricsPort(exposition, checkup)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(trio.serve_listeners, one, listeners)
+        await nursery.start(port.serve)
+        port.swap(listeners)
         task_status.started()

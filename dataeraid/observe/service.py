@@ -5,10 +5,17 @@
      ├─ monitor.serve          the token's expiry and the repository's reachability
      ├─ alerter.serve          events to the hook and desktop notifications
      ├─ _watch_disks           free space, every few minutes: ``disk.low`` alerts
-     └─ serve_metrics          only with ``metrics_listen``: the loopback HTTP endpoint
+     └─ metrics.serve          the loopback HTTP endpoint, on ``metrics_listen`` when it is set
 
 The RPC methods ``daemon.metrics`` and ``daemon.health`` and the HTTP endpoint all read
 through :meth:`Observer.snapshot` and :meth:`Observer.health`, so the three say the same.
+
+Every key of the observer follows a reload (``LiveSettings``): the health thresholds are
+read at each check, the alert settings at each alert (``Alerter``), ``auth_warn_days`` at
+each expiry check (one is made at once when they change), and the free space is looked at
+again at once when its threshold or the alerts change. A new ``metrics_listen`` is bound
+before the reload is put in force (:meth:`Observer._stage_metrics`): an address that
+cannot be listened on refuses the whole reload, and the old endpoint goes on.
 """
 
 from __future__ import annotations
@@ -24,14 +31,14 @@ from dataerai.contract import JOB_STATES
 
 from dataeraid import log, schema
 from dataeraid.auth import Auth
-from dataeraid.config import Settings
+from dataeraid.config import LiveSettings, Settings, Staged
 from dataeraid.errors import DataeraiError
 from dataeraid.events import EventBus
 from dataeraid.jobs import Jobs
 from dataeraid.observe.alerts import Alert, Alerter
 from dataeraid.observe.expiry import AuthMonitor
 from dataeraid.observe.health import Facts, Health, WatchFacts, judge, size
-from dataeraid.observe.http import open_metrics_listeners, serve_metrics
+from dataeraid.observe.http import MetricsPort, open_metrics_listeners
 from dataeraid.observe.metrics import Snapshot, WatchSample, render
 from dataeraid.observe.settings import parse_listen
 from dataeraid.observe.tally import Tally
@@ -62,41 +69,106 @@ def _free_bytes(paths: list[tuple[str, str]]) -> list[tuple[str, str, int]]:
     return found
 
 
+async def _listen(value: str) -> list[trio.SocketListener]:
+    """The metrics endpoint's listeners at ``metrics_listen = value``; the error a start or a reload refuses with."""
+    host, port = parse_listen(value)
+    try:
+        return await open_metrics_listeners(host, port)
+    except OSError as exc:
+        raise DataeraiError("io_error", f"metrics_listen = {value!r}: cannot listen there "
+                                        f"({exc.strerror or exc})") from exc
+
+
+#: A change of these makes the disks be looked at again at once (a ``disk.low`` alert may be due now).
+_DISK_ALERT_KEYS = frozenset({"health_min_free_bytes", "alert_command", "alert_on", "alert_dedup_s",
+                              "alert_max_per_hour", "desktop_notifications"})
+
+
 class Observer:
+    """``settings``: a ``LiveSettings`` to follow reloads (the daemon's), or fixed ``Settings``."""
+
     def __init__(self, *, jobs: Jobs, bus: EventBus, scheduler: Scheduler, watches: WatchManager, auth: Auth,
-                 remote: Any, settings: Settings, state_dir: Path, tally: Tally,
+                 remote: Any, settings: Settings | LiveSettings, state_dir: Path, tally: Tally,
                  alerter: Alerter | None = None) -> None:
         self.jobs = jobs
         self.bus = bus
         self.scheduler = scheduler
         self.watches = watches
-        self.settings = settings
+        self.live = LiveSettings.of(settings)
         self.state_dir = state_dir
         self.tally = tally
-        self.monitor = AuthMonitor(auth, remote, bus, settings.auth_warn_days)
-        self.alerter = alerter or Alerter(settings, tally)
-        #: The metrics endpoint's listeners once it serves (for their port), else empty.
-        self.listeners: list[trio.SocketListener] = []
+        self.monitor = AuthMonitor(auth, remote, bus, lambda: self.live.current.auth_warn_days)
+        self.alerter = alerter or Alerter(self.live, tally)
+        self.metrics = MetricsPort(self.exposition, self.health)
+        #: The address the metrics endpoint listens on now (``parse_listen``'s), None when off.
+        self._metrics_address: tuple[str, int] | None = None
+        self._serving = False
+        self._look_at_disks = trio.Event()
+        self.live.listen(self._changed)
+        self.live.stage(self._stage_metrics)
+
+    @property
+    def settings(self) -> Settings:
+        """The settings in force now."""
+        return self.live.current
+
+    @property
+    def listeners(self) -> list[trio.SocketListener]:
+        """The metrics endpoint's listeners now (for their port), else empty."""
+        return self.metrics.listeners
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Start everything; ``DataeraiError`` (before ``started``) when the metrics port cannot be had."""
         store = self.jobs.store
-        if self.settings.metrics_listen:
-            # Bound before any task starts, so that its failure is one plain error for the daemon's refusal.
-            host, port = parse_listen(self.settings.metrics_listen)
-            try:
-                self.listeners = await open_metrics_listeners(host, port)
-            except OSError as exc:
-                raise DataeraiError("io_error", f"metrics_listen = {self.settings.metrics_listen!r}: cannot "
-                                                f"listen there ({exc.strerror or exc})") from exc
-        async with trio.open_nursery() as nursery:
-            await nursery.start(self.tally.serve, store)
-            await nursery.start(self.alerter.serve, self.bus)
-            await nursery.start(self.monitor.serve)
-            nursery.start_soon(self._watch_disks)
-            if self.listeners:
-                await nursery.start(serve_metrics, self.listeners, self.exposition, self.health)
-            task_status.started()
+        settings = self.live.current
+        # Bound before any task starts, so that its failure is one plain error for the daemon's refusal.
+        listeners = await _listen(settings.metrics_listen) if settings.metrics_listen else []
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.metrics.serve)
+                self.metrics.swap(listeners)
+                self._metrics_address = parse_listen(settings.metrics_listen) if listeners else None
+                listeners = []  # the endpoint's now: it closes them
+                self._serving = True
+                await nursery.start(self.tally.serve, store)
+                await nursery.start(self.alerter.serve, self.bus)
+                await nursery.start(self.monitor.serve)
+                nursery.start_soon(self._watch_disks)
+                task_status.started()
+        finally:
+            self._serving = False
+            for listener in listeners:
+                listener.socket.close()  # cancelled before the endpoint took them
+
+    # --- reload ---------------------------------------------------------------------------
+
+    def _changed(self, old: Settings, new: Settings) -> None:
+        changed = set(old.changed(new))
+        if "auth_warn_days" in changed:
+            self.monitor.recheck()
+        if changed & _DISK_ALERT_KEYS:
+            self._look_at_disks.set()
+
+    async def _stage_metrics(self, old: Settings, new: Settings) -> Staged:
+        """Bind the new ``metrics_listen`` before the reload is in force (refused if it cannot be); moved with it.
+
+        Compared by address, not by text: ``localhost:9464`` after ``127.0.0.1:9464``
+        keeps the listener (binding it again would find the port taken, by itself).
+        """
+        address = parse_listen(new.metrics_listen) if new.metrics_listen else None
+        if not self._serving or address == self._metrics_address:
+            return Staged()
+        listeners = await _listen(new.metrics_listen) if address is not None else []
+
+        def commit() -> None:
+            self.metrics.swap(listeners)
+            self._metrics_address = address
+
+        async def abort() -> None:
+            for listener in listeners:
+                await listener.aclose()
+
+        return Staged(commit, abort)
 
     # --- what is read ----------------------------------------------------------------
 
@@ -148,13 +220,16 @@ class Observer:
 
     async def _watch_disks(self) -> None:
         while True:
-            if self.settings.health_min_free_bytes:
+            self._look_at_disks = trio.Event()
+            threshold = self.settings.health_min_free_bytes
+            if threshold:
                 try:
                     watches = await self.watches.all()
                     for what, path, free in await self._disks(sorted({w["root"] for w in watches})):
-                        if free < self.settings.health_min_free_bytes:
+                        if free < threshold:
                             self.alerter.submit(Alert("disk.low", path, f"{size(free)} free on {what} {path}",
                                                       details={"path": path, "free_bytes": free}))
                 except Exception:
                     _log.exception("checking free space failed")
-            await trio.sleep(DISK_CHECK_INTERVAL_S)
+            with trio.move_on_after(DISK_CHECK_INTERVAL_S):
+                await self._look_at_disks.wait()

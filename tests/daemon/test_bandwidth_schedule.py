@@ -143,7 +143,7 @@ async def test_a_reload_switches_kinds_of_limit_at_once_and_a_bad_file_keeps_the
         config.write_text('bwlimit = "10M:1M"\nmax_active_jobs = 2\nauth_warn_days = [3]\n')
         answer = await control.reload()
         assert answer == {"changed": ["max_active_jobs", "bandwidth_limit_bps", "auth_warn_days", "bwlimit"],
-                          "restart_needed": ["auth_warn_days"]}
+                          "restart_needed": []}
         assert (control.links.shared.rate, control.links.up.rate, control.links.down.rate) == (0, 10 * MiB, MiB)
         assert live.current.max_active_jobs == 2
         config.write_text('bwlimit = "10M" \nbandwidth_limit_bps = 5\n')

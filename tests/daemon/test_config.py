@@ -99,3 +99,35 @@ def test_any_file_gives_settings_in_range_or_one_line_naming_the_file(tmp_path: 
             assert isinstance(value, tuple) and all(type(v).__name__ == f.type[6:-6] for v in value), f.name
         else:
             assert type(value).__name__ == f.type
+
+
+async def test_a_stage_that_refuses_leaves_the_settings_and_undoes_the_others() -> None:
+    from dataeraid.config import LiveSettings, Staged
+    from dataeraid.errors import DataeraiError
+
+    done: list[str] = []
+    refuse = [True]
+
+    async def ready(old: Settings, new: Settings) -> Staged:
+        done.append(f"ready {new.max_active_jobs}")
+
+        async def abort() -> None:
+            done.append("aborted")
+
+        return Staged(lambda: done.append(f"committed with {live.current.max_active_jobs}"), abort)
+
+    async def port(old: Settings, new: Settings) -> Staged:
+        if refuse[0]:
+            raise DataeraiError("io_error", "taken")
+        return Staged()
+
+    live = LiveSettings(Settings())
+    live.listen(lambda old, new: done.append(f"changed to {new.max_active_jobs}"))
+    live.stage(ready)
+    live.stage(port)
+    with pytest.raises(DataeraiError):
+        await live.replace_staged(Settings(max_active_jobs=2))
+    assert live.current == Settings() and done == ["ready 2", "aborted"]
+    refuse[0] = False
+    assert await live.replace_staged(Settings(max_active_jobs=2)) == ["max_active_jobs"]
+    assert done[2:] == ["ready 2", "changed to 2", "committed with 2"]

@@ -1,6 +1,7 @@
 """Seeing and being told, through a real server and daemon: the metrics port scraped and parsed with
 prometheus_client's own parser, counters that survive a restart, `dataerai daemon health`'s three
-outcomes, the alert hook run as a real script, and the token's expiry announced once."""
+outcomes, the alert hook run as a real script, and the token's expiry announced once; a reload that moves
+the metrics port, changes the health verdict, the next alert and the expiry's warnings, without a restart."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from stack import Stack, free_port, make_file, wait_for
 
@@ -153,3 +155,93 @@ def test_metrics_health_alerts_and_expiry(make_stack: Any, tmp_path: Path) -> No
             raise AssertionError("the daemon started without its metrics port")
     log = (stack.root / "daemon.log").read_text()
     assert f"metrics_listen = '127.0.0.1:{port}': cannot listen there" in log
+
+
+def _config(stack: Stack) -> Path:
+    return stack.root / "config" / "dataerai" / "config.toml"
+
+
+def _reload(stack: Stack, **values: Any) -> dict[str, Any]:
+    """Write ``values`` as the whole of config.toml and reload it; the answer."""
+    _config(stack).write_text("".join(f"{key} = {json.dumps(value)}\n" for key, value in values.items()))
+    answer: dict[str, Any] = json.loads(stack.cli("daemon", "reload", "--json").stdout)
+    return answer
+
+
+def refused(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_a_reload_moves_the_metrics_endpoint_and_a_taken_port_refuses_the_whole_reload(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    first, second, taken_port = free_port(), free_port(), free_port()
+    assert len({first, second, taken_port}) == 3
+    with Stack(tmp_path_factory.mktemp("mv"), daemon_config={"metrics_listen": f"127.0.0.1:{first}"}) as stack:
+        daemon = stack.start_daemon()
+        assert "dataerai_build_info" in scrape(first)
+
+        assert _reload(stack, metrics_listen=f"127.0.0.1:{second}", max_active_jobs=2) == {
+            "changed": ["max_active_jobs", "metrics_listen"], "restart_needed": []}
+        assert refused(first)
+        assert "dataerai_build_info" in scrape(second)
+
+        # A port that is taken: the reload is refused as a start would be, and nothing of it is in force.
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", taken_port))
+            taken.listen()
+            _config(stack).write_text(f'metrics_listen = "127.0.0.1:{taken_port}"\nmax_active_jobs = 3\n')
+            done = stack.cli("daemon", "reload", check=False)
+            assert done.returncode == 1
+            assert done.stderr == (f"error[io_error]: metrics_listen = '127.0.0.1:{taken_port}': cannot listen "
+                                   "there (Address already in use)\n")
+        assert "dataerai_build_info" in scrape(second)
+        assert _reload(stack, metrics_listen=f"127.0.0.1:{second}", max_active_jobs=3) == {
+            "changed": ["max_active_jobs"], "restart_needed": []}  # it was still 2, and the port the same
+
+        # Off, then on again at the first address; written another way, the same address stays as it is.
+        assert _reload(stack)["changed"] == ["max_active_jobs", "metrics_listen"]
+        assert refused(second)
+        _reload(stack, metrics_listen=f"127.0.0.1:{first}")
+        assert "dataerai_build_info" in scrape(first)
+        _reload(stack, metrics_listen=f"localhost:{first}")
+        assert "dataerai_build_info" in scrape(first)
+        assert daemon.poll() is None
+
+
+def test_a_reload_changes_the_health_verdict_the_next_alert_and_the_expiry_warnings(
+        make_stack: Any, tmp_path: Path) -> None:
+    hook = tmp_path / "hook.sh"
+    hook.write_text(HOOK)
+    hook.chmod(0o755)
+    told_first, told_second = tmp_path / "first.txt", tmp_path / "second.txt"
+    stack: Stack = make_stack(daemon_config={"auth_warn_days": [7.0]})
+    assert health(stack) == (0, "ok")
+
+    # A threshold no disk meets: degraded at the next check, and the disk.low alert goes to the new hook.
+    assert _reload(stack, health_min_free_bytes=1 << 60, alert_command=[str(hook), str(told_first)],
+                   auth_warn_days=[7.0]) == {"changed": ["health_min_free_bytes", "alert_command"],
+                                             "restart_needed": []}
+    status, line = health(stack)
+    assert status == 1 and line.startswith("degraded: ") and "free on the state directory" in line, line
+    wait_for(lambda: told_first.exists() and "env disk.low" in told_first.read_text(), 30, "the disk.low alert")
+
+    # Another hook, and no de-duplication: the next alert (the disks looked at again at once) goes to it.
+    _reload(stack, health_min_free_bytes=1 << 60, alert_command=[str(hook), str(told_second)], alert_dedup_s=0,
+            auth_warn_days=[7.0])
+    wait_for(lambda: told_second.exists() and "env disk.low" in told_second.read_text(), 30, "the new hook")
+    assert told_first.read_text().count("env disk.low") == 1
+
+    # A token that expires in 10 days: no warning at 7; one at 14 as soon as a reload adds it, not at the
+    # next check of the token, 15 minutes on.
+    stack.login(stack.add_user("bob@example.org", scope="write", expires_in_days=10))
+    wait_for(lambda: samples(stack.cli("metrics").stdout).get(("dataerai_auth_expiry_timestamp_seconds", ()),
+                                                              math.inf) < math.inf, 30, "the token's expiry")
+    with stack.client() as client:
+        assert client.list_events(0, types=["auth.expiring"]) == []
+        assert _reload(stack, auth_warn_days=[14.0, 7.0])["changed"] == ["health_min_free_bytes",
+                                                                           "auth_warn_days", "alert_command",
+                                                                           "alert_dedup_s"]
+        announced = wait_for(lambda: client.list_events(0, types=["auth.expiring"]), 30, "auth.expiring")
+    assert [e.threshold_days for e in announced] == [14.0]
+    assert health(stack) == (0, "ok")  # the default disk threshold again

@@ -1,9 +1,10 @@
-"""The metrics endpoint in process (its answers to what is not a scrape), the loopback rule as a
-property, and the catalogue against docs/operations.md."""
+"""The metrics endpoint in process (its answers to what is not a scrape, its move to another port),
+the loopback rule as a property, and the catalogue against docs/operations.md."""
 
 from __future__ import annotations
 
 import ipaddress
+import socket
 from pathlib import Path
 
 import httpx
@@ -15,7 +16,7 @@ from hypothesis import strategies as st
 from dataeraid.config import Settings
 from dataeraid.observe import catalogue
 from dataeraid.observe.health import Health, Reason
-from dataeraid.observe.http import open_metrics_listeners, serve_metrics
+from dataeraid.observe.http import MetricsPort, open_metrics_listeners, serve_metrics
 from dataeraid.observe.settings import OBSERVE_BOUNDS, parse_listen
 
 DOCS = Path(__file__).resolve().parents[3] / "docs"
@@ -77,3 +78,50 @@ def test_every_observing_key_is_documented() -> None:
     for key in [*OBSERVE_BOUNDS, "desktop_notifications"]:
         assert f"\n{key} = " in configuration and f"`{key}`" in operations, key
         assert key in set(Settings.keys())
+
+
+async def test_the_endpoint_moves_and_a_scrape_being_answered_gets_its_answer() -> None:
+    asked = trio.Event()
+    answer = trio.Event()
+
+    async def exposition() -> str:
+        asked.set()
+        await answer.wait()
+        return "# HELP x y\n"
+
+    async def checkup() -> Health:
+        return Health("ok")
+
+    def get(port: int) -> tuple[int, str]:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            response = client.get("/metrics")
+            return response.status_code, response.text
+
+    def refused(port: int) -> bool:
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", port)) != 0
+
+    port = MetricsPort(exposition, checkup)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(port.serve)
+        first = await open_metrics_listeners("127.0.0.1", 0)
+        port.swap(first)
+        old = first[0].socket.getsockname()[1]
+        results: list[tuple[int, str]] = []
+
+        async def scrape_old() -> None:
+            results.append(await trio.to_thread.run_sync(get, old))
+
+        nursery.start_soon(scrape_old)
+        await asked.wait()
+        second = await open_metrics_listeners("127.0.0.1", 0)
+        port.swap(second)  # while the scrape of the old port is being answered
+        new = second[0].socket.getsockname()[1]
+        assert port.listeners == second
+        assert await trio.to_thread.run_sync(refused, old)
+        answer.set()
+        assert await trio.to_thread.run_sync(get, new) == (200, "# HELP x y\n")
+        port.swap([])
+        assert await trio.to_thread.run_sync(refused, new)
+        nursery.cancel_scope.cancel()
+    assert results == [(200, "# HELP x y\n")]

@@ -1,10 +1,13 @@
-"""The token's expiry: each threshold announced once, not again after a restart, afresh for a new token."""
+"""The token's expiry: each threshold announced once, not again after a restart, afresh for a new token;
+thresholds changed by a reload checked at once."""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
 from typing import Any
+
+import trio
 
 from dataeraid.auth import Auth
 from dataeraid.credentials import Credentials, save
@@ -83,4 +86,28 @@ async def test_each_threshold_once_across_restarts(tmp_path: Path) -> None:
     repository.fail, repository.expires_at = None, None
     await second.check()
     assert second.expires_at == math.inf and second.rejected is None
+    await store.close()
+
+
+async def test_thresholds_read_at_each_check_and_a_recheck_comes_at_once(tmp_path: Path) -> None:
+    credentials = tmp_path / "credentials.json"
+    save(credentials, Credentials(server_url="https://repo.example.org", token="dtk_" + "a" * 43))
+    store = await Store.open(tmp_path / "q.sqlite3")
+    bus = EventBus(store)
+    await bus.start()
+    repository = Repository(T0 + 10 * DAY)
+    warn_days: list[tuple[float, ...]] = [(7.0, 1.0)]
+    monitor = AuthMonitor(Auth(credentials), repository, bus, lambda: warn_days[0], clock=lambda: T0)
+    subscription = await bus.subscribe(types=["auth.expiring"])
+    async with trio.open_nursery() as nursery:
+        await nursery.start(monitor.serve)
+        await monitor.checked()
+        assert await store.events_since(0, None, types=["auth.expiring"]) == []  # 10 days: none crossed
+        warn_days[0] = (14.0, 7.0, 1.0)
+        monitor.recheck()  # not the 15 minutes of the next check
+        with trio.fail_after(10):
+            event = await subscription.__anext__()
+        assert (event["type"], event["threshold_days"]) == ("auth.expiring", 14.0)
+        nursery.cancel_scope.cancel()
+    subscription.close()
     await store.close()
