@@ -263,9 +263,13 @@ async def _upload_stream(ctx: JobContext, source: FileSet, *, in_memory: bool) -
     chunk_size: int = job["chunk_size"]
     total = source.size
     count = part_count(total, chunk_size)
-    # The sources are checked against their enqueue-time identity (a stat of each: 10,000 for
-    # a directory of 10,000 files) while the session request is out, not before it. A change
-    # fails the job here; a session made meanwhile is aborted (run_upload) and holds no part.
+    # A stream read into memory is read whole before its last part goes, and each file is
+    # checked against its enqueue-time identity as it is opened (FileSet._open_file), before
+    # any of its bytes is hashed or sent: a change fails the job then, and the session is
+    # aborted (run_upload). Any other stream is sent as it is read, from files that may change
+    # before the reader gets to them, so its sources are checked up front, while the session
+    # request is out (a stat of each; a session made meanwhile is aborted and holds no part).
+    # The digest cache's key (a hash of the manifest) is made meanwhile too.
     session: dict[str, Any] = {}
 
     async def open_session() -> None:
@@ -274,9 +278,10 @@ async def _upload_stream(ctx: JobContext, source: FileSet, *, in_memory: bool) -
     with first_error():
         async with trio.open_nursery() as nursery:
             nursery.start_soon(open_session)
-            await trio.to_thread.run_sync(source.check_sources)
+            if not in_memory:
+                await trio.to_thread.run_sync(source.check_sources)
+            identity = await trio.to_thread.run_sync(source_identity, job, source.root, source.files)
     upload_id: str = session["upload_id"]
-    identity = source_identity(job, source.root, source.files)
     if session["state"] == "completed" and session.get("result"):
         return _completed_fields(session["result"], source)
     held = _held_parts(session, count, total, chunk_size)
@@ -661,7 +666,7 @@ def _feed(source: FileSet, hasher: Hasher, offset: int, length: int, block: int)
 
 
 def _completed_fields(result: dict[str, Any], source: FileSet) -> dict[str, Any]:
-    files = [{"local_path": os.path.join(source.root, *f.path.split("/")), "size": f.size} for f in source.files]
+    files = [{"local_path": path, "size": f.size} for path, f in zip(source.local_paths(), source.files, strict=True)]
     return {"asset_id": result["asset_id"], "content_id": result["content_id"], "sha256": result["sha256"],
             "files": files}
 
