@@ -409,3 +409,33 @@ async def test_a_file_changed_before_the_job_started_fails_it_and_commits_nothin
     (session,) = repo.sessions.values()
     assert session.state == "aborted" and session.result is None and not repo.contents
     assert checked == ([] if in_memory else [1])
+
+
+@pytest.mark.parametrize("order", ["never", "always"])
+async def test_a_new_session_of_a_small_stream_is_hashed_while_its_request_is_out(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, order: str) -> None:
+    contents, files, _ = _small_or_not(tmp_path, monkeypatch, True)
+    repo = FakeRepository()
+    read = trio.Event()
+    read_and_hash = upload._read_and_hash
+
+    def reading(*args: Any) -> None:
+        read_and_hash(*args)
+        trio.from_thread.run_sync(read.set)
+
+    monkeypatch.setattr(upload, "_read_and_hash", reading)
+    create_upload = repo.create_upload
+
+    async def create_once_read(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        with trio.fail_after(10):
+            await read.wait()  # the first part was read and hashed before the session was known
+        return await create_upload(*args, **kwargs)
+
+    monkeypatch.setattr(repo, "create_upload", create_once_read)
+    result = await upload.run_upload(_context(repo, _job(tmp_path, files, 64 * KiB), upload_order=order))  # type: ignore[arg-type]
+    stream = b"".join(contents.values())
+    assert result["sha256"] == hashlib.sha256(stream).hexdigest()
+    (session,) = repo.sessions.values()
+    assert b"".join(data for _, data in sorted(session.parts.items())) == stream
+    # The session said which digests its targets take; the parts went with those.
+    assert {prefix for _, prefix in repo.targets} == {order == "always"}
