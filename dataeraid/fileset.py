@@ -152,9 +152,9 @@ def scan_source(local_path: str) -> tuple[str, list[StreamFile], list[str]]:
         raise DataeraiError("invalid_argument", f"{local_path} is neither a regular file nor a directory")
     found: list[tuple[str, os.stat_result]] = []
     skipped: list[str] = []
-    # Each path is ``relative`` (already taken) plus one name: a name of printable ASCII
-    # (neither ``.`` nor ``..``, no backslash) keeps a path that fits the length a path the
-    # repository takes, so only the other names need ``path_problem``'s whole walk of the path.
+    # Each path is ``relative`` (checked already) plus one name. A name of printable ASCII, not
+    # ``.`` or ``..`` and without a backslash, keeps the path one the repository takes if it is
+    # not too long; only other names need ``path_problem``'s walk of the whole path.
     top_ok = path_problem(name) is None
 
     def walk(directory: str, relative: str) -> None:

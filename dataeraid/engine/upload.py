@@ -269,10 +269,10 @@ def _start_from(accounting: Accounting, held: dict[int, dict[str, Any]]) -> None
 async def _upload_stream(ctx: JobContext, source: FileSet, *, in_memory: bool) -> dict[str, Any]:
     stream = StreamHasher(source.files)
     stream_hashed = trio.Event()
-    # Which digests the part targets take, the session says (PartDigests). A new session of
-    # a stream read into memory is hashed while its request is out, keeping both digests of
-    # each part; any other stream once the session is known (a session that holds parts
-    # already, a resumed one, says which need no digest).
+    # Which digest the part targets take, the session says (PartDigests). The stream of a new
+    # session, read into memory, is hashed while the session request is out, each part's two
+    # digests kept until it answers. Any other stream, and a resumed session's (whose parts
+    # held already need no digest), is hashed once the session is known.
     digests = PartDigests(None)
     early = in_memory and not ctx.job.get("remote_session")
     with first_error():
