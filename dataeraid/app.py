@@ -30,6 +30,7 @@ stderr or a ``cannot start`` line in ``daemon.log``, and exit status 78.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import signal
 import socket
@@ -211,6 +212,13 @@ async def serve(paths: Paths, settings: Settings, notifier: Notifier) -> None:
                     except DataeraiError as exc:
                         raise StartRefused.of(exc) from exc
                     await nursery.start(serve_rpc, REGISTRY, partial(Call, services), listener)
+                    # What start-up made (modules, the queue's SQLAlchemy tables, the HTTP
+                    # clients) lives as long as the process. Frozen, the cyclic collector no
+                    # longer walks it at each full collection, which a job of many files
+                    # triggers several times as it allocates its manifest's objects (each walk
+                    # took 30-100 ms: docs/benchmarks.md); the server does the same.
+                    gc.collect()
+                    gc.freeze()
                     notifier.ready("serving")
                     _log.info("daemon ready", socket=str(paths.socket), pid=os.getpid(), queue=str(paths.queue_db))
                     nursery.start_soon(notifier.watchdog)

@@ -30,7 +30,7 @@ from dataeraid import schema, windows
 from dataeraid.errors import DataeraiError
 from dataeraid.events import Emit, EventBus
 from dataeraid.redact import redact
-from dataeraid.store import INTERRUPTIBLE_STATES, PRUNE_BATCH, PRUNED_BEFORE_KEY, Row, Store
+from dataeraid.store import INTERRUPTIBLE_STATES, JOB_COLUMNS, PRUNE_BATCH, PRUNED_BEFORE_KEY, Row, Store
 
 TERMINAL = TERMINAL_JOB_STATES
 #: States in which a job waits for something outside it, with a reason (the job's ``waiting``).
@@ -156,7 +156,7 @@ def _fetch_jobs(conn: Connection, job_ids: Sequence[str]) -> dict[str, Row]:
     """The rows of those of ``job_ids`` that exist, by id (a few queries, not one per id)."""
     found: dict[str, Row] = {}
     for start in range(0, len(job_ids), 500):
-        query = sa.select(schema.jobs).where(schema.jobs.c.job_id.in_(job_ids[start:start + 500]))
+        query = sa.select(*JOB_COLUMNS).where(schema.jobs.c.job_id.in_(job_ids[start:start + 500]))
         found.update((row["job_id"], dict(row)) for row in conn.execute(query).mappings())
     return found
 
@@ -466,7 +466,7 @@ class Jobs:
 
     async def list_all(self, states: Sequence[str] | None = None) -> list[dict[str, Any]]:
         def read(conn: Connection) -> list[dict[str, Any]]:
-            query = sa.select(schema.jobs).order_by(schema.jobs.c.seq)
+            query = sa.select(*JOB_COLUMNS).order_by(schema.jobs.c.seq)
             if states:
                 query = query.where(schema.jobs.c.state.in_(list(states)))
             rows = [dict(r) for r in conn.execute(query).mappings()]

@@ -190,6 +190,13 @@ class Scheduler:
 
     async def _move(self, row: Row, ctx: JobContext, scope: trio.CancelScope) -> dict[str, Any]:
         """The engine's run, stopped when the job's transfer window closes."""
+        if "params" not in row:
+            # The queue's reads leave a job's params (an upload's manifest) undecoded: the engine
+            # reads them once, now (``ctx.job`` is this row).
+            params = await self._jobs.store.job_params(row["job_id"])
+            if params is None:
+                raise DataeraiError("not_found", f"job {row['job_id']} is gone")
+            row["params"] = params
         async with trio.open_nursery() as guard:
             if row.get("window"):
                 guard.start_soon(self._close_window, row, scope)

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import sqlalchemy as sa
 import trio
@@ -299,6 +299,12 @@ def quarantine(path: Path, now: datetime) -> list[tuple[Path, Path]]:
     return moved
 
 
+#: A job row's columns but ``params``. The engines alone read ``params`` (an upload's holds its
+#: manifest: 620 KB of JSON for 10,000 files), once, when the job starts (:meth:`Store.job_params`);
+#: the queue's other reads (states, events, the scheduler's picks) leave it undecoded.
+JOB_COLUMNS: Final = tuple(c for c in schema.jobs.c if c.name != "params")
+
+
 def runnable(conn: Connection, exclude: Iterable[str], per_client: int) -> list[Row]:
     """The queued jobs (but ``exclude``) that the scheduler may start next: each client's
     first ``per_client`` in its own order (priority first, then enqueue order), all in
@@ -326,7 +332,7 @@ def runnable(conn: Connection, exclude: Iterable[str], per_client: int) -> list[
         clients.append(after)
     found: list[Row] = []
     for client in clients:
-        query = (sa.select(jobs).where(jobs.c.state == "queued", jobs.c.client == client)
+        query = (sa.select(*JOB_COLUMNS).where(jobs.c.state == "queued", jobs.c.client == client)
                  .order_by(jobs.c.priority.desc(), jobs.c.seq).limit(per_client))
         if skip:
             query = query.where(jobs.c.job_id.not_in(skip))
@@ -403,15 +409,24 @@ class Store:
         )
 
     @staticmethod
-    def fetch_job(conn: Connection, job_id: str) -> Row | None:
-        row = conn.execute(sa.select(schema.jobs).where(schema.jobs.c.job_id == job_id)).mappings().first()
+    def fetch_job(conn: Connection, job_id: str, *, params: bool = False) -> Row | None:
+        """The job's row; with its ``params`` only if asked (:data:`JOB_COLUMNS`)."""
+        columns = schema.jobs.c if params else JOB_COLUMNS
+        row = conn.execute(sa.select(*columns).where(schema.jobs.c.job_id == job_id)).mappings().first()
         return dict(row) if row else None
 
     async def get_job(self, job_id: str) -> Row | None:
-        return await self.transaction(lambda conn: self.fetch_job(conn, job_id))
+        """The job's whole row, ``params`` included."""
+        return await self.transaction(lambda conn: self.fetch_job(conn, job_id, params=True))
+
+    async def job_params(self, job_id: str) -> dict[str, Any] | None:
+        """The job's ``params`` (what its engine needs, read when it starts), or None if there is no such job."""
+        query = sa.select(schema.jobs.c.params).where(schema.jobs.c.job_id == job_id)
+        return await self.transaction(lambda conn: conn.execute(query).scalar())
 
     async def list_jobs(self, states: Sequence[str] | None = None) -> list[Row]:
-        query = sa.select(schema.jobs).order_by(schema.jobs.c.seq)
+        """The jobs' rows without ``params``, in enqueue order."""
+        query = sa.select(*JOB_COLUMNS).order_by(schema.jobs.c.seq)
         if states:
             query = query.where(schema.jobs.c.state.in_(list(states)))
         return await self.transaction(lambda conn: [dict(r) for r in conn.execute(query).mappings()])

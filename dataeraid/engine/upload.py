@@ -106,27 +106,35 @@ class PartDigests:
     passes the part's end (the repository's own part endpoint checks those). Otherwise it is
     the part's own SHA-256 (what an object store checks), hashed by :meth:`part_hasher` from
     the same reads as the stream's. Either way each source byte is read once for both.
+    ``None``: not known yet (the stream is hashed while the session request is out, before
+    the session says which its part targets take): both are kept, and :attr:`prefix` is set
+    before the first :meth:`take`.
     """
 
-    def __init__(self, prefix: bool) -> None:
+    def __init__(self, prefix: bool | None) -> None:
         self.prefix = prefix
-        self._digests: dict[int, tuple[str, memoryview | None]] = {}
+        self._digests: dict[int, tuple[str, memoryview | None, str | None]] = {}
         self._recorded = trio.Event()
 
     def part_hasher(self) -> Hasher | None:
         """A hasher for the next part's own digest, or None where the stream's will do."""
         return None if self.prefix else hashlib.sha256()
 
-    def record(self, number: int, sha256: str, data: memoryview | None = None) -> None:
-        self._digests[number] = (sha256, data)
+    def record(self, number: int, sha256: str, data: memoryview | None = None,
+               prefix_sha256: str | None = None) -> None:
+        """Part ``number``'s digest; ``prefix_sha256``, its prefix digest too, where ``sha256`` is its own
+        (hashed before :attr:`prefix` was known, the part may still go with its prefix digest)."""
+        self._digests[number] = (sha256, data, prefix_sha256)
         self._recorded.set()
         self._recorded = trio.Event()
 
     async def take(self, number: int) -> tuple[str, memoryview | None]:
         """Part ``number``'s digest (and its bytes, if the stream was read into memory)."""
+        assert self.prefix is not None, "the session decides which digests the parts take"
         while number not in self._digests:
             await self._recorded.wait()
-        return self._digests.pop(number)
+        sha256, data, prefix_sha256 = self._digests.pop(number)
+        return (prefix_sha256 if self.prefix and prefix_sha256 is not None else sha256), data
 
 
 def part_count(size: int, chunk_size: int) -> int:
@@ -259,13 +267,56 @@ def _start_from(accounting: Accounting, held: dict[int, dict[str, Any]]) -> None
 
 
 async def _upload_stream(ctx: JobContext, source: FileSet, *, in_memory: bool) -> dict[str, Any]:
+    stream = StreamHasher(source.files)
+    stream_hashed = trio.Event()
+    # Which digest the part targets take, the session says (PartDigests). The stream of a new
+    # session, read into memory, is hashed while the session request is out, each part's two
+    # digests kept until it answers. Any other stream, and a resumed session's (whose parts
+    # held already need no digest), is hashed once the session is known.
+    digests = PartDigests(None)
+    early = in_memory and not ctx.job.get("remote_session")
+    with first_error():
+        async with trio.open_nursery() as hashing:
+            if early:
+                hashing.start_soon(_hash_whole, ctx, source, stream, digests, {}, in_memory, stream_hashed)
+            try:
+                return await _upload_hashed(ctx, source, stream, digests, stream_hashed, in_memory=in_memory,
+                                            hashing=None if early else hashing)
+            finally:
+                # Ended before the hash (a session completed already, a cached digest proved): it stops.
+                hashing.cancel_scope.cancel()
+
+
+async def _hash_whole(ctx: JobContext, source: FileSet, stream: StreamHasher, digests: PartDigests,
+                      held: Container[int], in_memory: bool, stream_hashed: trio.Event) -> None:
+    """The whole stream's digest (and each file's, and each part's) in order, beside the part
+    senders; it usually runs ahead of them (how far: docs/benchmarks.md#deduplication)."""
+    started = trio.current_time()
+    chunk_size: int = ctx.job["chunk_size"]
+    await hash_stream(source, stream, chunk_size, digests, held, BufferPool(ctx.settings.io_block_size),
+                      in_memory=in_memory)
+    stream_hashed.set()
+    ctx.log.info("stream hashed", seconds=round(trio.current_time() - started, 2),
+                 parts_acknowledged=ctx.accounting.chunks_done if ctx.accounting.progress is not None else 0,
+                 parts_total=part_count(source.size, chunk_size))
+
+
+async def _upload_hashed(ctx: JobContext, source: FileSet, stream: StreamHasher, digests: PartDigests,
+                         stream_hashed: trio.Event, *, in_memory: bool,
+                         hashing: trio.Nursery | None) -> dict[str, Any]:
+    """The upload, its stream hashed by a task already started, or (``hashing``) started there
+    once the session is known."""
     job = ctx.job
     chunk_size: int = job["chunk_size"]
     total = source.size
     count = part_count(total, chunk_size)
-    # The sources are checked against their enqueue-time identity (a stat of each: 10,000 for
-    # a directory of 10,000 files) while the session request is out, not before it. A change
-    # fails the job here; a session made meanwhile is aborted (run_upload) and holds no part.
+    # A stream read into memory is read whole before its last part goes, and each file is
+    # checked against its enqueue-time identity as it is opened (FileSet._open_file), before
+    # any of its bytes is hashed or sent: a change fails the job then, and the session is
+    # aborted (run_upload). Any other stream is sent as it is read, from files that may change
+    # before the reader gets to them, so its sources are checked up front, while the session
+    # request is out (a stat of each; a session made meanwhile is aborted and holds no part).
+    # The digest cache's key (a hash of the manifest) is made meanwhile too.
     session: dict[str, Any] = {}
 
     async def open_session() -> None:
@@ -274,9 +325,10 @@ async def _upload_stream(ctx: JobContext, source: FileSet, *, in_memory: bool) -
     with first_error():
         async with trio.open_nursery() as nursery:
             nursery.start_soon(open_session)
-            await trio.to_thread.run_sync(source.check_sources)
+            if not in_memory:
+                await trio.to_thread.run_sync(source.check_sources)
+            identity = await trio.to_thread.run_sync(source_identity, job, source.root, source.files)
     upload_id: str = session["upload_id"]
-    identity = source_identity(job, source.root, source.files)
     if session["state"] == "completed" and session.get("result"):
         return _completed_fields(session["result"], source)
     held = _held_parts(session, count, total, chunk_size)
@@ -295,32 +347,23 @@ async def _upload_stream(ctx: JobContext, source: FileSet, *, in_memory: bool) -
         if early is not None:
             return await _finish_deduplicated(ctx, source, early, identity, cached, 0)
 
-    stream = StreamHasher(source.files)
-    stream_hashed = trio.Event()
     # Prefix digests save the daemon and the repository a second hash of every byte, but
     # need the parts in order to be checked as they arrive (docs/http-api.md, "Prefix digests").
-    digests = PartDigests(PREFIX_DIGESTS in session.get("part_digests", ())
-                          and ctx.settings.upload_order != "never")
+    digests.prefix = (PREFIX_DIGESTS in session.get("part_digests", ())
+                      and ctx.settings.upload_order != "never")
+    if hashing is not None:
+        hashing.start_soon(_hash_whole, ctx, source, stream, digests, held, in_memory, stream_hashed)
     senders = _Senders(ctx, source, upload_id, count, digests)
-
-    # The whole stream's digest (and each file's, and each part's) in order, beside the part
-    # senders; it usually runs ahead of them (how far: docs/benchmarks.md#deduplication).
-    async def hash_whole() -> None:
-        started = trio.current_time()
-        await hash_stream(source, stream, chunk_size, digests, held, BufferPool(ctx.settings.io_block_size),
-                          in_memory=in_memory)
-        stream_hashed.set()
-        ctx.log.info("stream hashed", seconds=round(trio.current_time() - started, 2),
-                     parts_acknowledged=accounting.chunks_done, parts_total=count)
 
     proved: dict[str, Any] | None = None
     with first_error():
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(hash_whole)
             senders.start(nursery, held)
             if cached is None:
                 await stream_hashed.wait()
                 proved = await _speculate(ctx, source, upload_id, stream, senders, nursery)
+    if not stream_hashed.is_set():
+        await stream_hashed.wait()  # the senders took every part's digest: only its log line is left
 
     digest = stream.whole.hexdigest()
     file_sha256 = stream.file_sha256 if len(source.files) > 1 else None
@@ -445,7 +488,7 @@ class _Senders:
                     offset, size = part_span(number, total, chunk_size)
                     if digests is not None:
                         sha256, data = await digests.take(number)
-                        plan = PartPlan(number, offset, size, sha256, prefix=digests.prefix, data=data)
+                        plan = PartPlan(number, offset, size, sha256, prefix=bool(digests.prefix), data=data)
                     else:
                         plan = PartPlan(number, offset, size, await _part_digest(source, offset, size, block))
                     await hashed_send.send((plan, turn))
@@ -619,7 +662,8 @@ async def hash_stream(source: FileSet, stream: StreamHasher, chunk_size: int, di
             part = digests.part_hasher() if number not in held else None
             await trio.to_thread.run_sync(_read_and_hash, source, stream, offset, piece, part)
             if number not in held:
-                digests.record(number, part.hexdigest() if part is not None else stream.whole.hexdigest(), piece)
+                digests.record(number, part.hexdigest() if part is not None else stream.whole.hexdigest(), piece,
+                               stream.whole.hexdigest() if part is not None else None)
         return
     for number in range(1, count + 1):
         offset, size = part_span(number, total, chunk_size)
@@ -628,7 +672,8 @@ async def hash_stream(source: FileSet, stream: StreamHasher, chunk_size: int, di
             length = min(HASH_SLICE, offset + size - start)
             await trio.to_thread.run_sync(stream.feed_into, source, start, length, pool, part)
         if number not in held:
-            digests.record(number, part.hexdigest() if part is not None else stream.whole.hexdigest())
+            digests.record(number, part.hexdigest() if part is not None else stream.whole.hexdigest(), None,
+                           stream.whole.hexdigest() if part is not None else None)
 
 
 def _read_and_hash(source: FileSet, stream: StreamHasher, offset: int, piece: memoryview,
@@ -661,7 +706,7 @@ def _feed(source: FileSet, hasher: Hasher, offset: int, length: int, block: int)
 
 
 def _completed_fields(result: dict[str, Any], source: FileSet) -> dict[str, Any]:
-    files = [{"local_path": os.path.join(source.root, *f.path.split("/")), "size": f.size} for f in source.files]
+    files = [{"local_path": path, "size": f.size} for path, f in zip(source.local_paths(), source.files, strict=True)]
     return {"asset_id": result["asset_id"], "content_id": result["content_id"], "sha256": result["sha256"],
             "files": files}
 

@@ -156,3 +156,27 @@ def test_a_changed_source_file_is_source_changed(tmp_path: Path) -> None:
         source.read(0, 3)
     source.close()
     assert info.value.code == "source_changed"
+
+
+@pytest.mark.parametrize("name", ["a\x01b", "a\\b", "é\udcff", "/".join(["x" * 250] * 5)])
+def test_a_name_the_repository_would_refuse_is_refused_by_the_scan(tmp_path: Path, name: str) -> None:
+    top = tmp_path / "d"
+    (top / "ok").mkdir(parents=True)
+    (top / "ok" / "fine.txt").write_bytes(b"1")
+    try:
+        (top / "ok" / name).parent.mkdir(parents=True, exist_ok=True)
+        (top / "ok" / name).write_bytes(b"2")
+    except OSError:
+        pytest.skip("this filesystem does not take the name")
+    with pytest.raises(DataeraiError) as info:
+        scan_source(str(top))
+    assert info.value.code == "invalid_argument"
+
+
+def test_a_top_directory_the_repository_would_refuse_is_refused_by_the_scan(tmp_path: Path) -> None:
+    top = tmp_path / "bad\x02dir"
+    top.mkdir()
+    (top / "plain.txt").write_bytes(b"1")
+    with pytest.raises(DataeraiError) as info:
+        scan_source(str(top))
+    assert info.value.code == "invalid_argument"

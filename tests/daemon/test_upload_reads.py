@@ -368,3 +368,74 @@ def test_a_directorys_cache_key_is_its_recorded_manifest(tmp_path: Path) -> None
     moved = [*recorded[:1], [*recorded[1][:3], recorded[1][3] + 1]]
     other = upload.source_identity({**job, "params": {**job["params"], "source_files": moved}}, str(tmp_path), files)
     assert other is not None and other.manifest != identity.manifest
+
+
+def test_whole_files_are_read_past_the_descriptor_cache_and_checked_as_they_are_opened(tmp_path: Path) -> None:
+    contents = {f"d/f{i}": bytes([i]) * (i + 1) for i in range(10)}
+    files = _write(tmp_path, contents)
+    source = FileSet(str(tmp_path), files, "source", max_open=4)
+    buffer = memoryview(bytearray(source.size))
+    source.readinto(0, buffer)
+    assert bytes(buffer) == b"".join(contents.values())
+    assert not source._open  # each opened, read and closed: none kept, none evicted
+    # A range that starts or ends inside a file goes through the cache, as before.
+    source.readinto(files[3].offset + 1, buffer[:files[3].size])
+    assert list(source._open) == [3, 4]
+    (tmp_path / "d/f7").write_bytes(b"changed!")
+    with pytest.raises(DataeraiError) as info:
+        source.readinto(0, memoryview(bytearray(source.size)))
+    source.close()
+    assert info.value.code == "source_changed"
+
+
+@pytest.mark.parametrize("in_memory", [True, False])
+async def test_a_file_changed_before_the_job_started_fails_it_and_commits_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, in_memory: bool) -> None:
+    # A stream read into memory is not stat'ed up front: each file is checked as it is read.
+    contents, files, _ = _small_or_not(tmp_path, monkeypatch, in_memory)
+    checked: list[int] = []
+
+    def check_sources(self: FileSet) -> None:
+        checked.append(1)
+
+    monkeypatch.setattr(FileSet, "check_sources", check_sources)
+    victim = tmp_path / files[-1].path
+    victim.write_bytes(b"changed!" + contents[files[-1].path][8:])
+    os.utime(victim, ns=(files[-1].mtime_ns or 0, (files[-1].mtime_ns or 0) + 1_000_000))
+    repo = FakeRepository()
+    with pytest.raises(DataeraiError) as info:
+        await upload.run_upload(_context(repo, _job(tmp_path, files, 64 * KiB)))  # type: ignore[arg-type]
+    assert info.value.code == "source_changed"
+    (session,) = repo.sessions.values()
+    assert session.state == "aborted" and session.result is None and not repo.contents
+    assert checked == ([] if in_memory else [1])
+
+
+@pytest.mark.parametrize("order", ["never", "always"])
+async def test_a_new_session_of_a_small_stream_is_hashed_while_its_request_is_out(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, order: str) -> None:
+    contents, files, _ = _small_or_not(tmp_path, monkeypatch, True)
+    repo = FakeRepository()
+    read = trio.Event()
+    read_and_hash = upload._read_and_hash
+
+    def reading(*args: Any) -> None:
+        read_and_hash(*args)
+        trio.from_thread.run_sync(read.set)
+
+    monkeypatch.setattr(upload, "_read_and_hash", reading)
+    create_upload = repo.create_upload
+
+    async def create_once_read(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        with trio.fail_after(10):
+            await read.wait()  # the first part was read and hashed before the session was known
+        return await create_upload(*args, **kwargs)
+
+    monkeypatch.setattr(repo, "create_upload", create_once_read)
+    result = await upload.run_upload(_context(repo, _job(tmp_path, files, 64 * KiB), upload_order=order))  # type: ignore[arg-type]
+    stream = b"".join(contents.values())
+    assert result["sha256"] == hashlib.sha256(stream).hexdigest()
+    (session,) = repo.sessions.values()
+    assert b"".join(data for _, data in sorted(session.parts.items())) == stream
+    # The session said which digests its targets take; the parts went with those.
+    assert {prefix for _, prefix in repo.targets} == {order == "always"}

@@ -202,3 +202,26 @@ async def test_a_wall_clock_that_jumps_ahead_is_noticed_within_the_recheck(
         await engine.started.wait()
         assert 60 < engine.starts[0] <= WINDOW_RECHECK_S
         nursery.cancel_scope.cancel()
+
+
+async def test_a_jobs_params_are_decoded_only_for_its_engine_when_it_starts(jobs: Jobs) -> None:
+    # An upload's params hold its manifest (620 KB for 10,000 files): the queue's reads leave them out.
+    manifest = {"source_files": [[f"d/f{i}", i, i, i] for i in range(100)]}
+    await jobs.create({**job_row("job_1", None), "params": manifest})
+    store = jobs.store
+    assert "params" not in (await store.runnable_jobs((), per_client=4))[0]
+    assert "params" not in (await store.list_jobs())[0]
+    assert (await store.get_job("job_1") or {})["params"] == manifest  # the whole row, when asked for
+    assert await store.job_params("job_1") == manifest and await store.job_params("job_2") is None
+    seen: list[dict[str, Any]] = []
+
+    async def engine(ctx: JobContext) -> dict[str, Any]:
+        seen.append(ctx.job["params"])
+        return {"asset_id": "ast_1", "content_id": "cnt_1"}
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(Scheduler(jobs, remote=None, auth=None, settings=Settings(),  # type: ignore[arg-type]
+                                      engines={"upload": engine, "download": engine}).serve)
+        await until_state(jobs, "job_1", "completed")
+        nursery.cancel_scope.cancel()
+    assert seen == [manifest]
