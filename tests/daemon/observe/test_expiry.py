@@ -31,6 +31,16 @@ class Repository:
         return {"user_id": "usr_1", "token_expires_at": None if self.expires_at is None else iso(self.expires_at)}
 
 
+async def _signed_in(tmp_path: Path) -> tuple[Path, Store, EventBus]:
+    """Saved credentials, and a queue whose event bus runs (close the store after)."""
+    credentials = tmp_path / "credentials.json"
+    save(credentials, Credentials(server_url="https://repo.example.org", token="dtk_" + "a" * 43))
+    store = await Store.open(tmp_path / "q.sqlite3")
+    bus = EventBus(store)
+    await bus.start()
+    return credentials, store, bus
+
+
 def test_thresholds() -> None:
     assert threshold_crossed(20, (14, 7, 1)) is None
     assert threshold_crossed(14, (14, 7, 1)) == 14
@@ -38,11 +48,7 @@ def test_thresholds() -> None:
 
 
 async def test_each_threshold_once_across_restarts(tmp_path: Path) -> None:
-    credentials = tmp_path / "credentials.json"
-    save(credentials, Credentials(server_url="https://repo.example.org", token="dtk_" + "a" * 43))
-    store = await Store.open(tmp_path / "q.sqlite3")
-    bus = EventBus(store)
-    await bus.start()
+    credentials, store, bus = await _signed_in(tmp_path)
     now = [T0]
     repository = Repository(T0 + 20 * DAY)
 
@@ -90,11 +96,7 @@ async def test_each_threshold_once_across_restarts(tmp_path: Path) -> None:
 
 
 async def test_thresholds_read_at_each_check_and_a_recheck_comes_at_once(tmp_path: Path) -> None:
-    credentials = tmp_path / "credentials.json"
-    save(credentials, Credentials(server_url="https://repo.example.org", token="dtk_" + "a" * 43))
-    store = await Store.open(tmp_path / "q.sqlite3")
-    bus = EventBus(store)
-    await bus.start()
+    credentials, store, bus = await _signed_in(tmp_path)
     repository = Repository(T0 + 10 * DAY)
     warn_days: list[tuple[float, ...]] = [(7.0, 1.0)]
     monitor = AuthMonitor(Auth(credentials), repository, bus, lambda: warn_days[0], clock=lambda: T0)
