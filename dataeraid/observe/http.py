@@ -166,13 +166,3 @@ class MetricsPort:
     async def _one(self, stream: trio.SocketStream) -> None:
         async with self._slots:
             await handle(stream, self._exposition, self._checkup)
-
-
-async def serve_metrics(listeners: list[trio.SocketListener], exposition: Exposition, checkup: Checkup, *,
-                        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-    """Serve on ``listeners`` (:func:`open_metrics_listeners`) until cancelled."""
-    port = MetricsPort(exposition, checkup)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(port.serve)
-        port.swap(listeners)
-        task_status.started()

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from dataeraid.config import Settings
 from dataeraid.observe import catalogue
 from dataeraid.observe.health import Health, Reason
-from dataeraid.observe.http import MetricsPort, open_metrics_listeners, serve_metrics
+from dataeraid.observe.http import MetricsPort, open_metrics_listeners
 from dataeraid.observe.settings import OBSERVE_BOUNDS, parse_listen
 
 DOCS = Path(__file__).resolve().parents[3] / "docs"
@@ -31,7 +31,9 @@ async def test_endpoint_answers() -> None:
 
     async with trio.open_nursery() as nursery:
         listeners = await open_metrics_listeners("127.0.0.1", 0)
-        await nursery.start(serve_metrics, listeners, exposition, checkup)
+        endpoint = MetricsPort(exposition, checkup)
+        await nursery.start(endpoint.serve)
+        endpoint.swap(listeners)
         port = listeners[0].socket.getsockname()[1]
 
         def ask() -> list[tuple[int, str]]:
