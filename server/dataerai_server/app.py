@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from typing import Final, TypeVar
 from urllib.parse import urlencode
 
+import anyio
 import structlog
-import trio
 from pydantic import BaseModel
 from sqlalchemy.orm import Session
 from starlette.exceptions import HTTPException
@@ -280,7 +280,7 @@ class Api:
         keys = await self.s.db.write(lambda session: assets.delete_asset(session, who, asset_id))
         # After the commit, and shielded: the rows are gone, so the bytes go now, whether or
         # not the client waits; what fails stays queued for the sweep (deletions.py).
-        with trio.CancelScope(shield=True):
+        with anyio.CancelScope(shield=True):
             await deletions.delete_queued(self.s.db, self.s.storage, keys)
         return Response(status_code=204)
 

@@ -14,11 +14,11 @@ import json
 import os
 import sys
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 
 import click
 import structlog
-import trio
 
 from . import __version__, logs, migrate, private
 from .auth import SCOPE_SETS, WRITE, issue_token, revoke_token, token_rows
@@ -155,7 +155,7 @@ def run(
     workers: int,
 ) -> None:
     """Serve the repository API until SIGTERM or SIGINT."""
-    from .serve import parse_bind, run_server, run_workers  # the web stack is not needed by `users`
+    from .serve import parse_bind, run_server, run_workers, serve  # the web stack is not needed by `users`
 
     logs.configure(log_level)
     try:
@@ -181,7 +181,7 @@ def run(
     try:
         if workers > 1:
             sys.exit(run_workers(settings, bind, ready_file, workers))
-        trio.run(run_server, settings, bind, ready_file)
+        serve(partial(run_server, settings, bind, ready_file))
     except OSError as exc:
         if exc.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES):
             raise click.ClickException(f"cannot listen on {bind}: {exc.strerror}") from None

@@ -1,6 +1,6 @@
 """The database: a synchronous SQLAlchemy engine used from worker threads only.
 
-Every query runs in a thread (``trio.to_thread.run_sync``) so the event loop never
+Every query runs in a thread (``anyio.to_thread.run_sync``) so the event loop never
 waits on disk or locks. Reads run several at once (WAL lets them overlap a write).
 
 Writes on SQLite are committed in groups: SQLite takes one writer at a time, and each
@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, Generic, TypeVar, cast
 
-import trio
+import anyio
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
@@ -103,7 +103,7 @@ class Pending(Generic[Item, T]):
     item: Item
     taken: bool = False
     settled: bool = False
-    done: trio.Event = field(default_factory=trio.Event)
+    done: anyio.Event = field(default_factory=anyio.Event)
     value: Any = None
     error: BaseException | None = None
 
@@ -122,7 +122,7 @@ class Pending(Generic[Item, T]):
 class Batcher(Generic[Item, T]):
     """Calls that arrive while a batch runs are run together, as the next batch.
 
-    A caller queues its item and waits for the slot (a FIFO ``trio.Lock``). Whoever gets the
+    A caller queues its item and waits for the slot (a FIFO ``anyio.Lock``). Whoever gets the
     slot while its own item is still queued takes every queued item (up to ``most``) and
     hands them to ``run``, which settles each (:meth:`Pending.answer` or
     :meth:`Pending.fail`); a caller whose item was taken by an earlier batch finds it settled
@@ -140,7 +140,7 @@ class Batcher(Generic[Item, T]):
     def __init__(self, run: Callable[[list[Pending[Item, T]]], Awaitable[None]], *, most: int) -> None:
         self._run = run
         self._most = most
-        self._slot = trio.Lock()
+        self._slot = anyio.Lock()
         self._queued: list[Pending[Item, T]] = []
 
     async def __call__(self, item: Item) -> T:
@@ -155,7 +155,7 @@ class Batcher(Generic[Item, T]):
                     try:
                         # The batch is the others' work as much as this caller's: its own
                         # cancellation (a client gone) waits until the batch is done.
-                        with trio.CancelScope(shield=True):
+                        with anyio.CancelScope(shield=True):
                             await self._run(batch)
                     except BaseException as exc:
                         for pending in batch:
@@ -171,7 +171,7 @@ class Batcher(Generic[Item, T]):
             if not mine.taken:
                 self._queued.remove(mine)
                 raise
-            with trio.CancelScope(shield=True):
+            with anyio.CancelScope(shield=True):
                 await mine.done.wait()
             raise
         await mine.done.wait()
@@ -189,7 +189,7 @@ class _GroupWriter:
         self.write: Batcher[Callable[[Session], Any], Any] = Batcher(self._run_in_thread, most=GROUP_COMMIT_MAX)
 
     async def _run_in_thread(self, group: list[Pending[Callable[[Session], Any], Any]]) -> None:
-        await trio.to_thread.run_sync(self._run, group)
+        await anyio.to_thread.run_sync(self._run, group)
 
     def _run(self, group: list[Pending[Callable[[Session], Any], Any]]) -> None:
         if len(group) == 1:
@@ -241,8 +241,8 @@ class Database:
         self._group: _GroupWriter | None = None
         if self.engine.dialect.name == "sqlite":
             self._group = _GroupWriter(self._write_engine)
-        self._writers = trio.CapacityLimiter(CONCURRENT_WRITERS)
-        self._readers = trio.CapacityLimiter(readers)
+        self._writers = anyio.CapacityLimiter(CONCURRENT_WRITERS)
+        self._readers = anyio.CapacityLimiter(readers)
 
     @property
     def write_engine(self) -> Engine:
@@ -259,7 +259,7 @@ class Database:
 
     async def read(self, fn: Callable[[Session], T]) -> T:
         """Run ``fn`` in a read transaction, off the event loop."""
-        return await trio.to_thread.run_sync(self.read_sync, fn, limiter=self._readers)
+        return await anyio.to_thread.run_sync(self.read_sync, fn, limiter=self._readers)
 
     async def write(self, fn: Callable[[Session], T]) -> T:
         """Run ``fn`` in a write transaction, off the event loop; committed before this returns.
@@ -269,7 +269,7 @@ class Database:
         """
         if self._group is not None:
             return cast(T, await self._group.write(fn))
-        return await trio.to_thread.run_sync(self.write_sync, fn, limiter=self._writers)
+        return await anyio.to_thread.run_sync(self.write_sync, fn, limiter=self._writers)
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -1,4 +1,4 @@
-"""Logging: structlog for our own events, and the standard library's (Hypercorn, Alembic)
+"""Logging: structlog for our own events, and the standard library's (Uvicorn, Alembic)
 rendered the same way. JSON lines when stderr is not a terminal, readable text when it is.
 
 Nothing logged anywhere in the server carries a token, an ``Authorization`` header or
@@ -67,3 +67,5 @@ def configure(level: str = "info", stream: TextIO | None = None) -> None:
     root.setLevel(level_no)
     # Alembic's per-migration chatter is noise on every start.
     logging.getLogger("alembic").setLevel(max(level_no, logging.WARNING))
+    # Uvicorn's start and stop lines say what server.listening, server.stopping and server.stopped say.
+    logging.getLogger("uvicorn").setLevel(max(level_no, logging.WARNING))

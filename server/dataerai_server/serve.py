@@ -1,33 +1,34 @@
-"""Running the server: the listening socket, Hypercorn on Trio, the ready file, signals.
+"""Running the server: the listening socket, Uvicorn on uvloop, the ready file, signals.
 
 We create and bind the socket ourselves, so ``--bind 127.0.0.1:0`` works and we
-know the port before serving, then hand it to Hypercorn as ``fd://N``. Once Hypercorn
-listens, the base URL is written atomically to the ready file, which is what tests
-and scripts wait for. SIGTERM and SIGINT stop accepting, let running requests end
+know the port before serving, then hand it to Uvicorn. Once Uvicorn listens, the base
+URL is written atomically to the ready file, which is what tests and scripts wait for.
+SIGTERM and SIGINT stop accepting, close idle connections, let running requests end
 (up to :data:`GRACEFUL_SECONDS`), and exit 0.
+
+The application is written for AnyIO (task groups, cancel scopes, worker threads), which
+runs it on asyncio here and on Trio in the tests that drive it in-process. Why Uvicorn
+(with httptools and uvloop) rather than Hypercorn on Trio: docs/server.md, "Sixth pass".
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
-import logging
 import os
 import select
 import signal
 import socket
+from collections.abc import Awaitable, Callable, Iterator
 from functools import partial
 from pathlib import Path
-from typing import Final, cast
+from typing import Any, Final
 
-import hypercorn.trio.tcp_server
+import anyio
 import structlog
-import trio
-from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve as hypercorn_serve
-from hypercorn.typing import Framework
+import uvicorn
 
-from . import deletions, keepalive
+from . import deletions
 from .app import create_app
 from .bodies import FinishRequestBodies
 from .config import Settings
@@ -36,19 +37,53 @@ from .services import open_services
 log = structlog.get_logger(__name__)
 
 GRACEFUL_SECONDS: Final = 5.0
-#: Bytes Hypercorn asks of a connection's socket per read (its own default is 64 KiB).
-#: Every read goes through Hypercorn, h11, Starlette and the storage's producer as one
-#: chunk, at a fixed Python cost per chunk (about 0.1 ms here): at 64 KiB that was 16,384
-#: chunks per GiB and the larger part of the event loop's CPU time on an upload; at 1 MiB
-#: it is 1,024 (docs/server.md, "Parts sent four at a time"). A read returns what the
-#: socket holds, so small requests are unaffected.
-RECEIVE_BYTES: Final = 1 << 20
+#: An idle kept-alive connection is closed after this long: above common client pools' idle times.
+KEEP_ALIVE_SECONDS: Final = 75
+#: Connections waiting to be accepted, per listening socket.
+BACKLOG: Final = 2048
 #: How often open upload sessions past their expiry are looked for, at most: an instrument
 #: that vanished for good leaves its parts on disk for about this long after its session expired.
 EXPIRY_SWEEP_SECONDS: Final = 3600.0
-#: Request body chunks queued for the app per connection (Hypercorn's default is 10):
-#: with chunks of up to 1 MiB this keeps what one connection buffers to a few MiB.
-APP_QUEUE_CHUNKS: Final = 4
+
+
+class _Server(uvicorn.Server):
+    """Uvicorn's server, telling when it listens, and leaving the signals to :func:`run_server`
+    (Uvicorn's own handling raises a caught SIGTERM again once stopped: an exit by the
+    signal rather than status 0)."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.listening = anyio.Event()
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            self.listening.set()
+
+
+def uvicorn_config(app: Any) -> uvicorn.Config:
+    """How Uvicorn serves ``app``: httptools, no lifespan (the services are opened before), our
+    own logs (one ``request`` line each, from the app), no proxy headers trusted."""
+    config = uvicorn.Config(
+        app,
+        http="httptools",
+        ws="none",
+        lifespan="off",
+        interface="asgi3",
+        log_config=None,
+        access_log=False,
+        proxy_headers=False,
+        server_header=False,
+        timeout_keep_alive=KEEP_ALIVE_SECONDS,
+        timeout_graceful_shutdown=int(GRACEFUL_SECONDS),
+        backlog=BACKLOG,
+    )
+    config.load()
+    return config
 
 
 def parse_bind(bind: str) -> tuple[str, int]:
@@ -117,7 +152,7 @@ async def run_server(
     the ready file once every worker has).
     """
     host, port = parse_bind(bind)
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         # Bind first: a taken port fails the start before the database is touched.
         sock = listening if listening is not None else open_listening_socket(host, port)
         url = base_url(sock)
@@ -126,29 +161,10 @@ async def run_server(
         except BaseException:
             sock.close()
             raise
-        config = HypercornConfig()
-        # Hypercorn makes its own socket object on this descriptor; ours lets go of it.
-        config.bind = [f"fd://{sock.detach()}"]
-        config.accesslog = None  # RequestLog logs requests, without query strings
-        config.errorlog = logging.getLogger("hypercorn.error")
-        config.graceful_timeout = GRACEFUL_SECONDS
-        config.keep_alive_timeout = 75  # above common client pool idle times
-        config.max_app_queue_size = APP_QUEUE_CHUNKS
-        # Hypercorn has no setting for its read size; its Trio worker reads this module
-        # global. Should a later Hypercorn drop it, the server still works, only slower.
-        if hasattr(hypercorn.trio.tcp_server, "MAX_RECV"):
-            hypercorn.trio.tcp_server.MAX_RECV = RECEIVE_BYTES
-        else:
-            log.warning("hypercorn has no MAX_RECV; request bodies are read in its default chunks")
-        # Each connection's keep-alive timeout kept by moving a deadline, rather than by a task
-        # started and cancelled around every request (keepalive.py); Hypercorn's own if its
-        # shape is not the one known.
-        keepalive.install()
-
-        # Hypercorn's app type is its own spelling of the ASGI signature Starlette implements.
-        # FinishRequestBodies: an answer given before the request body was read must not wait
-        # on Hypercorn's full body queue (bodies.py).
-        app = cast(Framework, FinishRequestBodies(create_app(services)))
+        # FinishRequestBodies: an answer given before the request body was read ends the
+        # connection rather than reading a large body for nothing (bodies.py).
+        app = FinishRequestBodies(create_app(services))
+        server = _Server(uvicorn_config(app))
         # What exists now (modules, the ORM's mappings, the storage client, about 160,000
         # objects) lives as long as the process. Frozen, the cyclic collector no longer walks
         # it at each full collection, which requests trigger as they allocate; a full walk
@@ -169,26 +185,31 @@ async def run_server(
                     await deletions.retry_queued(services.db, services.storage)
                 except Exception as exc:  # likewise
                     log.warning("storage.deletion_sweep_failed", error=repr(exc))
-                await trio.sleep(interval)
+                await anyio.sleep(interval)
 
-        async def until_signal() -> None:
+        async def stop_at_signal() -> None:
             async for signum in signals:
                 log.info("server.stopping", signal=signal.Signals(signum).name)
+                # Uvicorn's main loop looks at this a few times a second, then stops accepting,
+                # closes idle connections and lets running requests end (GRACEFUL_SECONDS).
+                server.should_exit = True
                 return
 
         try:
-            async with trio.open_nursery() as background:
+            async with anyio.create_task_group() as background:
                 services.storage.start_background(background)
                 background.start_soon(sweep)
-                async with trio.open_nursery() as nursery:
-                    await nursery.start(partial(hypercorn_serve, app, config, shutdown_trigger=until_signal))
+                background.start_soon(stop_at_signal)
+                async with anyio.create_task_group() as serving:
+                    serving.start_soon(server.serve, [sock])
+                    await server.listening.wait()
                     # Logged before readiness is told: whoever waits on the ready file (or, for a
                     # worker, its parent) then finds every listening line already written.
                     log.info("server.listening", url=url, data_dir=str(settings.data_dir), pid=os.getpid())
                     if ready_fd is not None:
                         os.write(ready_fd, b"r")
                     elif ready_file is not None:
-                        await trio.to_thread.run_sync(write_ready_file, ready_file, url)
+                        await anyio.to_thread.run_sync(write_ready_file, ready_file, url)
                 # Requests are over; background work only ever gets ahead of them, so it can stop.
                 background.cancel_scope.cancel()
         finally:
@@ -196,6 +217,11 @@ async def run_server(
             if ready_file is not None:
                 remove_ready_file(ready_file, url)
     log.info("server.stopped")
+
+
+def serve(main: Callable[[], Awaitable[None]]) -> None:
+    """Run ``main`` (:func:`run_server`, bound) on asyncio with uvloop's event loop."""
+    anyio.run(main, backend="asyncio", backend_options={"use_uvloop": True})
 
 
 def run_workers(settings: Settings, bind: str, ready_file: Path | None, workers: int) -> int:
@@ -216,7 +242,7 @@ def run_workers(settings: Settings, bind: str, ready_file: Path | None, workers:
 
     host, port = parse_bind(bind)
     sock = open_listening_socket(host, port)
-    sock.listen(HypercornConfig.backlog)
+    sock.listen(BACKLOG)
     url = base_url(sock)
     db = Database(settings.database_url)
     try:
@@ -235,7 +261,7 @@ def run_workers(settings: Settings, bind: str, ready_file: Path | None, workers:
             status = 1
             try:
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
-                trio.run(partial(run_server, settings, bind, listening=sock, ready_fd=ready_w))
+                serve(partial(run_server, settings, bind, listening=sock, ready_fd=ready_w))
                 status = 0
             except BaseException as exc:
                 log.error("server.worker_failed", error=repr(exc), pid=os.getpid())

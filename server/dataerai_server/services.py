@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import trio
+import anyio
 
 from . import migrate
 from .config import Settings
@@ -47,9 +47,9 @@ async def open_services(settings: Settings, *, clock: Callable[[], float] = time
     """
     db = Database(settings.database_url)
     try:
-        await trio.to_thread.run_sync(migrate.upgrade, db.write_engine)
+        await anyio.to_thread.run_sync(migrate.upgrade, db.write_engine)
         secret = await db.write(load_or_create_secret)
-        storage = await trio.to_thread.run_sync(open_storage, settings)
+        storage = await anyio.to_thread.run_sync(open_storage, settings)
     except BaseException:
         db.dispose()
         raise

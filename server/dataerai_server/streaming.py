@@ -13,7 +13,7 @@ from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Final
 
-import trio
+import anyio
 from starlette.types import Receive, Scope, Send
 
 from .concurrency import unwrap_single
@@ -89,7 +89,7 @@ class StreamedBody:
         if scope["method"] == "HEAD":
             await send({"type": "http.response.body", "body": b""})
             return
-        ahead_send, ahead_receive = trio.open_memory_channel[bytes](1)
+        ahead_send, ahead_receive = anyio.create_memory_object_stream[bytes](1)
         gone = False
 
         async def read_ahead() -> None:
@@ -103,16 +103,16 @@ class StreamedBody:
             while (await receive())["type"] != "http.disconnect":
                 pass
             gone = True
-            nursery.cancel_scope.cancel()
+            tasks.cancel_scope.cancel()
 
         with unwrap_single():
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(read_ahead)
-                nursery.start_soon(watch_for_disconnect)
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(read_ahead)
+                tasks.start_soon(watch_for_disconnect)
                 async with ahead_receive:
                     async for block in ahead_receive:
                         await send({"type": "http.response.body", "body": block, "more_body": True})
-                nursery.cancel_scope.cancel()  # sent in full: stop watching
+                tasks.cancel_scope.cancel()  # sent in full: stop watching
         if gone:
             request_log_fields(scope)["client_disconnected"] = True
             return

@@ -26,8 +26,8 @@ from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, Final, cast
 
+import anyio
 import structlog
-import trio
 from sqlalchemy import Table, bindparam, delete, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
@@ -953,14 +953,14 @@ def _storage_key_of(session: Session, content_id: str | None) -> str | None:
 
 
 class _KeyedLocks:
-    """One ``trio.Lock`` per key, dropped when nobody holds or waits for it."""
+    """One ``anyio.Lock`` per key, dropped when nobody holds or waits for it."""
 
     def __init__(self) -> None:
-        self._locks: dict[str, tuple[trio.Lock, int]] = {}
+        self._locks: dict[str, tuple[anyio.Lock, int]] = {}
 
     @asynccontextmanager
     async def hold(self, key: str) -> AsyncIterator[None]:
-        lock, users = self._locks.get(key, (trio.Lock(), 0))
+        lock, users = self._locks.get(key, (anyio.Lock(), 0))
         self._locks[key] = (lock, users + 1)
         try:
             async with lock:
@@ -1058,7 +1058,7 @@ class Uploads:
                 view, created = await self._db.write(lambda s: _insert_session(s, who, new, upload_id, handle, ttl))
         finally:
             if not created:
-                with trio.CancelScope(shield=True):
+                with anyio.CancelScope(shield=True):
                     await self._storage.abort(handle)
         return self._with_part_digests(view), created
 
@@ -1235,7 +1235,7 @@ class Uploads:
         """
         if received == 0:
             return
-        with trio.CancelScope(shield=True):
+        with anyio.CancelScope(shield=True):
             try:
                 await self._db.write(lambda s: _count_received(s, upload_id, received))
             except Exception as exc:
@@ -1337,7 +1337,7 @@ class Uploads:
         both), and the session stays open. A completed session (or a used completion key)
         returns the stored result, as :meth:`complete` does.
         """
-        arrived = trio.current_time()
+        arrived = anyio.current_time()
         async with self._session_locks.hold(upload_id):
             claim = await self._db.write(
                 lambda s: _take_challenge(s, who, upload_id, challenge_id, digests, key, file_sha256)
@@ -1347,7 +1347,7 @@ class Uploads:
             if claim.storage_key is None or not await self._ranges_match(claim.storage_key, claim.ranges, digests):
                 log.info("upload.dedup_refused", upload_id=upload_id)
                 # Held or not, a refusal takes (at least) the same time.
-                await trio.sleep_until(arrived + DEDUP_REFUSAL_FLOOR_SECONDS)
+                await anyio.sleep_until(arrived + DEDUP_REFUSAL_FLOOR_SECONDS)
                 raise _no_match()
             try:
                 recorded = await self._db.write(
@@ -1413,7 +1413,7 @@ class Uploads:
                         continue
                     handle, received = found
                     # Once aborted in the database, the parts must go too, even at shutdown.
-                    with trio.move_on_after(ABORT_GRACE_SECONDS) as removing:
+                    with anyio.move_on_after(ABORT_GRACE_SECONDS) as removing:
                         removing.shield = True
                         await self._storage.abort(handle)
                 aborted += 1

@@ -10,6 +10,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 import trio
 import trio.testing
@@ -204,7 +205,7 @@ async def test_background_catches_up_with_parts_that_came_early(
     data = sample(5 * 65_536, seed=36)
     pieces = _pieces(data, 65_536)
     handle = await storage.create_upload("upl_bg")
-    async with trio.open_nursery() as nursery:
+    async with anyio.create_task_group() as nursery:
         storage.start_background(nursery)
         await _put_all(storage, handle, pieces, [2, 4, 5, 1, 3])
         # Parts 4 and 5 are read back in the background once 3 is there; wait for that.
@@ -654,7 +655,7 @@ async def test_after_a_restart_a_prefix_part_waits_for_the_parts_before_it_to_be
         await _put_prefixed(before, handle, pieces, number)
     after = LocalStorage.open(tmp_path / "objects")
     read_back = _ReadBack(monkeypatch)
-    async with trio.open_nursery() as nursery:
+    async with anyio.create_task_group() as nursery:
         after.start_background(nursery)
         # Part 4 waits (its body unread) while parts 1-3 are read back, then is checked on them;
         # part 5 follows on the chain without anything more read back.

@@ -24,7 +24,7 @@ from collections.abc import AsyncGenerator, AsyncIterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import trio
+from anyio.abc import TaskGroup
 
 
 class StorageError(Exception):
@@ -147,9 +147,9 @@ class Storage(Protocol):
         """
         ...
 
-    def start_background(self, nursery: trio.Nursery) -> None:
-        """Let the storage run background work in ``nursery`` from now on (such as hashing
-        parts ahead of completion). The server cancels the nursery when it stops, so that
+    def start_background(self, tasks: TaskGroup) -> None:
+        """Let the storage run background work in ``tasks`` from now on (such as hashing
+        parts ahead of completion). The server cancels the task group when it stops, so that
         work must be safe to cancel at any point. Without this call no background work runs;
         everything still works, possibly slower. A storage with none ignores the call."""
         ...

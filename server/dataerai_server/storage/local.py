@@ -75,8 +75,10 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, TypeVar
 
+import anyio
 import structlog
-import trio
+from anyio.abc import TaskGroup
+from anyio.streams.memory import MemoryObjectReceiveStream
 
 from ..concurrency import unwrap_single
 from .base import ChecksumMismatch, PresignedRequest, StorageError, StoredContent, StoredPart
@@ -465,7 +467,7 @@ class _Link:
 
     def __init__(self, tag: str) -> None:
         self.tag = tag
-        self.ready = trio.Event()
+        self.ready = anyio.Event()
         self.state: Hasher | None = None
         self.generation = -1
 
@@ -498,7 +500,7 @@ class _RunningDigest:
         self.generation = 0
         #: Held while parts are read back into the digest (background catch-up or completion),
         #: so that the same bytes are not read twice at once.
-        self.reading = trio.Lock()
+        self.reading = anyio.Lock()
         #: A background catch-up is scheduled or running; ``again``: look once more when it ends.
         self.catching_up = False
         self.again = False
@@ -512,13 +514,13 @@ class _RunningDigest:
         self.pending: dict[int, tuple[str, Hasher, int, str]] = {}
         #: Set (and replaced) whenever the prefix grows: a part sent with a prefix digest
         #: may wait for the parts before it to be read back (see ``LocalStorage.put_part``).
-        self.grown = trio.Event()
+        self.grown = anyio.Event()
 
     def _grow(self, tag: str, hasher: Hasher) -> None:
         self.covered.append(tag)
         self.hasher = hasher
         self.grown.set()
-        self.grown = trio.Event()
+        self.grown = anyio.Event()
 
     @property
     def count(self) -> int:
@@ -598,10 +600,10 @@ class LocalStorage:
         self._tmp = root / "tmp"
         self._uploads = root / "uploads"
         self._contents = root / "contents"
-        self._limiter = trio.CapacityLimiter(threads)
+        self._limiter = anyio.CapacityLimiter(threads)
         self._buffers = _BufferPool(BATCH_BYTES, keep=4 * threads)
         self._digests: OrderedDict[str, _RunningDigest] = OrderedDict()
-        self._background: trio.Nursery | None = None
+        self._background: TaskGroup | None = None
 
     @classmethod
     def open(cls, root: Path) -> LocalStorage:
@@ -618,10 +620,10 @@ class LocalStorage:
                     _remove_tree(leftover)
         return storage
 
-    def start_background(self, nursery: trio.Nursery) -> None:
-        """Run background catch-up of running digests in ``nursery`` (see the module docstring).
+    def start_background(self, tasks: TaskGroup) -> None:
+        """Run background catch-up of running digests in ``tasks`` (see the module docstring).
         Without it nothing is hashed ahead, and completion reads what was not hashed on arrival."""
-        self._background = nursery
+        self._background = tasks
 
     # --- paths and plumbing ----------------------------------------------------------
 
@@ -633,7 +635,7 @@ class LocalStorage:
 
     async def _run(self, fn: Callable[[], T]) -> T:
         """Run blocking ``fn`` in a worker thread (at most ``threads`` at once)."""
-        return await trio.to_thread.run_sync(fn, limiter=self._limiter)
+        return await anyio.to_thread.run_sync(fn, limiter=self._limiter)
 
     async def _pipeline(
         self, produce: Callable[[SendBatch], Awaitable[None]], stages: Sequence[Callable[[_Batch], None]]
@@ -645,14 +647,14 @@ class LocalStorage:
         goes back to the pool after the last stage. Errors anywhere stop the whole pipeline.
         """
 
-        async def stage(index: int, receive: trio.MemoryReceiveChannel[_Batch]) -> None:
+        async def stage(index: int, receive: MemoryObjectReceiveStream[_Batch]) -> None:
             # Only the sending side is closed on the way out: that ends the next stage's loop
             # when this one is done. A failing stage must not close its receiving side, which
-            # would fail the stage before it with a second error; the nursery cancels it instead.
+            # would fail the stage before it with a second error; the task group cancels it instead.
             last = index == len(stages) - 1
-            onward_send, onward_receive = trio.open_memory_channel[_Batch](1)
+            onward_send, onward_receive = anyio.create_memory_object_stream[_Batch](1)
             if not last:
-                nursery.start_soon(stage, index + 1, onward_receive)
+                tasks.start_soon(stage, index + 1, onward_receive)
             async with onward_send:
                 async for batch in receive:
                     await self._run(partial(stages[index], batch))
@@ -662,11 +664,12 @@ class LocalStorage:
                         batch.chunks.clear()
                         for buffer in batch.buffers:
                             self._buffers.give(buffer)
+            receive.close()  # the sender has closed its side: nothing can be refused
 
-        first_send, first_receive = trio.open_memory_channel[_Batch](1)
+        first_send, first_receive = anyio.create_memory_object_stream[_Batch](1)
         with unwrap_single():
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(stage, 0, first_receive)
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(stage, 0, first_receive)
                 async with first_send:
                     await produce(first_send.send)
 
@@ -693,7 +696,7 @@ class LocalStorage:
             self._buffers.give(staging)
             return out
         except BaseException:
-            with trio.CancelScope(shield=True):
+            with anyio.CancelScope(shield=True):
                 await self._run(out.discard)
             raise
 
@@ -785,7 +788,7 @@ class LocalStorage:
             return
         try:
             self._background.start_soon(self._catch_up, handle, digest)
-        except RuntimeError:  # the nursery has closed: the server is stopping
+        except RuntimeError:  # the task group has closed: the server is stopping
             self._background = None
             return
         digest.catching_up = True
@@ -802,7 +805,7 @@ class LocalStorage:
         if self._background is not None and digest.count < count:
             self._catch_up_soon(handle, digest)
             # Each part that arrives meanwhile asks for a catch-up too, when it is stored.
-            with trio.move_on_after(CHAIN_WAIT_SECONDS):
+            with anyio.move_on_after(CHAIN_WAIT_SECONDS):
                 while digest.count < count:
                     await digest.grown.wait()
         if digest.count == count:
@@ -855,7 +858,7 @@ class LocalStorage:
             elif number == digest.count + 1:
                 onto = digest.hasher.copy()
             elif previous is not None:
-                with trio.move_on_after(CHAIN_WAIT_SECONDS):
+                with anyio.move_on_after(CHAIN_WAIT_SECONDS):
                     await previous.ready.wait()
                 if previous.state is not None:
                     onto, generation, basis = previous.state.copy(), previous.generation, previous.tag
@@ -944,7 +947,7 @@ class LocalStorage:
                 tag = _tag(digest_hex, prefix and not unchecked)
                 await self._run(partial(self._publish_part, out, directory, number, tag))
             finally:
-                with trio.CancelScope(shield=True):
+                with anyio.CancelScope(shield=True):
                     await self._run(out.discard)
             if number == 1:
                 # Part 1 goes onto the empty prefix, which every generation shares.
@@ -1020,7 +1023,7 @@ class LocalStorage:
             manifest = _Manifest(size, digest, staged.part_sizes)
             await self._run(partial(self._publish_content, staged, manifest, key))
         finally:
-            with trio.CancelScope(shield=True):
+            with anyio.CancelScope(shield=True):
                 await self._run(partial(_remove_tree, staged.directory))  # a no-op once published
         return StoredContent(size=size, sha256=digest)
 

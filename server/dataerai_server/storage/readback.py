@@ -56,7 +56,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import urlsplit
 
-import trio
+import anyio
 
 from .base import StorageError
 
@@ -156,7 +156,7 @@ class ObjectReader:
         return cls(endpoint, context, connect_timeout=connection.connect_timeout,
                    read_timeout=connection.read_timeout)
 
-    async def sha256(self, presign: Callable[[], str], size: int, etag: str, limiter: trio.CapacityLimiter) -> str:
+    async def sha256(self, presign: Callable[[], str], size: int, etag: str, limiter: anyio.CapacityLimiter) -> str:
         """The SHA-256 (hex) of the ``size`` bytes of the object ``presign()`` gives a GET URL of,
         while its ETag is ``etag``; in one worker thread taken from ``limiter``."""
         count = max(1, -(-size // self.range_bytes))
@@ -165,28 +165,28 @@ class ObjectReader:
         digest = ""
         failure: ReadbackError | None = None
         try:
-            async with trio.open_nursery() as nursery:
+            async with anyio.create_task_group() as tasks:
 
                 async def abort_on_cancel() -> None:
                     try:
-                        await trio.sleep_forever()
+                        await anyio.sleep_forever()
                     finally:
                         if not stopped:
                             for conn in conns:
                                 conn.abort()
 
-                nursery.start_soon(abort_on_cancel)
+                tasks.start_soon(abort_on_cancel)
                 try:
-                    digest = await trio.to_thread.run_sync(self._read, conns, _RenewedURL(presign), size, etag,
+                    digest = await anyio.to_thread.run_sync(self._read, conns, _RenewedURL(presign), size, etag,
                                                            limiter=limiter)
-                except ReadbackError as exc:  # raised below, not wrapped in the nursery's group
+                except ReadbackError as exc:  # raised below, not wrapped in the task group's group
                     failure = exc
                 except (OSError, http.client.HTTPException, ValueError) as exc:
                     failure = ReadbackError(f"reading the object back failed: {_reason(exc)}")
                     failure.__cause__ = exc
                 finally:
                     stopped = True
-                    nursery.cancel_scope.cancel()
+                    tasks.cancel_scope.cancel()
         finally:
             for conn in conns:
                 conn.close()

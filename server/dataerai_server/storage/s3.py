@@ -37,7 +37,7 @@ boto3, one GET streamed in order, where that module cannot, with a warning). On 
 mismatch the object is deleted before ``complete`` returns and no record of it was
 written: the server hands out URLs only to contents it recorded, which it does only
 after ``complete`` returned, so unverified bytes are never served.
-Every boto3 call runs in a worker thread under one ``trio.CapacityLimiter``.
+Every boto3 call runs in a worker thread under one ``anyio.CapacityLimiter``.
 """
 
 from __future__ import annotations
@@ -60,8 +60,9 @@ from pathlib import Path
 from typing import IO, Any, Final, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
+import anyio
 import structlog
-import trio
+from anyio.abc import TaskGroup
 
 from .base import ChecksumMismatch, PresignedRequest, StorageError, StoredContent, StoredPart
 from .presign import UploadPartSigner
@@ -242,7 +243,7 @@ class S3Storage:
         self.bucket = location.bucket
         self.prefix = location.prefix
         self._spool_dir = spool_dir
-        self._limiter = trio.CapacityLimiter(threads)
+        self._limiter = anyio.CapacityLimiter(threads)
         # Part URLs are signed here rather than by botocore where the addressing is path-style
         # (every store given by an endpoint): a twelfth of the CPU (presign.py).
         s3_config = getattr(client.meta.config, "s3", None) or {}
@@ -270,7 +271,7 @@ class S3Storage:
             raise StorageError(f"cannot reach bucket {location.bucket!r}: {exc}") from exc
         return storage
 
-    def start_background(self, nursery: trio.Nursery) -> None:
+    def start_background(self, tasks: TaskGroup) -> None:
         """Nothing runs in the background."""
 
     # --- names and plumbing -------------------------------------------------------------
@@ -290,7 +291,7 @@ class S3Storage:
     async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """``fn(*args, **kwargs)`` in a worker thread; store failures become :class:`StorageError`
         (except the ones callers look at: those keep their ``response``)."""
-        return await trio.to_thread.run_sync(functools.partial(fn, *args, **kwargs), limiter=self._limiter)
+        return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs), limiter=self._limiter)
 
     async def _call(self, operation: str, **params: Any) -> Any:
         """One S3 operation; any failure is a :class:`StorageError` carrying the S3 code."""
@@ -371,7 +372,7 @@ class S3Storage:
                 Body=spool, ContentLength=size, ChecksumSHA256=b64_digest(sha256),
             )
         finally:
-            with trio.CancelScope(shield=True):
+            with anyio.CancelScope(shield=True):
                 await self._run(spool.close)
         return StoredPart(number, size, sha256)
 
@@ -606,7 +607,7 @@ class S3Storage:
                 got += len(block)
                 yield block
         finally:
-            with trio.CancelScope(shield=True):
+            with anyio.CancelScope(shield=True):
                 await self._run(body.close)
 
     async def delete_content(self, key: str) -> None:
