@@ -4,7 +4,7 @@ The HTTP contract it serves is ``docs/http-api.md``; how it is built and why is
 ``docs/server.md``. The modules, from the edge inwards:
 
 - ``cli``: the ``dataerai-server`` command (``run``, ``users add``).
-- ``serve``: the listening socket, Hypercorn on Trio, the ready file, signals.
+- ``serve``: the listening socket, Uvicorn on uvloop, the ready file, signals.
 - ``app``: the Starlette routes; request parsing (``validation``), the one
   error boundary (``errors``), authentication (``auth``), signed URLs (``signing``).
 - ``projects``, ``assets``, ``uploads``: what the routes do, over

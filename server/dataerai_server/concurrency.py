@@ -1,4 +1,4 @@
-"""Small Trio helpers shared by the storage and the routes."""
+"""Small concurrency helpers shared by the storage and the routes."""
 
 from __future__ import annotations
 
@@ -19,9 +19,9 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
 
 @contextmanager
 def unwrap_single() -> Iterator[None]:
-    """Re-raise a nursery's exception group that holds one exception as that exception.
+    """Re-raise a task group's exception group that holds one exception as that exception.
 
-    Trio nurseries always raise groups; where a nursery is an implementation detail
+    Task groups always raise groups; where a task group is an implementation detail
     (a pump between the event loop and a worker thread), callers should still be able
     to write ``except ChecksumMismatch``. Groups of several exceptions pass unchanged.
     """

@@ -8,7 +8,8 @@ SIGTERM and SIGINT stop accepting, close idle connections, let running requests 
 
 The application is written for AnyIO (task groups, cancel scopes, worker threads), which
 runs it on asyncio here and on Trio in the tests that drive it in-process. Why Uvicorn
-(with httptools and uvloop) rather than Hypercorn on Trio: docs/server.md, "Sixth pass".
+(with httptools and uvloop) rather than Hypercorn on Trio: docs/server.md, "Why AnyIO,
+Uvicorn and Starlette".
 """
 
 from __future__ import annotations
@@ -250,7 +251,7 @@ def run_workers(settings: Settings, bind: str, ready_file: Path | None, workers:
     finally:
         db.dispose()
     stops = {signal.SIGTERM, signal.SIGINT, signal.SIGCHLD}
-    # Blocked until each process is ready for them: a worker unblocks them before Trio starts.
+    # Blocked until each process is ready for them: a worker unblocks them before its event loop starts.
     signal.pthread_sigmask(signal.SIG_BLOCK, stops)
     ready_r, ready_w = os.pipe()
     children: set[int] = set()
