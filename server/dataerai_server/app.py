@@ -503,7 +503,7 @@ class Api:
 
 class RequestLog:
     """The application: routes each request and logs one line for it; the only layer
-    between the server (``bodies.FinishRequestBodies``) and the endpoints.
+    between the server (``bodies.CloseOnLargeUnreadBody``) and the endpoints.
 
     The line (event ``request``) has ``method``, ``path``, ``status``, ``bytes`` (response
     body bytes handed to the server) and ``duration_ms``, plus what the handler put into

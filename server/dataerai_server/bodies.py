@@ -7,7 +7,7 @@ can carry the client's next request. For a few bytes that is the cheapest way on
 the rest of a 64 MiB part it is the client sending, and the server reading, 64 MiB for
 nothing before the client even looks at the answer.
 
-:class:`FinishRequestBodies` wraps the application so that when a response starts with
+:class:`CloseOnLargeUnreadBody` wraps the application so that when a response starts with
 more than :data:`DRAIN_BYTES` of the request body unread (or an unknown amount: a chunked
 body), the response carries ``Connection: close``. Uvicorn closes the connection right
 after it; the client's write fails and it reads the answer at once (httpx does so). A
@@ -53,7 +53,7 @@ class _RequestBody:
         return message
 
 
-class FinishRequestBodies:
+class CloseOnLargeUnreadBody:
     """ASGI middleware: a response never waits on a large request body the app left unread
     (see the module docstring)."""
 

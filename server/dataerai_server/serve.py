@@ -31,7 +31,7 @@ import uvicorn
 
 from . import deletions
 from .app import create_app
-from .bodies import FinishRequestBodies
+from .bodies import CloseOnLargeUnreadBody
 from .config import Settings
 from .services import open_services
 
@@ -162,9 +162,9 @@ async def run_server(
         except BaseException:
             sock.close()
             raise
-        # FinishRequestBodies: an answer given before the request body was read ends the
+        # CloseOnLargeUnreadBody: an answer given before the request body was read ends the
         # connection rather than reading a large body for nothing (bodies.py).
-        app = FinishRequestBodies(create_app(services))
+        app = CloseOnLargeUnreadBody(create_app(services))
         server = _Server(uvicorn_config(app))
         # What exists now (modules, the ORM's mappings, the storage client, about 160,000
         # objects) lives as long as the process. Frozen, the cyclic collector no longer walks
