@@ -255,7 +255,7 @@ _CLASSIFIERS = {
     "License :: OSI Approved :: Mozilla Public License 2.0 (MPL 2.0)": "MPL-2.0",
 }
 #: Distributions whose metadata names no license precisely, as their license files say.
-LICENSE_OF = {"python-dateutil": "Apache-2.0 AND BSD-3-Clause"}
+LICENSE_OF = {"python-dateutil": "Apache-2.0 AND BSD-3-Clause", "uvloop": "MIT OR Apache-2.0"}
 #: Texts Debian ships in /usr/share/common-licenses, by SPDX identifier.
 _COMMON_LICENSES = {"Apache-2.0": "Apache-2.0", "MPL-2.0": "MPL-2.0", "LGPL-3.0-only": "LGPL-3"}
 
