@@ -45,6 +45,9 @@ MAX_JSON_BODY: Final = 1 << 20
 #: /uploads`` with ``files``, its completion with ``file_sha256``): 100,000 files of
 #: long paths must fit.
 MAX_MANIFEST_JSON_BODY: Final = 64 << 20
+#: A request line and headers longer than this in all are refused with ``frame_too_large``
+#: (431) before they end (heads.py); a signed URL and a bearer token take a few hundred bytes.
+MAX_REQUEST_HEAD_BYTES: Final = 64 << 10
 
 
 def sqlite_url(data_dir: Path) -> str:

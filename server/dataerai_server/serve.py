@@ -33,6 +33,7 @@ from . import deletions
 from .app import create_app
 from .bodies import CloseOnLargeUnreadBody
 from .config import Settings
+from .heads import BoundedHeadProtocol
 from .services import open_services
 
 log = structlog.get_logger(__name__)
@@ -67,11 +68,12 @@ class _Server(uvicorn.Server):
 
 
 def uvicorn_config(app: Any) -> uvicorn.Config:
-    """How Uvicorn serves ``app``: httptools, no lifespan (the services are opened before), our
-    own logs (one ``request`` line each, from the app), no proxy headers trusted."""
+    """How Uvicorn serves ``app``: httptools with each request's head bounded, no lifespan (the
+    services are opened before), our own logs (one ``request`` line each, from the app), no
+    proxy headers trusted."""
     config = uvicorn.Config(
         app,
-        http="httptools",
+        http=BoundedHeadProtocol,  # httptools, with a bound on a request's head (heads.py)
         ws="none",
         lifespan="off",
         interface="asgi3",
