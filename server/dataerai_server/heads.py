@@ -1,4 +1,5 @@
-"""A bound on a request's head: the request line and headers, before any body.
+"""Bounds on a request's head (the request line and headers, before any body): its size,
+and the time it may take to arrive.
 
 httptools keeps a request head in memory however long it grows (a header value sent
 forever is one growing string), and Uvicorn sets no bound on it, where h11 under
@@ -11,6 +12,12 @@ Ended gracefully ("lingering close", as web servers do): the answer and then our
 the stream go out, and what the client still sends is read and dropped for up to
 :data:`LINGER_SECONDS` before the socket is closed. Closed at once, a socket with unread
 bytes resets the connection, and a client still sending would lose the answer with it.
+
+And time: Uvicorn times a connection out only while it is idle after an answer, and any
+byte received stops that clock, so a connection that never sends a request (a client that
+lost power right after connecting), or sends its head a byte now and then, stays open
+for good. Here a connection must send a whole head within the keep-alive timeout
+(``serve.KEEP_ALIVE_SECONDS``) of being opened or of its last answer, or it is closed.
 
 The count runs from the end of one request to the end of the next head (the blank line,
 ``\\r\\n\\r\\n``, found across reads too); a body is never counted. A pipelined request
@@ -48,7 +55,8 @@ def head_end(tail: bytes, data: bytes) -> int | None:
 
 
 class BoundedHeadProtocol(HttpToolsProtocol):
-    """Uvicorn's httptools protocol, refusing a request head over :data:`MAX_REQUEST_HEAD_BYTES`."""
+    """Uvicorn's httptools protocol, refusing a request head over :data:`MAX_REQUEST_HEAD_BYTES`
+    and closing a connection whose next head does not arrive whole in time."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -57,9 +65,35 @@ class BoundedHeadProtocol(HttpToolsProtocol):
         self._head_tail = b""
         #: Set once a head was refused: the connection only lingers until it is closed.
         self._lingering: asyncio.TimerHandle | None = None
+        #: While a head is awaited: when the connection is closed unless one has arrived whole.
+        self._head_deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._await_head()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self._await_head()
+
+    def _await_head(self) -> None:
+        if self._head_deadline is not None:
+            self._head_deadline.cancel()
+        self._head_deadline = self.loop.call_later(self.timeout_keep_alive, self._head_too_slow)
+
+    def _head_too_slow(self) -> None:
+        self._head_deadline = None
+        if not self.transport.is_closing():
+            log.info("request.head_timed_out", client=self.client[0] if self.client else None,
+                     partial_head=bool(self._head_bytes))
+            self.transport.close()
 
     def on_headers_complete(self) -> None:
         self._head_bytes = None
+        if self._head_deadline is not None:
+            self._head_deadline.cancel()
+            self._head_deadline = None
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
@@ -94,6 +128,7 @@ class BoundedHeadProtocol(HttpToolsProtocol):
         self._lingering = self.loop.call_later(LINGER_SECONDS, self.transport.close)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._lingering is not None:
-            self._lingering.cancel()
+        for timer in (self._lingering, self._head_deadline):
+            if timer is not None:
+                timer.cancel()
         super().connection_lost(exc)

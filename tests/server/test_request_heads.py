@@ -1,17 +1,24 @@
-"""A request's head is bounded (heads.py): past the bound a real server answers 431 with the
-API's error body and closes the connection, before the head has ended; below it, requests
-are served as before. The search for a head's end across reads, as a property."""
+"""A request's head is bounded (heads.py): past the size bound a real server answers 431 with
+the API's error body and closes the connection, before the head has ended; below it,
+requests are served as before. The search for a head's end across reads, as a property. A
+connection that sends no whole head within the keep-alive timeout is closed (a second's
+timeout, in this process)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import socket
+import time
 from typing import Any
 
+import uvicorn
 from dataerai_server.config import MAX_REQUEST_HEAD_BYTES
-from dataerai_server.heads import head_end
+from dataerai_server.heads import BoundedHeadProtocol, head_end
 from hypothesis import given
 from hypothesis import strategies as st
+from uvicorn.server import ServerState
 
 
 def _connect(server: Any) -> socket.socket:
@@ -90,3 +97,58 @@ def test_head_end_finds_the_first_blank_line_across_any_split(before: bytes, aft
     assert head_end(tail, rest) == end - cut
     if end - cut > 4:  # a read that stops short of the blank line has no end in it
         assert head_end(tail, rest[: end - cut - 4]) is None
+
+
+# --- the head's deadline, on a short keep-alive timeout in this process -----------------
+
+
+async def _answer_empty(scope: Any, receive: Any, send: Any) -> None:
+    await send({"type": "http.response.start", "status": 204, "headers": []})
+    await send({"type": "http.response.body", "body": b""})
+
+
+async def _closed_while_trickling(port: int, trickle: bytes) -> bool:
+    """Connect, send ``trickle`` a byte every 50 ms (well inside the keep-alive timeout, whose
+    clock any byte stops in Uvicorn), and say whether the server closed the connection."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        for byte in trickle * 1000:  # far longer than the deadline: the loop ends on the close
+            try:
+                writer.write(bytes([byte]))
+                await writer.drain()
+            except ConnectionError:
+                return True
+            with contextlib.suppress(TimeoutError):
+                if await asyncio.wait_for(reader.read(1), 0.05) == b"":
+                    return True
+        return False
+    finally:
+        writer.close()
+
+
+def test_a_connection_must_send_a_whole_head_within_the_keep_alive_timeout() -> None:
+    async def main() -> None:
+        config = uvicorn.Config(_answer_empty, http=BoundedHeadProtocol, lifespan="off", log_config=None,
+                                timeout_keep_alive=1)
+        config.load()
+        state = ServerState()
+        server = await asyncio.get_running_loop().create_server(
+            lambda: BoundedHeadProtocol(config=config, server_state=state, app_state={}), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        async with server:
+            # A connection that never sends a byte is closed (Uvicorn alone never would).
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            assert await asyncio.wait_for(reader.read(), 60) == b""
+            writer.close()
+            # A head sent a byte now and then is cut off.
+            started = time.monotonic()
+            assert await _closed_while_trickling(port, b"GET / HTTP/1.1\r\nX-Slow: ")
+            assert time.monotonic() - started >= 1.0
+            # A whole head in time is answered, and the next one gets its own full timeout.
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            for _ in range(2):
+                writer.write(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
+                assert (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 60)).startswith(b"HTTP/1.1 204 ")
+            writer.close()
+
+    asyncio.run(main())
