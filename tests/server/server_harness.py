@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -26,6 +27,16 @@ SERVER = str(BIN / "dataerai-server")
 #: Small enough that the quota test can fill it with a few hundred KiB.
 ALLOCATION = 1 << 20
 PART = 64 * 1024  # the smallest part size the API allows
+
+
+def json_answer(sock: socket.socket) -> bytes:
+    """One whole answer with a JSON object body, read from a raw socket (the body ends in ``}``)."""
+    answer = b""
+    while not answer.endswith(b"}"):
+        chunk = sock.recv(65536)
+        assert chunk, answer
+        answer += chunk
+    return answer
 
 
 def sha256(data: bytes) -> str:

@@ -18,6 +18,7 @@ from dataerai_server.config import MAX_REQUEST_HEAD_BYTES
 from dataerai_server.heads import BoundedHeadProtocol, head_end
 from hypothesis import given
 from hypothesis import strategies as st
+from server_harness import json_answer
 from uvicorn.server import ServerState
 
 
@@ -37,12 +38,7 @@ def _read_all(sock: socket.socket) -> bytes:
 
 def _health(sock: socket.socket, extra: bytes = b"") -> bytes:
     sock.sendall(b"GET /api/v1/health HTTP/1.1\r\nHost: test\r\n" + extra + b"\r\n")
-    answer = b""
-    while not answer.endswith(b"}"):
-        chunk = sock.recv(65536)
-        assert chunk, answer
-        answer += chunk
-    return answer
+    return json_answer(sock)
 
 
 def test_a_head_over_the_bound_is_refused_before_it_ends(start_server: Any) -> None:
@@ -77,12 +73,7 @@ def test_heads_sent_a_byte_at_a_time_are_served(start_server: Any) -> None:
         for _ in range(2):  # the second head is counted from the first request's end
             for byte in b"GET /api/v1/health HTTP/1.1\r\nHost: test\r\n\r\n":
                 sock.sendall(bytes([byte]))
-            answer = b""
-            while not answer.endswith(b"}"):
-                chunk = sock.recv(65536)
-                assert chunk, answer
-                answer += chunk
-            assert answer.startswith(b"HTTP/1.1 200 ")
+            assert json_answer(sock).startswith(b"HTTP/1.1 200 ")
 
 
 @given(st.binary(max_size=40).filter(lambda b: b"\r\n\r\n" not in b + b"\r\n\r"), st.binary(max_size=40),

@@ -8,15 +8,7 @@ import time
 from typing import Any
 
 from dataerai_server.serve import GRACEFUL_SECONDS
-
-
-def _answer(sock: socket.socket) -> bytes:
-    answer = b""
-    while not answer.endswith(b"}"):  # the answer's JSON body, whole
-        chunk = sock.recv(4096)
-        assert chunk, answer
-        answer += chunk
-    return answer
+from server_harness import json_answer
 
 
 def test_sigterm_closes_idle_connections_at_once_and_exits_0(start_server: Any) -> None:
@@ -26,7 +18,7 @@ def test_sigterm_closes_idle_connections_at_once_and_exits_0(start_server: Any) 
     unused = socket.create_connection((host, int(port)))
     with used, unused:
         used.sendall(b"GET /api/v1/health HTTP/1.1\r\nHost: test\r\n\r\n")
-        assert _answer(used).startswith(b"HTTP/1.1 200 ")
+        assert json_answer(used).startswith(b"HTTP/1.1 200 ")
         started = time.monotonic()
         assert server.stop() == 0
         # Had an idle connection stayed open, the stop would have waited out the grace period.
