@@ -74,7 +74,9 @@ class BoundedHeadProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        if not self.transport.is_closing():
+        # The next head is awaited once both the answer and the request (its body) are done,
+        # whichever ends last: a pipelined head already read needs no deadline.
+        if self._head_bytes is not None and not self.transport.is_closing():
             self._await_head()
 
     def _await_head(self) -> None:
@@ -99,6 +101,8 @@ class BoundedHeadProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         super().on_message_complete()
         self._head_bytes, self._head_tail = 0, b""
+        if self.cycle.response_complete and not self.transport.is_closing():
+            self._await_head()  # answered before its body had all arrived (an unread body)
 
     def data_received(self, data: bytes) -> None:
         if self._lingering is not None:
