@@ -30,7 +30,7 @@ from typing import Any, Final, Generic, TypeVar, cast
 
 import anyio
 from sqlalchemy import create_engine, event
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.orm import Session
 
 T = TypeVar("T")
@@ -88,9 +88,19 @@ def _configure_sqlite(engine: Engine) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
-def make_engine(url: str) -> Engine:
-    """An engine for ``url``, with the SQLite setup above when it is SQLite."""
-    engine = create_engine(url, pool_pre_ping=not url.startswith("sqlite"))
+def make_engine(url: str, *, connections: int = 5) -> Engine:
+    """An engine for ``url``, with the SQLite setup above when it is SQLite.
+
+    Its pool keeps ``connections`` open: as many as the threads that use it at once. With
+    fewer kept, every connection beyond them was opened for one transaction and closed at
+    its end, which under load was a new PostgreSQL backend (and on SQLite the pragmas and
+    the WAL check) for most requests. Beyond ``connections`` the pool may open as many
+    again for a moment (a migration, a command beside the server's threads).
+    """
+    parsed = make_url(url)
+    in_memory = parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:")
+    pool: dict[str, Any] = {} if in_memory else {"pool_size": connections, "max_overflow": connections}
+    engine = create_engine(url, pool_pre_ping=not url.startswith("sqlite"), **pool)
     if engine.dialect.name == "sqlite":
         _configure_sqlite(engine)
     return engine
@@ -236,7 +246,9 @@ class Database:
 
     def __init__(self, url: str, *, readers: int = 8) -> None:
         self.url = url
-        self.engine = make_engine(url)
+        # Each reader and each writer holds a connection for its transaction; two more
+        # for the work that runs beside them (the expiry sweep, a command).
+        self.engine = make_engine(url, connections=readers + CONCURRENT_WRITERS + 2)
         self._write_engine = self.engine.execution_options(**{_IMMEDIATE: True})
         self._group: _GroupWriter | None = None
         if self.engine.dialect.name == "sqlite":

@@ -246,6 +246,23 @@ async def test_readback_of_a_replaced_object_fails_with_the_stores_code(s3: S3St
     assert missing.value.code == "NoSuchKey"
 
 
+async def test_uploads_are_created_on_our_own_connections(
+    s3: S3Storage, seaweed: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    assert s3._calls is not None
+    handles = [await s3.create_upload(f"upl_own_{n}") for n in range(3)]
+    listed = s3._s3.list_multipart_uploads(Bucket=s3.bucket, Prefix=s3._object("upl_own_"))["Uploads"]
+    assert sorted((u["Key"], u["UploadId"]) for u in listed) == sorted(
+        (s3._object(h.partition("/")[0]), h.partition("/")[2]) for h in handles)
+    # The store's refusal keeps its code, as boto3's did.
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    client, connection = make_client()
+    refusing = S3Storage(client, s3.location, tmp_path, connection=connection)
+    with pytest.raises(StorageError) as refused:
+        await refusing.create_upload("upl_refused")
+    assert getattr(refused.value, "code", None) == "SignatureDoesNotMatch"
+
+
 async def test_readback_through_boto3_where_the_reader_cannot_go(
     seaweed: Any, s3_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

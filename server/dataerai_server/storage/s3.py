@@ -65,7 +65,8 @@ import structlog
 from anyio.abc import TaskGroup
 
 from .base import ChecksumMismatch, PresignedRequest, StorageError, StoredContent, StoredPart
-from .presign import UploadPartSigner
+from .calls import StoreCalls
+from .presign import PathStyleSigner
 from .readback import URL_TTL_S, ConnectionSettings, ObjectReader, ReadbackError
 
 T = TypeVar("T")
@@ -78,6 +79,8 @@ BLOCK_BYTES: Final = 1 << 20
 MAX_COMPLETE_TRIES: Final = 64
 #: boto3 calls at once (and HTTP connections in its pool).
 DEFAULT_THREADS: Final = 8
+#: A store call we presign ourselves (calls.py) is sent at once: its URL need not live longer.
+CALL_URL_TTL_S: Final = 300
 
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 _GONE = ("NoSuchUpload", "NoSuchKey", "404", "NotFound")
@@ -248,7 +251,7 @@ class S3Storage:
         # (every store given by an endpoint): a twelfth of the CPU (presign.py).
         s3_config = getattr(client.meta.config, "s3", None) or {}
         path_style = s3_config.get("addressing_style") == "path" and client.meta.endpoint_url
-        self._part_signer = UploadPartSigner(client) if path_style else None
+        self._signer = PathStyleSigner(client) if path_style else None
         self._reader: ObjectReader | None = None
         try:
             if connection is None:
@@ -257,6 +260,9 @@ class S3Storage:
         except ValueError as exc:
             # Once per storage: every completion then reads through boto3 (slower, docs/server.md).
             log.warning("storage.readback_through_boto3", reason=str(exc))
+        # A new session's CreateMultipartUpload is presigned and sent on our own connections
+        # where both of the above could be made: a fifth of a session's CPU through boto3 (calls.py).
+        self._calls = StoreCalls(self._reader) if self._reader is not None and self._signer is not None else None
 
     @classmethod
     def open(cls, url: str, spool_dir: Path) -> S3Storage:
@@ -303,8 +309,13 @@ class S3Storage:
     # --- uploads ---------------------------------------------------------------------
 
     async def create_upload(self, upload_id: str) -> str:
-        created = await self._call("create_multipart_upload", Key=self._object(upload_id), ChecksumAlgorithm="SHA256")
-        return f"{upload_id}/{created['UploadId']}"
+        key = self._object(upload_id)
+        if self._calls is not None and self._signer is not None:
+            url = self._signer.create_multipart_upload(self.bucket, key, CALL_URL_TTL_S)
+            upload = await self._run(self._calls.create_multipart_upload, url)
+        else:
+            upload = (await self._call("create_multipart_upload", Key=key, ChecksumAlgorithm="SHA256"))["UploadId"]
+        return f"{upload_id}/{upload}"
 
     def part_url(self, handle: str, number: int, size: int, sha256: str, ttl_seconds: int) -> PresignedRequest | None:
         """A presigned ``UploadPart`` with the part's digest signed in (no I/O: signing is local)."""
@@ -312,8 +323,8 @@ class S3Storage:
             return None
         name, upload = self._split(handle)
         checksum = b64_digest(sha256)
-        if self._part_signer is not None:
-            url = self._part_signer.upload_part(self.bucket, self._object(name), upload, number, checksum, ttl_seconds)
+        if self._signer is not None:
+            url = self._signer.upload_part(self.bucket, self._object(name), upload, number, checksum, ttl_seconds)
             return PresignedRequest("PUT", url, {"x-amz-checksum-sha256": checksum, "Content-Length": str(size)})
         url = self._s3.generate_presigned_url(
             "upload_part",

@@ -1,0 +1,106 @@
+"""Small S3 calls on our own kept-alive connections (``storage/calls.py``), against a loopback
+HTTP server that keeps or drops its connections as a store may; the calls against SeaweedFS
+are in ``test_storage_s3.py``."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+from dataerai_server.storage.calls import StoreCallError, StoreCalls
+from dataerai_server.storage.readback import ObjectReader
+
+CREATED = (b"<InitiateMultipartUploadResult><Bucket>b</Bucket><Key>k</Key>"
+           b"<UploadId>%s</UploadId></InitiateMultipartUploadResult>")
+
+
+class _Store:
+    """Answers each request with ``answers``' next (status, body), on as many connections as come;
+    closes a connection after each answer when ``drop`` (without saying so, as an idle timeout does)."""
+
+    def __init__(self, answers: list[tuple[int, bytes]], *, drop: bool) -> None:
+        self.answers = answers
+        self.drop = drop
+        self.connections = 0
+        self.requests: list[bytes] = []
+        self.listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            with conn:
+                buffered = b""
+                while True:
+                    while b"\r\n\r\n" not in buffered:
+                        chunk = conn.recv(65536)
+                        if not chunk:
+                            break
+                        buffered += chunk
+                    if b"\r\n\r\n" not in buffered:
+                        break
+                    head, _, buffered = buffered.partition(b"\r\n\r\n")
+                    self.requests.append(head)
+                    status, body = self.answers.pop(0)
+                    conn.sendall(b"HTTP/1.1 %d X\r\nContent-Length: %d\r\n\r\n%s" % (status, len(body), body))
+                    if self.drop:
+                        break
+
+
+@contextmanager
+def _store(answers: list[tuple[int, bytes]], *, drop: bool) -> Iterator[tuple[_Store, StoreCalls]]:
+    store = _Store(answers, drop=drop)
+    thread = threading.Thread(target=store.serve, daemon=True)
+    thread.start()
+    port = store.listener.getsockname()[1]
+    calls = StoreCalls(ObjectReader(f"http://127.0.0.1:{port}", None, connect_timeout=10, read_timeout=10))
+    try:
+        yield store, calls
+    finally:
+        calls.close()
+        store.listener.close()
+        thread.join(10)
+
+
+def test_calls_share_one_kept_alive_connection() -> None:
+    with _store([(200, CREATED % b"one"), (200, CREATED % b"two&amp;three")], drop=False) as (store, calls):
+        assert calls.create_multipart_upload("http://127.0.0.1/b/k?uploads=&X-Amz-Signature=1") == "one"
+        assert calls.create_multipart_upload("http://127.0.0.1/b/k?uploads=&X-Amz-Signature=2") == "two&three"
+    assert store.connections == 1
+    assert [head.split(b"\r\n")[0] for head in store.requests] == [
+        b"POST /b/k?uploads=&X-Amz-Signature=1 HTTP/1.1", b"POST /b/k?uploads=&X-Amz-Signature=2 HTTP/1.1"]
+    assert all(b"\r\nx-amz-checksum-algorithm: SHA256" in head for head in store.requests)
+
+
+def test_a_connection_the_store_closed_while_idle_is_replaced() -> None:
+    with _store([(200, CREATED % b"one"), (200, CREATED % b"two")], drop=True) as (store, calls):
+        assert calls.create_multipart_upload("http://127.0.0.1/b/k?uploads=") == "one"
+        assert calls.create_multipart_upload("http://127.0.0.1/b/k?uploads=") == "two"
+    # The second call found its kept connection closed, and was sent once, on a new one.
+    assert store.connections == 2 and len(store.requests) == 2
+
+
+def test_a_refusal_keeps_the_stores_code() -> None:
+    refusal = b"<Error><Code>NoSuchBucket</Code><Message>no</Message></Error>"
+    with _store([(404, refusal), (200, b"<NotWhatWasAsked/>")], drop=False) as (_, calls):
+        with pytest.raises(StoreCallError) as refused:
+            calls.create_multipart_upload("http://127.0.0.1/b/k?uploads=")
+        assert refused.value.code == "NoSuchBucket" and "HTTP 404" in str(refused.value)
+        with pytest.raises(StoreCallError) as odd:  # a 200 without an upload id is no upload
+            calls.create_multipart_upload("http://127.0.0.1/b/k?uploads=")
+        assert odd.value.code == ""
+
+
+def test_a_store_that_is_not_there_is_a_storage_error() -> None:
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    calls = StoreCalls(ObjectReader(f"http://127.0.0.1:{port}", None, connect_timeout=10, read_timeout=10))
+    with pytest.raises(StoreCallError, match="failed"):
+        calls.create_multipart_upload("http://127.0.0.1/b/k?uploads=")
