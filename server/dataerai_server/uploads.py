@@ -268,18 +268,21 @@ def _check_new_upload(session: Session, who: Principal, new: NewUpload) -> _Plac
 
 
 def _insert_session(
-    session: Session, who: Principal, new: NewUpload, upload_id: str, handle: str, session_ttl: int
-) -> tuple[dict[str, Any], bool]:
-    """Insert the session (checked again: the check before was another transaction), or
-    return the one made meanwhile under the same idempotency key.
+    session: Session, who: Principal, new: NewUpload, placement: _Placement, upload_id: str, handle: str,
+    session_ttl: int,
+) -> dict[str, Any]:
+    """Insert the session checked in the transaction before, to go where ``placement`` says.
+
+    The checks are not made again here: they read what creating a session does not change
+    (access, and the bytes a project holds, which count completed content only), so two
+    sessions created at once pass or fail them alike either way, and the completion checks
+    the caller may still write there. The one thing another request can change meanwhile is
+    the idempotency key's session: its ``UNIQUE`` constraint refuses a second one (the
+    caller then answers with the first).
 
     One Core ``INSERT``, and the view made from the values inserted (a new session holds no
     parts), where the ORM's unit of work and a query for the parts cost about twice as much.
     """
-    existing = _by_idempotency_key(session, who, new.idempotency_key)
-    if existing is not None:
-        return session_view(session, existing), False
-    placement = _check_new_upload(session, who, new)
     now = utcnow()
     row = {
         "id": upload_id,
@@ -313,7 +316,13 @@ def _insert_session(
         "result_content_id": None,
     }
     session.connection().execute(insert(_SESSIONS), row)
-    return _view(upload_id, OPEN, row, [], None), True
+    return _view(upload_id, OPEN, row, [], None)
+
+
+def _made_meanwhile(session: Session, who: Principal, key: str | None) -> dict[str, Any] | None:
+    """The session another request made under ``key`` since this one checked, if any."""
+    existing = _by_idempotency_key(session, who, key)
+    return None if existing is None else session_view(session, existing)
 
 
 def _open_part_slot(upload: UploadSession | _Slot, number: int, size: int) -> None:
@@ -1031,18 +1040,17 @@ class Uploads:
         made its upload, which needs no transaction open.
         """
 
-        def check(session: Session) -> tuple[Principal, dict[str, Any] | None]:
+        def check(session: Session) -> tuple[Principal, dict[str, Any] | _Placement]:
             who = authenticate(session)
             self._check_part_sizes(new)
             existing = _by_idempotency_key(session, who, new.idempotency_key)
             if existing is not None:
                 return who, session_view(session, existing)
-            _check_new_upload(session, who, new)
-            return who, None
+            return who, _check_new_upload(session, who, new)
 
-        who, existing = await self._db.read(check)
-        if existing is not None:
-            return self._with_part_digests(existing), False
+        who, checked = await self._db.read(check)
+        if not isinstance(checked, _Placement):
+            return self._with_part_digests(checked), False
         upload_id = new_id("upl")
         try:
             handle = await self._storage.create_upload(upload_id)
@@ -1052,10 +1060,15 @@ class Uploads:
         created = False
         try:
             try:
-                view, created = await self._db.write(lambda s: _insert_session(s, who, new, upload_id, handle, ttl))
+                view = await self._db.write(lambda s: _insert_session(s, who, new, checked, upload_id, handle, ttl))
+                created = True
             except IntegrityError:
-                # Another process inserted the same idempotency key between our check and insert.
-                view, created = await self._db.write(lambda s: _insert_session(s, who, new, upload_id, handle, ttl))
+                # Another request (perhaps in another process) made a session under the same
+                # idempotency key since the check: that one is the answer.
+                made = await self._db.read(lambda s: _made_meanwhile(s, who, new.idempotency_key))
+                if made is None:
+                    raise
+                view = made
         finally:
             if not created:
                 with anyio.CancelScope(shield=True):

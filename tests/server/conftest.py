@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from backends import postgres_database, s3_bucket, seaweed  # noqa: F401 - fixtures
+from in_process import database_url, services  # noqa: F401 - fixtures
 from server_harness import ALLOCATION, Env, Server
 
 

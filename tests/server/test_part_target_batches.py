@@ -8,22 +8,16 @@ PostgreSQL, through the real application in process. The batcher under it
 
 from __future__ import annotations
 
-import secrets
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import trio
 import trio.testing
-from backends import POSTGRES_ENV, new_postgres_database
 from dataerai_server import uploads
-from dataerai_server.app import create_app
-from dataerai_server.auth import SCOPE_SETS, issue_token
-from dataerai_server.config import Settings, sqlite_url
 from dataerai_server.db import Batcher, Pending
-from dataerai_server.services import Services, open_services
+from dataerai_server.services import Services
+from in_process import asgi_client
 from server_harness import error, ok
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
@@ -155,44 +149,6 @@ async def test_the_caller_running_a_batch_is_cancelled_only_after_the_batch_is_d
 # -- part targets through the real application
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield sqlite_url(tmp_path)
-        return
-    import os
-
-    if not os.environ.get(POSTGRES_ENV):
-        pytest.skip(f"{POSTGRES_ENV} is not set")
-    with new_postgres_database("dataerai_batches") as url:
-        yield url
-
-
-@pytest.fixture
-async def services(
-    database_url: str, seaweed: Any, s3_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Any:
-    for name, value in seaweed.env.items():
-        monkeypatch.setenv(name, value)
-    settings = Settings(
-        data_dir=tmp_path / "data", database_url=database_url,
-        storage_url=f"s3://{s3_bucket}/batches-{secrets.token_hex(4)}",
-    )
-    opened = await open_services(settings)
-    try:
-        yield opened
-    finally:
-        opened.close()
-
-
-def _client(services: Services, email: str) -> httpx.AsyncClient:
-    token = services.db.write_sync(lambda s: issue_token(s, email, SCOPE_SETS["write"], None))
-    return httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=create_app(services)), base_url="http://repo",
-        headers={"Authorization": f"Bearer {token}"},
-    )
-
-
 async def _session(client: httpx.AsyncClient) -> str:
     user_id = ok(await client.get("/api/v1/me"))["user_id"]
     created = await client.post(
@@ -242,7 +198,7 @@ async def test_targets_asked_together_take_one_transaction_and_each_gets_its_own
         mint_batch(session, batch)
 
     monkeypatch.setattr(services.uploads, "_mint_batch", counted)
-    async with _client(services, "ada@example.org") as ada, _client(services, "bob@example.org") as bob:
+    async with asgi_client(services, "ada@example.org") as ada, asgi_client(services, "bob@example.org") as bob:
         mine, bobs = await _session(ada), await _session(bob)
         asks = [(ada, mine, number, PART) for number in range(1, PARTS + 1)]
         asks += [
@@ -280,7 +236,7 @@ async def test_a_batch_whose_write_fails_is_asked_again_one_by_one(
         record(session, asks)
 
     monkeypatch.setattr(uploads, "_record_targets", failing_together)
-    async with _client(services, "cy@example.org") as cy:
+    async with asgi_client(services, "cy@example.org") as cy:
         upload_id = await _session(cy)
         asks = [(cy, upload_id, number, PART) for number in (1, 2, 3)] + [(cy, upload_id, 4, 1)]
         answers = await _ask_together(services, asks)

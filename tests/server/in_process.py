@@ -1,0 +1,59 @@
+"""The server's application in this process (on Trio, through ``httpx.ASGITransport``), on
+SQLite or on PostgreSQL, with S3 storage on the test session's SeaweedFS: for tests that
+need to hold or count what happens inside a request. The fixtures are made available by
+``conftest.py``."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from backends import POSTGRES_ENV, new_postgres_database
+from dataerai_server.app import create_app
+from dataerai_server.auth import SCOPE_SETS, issue_token
+from dataerai_server.config import Settings, sqlite_url
+from dataerai_server.services import Services, open_services
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh database: SQLite, then PostgreSQL (skipped where it is not configured)."""
+    if request.param == "sqlite":
+        yield sqlite_url(tmp_path)
+        return
+    if not os.environ.get(POSTGRES_ENV):
+        pytest.skip(f"{POSTGRES_ENV} is not set")
+    with new_postgres_database("dataerai_in_process") as url:
+        yield url
+
+
+@pytest.fixture
+async def services(
+    database_url: str, seaweed: Any, s3_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Services]:
+    """The server's services on ``database_url`` and a fresh prefix of the S3 bucket."""
+    for name, value in seaweed.env.items():
+        monkeypatch.setenv(name, value)
+    settings = Settings(
+        data_dir=tmp_path / "data", database_url=database_url,
+        storage_url=f"s3://{s3_bucket}/in-process-{secrets.token_hex(4)}",
+    )
+    opened = await open_services(settings)
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
+def asgi_client(services: Services, email: str) -> httpx.AsyncClient:
+    """A client of the application on ``services``, with a new write token of ``email``'s."""
+    token = services.db.write_sync(lambda s: issue_token(s, email, SCOPE_SETS["write"], None))
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=create_app(services)), base_url="http://repo",
+        headers={"Authorization": f"Bearer {token}"},
+    )

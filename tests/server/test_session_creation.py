@@ -1,0 +1,85 @@
+"""A new upload session: checked in one transaction, its store upload made with no transaction
+open, then inserted without checking again (``Uploads.create``). Through the real application
+in process, on SQLite and on PostgreSQL, with S3 storage on SeaweedFS."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+import trio
+from dataerai_server.services import Services
+from in_process import asgi_client
+from server_harness import error, ok
+from sqlalchemy import text
+
+AT_ONCE = 4
+
+
+def _new_session(user_id: str, **fields: Any) -> dict[str, Any]:
+    return {"owner_type": "user", "owner_id": user_id, "size": 1000, "part_size": 1 << 16, **fields}
+
+
+async def test_sessions_asked_at_once_under_one_key_are_one_and_the_other_store_uploads_are_aborted(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    storage = services.uploads._storage
+    create, abort = storage.create_upload, storage.abort
+    made: list[str] = []
+    aborted: list[str] = []
+    all_checked = trio.Event()
+
+    async def create_when_all_checked(upload_id: str) -> str:
+        # Every request has passed its check (none had found a session under the key) before
+        # any inserts: all but one insert then meet the key's UNIQUE constraint.
+        handle = await create(upload_id)
+        made.append(handle)
+        if len(made) == AT_ONCE:
+            all_checked.set()
+        await all_checked.wait()
+        return handle
+
+    async def counted_abort(handle: str) -> None:
+        aborted.append(handle)
+        await abort(handle)
+
+    monkeypatch.setattr(storage, "create_upload", create_when_all_checked)
+    monkeypatch.setattr(storage, "abort", counted_abort)
+    answers: list[httpx.Response] = []
+    async with asgi_client(services, "ada@example.org") as ada:
+        user_id = ok(await ada.get("/api/v1/me"))["user_id"]
+
+        async def ask() -> None:
+            answers.append(await ada.post("/api/v1/uploads", json=_new_session(user_id, idempotency_key="run-7")))
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(AT_ONCE):
+                nursery.start_soon(ask)
+
+    assert sorted(answer.status_code for answer in answers) == [200] * (AT_ONCE - 1) + [201]
+    assert len({answer.json()["upload_id"] for answer in answers}) == 1
+    kept = services.db.read_sync(lambda s: s.execute(
+        text("SELECT storage_handle FROM upload_sessions WHERE idempotency_key = 'run-7'")).scalars().all())
+    assert len(kept) == 1
+    # Each request made its own store upload; the ones whose insert lost were aborted.
+    assert len(made) == AT_ONCE and sorted(aborted) == sorted(set(made) - set(kept))
+
+
+async def test_a_refused_session_makes_no_store_upload(services: Services, monkeypatch: pytest.MonkeyPatch) -> None:
+    made: list[str] = []
+    create = services.uploads._storage.create_upload
+
+    async def counted(upload_id: str) -> str:
+        made.append(upload_id)
+        return await create(upload_id)
+
+    monkeypatch.setattr(services.uploads._storage, "create_upload", counted)
+    async with asgi_client(services, "bo@example.org") as bo:
+        user_id = ok(await bo.get("/api/v1/me"))["user_id"]
+        error(await bo.post("/api/v1/uploads", json=_new_session("usr_" + "0" * 24)), 403, "permission_denied")
+        error(await bo.post("/api/v1/uploads", json=_new_session(user_id, collection_id="col_" + "0" * 24)),
+              400, "invalid_argument")
+        assert made == []
+        ok(await bo.post("/api/v1/uploads", json=_new_session(user_id)), 201)
+    assert len(made) == 1
