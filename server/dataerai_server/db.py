@@ -26,11 +26,13 @@ import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Final, Generic, TypeVar, cast
 
 import anyio
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 T = TypeVar("T")
@@ -186,6 +188,58 @@ class Batcher(Generic[Item, T]):
             raise
         await mine.done.wait()
         return mine.outcome()
+
+
+class Together(Generic[Item, T]):
+    """``each(session, item)`` for the calls that arrive at the same moment, in one transaction
+    and one thread hop: a :class:`Batcher` over ``transact`` (:meth:`Database.read` or
+    :meth:`Database.write`).
+
+    Under load a transaction and its hop to a worker thread cost more than a small request's
+    own statements (on PostgreSQL a ping, ``BEGIN`` and ``COMMIT``, each a round trip; the
+    hop a few thread switches under the GIL), and the calls waiting share them.
+
+    What ``each`` raises fails its own call only, and the others go on in the transaction:
+    ``each`` must raise before it writes (a check's ``ApiError``). A database error may have
+    left the transaction unusable (PostgreSQL refuses every statement after a failed one),
+    and the commit may fail: then nothing of the batch was written, and each of its calls
+    runs again alone, so that one call's failure stays its own.
+    """
+
+    def __init__(self, transact: Callable[[Callable[[Session], Any]], Awaitable[Any]],
+                 each: Callable[[Session, Item], T], *, most: int) -> None:
+        self._transact = transact
+        self._each = each
+        self._batcher: Batcher[Item, T] = Batcher(self._run, most=most)
+
+    async def __call__(self, item: Item) -> T:
+        return await self._batcher(item)
+
+    def _all(self, session: Session, batch: list[Pending[Item, T]]) -> None:
+        for pending in batch:
+            try:
+                pending.answer(self._each(session, pending.item))
+            except SQLAlchemyError:
+                raise  # the transaction may be unusable: the batch goes again, call by call
+            except Exception as exc:
+                pending.fail(exc)
+
+    async def _alone(self, pending: Pending[Item, T]) -> None:
+        item = pending.item
+        try:
+            pending.answer(await self._transact(lambda session: self._each(session, item)))
+        except Exception as exc:
+            pending.fail(exc)
+
+    async def _run(self, batch: list[Pending[Item, T]]) -> None:
+        if len(batch) == 1:
+            await self._alone(batch[0])
+            return
+        try:
+            await self._transact(partial(self._all, batch=batch))
+        except Exception:
+            for pending in batch:
+                await self._alone(pending)
 
 
 class _GroupWriter:

@@ -44,7 +44,7 @@ from .config import (
     MAX_PART_COUNT,
     Settings,
 )
-from .db import Batcher, Database, Pending
+from .db import Batcher, Database, Pending, Together
 from .errors import ApiError, storage_failure
 from .models import (
     Asset,
@@ -267,11 +267,28 @@ def _check_new_upload(session: Session, who: Principal, new: NewUpload) -> _Plac
     return placement
 
 
-def _insert_session(
-    session: Session, who: Principal, new: NewUpload, placement: _Placement, upload_id: str, handle: str,
-    session_ttl: int,
-) -> dict[str, Any]:
-    """Insert the session checked in the transaction before, to go where ``placement`` says.
+@dataclass(frozen=True)
+class _NewSessionAsk:
+    """A request for a new session: who asks (looked up in the check's transaction), and what."""
+
+    authenticate: Callable[[Session], Principal]
+    new: NewUpload
+
+
+@dataclass(frozen=True)
+class _NewSessionRow:
+    """A new session, checked, whose store upload is made: what its insert needs."""
+
+    who: Principal
+    new: NewUpload
+    placement: _Placement
+    upload_id: str
+    handle: str
+    session_ttl: int
+
+
+def _insert_session(session: Session, checked: _NewSessionRow) -> dict[str, Any]:
+    """Insert the session checked in the transaction before, to go where its placement says.
 
     The checks are not made again here: they read what creating a session does not change
     (access, and the bytes a project holds, which count completed content only), so two
@@ -283,6 +300,7 @@ def _insert_session(
     One Core ``INSERT``, and the view made from the values inserted (a new session holds no
     parts), where the ORM's unit of work and a query for the parts cost about twice as much.
     """
+    who, new, placement, upload_id = checked.who, checked.new, checked.placement, checked.upload_id
     now = utcnow()
     row = {
         "id": upload_id,
@@ -306,11 +324,11 @@ def _insert_session(
         "part_count": new.part_count,
         "sha256": new.sha256,
         "idempotency_key": new.idempotency_key,
-        "storage_handle": handle,
+        "storage_handle": checked.handle,
         "bytes_received": 0,
         "created_at": now,
         "updated_at": now,
-        "expires_at": now + timedelta(seconds=session_ttl),
+        "expires_at": now + timedelta(seconds=checked.session_ttl),
         "completed_at": None,
         "result_asset_id": None,
         "result_content_id": None,
@@ -467,6 +485,8 @@ _UPSERT_TARGET: dict[str, Any] = {
 #: The most part targets one transaction takes (:meth:`Uploads._mint_together`): a bound on
 #: how long the last ask of a batch waits for the others' statements.
 PART_TARGETS_PER_TRANSACTION: Final = 64
+#: The most new sessions whose checks (and whose inserts) share a transaction.
+NEW_SESSIONS_PER_TRANSACTION: Final = 32
 
 
 @dataclass(frozen=True)
@@ -1030,25 +1050,22 @@ class Uploads:
         self._targets: Batcher[_TargetAsk, PresignedRequest | None] = Batcher(
             self._mint_together, most=PART_TARGETS_PER_TRANSACTION
         )
+        # New sessions asked at the same moment share the check's transaction, and the insert's.
+        self._new_session_checks: Together[_NewSessionAsk, tuple[Principal, dict[str, Any] | _Placement]] = (
+            Together(db.read, self._check_new_session, most=NEW_SESSIONS_PER_TRANSACTION))
+        self._new_session_inserts: Together[_NewSessionRow, dict[str, Any]] = Together(
+            db.write, _insert_session, most=NEW_SESSIONS_PER_TRANSACTION)
 
     async def create(self, authenticate: Callable[[Session], Principal], new: NewUpload) -> tuple[dict[str, Any], bool]:
         """Open a session, or return the one made earlier with the same idempotency key.
 
         Returns the session and whether it was created now. ``authenticate`` gives the caller
         within the first transaction (``Call.authenticate``), so that a new session takes
-        two: the token with the checks, then the insert (checked again) after the storage
-        made its upload, which needs no transaction open.
+        two: the token with the checks, then the insert after the storage made its upload,
+        which needs no transaction open. Each is shared with the sessions asked at the same
+        moment (:class:`~.db.Together`).
         """
-
-        def check(session: Session) -> tuple[Principal, dict[str, Any] | _Placement]:
-            who = authenticate(session)
-            self._check_part_sizes(new)
-            existing = _by_idempotency_key(session, who, new.idempotency_key)
-            if existing is not None:
-                return who, session_view(session, existing)
-            return who, _check_new_upload(session, who, new)
-
-        who, checked = await self._db.read(check)
+        who, checked = await self._new_session_checks(_NewSessionAsk(authenticate, new))
         if not isinstance(checked, _Placement):
             return self._with_part_digests(checked), False
         upload_id = new_id("upl")
@@ -1060,7 +1077,7 @@ class Uploads:
         created = False
         try:
             try:
-                view = await self._db.write(lambda s: _insert_session(s, who, new, checked, upload_id, handle, ttl))
+                view = await self._new_session_inserts(_NewSessionRow(who, new, checked, upload_id, handle, ttl))
                 created = True
             except IntegrityError:
                 # Another request (perhaps in another process) made a session under the same
@@ -1074,6 +1091,18 @@ class Uploads:
                 with anyio.CancelScope(shield=True):
                     await self._storage.abort(handle)
         return self._with_part_digests(view), created
+
+    def _check_new_session(
+        self, session: Session, ask: _NewSessionAsk
+    ) -> tuple[Principal, dict[str, Any] | _Placement]:
+        """Who asks, and the session made before under the ask's idempotency key, else where the
+        new one goes (raises the ``ApiError`` that applies)."""
+        who = ask.authenticate(session)
+        self._check_part_sizes(ask.new)
+        existing = _by_idempotency_key(session, who, ask.new.idempotency_key)
+        if existing is not None:
+            return who, session_view(session, existing)
+        return who, _check_new_upload(session, who, ask.new)
 
     def _check_part_sizes(self, new: NewUpload) -> None:
         """The part count and size this repository takes (after the token: errors keep their order)."""
