@@ -14,12 +14,13 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final, TypeVar
+from typing import Any, Final, Generic, TypeVar, cast
 from urllib.parse import urlencode
 
 import anyio
 import structlog
 from pydantic import BaseModel
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
@@ -28,8 +29,9 @@ from starlette.routing import Match, Route, Router
 from starlette.types import Message, Receive, Scope, Send
 
 from . import __version__, assets, deletions, project_collections, projects, relationships, schemas, validation
-from .auth import Bearer, Principal, bearer_token, lookup_principal
-from .clock import from_unix, isoformat, parse_timestamp, utcnow
+from .auth import Bearer, Principal, bearer_token, principal_rows
+from .clock import from_unix, isoformat, parse_timestamp
+from .db import Together
 from .errors import ApiError, error_response, http_exception_handler, internal_error
 from .logs import request_log_fields
 from .models import Content
@@ -56,6 +58,7 @@ def _expires_at(query: dict[str, str]) -> str | None:
 
 
 M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -114,9 +117,38 @@ class Call:
 
 Handler = Callable[[Request, Call], Awaitable[Response]]
 
+
+def _caller(session: Session, who: Principal) -> Principal:
+    return who
+
 #: Handlers that look the token up in their own first transaction (``Call.authenticate``):
 #: the requests a fleet makes most, one per part (docs/server.md, "Requests per CPU second").
-_AUTHENTICATED_WITH_ITS_WORK: Final = frozenset({"part_target", "create_upload", "complete_upload"})
+_AUTHENTICATED_WITH_ITS_WORK: Final = frozenset({"part_target", "create_upload", "complete_upload", "get_asset"})
+#: The most reads (each with its caller's token) that share a transaction.
+READS_PER_TRANSACTION: Final = 64
+
+
+@dataclass(frozen=True)
+class _ReadAs(Generic[T]):
+    """A read made as the caller whose token ``bearer`` holds, looked up in the same transaction."""
+
+    bearer: Bearer
+    read: Callable[[Session, Principal], T]
+
+
+def _read_as_callers(session: Session, asks: list[_ReadAs[Any]]) -> list[Any]:
+    """Each ask's read, or the ``ApiError`` that is its own (its token's first): the tokens of
+    all of them in one statement, then each read in turn."""
+    principals = principal_rows(session, [ask.bearer.token_hash for ask in asks])
+    outcomes: list[Any] = []
+    for ask in asks:
+        try:
+            outcomes.append(ask.read(session, ask.bearer.principal(principals.get(ask.bearer.token_hash))))
+        except SQLAlchemyError:
+            raise  # the transaction may be unusable: the batch goes again, ask by ask
+        except Exception as exc:
+            outcomes.append(exc)
+    return outcomes
 
 
 class Api:
@@ -124,13 +156,20 @@ class Api:
 
     def __init__(self, services: Services) -> None:
         self.s = services
+        # Reads that arrive at the same moment (each with its token) share a transaction and a
+        # thread hop: every token looked up first, and the reads of a handler that needs one.
+        self._reads: Together[_ReadAs[Any], Any] = Together(
+            services.db.read, _read_as_callers, most=READS_PER_TRANSACTION)
 
     async def who(self, request: Request, scope: str) -> Principal:
         """Authenticate the bearer token and require ``scope``."""
-        token = bearer_token(request.headers.get("authorization"))
-        principal = await self.s.db.read(lambda session: lookup_principal(session, token, utcnow()))
-        principal.require(scope)
-        return principal
+        bearer = Bearer(bearer_token(request.headers.get("authorization")), scope)
+        return cast(Principal, await self._reads(_ReadAs(bearer, _caller)))
+
+    async def read_as(self, call: Call, read: Callable[[Session, Principal], T]) -> T:
+        """``read(session, caller)`` with the caller's token looked up in the same transaction,
+        for a handler in :data:`_AUTHENTICATED_WITH_ITS_WORK`."""
+        return cast(T, await self._reads(_ReadAs(call.bearer, read)))
 
     async def _call(self, request: Request, operation: Operation) -> Call:
         """Parse the request as ``operation`` declares, in the order errors are reported:
@@ -260,8 +299,8 @@ class Api:
     # --- assets and content -----------------------------------------------------------
 
     async def get_asset(self, request: Request, call: Call) -> Response:
-        who, asset_id = call.principal, request.path_params["asset_id"]
-        return JSONResponse(await self.s.db.read(lambda session: assets.get_asset(session, who, asset_id)))
+        asset_id = request.path_params["asset_id"]
+        return JSONResponse(await self.read_as(call, lambda session, who: assets.get_asset(session, who, asset_id)))
 
     async def list_assets(self, request: Request, call: Call) -> Response:
         who, query = call.principal, call.query_as(schemas.AssetListQuery)
@@ -417,7 +456,7 @@ class Api:
             path=body.path,
             files=None if body.files is None else [dict(entry) for entry in body.files],
         )
-        view, created = await self.s.uploads.create(call.authenticate, new)
+        view, created = await self.s.uploads.create(call.bearer, new)
         return JSONResponse(view, status_code=201 if created else 200)
 
     async def get_upload(self, request: Request, call: Call) -> Response:

@@ -26,7 +26,6 @@ import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any, Final, Generic, TypeVar, cast
 
 import anyio
@@ -191,43 +190,60 @@ class Batcher(Generic[Item, T]):
 
 
 class Together(Generic[Item, T]):
-    """``each(session, item)`` for the calls that arrive at the same moment, in one transaction
-    and one thread hop: a :class:`Batcher` over ``transact`` (:meth:`Database.read` or
-    :meth:`Database.write`).
+    """The calls that arrive at the same moment, run in one transaction and one thread hop: a
+    :class:`Batcher` over ``transact`` (:meth:`Database.read` or :meth:`Database.write`).
 
     Under load a transaction and its hop to a worker thread cost more than a small request's
     own statements (on PostgreSQL a ping, ``BEGIN`` and ``COMMIT``, each a round trip; the
     hop a few thread switches under the GIL), and the calls waiting share them.
 
-    What ``each`` raises fails its own call only, and the others go on in the transaction:
-    ``each`` must raise before it writes (a check's ``ApiError``). A database error may have
-    left the transaction unusable (PostgreSQL refuses every statement after a failed one),
-    and the commit may fail: then nothing of the batch was written, and each of its calls
-    runs again alone, so that one call's failure stays its own.
+    ``run(session, items)`` gives each item's outcome, in order: its value, or the exception
+    that is its own (a check's ``ApiError``), raised before it wrote anything. It may serve
+    all the items with one statement where they ask alike (:meth:`one_by_one` makes a
+    ``run`` of a function of one item). A database error may have left the transaction
+    unusable (PostgreSQL refuses every statement after a failed one), and the commit may
+    fail: then nothing of the batch was written, and each of its calls runs again alone, so
+    that one call's failure stays its own.
     """
 
     def __init__(self, transact: Callable[[Callable[[Session], Any]], Awaitable[Any]],
-                 each: Callable[[Session, Item], T], *, most: int) -> None:
+                 run: Callable[[Session, list[Item]], list[T | Exception]], *, most: int) -> None:
         self._transact = transact
-        self._each = each
+        self._run_items = run
         self._batcher: Batcher[Item, T] = Batcher(self._run, most=most)
+
+    @staticmethod
+    def one_by_one(each: Callable[[Session, Item], T]) -> Callable[[Session, list[Item]], list[T | Exception]]:
+        """A ``run`` that calls ``each(session, item)`` for each item in turn."""
+
+        def run(session: Session, items: list[Item]) -> list[T | Exception]:
+            outcomes: list[T | Exception] = []
+            for item in items:
+                try:
+                    outcomes.append(each(session, item))
+                except SQLAlchemyError:
+                    raise  # the transaction may be unusable: the batch goes again, call by call
+                except Exception as exc:
+                    outcomes.append(exc)
+            return outcomes
+
+        return run
 
     async def __call__(self, item: Item) -> T:
         return await self._batcher(item)
 
-    def _all(self, session: Session, batch: list[Pending[Item, T]]) -> None:
-        for pending in batch:
-            try:
-                pending.answer(self._each(session, pending.item))
-            except SQLAlchemyError:
-                raise  # the transaction may be unusable: the batch goes again, call by call
-            except Exception as exc:
-                pending.fail(exc)
+    @staticmethod
+    def _settle(batch: list[Pending[Item, T]], outcomes: list[T | Exception]) -> None:
+        for pending, outcome in zip(batch, outcomes, strict=True):
+            if isinstance(outcome, Exception):
+                pending.fail(outcome)
+            else:
+                pending.answer(outcome)
 
     async def _alone(self, pending: Pending[Item, T]) -> None:
-        item = pending.item
+        items = [pending.item]
         try:
-            pending.answer(await self._transact(lambda session: self._each(session, item)))
+            self._settle([pending], await self._transact(lambda session: self._run_items(session, items)))
         except Exception as exc:
             pending.fail(exc)
 
@@ -235,11 +251,14 @@ class Together(Generic[Item, T]):
         if len(batch) == 1:
             await self._alone(batch[0])
             return
+        items = [pending.item for pending in batch]
         try:
-            await self._transact(partial(self._all, batch=batch))
+            outcomes = await self._transact(lambda session: self._run_items(session, items))
         except Exception:
             for pending in batch:
                 await self._alone(pending)
+            return
+        self._settle(batch, outcomes)
 
 
 class _GroupWriter:

@@ -28,7 +28,7 @@ from typing import Any, Final, cast
 
 import anyio
 import structlog
-from sqlalchemy import Table, bindparam, delete, insert, select, update
+from sqlalchemy import Table, bindparam, delete, insert, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -188,6 +188,10 @@ _SESSIONS, _TARGETS = cast(Table, UploadSession.__table__), cast(Table, UploadPa
 _SESSION_BY_KEY = select(_SESSIONS.c.id).where(
     _SESSIONS.c.user_id == bindparam("user_id"), _SESSIONS.c.idempotency_key == bindparam("key")
 )
+#: The sessions under several (user, idempotency key) pairs, in one statement (the UNIQUE index's order).
+_SESSIONS_BY_KEYS = select(_SESSIONS.c.id, _SESSIONS.c.user_id, _SESSIONS.c.idempotency_key).where(
+    tuple_(_SESSIONS.c.user_id, _SESSIONS.c.idempotency_key).in_(bindparam("keys", expanding=True))
+)
 
 
 @dataclass(frozen=True)
@@ -269,9 +273,10 @@ def _check_new_upload(session: Session, who: Principal, new: NewUpload) -> _Plac
 
 @dataclass(frozen=True)
 class _NewSessionAsk:
-    """A request for a new session: who asks (looked up in the check's transaction), and what."""
+    """A request for a new session: who asks (their token, looked up in the check's
+    transaction), and what."""
 
-    authenticate: Callable[[Session], Principal]
+    bearer: Bearer
     new: NewUpload
 
 
@@ -287,8 +292,8 @@ class _NewSessionRow:
     session_ttl: int
 
 
-def _insert_session(session: Session, checked: _NewSessionRow) -> dict[str, Any]:
-    """Insert the session checked in the transaction before, to go where its placement says.
+def _insert_sessions(session: Session, sessions: list[_NewSessionRow]) -> list[dict[str, Any] | Exception]:
+    """Insert the sessions checked in the transaction before, each to go where its placement says.
 
     The checks are not made again here: they read what creating a session does not change
     (access, and the bytes a project holds, which count completed content only), so two
@@ -297,12 +302,19 @@ def _insert_session(session: Session, checked: _NewSessionRow) -> dict[str, Any]
     the idempotency key's session: its ``UNIQUE`` constraint refuses a second one (the
     caller then answers with the first).
 
-    One Core ``INSERT``, and the view made from the values inserted (a new session holds no
-    parts), where the ORM's unit of work and a query for the parts cost about twice as much.
+    One Core ``INSERT`` for all of them, and the views made from the values inserted (a new
+    session holds no parts), where the ORM's unit of work and a query for the parts cost
+    about twice as much.
     """
+    rows = [_session_row(checked) for checked in sessions]
+    session.connection().execute(insert(_SESSIONS), rows)
+    return [_view(row["id"], OPEN, row, [], None) for row in rows]
+
+
+def _session_row(checked: _NewSessionRow) -> dict[str, Any]:
     who, new, placement, upload_id = checked.who, checked.new, checked.placement, checked.upload_id
     now = utcnow()
-    row = {
+    return {
         "id": upload_id,
         "user_id": who.user_id,
         "state": OPEN,
@@ -333,8 +345,6 @@ def _insert_session(session: Session, checked: _NewSessionRow) -> dict[str, Any]
         "result_asset_id": None,
         "result_content_id": None,
     }
-    session.connection().execute(insert(_SESSIONS), row)
-    return _view(upload_id, OPEN, row, [], None)
 
 
 def _made_meanwhile(session: Session, who: Principal, key: str | None) -> dict[str, Any] | None:
@@ -1052,20 +1062,20 @@ class Uploads:
         )
         # New sessions asked at the same moment share the check's transaction, and the insert's.
         self._new_session_checks: Together[_NewSessionAsk, tuple[Principal, dict[str, Any] | _Placement]] = (
-            Together(db.read, self._check_new_session, most=NEW_SESSIONS_PER_TRANSACTION))
+            Together(db.read, self._check_new_sessions, most=NEW_SESSIONS_PER_TRANSACTION))
         self._new_session_inserts: Together[_NewSessionRow, dict[str, Any]] = Together(
-            db.write, _insert_session, most=NEW_SESSIONS_PER_TRANSACTION)
+            db.write, _insert_sessions, most=NEW_SESSIONS_PER_TRANSACTION)
 
-    async def create(self, authenticate: Callable[[Session], Principal], new: NewUpload) -> tuple[dict[str, Any], bool]:
+    async def create(self, bearer: Bearer, new: NewUpload) -> tuple[dict[str, Any], bool]:
         """Open a session, or return the one made earlier with the same idempotency key.
 
-        Returns the session and whether it was created now. ``authenticate`` gives the caller
-        within the first transaction (``Call.authenticate``), so that a new session takes
+        Returns the session and whether it was created now. ``bearer``'s token is looked up
+        within the first transaction, so that a new session takes
         two: the token with the checks, then the insert after the storage made its upload,
         which needs no transaction open. Each is shared with the sessions asked at the same
         moment (:class:`~.db.Together`).
         """
-        who, checked = await self._new_session_checks(_NewSessionAsk(authenticate, new))
+        who, checked = await self._new_session_checks(_NewSessionAsk(bearer, new))
         if not isinstance(checked, _Placement):
             return self._with_part_digests(checked), False
         upload_id = new_id("upl")
@@ -1092,17 +1102,40 @@ class Uploads:
                     await self._storage.abort(handle)
         return self._with_part_digests(view), created
 
-    def _check_new_session(
-        self, session: Session, ask: _NewSessionAsk
-    ) -> tuple[Principal, dict[str, Any] | _Placement]:
-        """Who asks, and the session made before under the ask's idempotency key, else where the
-        new one goes (raises the ``ApiError`` that applies)."""
-        who = ask.authenticate(session)
-        self._check_part_sizes(ask.new)
-        existing = _by_idempotency_key(session, who, ask.new.idempotency_key)
-        if existing is not None:
-            return who, session_view(session, existing)
-        return who, _check_new_upload(session, who, ask.new)
+    def _check_new_sessions(
+        self, session: Session, asks: list[_NewSessionAsk]
+    ) -> list[tuple[Principal, dict[str, Any] | _Placement] | Exception]:
+        """For each ask: who asks, and the session made before under its idempotency key, else
+        where the new one goes; or the ``ApiError`` that applies. The tokens are read in one
+        statement, and so are the sessions already under the asks' keys."""
+        principals = principal_rows(session, [ask.bearer.token_hash for ask in asks])
+        callers: list[Principal | ApiError] = []
+        for ask in asks:
+            try:
+                callers.append(ask.bearer.principal(principals.get(ask.bearer.token_hash)))
+            except ApiError as exc:
+                callers.append(exc)
+        keys = sorted({(who.user_id, ask.new.idempotency_key) for who, ask in zip(callers, asks, strict=True)
+                       if isinstance(who, Principal) and ask.new.idempotency_key is not None})
+        made = {(row.user_id, row.idempotency_key): row.id
+                for row in session.connection().execute(_SESSIONS_BY_KEYS, {"keys": keys})} if keys else {}
+        outcomes: list[tuple[Principal, dict[str, Any] | _Placement] | Exception] = []
+        for who, ask in zip(callers, asks, strict=True):
+            if isinstance(who, ApiError):
+                outcomes.append(who)
+                continue
+            try:
+                self._check_part_sizes(ask.new)
+                existing = made.get((who.user_id, ask.new.idempotency_key))
+                if existing is not None:
+                    upload = session.get(UploadSession, existing)
+                    assert upload is not None
+                    outcomes.append((who, session_view(session, upload)))
+                else:
+                    outcomes.append((who, _check_new_upload(session, who, ask.new)))
+            except ApiError as exc:
+                outcomes.append(exc)
+        return outcomes
 
     def _check_part_sizes(self, new: NewUpload) -> None:
         """The part count and size this repository takes (after the token: errors keep their order)."""

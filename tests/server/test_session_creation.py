@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 import pytest
 import trio
+import trio.testing
 from dataerai_server.services import Services
 from in_process import asgi_client
 from server_harness import error, ok
@@ -83,3 +84,51 @@ async def test_a_refused_session_makes_no_store_upload(services: Services, monke
         assert made == []
         ok(await bo.post("/api/v1/uploads", json=_new_session(user_id)), 201)
     assert len(made) == 1
+
+
+async def test_sessions_asked_together_are_checked_in_one_transaction_each_on_its_own(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checks = services.uploads._new_session_checks
+    batches: list[int] = []
+    check_all = services.uploads._check_new_sessions
+
+    def counted(session: Any, asks: list[Any]) -> list[Any]:
+        batches.append(len(asks))
+        return check_all(session, asks)
+
+    monkeypatch.setattr(checks, "_run_items", counted)
+    async with asgi_client(services, "di@example.org") as di, asgi_client(services, "ed@example.org") as ed:
+        di_id, ed_id = ok(await di.get("/api/v1/me"))["user_id"], ok(await ed.get("/api/v1/me"))["user_id"]
+        before = ok(await di.post("/api/v1/uploads", json=_new_session(di_id, idempotency_key="k")), 201)
+        batches.clear()
+        stranger = httpx.AsyncClient(transport=di._transport, base_url="http://repo",
+                                     headers={"Authorization": "Bearer dtok_" + "x" * 43})
+        asks = [
+            (di, _new_session(di_id, idempotency_key="k")),  # made before: the same session again
+            (ed, _new_session(ed_id, idempotency_key="k")),  # the same key is another user's own
+            (stranger, _new_session(di_id)),  # an unknown token
+            (di, _new_session(di_id, size=(1 << 16) * 10_001)),  # too many parts
+            (di, _new_session(ed_id)),  # another user's id as owner
+            (di, _new_session(di_id, idempotency_key="k2")),
+        ]
+        answers: list[httpx.Response | None] = [None] * len(asks)
+
+        async def ask(i: int, client: httpx.AsyncClient, body: dict[str, Any]) -> None:
+            answers[i] = await client.post("/api/v1/uploads", json=body)
+
+        async with trio.open_nursery() as nursery, checks._batcher._slot:
+            for i, (client, body) in enumerate(asks):
+                nursery.start_soon(ask, i, client, body)
+                await trio.testing.wait_all_tasks_blocked()
+        await stranger.aclose()
+
+    assert batches == [len(asks)]
+    got = [answer for answer in answers if answer is not None]
+    assert ok(got[0], 200)["upload_id"] == before["upload_id"]
+    eds = ok(got[1], 201)["upload_id"]
+    assert eds != before["upload_id"]
+    error(got[2], 401, "auth_required")
+    assert error(got[3], 400, "invalid_argument")["field"] == "part_size"
+    error(got[4], 403, "permission_denied")
+    assert ok(got[5], 201)["upload_id"] not in (before["upload_id"], eds)

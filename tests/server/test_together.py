@@ -4,8 +4,6 @@ PostgreSQL (``database_url``)."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import trio
 import trio.testing
 from dataerai_server.db import Database, Together
@@ -31,12 +29,11 @@ async def _together(
         db.write_sync(lambda s: s.execute(text("CREATE TABLE together_rows (n INTEGER PRIMARY KEY)")))
         transactions: list[int] = []
 
-        async def counted(fn: Any) -> Any:
-            batch = getattr(fn, "keywords", {}).get("batch")
-            transactions.append(len(batch) if batch is not None else 1)
-            return await db.write(fn)
+        def counted(session: Session, items: list[int]) -> list[int | Exception]:
+            transactions.append(len(items))
+            return Together.one_by_one(_insert)(session, items)
 
-        together: Together[int, int] = Together(counted, _insert, most=16)
+        together: Together[int, int] = Together(db.write, counted, most=16)
         for n in first:
             await together(n)
         transactions.clear()
