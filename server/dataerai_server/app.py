@@ -75,15 +75,8 @@ class Call:
     body: BaseModel | None = None
     query: BaseModel | None = None
     #: The bearer token, not looked up yet: the handler does so in its own transaction
-    #: (:meth:`authenticate`).
+    #: (:attr:`bearer`).
     token: str | None = None
-
-    def authenticate(self, session: Session) -> Principal:
-        """The caller, looked up in ``session`` (the handler's own transaction), with the
-        operation's scope required; every request reads its token afresh, as :meth:`Api.who` does."""
-        if self.who is not None:
-            return self.who
-        return self.bearer.authenticate(session)
 
     @property
     def bearer(self) -> Bearer:
@@ -121,7 +114,7 @@ Handler = Callable[[Request, Call], Awaitable[Response]]
 def _caller(session: Session, who: Principal) -> Principal:
     return who
 
-#: Handlers that look the token up in their own first transaction (``Call.authenticate``):
+#: Handlers that look the token up in their own first transaction (``Call.bearer``):
 #: the requests a fleet makes most, one per part (docs/server.md, "Requests per CPU second").
 _AUTHENTICATED_WITH_ITS_WORK: Final = frozenset({"part_target", "create_upload", "complete_upload", "get_asset"})
 #: The most reads (each with its caller's token) that share a transaction.
@@ -522,7 +515,7 @@ class Api:
         body = call.body_as(schemas.Completion)
         upload_id = request.path_params["upload_id"]
         return JSONResponse(
-            await self.s.uploads.complete(call.authenticate, upload_id, body.idempotency_key, body.sha256,
+            await self.s.uploads.complete(call.bearer, upload_id, body.idempotency_key, body.sha256,
                                           body.file_sha256)
         )
 

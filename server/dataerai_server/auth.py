@@ -189,8 +189,9 @@ class Bearer:
     """A request's bearer token, not looked up yet, and the scope its operation needs.
 
     A handler looks it up inside its own transaction, so the token costs no transaction of
-    its own: :meth:`authenticate` with its own query, or :meth:`principal` on the row of a
-    query that read the token together with what the request is about.
+    its own: :meth:`principal` on the row of a query that read the token together with what
+    the request is about, or with the tokens of the requests that share the transaction
+    (:func:`principal_rows`).
     """
 
     token: str
@@ -199,12 +200,6 @@ class Bearer:
     @property
     def token_hash(self) -> str:
         return token_hash(self.token)
-
-    def authenticate(self, session: Session) -> Principal:
-        """The caller, looked up in ``session``, with the scope required."""
-        principal = lookup_principal(session, self.token, utcnow())
-        principal.require(self.scope)
-        return principal
 
     def principal(self, row: Sequence[Any] | None) -> Principal:
         """The caller from a row that starts with :data:`PRINCIPAL_COLUMNS`, with the scope required."""

@@ -497,6 +497,8 @@ _UPSERT_TARGET: dict[str, Any] = {
 PART_TARGETS_PER_TRANSACTION: Final = 64
 #: The most new sessions whose checks (and whose inserts) share a transaction.
 NEW_SESSIONS_PER_TRANSACTION: Final = 32
+#: The most completions whose plans (and whose records) share a transaction.
+COMPLETIONS_PER_TRANSACTION: Final = 16
 
 
 @dataclass(frozen=True)
@@ -623,6 +625,53 @@ class _ListFirst:
     """The open session had parts sent straight to the store: list them before planning."""
 
     handle: str
+
+
+@dataclass(frozen=True)
+class _CompletionAsk:
+    """A completion asked for: by whom (their token, looked up in the plan's transaction), of
+    which session, under which key, with which digests."""
+
+    bearer: Bearer
+    upload_id: str
+    key: str | None
+    sha256: str | None
+    file_sha256: list[str] | None
+
+
+def _plan_completions(
+    session: Session, asks: list[_CompletionAsk]
+) -> list[tuple[Principal, _Done | _Assembly | _ListFirst] | Exception]:
+    """Each ask's caller and plan (:func:`_plan_completion`), or the ``ApiError`` that is its
+    own: their tokens in one statement, then each session locked and planned in turn."""
+    principals = principal_rows(session, [ask.bearer.token_hash for ask in asks])
+    outcomes: list[tuple[Principal, _Done | _Assembly | _ListFirst] | Exception] = []
+    for ask in asks:
+        try:
+            who = ask.bearer.principal(principals.get(ask.bearer.token_hash))
+            outcomes.append((who, _plan_completion(session, who, ask.upload_id, ask.key, ask.sha256,
+                                                   ask.file_sha256)))
+        except ApiError as exc:  # raised before the plan wrote anything
+            outcomes.append(exc)
+    return outcomes
+
+
+@dataclass(frozen=True)
+class _CompletionRecord:
+    """A completion's content, stored and verified: what its rows need."""
+
+    who: Principal
+    upload_id: str
+    key: str | None
+    size: int
+    sha256: str
+    storage_key: str
+    file_sha256: list[str] | None
+
+
+def _record_one(session: Session, done: _CompletionRecord) -> tuple[dict[str, Any], bool]:
+    return _record_completion(session, done.who, done.upload_id, done.key, done.size, done.sha256,
+                              done.storage_key, done.file_sha256)
 
 
 def _plan_completion(
@@ -1065,6 +1114,11 @@ class Uploads:
             Together(db.read, self._check_new_sessions, most=NEW_SESSIONS_PER_TRANSACTION))
         self._new_session_inserts: Together[_NewSessionRow, dict[str, Any]] = Together(
             db.write, _insert_sessions, most=NEW_SESSIONS_PER_TRANSACTION)
+        # Completions asked at the same moment share the plan's transaction, and the record's.
+        self._completion_plans: Together[_CompletionAsk, tuple[Principal, _Done | _Assembly | _ListFirst]] = (
+            Together(db.write, _plan_completions, most=COMPLETIONS_PER_TRANSACTION))
+        self._completion_records: Together[_CompletionRecord, tuple[dict[str, Any], bool]] = Together(
+            db.write, Together.one_by_one(_record_one), most=COMPLETIONS_PER_TRANSACTION)
 
     async def create(self, bearer: Bearer, new: NewUpload) -> tuple[dict[str, Any], bool]:
         """Open a session, or return the one made earlier with the same idempotency key.
@@ -1318,7 +1372,7 @@ class Uploads:
 
     async def complete(
         self,
-        authenticate: Callable[[Session], Principal],
+        bearer: Bearer,
         upload_id: str,
         key: str | None,
         sha256: str | None,
@@ -1327,18 +1381,14 @@ class Uploads:
         """Turn the parts into a new asset (or version) exactly once; see the module docstring.
 
         ``file_sha256`` (one per file, in stream order) is stored as the uploader reports it.
-        ``authenticate`` gives the caller within the first transaction (``Call.authenticate``):
-        a completion takes two, the plan and the record, besides the storage's work.
+        ``bearer``'s token is looked up within the first transaction: a completion takes two,
+        the plan and the record, besides the storage's work, each shared with the
+        completions asked at the same moment (:class:`~.db.Together`).
         """
         async with self._session_locks.hold(upload_id):
-
-            def plan_it(session: Session) -> tuple[Principal, _Done | _Assembly | _ListFirst]:
-                who = authenticate(session)
-                return who, _plan_completion(session, who, upload_id, key, sha256, file_sha256)
-
             # One transaction for the token, the session's lock and the plan (it was four:
             # the token, the session, its direct targets, the plan).
-            who, plan = await self._db.write(plan_it)
+            who, plan = await self._completion_plans(_CompletionAsk(bearer, upload_id, key, sha256, file_sha256))
             if isinstance(plan, _ListFirst):
                 # Parts sent straight to the store (S3): ask it which it holds, outside any
                 # transaction, then record them and plan again in one.
@@ -1364,19 +1414,12 @@ class Uploads:
             except StorageError as exc:
                 log.error("upload.assemble_failed", upload_id=upload_id, error=str(exc))
                 raise
+            record = _CompletionRecord(who, upload_id, key, content.size, content.sha256, storage_key, file_sha256)
             try:
-                result, made = await self._db.write(
-                    lambda s: _record_completion(
-                        s, who, upload_id, key, content.size, content.sha256, storage_key, file_sha256
-                    )
-                )
+                result, made = await self._completion_records(record)
             except IntegrityError:
                 # Another process stored a result under this key first: adopt it.
-                result, made = await self._db.write(
-                    lambda s: _record_completion(
-                        s, who, upload_id, key, content.size, content.sha256, storage_key, file_sha256
-                    )
-                )
+                result, made = await self._db.write(lambda s: _record_one(s, record))
             if not made:
                 # Someone else's completion won: our object goes, the way every unused one does
                 # (queued, then deleted unless a content uses it; a failure is swept later).

@@ -5,6 +5,7 @@ need to hold or count what happens inside a request. The fixtures are made avail
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 from collections.abc import AsyncIterator, Iterator
@@ -57,3 +58,21 @@ def asgi_client(services: Services, email: str) -> httpx.AsyncClient:
         transport=httpx.ASGITransport(app=create_app(services)), base_url="http://repo",
         headers={"Authorization": f"Bearer {token}"},
     )
+
+
+async def sent_session(client: httpx.AsyncClient, data: bytes = b"beamline 7, run 42\n" * 50) -> tuple[str, str]:
+    """A one-part session of the client's own whose part was sent straight to the store, not
+    completed yet: its id and the part's (the whole file's) SHA-256."""
+    user_id = (await client.get("/api/v1/me")).json()["user_id"]
+    created = await client.post("/api/v1/uploads", json={
+        "owner_type": "user", "owner_id": user_id, "size": len(data), "part_size": 1 << 16})
+    assert created.status_code == 201, created.text
+    upload_id = created.json()["upload_id"]
+    digest = hashlib.sha256(data).hexdigest()
+    target = await client.post(f"/api/v1/uploads/{upload_id}/parts/1/target",
+                               json={"sha256": digest, "size": len(data)})
+    assert target.status_code == 200, target.text
+    async with httpx.AsyncClient() as store:
+        sent = await store.request("PUT", target.json()["url"], headers=target.json()["headers"], content=data)
+        sent.raise_for_status()
+    return upload_id, digest

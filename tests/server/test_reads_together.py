@@ -4,7 +4,6 @@ Through the real application in process, on SQLite and on PostgreSQL, S3 storage
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 import httpx
@@ -15,6 +14,7 @@ from dataerai_server import app as app_module
 from dataerai_server.app import Api, RequestLog
 from dataerai_server.auth import SCOPE_SETS, issue_token
 from dataerai_server.services import Services
+from in_process import sent_session
 from server_harness import error, ok
 
 
@@ -27,17 +27,7 @@ def _client(api: Api, services: Services, email: str | None) -> httpx.AsyncClien
 
 
 async def _asset(client: httpx.AsyncClient) -> str:
-    """A one-part asset of the client's own, its part sent straight to the store."""
-    data = b"beamline 7, run 42\n" * 50
-    user_id = ok(await client.get("/api/v1/me"))["user_id"]
-    upload_id = ok(await client.post("/api/v1/uploads", json={
-        "owner_type": "user", "owner_id": user_id, "size": len(data), "part_size": 1 << 16}), 201)["upload_id"]
-    digest = hashlib.sha256(data).hexdigest()
-    target = ok(await client.post(f"/api/v1/uploads/{upload_id}/parts/1/target",
-                                  json={"sha256": digest, "size": len(data)}))
-    async with httpx.AsyncClient() as store:
-        sent = await store.request(target["method"], target["url"], headers=target["headers"], content=data)
-        sent.raise_for_status()
+    upload_id, digest = await sent_session(client)
     return str(ok(await client.post(f"/api/v1/uploads/{upload_id}/complete", json={"sha256": digest}))["asset_id"])
 
 
