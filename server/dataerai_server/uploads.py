@@ -643,16 +643,19 @@ def _plan_completions(
     session: Session, asks: list[_CompletionAsk]
 ) -> list[tuple[Principal, _Done | _Assembly | _ListFirst] | Exception]:
     """Each ask's caller and plan (:func:`_plan_completion`), or the ``ApiError`` that is its
-    own: their tokens in one statement, then each session locked and planned in turn."""
+    own: their tokens in one statement, then each session locked and planned in turn, in the
+    order of their ids (so that two server processes' batches never deadlock on the
+    sessions they both lock, as the part targets' upserts go in key order)."""
     principals = principal_rows(session, [ask.bearer.token_hash for ask in asks])
-    outcomes: list[tuple[Principal, _Done | _Assembly | _ListFirst] | Exception] = []
-    for ask in asks:
+    outcomes: list[tuple[Principal, _Done | _Assembly | _ListFirst] | Exception] = [
+        ApiError("internal", "not planned")] * len(asks)
+    for i in sorted(range(len(asks)), key=lambda i: asks[i].upload_id):
+        ask = asks[i]
         try:
             who = ask.bearer.principal(principals.get(ask.bearer.token_hash))
-            outcomes.append((who, _plan_completion(session, who, ask.upload_id, ask.key, ask.sha256,
-                                                   ask.file_sha256)))
+            outcomes[i] = (who, _plan_completion(session, who, ask.upload_id, ask.key, ask.sha256, ask.file_sha256))
         except ApiError as exc:  # raised before the plan wrote anything
-            outcomes.append(exc)
+            outcomes[i] = exc
     return outcomes
 
 
@@ -672,6 +675,19 @@ class _CompletionRecord:
 def _record_one(session: Session, done: _CompletionRecord) -> tuple[dict[str, Any], bool]:
     return _record_completion(session, done.who, done.upload_id, done.key, done.size, done.sha256,
                               done.storage_key, done.file_sha256)
+
+
+def _record_completions(
+    session: Session, records: list[_CompletionRecord]
+) -> list[tuple[dict[str, Any], bool] | Exception]:
+    """Each completion's record (:func:`_record_completion`), in the order of the sessions'
+    ids, whose rows each locks (as :func:`_plan_completions`)."""
+    order = sorted(range(len(records)), key=lambda i: records[i].upload_id)
+    done = Together.one_by_one(_record_one)(session, [records[i] for i in order])
+    outcomes: list[tuple[dict[str, Any], bool] | Exception] = [ApiError("internal", "not recorded")] * len(records)
+    for i, outcome in zip(order, done, strict=True):
+        outcomes[i] = outcome
+    return outcomes
 
 
 def _plan_completion(
@@ -1118,7 +1134,7 @@ class Uploads:
         self._completion_plans: Together[_CompletionAsk, tuple[Principal, _Done | _Assembly | _ListFirst]] = (
             Together(db.write, _plan_completions, most=COMPLETIONS_PER_TRANSACTION))
         self._completion_records: Together[_CompletionRecord, tuple[dict[str, Any], bool]] = Together(
-            db.write, Together.one_by_one(_record_one), most=COMPLETIONS_PER_TRANSACTION)
+            db.write, _record_completions, most=COMPLETIONS_PER_TRANSACTION)
 
     async def create(self, bearer: Bearer, new: NewUpload) -> tuple[dict[str, Any], bool]:
         """Open a session, or return the one made earlier with the same idempotency key.

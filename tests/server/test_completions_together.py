@@ -11,7 +11,6 @@ import pytest
 import trio
 import trio.testing
 from dataerai_server import uploads
-from dataerai_server.db import Together
 from dataerai_server.services import Services
 from in_process import asgi_client, sent_session
 from server_harness import error, ok
@@ -24,13 +23,15 @@ async def test_completions_asked_together_are_planned_in_one_transaction_each_on
     records: list[int] = []
     plan_all, record_one = uploads._plan_completions, uploads._record_one
 
-    def counted_plans(session: Any, asks: list[Any]) -> list[Any]:
-        plans.append(len(asks))
-        return plan_all(session, asks)
-
     def counted_record(session: Any, done: Any) -> Any:
         records.append(1)
         return record_one(session, done)
+
+    monkeypatch.setattr(uploads, "_record_one", counted_record)
+
+    def counted_plans(session: Any, asks: list[Any]) -> list[Any]:
+        plans.append(len(asks))
+        return plan_all(session, asks)
 
     monkeypatch.setattr(services.uploads._completion_plans, "_run_items", counted_plans)
     async with asgi_client(services, "ha@example.org") as ha, asgi_client(services, "io@example.org") as io:
@@ -40,8 +41,6 @@ async def test_completions_asked_together_are_planned_in_one_transaction_each_on
         her_other, her_other_digest = await sent_session(io, b"a third run\n" * 70)
         stranger = httpx.AsyncClient(transport=ha._transport, base_url="http://repo",
                                      headers={"Authorization": "Bearer dtk_" + "y" * 43})
-        monkeypatch.setattr(services.uploads._completion_records, "_run_items",
-                            Together.one_by_one(counted_record))
         asks = [
             (ha, mine, {"sha256": my_digest}),
             (ha, hers, {"sha256": her_digest}),  # someone else's session
