@@ -29,7 +29,7 @@ from starlette.routing import Match, Route, Router
 from starlette.types import Message, Receive, Scope, Send
 
 from . import __version__, assets, deletions, project_collections, projects, relationships, schemas, validation
-from .auth import Bearer, Principal, bearer_token, principal_rows
+from .auth import Bearer, Principal, bearer_token, callers
 from .clock import from_unix, isoformat, parse_timestamp
 from .db import Together
 from .errors import ApiError, error_response, http_exception_handler, internal_error
@@ -114,6 +114,7 @@ Handler = Callable[[Request, Call], Awaitable[Response]]
 def _caller(session: Session, who: Principal) -> Principal:
     return who
 
+
 #: Handlers that look the token up in their own first transaction (``Call.bearer``):
 #: the requests a fleet makes most, one per part (docs/server.md, "Requests per CPU second").
 _AUTHENTICATED_WITH_ITS_WORK: Final = frozenset({"part_target", "create_upload", "complete_upload", "get_asset"})
@@ -132,11 +133,13 @@ class _ReadAs(Generic[T]):
 def _read_as_callers(session: Session, asks: list[_ReadAs[Any]]) -> list[Any]:
     """Each ask's read, or the ``ApiError`` that is its own (its token's first): the tokens of
     all of them in one statement, then each read in turn."""
-    principals = principal_rows(session, [ask.bearer.token_hash for ask in asks])
     outcomes: list[Any] = []
-    for ask in asks:
+    for ask, who in zip(asks, callers(session, [ask.bearer for ask in asks]), strict=True):
+        if isinstance(who, ApiError):
+            outcomes.append(who)
+            continue
         try:
-            outcomes.append(ask.read(session, ask.bearer.principal(principals.get(ask.bearer.token_hash))))
+            outcomes.append(ask.read(session, who))
         except SQLAlchemyError:
             raise  # the transaction may be unusable: the batch goes again, ask by ask
         except Exception as exc:

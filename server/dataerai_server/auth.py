@@ -169,6 +169,19 @@ def principal_rows(session: Session, hashes: Iterable[str]) -> dict[str, Sequenc
     return {row[-1]: row for row in rows}
 
 
+def callers(session: Session, bearers: Sequence[Bearer]) -> list[Principal | ApiError]:
+    """Who each bearer is, with its scope required, or the ``ApiError`` that is its own: all
+    their tokens read in one statement (requests that share a transaction)."""
+    principals = principal_rows(session, [bearer.token_hash for bearer in bearers])
+    found: list[Principal | ApiError] = []
+    for bearer in bearers:
+        try:
+            found.append(bearer.principal(principals.get(bearer.token_hash)))
+        except ApiError as exc:
+            found.append(exc)
+    return found
+
+
 def principal_from_row(row: Sequence[Any] | None, now: datetime) -> Principal:
     """The principal of a row that starts with :data:`PRINCIPAL_COLUMNS` (None: no such token).
     ``auth_required`` if unknown, ``auth_expired`` if revoked or expired."""

@@ -34,7 +34,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from . import assets, deletions, project_collections, projects
-from .auth import PRINCIPAL_COLUMNS, PRINCIPAL_JOIN, PRINCIPAL_WHERE, Bearer, Principal, principal_rows
+from .auth import PRINCIPAL_COLUMNS, PRINCIPAL_JOIN, PRINCIPAL_WHERE, Bearer, Principal, callers
 from .clock import isoformat, new_id, utcnow
 from .config import (
     DEDUP_CHALLENGE_TTL_SECONDS,
@@ -459,16 +459,17 @@ def _part_slots(session: Session, asks: Sequence[_TargetAsk]) -> list[str | ApiE
     """What :func:`_part_slot` says of each ask (its session's handle, or the error it
     raises, in the same order of checks), in two statements for all of them: their tokens,
     then their sessions."""
-    hashes = [ask.bearer.token_hash for ask in asks]
-    principals = principal_rows(session, hashes)
+    found = callers(session, [ask.bearer for ask in asks])
     slots = {
         row.id: _Slot(*row)
         for row in session.connection().execute(_SLOTS, {"upload_ids": sorted({ask.upload_id for ask in asks})})
     }
     handles: list[str | ApiError] = []
-    for ask, hash_ in zip(asks, hashes, strict=True):
+    for ask, who in zip(asks, found, strict=True):
+        if isinstance(who, ApiError):
+            handles.append(who)
+            continue
         try:
-            who = ask.bearer.principal(principals.get(hash_))
             handles.append(_slot_handle(who, slots.get(ask.upload_id), ask.upload_id, ask.number, ask.size))
         except ApiError as exc:
             handles.append(exc)
@@ -646,17 +647,18 @@ def _plan_completions(
     own: their tokens in one statement, then each session locked and planned in turn, in the
     order of their ids (so that two server processes' batches never deadlock on the
     sessions they both lock, as the part targets' upserts go in key order)."""
-    principals = principal_rows(session, [ask.bearer.token_hash for ask in asks])
-    outcomes: list[tuple[Principal, _Done | _Assembly | _ListFirst] | Exception] = [
-        ApiError("internal", "not planned")] * len(asks)
+    found = callers(session, [ask.bearer for ask in asks])
+    planned: dict[int, tuple[Principal, _Done | _Assembly | _ListFirst] | Exception] = {}
     for i in sorted(range(len(asks)), key=lambda i: asks[i].upload_id):
-        ask = asks[i]
+        ask, who = asks[i], found[i]
+        if isinstance(who, ApiError):
+            planned[i] = who
+            continue
         try:
-            who = ask.bearer.principal(principals.get(ask.bearer.token_hash))
-            outcomes[i] = (who, _plan_completion(session, who, ask.upload_id, ask.key, ask.sha256, ask.file_sha256))
+            planned[i] = (who, _plan_completion(session, who, ask.upload_id, ask.key, ask.sha256, ask.file_sha256))
         except ApiError as exc:  # raised before the plan wrote anything
-            outcomes[i] = exc
-    return outcomes
+            planned[i] = exc
+    return [planned[i] for i in range(len(asks))]
 
 
 @dataclass(frozen=True)
@@ -683,11 +685,8 @@ def _record_completions(
     """Each completion's record (:func:`_record_completion`), in the order of the sessions'
     ids, whose rows each locks (as :func:`_plan_completions`)."""
     order = sorted(range(len(records)), key=lambda i: records[i].upload_id)
-    done = Together.one_by_one(_record_one)(session, [records[i] for i in order])
-    outcomes: list[tuple[dict[str, Any], bool] | Exception] = [ApiError("internal", "not recorded")] * len(records)
-    for i, outcome in zip(order, done, strict=True):
-        outcomes[i] = outcome
-    return outcomes
+    done = dict(zip(order, Together.one_by_one(_record_one)(session, [records[i] for i in order]), strict=True))
+    return [done[i] for i in range(len(records))]
 
 
 def _plan_completion(
@@ -1140,10 +1139,10 @@ class Uploads:
         """Open a session, or return the one made earlier with the same idempotency key.
 
         Returns the session and whether it was created now. ``bearer``'s token is looked up
-        within the first transaction, so that a new session takes
-        two: the token with the checks, then the insert after the storage made its upload,
-        which needs no transaction open. Each is shared with the sessions asked at the same
-        moment (:class:`~.db.Together`).
+        within the first transaction, so that a new session takes two: the token with the
+        checks, then the insert after the storage made its upload, which needs no
+        transaction open. Each is shared with the sessions asked at the same moment
+        (:class:`~.db.Together`).
         """
         who, checked = await self._new_session_checks(_NewSessionAsk(bearer, new))
         if not isinstance(checked, _Placement):
@@ -1178,19 +1177,13 @@ class Uploads:
         """For each ask: who asks, and the session made before under its idempotency key, else
         where the new one goes; or the ``ApiError`` that applies. The tokens are read in one
         statement, and so are the sessions already under the asks' keys."""
-        principals = principal_rows(session, [ask.bearer.token_hash for ask in asks])
-        callers: list[Principal | ApiError] = []
-        for ask in asks:
-            try:
-                callers.append(ask.bearer.principal(principals.get(ask.bearer.token_hash)))
-            except ApiError as exc:
-                callers.append(exc)
-        keys = sorted({(who.user_id, ask.new.idempotency_key) for who, ask in zip(callers, asks, strict=True)
+        found = callers(session, [ask.bearer for ask in asks])
+        keys = sorted({(who.user_id, ask.new.idempotency_key) for who, ask in zip(found, asks, strict=True)
                        if isinstance(who, Principal) and ask.new.idempotency_key is not None})
         made = {(row.user_id, row.idempotency_key): row.id
                 for row in session.connection().execute(_SESSIONS_BY_KEYS, {"keys": keys})} if keys else {}
         outcomes: list[tuple[Principal, dict[str, Any] | _Placement] | Exception] = []
-        for who, ask in zip(callers, asks, strict=True):
+        for who, ask in zip(found, asks, strict=True):
             if isinstance(who, ApiError):
                 outcomes.append(who)
                 continue

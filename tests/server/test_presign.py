@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from typing import Any
 from unittest import mock
 from urllib.parse import parse_qs, urlsplit
 
@@ -14,14 +15,18 @@ from dataerai_server.storage.presign import PathStyleSigner
 NOW = datetime(2026, 12, 4, 5, 6, 7, tzinfo=timezone.utc)
 
 
-@pytest.mark.parametrize("endpoint", ["http://127.0.0.1:8333", "https://s3.example.org:9000/base/"])
-@pytest.mark.parametrize("token", [None, "session/token+="])
-def test_a_part_url_is_the_one_botocore_presigns(endpoint: str, token: str | None) -> None:
-    client = boto3.client(
+def _client(endpoint: str, token: str | None) -> Any:
+    return boto3.client(
         "s3", endpoint_url=endpoint, aws_access_key_id="AKIDEXAMPLE", aws_secret_access_key="se/cret+key",
         aws_session_token=token, region_name="eu-west-3",
         config=Config(signature_version="s3v4", s3={"addressing_style": "path"}),
     )
+
+
+@pytest.mark.parametrize("endpoint", ["http://127.0.0.1:8333", "https://s3.example.org:9000/base/"])
+@pytest.mark.parametrize("token", [None, "session/token+="])
+def test_a_part_url_is_the_one_botocore_presigns(endpoint: str, token: str | None) -> None:
+    client = _client(endpoint, token)
     params = {"Bucket": "a-bucket", "Key": "pre fix/contents/upl_1~a+b", "UploadId": "8d37b14f_96/99+=",
               "PartNumber": 7, "ChecksumSHA256": "q83vEjRWeJA="}
     with mock.patch("botocore.auth.get_current_datetime", return_value=NOW.replace(tzinfo=None)):
@@ -36,11 +41,7 @@ def test_a_part_url_is_the_one_botocore_presigns(endpoint: str, token: str | Non
 @pytest.mark.parametrize("endpoint", ["http://127.0.0.1:8333", "https://s3.example.org:9000/base/"])
 @pytest.mark.parametrize("token", [None, "session/token+="])
 def test_a_create_multipart_upload_url_is_the_one_botocore_presigns(endpoint: str, token: str | None) -> None:
-    client = boto3.client(
-        "s3", endpoint_url=endpoint, aws_access_key_id="AKIDEXAMPLE", aws_secret_access_key="se/cret+key",
-        aws_session_token=token, region_name="eu-west-3",
-        config=Config(signature_version="s3v4", s3={"addressing_style": "path"}),
-    )
+    client = _client(endpoint, token)
     params = {"Bucket": "a-bucket", "Key": "pre fix/contents/upl_1~a+b", "ChecksumAlgorithm": "SHA256"}
     with mock.patch("botocore.auth.get_current_datetime", return_value=NOW.replace(tzinfo=None)):
         theirs = urlsplit(client.generate_presigned_url("create_multipart_upload", Params=params, ExpiresIn=300))

@@ -92,16 +92,10 @@ class StoreCalls:
         return response.status, body
 
     def _connect(self) -> http.client.HTTPConnection:
-        reader = self._reader
-        conn: http.client.HTTPConnection
-        if reader.scheme == "https":
-            conn = http.client.HTTPSConnection(reader.host, reader.port, timeout=reader.connect_timeout,
-                                               context=reader.context)
-        else:
-            conn = http.client.HTTPConnection(reader.host, reader.port, timeout=reader.connect_timeout)
+        conn = self._reader.new_connection()
         conn.connect()
         assert conn.sock is not None
-        conn.sock.settimeout(reader.read_timeout)
+        conn.sock.settimeout(self._reader.read_timeout)
         return conn
 
 

@@ -156,6 +156,13 @@ class ObjectReader:
         return cls(endpoint, context, connect_timeout=connection.connect_timeout,
                    read_timeout=connection.read_timeout)
 
+    def new_connection(self) -> http.client.HTTPConnection:
+        """A connection to the endpoint, not opened yet (TLS as configured, the connect timeout)."""
+        if self.scheme == "https":
+            return http.client.HTTPSConnection(self.host, self.port, timeout=self.connect_timeout,
+                                               context=self.context)
+        return http.client.HTTPConnection(self.host, self.port, timeout=self.connect_timeout)
+
     async def sha256(self, presign: Callable[[], str], size: int, etag: str, limiter: anyio.CapacityLimiter) -> str:
         """The SHA-256 (hex) of the ``size`` bytes of the object ``presign()`` gives a GET URL of,
         while its ETag is ``etag``; in one worker thread taken from ``limiter``."""
@@ -251,12 +258,7 @@ class _Connection:
 
     def _connect(self) -> http.client.HTTPConnection:
         reader = self._reader
-        conn: http.client.HTTPConnection
-        if reader.scheme == "https":
-            conn = http.client.HTTPSConnection(reader.host, reader.port, timeout=reader.connect_timeout,
-                                               context=reader.context)
-        else:
-            conn = http.client.HTTPConnection(reader.host, reader.port, timeout=reader.connect_timeout)
+        conn = reader.new_connection()
         with self._lock:
             if self._aborted:
                 raise OSError("the read-back was stopped")
