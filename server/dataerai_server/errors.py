@@ -17,6 +17,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from .storage.base import StoreError
+
 
 class ApiError(Exception):
     """An error the client is told about: a catalogue ``code``, a message a person can act on,
@@ -84,14 +86,18 @@ STORAGE_RETRY_AFTER_SECONDS: Final = 30
 _NO_SPACE: Final = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
-def storage_failure(exc: OSError, what: str) -> ApiError:
-    """The answer to a storage operation that failed in the operating system (the one
-    boundary for storage OS errors): ``disk_full`` (507) when the storage has no room,
-    ``unavailable`` (503) for any other failure (read-only filesystem, I/O error, ...).
-    Both carry ``Retry-After``: the condition is the server's, and may pass."""
-    reason = os.strerror(exc.errno) if exc.errno is not None else str(exc)
+def storage_failure(exc: OSError | StoreError, what: str) -> ApiError:
+    """The answer to a storage operation that failed in the operating system or at the S3
+    store (the one boundary for both): ``disk_full`` (507) when the storage has no room,
+    ``unavailable`` (503) for any other failure (read-only filesystem, I/O error, a store
+    that refused or did not answer). Both carry ``Retry-After``: the condition is the
+    server's, and may pass."""
+    if isinstance(exc, StoreError):
+        reason = exc.code or "no answer"
+    else:
+        reason = os.strerror(exc.errno) if exc.errno is not None else str(exc)
     headers = {"Retry-After": str(STORAGE_RETRY_AFTER_SECONDS)}
-    if exc.errno in _NO_SPACE:
+    if isinstance(exc, OSError) and exc.errno in _NO_SPACE:
         return ApiError(
             "disk_full", f"the repository's storage is full ({what}: {reason}); try again once space is freed",
             headers=headers,

@@ -59,6 +59,7 @@ from .models import (
     UploadSession,
 )
 from .storage import ChecksumMismatch, PresignedRequest, Storage, StorageError, StoredPart
+from .storage.base import StoreError
 
 log = structlog.get_logger(__name__)
 
@@ -1092,10 +1093,11 @@ class _CountingBody:
         return chunk
 
 
-def _storage_failure(exc: OSError, what: str) -> ApiError:
-    """Log a storage operation's OS error for the operator and return what the client is told."""
+def _storage_failure(exc: OSError | StoreError, what: str) -> ApiError:
+    """Log a storage operation's OS or store error for the operator and return what the client is told."""
     error = storage_failure(exc, what)
-    log.warning("storage.failed", what=what, errno=exc.errno, error=str(exc), code=error.code)
+    cause = {"store_code": exc.code} if isinstance(exc, StoreError) else {"errno": exc.errno}
+    log.warning("storage.failed", what=what, error=str(exc), code=error.code, **cause)
     return error
 
 
@@ -1150,7 +1152,7 @@ class Uploads:
         upload_id = new_id("upl")
         try:
             handle = await self._storage.create_upload(upload_id)
-        except OSError as exc:
+        except (OSError, StoreError) as exc:
             raise _storage_failure(exc, f"creating upload {upload_id}") from None
         ttl = self._settings.session_ttl_seconds
         created = False

@@ -11,6 +11,8 @@ import pytest
 import trio
 import trio.testing
 from dataerai_server.services import Services
+from dataerai_server.storage.presign import PathStyleSigner
+from dataerai_server.storage.s3 import make_client
 from in_process import asgi_client
 from server_harness import error, ok
 from sqlalchemy import text
@@ -132,3 +134,19 @@ async def test_sessions_asked_together_are_checked_in_one_transaction_each_on_it
     assert error(got[3], 400, "invalid_argument")["field"] == "part_size"
     error(got[4], 403, "permission_denied")
     assert ok(got[5], 201)["upload_id"] not in (before["upload_id"], eds)
+
+
+async def test_a_store_that_refuses_a_new_upload_is_unavailable_and_nothing_is_recorded(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The real store, signed for with a secret it does not know (as after a rotated key).
+    storage = services.uploads._storage
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    monkeypatch.setattr(storage, "_signer", PathStyleSigner(make_client()[0]))
+    async with asgi_client(services, "jo@example.org") as jo:
+        user_id = ok(await jo.get("/api/v1/me"))["user_id"]
+        refused = await jo.post("/api/v1/uploads", json=_new_session(user_id, idempotency_key="k"))
+    assert error(refused, 503, "unavailable")["message"].count("SignatureDoesNotMatch") == 1
+    assert refused.headers["Retry-After"] == "30"
+    rows = services.db.read_sync(lambda s: s.execute(text("SELECT count(*) FROM upload_sessions")).scalar())
+    assert rows == 0

@@ -14,6 +14,7 @@ import httpx
 import pytest
 import structlog
 from dataerai_server.storage import ChecksumMismatch, S3Location, S3Storage, StorageError, StoredPart, readback
+from dataerai_server.storage.base import StoreError
 from dataerai_server.storage.readback import ObjectReader
 from dataerai_server.storage.s3 import _S3Error, make_client
 from storage_data import sample, sha
@@ -258,9 +259,9 @@ async def test_uploads_are_created_on_our_own_connections(
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
     client, connection = make_client()
     refusing = S3Storage(client, s3.location, tmp_path, connection=connection)
-    with pytest.raises(StorageError) as refused:
+    with pytest.raises(StoreError) as refused:
         await refusing.create_upload("upl_refused")
-    assert getattr(refused.value, "code", None) == "SignatureDoesNotMatch"
+    assert refused.value.code == "SignatureDoesNotMatch"
 
 
 async def test_readback_through_boto3_where_the_reader_cannot_go(

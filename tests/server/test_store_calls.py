@@ -10,7 +10,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
-from dataerai_server.storage.calls import StoreCallError, StoreCalls
+from dataerai_server.storage.base import StoreError
+from dataerai_server.storage.calls import StoreCalls
 from dataerai_server.storage.readback import ObjectReader
 
 CREATED = (b"<InitiateMultipartUploadResult><Bucket>b</Bucket><Key>k</Key>"
@@ -64,8 +65,11 @@ def _store(answers: list[tuple[int, bytes]], *, drop: bool) -> Iterator[tuple[_S
         yield store, calls
     finally:
         calls.close()
+        # Shut down, not only closed: that wakes the thread blocked in accept() at once.
+        store.listener.shutdown(socket.SHUT_RDWR)
         store.listener.close()
-        thread.join(10)
+        thread.join(30)
+        assert not thread.is_alive()
 
 
 def test_calls_share_one_kept_alive_connection() -> None:
@@ -89,10 +93,10 @@ def test_a_connection_the_store_closed_while_idle_is_replaced() -> None:
 def test_a_refusal_keeps_the_stores_code() -> None:
     refusal = b"<Error><Code>NoSuchBucket</Code><Message>no</Message></Error>"
     with _store([(404, refusal), (200, b"<NotWhatWasAsked/>")], drop=False) as (_, calls):
-        with pytest.raises(StoreCallError) as refused:
+        with pytest.raises(StoreError) as refused:
             calls.create_multipart_upload("http://127.0.0.1/b/k?uploads=")
         assert refused.value.code == "NoSuchBucket" and "HTTP 404" in str(refused.value)
-        with pytest.raises(StoreCallError) as odd:  # a 200 without an upload id is no upload
+        with pytest.raises(StoreError) as odd:  # a 200 without an upload id is no upload
             calls.create_multipart_upload("http://127.0.0.1/b/k?uploads=")
         assert odd.value.code == ""
 
@@ -102,5 +106,5 @@ def test_a_store_that_is_not_there_is_a_storage_error() -> None:
         unused.bind(("127.0.0.1", 0))
         port = unused.getsockname()[1]
     calls = StoreCalls(ObjectReader(f"http://127.0.0.1:{port}", None, connect_timeout=10, read_timeout=10))
-    with pytest.raises(StoreCallError, match="failed"):
+    with pytest.raises(StoreError, match="failed"):
         calls.create_multipart_upload("http://127.0.0.1/b/k?uploads=")

@@ -31,6 +31,15 @@ class StorageError(Exception):
     """The backing store failed or holds something other than what the server recorded."""
 
 
+class StoreError(StorageError):
+    """A call to the S3 store failed; ``code`` is the store's error code where it answered
+    one (``NoSuchUpload``, ``SignatureDoesNotMatch``…), else empty."""
+
+    def __init__(self, message: str, code: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+
+
 class ChecksumMismatch(Exception):
     """Bytes did not match the size or SHA-256 they were announced with; nothing was stored."""
 

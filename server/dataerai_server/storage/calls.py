@@ -22,20 +22,10 @@ import threading
 from typing import Final
 from xml.sax.saxutils import unescape
 
-from .base import StorageError
-from .readback import MAX_ERROR_BODY, ObjectReader
+from .base import StoreError
+from .readback import MAX_ERROR_BODY, ObjectReader, error_code
 
-_CODE: Final = re.compile(rb"<Code>([^<]{1,128})</Code>")
 _UPLOAD_ID: Final = re.compile(rb"<UploadId>([^<]{1,1024})</UploadId>")
-
-
-class StoreCallError(StorageError):
-    """The store refused a call or could not be reached; ``code`` is S3's error code where it
-    answered one (else empty)."""
-
-    def __init__(self, message: str, code: str = "") -> None:
-        super().__init__(message)
-        self.code = code
 
 
 class StoreCalls:
@@ -72,7 +62,7 @@ class StoreCalls:
                     pass  # closed by the store while it was idle: once more on a new connection
             return self._exchange(self._connect(), method, target, headers)
         except (OSError, http.client.HTTPException) as exc:
-            raise StoreCallError(f"S3 {method} to the store failed: {exc}") from exc
+            raise StoreError(f"S3 {method} to the store failed: {exc}") from exc
 
     def _exchange(self, conn: http.client.HTTPConnection, method: str, target: str,
                   headers: dict[str, str]) -> tuple[int, bytes]:
@@ -99,7 +89,6 @@ class StoreCalls:
         return conn
 
 
-def _refused(operation: str, status: int, body: bytes) -> StoreCallError:
-    code = _CODE.search(body)
-    name = code.group(1).decode(errors="replace") if code else ""
-    return StoreCallError(f"S3 {operation} failed: HTTP {status} {name}".rstrip(), name)
+def _refused(operation: str, status: int, body: bytes) -> StoreError:
+    code = error_code(body) or ""
+    return StoreError(f"S3 {operation} failed: HTTP {status} {code}".rstrip(), code)

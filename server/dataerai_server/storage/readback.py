@@ -58,7 +58,7 @@ from urllib.parse import urlsplit
 
 import anyio
 
-from .base import StorageError
+from .base import StoreError
 
 MiB: Final = 1 << 20
 #: Bytes per range GET. SeaweedFS spends milliseconds of CPU on each request: 1 MiB ranges cost
@@ -77,13 +77,15 @@ _CODE = re.compile(rb"<Code>([^<]{1,128})</Code>")
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
 
 
-class ReadbackError(StorageError):
+class ReadbackError(StoreError):
     """The object could not be read back exactly; ``code`` is the store's error code, if it
     answered one (else empty)."""
 
-    def __init__(self, message: str, code: str = "") -> None:
-        super().__init__(message)
-        self.code = code
+
+def error_code(body: bytes) -> str | None:
+    """The ``<Code>`` of an S3 error answer's body, if it has one."""
+    found = _CODE.search(body)
+    return found[1].decode("utf-8", "replace") if found else None
 
 
 @dataclass(frozen=True)
@@ -349,8 +351,7 @@ def _check(response: http.client.HTTPResponse, start: int, length: int, total: i
     status = response.status
     if status >= 300:
         body = response.read(MAX_ERROR_BODY)
-        found = _CODE.search(body)
-        code = found[1].decode("utf-8", "replace") if found else str(status)
+        code = error_code(body) or str(status)
         raise ReadbackError(f"the store answered {status} {response.reason} ({code})", code)
     problem = None
     declared = response.getheader("Content-Length")

@@ -64,7 +64,7 @@ import anyio
 import structlog
 from anyio.abc import TaskGroup
 
-from .base import ChecksumMismatch, PresignedRequest, StorageError, StoredContent, StoredPart
+from .base import ChecksumMismatch, PresignedRequest, StorageError, StoredContent, StoredPart, StoreError
 from .calls import StoreCalls
 from .presign import PathStyleSigner
 from .readback import URL_TTL_S, ConnectionSettings, ObjectReader, ReadbackError
@@ -626,9 +626,8 @@ class S3Storage:
         await self._call("delete_object", Key=self._record(key))
 
 
-class _S3Error(StorageError):
-    """A failed S3 operation; ``code`` is S3's error code (``NoSuchUpload``, ``BadDigest``…)."""
+class _S3Error(StoreError):
+    """A failed S3 operation through boto3, with S3's error code (``NoSuchUpload``, ``BadDigest``…)."""
 
     def __init__(self, operation: str, exc: BaseException, code: str | None = None) -> None:
-        self.code = _code(exc) if code is None else code
-        super().__init__(f"S3 {operation} failed: {exc}")
+        super().__init__(f"S3 {operation} failed: {exc}", _code(exc) if code is None else code)
