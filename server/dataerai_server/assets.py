@@ -356,6 +356,9 @@ def delete_asset(session: Session, who: Principal, asset_id: str) -> list[str]:
     )
     session.execute(delete(Content).where(Content.asset_id == asset.id))
     session.execute(delete(Asset).where(Asset.id == asset.id))
+    usage = projects.UsageChanges()
+    usage.remove(asset.project_id, sum(content.size for content in contents))
+    usage.apply(session)
     unused = deletions.unreferenced_keys(session, [content.storage_key for content in contents])
     deletions.queue(session, unused)
     return unused

@@ -101,6 +101,10 @@ class Project(Base):
     # Not a foreign key: the project and its root collection point at each other.
     root_collection_id: Mapped[str] = mapped_column(ID)
     allocation_bytes: Mapped[int] = mapped_column(BigInteger)
+    # The sizes of its assets' contents (every version), kept in step with them in the
+    # transaction that adds or removes one (``projects.UsageChanges``): the quota check at
+    # each new session reads this row instead of summing the project's contents.
+    used_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     created_by: Mapped[str] = mapped_column(ForeignKey("users.id"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from .auth import Principal
@@ -32,12 +32,48 @@ WRITER_ROLES = (OWNER, EDITOR)
 
 def used_bytes(session: Session, project_id: str) -> int:
     """Bytes of stored content (every version of every asset) counted against the project."""
+    return int(session.scalar(select(Project.used_bytes).where(Project.id == project_id)) or 0)
+
+
+def counted_bytes(session: Session, project_id: str) -> int:
+    """What :func:`used_bytes` must equal: the project's contents summed (for checks, not for requests)."""
     total = session.scalar(
         select(func.coalesce(func.sum(Content.size), 0))
         .join(Asset, Content.asset_id == Asset.id)
         .where(Asset.project_id == project_id)
     )
     return int(total or 0)
+
+
+class UsageChanges:
+    """Contents added to and removed from projects in one transaction, to be counted at its end.
+
+    :meth:`apply` updates each project's row once, in the order of their ids, after the
+    transaction's other writes: on PostgreSQL the row stays locked only from there to the
+    commit, and two transactions that both count bytes in several projects lock them in
+    one order (no deadlock between them).
+    """
+
+    def __init__(self) -> None:
+        self._bytes: dict[str, int] = {}
+
+    def add(self, project_id: str | None, size: int) -> None:
+        if project_id is not None:
+            self._bytes[project_id] = self._bytes.get(project_id, 0) + size
+
+    def remove(self, project_id: str | None, size: int) -> None:
+        self.add(project_id, -size)
+
+    def apply(self, session: Session) -> None:
+        for project_id in sorted(self._bytes):
+            if self._bytes[project_id]:
+                session.execute(
+                    update(Project)
+                    .where(Project.id == project_id)
+                    .values(used_bytes=Project.used_bytes + self._bytes[project_id])
+                    .execution_options(synchronize_session=False)
+                )
+        self._bytes.clear()
 
 
 def member_role_or_none(session: Session, who: Principal, project_id: str) -> str | None:
@@ -76,7 +112,7 @@ def project_view(session: Session, project: Project, role: str) -> dict[str, Any
         "description": project.description,
         "root_collection_id": project.root_collection_id,
         "allocation_bytes": project.allocation_bytes,
-        "used_bytes": used_bytes(session, project.id),
+        "used_bytes": project.used_bytes,
         "role": role,
         "created_at": isoformat(project.created_at),
     }
@@ -93,6 +129,7 @@ def create_project(
         description=description,
         root_collection_id=new_id("col"),
         allocation_bytes=allocation_bytes,
+        used_bytes=0,
         created_by=who.user_id,
         created_at=now,
     )

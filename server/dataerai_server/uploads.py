@@ -259,7 +259,7 @@ def _check_new_upload(session: Session, who: Principal, new: NewUpload) -> _Plac
     if placement.project_id is not None:
         project = session.get(Project, placement.project_id)
         assert project is not None
-        used = projects.used_bytes(session, project.id)
+        used = project.used_bytes
         if used + new.size > project.allocation_bytes:
             raise ApiError(
                 "quota_exceeded",
@@ -675,18 +675,33 @@ class _CompletionRecord:
     file_sha256: list[str] | None
 
 
-def _record_one(session: Session, done: _CompletionRecord) -> tuple[dict[str, Any], bool]:
+def _record_one(session: Session, done: _CompletionRecord, usage: projects.UsageChanges) -> tuple[dict[str, Any], bool]:
     return _record_completion(session, done.who, done.upload_id, done.key, done.size, done.sha256,
-                              done.storage_key, done.file_sha256)
+                              done.storage_key, done.file_sha256, usage)
+
+
+def _record_alone(session: Session, done: _CompletionRecord) -> tuple[dict[str, Any], bool]:
+    """One completion's record, its project's bytes counted in the same transaction."""
+    usage = projects.UsageChanges()
+    recorded = _record_one(session, done, usage)
+    usage.apply(session)
+    return recorded
 
 
 def _record_completions(
     session: Session, records: list[_CompletionRecord]
 ) -> list[tuple[dict[str, Any], bool] | Exception]:
     """Each completion's record (:func:`_record_completion`), in the order of the sessions'
-    ids, whose rows each locks (as :func:`_plan_completions`)."""
+    ids, whose rows each locks (as :func:`_plan_completions`); then the projects' bytes, each
+    project's row once, after every session's (:class:`~.projects.UsageChanges`)."""
     order = sorted(range(len(records)), key=lambda i: records[i].upload_id)
-    done = dict(zip(order, Together.one_by_one(_record_one)(session, [records[i] for i in order]), strict=True))
+    usage = projects.UsageChanges()
+
+    def record(s: Session, done: _CompletionRecord) -> tuple[dict[str, Any], bool]:
+        return _record_one(s, done, usage)
+
+    done = dict(zip(order, Together.one_by_one(record)(session, [records[i] for i in order]), strict=True))
+    usage.apply(session)
     return [done[i] for i in range(len(records))]
 
 
@@ -795,8 +810,12 @@ def _record_completion(
     sha256: str,
     storage_key: str,
     file_sha256: list[str] | None,
+    usage: projects.UsageChanges,
 ) -> tuple[dict[str, Any], bool]:
     """Make the asset (or the new version) and store the result. Returns (result, whether this call made it).
+
+    The content's bytes are added to its project's count in ``usage``, which the caller
+    applies once its records are written (:class:`~.projects.UsageChanges`).
 
     The rows are written through Core, one statement each (the asset, the content, its
     manifest in one ``executemany``, the session, the completion record), not through the
@@ -822,14 +841,14 @@ def _record_completion(
     now = utcnow()
     if upload.asset_id is not None:
         asset = assets.writable_asset(session, who, upload.asset_id)
-        asset_id = asset.id
+        asset_id, project_id = asset.id, asset.project_id
         asset_path = upload.path if upload.path is not None else asset.path
         changes: dict[str, Any] = {"updated_at": now, "path": asset_path}
         connection.execute(update(_ASSETS).where(_ASSETS.c.id == asset_id).values(changes))
         # The asset's loaded row is not written again by the session (the statement did it).
         session.expunge(asset)
     else:
-        asset_id = new_id("ast")
+        asset_id, project_id = new_id("ast"), upload.project_id
         asset_path = upload.path or upload.file_name or asset_id
         connection.execute(
             insert(_ASSETS),
@@ -866,6 +885,7 @@ def _record_completion(
     )
     # One executemany, however many files (up to paths.MAX_FILES).
     connection.execute(insert(_CONTENT_FILES), _manifest_rows(upload, asset_path, content_id, sha256, file_sha256))
+    usage.add(project_id, size)
     connection.execute(
         update(_SESSIONS)
         .where(_SESSIONS.c.id == upload.id)
@@ -1043,9 +1063,12 @@ def _record_deduplicated(
     ).first()
     if kept is None:
         return None
-    return _record_completion(
-        session, who, upload_id, key, claim.size, claim.sha256, claim.storage_key, file_sha256
+    usage = projects.UsageChanges()
+    recorded = _record_completion(
+        session, who, upload_id, key, claim.size, claim.sha256, claim.storage_key, file_sha256, usage
     )
+    usage.apply(session)
+    return recorded
 
 
 def _storage_key_of(session: Session, content_id: str | None) -> str | None:
@@ -1430,7 +1453,7 @@ class Uploads:
                 result, made = await self._completion_records(record)
             except IntegrityError:
                 # Another process stored a result under this key first: adopt it.
-                result, made = await self._db.write(lambda s: _record_one(s, record))
+                result, made = await self._db.write(lambda s: _record_alone(s, record))
             if not made:
                 # Someone else's completion won: our object goes, the way every unused one does
                 # (queued, then deleted unless a content uses it; a failure is swept later).

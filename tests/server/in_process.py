@@ -60,12 +60,14 @@ def asgi_client(services: Services, email: str) -> httpx.AsyncClient:
     )
 
 
-async def sent_session(client: httpx.AsyncClient, data: bytes = b"beamline 7, run 42\n" * 50) -> tuple[str, str]:
-    """A one-part session of the client's own whose part was sent straight to the store, not
-    completed yet: its id and the part's (the whole file's) SHA-256."""
-    user_id = (await client.get("/api/v1/me")).json()["user_id"]
-    created = await client.post("/api/v1/uploads", json={
-        "owner_type": "user", "owner_id": user_id, "size": len(data), "part_size": 1 << 16})
+async def sent_session(client: httpx.AsyncClient, data: bytes = b"beamline 7, run 42\n" * 50,
+                       place: dict[str, str] | None = None) -> tuple[str, str]:
+    """A one-part session whose part was sent straight to the store, not completed yet: its id
+    and the part's (the whole file's) SHA-256. The client's own, or where ``place`` puts it
+    (``owner_type`` and ``owner_id``, or ``asset_id``)."""
+    if place is None:
+        place = {"owner_type": "user", "owner_id": (await client.get("/api/v1/me")).json()["user_id"]}
+    created = await client.post("/api/v1/uploads", json={**place, "size": len(data), "part_size": 1 << 16})
     assert created.status_code == 201, created.text
     upload_id = created.json()["upload_id"]
     digest = hashlib.sha256(data).hexdigest()

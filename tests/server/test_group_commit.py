@@ -120,6 +120,7 @@ def test_a_completion_written_through_core_is_seen_by_the_next_write_of_its_grou
     from dataerai_server.auth import issue_token, lookup_principal
     from dataerai_server.clock import utcnow
     from dataerai_server.models import Asset, UploadSession
+    from dataerai_server.projects import UsageChanges
     from dataerai_server.uploads import _own_session, _record_completion
     from sqlalchemy import func, select
 
@@ -141,12 +142,12 @@ def test_a_completion_written_through_core_is_seen_by_the_next_write_of_its_grou
         # group may do (the identity map holds rows only while something refers to them).
         held = _own_session(session, who, "upl_1")
         assert held.state == "open"
-        first = _record_completion(session, who, "upl_1", "k1", 3, sha, "upl_1", None)
+        first = _record_completion(session, who, "upl_1", "k1", 3, sha, "upl_1", None, UsageChanges())
         # A plain read (no row lock, which would refresh the row) sees the row as it now is.
         upload = session.get(UploadSession, "upl_1")
         assert upload is not None
         state = upload.state
-        second = _record_completion(session, who, "upl_1", "k2", 3, sha, "upl_1", None)
+        second = _record_completion(session, who, "upl_1", "k2", 3, sha, "upl_1", None, UsageChanges())
         del held
         return first, second, state
 

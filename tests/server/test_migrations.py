@@ -147,3 +147,50 @@ def test_0007_keeps_existing_tokens_working_and_makes_them_revocable(fresh_url: 
             assert connection.execute(text("select count(*) from tokens")).scalar() == 1
     finally:
         db.dispose()
+
+
+def test_0008_counts_what_each_project_holds(fresh_url: str) -> None:
+    """``projects.used_bytes`` starts at the sizes of each project's contents (every version;
+    a user's own assets count in no project), and down again drops it and keeps the rows."""
+    from dataerai_server import projects
+    from dataerai_server.clock import utcnow
+    from sqlalchemy import text
+
+    db = Database(fresh_url)
+    try:
+        _upgrade(db.write_engine, "0007")
+        now = utcnow().replace(tzinfo=None)
+        with db.write_engine.begin() as connection:
+            connection.execute(
+                text("insert into users (id, email, created_at) values ('usr_a', 'a@example.org', :now)"), {"now": now}
+            )
+            for project in ("prj_full", "prj_empty"):
+                connection.execute(text(
+                    "insert into projects (id, name, description, root_collection_id, allocation_bytes, created_by,"
+                    " created_at) values (:id, :id, '', 'col_none', 1000000, 'usr_a', :now)"),
+                    {"id": project, "now": now})
+            owned: list[tuple[str, str | None]] = [("ast_1", "prj_full"), ("ast_2", "prj_full"), ("ast_own", None)]
+            for asset, owner in owned:
+                connection.execute(text(
+                    "insert into assets (id, tags, metadata, owner_type, owner_id, project_id, path, created_by,"
+                    " created_at, updated_at) values (:id, '[]', '{}', 'project', 'x', :project, :id, 'usr_a', :now,"
+                    " :now)"), {"id": asset, "project": owner, "now": now})
+            for content, asset, size in (("cnt_1", "ast_1", 100), ("cnt_1b", "ast_1", 250), ("cnt_2", "ast_2", 7),
+                                         ("cnt_own", "ast_own", 5000)):
+                connection.execute(text(
+                    "insert into contents (id, asset_id, size, sha256, storage_key, created_at)"
+                    " values (:id, :asset, :size, :sha, :id, :now)"),
+                    {"id": content, "asset": asset, "size": size, "sha": "0" * 64, "now": now})
+        migrate.upgrade(db.write_engine)
+
+        def used(session: Any) -> dict[str, tuple[int, int]]:
+            return {p: (projects.used_bytes(session, p), projects.counted_bytes(session, p))
+                    for p in ("prj_full", "prj_empty")}
+
+        assert db.read_sync(used) == {"prj_full": (357, 357), "prj_empty": (0, 0)}
+        _downgrade(db.write_engine, "0007")
+        assert "used_bytes" not in {c["name"] for c in inspect(db.engine).get_columns("projects")}
+        with db.engine.connect() as connection:
+            assert connection.execute(text("select count(*) from projects")).scalar() == 2
+    finally:
+        db.dispose()
