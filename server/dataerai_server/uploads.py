@@ -1261,8 +1261,15 @@ class Uploads:
         """
         if not await self._db.read(lambda s: _has_targets(s, upload_id)):
             return
-        listed = await self._storage.list_parts(handle)
+        listed = await self._stored_parts(upload_id, handle)
         await self._db.write(lambda s: _adopt_listed_parts(s, upload_id, listed))
+
+    async def _stored_parts(self, upload_id: str, handle: str) -> list[StoredPart]:
+        """The parts storage holds for the session; the store's own failure is ``unavailable``."""
+        try:
+            return await self._storage.list_parts(handle)
+        except StoreError as exc:
+            raise _storage_failure(exc, f"listing the parts of {upload_id}") from None
 
     async def part_target(
         self,
@@ -1426,7 +1433,7 @@ class Uploads:
             if isinstance(plan, _ListFirst):
                 # Parts sent straight to the store (S3): ask it which it holds, outside any
                 # transaction, then record them and plan again in one.
-                listed = await self._storage.list_parts(plan.handle)
+                listed = await self._stored_parts(upload_id, plan.handle)
 
                 def adopt_and_plan(session: Session) -> _Done | _Assembly | _ListFirst:
                     _adopt_listed_parts(session, upload_id, listed)
@@ -1443,9 +1450,12 @@ class Uploads:
             except ChecksumMismatch as exc:
                 await self._forget_lost_parts(upload_id, plan.handle)
                 raise _checksum_error(exc) from None
-            except OSError as exc:
+            except (OSError, StoreError) as exc:
+                # The file system's or the store's own failure (the store refused, or did not
+                # answer): the condition may pass, and the client may ask again.
                 raise _storage_failure(exc, f"completing {upload_id}") from None
             except StorageError as exc:
+                # What is stored is not what was recorded: the server's fault, not a passing one.
                 log.error("upload.assemble_failed", upload_id=upload_id, error=str(exc))
                 raise
             record = _CompletionRecord(who, upload_id, key, content.size, content.sha256, storage_key, file_sha256)

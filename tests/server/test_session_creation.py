@@ -13,7 +13,7 @@ import trio.testing
 from dataerai_server.services import Services
 from dataerai_server.storage.presign import PathStyleSigner
 from dataerai_server.storage.s3 import make_client
-from in_process import asgi_client
+from in_process import asgi_client, sent_session
 from server_harness import error, ok
 from sqlalchemy import text
 
@@ -150,3 +150,27 @@ async def test_a_store_that_refuses_a_new_upload_is_unavailable_and_nothing_is_r
     assert refused.headers["Retry-After"] == "30"
     rows = services.db.read_sync(lambda s: s.execute(text("SELECT count(*) FROM upload_sessions")).scalar())
     assert rows == 0
+
+
+async def test_a_store_that_refuses_a_completion_is_unavailable_and_the_session_stays_open(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store's own refusal at completion (here its first call, listing the parts sent
+    straight to it) is a passing condition, as at creation: ``503`` with ``Retry-After``, and
+    the session still open: the same completion asked again once the store takes the
+    server's key completes it."""
+    storage = services.uploads._storage
+    async with asgi_client(services, "jo@example.org") as jo:
+        upload_id, digest = await sent_session(jo)
+        kept = storage._s3
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+        monkeypatch.setattr(storage, "_s3", make_client()[0])
+        refused = await jo.post(f"/api/v1/uploads/{upload_id}/complete", json={"sha256": digest})
+        assert error(refused, 503, "unavailable")["message"].count("SignatureDoesNotMatch") == 1
+        assert refused.headers["Retry-After"] == "30"
+        # Its status asks the store too (which parts it holds), and is refused the same way.
+        error(await jo.get(f"/api/v1/uploads/{upload_id}"), 503, "unavailable")
+        monkeypatch.setattr(storage, "_s3", kept)
+        assert ok(await jo.get(f"/api/v1/uploads/{upload_id}"))["state"] == "open"
+        done = ok(await jo.post(f"/api/v1/uploads/{upload_id}/complete", json={"sha256": digest}))
+        assert done["sha256"] == digest
