@@ -12,7 +12,7 @@ import trio
 import trio.testing
 from dataerai_server.services import Services
 from dataerai_server.storage.presign import PathStyleSigner
-from dataerai_server.storage.s3 import make_client
+from dataerai_server.storage.s3 import S3Storage, make_client
 from in_process import asgi_client, sent_session
 from server_harness import error, ok
 from sqlalchemy import text
@@ -160,6 +160,7 @@ async def test_a_store_that_refuses_a_completion_is_unavailable_and_the_session_
     the session still open: the same completion asked again once the store takes the
     server's key completes it."""
     storage = services.uploads._storage
+    assert isinstance(storage, S3Storage)
     async with asgi_client(services, "jo@example.org") as jo:
         upload_id, digest = await sent_session(jo)
         kept = storage._s3
