@@ -51,9 +51,11 @@ from seaweed import Seaweed
 from stack import Stack
 
 CLIENTS = 200
-#: Workloads run on the server with S3 storage; ``complete`` has its own on directory storage.
+#: Workloads run on the server with S3 storage; ``complete`` has its own on directory storage
+#: (``complete-s3`` is the same on S3: one-part sessions whose part went straight to the store).
 #: ``health`` (no token, no database) and ``me`` (the token's lookup alone) show the floor.
-S3_WORKLOADS = ("health", "me", "parts", "create", "read")
+S3_WORKLOADS = ("health", "me", "parts", "create", "read", "complete-s3")
+COMPLETIONS = ("complete", "complete-s3")
 PART_SIZE = 5 * 1024 * 1024
 PARTS_PER_SESSION = 10_000
 PG_URL = "postgresql+psycopg://root@127.0.0.1:5432/{db}"
@@ -127,7 +129,7 @@ def _request(shard: Shard, index: int) -> bytes:
             "owner_type": "user", "owner_id": user_id, "file_name": "run.h5", "size": 64 << 20,
             "part_size": 16 << 20, "sha256": secrets.token_hex(32), "idempotency_key": "k" + secrets.token_hex(12),
         }).encode()
-    elif w == "complete":
+    elif w in COMPLETIONS:
         upload_id, sha = shard.items[index]
         method, path = "POST", f"/api/v1/uploads/{upload_id}/complete"
         body = json.dumps({"idempotency_key": "c" + upload_id, "sha256": sha}).encode()
@@ -165,7 +167,7 @@ async def _read_response(reader: asyncio.StreamReader) -> int:
 
 async def _run_shard(shard: Shard) -> dict[str, Any]:
     count = int(shard.rate * shard.seconds)
-    if shard.workload == "complete":
+    if shard.workload in COMPLETIONS:
         count = min(count, len(shard.items))
     queue: asyncio.Queue[tuple[int, float] | None] = asyncio.Queue()
     latencies: list[float] = []
@@ -277,7 +279,7 @@ def run_step(url: str, token: str, workload: str, rate: float, seconds: float, p
     per_proc = [CLIENTS // procs + (1 if i < CLIENTS % procs else 0) for i in range(procs)]
     children = []
     for i in range(procs):
-        if workload == "complete":
+        if workload in COMPLETIONS:
             mine = items[i::procs]
         elif workload in ("parts",):
             mine = items[sum(per_proc[:i]):sum(per_proc[:i + 1])]
@@ -443,6 +445,10 @@ def bench_database(kind: str, args: argparse.Namespace, seaweed: Seaweed | None,
                     best[w] = search(st.url, token, w, lambda _r, found=sessions: found, pids, args, steps)
                 elif w in ("create", "health", "me"):
                     best[w] = search(st.url, token, w, lambda _r: [user_id], pids, args, steps)
+                elif w == "complete-s3":
+                    url = st.url
+                    best[w] = search(url, token, w, lambda rate, url=url, token=token, user_id=user_id: stored_sessions(
+                        url, token, user_id, int(rate * args.step_seconds) + 1), pids, args, steps)
                 elif w == "read":
                     asset_ids = new_assets(st.url, token, user_id, 50)
                     best[w] = search(st.url, token, w, lambda _r, found=asset_ids: found, pids, args, steps)

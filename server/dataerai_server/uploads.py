@@ -663,6 +663,34 @@ def _plan_completions(
 
 
 @dataclass(frozen=True)
+class _ListedCompletion:
+    """A completion whose session had parts sent straight to the store, with what the store
+    listed: the parts to record as held before it is planned again."""
+
+    who: Principal
+    ask: _CompletionAsk
+    listed: list[StoredPart]
+
+
+def _plan_listed(session: Session, done: _ListedCompletion) -> _Done | _Assembly | _ListFirst:
+    """Record the parts the store holds, then plan again. What is adopted stays whatever the
+    plan answers (a part missing, a role lowered): it is what the store holds."""
+    ask = done.ask
+    _adopt_listed_parts(session, ask.upload_id, done.listed)
+    return _plan_completion(session, done.who, ask.upload_id, ask.key, ask.sha256, ask.file_sha256,
+                            direct_listed=True)
+
+
+def _plan_listed_completions(
+    session: Session, asks: list[_ListedCompletion]
+) -> list[_Done | _Assembly | _ListFirst | Exception]:
+    """:func:`_plan_listed` for each, in the order of the sessions' ids (as :func:`_plan_completions`)."""
+    order = sorted(range(len(asks)), key=lambda i: asks[i].ask.upload_id)
+    planned = dict(zip(order, Together.one_by_one(_plan_listed)(session, [asks[i] for i in order]), strict=True))
+    return [planned[i] for i in range(len(asks))]
+
+
+@dataclass(frozen=True)
 class _CompletionRecord:
     """A completion's content, stored and verified: what its rows need."""
 
@@ -1157,6 +1185,9 @@ class Uploads:
         # Completions asked at the same moment share the plan's transaction, and the record's.
         self._completion_plans: Together[_CompletionAsk, tuple[Principal, _Done | _Assembly | _ListFirst]] = (
             Together(db.write, _plan_completions, most=COMPLETIONS_PER_TRANSACTION))
+        # (and, for sessions whose parts went straight to the store, the plan after the listing)
+        self._listed_plans: Together[_ListedCompletion, _Done | _Assembly | _ListFirst] = Together(
+            db.write, _plan_listed_completions, most=COMPLETIONS_PER_TRANSACTION)
         self._completion_records: Together[_CompletionRecord, tuple[dict[str, Any], bool]] = Together(
             db.write, _record_completions, most=COMPLETIONS_PER_TRANSACTION)
 
@@ -1429,17 +1460,13 @@ class Uploads:
         async with self._session_locks.hold(upload_id):
             # One transaction for the token, the session's lock and the plan (it was four:
             # the token, the session, its direct targets, the plan).
-            who, plan = await self._completion_plans(_CompletionAsk(bearer, upload_id, key, sha256, file_sha256))
+            ask = _CompletionAsk(bearer, upload_id, key, sha256, file_sha256)
+            who, plan = await self._completion_plans(ask)
             if isinstance(plan, _ListFirst):
                 # Parts sent straight to the store (S3): ask it which it holds, outside any
-                # transaction, then record them and plan again in one.
+                # transaction, then record them and plan again in one (shared as the plan's).
                 listed = await self._stored_parts(upload_id, plan.handle)
-
-                def adopt_and_plan(session: Session) -> _Done | _Assembly | _ListFirst:
-                    _adopt_listed_parts(session, upload_id, listed)
-                    return _plan_completion(session, who, upload_id, key, sha256, file_sha256, direct_listed=True)
-
-                plan = await self._db.write(adopt_and_plan)
+                plan = await self._listed_plans(_ListedCompletion(who, ask, listed))
             assert not isinstance(plan, _ListFirst)
             if isinstance(plan, _Done):
                 await self._storage.release_parts(plan.handle)
