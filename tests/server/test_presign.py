@@ -50,3 +50,25 @@ def test_a_create_multipart_upload_url_is_the_one_botocore_presigns(endpoint: st
     assert (mine.scheme, mine.netloc, mine.path) == (theirs.scheme, theirs.netloc, theirs.path)
     assert parse_qs(mine.query, keep_blank_values=True) == parse_qs(theirs.query, keep_blank_values=True)
     assert parse_qs(mine.query, keep_blank_values=True)["uploads"] == [""]
+
+
+@pytest.mark.parametrize("endpoint", ["http://127.0.0.1:8333", "https://s3.example.org:9000/base/"])
+@pytest.mark.parametrize(("operation", "params", "method", "query"), [
+    ("list_parts", {"UploadId": "8d37b14f_96/99+=", "MaxParts": 1000, "PartNumberMarker": 3}, "GET",
+     {"uploadId": "8d37b14f_96/99+=", "max-parts": "1000", "part-number-marker": "3"}),
+    ("complete_multipart_upload", {"UploadId": "8d37b14f_96/99+="}, "POST", {"uploadId": "8d37b14f_96/99+="}),
+    ("head_object", {}, "HEAD", {}),
+    ("put_object", {}, "PUT", {}),
+])
+def test_a_completions_urls_are_the_ones_botocore_presigns(
+    endpoint: str, operation: str, params: dict[str, Any], method: str, query: dict[str, str]
+) -> None:
+    """The calls a completion makes on our own connections (``S3Storage._own_call``)."""
+    client = _client(endpoint, "session/token+=")
+    key = "pre fix/contents/upl_1~a+b"
+    with mock.patch("botocore.auth.get_current_datetime", return_value=NOW.replace(tzinfo=None)):
+        theirs = urlsplit(client.generate_presigned_url(
+            operation, Params={"Bucket": "a-bucket", "Key": key, **params}, ExpiresIn=300, HttpMethod=method))
+    mine = urlsplit(PathStyleSigner(client).presign(method, "a-bucket", key, query, 300, now=NOW))
+    assert (mine.scheme, mine.netloc, mine.path) == (theirs.scheme, theirs.netloc, theirs.path)
+    assert parse_qs(mine.query, keep_blank_values=True) == parse_qs(theirs.query, keep_blank_values=True)

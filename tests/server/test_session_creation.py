@@ -163,15 +163,18 @@ async def test_a_store_that_refuses_a_completion_is_unavailable_and_the_session_
     assert isinstance(storage, S3Storage)
     async with asgi_client(services, "jo@example.org") as jo:
         upload_id, digest = await sent_session(jo)
-        kept = storage._s3
+        kept = storage._s3, storage._signer
         monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
-        monkeypatch.setattr(storage, "_s3", make_client()[0])
+        wrong = make_client()[0]
+        monkeypatch.setattr(storage, "_s3", wrong)
+        monkeypatch.setattr(storage, "_signer", PathStyleSigner(wrong))
         refused = await jo.post(f"/api/v1/uploads/{upload_id}/complete", json={"sha256": digest})
         assert error(refused, 503, "unavailable")["message"].count("SignatureDoesNotMatch") == 1
         assert refused.headers["Retry-After"] == "30"
         # Its status asks the store too (which parts it holds), and is refused the same way.
         error(await jo.get(f"/api/v1/uploads/{upload_id}"), 503, "unavailable")
-        monkeypatch.setattr(storage, "_s3", kept)
+        monkeypatch.setattr(storage, "_s3", kept[0])
+        monkeypatch.setattr(storage, "_signer", kept[1])
         assert ok(await jo.get(f"/api/v1/uploads/{upload_id}"))["state"] == "open"
         done = ok(await jo.post(f"/api/v1/uploads/{upload_id}/complete", json={"sha256": digest}))
         assert done["sha256"] == digest

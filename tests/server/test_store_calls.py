@@ -4,6 +4,7 @@ are in ``test_storage_s3.py``."""
 
 from __future__ import annotations
 
+import re
 import socket
 import threading
 from collections.abc import Iterator
@@ -27,6 +28,7 @@ class _Store:
         self.drop = drop
         self.connections = 0
         self.requests: list[bytes] = []
+        self.bodies: list[bytes] = []
         self.listener = socket.create_server(("127.0.0.1", 0))
 
     def serve(self) -> None:
@@ -47,7 +49,12 @@ class _Store:
                     if b"\r\n\r\n" not in buffered:
                         break
                     head, _, buffered = buffered.partition(b"\r\n\r\n")
+                    length = int(re.search(rb"(?i)\r\ncontent-length: *(\d+)", head).group(1))  # type: ignore[union-attr]
+                    while len(buffered) < length:
+                        buffered += conn.recv(65536)
                     self.requests.append(head)
+                    self.bodies.append(buffered[:length])
+                    buffered = buffered[length:]
                     status, body = self.answers.pop(0)
                     conn.sendall(b"HTTP/1.1 %d X\r\nContent-Length: %d\r\n\r\n%s" % (status, len(body), body))
                     if self.drop:
@@ -108,3 +115,43 @@ def test_a_store_that_is_not_there_is_a_storage_error() -> None:
     calls = StoreCalls(ObjectReader(f"http://127.0.0.1:{port}", None, connect_timeout=10, read_timeout=10))
     with pytest.raises(StoreError, match="failed"):
         calls.create_multipart_upload("http://127.0.0.1/b/k?uploads=")
+
+
+LISTING = (b'<?xml version="1.0" encoding="UTF-8"?>\n<ListPartsResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
+           b"<Bucket>b</Bucket><Key>k</Key><UploadId>u</UploadId><PartNumberMarker>0</PartNumberMarker>"
+           b"<NextPartNumberMarker>2</NextPartNumberMarker><MaxParts>2</MaxParts><IsTruncated>true</IsTruncated>"
+           b"<Part><PartNumber>1</PartNumber><LastModified>2026-12-05T02:00:00.000Z</LastModified>"
+           b"<ETag>&quot;a1&quot;</ETag><Size>16777216</Size></Part>"
+           b"<Part><PartNumber>2</PartNumber><LastModified>2026-12-05T02:00:01.000Z</LastModified>"
+           b"<ETag>&quot;b2&quot;</ETag><Size>5</Size></Part></ListPartsResult>")
+
+
+def test_a_listing_is_read_as_boto3_shapes_it() -> None:
+    with _store([(200, LISTING), (200, b"<ListPartsResult><Part><PartNumber>x</PartNumber></Part>")],
+                drop=False) as (_, calls):
+        assert calls.list_parts("http://127.0.0.1/b/k?uploadId=u") == {
+            "Parts": [
+                {"PartNumber": 1, "Size": 16777216, "ETag": '"a1"', "LastModified": "2026-12-05T02:00:00.000Z"},
+                {"PartNumber": 2, "Size": 5, "ETag": '"b2"', "LastModified": "2026-12-05T02:00:01.000Z"},
+            ],
+            "IsTruncated": True,
+            "NextPartNumberMarker": 2,
+        }
+        with pytest.raises(StoreError, match="cannot be read"):
+            calls.list_parts("http://127.0.0.1/b/k?uploadId=u")
+
+
+def test_a_completion_refused_in_a_200_answer_keeps_the_stores_code() -> None:
+    """S3 may answer ``CompleteMultipartUpload`` 200 and say in the body that it failed."""
+    done = b"<CompleteMultipartUploadResult><ETag>&quot;c-2&quot;</ETag></CompleteMultipartUploadResult>"
+    refused = b"<Error><Code>BadDigest</Code><Message>no</Message></Error>"
+    parts = [{"PartNumber": 1, "ETag": '"a1"', "ChecksumSHA256": "q83vEjRWeJA="}, {"PartNumber": 2, "ETag": '"b&2"'}]
+    with _store([(200, done), (200, refused)], drop=False) as (store, calls):
+        calls.complete_multipart_upload("http://127.0.0.1/b/k?uploadId=u", parts)
+        with pytest.raises(StoreError) as failed:
+            calls.complete_multipart_upload("http://127.0.0.1/b/k?uploadId=u", parts)
+    assert failed.value.code == "BadDigest"
+    assert store.bodies[0] == (
+        b'<CompleteMultipartUpload xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
+        b"<Part><PartNumber>1</PartNumber><ETag>\"a1\"</ETag><ChecksumSHA256>q83vEjRWeJA=</ChecksumSHA256></Part>"
+        b"<Part><PartNumber>2</PartNumber><ETag>\"b&amp;2\"</ETag></Part></CompleteMultipartUpload>")

@@ -52,23 +52,24 @@ class PathStyleSigner:
                     now: datetime | None = None) -> str:
         """The presigned URL of ``UploadPart`` (``PUT``) with ``checksum`` (base64 SHA-256) signed in."""
         query = {"partNumber": str(number), "uploadId": upload_id}
-        return self._presign("PUT", bucket, key, query, ("x-amz-checksum-sha256", checksum), expires, now)
+        return self.presign("PUT", bucket, key, query, expires, (("x-amz-checksum-sha256", checksum),), now)
 
     def create_multipart_upload(self, bucket: str, key: str, expires: int, now: datetime | None = None) -> str:
         """The presigned URL of ``CreateMultipartUpload`` (``POST``) of an upload whose parts carry
         SHA-256 checksums: sent with the header ``x-amz-checksum-algorithm: SHA256``."""
-        return self._presign("POST", bucket, key, {"uploads": ""}, ("x-amz-checksum-algorithm", "SHA256"),
-                             expires, now)
+        return self.presign("POST", bucket, key, {"uploads": ""}, expires, (("x-amz-checksum-algorithm", "SHA256"),),
+                            now)
 
-    def _presign(self, method: str, bucket: str, key: str, params: dict[str, str], header: tuple[str, str],
-                 expires: int, now: datetime | None) -> str:
-        """``method`` on ``bucket``/``key`` with ``params``, the ``host`` and the one ``header``
-        (lower-case name, value) signed."""
+    def presign(self, method: str, bucket: str, key: str, params: dict[str, str], expires: int,
+                headers: tuple[tuple[str, str], ...] = (), now: datetime | None = None) -> str:
+        """``method`` on ``bucket``/``key`` with ``params``, the ``host`` and ``headers`` (lower-case
+        names, values; sent with the request as they are signed) signed."""
         credentials = self._client._request_signer._credentials.get_frozen_credentials()
         moment = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
         stamp, date = moment.strftime("%Y%m%dT%H%M%SZ"), moment.strftime("%Y%m%d")
         scope = f"{date}/{self._region}/s3/aws4_request"
-        signed_headers = f"host;{header[0]}"
+        signed = sorted((("host", self._host), *headers))
+        signed_headers = ";".join(name for name, _ in signed)
         query = {
             "X-Amz-Algorithm": ALGORITHM,
             "X-Amz-Credential": f"{credentials.access_key}/{scope}",
@@ -85,7 +86,7 @@ class PathStyleSigner:
         path = f"{self._path_prefix}/{quote(bucket, safe='-_.~')}/{quote(key, safe='-_.~/')}"
         canonical_request = "\n".join((
             method, path, canonical_query,
-            f"host:{self._host}\n{header[0]}:{header[1]}\n", signed_headers, "UNSIGNED-PAYLOAD",
+            "".join(f"{name}:{value}\n" for name, value in signed), signed_headers, "UNSIGNED-PAYLOAD",
         ))
         to_sign = "\n".join((ALGORITHM, stamp, scope, hashlib.sha256(canonical_request.encode()).hexdigest()))
         signature = hmac.new(self._signing_key(date, credentials.secret_key), to_sign.encode(),

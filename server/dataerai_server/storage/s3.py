@@ -84,6 +84,8 @@ CALL_URL_TTL_S: Final = 300
 
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 _GONE = ("NoSuchUpload", "NoSuchKey", "404", "NotFound")
+#: Operations :meth:`S3Storage._call` sends itself where it can (a completion's).
+_OWN_CALLS = frozenset({"list_parts", "complete_multipart_upload", "head_object", "put_object"})
 _MODES = ("direct", "server")
 
 
@@ -300,11 +302,43 @@ class S3Storage:
         return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs), limiter=self._limiter)
 
     async def _call(self, operation: str, **params: Any) -> Any:
-        """One S3 operation; any failure is a :class:`StorageError` carrying the S3 code."""
+        """One S3 operation; any failure is a :class:`StorageError` carrying the S3 code.
+
+        A completion's operations are presigned and sent on our own connections where
+        they can be (:class:`~.calls.StoreCalls`), else through boto3; the answer has
+        boto3's shape either way (the fields the callers read).
+        """
+        if self._calls is not None and self._signer is not None and operation in _OWN_CALLS:
+            send = self._own_call(self._calls, self._signer, operation, params)
+            try:
+                return await self._run(send)
+            except StoreError as exc:
+                raise _S3Error(operation, exc, exc.code) from exc
         try:
             return await self._run(getattr(self._s3, operation), Bucket=self.bucket, **params)
         except Exception as exc:
             raise _S3Error(operation, exc) from exc
+
+    def _own_call(self, calls: StoreCalls, signer: PathStyleSigner, operation: str,
+                  params: dict[str, Any]) -> Callable[[], Any]:
+        """``operation`` with boto3's ``params``, presigned now, to be sent by ``calls``."""
+        key = params["Key"]
+
+        def url(method: str, query: dict[str, str]) -> str:
+            return signer.presign(method, self.bucket, key, query, CALL_URL_TTL_S)
+
+        if operation == "list_parts":
+            query = {"uploadId": params["UploadId"], "max-parts": str(params["MaxParts"]),
+                     "part-number-marker": str(params["PartNumberMarker"])}
+            return functools.partial(calls.list_parts, url("GET", query))
+        if operation == "complete_multipart_upload":
+            return functools.partial(calls.complete_multipart_upload, url("POST", {"uploadId": params["UploadId"]}),
+                                     params["MultipartUpload"]["Parts"])
+        if operation == "head_object":
+            return functools.partial(calls.head_object, url("HEAD", {}))
+        assert operation == "put_object"
+        return functools.partial(calls.put_object, url("PUT", {}), bytes(params["Body"]),
+                                 params.get("ContentType", "binary/octet-stream"))
 
     # --- uploads ---------------------------------------------------------------------
 
