@@ -58,6 +58,8 @@ def test_a_create_multipart_upload_url_is_the_one_botocore_presigns(endpoint: st
      {"uploadId": "8d37b14f_96/99+=", "max-parts": "1000", "part-number-marker": "3"}),
     ("complete_multipart_upload", {"UploadId": "8d37b14f_96/99+="}, "POST", {"uploadId": "8d37b14f_96/99+="}),
     ("head_object", {}, "HEAD", {}),
+    ("abort_multipart_upload", {"UploadId": "8d37b14f_96/99+="}, "DELETE", {"uploadId": "8d37b14f_96/99+="}),
+    ("get_object", {}, "GET", {}),
     ("put_object", {}, "PUT", {}),
 ])
 def test_a_completions_urls_are_the_ones_botocore_presigns(

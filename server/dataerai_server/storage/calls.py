@@ -5,9 +5,10 @@ the server about 0.9 ms of CPU (request serialisation, endpoint rules, event hoo
 urllib3), a fifth of the session's cost (docs/server.md, "Seventh pass"). Here the same
 request is presigned (``presign.py``) and sent with ``http.client`` on a connection kept
 from an earlier call, in the worker thread the caller runs it in. A completion's calls go
-the same way (``ListParts``, ``CompleteMultipartUpload``, ``HeadObject`` and the record's
-``PutObject``): five boto3 calls made a small file's completion on S3 cost several times
-one on directory storage (docs/server.md, "Eighth pass").
+the same way (``ListParts``, ``CompleteMultipartUpload``, ``HeadObject``, the record's
+``PutObject``, the ``AbortMultipartUpload`` that releases what is left): through boto3
+they made a small file's completion on S3 cost several times one on directory storage
+(docs/server.md, "Eighth pass").
 
 The store is reached exactly as the read-back reaches it (``readback.ObjectReader``: the
 endpoint, the TLS context checked against the client's CA bundle and host name, the
@@ -92,6 +93,12 @@ class StoreCalls:
         status, _, answer = self._send("PUT", url, {"Content-Type": content_type}, body)
         if status != 200:
             raise _refused("PutObject", status, answer)
+
+    def abort_multipart_upload(self, url: str) -> None:
+        """Send the presigned ``AbortMultipartUpload`` at ``url``."""
+        status, _, answer = self._send("DELETE", url, {})
+        if status not in (200, 204):
+            raise _refused("AbortMultipartUpload", status, answer)
 
     def close(self) -> None:
         with self._lock:

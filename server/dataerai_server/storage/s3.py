@@ -85,7 +85,8 @@ CALL_URL_TTL_S: Final = 300
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 _GONE = ("NoSuchUpload", "NoSuchKey", "404", "NotFound")
 #: Operations :meth:`S3Storage._call` sends itself where it can (a completion's).
-_OWN_CALLS = frozenset({"list_parts", "complete_multipart_upload", "head_object", "put_object"})
+_OWN_CALLS = frozenset({"list_parts", "complete_multipart_upload", "head_object", "put_object",
+                        "abort_multipart_upload"})
 _MODES = ("direct", "server")
 
 
@@ -336,6 +337,8 @@ class S3Storage:
                                      params["MultipartUpload"]["Parts"])
         if operation == "head_object":
             return functools.partial(calls.head_object, url("HEAD", {}))
+        if operation == "abort_multipart_upload":
+            return functools.partial(calls.abort_multipart_upload, url("DELETE", {"uploadId": params["UploadId"]}))
         assert operation == "put_object"
         return functools.partial(calls.put_object, url("PUT", {}), bytes(params["Body"]),
                                  params.get("ContentType", "binary/octet-stream"))
@@ -582,7 +585,11 @@ class S3Storage:
         (size, sha256)."""
         if self._reader is not None:
 
+            signer = self._signer
+
             def presign() -> str:
+                if signer is not None:
+                    return signer.presign("GET", self.bucket, name, {}, URL_TTL_S)
                 return str(self._s3.generate_presigned_url(
                     "get_object", Params={"Bucket": self.bucket, "Key": name}, ExpiresIn=URL_TTL_S))
 
