@@ -17,12 +17,14 @@ against achieved rate, and the ``trivial`` workload, the same generator against 
 minimal HTTP server (``_trivial_server``) that answers a canned 200.
 
     .venv/bin/python tools/bench_server.py [--database sqlite|postgresql|both]
-        [--workload trivial health me parts create read complete] [--step-seconds 4] [--json]
+        [--workload trivial health me parts create read complete complete-s3] [--step-seconds 4] [--json]
 
-Completion runs on directory storage with single-part 1 KiB sessions whose part is
-stored before the step (the completion links it into place and records the asset):
-on S3 a completion is four store calls and a read-back, which measures the store. The
-rest runs against SeaweedFS.
+``complete`` runs on directory storage with single-part 1 KiB sessions whose part is
+stored before the step (the completion links it into place and records the asset).
+``complete-s3`` is the same on S3 storage, the part sent straight to the store as a
+daemon sends it: the completion lists the parts, completes the multipart upload, reads
+the object back and records it, so it measures the store's calls too. The rest runs
+against SeaweedFS.
 """
 
 from __future__ import annotations
@@ -485,7 +487,8 @@ def bench_trivial(args: argparse.Namespace, steps: list[Step]) -> dict[str, Any]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--database", choices=["sqlite", "postgresql", "both"], default="both")
-    parser.add_argument("--workload", nargs="+", default=["trivial", "parts", "create", "complete", "read"],
+    parser.add_argument("--workload", nargs="+",
+                        default=["trivial", "parts", "create", "complete", "complete-s3", "read"],
                         choices=["trivial", *S3_WORKLOADS, "complete"])
     parser.add_argument("--procs", type=int, default=4, help="generator processes (default 4)")
     parser.add_argument("--start-rate", type=float, default=50.0)
