@@ -81,12 +81,17 @@ class StoreCalls:
             raise _refused("CompleteMultipartUpload", status, answer)
 
     def head_object(self, url: str) -> dict[str, Any]:
-        """Send the presigned ``HeadObject`` at ``url``; ``ContentLength`` and ``ETag``."""
+        """Send the presigned ``HeadObject`` at ``url``; ``ContentLength``, ``ETag`` and perhaps
+        ``ChecksumSHA256``."""
         status, headers, _ = self._send("HEAD", url, {})
         if status != 200:
             # A HEAD's answer has no body to name the error in.
             raise StoreError(f"S3 HeadObject failed: HTTP {status}", "NotFound" if status == 404 else str(status))
-        return {"ContentLength": int(headers.get("Content-Length", "0")), "ETag": headers.get("ETag", "")}
+        found: dict[str, Any] = {"ContentLength": int(headers.get("Content-Length", "0")),
+                                 "ETag": headers.get("ETag", "")}
+        if "x-amz-checksum-sha256" in headers:  # a store that says it unasked, as boto3 would read it
+            found["ChecksumSHA256"] = headers["x-amz-checksum-sha256"]
+        return found
 
     def put_object(self, url: str, body: bytes, content_type: str) -> None:
         """Send the presigned ``PutObject`` at ``url`` with ``body`` (small)."""

@@ -84,9 +84,15 @@ CALL_URL_TTL_S: Final = 300
 
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 _GONE = ("NoSuchUpload", "NoSuchKey", "404", "NotFound")
-#: Operations :meth:`S3Storage._call` sends itself where it can (a completion's).
-_OWN_CALLS = frozenset({"list_parts", "complete_multipart_upload", "head_object", "put_object",
-                        "abort_multipart_upload"})
+#: Operations :meth:`S3Storage._call` sends itself where it can (a completion's), with the
+#: parameters it knows how to send; a call with any other goes through boto3.
+_OWN_CALLS: Final = {
+    "list_parts": frozenset({"Key", "UploadId", "PartNumberMarker", "MaxParts"}),
+    "complete_multipart_upload": frozenset({"Key", "UploadId", "MultipartUpload"}),
+    "head_object": frozenset({"Key"}),
+    "put_object": frozenset({"Key", "Body", "ContentType"}),
+    "abort_multipart_upload": frozenset({"Key", "UploadId"}),
+}
 _MODES = ("direct", "server")
 
 
@@ -309,8 +315,9 @@ class S3Storage:
         they can be (:class:`~.calls.StoreCalls`), else through boto3; the answer has
         boto3's shape either way (the fields the callers read).
         """
-        if self._calls is not None and self._signer is not None and operation in _OWN_CALLS:
-            send = self._own_call(self._calls, self._signer, operation, params)
+        calls, signer = self._calls, self._signer
+        if calls is not None and signer is not None and params.keys() <= _OWN_CALLS.get(operation, frozenset()):
+            send = self._own_call(calls, signer, operation, params)
             try:
                 return await self._run(send)
             except StoreError as exc:
@@ -340,7 +347,7 @@ class S3Storage:
         if operation == "abort_multipart_upload":
             return functools.partial(calls.abort_multipart_upload, url("DELETE", {"uploadId": params["UploadId"]}))
         assert operation == "put_object"
-        return functools.partial(calls.put_object, url("PUT", {}), bytes(params["Body"]),
+        return functools.partial(calls.put_object, url("PUT", {}), params["Body"],
                                  params.get("ContentType", "binary/octet-stream"))
 
     # --- uploads ---------------------------------------------------------------------
