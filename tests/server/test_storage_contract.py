@@ -230,6 +230,22 @@ async def test_a_part_re_sent_with_other_bytes_is_the_one_completed(storage: Sto
     assert await _read(storage, "upl_resent", 0, len(data)) == b"".join(fixed)
 
 
+async def test_a_part_re_sent_after_the_listing_is_the_one_completed(storage: Storage) -> None:
+    """The listing a completion may reuse (S3 keeps it a moment) is older than the part re-sent
+    since: the completion still takes the part as it is now."""
+    size = _psize(storage, 70_000)
+    pieces = _pieces(sample(2 * size, seed=34), size)
+    handle = await storage.create_upload("upl_relisted")
+    await _send_all(storage, handle, pieces, [1, 2])
+    assert [(p.number, p.size) for p in await storage.list_parts(handle)] == [(1, size), (2, size)]
+    other = sample(size, seed=35)
+    await _send(storage, handle, 2, other)
+    fixed = [pieces[0], other]
+    content = await storage.complete(handle, _records(fixed), "upl_relisted", sha(b"".join(fixed)))
+    assert content.sha256 == sha(b"".join(fixed))
+    assert await _read(storage, "upl_relisted", 0, 2 * size) == b"".join(fixed)
+
+
 async def test_delete_content(storage: Storage) -> None:
     data = sample(123_456, seed=44)
     handle = await storage.create_upload("upl_del")

@@ -300,3 +300,23 @@ def test_reader_follows_the_clients_tls_and_proxy(seaweed: Any, monkeypatch: pyt
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
     with pytest.raises(ValueError, match="proxy"):  # boto3 goes through the proxy; so must we
         ObjectReader.for_connection(make_client()[1])
+
+
+def test_a_kept_listing_is_taken_once_while_fresh_and_the_oldest_go_first() -> None:
+    from dataerai_server.storage.s3 import _KeptListings
+
+    now = [100.0]
+    kept = _KeptListings(seconds=10, most_parts=3, clock=lambda: now[0])
+    one = {1: [{"PartNumber": 1, "Size": 5, "ETag": '"a"'}]}
+    two = {1: [{"PartNumber": 1, "Size": 5, "ETag": '"b"'}], 2: [{"PartNumber": 2, "Size": 5, "ETag": '"c"'}]}
+    kept.keep("u1/x", one)
+    assert kept.take("u1/x") == one and kept.take("u1/x") is None  # once
+    kept.keep("u1/x", one)
+    now[0] += 10.5
+    assert kept.take("u1/x") is None  # grown old
+    kept.keep("u1/x", one)
+    kept.keep("u2/y", two)
+    kept.keep("u3/z", one)  # four parts in all: the oldest listing goes
+    assert kept.take("u1/x") is None and kept.take("u2/y") == two and kept.take("u3/z") == one
+    kept.keep("u4/w", {n: [{"PartNumber": n, "Size": 5, "ETag": '"d"'}] for n in range(1, 5)})
+    assert kept.take("u4/w") is None  # larger than all it may keep

@@ -53,7 +53,9 @@ import os
 import re
 import socket
 import tempfile
+import time
 import urllib.request
+from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,6 +86,10 @@ CALL_URL_TTL_S: Final = 300
 
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 _GONE = ("NoSuchUpload", "NoSuchKey", "404", "NotFound")
+#: How long a listing of parts is kept for the completion that follows it, and how many
+#: parts may be kept in all (``_KeptListings``).
+LISTING_KEPT_S: Final = 10.0
+LISTINGS_KEPT_PARTS: Final = 20_000
 #: Operations :meth:`S3Storage._call` sends itself where it can (a completion's), with the
 #: parameters it knows how to send; a call with any other goes through boto3.
 _OWN_CALLS: Final = {
@@ -272,6 +278,7 @@ class S3Storage:
         # A new session's CreateMultipartUpload is presigned and sent on our own connections
         # where both of the above could be made: a fifth of a session's CPU through boto3 (calls.py).
         self._calls = StoreCalls(self._reader) if self._reader is not None and self._signer is not None else None
+        self._listings = _KeptListings()
 
     @classmethod
     def open(cls, url: str, spool_dir: Path) -> S3Storage:
@@ -458,8 +465,14 @@ class S3Storage:
         return parts
 
     async def list_parts(self, handle: str) -> list[StoredPart]:
-        """Numbers and sizes; ``sha256`` is None (S3 lists MD5 ETags, not the checksums)."""
+        """Numbers and sizes; ``sha256`` is None (S3 lists MD5 ETags, not the checksums).
+
+        The listing is kept a moment for the completion that usually follows it
+        (:meth:`complete`), which would otherwise ask the store for it again.
+        """
         listed = await self._listed(*self._split(handle))
+        if listed is not None:
+            self._listings.keep(handle, listed)
         return [StoredPart(n, int(p[0]["Size"]), None) for n, p in sorted((listed or {}).items())]
 
     async def complete(self, handle: str, parts: Sequence[StoredPart], key: str, sha256: str | None) -> StoredContent:
@@ -467,10 +480,25 @@ class S3Storage:
         if [p.number for p in parts] != list(range(1, len(parts) + 1)):
             raise StorageError("parts must be numbered 1..N in order")
         size = sum(p.size for p in parts)
+        kept = self._listings.take(handle)
+        if kept is not None:
+            try:
+                await self._complete_upload(name, upload, parts, kept)
+            except (StorageError, _S3Error) as exc:
+                # A part re-sent (or the upload completed) since the listing: ask the store anew.
+                log.info("storage.listing_outdated", handle=handle, error=str(exc))
+            else:
+                return await self._verify_and_publish(name, parts, key, sha256, size)
         listed = await self._listed(name, upload)
         if listed is None:
             # Completed before (a retry after a crash), or aborted.
             return await self._completed_before(name, parts, key, sha256, size)
+        await self._complete_upload(name, upload, parts, listed)
+        return await self._verify_and_publish(name, parts, key, sha256, size)
+
+    async def _complete_upload(self, name: str, upload: str, parts: Sequence[StoredPart],
+                               listed: dict[int, list[dict[str, Any]]]) -> None:
+        """``CompleteMultipartUpload`` of ``parts``, each taken from the versions ``listed``."""
         candidates: list[list[dict[str, Any]]] = []
         for part in parts:
             held = [p for p in listed.get(part.number, []) if int(p["Size"]) == part.size]
@@ -492,16 +520,14 @@ class S3Storage:
                     "complete_multipart_upload", Key=self._object(name), UploadId=upload,
                     MultipartUpload={"Parts": entries},
                 )
-                break
+                return
             except _S3Error as exc:
                 if exc.code == "BadDigest":
                     continue
                 if exc.code in ("InvalidPart", "InvalidPartOrder", "EntityTooSmall"):
                     raise StorageError(f"S3 refused the parts: {exc}") from exc
                 raise
-        else:
-            raise StorageError("S3 holds no parts with the digests recorded for this upload")
-        return await self._verify_and_publish(name, parts, key, sha256, size)
+        raise StorageError("S3 holds no parts with the digests recorded for this upload")
 
     async def _verify_and_publish(
         self, name: str, parts: Sequence[StoredPart], key: str, sha256: str | None, size: int
@@ -672,6 +698,42 @@ class S3Storage:
     async def delete_content(self, key: str) -> None:
         await self._call("delete_object", Key=self._object(key))
         await self._call("delete_object", Key=self._record(key))
+
+
+class _KeptListings:
+    """Listings of multipart uploads, kept a moment by handle (:meth:`S3Storage.list_parts`).
+
+    A completion whose parts went straight to the store lists them first (to learn
+    which it holds), then completes; taking the listing kept saves asking the store
+    again. A listing is taken once, and only while fresh; one grown old meanwhile (a part
+    re-sent) makes the completion fail, and it then lists anew. At most ``most_parts``
+    parts are kept in all (the oldest listings go first): a page of parts costs memory.
+    Used from the event loop only.
+    """
+
+    def __init__(self, *, seconds: float = LISTING_KEPT_S, most_parts: int = LISTINGS_KEPT_PARTS,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._seconds, self._most_parts, self._clock = seconds, most_parts, clock
+        self._kept: OrderedDict[str, tuple[float, dict[int, list[dict[str, Any]]], int]] = OrderedDict()
+        self._parts = 0
+
+    def keep(self, handle: str, listed: dict[int, list[dict[str, Any]]]) -> None:
+        self.take(handle)
+        count = sum(len(versions) for versions in listed.values())
+        if count > self._most_parts:
+            return
+        self._kept[handle] = (self._clock(), listed, count)
+        self._parts += count
+        while self._parts > self._most_parts:
+            _, (_, _, dropped) = self._kept.popitem(last=False)
+            self._parts -= dropped
+
+    def take(self, handle: str) -> dict[int, list[dict[str, Any]]] | None:
+        found = self._kept.pop(handle, None)
+        if found is None:
+            return None
+        self._parts -= found[2]
+        return found[1] if self._clock() - found[0] <= self._seconds else None
 
 
 class _S3Error(StoreError):
