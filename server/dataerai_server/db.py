@@ -1,6 +1,6 @@
 """The database: a synchronous SQLAlchemy engine used from worker threads only.
 
-Every query runs in a thread (``anyio.to_thread.run_sync``) so the event loop never
+Every query runs in a worker thread (:mod:`.threads`) so the event loop never
 waits on disk or locks. Reads run several at once (WAL lets them overlap a write).
 
 Writes on SQLite are committed in groups: SQLite takes one writer at a time, and each
@@ -33,6 +33,8 @@ from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
+
+from .threads import WorkerThreads
 
 T = TypeVar("T")
 Item = TypeVar("Item")
@@ -270,9 +272,10 @@ class _GroupWriter:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
         self.write: Batcher[Callable[[Session], Any], Any] = Batcher(self._run_in_thread, most=GROUP_COMMIT_MAX)
+        self._thread = WorkerThreads(1, "dataerai-group-commit")  # one group at a time (the batcher's slot)
 
     async def _run_in_thread(self, group: list[Pending[Callable[[Session], Any], Any]]) -> None:
-        await anyio.to_thread.run_sync(self._run, group)
+        await self._thread.run(self._run, group)
 
     def _run(self, group: list[Pending[Callable[[Session], Any], Any]]) -> None:
         if len(group) == 1:
@@ -326,8 +329,8 @@ class Database:
         self._group: _GroupWriter | None = None
         if self.engine.dialect.name == "sqlite":
             self._group = _GroupWriter(self._write_engine)
-        self._writers = anyio.CapacityLimiter(CONCURRENT_WRITERS)
-        self._readers = anyio.CapacityLimiter(readers)
+        self._writers = WorkerThreads(CONCURRENT_WRITERS, "dataerai-db-write")
+        self._readers = WorkerThreads(readers, "dataerai-db-read")
 
     @property
     def write_engine(self) -> Engine:
@@ -344,7 +347,7 @@ class Database:
 
     async def read(self, fn: Callable[[Session], T]) -> T:
         """Run ``fn`` in a read transaction, off the event loop."""
-        return await anyio.to_thread.run_sync(self.read_sync, fn, limiter=self._readers)
+        return await self._readers.run(self.read_sync, fn)
 
     async def write(self, fn: Callable[[Session], T]) -> T:
         """Run ``fn`` in a write transaction, off the event loop; committed before this returns.
@@ -354,7 +357,7 @@ class Database:
         """
         if self._group is not None:
             return cast(T, await self._group.write(fn))
-        return await anyio.to_thread.run_sync(self.write_sync, fn, limiter=self._writers)
+        return await self._writers.run(self.write_sync, fn)
 
     def dispose(self) -> None:
         self.engine.dispose()

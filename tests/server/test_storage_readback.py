@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import anyio
 import pytest
 import structlog
 import trio
 from dataerai_server.storage import S3Location, S3Storage, StorageError
 from dataerai_server.storage.readback import ConnectionSettings, ObjectReader, ReadbackError
 from dataerai_server.storage.s3 import connection_settings, make_client
+from dataerai_server.threads import WorkerThreads
 from loopback import LoopbackServer
 
 ETAG = '"0123456789abcdef0123456789abcdef-3"'
@@ -104,7 +104,7 @@ async def read_back(store: Store, size: int = len(DATA), *, range_bytes: int = 1
         reader = ObjectReader(f"http://127.0.0.1:{store.port}", None, connect_timeout=5, read_timeout=30,
                               range_bytes=range_bytes, in_flight=2)
     return await reader.sha256(lambda: f"{reader.scheme}://127.0.0.1:{store.port}/bucket/key?X-Amz-Signature=s",
-                               size, ETAG, anyio.CapacityLimiter(4))
+                               size, ETAG, WorkerThreads(4, "test-readback"))
 
 
 async def test_ranges_are_asked_for_and_hashed_in_order(store_with: Callable[..., Store]) -> None:

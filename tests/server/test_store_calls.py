@@ -13,17 +13,18 @@ from contextlib import contextmanager
 import pytest
 from dataerai_server.storage.base import StoreError
 from dataerai_server.storage.calls import StoreCalls
-from dataerai_server.storage.readback import ObjectReader
+from dataerai_server.storage.readback import MAX_ERROR_BODY, ObjectReader
 
 CREATED = (b"<InitiateMultipartUploadResult><Bucket>b</Bucket><Key>k</Key>"
            b"<UploadId>%s</UploadId></InitiateMultipartUploadResult>")
 
 
 class _Store:
-    """Answers each request with ``answers``' next (status, body), on as many connections as come;
-    closes a connection after each answer when ``drop`` (without saying so, as an idle timeout does)."""
+    """Answers each request with ``answers``' next (status, body), or bytes sent as they are, on
+    as many connections as come; closes a connection after each answer when ``drop`` (without
+    saying so, as an idle timeout does) or when the answer says ``Connection: close``."""
 
-    def __init__(self, answers: list[tuple[int, bytes]], *, drop: bool) -> None:
+    def __init__(self, answers: list[tuple[int, bytes] | bytes], *, drop: bool) -> None:
         self.answers = answers
         self.drop = drop
         self.connections = 0
@@ -55,14 +56,18 @@ class _Store:
                     self.requests.append(head)
                     self.bodies.append(buffered[:length])
                     buffered = buffered[length:]
-                    status, body = self.answers.pop(0)
-                    conn.sendall(b"HTTP/1.1 %d X\r\nContent-Length: %d\r\n\r\n%s" % (status, len(body), body))
-                    if self.drop:
+                    answer = self.answers.pop(0)
+                    if isinstance(answer, bytes):  # an answer as it goes on the wire
+                        conn.sendall(answer)
+                    else:
+                        status, body = answer
+                        conn.sendall(b"HTTP/1.1 %d X\r\nContent-Length: %d\r\n\r\n%s" % (status, len(body), body))
+                    if self.drop or (isinstance(answer, bytes) and b"Connection: close" in answer):
                         break
 
 
 @contextmanager
-def _store(answers: list[tuple[int, bytes]], *, drop: bool) -> Iterator[tuple[_Store, StoreCalls]]:
+def _store(answers: list[tuple[int, bytes] | bytes], *, drop: bool) -> Iterator[tuple[_Store, StoreCalls]]:
     store = _Store(answers, drop=drop)
     thread = threading.Thread(target=store.serve, daemon=True)
     thread.start()
@@ -155,3 +160,47 @@ def test_a_completion_refused_in_a_200_answer_keeps_the_stores_code() -> None:
         b'<CompleteMultipartUpload xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
         b"<Part><PartNumber>1</PartNumber><ETag>\"a1\"</ETag><ChecksumSHA256>q83vEjRWeJA=</ChecksumSHA256></Part>"
         b"<Part><PartNumber>2</PartNumber><ETag>\"b&amp;2\"</ETag></Part></CompleteMultipartUpload>")
+
+
+def test_a_heads_answer_ends_with_its_headers_and_keeps_the_connection() -> None:
+    """The length a HEAD's answer gives is the object's: no body follows it."""
+    head = (b"HTTP/1.1 200 OK\r\nContent-Length: 16777216\r\nETag: \"e1\"\r\n"
+            b"X-Amz-Checksum-Sha256: q83vEjRWeJA=\r\n\r\n")
+    with _store([head, (404, b"")], drop=False) as (store, calls):
+        assert calls.head_object("http://127.0.0.1/b/k?X-Amz-Signature=1") == {
+            "ContentLength": 16777216, "ETag": '"e1"', "ChecksumSHA256": "q83vEjRWeJA="}
+        with pytest.raises(StoreError) as missing:
+            calls.head_object("http://127.0.0.1/b/k?X-Amz-Signature=2")
+        assert missing.value.code == "NotFound"
+    assert store.connections == 1
+    assert store.requests[0].split(b"\r\n")[:2] == [b"HEAD /b/k?X-Amz-Signature=1 HTTP/1.1", b"Host: 127.0.0.1"]
+
+
+def test_chunked_and_unmeasured_answers_are_read_whole() -> None:
+    """A chunked answer keeps the connection; one without a length ends where its connection does."""
+    whole = CREATED % b"one"
+    chunked = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+               + b"".join(b"%x\r\n%s\r\n" % (len(piece), piece) for piece in (whole[:26], whole[26:]))
+               + b"0\r\n\r\n")
+    unmeasured = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + CREATED % b"two"
+    with _store([chunked, unmeasured, (200, CREATED % b"three")], drop=False) as (store, calls):
+        assert calls.create_multipart_upload("http://127.0.0.1/b/k?uploads=") == "one"
+        assert calls.create_multipart_upload("http://127.0.0.1/b/k?uploads=") == "two"
+        assert calls.create_multipart_upload("http://127.0.0.1/b/k?uploads=") == "three"
+    assert store.connections == 2  # the second answer closed the first connection
+
+
+def test_an_answer_too_large_is_refused_and_its_connection_dropped() -> None:
+    with _store([(500, b"x" * (MAX_ERROR_BODY + 10)), (200, CREATED % b"one")], drop=False) as (store, calls):
+        with pytest.raises(StoreError, match="more than"):
+            calls.create_multipart_upload("http://127.0.0.1/b/k?uploads=")
+        assert calls.create_multipart_upload("http://127.0.0.1/b/k?uploads=") == "one"
+    assert store.connections == 2
+
+
+def test_an_answer_cut_short_is_a_storage_error_not_a_retry() -> None:
+    """Once part of an answer came, the request may have been done: it is not sent again."""
+    cut = b"HTTP/1.1 200 OK\r\nContent-Length: 500\r\nConnection: close\r\n\r\n<Initiate"
+    with _store([cut], drop=False) as (store, calls), pytest.raises(StoreError, match="failed"):
+        calls.create_multipart_upload("http://127.0.0.1/b/k?uploads=")
+    assert len(store.requests) == 1

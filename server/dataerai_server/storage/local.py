@@ -81,6 +81,7 @@ from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from ..concurrency import unwrap_single
+from ..threads import WorkerThreads
 from .base import ChecksumMismatch, PresignedRequest, StorageError, StoredContent, StoredPart
 
 if TYPE_CHECKING:
@@ -600,7 +601,7 @@ class LocalStorage:
         self._tmp = root / "tmp"
         self._uploads = root / "uploads"
         self._contents = root / "contents"
-        self._limiter = anyio.CapacityLimiter(threads)
+        self._threads = WorkerThreads(threads, "dataerai-files")
         self._buffers = _BufferPool(BATCH_BYTES, keep=4 * threads)
         self._digests: OrderedDict[str, _RunningDigest] = OrderedDict()
         self._background: TaskGroup | None = None
@@ -635,7 +636,7 @@ class LocalStorage:
 
     async def _run(self, fn: Callable[[], T]) -> T:
         """Run blocking ``fn`` in a worker thread (at most ``threads`` at once)."""
-        return await anyio.to_thread.run_sync(fn, limiter=self._limiter)
+        return await self._threads.run(fn)
 
     async def _pipeline(
         self, produce: Callable[[SendBatch], Awaitable[None]], stages: Sequence[Callable[[_Batch], None]]

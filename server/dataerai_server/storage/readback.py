@@ -58,6 +58,7 @@ from urllib.parse import urlsplit
 
 import anyio
 
+from ..threads import WorkerThreads
 from .base import StoreError
 
 MiB: Final = 1 << 20
@@ -165,9 +166,9 @@ class ObjectReader:
                                                context=self.context)
         return http.client.HTTPConnection(self.host, self.port, timeout=self.connect_timeout)
 
-    async def sha256(self, presign: Callable[[], str], size: int, etag: str, limiter: anyio.CapacityLimiter) -> str:
+    async def sha256(self, presign: Callable[[], str], size: int, etag: str, threads: WorkerThreads) -> str:
         """The SHA-256 (hex) of the ``size`` bytes of the object ``presign()`` gives a GET URL of,
-        while its ETag is ``etag``; in one worker thread taken from ``limiter``."""
+        while its ETag is ``etag``; in one of ``threads``."""
         count = max(1, -(-size // self.range_bytes))
         conns = [_Connection(self) for _ in range(min(self.in_flight, count))]
         stopped = False
@@ -186,8 +187,7 @@ class ObjectReader:
 
                 tasks.start_soon(abort_on_cancel)
                 try:
-                    digest = await anyio.to_thread.run_sync(self._read, conns, _RenewedURL(presign), size, etag,
-                                                           limiter=limiter)
+                    digest = await threads.run(self._read, conns, _RenewedURL(presign), size, etag)
                 except ReadbackError as exc:  # raised below, not wrapped in the task group's group
                     failure = exc
                 except (OSError, http.client.HTTPException, ValueError) as exc:

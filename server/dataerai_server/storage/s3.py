@@ -37,7 +37,7 @@ boto3, one GET streamed in order, where that module cannot, with a warning). On 
 mismatch the object is deleted before ``complete`` returns and no record of it was
 written: the server hands out URLs only to contents it recorded, which it does only
 after ``complete`` returned, so unverified bytes are never served.
-Every boto3 call runs in a worker thread under one ``anyio.CapacityLimiter``.
+Every boto3 call runs in one of the storage's worker threads (:mod:`..threads`).
 """
 
 from __future__ import annotations
@@ -66,6 +66,7 @@ import anyio
 import structlog
 from anyio.abc import TaskGroup
 
+from ..threads import WorkerThreads
 from .base import ChecksumMismatch, PresignedRequest, StorageError, StoredContent, StoredPart, StoreError
 from .calls import StoreCalls
 from .presign import PathStyleSigner
@@ -261,7 +262,7 @@ class S3Storage:
         self.bucket = location.bucket
         self.prefix = location.prefix
         self._spool_dir = spool_dir
-        self._limiter = anyio.CapacityLimiter(threads)
+        self._threads = WorkerThreads(threads, "dataerai-store")
         # Part URLs are signed here rather than by botocore where the addressing is path-style
         # (every store given by an endpoint): a twelfth of the CPU (presign.py).
         s3_config = getattr(client.meta.config, "s3", None) or {}
@@ -313,7 +314,7 @@ class S3Storage:
     async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """``fn(*args, **kwargs)`` in a worker thread; store failures become :class:`StorageError`
         (except the ones callers look at: those keep their ``response``)."""
-        return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs), limiter=self._limiter)
+        return await self._threads.run(functools.partial(fn, *args, **kwargs))
 
     async def _call(self, operation: str, **params: Any) -> Any:
         """One S3 operation; any failure is a :class:`StorageError` carrying the S3 code.
@@ -627,7 +628,7 @@ class S3Storage:
                     "get_object", Params={"Bucket": self.bucket, "Key": name}, ExpiresIn=URL_TTL_S))
 
             try:
-                return size, await self._reader.sha256(presign, size, etag, self._limiter)
+                return size, await self._reader.sha256(presign, size, etag, self._threads)
             except ReadbackError as exc:
                 raise _S3Error("get_object", exc, exc.code) from exc
 
