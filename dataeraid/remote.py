@@ -97,7 +97,11 @@ def _part_answer(response: httpx.Response, headers: Mapping[str, str], what: str
             digest = base64.b64decode(response.headers["x-amz-checksum-sha256"], validate=True).hex()
         except (binascii.Error, ValueError):
             raise DataeraiError("internal", f"{what}: the store answered with a malformed checksum") from None
-        return {"sha256": digest, "size": int(headers.get("Content-Length", -1))}
+        ack: dict[str, Any] = {"sha256": digest, "size": int(headers.get("Content-Length", -1))}
+        if response.headers.get("etag"):
+            # Told back at completion, so that the repository need not ask the store for it.
+            ack["etag"] = response.headers["etag"]
+        return ack
     return _json_object(response, what)
 
 
@@ -306,10 +310,13 @@ class Remote:
         return _part_answer(response, headers, what)
 
     async def complete_upload(self, upload_id: str, idempotency_key: str, sha256: str, *,
-                              file_sha256: list[str] | None = None) -> dict[str, Any]:
+                              file_sha256: list[str] | None = None,
+                              etags: Mapping[int, str] | None = None) -> dict[str, Any]:
         body: dict[str, Any] = {"idempotency_key": idempotency_key, "sha256": sha256}
         if file_sha256 is not None:
             body["file_sha256"] = file_sha256
+        if etags is not None:
+            body["parts"] = [{"number": number, "etag": etag} for number, etag in sorted(etags.items())]
         return await self._api(
             "POST", api_path("/uploads/{}/complete", ("upload", upload_id)),
             "completing the upload", json=body, timeout=3600.0,

@@ -22,8 +22,9 @@ minimal HTTP server (``_trivial_server``) that answers a canned 200.
 ``complete`` runs on directory storage with single-part 1 KiB sessions whose part is
 stored before the step (the completion links it into place and records the asset).
 ``complete-s3`` is the same on S3 storage, the part sent straight to the store as a
-daemon sends it: the completion lists the parts, completes the multipart upload, reads
-the object back and records it, so it measures the store's calls too. The rest runs
+daemon sends it, and its ETag told at completion as the daemon tells it: the completion
+completes the multipart upload, reads the object back and records it, so it measures the
+store's calls too. The rest runs
 against SeaweedFS.
 """
 
@@ -132,9 +133,10 @@ def _request(shard: Shard, index: int) -> bytes:
             "part_size": 16 << 20, "sha256": secrets.token_hex(32), "idempotency_key": "k" + secrets.token_hex(12),
         }).encode()
     elif w in COMPLETIONS:
-        upload_id, sha = shard.items[index]
+        upload_id, sha, etag = shard.items[index]
         method, path = "POST", f"/api/v1/uploads/{upload_id}/complete"
-        body = json.dumps({"idempotency_key": "c" + upload_id, "sha256": sha}).encode()
+        told = {"parts": [{"number": 1, "etag": etag}]} if etag else {}  # as the daemon tells a store's ETags
+        body = json.dumps({"idempotency_key": "c" + upload_id, "sha256": sha, **told}).encode()
     elif w == "read":
         method, path = "GET", f"/api/v1/assets/{shard.items[index % len(shard.items)]}"
     elif w == "health":
@@ -321,16 +323,12 @@ def run_step(url: str, token: str, workload: str, rate: float, seconds: float, p
 # --- fixtures: users, sessions, assets ---------------------------------------------------
 
 
-def _http(url: str, token: str, method: str, path: str, body: Any = None, raw: bytes | None = None,
-          raw_headers: dict[str, str] | None = None) -> Any:
+def _http(url: str, token: str, method: str, path: str, body: Any = None) -> Any:
     import httpx
 
     headers = {"Authorization": f"Bearer {token}"}
     with httpx.Client(timeout=60) as client:
-        if raw is not None:  # a part target's URL, with the headers it names
-            r = client.request(method, path, content=raw, headers=raw_headers)
-        else:
-            r = client.request(method, url + path, json=body, headers=headers)
+        r = client.request(method, url + path, json=body, headers=headers)
     r.raise_for_status()
     return r.json() if r.content and r.headers.get("content-type", "").startswith("application/json") else None
 
@@ -351,11 +349,14 @@ def new_sessions(url: str, token: str, user_id: str, count: int, size: int, part
     return _parallel(one, list(range(count)))
 
 
-def stored_sessions(url: str, token: str, user_id: str, count: int) -> list[tuple[str, str]]:
-    """Single-part 1 KiB sessions whose part is stored: (upload id, whole SHA-256)."""
+def stored_sessions(url: str, token: str, user_id: str, count: int) -> list[tuple[str, str, str | None]]:
+    """Single-part 1 KiB sessions whose part is stored: (upload id, whole SHA-256, the ETag
+    the store answered the part with, None where the server took it)."""
     import hashlib
 
-    def one(_: int) -> tuple[str, str]:
+    import httpx
+
+    def one(_: int) -> tuple[str, str, str | None]:
         data = secrets.token_bytes(1024)
         sha = hashlib.sha256(data).hexdigest()
         body = {"owner_type": "user", "owner_id": user_id, "file_name": "f.bin", "size": len(data),
@@ -363,15 +364,18 @@ def stored_sessions(url: str, token: str, user_id: str, count: int) -> list[tupl
         upload_id = _http(url, token, "POST", "/api/v1/uploads", body)["upload_id"]
         target = _http(url, token, "POST", f"/api/v1/uploads/{upload_id}/parts/1/target",
                        {"sha256": sha, "size": len(data)})
-        _http(url, token, "PUT", target["url"], raw=data, raw_headers=target["headers"])
-        return upload_id, sha
+        with httpx.Client(timeout=60) as client:
+            sent = client.put(target["url"], content=data, headers=target["headers"])
+        sent.raise_for_status()
+        own = target["url"].startswith(url)
+        return upload_id, sha, None if own else sent.headers.get("etag")
 
     return _parallel(one, list(range(count)))
 
 
 def new_assets(url: str, token: str, user_id: str, count: int) -> list[str]:
     done = stored_sessions(url, token, user_id, count)
-    return [_http(url, token, "POST", f"/api/v1/uploads/{u}/complete", {"sha256": s})["asset_id"] for u, s in done]
+    return [_http(url, token, "POST", f"/api/v1/uploads/{u}/complete", {"sha256": s})["asset_id"] for u, s, _ in done]
 
 
 # --- servers ----------------------------------------------------------------------------

@@ -60,8 +60,11 @@ class Repository(Protocol):
         ...
 
     async def complete_upload(self, upload_id: str, idempotency_key: str, sha256: str, *,
-                              file_sha256: list[str] | None = None) -> dict[str, Any]:
-        """Commit the parts as the content ``sha256``; the new asset content version."""
+                              file_sha256: list[str] | None = None,
+                              etags: Mapping[int, str] | None = None) -> dict[str, Any]:
+        """Commit the parts as the content ``sha256``; the new asset content version.
+        ``etags``: every part's ETag, where each went straight to an object store that
+        answered one (the repository then need not ask the store which parts it holds)."""
         ...
 
     async def dedup_challenge(self, upload_id: str, sha256: str) -> dict[str, Any]:

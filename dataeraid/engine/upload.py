@@ -375,7 +375,8 @@ async def _upload_hashed(ctx: JobContext, source: FileSet, stream: StreamHasher,
     try:
         result = await ctx.retrying(
             "completing the upload",
-            lambda: ctx.remote.complete_upload(upload_id, ctx.job_id, digest, file_sha256=file_sha256),
+            lambda: ctx.remote.complete_upload(upload_id, ctx.job_id, digest, file_sha256=file_sha256,
+                                               etags=senders.etags),
         )
     except DataeraiError as exc:
         if exc.code == "checksum_mismatch":
@@ -415,6 +416,13 @@ class _Senders:
         self.tolerating = False
         #: Part bytes sent and acknowledged by this run of the engine.
         self.bytes_sent = 0
+        self._etags: dict[int, str] = {}
+
+    @property
+    def etags(self) -> dict[int, str] | None:
+        """Every part's ETag, where this run sent every part straight to a store that
+        answered one; else None (parts held from before, or sent through the repository)."""
+        return dict(self._etags) if len(self._etags) == self._count else None
 
     def start(self, nursery: trio.Nursery, held: dict[int, dict[str, Any]]) -> None:
         self.resume()
@@ -499,10 +507,14 @@ class _Senders:
                 async for plan, turn in receive:
                     await self._running.wait()
                     try:
-                        await _send_part(ctx, source, self._upload_id, plan, turn)
+                        etag = await _send_part(ctx, source, self._upload_id, plan, turn)
                     finally:
                         turn.done.set()
                     self.bytes_sent += plan.size
+                    if etag is not None:
+                        self._etags[plan.number] = etag
+                    else:
+                        self._etags.pop(plan.number, None)
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(hash_parts)
@@ -769,7 +781,9 @@ def _part_body(source: FileSet, plan: PartPlan) -> Body:
 
 
 async def _send_part(ctx: JobContext, source: FileSet, upload_id: str, plan: PartPlan,
-                     turn: Turn | None = None) -> None:
+                     turn: Turn | None = None) -> str | None:
+    """Send one part until it is acknowledged with its digest; the ETag the store answered,
+    where it went straight to one."""
     block = ctx.settings.io_block_size
     accounting = ctx.accounting
     mismatches = 0
@@ -826,6 +840,7 @@ async def _send_part(ctx: JobContext, source: FileSet, upload_id: str, plan: Par
         try:
             ack = await ctx.retrying(f"sending part {plan.number}", attempt)
             digest = await _acknowledged(source, plan, ack, block)
+            etag = ack.get("etag")
             if digest is None:
                 raise DataeraiError("checksum_mismatch",
                                     f"the server acknowledged part {plan.number} with another digest or size")
@@ -841,4 +856,4 @@ async def _send_part(ctx: JobContext, source: FileSet, upload_id: str, plan: Par
             continue
         await ctx.store.checkpoint(ctx.job_id, plan.number, plan.size, digest)
         accounting.chunk_done()
-        return
+        return etag if isinstance(etag, str) else None

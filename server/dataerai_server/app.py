@@ -519,7 +519,8 @@ class Api:
         upload_id = request.path_params["upload_id"]
         return JSONResponse(
             await self.s.uploads.complete(call.bearer, upload_id, body.idempotency_key, body.sha256,
-                                          body.file_sha256)
+                                          body.file_sha256,
+                                          None if body.parts is None else {p.number: p.etag for p in body.parts})
         )
 
     async def dedup_challenge(self, request: Request, call: Call) -> Response:

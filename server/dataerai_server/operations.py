@@ -202,9 +202,12 @@ OPERATIONS: Final[tuple[Operation, ...]] = (
     Operation("POST", "/uploads/{upload_id}/complete", "complete_upload",
               "Assemble the parts into an asset or a new version, exactly once", "write",
               {200: Reply("the result", _S.UploadResult)}, errors=(404, 409, 422, 503, 507),
-              body=_S.Completion, body_limit=MAX_MANIFEST_JSON_BODY, checked_fields=("sha256", "file_sha256"),
+              body=_S.Completion, body_limit=MAX_MANIFEST_JSON_BODY,
+              checked_fields=("sha256", "file_sha256", "parts"),
               description="Parts missing: 409 with `missing_parts`. A whole-content digest that does not "
-              "match: 422. A `sha256` other than the session's, or a `file_sha256` of the wrong length: 400."),
+              "match: 422. A `sha256` other than the session's, a `file_sha256` of the wrong length, or "
+              "`parts` naming a number twice: 400. `parts`: every part sent straight to the store, with "
+              "the ETag it answered (the store is then not asked which parts it holds)."),
     Operation("POST", "/uploads/{upload_id}/dedup", "dedup_challenge",
               "A proof-of-possession challenge for completing with held content", "write",
               {200: Reply("the challenge", _S.DedupChallenge)}, errors=(404, 409), body=_S.DedupRequest,

@@ -269,10 +269,33 @@ _FileDigests = Annotated[
 ]
 
 
+#: An ETag as a store answers it (quoted hex, perhaps with a suffix), in characters.
+MAX_ETAG_LENGTH: Final = 256
+
+
+class SentPart(Body):
+    """A part sent straight to the store (a part target's URL), and the ETag it answered."""
+
+    number: Annotated[int, Field(ge=1, le=MAX_PART_COUNT), BeforeValidator(_integral)]
+    etag: Annotated[str, Field(min_length=1, max_length=MAX_ETAG_LENGTH, pattern=r"^[\x21-\x7e]+$")]
+
+
 class Completion(Body):
     idempotency_key: Key | None = None
     sha256: Sha256 | None = Field(default=None, description="required if the session was created without it")
     file_sha256: _FileDigests | None = None
+    parts: Annotated[
+        list[SentPart],
+        Field(max_length=MAX_PART_COUNT,
+              description="every part sent straight to the store, with the ETag it answered: the store is "
+                          "then not asked which parts it holds (optional; a wrong one costs that question)"),
+    ] | None = None
+
+    @model_validator(mode="after")
+    def _parts_once(self) -> Completion:
+        if self.parts is not None and len({p.number for p in self.parts}) != len(self.parts):
+            raise field_error("parts", "each part `number` at most once")
+        return self
 
 
 class DedupRequest(Body):

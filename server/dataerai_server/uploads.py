@@ -58,7 +58,7 @@ from .models import (
     UploadPartTarget,
     UploadSession,
 )
-from .storage import ChecksumMismatch, PresignedRequest, Storage, StorageError, StoredPart
+from .storage import ChecksumMismatch, PresignedRequest, Storage, StorageError, StoredContent, StoredPart
 from .storage.base import StoreError
 
 log = structlog.get_logger(__name__)
@@ -591,11 +591,13 @@ def _count_received(session: Session, upload_id: str, received: int) -> None:
 
 @dataclass(frozen=True)
 class _Assembly:
-    """What completion must assemble, found by :func:`_plan_completion`."""
+    """What completion must assemble, found by :func:`_plan_completion`. ``told``: the parts
+    are the direct targets with the ETags the client told of, not what the store listed."""
 
     handle: str
     parts: list[StoredPart]
     sha256: str
+    told: bool = False
 
 
 def _stored_completion(session: Session, who: Principal, key: str | None) -> UploadCompletion | None:
@@ -639,6 +641,7 @@ class _CompletionAsk:
     key: str | None
     sha256: str | None
     file_sha256: list[str] | None
+    etags: Mapping[int, str] | None = None
 
 
 def _plan_completions(
@@ -656,7 +659,8 @@ def _plan_completions(
             planned[i] = who
             continue
         try:
-            planned[i] = (who, _plan_completion(session, who, ask.upload_id, ask.key, ask.sha256, ask.file_sha256))
+            planned[i] = (who, _plan_completion(session, who, ask.upload_id, ask.key, ask.sha256, ask.file_sha256,
+                                                etags=ask.etags))
         except ApiError as exc:  # raised before the plan wrote anything
             planned[i] = exc
     return [planned[i] for i in range(len(asks))]
@@ -701,11 +705,13 @@ class _CompletionRecord:
     sha256: str
     storage_key: str
     file_sha256: list[str] | None
+    #: Bytes of parts the client told of (sent straight to the store), counted as received now.
+    told_bytes: int = 0
 
 
 def _record_one(session: Session, done: _CompletionRecord, usage: projects.UsageChanges) -> tuple[dict[str, Any], bool]:
     return _record_completion(session, done.who, done.upload_id, done.key, done.size, done.sha256,
-                              done.storage_key, done.file_sha256, usage)
+                              done.storage_key, done.file_sha256, usage, done.told_bytes)
 
 
 def _record_alone(session: Session, done: _CompletionRecord) -> tuple[dict[str, Any], bool]:
@@ -742,13 +748,18 @@ def _plan_completion(
     file_sha256: list[str] | None,
     *,
     direct_listed: bool = False,
+    etags: Mapping[int, str] | None = None,
 ) -> _Done | _Assembly | _ListFirst:
     """Either the stored result (already completed, or the key was used) or what to assemble;
     or, for an open session that had direct part targets and whose store was not asked yet
-    (``direct_listed``), :class:`_ListFirst`."""
+    (``direct_listed``), :class:`_ListFirst`, unless the client told the ETag of every part
+    (``etags``) and each has a direct target: then those targets are what to assemble."""
     upload = _own_session(session, who, upload_id, lock=True)
+    told: dict[int, UploadPartTarget] | None = None
     if upload.state == OPEN and not direct_listed and _has_targets(session, upload_id):
-        return _ListFirst(upload.storage_handle)
+        told = _told_targets(session, upload, etags)
+        if told is None:
+            return _ListFirst(upload.storage_handle)
     if upload.state == COMPLETED:
         result = result_view(upload)
         assert result is not None
@@ -768,6 +779,9 @@ def _plan_completion(
         raise ApiError("invalid_argument", "`sha256` is required: the session was created without it", field="sha256")
     _check_file_digests(upload, whole, file_sha256)
     _check_still_writable(session, who, upload)
+    if told is not None and etags is not None:
+        parts = [StoredPart(number=n, size=t.size, sha256=t.sha256, etag=etags[n]) for n, t in sorted(told.items())]
+        return _Assembly(handle=upload.storage_handle, parts=parts, sha256=whole, told=True)
     held = {p.number: p for p in session.scalars(select(UploadPart).where(UploadPart.upload_id == upload_id)).all()}
     missing = [n for n in range(1, upload.part_count + 1) if n not in held]
     if missing:
@@ -779,6 +793,27 @@ def _plan_completion(
         for n in range(1, upload.part_count + 1)
     ]
     return _Assembly(handle=upload.storage_handle, parts=parts, sha256=whole)
+
+
+def _told_targets(
+    session: Session, upload: UploadSession, etags: Mapping[int, str] | None
+) -> dict[int, UploadPartTarget] | None:
+    """Each part's newest direct target, if the client told an ETag for every part (and no
+    other) and each has one; else None (the store is to be asked which parts it holds).
+
+    A part that went through the server since its target was minted is not the target's
+    any more: the store holds what the server sent (None, then, too)."""
+    if etags is None or len(etags) != upload.part_count or not all(1 <= n <= upload.part_count for n in etags):
+        return None
+    targets = {t.number: t for t in session.scalars(
+        select(UploadPartTarget).where(UploadPartTarget.upload_id == upload.id)).all()}
+    if len(targets) != upload.part_count:
+        return None
+    sent_here = session.execute(
+        select(UploadPart.number, UploadPart.updated_at).where(UploadPart.upload_id == upload.id)).all()
+    if any(updated > targets[number].minted_at for number, updated in sent_here if number in targets):
+        return None
+    return targets
 
 
 def _check_still_writable(session: Session, who: Principal, upload: UploadSession) -> None:
@@ -839,8 +874,12 @@ def _record_completion(
     storage_key: str,
     file_sha256: list[str] | None,
     usage: projects.UsageChanges,
+    told_bytes: int = 0,
 ) -> tuple[dict[str, Any], bool]:
     """Make the asset (or the new version) and store the result. Returns (result, whether this call made it).
+
+    ``told_bytes``: the parts the client told of were never listed, so never counted in the
+    session's ``bytes_received``; they are now.
 
     The content's bytes are added to its project's count in ``usage``, which the caller
     applies once its records are written (:class:`~.projects.UsageChanges`).
@@ -918,7 +957,7 @@ def _record_completion(
         update(_SESSIONS)
         .where(_SESSIONS.c.id == upload.id)
         .values(state=COMPLETED, sha256=sha256, completed_at=now, updated_at=now, result_asset_id=asset_id,
-                result_content_id=content_id)
+                result_content_id=content_id, bytes_received=_SESSIONS.c.bytes_received + told_bytes)
     )
     # The loaded session is done with: nothing of it is to be flushed, and it must not be
     # mistaken for the row as it now is.
@@ -1449,10 +1488,13 @@ class Uploads:
         key: str | None,
         sha256: str | None,
         file_sha256: list[str] | None = None,
+        etags: Mapping[int, str] | None = None,
     ) -> dict[str, Any]:
         """Turn the parts into a new asset (or version) exactly once; see the module docstring.
 
         ``file_sha256`` (one per file, in stream order) is stored as the uploader reports it.
+        ``etags``: the ETag the store answered for each part sent straight to it, by number,
+        as the client tells them; with every part's, the store is not asked which it holds.
         ``bearer``'s token is looked up within the first transaction: a completion takes two,
         the plan and the record, besides the storage's work, each shared with the
         completions asked at the same moment (:class:`~.db.Together`).
@@ -1460,8 +1502,16 @@ class Uploads:
         async with self._session_locks.hold(upload_id):
             # One transaction for the token, the session's lock and the plan (it was four:
             # the token, the session, its direct targets, the plan).
-            ask = _CompletionAsk(bearer, upload_id, key, sha256, file_sha256)
+            ask = _CompletionAsk(bearer, upload_id, key, sha256, file_sha256, etags)
             who, plan = await self._completion_plans(ask)
+            content = None
+            if isinstance(plan, _Assembly) and plan.told:
+                try:
+                    content = await self._assemble(upload_id, plan)
+                except StorageError as exc:
+                    # Not the parts the store holds (an ETag wrong, a part never sent): ask it.
+                    log.info("upload.told_parts_refused", upload_id=upload_id, error=str(exc))
+                    plan = _ListFirst(plan.handle)
             if isinstance(plan, _ListFirst):
                 # Parts sent straight to the store (S3): ask it which it holds, outside any
                 # transaction, then record them and plan again in one (shared as the plan's).
@@ -1472,20 +1522,16 @@ class Uploads:
                 await self._storage.release_parts(plan.handle)
                 return plan.result
             storage_key = upload_id  # the same key on every attempt: a retry overwrites, never duplicates
-            try:
-                content = await self._storage.complete(plan.handle, plan.parts, storage_key, plan.sha256)
-            except ChecksumMismatch as exc:
-                await self._forget_lost_parts(upload_id, plan.handle)
-                raise _checksum_error(exc) from None
-            except (OSError, StoreError) as exc:
-                # The file system's or the store's own failure (the store refused, or did not
-                # answer): the condition may pass, and the client may ask again.
-                raise _storage_failure(exc, f"completing {upload_id}") from None
-            except StorageError as exc:
-                # What is stored is not what was recorded: the server's fault, not a passing one.
-                log.error("upload.assemble_failed", upload_id=upload_id, error=str(exc))
-                raise
-            record = _CompletionRecord(who, upload_id, key, content.size, content.sha256, storage_key, file_sha256)
+            if content is None:
+                try:
+                    content = await self._assemble(upload_id, plan)
+                except StorageError as exc:
+                    # What is stored is not what was recorded: the server's fault, not a passing one.
+                    log.error("upload.assemble_failed", upload_id=upload_id, error=str(exc))
+                    raise
+            told_bytes = sum(p.size for p in plan.parts) if plan.told else 0
+            record = _CompletionRecord(who, upload_id, key, content.size, content.sha256, storage_key, file_sha256,
+                                       told_bytes)
             try:
                 result, made = await self._completion_records(record)
             except IntegrityError:
@@ -1501,6 +1547,20 @@ class Uploads:
             await self._storage.release_parts(plan.handle)
             log.info("upload.completed", upload_id=upload_id, asset_id=result["asset_id"], size=content.size)
             return result
+
+    async def _assemble(self, upload_id: str, plan: _Assembly) -> StoredContent:
+        """The content ``plan``'s parts make, stored under the session's id (the same key on
+        every attempt: a retry overwrites, never duplicates). Raises :class:`StorageError`
+        where the parts are not what the store holds."""
+        try:
+            return await self._storage.complete(plan.handle, plan.parts, upload_id, plan.sha256)
+        except ChecksumMismatch as exc:
+            await self._forget_lost_parts(upload_id, plan.handle)
+            raise _checksum_error(exc) from None
+        except (OSError, StoreError) as exc:
+            # The file system's or the store's own failure (the store refused, or did not
+            # answer): the condition may pass, and the client may ask again.
+            raise _storage_failure(exc, f"completing {upload_id}") from None
 
     async def dedup_challenge(self, who: Principal, upload_id: str, sha256: str) -> dict[str, Any]:
         """A proof-of-possession challenge for completing ``upload_id`` with held content ``sha256``.

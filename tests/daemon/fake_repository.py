@@ -24,6 +24,11 @@ import trio
 from dataeraid.engine.bulk_http import Body, Burst, Charge
 from dataeraid.errors import DataeraiError, TransientError
 
+
+def _etag(data: bytes | bytearray) -> str:
+    return f'"{hashlib.md5(data).hexdigest()}"'
+
+
 #: Where the fake's own part endpoint lives (``is_own_part_url``).
 OWN_PARTS = "http://repo.test/api/v1/uploads/"
 
@@ -106,6 +111,8 @@ class FakeRepository:
         self.after = dict(after or {})
         self.read_block = read_block
         self.events: list[str] = []
+        #: The ETags each completion was told (None where it was told none).
+        self.told_etags: list[dict[int, str] | None] = []
         self.bodies: list[dict[str, Any]] = []
         self.targets: list[tuple[int, bool]] = []
         self.ranges: list[tuple[int, int]] = []
@@ -191,6 +198,8 @@ class FakeRepository:
         await self._record(f"{number} sent")
         own = hashlib.sha256(received).hexdigest()
         ack: dict[str, Any] = {"size": len(received), "sha256": own}
+        if not self.own_part_urls:  # a store's answer: the part's ETag
+            ack["etag"] = _etag(received)
         if target["prefix"]:
             before = [session.parts.get(n) for n in range(1, number)]
             ack["prefix_sha256"] = None
@@ -225,8 +234,12 @@ class FakeRepository:
         return await self.put_part(target, blocks(), what)
 
     async def complete_upload(self, upload_id: str, idempotency_key: str, sha256: str, *,
-                              file_sha256: list[str] | None = None) -> dict[str, Any]:
+                              file_sha256: list[str] | None = None,
+                              etags: Mapping[int, str] | None = None) -> dict[str, Any]:
         session = self._session(upload_id)
+        self.told_etags.append(None if etags is None else dict(etags))
+        if etags is not None:  # as the store checks them
+            assert etags == {n: _etag(data) for n, data in session.parts.items()}, "ETags other than the store's"
         if session.result is not None:
             return session.result
         data = b"".join(data for _, data in sorted(session.parts.items()))

@@ -24,7 +24,7 @@ T = TypeVar("T")
 
 
 async def _run(tmp_path: Path, server: FakeRepository, parts: int, order: str,
-               held: dict[int, Any] | None = None) -> None:
+               held: dict[int, Any] | None = None) -> upload._Senders:
     (tmp_path / "f.bin").write_bytes(bytes(range(256)) * (PART * parts // 256))
     source = FileSet(str(tmp_path), [StreamFile("f.bin", 0, PART * parts)], "source")
     session = await server.create_upload({"size": source.size, "part_size": PART})
@@ -35,6 +35,7 @@ async def _run(tmp_path: Path, server: FakeRepository, parts: int, order: str,
         await senders._send_all(held or {})
     finally:
         source.close()
+    return senders
 
 
 def _before(events: list[str], first: str, second: str) -> bool:
@@ -139,3 +140,17 @@ async def test_prefix_digests_are_taken_once_as_they_are_recorded() -> None:
     assert taken == [("b", None)]
     assert await prefixes.take(1) == ("a", None)
     assert prefixes._digests == {}
+
+
+@pytest.mark.parametrize(("own", "held", "told"), [(False, None, True), (False, {2: {"number": 2}}, False),
+                                                   (True, None, False)])
+async def test_the_etags_a_store_answered_are_kept_for_the_completion_when_it_answered_every_part(
+    tmp_path: Path, own: bool, held: dict[int, Any] | None, told: bool
+) -> None:
+    """Every part's, or none: a part held from before (a restart) has no ETag known here, and
+    the repository's own part endpoint answers none."""
+    server = FakeRepository(own_part_urls=own)
+    senders = await _run(tmp_path, server, 3, "never", held=held)
+    data = bytes(range(256)) * (PART * 3 // 256)
+    expected = {n: f'"{hashlib.md5(data[(n - 1) * PART:n * PART]).hexdigest()}"' for n in (1, 2, 3)}
+    assert senders.etags == (expected if told else None)

@@ -5,6 +5,7 @@ and the daemon's view of the store's answers (``dataeraid/remote.py``)."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import secrets
 import ssl
 from pathlib import Path
@@ -75,7 +76,8 @@ async def test_daemon_remote_takes_the_stores_acknowledgement(s3: S3Storage) -> 
         remote = Remote(auth=None, http=http)  # type: ignore[arg-type]  # signed URLs need no token
         ack = await remote.put_part({"method": target.method, "url": target.url, "headers": dict(target.headers)},
                                     blocks(), "sending part 1")
-    assert ack == {"sha256": sha(body), "size": len(body)}
+    # The store's ETag too (MD5 here), told back at completion instead of a listing.
+    assert ack == {"sha256": sha(body), "size": len(body), "etag": f'"{hashlib.md5(body).hexdigest()}"'}
 
 
 async def test_daemon_bulk_part_from_a_file_is_acknowledged_or_refused_as_through_httpx(
@@ -102,7 +104,8 @@ async def test_daemon_bulk_part_from_a_file_is_acknowledged_or_refused_as_throug
         assert target is not None
         as_json = {"method": target.method, "url": target.url, "headers": dict(target.headers)}
         ack = await remote.put_part_from(as_json, len(body), from_file, charge, "sending part 1")
-        assert ack == {"sha256": sha(body), "size": len(body)} and charged == [len(body)]
+        assert ack == {"sha256": sha(body), "size": len(body), "etag": f'"{hashlib.md5(body).hexdigest()}"'}
+        assert charged == [len(body)]
         path.write_bytes(secrets.token_bytes(len(body)))  # changed after it was hashed
         with pytest.raises(DataeraiError) as caught:
             await remote.put_part_from(as_json, len(body), from_file, charge, "sending part 1")

@@ -20,7 +20,7 @@ def _on_asyncio(fn: object) -> None:
 
 def test_the_value_or_the_exception_comes_back_from_another_thread() -> None:
     threads = WorkerThreads(2, "test-workers")
-    seen: list[object] = []
+    seen: list[tuple[int, str]] = []
 
     async def main() -> None:
         seen.append(await threads.run(lambda a, b: (a + b, threading.current_thread().name), 2, 3))
@@ -31,7 +31,7 @@ def test_the_value_or_the_exception_comes_back_from_another_thread() -> None:
         _on_asyncio(main)
     finally:
         threads.close()
-    value, thread_name = seen[0]  # type: ignore[misc]
+    value, thread_name = seen[0]
     assert value == 5 and thread_name.startswith("test-workers") and thread_name != threading.current_thread().name
 
 

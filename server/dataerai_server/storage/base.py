@@ -67,12 +67,17 @@ class StoredPart:
     SHA-256 of the content from its first byte through this part's last, which the part was
     checked against as it arrived, hashed onto the parts before it (:meth:`Storage.put_part`).
     Part 1's prefix digest is its own digest, so part 1 is never stored as ``prefix``.
+
+    ``etag``: where the part went straight to the store (S3), the ETag the store answered
+    its sender with, as the sender tells it; the store checks it when the parts are put
+    together (and refuses one that is not what it holds).
     """
 
     number: int
     size: int
     sha256: str | None
     prefix: bool = False
+    etag: str | None = None
 
 
 @dataclass(frozen=True)
