@@ -372,12 +372,26 @@ async def _upload_hashed(ctx: JobContext, source: FileSet, stream: StreamHasher,
                                           senders.bytes_sent)
     await trio.to_thread.run_sync(source.check_sources)
     await ctx.save(sha256=digest)
+    etags = senders.etags
+
+    async def complete() -> dict[str, Any]:
+        nonlocal etags
+        if etags is not None:
+            try:
+                return await ctx.remote.complete_upload(upload_id, ctx.job_id, digest, file_sha256=file_sha256,
+                                                        etags=etags)
+            except DataeraiError as exc:
+                if not _refused_told_parts(exc):
+                    raise
+                # A repository from before told parts (or one that would not take these):
+                # they only spare it a question to the store, so complete without them.
+                ctx.log.info("the repository did not take the parts' ETags; completing without them",
+                             error=exc.message)
+                etags = None
+        return await ctx.remote.complete_upload(upload_id, ctx.job_id, digest, file_sha256=file_sha256)
+
     try:
-        result = await ctx.retrying(
-            "completing the upload",
-            lambda: ctx.remote.complete_upload(upload_id, ctx.job_id, digest, file_sha256=file_sha256,
-                                               etags=senders.etags),
-        )
+        result = await ctx.retrying("completing the upload", complete)
     except DataeraiError as exc:
         if exc.code == "checksum_mismatch":
             await trio.to_thread.run_sync(source.check_sources)
@@ -388,6 +402,12 @@ async def _upload_hashed(ctx: JobContext, source: FileSet, stream: StreamHasher,
     ctx.log.info("upload complete", asset_id=result["asset_id"], content_id=result["content_id"], size=total,
                  files=len(source.files))
     return _completed_fields(result, source)
+
+
+def _refused_told_parts(exc: DataeraiError) -> bool:
+    """Whether the repository refused the completion's ``parts`` (unknown to it, or not as it takes them)."""
+    field = str(exc.data.get("field") or "")
+    return exc.code == "invalid_argument" and (field == "parts" or field.startswith(("parts[", "parts.")))
 
 
 class _Senders:

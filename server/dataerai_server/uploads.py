@@ -1544,7 +1544,8 @@ class Uploads:
                 if winner_key != storage_key:
                     await self._db.write(lambda s: deletions.queue(s, [storage_key]))
                     await deletions.delete_queued(self._db, self._storage, [storage_key])
-            await self._storage.release_parts(plan.handle)
+            if content.parts_left:
+                await self._storage.release_parts(plan.handle)
             log.info("upload.completed", upload_id=upload_id, asset_id=result["asset_id"], size=content.size)
             return result
 

@@ -113,6 +113,8 @@ class FakeRepository:
         self.events: list[str] = []
         #: The ETags each completion was told (None where it was told none).
         self.told_etags: list[dict[int, str] | None] = []
+        #: A completion takes ``parts`` (else it refuses them, as a repository from before them).
+        self.takes_told_parts = True
         self.bodies: list[dict[str, Any]] = []
         self.targets: list[tuple[int, bool]] = []
         self.ranges: list[tuple[int, int]] = []
@@ -238,6 +240,9 @@ class FakeRepository:
                               etags: Mapping[int, str] | None = None) -> dict[str, Any]:
         session = self._session(upload_id)
         self.told_etags.append(None if etags is None else dict(etags))
+        if etags is not None and not self.takes_told_parts:  # as a repository from before told parts
+            raise DataeraiError("invalid_argument", "completing the upload: unknown field(s): parts", field="parts",
+                                unknown_fields=["parts"])
         if etags is not None:  # as the store checks them
             assert etags == {n: _etag(data) for n, data in session.parts.items()}, "ETags other than the store's"
         if session.result is not None:

@@ -439,3 +439,23 @@ async def test_a_new_session_of_a_small_stream_is_hashed_while_its_request_is_ou
     assert b"".join(data for _, data in sorted(session.parts.items())) == stream
     # The session said which digests its targets take; the parts went with those.
     assert {prefix for _, prefix in repo.targets} == {order == "always"}
+
+
+@pytest.mark.parametrize("takes_them", [True, False])
+async def test_the_parts_etags_are_told_at_completion_or_left_out_where_the_repository_refuses_them(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, takes_them: bool) -> None:
+    """Every part went straight to a store that answered its ETag: the completion tells them
+    all, sparing the repository a question to the store; a repository from before told
+    parts refuses the field, and the completion goes again without it."""
+    monkeypatch.setattr(upload, "worth_speculating", lambda *_: False)
+    contents = _tree(300 * KiB)
+    files = _write(tmp_path, contents)
+    repo = FakeRepository(own_part_urls=False)
+    repo.takes_told_parts = takes_them
+    ctx = _context(repo, _job(tmp_path, files, 64 * KiB), upload_order="never")
+    result = await upload.run_upload(ctx)  # type: ignore[arg-type]
+    stream = b"".join(contents.values())
+    assert result["sha256"] == hashlib.sha256(stream).hexdigest()
+    parts = {n: stream[(n - 1) * 64 * KiB:n * 64 * KiB] for n in range(1, 6)}
+    told = {n: f'"{hashlib.md5(data).hexdigest()}"' for n, data in parts.items()}
+    assert repo.told_etags == ([told] if takes_them else [told, None])

@@ -148,11 +148,12 @@ def test_a_listing_is_read_as_boto3_shapes_it() -> None:
 
 def test_a_completion_refused_in_a_200_answer_keeps_the_stores_code() -> None:
     """S3 may answer ``CompleteMultipartUpload`` 200 and say in the body that it failed."""
-    done = b"<CompleteMultipartUploadResult><ETag>&quot;c-2&quot;</ETag></CompleteMultipartUploadResult>"
+    done = b"<CompleteMultipartUploadResult><ETag>&#34;c-2&#34;</ETag></CompleteMultipartUploadResult>"  # as Go escapes
     refused = b"<Error><Code>BadDigest</Code><Message>no</Message></Error>"
     parts = [{"PartNumber": 1, "ETag": '"a1"', "ChecksumSHA256": "q83vEjRWeJA="}, {"PartNumber": 2, "ETag": '"b&2"'}]
     with _store([(200, done), (200, refused)], drop=False) as (store, calls):
-        calls.complete_multipart_upload("http://127.0.0.1/b/k?uploadId=u", parts)
+        # The new object's ETag, as boto3 gives it (the read-back asks for that object).
+        assert calls.complete_multipart_upload("http://127.0.0.1/b/k?uploadId=u", parts) == {"ETag": '"c-2"'}
         with pytest.raises(StoreError) as failed:
             calls.complete_multipart_upload("http://127.0.0.1/b/k?uploadId=u", parts)
     assert failed.value.code == "BadDigest"

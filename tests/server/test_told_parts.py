@@ -41,15 +41,31 @@ async def _one_part_session(client: Any, data: bytes = RUN) -> str:
     return str(created.json()["upload_id"])
 
 
-async def test_every_parts_etag_told_spares_the_listing(services: Services, listings: list[str]) -> None:
+async def test_every_parts_etag_told_spares_the_listing(
+    services: Services, listings: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """And the completion asks the store for nothing else it can know: the object's ETag and
+    length come with the completion's answer (no ``HeadObject``), and the parts went with it
+    (no ``AbortMultipartUpload``). Left: completing, the read-back, the verified record."""
+    storage = services.storage
+    assert isinstance(storage, S3Storage)
+    operations: list[str] = []
+    call = storage._call
+
+    async def counted(operation: str, **params: Any) -> Any:
+        operations.append(operation)
+        return await call(operation, **params)
+
     async with asgi_client(services, "ha@example.org") as client:
         upload_id = await _one_part_session(client)
         etag = await sent_part(client, upload_id, 1, RUN)
+        monkeypatch.setattr(storage, "_call", counted)
         done = await client.post(f"/api/v1/uploads/{upload_id}/complete",
                                  json={"sha256": hashlib.sha256(RUN).hexdigest(),
                                        "parts": [{"number": 1, "etag": etag}]})
         assert done.status_code == 200, done.text
         assert listings == []
+        assert operations == ["complete_multipart_upload", "put_object"]
         session = (await client.get(f"/api/v1/uploads/{upload_id}")).json()
         # The told part's bytes count as received, as a listed one's would.
         assert session["state"] == "completed" and session["bytes_received"] == len(RUN)

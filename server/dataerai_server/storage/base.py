@@ -82,10 +82,13 @@ class StoredPart:
 
 @dataclass(frozen=True)
 class StoredContent:
-    """A completed content object: its length and whole-object SHA-256."""
+    """A completed content object: its length and whole-object SHA-256. ``parts_left``: the
+    upload's parts are still held apart (:meth:`Storage.release_parts` frees them); a store
+    that consumed them in making the object (S3) says False."""
 
     size: int
     sha256: str
+    parts_left: bool = True
 
 
 @dataclass(frozen=True)

@@ -69,9 +69,10 @@ class StoreCalls:
         except (ElementTree.ParseError, KeyError, ValueError) as exc:
             raise StoreError(f"S3 ListParts answered a listing that cannot be read: {exc}") from exc
 
-    def complete_multipart_upload(self, url: str, parts: list[dict[str, Any]]) -> None:
+    def complete_multipart_upload(self, url: str, parts: list[dict[str, Any]]) -> dict[str, Any]:
         """Send the presigned ``CompleteMultipartUpload`` at ``url`` with ``parts`` (each with
-        ``PartNumber``, ``ETag`` and perhaps ``ChecksumSHA256``, as boto3 takes them)."""
+        ``PartNumber``, ``ETag`` and perhaps ``ChecksumSHA256``, as boto3 takes them); the new
+        object's ``ETag`` where the answer gives it, as boto3 shapes it."""
         entries = "".join(
             f"<Part><PartNumber>{int(p['PartNumber'])}</PartNumber><ETag>{escape(p['ETag'])}</ETag>"
             + (f"<ChecksumSHA256>{escape(p['ChecksumSHA256'])}</ChecksumSHA256>" if "ChecksumSHA256" in p else "")
@@ -83,6 +84,11 @@ class StoreCalls:
         # S3 may answer 200 and put its error in the body (the work took long).
         if status != 200 or _ERROR.search(answer[:256]):
             raise _refused("CompleteMultipartUpload", status, answer)
+        try:  # XML as the store escapes it (Go's encoder writes a quote as &#34;)
+            etag = next((child.text for child in ElementTree.fromstring(answer) if _local(child.tag) == "ETag"), None)
+        except ElementTree.ParseError:
+            etag = None
+        return {"ETag": etag} if etag else {}
 
     def head_object(self, url: str) -> dict[str, Any]:
         """Send the presigned ``HeadObject`` at ``url``; ``ContentLength``, ``ETag`` and perhaps

@@ -487,22 +487,23 @@ class S3Storage:
             kept = {p.number: [{"ETag": p.etag, "Size": p.size}] for p in parts}
         if kept is not None:
             try:
-                await self._complete_upload(name, upload, parts, kept)
+                etag = await self._complete_upload(name, upload, parts, kept)
             except (StorageError, _S3Error) as exc:
                 # A part re-sent (or the upload completed) since the listing: ask the store anew.
                 log.info("storage.listing_outdated", handle=handle, error=str(exc))
             else:
-                return await self._verify_and_publish(name, parts, key, sha256, size)
+                return await self._verify_and_publish(name, parts, key, sha256, size, etag)
         listed = await self._listed(name, upload)
         if listed is None:
             # Completed before (a retry after a crash), or aborted.
             return await self._completed_before(name, parts, key, sha256, size)
-        await self._complete_upload(name, upload, parts, listed)
-        return await self._verify_and_publish(name, parts, key, sha256, size)
+        etag = await self._complete_upload(name, upload, parts, listed)
+        return await self._verify_and_publish(name, parts, key, sha256, size, etag)
 
     async def _complete_upload(self, name: str, upload: str, parts: Sequence[StoredPart],
-                               listed: dict[int, list[dict[str, Any]]]) -> None:
-        """``CompleteMultipartUpload`` of ``parts``, each taken from the versions ``listed``."""
+                               listed: dict[int, list[dict[str, Any]]]) -> str | None:
+        """``CompleteMultipartUpload`` of ``parts``, each taken from the versions ``listed``;
+        the new object's ETag, where the store's answer gives it."""
         candidates: list[list[dict[str, Any]]] = []
         for part in parts:
             held = [p for p in listed.get(part.number, []) if int(p["Size"]) == part.size]
@@ -520,11 +521,11 @@ class S3Storage:
                     entry["ChecksumSHA256"] = b64_digest(part.sha256)
                 entries.append(entry)
             try:
-                await self._call(
+                done = await self._call(
                     "complete_multipart_upload", Key=self._object(name), UploadId=upload,
                     MultipartUpload={"Parts": entries},
                 )
-                return
+                return str(done["ETag"]) if done.get("ETag") else None
             except _S3Error as exc:
                 if exc.code == "BadDigest":
                     continue
@@ -534,12 +535,22 @@ class S3Storage:
         raise StorageError("S3 holds no parts with the digests recorded for this upload")
 
     async def _verify_and_publish(
-        self, name: str, parts: Sequence[StoredPart], key: str, sha256: str | None, size: int
+        self, name: str, parts: Sequence[StoredPart], key: str, sha256: str | None, size: int,
+        completed_etag: str | None = None,
     ) -> StoredContent:
         """Hash the object completed under ``name``; delete it on a mismatch; else record it
-        (and move it to ``key`` if that is another name)."""
+        (and move it to ``key`` if that is another name).
+
+        ``completed_etag``: the ETag the store answered the completion with. The read-back
+        then asks for the parts' ``size`` bytes while the object has that ETag, and the store
+        refuses a read of any other object or length (``If-Match``, each range's total),
+        which saves asking for both first (a ``HEAD``).
+        """
         built = self._object(name)
-        head = await self._call("head_object", Key=built)
+        head: dict[str, Any] = (
+            {"ContentLength": size, "ETag": completed_etag} if completed_etag is not None
+            else await self._call("head_object", Key=built)
+        )
         actual_size, actual = await self._hash_object(built, int(head["ContentLength"]), head["ETag"])
         if actual_size != size or (sha256 is not None and actual != sha256):
             await self._call("delete_object", Key=built)
@@ -556,7 +567,8 @@ class S3Storage:
         await self._call(
             "put_object", Key=self._record(key), Body=json.dumps(record).encode(), ContentType="application/json"
         )
-        return StoredContent(size=size, sha256=actual)
+        # The store consumed the parts in making the object: nothing is left to release.
+        return StoredContent(size=size, sha256=actual, parts_left=False)
 
     async def _completed_before(
         self, name: str, parts: Sequence[StoredPart], key: str, sha256: str | None, size: int
@@ -589,7 +601,7 @@ class S3Storage:
                     f"the content has SHA-256 {record['sha256']}, not {sha256}",
                     expected_size=size, actual_size=size, expected_sha256=sha256, actual_sha256=record["sha256"],
                 )
-            return StoredContent(size=size, sha256=str(record["sha256"]))
+            return StoredContent(size=size, sha256=str(record["sha256"]), parts_left=False)
         if int(head["ContentLength"]) != size or not self._composite_matches(head, parts):
             raise StorageError(f"{key!r} is not made of this upload's parts, and they are gone")
         # Completed, but the check of its digest never finished: check it now.
