@@ -756,10 +756,13 @@ def _plan_completion(
     (``etags``) and each has a direct target: then those targets are what to assemble."""
     upload = _own_session(session, who, upload_id, lock=True)
     told: dict[int, UploadPartTarget] | None = None
-    if upload.state == OPEN and not direct_listed and _has_targets(session, upload_id):
-        told = _told_targets(session, upload, etags)
-        if told is None:
-            return _ListFirst(upload.storage_handle)
+    if upload.state == OPEN and not direct_listed:
+        # Told parts: the targets are read anyway (none: nothing went straight to the store).
+        targets = _targets(session, upload_id) if etags is not None else None
+        if targets or (targets is None and _has_targets(session, upload_id)):
+            told = _told_targets(session, upload, etags, targets or {})
+            if told is None:
+                return _ListFirst(upload.storage_handle)
     if upload.state == COMPLETED:
         result = result_view(upload)
         assert result is not None
@@ -795,24 +798,32 @@ def _plan_completion(
     return _Assembly(handle=upload.storage_handle, parts=parts, sha256=whole)
 
 
+def _targets(session: Session, upload_id: str) -> dict[int, UploadPartTarget]:
+    """The session's direct part targets (the newest of each part), by number."""
+    return {t.number: t for t in session.scalars(
+        select(UploadPartTarget).where(UploadPartTarget.upload_id == upload_id)).all()}
+
+
 def _told_targets(
-    session: Session, upload: UploadSession, etags: Mapping[int, str] | None
+    session: Session, upload: UploadSession, etags: Mapping[int, str] | None, targets: dict[int, UploadPartTarget]
 ) -> dict[int, UploadPartTarget] | None:
-    """Each part's newest direct target, if the client told an ETag for every part (and no
-    other) and each has one; else None (the store is to be asked which parts it holds).
+    """Each part's newest direct target (of ``targets``), if the client told an ETag for every
+    part (and no other) and each has one; else None (the store is to be asked which parts
+    it holds).
 
     A part that went through the server since its target was minted is not the target's
-    any more: the store holds what the server sent (None, then, too)."""
+    any more: the store holds what the server sent (None, then, too). No byte of a part
+    reached the server (``bytes_received``, which a listed part adds to as well) where none
+    did: then there is nothing to look for."""
     if etags is None or len(etags) != upload.part_count or not all(1 <= n <= upload.part_count for n in etags):
         return None
-    targets = {t.number: t for t in session.scalars(
-        select(UploadPartTarget).where(UploadPartTarget.upload_id == upload.id)).all()}
     if len(targets) != upload.part_count:
         return None
-    sent_here = session.execute(
-        select(UploadPart.number, UploadPart.updated_at).where(UploadPart.upload_id == upload.id)).all()
-    if any(updated > targets[number].minted_at for number, updated in sent_here if number in targets):
-        return None
+    if upload.bytes_received:
+        sent_here = session.execute(
+            select(UploadPart.number, UploadPart.updated_at).where(UploadPart.upload_id == upload.id)).all()
+        if any(updated > targets[number].minted_at for number, updated in sent_here if number in targets):
+            return None
     return targets
 
 
