@@ -250,6 +250,24 @@ async def test_readback_of_a_replaced_object_fails_with_the_stores_code(s3: S3St
     assert missing.value.code == "NoSuchKey"
 
 
+async def test_a_completion_answered_with_an_etag_the_object_lacks_is_read_back_after_a_head(
+    s3: S3Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The read-back asks for the ETag ``CompleteMultipartUpload`` answered; a store whose
+    answer named another costs a ``HEAD``, not the completion."""
+    assert s3._calls is not None
+    complete = s3._calls.complete_multipart_upload
+
+    def misnamed(url: str, parts: list[dict[str, Any]]) -> dict[str, Any]:
+        complete(url, parts)
+        return {"ETag": '"00000000000000000000000000000000-1"'}
+
+    monkeypatch.setattr(s3._calls, "complete_multipart_upload", misnamed)
+    data = sample(1000, 11)
+    content = await _stored(s3, "upl_misnamed", data, sha(data))
+    assert (content.size, content.sha256, content.parts_left) == (len(data), sha(data), False)
+
+
 async def test_uploads_are_created_on_our_own_connections(
     s3: S3Storage, seaweed: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
