@@ -642,6 +642,8 @@ class _CompletionAsk:
     sha256: str | None
     file_sha256: list[str] | None
     etags: Mapping[int, str] | None = None
+    #: The storage may have had parts sent straight to it (``Storage.direct_parts``).
+    direct: bool = True
 
 
 def _plan_completions(
@@ -660,7 +662,7 @@ def _plan_completions(
             continue
         try:
             planned[i] = (who, _plan_completion(session, who, ask.upload_id, ask.key, ask.sha256, ask.file_sha256,
-                                                etags=ask.etags))
+                                                etags=ask.etags, direct=ask.direct))
         except ApiError as exc:  # raised before the plan wrote anything
             planned[i] = exc
     return [planned[i] for i in range(len(asks))]
@@ -749,14 +751,16 @@ def _plan_completion(
     *,
     direct_listed: bool = False,
     etags: Mapping[int, str] | None = None,
+    direct: bool = True,
 ) -> _Done | _Assembly | _ListFirst:
     """Either the stored result (already completed, or the key was used) or what to assemble;
     or, for an open session that had direct part targets and whose store was not asked yet
     (``direct_listed``), :class:`_ListFirst`, unless the client told the ETag of every part
-    (``etags``) and each has a direct target: then those targets are what to assemble."""
+    (``etags``) and each has a direct target: then those targets are what to assemble.
+    Where the storage takes no parts straight (``direct`` false), there is nothing to ask."""
     upload = _own_session(session, who, upload_id, lock=True)
     told: dict[int, UploadPartTarget] | None = None
-    if upload.state == OPEN and not direct_listed:
+    if upload.state == OPEN and not direct_listed and direct:
         # Told parts: the targets are read anyway (none: nothing went straight to the store).
         targets = _targets(session, upload_id) if etags is not None else None
         if targets or (targets is None and _has_targets(session, upload_id)):
@@ -1340,7 +1344,7 @@ class Uploads:
         The server never sees those bodies; the store verified each against the digest
         signed into its URL. Nothing to do for uploads that had no direct targets.
         """
-        if not await self._db.read(lambda s: _has_targets(s, upload_id)):
+        if not self._storage.direct_parts or not await self._db.read(lambda s: _has_targets(s, upload_id)):
             return
         listed = await self._stored_parts(upload_id, handle)
         await self._db.write(lambda s: _adopt_listed_parts(s, upload_id, listed))
@@ -1513,7 +1517,7 @@ class Uploads:
         async with self._session_locks.hold(upload_id):
             # One transaction for the token, the session's lock and the plan (it was four:
             # the token, the session, its direct targets, the plan).
-            ask = _CompletionAsk(bearer, upload_id, key, sha256, file_sha256, etags)
+            ask = _CompletionAsk(bearer, upload_id, key, sha256, file_sha256, etags, self._storage.direct_parts)
             who, plan = await self._completion_plans(ask)
             content = None
             if isinstance(plan, _Assembly) and plan.told:

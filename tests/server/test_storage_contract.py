@@ -48,6 +48,8 @@ def _records(pieces: Sequence[bytes]) -> list[StoredPart]:
 async def _send(storage: Storage, handle: str, number: int, body: bytes) -> None:
     """Send a part the way a client would: to the storage's own URL if it gives one, else through put_part."""
     target = storage.part_url(handle, number, len(body), sha(body), 60)
+    # A storage that says it takes no parts straight (completion then never asks it) gives no URL.
+    assert target is None or storage.direct_parts
     if target is None:
         stored = await storage.put_part(handle, number, chunks(body, 50_000), len(body), sha(body))
         assert (stored.number, stored.size) == (number, len(body))

@@ -108,6 +108,10 @@ class Storage(Protocol):
     min_part_size: int
     #: Whether :meth:`put_part` takes a part's prefix digest instead of its own (``prefix=True``).
     prefix_digests: bool
+    #: Whether a part target may be the store's own URL (:meth:`part_url`), so that parts
+    #: reach the store without the server seeing them; where not, there is never anything
+    #: to ask the store about at completion.
+    direct_parts: bool
 
     async def create_upload(self, upload_id: str) -> str:
         """Prepare for the parts of a new upload and return its handle.

@@ -595,6 +595,8 @@ class LocalStorage:
     #: Any part size the API allows will do.
     min_part_size = 0
     prefix_digests = True
+    #: Every part comes through the server's own part endpoint.
+    direct_parts = False
 
     def __init__(self, root: Path, *, threads: int = 12) -> None:
         self.root = root

@@ -245,6 +245,9 @@ class S3Storage:
     min_part_size = 5 * 1024 * 1024
     #: The store checks each part against its own digest, signed into its URL.
     prefix_digests = False
+    #: In the default mode (and a session opened in it may be completed after a restart in
+    #: the other, ``?parts=server``).
+    direct_parts = True
 
     def __init__(
         self,
