@@ -277,6 +277,9 @@ class _GroupWriter:
     async def _run_in_thread(self, group: list[Pending[Callable[[Session], Any], Any]]) -> None:
         await self._thread.run(self._run, group)
 
+    def close(self) -> None:
+        self._thread.close()
+
     def _run(self, group: list[Pending[Callable[[Session], Any], Any]]) -> None:
         if len(group) == 1:
             # Alone, a write needs no savepoint: its own failure rolls back the transaction,
@@ -361,3 +364,7 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+        self._readers.close()
+        self._writers.close()
+        if self._group is not None:
+            self._group.close()

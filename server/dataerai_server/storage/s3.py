@@ -245,8 +245,8 @@ class S3Storage:
     min_part_size = 5 * 1024 * 1024
     #: The store checks each part against its own digest, signed into its URL.
     prefix_digests = False
-    #: In the default mode (and a session opened in it may be completed after a restart in
-    #: the other, ``?parts=server``).
+    #: Whatever the mode: a session opened with direct parts may be completed after a
+    #: restart with ``?parts=server``.
     direct_parts = True
 
     def __init__(
