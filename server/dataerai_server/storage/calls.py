@@ -20,19 +20,23 @@ then made once more on a new connection, as botocore retries it.
 
 from __future__ import annotations
 
+import html
 import re
 import socket
 import threading
 from typing import Any, Final
 from xml.etree import ElementTree
-from xml.sax.saxutils import escape, unescape
+from xml.sax.saxutils import escape
 
 import httptools
 
 from .base import StoreError
 from .readback import MAX_ERROR_BODY, ObjectReader, error_code
 
+#: The one field each answer is read for; its text is escaped as the store's XML encoder
+#: escapes it (Go's writes a quote as ``&#34;``, which ``saxutils.unescape`` would leave).
 _UPLOAD_ID: Final = re.compile(rb"<UploadId>([^<]{1,1024})</UploadId>")
+_ETAG: Final = re.compile(rb"<ETag>([^<]{1,1024})</ETag>")
 _ERROR: Final = re.compile(rb"<Error>")
 _S3_XMLNS: Final = "http://s3.amazonaws.com/doc/2006-03-01/"
 #: A page of ``ListParts`` holds up to 1,000 parts of about 250 bytes each.
@@ -52,10 +56,10 @@ class StoreCalls:
     def create_multipart_upload(self, url: str) -> str:
         """Send the presigned ``CreateMultipartUpload`` at ``url``; the new upload's id."""
         status, _, body = self._send("POST", url, {"x-amz-checksum-algorithm": "SHA256"})
-        found = _UPLOAD_ID.search(body) if status == 200 else None
+        found = _text(_UPLOAD_ID, body) if status == 200 else None
         if found is None:
             raise _refused("CreateMultipartUpload", status, body)
-        return unescape(found.group(1).decode())
+        return found
 
     def list_parts(self, url: str) -> dict[str, Any]:
         """Send the presigned ``ListParts`` at ``url``; the page as boto3 shapes it (``Parts``
@@ -84,10 +88,7 @@ class StoreCalls:
         # S3 may answer 200 and put its error in the body (the work took long).
         if status != 200 or _ERROR.search(answer[:256]):
             raise _refused("CompleteMultipartUpload", status, answer)
-        try:  # XML as the store escapes it (Go's encoder writes a quote as &#34;)
-            etag = next((child.text for child in ElementTree.fromstring(answer) if _local(child.tag) == "ETag"), None)
-        except ElementTree.ParseError:
-            etag = None
+        etag = _text(_ETAG, answer)
         return {"ETag": etag} if etag else {}
 
     def head_object(self, url: str) -> dict[str, Any]:
@@ -262,6 +263,13 @@ def _listing(body: bytes) -> dict[str, Any]:
         elif name == "NextPartNumberMarker":
             page["NextPartNumberMarker"] = int(child.text or "0")
     return page
+
+
+def _text(field: re.Pattern[bytes], answer: bytes) -> str | None:
+    """The text of the first element ``field`` finds in ``answer``, unescaped (character
+    references too), or None."""
+    found = field.search(answer)
+    return html.unescape(found.group(1).decode()) if found is not None else None
 
 
 def _local(tag: str) -> str:
