@@ -669,7 +669,12 @@ def small_files_section(root: Path, count: int, chunk: int, concurrency: int, ru
                 for direction in ("up", "down"):
                     for peer in order:
                         bucket = bench.buckets[peer]
-                        dest = root / f"down-{peer}"
+                        # Each download into a tree of its own, kept until the section ends: on ext4
+                        # without a journal (this machine's), every file created within a few minutes
+                        # of many deletions pays for scanning past the deleted inodes
+                        # (recently_deleted() in find_inode_bit), so deleting one tool's 10,000 files
+                        # made the next tool's creations 5-20 times slower (docs/benchmarks.md).
+                        dest = root / f"down-{peer}-{run}"
                         since = log.stat().st_size
                         store0 = store_requests(bench.seaweed, bucket)
                         with timed(bench.pids, bench.store_pgid) as t:
@@ -706,7 +711,6 @@ def small_files_section(root: Path, count: int, chunk: int, concurrency: int, ru
                             if got != expected:
                                 wrong = sorted(set(got.items()) ^ set(expected.items()))[:3]
                                 raise RuntimeError(f"{peer} brought back a different tree, e.g. {wrong}")
-                            shutil.rmtree(dest)
                 api.delete(f"/assets/{asset_id}").raise_for_status()
                 for peer in peers[1:]:
                     bench.empty_bucket(peer)

@@ -7,7 +7,10 @@ latency runs from when it was due, not from when a connection was free, so a ser
 falls behind is charged for the queue it causes) in steps that grow by ``--step-factor``,
 until p99 passes ``--p99-ms`` or the server answers less than 95% of what was offered.
 The best passing step is reported with the server's CPU (``/proc/PID/stat`` of every
-server process) and what the generator itself used.
+server process) and what the generator itself used, beside the cores busy on the whole
+machine (``/proc/stat``): the server shares them with the generator, the database and the
+store, so a p99 over the bound at a step where every core is busy is the machine's queue,
+not what one server core can do.
 
 The generator: ``--procs`` processes, each an asyncio loop over raw sockets with its share
 of the 200 persistent HTTP/1.1 connections, hand-written requests and a minimal response
@@ -96,6 +99,15 @@ def cpu_seconds(pids: list[int]) -> float:
             continue
         total += int(fields[11]) + int(fields[12])
     return total / TICKS
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine spent busy so far, all cores (``/proc/stat``): what the server,
+    the generator, the database and the store share. A p99 over the bound while this is at the
+    machine's core count is the machine's queue, not one server core's."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields)
+    return (user + nice + system + irq + softirq + steal) / TICKS
 
 
 # --- the load generator (runs in child processes) ------------------------------------
@@ -267,6 +279,8 @@ class Step:
     requests_per_server_cpu_s: float
     generator_cpu_s: float
     generator_cores: float
+    #: Cores busy on the whole machine during the step (of ``os.cpu_count()``), the server's included.
+    machine_cores: float
     #: The server answered (2xx) at least 95% of the offered rate, in time for the step to end.
     kept_up: bool
     #: ``kept_up`` and p99 under the bound.
@@ -295,9 +309,10 @@ def run_step(url: str, token: str, workload: str, rate: float, seconds: float, p
         children.append(child)
     pids = tree(server_pids[0]) if server_pids else []
     time.sleep(max(0.0, start_at - time.time()))
-    cpu0 = cpu_seconds(pids)
+    cpu0, busy0, clock0 = cpu_seconds(pids), machine_busy_seconds(), time.monotonic()
     results = [out.get() for _ in children]
     cpu = cpu_seconds(pids) - cpu0
+    machine = (machine_busy_seconds() - busy0) / (time.monotonic() - clock0)
     for child in children:
         child.join()
     latencies = sorted(x for r in results for x in r["latencies"])
@@ -317,7 +332,7 @@ def run_step(url: str, token: str, workload: str, rate: float, seconds: float, p
     kept_up = errors == 0 and non_2xx == 0 and done >= 0.95 * offered and achieved >= 0.95 * rate
     return Step(workload, rate, round(achieved, 1), done, errors, non_2xx, round(p50, 1), round(p99, 1),
                 round(cpu, 2), round(cpu / wall, 2), round(done / cpu, 1) if cpu else 0.0,
-                round(gen_cpu, 2), round(gen_cpu / wall, 2), kept_up, kept_up and p99 < p99_ms)
+                round(gen_cpu, 2), round(gen_cpu / wall, 2), round(machine, 2), kept_up, kept_up and p99 < p99_ms)
 
 
 # --- fixtures: users, sessions, assets ---------------------------------------------------
@@ -416,7 +431,8 @@ def search(url: str, token: str, workload: str, items_for: Any, server_pids: lis
         report.append(step)
         print(f"  {workload:9} offered {rate:7.0f}/s achieved {step.achieved_rate:7.1f}/s p50 {step.p50_ms:7.1f} "
               f"p99 {step.p99_ms:7.1f} ms  server {step.server_cores:.2f} cores "
-              f"{step.requests_per_server_cpu_s:6.0f} req/CPU-s  generator {step.generator_cores:.2f} cores"
+              f"{step.requests_per_server_cpu_s:6.0f} req/CPU-s  generator {step.generator_cores:.2f} cores  "
+              f"machine {step.machine_cores:.2f}/{os.cpu_count()} cores"
               f"{'' if step.ok else '  (p99 over)' if step.kept_up else '  (behind)'}"
               f"{f'  errors {step.errors} non-2xx {step.non_2xx}' if step.errors or step.non_2xx else ''}",
               flush=True)
@@ -519,7 +535,8 @@ def main() -> None:
     result["steps"] = [asdict(s) for s in steps]
     print()
     print(f"| database | workload | best rate with p99 < {args.p99_ms:.0f} ms: rate, p50, p99, server req/CPU-s "
-          "| fastest rate kept up with: rate, p50, p99, server cores, server req/CPU-s, generator cores |")
+          "| fastest rate kept up with: rate, p50, p99, server cores, server req/CPU-s, generator cores, "
+          "machine cores busy |")
     print("|---|---|---|---|")
     for kind in ["generator", *kinds]:
         for workload, found in result.get(kind, {}).items():
@@ -533,7 +550,8 @@ def main() -> None:
                                  f"{s['requests_per_server_cpu_s']:.0f}")
                 else:
                     cells.append(f"{s['achieved_rate']:.0f}/s, {s['p50_ms']} ms, {s['p99_ms']} ms, "
-                                 f"{s['server_cores']}, {s['requests_per_server_cpu_s']:.0f}, {s['generator_cores']}")
+                                 f"{s['server_cores']}, {s['requests_per_server_cpu_s']:.0f}, {s['generator_cores']}, "
+                                 f"{s['machine_cores']}")
             print(f"| {kind} | {workload} | {cells[0]} | {cells[1]} |")
     if args.json:
         print(json.dumps(result, indent=1))
