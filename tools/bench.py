@@ -32,7 +32,6 @@ issue 14's targets marked.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -46,6 +45,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from demo import sha256_file
 from stack import Stack, make_file
 
 MiB = 1024 * 1024
@@ -147,7 +147,7 @@ def loopback_section(args: argparse.Namespace) -> dict[str, Any]:
                     # New bytes every run: the repository must not already hold them, or the
                     # daemon would (rightly) deduplicate instead of sending them.
                     source = make_file(root / "bench.bin", size, seed=1000 + run)
-                    sha = hashlib.sha256(source.read_bytes()).hexdigest() if size <= 2048 * MiB else ""
+                    sha = sha256_file(source)
 
                     # Who goes first alternates, so neither always meets the machine the other left.
                     for who in ("curl", "daemon") if run % 2 == 0 else ("daemon", "curl"):
