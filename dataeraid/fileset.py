@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from dataerai.contract import MAX_FILES_PER_CONTENT, MAX_PATH_LENGTH, path_problem
+from dataerai.contract import MAX_FILES_PER_CONTENT, MAX_PATH_LENGTH, path_problem, plain_segment
 
 from dataeraid.errors import DataeraiError, from_os_error
 
@@ -152,17 +152,16 @@ def scan_source(local_path: str) -> tuple[str, list[StreamFile], list[str]]:
         raise DataeraiError("invalid_argument", f"{local_path} is neither a regular file nor a directory")
     found: list[tuple[str, os.stat_result]] = []
     skipped: list[str] = []
-    # Each path is ``relative`` (checked already) plus one name. A name of printable ASCII, not
-    # ``.`` or ``..`` and without a backslash, keeps the path one the repository takes if it is
-    # not too long; only other names need ``path_problem``'s walk of the whole path.
+    # Each path is ``relative`` (checked already) plus one name: a plain name keeps it one the
+    # repository takes if it is not too long; only other names need ``path_problem``'s walk of
+    # the whole path.
     top_ok = path_problem(name) is None
 
     def walk(directory: str, relative: str) -> None:
         with os.scandir(directory) as entries:
             for entry in sorted(entries, key=lambda e: e.name):
                 rel = f"{relative}/{entry.name}"
-                plain = (top_ok and entry.name.isascii() and entry.name.isprintable() and "\\" not in entry.name
-                         and entry.name not in (".", "..") and len(rel) <= MAX_PATH_LENGTH)
+                plain = top_ok and plain_segment(entry.name) and len(rel) <= MAX_PATH_LENGTH
                 problem = None if plain else path_problem(rel)
                 if problem is not None:
                     # The repository would refuse it; say which file before anything is sent.

@@ -242,6 +242,17 @@ def path_problem(path: str) -> str | None:
     return None
 
 
+def plain_segment(name: str) -> bool:
+    """Whether ``name``, added as one more segment to a path :func:`path_problem` takes, keeps
+    it one that it takes but for the length: printable ASCII, not ``.`` or ``..``, no ``/`` or
+    backslash. A quick look for the common file name, so that a tree of many files need not
+    walk each whole path again; any other name goes to :func:`path_problem`, the definition.
+    """
+    return (
+        name.isascii() and name.isprintable() and name not in ("", ".", "..") and "/" not in name and "\\" not in name
+    )
+
+
 def local_path_problem(path: str) -> str | None:
     """What is wrong with ``path`` as an absolute local path the OS can take, or None.
 

@@ -7,6 +7,8 @@ import dataclasses
 import dataerai
 from dataerai import contract
 from dataerai._models import Event, Job, ProgressEvent, Watch, WatchFile, WatchProblem
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 
 def test_the_daemon_and_the_server_use_the_contracts_limits_not_copies() -> None:
@@ -80,6 +82,26 @@ def test_a_repository_path_is_refused_for_what_would_escape_or_not_be_written() 
         assert contract.path_problem(bad) is not None, bad
     for good in ("a", "run42/raw/a.h5", "é/ü.bin", ".hidden/x"):
         assert contract.path_problem(good) is None, good
+
+
+@settings(max_examples=500)
+@given(
+    parent=st.lists(st.text(min_size=1, max_size=8), min_size=1, max_size=3).map("/".join),
+    name=st.one_of(st.text(max_size=8), st.text(alphabet=st.characters(max_codepoint=0x7F), max_size=8),
+                   st.sampled_from(["", ".", "..", "...", "a\\b", "a/b", "\x7f", " "])),
+)
+def test_a_plain_segment_keeps_a_taken_path_taken(parent: str, name: str) -> None:
+    # scan_source takes a plain name under a taken path without path_problem: never wrongly.
+    assume(contract.path_problem(parent) is None)
+    path = f"{parent}/{name}"
+    assume(len(path) <= contract.MAX_PATH_LENGTH)
+    if contract.plain_segment(name):
+        assert contract.path_problem(path) is None, path
+
+
+def test_common_file_names_are_plain_and_others_go_to_the_whole_check() -> None:
+    assert all(map(contract.plain_segment, ["run42.h5", ".hidden", "a b", "...", "x" * 255]))
+    assert not any(map(contract.plain_segment, ["", ".", "..", "a/b", "a\\b", "é.bin", "a\tb", "\x7f"]))
 
 
 def test_the_daemon_emits_the_job_object_of_the_contract() -> None:
