@@ -49,6 +49,8 @@ MAX_FILES = MAX_FILES_PER_CONTENT
 PART_SUFFIX = ".part"
 #: A sync touching more files than this flushes their filesystem once instead.
 SYNCFS_ABOVE_FILES = 16
+#: A downloaded file's piece of a range smaller than this stays in the page cache (drop_cache).
+DROP_CACHE_MIN_BYTES = 1024 * 1024
 
 
 def _load_syncfs() -> Callable[[int], int] | None:
@@ -487,8 +489,15 @@ class FileSet:
                 self._release(index)
 
     def drop_cache(self, offset: int, length: int) -> None:
-        """Let the range's pages leave the page cache (they are on disk and hashed)."""
+        """Let the range's pages leave the page cache (they are on disk and hashed).
+
+        Pieces under :data:`DROP_CACHE_MIN_BYTES` keep theirs: their file's descriptor is
+        usually closed by then, and opening it again costs more than the few pages it frees
+        (a tree of 10,000 small files spent about a fifth of its download doing that).
+        """
         for index, at, step in self.segments(offset, length):
+            if step < DROP_CACHE_MIN_BYTES:
+                continue
             fd = self._acquire(index)
             try:
                 os.posix_fadvise(fd, at, step, os.POSIX_FADV_DONTNEED)

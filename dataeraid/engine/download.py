@@ -206,17 +206,26 @@ def _same_content(path: str, size: int, sha256: str | None, block_size: int) -> 
         and sha256_of(path, block_size) == sha256
 
 
-def _refuse_symlinks(dest_dir: str, path: str) -> None:
+def _refuse_symlinks(dest_dir: str, path: str, checked: set[str]) -> None:
     """``unsafe_path`` if a symlink stands anywhere on ``path`` below ``dest_dir`` (or as
-    its ``.part``): nothing is written or replaced through one."""
+    its ``.part``): nothing is written or replaced through one.
+
+    ``checked`` holds the directories this look already found no symlink at, shared across
+    the files of one download, so that a tree's files don't each look at every directory
+    above them again; it gains this path's directories.
+    """
     here = dest_dir
     segments = path.split("/")
-    for i, segment in enumerate(segments):
+    for segment in segments[:-1]:
         here = os.path.join(here, segment)
-        candidates = [here, here + PART_SUFFIX] if i == len(segments) - 1 else [here]
-        for candidate in candidates:
-            if _is_symlink(candidate):
-                raise DataeraiError("unsafe_path", f"{candidate} is a symlink; refusing to write through it")
+        if here not in checked:
+            if _is_symlink(here):
+                raise DataeraiError("unsafe_path", f"{here} is a symlink; refusing to write through it")
+            checked.add(here)
+    here = os.path.join(here, segments[-1])
+    for candidate in (here, here + PART_SUFFIX):
+        if _is_symlink(candidate):
+            raise DataeraiError("unsafe_path", f"{candidate} is a symlink; refusing to write through it")
 
 
 def _fsync_dir(path: str) -> None:
@@ -319,9 +328,10 @@ async def run_download(ctx: JobContext) -> dict[str, Any]:
     def existing() -> str | None:
         """All destinations hold this content already ("done"), or the first that differs, or None."""
         present = 0
+        checked: set[str] = set()
         for f in manifest:
             dest = os.path.join(dest_dir, *f.path.split("/"))
-            _refuse_symlinks(dest_dir, f.path)
+            _refuse_symlinks(dest_dir, f.path, checked)
             if not os.path.lexists(dest):
                 continue
             if not _same_content(dest, f.size, f.sha256, ctx.settings.io_block_size):
@@ -330,8 +340,16 @@ async def run_download(ctx: JobContext) -> dict[str, Any]:
         return "done" if present == len(manifest) else None
 
     if overwrite:
-        for f in manifest:
-            await trio.to_thread.run_sync(_refuse_symlinks, dest_dir, f.path)
+
+        def no_symlinks() -> None:
+            checked: set[str] = set()
+            for f in manifest:
+                _refuse_symlinks(dest_dir, f.path, checked)
+
+        try:
+            await trio.to_thread.run_sync(no_symlinks)
+        except OSError as exc:
+            raise from_os_error(exc, f"looking at what is already in {dest_dir}") from exc
     else:
         try:
             found = await trio.to_thread.run_sync(existing)

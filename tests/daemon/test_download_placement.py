@@ -12,6 +12,7 @@ from fake_repository import FakeRepository
 from stand_ins import job_context, nothing
 
 from dataeraid.engine import download
+from dataeraid.errors import DataeraiError
 
 RANGE = 64 * 1024
 FILES = {"run/a.bin": b"a" * (RANGE + 100), "run/b.bin": b"b" * 300, "run/c/d.bin": b"d" * (2 * RANGE)}
@@ -89,3 +90,26 @@ async def test_a_placed_file_changed_since_voids_the_checkpoints(tmp_path: Path)
     assert store.cleared
     assert sum(length for _, length in repository.ranges) == sum(len(data) for data in FILES.values())
     assert _tree(tmp_path) == FILES
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+@pytest.mark.parametrize("planted", ["run/c", "run/c/d.bin.part"])
+async def test_a_symlink_below_a_directory_already_looked_at_is_still_refused(
+    tmp_path: Path, overwrite: bool, planted: str
+) -> None:
+    # "run" is looked at for the first file and remembered; "run/c" (or the third file's
+    # .part) is only met at the third, and must not be taken for clean with "run".
+    repository, ranges = _repository()
+    store = _Checkpoints(count=ranges)
+    store.done = {}
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    dest = tmp_path / "dest"
+    (dest / planted).parent.mkdir(parents=True, exist_ok=True)
+    (dest / planted).symlink_to(outside if planted == "run/c" else outside / "d.bin")
+
+    with pytest.raises(DataeraiError) as refused:
+        await _resume(dest, repository, store, overwrite)
+
+    assert refused.value.code == "unsafe_path" and planted in str(refused.value)
+    assert repository.ranges == [] and list(outside.iterdir()) == []
