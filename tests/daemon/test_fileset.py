@@ -146,6 +146,18 @@ def test_dropping_a_range_from_the_page_cache_opens_no_small_file_again(tmp_path
     assert opened in ([], [8])  # the large file's piece only, if its descriptor was closed
 
 
+def test_a_file_read_in_small_ranges_is_still_dropped_range_by_range(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fileset = FileSet(str(tmp_path), lay_out([("big", 4096)]), "part", max_open=1)
+    fileset.write(0, [b"x" * 4096])
+    dropped: list[tuple[int, int]] = []
+    monkeypatch.setattr(os, "posix_fadvise", lambda _fd, offset, length, _advice: dropped.append((offset, length)))
+    fileset.drop_cache(1024, 1024)
+    fileset.close()
+    assert dropped == [(1024, 1024)]
+
+
 def test_a_directory_source_is_its_regular_files_in_path_order(tmp_path: Path) -> None:
     top = tmp_path / "run42"
     (top / "b").mkdir(parents=True)
